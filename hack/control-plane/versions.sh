@@ -1,0 +1,7 @@
+# Pinned control-plane versions, read by build.sh and the test harness.
+# Kubernetes 1.36: a supported minor with several patch releases behind it, new enough for the
+# status-write resourceVersion checks devicelet must live with (1.35+), and building with the Go 1.26
+# these machines have. etcd 3.6 is the line that Kubernetes 1.36 is released and tested with.
+KUBE_VERSION=v1.36.3
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.7.0

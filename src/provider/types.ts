@@ -1,0 +1,256 @@
+/**
+ * The provider contract: what the engine asks of a device transport or runtime.
+ *
+ * The core ({@link PodLifecycleProvider}) is five calls. Everything else is an optional
+ * capability the engine detects at run time with the `has*` guards below and falls back from
+ * when missing (a status poller instead of push, static nodes from config instead of an inventory).
+ *
+ * A provider never sees client-node types: it gets a transport-neutral {@link Workload} built by
+ * `src/workload` from the pod, with env and files already resolved, and answers with
+ * {@link WorkloadStatus}, which the engine maps to pod status. Objects passed in are owned by the
+ * engine and frozen; objects returned become the engine's.
+ *
+ * ```ts
+ * const provider: PodLifecycleProvider & StatusNotifier = {
+ *   name: "toy", supports: ["spec.containers[].ports"],
+ *   async createPod(w) { ... }, ...
+ *   notifyStatus(cb) { this.#emit = cb },
+ * };
+ * ```
+ */
+
+/** Identifies one pod; `uid` tells a re-created pod of the same name from the old one. */
+export interface PodRef {
+  readonly namespace: string;
+  readonly name: string;
+  readonly uid: string;
+}
+
+export const podKey = (ref: Pick<PodRef, "namespace" | "name">) => `${ref.namespace}/${ref.name}`;
+
+export interface AppFile {
+  /** Path as the container mounts it: `<volumeMount.mountPath>/<key>`. */
+  readonly path: string;
+  /** UTF-8 text, or base64 when `encoding` says so (binary ConfigMap data, Secrets). */
+  readonly content: string;
+  readonly encoding: "utf8" | "base64";
+  readonly mode?: number;
+  /** True when it came from a Secret: never logged, only sent over TLS. */
+  readonly secret: boolean;
+}
+
+export interface AppPort {
+  readonly name?: string;
+  readonly containerPort: number;
+  readonly protocol: "TCP" | "UDP" | "SCTP";
+}
+
+/** One container of the pod as the device will run it: image is an app reference and version. */
+export interface AppSpec {
+  readonly name: string;
+  readonly image: string;
+  readonly command: readonly string[];
+  readonly args: readonly string[];
+  readonly env: Readonly<Record<string, string>>;
+  /** Names of env entries that came from Secrets (values must not be logged). */
+  readonly secretEnv: readonly string[];
+  readonly files: readonly AppFile[];
+  readonly ports: readonly AppPort[];
+  readonly resources: { readonly requests: Readonly<Record<string, string>>; readonly limits: Readonly<Record<string, string>> };
+}
+
+/** What a device should run for one pod. Pure data; the same pod always gives the same `hash`. */
+export interface Workload {
+  readonly pod: PodRef & {
+    readonly labels: Readonly<Record<string, string>>;
+    readonly annotations: Readonly<Record<string, string>>;
+  };
+  readonly nodeName: string;
+  readonly deviceId: string;
+  readonly restartPolicy: "Always" | "OnFailure" | "Never";
+  readonly terminationGracePeriodSeconds: number;
+  readonly apps: readonly AppSpec[];
+  /** Content hash of everything above but `pod.uid`; equal hashes mean nothing to apply. */
+  readonly hash: string;
+}
+
+export type AppState =
+  | { readonly kind: "waiting"; readonly reason: string; readonly message?: string }
+  | { readonly kind: "running"; readonly startedAt: Date }
+  | {
+      readonly kind: "terminated";
+      readonly exitCode: number;
+      readonly reason: string;
+      readonly message?: string;
+      readonly startedAt?: Date;
+      readonly finishedAt: Date;
+    };
+
+export interface AppStatus {
+  readonly name: string;
+  readonly state: AppState;
+  readonly lastState?: AppState;
+  readonly ready: boolean;
+  readonly restartCount: number;
+  readonly image: string;
+}
+
+export type WorkloadPhase = "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown";
+
+/** What the device really does for one pod, as the provider last learned it. */
+export interface WorkloadStatus {
+  readonly pod: PodRef;
+  readonly phase: WorkloadPhase;
+  /** Short CamelCase reason for a phase other than Running, e.g. `DeviceOffline`, `Queued`. */
+  readonly reason?: string;
+  readonly message?: string;
+  readonly apps: readonly AppStatus[];
+  /** Whether the device was connected when this status was observed. */
+  readonly deviceConnected: boolean;
+  /** The device's address when it reports one; the engine assigns one otherwise. */
+  readonly podIP?: string;
+  readonly observedAt: Date;
+}
+
+/** A pod the provider runs (or holds queued/tombstoned) — used for adoption and clean-up. */
+export interface ProviderPod {
+  readonly pod: PodRef;
+  readonly nodeName: string;
+  /** Hash of the workload it was last given, to skip re-applying what it already has. */
+  readonly hash: string;
+}
+
+export interface DeletePodOptions {
+  /** Seconds the app gets to stop; 0 means stop at once (force delete). */
+  readonly gracePeriodSeconds: number;
+}
+
+/** Pod fields a provider may declare support for; anything a pod uses that is not declared is refused. */
+export const PodFeature = {
+  InitContainers: "spec.initContainers",
+  EphemeralContainers: "spec.ephemeralContainers",
+  Ports: "spec.containers[].ports",
+  Probes: "spec.containers[].livenessProbe/readinessProbe/startupProbe",
+  Lifecycle: "spec.containers[].lifecycle",
+  VolumeMounts: "spec.containers[].volumeMounts",
+  ConfigMapVolumes: "spec.volumes[].configMap",
+  SecretVolumes: "spec.volumes[].secret",
+  DownwardAPIVolumes: "spec.volumes[].downwardAPI",
+  ProjectedVolumes: "spec.volumes[].projected",
+  EmptyDirVolumes: "spec.volumes[].emptyDir",
+  HostPathVolumes: "spec.volumes[].hostPath",
+  PersistentVolumeClaims: "spec.volumes[].persistentVolumeClaim",
+  HostNetwork: "spec.hostNetwork",
+  Privileged: "spec.containers[].securityContext.privileged",
+  ResourceLimits: "spec.containers[].resources",
+} as const;
+export type PodFeature = (typeof PodFeature)[keyof typeof PodFeature];
+
+/** The core every provider implements. Calls for one pod are never concurrent. */
+export interface PodLifecycleProvider {
+  /** Short name used in the taint, labels and logs (`mock`, `mqtt`). */
+  readonly name: string;
+  /** Pod fields beyond plain containers with image/command/args/env that this provider honours. */
+  readonly supports: readonly PodFeature[];
+  /** Start running (or queue) the workload. Idempotent: the same hash twice is a no-op. */
+  createPod(workload: Workload): Promise<void>;
+  /** Replace the workload of a pod already created. */
+  updatePod(workload: Workload): Promise<void>;
+  /** Stop the pod's apps. Resolves once the provider holds the delete durably (a tombstone counts). */
+  deletePod(pod: PodRef, options: DeletePodOptions): Promise<void>;
+  /** Current status, or undefined when the provider has no such pod. */
+  getPodStatus(pod: PodRef): Promise<WorkloadStatus | undefined>;
+  /** Every pod the provider runs or holds, on any device. */
+  listPods(): Promise<readonly ProviderPod[]>;
+}
+
+/** Push-style status: the provider calls back whenever a pod's status may have changed. */
+export interface StatusNotifier {
+  notifyStatus(callback: (status: WorkloadStatus) => void): void;
+}
+
+/** A pod the provider has finished deleting (after the device confirmed or the grace ended). */
+export interface DeletionNotifier {
+  notifyDeleted(callback: (pod: PodRef) => void): void;
+}
+
+export interface NodeAddress {
+  readonly type: "InternalIP" | "ExternalIP" | "Hostname" | "InternalDNS";
+  readonly address: string;
+}
+
+/** One device as the provider knows it; the engine turns each into a node. */
+export interface DeviceInfo {
+  readonly id: string;
+  /** Device class label, e.g. `gateway`, `mcu`. */
+  readonly deviceClass: string;
+  readonly os: string;
+  readonly arch: string;
+  readonly zone?: string;
+  /** Id of the gateway this device is reached through, if any. */
+  readonly gateway?: string;
+  readonly labels: Readonly<Record<string, string>>;
+  /** cpu, memory, pods and any extended resources, as Kubernetes quantities. */
+  readonly capacity: Readonly<Record<string, string>>;
+  readonly addresses: readonly NodeAddress[];
+  readonly connected: boolean;
+  readonly lastSeen?: Date;
+  readonly nodeInfo?: {
+    readonly osImage?: string;
+    readonly kernelVersion?: string;
+    readonly machineID?: string;
+    readonly bootID?: string;
+  };
+}
+
+/** Per-device node information: which devices exist, their capacity, labels and presence. */
+export interface DeviceInventory {
+  listDevices(): Promise<readonly DeviceInfo[]>;
+  /** Called with the full new info whenever a device appears or changes (presence included). */
+  watchDevices(callback: (device: DeviceInfo) => void): void;
+}
+
+export interface LogOptions {
+  readonly tailLines?: number;
+  readonly sinceSeconds?: number;
+  readonly timestamps?: boolean;
+  readonly follow?: boolean;
+}
+
+export interface LogsCapability {
+  getContainerLogs(pod: PodRef, container: string, options: LogOptions): Promise<AsyncIterable<string>>;
+}
+
+export interface ExecCapability {
+  runInContainer(
+    pod: PodRef,
+    container: string,
+    command: readonly string[],
+  ): Promise<{ stdout: string; stderr: string; exitCode: number }>;
+}
+
+export interface PodStats {
+  readonly pod: PodRef;
+  readonly containers: readonly { name: string; cpuNanoCores: number; memoryWorkingSetBytes: number }[];
+}
+
+export interface StatsCapability {
+  getStats(): Promise<readonly PodStats[]>;
+}
+
+/** Lifecycle for providers holding connections: started once before any other call. */
+export interface Startable {
+  start(signal: AbortSignal): Promise<void>;
+}
+
+const hasFunctions = (p: object, ...names: string[]) =>
+  names.every((n) => typeof (p as Record<string, unknown>)[n] === "function");
+
+export const hasStatusNotifier = (p: object): p is StatusNotifier => hasFunctions(p, "notifyStatus");
+export const hasDeletionNotifier = (p: object): p is DeletionNotifier => hasFunctions(p, "notifyDeleted");
+export const hasDeviceInventory = (p: object): p is DeviceInventory =>
+  hasFunctions(p, "listDevices", "watchDevices");
+export const hasLogs = (p: object): p is LogsCapability => hasFunctions(p, "getContainerLogs");
+export const hasExec = (p: object): p is ExecCapability => hasFunctions(p, "runInContainer");
+export const hasStats = (p: object): p is StatsCapability => hasFunctions(p, "getStats");
+export const isStartable = (p: object): p is Startable => hasFunctions(p, "start");

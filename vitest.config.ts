@@ -1,0 +1,32 @@
+import { defineConfig } from "vitest/config";
+
+// Two projects: `unit` needs nothing running; `integration` gets the real control plane from the
+// global setup (started once per run, or reused when `npm run testenv -- up` left one running).
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        test: {
+          name: "unit",
+          include: ["src/**/*.test.ts", "providers/**/*.test.ts", "test/unit/**/*.test.ts"],
+        },
+      },
+      {
+        test: {
+          name: "integration",
+          include: ["test/integration/**/*.test.ts"],
+          globalSetup: ["test/global-setup.ts"],
+          testTimeout: 180_000,
+          hookTimeout: 240_000,
+          // Two cores: integration files share one control plane; run them one at a time.
+          fileParallelism: false,
+        },
+      },
+    ],
+    coverage: {
+      provider: "v8",
+      include: ["src/**", "providers/**"],
+      thresholds: { lines: 60 },
+    },
+  },
+});
