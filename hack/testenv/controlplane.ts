@@ -1,0 +1,365 @@
+/**
+ * The harness control plane: etcd, kube-apiserver, kube-controller-manager and kube-scheduler built
+ * by hack/control-plane/build.sh, all on loopback with free ports, state kept in `.testenv/`.
+ *
+ *   const state = await up({ dir: ".testenv" });   // idempotent: reuses a healthy running one
+ *   await down({ dir: ".testenv" });               // stops exactly the processes `up` started
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { freePort, httpsGet, isOurs, startDaemon, stopDaemon, waitFor, type Daemon } from "./process.ts";
+import { ensurePki, type Pki } from "./pki.ts";
+
+const repoRoot = path.resolve(import.meta.dirname, "../..");
+
+export interface ControlPlaneState {
+  readonly version: 1;
+  readonly binDir: string;
+  readonly server: string;
+  readonly daemons: readonly Daemon[];
+  readonly ports: Readonly<Record<string, number>>;
+  readonly startedAt: string;
+}
+
+type Log = (message: string) => void;
+
+const identities = [
+  { stem: "admin", commonName: "admin", organization: "system:masters" },
+  { stem: "controller-manager", commonName: "system:kube-controller-manager" },
+  { stem: "scheduler", commonName: "system:kube-scheduler" },
+  {
+    stem: "apiserver-kubelet-client",
+    commonName: "kube-apiserver-kubelet-client",
+    organization: "system:masters",
+  },
+  { stem: "devicelet", commonName: "devicelet", organization: "devicelet" },
+] as const;
+
+const statePath = (dir: string) => path.join(dir, "state.json");
+
+export function readState(dir: string): ControlPlaneState | undefined {
+  try {
+    return JSON.parse(readFileSync(statePath(dir), "utf8")) as ControlPlaneState;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The running control plane recorded in `dir`, when every process is ours and the API server is ready. */
+export async function running(dir: string): Promise<ControlPlaneState | undefined> {
+  const state = readState(dir);
+  if (!state?.daemons.every(isOurs)) return undefined;
+  const pki = path.join(dir, "pki");
+  const ready = await httpsGet(`${state.server}/readyz`, {
+    ca: path.join(pki, "ca.crt"),
+    cert: path.join(pki, "admin.crt"),
+    key: path.join(pki, "admin.key"),
+  });
+  return ready.status === 200 ? state : undefined;
+}
+
+/** The folder holding the control-plane binaries, building them first when the cache is cold. */
+export function controlPlaneBinDir(log: Log): string {
+  log("control plane binaries: hack/control-plane/build.sh (cached by version; a cold build takes a while)");
+  const out = execFileSync("bash", [path.join(repoRoot, "hack/control-plane/build.sh")], {
+    stdio: ["ignore", "pipe", "inherit"],
+    encoding: "utf8",
+  });
+  return out.trim().split("\n").at(-1) ?? "";
+}
+
+function kubeconfig(server: string, pki: Pki, stem: string, user: string): string {
+  const { cert, key } = pki.cert(stem);
+  return [
+    "apiVersion: v1",
+    "kind: Config",
+    "clusters:",
+    "- name: testenv",
+    "  cluster:",
+    `    server: ${server}`,
+    `    certificate-authority: ${pki.caCert}`,
+    "users:",
+    `- name: ${user}`,
+    "  user:",
+    `    client-certificate: ${cert}`,
+    `    client-key: ${key}`,
+    "contexts:",
+    `- name: ${user}@testenv`,
+    "  context:",
+    "    cluster: testenv",
+    `    user: ${user}`,
+    `current-context: ${user}@testenv`,
+    "",
+  ].join("\n");
+}
+
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    verbs: [get, list, watch]
+  - level: Metadata
+`;
+
+export async function up(options: { dir: string; log?: Log }): Promise<ControlPlaneState> {
+  const log = options.log ?? ((m: string) => console.error(`[testenv] ${m}`));
+  const dir = path.resolve(options.dir);
+  const existing = await running(dir);
+  if (existing) {
+    log(`control plane already running at ${existing.server}`);
+    writeEnvFiles(dir, existing);
+    return existing;
+  }
+  const stale = readState(dir);
+  if (stale) await stopAll(stale.daemons);
+  const binDir = controlPlaneBinDir(log);
+  mkdirSync(path.join(dir, "logs"), { recursive: true });
+  rmSync(path.join(dir, "etcd"), { recursive: true, force: true });
+  const pki = ensurePki(path.join(dir, "pki"), identities);
+  const [etcdClient, etcdPeer, apiserverPort, kcmPort, schedulerPort] = (await Promise.all(
+    Array.from({ length: 5 }, () => freePort()),
+  )) as [number, number, number, number, number];
+  const server = `https://127.0.0.1:${apiserverPort}`;
+  const bin = (name: string) => path.join(binDir, name);
+  const logFile = (name: string) => path.join(dir, "logs", `${name}.log`);
+  const daemons: Daemon[] = [];
+  const save = () =>
+    writeFileSync(
+      statePath(dir),
+      JSON.stringify(
+        {
+          version: 1,
+          binDir,
+          server,
+          daemons,
+          ports: {
+            etcd: etcdClient,
+            apiserver: apiserverPort,
+            controllerManager: kcmPort,
+            scheduler: schedulerPort,
+          },
+          startedAt: new Date().toISOString(),
+        } satisfies ControlPlaneState,
+        null,
+        2,
+      ),
+    );
+
+  try {
+    const etcdUrl = `http://127.0.0.1:${etcdClient}`;
+    const peerUrl = `http://127.0.0.1:${etcdPeer}`;
+    daemons.push(
+      startDaemon(
+        "etcd",
+        bin("etcd"),
+        [
+          "--name=testenv",
+          `--data-dir=${path.join(dir, "etcd")}`,
+          `--listen-client-urls=${etcdUrl}`,
+          `--advertise-client-urls=${etcdUrl}`,
+          `--listen-peer-urls=${peerUrl}`,
+          `--initial-advertise-peer-urls=${peerUrl}`,
+          `--initial-cluster=testenv=${peerUrl}`,
+          "--unsafe-no-fsync=true",
+          "--quota-backend-bytes=4294967296",
+          "--log-level=warn",
+        ],
+        logFile("etcd"),
+      ),
+    );
+    save();
+    await waitFor(
+      "etcd",
+      async () =>
+        await fetch(`${etcdUrl}/health`)
+          .then((r) => r.ok)
+          .catch(() => false),
+      30_000,
+      logFile("etcd"),
+    );
+
+    writeFileSync(path.join(dir, "audit-policy.yaml"), auditPolicy);
+    daemons.push(
+      startDaemon(
+        "kube-apiserver",
+        bin("kube-apiserver"),
+        [
+          `--etcd-servers=${etcdUrl}`,
+          "--bind-address=127.0.0.1",
+          "--advertise-address=127.0.0.1",
+          `--secure-port=${apiserverPort}`,
+          `--tls-cert-file=${pki.cert("apiserver").cert}`,
+          `--tls-private-key-file=${pki.cert("apiserver").key}`,
+          `--client-ca-file=${pki.caCert}`,
+          `--kubelet-client-certificate=${pki.cert("apiserver-kubelet-client").cert}`,
+          `--kubelet-client-key=${pki.cert("apiserver-kubelet-client").key}`,
+          `--kubelet-certificate-authority=${pki.caCert}`,
+          `--service-account-key-file=${path.join(pki.dir, "sa.pub")}`,
+          `--service-account-signing-key-file=${path.join(pki.dir, "sa.key")}`,
+          "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+          "--service-cluster-ip-range=10.0.0.0/24",
+          "--authorization-mode=Node,RBAC",
+          "--enable-admission-plugins=NodeRestriction",
+          "--allow-privileged=true",
+          // Endpoints cannot hold loopback addresses; with nothing to reconcile, turn it off.
+          "--endpoint-reconciler-type=none",
+          // Benchmarks push thousands of writes; the defaults (400/200) throttle the harness, not devicelet.
+          "--max-requests-inflight=1000",
+          "--max-mutating-requests-inflight=500",
+          `--audit-policy-file=${path.join(dir, "audit-policy.yaml")}`,
+          `--audit-log-path=${path.join(dir, "audit.log")}`,
+          "--audit-log-maxsize=500",
+          "--audit-log-maxbackup=1",
+          "--audit-log-mode=batch",
+          "--audit-log-batch-max-wait=1s",
+          "--audit-log-batch-buffer-size=100000",
+        ],
+        logFile("kube-apiserver"),
+      ),
+    );
+    save();
+    const adminTls = { ca: pki.caCert, ...pki.cert("admin") };
+    await waitFor(
+      "kube-apiserver /readyz",
+      async () => (await httpsGet(`${server}/readyz`, adminTls)).status === 200,
+      120_000,
+      logFile("kube-apiserver"),
+    );
+
+    writeFileSync(path.join(dir, "kubeconfig"), kubeconfig(server, pki, "admin", "admin"));
+    writeFileSync(path.join(dir, "devicelet.kubeconfig"), kubeconfig(server, pki, "devicelet", "devicelet"));
+    writeFileSync(
+      path.join(dir, "controller-manager.kubeconfig"),
+      kubeconfig(server, pki, "controller-manager", "kube-controller-manager"),
+    );
+    writeFileSync(
+      path.join(dir, "scheduler.kubeconfig"),
+      kubeconfig(server, pki, "scheduler", "kube-scheduler"),
+    );
+    const kubectl = (...args: string[]) =>
+      execFileSync(bin("kubectl"), [`--kubeconfig=${path.join(dir, "kubeconfig")}`, ...args], {
+        encoding: "utf8",
+      });
+    kubectl("apply", "-f", path.join(repoRoot, "manifests/clusterrole.yaml"));
+    execFileSync(bin("kubectl"), [`--kubeconfig=${path.join(dir, "kubeconfig")}`, "apply", "-f", "-"], {
+      input: deviceletBinding,
+      encoding: "utf8",
+    });
+
+    const kcmConfig = path.join(dir, "controller-manager.kubeconfig");
+    daemons.push(
+      startDaemon(
+        "kube-controller-manager",
+        bin("kube-controller-manager"),
+        [
+          `--kubeconfig=${kcmConfig}`,
+          `--authentication-kubeconfig=${kcmConfig}`,
+          `--authorization-kubeconfig=${kcmConfig}`,
+          "--bind-address=127.0.0.1",
+          `--secure-port=${kcmPort}`,
+          `--service-account-private-key-file=${path.join(pki.dir, "sa.key")}`,
+          `--root-ca-file=${pki.caCert}`,
+          `--cluster-signing-cert-file=${pki.caCert}`,
+          `--cluster-signing-key-file=${pki.caKey}`,
+          "--use-service-account-credentials=true",
+          "--leader-elect=false",
+          "--kube-api-qps=200",
+          "--kube-api-burst=400",
+          "--concurrent-replicaset-syncs=10",
+          "--concurrent-deployment-syncs=10",
+        ],
+        logFile("kube-controller-manager"),
+      ),
+    );
+    const schedConfig = path.join(dir, "scheduler.kubeconfig");
+    daemons.push(
+      startDaemon(
+        "kube-scheduler",
+        bin("kube-scheduler"),
+        [
+          `--kubeconfig=${schedConfig}`,
+          `--authentication-kubeconfig=${schedConfig}`,
+          `--authorization-kubeconfig=${schedConfig}`,
+          "--bind-address=127.0.0.1",
+          `--secure-port=${schedulerPort}`,
+          "--leader-elect=false",
+        ],
+        logFile("kube-scheduler"),
+      ),
+    );
+    save();
+    await waitFor(
+      "kube-controller-manager /healthz",
+      async () => (await httpsGet(`https://127.0.0.1:${kcmPort}/healthz`, {})).body === "ok",
+      60_000,
+      logFile("kube-controller-manager"),
+    );
+    await waitFor(
+      "kube-scheduler /healthz",
+      async () => (await httpsGet(`https://127.0.0.1:${schedulerPort}/healthz`, {})).body === "ok",
+      60_000,
+      logFile("kube-scheduler"),
+    );
+    await waitFor(
+      "the default ServiceAccount",
+      async () =>
+        (await httpsGet(`${server}/api/v1/namespaces/default/serviceaccounts/default`, adminTls)).status ===
+        200,
+      60_000,
+      logFile("kube-controller-manager"),
+    );
+  } catch (err) {
+    await stopAll(daemons);
+    rmSync(statePath(dir), { force: true });
+    throw err;
+  }
+  const state = readState(dir);
+  if (!state) throw new Error("testenv state vanished");
+  writeEnvFiles(dir, state);
+  log(`control plane ready at ${server}; source ${path.join(dir, "env")}`);
+  return state;
+}
+
+const deviceletBinding = `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: devicelet
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: devicelet
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: User
+    name: devicelet
+`;
+
+function writeEnvFiles(dir: string, state: ControlPlaneState) {
+  writeFileSync(
+    path.join(dir, "env"),
+    `# written by \`npm run testenv -- up\`; source it to use the harness control plane\nexport KUBECONFIG=${path.join(dir, "kubeconfig")}\nexport PATH=${state.binDir}:$PATH\n`,
+  );
+}
+
+async function stopAll(daemons: readonly Daemon[]) {
+  // Reverse start order: clients before the API server, the API server before etcd.
+  for (const d of [...daemons].reverse()) await stopDaemon(d);
+}
+
+/** Stops what `up` recorded in `dir`; true when something was stopped. Safe to call twice. */
+export async function down(options: { dir: string; log?: Log }): Promise<boolean> {
+  const log = options.log ?? ((m: string) => console.error(`[testenv] ${m}`));
+  const dir = path.resolve(options.dir);
+  const state = readState(dir);
+  if (!state) {
+    log("nothing to stop");
+    return false;
+  }
+  await stopAll(state.daemons);
+  rmSync(statePath(dir), { force: true });
+  if (existsSync(path.join(dir, "env"))) rmSync(path.join(dir, "env"));
+  log(`stopped ${state.daemons.map((d) => `${d.name} (${d.pid})`).join(", ")}`);
+  return true;
+}

@@ -1,0 +1,18 @@
+/**
+ * Brings the harness control plane up once per test run for the `integration` project, reusing one
+ * that `npm run testenv -- up` left running (and then leaving it running), and takes down only what
+ * this run started.
+ */
+import { down, running, up } from "../hack/testenv/controlplane.ts";
+import { testenvDir } from "./support/testenv.ts";
+
+export default async function setup(): Promise<() => Promise<void>> {
+  if (await running(testenvDir)) {
+    console.error(`[testenv] reusing the control plane recorded in ${testenvDir}`);
+    return async () => {};
+  }
+  await up({ dir: testenvDir });
+  return async () => {
+    await down({ dir: testenvDir });
+  };
+}

@@ -1,0 +1,46 @@
+/**
+ * kubectl from the harness control plane, for test set-up and assertions. Tests assert on what the
+ * API server holds, read through the real kubectl, so nothing of devicelet's own client is trusted
+ * to check itself.
+ */
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import { readState } from "../../hack/testenv/controlplane.ts";
+import { adminKubeconfig, testenvDir } from "./testenv.ts";
+
+const run = promisify(execFile);
+
+export function kubectlPath(): string {
+  const state = readState(testenvDir);
+  if (!state) throw new Error(`no harness control plane recorded in ${testenvDir}`);
+  return path.join(state.binDir, "kubectl");
+}
+
+/** Runs kubectl as cluster-admin; resolves with stdout, rejects with stderr in the message. */
+export async function kubectl(
+  args: readonly string[],
+  options: { input?: string; kubeconfig?: string } = {},
+) {
+  const child = run(kubectlPath(), [`--kubeconfig=${options.kubeconfig ?? adminKubeconfig()}`, ...args], {
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  if (options.input !== undefined) {
+    child.child.stdin?.end(options.input);
+  }
+  try {
+    return (await child).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; stdout?: string; message: string };
+    throw Object.assign(new Error(`kubectl ${args.join(" ")}: ${e.stderr || e.message}`), {
+      stdout: e.stdout ?? "",
+    });
+  }
+}
+
+/** `kubectl get -o json` parsed. */
+export async function getJson<T = unknown>(args: readonly string[]): Promise<T> {
+  return JSON.parse(await kubectl(["get", ...args, "-o", "json"])) as T;
+}
+
+export const apply = (manifest: string) => kubectl(["apply", "-f", "-"], { input: manifest });
