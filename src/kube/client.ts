@@ -1,0 +1,384 @@
+/**
+ * {@link KubeClient}: everything devicelet asks of the API server, as one interface small enough
+ * to fake in a test, implemented over client-node by {@link createKubeClient}.
+ *
+ * Guarantees shared by every method:
+ * - each HTTP request takes a token from the client's {@link RequestBudget} first and is counted;
+ *   nothing here retries (the caller's reconcile decides, see `errors.ts`);
+ * - objects are plain wire JSON (`types.ts`); returned objects belong to the caller;
+ * - `get*` resolves `undefined` on 404; other failures reject with an error `errors.ts` reads;
+ * - `options.signal` aborts a wait for the budget and the request itself.
+ */
+import { KubeConfig } from "@kubernetes/client-node";
+import { hostname } from "node:os";
+import type { Logger } from "pino";
+import { RequestBudget } from "./budget.ts";
+import { isConflict, isNotFound, uidPreconditionAsConflict } from "./errors.ts";
+import { normalizeMicroTime, toKubeTime } from "./microtime.ts";
+import { KubeTransport, type Query } from "./transport.ts";
+import type {
+  ConfigMap,
+  CoreEvent,
+  KubeObject,
+  Lease,
+  Node,
+  NodeStatus,
+  ObjectReference,
+  Pod,
+  PodStatus,
+  Secret,
+  WatchEvent,
+} from "./types.ts";
+
+/** Where kubelets keep their node heartbeat Leases. */
+export const NODE_LEASE_NAMESPACE = "kube-node-lease";
+/** `source.component` and `reportingComponent` of the Events devicelet writes. */
+export const EVENT_COMPONENT = "devicelet";
+
+export interface RequestOptions {
+  readonly signal?: AbortSignal;
+}
+
+export interface ListOptions extends RequestOptions {
+  readonly labelSelector?: string;
+  readonly fieldSelector?: string;
+  /** Page size; lists are read in pages of this many (default 500) to spare the API server. */
+  readonly limit?: number;
+}
+
+export interface ListResult<T> {
+  readonly items: T[];
+  /** The list's resourceVersion: watch from here to miss nothing. */
+  readonly resourceVersion: string;
+}
+
+export interface PodStatusPatch {
+  readonly namespace: string;
+  readonly name: string;
+  /** Precondition: the write fails with a Conflict if the pod was re-created under the same name. */
+  readonly uid: string;
+  /** The complete status: a merge patch replaces `conditions` and `containerStatuses` whole. */
+  readonly status: PodStatus;
+  /** Optional optimistic lock: with it, a write based on a stale read fails with a Conflict. */
+  readonly resourceVersion?: string;
+}
+
+export interface PodDeletion {
+  readonly namespace: string;
+  readonly name: string;
+  /** Precondition: never deletes a newer pod of the same name. */
+  readonly uid: string;
+  /** 0 removes the object at once (the kubelet's final delete after the containers stopped). */
+  readonly gracePeriodSeconds: number;
+}
+
+/** What {@link KubeClient.createEvent} needs; the client fills in names, source and times. */
+export interface EventInput {
+  readonly involvedObject: ObjectReference;
+  readonly type: "Normal" | "Warning";
+  readonly reason: string;
+  readonly message: string;
+  readonly count?: number;
+  /** `metav1.Time` strings; default now. */
+  readonly firstTimestamp?: string;
+  readonly lastTimestamp?: string;
+  /** Defaults to `<involvedObject.name>.<hex nanoseconds>`, as client-go names them. */
+  readonly name?: string;
+}
+
+export interface EventUpdate {
+  readonly namespace: string;
+  readonly name: string;
+  readonly count: number;
+  readonly lastTimestamp: string;
+  readonly message?: string;
+}
+
+export interface KubeClient {
+  /** The budget every call of this client draws from; `budget.counts()` counts API calls. */
+  readonly budget: RequestBudget;
+
+  getPod(namespace: string, name: string, options?: RequestOptions): Promise<Pod | undefined>;
+  /** All pods across namespaces matching the selectors, read in pages. */
+  listPods(options?: ListOptions): Promise<ListResult<Pod>>;
+  /**
+   * Writes pod status through the `status` subresource as a JSON merge patch carrying
+   * `metadata.uid` (and `metadata.resourceVersion` when given) as preconditions. Resolves with
+   * the pod as stored. A UID or resourceVersion mismatch rejects with `isConflict`.
+   *
+   * resourceVersion is optional: on Kubernetes 1.36 a status merge patch without one (or with
+   * "0") is applied unconditionally; with one it is an optimistic lock (stale → Conflict).
+   */
+  patchPodStatus(patch: PodStatusPatch, options?: RequestOptions): Promise<Pod>;
+  /**
+   * Deletes a pod with a UID precondition. Resolves `true` when the API server accepted the
+   * delete, `false` when that pod (by UID) no longer exists: 404, or a different pod now holds
+   * the name.
+   */
+  deletePod(deletion: PodDeletion, options?: RequestOptions): Promise<boolean>;
+
+  getNode(name: string, options?: RequestOptions): Promise<Node | undefined>;
+  /** Rejects with `isAlreadyExists` when it exists. */
+  createNode(node: Node, options?: RequestOptions): Promise<Node>;
+  /** JSON merge patch of the node object (labels, annotations, taints, spec). */
+  patchNode(name: string, mergePatch: object, options?: RequestOptions): Promise<Node>;
+  /** JSON merge patch of `nodes/status`: lists (`conditions`, `addresses`) are replaced whole. */
+  patchNodeStatus(name: string, status: NodeStatus, options?: RequestOptions): Promise<Node>;
+  listNodes(labelSelector?: string, options?: RequestOptions): Promise<ListResult<Node>>;
+
+  /** `namespace` defaults to {@link NODE_LEASE_NAMESPACE}. */
+  getLease(name: string, namespace?: string, options?: RequestOptions): Promise<Lease | undefined>;
+  /**
+   * Creates a Lease in `metadata.namespace` (default kube-node-lease). `renewTime` and
+   * `acquireTime` are sent as six-digit MicroTime whatever precision they came in.
+   */
+  createLease(lease: Lease, options?: RequestOptions): Promise<Lease>;
+  /**
+   * Replaces a Lease (PUT). `metadata.resourceVersion` is required: a stale one rejects with
+   * `isConflict`, so two writers never both think they renewed.
+   */
+  replaceLease(lease: Lease, options?: RequestOptions): Promise<Lease>;
+
+  getConfigMap(namespace: string, name: string, options?: RequestOptions): Promise<ConfigMap | undefined>;
+  getSecret(namespace: string, name: string, options?: RequestOptions): Promise<Secret | undefined>;
+
+  /**
+   * Creates a core/v1 Event in the involved object's namespace (`default` for cluster-scoped
+   * objects) with `source.component` and `reportingComponent` `devicelet`. Prefer
+   * `EventRecorder`, which rate-limits and aggregates.
+   */
+  createEvent(event: EventInput, options?: RequestOptions): Promise<CoreEvent>;
+  /** Bumps an existing Event's count (merge patch). 404 when it expired. */
+  patchEvent(update: EventUpdate, options?: RequestOptions): Promise<CoreEvent>;
+
+  /** Lists any collection path (e.g. `/api/v1/pods`) in pages; for informers. */
+  list<T extends KubeObject>(path: string, query?: Query, options?: ListOptions): Promise<ListResult<T>>;
+  /** Watches any collection path from `query.resourceVersion`; see `KubeTransport.watch`. */
+  watch<T extends KubeObject>(
+    path: string,
+    query: Query,
+    options?: RequestOptions,
+  ): AsyncIterable<WatchEvent<T>>;
+
+  /** Releases connections. */
+  close(): Promise<void>;
+}
+
+export interface KubeClientOptions {
+  /** A kubeconfig file; default: in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`. */
+  readonly kubeconfigPath?: string;
+  /** Sustained API requests per second for the whole process. */
+  readonly qps: number;
+  /** Requests allowed in a burst. */
+  readonly burst: number;
+  readonly logger: Logger;
+  /** Sent as `User-Agent`; default `devicelet`. */
+  readonly userAgent?: string;
+  /** `reportingInstance` of Events (which replica wrote them); default the host name. */
+  readonly instance?: string;
+  /** Shares a budget with another client; `qps`/`burst` are then ignored. */
+  readonly budget?: RequestBudget;
+  /** An already loaded config (tests); wins over `kubeconfigPath`. */
+  readonly kubeConfig?: KubeConfig;
+}
+
+export function loadKubeConfig(kubeconfigPath?: string): KubeConfig {
+  const kc = new KubeConfig();
+  if (kubeconfigPath) kc.loadFromFile(kubeconfigPath);
+  else kc.loadFromDefault();
+  return kc;
+}
+
+const enc = encodeURIComponent;
+const ns = (namespace: string) => `/api/v1/namespaces/${enc(namespace)}`;
+const leases = (namespace: string) => `/apis/coordination.k8s.io/v1/namespaces/${enc(namespace)}/leases`;
+const MERGE = "application/merge-patch+json";
+
+/** Creates the client; synchronous, no request is made until the first call. */
+export function createKubeClient(options: KubeClientOptions): KubeClient {
+  const kubeConfig = options.kubeConfig ?? loadKubeConfig(options.kubeconfigPath);
+  const budget = options.budget ?? new RequestBudget({ qps: options.qps, burst: options.burst });
+  const log = options.logger.child({ component: "kube" });
+  const http = new KubeTransport({
+    kubeConfig,
+    budget,
+    logger: log,
+    userAgent: options.userAgent ?? "devicelet",
+  });
+
+  const instance = (options.instance ?? hostname()).slice(0, 128);
+  let eventSeq = 0;
+
+  const get = async <T>(path: string, o?: RequestOptions): Promise<T | undefined> => {
+    try {
+      return await http.request<T>({ method: "GET", path, signal: o?.signal });
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  };
+  const patch = <T>(path: string, body: object, o?: RequestOptions) =>
+    http.request<T>({ method: "PATCH", path, body, contentType: MERGE, signal: o?.signal });
+
+  const list = async <T extends KubeObject>(
+    path: string,
+    query?: Query,
+    o?: ListOptions,
+  ): Promise<ListResult<T>> => {
+    const items: T[] = [];
+    let resourceVersion = "";
+    let cont: string | undefined;
+    do {
+      const page = await http.request<{
+        items?: T[] | null;
+        metadata?: { resourceVersion?: string; continue?: string };
+      }>({
+        method: "GET",
+        path,
+        query: {
+          ...query,
+          labelSelector: o?.labelSelector ?? query?.labelSelector,
+          fieldSelector: o?.fieldSelector ?? query?.fieldSelector,
+          limit: o?.limit ?? 500,
+          continue: cont,
+        },
+        signal: o?.signal,
+      });
+      for (const item of page.items ?? []) items.push(item);
+      // Every page of one list reports the snapshot's resourceVersion.
+      resourceVersion = page.metadata?.resourceVersion ?? resourceVersion;
+      cont = page.metadata?.continue || undefined;
+    } while (cont);
+    return { items, resourceVersion };
+  };
+
+  const leaseBody = (lease: Lease): Lease => {
+    if (!lease.spec) return lease;
+    const spec = { ...lease.spec };
+    const renewTime = normalizeMicroTime(spec.renewTime);
+    const acquireTime = normalizeMicroTime(spec.acquireTime);
+    if (renewTime !== undefined) spec.renewTime = renewTime;
+    if (acquireTime !== undefined) spec.acquireTime = acquireTime;
+    return { apiVersion: "coordination.k8s.io/v1", kind: "Lease", ...lease, spec };
+  };
+
+  return {
+    budget,
+
+    getPod: (namespace, name, o) => get<Pod>(`${ns(namespace)}/pods/${enc(name)}`, o),
+    listPods: (o) => list<Pod>("/api/v1/pods", undefined, o),
+    patchPodStatus: async (p, o) => {
+      const metadata: { uid: string; resourceVersion?: string } = { uid: p.uid };
+      if (p.resourceVersion !== undefined) metadata.resourceVersion = p.resourceVersion;
+      try {
+        return await patch<Pod>(
+          `${ns(p.namespace)}/pods/${enc(p.name)}/status`,
+          { metadata, status: p.status },
+          o,
+        );
+      } catch (err) {
+        throw uidPreconditionAsConflict(err, `pod ${p.namespace}/${p.name}`, p.uid);
+      }
+    },
+    deletePod: async (d, o) => {
+      try {
+        await http.request({
+          method: "DELETE",
+          path: `${ns(d.namespace)}/pods/${enc(d.name)}`,
+          body: {
+            apiVersion: "v1",
+            kind: "DeleteOptions",
+            gracePeriodSeconds: d.gracePeriodSeconds,
+            preconditions: { uid: d.uid },
+          },
+          signal: o?.signal,
+        });
+        return true;
+      } catch (err) {
+        // 404: already gone. 409: the UID precondition failed, so our pod is gone too.
+        if (isNotFound(err) || isConflict(err)) return false;
+        throw err;
+      }
+    },
+
+    getNode: (name, o) => get<Node>(`/api/v1/nodes/${enc(name)}`, o),
+    createNode: (node, o) =>
+      http.request<Node>({
+        method: "POST",
+        path: "/api/v1/nodes",
+        body: { apiVersion: "v1", kind: "Node", ...node },
+        signal: o?.signal,
+      }),
+    patchNode: (name, mergePatch, o) => patch<Node>(`/api/v1/nodes/${enc(name)}`, mergePatch, o),
+    patchNodeStatus: (name, status, o) => patch<Node>(`/api/v1/nodes/${enc(name)}/status`, { status }, o),
+    listNodes: (labelSelector, o) => list<Node>("/api/v1/nodes", undefined, { ...o, labelSelector }),
+
+    getLease: (name, namespace = NODE_LEASE_NAMESPACE, o) =>
+      get<Lease>(`${leases(namespace)}/${enc(name)}`, o),
+    createLease: (lease, o) =>
+      http.request<Lease>({
+        method: "POST",
+        path: leases(lease.metadata?.namespace ?? NODE_LEASE_NAMESPACE),
+        body: leaseBody(lease),
+        signal: o?.signal,
+      }),
+    replaceLease: (lease, o) => {
+      const name = lease.metadata?.name;
+      if (!name || !lease.metadata?.resourceVersion) {
+        return Promise.reject(new TypeError("replaceLease needs metadata.name and metadata.resourceVersion"));
+      }
+      return http.request<Lease>({
+        method: "PUT",
+        path: `${leases(lease.metadata.namespace ?? NODE_LEASE_NAMESPACE)}/${enc(name)}`,
+        body: leaseBody(lease),
+        signal: o?.signal,
+      });
+    },
+
+    getConfigMap: (namespace, name, o) => get<ConfigMap>(`${ns(namespace)}/configmaps/${enc(name)}`, o),
+    getSecret: (namespace, name, o) => get<Secret>(`${ns(namespace)}/secrets/${enc(name)}`, o),
+
+    createEvent: (e, o) => {
+      const now = Date.now();
+      const namespace = e.involvedObject.namespace || "default";
+      // client-go's `<name>.<hex UnixNano>`; the sequence keeps two events in one millisecond apart.
+      const nanos = BigInt(now) * 1_000_000n + BigInt(eventSeq++ % 1_000_000);
+      const name = e.name ?? `${e.involvedObject.name ?? "object"}.${nanos.toString(16)}`;
+      const body: CoreEvent = {
+        apiVersion: "v1",
+        kind: "Event",
+        metadata: { name, namespace },
+        involvedObject: e.involvedObject,
+        type: e.type,
+        reason: e.reason,
+        message: e.message,
+        count: e.count ?? 1,
+        firstTimestamp: e.firstTimestamp ?? toKubeTime(now),
+        lastTimestamp: e.lastTimestamp ?? toKubeTime(now),
+        source: { component: EVENT_COMPONENT },
+        reportingComponent: EVENT_COMPONENT,
+        reportingInstance: instance,
+      };
+      return http.request<CoreEvent>({
+        method: "POST",
+        path: `${ns(namespace)}/events`,
+        body,
+        signal: o?.signal,
+      });
+    },
+    patchEvent: (u, o) => {
+      const body: { count: number; lastTimestamp: string; message?: string } = {
+        count: u.count,
+        lastTimestamp: u.lastTimestamp,
+      };
+      if (u.message !== undefined) body.message = u.message;
+      return patch<CoreEvent>(`${ns(u.namespace)}/events/${enc(u.name)}`, body, o);
+    },
+
+    list,
+    watch: <T extends KubeObject>(path: string, query: Query, o?: RequestOptions) =>
+      http.watch<T>({ path, query, signal: o?.signal }),
+
+    close: () => http.close(),
+  };
+}

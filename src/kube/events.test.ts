@@ -1,0 +1,151 @@
+import { ApiException } from "@kubernetes/client-node";
+import { pino } from "pino";
+import { describe, expect, it } from "vitest";
+import type { EventInput, EventUpdate } from "./client.ts";
+import { EventRecorder } from "./events.ts";
+import { FakeClock } from "./fake-clock.ts";
+import type { CoreEvent, ObjectReference } from "./types.ts";
+
+const logger = pino({ level: "silent" });
+const start = Date.UTC(2026, 10, 2, 10, 0, 0);
+const podRef: ObjectReference = { kind: "Pod", apiVersion: "v1", namespace: "ns", name: "p", uid: "uid-p" };
+const otherRef: ObjectReference = { kind: "Pod", apiVersion: "v1", namespace: "ns", name: "q", uid: "uid-q" };
+const nodeRef: ObjectReference = { kind: "Node", apiVersion: "v1", name: "dev-1", uid: "uid-n" };
+
+/** Records writes; holds Events by name like the API server would. */
+class FakeEvents {
+  readonly writes: string[] = [];
+  readonly events = new Map<string, CoreEvent>();
+  fail: Error | undefined;
+  #n = 0;
+
+  createEvent = (e: EventInput): Promise<CoreEvent> => {
+    this.writes.push(`create ${e.reason} count=${e.count ?? 1}`);
+    if (this.fail) return Promise.reject(this.fail);
+    const name = `${e.involvedObject.name ?? ""}.${++this.#n}`;
+    const event: CoreEvent = {
+      metadata: { name, namespace: e.involvedObject.namespace ?? "default" },
+      involvedObject: e.involvedObject,
+      reason: e.reason,
+      message: e.message,
+      count: e.count,
+      firstTimestamp: e.firstTimestamp,
+      lastTimestamp: e.lastTimestamp,
+    };
+    this.events.set(name, event);
+    return Promise.resolve(event);
+  };
+
+  patchEvent = (u: EventUpdate): Promise<CoreEvent> => {
+    this.writes.push(`patch ${u.name} count=${u.count}`);
+    const event = this.events.get(u.name);
+    if (!event) return Promise.reject(new ApiException(404, "not found", "{}", {}));
+    Object.assign(event, { count: u.count, lastTimestamp: u.lastTimestamp, message: u.message });
+    return Promise.resolve(event);
+  };
+}
+
+function setup(options: { maxWritesPerMinute?: number } = {}) {
+  const clock = new FakeClock(start);
+  const api = new FakeEvents();
+  const recorder = new EventRecorder({ client: api, logger, clock, ...options });
+  return { clock, api, recorder };
+}
+
+describe("EventRecorder", () => {
+  it("creates one Event, then patches its count for repeats within the window", async () => {
+    const { clock, api, recorder } = setup();
+    recorder.warning(podRef, "DeviceOffline", "device went away");
+    await recorder.flush();
+    clock.advance(30_000);
+    recorder.warning(podRef, "DeviceOffline", "device went away again");
+    await recorder.flush();
+    expect(api.writes).toEqual(["create DeviceOffline count=1", "patch p.1 count=2"]);
+    const event = api.events.get("p.1");
+    expect(event).toMatchObject({
+      count: 2,
+      message: "device went away again",
+      firstTimestamp: "2026-11-02T10:00:00Z",
+      lastTimestamp: "2026-11-02T10:00:30Z",
+    });
+  });
+
+  it("keeps series apart by object and reason, and starts a new Event after the window", async () => {
+    const { clock, api, recorder } = setup();
+    recorder.normal(podRef, "Scheduled", "a");
+    recorder.normal(podRef, "Started", "b");
+    recorder.normal(otherRef, "Scheduled", "c");
+    recorder.normal(nodeRef, "Registered", "d");
+    await recorder.flush();
+    clock.advance(11 * 60_000);
+    recorder.normal(podRef, "Scheduled", "again");
+    await recorder.flush();
+    expect(api.writes).toEqual([
+      "create Scheduled count=1",
+      "create Started count=1",
+      "create Scheduled count=1",
+      "create Registered count=1",
+      "create Scheduled count=1",
+    ]);
+  });
+
+  it("folds records made while a write is in flight into the next write", async () => {
+    const { api, recorder } = setup();
+    for (let i = 0; i < 5; i++) recorder.warning(podRef, "BadReport", `report ${i}`);
+    await recorder.flush();
+    expect(api.writes).toEqual(["create BadReport count=1", "patch p.1 count=5"]);
+    expect(api.events.get("p.1")?.message).toBe("report 4");
+  });
+
+  it("bounds writes per object per minute and writes the held-back count when the budget refills", async () => {
+    const { clock, api, recorder } = setup({ maxWritesPerMinute: 2 });
+    for (let i = 0; i < 10; i++) {
+      recorder.warning(podRef, "BadReport", `report ${i}`);
+      await recorder.flush();
+    }
+    expect(api.writes).toEqual(["create BadReport count=1", "patch p.1 count=2"]);
+    // Another object has its own budget.
+    recorder.warning(otherRef, "BadReport", "x");
+    await recorder.flush();
+    expect(api.writes).toHaveLength(3);
+    clock.advance(30_000);
+    await recorder.flush();
+    expect(api.writes.at(-1)).toBe("patch p.1 count=10");
+    expect(api.writes).toHaveLength(4);
+  });
+
+  it("creates a new Event when the old one expired", async () => {
+    const { api, recorder } = setup();
+    recorder.warning(podRef, "BadReport", "x");
+    await recorder.flush();
+    api.events.clear();
+    recorder.warning(podRef, "BadReport", "y");
+    await recorder.flush();
+    expect(api.writes).toEqual(["create BadReport count=1", "patch p.1 count=2", "create BadReport count=2"]);
+  });
+
+  it("never throws when the API server fails, and writes again on the next record", async () => {
+    const { api, recorder } = setup();
+    api.fail = new Error("down");
+    recorder.warning(podRef, "BadReport", "x");
+    await recorder.flush();
+    api.fail = undefined;
+    recorder.warning(podRef, "BadReport", "y");
+    await recorder.flush();
+    expect(api.writes).toEqual(["create BadReport count=1", "create BadReport count=2"]);
+  });
+
+  it("truncates long messages and stops after close", async () => {
+    const { clock, api, recorder } = setup({ maxWritesPerMinute: 1 });
+    recorder.warning(podRef, "Long", "x".repeat(5000));
+    await recorder.flush();
+    expect(api.events.get("p.1")?.message).toHaveLength(1024);
+    recorder.warning(podRef, "Long", "held back");
+    await recorder.close();
+    clock.advance(120_000);
+    recorder.warning(podRef, "Long", "after close");
+    await recorder.flush();
+    expect(api.writes).toEqual(["create Long count=1"]);
+    expect(clock.pending).toBe(0);
+  });
+});

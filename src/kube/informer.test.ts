@@ -1,0 +1,236 @@
+import { ApiException } from "@kubernetes/client-node";
+import { pino } from "pino";
+import { describe, expect, it } from "vitest";
+import type { ListOptions, ListResult, RequestOptions } from "./client.ts";
+import { Informer, type ListWatchClient } from "./informer.ts";
+import type { Query } from "./transport.ts";
+import type { KubeObject, Pod, WatchEvent } from "./types.ts";
+
+const logger = pino({ level: "silent" });
+
+const pod = (name: string, rv: string, extra: Partial<Pod["metadata"]> = {}): Pod => ({
+  metadata: { namespace: "ns", name, resourceVersion: rv, uid: `uid-${name}`, ...extra },
+});
+const gone = () =>
+  new ApiException(410, "expired", JSON.stringify({ kind: "Status", code: 410, reason: "Expired" }), {});
+
+type WatchScript = { events: WatchEvent<Pod>[]; end?: Error };
+
+/** A scripted API server: each list/watch call takes the next script; with none left it waits for abort. */
+class FakeApi implements ListWatchClient {
+  readonly lists: (ListResult<Pod> | Error)[] = [];
+  readonly watches: WatchScript[] = [];
+  readonly calls: { kind: "list" | "watch"; query: Query | undefined }[] = [];
+
+  list<T extends KubeObject>(_path: string, query?: Query, options?: ListOptions): Promise<ListResult<T>> {
+    this.calls.push({ kind: "list", query });
+    const next = this.lists.shift();
+    if (!next) return untilAborted(options?.signal);
+    if (next instanceof Error) return Promise.reject(next);
+    return Promise.resolve(structuredClone(next) as unknown as ListResult<T>);
+  }
+
+  watch<T extends KubeObject>(
+    _path: string,
+    query: Query,
+    options?: RequestOptions,
+  ): AsyncIterable<WatchEvent<T>> {
+    this.calls.push({ kind: "watch", query });
+    const script = this.watches.shift();
+    const signal = options?.signal;
+    return (async function* () {
+      if (!script) {
+        await untilAborted(signal).catch(() => undefined);
+        return;
+      }
+      for (const event of structuredClone(script.events)) yield event as unknown as WatchEvent<T>;
+      if (script.end) throw script.end;
+    })();
+  }
+}
+
+function untilAborted<T>(signal: AbortSignal | undefined): Promise<T> {
+  return new Promise((_resolve, reject) => {
+    signal?.addEventListener("abort", () => {
+      reject(new Error("aborted"));
+    });
+  });
+}
+
+/** Waits until `check` passes, letting the informer's promises run (no timers involved). */
+async function until(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000 && !check(); i++) await new Promise((r) => setImmediate(r));
+  expect(check()).toBe(true);
+}
+
+function setup(api: FakeApi, extra: Partial<ConstructorParameters<typeof Informer<Pod>>[0]> = {}) {
+  const sleeps: number[] = [];
+  const informer = new Informer<Pod>({
+    client: api,
+    logger,
+    path: "/api/v1/pods",
+    fieldSelector: "spec.nodeName!=",
+    random: () => 1,
+    sleep: (ms) => {
+      sleeps.push(ms);
+      return Promise.resolve();
+    },
+    ...extra,
+  });
+  const seen: string[] = [];
+  informer.onAdd((p) => seen.push(`add ${p.metadata?.name ?? ""}@${p.metadata?.resourceVersion ?? ""}`));
+  informer.onUpdate((p, old) =>
+    seen.push(
+      `update ${p.metadata?.name ?? ""}@${old.metadata?.resourceVersion ?? ""}->${p.metadata?.resourceVersion ?? ""}`,
+    ),
+  );
+  informer.onDelete((p) => seen.push(`delete ${p.metadata?.name ?? ""}`));
+  const controller = new AbortController();
+  return { informer, seen, sleeps, controller };
+}
+
+describe("Informer", () => {
+  it("lists, becomes ready, trims managedFields, then applies watch events from the list's resourceVersion", async () => {
+    const api = new FakeApi();
+    api.lists.push({
+      items: [pod("a", "5", { managedFields: [{ manager: "kubectl" }] }), pod("b", "6")],
+      resourceVersion: "10",
+    });
+    api.watches.push({
+      events: [
+        { type: "ADDED", object: pod("c", "11") },
+        { type: "MODIFIED", object: pod("a", "12") },
+        { type: "MODIFIED", object: pod("a", "12") }, // replay: no update
+        { type: "DELETED", object: pod("b", "13") },
+        { type: "BOOKMARK", object: { metadata: { resourceVersion: "20" } } },
+      ],
+    });
+    const { informer, seen, controller } = setup(api);
+    const done = informer.start(controller.signal);
+    await informer.ready;
+    expect(informer.get("ns/a")?.metadata?.managedFields).toBeUndefined();
+    await until(() => informer.resourceVersion === "20");
+    expect(seen).toEqual(["add a@5", "add b@6", "add c@11", "update a@5->12", "delete b"]);
+    expect(informer.keys().sort()).toEqual(["ns/a", "ns/c"]);
+    expect(api.calls[1]).toEqual({
+      kind: "watch",
+      query: expect.objectContaining({
+        resourceVersion: "10",
+        allowWatchBookmarks: true,
+        fieldSelector: "spec.nodeName!=",
+      }) as unknown,
+    });
+    controller.abort();
+    await done;
+  });
+
+  it("on 410 re-lists at once and emits the deletes and changes it missed", async () => {
+    const api = new FakeApi();
+    api.lists.push({ items: [pod("a", "1"), pod("b", "2"), pod("c", "3")], resourceVersion: "3" });
+    api.watches.push({ events: [], end: gone() });
+    api.lists.push({ items: [pod("a", "1"), pod("b", "9"), pod("d", "8")], resourceVersion: "9" });
+    const { informer, seen, sleeps, controller } = setup(api);
+    const done = informer.start(controller.signal);
+    await until(() => api.calls.length === 4);
+    expect(seen).toEqual(["add a@1", "add b@2", "add c@3", "update b@2->9", "add d@8", "delete c"]);
+    expect(sleeps).toEqual([]);
+    expect(api.calls.map((c) => c.kind)).toEqual(["list", "watch", "list", "watch"]);
+    expect(api.calls[3]?.query?.resourceVersion).toBe("9");
+    controller.abort();
+    await done;
+  });
+
+  it("treats a 410 ERROR mid-stream like an expired start", async () => {
+    const api = new FakeApi();
+    api.lists.push({ items: [pod("a", "1")], resourceVersion: "1" });
+    api.watches.push({ events: [{ type: "MODIFIED", object: pod("a", "2") }], end: gone() });
+    api.lists.push({ items: [], resourceVersion: "7" });
+    const { informer, seen, controller } = setup(api);
+    const done = informer.start(controller.signal);
+    await until(() => api.calls.length === 4);
+    expect(seen).toEqual(["add a@1", "update a@1->2", "delete a"]);
+    controller.abort();
+    await done;
+  });
+
+  it("backs off 1 s doubling to 30 s on failures, resumes from its resourceVersion, and resets after a healthy watch", async () => {
+    const api = new FakeApi();
+    api.lists.push(new Error("list down"));
+    api.lists.push({ items: [], resourceVersion: "1" });
+    for (let i = 0; i < 6; i++) api.watches.push({ events: [], end: new Error("reset") });
+    api.watches.push({ events: [{ type: "ADDED", object: pod("a", "2") }] }); // healthy, then closes
+    api.watches.push({ events: [], end: new Error("reset") });
+    const { informer, sleeps, controller } = setup(api);
+    const done = informer.start(controller.signal);
+    await until(() => api.calls.filter((c) => c.kind === "watch").length === 9);
+    expect(sleeps).toEqual([1000, 2000, 4000, 8000, 16000, 30000, 30000, 1000, 2000]);
+    // Only one successful list: every re-watch resumed from the last resourceVersion.
+    expect(api.calls.filter((c) => c.kind === "list")).toHaveLength(2);
+    expect(api.calls.at(-1)?.query?.resourceVersion).toBe("2");
+    controller.abort();
+    await done;
+  });
+
+  it("jitters the wait between half and all of the backoff", async () => {
+    const api = new FakeApi();
+    api.lists.push(new Error("down"), new Error("down"));
+    const { informer, sleeps, controller } = setup(api, { random: () => 0 });
+    const done = informer.start(controller.signal);
+    await until(() => sleeps.length === 2);
+    expect(sleeps).toEqual([500, 1000]);
+    controller.abort();
+    await done;
+  });
+
+  it("keeps calling other handlers when one throws", async () => {
+    const api = new FakeApi();
+    api.lists.push({ items: [pod("a", "1")], resourceVersion: "1" });
+    const { informer, seen, controller } = setup(api);
+    informer.onAdd(() => {
+      throw new Error("handler bug");
+    });
+    const later: string[] = [];
+    informer.onAdd((p) => later.push(p.metadata?.name ?? ""));
+    const done = informer.start(controller.signal);
+    await informer.ready;
+    expect(seen).toEqual(["add a@1"]);
+    expect(later).toEqual(["a"]);
+    controller.abort();
+    await done;
+  });
+
+  it("stops on abort: done resolves, ready rejects if it never listed, and it cannot start twice", async () => {
+    const api = new FakeApi();
+    const { informer, controller } = setup(api);
+    const done = informer.start(controller.signal);
+    expect(() => informer.start(controller.signal)).toThrow("already started");
+    controller.abort(new Error("shutdown"));
+    await done;
+    await expect(informer.ready).rejects.toThrow("shutdown");
+    expect(informer.hasSynced).toBe(false);
+  });
+
+  it("serves indexes over the cache", async () => {
+    const api = new FakeApi();
+    const bound = (name: string, rv: string, node: string): Pod => ({
+      ...pod(name, rv),
+      spec: { containers: [], nodeName: node },
+    });
+    api.lists.push({ items: [bound("a", "1", "dev-1"), bound("b", "2", "dev-2")], resourceVersion: "2" });
+    api.watches.push({ events: [{ type: "MODIFIED", object: bound("b", "3", "dev-1") }] });
+    const { informer, controller } = setup(api);
+    informer.addIndex("node", (p) => p.spec?.nodeName);
+    const done = informer.start(controller.signal);
+    await until(() => informer.resourceVersion === "3");
+    expect(
+      informer
+        .byIndex("node", "dev-1")
+        .map((p) => p.metadata?.name)
+        .sort(),
+    ).toEqual(["a", "b"]);
+    expect(informer.getByName("ns", "b")?.spec?.nodeName).toBe("dev-1");
+    expect(informer.list()).toHaveLength(2);
+    controller.abort();
+    await done;
+  });
+});

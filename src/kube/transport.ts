@@ -1,0 +1,278 @@
+/**
+ * The HTTP layer under the {@link KubeClient}: raw JSON requests and watch streams to the API
+ * server, authenticated from a kubeconfig by `@kubernetes/client-node`, every request paid for
+ * from the shared {@link RequestBudget} and counted by verb and resource.
+ *
+ * It uses client-node for what it does well (kubeconfig loading, TLS material, bearer tokens and
+ * exec/auth-provider plugins, its undici-based fetch) and not its generated API classes, which
+ * would convert every object to model classes (see `types.ts`). One undici dispatcher is built
+ * once and reused: client-node 2.0's `applySecurityAuthentication` builds a new undici `Agent`
+ * (and so a new TLS connection) for every request it authenticates.
+ */
+import {
+  ApiException,
+  HttpMethod,
+  IsomorphicFetchHttpLibrary,
+  RequestContext,
+  type KubeConfig,
+} from "@kubernetes/client-node";
+import type { RequestOptions } from "node:https";
+import type { Logger } from "pino";
+import type { RequestBudget } from "./budget.ts";
+import type { WatchEvent } from "./types.ts";
+
+export type Query = Readonly<Record<string, string | number | boolean | undefined>>;
+
+export interface TransportRequest {
+  readonly method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+  /** Absolute API path, e.g. `/api/v1/namespaces/ns/pods/name/status`. */
+  readonly path: string;
+  readonly query?: Query;
+  /** Sent as JSON. */
+  readonly body?: unknown;
+  /** Defaults to `application/json` when there is a body. */
+  readonly contentType?: string;
+  readonly signal?: AbortSignal;
+}
+
+export interface WatchRequest {
+  readonly path: string;
+  readonly query?: Query;
+  readonly signal?: AbortSignal;
+}
+
+type Dispatcher = NonNullable<ReturnType<RequestContext["getDispatcher"]>>;
+
+/**
+ * The audit-style verb and the resource (with subresource) of a request path, as the budget counts
+ * them: `GET /api/v1/namespaces/a/pods` → `list pods`, `PATCH .../pods/p/status` → `patch pods/status`.
+ */
+export function describeRequest(
+  method: string,
+  path: string,
+  watch = false,
+): { verb: string; resource: string } {
+  const segments = path.split("?")[0]?.split("/").filter(Boolean) ?? [];
+  // Drop `api/v1` or `apis/<group>/<version>`.
+  let rest =
+    segments[0] === "api" ? segments.slice(2) : segments[0] === "apis" ? segments.slice(3) : segments;
+  if (rest[0] === "namespaces" && rest.length >= 3) rest = rest.slice(2);
+  const [resource = "", name, sub] = rest;
+  const full = sub ? `${resource}/${sub}` : resource;
+  const verbs: Record<string, string> = { POST: "create", PUT: "update", PATCH: "patch", DELETE: "delete" };
+  const verb = watch
+    ? "watch"
+    : method === "GET"
+      ? name
+        ? "get"
+        : "list"
+      : (verbs[method] ?? method.toLowerCase());
+  return { verb, resource: full };
+}
+
+export interface KubeTransportOptions {
+  readonly kubeConfig: KubeConfig;
+  readonly budget: RequestBudget;
+  readonly logger: Logger;
+  readonly userAgent: string;
+}
+
+export class KubeTransport {
+  readonly #kc: KubeConfig;
+  readonly #budget: RequestBudget;
+  readonly #log: Logger;
+  readonly #userAgent: string;
+  readonly #http = new IsomorphicFetchHttpLibrary();
+  readonly #server: string;
+  /** Credentials that can change (exec plugins, token files) are re-read for every request. */
+  readonly #dynamicAuth: boolean;
+  #headers: Promise<Record<string, string>> | undefined;
+  #dispatcher: Promise<Dispatcher | undefined> | undefined;
+
+  constructor(options: KubeTransportOptions) {
+    this.#kc = options.kubeConfig;
+    this.#budget = options.budget;
+    this.#log = options.logger;
+    this.#userAgent = options.userAgent;
+    const cluster = this.#kc.getCurrentCluster();
+    if (!cluster) throw new Error("kubeconfig has no current cluster");
+    this.#server = cluster.server.replace(/\/+$/, "");
+    const user = this.#kc.getCurrentUser() as { exec?: unknown; authProvider?: unknown } | null;
+    this.#dynamicAuth = Boolean(user?.exec ?? user?.authProvider);
+  }
+
+  /** The API server's base URL from the kubeconfig. */
+  get server(): string {
+    return this.#server;
+  }
+
+  /**
+   * Sends one request after taking a budget token, and resolves with the parsed JSON body of a
+   * 2xx answer. Anything else rejects with client-node's `ApiException` (`code`, `body` the Status
+   * as a JSON string), network failures with fetch's error; read them with `errors.ts`.
+   */
+  async request<T>(req: TransportRequest): Promise<T> {
+    const { verb, resource } = describeRequest(req.method, req.path);
+    const ctx = await this.#context(req.method, req.path, req.query, req.signal);
+    if (req.body !== undefined) {
+      ctx.setHeaderParam("Content-Type", req.contentType ?? "application/json");
+      ctx.setBody(JSON.stringify(req.body));
+    }
+    await this.#budget.take(req.signal);
+    this.#budget.record(verb, resource);
+    const started = performance.now();
+    const response = await this.#http.send(ctx).toPromise();
+    const text = await response.body.text();
+    const ms = Math.round(performance.now() - started);
+    this.#log.trace({ verb, resource, path: req.path, code: response.httpStatusCode, ms }, "kube request");
+    if (response.httpStatusCode >= 200 && response.httpStatusCode < 300) {
+      return (text === "" ? undefined : JSON.parse(text)) as T;
+    }
+    throw apiException(response.httpStatusCode, req.method, req.path, text, response.headers);
+  }
+
+  /**
+   * Opens a watch (`?watch=true`) after taking a budget token and yields its events as they
+   * arrive. Ends when the server closes the stream or `signal` aborts (then it just returns). An
+   * HTTP error or an `ERROR` event (e.g. 410 Expired) rejects with an `ApiException`. Breaking out
+   * of the loop closes the connection.
+   */
+  async *watch<T>(req: WatchRequest): AsyncGenerator<WatchEvent<T>, void, undefined> {
+    const { resource } = describeRequest("GET", req.path, true);
+    const local = new AbortController();
+    const signal = req.signal ? AbortSignal.any([req.signal, local.signal]) : local.signal;
+    const ctx = await this.#context("GET", req.path, { ...req.query, watch: true }, signal);
+    await this.#budget.take(req.signal);
+    this.#budget.record("watch", resource);
+    try {
+      const response = await this.#http.send(ctx).toPromise();
+      if (response.httpStatusCode !== 200) {
+        const text = await response.body.text();
+        throw apiException(response.httpStatusCode, "GET", req.path, text, response.headers);
+      }
+      const stream = response.body.stream();
+      if (!stream) return;
+      const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+      let buffered = "";
+      for (;;) {
+        const chunk = await reader.read();
+        if (chunk.done) break;
+        buffered += chunk.value;
+        let nl: number;
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, nl).trim();
+          buffered = buffered.slice(nl + 1);
+          if (line === "") continue;
+          const event = JSON.parse(line) as { type: string; object: unknown };
+          if (event.type === "ERROR") {
+            const status = event.object as { code?: number };
+            throw apiException(status.code ?? 500, "GET", req.path, JSON.stringify(status), {});
+          }
+          yield event as WatchEvent<T>;
+        }
+      }
+    } catch (err) {
+      if (req.signal?.aborted) return;
+      throw err;
+    } finally {
+      local.abort();
+    }
+  }
+
+  /** Releases pooled connections. Requests after this fail. */
+  async close(): Promise<void> {
+    const dispatcher = await this.#dispatcher;
+    await dispatcher?.close();
+  }
+
+  async #context(
+    method: TransportRequest["method"],
+    path: string,
+    query: Query | undefined,
+    signal?: AbortSignal,
+  ) {
+    const url = new URL(this.#server + path);
+    for (const [key, value] of Object.entries(query ?? {})) {
+      if (value !== undefined) url.searchParams.set(key, String(value));
+    }
+    const ctx = new RequestContext(url.toString(), HttpMethod[method]);
+    ctx.setHeaderParam("Accept", "application/json");
+    ctx.setHeaderParam("User-Agent", this.#userAgent);
+    const headers = await this.#authHeaders();
+    for (const [key, value] of Object.entries(headers)) ctx.setHeaderParam(key, value);
+    const dispatcher = await this.#sharedDispatcher();
+    if (dispatcher) ctx.setDispatcher(dispatcher);
+    if (signal) ctx.setSignal(signal);
+    return ctx;
+  }
+
+  #authHeaders(): Promise<Record<string, string>> {
+    if (this.#headers && !this.#dynamicAuth) return this.#headers;
+    const computed = (async () => {
+      const opts: RequestOptions = {};
+      await this.#kc.applyToHTTPSOptions(opts);
+      const headers: Record<string, string> = {};
+      for (const [key, value] of Object.entries(opts.headers ?? {})) {
+        if (value !== undefined) headers[key] = Array.isArray(value) ? value.join(", ") : String(value);
+      }
+      if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString("base64")}`;
+      return headers;
+    })();
+    // A failed computation (exec plugin down) must be retried on the next request, not cached.
+    computed.catch(() => {
+      if (this.#headers === computed) this.#headers = undefined;
+    });
+    this.#headers = computed;
+    return computed;
+  }
+
+  #sharedDispatcher(): Promise<Dispatcher | undefined> {
+    if (this.#dispatcher) return this.#dispatcher;
+    const built = (async () => {
+      const probe = new RequestContext(this.#server, HttpMethod.GET);
+      await this.#kc.applySecurityAuthentication(probe);
+      return probe.getDispatcher();
+    })();
+    built.catch(() => {
+      if (this.#dispatcher === built) this.#dispatcher = undefined;
+    });
+    this.#dispatcher = built;
+    return built;
+  }
+}
+
+/**
+ * client-node's `ApiException` (so `instanceof ApiException` and `code`/`body` work as callers of
+ * client-node expect) with a one-line message instead of its multi-line dump of body and headers.
+ */
+export class KubeApiError extends ApiException<string> {
+  constructor(
+    code: number,
+    message: string,
+    body: string,
+    headers: Record<string, string>,
+    options?: ErrorOptions,
+  ) {
+    super(code, message, body, headers);
+    this.name = "KubeApiError";
+    this.message = message;
+    if (options?.cause !== undefined) this.cause = options.cause;
+  }
+}
+
+function apiException(
+  code: number,
+  method: string,
+  path: string,
+  body: string,
+  headers: Record<string, string>,
+): KubeApiError {
+  let detail = body.slice(0, 300);
+  try {
+    const status = JSON.parse(body) as { reason?: string; message?: string };
+    detail = `${status.reason ?? ""}: ${status.message ?? ""}`;
+  } catch {
+    // not a Status; keep the raw text
+  }
+  return new KubeApiError(code, `${method} ${path}: HTTP ${code} ${detail}`, body, headers);
+}
