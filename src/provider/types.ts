@@ -56,7 +56,10 @@ export interface AppSpec {
   readonly secretEnv: readonly string[];
   readonly files: readonly AppFile[];
   readonly ports: readonly AppPort[];
-  readonly resources: { readonly requests: Readonly<Record<string, string>>; readonly limits: Readonly<Record<string, string>> };
+  readonly resources: {
+    readonly requests: Readonly<Record<string, string>>;
+    readonly limits: Readonly<Record<string, string>>;
+  };
 }
 
 /** What a device should run for one pod. Pure data; the same pod always gives the same `hash`. */

@@ -1,0 +1,310 @@
+/**
+ * One pod as a simulated device runs it: the latest desired workload, what is applied, each app's
+ * state machine (ContainerCreating → running → [crash → CrashLoopBackOff → running]… → terminated)
+ * and the status that follows from it. Owns its timers; tells its owner of every change.
+ */
+import type { Logger } from "pino";
+import type {
+  AppSpec,
+  AppState,
+  AppStatus,
+  PodRef,
+  Workload,
+  WorkloadStatus,
+} from "../../src/provider/types.ts";
+import { AppLog } from "./app-log.ts";
+import type { MockClock } from "./clock.ts";
+import { matchesImage, type MockConfig } from "./schema.ts";
+import type { PersistedPod } from "./state-file.ts";
+
+export interface MockPodEnv {
+  readonly clock: MockClock;
+  readonly config: MockConfig;
+  readonly logger: Logger;
+  /** Called after every app transition the pod makes on its own (timers). */
+  readonly changed: (pod: MockPod) => void;
+}
+
+interface AppRun {
+  readonly spec: AppSpec;
+  readonly fingerprint: string;
+  state: AppState;
+  lastState?: AppState;
+  restartCount: number;
+  timer?: unknown;
+  readonly log: AppLog;
+}
+
+const fingerprint = (spec: AppSpec) => JSON.stringify(spec);
+
+export class MockPod {
+  readonly ref: PodRef;
+  /** The latest workload devicelet gave (queued while the device is offline). */
+  workload: Workload;
+  /** Set by deletePod: the device must stop this pod; the record stays until it has. */
+  tombstone?: { gracePeriodSeconds: number };
+  /** Status last computed while the device was online: what an offline device is assumed to run. */
+  lastOnline?: WorkloadStatus;
+  #env: MockPodEnv;
+  #apps: AppRun[] = [];
+  #appliedHash?: string;
+  #everStarted = false;
+  #stopTimer?: unknown;
+  #stopped = false;
+
+  constructor(workload: Workload, env: MockPodEnv) {
+    this.ref = Object.freeze({
+      namespace: workload.pod.namespace,
+      name: workload.pod.name,
+      uid: workload.pod.uid,
+    });
+    this.workload = workload;
+    this.#env = env;
+  }
+
+  get deviceId(): string {
+    return this.workload.deviceId;
+  }
+  /** Hash of the workload the device runs; undefined while it runs nothing of this pod. */
+  get appliedHash(): string | undefined {
+    return this.#appliedHash;
+  }
+  /** The device has stopped every app (after a tombstone). */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /** Makes the device run `workload`: changed or new apps restart after `appStartDelayMs`. */
+  apply(): void {
+    const { clock } = this.#env;
+    const next = this.workload.apps.map((spec): AppRun => {
+      const old = this.#apps.find((a) => a.spec.name === spec.name);
+      if (old?.fingerprint === fingerprint(spec)) return old;
+      if (old) this.#clear(old);
+      const log = old?.log ?? new AppLog();
+      log.append(clock.now(), `[mock] pulling ${spec.image}`);
+      const run: AppRun = {
+        spec,
+        fingerprint: fingerprint(spec),
+        state: { kind: "waiting", reason: "ContainerCreating" },
+        restartCount: old ? old.restartCount + 1 : 0,
+        log,
+        ...(old ? { lastState: this.#terminated(old, 0, "Completed") } : {}),
+      };
+      this.#after(run, this.#env.config.appStartDelayMs, () => {
+        this.#start(run);
+      });
+      return run;
+    });
+    for (const gone of this.#apps.filter((a) => !next.includes(a))) {
+      this.#clear(gone);
+      gone.log.close();
+    }
+    this.#apps = next;
+    this.#appliedHash = this.workload.hash;
+  }
+
+  /**
+   * Stops every app after `delayMs` (0: now, as a SIGKILL would), then calls `done`. A second call
+   * only matters when it is quicker; `done` is called once.
+   */
+  stop(delayMs: number, done: () => void): void {
+    if (this.#stopped) {
+      done();
+      return;
+    }
+    if (this.#stopTimer !== undefined) {
+      if (delayMs > 0) return;
+      this.#env.clock.clearTimeout(this.#stopTimer);
+    }
+    for (const app of this.#apps) this.#clear(app);
+    const finish = () => {
+      this.#stopTimer = undefined;
+      const [code, reason] = delayMs === 0 ? [137, "Error"] : [0, "Completed"];
+      for (const app of this.#apps) {
+        app.state = this.#terminated(app, code, reason);
+        app.log.append(this.#env.clock.now(), `[mock] stopped (exit code ${code})`);
+      }
+      this.#stopped = true;
+      done();
+    };
+    if (delayMs === 0) finish();
+    else this.#stopTimer = this.#env.clock.setTimeout(finish, delayMs);
+  }
+
+  /** Cancels every timer and ends log followers (provider stop). */
+  dispose(): void {
+    for (const app of this.#apps) {
+      this.#clear(app);
+      app.log.close();
+    }
+    if (this.#stopTimer !== undefined) this.#env.clock.clearTimeout(this.#stopTimer);
+    this.#stopTimer = undefined;
+  }
+
+  app(name: string): AppLog | undefined {
+    return this.#apps.find((a) => a.spec.name === name)?.log;
+  }
+
+  /** Names of the apps running now, for stats. */
+  runningApps(): string[] {
+    return this.#stopped ? [] : this.#apps.filter((a) => a.state.kind === "running").map((a) => a.spec.name);
+  }
+
+  /**
+   * The pod's status. Online, it is computed from the apps (and remembered); offline, it is the
+   * last one seen online with `deviceConnected: false`, or Pending/DeviceOffline if never applied.
+   */
+  status(connected: boolean, podIP: string | undefined): WorkloadStatus {
+    const observedAt = new Date(this.#env.clock.now());
+    if (!connected) {
+      if (this.lastOnline) return { ...this.lastOnline, deviceConnected: false, observedAt };
+      return {
+        pod: this.ref,
+        phase: "Pending",
+        reason: "DeviceOffline",
+        message: `device ${this.deviceId} is offline; the workload is queued until it reconnects`,
+        apps: this.workload.apps.map((a) => ({
+          name: a.name,
+          image: a.image,
+          state: { kind: "waiting", reason: "DeviceOffline" },
+          ready: false,
+          restartCount: 0,
+        })),
+        deviceConnected: false,
+        observedAt,
+      };
+    }
+    const apps = this.#apps.map((a): AppStatus => ({
+      name: a.spec.name,
+      image: a.spec.image,
+      state: a.state,
+      ready: a.state.kind === "running" && !this.tombstone,
+      restartCount: a.restartCount,
+      ...(a.lastState ? { lastState: a.lastState } : {}),
+    }));
+    const base = { pod: this.ref, apps, deviceConnected: true, observedAt, ...(podIP ? { podIP } : {}) };
+    let status: WorkloadStatus;
+    if (this.#appliedHash === undefined) {
+      status = { ...base, phase: "Pending", reason: "Queued", message: "not yet applied on the device" };
+    } else if (apps.length > 0 && apps.every((a) => a.state.kind === "terminated")) {
+      const failed = apps.some((a) => a.state.kind === "terminated" && a.state.exitCode !== 0);
+      status = { ...base, phase: failed ? "Failed" : "Succeeded" };
+    } else if (!this.#everStarted) {
+      status = { ...base, phase: "Pending", reason: "ContainerCreating" };
+    } else {
+      status = { ...base, phase: "Running" };
+    }
+    this.lastOnline = status;
+    return status;
+  }
+
+  /** What the state file keeps of this pod. */
+  persisted(): PersistedPod {
+    return {
+      workload: this.workload,
+      ...(this.tombstone ? { tombstone: this.tombstone } : {}),
+      ...(this.#appliedHash === undefined
+        ? {}
+        : {
+            running: {
+              hash: this.#appliedHash,
+              apps: this.#apps.map((a) => ({
+                spec: a.spec,
+                restartCount: a.restartCount,
+                ...("startedAt" in a.state && a.state.startedAt
+                  ? { startedAt: a.state.startedAt.getTime() }
+                  : {}),
+              })),
+            },
+          }),
+    };
+  }
+
+  /** Rebuilds a pod from the state file: apps that had started run on (failing ones fail again). */
+  static restore(p: PersistedPod, env: MockPodEnv): MockPod {
+    const pod = new MockPod(p.workload, env);
+    if (p.tombstone) pod.tombstone = { ...p.tombstone };
+    if (p.running) {
+      pod.#appliedHash = p.running.hash;
+      pod.#apps = p.running.apps.map((a) => {
+        const run: AppRun = {
+          spec: a.spec,
+          fingerprint: fingerprint(a.spec),
+          state: { kind: "waiting", reason: "ContainerCreating" },
+          restartCount: a.restartCount,
+          log: new AppLog(),
+        };
+        if (a.startedAt === undefined) {
+          pod.#after(run, env.config.appStartDelayMs, () => {
+            pod.#start(run);
+          });
+        } else {
+          pod.#start(run, new Date(a.startedAt), false);
+        }
+        return run;
+      });
+    }
+    return pod;
+  }
+
+  #start(run: AppRun, startedAt = new Date(this.#env.clock.now()), notify = true): void {
+    const { config, clock } = this.#env;
+    run.state = { kind: "running", startedAt };
+    this.#everStarted = true;
+    run.log.append(clock.now(), `[mock] started ${run.spec.image}`);
+    if (config.failImages.some((p) => matchesImage(p, run.spec.image))) {
+      this.#after(run, config.failAfterMs, () => {
+        this.#crash(run);
+      });
+    }
+    if (notify) this.#env.changed(this);
+  }
+
+  /** Exit code 1; restarted after a doubling back-off unless restartPolicy is Never. */
+  #crash(run: AppRun): void {
+    const { config, clock } = this.#env;
+    const exited = this.#terminated(run, 1, "Error");
+    run.log.append(clock.now(), `[mock] ${run.spec.image} exited with code 1 (failImages)`);
+    if (this.workload.restartPolicy === "Never") {
+      run.state = exited;
+    } else {
+      const backoff = Math.min(config.crashBackoffMs * 2 ** run.restartCount, config.crashBackoffMaxMs);
+      run.lastState = exited;
+      run.state = {
+        kind: "waiting",
+        reason: "CrashLoopBackOff",
+        message: `back-off ${backoff}ms restarting failed container=${run.spec.name} pod=${this.ref.name}`,
+      };
+      this.#after(run, backoff, () => {
+        run.restartCount += 1;
+        this.#start(run);
+      });
+    }
+    this.#env.logger.debug(
+      { pod: this.ref, app: run.spec.name, restartCount: run.restartCount },
+      "mock: app crashed",
+    );
+    this.#env.changed(this);
+  }
+
+  #terminated(run: AppRun, exitCode: number, reason: string): AppState {
+    const finishedAt = new Date(this.#env.clock.now());
+    return run.state.kind === "running"
+      ? { kind: "terminated", exitCode, reason, startedAt: run.state.startedAt, finishedAt }
+      : { kind: "terminated", exitCode, reason, finishedAt };
+  }
+
+  #after(run: AppRun, ms: number, fn: () => void): void {
+    this.#clear(run);
+    run.timer = this.#env.clock.setTimeout(() => {
+      run.timer = undefined;
+      fn();
+    }, ms);
+  }
+
+  #clear(run: AppRun): void {
+    if (run.timer !== undefined) this.#env.clock.clearTimeout(run.timer);
+    run.timer = undefined;
+  }
+}

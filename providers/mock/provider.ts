@@ -1,0 +1,413 @@
+/**
+ * MockProvider: simulated devices that honour the full provider contract in memory, with presence,
+ * offline queueing (latest wins), tombstones, crash loops, injected failures and an optional state
+ * file. The engine's tests and the demo run against it; see index.ts for usage.
+ */
+import type { Logger } from "pino";
+import { invalidInput, notFound, transient } from "../../src/provider/errors.ts";
+import type {
+  DeletePodOptions,
+  DeletionNotifier,
+  DeviceInfo,
+  DeviceInventory,
+  LogOptions,
+  LogsCapability,
+  PodFeature,
+  PodLifecycleProvider,
+  PodRef,
+  PodStats,
+  ProviderPod,
+  Startable,
+  StatsCapability,
+  StatusNotifier,
+  Workload,
+  WorkloadStatus,
+} from "../../src/provider/types.ts";
+import { systemClock, type MockClock } from "./clock.ts";
+import type { MockProviderDeps, MockStats } from "./provider-types.ts";
+import { MockPod, type MockPodEnv } from "./pod.ts";
+import { DeviceFleet } from "./fleet.ts";
+import { expandDevices, MOCK_DEFAULT_SUPPORTS, type MockConfig } from "./schema.ts";
+import { StateFile, type PersistedState } from "./state-file.ts";
+
+export class MockProvider
+  implements
+    PodLifecycleProvider,
+    StatusNotifier,
+    DeletionNotifier,
+    DeviceInventory,
+    LogsCapability,
+    StatsCapability,
+    Startable
+{
+  readonly name = "mock";
+  readonly supports: readonly PodFeature[];
+  readonly config: MockConfig;
+  #log: Logger;
+  #clock: MockClock;
+  #random: () => number;
+  #fleet: DeviceFleet;
+  #pods = new Map<string, MockPod>();
+  #byDevice = new Map<string, Set<MockPod>>();
+  #createsByUid = new Map<string, number>();
+  #counters = {
+    applied: 0,
+    updates: 0,
+    deletes: 0,
+    deleted: 0,
+    noops: 0,
+    createErrors: 0,
+    statusNotifications: 0,
+  };
+  #onStatus: ((s: WorkloadStatus) => void)[] = [];
+  #onDeleted: ((p: PodRef) => void)[] = [];
+  #onDevice: ((d: DeviceInfo) => void)[] = [];
+  #store?: StateFile;
+  #timers = new Set<unknown>();
+  #podEnv: MockPodEnv;
+  #stopping?: Promise<void>;
+
+  /** Use {@link createMockProvider}, which validates the config and fills its defaults. */
+  constructor(config: MockConfig, deps: MockProviderDeps) {
+    this.config = config;
+    this.supports = config.supports ?? MOCK_DEFAULT_SUPPORTS;
+    this.#log = deps.logger.child({ provider: "mock" });
+    this.#clock = deps.clock ?? systemClock;
+    this.#random = deps.random ?? Math.random;
+    this.#fleet = new DeviceFleet(expandDevices(config), this.#clock);
+    this.#podEnv = {
+      clock: this.#clock,
+      config,
+      logger: this.#log,
+      changed: (pod) => {
+        this.#emit(pod);
+        this.#store?.schedule(); // start times and restart counts survive a restart
+      },
+    };
+    if (config.stateFile !== undefined) {
+      this.#store = new StateFile(config.stateFile, {
+        logger: this.#log,
+        clock: this.#clock,
+        snapshot: () => this.#snapshot(),
+      });
+    }
+  }
+
+  /** Loads the state file (if any), re-applies what devices still need, starts the offline schedule. */
+  async start(signal: AbortSignal): Promise<void> {
+    const state = await this.#store?.load();
+    if (state) this.#restore(state);
+    for (const o of this.config.offline) {
+      this.#after(o.afterMs, () => {
+        this.setConnected(o.device, false);
+      });
+      if (o.forMs !== undefined) {
+        this.#after(o.afterMs + o.forMs, () => {
+          this.setConnected(o.device, true);
+        });
+      }
+    }
+    signal.addEventListener("abort", () => void this.stop(), { once: true });
+    if (signal.aborted) await this.stop();
+    this.#log.info({ devices: this.#fleet.size, pods: this.#pods.size }, "mock provider started");
+  }
+
+  /** Cancels all simulation timers and writes the state file. Idempotent; also run on abort. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      for (const t of this.#timers) this.#clock.clearTimeout(t);
+      this.#timers.clear();
+      for (const pod of this.#pods.values()) pod.dispose();
+      await this.#store?.flush().catch((err: unknown) => {
+        this.#log.error({ err }, "mock: final state write failed");
+      });
+    })();
+    return this.#stopping;
+  }
+
+  /** Writes the state file now (no-op without one). */
+  async flush(): Promise<void> {
+    await this.#store?.flush();
+  }
+
+  /**
+   * Creates (or, offline, queues) the pod. The hash already held is a no-op; another hash for a
+   * held uid is an update. Throws Transient at `createErrorRate`, before changing anything.
+   * @throws ProviderError InvalidInput for a device not in the config.
+   */
+  createPod(workload: Workload): Promise<void> {
+    return settle(() => {
+      if (this.config.createErrorRate > 0 && this.#random() < this.config.createErrorRate) {
+        this.#counters.createErrors++;
+        throw transient(`mock: injected create failure for ${workload.pod.namespace}/${workload.pod.name}`);
+      }
+      if (!this.#fleet.has(workload.deviceId))
+        throw invalidInput(`mock: unknown device ${workload.deviceId}`);
+      const held = this.#pods.get(workload.pod.uid);
+      if (held) {
+        this.#update(held, workload);
+        return;
+      }
+      const pod = new MockPod(workload, this.#podEnv);
+      this.#pods.set(pod.ref.uid, pod);
+      this.#devicePods(pod.deviceId).add(pod);
+      this.#createsByUid.set(pod.ref.uid, (this.#createsByUid.get(pod.ref.uid) ?? 0) + 1);
+      this.#log.debug({ pod: pod.ref, device: pod.deviceId }, "mock: pod created");
+      if (this.#fleet.online(pod.deviceId)) this.#apply(pod);
+      else this.#emit(pod, true);
+      this.#store?.schedule();
+    });
+  }
+
+  /** @throws ProviderError NotFound when the pod was never created. */
+  updatePod(workload: Workload): Promise<void> {
+    return settle(() => {
+      const pod = this.#pods.get(workload.pod.uid);
+      if (!pod)
+        throw notFound(`mock: no pod ${workload.pod.namespace}/${workload.pod.name} (${workload.pod.uid})`);
+      this.#update(pod, workload);
+    });
+  }
+
+  #update(pod: MockPod, workload: Workload): void {
+    if (pod.tombstone) return; // being deleted; a pod is never brought back
+    if (pod.workload.hash === workload.hash) {
+      this.#counters.noops++;
+      return;
+    }
+    this.#counters.updates++;
+    pod.workload = workload; // latest wins: an offline device gets only this one
+    if (this.#fleet.online(pod.deviceId)) this.#apply(pod);
+    this.#store?.schedule();
+  }
+
+  /**
+   * Tombstones the pod (durably, when there is a state file), then stops it on the device; while the
+   * device is offline the tombstone waits for reconnect. notifyDeleted fires once it is stopped.
+   * @throws ProviderError NotFound when the provider holds no such pod.
+   */
+  async deletePod(ref: PodRef, options: DeletePodOptions): Promise<void> {
+    const pod = this.#pods.get(ref.uid);
+    if (!pod) throw notFound(`mock: no pod ${ref.namespace}/${ref.name} (${ref.uid})`);
+    const grace = Math.min(options.gracePeriodSeconds, pod.tombstone?.gracePeriodSeconds ?? Infinity);
+    if (!pod.tombstone) this.#counters.deletes++;
+    pod.tombstone = { gracePeriodSeconds: grace };
+    await this.#store?.flush();
+    if (this.#fleet.online(pod.deviceId) || pod.appliedHash === undefined || !this.#fleet.has(pod.deviceId)) {
+      this.#stopPod(pod);
+    }
+  }
+
+  getPodStatus(ref: PodRef): Promise<WorkloadStatus | undefined> {
+    const pod = this.#pods.get(ref.uid);
+    return Promise.resolve(pod && this.#status(pod));
+  }
+
+  listPods(): Promise<readonly ProviderPod[]> {
+    return Promise.resolve(
+      [...this.#pods.values()].map((p) => ({
+        pod: p.ref,
+        nodeName: p.workload.nodeName,
+        hash: p.workload.hash,
+      })),
+    );
+  }
+
+  notifyStatus(callback: (status: WorkloadStatus) => void): void {
+    this.#onStatus.push(callback);
+  }
+
+  notifyDeleted(callback: (pod: PodRef) => void): void {
+    this.#onDeleted.push(callback);
+  }
+
+  listDevices(): Promise<readonly DeviceInfo[]> {
+    return Promise.resolve(this.#fleet.list());
+  }
+
+  watchDevices(callback: (device: DeviceInfo) => void): void {
+    this.#onDevice.push(callback);
+  }
+
+  /**
+   * Lines of one app's simulated log, each ending in `\n`.
+   * @throws ProviderError NotFound (pod or container), Transient while the device is offline.
+   */
+  getContainerLogs(ref: PodRef, container: string, options: LogOptions): Promise<AsyncIterable<string>> {
+    return settle(() => {
+      const pod = this.#pods.get(ref.uid);
+      const log = pod?.app(container);
+      if (!pod || !log) throw notFound(`mock: no container ${container} in pod ${ref.namespace}/${ref.name}`);
+      if (!this.#fleet.online(pod.deviceId)) throw transient(`mock: device ${pod.deviceId} is offline`);
+      return log.read(options, this.#clock.now());
+    });
+  }
+
+  /** Made-up but stable usage per running app, on online devices. */
+  getStats(): Promise<readonly PodStats[]> {
+    const out: PodStats[] = [];
+    for (const pod of this.#pods.values()) {
+      if (!this.#fleet.online(pod.deviceId)) continue;
+      const containers = pod.runningApps().map((name) => {
+        const h = hashCode(`${pod.ref.uid}/${name}`);
+        return {
+          name,
+          cpuNanoCores: 1_000_000 * (1 + (h % 50)),
+          memoryWorkingSetBytes: 1_048_576 * (8 + (h % 64)),
+        };
+      });
+      if (containers.length > 0) out.push({ pod: pod.ref, containers });
+    }
+    return Promise.resolve(out);
+  }
+
+  /**
+   * Takes a device (and every device behind it as gateway) offline or back online. Online again,
+   * it applies the latest queued workloads once and carries out tombstones.
+   * @throws ProviderError NotFound for an unknown device.
+   */
+  setConnected(deviceId: string, connected: boolean): void {
+    for (const { id, online } of this.#fleet.setConnected(deviceId, connected))
+      this.#presenceChanged(id, online);
+  }
+
+  stats(): MockStats {
+    const pods = [...this.#pods.values()];
+    const creates = [...this.#createsByUid.values()].reduce((a, b) => a + b, 0);
+    return {
+      ...this.#counters,
+      creates,
+      createsByUid: Object.fromEntries(this.#createsByUid),
+      pods: pods.length,
+      queued: pods.filter((p) => !p.tombstone && p.appliedHash !== p.workload.hash).length,
+      tombstones: pods.filter((p) => p.tombstone).length,
+      devicesOnline: this.#fleet.onlineCount(),
+    };
+  }
+
+  #presenceChanged(id: string, online: boolean): void {
+    this.#log.info({ device: id, connected: online }, "mock: device presence changed");
+    const info = this.#fleet.info(id);
+    for (const cb of this.#onDevice) this.#call(cb, info);
+    for (const pod of [...this.#devicePods(id)]) {
+      if (online) this.#reconcile(pod);
+      else this.#emit(pod, true);
+    }
+  }
+
+  /** What a device does on (re)connect or restore: carry out the tombstone, or apply the latest. */
+  #reconcile(pod: MockPod): void {
+    if (pod.tombstone) this.#stopPod(pod);
+    else if (pod.appliedHash !== pod.workload.hash) this.#apply(pod);
+    else this.#emit(pod);
+  }
+
+  #apply(pod: MockPod): void {
+    this.#counters.applied++;
+    pod.apply();
+    this.#emit(pod);
+    this.#store?.schedule();
+  }
+
+  #stopPod(pod: MockPod): void {
+    const grace = pod.tombstone?.gracePeriodSeconds ?? 0;
+    if (pod.appliedHash === undefined || !this.#fleet.has(pod.deviceId)) {
+      this.#finish(pod); // nothing ever ran on a device
+      return;
+    }
+    const delayMs = grace === 0 ? 0 : Math.min(grace * 1000, this.config.appStopDelayMs);
+    pod.stop(delayMs, () => {
+      if (this.#fleet.online(pod.deviceId)) this.#finish(pod); // else: on reconnect
+    });
+    if (delayMs > 0 && !pod.stopped) this.#emit(pod); // apps no longer ready while they stop
+  }
+
+  #finish(pod: MockPod): void {
+    if (this.#pods.get(pod.ref.uid) !== pod) return;
+    this.#emit(pod);
+    pod.dispose();
+    this.#pods.delete(pod.ref.uid);
+    this.#devicePods(pod.deviceId).delete(pod);
+    this.#counters.deleted++;
+    this.#store?.schedule();
+    this.#log.debug({ pod: pod.ref }, "mock: pod deleted");
+    for (const cb of this.#onDeleted) this.#call(cb, pod.ref);
+  }
+
+  /** Pushes the pod's status; while the device is offline only when `force`d (a transition). */
+  #emit(pod: MockPod, force = false): void {
+    if (!force && !this.#fleet.online(pod.deviceId)) return;
+    const status = this.#status(pod);
+    this.#counters.statusNotifications++;
+    for (const cb of this.#onStatus) this.#call(cb, status);
+  }
+
+  #status(pod: MockPod): WorkloadStatus {
+    return pod.status(this.#fleet.online(pod.deviceId), this.#fleet.address(pod.deviceId));
+  }
+
+  #restore(state: PersistedState): void {
+    for (const [uid, n] of Object.entries(state.createsByUid)) this.#createsByUid.set(uid, n);
+    Object.assign(this.#counters, state.counters);
+    for (const p of state.pods) {
+      const pod = MockPod.restore(p, this.#podEnv);
+      this.#pods.set(pod.ref.uid, pod);
+      this.#devicePods(pod.deviceId).add(pod);
+    }
+    for (const pod of [...this.#pods.values()]) {
+      if (this.#fleet.online(pod.deviceId) || (pod.tombstone && !this.#fleet.has(pod.deviceId)))
+        this.#reconcile(pod);
+    }
+    this.#log.info({ pods: state.pods.length, path: this.config.stateFile }, "mock: state restored");
+  }
+
+  #snapshot(): PersistedState {
+    return {
+      version: 1,
+      pods: [...this.#pods.values()].map((p) => p.persisted()),
+      createsByUid: Object.fromEntries(this.#createsByUid),
+      counters: {
+        applied: this.#counters.applied,
+        updates: this.#counters.updates,
+        deletes: this.#counters.deletes,
+      },
+    };
+  }
+
+  #devicePods(id: string): Set<MockPod> {
+    let set = this.#byDevice.get(id);
+    if (!set) this.#byDevice.set(id, (set = new Set()));
+    return set;
+  }
+
+  #after(ms: number, fn: () => void): void {
+    const t = this.#clock.setTimeout(() => {
+      this.#timers.delete(t);
+      fn();
+    }, ms);
+    this.#timers.add(t);
+  }
+
+  #call<T>(cb: (arg: T) => void, arg: T): void {
+    try {
+      cb(arg);
+    } catch (err) {
+      this.#log.error({ err }, "mock: callback threw");
+    }
+  }
+}
+
+/** Runs `fn` now; its result or throw becomes a promise (sync work behind an async contract). */
+const settle = <T>(fn: () => T): Promise<T> => {
+  try {
+    return Promise.resolve(fn());
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+  }
+};
+
+const hashCode = (s: string): number => {
+  let h = 0;
+  for (let i = 0; i < s.length; i++) h = (Math.imul(h, 31) + s.charCodeAt(i)) >>> 0;
+  return h;
+};

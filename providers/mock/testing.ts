@@ -1,0 +1,92 @@
+/** Test helpers for the mock provider's own tests: workloads and a recorder of callbacks. */
+import pino from "pino";
+import type { AppSpec, DeviceInfo, PodRef, Workload, WorkloadStatus } from "../../src/provider/types.ts";
+import type { MockClock } from "./clock.ts";
+import type { MockProvider } from "./provider.ts";
+
+export const silentLogger = pino({ level: "silent" });
+
+export const app = (name: string, image: string): AppSpec => ({
+  name,
+  image,
+  command: [],
+  args: [],
+  env: {},
+  secretEnv: [],
+  files: [],
+  ports: [],
+  resources: { requests: {}, limits: {} },
+});
+
+/** A workload for pod `name` (uid `uid-<name>`) on `deviceId`, hashed from its image list. */
+export const workload = (
+  name: string,
+  deviceId: string,
+  opts: { images?: readonly string[]; restartPolicy?: Workload["restartPolicy"]; uid?: string } = {},
+): Workload => {
+  const images = opts.images ?? ["example.com/app:1"];
+  return {
+    pod: { namespace: "default", name, uid: opts.uid ?? `uid-${name}`, labels: {}, annotations: {} },
+    nodeName: deviceId,
+    deviceId,
+    restartPolicy: opts.restartPolicy ?? "Always",
+    terminationGracePeriodSeconds: 30,
+    apps: images.map((image, i) => app(`app${i}`, image)),
+    hash: `${name}|${opts.restartPolicy ?? "Always"}|${images.join(",")}`,
+  };
+};
+
+/** The PodRef of a workload (without its labels and annotations). */
+export const refOf = (w: Workload): PodRef => ({
+  namespace: w.pod.namespace,
+  name: w.pod.name,
+  uid: w.pod.uid,
+});
+
+/** Subscribes to every callback of `provider` and keeps what arrived. */
+export const record = (provider: MockProvider) => {
+  const statuses: WorkloadStatus[] = [];
+  const deleted: PodRef[] = [];
+  const devices: DeviceInfo[] = [];
+  provider.notifyStatus((s) => statuses.push(s));
+  provider.notifyDeleted((p) => deleted.push(p));
+  provider.watchDevices((d) => devices.push(d));
+  return {
+    statuses,
+    deleted,
+    devices,
+    /** Latest status pushed for pod `name`. */
+    last: (name: string) => statuses.filter((s) => s.pod.name === name).at(-1),
+  };
+};
+
+/** A clock that moves only when told to; runs due timers in time order. */
+export class ManualClock implements MockClock {
+  #now: number;
+  #timers = new Map<number, { at: number; fn: () => void }>();
+  #next = 0;
+  constructor(now = 0) {
+    this.#now = now;
+  }
+  now(): number {
+    return this.#now;
+  }
+  setTimeout(fn: () => void, ms: number): unknown {
+    this.#timers.set(++this.#next, { at: this.#now + ms, fn });
+    return this.#next;
+  }
+  clearTimeout(handle: unknown): void {
+    this.#timers.delete(handle as number);
+  }
+  advance(ms: number): void {
+    const end = this.#now + ms;
+    for (;;) {
+      const due = [...this.#timers].filter(([, t]) => t.at <= end).sort((a, b) => a[1].at - b[1].at)[0];
+      if (!due) break;
+      this.#timers.delete(due[0]);
+      this.#now = due[1].at;
+      due[1].fn();
+    }
+    this.#now = end;
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * devicelet's configuration: the file given to `devicelet run --config <file.yaml>`.
+ *
+ * Validated once at the edge, then frozen (DESIGN.md decision 7): YAML is parsed, the core schema
+ * and the selected provider's schema are checked in one ajv pass with defaults filled in, and a
+ * {@link ConfigError} lists every problem with its JSON path and line. See docs/configuration.md.
+ *
+ * ```ts
+ * import { loadConfig, registerProviderSchema } from "../config/index.ts";
+ * import { mockConfigSchema } from "../../providers/mock/index.ts";
+ *
+ * registerProviderSchema("mock", mockConfigSchema);
+ * const config = await loadConfig("examples/mock.yaml"); // throws ConfigError
+ * config.api.qps; // 100 unless set; config is deep-frozen
+ * ```
+ */
+export {
+  ConfigError,
+  deepFreeze,
+  formatProblem,
+  isCidr,
+  loadConfig,
+  parseConfig,
+  registerProviderSchema,
+  validateWithSchema,
+  type ConfigProblem,
+  type ParseOptions,
+  type ProviderConfigSchema,
+} from "./load.ts";
+export {
+  coreConfigSchema,
+  labelMapSchema,
+  LOG_LEVELS,
+  patterns,
+  type DeviceletConfig,
+  type LogLevel,
+  type ProviderSection,
+} from "./schema.ts";

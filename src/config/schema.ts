@@ -1,0 +1,138 @@
+/**
+ * The JSON Schema of devicelet's core configuration and the typed object it validates into.
+ *
+ * The schema is the single source of truth for defaults: ajv fills them in (`useDefaults`), every
+ * section object defaults to `{}` so its own defaults apply even when the section is left out, and
+ * every object refuses keys it does not know (`additionalProperties: false`). `provider.config` is
+ * a free object here; {@link parseConfig} swaps in the provider's own schema before validating.
+ */
+
+/** Regular expressions shared with provider schemas (Kubernetes naming and quantity rules). */
+export const patterns = {
+  /** A label or taint key: optional DNS-subdomain prefix and `/`, then a name of at most 63 chars. */
+  qualifiedName:
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+  /** A label value: empty, or up to 63 alphanumerics, `-`, `_`, `.` starting and ending alphanumeric. */
+  labelValue: "^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$",
+  /** A resource quantity such as `4`, `500m`, `4Gi`, `1e3`. */
+  quantity: "^[+-]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$",
+  /** A prefix of a node name (lower-case DNS subdomain characters). */
+  namePrefix: "^([a-z0-9][-a-z0-9.]*)?$",
+} as const;
+
+/** pino's level names; `silent` turns logging off. */
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Labels as a map: keys and values checked against the Kubernetes rules. */
+export const labelMapSchema = {
+  type: "object",
+  default: {},
+  propertyNames: { pattern: patterns.qualifiedName, maxLength: 317 },
+  additionalProperties: { type: "string", pattern: patterns.labelValue },
+} as const;
+
+const integer = (def: number, minimum: number, maximum?: number) =>
+  ({ type: "integer", default: def, minimum, ...(maximum === undefined ? {} : { maximum }) }) as const;
+
+const section = <P extends Record<string, unknown>>(description: string, properties: P) =>
+  ({ type: "object", description, default: {}, additionalProperties: false, properties }) as const;
+
+/**
+ * JSON Schema (draft-07, as ajv 8 compiles by default) of the core configuration file. Uses the
+ * custom formats `ip` and `cidr`, which {@link parseConfig} registers.
+ */
+export const coreConfigSchema = {
+  $id: "https://devicelet.dev/schemas/config.json",
+  title: "devicelet configuration",
+  type: "object",
+  additionalProperties: false,
+  required: ["provider"],
+  properties: {
+    kubeconfig: {
+      type: "string",
+      minLength: 1,
+      description: "Path to a kubeconfig; when absent, KUBECONFIG, then the in-cluster service account.",
+    },
+    nodes: section("How device nodes are named and marked.", {
+      namePrefix: { type: "string", default: "", maxLength: 200, pattern: patterns.namePrefix },
+      taintKey: { type: "string", default: "virtual-kubelet.io/provider", pattern: patterns.qualifiedName },
+      extraLabels: labelMapSchema,
+    }),
+    api: section("Global budget for requests to the API server.", {
+      qps: { type: "number", default: 100, minimum: 1 },
+      burst: integer(200, 1),
+    }),
+    lease: section("Node heartbeat Leases in kube-node-lease.", {
+      durationSeconds: integer(40, 1),
+      renewIntervalSeconds: integer(10, 1),
+    }),
+    nodeStatus: section("Node status writes.", {
+      maxIntervalSeconds: integer(60, 1),
+    }),
+    pods: section("Pod reconcile and status.", {
+      ipRange: { type: "string", default: "10.250.0.0/16", format: "cidr" },
+      maxRetries: integer(12, 0),
+      baseRetryDelayMs: integer(250, 1),
+      maxRetryDelayMs: integer(30_000, 1),
+      statusDebounceMs: integer(100, 0),
+    }),
+    kubelet: section("Kubelet endpoint advertised in node status.", {
+      port: integer(10250, 0, 65535),
+      address: { type: "string", default: "127.0.0.1", format: "ip" },
+    }),
+    log: section("Logging.", {
+      level: { type: "string", default: "info", enum: LOG_LEVELS },
+    }),
+    provider: {
+      type: "object",
+      description: "Which provider bridges to the devices, and its own configuration.",
+      additionalProperties: false,
+      required: ["type"],
+      properties: {
+        type: { type: "string", minLength: 1 },
+        config: { type: "object", default: {} },
+      },
+    },
+    eviction: section("Opt-in eviction of pods from devices offline for long.", {
+      offlineTimeoutSeconds: { type: ["integer", "null"], default: null, minimum: 1 },
+    }),
+  },
+} as const;
+
+/** The validated, defaulted and deep-frozen configuration. */
+export interface DeviceletConfig {
+  /** Path to a kubeconfig file; undefined means KUBECONFIG or in-cluster. */
+  readonly kubeconfig?: string;
+  readonly nodes: {
+    /** Prepended to each device id to make its node name. */
+    readonly namePrefix: string;
+    /** Key of the NoSchedule taint put on every device node (value: the provider name). */
+    readonly taintKey: string;
+    /** Labels added to every device node. */
+    readonly extraLabels: Readonly<Record<string, string>>;
+  };
+  /** Client-side rate limit shared by all API calls (token bucket). */
+  readonly api: { readonly qps: number; readonly burst: number };
+  readonly lease: { readonly durationSeconds: number; readonly renewIntervalSeconds: number };
+  readonly nodeStatus: { readonly maxIntervalSeconds: number };
+  readonly pods: {
+    /** CIDR pod IPs come from when the device reports none. */
+    readonly ipRange: string;
+    readonly maxRetries: number;
+    readonly baseRetryDelayMs: number;
+    readonly maxRetryDelayMs: number;
+    readonly statusDebounceMs: number;
+  };
+  readonly kubelet: { readonly port: number; readonly address: string };
+  readonly log: { readonly level: LogLevel };
+  readonly provider: ProviderSection;
+  readonly eviction: { readonly offlineTimeoutSeconds: number | null };
+}
+
+/** `provider`: `type` names a built-in (`mock`, `mqtt`, `iothub`) or a package to import. */
+export interface ProviderSection<C = Readonly<Record<string, unknown>>> {
+  readonly type: string;
+  /** Validated against the provider's schema when one is known, defaults filled. */
+  readonly config: C;
+}
