@@ -1,0 +1,229 @@
+import { describe, expect, it } from "vitest";
+import type { DeviceInfo } from "../provider/types.ts";
+import { buildNode, buildNodeStatus, nodeStatusChanged, type NodeStatusOptions } from "./build.ts";
+import { DNS1123_SUBDOMAIN, LABEL_VALUE, shortHash } from "./names.ts";
+
+const t0 = new Date("2026-11-01T10:00:00.250Z");
+const t1 = new Date("2026-11-01T10:05:00.000Z");
+
+const device: DeviceInfo = {
+  id: "Gw_7/sensor",
+  deviceClass: "mcu",
+  os: "linux",
+  arch: "arm64",
+  zone: "plant-a",
+  gateway: "gw-7",
+  labels: { "example.com/site": "plant a", "kubernetes.io/hostname": "spoof" },
+  capacity: { cpu: "1", memory: "256Mi", "example.com/gpio": "8" },
+  addresses: [
+    { type: "InternalIP", address: "10.1.2.3" },
+    { type: "Hostname", address: "sensor.local" },
+    { type: "ExternalIP", address: "203.0.113.9" },
+  ],
+  connected: true,
+  lastSeen: t0,
+  nodeInfo: { osImage: "Zephyr 3.7", kernelVersion: "3.7.0", bootID: "boot-1" },
+};
+
+const nodeOptions = {
+  nodeName: "dl-gw-7-sensor-abc",
+  providerName: "mqtt",
+  taintKey: "virtual-kubelet.io/provider",
+  extraLabels: { team: "edge", "devicelet.dev/transport": "spoof" },
+  kubeletPort: 10250,
+  kubeletAddress: "192.0.2.10",
+  version: "0.1.0",
+  now: t0,
+};
+
+const statusOptions = (over: Partial<NodeStatusOptions> = {}): NodeStatusOptions => ({
+  ready: true,
+  readyMessage: "",
+  now: t0,
+  kubeletPort: 10250,
+  kubeletAddress: "192.0.2.10",
+  version: "0.1.0",
+  ...over,
+});
+
+describe("buildNode", () => {
+  const node = buildNode(device, nodeOptions);
+
+  it("labels the node, devicelet's labels winning over extra and device labels", () => {
+    expect(node.metadata?.labels).toEqual({
+      "example.com/site": `plant-a-${shortHash("plant a")}`,
+      team: "edge",
+      type: "virtual-kubelet",
+      "kubernetes.io/os": "linux",
+      "kubernetes.io/arch": "arm64",
+      "kubernetes.io/hostname": "dl-gw-7-sensor-abc",
+      "node.kubernetes.io/exclude-from-external-load-balancers": "true",
+      "devicelet.dev/device-id": `Gw_7-sensor-${shortHash("Gw_7/sensor")}`,
+      "devicelet.dev/transport": "mqtt",
+      "devicelet.dev/device-class": "mcu",
+      "devicelet.dev/gateway": "gw-7",
+      "topology.kubernetes.io/zone": "plant-a",
+    });
+    for (const value of Object.values(node.metadata?.labels ?? {})) expect(value).toMatch(LABEL_VALUE);
+    expect(node.metadata?.name).toMatch(DNS1123_SUBDOMAIN);
+    expect(node.metadata?.annotations).toMatchObject({
+      "devicelet.dev/device-id": "Gw_7/sensor",
+      "devicelet.dev/gateway": "gw-7",
+    });
+  });
+
+  it("taints the node and sets the providerID", () => {
+    expect(node.spec).toEqual({
+      providerID: "devicelet://mqtt/Gw_7%2Fsensor",
+      taints: [{ key: "virtual-kubelet.io/provider", value: "devicelet", effect: "NoSchedule" }],
+    });
+  });
+
+  it("omits gateway and zone labels when the device has none", () => {
+    const { zone: _z, gateway: _g, ...bare } = device;
+    const labels = buildNode(bare, nodeOptions).metadata?.labels ?? {};
+    expect(labels).not.toHaveProperty("devicelet.dev/gateway");
+    expect(labels).not.toHaveProperty("topology.kubernetes.io/zone");
+  });
+
+  it("carries an initial Ready status", () => {
+    expect(node.status?.conditions?.find((c) => c.type === "Ready")?.status).toBe("True");
+  });
+});
+
+describe("buildNodeStatus", () => {
+  it("reports capacity, addresses, endpoint and nodeInfo", () => {
+    const status = buildNodeStatus(device, statusOptions());
+    expect(status.capacity).toEqual({ cpu: "1", memory: "256Mi", "example.com/gpio": "8", pods: "110" });
+    expect(status.allocatable).toEqual(status.capacity);
+    expect(status.addresses).toEqual([
+      { type: "InternalIP", address: "192.0.2.10" },
+      { type: "InternalIP", address: "10.1.2.3" },
+      { type: "ExternalIP", address: "203.0.113.9" },
+    ]);
+    expect(status.daemonEndpoints).toEqual({ kubeletEndpoint: { Port: 10250 } });
+    expect(status.nodeInfo).toMatchObject({
+      architecture: "arm64",
+      operatingSystem: "linux",
+      osImage: "Zephyr 3.7",
+      kernelVersion: "3.7.0",
+      kubeletVersion: "v1.36.3-devicelet-0.1.0",
+      containerRuntimeVersion: "devicelet://0.1.0",
+      bootID: "boot-1",
+    });
+    expect(status.nodeInfo?.machineID).toMatch(/^[0-9a-f]{32}$/);
+    expect(status.nodeInfo?.systemUUID).toMatch(
+      /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+    );
+  });
+
+  it("uses a DNS kubelet address as Hostname, first of its type", () => {
+    const status = buildNodeStatus(device, statusOptions({ kubeletAddress: "devicelet.devicelet.svc" }));
+    expect(status.addresses).toEqual([
+      { type: "Hostname", address: "devicelet.devicelet.svc" },
+      { type: "InternalIP", address: "10.1.2.3" },
+      { type: "Hostname", address: "sensor.local" },
+      { type: "ExternalIP", address: "203.0.113.9" },
+    ]);
+  });
+
+  it("drops device addresses that would outrank the kubelet address", () => {
+    const status = buildNodeStatus(
+      {
+        ...device,
+        addresses: [
+          { type: "Hostname", address: "sensor.local" },
+          { type: "InternalDNS", address: "s.lan" },
+        ],
+      },
+      statusOptions(),
+    );
+    expect(status.addresses).toEqual([{ type: "InternalIP", address: "192.0.2.10" }]);
+    expect(buildNodeStatus(device, statusOptions({ kubeletAddress: "" })).addresses).toEqual(
+      device.addresses,
+    );
+  });
+
+  it("sets the conditions, with heartbeat now", () => {
+    const status = buildNodeStatus({ ...device, connected: false }, statusOptions());
+    expect(status.conditions?.map((c) => [c.type, c.status, c.reason])).toEqual([
+      ["MemoryPressure", "False", "KubeletHasSufficientMemory"],
+      ["DiskPressure", "False", "KubeletHasNoDiskPressure"],
+      ["PIDPressure", "False", "KubeletHasSufficientPID"],
+      ["Ready", "True", "KubeletReady"],
+      ["DeviceConnected", "False", "DeviceOffline"],
+    ]);
+    expect(status.conditions?.find((c) => c.type === "DeviceConnected")?.message).toBe(
+      "device is offline; last seen 2026-11-01T10:00:00.000Z",
+    );
+    for (const c of status.conditions ?? []) expect(c.lastHeartbeatTime).toEqual(t0);
+  });
+
+  it("reports devicelet's health, not the device's, as Ready", () => {
+    const status = buildNodeStatus(
+      { ...device, connected: false },
+      statusOptions({ ready: false, readyMessage: "broker down" }),
+    );
+    expect(status.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "KubeletNotReady",
+      message: "broker down",
+    });
+  });
+
+  it("keeps lastTransitionTime while a status holds and moves it when it flips", () => {
+    // The previous status as read back from the API server: wire strings at whole seconds.
+    const previous = JSON.parse(JSON.stringify(buildNodeStatus(device, statusOptions()))) as Parameters<
+      typeof nodeStatusChanged
+    >[1];
+    previous.conditions?.push({ type: "NetworkUnavailable", status: "False", reason: "RouteCreated" });
+    const next = buildNodeStatus({ ...device, connected: false }, statusOptions({ now: t1, previous }));
+    const byType = new Map(next.conditions?.map((c) => [c.type, c]));
+    expect(byType.get("Ready")?.lastTransitionTime).toEqual(t0);
+    expect(byType.get("Ready")?.lastHeartbeatTime).toEqual(t1);
+    expect(byType.get("DeviceConnected")?.lastTransitionTime).toEqual(t1);
+    expect(byType.get("NetworkUnavailable")?.reason).toBe("RouteCreated");
+  });
+});
+
+describe("nodeStatusChanged", () => {
+  const first = buildNodeStatus(device, statusOptions());
+
+  it("ignores heartbeats and time formatting", () => {
+    const wire = JSON.parse(JSON.stringify(first)) as Parameters<typeof nodeStatusChanged>[0];
+    const later = buildNodeStatus(device, statusOptions({ now: t1, previous: wire }));
+    expect(nodeStatusChanged(wire, later)).toBe(false);
+    expect(nodeStatusChanged(first, later)).toBe(false);
+  });
+
+  it("sees presence, capacity and readiness changes", () => {
+    expect(nodeStatusChanged(undefined, first)).toBe(true);
+    const offline = buildNodeStatus({ ...device, connected: false }, statusOptions({ previous: first }));
+    expect(nodeStatusChanged(first, offline)).toBe(true);
+    const bigger = buildNodeStatus(
+      { ...device, capacity: { ...device.capacity, cpu: "2" } },
+      statusOptions({ previous: first }),
+    );
+    expect(nodeStatusChanged(first, bigger)).toBe(true);
+    const notReady = buildNodeStatus(
+      device,
+      statusOptions({ ready: false, readyMessage: "x", previous: first }),
+    );
+    expect(nodeStatusChanged(first, notReady)).toBe(true);
+  });
+
+  it("drops a resource the device no longer states to zero", () => {
+    const { "example.com/gpio": _gpio, ...rest } = device.capacity;
+    const next = buildNodeStatus({ ...device, capacity: rest }, statusOptions({ previous: first }));
+    expect(next.capacity).toEqual({ cpu: "1", memory: "256Mi", "example.com/gpio": "0", pods: "110" });
+    expect(nodeStatusChanged(first, next)).toBe(true);
+  });
+
+  it("does not churn on last-seen updates while the device is online", () => {
+    const seenLater = buildNodeStatus(
+      { ...device, lastSeen: t1 },
+      statusOptions({ now: t1, previous: first }),
+    );
+    expect(nodeStatusChanged(first, seenLater)).toBe(false);
+  });
+});

@@ -1,0 +1,245 @@
+/**
+ * A device as a Node: the object to register ({@link buildNode}) and its status
+ * ({@link buildNodeStatus}), as pure functions of the device and the clock.
+ *
+ * Ready is devicelet's own health (DESIGN.md decision 1); the device's presence is the separate
+ * `DeviceConnected` condition, so an offline device never gets its node's pods evicted.
+ *
+ * Addresses: the API server dials a node's kubelet at the first address of the first type in its
+ * `--kubelet-preferred-address-types` (default Hostname, InternalDNS, InternalIP, ExternalDNS,
+ * ExternalIP) for logs, exec and metrics. That kubelet is devicelet, so `kubeletAddress` comes
+ * first (as InternalIP, or Hostname when it is a DNS name), and the device's own addresses follow
+ * only with types that cannot outrank it. No `Hostname` = node name entry is added: it would
+ * outrank the InternalIP and resolve nowhere.
+ */
+import type { V1Node, V1NodeCondition, V1NodeStatus } from "@kubernetes/client-node";
+import { isIP } from "node:net";
+import type { DeviceInfo, NodeAddress } from "../provider/types.ts";
+import { sameNormalised, sha256Hex, toDate } from "../workload/canonical.ts";
+import type { Model, Plain } from "../workload/shape.ts";
+import { labelValueFor } from "./names.ts";
+
+/** Label and annotation keys devicelet sets on its nodes. */
+export const NodeLabel = {
+  Type: "type",
+  Os: "kubernetes.io/os",
+  Arch: "kubernetes.io/arch",
+  Hostname: "kubernetes.io/hostname",
+  ExcludeFromLoadBalancers: "node.kubernetes.io/exclude-from-external-load-balancers",
+  Zone: "topology.kubernetes.io/zone",
+  DeviceId: "devicelet.dev/device-id",
+  Transport: "devicelet.dev/transport",
+  DeviceClass: "devicelet.dev/device-class",
+  Gateway: "devicelet.dev/gateway",
+} as const;
+
+export const NodeConditionType = {
+  Ready: "Ready",
+  MemoryPressure: "MemoryPressure",
+  DiskPressure: "DiskPressure",
+  PIDPressure: "PIDPressure",
+  DeviceConnected: "DeviceConnected",
+} as const;
+
+/** The taint value on every device node (`<taintKey>=devicelet:NoSchedule`). */
+export const TAINT_VALUE = "devicelet";
+/** Pods capacity when the device does not state one: the kubelet's default `maxPods`. */
+export const DEFAULT_MAX_PODS = "110";
+/** The Kubernetes version device nodes report, with devicelet's after it. */
+export const KUBE_VERSION = "v1.36.3";
+
+export interface BuildNodeOptions {
+  readonly nodeName: string;
+  /** The provider's short name: transport label and providerID. */
+  readonly providerName: string;
+  readonly taintKey: string;
+  /** Added to every node; device labels give way to them, devicelet's own labels win over both. */
+  readonly extraLabels: Readonly<Record<string, string>>;
+  readonly kubeletPort: number;
+  readonly kubeletAddress: string;
+  /** devicelet's version, as in package.json. */
+  readonly version: string;
+  readonly now: Date;
+  /** For the initial status; default true (a registering devicelet is healthy). */
+  readonly ready?: boolean;
+  readonly readyMessage?: string;
+}
+
+export interface NodeStatusOptions {
+  /** devicelet's own health (transport up), not the device's presence. */
+  readonly ready: boolean;
+  readonly readyMessage: string;
+  readonly now: Date;
+  /** The status last written or read, to keep `lastTransitionTime`s and foreign conditions. */
+  readonly previous?: Model<V1NodeStatus> | undefined;
+  readonly kubeletPort: number;
+  readonly kubeletAddress: string;
+  readonly version: string;
+}
+
+/**
+ * The Node to register for a device: labels, annotations (`devicelet.dev/device-id` holds the raw
+ * id, the label a label-safe form), the NoSchedule taint, `spec.providerID` =
+ * `devicelet://<provider>/<url-encoded id>`, and an initial status. Returns a new object.
+ */
+export function buildNode(device: DeviceInfo, o: BuildNodeOptions): Plain<V1Node> {
+  const labels: Record<string, string> = {};
+  for (const [k, v] of Object.entries(device.labels)) labels[k] = labelValueFor(v);
+  Object.assign(labels, o.extraLabels, {
+    [NodeLabel.Type]: "virtual-kubelet",
+    [NodeLabel.Os]: labelValueFor(device.os),
+    [NodeLabel.Arch]: labelValueFor(device.arch),
+    [NodeLabel.Hostname]: o.nodeName,
+    [NodeLabel.ExcludeFromLoadBalancers]: "true",
+    [NodeLabel.DeviceId]: labelValueFor(device.id),
+    [NodeLabel.Transport]: o.providerName,
+    [NodeLabel.DeviceClass]: labelValueFor(device.deviceClass),
+  });
+  const annotations: Record<string, string> = {
+    [NodeLabel.DeviceId]: device.id,
+    "node.alpha.kubernetes.io/ttl": "0",
+  };
+  if (device.gateway !== undefined && device.gateway !== "") {
+    labels[NodeLabel.Gateway] = labelValueFor(device.gateway);
+    annotations[NodeLabel.Gateway] = device.gateway;
+  }
+  if (device.zone !== undefined && device.zone !== "") labels[NodeLabel.Zone] = labelValueFor(device.zone);
+  return {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: { name: o.nodeName, labels, annotations },
+    spec: {
+      providerID: `devicelet://${o.providerName}/${encodeURIComponent(device.id)}`,
+      taints: [{ key: o.taintKey, value: TAINT_VALUE, effect: "NoSchedule" }],
+    },
+    status: buildNodeStatus(device, {
+      ready: o.ready ?? true,
+      readyMessage: o.readyMessage ?? "",
+      now: o.now,
+      kubeletPort: o.kubeletPort,
+      kubeletAddress: o.kubeletAddress,
+      version: o.version,
+    }),
+  };
+}
+
+/** A deterministic UUID-shaped id from a string (for `systemUUID`). */
+function uuidFrom(text: string): string {
+  const h = sha256Hex(text);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+}
+
+const ADDRESS_RANK = ["Hostname", "InternalDNS", "InternalIP", "ExternalDNS", "ExternalIP"];
+
+function addresses(device: DeviceInfo, kubeletAddress: string): { type: string; address: string }[] {
+  if (kubeletAddress === "") return device.addresses.map((a) => ({ type: a.type, address: a.address }));
+  const own: NodeAddress = {
+    type: isIP(kubeletAddress) ? "InternalIP" : "Hostname",
+    address: kubeletAddress,
+  };
+  const rank = ADDRESS_RANK.indexOf(own.type);
+  const seen = new Set<string>();
+  return [own, ...device.addresses.filter((a) => ADDRESS_RANK.indexOf(a.type) >= rank)].flatMap((a) => {
+    const key = `${a.type}/${a.address}`;
+    if (seen.has(key)) return [];
+    seen.add(key);
+    return [{ type: a.type, address: a.address }];
+  });
+}
+
+function condition(
+  type: string,
+  status: "True" | "False",
+  reason: string,
+  message: string,
+  o: NodeStatusOptions,
+): Plain<V1NodeCondition> {
+  const prev = o.previous?.conditions?.find((c) => c.type === type);
+  const since = prev?.status === status ? toDate(prev.lastTransitionTime) : undefined;
+  return { type, status, reason, message, lastHeartbeatTime: o.now, lastTransitionTime: since ?? o.now };
+}
+
+/**
+ * The node status for a device now: capacity and allocatable as the device states them (`pods`
+ * defaulting to 110; resources in `previous` the device no longer states become "0"), addresses (see the module doc), the kubelet endpoint, nodeInfo, and
+ * conditions MemoryPressure/DiskPressure/PIDPressure (False), Ready (devicelet's health) and
+ * DeviceConnected (DeviceOnline/DeviceOffline; offline names the last-seen time). Every
+ * `lastHeartbeatTime` is `now`; a `lastTransitionTime` is kept from `previous` while the status
+ * is unchanged. Conditions of other types in `previous` are kept after these. Times are `Date`s.
+ */
+export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain<V1NodeStatus> {
+  // A resource the device no longer states drops to "0" (as the kubelet does for a departed device
+  // plugin's resource) instead of vanishing, which a merge patch would not carry to the server.
+  const capacity: Record<string, string> = {};
+  for (const key of Object.keys(o.previous?.capacity ?? {})) capacity[key] = "0";
+  Object.assign(capacity, { pods: DEFAULT_MAX_PODS }, device.capacity);
+  const lastSeen = device.lastSeen && !Number.isNaN(device.lastSeen.getTime()) ? device.lastSeen : undefined;
+  const seen = lastSeen
+    ? `last seen ${new Date(Math.floor(lastSeen.getTime() / 1000) * 1000).toISOString()}`
+    : "never seen";
+  const own: Plain<V1NodeCondition>[] = [
+    condition(
+      "MemoryPressure",
+      "False",
+      "KubeletHasSufficientMemory",
+      "kubelet has sufficient memory available",
+      o,
+    ),
+    condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", o),
+    condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", o),
+    o.ready
+      ? condition("Ready", "True", "KubeletReady", o.readyMessage || "kubelet is posting ready status", o)
+      : condition("Ready", "False", "KubeletNotReady", o.readyMessage || "devicelet is not ready", o),
+    device.connected
+      ? condition("DeviceConnected", "True", "DeviceOnline", "device is connected", o)
+      : condition("DeviceConnected", "False", "DeviceOffline", `device is offline; ${seen}`, o),
+  ];
+  const ownTypes = new Set(own.map((c) => c.type));
+  const foreign = (o.previous?.conditions ?? [])
+    .filter((c) => !ownTypes.has(c.type))
+    .map((c) => ({
+      ...c,
+      lastHeartbeatTime: toDate(c.lastHeartbeatTime),
+      lastTransitionTime: toDate(c.lastTransitionTime),
+    }));
+  const info = device.nodeInfo ?? {};
+  return {
+    capacity,
+    allocatable: { ...capacity },
+    addresses: addresses(device, o.kubeletAddress),
+    daemonEndpoints: { kubeletEndpoint: { Port: o.kubeletPort } },
+    nodeInfo: {
+      architecture: device.arch,
+      operatingSystem: device.os,
+      osImage: info.osImage ?? "",
+      kernelVersion: info.kernelVersion ?? "",
+      kubeletVersion: `${KUBE_VERSION}-devicelet-${o.version}`,
+      kubeProxyVersion: "",
+      containerRuntimeVersion: `devicelet://${o.version}`,
+      machineID: info.machineID ?? sha256Hex(`devicelet:${device.id}`).slice(0, 32),
+      systemUUID: uuidFrom(`devicelet:${device.id}`),
+      bootID: info.bootID ?? "",
+    },
+    conditions: [...own, ...foreign],
+  };
+}
+
+const NODE_STATUS_FIELDS = [
+  "capacity",
+  "allocatable",
+  "addresses",
+  "daemonEndpoints",
+  "nodeInfo",
+  "conditions",
+] as const;
+const HEARTBEAT = new Set(["lastHeartbeatTime"]);
+
+/**
+ * Whether writing `next` would change what matters in `prev`: the fields {@link buildNodeStatus}
+ * owns, compared with times at whole seconds (Date and RFC 3339 strings alike), empty values equal
+ * to absent ones, and every `lastHeartbeatTime` ignored. True when `prev` is undefined.
+ */
+export function nodeStatusChanged(prev: Model<V1NodeStatus> | undefined, next: Model<V1NodeStatus>): boolean {
+  if (prev === undefined) return true;
+  return NODE_STATUS_FIELDS.some((f) => !sameNormalised({ [f]: prev[f] }, { [f]: next[f] }, HEARTBEAT));
+}

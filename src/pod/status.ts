@@ -1,0 +1,434 @@
+/**
+ * Pod status from what the device reports: phase, conditions, container statuses, IPs and times,
+ * as the kubelet would write them (pkg/kubelet/status, kubelet_pods.go `generateAPIPodStatus`).
+ *
+ * The device is the source of truth: a pod is Running only when the provider's
+ * {@link WorkloadStatus} says so, and Pending while there is none. Every spec container gets a
+ * status, in spec order. A condition's `lastTransitionTime` moves only when its status flips.
+ * Results are new plain objects with `Date` times; inputs are not touched. They are safe to send
+ * as a JSON merge patch: `reason`, `message` and `initContainerStatuses` are always present (`""`
+ * and `[]` when there is nothing), so an earlier value is cleared rather than left behind.
+ *
+ * ```ts
+ * const next = buildPodStatus({ pod, workload, podIP, hostIP, now: new Date() });
+ * if (statusChanged(pod.status, next)) await kube.patchPodStatus({ ..., status: next });
+ * ```
+ */
+import type {
+  V1ContainerState,
+  V1ContainerStatus,
+  V1Pod,
+  V1PodCondition,
+  V1PodStatus,
+} from "@kubernetes/client-node";
+import type { AppState, AppStatus, WorkloadStatus } from "../provider/types.ts";
+import { sameNormalised, toDate } from "../workload/canonical.ts";
+import { parseQuantity } from "../workload/quantity.ts";
+import type { Model, Plain } from "../workload/shape.ts";
+
+export const PodConditionType = {
+  PodScheduled: "PodScheduled",
+  Initialized: "Initialized",
+  ContainersReady: "ContainersReady",
+  Ready: "Ready",
+  /** The device's presence, as last reported with the workload (or known from the node). */
+  DeviceConnected: "devicelet.dev/DeviceConnected",
+} as const;
+
+/** The status fields these builders own; everything else in a pod's status is left alone. */
+export const POD_STATUS_FIELDS = [
+  "phase",
+  "reason",
+  "message",
+  "conditions",
+  "containerStatuses",
+  "initContainerStatuses",
+  "hostIP",
+  "hostIPs",
+  "podIP",
+  "podIPs",
+  "startTime",
+  "qosClass",
+] as const;
+
+export interface BuildPodStatusInput {
+  readonly pod: Model<V1Pod>;
+  /** The provider's status for this pod; ignored when it belongs to another pod uid. */
+  readonly workload?: WorkloadStatus | undefined;
+  /** Why containers without an app status wait, e.g. `CreateContainerConfigError` and its message. */
+  readonly pending?: { readonly reason: string; readonly message: string } | undefined;
+  /** Used when the workload reports no address of its own. */
+  readonly podIP: string;
+  readonly hostIP: string;
+  /** Device presence known to the engine; wins over `workload.deviceConnected` when given. */
+  readonly deviceConnected?: boolean | undefined;
+  readonly now: Date;
+}
+
+type Status = Plain<V1PodStatus>;
+type Condition = Plain<V1PodCondition>;
+type ContainerStatus = Plain<V1ContainerStatus>;
+type ContainerState = Plain<V1ContainerState>;
+type CurrentContainer = Model<V1ContainerStatus>;
+
+const TERMINAL = new Set(["Succeeded", "Failed"]);
+
+/** `device://<namespace>/<pod>/<container>`: the containerID devicelet reports. */
+export const containerIdFor = (pod: Model<V1Pod>, container: string): string =>
+  `device://${pod.metadata?.namespace ?? ""}/${pod.metadata?.name ?? ""}/${container}`;
+
+function mapState(state: AppState, containerID: string): ContainerState {
+  switch (state.kind) {
+    case "waiting":
+      return { waiting: withMessage({ reason: state.reason }, state.message) };
+    case "running":
+      return { running: { startedAt: state.startedAt } };
+    case "terminated":
+      return {
+        terminated: withMessage(
+          {
+            exitCode: state.exitCode,
+            reason: state.reason,
+            ...(state.startedAt ? { startedAt: state.startedAt } : {}),
+            finishedAt: state.finishedAt,
+            containerID,
+          },
+          state.message,
+        ),
+      };
+  }
+}
+
+const withMessage = <T extends object>(o: T, message: string | undefined): T & { message?: string } =>
+  message ? { ...o, message } : o;
+
+/** A previous container state with its times as Dates (they may be wire strings). */
+function reviveState(state: Model<V1ContainerState> | undefined): ContainerState {
+  if (state?.running) return { running: { startedAt: toDate(state.running.startedAt) } };
+  if (state?.terminated) {
+    const t = state.terminated;
+    return {
+      terminated: {
+        ...t,
+        startedAt: toDate(t.startedAt),
+        finishedAt: toDate(t.finishedAt),
+      },
+    };
+  }
+  if (state?.waiting) return { waiting: { ...state.waiting } };
+  return {};
+}
+
+/**
+ * The state of a container no app status covers once the pod is over: a container last seen
+ * running becomes terminated `ContainerStatusUnknown` (exit 137, as the kubelet reports it), a
+ * terminated one stays as it was, one that never ran waits with `fallback`.
+ */
+function terminalState(
+  previous: CurrentContainer | undefined,
+  fallback: { reason: string; message: string },
+) {
+  const prev = reviveState(previous?.state);
+  if (prev.running)
+    return {
+      terminated: {
+        exitCode: 137,
+        reason: "ContainerStatusUnknown",
+        message: "The container could not be located when the pod was terminated",
+        startedAt: prev.running.startedAt,
+      },
+    };
+  if (prev.terminated) return prev;
+  return { waiting: withMessage({ reason: fallback.reason }, fallback.message) };
+}
+
+function containerStatus(
+  pod: Model<V1Pod>,
+  name: string,
+  specImage: string,
+  app: AppStatus | undefined,
+  missing: (previous: CurrentContainer | undefined) => ContainerState,
+  previous: CurrentContainer | undefined,
+): ContainerStatus {
+  if (app === undefined) {
+    return {
+      name,
+      image: specImage,
+      imageID: "",
+      state: missing(previous),
+      lastState: reviveState(previous?.lastState),
+      ready: false,
+      started: false,
+      restartCount: previous?.restartCount ?? 0,
+    };
+  }
+  const containerID = containerIdFor(pod, name);
+  const image = app.image || specImage;
+  const running = app.state.kind === "running";
+  return {
+    name,
+    image,
+    imageID: `device://${image}`,
+    containerID,
+    state: mapState(app.state, containerID),
+    lastState: app.lastState ? mapState(app.lastState, containerID) : {},
+    ready: running && app.ready,
+    started: running,
+    restartCount: Number.isSafeInteger(app.restartCount) && app.restartCount > 0 ? app.restartCount : 0,
+  };
+}
+
+function condition(
+  type: string,
+  status: string,
+  current: Model<V1PodStatus> | undefined,
+  now: Date,
+  extra: { reason?: string; message?: string } = {},
+): Condition {
+  const prev = current?.conditions?.find((c) => c.type === type);
+  const since = prev?.status === status ? toDate(prev.lastTransitionTime) : undefined;
+  return { type, status, ...extra, lastTransitionTime: since ?? now };
+}
+
+/** Conditions already on the pod that these builders do not own (readiness gates, DisruptionTarget). */
+function foreignConditions(current: Model<V1PodStatus> | undefined, own: readonly Condition[]): Condition[] {
+  const ownTypes = new Set(own.map((c) => c.type));
+  return (current?.conditions ?? [])
+    .filter((c) => !ownTypes.has(c.type))
+    .map((c) => ({
+      ...c,
+      lastProbeTime: toDate(c.lastProbeTime),
+      lastTransitionTime: toDate(c.lastTransitionTime),
+    }));
+}
+
+function readinessGateProblem(pod: Model<V1Pod>): string | undefined {
+  for (const gate of pod.spec?.readinessGates ?? []) {
+    const c = pod.status?.conditions?.find((x) => x.type === gate.conditionType);
+    if (c === undefined)
+      return `corresponding condition of pod readiness gate "${gate.conditionType}" does not exist.`;
+    if (c.status !== "True")
+      return `the status of pod readiness gate "${gate.conditionType}" is not "True", but ${c.status}`;
+  }
+  return undefined;
+}
+
+/** The QoS class the API server would have computed (kept from the pod's status when present). */
+export function qosClassOf(pod: Model<V1Pod>): string {
+  if (pod.status?.qosClass) return pod.status.qosClass;
+  const containers = [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])];
+  let any = false;
+  let guaranteed = containers.length > 0;
+  for (const c of containers) {
+    const requests = c.resources?.requests ?? {};
+    const limits = c.resources?.limits ?? {};
+    for (const resource of ["cpu", "memory"]) {
+      const request = requests[resource];
+      const limit = limits[resource];
+      if (request !== undefined || limit !== undefined) any = true;
+      const l = limit === undefined ? undefined : parseQuantity(limit);
+      const r = request === undefined ? l : parseQuantity(request);
+      if (l === undefined || r === undefined || l.num * r.den !== r.num * l.den) guaranteed = false;
+    }
+  }
+  if (!any) return "BestEffort";
+  return guaranteed ? "Guaranteed" : "Burstable";
+}
+
+const ips = (ip: string) => (ip ? [{ ip }] : []);
+
+/**
+ * The pod's status now. Phase is the workload's (Pending without one; never back from Succeeded
+ * or Failed). Conditions: Initialized, Ready, ContainersReady, PodScheduled and
+ * `devicelet.dev/DeviceConnected` (True/False with DeviceOnline/DeviceOffline, Unknown when
+ * nothing is known), then any others already on the pod. Containers without an app status wait
+ * with `pending` (or `ContainerCreating`). `startTime` and `qosClass` are kept from the pod.
+ */
+export function buildPodStatus(input: BuildPodStatusInput): Status {
+  const { pod, now } = input;
+  const current = pod.status;
+  const uid = pod.metadata?.uid;
+  const workload =
+    input.workload && (!uid || !input.workload.pod.uid || input.workload.pod.uid === uid)
+      ? input.workload
+      : undefined;
+  let phase: string = workload?.phase ?? "Pending";
+  if (current?.phase && TERMINAL.has(current.phase) && !TERMINAL.has(phase)) phase = current.phase;
+  const terminal = TERMINAL.has(phase);
+  const apps = new Map((workload?.apps ?? []).map((a) => [a.name, a]));
+  const previous = new Map(
+    [...(current?.containerStatuses ?? []), ...(current?.initContainerStatuses ?? [])].map((c) => [
+      c.name,
+      c,
+    ]),
+  );
+  const waitReason = input.pending ?? { reason: "ContainerCreating", message: workload?.message ?? "" };
+  const missing = (prev: CurrentContainer | undefined): ContainerState =>
+    terminal
+      ? terminalState(prev, {
+          reason: workload?.reason ?? "ContainerStatusUnknown",
+          message: workload?.message ?? "",
+        })
+      : { waiting: withMessage({ reason: waitReason.reason }, waitReason.message) };
+
+  const containers = (pod.spec?.containers ?? []).map((c) =>
+    containerStatus(pod, c.name, c.image ?? "", apps.get(c.name), missing, previous.get(c.name)),
+  );
+  const initSpecs = pod.spec?.initContainers ?? [];
+  // The workload has no init apps of its own; a pod the device runs has finished its init containers.
+  const initMissing = (prev: CurrentContainer | undefined): ContainerState => {
+    if (phase === "Running" || phase === "Succeeded") {
+      const before = reviveState(prev?.state);
+      return before.terminated ? before : { terminated: { exitCode: 0, reason: "Completed" } };
+    }
+    if (terminal) return missing(prev);
+    return {
+      waiting: withMessage({ reason: input.pending?.reason ?? "PodInitializing" }, input.pending?.message),
+    };
+  };
+  const initContainers = initSpecs.map((c) =>
+    containerStatus(pod, c.name, c.image ?? "", apps.get(c.name), initMissing, previous.get(c.name)),
+  );
+
+  const initDone =
+    phase === "Running" ||
+    phase === "Succeeded" ||
+    initContainers.every((c) => c.state?.terminated?.exitCode === 0);
+  const unready = containers.filter((c) => !c.ready).map((c) => c.name);
+  const containersReady = phase === "Running" && unready.length === 0;
+  const gateProblem = readinessGateProblem(pod);
+  const notReady =
+    phase === "Succeeded"
+      ? { reason: "PodCompleted" }
+      : unready.length > 0 || phase !== "Running"
+        ? { reason: "ContainersNotReady", message: `containers with unready status: [${unready.join(" ")}]` }
+        : undefined;
+  const uninitialized = initContainers.filter((c) => c.state?.terminated?.exitCode !== 0).map((c) => c.name);
+  const connected = input.deviceConnected ?? workload?.deviceConnected;
+
+  const own: Condition[] = [
+    initDone
+      ? condition(
+          "Initialized",
+          "True",
+          current,
+          now,
+          phase === "Succeeded" && initSpecs.length > 0 ? { reason: "PodCompleted" } : {},
+        )
+      : condition("Initialized", "False", current, now, {
+          reason: "ContainersNotInitialized",
+          message: `containers with incomplete status: [${uninitialized.join(" ")}]`,
+        }),
+    // An offline device's last report may be stale: the pod is not Ready (so nothing routes to
+    // it) while its containers keep their last known state, as for a kubelet's unreachable node.
+    containersReady && gateProblem === undefined && connected !== false
+      ? condition("Ready", "True", current, now)
+      : condition(
+          "Ready",
+          "False",
+          current,
+          now,
+          connected === false && containersReady
+            ? {
+                reason: "DeviceOffline",
+                message: "the device is offline; its last report said the pod was running",
+              }
+            : (notReady ?? { reason: "ReadinessGatesNotReady", message: gateProblem ?? "" }),
+        ),
+    containersReady
+      ? condition("ContainersReady", "True", current, now)
+      : condition("ContainersReady", "False", current, now, notReady ?? {}),
+    condition("PodScheduled", "True", current, now),
+    connected === undefined
+      ? condition(PodConditionType.DeviceConnected, "Unknown", current, now, {
+          reason: "DeviceStatusUnknown",
+          message: "no report from the device yet",
+        })
+      : connected
+        ? condition(PodConditionType.DeviceConnected, "True", current, now, {
+            reason: "DeviceOnline",
+            message: "device is connected",
+          })
+        : condition(PodConditionType.DeviceConnected, "False", current, now, {
+            reason: "DeviceOffline",
+            message: "device is offline",
+          }),
+  ];
+
+  const podIP = workload?.podIP || input.podIP;
+  const status: Status = {
+    phase,
+    conditions: [...own, ...foreignConditions(current, own)],
+    hostIP: input.hostIP,
+    hostIPs: ips(input.hostIP),
+    podIP,
+    podIPs: ips(podIP),
+    startTime: toDate(current?.startTime) ?? now,
+    qosClass: qosClassOf(pod),
+    containerStatuses: containers,
+    initContainerStatuses: initContainers,
+    // Always present, "" when none: a merge patch then clears an earlier reason (Go reads "" as unset).
+    reason: (phase !== "Running" && workload?.reason) || "",
+    message: (phase !== "Running" && workload?.message) || "",
+  };
+  return status;
+}
+
+/**
+ * A terminal status for a pod refused before it reached a device (`Unsupported`, or any other
+ * `reason`): phase Failed with the reason and message, Ready/ContainersReady False (`PodFailed`),
+ * containers last seen running terminated as `ContainerStatusUnknown`, terminated ones kept, the
+ * others waiting with `reason`. IPs, startTime and foreign conditions are kept from the pod.
+ */
+export function buildFailedStatus(
+  pod: Model<V1Pod>,
+  o: { reason: string; message: string; now: Date },
+): Status {
+  const current = pod.status;
+  const previous = new Map(
+    [...(current?.containerStatuses ?? []), ...(current?.initContainerStatuses ?? [])].map((c) => [
+      c.name,
+      c,
+    ]),
+  );
+  const missing = (prev: CurrentContainer | undefined) =>
+    terminalState(prev, { reason: o.reason, message: o.message });
+  const toStatus = (c: { name: string; image?: string }) =>
+    containerStatus(pod, c.name, c.image ?? "", undefined, missing, previous.get(c.name));
+  const failed = { reason: "PodFailed", message: o.message };
+  const own: Condition[] = [
+    condition(
+      "Initialized",
+      (pod.spec?.initContainers ?? []).length === 0 ? "True" : "False",
+      current,
+      o.now,
+    ),
+    condition("Ready", "False", current, o.now, failed),
+    condition("ContainersReady", "False", current, o.now, failed),
+    condition("PodScheduled", "True", current, o.now),
+  ];
+  const status: Status = {
+    phase: "Failed",
+    reason: o.reason,
+    message: o.message,
+    conditions: [...own, ...foreignConditions(current, own)],
+    startTime: toDate(current?.startTime) ?? o.now,
+    qosClass: qosClassOf(pod),
+    containerStatuses: (pod.spec?.containers ?? []).map(toStatus),
+    initContainerStatuses: (pod.spec?.initContainers ?? []).map(toStatus),
+  };
+  if (current?.hostIP) Object.assign(status, { hostIP: current.hostIP, hostIPs: ips(current.hostIP) });
+  if (current?.podIP) Object.assign(status, { podIP: current.podIP, podIPs: ips(current.podIP) });
+  return status;
+}
+
+/**
+ * Whether writing `next` would change anything that matters in `current`: every field of
+ * {@link POD_STATUS_FIELDS}, with times compared at whole seconds whether they are `Date`s or
+ * RFC 3339 strings, and empty values (`""`, `{}`, `[]`, null) equal to absent ones. Fields outside
+ * that list (set by others, e.g. `nominatedNodeName`) are ignored. True when `current` is undefined.
+ */
+export function statusChanged(current: Model<V1PodStatus> | undefined, next: Model<V1PodStatus>): boolean {
+  if (current === undefined) return true;
+  return POD_STATUS_FIELDS.some((f) => !sameNormalised({ [f]: current[f] }, { [f]: next[f] }));
+}

@@ -1,0 +1,201 @@
+/**
+ * Pod → {@link Workload}: the transport-neutral document a provider runs. Each container becomes
+ * an app with its command and args expanded, its env resolved and its mounted ConfigMap, Secret,
+ * downwardAPI and projected volumes turned into files with full paths.
+ *
+ * Call {@link checkSupported} first: this function translates what it can carry and does not
+ * judge what a provider may run. It never throws, whatever the input.
+ */
+import type { V1Pod } from "@kubernetes/client-node";
+import type { AppPort, AppSpec, Workload } from "../provider/types.ts";
+import { canonicalJson, sha256Hex } from "./canonical.ts";
+import { resolveEnv } from "./env.ts";
+import { expandVars } from "./expand.ts";
+import { isServiceAccountTokenVolume } from "./features.ts";
+import { ConfigError, Resolver, type ObjectLookups, type PodEvent } from "./resolver.ts";
+import { arr, int, rec, str, stringRecord, type Model, type Rec } from "./shape.ts";
+import { VolumeFiles } from "./volumes.ts";
+
+export interface TranslateOptions {
+  readonly deviceId: string;
+  readonly nodeName: string;
+  /** ConfigMaps and Secrets in the pod's namespace, usually from an informer cache. */
+  readonly lookups: ObjectLookups;
+  /** For `status.podIP(s)` in the downward API; empty when not yet known. */
+  readonly podIP?: string | undefined;
+  /** For `status.hostIP(s)` in the downward API. */
+  readonly hostIP?: string | undefined;
+  /** Node allocatable, used by `resourceFieldRef` on `limits.*` when a container sets no limit. */
+  readonly allocatable?: Readonly<Record<string, string>> | undefined;
+}
+
+/**
+ * `ok`: the workload (deeply frozen) and Events worth recording (optional references missing,
+ * env names skipped). `configError`: a mandatory reference is missing or the pod is malformed;
+ * `message` is what the kubelet would put in a `CreateContainerConfigError` waiting state, and the
+ * workload must not be sent.
+ */
+export type TranslateResult =
+  | { readonly kind: "ok"; readonly workload: Workload; readonly events: readonly PodEvent[] }
+  | { readonly kind: "configError"; readonly message: string; readonly events: readonly PodEvent[] };
+
+const RESTART_POLICIES = ["Always", "OnFailure", "Never"] as const;
+const PROTOCOLS = ["TCP", "UDP", "SCTP"] as const;
+
+const pick = <T extends string>(value: unknown, allowed: readonly T[], fallback: T): T =>
+  allowed.find((a) => a === value) ?? fallback;
+
+/** Translate a pod bound to `options.nodeName`. Deterministic: the same inputs give the same hash. */
+export function translatePod(pod: Model<V1Pod>, options: TranslateOptions): TranslateResult {
+  const podRec = rec(pod) ?? {};
+  const metadata = rec(podRec["metadata"]) ?? {};
+  const namespace = str(metadata["namespace"]) || "default";
+  const resolver = new Resolver(namespace, options.lookups, {
+    pod: podRec,
+    nodeName: options.nodeName,
+    podIP: options.podIP,
+    hostIP: options.hostIP,
+    allocatable: options.allocatable,
+  });
+  try {
+    const workload = build(podRec, metadata, namespace, options, resolver);
+    return { kind: "ok", workload: deepFreeze(workload), events: resolver.events };
+  } catch (err) {
+    const message =
+      err instanceof ConfigError
+        ? err.message
+        : `cannot translate pod: ${err instanceof Error ? err.message : String(err)}`;
+    return { kind: "configError", message, events: resolver.events };
+  }
+}
+
+function build(
+  podRec: Rec,
+  metadata: Rec,
+  namespace: string,
+  options: TranslateOptions,
+  resolver: Resolver,
+): Workload {
+  const spec = rec(podRec["spec"]) ?? {};
+  const name = str(metadata["name"]);
+  if (!name) return resolver.fail("invalid pod: metadata.name is missing");
+  const containers = arr(spec["containers"]);
+  if (containers.length === 0) return resolver.fail("invalid pod: spec.containers is empty");
+
+  const volumes = new VolumeFiles(arr(spec["volumes"]), resolver);
+  volumes.resolveAll();
+  const apps = containers.map((c, i) => {
+    const container = rec(c);
+    if (container === undefined) return resolver.fail(`invalid pod: spec.containers[${i}] is not an object`);
+    return translateContainer(container, i, volumes, resolver);
+  });
+
+  const grace = int(spec["terminationGracePeriodSeconds"]);
+  const unhashed: Omit<Workload, "hash"> = {
+    pod: {
+      namespace,
+      name,
+      uid: str(metadata["uid"]) ?? "",
+      labels: stringRecord(metadata["labels"]),
+      annotations: stringRecord(metadata["annotations"]),
+    },
+    nodeName: options.nodeName,
+    deviceId: options.deviceId,
+    restartPolicy: pick(spec["restartPolicy"], RESTART_POLICIES, "Always"),
+    terminationGracePeriodSeconds: grace !== undefined && grace >= 0 ? grace : 30,
+    apps,
+  };
+  return { ...unhashed, hash: workloadHash(unhashed) };
+}
+
+function translateContainer(
+  container: Rec,
+  index: number,
+  volumes: VolumeFiles,
+  resolver: Resolver,
+): AppSpec {
+  const name = str(container["name"]);
+  const image = str(container["image"]);
+  if (!name) return resolver.fail(`invalid pod: spec.containers[${index}].name is missing`);
+  if (!image) return resolver.fail(`invalid pod: spec.containers[${index}].image is missing`);
+  const { env, secretNames } = resolveEnv(container, resolver);
+  const expand = (v: unknown) => expandVars(str(v) ?? "", (n) => env.get(n));
+  const resources = rec(container["resources"]);
+  return {
+    name,
+    image,
+    command: arr(container["command"]).map(expand),
+    args: arr(container["args"]).map(expand),
+    env: Object.fromEntries(env),
+    secretEnv: [...secretNames].sort(),
+    files: volumes.forContainer(container, env),
+    ports: arr(container["ports"]).flatMap((p): AppPort[] => {
+      const port = rec(p);
+      const containerPort = int(port?.["containerPort"]);
+      if (port === undefined || containerPort === undefined) return [];
+      const portName = str(port["name"]);
+      const protocol = pick(port["protocol"], PROTOCOLS, "TCP");
+      return [portName ? { name: portName, containerPort, protocol } : { containerPort, protocol }];
+    }),
+    resources: {
+      requests: stringRecord(resources?.["requests"]),
+      limits: stringRecord(resources?.["limits"]),
+    },
+  };
+}
+
+/**
+ * The content hash of a workload: SHA-256 (hex) of the canonical JSON of everything but `pod.uid`
+ * (and `hash` itself), so a pod re-created under the same name with the same spec hashes the same.
+ */
+export function workloadHash(workload: Omit<Workload, "hash"> & { hash?: string }): string {
+  const { hash: _hash, pod, ...rest } = workload;
+  const { uid: _uid, ...podWithoutUid } = pod;
+  return sha256Hex(canonicalJson({ ...rest, pod: podWithoutUid }));
+}
+
+/**
+ * Names of the ConfigMaps and Secrets (in the pod's namespace) the pod refers to from env, envFrom
+ * and volumes, sorted and unique, so the controller can requeue the pod when one of them appears
+ * or changes. The injected service-account volume is not counted.
+ */
+export function referencedObjects(pod: Model<V1Pod>): { configMaps: string[]; secrets: string[] } {
+  const configMaps = new Set<string>();
+  const secrets = new Set<string>();
+  const addName = (target: Set<string>, v: unknown) => {
+    const name = str(v);
+    if (name) target.add(name);
+  };
+  const spec = rec(rec(pod)?.["spec"]);
+  for (const c of [...arr(spec?.["initContainers"]), ...arr(spec?.["containers"])]) {
+    const container = rec(c);
+    for (const e of arr(container?.["envFrom"])) {
+      addName(configMaps, rec(rec(e)?.["configMapRef"])?.["name"]);
+      addName(secrets, rec(rec(e)?.["secretRef"])?.["name"]);
+    }
+    for (const e of arr(container?.["env"])) {
+      const valueFrom = rec(rec(e)?.["valueFrom"]);
+      addName(configMaps, rec(valueFrom?.["configMapKeyRef"])?.["name"]);
+      addName(secrets, rec(valueFrom?.["secretKeyRef"])?.["name"]);
+    }
+  }
+  for (const v of arr(spec?.["volumes"])) {
+    const volume = rec(v);
+    if (volume === undefined || isServiceAccountTokenVolume(volume)) continue;
+    addName(configMaps, rec(volume["configMap"])?.["name"]);
+    addName(secrets, rec(volume["secret"])?.["secretName"]);
+    for (const s of arr(rec(volume["projected"])?.["sources"])) {
+      addName(configMaps, rec(rec(s)?.["configMap"])?.["name"]);
+      addName(secrets, rec(rec(s)?.["secret"])?.["name"]);
+    }
+  }
+  return { configMaps: [...configMaps].sort(), secrets: [...secrets].sort() };
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
