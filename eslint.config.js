@@ -28,5 +28,6 @@ export default tseslint.config(
   {
     files: ["bin/*.js", "eslint.config.js"],
     extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: { globals: { process: "readonly", URL: "readonly", console: "readonly" } },
   },
 );

@@ -4,4 +4,4 @@
 # these machines have. etcd 3.6 is the line that Kubernetes 1.36 is released and tested with.
 KUBE_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
-KWOK_VERSION=v0.7.0
+KWOK_VERSION=v0.8.0

@@ -76,7 +76,10 @@ export class WorkQueue {
   /** Queues `key` after `delayMs`; an earlier add for the same key wins. */
   addAfter(key: string, delayMs: number): void {
     if (this.#signal?.aborted) return;
-    if (delayMs <= 0) { this.add(key); return; }
+    if (delayMs <= 0) {
+      this.add(key);
+      return;
+    }
     const at = Date.now() + delayMs;
     const existing = this.#timers.get(key);
     if (existing && existing.at <= at) return;

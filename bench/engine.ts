@@ -1,0 +1,241 @@
+/**
+ * Engine benchmark: 1,000 pods over 100 mock device nodes on the harness control plane, then the
+ * same Deployment over 100 KWOK fake nodes on the same control plane in the same run.
+ *
+ * Reports: time until all Running (from the Deployment's creation), p50/p99 from bound to Running
+ * as one watcher saw them, API requests per pod by each tool (from the audit log, reads included),
+ * and devicelet's peak resident memory. The mock's app start delay is 0, so like KWOK it does no
+ * device I/O: this measures the engine and its API traffic.
+ */
+import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, openSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { stringify } from "yaml";
+import { readState } from "../hack/testenv/controlplane.ts";
+import {
+  auditRequests,
+  controlPlane,
+  peakRssMiB,
+  percentile,
+  testenvDir,
+  waitUntil,
+  watchPodTimes,
+} from "./support.ts";
+
+const NODES = 100;
+const PODS = 1000;
+const repoRoot = path.resolve(import.meta.dirname, "..");
+
+interface Result {
+  tool: string;
+  allRunningSeconds: number;
+  p50Ms: number;
+  p99Ms: number;
+  apiRequestsPerPod: number;
+  apiRequestsByVerb: Record<string, number>;
+  peakRssMiB?: number;
+}
+
+function kubectl(args: string[], input?: string): string {
+  const state = readState(testenvDir);
+  if (!state) throw new Error("no control plane");
+  return execFileSync(
+    path.join(state.binDir, "kubectl"),
+    [`--kubeconfig=${path.join(testenvDir, "kubeconfig")}`, ...args],
+    {
+      input,
+      encoding: "utf8",
+      maxBuffer: 256 * 1024 * 1024,
+    },
+  );
+}
+
+const deployment = (ns: string, nodeSelector: Record<string, string>, tolerationKey: string) =>
+  stringify({
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: { name: "burst", namespace: ns },
+    spec: {
+      replicas: PODS,
+      selector: { matchLabels: { app: "burst" } },
+      template: {
+        metadata: { labels: { app: "burst" } },
+        spec: {
+          nodeSelector,
+          tolerations: [{ key: tolerationKey, operator: "Exists", effect: "NoSchedule" }],
+          terminationGracePeriodSeconds: 1,
+          containers: [{ name: "app", image: "example/sensor:1.0" }],
+        },
+      },
+    },
+  });
+
+async function measure(
+  tool: string,
+  username: string,
+  ns: string,
+  manifest: string,
+): Promise<Omit<Result, "peakRssMiB">> {
+  const controller = new AbortController();
+  kubectl(["create", "namespace", ns]);
+  const watcher = await watchPodTimes(ns, controller.signal);
+  const startWall = Date.now();
+  const start = performance.now();
+  kubectl(["apply", "-f", "-"], manifest);
+  await waitUntil(`${PODS} pods Running under ${tool}`, () => watcher.runningCount() >= PODS, 15 * 60_000);
+  const end = performance.now();
+  const endWall = Date.now();
+  controller.abort();
+  const latencies = [...watcher.times.values()].flatMap((t) =>
+    t.bound !== undefined && t.running !== undefined ? [t.running - t.bound] : [],
+  );
+  // The audit log is written in batches of about a second.
+  await new Promise((r) => setTimeout(r, 2_500));
+  const api = await auditRequests(username, startWall - 1_000, endWall + 500);
+  return {
+    tool,
+    allRunningSeconds: Math.round((end - start) / 10) / 100,
+    p50Ms: Math.round(percentile(latencies, 50)),
+    p99Ms: Math.round(percentile(latencies, 99)),
+    apiRequestsPerPod: Math.round((api.total / PODS) * 100) / 100,
+    apiRequestsByVerb: api.byVerb,
+  };
+}
+
+async function benchDevicelet(id: string): Promise<Result> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-bench-"));
+  const configFile = path.join(dir, "config.yaml");
+  writeFileSync(
+    configFile,
+    stringify({
+      kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
+      nodes: { extraLabels: { "devicelet.dev/bench": id } },
+      log: { level: "warn" },
+      provider: {
+        type: "mock",
+        config: { devices: { count: NODES, idPrefix: id, capacity: { pods: "20" } }, appStartDelayMs: 0 },
+      },
+    }),
+  );
+  const out = openSync(path.join(dir, "devicelet.log"), "a");
+  const child = spawn(
+    process.execPath,
+    [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+    { stdio: ["ignore", out, out] },
+  );
+  try {
+    await waitUntil(
+      `${NODES} devicelet nodes`,
+      () =>
+        kubectl(["get", "nodes", "-l", `devicelet.dev/bench=${id}`, "-o", "name"])
+          .trim()
+          .split("\n")
+          .filter(Boolean).length >= NODES,
+      120_000,
+    );
+    const result = await measure(
+      "devicelet",
+      "devicelet",
+      `${id}-devicelet`,
+      deployment(`${id}-devicelet`, { "devicelet.dev/bench": id }, "virtual-kubelet.io/provider"),
+    );
+    const rss = child.pid ? await peakRssMiB(child.pid) : Number.NaN;
+    return { ...result, peakRssMiB: rss };
+  } finally {
+    child.kill("SIGTERM");
+    kubectl(["delete", "namespace", `${id}-devicelet`, "--wait=false"]);
+  }
+}
+
+async function benchKwok(id: string): Promise<Result> {
+  const kwokBin = execFileSync("bash", [path.join(repoRoot, "hack/control-plane/build-kwok.sh")], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  }).trim();
+  const nodes = Array.from({ length: NODES }, (_, i) => ({
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: {
+      name: `${id}-kwok-${i}`,
+      annotations: { "kwok.x-k8s.io/node": "fake" },
+      labels: {
+        type: "kwok",
+        "kubernetes.io/hostname": `${id}-kwok-${i}`,
+        "devicelet.dev/bench": `${id}-kwok`,
+      },
+    },
+    spec: { taints: [{ key: "kwok.x-k8s.io/node", value: "fake", effect: "NoSchedule" }] },
+    status: {
+      allocatable: { cpu: "32", memory: "256Gi", pods: "20" },
+      capacity: { cpu: "32", memory: "256Gi", pods: "20" },
+    },
+  }));
+  kubectl(["apply", "-f", "-"], stringify({ apiVersion: "v1", kind: "List", items: nodes }));
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kwok-bench-"));
+  const out = openSync(path.join(dir, "kwok.log"), "a");
+  const child = spawn(
+    kwokBin,
+    [
+      `--kubeconfig=${path.join(testenvDir, "kwok.kubeconfig")}`,
+      "--manage-all-nodes=false",
+      "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+      "--node-lease-duration-seconds=40",
+      "--cidr=10.240.0.0/16",
+      "--node-ip=127.0.0.1",
+      "--server-address=127.0.0.1:0",
+    ],
+    { stdio: ["ignore", out, out] },
+  );
+  try {
+    await waitUntil(
+      `${NODES} KWOK nodes Ready`,
+      () => {
+        const ready = kubectl([
+          "get",
+          "nodes",
+          "-l",
+          `devicelet.dev/bench=${id}-kwok`,
+          "-o",
+          'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+        ]);
+        return ready.split("\n").filter((s) => s === "True").length >= NODES;
+      },
+      120_000,
+    );
+    return await measure(
+      "kwok",
+      "kwok",
+      `${id}-kwok`,
+      deployment(`${id}-kwok`, { "devicelet.dev/bench": `${id}-kwok` }, "kwok.x-k8s.io/node"),
+    );
+  } finally {
+    child.kill("SIGTERM");
+    kubectl(["delete", "namespace", `${id}-kwok`, "--wait=false"]);
+    kubectl(["delete", "nodes", "-l", `devicelet.dev/bench=${id}-kwok`, "--wait=false"]);
+  }
+}
+
+export async function benchEngine(): Promise<void> {
+  const stop = await controlPlane();
+  const id = `bench-${randomBytes(3).toString("hex")}`;
+  try {
+    const devicelet = await benchDevicelet(id);
+    const kwok = await benchKwok(id);
+    const rows = [devicelet, kwok];
+    console.log(`\nengine benchmark: ${PODS} pods over ${NODES} nodes, one control plane, same run\n`);
+    console.table(rows.map(({ apiRequestsByVerb: _v, ...r }) => r));
+    console.log("API requests by verb:", Object.fromEntries(rows.map((r) => [r.tool, r.apiRequestsByVerb])));
+    console.log(
+      `ratio devicelet/kwok: all-Running time ${(devicelet.allRunningSeconds / kwok.allRunningSeconds).toFixed(2)}, ` +
+        `API requests per pod ${(devicelet.apiRequestsPerPod / kwok.apiRequestsPerPod).toFixed(2)}`,
+    );
+    writeFileSync(
+      path.join(testenvDir, "bench-engine.json"),
+      JSON.stringify({ date: new Date().toISOString(), rows }, null, 2),
+    );
+  } finally {
+    await stop();
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * The `devicelet` command line. `main(argv)` resolves to the process exit code; it never calls
+ * `process.exit` itself, so a command's clean-up always runs.
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+
+// From src/cli/ or, once built, from dist/src/cli/.
+const packageJsonUrl = new URL(
+  import.meta.url.includes("/dist/") ? "../../../package.json" : "../../package.json",
+  import.meta.url,
+);
+const packageJson = JSON.parse(readFileSync(packageJsonUrl, "utf8")) as { version: string };
+export const version = packageJson.version;
+
+const usage = `devicelet ${version} — a virtual kubelet for devices
+
+Usage:
+  devicelet run --config <file.yaml>   register the configured devices as nodes and run their pods
+  devicelet --version                  print the version
+  devicelet --help                     print this help
+
+Configuration is documented in docs/configuration.md; examples/mock.yaml runs ten mock devices.
+`;
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+    process.stdout.write(usage);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === "--version" || command === "-v") {
+    process.stdout.write(`${version}\n`);
+    return 0;
+  }
+  if (command === "run") {
+    const { values } = parseArgs({ args: [...rest], options: { config: { type: "string", short: "c" } } });
+    if (!values.config) {
+      process.stderr.write("devicelet run: --config <file.yaml> is required\n");
+      return 2;
+    }
+    const { runCommand } = await import("./run.ts");
+    return runCommand({ configPath: values.config });
+  }
+  process.stderr.write(`devicelet: unknown command "${command}"\n\n${usage}`);
+  return 2;
+}

@@ -1,0 +1,116 @@
+/**
+ * Runs the real `devicelet run` command as a child process against the harness control plane,
+ * with devicelet's own least-privilege kubeconfig, so integration tests exercise exactly what a
+ * user starts. Each instance gets a unique test label on its nodes and its own mock state file.
+ *
+ *   const d = await startDevicelet({ id, provider: { devices: { count: 10, idPrefix: id } } });
+ *   await d.stop();   // SIGTERM, as a user would; d.kill() is SIGKILL
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { stringify } from "yaml";
+import { eventually } from "./eventually.ts";
+import { getJson } from "./kubectl.ts";
+import { deviceletKubeconfig } from "./testenv.ts";
+
+const repoRoot = path.resolve(import.meta.dirname, "../..");
+
+export interface DeviceletOptions {
+  /** Unique per test: the node label `devicelet.dev/test=<id>` and the log/state folder. */
+  readonly id: string;
+  /** The mock provider's `config` section. `stateFile` is filled in. */
+  readonly provider: Record<string, unknown>;
+  /** Extra core config merged over the defaults here. */
+  readonly core?: Record<string, unknown>;
+  /** Nodes expected to register before start() resolves (default: none awaited). */
+  readonly expectNodes?: number;
+}
+
+export interface RunningDevicelet {
+  readonly dir: string;
+  readonly stateFile: string;
+  readonly configFile: string;
+  readonly logFile: string;
+  readonly nodeSelector: string;
+  /** SIGTERM and wait for exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait for exit. */
+  kill(): Promise<void>;
+  /** Starts the same configuration again (same state file). */
+  restart(): Promise<void>;
+  /** The mock provider's persisted state (what the "devices" run). */
+  mockState(): MockState;
+}
+
+export interface MockState {
+  pods: {
+    workload: { pod: { namespace: string; name: string; uid: string } };
+    running?: unknown;
+    tombstone?: unknown;
+  }[];
+  createsByUid: Record<string, number>;
+}
+
+export async function startDevicelet(options: DeviceletOptions): Promise<RunningDevicelet> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), `devicelet-${options.id}-`));
+  const stateFile = path.join(dir, "mock-state.json");
+  const configFile = path.join(dir, "config.yaml");
+  const logFile = path.join(dir, "devicelet.log");
+  writeFileSync(
+    configFile,
+    stringify({
+      kubeconfig: deviceletKubeconfig(),
+      nodes: { extraLabels: { "devicelet.dev/test": options.id } },
+      log: { level: "debug" },
+      ...options.core,
+      provider: { type: "mock", config: { ...options.provider, stateFile } },
+    }),
+  );
+  const nodeSelector = `devicelet.dev/test=${options.id}`;
+  let child: ChildProcess | undefined;
+  let exited: Promise<number | null> = Promise.resolve(null);
+  const launch = async () => {
+    const { openSync } = await import("node:fs");
+    const out = openSync(logFile, "a");
+    child = spawn(
+      process.execPath,
+      [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+      {
+        stdio: ["ignore", out, out],
+      },
+    );
+    const c = child;
+    exited = new Promise((resolve) => c.once("exit", (code) => resolve(code)));
+    if (options.expectNodes) {
+      await eventually(
+        async () => {
+          if (c.exitCode !== null) throw new Error(`devicelet exited early (${c.exitCode}); see ${logFile}`);
+          const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", nodeSelector]);
+          if (nodes.items.length < (options.expectNodes ?? 0))
+            throw new Error(`only ${nodes.items.length} nodes`);
+        },
+        { timeoutMs: 60_000 },
+      );
+    }
+  };
+  await launch();
+  const signalAndWait = async (signal: NodeJS.Signals) => {
+    if (child?.exitCode === null && child.pid !== undefined) child.kill(signal);
+    return exited;
+  };
+  return {
+    dir,
+    stateFile,
+    configFile,
+    logFile,
+    nodeSelector,
+    stop: () => signalAndWait("SIGTERM"),
+    kill: async () => {
+      await signalAndWait("SIGKILL");
+    },
+    restart: launch,
+    mockState: () => JSON.parse(readFileSync(stateFile, "utf8")) as MockState,
+  };
+}
