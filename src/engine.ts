@@ -2,10 +2,8 @@
  * The devicelet engine: one process, one provider, many device nodes. Wires the Kubernetes client,
  * the node and pod controllers and the provider together and runs them until the signal aborts.
  *
- *   const engine = await startEngine({ config, provider, logger, signal });
- *   await engine.ready;       // every device node registered, pods adopted
- *   controller.abort();       // leases stop being renewed; nodes are left in place
- *   await engine.done;
+ *   const engine = await runEngine({ config, createProvider: (ctx) => plugin.create(cfg, ctx), ... }, signal);
+ *   controller.abort();   // leases stop being renewed; nodes are left in place
  *
  * Stopping never deletes nodes: a node whose lease lapses goes Ready=Unknown, which is the truth
  * about a stopped devicelet, and its pods stay bound for when devicelet returns.
@@ -17,35 +15,41 @@ import { NodeController } from "./node/controller.ts";
 import { PodController } from "./pod/controller.ts";
 import {
   hasDeviceInventory,
+  hasHealth,
   isStartable,
   type DeviceInfo,
   type DeviceInventory,
   type PodLifecycleProvider,
+  type ProviderContext,
+  type ProviderEvent,
 } from "./provider/types.ts";
+import { ConfigMapStore } from "./state/configmap-store.ts";
 
 export interface EngineOptions {
   readonly config: DeviceletConfig;
-  readonly provider: PodLifecycleProvider;
+  /** Builds the provider with the context the engine gives it (store, event sink, logger). */
+  readonly createProvider: (context: ProviderContext) => PodLifecycleProvider;
   readonly logger: Logger;
   readonly version: string;
-  /** Use this client instead of building one from the config (tests wrap it to count calls). */
+  /** Use this client instead of building one from the config. */
   readonly kube?: KubeClient;
 }
 
 export interface Engine {
   readonly kube: KubeClient;
+  readonly provider: PodLifecycleProvider;
   readonly nodes: NodeController;
   readonly pods: PodController;
 }
 
-/** A provider without an inventory gets one static device per node it is asked about: none. */
+/** A provider without an inventory has no devices, so no nodes. */
 const emptyInventory: DeviceInventory = {
   listDevices: () => Promise.resolve([] as DeviceInfo[]),
   watchDevices: () => undefined,
 };
 
 export async function runEngine(options: EngineOptions, signal: AbortSignal): Promise<Engine> {
-  const { config, provider, logger, version } = options;
+  const { config, logger, version } = options;
   const kube =
     options.kube ??
     createKubeClient({
@@ -55,6 +59,23 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
       logger: logger.child({ component: "kube" }),
       userAgent: `devicelet/${version}`,
     });
+  const events = new EventRecorder({ client: kube, logger: logger.child({ component: "events" }) });
+  // The provider is built before the node controller (which reads its inventory) but may record
+  // device events at any time; those name the device's node once it has one.
+  const nodeRef: { current?: NodeController } = {};
+  const recordEvent = (event: ProviderEvent) => {
+    const { involved } = event;
+    const object =
+      involved.kind === "Pod"
+        ? { apiVersion: "v1", kind: "Pod", namespace: involved.pod.namespace, name: involved.pod.name, uid: involved.pod.uid }
+        : { apiVersion: "v1", kind: "Node", name: nodeRef.current?.nodeNameOf(involved.deviceId) ?? involved.deviceId };
+    events.record({ object, type: event.type, reason: event.reason, message: event.message });
+  };
+  const provider = options.createProvider({
+    logger: logger.child({ component: "provider" }),
+    store: new ConfigMapStore(kube, config.state.namespace ?? process.env.POD_NAMESPACE ?? "default"),
+    recordEvent,
+  });
   if (isStartable(provider)) await provider.start(signal);
   const nodes = new NodeController({
     kube,
@@ -62,7 +83,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     providerName: provider.name,
     version,
     logger,
-    health: () => ({ ready: true, message: "devicelet is running" }),
+    health: () => (hasHealth(provider) ? provider.health() : { ready: true, message: "devicelet is running" }),
     config: {
       namePrefix: config.nodes.namePrefix,
       taintKey: config.nodes.taintKey,
@@ -74,7 +95,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
       kubeletAddress: config.kubelet.address,
     },
   });
-  const events = new EventRecorder({ client: kube, logger: logger.child({ component: "events" }) });
+  nodeRef.current = nodes;
   const pods = new PodController({
     kube,
     provider,
@@ -85,5 +106,5 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   });
   await nodes.start(signal);
   await pods.start(signal);
-  return { kube, nodes, pods };
+  return { kube, provider, nodes, pods };
 }

@@ -9,6 +9,7 @@ import { testenvDir } from "./support/testenv.ts";
 export default async function setup(): Promise<() => Promise<void>> {
   if (await running(testenvDir)) {
     console.error(`[testenv] reusing the control plane recorded in ${testenvDir}`);
+    await up({ dir: testenvDir }); // refreshes RBAC from manifests/, starts nothing
     return async () => {};
   }
   await up({ dir: testenvDir });

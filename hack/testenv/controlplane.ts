@@ -118,6 +118,8 @@ export async function up(options: { dir: string; log?: Log }): Promise<ControlPl
   const existing = await running(dir);
   if (existing) {
     log(`control plane already running at ${existing.server}`);
+    // The ClusterRole may have changed since it was started; applying it again is cheap.
+    applyRbac(dir, existing.binDir);
     writeEnvFiles(dir, existing);
     return existing;
   }
@@ -248,15 +250,7 @@ export async function up(options: { dir: string; log?: Log }): Promise<ControlPl
       path.join(dir, "scheduler.kubeconfig"),
       kubeconfig(server, pki, "scheduler", "kube-scheduler"),
     );
-    const kubectl = (...args: string[]) =>
-      execFileSync(bin("kubectl"), [`--kubeconfig=${path.join(dir, "kubeconfig")}`, ...args], {
-        encoding: "utf8",
-      });
-    kubectl("apply", "-f", path.join(repoRoot, "manifests/clusterrole.yaml"));
-    execFileSync(bin("kubectl"), [`--kubeconfig=${path.join(dir, "kubeconfig")}`, "apply", "-f", "-"], {
-      input: deviceletBinding,
-      encoding: "utf8",
-    });
+    applyRbac(dir, binDir);
 
     const kcmConfig = path.join(dir, "controller-manager.kubeconfig");
     daemons.push(
@@ -330,6 +324,21 @@ export async function up(options: { dir: string; log?: Log }): Promise<ControlPl
   writeEnvFiles(dir, state);
   log(`control plane ready at ${server}; source ${path.join(dir, "env")}`);
   return state;
+}
+
+/** Applies devicelet's ClusterRole (manifests/) and binds it to the harness user `devicelet`. */
+function applyRbac(dir: string, binDir: string) {
+  const apply = (args: string[], input?: string) =>
+    execFileSync(
+      path.join(binDir, "kubectl"),
+      [`--kubeconfig=${path.join(dir, "kubeconfig")}`, "apply", ...args],
+      {
+        input,
+        encoding: "utf8",
+      },
+    );
+  apply(["-f", path.join(repoRoot, "manifests/clusterrole.yaml")]);
+  apply(["-f", "-"], deviceletBinding);
 }
 
 const deviceletBinding = `apiVersion: rbac.authorization.k8s.io/v1

@@ -7,7 +7,7 @@ import { readFile } from "node:fs/promises";
 import pino from "pino";
 import { parse } from "yaml";
 import { ConfigError, parseConfig } from "../config/index.ts";
-import { runEngine } from "../engine.ts";
+import { runEngine, type Engine } from "../engine.ts";
 import { resolveProvider } from "../provider/registry.ts";
 import { version } from "./main.ts";
 
@@ -49,9 +49,6 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
     return 2;
   }
   const logger = pino({ level: config.log.level, redact: { paths: redactPaths, censor: "[redacted]" } });
-  const provider = plugin.create(config.provider.config as never, {
-    logger: logger.child({ provider: type }),
-  });
   const controller = new AbortController();
   const stop = (signal: string) => {
     if (controller.signal.aborted) return;
@@ -60,9 +57,13 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
+  let engine: Engine | undefined;
   try {
-    const engine = await runEngine({ config, provider, logger, version }, controller.signal);
-    logger.info({ nodes: engine.nodes.nodeNames().length, provider: provider.name }, "devicelet is running");
+    engine = await runEngine(
+      { config, logger, version, createProvider: (context) => plugin.create(config.provider.config as never, context) },
+      controller.signal,
+    );
+    logger.info({ nodes: engine.nodes.nodeNames().length, provider: engine.provider.name }, "devicelet is running");
   } catch (err) {
     if (!controller.signal.aborted) {
       logger.error({ err }, "devicelet failed to start");
@@ -74,9 +75,10 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
     if (controller.signal.aborted) resolve();
     else controller.signal.addEventListener("abort", () => resolve(), { once: true });
   });
-  // Give the provider a moment to flush state (it listens to the same signal).
-  if ("stop" in provider && typeof provider.stop === "function")
-    await (provider.stop as () => Promise<void>)();
+  // Let the provider flush its state (it listens to the same signal), then close connections.
+  const provider = engine?.provider as { stop?: () => Promise<void> } | undefined;
+  if (typeof provider?.stop === "function") await provider.stop();
+  await engine?.kube.close();
   logger.info("devicelet stopped");
   return 0;
 }

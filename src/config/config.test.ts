@@ -52,6 +52,7 @@ describe("parseConfig", () => {
       log: { level: "info" },
       provider: { type: "mock", config: {} },
       eviction: { offlineTimeoutSeconds: null },
+      state: { namespace: null },
     });
     expect(config.kubeconfig).toBeUndefined();
   });

@@ -97,6 +97,14 @@ export const coreConfigSchema = {
     eviction: section("Opt-in eviction of pods from devices offline for long.", {
       offlineTimeoutSeconds: { type: ["integer", "null"], default: null, minimum: 1 },
     }),
+    state: section("Where devicelet keeps the state it must never lose (generation high-water marks).", {
+      namespace: {
+        type: ["string", "null"],
+        default: null,
+        pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description: "Namespace of devicelet's state ConfigMaps; null means $POD_NAMESPACE, else default.",
+      },
+    }),
   },
 } as const;
 
@@ -128,6 +136,7 @@ export interface DeviceletConfig {
   readonly log: { readonly level: LogLevel };
   readonly provider: ProviderSection;
   readonly eviction: { readonly offlineTimeoutSeconds: number | null };
+  readonly state: { readonly namespace: string | null };
 }
 
 /** `provider`: `type` names a built-in (`mock`, `mqtt`, `iothub`) or a package to import. */

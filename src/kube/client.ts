@@ -141,6 +141,14 @@ export interface KubeClient {
 
   getConfigMap(namespace: string, name: string, options?: RequestOptions): Promise<ConfigMap | undefined>;
   getSecret(namespace: string, name: string, options?: RequestOptions): Promise<Secret | undefined>;
+  /** Merges `data` into a ConfigMap, creating it (with `labels`) when missing. */
+  upsertConfigMap(
+    namespace: string,
+    name: string,
+    data: Readonly<Record<string, string>>,
+    labels?: Readonly<Record<string, string>>,
+    options?: RequestOptions,
+  ): Promise<ConfigMap>;
 
   /**
    * Creates a core/v1 Event in the involved object's namespace (`default` for cluster-scoped
@@ -337,6 +345,19 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
 
     getConfigMap: (namespace, name, o) => get<ConfigMap>(`${ns(namespace)}/configmaps/${enc(name)}`, o),
     getSecret: (namespace, name, o) => get<Secret>(`${ns(namespace)}/secrets/${enc(name)}`, o),
+    upsertConfigMap: async (namespace, name, data, labels, o) => {
+      try {
+        return await patch<ConfigMap>(`${ns(namespace)}/configmaps/${enc(name)}`, { data }, o);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+      }
+      return http.request<ConfigMap>({
+        method: "POST",
+        path: `${ns(namespace)}/configmaps`,
+        body: { apiVersion: "v1", kind: "ConfigMap", metadata: { name, namespace, labels }, data },
+        signal: o?.signal,
+      });
+    },
 
     createEvent: (e, o) => {
       const now = Date.now();

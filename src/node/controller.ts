@@ -127,6 +127,11 @@ export class NodeController {
     return entry && deviceId !== undefined ? { name: entry.name, deviceId, device: entry.device } : undefined;
   }
 
+  /** The node name of a device, once it has been seen. */
+  nodeNameOf(deviceId: string): string | undefined {
+    return this.#entries.get(deviceId)?.name;
+  }
+
   nodeNames(): string[] {
     return [...this.#byName.keys()];
   }

@@ -3,17 +3,16 @@
  * exports `plugin` (or a default export) of shape {@link ProviderPlugin}.
  *
  *   const plugin = await resolveProvider("mock");
- *   const provider = plugin.create(config.provider.config, { logger });
+ *   const provider = plugin.create(config.provider.config, { logger, store, recordEvent });
  */
-import type { Logger } from "pino";
-import type { PodLifecycleProvider } from "./types.ts";
+import type { PodLifecycleProvider, ProviderContext } from "./types.ts";
 import { invalidInput } from "./errors.ts";
 
 export interface ProviderPlugin {
   readonly type: string;
   /** JSON Schema of the provider's `provider.config` section, validated with the core config. */
   readonly configSchema: object;
-  create(config: never, deps: { readonly logger: Logger }): PodLifecycleProvider;
+  create(config: never, context: ProviderContext): PodLifecycleProvider;
 }
 
 const builtIns: Record<string, () => Promise<ProviderPlugin>> = {

@@ -257,3 +257,35 @@ export const hasLogs = (p: object): p is LogsCapability => hasFunctions(p, "getC
 export const hasExec = (p: object): p is ExecCapability => hasFunctions(p, "runInContainer");
 export const hasStats = (p: object): p is StatsCapability => hasFunctions(p, "getStats");
 export const isStartable = (p: object): p is Startable => hasFunctions(p, "start");
+
+/** Small durable state a provider keeps in the API server (generation high-water marks, epochs). */
+export interface DurableStore {
+  /** The stored value, or undefined when never set. */
+  get(key: string): Promise<string | undefined>;
+  /** Stores durably before resolving. Each call is an API write: batch and reserve, do not call per message. */
+  set(key: string, value: string): Promise<void>;
+}
+
+/** A Kubernetes Event a provider wants recorded; the engine rate-limits and aggregates them. */
+export interface ProviderEvent {
+  /** The pod it is about, or the device (recorded on the device's node). */
+  readonly involved: { readonly kind: "Pod"; readonly pod: PodRef } | { readonly kind: "Device"; readonly deviceId: string };
+  readonly type: "Normal" | "Warning";
+  /** UpperCamelCase, e.g. `CommandExpired`, `DeviceRejectedConfig`. */
+  readonly reason: string;
+  readonly message: string;
+}
+
+/** What the engine hands a provider when it creates it. */
+export interface ProviderContext {
+  readonly logger: import("pino").Logger;
+  readonly store: DurableStore;
+  readonly recordEvent: (event: ProviderEvent) => void;
+}
+
+/** devicelet's transport health: when not ready, node leases stop being renewed (DESIGN.md decision 1). */
+export interface HealthReporter {
+  health(): { readonly ready: boolean; readonly message: string };
+}
+
+export const hasHealth = (p: object): p is HealthReporter => hasFunctions(p, "health");
