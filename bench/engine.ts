@@ -8,7 +8,7 @@
  * device I/O: this measures the engine and its API traffic.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, openSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -23,6 +23,11 @@ import {
   waitUntil,
   watchPodTimes,
 } from "./support.ts";
+
+const kwokVersion = () =>
+  /^KWOK_VERSION=(\S+)$/m.exec(
+    readFileSync(path.join(repoRoot, "hack/control-plane/versions.sh"), "utf8"),
+  )?.[1] ?? "";
 
 const NODES = 100;
 const PODS = 1000;
@@ -145,7 +150,7 @@ async function benchDevicelet(id: string): Promise<Result> {
     return { ...result, peakRssMiB: rss };
   } finally {
     child.kill("SIGTERM");
-    kubectl(["delete", "namespace", `${id}-devicelet`, "--wait=false"]);
+    kubectl(["delete", "namespace", `${id}-devicelet`, "--wait=false", "--ignore-not-found"]);
   }
 }
 
@@ -175,9 +180,21 @@ async function benchKwok(id: string): Promise<Result> {
   kubectl(["apply", "-f", "-"], stringify({ apiVersion: "v1", kind: "List", items: nodes }));
   const dir = mkdtempSync(path.join(os.tmpdir(), "kwok-bench-"));
   const out = openSync(path.join(dir, "kwok.log"), "a");
+  // KWOK's own "fast" stages (node initialise, lease heartbeat, pod ready/complete/delete), read
+  // from the module it was built from, so KWOK runs exactly as its authors ship it.
+  const modCache = execFileSync("go", ["env", "GOMODCACHE"], { encoding: "utf8" }).trim();
+  const stages = path.join(modCache, `sigs.k8s.io/kwok@${kwokVersion()}`, "kustomize/stage");
+  const stageFiles = [
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+  ].map((f) => path.join(stages, f));
   const child = spawn(
     kwokBin,
     [
+      ...stageFiles.map((f) => `--config=${f}`),
       `--kubeconfig=${path.join(testenvDir, "kwok.kubeconfig")}`,
       "--manage-all-nodes=false",
       "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
@@ -212,8 +229,15 @@ async function benchKwok(id: string): Promise<Result> {
     );
   } finally {
     child.kill("SIGTERM");
-    kubectl(["delete", "namespace", `${id}-kwok`, "--wait=false"]);
-    kubectl(["delete", "nodes", "-l", `devicelet.dev/bench=${id}-kwok`, "--wait=false"]);
+    kubectl(["delete", "namespace", `${id}-kwok`, "--wait=false", "--ignore-not-found"]);
+    kubectl([
+      "delete",
+      "nodes",
+      "-l",
+      `devicelet.dev/bench=${id}-kwok`,
+      "--wait=false",
+      "--ignore-not-found",
+    ]);
   }
 }
 
@@ -222,7 +246,9 @@ export async function benchEngine(): Promise<void> {
   const id = `bench-${randomBytes(3).toString("hex")}`;
   try {
     const devicelet = await benchDevicelet(id);
+    console.log("devicelet:", JSON.stringify(devicelet));
     const kwok = await benchKwok(id);
+    console.log("kwok:", JSON.stringify(kwok));
     const rows = [devicelet, kwok];
     console.log(`\nengine benchmark: ${PODS} pods over ${NODES} nodes, one control plane, same run\n`);
     console.table(rows.map(({ apiRequestsByVerb: _v, ...r }) => r));

@@ -240,6 +240,11 @@ export class PodController {
       this.#counters.creates++;
       held = { ref, hash: workload.hash, deleteRequested: false };
       this.#held.set(key, held);
+      if (hasStatusNotifier(this.#o.provider) && !this.#statuses.has(ref.uid)) {
+        // A device that starts the app at once reports Running within the debounce window: wait
+        // that long before writing Pending, so a fast start costs one status write, not two.
+        return { requeueAfterMs: this.#o.config.statusDebounceMs };
+      }
     } else if (held.hash !== workload.hash) {
       await this.#o.provider.updatePod(workload);
       this.#counters.updates++;
