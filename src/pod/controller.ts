@@ -240,7 +240,7 @@ export class PodController {
       this.#counters.creates++;
       held = { ref, hash: workload.hash, deleteRequested: false };
       this.#held.set(key, held);
-      if (hasStatusNotifier(this.#o.provider) && !this.#statuses.has(ref.uid)) {
+      if (hasStatusNotifier(this.#o.provider)) {
         // A device that starts the app at once reports Running within the debounce window: wait
         // that long before writing Pending, so a fast start costs one status write, not two.
         return { requeueAfterMs: this.#o.config.statusDebounceMs };
