@@ -14,8 +14,8 @@ const ns = id;
 let devicelet: RunningDevicelet;
 
 interface NodeJson {
-  metadata: { name: string };
-  status: { conditions: { type: string; status: string }[] };
+  metadata: { name: string; uid: string };
+  status: { conditions: { type: string; status: string; lastHeartbeatTime?: string }[] };
 }
 const nodes = async () =>
   (await getJson<{ items: NodeJson[] }>(["nodes", "-l", devicelet.nodeSelector])).items;
@@ -27,7 +27,7 @@ beforeAll(async () => {
   devicelet = await startDevicelet({
     id,
     provider: { devices: { count: 3, idPrefix: id }, appStartDelayMs: 100 },
-    core: { lease: { renewIntervalSeconds: 2 } },
+    core: { lease: { renewIntervalSeconds: 2 }, nodeStatus: { maxIntervalSeconds: 3 } },
     expectNodes: 3,
   });
 });
@@ -73,6 +73,43 @@ describe("restart adoption", () => {
     const state = devicelet.mockState();
     for (const p of before) expect(state.createsByUid[p.metadata.uid]).toBe(1);
     expect(state.pods.filter((p) => p.running)).toHaveLength(6);
+  });
+});
+
+describe("node registration and status", () => {
+  it("registers a node again when someone else deletes it", async () => {
+    const [victim] = await nodes();
+    if (!victim) throw new Error("no node");
+    await kubectl(["delete", "node", victim.metadata.name, "--wait=true"]);
+    await eventually(async () => {
+      const again = await getJson<NodeJson>(["node", victim.metadata.name]);
+      expect(again.metadata.uid).not.toBe(victim.metadata.uid);
+      expect(ready(again)).toBe("True");
+    });
+    // Its lease comes back with it (the old one was garbage-collected with the old node).
+    await eventually(
+      async () => {
+        const lease = await getJson<{ metadata: { ownerReferences?: { uid: string }[] } }>([
+          "lease",
+          victim.metadata.name,
+          "-n",
+          "kube-node-lease",
+        ]);
+        const node = await getJson<NodeJson>(["node", victim.metadata.name]);
+        expect(lease.metadata.ownerReferences?.[0]?.uid).toBe(node.metadata.uid);
+      },
+      { timeoutMs: 60_000 },
+    );
+  });
+
+  it("patches node status at least every nodeStatus.maxIntervalSeconds even when nothing changed", async () => {
+    const heartbeat = async () =>
+      Date.parse(
+        (await nodes())[0]?.status.conditions.find((c) => c.type === "Ready")?.lastHeartbeatTime ?? "",
+      );
+    const first = await heartbeat();
+    expect(first).toBeGreaterThan(0);
+    await eventually(async () => expect(await heartbeat()).toBeGreaterThan(first), { timeoutMs: 30_000 });
   });
 });
 
