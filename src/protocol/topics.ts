@@ -1,0 +1,39 @@
+/**
+ * MQTT topics of the device protocol. Device ids are restricted (see `DEVICE_ID`) so that an id can
+ * never contain a topic separator or wildcard.
+ */
+export const TOPIC_ROOT = "devicelet/v1";
+
+/** Device ids: 1–128 of lowercase letters, digits, `-`, `_` and `.`, starting alphanumeric. */
+export const DEVICE_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/;
+
+export type DeviceTopic = "desired" | "state" | "reported" | "ack" | "evt";
+
+export const topics = {
+  desired: (device: string) => `${TOPIC_ROOT}/${device}/desired`,
+  state: (device: string) => `${TOPIC_ROOT}/${device}/state`,
+  reported: (device: string) => `${TOPIC_ROOT}/${device}/reported`,
+  ack: (device: string) => `${TOPIC_ROOT}/${device}/ack`,
+  evt: (device: string) => `${TOPIC_ROOT}/${device}/evt`,
+  command: (device: string, commandId: string) => `${TOPIC_ROOT}/${device}/cmd/${commandId}`,
+  commands: (device: string) => `${TOPIC_ROOT}/${device}/cmd/+`,
+  bridge: () => `${TOPIC_ROOT}/_bridge/state`,
+  /** What devicelet subscribes to: everything devices publish. */
+  fromDevices: () => [
+    `${TOPIC_ROOT}/+/state`,
+    `${TOPIC_ROOT}/+/reported`,
+    `${TOPIC_ROOT}/+/ack`,
+    `${TOPIC_ROOT}/+/evt`,
+  ],
+} as const;
+
+/** Splits a topic from a device into its device id and kind; undefined for anything else. */
+export function parseDeviceTopic(topic: string): { deviceId: string; kind: DeviceTopic } | undefined {
+  const parts = topic.split("/");
+  if (parts.length !== 4 || `${parts[0]}/${parts[1]}` !== TOPIC_ROOT) return undefined;
+  const [, , deviceId, kind] = parts as [string, string, string, string];
+  if (!DEVICE_ID.test(deviceId)) return undefined;
+  if (kind !== "desired" && kind !== "state" && kind !== "reported" && kind !== "ack" && kind !== "evt")
+    return undefined;
+  return { deviceId, kind };
+}
