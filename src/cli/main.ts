@@ -17,6 +17,9 @@ const usage = `devicelet ${version} — a virtual kubelet for devices
 
 Usage:
   devicelet run --config <file.yaml>   register the configured devices as nodes and run their pods
+  devicelet simulate --devices N --broker URL
+                                       run a simulated fleet speaking the device protocol
+  devicelet agent --config <file.yaml> run the reference gateway agent on this Linux machine
   devicelet --version                  print the version
   devicelet --help                     print this help
 
@@ -41,6 +44,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     const { runCommand } = await import("./run.ts");
     return runCommand({ configPath: values.config });
+  }
+  if (command === "simulate") {
+    const { simulateCommand } = await import("./simulate.ts");
+    return simulateCommand([...rest]);
+  }
+  if (command === "agent") {
+    const { agentCommand } = await import("./agent.ts");
+    return agentCommand([...rest]);
   }
   process.stderr.write(`devicelet: unknown command "${command}"\n\n${usage}`);
   return 2;

@@ -60,10 +60,18 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   let engine: Engine | undefined;
   try {
     engine = await runEngine(
-      { config, logger, version, createProvider: (context) => plugin.create(config.provider.config as never, context) },
+      {
+        config,
+        logger,
+        version,
+        createProvider: (context) => plugin.create(config.provider.config as never, context),
+      },
       controller.signal,
     );
-    logger.info({ nodes: engine.nodes.nodeNames().length, provider: engine.provider.name }, "devicelet is running");
+    logger.info(
+      { nodes: engine.nodes.nodeNames().length, provider: engine.provider.name },
+      "devicelet is running",
+    );
   } catch (err) {
     if (!controller.signal.aborted) {
       logger.error({ err }, "devicelet failed to start");

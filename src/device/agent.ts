@@ -1,0 +1,252 @@
+/**
+ * The reference device agent for Linux gateways: one {@link DeviceSession} over MQTT (TLS and
+ * mutual TLS), a {@link ProcessRuntime} running each app as a supervised child process, and a state
+ * file that makes restarts safe.
+ *
+ *   const config = parseAgentConfig(yamlText, "agent.yaml");
+ *   const agent = await startAgent(config, { logger });
+ *   await agent.stop();       // retained `offline`, apps stopped gracefully
+ *
+ * Boot id: the kernel's (`/proc/sys/kernel/random/boot_id`), so an agent restart on the same boot
+ * keeps it (and continues its sequence numbers from the state file) while a reboot changes it. The
+ * state file (written atomically, mode 0600: it holds Secret-derived env and files) keeps the
+ * applied (epoch, generation) and that document's pods: a restarted agent runs those pods again
+ * at once, before it connects, and does not apply the retained document a second time.
+ * The agent refuses the `reboot` command: rebooting the host is not its call.
+ */
+import { readFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import type { Logger } from "pino";
+import { parse } from "yaml";
+import { ConfigError, validateWithSchema } from "../config/load.ts";
+import { DEVICE_ID } from "../protocol/topics.ts";
+import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
+import { MqttTransport } from "./mqtt-link.ts";
+import { ProcessRuntime } from "./process-runtime.ts";
+import { DeviceSession, type BirthInfo } from "./session.ts";
+import { fileStore } from "./store.ts";
+
+export interface AgentConfig {
+  readonly broker: {
+    readonly url: string;
+    readonly protocolVersion: 4 | 5;
+    /** PEM files; relative paths are relative to the configuration file. */
+    readonly ca?: string;
+    readonly cert?: string;
+    readonly key?: string;
+    readonly username?: string;
+    readonly passwordFile?: string;
+    readonly keepaliveSeconds: number;
+  };
+  readonly device: {
+    readonly id: string;
+    readonly deviceClass: string;
+    readonly zone?: string;
+    readonly labels: Readonly<Record<string, string>>;
+    /** Defaults: the host's CPUs and memory, 110 pods. */
+    readonly capacity: Readonly<Record<string, string>>;
+    readonly maxMessageBytes: number;
+    /** The address pods get as their IP. */
+    readonly address?: string;
+  };
+  readonly workDir: string;
+  readonly stateFile: string;
+  readonly bootIdFile: string;
+  readonly restartBackoff: { readonly initialMs: number; readonly maxMs: number };
+  readonly willDelaySeconds: number;
+  readonly reportCoalesceMs: number;
+  readonly log: { readonly level: string };
+}
+
+const strings = { type: "object", additionalProperties: { type: "string" } } as const;
+
+export const agentConfigSchema = {
+  type: "object",
+  additionalProperties: false,
+  required: ["broker", "device"],
+  properties: {
+    broker: {
+      type: "object",
+      additionalProperties: false,
+      required: ["url"],
+      properties: {
+        url: { type: "string", pattern: "^(mqtts?|wss?)://" },
+        protocolVersion: { enum: [4, 5], default: 5 },
+        ca: { type: "string", minLength: 1 },
+        cert: { type: "string", minLength: 1 },
+        key: { type: "string", minLength: 1 },
+        username: { type: "string" },
+        passwordFile: { type: "string", minLength: 1 },
+        keepaliveSeconds: { type: "integer", minimum: 5, maximum: 3600, default: 60 },
+      },
+      dependencies: { cert: ["key"], key: ["cert"] },
+    },
+    device: {
+      type: "object",
+      additionalProperties: false,
+      required: ["id"],
+      properties: {
+        id: { type: "string", pattern: DEVICE_ID.source },
+        deviceClass: { type: "string", minLength: 1, maxLength: 63, default: "gateway" },
+        zone: { type: "string", minLength: 1, maxLength: 63 },
+        labels: { ...strings, default: {} },
+        capacity: { ...strings, default: {} },
+        maxMessageBytes: {
+          type: "integer",
+          minimum: 1024,
+          maximum: 16_777_216,
+          default: DEFAULT_MAX_MESSAGE_BYTES,
+        },
+        address: { type: "string", minLength: 1 },
+      },
+    },
+    workDir: { type: "string", minLength: 1, default: "/var/lib/devicelet/pods" },
+    stateFile: { type: "string", minLength: 1, default: "/var/lib/devicelet/agent-state.json" },
+    bootIdFile: { type: "string", minLength: 1, default: "/proc/sys/kernel/random/boot_id" },
+    restartBackoff: {
+      type: "object",
+      additionalProperties: false,
+      default: {},
+      properties: {
+        initialMs: { type: "integer", minimum: 1, default: 10_000 },
+        maxMs: { type: "integer", minimum: 1, default: 300_000 },
+      },
+    },
+    willDelaySeconds: { type: "integer", minimum: 0, maximum: 3600, default: 5 },
+    reportCoalesceMs: { type: "integer", minimum: 0, maximum: 10_000, default: 20 },
+    log: {
+      type: "object",
+      additionalProperties: false,
+      default: {},
+      properties: { level: { enum: ["fatal", "error", "warn", "info", "debug", "trace"], default: "info" } },
+    },
+  },
+} as const;
+
+/**
+ * YAML → validated, defaulted, frozen {@link AgentConfig}; relative paths resolved against the
+ * file's folder. @throws ConfigError listing every problem at once.
+ */
+export function parseAgentConfig(text: string, sourceName: string): AgentConfig {
+  let data: unknown;
+  try {
+    data = parse(text) ?? {};
+  } catch (err) {
+    throw new ConfigError(sourceName, [{ path: "", message: (err as Error).message }], { cause: err });
+  }
+  const config = validateWithSchema(agentConfigSchema, data, sourceName) as AgentConfig;
+  const base = path.dirname(path.resolve(sourceName));
+  const at = (p: string | undefined) => (p === undefined ? undefined : path.resolve(base, p));
+  const { ca, cert, key, passwordFile } = config.broker;
+  return Object.freeze({
+    ...config,
+    broker: Object.freeze({
+      ...config.broker,
+      ...(ca === undefined ? {} : { ca: at(ca) }),
+      ...(cert === undefined ? {} : { cert: at(cert) }),
+      ...(key === undefined ? {} : { key: at(key) }),
+      ...(passwordFile === undefined ? {} : { passwordFile: at(passwordFile) }),
+    }),
+    workDir: path.resolve(base, config.workDir),
+    stateFile: path.resolve(base, config.stateFile),
+  });
+}
+
+export interface Agent {
+  readonly session: DeviceSession;
+  readonly runtime: ProcessRuntime;
+  /** Retained `offline`, clean disconnect, every app stopped within its grace period. */
+  stop(): Promise<void>;
+}
+
+/** Starts the agent: restores and re-runs persisted pods, then connects (and keeps reconnecting). */
+export async function startAgent(config: AgentConfig, options: { logger: Logger }): Promise<Agent> {
+  const { logger } = options;
+  const { broker, device } = config;
+  const read = async (file: string | undefined) => (file === undefined ? undefined : readFile(file, "utf8"));
+  const [bootId, ca, cert, key, password] = await Promise.all([
+    readFile(config.bootIdFile, "utf8").then((t) => t.trim()),
+    read(broker.ca),
+    read(broker.cert),
+    read(broker.key),
+    read(broker.passwordFile).then((t) => t?.trim()),
+  ]);
+  const transport = new MqttTransport({
+    url: broker.url,
+    clientId: device.id,
+    protocolVersion: broker.protocolVersion,
+    keepaliveSeconds: broker.keepaliveSeconds,
+    logger,
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key }),
+    ...(broker.username === undefined ? {} : { username: broker.username }),
+    ...(password === undefined ? {} : { password }),
+  });
+  const birth = await birthInfo(config);
+  const runtime = new ProcessRuntime({
+    workDir: config.workDir,
+    logger,
+    capacity: birth.capacity,
+    backoff: config.restartBackoff,
+  });
+  const session = new DeviceSession({
+    deviceId: device.id,
+    link: transport.link(device.id),
+    runtime,
+    device: birth,
+    logger,
+    store: fileStore(config.stateFile),
+    bootId,
+    willDelaySeconds: config.willDelaySeconds,
+    reportCoalesceMs: config.reportCoalesceMs,
+    onRebootCommand: null,
+    ...(device.address === undefined ? {} : { address: device.address }),
+  });
+  await session.start();
+  logger.info({ device: device.id, broker: broker.url, bootId }, "agent started");
+  return { session, runtime, stop: () => session.stop() };
+}
+
+const KUBE_ARCH: Readonly<Record<string, string>> = {
+  x64: "amd64",
+  arm64: "arm64",
+  arm: "arm",
+  ia32: "386",
+  ppc64: "ppc64le",
+  s390x: "s390x",
+  riscv64: "riscv64",
+};
+
+async function birthInfo(config: AgentConfig): Promise<BirthInfo> {
+  const { device } = config;
+  const osRelease = await readFile("/etc/os-release", "utf8").catch(() => "");
+  const prettyName = /^PRETTY_NAME="?([^"\n]*)"?$/m.exec(osRelease)?.[1];
+  return {
+    deviceClass: device.deviceClass,
+    os: "linux",
+    arch: KUBE_ARCH[process.arch] ?? process.arch,
+    ...(device.zone === undefined ? {} : { zone: device.zone }),
+    labels: device.labels,
+    capacity: {
+      cpu: String(os.availableParallelism()),
+      memory: `${Math.floor(os.totalmem() / 1024 / 1024)}Mi`,
+      pods: "110",
+      ...device.capacity,
+    },
+    addresses: [
+      ...(device.address === undefined ? [] : [{ type: "InternalIP" as const, address: device.address }]),
+      { type: "Hostname" as const, address: os.hostname() },
+    ],
+    ...(prettyName ? { osImage: prettyName.slice(0, 256) } : {}),
+    kernelVersion: os.release().slice(0, 256),
+    capabilities: {
+      maxMessageBytes: device.maxMessageBytes,
+      encodings: ["json"],
+      runtime: "process",
+      logs: true,
+      exec: true,
+    },
+  };
+}

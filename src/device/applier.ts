@@ -1,0 +1,148 @@
+/**
+ * Applying desired documents at most once (docs/protocol.md § 4), for one device session: keeps the
+ * (epoch, generation) seen and applied, takes one document at a time (a newer one that arrives
+ * meanwhile replaces any queued one: latest wins), acks each in stages, and repeats the final ack
+ * when the same document comes again (a retained redelivery).
+ *
+ *   const applier = new DesiredApplier({ runtime, ack, persist, report, canApply, logger });
+ *   applier.offer(doc);    // from the desired topic; applied now or once canApply() turns true
+ *   applier.kick();        // when canApply() may have turned true (after a birth)
+ */
+import type { Logger } from "pino";
+import type { DesiredDocument, DesiredPod } from "../protocol/types.ts";
+import type { DesiredAck } from "./outbox.ts";
+import { RuntimeRefusal, type Runtime } from "./runtime.ts";
+
+export interface AppliedGeneration {
+  readonly epoch: string;
+  readonly generation: number;
+}
+
+export interface ApplierHooks {
+  readonly runtime: Runtime;
+  readonly ack: (ack: DesiredAck) => void;
+  /** Makes the applied state durable (when the device has storage); awaited before `applied`. */
+  readonly persist: () => Promise<void>;
+  readonly report: () => void;
+  /** Documents are applied only while this holds (online, not stopping). */
+  readonly canApply: () => boolean;
+  readonly logger: Logger;
+}
+
+export class DesiredApplier {
+  epoch: string | null = null;
+  observedGeneration = 0;
+  appliedGeneration = 0;
+  /** The pods of the last applied document (what a device with storage keeps). */
+  appliedPods: readonly DesiredPod[] = [];
+  /** Documents applied by this object (not restores). */
+  applies = 0;
+  readonly applied: AppliedGeneration[] = [];
+  readonly #h: ApplierHooks;
+  #pending: DesiredDocument | undefined;
+  #draining: Promise<void> | undefined;
+  #lastFinal: DesiredAck | undefined;
+  /** Bumped by reset(): an apply of an earlier boot drops its result. */
+  #era = 0;
+
+  constructor(hooks: ApplierHooks) {
+    this.#h = hooks;
+  }
+
+  /** State kept in storage across a restart or reboot: that document is not applied again. */
+  restore(saved: { epoch: string | null; appliedGeneration: number; pods: readonly DesiredPod[] }): void {
+    this.epoch = saved.epoch;
+    this.observedGeneration = this.appliedGeneration = saved.appliedGeneration;
+    this.appliedPods = saved.pods;
+    if (saved.epoch !== null && saved.appliedGeneration > 0) {
+      this.#lastFinal = { epoch: saved.epoch, generation: saved.appliedGeneration, stage: "applied" };
+    }
+  }
+
+  /** Forgets everything (a reboot); waits for an apply in progress to finish first. */
+  async reset(): Promise<void> {
+    this.#era++;
+    this.#pending = undefined;
+    await this.#draining;
+    this.epoch = null;
+    this.observedGeneration = this.appliedGeneration = 0;
+    this.appliedPods = [];
+    this.#lastFinal = undefined;
+  }
+
+  /** No more applying; resolves once an apply in progress is done. */
+  async settle(): Promise<void> {
+    this.#pending = undefined;
+    await this.#draining;
+  }
+
+  offer(doc: DesiredDocument): void {
+    if (this.#isDone(doc)) {
+      const final = this.#lastFinal;
+      if (final?.epoch === doc.epoch && final.generation === doc.generation && !this.#pending)
+        this.#h.ack(final);
+      return;
+    }
+    const queued = this.#pending;
+    if (!queued || queued.epoch !== doc.epoch || doc.generation > queued.generation) this.#pending = doc;
+    this.kick();
+  }
+
+  /** Starts applying what is pending, if allowed; one document at a time. */
+  kick(): void {
+    if (this.#draining || !this.#pending || !this.#h.canApply()) return;
+    this.#draining = this.#drain().finally(() => {
+      this.#draining = undefined;
+      this.kick();
+    });
+  }
+
+  #isDone(doc: DesiredDocument): boolean {
+    return (
+      doc.epoch === this.epoch && doc.generation <= Math.max(this.observedGeneration, this.appliedGeneration)
+    );
+  }
+
+  async #drain(): Promise<void> {
+    const era = this.#era;
+    while (this.#pending && era === this.#era && this.#h.canApply()) {
+      const doc = this.#pending;
+      this.#pending = undefined;
+      if (!this.#isDone(doc)) await this.#apply(doc, era);
+    }
+  }
+
+  async #apply(doc: DesiredDocument, era: number): Promise<void> {
+    const { epoch, generation } = doc;
+    if (epoch !== this.epoch) {
+      this.epoch = epoch;
+      this.appliedGeneration = 0;
+    }
+    this.observedGeneration = generation;
+    this.#h.ack({ epoch, generation, stage: "received" });
+    try {
+      await this.#h.runtime.apply(doc.pods, doc.tombstones);
+    } catch (err) {
+      if (era !== this.#era) return;
+      const reason = err instanceof RuntimeRefusal ? err.reason : "ApplyFailed";
+      const message = (err as Error).message;
+      this.#h.logger.warn({ epoch, generation, reason, message }, "desired document rejected");
+      this.#final({ epoch, generation, stage: "rejected", reason, message });
+      return;
+    }
+    if (era !== this.#era) return;
+    this.appliedGeneration = generation;
+    this.appliedPods = doc.pods;
+    this.applies++;
+    this.applied.push({ epoch, generation });
+    this.#h.logger.debug({ epoch, generation, pods: doc.pods.length }, "desired document applied");
+    await this.#h.persist();
+    this.#final({ epoch, generation, stage: "applied" });
+  }
+
+  #final(ack: DesiredAck): void {
+    this.#lastFinal = ack;
+    this.#h.ack(ack);
+    this.#h.report();
+  }
+}

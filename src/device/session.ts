@@ -1,0 +1,389 @@
+/**
+ * The device side of the devicelet protocol for one device id, shared by the gateway agent and the
+ * simulator. A `DeviceSession` owns a {@link DeviceLink} and a {@link Runtime}:
+ *
+ *   const session = new DeviceSession({ deviceId, link, runtime, device, logger, store });
+ *   await session.start();          // restores persisted pods, opens the link
+ *   await session.whenOnline();     // subscribed, birth published
+ *   await session.stop();           // retained `offline`, link closed, apps stopped
+ *
+ * Guarantees (docs/protocol.md; DESIGN.md decisions 2–5):
+ * - The will is retained `lost` on `state` with this boot's id and the seq the birth on that
+ *   connection will carry (§ 5), re-armed before every CONNECT, delayed on MQTT 5.
+ * - On every (re)connect: subscriptions to `desired`, `cmd/+` and the bridge topic first, then the
+ *   retained birth, then the retained report. What arrives before the birth (the retained document,
+ *   commands) is held and handled after it, so every ack and event follows the birth.
+ * - A desired document is applied at most once per (epoch, generation) (applier.ts); the applied
+ *   state is persisted before `applied` is acked. An invalid document whose version is readable is
+ *   acked `rejected` (`InvalidDocument`); anything else invalid becomes a `MessageRejected` event.
+ * - Sequence numbers strictly increase within a boot, across agent restarts too (see outbox.ts).
+ * - Runtime changes produce one coalesced report per `reportCoalesceMs`; the report is re-sent
+ *   after `reportRefreshMs` without one (one timer per device, re-armed by each report).
+ */
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import { encodeMessage } from "../protocol/codec.ts";
+import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
+import type { BridgeMessage, BridgeToDevice, PresenceMessage } from "../protocol/types.ts";
+import { DesiredApplier, type AppliedGeneration } from "./applier.ts";
+import { CommandRunner } from "./commands.ts";
+import { systemClock, type DeviceClock, type DeviceLink } from "./link.ts";
+import { classifyInbound } from "./inbound.ts";
+import { Outbox } from "./outbox.ts";
+import type { Runtime } from "./runtime.ts";
+import type { SessionStore } from "./store.ts";
+
+/** Birth information: what devicelet turns into the node (labels, capacity, capabilities). */
+export type BirthInfo = NonNullable<PresenceMessage["device"]>;
+
+/** Node.js timers fire at once beyond 2^31−1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Commands held while the birth is not out yet. */
+const MAX_HELD = 64;
+
+export interface DeviceSessionOptions {
+  readonly deviceId: string;
+  readonly link: DeviceLink;
+  readonly runtime: Runtime;
+  readonly device: BirthInfo;
+  readonly logger: Logger;
+  /** Without a store, a reboot forgets what was applied and the retained document applies again. */
+  readonly store?: SessionStore;
+  /** This boot's id (the agent passes the kernel's); default a random UUID. */
+  readonly bootId?: string;
+  /** Boot ids for {@link DeviceSession.reboot}; default random UUIDs. */
+  readonly newBootId?: () => string;
+  /** Default 20 ms. */
+  readonly reportCoalesceMs?: number;
+  /** Re-publish the report after this long without one (docs/protocol.md § 3.3). Default 5 min. */
+  readonly reportRefreshMs?: number;
+  /** MQTT 5 Will Delay Interval; default 5 s. */
+  readonly willDelaySeconds?: number;
+  /** Reported as the pod address. */
+  readonly address?: string;
+  /** What a `reboot` command does; default {@link DeviceSession.reboot}; `null` refuses it. */
+  readonly onRebootCommand?: (() => Promise<void>) | null;
+  readonly clock?: DeviceClock;
+}
+
+export type { AppliedGeneration };
+
+export class DeviceSession {
+  readonly deviceId: string;
+  readonly #o: DeviceSessionOptions;
+  readonly #link: DeviceLink;
+  readonly #runtime: Runtime;
+  readonly #log: Logger;
+  readonly #clock: DeviceClock;
+  readonly #out: Outbox;
+  readonly #commands: CommandRunner;
+  readonly #applier: DesiredApplier;
+  /** Messages that arrived before the birth of this connection. */
+  #held: BridgeToDevice[] = [];
+  /** Bumped on every link up/down: continuations of an earlier connection stop. */
+  #connection = 0;
+  #online = false;
+  #started = false;
+  #stopped = false;
+  #sleeping: { wakeAt: Date; timer: unknown } | undefined;
+  #reportTimer: unknown;
+  #refreshTimer: unknown;
+  #saving: Promise<void> = Promise.resolve();
+  #onlineWaiters: (() => void)[] = [];
+  #bridge: BridgeMessage | undefined;
+
+  constructor(options: DeviceSessionOptions) {
+    this.#o = options;
+    this.deviceId = options.deviceId;
+    this.#link = options.link;
+    this.#runtime = options.runtime;
+    this.#clock = options.clock ?? systemClock;
+    this.#log = options.logger.child({ device: options.deviceId });
+    this.#out = new Outbox({
+      deviceId: options.deviceId,
+      link: options.link,
+      logger: this.#log,
+      clock: this.#clock,
+      ...(options.store ? { reserve: () => this.#persist() } : {}),
+    });
+    this.#out.startBoot(options.bootId ?? randomUUID());
+    const reboot = options.onRebootCommand;
+    this.#commands = new CommandRunner({
+      runtime: this.#runtime,
+      now: () => this.#clock.now(),
+      reboot: reboot === null ? undefined : (reboot ?? (() => this.reboot())),
+      ack: (ack) => this.#out.commandAck(ack),
+      logger: this.#log,
+    });
+    this.#applier = new DesiredApplier({
+      runtime: this.#runtime,
+      ack: (ack) => this.#out.desiredAck(ack),
+      persist: () => {
+        this.#persist();
+        return this.#saving;
+      },
+      report: () => this.#publishReport(),
+      canApply: () => this.#online && !this.#stopped,
+      logger: this.#log,
+    });
+  }
+
+  get bootId(): string {
+    return this.#out.bootId;
+  }
+  /** Connected, subscribed and born. */
+  get online(): boolean {
+    return this.#online;
+  }
+  get sleeping(): boolean {
+    return this.#sleeping !== undefined;
+  }
+  /** Desired documents applied by this session object (restores from the store not counted). */
+  get applies(): number {
+    return this.#applier.applies;
+  }
+  /** Every (epoch, generation) applied, in order; the caller must not mutate it. */
+  get appliedGenerations(): AppliedGeneration[] {
+    return this.#applier.applied;
+  }
+  get appliedGeneration(): number {
+    return this.#applier.appliedGeneration;
+  }
+  get epoch(): string | null {
+    return this.#applier.epoch;
+  }
+  /** The last devicelet presence seen on the bridge topic. */
+  get bridge(): BridgeMessage | undefined {
+    return this.#bridge;
+  }
+
+  /** Restores persisted state (re-running its pods), then opens the link. Does not wait to connect. */
+  async start(): Promise<void> {
+    if (this.#started) throw new Error(`session ${this.deviceId} already started`);
+    this.#started = true;
+    this.#runtime.onChange(() => this.#scheduleReport());
+    this.#runtime.onEvent?.((event) => this.#out.event(event));
+    await this.#restore();
+    this.#link.open({
+      will: () => ({
+        topic: topics.state(this.deviceId),
+        payload: encodeMessage(this.#out.presence("lost", {}, this.#out.armBirth())),
+        delaySeconds: this.#o.willDelaySeconds ?? 5,
+      }),
+      lost: () => ({
+        topic: topics.state(this.deviceId),
+        payload: encodeMessage(this.#out.presence("lost")),
+      }),
+      onUp: () => void this.#onUp(),
+      onDown: () => this.#onDown(),
+      onMessage: (topic, payload) => this.#onMessage(topic, payload),
+    });
+  }
+
+  /** Resolves once the device is online (now, or at its next birth). */
+  whenOnline(): Promise<void> {
+    if (this.#online) return Promise.resolve();
+    return new Promise((resolve) => this.#onlineWaiters.push(resolve));
+  }
+
+  /** Clean stop: retained `offline`, DISCONNECT (no will), every app stopped. */
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    this.#cancelTimers();
+    await this.#applier.settle();
+    await this.#out.send(topics.state(this.deviceId), this.#out.presence("offline"), true);
+    this.#online = false;
+    await this.#link.close();
+    await this.#runtime.stop();
+    await this.#saving;
+  }
+
+  /** Abrupt loss: the connection drops without DISCONNECT, so the will (`lost`) is published. */
+  async goOffline(): Promise<void> {
+    this.#online = false;
+    await this.#link.disconnect({ abrupt: true });
+  }
+
+  /** Reconnects after goOffline or sleep; resolves at the birth. */
+  goOnline(): Promise<void> {
+    if (this.#sleeping) this.#clock.clearTimeout(this.#sleeping.timer);
+    this.#sleeping = undefined;
+    this.#link.reconnect();
+    return this.whenOnline();
+  }
+
+  /**
+   * A sleepy microcontroller's nap: retained `sleeping` with `wakeAt`, then a clean disconnect (no
+   * will: it is Sleeping, not lost). It reconnects by itself at `wakeAt`, or at {@link goOnline}.
+   */
+  async sleep(wakeAt: Date): Promise<void> {
+    const presence = this.#out.presence("sleeping", { wakeAt: wakeAt.toISOString() });
+    await this.#out.send(topics.state(this.deviceId), presence, true);
+    this.#online = false;
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, wakeAt.getTime() - this.#clock.now()));
+    this.#sleeping = { wakeAt, timer: this.#clock.setTimeout(() => void this.goOnline(), delay) };
+    await this.#link.disconnect({ abrupt: false });
+  }
+
+  /**
+   * A power cycle: the connection drops (the old boot's will goes out), the runtime loses every
+   * app, a new boot id starts sequence numbers again, and what was applied survives only in the
+   * store; then the device connects again. Resolves once it is reconnecting, not online.
+   */
+  async reboot(): Promise<void> {
+    this.#cancelTimers();
+    this.#online = false;
+    this.#held = [];
+    await this.#link.disconnect({ abrupt: true });
+    await this.#applier.reset();
+    await this.#runtime.stop();
+    this.#out.startBoot(this.#o.newBootId?.() ?? randomUUID());
+    await this.#restore();
+    this.#link.reconnect();
+  }
+
+  /** Publishes `payload` as is on `devicelet/v1/{id}/{subtopic}` (tests of devicelet's validation). */
+  publishRaw(subtopic: string, payload: string | Buffer, options: { retain?: boolean } = {}): Promise<void> {
+    const buffer = typeof payload === "string" ? Buffer.from(payload) : payload;
+    const topic = `${TOPIC_ROOT}/${this.deviceId}/${subtopic}`;
+    return this.#link.publish(topic, buffer, { retain: options.retain ?? false });
+  }
+
+  async #restore(): Promise<void> {
+    const saved = await this.#o.store?.load();
+    if (saved) {
+      this.#applier.restore(saved);
+      // Same boot (an agent restart): continue past every number the last run may have used.
+      if (saved.bootId === this.#out.bootId) this.#out.startBoot(saved.bootId, saved.seq);
+      if (saved.pods.length > 0) {
+        const { epoch, appliedGeneration: generation } = saved;
+        this.#log.info({ epoch, generation, pods: saved.pods.length }, "restoring the last applied pods");
+        await this.#runtime.apply(saved.pods, []);
+      }
+    }
+    this.#persist();
+  }
+
+  async #onUp(): Promise<void> {
+    const connection = ++this.#connection;
+    const id = this.deviceId;
+    try {
+      await this.#link.subscribe([topics.desired(id), topics.commands(id), topics.bridge()]);
+      if (connection !== this.#connection) return;
+      const birth = this.#out.presence("online", { device: this.#o.device }, this.#out.birthSeq());
+      if (!(await this.#out.send(topics.state(id), birth, true))) throw new Error("birth not sent");
+    } catch (err) {
+      this.#log.warn(
+        { err: (err as Error).message },
+        "subscribe or birth failed; waiting for the next connection",
+      );
+      return;
+    }
+    if (connection !== this.#connection) return;
+    this.#online = true;
+    this.#log.debug({ bootId: this.bootId }, "online");
+    this.#link.born?.();
+    this.#publishReport();
+    for (const message of this.#held.splice(0)) this.#handle(message);
+    this.#applier.kick();
+    for (const waiter of this.#onlineWaiters.splice(0)) waiter();
+  }
+
+  #onDown(): void {
+    this.#connection++;
+    this.#online = false;
+  }
+
+  #onMessage(topic: string, payload: Buffer): void {
+    const { maxMessageBytes } = this.#o.device.capabilities;
+    const inbound = classifyInbound(topic, payload, { deviceId: this.deviceId, maxBytes: maxMessageBytes });
+    switch (inbound.kind) {
+      case "bridge":
+        this.#bridge = inbound.bridge;
+        return;
+      case "nothing":
+        return;
+      case "invalid-document": {
+        const { epoch, generation, message } = inbound;
+        this.#log.warn({ epoch, generation, detail: message }, "rejected an invalid desired document");
+        if (this.#online)
+          this.#out.desiredAck({ epoch, generation, stage: "rejected", reason: "InvalidDocument", message });
+        return;
+      }
+      case "rejected":
+        this.#log.warn(
+          { topic, reason: inbound.reason, detail: inbound.message },
+          "rejected a message from devicelet",
+        );
+        if (this.#online)
+          this.#out.event({ type: "Warning", reason: "MessageRejected", message: inbound.message });
+        return;
+      case "message":
+        if (this.#online) this.#handle(inbound.message);
+        else this.#hold(inbound.message);
+    }
+  }
+
+  /** Before the birth: keep the newest document and the first commands, for after it. */
+  #hold(message: BridgeToDevice): void {
+    if (message.kind === "desired") this.#held = this.#held.filter((m) => m.kind !== "desired");
+    else if (this.#held.length >= MAX_HELD) return;
+    this.#held.push(message);
+  }
+
+  #handle(message: BridgeToDevice): void {
+    if (message.kind === "desired") this.#applier.offer(message);
+    else this.#commands.handle(message);
+  }
+
+  #scheduleReport(): void {
+    if (this.#reportTimer !== undefined || this.#stopped) return;
+    this.#reportTimer = this.#clock.setTimeout(() => {
+      this.#reportTimer = undefined;
+      this.#publishReport();
+    }, this.#o.reportCoalesceMs ?? 20);
+  }
+
+  /** The whole state, retained. While offline nothing is sent: every birth is followed by one. */
+  #publishReport(): void {
+    if (this.#reportTimer !== undefined) this.#clock.clearTimeout(this.#reportTimer);
+    this.#reportTimer = undefined;
+    if (!this.#online || this.#stopped) return;
+    this.#clock.clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = this.#clock.setTimeout(
+      () => this.#publishReport(),
+      this.#o.reportRefreshMs ?? 300_000,
+    );
+    const { epoch, observedGeneration, appliedGeneration } = this.#applier;
+    this.#out.report({
+      epoch,
+      observedGeneration,
+      appliedGeneration,
+      pods: this.#runtime.report(),
+      ...(this.#o.address === undefined ? {} : { address: this.#o.address }),
+    });
+  }
+
+  /** Queues a save of the current state behind earlier ones; errors are logged, not thrown. */
+  #persist(): void {
+    const store = this.#o.store;
+    if (!store) return;
+    const { epoch, appliedGeneration, appliedPods: pods } = this.#applier;
+    const state = { bootId: this.#out.bootId, seq: this.#out.reserved, epoch, appliedGeneration, pods };
+    this.#saving = this.#saving
+      .then(() => store.save(state))
+      .catch((err: unknown) => {
+        this.#log.error({ err: (err as Error).message }, "saving device state failed");
+      });
+  }
+
+  #cancelTimers(): void {
+    if (this.#reportTimer !== undefined) this.#clock.clearTimeout(this.#reportTimer);
+    this.#reportTimer = undefined;
+    this.#clock.clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = undefined;
+    if (this.#sleeping) this.#clock.clearTimeout(this.#sleeping.timer);
+    this.#sleeping = undefined;
+  }
+}

@@ -1,0 +1,272 @@
+/**
+ * One app of a pod as a supervised child process, the way the kubelet treats a container: files
+ * written under the app's root, `command` + `args` spawned in its own process group, exits turned
+ * into `terminated` states (Completed / Error; StartError when it cannot start), restarts per the
+ * pod's restart policy with exponential back-off (`CrashLoopBackOff` while waiting; the first
+ * restart is immediate, as the kubelet's), graceful stop (SIGTERM to the group, SIGKILL after the
+ * grace period), and the output kept in a bounded ring for logs.
+ *
+ * A pid file next to the app's root lets a restarted agent kill a process group it left behind;
+ * the process is recognised by the `DEVICELET_POD_UID`/`DEVICELET_APP` variables in its
+ * environment, never by its pid alone.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { constants } from "node:os";
+import type { Logger } from "pino";
+import type { DesiredApp, DesiredPod, ReportedApp, ReportedAppState } from "../protocol/types.ts";
+import type { DeviceClock } from "./link.ts";
+import { LogRing } from "./log-ring.ts";
+import { FileError, writeAppFiles, type FetchBytes } from "./pod-files.ts";
+import {
+  backoffDelay,
+  shouldRestart,
+  terminatedState,
+  type BackoffOptions,
+  type RuntimeEvent,
+} from "./runtime.ts";
+
+export interface SupervisorOptions {
+  readonly podUid: string;
+  /** `namespace/name`, for messages. */
+  readonly podName: string;
+  readonly app: DesiredApp;
+  readonly restartPolicy: DesiredPod["restartPolicy"];
+  /** The app's root: files go under it and it is the working directory. */
+  readonly root: string;
+  readonly pidFile: string;
+  /** Environment before the app's own (PATH and the like). */
+  readonly baseEnv: Readonly<Record<string, string>>;
+  readonly backoff: BackoffOptions;
+  /** A run at least this long resets the back-off. */
+  readonly resetAfterMs: number;
+  readonly logBytes: number;
+  readonly clock: DeviceClock;
+  readonly logger: Logger;
+  readonly fetcher?: FetchBytes;
+  readonly onChange: () => void;
+  readonly onEvent: (event: RuntimeEvent) => void;
+}
+
+export class AppSupervisor {
+  readonly log: LogRing;
+  readonly env: Readonly<Record<string, string>>;
+  readonly #o: SupervisorOptions;
+  #status: ReportedAppState = { state: "waiting", reason: "ContainerCreating" };
+  #last: ReportedAppState | undefined;
+  #restarts = 0;
+  #started = false;
+  #final = false;
+  #failures = 0;
+  #stopping = false;
+  #child: ChildProcess | undefined;
+  #exited: Promise<void> = Promise.resolve();
+  #startedAtMs = 0;
+  #timer: unknown;
+  /** A launch in progress (files being written, process being spawned). */
+  #launching: Promise<void> | undefined;
+
+  constructor(options: SupervisorOptions) {
+    this.#o = options;
+    this.log = new LogRing(options.logBytes);
+    this.env = {
+      ...options.baseEnv,
+      ...options.app.env,
+      DEVICELET_POD_UID: options.podUid,
+      DEVICELET_APP: options.app.name,
+      DEVICELET_APP_DIR: options.root,
+    };
+  }
+
+  /** For the pod phase: current state, whether it ever ran, whether it is done for good. */
+  get phaseInput(): { status: ReportedAppState; started: boolean; final: boolean } {
+    return { status: this.#status, started: this.#started, final: this.#final };
+  }
+
+  report(): ReportedApp {
+    return {
+      name: this.#o.app.name,
+      image: this.#o.app.image,
+      status: this.#status,
+      ...(this.#last ? { lastStatus: this.#last } : {}),
+      ready: this.#status.state === "running",
+      restartCount: this.#restarts,
+    };
+  }
+
+  /** Writes the files and spawns the process; resolves once it runs or failed to start. */
+  start(): Promise<void> {
+    return this.#launchNow();
+  }
+
+  /** SIGTERM to the process group, SIGKILL after `graceMs`; no restarts afterwards. */
+  async stop(graceMs: number): Promise<void> {
+    this.#stopping = true;
+    this.#o.clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    // A launch under way either sees `stopping` and gives up, or spawns a process to stop here.
+    await this.#launching;
+    const child = this.#child;
+    if (!child?.pid) return;
+    this.#event("Normal", "Killing", `Stopping app ${this.#o.app.name}`);
+    signalGroup(child.pid, "SIGTERM");
+    const kill = this.#o.clock.setTimeout(() => signalGroup(child.pid, "SIGKILL"), graceMs);
+    await this.#exited;
+    this.#o.clock.clearTimeout(kill);
+  }
+
+  /** Stops the app and starts it again now (a `restart-app` command). */
+  async restart(graceMs: number): Promise<void> {
+    await this.stop(graceMs);
+    this.#stopping = false;
+    this.#final = false;
+    this.#failures = 0;
+    this.#last = this.#status.state === "terminated" ? this.#status : this.#last;
+    this.#restarts++;
+    await this.#launchNow();
+  }
+
+  #launchNow(): Promise<void> {
+    const launching = this.#launch().finally(() => {
+      if (this.#launching === launching) this.#launching = undefined;
+    });
+    this.#launching = launching;
+    return launching;
+  }
+
+  async #launch(): Promise<void> {
+    this.#timer = undefined;
+    if (this.#stopping) return;
+    const { app, root } = this.#o;
+    try {
+      await killLeftover(this.#o.pidFile, this.#o.podUid, app.name);
+      if (app.files.some((f) => "ref" in f) && this.#status.state === "waiting") {
+        this.#status = { state: "waiting", reason: "FetchingFiles" };
+        this.#o.onChange();
+      }
+      await writeAppFiles(root, app.files, this.#o.fetcher);
+    } catch (err) {
+      const message = (err as Error).message;
+      const reason = err instanceof FileError ? err.reason : "CreateContainerError";
+      this.#status = { state: "waiting", reason, message };
+      this.#event("Warning", "Failed", `Error: ${message}`);
+      this.#retryAfter(backoffDelay(++this.#failures, this.#o.backoff));
+      this.#o.onChange();
+      return;
+    }
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- stop() may run while we await
+    if (this.#stopping) return;
+    const [file = "", ...argv] = [...app.command, ...app.args];
+    const child = spawn(file, argv, {
+      cwd: root,
+      env: this.env,
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.#child = child;
+    let exited!: () => void;
+    this.#exited = new Promise((resolve) => (exited = resolve));
+    child.stdout.on("data", (chunk: Buffer) => this.log.append(chunk));
+    child.stderr.on("data", (chunk: Buffer) => this.log.append(chunk));
+    let spawned = false;
+    await new Promise<void>((resolve) => {
+      child.once("spawn", () => {
+        spawned = true;
+        this.#startedAtMs = this.#o.clock.now();
+        this.#status = { state: "running", startedAt: new Date(this.#startedAtMs).toISOString() };
+        this.#started = true;
+        if (child.pid)
+          void writeFile(this.#o.pidFile, JSON.stringify({ pid: child.pid })).catch(() => undefined);
+        this.#event("Normal", "Started", `Started app ${app.name}`);
+        this.#o.onChange();
+        resolve();
+      });
+      child.on("error", (err) => {
+        if (spawned) return;
+        this.#event("Warning", "Failed", `Error: ${err.message}`);
+        this.#exit(child, 128, "StartError", err.message);
+        exited();
+        resolve();
+      });
+      child.once("exit", (code, signal) => {
+        const exitCode = code ?? 128 + (signal ? constants.signals[signal] : 0);
+        this.#exit(child, exitCode, undefined, signal ? `killed by ${signal}` : undefined);
+        exited();
+      });
+    });
+  }
+
+  #exit(child: ChildProcess, exitCode: number, reason?: string, message?: string): void {
+    if (this.#child !== child) return;
+    this.#child = undefined;
+    // Like a container's PID 1: when the app goes, whatever it left in its group goes too.
+    if (child.pid) signalGroup(child.pid, "SIGKILL");
+    void rm(this.#o.pidFile, { force: true }).catch(() => undefined);
+    const now = this.#o.clock.now();
+    const ran = this.#status.state === "running";
+    const term = terminatedState({
+      exitCode,
+      finishedAt: new Date(now).toISOString(),
+      ...(ran ? { startedAt: new Date(this.#startedAtMs).toISOString() } : {}),
+      ...(reason === undefined ? {} : { reason }),
+      ...(message === undefined ? {} : { message }),
+    });
+    if (this.#stopping || !shouldRestart(this.#o.restartPolicy, exitCode)) {
+      this.#status = term;
+      this.#final = true;
+      this.#o.onChange();
+      return;
+    }
+    if (ran && now - this.#startedAtMs >= this.#o.resetAfterMs) this.#failures = 0;
+    this.#failures++;
+    const delay = this.#failures === 1 ? 0 : backoffDelay(this.#failures - 1, this.#o.backoff);
+    this.#last = term;
+    this.#status = {
+      state: "waiting",
+      reason: "CrashLoopBackOff",
+      message: `back-off ${Math.ceil(delay / 1000)}s restarting failed app=${this.#o.app.name} pod=${this.#o.podName}`,
+    };
+    if (delay > 0) this.#event("Warning", "BackOff", "Back-off restarting failed app");
+    this.#retryAfter(delay, true);
+    this.#o.onChange();
+  }
+
+  #retryAfter(delayMs: number, countsAsRestart = false): void {
+    this.#timer = this.#o.clock.setTimeout(() => {
+      if (countsAsRestart) this.#restarts++;
+      void this.#launchNow();
+    }, delayMs);
+  }
+
+  #event(type: RuntimeEvent["type"], reason: string, message: string): void {
+    this.#o.onEvent({ type, reason, message, podUid: this.#o.podUid, app: this.#o.app.name });
+  }
+}
+
+function signalGroup(pid: number | undefined, signal: NodeJS.Signals): void {
+  if (!pid) return;
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // Already gone.
+  }
+}
+
+/** Kills the process group an earlier agent left running for this app, if it is still there. */
+async function killLeftover(pidFile: string, podUid: string, app: string): Promise<void> {
+  let pid: number;
+  try {
+    pid = (JSON.parse(await readFile(pidFile, "utf8")) as { pid: number }).pid;
+  } catch {
+    return;
+  }
+  try {
+    const environ = (await readFile(`/proc/${pid}/environ`, "utf8")).split("\0");
+    if (environ.includes(`DEVICELET_POD_UID=${podUid}`) && environ.includes(`DEVICELET_APP=${app}`)) {
+      signalGroup(pid, "SIGKILL");
+    }
+  } catch {
+    // Not running any more (or not ours to read).
+  }
+  await rm(pidFile, { force: true });
+}

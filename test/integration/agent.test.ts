@@ -1,0 +1,241 @@
+/**
+ * The reference agent (`devicelet agent`, run as its own process) against a real Mosquitto over
+ * TLS. The test plays devicelet: it publishes retained desired documents with encodeMessage and
+ * reads the agent's presence, reports and acks.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+import mqtt, { type MqttClient } from "mqtt";
+import { stringify } from "yaml";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startMosquitto, type Broker } from "../../hack/testenv/mosquitto.ts";
+import { encodeMessage } from "../../src/protocol/codec.ts";
+import { topics, TOPIC_ROOT } from "../../src/protocol/topics.ts";
+import type {
+  AckMessage,
+  DesiredPod,
+  PresenceMessage,
+  ReportedDocument,
+  ReportedPod,
+} from "../../src/protocol/types.ts";
+import { desiredDocument, desiredPod, tombstone } from "../../src/device/fixtures.ts";
+import { eventually } from "../support/eventually.ts";
+
+const ID = `agent-${process.pid}`;
+const node = process.execPath;
+const agentCli = path.resolve(import.meta.dirname, "../../src/cli/agent.ts");
+const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-agent-"));
+const workDir = path.join(dir, "pods");
+const configFile = path.join(dir, "agent.yaml");
+const bootId = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+
+let broker: Broker;
+let devicelet: MqttClient;
+let agent: ChildProcess | undefined;
+const seen = {
+  state: [] as PresenceMessage[],
+  reported: undefined as ReportedDocument | undefined,
+  acks: [] as AckMessage[],
+};
+
+beforeAll(async () => {
+  broker = await startMosquitto({ dir: path.join(dir, "mosquitto") });
+  writeFileSync(path.join(dir, "ca.pem"), broker.ca);
+  writeFileSync(
+    configFile,
+    stringify({
+      broker: { url: broker.tlsUrl, ca: "ca.pem" },
+      device: { id: ID, capacity: { pods: "10" } },
+      workDir: "pods",
+      stateFile: "agent-state.json",
+      restartBackoff: { initialMs: 200, maxMs: 1000 },
+      willDelaySeconds: 0,
+      log: { level: "debug" },
+    }),
+  );
+  devicelet = await mqtt.connectAsync(broker.url, { clientId: `devicelet-${process.pid}` });
+  devicelet.on("message", (topic, payload) => {
+    if (payload.length === 0) return;
+    // Everything under the device's topics: our own desired documents and its events too.
+    const message = JSON.parse(payload.toString()) as
+      PresenceMessage | ReportedDocument | AckMessage | { kind: "desired" | "event" };
+    if (message.kind === "presence") seen.state.push(message);
+    else if (message.kind === "reported") seen.reported = message;
+    else if (message.kind === "ack" || message.kind === "command-ack") seen.acks.push(message);
+  });
+  await devicelet.subscribeAsync(`${TOPIC_ROOT}/${ID}/#`, { qos: 1 });
+});
+
+afterAll(async () => {
+  if (agent && agent.exitCode === null) await stopAgent("SIGTERM");
+  await devicelet.endAsync();
+  await broker.stop();
+});
+
+async function startAgent(): Promise<void> {
+  const launcher = `const { agentCommand } = await import(${JSON.stringify(pathToFileURL(agentCli).href)});
+process.exitCode = await agentCommand(process.argv.slice(1));`;
+  const log = openSync(path.join(dir, "agent.log"), "a");
+  const before = seen.state.length;
+  agent = spawn(node, ["--input-type=module", "-e", launcher, "--", "--config", configFile], {
+    stdio: ["ignore", log, log],
+  });
+  await eventually(() => expect(seen.state.slice(before).some((s) => s.state === "online")).toBe(true), {
+    timeoutMs: 30_000,
+  });
+}
+
+async function stopAgent(signal: "SIGTERM" | "SIGKILL"): Promise<number | null> {
+  const child = agent;
+  if (!child) return null;
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  child.kill(signal);
+  return exited;
+}
+
+const publishDesired = async (
+  generation: number,
+  pods: DesiredPod[],
+  tombstones = [] as ReturnType<typeof tombstone>[],
+) => {
+  const doc = desiredDocument({ deviceId: ID, epoch: "e1", generation, pods, tombstones });
+  await devicelet.publishAsync(topics.desired(ID), encodeMessage(doc), { qos: 1, retain: true });
+};
+const acksSince = (index: number) =>
+  seen.acks.slice(index).flatMap((a) => (a.kind === "ack" ? [[a.generation, a.stage]] : []));
+const reportedPod = (uid: string): ReportedPod | undefined => seen.reported?.pods.find((p) => p.uid === uid);
+const restarts = (uid: string) => reportedPod(uid)?.apps[0]?.restartCount ?? -1;
+const script = (uid: string, restartPolicy: DesiredPod["restartPolicy"], code: string) =>
+  desiredPod({
+    uid,
+    restartPolicy,
+    terminationGracePeriodSeconds: 5,
+    apps: [{ name: "main", command: [node, "-e", code] }],
+  });
+const pidOf = (uid: string) => Number(readFileSync(path.join(workDir, uid, "main", "pid"), "utf8"));
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const longRunning =
+  'require("fs").writeFileSync(process.env.DEVICELET_APP_DIR + "/pid", String(process.pid)); process.on("SIGTERM", () => process.exit(0)); setInterval(() => {}, 1000)';
+
+const pods = [
+  script("always-0", "Always", "setTimeout(() => process.exit(0), 50)"),
+  script("always-1", "Always", "setTimeout(() => process.exit(1), 50)"),
+  script("onfailure-0", "OnFailure", "process.exit(0)"),
+  script("onfailure-1", "OnFailure", "setTimeout(() => process.exit(1), 50)"),
+  script("never-1", "Never", "process.exit(1)"),
+  script("keeper", "Always", longRunning),
+  script("doomed", "Always", longRunning),
+];
+
+describe("devicelet agent", () => {
+  it("comes online with a retained birth carrying the kernel's boot id", () => {
+    return startAgent().then(() => {
+      expect(seen.state.at(-1)).toMatchObject({
+        state: "online",
+        bootId,
+        device: { os: "linux", capabilities: { runtime: "process" } },
+      });
+    });
+  });
+
+  it("runs the apps and restarts them per restart policy, with growing restart counts and exit codes", async () => {
+    await publishDesired(1, pods);
+    await eventually(() =>
+      expect(seen.acks).toContainEqual(expect.objectContaining({ generation: 1, stage: "applied" })),
+    );
+    await eventually(() => {
+      for (const uid of ["always-0", "always-1", "onfailure-1"])
+        expect(restarts(uid)).toBeGreaterThanOrEqual(2);
+      expect(reportedPod("keeper")?.phase).toBe("Running");
+    });
+    const counts = Object.fromEntries(
+      ["always-0", "always-1", "onfailure-1"].map((uid) => [uid, restarts(uid)]),
+    );
+    await eventually(() => {
+      for (const [uid, n] of Object.entries(counts)) expect(restarts(uid)).toBeGreaterThan(n);
+    });
+    expect(reportedPod("always-0")?.apps[0]?.lastStatus).toMatchObject({
+      state: "terminated",
+      exitCode: 0,
+      reason: "Completed",
+    });
+    expect(reportedPod("always-1")?.apps[0]?.lastStatus).toMatchObject({
+      state: "terminated",
+      exitCode: 1,
+      reason: "Error",
+    });
+    expect(reportedPod("onfailure-0")).toMatchObject({
+      phase: "Succeeded",
+      apps: [{ restartCount: 0, status: { state: "terminated", exitCode: 0, reason: "Completed" } }],
+    });
+    expect(reportedPod("never-1")).toMatchObject({
+      phase: "Failed",
+      apps: [{ restartCount: 0, status: { state: "terminated", exitCode: 1, reason: "Error" } }],
+    });
+  });
+
+  it("stops a tombstoned pod's process and drops the pod from its report", async () => {
+    const pid = pidOf("doomed");
+    expect(alive(pid)).toBe(true);
+    await publishDesired(
+      2,
+      pods.filter((p) => p.uid !== "doomed"),
+      [tombstone(pods[6] as DesiredPod, 5)],
+    );
+    await eventually(() => expect(seen.reported).toMatchObject({ appliedGeneration: 2 }));
+    expect(reportedPod("doomed")).toBeUndefined();
+    expect(alive(pid)).toBe(false);
+    expect(existsSync(path.join(workDir, "doomed"))).toBe(false);
+  });
+
+  it("after a clean restart runs the apps again without re-applying the same generation", async () => {
+    const oldPid = pidOf("keeper");
+    const lastSeq = Math.max(
+      ...seen.state.map((s) => s.seq),
+      seen.reported?.seq ?? 0,
+      ...seen.acks.map((a) => a.seq),
+    );
+    expect(await stopAgent("SIGTERM")).toBe(0);
+    await eventually(() => expect(seen.state.at(-1)).toMatchObject({ state: "offline", bootId }));
+    expect(alive(oldPid)).toBe(false);
+    const acksBefore = seen.acks.length;
+    await startAgent();
+    expect(seen.state.at(-1)).toMatchObject({ state: "online", bootId });
+    expect(seen.state.at(-1)?.seq).toBeGreaterThan(lastSeq);
+    await eventually(() => {
+      expect(reportedPod("keeper")?.phase).toBe("Running");
+      expect(pidOf("keeper")).not.toBe(oldPid);
+    });
+    expect(seen.reported).toMatchObject({ bootId, epoch: "e1", appliedGeneration: 2 });
+    // Not applied again (no `received`), but the final ack is repeated for the retained copy (§ 4).
+    await eventually(() => expect(acksSince(acksBefore)).toEqual([[2, "applied"]]));
+  });
+
+  it("after being killed, its will says lost and a new agent replaces the orphaned apps", async () => {
+    const orphan = pidOf("keeper");
+    await stopAgent("SIGKILL");
+    await eventually(() => expect(seen.state.at(-1)).toMatchObject({ state: "lost", bootId }));
+    expect(alive(orphan)).toBe(true);
+    const acksBefore = seen.acks.length;
+    await startAgent();
+    await eventually(() => {
+      expect(pidOf("keeper")).not.toBe(orphan);
+      expect(reportedPod("keeper")?.phase).toBe("Running");
+    });
+    await eventually(() => expect(alive(orphan)).toBe(false));
+    await eventually(() => expect(acksSince(acksBefore)).toEqual([[2, "applied"]]));
+    const newPid = pidOf("keeper");
+    expect(await stopAgent("SIGTERM")).toBe(0);
+    expect(alive(newPid)).toBe(false);
+  });
+});
