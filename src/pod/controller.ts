@@ -135,6 +135,8 @@ export class PodController {
     }
     if (hasDeletionNotifier(provider)) {
       provider.notifyDeleted((ref) => {
+        // A confirmation for work already forgotten (removed after its grace period) needs nothing.
+        if (this.#held.get(podKey(ref))?.ref.uid !== ref.uid) return;
         this.#deleted.add(ref.uid);
         this.#statuses.delete(ref.uid);
         this.#queue.add(podKey(ref));

@@ -17,6 +17,7 @@ export interface ProviderPlugin {
 
 const builtIns: Record<string, () => Promise<ProviderPlugin>> = {
   mock: async () => (await import("../../providers/mock/index.ts")).mockPlugin,
+  mqtt: async () => (await import("../../providers/mqtt/index.ts")).mqttPlugin,
 };
 
 const isPlugin = (value: unknown): value is ProviderPlugin =>

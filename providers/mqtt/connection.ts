@@ -1,0 +1,264 @@
+/**
+ * The one seam to MQTT.js: a persistent-session connection to the broker with TLS / mutual TLS,
+ * jittered exponential reconnect, devicelet's retained bridge presence (birth on every connect,
+ * last will `offline`) and a health verdict for the node controller.
+ *
+ * MQTT clauses it follows: clean session off (3.1.1 §3.1.2.4; on MQTT 5 clean start off plus a
+ * session expiry, §3.1.2.11.2) so subscriptions and QoS 1 messages queued while devicelet was away
+ * survive; the will is retained (§3.1.2.5–7) and, on MQTT 5 only, delayed (§3.1.3.2.2) so a quick
+ * reconnect does not flap the bridge state. Messages in flight when the connection drops are kept
+ * in the outgoing store and sent again after reconnecting.
+ *
+ * ```ts
+ * const conn = new MqttConnection({ config: cfg.broker, graceSeconds: 30, bridge, logger });
+ * conn.onMessage((topic, payload) => ...);
+ * conn.onConnect(({ sessionPresent }) => conn.subscribe([...]));
+ * await conn.start(signal);          // resolves at the first CONNACK
+ * await conn.publish(topic, buf, { qos: 1, retain: true });
+ * ```
+ */
+import { readFile } from "node:fs/promises";
+import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from "mqtt";
+import type { Logger } from "pino";
+import type { MqttConfig } from "./schema.ts";
+
+export interface PublishOptions {
+  readonly qos: 0 | 1;
+  readonly retain: boolean;
+  /** MQTT 5 only (ignored on 3.1.1): the broker drops the message after this many seconds. */
+  readonly messageExpirySeconds?: number;
+}
+
+/** The connection as the rest of the provider sees it; small enough to fake in a test. */
+export interface BrokerConnection {
+  readonly protocolVersion: 4 | 5;
+  /** Whether the transport is TLS (mqtts:// or wss://): Secrets may only travel when it is. */
+  readonly secure: boolean;
+  isConnected(): boolean;
+  /** `retained`: delivered because of a (re-)subscription, not published just now (MQTT §3.3.1.3). */
+  onMessage(listener: (topic: string, payload: Buffer, retained: boolean) => void): void;
+  onConnect(listener: (info: { readonly sessionPresent: boolean }) => void): void;
+  onDisconnect(listener: () => void): void;
+  subscribe(filters: readonly string[]): Promise<void>;
+  unsubscribe(filters: readonly string[]): Promise<void>;
+  /** Resolves at PUBACK for QoS 1 (after reconnecting, if need be); never times out by itself. */
+  publish(topic: string, payload: Buffer, options: PublishOptions): Promise<void>;
+}
+
+export interface MqttConnectionOptions {
+  readonly config: MqttConfig["broker"];
+  /** Seconds disconnected before health turns not ready. */
+  readonly graceSeconds: number;
+  /** devicelet's retained presence: topic and the payload for `online` / `offline`. */
+  readonly bridge: { readonly topic: string; readonly payload: (state: "online" | "offline") => Buffer };
+  readonly logger: Logger;
+  readonly random?: () => number;
+  readonly now?: () => number;
+}
+
+/** Full-jitter backoff capped at max, but never below half the capped step (no hot loops). */
+export const backoffDelay = (attempt: number, minMs: number, maxMs: number, random: () => number) => {
+  const step = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return Math.round(step / 2 + (random() * step) / 2);
+};
+
+export class MqttConnection implements BrokerConnection {
+  readonly protocolVersion: 4 | 5;
+  readonly secure: boolean;
+  readonly #o: MqttConnectionOptions;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #messageListeners: ((topic: string, payload: Buffer, retained: boolean) => void)[] = [];
+  readonly #connectListeners: ((info: { sessionPresent: boolean }) => void)[] = [];
+  readonly #disconnectListeners: (() => void)[] = [];
+  #client: MqttClient | undefined;
+  #attempt = 0;
+  #reconnectTimer: NodeJS.Timeout | undefined;
+  #everConnected = false;
+  #disconnectedSince: number;
+  #lastError = "";
+  #stopping = false;
+
+  constructor(options: MqttConnectionOptions) {
+    this.#o = options;
+    this.#log = options.logger;
+    this.#now = options.now ?? Date.now;
+    this.#random = options.random ?? Math.random;
+    this.protocolVersion = options.config.protocolVersion;
+    this.secure = /^(mqtts|wss):/.test(options.config.url);
+    this.#disconnectedSince = this.#now();
+  }
+
+  isConnected(): boolean {
+    return this.#client?.connected === true;
+  }
+
+  onMessage(listener: (topic: string, payload: Buffer, retained: boolean) => void): void {
+    this.#messageListeners.push(listener);
+  }
+  onConnect(listener: (info: { sessionPresent: boolean }) => void): void {
+    this.#connectListeners.push(listener);
+  }
+  onDisconnect(listener: () => void): void {
+    this.#disconnectListeners.push(listener);
+  }
+
+  /** Connects and resolves at the first CONNACK; keeps reconnecting until the signal aborts. */
+  async start(signal: AbortSignal): Promise<void> {
+    const options = await this.#clientOptions();
+    const client = mqtt.connect(this.#o.config.url, options);
+    this.#client = client;
+    const first = new Promise<void>((resolve, reject) => {
+      client.once("connect", () => resolve());
+      signal.addEventListener("abort", () => reject(signal.reason as Error), { once: true });
+    });
+    client.on("connect", (connack) => {
+      this.#attempt = 0;
+      this.#everConnected = true;
+      this.#lastError = "";
+      this.#log.info(
+        { url: this.#o.config.url, sessionPresent: connack.sessionPresent },
+        "connected to broker",
+      );
+      // Bridge birth: retained, so devices connecting later learn that devicelet is up.
+      client.publish(
+        this.#o.bridge.topic,
+        this.#o.bridge.payload("online"),
+        { qos: 1, retain: true },
+        (err) => {
+          if (err) this.#log.warn({ err }, "bridge presence publish failed");
+        },
+      );
+      for (const l of this.#connectListeners) l({ sessionPresent: connack.sessionPresent });
+    });
+    client.on("message", (topic, payload, packet) => {
+      for (const l of this.#messageListeners) l(topic, payload, packet.retain);
+    });
+    client.on("error", (err) => {
+      this.#lastError = err.message;
+      this.#log.warn({ err: err.message }, "broker connection error");
+    });
+    client.on("close", () => {
+      if (this.#reconnectTimer === undefined && !this.#stopping) {
+        if (this.#everConnected && this.#attempt === 0) {
+          this.#disconnectedSince = this.#now();
+          this.#log.warn({ url: this.#o.config.url }, "disconnected from broker; reconnecting");
+          for (const l of this.#disconnectListeners) l();
+        }
+        this.#scheduleReconnect();
+      }
+    });
+    signal.addEventListener("abort", () => void this.stop(), { once: true });
+    await first;
+  }
+
+  /** Publishes the bridge `offline` presence and closes the connection. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    clearTimeout(this.#reconnectTimer);
+    const client = this.#client;
+    if (!client) return;
+    if (client.connected) {
+      await Promise.race([
+        client.publishAsync(this.#o.bridge.topic, this.#o.bridge.payload("offline"), {
+          qos: 1,
+          retain: true,
+        }),
+        new Promise((resolve) => setTimeout(resolve, 2_000).unref()),
+      ]).catch(() => undefined);
+    }
+    await client.endAsync(!client.connected).catch(() => undefined);
+  }
+
+  /**
+   * Ready while connected, and for `graceSeconds` after losing the connection (a broker restart or
+   * a network blip must not make every node NotReady); not ready before the first connection.
+   */
+  health(): { ready: boolean; message: string } {
+    if (this.isConnected()) return { ready: true, message: `connected to ${this.#o.config.url}` };
+    const away = Math.round((this.#now() - this.#disconnectedSince) / 1000);
+    const why = this.#lastError ? `: ${this.#lastError}` : "";
+    if (!this.#everConnected) return { ready: false, message: `connecting to ${this.#o.config.url}${why}` };
+    return {
+      ready: away < this.#o.graceSeconds,
+      message: `disconnected from ${this.#o.config.url} for ${away}s, reconnecting${why}`,
+    };
+  }
+
+  async subscribe(filters: readonly string[]): Promise<void> {
+    const client = this.#need();
+    const granted = await client.subscribeAsync([...filters], { qos: 1 });
+    const refused = granted.filter((g) => g.qos === 128);
+    if (refused.length > 0)
+      throw new Error(`broker refused subscriptions: ${refused.map((g) => g.topic).join(", ")}`);
+  }
+
+  async unsubscribe(filters: readonly string[]): Promise<void> {
+    await this.#need().unsubscribeAsync([...filters]);
+  }
+
+  async publish(topic: string, payload: Buffer, options: PublishOptions): Promise<void> {
+    const publishOptions: IClientPublishOptions = { qos: options.qos, retain: options.retain };
+    if (this.protocolVersion === 5 && options.messageExpirySeconds !== undefined)
+      publishOptions.properties = {
+        messageExpiryInterval: Math.max(1, Math.ceil(options.messageExpirySeconds)),
+      };
+    await this.#need().publishAsync(topic, payload, publishOptions);
+  }
+
+  #need(): MqttClient {
+    if (!this.#client || this.#stopping) throw new Error("broker connection is not running");
+    return this.#client;
+  }
+
+  #scheduleReconnect(): void {
+    const { minDelayMs, maxDelayMs } = this.#o.config.reconnect;
+    const delay = backoffDelay(this.#attempt++, minDelayMs, maxDelayMs, this.#random);
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = undefined;
+      const client = this.#client;
+      if (!client || this.#stopping || client.connected) return;
+      // Keep the stores: QoS 1 messages in flight are sent again once connected.
+      client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
+    }, delay);
+  }
+
+  async #clientOptions(): Promise<IClientOptions> {
+    const c = this.#o.config;
+    const v5 = c.protocolVersion === 5;
+    const file = (path: string | undefined) => (path === undefined ? undefined : readFile(path));
+    const [ca, cert, key, password] = await Promise.all([
+      file(c.tls.ca),
+      file(c.tls.cert),
+      file(c.tls.key),
+      file(c.passwordFile),
+    ]);
+    return {
+      protocolVersion: c.protocolVersion,
+      clientId: c.clientId,
+      clean: false,
+      keepalive: c.keepaliveSeconds,
+      connectTimeout: c.connectTimeoutMs,
+      // Reconnects are ours (jittered backoff); MQTT.js would retry at a fixed period.
+      reconnectPeriod: 0,
+      resubscribe: false,
+      ...(c.username === undefined ? {} : { username: c.username }),
+      ...(password === undefined ? {} : { password: password.toString("utf8").trim() }),
+      ...(ca === undefined ? {} : { ca }),
+      ...(cert === undefined ? {} : { cert }),
+      ...(key === undefined ? {} : { key }),
+      ...(c.tls.servername === undefined ? {} : { servername: c.tls.servername }),
+      rejectUnauthorized: c.tls.rejectUnauthorized,
+      ...(v5 ? { properties: { sessionExpiryInterval: c.sessionExpirySeconds } } : {}),
+      will: {
+        topic: this.#o.bridge.topic,
+        payload: this.#o.bridge.payload("offline"),
+        qos: 1,
+        retain: true,
+        ...(v5 ? { properties: { willDelayInterval: c.willDelaySeconds } } : {}),
+      },
+    };
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * Making a desired document fit the largest message a device accepts (docs/protocol.md § 9): pods
+ * changed since the last document are held at the version last sent — or left out, when new —
+ * largest first, until the document fits. Nothing else is ever dropped: tombstones and unchanged
+ * pods always go. Pure; sizes are measured with the longest epoch, generation and time the schema
+ * allows, so the document actually published is never larger than measured.
+ */
+import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
+import type { DesiredPod, Tombstone } from "../../src/protocol/types.ts";
+import type { PodEntry } from "./desired.ts";
+
+/** Pods of a document that fits, and the entries held back to make it fit (with why). */
+export interface Fitted {
+  readonly pods: DesiredPod[];
+  readonly deferred: Map<PodEntry, { readonly reason: string; readonly message: string }>;
+}
+
+export const byKey = <T extends { namespace: string; name: string; uid: string }>(a: T, b: T) =>
+  a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name) || a.uid.localeCompare(b.uid);
+
+/**
+ * The pods of a document that fits in `max` bytes (`pods` itself when it fits as is), or undefined
+ * when holding back every changed pod is not enough.
+ * @throws TypeError when the document is invalid whatever its size (e.g. more than 256 pods).
+ */
+export function fitDocument(o: {
+  deviceId: string;
+  /** The device's pod entries; those with `since` undefined changed since the last document. */
+  entries: Iterable<PodEntry>;
+  pods: DesiredPod[];
+  tombstones: Tombstone[];
+  max: number;
+}): Fitted | undefined {
+  const size = (candidate: DesiredPod[]) =>
+    encodeMessage({
+      protocol: 1,
+      kind: "desired",
+      deviceId: o.deviceId,
+      epoch: "e".repeat(64),
+      generation: Number.MAX_SAFE_INTEGER,
+      issuedAt: "2000-01-01T00:00:00.000000000+00:00",
+      pods: candidate,
+      tombstones: o.tombstones,
+      contentHash: desiredContentHash(candidate, o.tombstones),
+    }).byteLength;
+  const deferred: Fitted["deferred"] = new Map();
+  if (size(o.pods) <= o.max) return { pods: o.pods, deferred };
+  const changed = [...o.entries]
+    .filter((p) => !p.blocked && p.since === undefined)
+    .map((p) => ({ p, bytes: JSON.stringify(p.desired).length }))
+    .sort((a, b) => b.bytes - a.bytes);
+  let current = o.pods;
+  for (const { p } of changed) {
+    const previous = p.lastSent;
+    current = current.flatMap((q) => (q !== p.desired ? [q] : previous ? [previous] : []));
+    const kept = previous ? "; the device keeps the version it has" : "";
+    deferred.set(p, {
+      reason: "DocumentTooLarge",
+      message: `this version of the pod would make the device's desired document larger than the ${o.max} bytes it accepts${kept}`,
+    });
+    if (size(current) <= o.max) return { pods: current.sort(byKey), deferred };
+  }
+  return undefined;
+}

@@ -1,0 +1,218 @@
+/**
+ * Inbound: everything devices publish, from bytes to effects. Each message is checked in order —
+ * allow-list (before any parsing), codec (size, JSON, schema, device id against topic), then
+ * (bootId, seq) order — and only then acted on: presence moves the device (and its children),
+ * reports update status and confirm tombstones, acks move delivery stages and finish commands,
+ * events become Kubernetes Events.
+ *
+ * Bad input never escapes: a rejected message is counted by reason, logged at warn (at most once
+ * a minute per device and reason, with the number suppressed) and recorded as a `MessageRejected`
+ * Event on the device's node; a refused device is logged once. `handle` never throws.
+ */
+import type { Logger } from "pino";
+import { decodeFromDevice } from "../../src/protocol/codec.ts";
+import { DEVICE_ID, topics } from "../../src/protocol/topics.ts";
+import type {
+  DeviceEventMessage,
+  DeviceToBridge,
+  PresenceMessage,
+  ReportedDocument,
+} from "../../src/protocol/types.ts";
+import type { PodRef, ProviderEvent } from "../../src/provider/types.ts";
+import type { CommandQueue } from "./commands.ts";
+import type { DesiredStore } from "./desired.ts";
+import type { DeviceRegistry } from "./devices.ts";
+import type { GenerationAllocator } from "./generations.ts";
+import { WarnLimiter, type MqttMetrics, type RejectReason } from "./metrics.ts";
+import { tombstoneConfirmed, type Observations } from "./observations.ts";
+import type { StatusCoalescer } from "./pod-status.ts";
+
+export interface InboundDeps {
+  readonly allowed: (deviceId: string) => boolean;
+  readonly maxMessageBytes: number;
+  readonly registry: DeviceRegistry;
+  readonly desired: DesiredStore;
+  readonly observations: Observations;
+  readonly commands: CommandQueue;
+  readonly statuses: StatusCoalescer;
+  readonly allocator: Pick<GenerationAllocator, "saveDevice">;
+  readonly metrics: MqttMetrics;
+  readonly logger: Logger;
+  readonly recordEvent: (event: ProviderEvent) => void;
+  readonly deleted: (ref: PodRef) => void;
+}
+
+/** Distinct refused device ids remembered (each is logged once); beyond it they are only counted. */
+const MAX_REFUSED_REMEMBERED = 10_000;
+
+export class Inbound {
+  readonly #d: InboundDeps;
+  readonly #warn = new WarnLimiter({ intervalMs: 60_000 });
+  readonly #refused = new Set<string>();
+
+  constructor(deps: InboundDeps) {
+    this.#d = deps;
+  }
+
+  /** One message from the broker. `retained`: delivered because of a subscription, not live. */
+  handle(topic: string, payload: Buffer, retained: boolean): void {
+    const deviceId = topic.split("/")[2] ?? "";
+    try {
+      if (topic === topics.bridge()) return;
+      this.#d.metrics.inc("received");
+      if (DEVICE_ID.test(deviceId) && !this.#d.allowed(deviceId)) {
+        this.#refuse(deviceId);
+        return;
+      }
+      const decoded = decodeFromDevice(topic, payload, { maxBytes: this.#d.maxMessageBytes });
+      if (!decoded.ok) {
+        // A zero-byte retained publish clears the topic (a decommissioned device): nothing to do.
+        if (decoded.reason !== "empty") this.#reject(decoded.reason, decoded.detail, deviceId, topic);
+        return;
+      }
+      this.#dispatch(decoded.value.message, retained);
+    } catch (err) {
+      this.#d.logger.error({ err, topic }, "handling a device message failed");
+      this.#reject("invalid", `handler error: ${(err as Error).message}`, deviceId, topic);
+    }
+  }
+
+  #dispatch(message: DeviceToBridge, retained: boolean): void {
+    const { registry, metrics } = this.#d;
+    switch (message.kind) {
+      case "presence":
+        this.#presence(message, retained);
+        return;
+      case "reported": {
+        const verdict = registry.order(message.deviceId, "reported", message.bootId, message.seq);
+        if (verdict === "ok") this.#report(message);
+        else {
+          metrics.inc("stale");
+          if (verdict === "unknown-boot") registry.holdReport(message);
+        }
+        return;
+      }
+      case "ack":
+      case "command-ack": {
+        if (registry.order(message.deviceId, "ack", message.bootId, message.seq) !== "ok") {
+          metrics.inc("stale");
+          return;
+        }
+        if (message.kind === "command-ack") {
+          this.#d.commands.ack(message.deviceId, message);
+          return;
+        }
+        const epoch = this.#d.desired.device(message.deviceId)?.published?.epoch;
+        if (!this.#d.observations.ack(message, epoch)) {
+          metrics.inc("stale");
+          return;
+        }
+        if (message.stage === "rejected") {
+          this.#d.recordEvent({
+            involved: { kind: "Device", deviceId: message.deviceId },
+            type: "Warning",
+            reason: "DesiredRejected",
+            message:
+              `the device rejected desired generation ${message.generation}: ${message.reason ?? ""} ${message.message ?? ""}`.trim(),
+          });
+        }
+        this.#d.statuses.mark(message.deviceId);
+        return;
+      }
+      case "event":
+        if (registry.order(message.deviceId, "evt", message.bootId, message.seq) !== "ok")
+          metrics.inc("stale");
+        else this.#event(message);
+        return;
+    }
+  }
+
+  #presence(message: PresenceMessage, retained: boolean): void {
+    const { registry, metrics } = this.#d;
+    const id = message.deviceId;
+    const verdict = registry.presence(message, { retained });
+    if (verdict !== "applied") {
+      metrics.inc(verdict === "stale-will" ? "staleWills" : "stale");
+      this.#d.logger.debug(
+        { deviceId: id, state: message.state, bootId: message.bootId, seq: message.seq, verdict },
+        "ignored presence",
+      );
+      return;
+    }
+    this.#d.logger.debug(
+      { deviceId: id, state: message.state, bootId: message.bootId, retained },
+      "device presence",
+    );
+    const affected = [id, ...registry.children(id)];
+    if (message.state === "online") {
+      if (message.device) {
+        this.#d.allocator.saveDevice(id, message.device).then(
+          () => undefined,
+          (err: unknown) => this.#d.logger.warn({ err, deviceId: id }, "storing the device's birth failed"),
+        );
+      }
+      const pending = registry.takePendingReport(id);
+      if (pending && registry.order(id, "reported", pending.bootId, pending.seq) === "ok")
+        this.#report(pending);
+      for (const d of affected) {
+        if (registry.effectivePresence(d) !== "online") continue;
+        this.#d.commands.deviceOnline(d);
+        this.#d.desired.kick(d);
+      }
+    }
+    for (const d of affected) this.#d.statuses.mark(d);
+  }
+
+  #report(report: ReportedDocument): void {
+    const { desired, observations } = this.#d;
+    observations.report(report);
+    const d = desired.device(report.deviceId);
+    for (const t of [...(d?.tombstones.values() ?? [])]) {
+      if (!tombstoneConfirmed(t.since, t.ref.uid, report)) continue;
+      desired.clearTombstone(report.deviceId, t.ref.uid);
+      this.#d.metrics.inc("tombstonesCleared");
+      this.#d.statuses.forget(t.ref.uid);
+      this.#d.deleted(t.ref);
+    }
+    this.#d.statuses.mark(report.deviceId);
+  }
+
+  #event(event: DeviceEventMessage): void {
+    const d = event.podUid === undefined ? undefined : this.#d.desired.device(event.deviceId);
+    const uid = event.podUid ?? "";
+    const pod = d?.pods.get(uid)?.ref ?? d?.tombstones.get(uid)?.ref;
+    this.#d.metrics.inc("deviceEvents");
+    this.#d.recordEvent({
+      involved: pod ? { kind: "Pod", pod } : { kind: "Device", deviceId: event.deviceId },
+      type: event.type,
+      reason: event.reason,
+      message: event.app === undefined ? event.message : `${event.app}: ${event.message}`,
+    });
+  }
+
+  #refuse(deviceId: string): void {
+    this.#d.metrics.inc("refusedMessages");
+    if (this.#refused.has(deviceId) || this.#refused.size >= MAX_REFUSED_REMEMBERED) return;
+    this.#refused.add(deviceId);
+    this.#d.metrics.inc("unknownDevices");
+    this.#d.logger.warn(
+      { deviceId },
+      "refusing messages from a device not in devices.allow (logged once per device)",
+    );
+  }
+
+  #reject(reason: RejectReason, detail: string, deviceId: string, topic: string): void {
+    this.#d.metrics.reject(reason);
+    const suppressed = this.#warn.admit(`${deviceId}\u0000${reason}`);
+    if (suppressed === undefined) return;
+    this.#d.logger.warn({ deviceId, topic, reason, detail, suppressed }, "rejected a message from a device");
+    if (this.#d.registry.info(deviceId)) {
+      this.#d.recordEvent({
+        involved: { kind: "Device", deviceId },
+        type: "Warning",
+        reason: "MessageRejected",
+        message: `${topic.split("/").slice(3).join("/")}: ${reason}: ${detail}`,
+      });
+    }
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * Counters of the MQTT provider and a rate limit for the warnings bad input causes. `metrics()`
+ * returns a fresh plain snapshot; nothing here blocks or allocates per message beyond a counter.
+ *
+ *   const m = new MqttMetrics();
+ *   m.reject("schema"); m.inc("received");
+ *   m.snapshot().rejected.schema; // 1
+ */
+
+/** Why a message from a device was rejected: the codec's reasons plus the provider's own. */
+export type RejectReason =
+  | "empty"
+  | "oversized"
+  | "not-json"
+  | "schema"
+  | "wrong-device"
+  | "unknown-topic"
+  | "unsupported-protocol"
+  /** Accepted by the codec but unusable here (e.g. a report before any birth, a handler error). */
+  | "invalid";
+
+/** What `MqttProvider.metrics()` returns. All counters only grow for the life of the process. */
+export interface MqttMetricsSnapshot {
+  /** Messages received from devices (every topic under `devicelet/v1/+/…`), before validation. */
+  readonly received: number;
+  /** Messages rejected, by reason. */
+  readonly rejected: Readonly<Record<RejectReason, number>>;
+  /** Out-of-order or replayed messages dropped by (bootId, seq), and acks of another epoch. */
+  readonly stale: number;
+  /** A `lost` will from a boot other than the device's current one, ignored. */
+  readonly staleWills: number;
+  /** Distinct device ids refused by the allow-list. */
+  readonly unknownDevices: number;
+  /** Messages from refused devices. */
+  readonly refusedMessages: number;
+  /** Desired documents published (retained). */
+  readonly published: number;
+  /** Desired documents not sent because they exceed the device's largest message. */
+  readonly tooLarge: number;
+  /** Durable-store writes (generation reservations, device records). */
+  readonly storeWrites: number;
+  readonly commandsSent: number;
+  readonly commandsCompleted: number;
+  readonly commandsFailed: number;
+  readonly commandsExpired: number;
+  /** Commands refused because the device's queue was full. */
+  readonly commandsRefused: number;
+  /** Tombstones the device confirmed (pods finished deleting). */
+  readonly tombstonesCleared: number;
+  /** Device events turned into Kubernetes Events. */
+  readonly deviceEvents: number;
+  readonly connects: number;
+  readonly disconnects: number;
+  /** Pod statuses pushed to the engine. */
+  readonly statusUpdates: number;
+}
+
+type Counter = Exclude<keyof MqttMetricsSnapshot, "rejected">;
+
+const reasons: readonly RejectReason[] = [
+  "empty",
+  "oversized",
+  "not-json",
+  "schema",
+  "wrong-device",
+  "unknown-topic",
+  "unsupported-protocol",
+  "invalid",
+];
+
+export class MqttMetrics {
+  readonly #counters: Record<Counter, number> = {
+    received: 0,
+    stale: 0,
+    staleWills: 0,
+    unknownDevices: 0,
+    refusedMessages: 0,
+    published: 0,
+    tooLarge: 0,
+    storeWrites: 0,
+    commandsSent: 0,
+    commandsCompleted: 0,
+    commandsFailed: 0,
+    commandsExpired: 0,
+    commandsRefused: 0,
+    tombstonesCleared: 0,
+    deviceEvents: 0,
+    connects: 0,
+    disconnects: 0,
+    statusUpdates: 0,
+  };
+  readonly #rejected = Object.fromEntries(reasons.map((r) => [r, 0])) as Record<RejectReason, number>;
+
+  inc(counter: Counter, by = 1): void {
+    this.#counters[counter] += by;
+  }
+
+  reject(reason: RejectReason): void {
+    this.#rejected[reason]++;
+  }
+
+  snapshot(): MqttMetricsSnapshot {
+    return { ...this.#counters, rejected: { ...this.#rejected } };
+  }
+}
+
+/**
+ * Lets one warning per key through per interval, and says how many were suppressed in between.
+ * Keys are bounded: when more than `maxKeys` are tracked, the oldest are forgotten.
+ */
+export class WarnLimiter {
+  readonly #intervalMs: number;
+  readonly #maxKeys: number;
+  readonly #now: () => number;
+  readonly #seen = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(options: { intervalMs: number; maxKeys?: number; now?: () => number }) {
+    this.#intervalMs = options.intervalMs;
+    this.#maxKeys = options.maxKeys ?? 10_000;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Undefined when this warning should be dropped; otherwise how many were dropped since the last. */
+  admit(key: string): number | undefined {
+    const now = this.#now();
+    const entry = this.#seen.get(key);
+    if (entry && now - entry.at < this.#intervalMs) {
+      entry.suppressed++;
+      return undefined;
+    }
+    const suppressed = entry?.suppressed ?? 0;
+    this.#seen.delete(key);
+    this.#seen.set(key, { at: now, suppressed: 0 });
+    if (this.#seen.size > this.#maxKeys) {
+      const oldest = this.#seen.keys().next();
+      if (!oldest.done) this.#seen.delete(oldest.value);
+    }
+    return suppressed;
+  }
+}

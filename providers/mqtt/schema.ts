@@ -1,0 +1,194 @@
+/**
+ * Configuration of the MQTT provider (`provider.config` when `provider.type: mqtt`): the broker and
+ * how to reach it, which devices may become nodes, and the knobs of desired-state publishing, the
+ * command queue and health. Validated once by ajv with defaults filled in, then frozen.
+ *
+ * ```yaml
+ * provider:
+ *   type: mqtt
+ *   config:
+ *     broker: { url: mqtts://broker.example:8883, protocolVersion: 5, tls: { ca: /etc/devicelet/ca.pem } }
+ *     devices: { allow: ["plant-a-*", "gw-17"] }
+ * ```
+ */
+import { DEFAULT_MAX_MESSAGE_BYTES } from "../../src/protocol/types.ts";
+import { PodFeature } from "../../src/provider/types.ts";
+
+/** What the MQTT provider honours when no `supports` is configured. */
+export const MQTT_DEFAULT_SUPPORTS: readonly PodFeature[] = [
+  PodFeature.Ports,
+  PodFeature.VolumeMounts,
+  PodFeature.ConfigMapVolumes,
+  PodFeature.SecretVolumes,
+  PodFeature.DownwardAPIVolumes,
+  PodFeature.ProjectedVolumes,
+  PodFeature.ResourceLimits,
+];
+
+const int = (def: number, minimum: number, maximum?: number) =>
+  ({ type: "integer", default: def, minimum, ...(maximum === undefined ? {} : { maximum }) }) as const;
+
+const section = <P extends Record<string, unknown>>(description: string, properties: P) =>
+  ({ type: "object", description, default: {}, additionalProperties: false, properties }) as const;
+
+/** JSON Schema of the MQTT provider's config (draft-07, compiled with the core config). */
+export const mqttConfigSchema = {
+  $id: "https://devicelet.dev/schemas/provider-mqtt.json",
+  title: "mqtt provider configuration",
+  type: "object",
+  additionalProperties: false,
+  required: ["broker", "devices"],
+  properties: {
+    broker: {
+      type: "object",
+      description: "The MQTT broker (any MQTT 3.1.1 or 5 broker).",
+      additionalProperties: false,
+      required: ["url"],
+      properties: {
+        url: {
+          type: "string",
+          pattern: "^(mqtts?|wss?)://",
+          description: "mqtt://, mqtts://, ws:// or wss://",
+        },
+        protocolVersion: { enum: [4, 5], default: 4, description: "4 = MQTT 3.1.1, 5 = MQTT 5." },
+        clientId: {
+          type: "string",
+          default: "devicelet",
+          minLength: 1,
+          maxLength: 128,
+          description: "Persistent session id (clean session off): keep it stable across restarts.",
+        },
+        username: { type: "string" },
+        passwordFile: { type: "string", minLength: 1, description: "File holding the password." },
+        tls: section("TLS and mutual TLS; files in PEM.", {
+          ca: { type: "string", minLength: 1 },
+          cert: { type: "string", minLength: 1 },
+          key: { type: "string", minLength: 1 },
+          servername: { type: "string", minLength: 1 },
+          rejectUnauthorized: { type: "boolean", default: true },
+        }),
+        keepaliveSeconds: int(30, 5, 65_535),
+        connectTimeoutMs: int(10_000, 100),
+        reconnect: section("Jittered exponential backoff between connection attempts.", {
+          minDelayMs: int(500, 10),
+          maxDelayMs: int(30_000, 10),
+        }),
+        sessionExpirySeconds: int(7 * 24 * 3600, 0, 0xffffffff),
+        willDelaySeconds: int(10, 0, 0xffffffff),
+      },
+    },
+    devices: section("Which devices may become nodes.", {
+      allow: {
+        type: "array",
+        minItems: 1,
+        items: { type: "string", minLength: 1, maxLength: 128, pattern: "^[a-z0-9._*?-]+$" },
+        description: "Device ids or globs (`*` any run, `?` one character); others are refused.",
+      },
+      maxMessageBytes: int(DEFAULT_MAX_MESSAGE_BYTES, 1024),
+    }),
+    desired: section("Publishing of the retained desired documents.", {
+      debounceMs: int(15, 0, 10_000),
+      generationBlock: int(1000, 1, 1_000_000),
+      publishTimeoutMs: int(30_000, 100),
+      readbackTimeoutMs: int(10_000, 100),
+    }),
+    commands: section("One-shot commands to devices.", {
+      queueLimit: int(50, 1, 10_000),
+      ttlSeconds: int(300, 1, 48 * 3600),
+    }),
+    health: section("Transport health reported to the node controller.", {
+      disconnectedGraceSeconds: int(30, 0),
+    }),
+    metricsLogIntervalSeconds: {
+      ...int(60, 0),
+      description: "Log the provider's counters at info this often when they changed; 0 = only at stop.",
+    },
+    allowSecretsWithoutTls: {
+      type: "boolean",
+      default: false,
+      description: "Send Secret-derived env and files over a plain (non-TLS) broker connection.",
+    },
+    supports: {
+      type: "array",
+      uniqueItems: true,
+      items: { enum: Object.values(PodFeature) },
+    },
+  },
+} as const;
+
+export interface MqttConfig {
+  readonly broker: {
+    readonly url: string;
+    readonly protocolVersion: 4 | 5;
+    readonly clientId: string;
+    readonly username?: string;
+    readonly passwordFile?: string;
+    readonly tls: {
+      readonly ca?: string;
+      readonly cert?: string;
+      readonly key?: string;
+      readonly servername?: string;
+      readonly rejectUnauthorized: boolean;
+    };
+    readonly keepaliveSeconds: number;
+    readonly connectTimeoutMs: number;
+    readonly reconnect: { readonly minDelayMs: number; readonly maxDelayMs: number };
+    /** MQTT 5 only: how long the broker keeps devicelet's session while it is away. */
+    readonly sessionExpirySeconds: number;
+    /** MQTT 5 only: delay before the broker publishes devicelet's `offline` bridge will. */
+    readonly willDelaySeconds: number;
+  };
+  readonly devices: {
+    readonly allow: readonly string[];
+    /** Largest message accepted from a device; larger ones are rejected unread. */
+    readonly maxMessageBytes: number;
+  };
+  readonly desired: {
+    /** Changes to one device within this window go out as one document. */
+    readonly debounceMs: number;
+    /** Generations reserved per durable-store write. */
+    readonly generationBlock: number;
+    /** deletePod fails Transient (and is retried) when the broker does not ack within this. */
+    readonly publishTimeoutMs: number;
+    /** Longest wait for the retained documents read back at start. */
+    readonly readbackTimeoutMs: number;
+  };
+  readonly commands: { readonly queueLimit: number; readonly ttlSeconds: number };
+  readonly health: { readonly disconnectedGraceSeconds: number };
+  readonly metricsLogIntervalSeconds: number;
+  readonly allowSecretsWithoutTls: boolean;
+  readonly supports?: readonly PodFeature[];
+}
+
+/** What callers may pass to the factory: anything the schema accepts; defaults fill the rest. */
+export type MqttConfigInput = {
+  readonly broker: Partial<Omit<MqttConfig["broker"], "tls" | "reconnect">> & {
+    readonly url: string;
+    readonly tls?: Partial<MqttConfig["broker"]["tls"]>;
+    readonly reconnect?: Partial<MqttConfig["broker"]["reconnect"]>;
+  };
+  readonly devices: Partial<MqttConfig["devices"]> & { readonly allow: readonly string[] };
+  readonly desired?: Partial<MqttConfig["desired"]>;
+  readonly commands?: Partial<MqttConfig["commands"]>;
+  readonly health?: Partial<MqttConfig["health"]>;
+  readonly metricsLogIntervalSeconds?: number;
+  readonly allowSecretsWithoutTls?: boolean;
+  readonly supports?: readonly PodFeature[];
+};
+
+/** Whether `id` matches an allow-list entry: an exact id or a glob (`*` any run, `?` one char). */
+export const allowListMatcher = (allow: readonly string[]): ((id: string) => boolean) => {
+  const exact = new Set(allow.filter((p) => !/[*?]/.test(p)));
+  const globs = allow
+    .filter((p) => /[*?]/.test(p))
+    .map(
+      (p) =>
+        new RegExp(
+          `^${p
+            .replace(/[.+^${}()|[\]\\-]/g, "\\$&")
+            .replaceAll("*", ".*")
+            .replaceAll("?", ".")}$`,
+        ),
+    );
+  return (id) => exact.has(id) || globs.some((g) => g.test(id));
+};

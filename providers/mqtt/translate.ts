@@ -1,0 +1,96 @@
+/**
+ * Workload (what the engine asks for) → DesiredPod (what the desired document carries), and the
+ * checks that keep one bad pod from poisoning its device's whole document: a pod that does not
+ * validate on its own, or that carries Secret material over a plain connection (DESIGN.md decision
+ * 8), is held back with a reason instead of being sent.
+ *
+ * The pod's `hash` in the document is the hash of what the device gets (everything of the
+ * DesiredPod but `uid` and `hash`), not the engine's workload hash, which also covers the pod's
+ * labels and annotations: those never reach the device, so changing them (a restart request, a
+ * label edit) must not make the device re-create the pod's apps.
+ */
+import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
+import type { DesiredApp, DesiredPod } from "../../src/protocol/types.ts";
+import type { Workload } from "../../src/provider/types.ts";
+import { canonicalJson, sha256Hex } from "../../src/workload/canonical.ts";
+
+/** The device-facing hash of a desired pod: equal hashes mean nothing to apply on the device. */
+export const deviceHash = (pod: Omit<DesiredPod, "hash">): string => {
+  const { uid: _uid, ...content } = pod;
+  return sha256Hex(canonicalJson(content));
+};
+
+export const toDesiredPod = (w: Workload): DesiredPod => {
+  const pod = withoutHash(w);
+  return { ...pod, hash: deviceHash(pod) };
+};
+
+const withoutHash = (w: Workload): Omit<DesiredPod, "hash"> => ({
+  uid: w.pod.uid,
+  namespace: w.pod.namespace,
+  name: w.pod.name,
+  restartPolicy: w.restartPolicy,
+  terminationGracePeriodSeconds: w.terminationGracePeriodSeconds,
+  apps: w.apps.map((a): DesiredApp => ({
+    name: a.name,
+    image: a.image,
+    command: [...a.command],
+    args: [...a.args],
+    env: { ...a.env },
+    files: a.files.map((f) => ({
+      path: f.path,
+      encoding: f.encoding,
+      content: f.content,
+      ...(f.mode === undefined ? {} : { mode: f.mode }),
+    })),
+    ...(a.ports.length === 0
+      ? {}
+      : {
+          ports: a.ports.map((p) => ({
+            ...(p.name === undefined ? {} : { name: p.name }),
+            containerPort: p.containerPort,
+            protocol: p.protocol,
+          })),
+        }),
+    ...(Object.keys(a.resources.requests).length + Object.keys(a.resources.limits).length === 0
+      ? {}
+      : { resources: { requests: { ...a.resources.requests }, limits: { ...a.resources.limits } } }),
+  })),
+});
+
+/** Whether the workload carries anything that came from a Secret. */
+export const carriesSecrets = (w: Workload): boolean =>
+  w.apps.some((a) => a.secretEnv.length > 0 || a.files.some((f) => f.secret));
+
+/** Why a pod cannot go into its device's document, or undefined when it can. */
+export function holdBack(
+  w: Workload,
+  pod: DesiredPod,
+  options: { secure: boolean; allowSecretsWithoutTls: boolean },
+): { reason: string; message: string } | undefined {
+  if (!options.secure && !options.allowSecretsWithoutTls && carriesSecrets(w)) {
+    return {
+      reason: "SecretRequiresTLS",
+      message: "the pod uses Secrets and the broker connection is not TLS; it is not sent to the device",
+    };
+  }
+  try {
+    encodeMessage({
+      protocol: 1,
+      kind: "desired",
+      deviceId: w.deviceId,
+      epoch: "check",
+      generation: 1,
+      issuedAt: new Date(0).toISOString(),
+      pods: [pod],
+      tombstones: [],
+      contentHash: desiredContentHash([pod], []),
+    });
+  } catch (err) {
+    return {
+      reason: "InvalidWorkload",
+      message: `the device protocol cannot carry this pod: ${(err as Error).message}`,
+    };
+  }
+  return undefined;
+}
