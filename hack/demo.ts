@@ -1,0 +1,164 @@
+/**
+ * `npm start`: the one-command demo on the embedded default. Starts (or reuses) the local control
+ * plane, an embedded MQTT broker, devicelet with the MQTT provider, and a simulated fleet — five
+ * gateways with room for twelve pods each and their child microcontrollers, plus standalone
+ * microcontrollers — then applies the Deployments in examples/demo/, shows progress until they are
+ * Running, and prints what to try next. Ctrl-C stops everything it started, by process id.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, openSync, readdirSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import pino from "pino";
+import { stringify } from "yaml";
+import { startEmbeddedBroker } from "../src/broker/embedded.ts";
+import { fleetSpec, startSimulator } from "../src/device/simulator.ts";
+import { down, running, up } from "./testenv/controlplane.ts";
+import { kubectlRunner } from "./testenv/kubectl.ts";
+
+const repoRoot = path.resolve(import.meta.dirname, "..");
+const dir = process.env.DEVICELET_TESTENV_DIR ?? path.join(repoRoot, ".testenv");
+const demoDir = path.join(dir, "demo");
+const namespace = "devicelet-demo";
+const say = (message: string) => console.log(`\x1b[1m[demo]\x1b[0m ${message}`);
+
+const stack: (() => Promise<void>)[] = [];
+let stopping = false;
+async function stopAll(code: number) {
+  if (stopping) return;
+  stopping = true;
+  say("stopping everything the demo started…");
+  for (const stop of stack.reverse()) {
+    try {
+      await stop();
+    } catch (err) {
+      console.error(err);
+    }
+  }
+  process.exit(code);
+}
+process.once("SIGINT", () => void stopAll(0));
+process.once("SIGTERM", () => void stopAll(0));
+
+try {
+  mkdirSync(demoDir, { recursive: true });
+  const reused = await running(dir);
+  say(
+    reused
+      ? "reusing the local control plane"
+      : "starting the local control plane (the first run builds it: ~10 min)",
+  );
+  const state = await up({ dir });
+  if (!reused) stack.push(() => down({ dir }).then(() => undefined));
+  const kubectl = kubectlRunner(dir, state.binDir);
+
+  const broker = await startEmbeddedBroker();
+  stack.push(() => broker.close());
+  say(`embedded MQTT broker on ${broker.url}`);
+
+  const prefix = "demo";
+  const devices = fleetSpec({ gateways: 5, childrenPerGateway: 2, mcus: 2, prefix, podsPerGateway: 12 });
+  const configFile = path.join(demoDir, "devicelet.yaml");
+  writeFileSync(
+    configFile,
+    stringify({
+      kubeconfig: path.join(dir, "devicelet.kubeconfig"),
+      log: { level: "info" },
+      nodes: { extraLabels: { "devicelet.dev/demo": "true" } },
+      provider: {
+        type: "mqtt",
+        config: {
+          broker: { url: broker.url, clientId: "devicelet-demo" },
+          devices: { allow: [`${prefix}-*`] },
+        },
+      },
+    }),
+  );
+  const logFile = path.join(demoDir, "devicelet.log");
+  const devicelet: ChildProcess = spawn(
+    process.execPath,
+    [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+    {
+      stdio: ["ignore", openSync(logFile, "w"), openSync(logFile, "a")],
+    },
+  );
+  stack.push(async () => {
+    if (devicelet.exitCode === null) {
+      devicelet.kill("SIGTERM");
+      await new Promise((resolve) => devicelet.once("exit", resolve));
+    }
+  });
+  devicelet.once("exit", (code) => {
+    if (!stopping) {
+      console.error(`devicelet exited unexpectedly (${String(code)}); its log: ${logFile}`);
+      void stopAll(1);
+    }
+  });
+  say(`devicelet started (log: ${logFile})`);
+
+  const simulator = await startSimulator({
+    brokerUrl: broker.url,
+    protocolVersion: 4,
+    devices,
+    appStartMs: 400,
+    appStartJitterMs: 400,
+    logger: pino({ level: "warn" }),
+  });
+  stack.push(() => simulator.stop());
+  say(
+    `simulated fleet online: ${devices.length} devices (5 gateways, 10 child microcontrollers, 2 standalone)`,
+  );
+
+  await waitFor("device nodes", async () => {
+    const names = (await kubectl(["get", "nodes", "-l", "devicelet.dev/demo=true", "-o", "name"]))
+      .trim()
+      .split("\n")
+      .filter(Boolean);
+    process.stdout.write(`\r  device nodes registered: ${names.length}/${devices.length}   `);
+    return names.length >= devices.length;
+  });
+  process.stdout.write("\n");
+
+  for (const file of readdirSync(path.join(repoRoot, "examples/demo")).sort((a, b) =>
+    a === "namespace.yaml" ? -1 : b === "namespace.yaml" ? 1 : a.localeCompare(b),
+  )) {
+    await kubectl(["apply", "-f", path.join(repoRoot, "examples/demo", file)]);
+  }
+  say(
+    "applied examples/demo/ (namespace devicelet-demo: telemetry on gateways, firmware on microcontrollers)",
+  );
+
+  await waitFor("pods Running", async () => {
+    const pods = JSON.parse(await kubectl(["get", "pods", "-n", namespace, "-o", "json"])) as {
+      items: { status: { phase?: string } }[];
+    };
+    const runningPods = pods.items.filter((p) => p.status.phase === "Running").length;
+    process.stdout.write(`\r  pods Running: ${runningPods}/${pods.items.length}   `);
+    return pods.items.length >= 19 && runningPods === pods.items.length;
+  });
+  process.stdout.write("\n");
+
+  say(`all Running. In another shell, try:
+
+  source ${path.join(dir, "env")}
+  kubectl get nodes -L devicelet.dev/device-class,devicelet.dev/gateway
+  kubectl get pods -n ${namespace} -o wide
+  kubectl describe node ${devices[0]?.id ?? "demo-gw-0"}          # DeviceConnected, capacity, lease
+  kubectl -n ${namespace} scale deployment/telemetry --replicas=30
+  kubectl -n ${namespace} set env deployment/sensor-firmware REPORT_EVERY_SECONDS=10
+  kubectl get events -n ${namespace} --sort-by=.lastTimestamp
+
+Ctrl-C stops the fleet, devicelet, the broker${reused ? "" : " and the control plane"}.`);
+  await new Promise(() => undefined);
+} catch (err) {
+  console.error(err);
+  await stopAll(1);
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 180_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(500);
+  }
+}
