@@ -67,8 +67,18 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     const { involved } = event;
     const object =
       involved.kind === "Pod"
-        ? { apiVersion: "v1", kind: "Pod", namespace: involved.pod.namespace, name: involved.pod.name, uid: involved.pod.uid }
-        : { apiVersion: "v1", kind: "Node", name: nodeRef.current?.nodeNameOf(involved.deviceId) ?? involved.deviceId };
+        ? {
+            apiVersion: "v1",
+            kind: "Pod",
+            namespace: involved.pod.namespace,
+            name: involved.pod.name,
+            uid: involved.pod.uid,
+          }
+        : {
+            apiVersion: "v1",
+            kind: "Node",
+            name: nodeRef.current?.nodeNameOf(involved.deviceId) ?? involved.deviceId,
+          };
     events.record({ object, type: event.type, reason: event.reason, message: event.message });
   };
   const provider = options.createProvider({
@@ -83,7 +93,8 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     providerName: provider.name,
     version,
     logger,
-    health: () => (hasHealth(provider) ? provider.health() : { ready: true, message: "devicelet is running" }),
+    health: () =>
+      hasHealth(provider) ? provider.health() : { ready: true, message: "devicelet is running" },
     config: {
       namePrefix: config.nodes.namePrefix,
       taintKey: config.nodes.taintKey,

@@ -269,7 +269,8 @@ export interface DurableStore {
 /** A Kubernetes Event a provider wants recorded; the engine rate-limits and aggregates them. */
 export interface ProviderEvent {
   /** The pod it is about, or the device (recorded on the device's node). */
-  readonly involved: { readonly kind: "Pod"; readonly pod: PodRef } | { readonly kind: "Device"; readonly deviceId: string };
+  readonly involved:
+    { readonly kind: "Pod"; readonly pod: PodRef } | { readonly kind: "Device"; readonly deviceId: string };
   readonly type: "Normal" | "Warning";
   /** UpperCamelCase, e.g. `CommandExpired`, `DeviceRejectedConfig`. */
   readonly reason: string;

@@ -9,7 +9,11 @@ import type { DurableStore } from "../provider/types.ts";
 import { createHash } from "node:crypto";
 
 const nameFor = (key: string) => {
-  const readable = key.toLowerCase().replace(/[^a-z0-9.-]+/g, "-").replace(/^[-.]+|[-.]+$/g, "").slice(0, 200);
+  const readable = key
+    .toLowerCase()
+    .replace(/[^a-z0-9.-]+/g, "-")
+    .replace(/^[-.]+|[-.]+$/g, "")
+    .slice(0, 200);
   const hash = createHash("sha256").update(key).digest("hex").slice(0, 8);
   return `devicelet-state-${readable}-${hash}`;
 };
@@ -33,7 +37,12 @@ export class ConfigMapStore implements DurableStore {
   }
 
   async set(key: string, value: string): Promise<void> {
-    await this.#kube.upsertConfigMap(this.#namespace, nameFor(key), { key, value }, { "app.kubernetes.io/managed-by": "devicelet" });
+    await this.#kube.upsertConfigMap(
+      this.#namespace,
+      nameFor(key),
+      { key, value },
+      { "app.kubernetes.io/managed-by": "devicelet" },
+    );
     this.#cache.set(key, value);
   }
 }
