@@ -13,16 +13,23 @@ import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { stringify } from "yaml";
-import { readState } from "../hack/testenv/controlplane.ts";
 import {
-  auditRequests,
+  burstDeployment,
   controlPlane,
+  kubectl,
+  measureBurst,
   peakRssMiB,
-  percentile,
+  spawnDevicelet,
+  waitForNodes,
   testenvDir,
   waitUntil,
-  watchPodTimes,
+  type BurstResult,
 } from "./support.ts";
+
+interface Result extends BurstResult {
+  tool: string;
+  peakRssMiB?: number;
+}
 
 const kwokVersion = () =>
   /^KWOK_VERSION=(\S+)$/m.exec(
@@ -33,118 +40,37 @@ const NODES = 100;
 const PODS = 1000;
 const repoRoot = path.resolve(import.meta.dirname, "..");
 
-interface Result {
-  tool: string;
-  allRunningSeconds: number;
-  p50Ms: number;
-  p99Ms: number;
-  apiRequestsPerPod: number;
-  apiRequestsByVerb: Record<string, number>;
-  peakRssMiB?: number;
-}
-
-function kubectl(args: string[], input?: string): string {
-  const state = readState(testenvDir);
-  if (!state) throw new Error("no control plane");
-  return execFileSync(
-    path.join(state.binDir, "kubectl"),
-    [`--kubeconfig=${path.join(testenvDir, "kubeconfig")}`, ...args],
-    {
-      input,
-      encoding: "utf8",
-      maxBuffer: 256 * 1024 * 1024,
-    },
-  );
-}
-
-const deployment = (ns: string, nodeSelector: Record<string, string>, tolerationKey: string) =>
-  stringify({
-    apiVersion: "apps/v1",
-    kind: "Deployment",
-    metadata: { name: "burst", namespace: ns },
-    spec: {
-      replicas: PODS,
-      selector: { matchLabels: { app: "burst" } },
-      template: {
-        metadata: { labels: { app: "burst" } },
-        spec: {
-          nodeSelector,
-          tolerations: [{ key: tolerationKey, operator: "Exists", effect: "NoSchedule" }],
-          terminationGracePeriodSeconds: 1,
-          containers: [{ name: "app", image: "example/sensor:1.0" }],
-        },
-      },
-    },
-  });
-
 async function measure(
   tool: string,
   username: string,
   ns: string,
   manifest: string,
 ): Promise<Omit<Result, "peakRssMiB">> {
-  const controller = new AbortController();
-  kubectl(["create", "namespace", ns]);
-  const watcher = await watchPodTimes(ns, controller.signal);
-  const startWall = Date.now();
-  const start = performance.now();
-  kubectl(["apply", "-f", "-"], manifest);
-  await waitUntil(`${PODS} pods Running under ${tool}`, () => watcher.runningCount() >= PODS, 15 * 60_000);
-  const end = performance.now();
-  const endWall = Date.now();
-  controller.abort();
-  const latencies = [...watcher.times.values()].flatMap((t) =>
-    t.bound !== undefined && t.running !== undefined ? [t.running - t.bound] : [],
-  );
-  // The audit log is written in batches of about a second.
-  await new Promise((r) => setTimeout(r, 2_500));
-  const api = await auditRequests(username, startWall - 1_000, endWall + 500);
-  return {
-    tool,
-    allRunningSeconds: Math.round((end - start) / 10) / 100,
-    p50Ms: Math.round(percentile(latencies, 50)),
-    p99Ms: Math.round(percentile(latencies, 99)),
-    apiRequestsPerPod: Math.round((api.total / PODS) * 100) / 100,
-    apiRequestsByVerb: api.byVerb,
-  };
+  return { tool, ...(await measureBurst({ username, namespace: ns, manifest, pods: PODS })) };
 }
 
 async function benchDevicelet(id: string): Promise<Result> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-bench-"));
-  const configFile = path.join(dir, "config.yaml");
-  writeFileSync(
-    configFile,
-    stringify({
-      kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
-      nodes: { extraLabels: { "devicelet.dev/bench": id } },
-      log: { level: "warn" },
-      provider: {
-        type: "mock",
-        config: { devices: { count: NODES, idPrefix: id, capacity: { pods: "20" } }, appStartDelayMs: 0 },
-      },
-    }),
-  );
-  const out = openSync(path.join(dir, "devicelet.log"), "a");
-  const child = spawn(
-    process.execPath,
-    [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
-    { stdio: ["ignore", out, out] },
-  );
+  const { child } = spawnDevicelet({
+    kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
+    nodes: { extraLabels: { "devicelet.dev/bench": id } },
+    log: { level: "warn" },
+    provider: {
+      type: "mock",
+      config: { devices: { count: NODES, idPrefix: id, capacity: { pods: "20" } }, appStartDelayMs: 0 },
+    },
+  });
   try {
-    await waitUntil(
-      `${NODES} devicelet nodes`,
-      () =>
-        kubectl(["get", "nodes", "-l", `devicelet.dev/bench=${id}`, "-o", "name"])
-          .trim()
-          .split("\n")
-          .filter(Boolean).length >= NODES,
-      120_000,
-    );
+    await waitForNodes(`devicelet.dev/bench=${id}`, NODES);
     const result = await measure(
       "devicelet",
       "devicelet",
       `${id}-devicelet`,
-      deployment(`${id}-devicelet`, { "devicelet.dev/bench": id }, "virtual-kubelet.io/provider"),
+      burstDeployment({
+        namespace: `${id}-devicelet`,
+        replicas: PODS,
+        nodeSelector: { "devicelet.dev/bench": id },
+        tolerationKey: "virtual-kubelet.io/provider",
+      }),
     );
     const rss = child.pid ? await peakRssMiB(child.pid) : Number.NaN;
     return { ...result, peakRssMiB: rss };
@@ -225,7 +151,12 @@ async function benchKwok(id: string): Promise<Result> {
       "kwok",
       "kwok",
       `${id}-kwok`,
-      deployment(`${id}-kwok`, { "devicelet.dev/bench": `${id}-kwok` }, "kwok.x-k8s.io/node"),
+      burstDeployment({
+        namespace: `${id}-kwok`,
+        replicas: PODS,
+        nodeSelector: { "devicelet.dev/bench": `${id}-kwok` },
+        tolerationKey: "kwok.x-k8s.io/node",
+      }),
     );
   } finally {
     child.kill("SIGTERM");

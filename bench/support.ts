@@ -1,10 +1,15 @@
 /** Shared pieces of the benchmarks: the control plane, a pod-timing watcher, audit counting, stats. */
-import { createReadStream } from "node:fs";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { createReadStream, mkdtempSync, openSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import pino from "pino";
-import { down, running, up } from "../hack/testenv/controlplane.ts";
+import { stringify } from "yaml";
+import { down, readState, running, up } from "../hack/testenv/controlplane.ts";
 import { createKubeClient, Informer, type Pod } from "../src/kube/index.ts";
+
+const repoRoot = path.resolve(import.meta.dirname, "..");
 
 export const testenvDir =
   process.env.DEVICELET_TESTENV_DIR ?? path.resolve(import.meta.dirname, "../.testenv");
@@ -101,4 +106,128 @@ export async function peakRssMiB(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
   const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? Number.NaN);
   return Math.round((kb / 1024) * 10) / 10;
+}
+
+/** Synchronous kubectl as cluster-admin of the benchmark's control plane. */
+export function kubectl(args: string[], input?: string): string {
+  const state = readState(testenvDir);
+  if (!state) throw new Error("no control plane");
+  return execFileSync(
+    path.join(state.binDir, "kubectl"),
+    [`--kubeconfig=${path.join(testenvDir, "kubeconfig")}`, ...args],
+    {
+      input,
+      encoding: "utf8",
+      maxBuffer: 256 * 1024 * 1024,
+    },
+  );
+}
+
+/** A Deployment of `replicas` one-container pods pinned to nodes by `nodeSelector`. */
+export function burstDeployment(o: {
+  namespace: string;
+  replicas: number;
+  nodeSelector: Record<string, string>;
+  tolerationKey: string;
+  env?: Record<string, string>;
+  name?: string;
+}): string {
+  return stringify({
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: { name: o.name ?? "burst", namespace: o.namespace },
+    spec: {
+      replicas: o.replicas,
+      // Recreate: a change replaces every pod at once, as a fleet-wide config push does.
+      strategy: { type: "Recreate" },
+      selector: { matchLabels: { app: o.name ?? "burst" } },
+      template: {
+        metadata: { labels: { app: o.name ?? "burst" } },
+        spec: {
+          nodeSelector: o.nodeSelector,
+          tolerations: [{ key: o.tolerationKey, operator: "Exists", effect: "NoSchedule" }],
+          terminationGracePeriodSeconds: 1,
+          containers: [
+            {
+              name: "app",
+              image: "example/sensor:1.0",
+              command: ["/bin/sensor"],
+              env: Object.entries(o.env ?? {}).map(([name, value]) => ({ name, value })),
+            },
+          ],
+        },
+      },
+    },
+  });
+}
+
+export interface BurstResult {
+  allRunningSeconds: number;
+  p50Ms: number;
+  p99Ms: number;
+  apiRequestsPerPod: number;
+  apiRequestsByVerb: Record<string, number>;
+}
+
+/**
+ * Creates `namespace`, applies `manifest`, and times until `pods` pods are Running and Ready as one
+ * watcher sees them; API requests by `username` come from the audit log over the same window.
+ */
+export async function measureBurst(o: {
+  username: string;
+  namespace: string;
+  manifest: string;
+  pods: number;
+}): Promise<BurstResult> {
+  const controller = new AbortController();
+  kubectl(["create", "namespace", o.namespace]);
+  const watcher = await watchPodTimes(o.namespace, controller.signal);
+  const startWall = Date.now();
+  const start = performance.now();
+  kubectl(["apply", "-f", "-"], o.manifest);
+  await waitUntil(`${o.pods} pods Running`, () => watcher.runningCount() >= o.pods, 15 * 60_000);
+  const end = performance.now();
+  const endWall = Date.now();
+  controller.abort();
+  const latencies = [...watcher.times.values()].flatMap((t) =>
+    t.bound !== undefined && t.running !== undefined ? [t.running - t.bound] : [],
+  );
+  // The audit log is written in batches of about a second.
+  await new Promise((r) => setTimeout(r, 2_500));
+  const api = await auditRequests(o.username, startWall - 1_000, endWall + 500);
+  return {
+    allRunningSeconds: Math.round((end - start) / 10) / 100,
+    p50Ms: Math.round(percentile(latencies, 50)),
+    p99Ms: Math.round(percentile(latencies, 99)),
+    apiRequestsPerPod: Math.round((api.total / o.pods) * 100) / 100,
+    apiRequestsByVerb: api.byVerb,
+  };
+}
+
+/** Starts `devicelet run` with `config` (written to a temporary folder) as a child process. */
+export function spawnDevicelet(config: object): { child: ChildProcess; logFile: string } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-bench-"));
+  const configFile = path.join(dir, "config.yaml");
+  writeFileSync(configFile, stringify(config));
+  const logFile = path.join(dir, "devicelet.log");
+  const out = openSync(logFile, "a");
+  const child = spawn(
+    process.execPath,
+    [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+    {
+      stdio: ["ignore", out, out],
+    },
+  );
+  return { child, logFile };
+}
+
+/** Waits until at least `count` nodes carry `selector`. */
+export async function waitForNodes(selector: string, count: number, timeoutMs = 300_000) {
+  await waitUntil(
+    `${count} nodes ${selector}`,
+    () =>
+      kubectl(["get", "nodes", "-l", selector, "-o", "name"]).trim().split("\n").filter(Boolean).length >=
+      count,
+    timeoutMs,
+  );
 }

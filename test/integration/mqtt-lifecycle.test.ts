@@ -86,6 +86,7 @@ describe("mqtt provider: pod lifecycle", () => {
         namespace: ns,
         name: "sensor",
         testId: id,
+        node: gw,
         spec: "  containers:\n    - { name: app, image: example/sensor:1 }",
       }),
     );
@@ -150,6 +151,7 @@ describe("mqtt provider: pod lifecycle", () => {
         namespace: ns,
         name: "secretive",
         testId: id,
+        node: gw,
         spec: `  containers:
     - name: app
       image: example/app:1

@@ -1,0 +1,204 @@
+/**
+ * MQTT benchmark, through Mosquitto with simulated devices on the harness control plane:
+ *
+ * 1. Burst: 1,000 pods over 100 simulated gateways — time until all Running, p50/p99 from bound to
+ *    Running (the device reports the app running after `APP_START_MS`).
+ * 2. Reconnect storm: 1,000 microcontrollers each running one pod go offline; their Deployment is
+ *    changed (Recreate) while they are away, so each device has a queued change (a tombstone and a
+ *    new pod); then all reconnect at once. Reports time until every device has applied and every
+ *    new pod is Running, and applies per device since the reconnect (must be exactly one).
+ *
+ * Sizes can be lowered for a quick look: BENCH_GATEWAYS, BENCH_PODS, BENCH_STORM_DEVICES.
+ */
+import { mkdtempSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import pino from "pino";
+import { startMosquitto } from "../hack/testenv/mosquitto.ts";
+import { fleetSpec, startSimulator, type Simulator } from "../src/device/simulator.ts";
+import {
+  burstDeployment,
+  controlPlane,
+  kubectl,
+  measureBurst,
+  percentile,
+  spawnDevicelet,
+  testenvDir,
+  waitForNodes,
+  waitUntil,
+  watchPodTimes,
+} from "./support.ts";
+
+const GATEWAYS = Number(process.env.BENCH_GATEWAYS ?? 100);
+const PODS = Number(process.env.BENCH_PODS ?? 1000);
+const STORM_DEVICES = Number(process.env.BENCH_STORM_DEVICES ?? 1000);
+const APP_START_MS = 50;
+
+function deviceletConfig(id: string, brokerUrl: string) {
+  return {
+    kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
+    nodes: { extraLabels: { "devicelet.dev/bench": id } },
+    // A thousand nodes renew a hundred leases a second; give the rest room.
+    api: { qps: 400, burst: 800 },
+    log: { level: "warn" },
+    provider: {
+      type: "mqtt",
+      config: { broker: { url: brokerUrl, clientId: `devicelet-${id}` }, devices: { allow: [`${id}-*`] } },
+    },
+  };
+}
+
+async function burst(id: string, brokerUrl: string) {
+  const { child } = spawnDevicelet(deviceletConfig(id, brokerUrl));
+  const sim = await startSimulator({
+    brokerUrl,
+    devices: fleetSpec({
+      gateways: GATEWAYS,
+      childrenPerGateway: 0,
+      mcus: 0,
+      prefix: id,
+      podsPerGateway: Math.ceil((PODS / GATEWAYS) * 2),
+    }),
+    appStartMs: APP_START_MS,
+    logger: pino({ level: "warn" }),
+  });
+  try {
+    await waitForNodes(`devicelet.dev/bench=${id}`, GATEWAYS);
+    const ns = `${id}-burst`;
+    return await measureBurst({
+      username: "devicelet",
+      namespace: ns,
+      pods: PODS,
+      manifest: burstDeployment({
+        namespace: ns,
+        replicas: PODS,
+        nodeSelector: { "devicelet.dev/bench": id },
+        tolerationKey: "virtual-kubelet.io/provider",
+      }),
+    });
+  } finally {
+    await sim.stop();
+    child.kill("SIGTERM");
+    kubectl(["delete", "namespace", `${id}-burst`, "--wait=false", "--ignore-not-found"]);
+  }
+}
+
+async function storm(id: string, brokerUrl: string) {
+  const { child } = spawnDevicelet(deviceletConfig(id, brokerUrl));
+  const devices = fleetSpec({ gateways: 0, childrenPerGateway: 0, mcus: STORM_DEVICES, prefix: id }).map(
+    (d) => ({
+      ...d,
+      capacity: { ...d.capacity, pods: "1" },
+    }),
+  );
+  let sim: Simulator | undefined;
+  const ns = `${id}-storm`;
+  const controller = new AbortController();
+  try {
+    sim = await startSimulator({
+      brokerUrl,
+      devices,
+      appStartMs: APP_START_MS,
+      logger: pino({ level: "warn" }),
+    });
+    await waitForNodes(`devicelet.dev/bench=${id}`, STORM_DEVICES);
+    kubectl(["create", "namespace", ns]);
+    const manifest = (version: string) =>
+      burstDeployment({
+        namespace: ns,
+        replicas: STORM_DEVICES,
+        nodeSelector: { "devicelet.dev/bench": id },
+        tolerationKey: "virtual-kubelet.io/provider",
+        env: { CONFIG_VERSION: version },
+      });
+    const watcher = await watchPodTimes(ns, controller.signal);
+    kubectl(["apply", "-f", "-"], manifest("1"));
+    await waitUntil("first rollout Running", () => watcher.runningCount() >= STORM_DEVICES, 15 * 60_000);
+    const simulator = sim;
+    const before = new Map([...simulator.devices.values()].map((d) => [d.id, d.applies]));
+
+    await Promise.all([...simulator.devices.values()].map((d) => d.goOffline()));
+    kubectl(["apply", "-f", "-"], manifest("2"));
+    // Every device now has a queued change: its old pod tombstoned and a new pod bound to it.
+    const newPods = () =>
+      (
+        JSON.parse(kubectl(["get", "pods", "-n", ns, "-o", "json"])) as {
+          items: {
+            metadata: { deletionTimestamp?: string };
+            spec: { nodeName?: string; containers: { env?: { value?: string }[] }[] };
+          }[];
+        }
+      ).items.filter(
+        (p) =>
+          !p.metadata.deletionTimestamp && p.spec.nodeName && p.spec.containers[0]?.env?.[0]?.value === "2",
+      ).length;
+    await waitUntil("new pods bound to the offline devices", () => newPods() >= STORM_DEVICES, 15 * 60_000);
+    await new Promise((r) => setTimeout(r, 3_000)); // let devicelet publish the queued documents
+
+    const start = performance.now();
+    await Promise.all([...simulator.devices.values()].map((d) => d.goOnline()));
+    await waitUntil(
+      "every device applied its queued change",
+      () => [...simulator.devices.values()].every((d) => d.applies > (before.get(d.id) ?? 0)),
+      15 * 60_000,
+    );
+    const appliedSeconds = (performance.now() - start) / 1000;
+    await waitUntil(
+      "every new pod Running",
+      () => {
+        const list = JSON.parse(kubectl(["get", "pods", "-n", ns, "-o", "json"])) as {
+          items: { status: { phase?: string }; spec: { containers: { env?: { value?: string }[] }[] } }[];
+        };
+        return (
+          list.items.filter(
+            (p) => p.status.phase === "Running" && p.spec.containers[0]?.env?.[0]?.value === "2",
+          ).length >= STORM_DEVICES
+        );
+      },
+      15 * 60_000,
+    );
+    const runningSeconds = (performance.now() - start) / 1000;
+    // Let any duplicate arrive before counting.
+    await new Promise((r) => setTimeout(r, 3_000));
+    const appliesPerDevice = [...simulator.devices.values()].map((d) => d.applies - (before.get(d.id) ?? 0));
+    return {
+      devices: STORM_DEVICES,
+      allAppliedSeconds: Math.round(appliedSeconds * 100) / 100,
+      allRunningSeconds: Math.round(runningSeconds * 100) / 100,
+      appliesPerDevice: {
+        min: Math.min(...appliesPerDevice),
+        max: Math.max(...appliesPerDevice),
+        p50: percentile(appliesPerDevice, 50),
+      },
+    };
+  } finally {
+    controller.abort();
+    await sim?.stop();
+    child.kill("SIGTERM");
+    kubectl(["delete", "namespace", ns, "--wait=false", "--ignore-not-found"]);
+  }
+}
+
+export async function benchMqtt(): Promise<void> {
+  const stop = await controlPlane();
+  const broker = await startMosquitto({ dir: mkdtempSync(path.join(os.tmpdir(), "bench-mosquitto-")) });
+  const id = `bm-${randomBytes(3).toString("hex")}`;
+  try {
+    const burstResult = await burst(`${id}b`, broker.url);
+    console.log(
+      `\nburst: ${PODS} pods over ${GATEWAYS} simulated gateways through Mosquitto (app start ${APP_START_MS} ms)`,
+    );
+    console.table([burstResult].map(({ apiRequestsByVerb: _v, ...r }) => r));
+    const stormResult = await storm(`${id}s`, broker.url);
+    console.log(`\nreconnect storm: ${STORM_DEVICES} devices with a queued change reconnect at once`);
+    console.table([{ ...stormResult, appliesPerDevice: JSON.stringify(stormResult.appliesPerDevice) }]);
+    writeFileSync(
+      path.join(testenvDir, "bench-mqtt.json"),
+      JSON.stringify({ date: new Date().toISOString(), burst: burstResult, storm: stormResult }, null, 2),
+    );
+  } finally {
+    await broker.stop();
+    await stop();
+  }
+}
