@@ -37,6 +37,12 @@ export class DesiredApplier {
   appliedPods: readonly DesiredPod[] = [];
   /** Documents applied by this object (not restores). */
   applies = 0;
+  /**
+   * Applied documents that changed what the device runs (a pod added, replaced or removed). A
+   * document that only drops a tombstone the device already carried out applies, but changes
+   * nothing; this is the count that must be exactly one per queued change.
+   */
+  changes = 0;
   readonly applied: AppliedGeneration[] = [];
   readonly #h: ApplierHooks;
   #pending: DesiredDocument | undefined;
@@ -132,6 +138,9 @@ export class DesiredApplier {
     }
     if (era !== this.#era) return;
     this.appliedGeneration = generation;
+    const before = new Set(this.appliedPods.map((p) => `${p.uid}/${p.hash}`));
+    const after = new Set(doc.pods.map((p) => `${p.uid}/${p.hash}`));
+    if (before.size !== after.size || [...after].some((k) => !before.has(k))) this.changes++;
     this.appliedPods = doc.pods;
     this.applies++;
     this.applied.push({ epoch, generation });

@@ -99,6 +99,24 @@ describe("DeviceSession", () => {
     expect(session.appliedGenerations).toEqual([{ epoch: "epoch-1", generation: 3 }]);
   });
 
+  it("counts as a change only a document that alters what runs, not one that drops a done tombstone", async () => {
+    const broker = new MemoryBroker();
+    const oldPod = desiredPod({ uid: "old" });
+    const newPod = desiredPod({ uid: "new" });
+    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1, pods: [oldPod] }));
+    const session = await online(broker);
+    await until(() => expect(reported(broker)?.appliedGeneration).toBe(1));
+    publishDesired(
+      broker,
+      desiredDocument({ deviceId: ID, generation: 2, pods: [newPod], tombstones: [tombstone(oldPod)] }),
+    );
+    await until(() => expect(reported(broker)?.appliedGeneration).toBe(2));
+    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: [newPod] }));
+    await until(() => expect(reported(broker)?.appliedGeneration).toBe(3));
+    expect(session.applies).toBe(3);
+    expect(session.changes).toBe(2);
+  });
+
   it("ignores an older generation of the same epoch and always applies a new epoch", async () => {
     const broker = new MemoryBroker();
     const session = await online(broker);

@@ -139,6 +139,11 @@ export class DeviceSession {
     return this.#sleeping !== undefined;
   }
   /** Desired documents applied by this session object (restores from the store not counted). */
+  /** Applied documents that changed what runs; see DesiredApplier.changes. */
+  get changes(): number {
+    return this.#applier.changes;
+  }
+
   get applies(): number {
     return this.#applier.applies;
   }

@@ -72,7 +72,10 @@ export interface SimDevice {
   readonly id: string;
   readonly online: boolean;
   readonly bootId: string;
+  /** Desired documents applied (each (epoch, generation) at most once). */
   applies: number;
+  /** Applied documents that changed what the device runs (exactly one per queued change). */
+  readonly changes: number;
   appliedGenerations: { epoch: string; generation: number }[];
   runningPods(): string[] /* uids */;
   goOffline(): Promise<void>;
@@ -219,6 +222,10 @@ class SimDeviceImpl implements SimDevice {
   get bootId(): string {
     return this.session.bootId;
   }
+  get changes(): number {
+    return this.session.changes;
+  }
+
   get applies(): number {
     return this.session.applies;
   }
