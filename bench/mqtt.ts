@@ -134,7 +134,12 @@ async function storm(id: string, brokerUrl: string) {
         (p) =>
           !p.metadata.deletionTimestamp && p.spec.nodeName && p.spec.containers[0]?.env?.[0]?.value === "2",
       ).length;
-    await waitUntil("new pods bound to the offline devices", () => newPods() >= STORM_DEVICES, 15 * 60_000);
+    await waitUntil(
+      "new pods bound to the offline devices",
+      () => newPods() >= STORM_DEVICES,
+      15 * 60_000,
+      2_000,
+    );
     await new Promise((r) => setTimeout(r, 3_000)); // let devicelet publish the queued documents
 
     const start = performance.now();
@@ -145,20 +150,9 @@ async function storm(id: string, brokerUrl: string) {
       15 * 60_000,
     );
     const appliedSeconds = (performance.now() - start) / 1000;
-    await waitUntil(
-      "every new pod Running",
-      () => {
-        const list = JSON.parse(kubectl(["get", "pods", "-n", ns, "-o", "json"])) as {
-          items: { status: { phase?: string }; spec: { containers: { env?: { value?: string }[] }[] } }[];
-        };
-        return (
-          list.items.filter(
-            (p) => p.status.phase === "Running" && p.spec.containers[0]?.env?.[0]?.value === "2",
-          ).length >= STORM_DEVICES
-        );
-      },
-      15 * 60_000,
-    );
+    // The watcher records each pod's first Running: the first rollout's pods plus the new ones.
+    // (Polling with kubectl here would itself eat the two cores the system under test needs.)
+    await waitUntil("every new pod Running", () => watcher.runningCount() >= 2 * STORM_DEVICES, 15 * 60_000);
     const runningSeconds = (performance.now() - start) / 1000;
     // Let any duplicate arrive before counting.
     await new Promise((r) => setTimeout(r, 3_000));

@@ -65,11 +65,16 @@ export async function watchPodTimes(namespace: string, signal: AbortSignal) {
   };
 }
 
-export async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number) {
+export async function waitUntil(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  intervalMs = 100,
+) {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
 
