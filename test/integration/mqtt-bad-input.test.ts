@@ -19,6 +19,7 @@ import {
   startMqttDevicelet,
   type RunningMqttDevicelet,
   stopAll,
+  expectNodeCount,
 } from "../support/mqtt.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { isReady, pod, type PodJson } from "../support/workloads.ts";
@@ -49,11 +50,7 @@ beforeAll(async () => {
     ],
     appStartMs: 50,
   });
-  await eventually(async () =>
-    expect((await getJson<{ items: unknown[] }>(["nodes", "-l", devicelet.nodeSelector])).items).toHaveLength(
-      2,
-    ),
-  );
+  await expectNodeCount(devicelet.nodeSelector, 2);
 });
 
 afterAll(async () => {

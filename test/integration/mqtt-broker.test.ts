@@ -18,9 +18,12 @@ import {
   startMqttDevicelet,
   type RunningMqttDevicelet,
   stopAll,
+  expectNodeCount,
+  barePod,
+  deviceConnectedOf,
 } from "../support/mqtt.ts";
 import { uniqueName } from "../support/testenv.ts";
-import { condition, isReady, pod, type PodJson } from "../support/workloads.ts";
+import { condition, isReady, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("mqbr");
 const ns = id;
@@ -49,11 +52,7 @@ beforeAll(async () => {
     ],
     appStartMs: 100,
   });
-  await eventually(async () =>
-    expect((await getJson<{ items: unknown[] }>(["nodes", "-l", devicelet.nodeSelector])).items).toHaveLength(
-      2,
-    ),
-  );
+  await expectNodeCount(devicelet.nodeSelector, 2);
 });
 
 afterAll(async () => {
@@ -66,17 +65,8 @@ afterAll(async () => {
 });
 
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
-const bare = (name: string, node: string) =>
-  pod({
-    namespace: ns,
-    name,
-    testId: id,
-    node,
-    spec: "  containers:\n    - { name: app, image: example/app:1 }",
-  });
-const connectedOf = async (node: string) =>
-  (await getJson<NodeJson>(["node", node])).status.conditions.find((c) => c.type === "DeviceConnected")
-    ?.status;
+const bare = (name: string, node: string) => barePod({ namespace: ns, testId: id, name, node });
+const connectedOf = deviceConnectedOf;
 
 describe("mqtt provider: broker restart and commands", () => {
   it("converges after Mosquitto restarts: pods Running again, and new pods still run", async () => {

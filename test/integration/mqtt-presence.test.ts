@@ -14,9 +14,17 @@ import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import type { PresenceMessage } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import { startBroker, startMqttDevicelet, type RunningMqttDevicelet, stopAll } from "../support/mqtt.ts";
+import {
+  startBroker,
+  startMqttDevicelet,
+  type RunningMqttDevicelet,
+  stopAll,
+  expectNodeCount,
+  barePod,
+  deviceConnectedOf,
+} from "../support/mqtt.ts";
 import { uniqueName } from "../support/testenv.ts";
-import { condition, isReady, pod, type PodJson } from "../support/workloads.ts";
+import { condition, isReady, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("mqpr");
 const ns = id;
@@ -27,11 +35,6 @@ const sleeper = `${id}-mcu-s`;
 let broker: Broker;
 let devicelet: RunningMqttDevicelet;
 let sim: Simulator;
-
-interface NodeJson {
-  metadata: { name: string };
-  status: { conditions: { type: string; status: string; message?: string }[] };
-}
 
 beforeAll(async () => {
   await kubectl(["create", "namespace", ns]);
@@ -47,11 +50,7 @@ beforeAll(async () => {
     ],
     appStartMs: 100,
   });
-  await eventually(async () =>
-    expect((await getJson<{ items: unknown[] }>(["nodes", "-l", devicelet.nodeSelector])).items).toHaveLength(
-      4,
-    ),
-  );
+  await expectNodeCount(devicelet.nodeSelector, 4);
 });
 
 afterAll(async () => {
@@ -64,17 +63,8 @@ afterAll(async () => {
 });
 
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
-const bare = (name: string, node: string) =>
-  pod({
-    namespace: ns,
-    name,
-    testId: id,
-    node,
-    spec: "  containers:\n    - { name: app, image: example/app:1 }",
-  });
-const connectedOf = async (node: string) =>
-  (await getJson<NodeJson>(["node", node])).status.conditions.find((c) => c.type === "DeviceConnected")
-    ?.status;
+const bare = (name: string, node: string) => barePod({ namespace: ns, testId: id, name, node });
+const connectedOf = deviceConnectedOf;
 
 describe("mqtt provider: presence", () => {
   it("keeps a rebooted device online when a late will from its old boot arrives", async () => {

@@ -20,9 +20,10 @@ import {
   startMqttDevicelet,
   type RunningMqttDevicelet,
   stopAll,
+  barePod,
 } from "../support/mqtt.ts";
 import { uniqueName } from "../support/testenv.ts";
-import { isReady, pod, type PodJson } from "../support/workloads.ts";
+import { isReady, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("mqrs");
 const ns = id;
@@ -70,13 +71,7 @@ const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
 const podNames = async () =>
   (await getJson<{ items: PodJson[] }>(["pods", "-n", ns])).items.map((p) => p.metadata.name);
 const bare = (name: string, node: string) =>
-  pod({
-    namespace: ns,
-    name,
-    testId: id,
-    node,
-    spec: "  terminationGracePeriodSeconds: 2\n  containers:\n    - { name: app, image: example/app:1 }",
-  });
+  barePod({ namespace: ns, testId: id, name, node, graceSeconds: 2 });
 
 const strictlyIncreasing = (gens: { epoch: string; generation: number }[]) =>
   gens.every(

@@ -23,9 +23,11 @@ import { ensurePki } from "../../hack/testenv/pki.ts";
 import { freePort, startDaemon, stopDaemon, waitFor } from "../../hack/testenv/process.ts";
 import type { MqttMetricsSnapshot } from "../../providers/mqtt/index.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
+import { expect } from "vitest";
 import { eventually } from "./eventually.ts";
 import { getJson } from "./kubectl.ts";
 import { deviceletKubeconfig } from "./testenv.ts";
+import { pod } from "./workloads.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "../..");
 
@@ -260,3 +262,32 @@ export interface EventJson {
 
 export const eventsOf = async (namespace: string) =>
   (await getJson<{ items: EventJson[] }>(["events", "-n", namespace])).items;
+
+/** Waits until exactly `count` nodes carry `selector` (each simulated device became one). */
+export async function expectNodeCount(selector: string, count: number): Promise<void> {
+  await eventually(async () =>
+    expect((await getJson<{ items: unknown[] }>(["nodes", "-l", selector])).items).toHaveLength(count),
+  );
+}
+
+/** A one-container pod pinned to `node` (a device id is its node name here). */
+export const barePod = (o: {
+  namespace: string;
+  testId: string;
+  name: string;
+  node: string;
+  graceSeconds?: number;
+}) =>
+  pod({
+    namespace: o.namespace,
+    name: o.name,
+    testId: o.testId,
+    node: o.node,
+    spec: `${o.graceSeconds === undefined ? "" : `  terminationGracePeriodSeconds: ${o.graceSeconds}\n`}  containers:\n    - { name: app, image: example/app:1 }`,
+  });
+
+/** The DeviceConnected condition status of a node. */
+export const deviceConnectedOf = async (node: string) =>
+  (
+    await getJson<{ status: { conditions: { type: string; status: string }[] } }>(["node", node])
+  ).status.conditions.find((c) => c.type === "DeviceConnected")?.status;
