@@ -51,7 +51,6 @@ describe("parseConfig", () => {
       kubelet: { port: 10250, address: "127.0.0.1" },
       log: { level: "info" },
       provider: { type: "mock", config: {} },
-      eviction: { offlineTimeoutSeconds: null },
       state: { namespace: null },
     });
     expect(config.kubeconfig).toBeUndefined();
@@ -63,7 +62,7 @@ describe("parseConfig", () => {
         "kubeconfig: /tmp/kc",
         "api: { qps: 200, burst: 400 }",
         "nodes: { namePrefix: dev-, extraLabels: { example.com/site: berlin } }",
-        "eviction: { offlineTimeoutSeconds: 3600 }",
+        "state: { namespace: devicelet-system }",
         "kubelet: { address: '::1' }",
         "provider: { type: mock }",
       ].join("\n"),
@@ -73,7 +72,7 @@ describe("parseConfig", () => {
     expect(config.api).toEqual({ qps: 200, burst: 400 });
     expect(config.nodes.namePrefix).toBe("dev-");
     expect(config.nodes.extraLabels).toEqual({ "example.com/site": "berlin" });
-    expect(config.eviction.offlineTimeoutSeconds).toBe(3600);
+    expect(config.state.namespace).toBe("devicelet-system");
     expect(config.kubelet).toEqual({ port: 10250, address: "::1" });
   });
 

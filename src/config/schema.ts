@@ -94,9 +94,6 @@ export const coreConfigSchema = {
         config: { type: "object", default: {} },
       },
     },
-    eviction: section("Opt-in eviction of pods from devices offline for long.", {
-      offlineTimeoutSeconds: { type: ["integer", "null"], default: null, minimum: 1 },
-    }),
     state: section("Where devicelet keeps the state it must never lose (generation high-water marks).", {
       namespace: {
         type: ["string", "null"],
@@ -135,7 +132,6 @@ export interface DeviceletConfig {
   readonly kubelet: { readonly port: number; readonly address: string };
   readonly log: { readonly level: LogLevel };
   readonly provider: ProviderSection;
-  readonly eviction: { readonly offlineTimeoutSeconds: number | null };
   readonly state: { readonly namespace: string | null };
 }
 
