@@ -23,10 +23,14 @@ export default defineConfig({
         },
       },
     ],
+    // `npm test` runs with coverage; the gate fails the run when it drops. Code run only inside
+    // the devicelet child processes of the integration tests is not counted, so unit tests carry it.
     coverage: {
       provider: "v8",
       include: ["src/**", "providers/**"],
-      thresholds: { lines: 60 },
+      exclude: ["**/*.test.ts"],
+      reporter: ["text-summary"],
+      thresholds: { lines: 65, statements: 65, functions: 60, branches: 55 },
     },
   },
 });
