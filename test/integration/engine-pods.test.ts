@@ -290,7 +290,8 @@ describe("deleting pods", () => {
     });
     // Confirmed by the provider, not by the 30 s grace period running out.
     expect(Date.now() - started).toBeLessThan(25_000);
-    expect(held().find((h) => h.workload.pod.name === "graceful")).toBeUndefined();
+    // The mock writes its state file about 50 ms after a change.
+    await eventually(() => expect(held().find((h) => h.workload.pod.name === "graceful")).toBeUndefined());
   });
 
   it("force delete (grace 0) removes the work from the provider", async () => {
