@@ -1,13 +1,16 @@
 /**
  * Runs the real `devicelet run` command as a child process against the harness control plane,
  * with devicelet's own least-privilege kubeconfig, so integration tests exercise exactly what a
- * user starts. Each instance gets a unique test label on its nodes and its own mock state file.
+ * user starts. Each instance gets a unique test label on its nodes and its own folder.
  *
  *   const d = await startDevicelet({ id, provider: { devices: { count: 10, idPrefix: id } } });
  *   await d.stop();   // SIGTERM, as a user would; d.kill() is SIGKILL
+ *
+ * `runDevicelet` is the provider-neutral part; `startDevicelet` runs the mock provider and
+ * `startMqttDevicelet` (mqtt.ts) the MQTT one.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { stringify } from "yaml";
@@ -16,6 +19,100 @@ import { getJson } from "./kubectl.ts";
 import { deviceletKubeconfig } from "./testenv.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "../..");
+
+export interface DeviceletProcess {
+  readonly dir: string;
+  readonly configFile: string;
+  readonly logFile: string;
+  /** `devicelet.dev/test=<id>`: selects this instance's nodes. */
+  readonly nodeSelector: string;
+  /** SIGTERM and wait for exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait for exit. */
+  kill(): Promise<void>;
+  /** Starts the same configuration again. */
+  restart(): Promise<void>;
+  /** Log lines (parsed pino JSON) of every run so far. */
+  logLines(): Record<string, unknown>[];
+}
+
+/**
+ * Writes `config` (devicelet's kubeconfig, the test label and debug logs filled in under it) and
+ * starts `devicelet run` with it. Resolves once `expectNodes` nodes carry the test label and, with
+ * `waitForRunning`, once this process has logged that it is running.
+ */
+export async function runDevicelet(options: {
+  readonly id: string;
+  readonly config: (dir: string) => Record<string, unknown>;
+  readonly expectNodes?: number;
+  readonly waitForRunning?: boolean;
+}): Promise<DeviceletProcess> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), `devicelet-${options.id}-`));
+  const configFile = path.join(dir, "config.yaml");
+  const logFile = path.join(dir, "devicelet.log");
+  writeFileSync(
+    configFile,
+    stringify({
+      kubeconfig: deviceletKubeconfig(),
+      nodes: { extraLabels: { "devicelet.dev/test": options.id } },
+      log: { level: "debug" },
+      ...options.config(dir),
+    }),
+  );
+  const nodeSelector = `devicelet.dev/test=${options.id}`;
+  const logLines = () =>
+    readFileSync(logFile, "utf8")
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  let child: ChildProcess | undefined;
+  let exited: Promise<number | null> = Promise.resolve(null);
+  const launch = async () => {
+    const out = openSync(logFile, "a");
+    child = spawn(
+      process.execPath,
+      [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+      {
+        stdio: ["ignore", out, out],
+      },
+    );
+    const c = child;
+    exited = new Promise((resolve) => c.once("exit", (code) => resolve(code)));
+    if (!options.expectNodes && !options.waitForRunning) return;
+    await eventually(
+      async () => {
+        if (c.exitCode !== null) throw new Error(`devicelet exited early (${c.exitCode}); see ${logFile}`);
+        if (
+          options.waitForRunning &&
+          !logLines().some((l) => l.msg === "devicelet is running" && l.pid === c.pid)
+        )
+          throw new Error("devicelet is not running yet");
+        if (options.expectNodes) {
+          const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", nodeSelector]);
+          if (nodes.items.length < options.expectNodes) throw new Error(`only ${nodes.items.length} nodes`);
+        }
+      },
+      { timeoutMs: 60_000 },
+    );
+  };
+  await launch();
+  const signalAndWait = async (signal: NodeJS.Signals) => {
+    if (child?.exitCode === null && child.pid !== undefined) child.kill(signal);
+    return exited;
+  };
+  return {
+    dir,
+    configFile,
+    logFile,
+    nodeSelector,
+    stop: () => signalAndWait("SIGTERM"),
+    kill: async () => {
+      await signalAndWait("SIGKILL");
+    },
+    restart: launch,
+    logLines,
+  };
+}
 
 export interface DeviceletOptions {
   /** Unique per test: the node label `devicelet.dev/test=<id>` and the log/state folder. */
@@ -28,18 +125,8 @@ export interface DeviceletOptions {
   readonly expectNodes?: number;
 }
 
-export interface RunningDevicelet {
-  readonly dir: string;
+export interface RunningDevicelet extends DeviceletProcess {
   readonly stateFile: string;
-  readonly configFile: string;
-  readonly logFile: string;
-  readonly nodeSelector: string;
-  /** SIGTERM and wait for exit; resolves with the exit code. */
-  stop(): Promise<number | null>;
-  /** SIGKILL and wait for exit. */
-  kill(): Promise<void>;
-  /** Starts the same configuration again (same state file). */
-  restart(): Promise<void>;
   /** The mock provider's persisted state (what the "devices" run). */
   mockState(): MockState;
 }
@@ -54,63 +141,18 @@ export interface MockState {
 }
 
 export async function startDevicelet(options: DeviceletOptions): Promise<RunningDevicelet> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), `devicelet-${options.id}-`));
-  const stateFile = path.join(dir, "mock-state.json");
-  const configFile = path.join(dir, "config.yaml");
-  const logFile = path.join(dir, "devicelet.log");
-  writeFileSync(
-    configFile,
-    stringify({
-      kubeconfig: deviceletKubeconfig(),
-      nodes: { extraLabels: { "devicelet.dev/test": options.id } },
-      log: { level: "debug" },
-      ...options.core,
-      provider: { type: "mock", config: { ...options.provider, stateFile } },
-    }),
-  );
-  const nodeSelector = `devicelet.dev/test=${options.id}`;
-  let child: ChildProcess | undefined;
-  let exited: Promise<number | null> = Promise.resolve(null);
-  const launch = async () => {
-    const { openSync } = await import("node:fs");
-    const out = openSync(logFile, "a");
-    child = spawn(
-      process.execPath,
-      [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
-      {
-        stdio: ["ignore", out, out],
-      },
-    );
-    const c = child;
-    exited = new Promise((resolve) => c.once("exit", (code) => resolve(code)));
-    if (options.expectNodes) {
-      await eventually(
-        async () => {
-          if (c.exitCode !== null) throw new Error(`devicelet exited early (${c.exitCode}); see ${logFile}`);
-          const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", nodeSelector]);
-          if (nodes.items.length < (options.expectNodes ?? 0))
-            throw new Error(`only ${nodes.items.length} nodes`);
-        },
-        { timeoutMs: 60_000 },
-      );
-    }
-  };
-  await launch();
-  const signalAndWait = async (signal: NodeJS.Signals) => {
-    if (child?.exitCode === null && child.pid !== undefined) child.kill(signal);
-    return exited;
-  };
-  return {
-    dir,
-    stateFile,
-    configFile,
-    logFile,
-    nodeSelector,
-    stop: () => signalAndWait("SIGTERM"),
-    kill: async () => {
-      await signalAndWait("SIGKILL");
+  let stateFile = "";
+  const process_ = await runDevicelet({
+    id: options.id,
+    expectNodes: options.expectNodes,
+    config: (dir) => {
+      stateFile = path.join(dir, "mock-state.json");
+      return { ...options.core, provider: { type: "mock", config: { ...options.provider, stateFile } } };
     },
-    restart: launch,
+  });
+  return {
+    ...process_,
+    stateFile,
     mockState: () => JSON.parse(readFileSync(stateFile, "utf8")) as MockState,
   };
 }

@@ -10,14 +10,12 @@
  *   d.lastMetrics();                                             // from the log
  *   await d.kill(); await d.restart();
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import mqtt from "mqtt";
-import { stringify } from "yaml";
 import { ensureMosquitto, startMosquitto, type Broker } from "../../hack/testenv/mosquitto.ts";
 import { ensurePki } from "../../hack/testenv/pki.ts";
 import { freePort, startDaemon, stopDaemon, waitFor } from "../../hack/testenv/process.ts";
@@ -26,10 +24,8 @@ import type { DesiredDocument } from "../../src/protocol/types.ts";
 import { expect } from "vitest";
 import { eventually } from "./eventually.ts";
 import { getJson } from "./kubectl.ts";
-import { deviceletKubeconfig } from "./testenv.ts";
+import { runDevicelet, type DeviceletProcess } from "./devicelet.ts";
 import { pod } from "./workloads.ts";
-
-const repoRoot = path.resolve(import.meta.dirname, "../..");
 
 /**
  * Runs every clean-up step even when some fail (or when a failed `beforeAll` left things unset),
@@ -119,33 +115,18 @@ export interface MqttDeviceletOptions {
   readonly expectNodes?: number;
 }
 
-export interface RunningMqttDevicelet {
-  readonly logFile: string;
-  readonly configFile: string;
-  readonly nodeSelector: string;
-  /** SIGTERM and wait for exit; resolves with the exit code. */
-  stop(): Promise<number | null>;
-  /** SIGKILL and wait for exit. */
-  kill(): Promise<void>;
-  /** Starts the same configuration again. */
-  restart(): Promise<void>;
-  /** Log lines (parsed pino JSON) of every run so far. */
-  logLines(): Record<string, unknown>[];
+export interface RunningMqttDevicelet extends DeviceletProcess {
   /** The counters of the last `mqtt provider metrics` / `stopped` line, if any. */
   lastMetrics(): MqttMetricsSnapshot | undefined;
 }
 
 export async function startMqttDevicelet(options: MqttDeviceletOptions): Promise<RunningMqttDevicelet> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), `devicelet-${options.id}-`));
-  const configFile = path.join(dir, "config.yaml");
-  const logFile = path.join(dir, "devicelet.log");
-  writeFileSync(
-    configFile,
-    stringify({
-      kubeconfig: deviceletKubeconfig(),
-      nodes: { extraLabels: { "devicelet.dev/test": options.id } },
+  const process_ = await runDevicelet({
+    id: options.id,
+    expectNodes: options.expectNodes,
+    waitForRunning: true,
+    config: () => ({
       state: { namespace: options.namespace },
-      log: { level: "debug" },
       pods: { statusDebounceMs: 50 },
       ...options.core,
       provider: {
@@ -162,56 +143,12 @@ export async function startMqttDevicelet(options: MqttDeviceletOptions): Promise
         },
       },
     }),
-  );
-  const nodeSelector = `devicelet.dev/test=${options.id}`;
-  let child: ChildProcess | undefined;
-  let exited: Promise<number | null> = Promise.resolve(null);
-  const launch = async () => {
-    const out = openSync(logFile, "a");
-    child = spawn(
-      process.execPath,
-      [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
-      {
-        stdio: ["ignore", out, out],
-      },
-    );
-    const c = child;
-    exited = new Promise((resolve) => c.once("exit", (code) => resolve(code)));
-    await eventually(
-      async () => {
-        if (c.exitCode !== null) throw new Error(`devicelet exited early (${c.exitCode}); see ${logFile}`);
-        if (!logLines().some((l) => l.msg === "devicelet is running" && l.pid === c.pid))
-          throw new Error("devicelet is not running yet");
-        if (options.expectNodes) {
-          const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", nodeSelector]);
-          if (nodes.items.length < options.expectNodes) throw new Error(`only ${nodes.items.length} nodes`);
-        }
-      },
-      { timeoutMs: 60_000 },
-    );
-  };
-  const logLines = () =>
-    readFileSync(logFile, "utf8")
-      .split("\n")
-      .filter((l) => l.startsWith("{"))
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  await launch();
-  const signalAndWait = async (signal: NodeJS.Signals) => {
-    if (child?.exitCode === null && child.pid !== undefined) child.kill(signal);
-    return exited;
-  };
+  });
   return {
-    logFile,
-    configFile,
-    nodeSelector,
-    stop: () => signalAndWait("SIGTERM"),
-    kill: async () => {
-      await signalAndWait("SIGKILL");
-    },
-    restart: launch,
-    logLines,
+    ...process_,
     lastMetrics: () =>
-      logLines()
+      process_
+        .logLines()
         .filter((l) => l.metrics !== undefined)
         .map((l) => l.metrics as MqttMetricsSnapshot)
         .at(-1),
