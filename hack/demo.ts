@@ -46,7 +46,7 @@ try {
   say(
     reused
       ? "reusing the local control plane"
-      : "starting the local control plane (the first run builds it: ~10 min)",
+      : "starting the local control plane (the first run on a machine also builds it: about six minutes)",
   );
   const state = await up({ dir });
   if (!reused) stack.push(() => down({ dir }).then(() => undefined));
