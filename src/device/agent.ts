@@ -13,6 +13,12 @@
  * applied (epoch, generation) and that document's pods: a restarted agent runs those pods again
  * at once, before it connects, and does not apply the retained document a second time.
  * The agent refuses the `reboot` command: rebooting the host is not its call.
+ *
+ * Crash safety: each desired document is stored before it is applied (applier.ts), so an agent
+ * killed mid-apply restarts into the document it was applying. At start, before anything runs,
+ * app processes an earlier run left behind are killed and pod folders that the stored state does
+ * not want are deleted (leftovers.ts). A corrupt state file is moved aside and the agent starts
+ * empty (store.ts).
  */
 import { readFile } from "node:fs/promises";
 import os from "node:os";
@@ -23,6 +29,7 @@ import { ConfigError, validateWithSchema } from "../config/load.ts";
 import { DEVICE_ID } from "../protocol/topics.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
 import { MqttTransport } from "./mqtt-link.ts";
+import { removeLeftovers } from "./leftovers.ts";
 import { ProcessRuntime } from "./process-runtime.ts";
 import { DeviceSession, type BirthInfo } from "./session.ts";
 import { fileStore } from "./store.ts";
@@ -184,6 +191,13 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
     ...(broker.username === undefined ? {} : { username: broker.username }),
     ...(password === undefined ? {} : { password }),
   });
+  const store = fileStore(config.stateFile, { logger });
+  const saved = await store.load();
+  await removeLeftovers({
+    workDir: config.workDir,
+    keep: new Set(saved?.pods.map((p) => p.uid)),
+    logger,
+  });
   const birth = await birthInfo(config);
   const runtime = new ProcessRuntime({
     workDir: config.workDir,
@@ -197,7 +211,7 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
     runtime,
     device: birth,
     logger,
-    store: fileStore(config.stateFile),
+    store,
     bootId,
     willDelaySeconds: config.willDelaySeconds,
     reportCoalesceMs: config.reportCoalesceMs,

@@ -7,6 +7,15 @@
  *   const applier = new DesiredApplier({ runtime, ack, persist, report, canApply, logger });
  *   applier.offer(doc);    // from the desired topic; applied now or once canApply() turns true
  *   applier.kick();        // when canApply() may have turned true (after a birth)
+ *
+ * Durability (write-ahead): before the runtime acts on a document, that document becomes the
+ * {@link DesiredApplier.durable} state and `persist()` must succeed, so `applied` is never acked
+ * for state that is not on disk, and an agent killed mid-apply restarts into the document it was
+ * applying (it re-runs its pods and cleans up whatever the earlier run left). When persisting
+ * fails the runtime is not touched and the document is acked `rejected` with reason
+ * `PersistFailed` (§ 4: "cannot use the document at all … keeps running what it ran"); the
+ * device then forgets having seen it, so the next delivery of the same document (the retained
+ * copy on reconnect, or after a restart) is tried again.
  */
 import type { Logger } from "pino";
 import type { DesiredDocument, DesiredPod } from "../protocol/types.ts";
@@ -18,10 +27,22 @@ export interface AppliedGeneration {
   readonly generation: number;
 }
 
+/** What the device keeps in storage: the document it is committed to and that document's pods. */
+export interface DurableDesired {
+  readonly epoch: string | null;
+  readonly appliedGeneration: number;
+  readonly pods: readonly DesiredPod[];
+}
+
+const NOTHING_KEPT: DurableDesired = { epoch: null, appliedGeneration: 0, pods: [] };
+
 export interface ApplierHooks {
   readonly runtime: Runtime;
   readonly ack: (ack: DesiredAck) => void;
-  /** Makes the applied state durable (when the device has storage); awaited before `applied`. */
+  /**
+   * Makes {@link DesiredApplier.durable} durable (when the device has storage); rejects when that
+   * failed. Awaited before the runtime applies a document, so before `applied`.
+   */
   readonly persist: () => Promise<void>;
   readonly report: () => void;
   /** Documents are applied only while this holds (online, not stopping). */
@@ -44,6 +65,8 @@ export class DesiredApplier {
    */
   changes = 0;
   readonly applied: AppliedGeneration[] = [];
+  /** What to persist; may be ahead of `appliedGeneration` while a document is being applied. */
+  durable: DurableDesired = NOTHING_KEPT;
   readonly #h: ApplierHooks;
   #pending: DesiredDocument | undefined;
   #draining: Promise<void> | undefined;
@@ -60,6 +83,7 @@ export class DesiredApplier {
     this.epoch = saved.epoch;
     this.observedGeneration = this.appliedGeneration = saved.appliedGeneration;
     this.appliedPods = saved.pods;
+    this.durable = { epoch: saved.epoch, appliedGeneration: saved.appliedGeneration, pods: saved.pods };
     if (saved.epoch !== null && saved.appliedGeneration > 0) {
       this.#lastFinal = { epoch: saved.epoch, generation: saved.appliedGeneration, stage: "applied" };
     }
@@ -73,6 +97,7 @@ export class DesiredApplier {
     this.epoch = null;
     this.observedGeneration = this.appliedGeneration = 0;
     this.appliedPods = [];
+    this.durable = NOTHING_KEPT;
     this.#lastFinal = undefined;
   }
 
@@ -120,16 +145,36 @@ export class DesiredApplier {
 
   async #apply(doc: DesiredDocument, era: number): Promise<void> {
     const { epoch, generation } = doc;
+    const seen = [this.epoch, this.observedGeneration, this.appliedGeneration] as const;
     if (epoch !== this.epoch) {
       this.epoch = epoch;
       this.appliedGeneration = 0;
     }
     this.observedGeneration = generation;
     this.#h.ack({ epoch, generation, stage: "received" });
+    const kept = this.durable;
+    this.durable = { epoch, appliedGeneration: generation, pods: doc.pods };
+    try {
+      await this.#h.persist();
+    } catch (err) {
+      if (era !== this.#era) return;
+      this.durable = kept;
+      // Unseen again: the next delivery of this document tries once more.
+      [this.epoch, this.observedGeneration, this.appliedGeneration] = seen;
+      const message = `cannot store the desired state, nothing changed: ${(err as Error).message}`;
+      this.#h.logger.error({ epoch, generation, err: (err as Error).message }, "desired document rejected");
+      // Best effort: the last write should hold what still runs.
+      this.#h.persist().catch(() => undefined);
+      this.#final({ epoch, generation, stage: "rejected", reason: "PersistFailed", message });
+      return;
+    }
+    if (era !== this.#era) return;
     try {
       await this.#h.runtime.apply(doc.pods, doc.tombstones);
     } catch (err) {
       if (era !== this.#era) return;
+      this.durable = kept;
+      this.#h.persist().catch(() => undefined);
       const reason = err instanceof RuntimeRefusal ? err.reason : "ApplyFailed";
       const message = (err as Error).message;
       this.#h.logger.warn({ epoch, generation, reason, message }, "desired document rejected");
@@ -145,7 +190,6 @@ export class DesiredApplier {
     this.applies++;
     this.applied.push({ epoch, generation });
     this.#h.logger.debug({ epoch, generation, pods: doc.pods.length }, "desired document applied");
-    await this.#h.persist();
     this.#final({ epoch, generation, stage: "applied" });
   }
 

@@ -194,7 +194,11 @@ export class ProcessRuntime implements Runtime {
     const graceMs = (graceSeconds ?? entry.pod.terminationGracePeriodSeconds) * 1000;
     await Promise.all(entry.apps.map((a) => a.stop(graceMs)));
     if (this.#pods.get(entry.pod.uid) === entry) this.#pods.delete(entry.pod.uid);
-    await rm(path.join(this.#o.workDir, entry.pod.uid), { recursive: true, force: true, maxRetries: 3 });
+    const podDir = path.join(this.#o.workDir, entry.pod.uid);
+    await rm(podDir, { recursive: true, force: true, maxRetries: 3 }).catch((err: unknown) => {
+      // The pod is stopped and forgotten all the same; the next agent start removes the folder.
+      this.#o.logger.warn({ podDir, err: (err as Error).message }, "could not remove a pod folder");
+    });
   }
 
   #app(podUid: string, name: string): AppSupervisor {

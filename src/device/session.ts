@@ -104,7 +104,7 @@ export class DeviceSession {
       link: options.link,
       logger: this.#log,
       clock: this.#clock,
-      ...(options.store ? { reserve: () => this.#persist() } : {}),
+      ...(options.store ? { reserve: () => void this.#persist() } : {}),
     });
     this.#out.startBoot(options.bootId ?? randomUUID());
     const reboot = options.onRebootCommand;
@@ -118,10 +118,7 @@ export class DeviceSession {
     this.#applier = new DesiredApplier({
       runtime: this.#runtime,
       ack: (ack) => this.#out.desiredAck(ack),
-      persist: () => {
-        this.#persist();
-        return this.#saving;
-      },
+      persist: () => this.#persist(),
       report: () => this.#publishReport(),
       canApply: () => this.#online && !this.#stopped,
       logger: this.#log,
@@ -267,7 +264,7 @@ export class DeviceSession {
         await this.#runtime.apply(saved.pods, []);
       }
     }
-    this.#persist();
+    void this.#persist();
   }
 
   async #onUp(): Promise<void> {
@@ -370,17 +367,20 @@ export class DeviceSession {
     });
   }
 
-  /** Queues a save of the current state behind earlier ones; errors are logged, not thrown. */
-  #persist(): void {
+  /**
+   * Queues a save of the current state behind earlier ones. Errors are logged, and the returned
+   * promise (of this save) rejects with them: the applier must not ack `applied` without it.
+   */
+  #persist(): Promise<void> {
     const store = this.#o.store;
-    if (!store) return;
-    const { epoch, appliedGeneration, appliedPods: pods } = this.#applier;
+    if (!store) return Promise.resolve();
+    const { epoch, appliedGeneration, pods } = this.#applier.durable;
     const state = { bootId: this.#out.bootId, seq: this.#out.reserved, epoch, appliedGeneration, pods };
-    this.#saving = this.#saving
-      .then(() => store.save(state))
-      .catch((err: unknown) => {
-        this.#log.error({ err: (err as Error).message }, "saving device state failed");
-      });
+    const saved = this.#saving.then(() => store.save(state));
+    this.#saving = saved.catch((err: unknown) => {
+      this.#log.error({ err: (err as Error).message }, "saving device state failed");
+    });
+    return saved;
   }
 
   #cancelTimers(): void {

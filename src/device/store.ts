@@ -4,13 +4,21 @@
  * start and never applies the same document twice; and its boot id with a reserved sequence
  * number, so messages of one boot keep strictly increasing sequence numbers across agent restarts.
  *
- *   const store = fileStore("/var/lib/devicelet/state.json");   // or memoryStore()
+ *   const store = fileStore("/var/lib/devicelet/state.json", { logger });   // or memoryStore()
  *   const session = new DeviceSession({ ..., store });
  *
  * The file holds pod specs, Secret-derived env and files included: it is written with mode 0600.
+ *
+ * Guarantees of {@link fileStore}: `save` resolves only once the new state is on disk (temporary
+ * file written and fsynced, renamed over the old, folder fsynced) and rejects otherwise, leaving the
+ * previous file whole. `load` never fails on a damaged file: one that cannot be read as agent
+ * state (truncated, invalid JSON, wrong shape) is renamed aside to `<file>.corrupt-<timestamp>`,
+ * logged at error, and the agent starts with no state rather than crash-looping on it.
  */
 import { mkdir, open, readFile, rename } from "node:fs/promises";
 import path from "node:path";
+import type { Logger } from "pino";
+import { desiredContentHash, encodeMessage } from "../protocol/codec.ts";
 import type { DesiredPod } from "../protocol/types.ts";
 
 export interface PersistedSession {
@@ -44,8 +52,15 @@ export function memoryStore(
   return store;
 }
 
+export interface FileStoreOptions {
+  readonly logger: Logger;
+  /** For the `.corrupt-<timestamp>` suffix; default the system clock. */
+  readonly now?: () => number;
+}
+
 /** A JSON file replaced atomically (write and fsync a temporary file, then rename it over the old). */
-export function fileStore(file: string): SessionStore {
+export function fileStore(file: string, options: FileStoreOptions): SessionStore {
+  const now = options.now ?? Date.now;
   return {
     async load() {
       let text: string;
@@ -55,20 +70,20 @@ export function fileStore(file: string): SessionStore {
         if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
         throw err;
       }
-      const raw = JSON.parse(text) as Partial<PersistedSession> | null;
-      if (!raw || typeof raw.bootId !== "string" || typeof raw.seq !== "number") {
-        throw new Error(`${file}: not a devicelet agent state file`);
-      }
-      return {
-        bootId: raw.bootId,
-        seq: raw.seq,
-        epoch: typeof raw.epoch === "string" ? raw.epoch : null,
-        appliedGeneration: typeof raw.appliedGeneration === "number" ? raw.appliedGeneration : 0,
-        pods: Array.isArray(raw.pods) ? raw.pods : [],
-      };
+      const state = parseState(text);
+      if (state) return state;
+      // A stamp that sorts and has no colons, e.g. 2026-03-01T12-00-00.000Z.
+      const aside = `${file}.corrupt-${new Date(now()).toISOString().replaceAll(":", "-")}`;
+      await rename(file, aside);
+      options.logger.error(
+        { file, movedTo: aside, bytes: text.length },
+        "agent state file is corrupt: moved it aside, starting with no state",
+      );
+      return undefined;
     },
     async save(state) {
-      await mkdir(path.dirname(file), { recursive: true });
+      const dir = path.dirname(file);
+      await mkdir(dir, { recursive: true });
       const tmp = `${file}.${process.pid}.tmp`;
       const handle = await open(tmp, "w", 0o600);
       try {
@@ -79,6 +94,60 @@ export function fileStore(file: string): SessionStore {
         await handle.close();
       }
       await rename(tmp, file);
+      // The rename itself is durable once the folder is flushed.
+      const folder = await open(dir, "r");
+      try {
+        await folder.sync();
+      } finally {
+        await folder.close();
+      }
     },
   };
+}
+
+/** The state in `text`, or undefined when it is not a whole agent state file. */
+function parseState(text: string): PersistedSession | undefined {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof raw !== "object" || raw === null) return undefined;
+  const r = raw as Partial<Record<keyof PersistedSession, unknown>>;
+  if (typeof r.bootId !== "string" || typeof r.seq !== "number" || !Number.isSafeInteger(r.seq)) {
+    return undefined;
+  }
+  if (r.epoch !== null && r.epoch !== undefined && typeof r.epoch !== "string") return undefined;
+  if (r.appliedGeneration !== undefined && typeof r.appliedGeneration !== "number") return undefined;
+  if (r.pods !== undefined && !Array.isArray(r.pods)) return undefined;
+  const pods = (r.pods ?? []) as DesiredPod[];
+  if (pods.length > 0 && !validPods(pods)) return undefined;
+  return {
+    bootId: r.bootId,
+    seq: r.seq,
+    epoch: typeof r.epoch === "string" ? r.epoch : null,
+    appliedGeneration: r.appliedGeneration ?? 0,
+    pods,
+  };
+}
+
+/** Whether `pods` pass the desired document's schema (they came from one): the codec checks. */
+function validPods(pods: DesiredPod[]): boolean {
+  try {
+    encodeMessage({
+      protocol: 1,
+      kind: "desired",
+      deviceId: "state-file",
+      epoch: "state-file",
+      generation: 1,
+      issuedAt: new Date(0).toISOString(),
+      pods,
+      tombstones: [],
+      contentHash: desiredContentHash(pods, []),
+    });
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -6,13 +6,21 @@
  * restart is immediate, as the kubelet's), graceful stop (SIGTERM to the group, SIGKILL after the
  * grace period), and the output kept in a bounded ring for logs.
  *
+ * A start that fails is that app's state, never an exception: a NUL byte in the command, an
+ * argument or an env value waits `CreateContainerConfigError` (as the kubelet does for a config it
+ * cannot use; retried with back-off, the message names the variable, never its value); a binary
+ * that is missing or not executable (spawn's asynchronous ENOENT / EACCES), or any other spawn
+ * failure, terminates with `StartError` and exit code 128, as a container runtime reports it, and
+ * the restart policy applies. `start()` and retries never reject.
+ *
  * A pid file next to the app's root lets a restarted agent kill a process group it left behind;
  * the process is recognised by the `DEVICELET_POD_UID`/`DEVICELET_APP` variables in its
  * environment, never by its pid alone.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess, type ChildProcessByStdio } from "node:child_process";
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { constants } from "node:os";
+import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { DesiredApp, DesiredPod, ReportedApp, ReportedAppState } from "../protocol/types.ts";
 import type { DeviceClock } from "./link.ts";
@@ -127,9 +135,11 @@ export class AppSupervisor {
   }
 
   #launchNow(): Promise<void> {
-    const launching = this.#launch().finally(() => {
-      if (this.#launching === launching) this.#launching = undefined;
-    });
+    const launching = this.#launch()
+      .catch((err: unknown) => this.#unexpected(err))
+      .finally(() => {
+        if (this.#launching === launching) this.#launching = undefined;
+      });
     this.#launching = launching;
     return launching;
   }
@@ -145,9 +155,16 @@ export class AppSupervisor {
         this.#o.onChange();
       }
       await writeAppFiles(root, app.files, this.#o.fetcher);
+      const nul = nulByteIn(app.command, app.args, this.env);
+      if (nul) throw new AppConfigError(nul);
     } catch (err) {
       const message = (err as Error).message;
-      const reason = err instanceof FileError ? err.reason : "CreateContainerError";
+      const reason =
+        err instanceof FileError
+          ? err.reason
+          : err instanceof AppConfigError
+            ? "CreateContainerConfigError"
+            : "CreateContainerError";
       this.#status = { state: "waiting", reason, message };
       this.#event("Warning", "Failed", `Error: ${message}`);
       this.#retryAfter(backoffDelay(++this.#failures, this.#o.backoff));
@@ -157,12 +174,19 @@ export class AppSupervisor {
     // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- stop() may run while we await
     if (this.#stopping) return;
     const [file = "", ...argv] = [...app.command, ...app.args];
-    const child = spawn(file, argv, {
-      cwd: root,
-      env: this.env,
-      detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    let child: ChildProcessByStdio<null, Readable, Readable>;
+    try {
+      child = spawn(file, argv, {
+        cwd: root,
+        env: this.env,
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+    } catch (err) {
+      // Thrown, not emitted: invalid arguments, or errors libuv does not defer (EINVAL, E2BIG…).
+      this.#startFailed(undefined, spawnFailure(err));
+      return;
+    }
     this.#child = child;
     let exited!: () => void;
     this.#exited = new Promise((resolve) => (exited = resolve));
@@ -183,8 +207,7 @@ export class AppSupervisor {
       });
       child.on("error", (err) => {
         if (spawned) return;
-        this.#event("Warning", "Failed", `Error: ${err.message}`);
-        this.#exit(child, 128, "StartError", err.message);
+        this.#startFailed(child, spawnFailure(err));
         exited();
         resolve();
       });
@@ -196,11 +219,29 @@ export class AppSupervisor {
     });
   }
 
-  #exit(child: ChildProcess, exitCode: number, reason?: string, message?: string): void {
+  /** A process that never ran: `StartError`, exit code 128, then the restart policy. */
+  #startFailed(child: ChildProcess | undefined, message: string): void {
+    this.#event("Warning", "Failed", `Error: ${message}`);
+    this.#o.logger.warn({ pod: this.#o.podName, app: this.#o.app.name, message }, "app failed to start");
+    this.#exit(child, 128, "StartError", message);
+  }
+
+  /** Something no path above expected: kept as the app's state, retried, never thrown. */
+  #unexpected(err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    this.#o.logger.error({ pod: this.#o.podName, app: this.#o.app.name, err: message }, "app launch failed");
+    this.#status = { state: "waiting", reason: "CreateContainerError", message };
+    this.#event("Warning", "Failed", `Error: ${message}`);
+    if (!this.#stopping) this.#retryAfter(backoffDelay(++this.#failures, this.#o.backoff));
+    this.#o.onChange();
+  }
+
+  /** `child` undefined: spawn threw, there is no process. */
+  #exit(child: ChildProcess | undefined, exitCode: number, reason?: string, message?: string): void {
     if (this.#child !== child) return;
     this.#child = undefined;
     // Like a container's PID 1: when the app goes, whatever it left in its group goes too.
-    if (child.pid) signalGroup(child.pid, "SIGKILL");
+    if (child?.pid) signalGroup(child.pid, "SIGKILL");
     void rm(this.#o.pidFile, { force: true }).catch(() => undefined);
     const now = this.#o.clock.now();
     const ran = this.#status.state === "running";
@@ -241,6 +282,36 @@ export class AppSupervisor {
   #event(type: RuntimeEvent["type"], reason: string, message: string): void {
     this.#o.onEvent({ type, reason, message, podUid: this.#o.podUid, app: this.#o.app.name });
   }
+}
+
+/** A spec the process cannot be started with at all (a NUL byte); the kubelet's config error. */
+class AppConfigError extends Error {
+  override readonly name = "AppConfigError";
+}
+
+/** Where a NUL byte makes the command, arguments or environment unusable; never the value itself. */
+function nulByteIn(
+  command: readonly string[],
+  args: readonly string[],
+  env: Readonly<Record<string, string>>,
+): string | undefined {
+  const at = (list: readonly string[]) => list.findIndex((s) => s.includes("\0"));
+  if (at(command) >= 0) return `command[${at(command)}] contains a NUL byte`;
+  if (at(args) >= 0) return `args[${at(args)}] contains a NUL byte`;
+  const name = Object.entries(env).find(([k, v]) => k.includes("\0") || v.includes("\0"))?.[0];
+  return name === undefined ? undefined : `env ${JSON.stringify(name)} contains a NUL byte`;
+}
+
+/**
+ * The message for a failed spawn: the errno and the file for system errors (what a runtime says:
+ * "spawn /opt/app/run ENOENT"), a generic text for Node's argument errors, whose messages quote
+ * the offending value (which may come from a Secret).
+ */
+function spawnFailure(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (typeof e.code === "string" && e.code.startsWith("ERR_")) return `cannot start the process (${e.code})`;
+  const hint = e.code === "ENOENT" ? ": no such file" : e.code === "EACCES" ? ": not executable" : "";
+  return `${e.message}${hint}`;
 }
 
 function signalGroup(pid: number | undefined, signal: NodeJS.Signals): void {

@@ -238,4 +238,43 @@ describe("devicelet agent", () => {
     expect(await stopAgent("SIGTERM")).toBe(0);
     expect(alive(newPid)).toBe(false);
   });
+
+  it("killed mid-apply, it kills the orphaned apps and removes folders no longer wanted at its next start", async () => {
+    const kept = pods.filter((p) => p.uid !== "doomed");
+    const stubborn = desiredPod({
+      uid: "stubborn",
+      terminationGracePeriodSeconds: 120,
+      apps: [{ name: "main", command: [node, "-e", longRunning.replace("process.exit(0)", "undefined")] }],
+    });
+    const fresh = script("fresh", "Always", longRunning);
+    await startAgent();
+    await publishDesired(3, [...kept, stubborn]);
+    await eventually(() => expect(reportedPod("stubborn")?.phase).toBe("Running"));
+    const stubbornPid = pidOf("stubborn");
+    // Generation 4 stops `stubborn` (it ignores SIGTERM: a two-minute stop) and starts `fresh`.
+    const acksBefore = seen.acks.length;
+    await publishDesired(4, [...kept, fresh], [tombstone(stubborn, 120)]);
+    await eventually(() => {
+      expect(acksSince(acksBefore)).toEqual([[4, "received"]]);
+      expect(alive(pidOf("fresh"))).toBe(true);
+    });
+    const freshPid = pidOf("fresh");
+    await stopAgent("SIGKILL");
+    expect(acksSince(acksBefore)).toEqual([[4, "received"]]);
+    expect(alive(stubbornPid)).toBe(true);
+    expect(alive(freshPid)).toBe(true);
+    // While the agent is down, devicelet deletes `fresh` too.
+    await publishDesired(5, kept, [tombstone(stubborn, 1), tombstone(fresh, 1)]);
+
+    await startAgent();
+    await eventually(() => expect(seen.reported).toMatchObject({ appliedGeneration: 5 }));
+    await eventually(() => {
+      expect(alive(stubbornPid)).toBe(false);
+      expect(alive(freshPid)).toBe(false);
+    });
+    expect(existsSync(path.join(workDir, "stubborn"))).toBe(false);
+    expect(existsSync(path.join(workDir, "fresh"))).toBe(false);
+    expect(reportedPod("keeper")?.phase).toBe("Running");
+    expect(seen.reported?.pods.map((p) => p.uid).sort()).toEqual(kept.map((p) => p.uid).sort());
+  });
 });
