@@ -56,6 +56,10 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
       kubeconfigPath: config.kubeconfig,
       qps: config.api.qps,
       burst: config.api.burst,
+      heartbeat: { qps: config.api.heartbeatQps, burst: config.api.heartbeatBurst },
+      requestTimeoutMs: config.api.requestTimeoutSeconds * 1000,
+      // A heartbeat request that takes longer than an interval is as good as lost: try again.
+      heartbeatTimeoutMs: config.lease.renewIntervalSeconds * 1000,
       logger: logger.child({ component: "kube" }),
       userAgent: `devicelet/${version}`,
     });
@@ -86,15 +90,13 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     store: new ConfigMapStore(kube, config.state.namespace ?? process.env.POD_NAMESPACE ?? "default"),
     recordEvent,
   });
-  if (isStartable(provider)) await provider.start(signal);
   const nodes = new NodeController({
     kube,
     inventory: hasDeviceInventory(provider) ? provider : emptyInventory,
     providerName: provider.name,
     version,
     logger,
-    health: () =>
-      hasHealth(provider) ? provider.health() : { ready: true, message: "devicelet is running" },
+    ...(hasHealth(provider) ? { transport: () => provider.health() } : {}),
     config: {
       namePrefix: config.nodes.namePrefix,
       taintKey: config.nodes.taintKey,
@@ -104,6 +106,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
       statusMaxIntervalSeconds: config.nodeStatus.maxIntervalSeconds,
       kubeletPort: config.kubelet.port,
       kubeletAddress: config.kubelet.address,
+      heartbeatQps: config.api.heartbeatQps,
     },
   });
   nodeRef.current = nodes;
@@ -115,7 +118,34 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     logger,
     config: { ...config.pods, kubeletAddress: config.kubelet.address },
   });
+  // Nodes first: the ones an earlier run registered are heartbeated (and stay Ready) even while
+  // the provider waits for an unreachable broker. Pods only once the provider can say what runs.
   await nodes.start(signal);
+  if (isStartable(provider)) await provider.start(signal);
+  await nodes.syncInventory();
   await pods.start(signal);
+  logEngineMetrics({ kube, nodes, pods, logger }, signal);
   return { kube, provider, nodes, pods };
+}
+
+/** Every minute, when anything changed: heartbeat load, request queues and reconcile queues. */
+function logEngineMetrics(
+  parts: { kube: KubeClient; nodes: NodeController; pods: PodController; logger: Logger },
+  signal: AbortSignal,
+): void {
+  let last = "";
+  const timer = setInterval(() => {
+    const metrics = {
+      nodes: parts.nodes.nodeNames().length,
+      heartbeatLoad: Number(parts.nodes.heartbeatLoad().toFixed(3)),
+      apiWaiting: parts.kube.budget.waiting,
+      heartbeatWaiting: parts.kube.heartbeatBudget.waiting,
+      pods: parts.pods.stats(),
+    };
+    const text = JSON.stringify(metrics);
+    if (text !== last) parts.logger.info({ metrics }, "engine metrics");
+    last = text;
+  }, 60_000);
+  timer.unref();
+  signal.addEventListener("abort", () => clearInterval(timer), { once: true });
 }

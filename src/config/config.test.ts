@@ -38,12 +38,11 @@ describe("parseConfig", () => {
     const config = parseConfig("provider: { type: mock }\n", "min.yaml");
     expect(config).toEqual({
       nodes: { namePrefix: "", taintKey: "virtual-kubelet.io/provider", extraLabels: {} },
-      api: { qps: 100, burst: 200 },
+      api: { qps: 100, burst: 200, heartbeatQps: 50, heartbeatBurst: 100, requestTimeoutSeconds: 30 },
       lease: { durationSeconds: 40, renewIntervalSeconds: 10 },
       nodeStatus: { maxIntervalSeconds: 60 },
       pods: {
         ipRange: "10.250.0.0/16",
-        maxRetries: 12,
         baseRetryDelayMs: 250,
         maxRetryDelayMs: 30000,
         statusDebounceMs: 100,
@@ -69,7 +68,13 @@ describe("parseConfig", () => {
       "partial.yaml",
     );
     expect(config.kubeconfig).toBe("/tmp/kc");
-    expect(config.api).toEqual({ qps: 200, burst: 400 });
+    expect(config.api).toEqual({
+      qps: 200,
+      burst: 400,
+      heartbeatQps: 50,
+      heartbeatBurst: 100,
+      requestTimeoutSeconds: 30,
+    });
     expect(config.nodes.namePrefix).toBe("dev-");
     expect(config.nodes.extraLabels).toEqual({ "example.com/site": "berlin" });
     expect(config.state.namespace).toBe("devicelet-system");

@@ -258,6 +258,7 @@ const crossChecks = (data: unknown): (ConfigProblem & { involves: readonly strin
   below("lease", "renewIntervalSeconds", "durationSeconds", "less than");
   below("pods", "baseRetryDelayMs", "maxRetryDelayMs", "at most");
   below("api", "burst", "qps", "at least");
+  below("api", "heartbeatBurst", "heartbeatQps", "at least");
   return out;
 };
 

@@ -59,9 +59,12 @@ export const coreConfigSchema = {
       taintKey: { type: "string", default: "virtual-kubelet.io/provider", pattern: patterns.qualifiedName },
       extraLabels: labelMapSchema,
     }),
-    api: section("Global budget for requests to the API server.", {
+    api: section("Budgets and timeouts of requests to the API server.", {
       qps: { type: "number", default: 100, minimum: 1 },
       burst: integer(200, 1),
+      heartbeatQps: { type: "number", default: 50, minimum: 1 },
+      heartbeatBurst: integer(100, 1),
+      requestTimeoutSeconds: integer(30, 1),
     }),
     lease: section("Node heartbeat Leases in kube-node-lease.", {
       durationSeconds: integer(40, 1),
@@ -72,7 +75,6 @@ export const coreConfigSchema = {
     }),
     pods: section("Pod reconcile and status.", {
       ipRange: { type: "string", default: "10.250.0.0/16", format: "cidr" },
-      maxRetries: integer(12, 0),
       baseRetryDelayMs: integer(250, 1),
       maxRetryDelayMs: integer(30_000, 1),
       statusDebounceMs: integer(100, 0),
@@ -117,14 +119,24 @@ export interface DeviceletConfig {
     /** Labels added to every device node. */
     readonly extraLabels: Readonly<Record<string, string>>;
   };
-  /** Client-side rate limit shared by all API calls (token bucket). */
-  readonly api: { readonly qps: number; readonly burst: number };
+  /**
+   * Client-side rate limits (token buckets): `qps`/`burst` for pod status, reads and Events;
+   * `heartbeatQps`/`heartbeatBurst` for the heartbeat lane (Leases and node status) apart, so a
+   * flood of pod work never delays a heartbeat. Every request but a watch gives up after
+   * `requestTimeoutSeconds` (heartbeat requests after `lease.renewIntervalSeconds`) and is retried.
+   */
+  readonly api: {
+    readonly qps: number;
+    readonly burst: number;
+    readonly heartbeatQps: number;
+    readonly heartbeatBurst: number;
+    readonly requestTimeoutSeconds: number;
+  };
   readonly lease: { readonly durationSeconds: number; readonly renewIntervalSeconds: number };
   readonly nodeStatus: { readonly maxIntervalSeconds: number };
   readonly pods: {
     /** CIDR pod IPs come from when the device reports none. */
     readonly ipRange: string;
-    readonly maxRetries: number;
     readonly baseRetryDelayMs: number;
     readonly maxRetryDelayMs: number;
     readonly statusDebounceMs: number;

@@ -15,7 +15,7 @@ import type { Logger } from "pino";
 import { RequestBudget } from "./budget.ts";
 import { isConflict, isNotFound, uidPreconditionAsConflict } from "./errors.ts";
 import { normalizeMicroTime, toKubeTime } from "./microtime.ts";
-import { KubeTransport, type Query } from "./transport.ts";
+import { KubeTransport, METADATA_ACCEPT, METADATA_LIST_ACCEPT, type Query } from "./transport.ts";
 import type {
   ConfigMap,
   CoreEvent,
@@ -44,6 +44,13 @@ export interface ListOptions extends RequestOptions {
   readonly fieldSelector?: string;
   /** Page size; lists are read in pages of this many (default 500) to spare the API server. */
   readonly limit?: number;
+  /** Items as `PartialObjectMetadata` (metadata only, no data): for metadata informers. */
+  readonly metadataOnly?: boolean;
+}
+
+export interface WatchOptions extends RequestOptions {
+  /** Objects as `PartialObjectMetadata` (metadata only, no data): for metadata informers. */
+  readonly metadataOnly?: boolean;
 }
 
 export interface ListResult<T> {
@@ -95,8 +102,10 @@ export interface EventUpdate {
 }
 
 export interface KubeClient {
-  /** The budget every call of this client draws from; `budget.counts()` counts API calls. */
+  /** The budget of the default lane; `budget.counts()` counts the API calls of both lanes. */
   readonly budget: RequestBudget;
+  /** The heartbeat lane's own budget: Leases, node registration, status and patches draw from it. */
+  readonly heartbeatBudget: RequestBudget;
 
   getPod(namespace: string, name: string, options?: RequestOptions): Promise<Pod | undefined>;
   /** All pods across namespaces matching the selectors, read in pages. */
@@ -149,6 +158,12 @@ export interface KubeClient {
     labels?: Readonly<Record<string, string>>,
     options?: RequestOptions,
   ): Promise<ConfigMap>;
+  /**
+   * Writes a ConfigMap conditionally (compare-and-swap). With `metadata.resourceVersion` it
+   * replaces the object (PUT): a stale resourceVersion rejects with `isConflict`. Without one it
+   * creates the object (POST): one that exists already rejects with `isAlreadyExists`.
+   */
+  replaceConfigMap(configMap: ConfigMap, options?: RequestOptions): Promise<ConfigMap>;
 
   /**
    * Creates a core/v1 Event in the involved object's namespace (`default` for cluster-scoped
@@ -165,7 +180,7 @@ export interface KubeClient {
   watch<T extends KubeObject>(
     path: string,
     query: Query,
-    options?: RequestOptions,
+    options?: WatchOptions,
   ): AsyncIterable<WatchEvent<T>>;
 
   /** Releases connections. */
@@ -186,6 +201,15 @@ export interface KubeClientOptions {
   readonly instance?: string;
   /** Shares a budget with another client; `qps`/`burst` are then ignored. */
   readonly budget?: RequestBudget;
+  /**
+   * The heartbeat lane (Lease reads and writes, node status): its own token bucket, so node
+   * heartbeats never queue behind pod status, reads and Events. Default: qps 50, burst 100.
+   */
+  readonly heartbeat?: { readonly qps: number; readonly burst: number };
+  /** Timeout of every request but watches; default 30 s. */
+  readonly requestTimeoutMs?: number;
+  /** Timeout of heartbeat-lane requests; default 10 s (about a lease renew interval). */
+  readonly heartbeatTimeoutMs?: number;
   /** An already loaded config (tests); wins over `kubeconfigPath`. */
   readonly kubeConfig?: KubeConfig;
 }
@@ -207,9 +231,12 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
   const kubeConfig = options.kubeConfig ?? loadKubeConfig(options.kubeconfigPath);
   const budget = options.budget ?? new RequestBudget({ qps: options.qps, burst: options.burst });
   const log = options.logger.child({ component: "kube" });
+  const heartbeatBudget = new RequestBudget(options.heartbeat ?? { qps: 50, burst: 100 });
   const http = new KubeTransport({
     kubeConfig,
     budget,
+    heartbeatBudget,
+    ...(options.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: options.requestTimeoutMs }),
     logger: log,
     userAgent: options.userAgent ?? "devicelet",
   });
@@ -227,6 +254,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
   };
   const patch = <T>(path: string, body: object, o?: RequestOptions) =>
     http.request<T>({ method: "PATCH", path, body, contentType: MERGE, signal: o?.signal });
+  const heartbeat = { lane: "heartbeat", timeoutMs: options.heartbeatTimeoutMs ?? 10_000 } as const;
 
   const list = async <T extends KubeObject>(
     path: string,
@@ -251,6 +279,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
           continue: cont,
         },
         signal: o?.signal,
+        ...(o?.metadataOnly ? { accept: METADATA_LIST_ACCEPT } : {}),
       });
       for (const item of page.items ?? []) items.push(item);
       // Every page of one list reports the snapshot's resourceVersion.
@@ -272,6 +301,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
 
   return {
     budget,
+    heartbeatBudget,
 
     getPod: (namespace, name, o) => get<Pod>(`${ns(namespace)}/pods/${enc(name)}`, o),
     listPods: (o) => list<Pod>("/api/v1/pods", undefined, o),
@@ -316,19 +346,48 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         path: "/api/v1/nodes",
         body: { apiVersion: "v1", kind: "Node", ...node },
         signal: o?.signal,
+        ...heartbeat,
       }),
-    patchNode: (name, mergePatch, o) => patch<Node>(`/api/v1/nodes/${enc(name)}`, mergePatch, o),
-    patchNodeStatus: (name, status, o) => patch<Node>(`/api/v1/nodes/${enc(name)}/status`, { status }, o),
+    patchNode: (name, mergePatch, o) =>
+      http.request<Node>({
+        method: "PATCH",
+        path: `/api/v1/nodes/${enc(name)}`,
+        body: mergePatch,
+        contentType: MERGE,
+        signal: o?.signal,
+        ...heartbeat,
+      }),
+    patchNodeStatus: (name, status, o) =>
+      http.request<Node>({
+        method: "PATCH",
+        path: `/api/v1/nodes/${enc(name)}/status`,
+        body: { status },
+        contentType: MERGE,
+        signal: o?.signal,
+        ...heartbeat,
+      }),
     listNodes: (labelSelector, o) => list<Node>("/api/v1/nodes", undefined, { ...o, labelSelector }),
 
-    getLease: (name, namespace = NODE_LEASE_NAMESPACE, o) =>
-      get<Lease>(`${leases(namespace)}/${enc(name)}`, o),
+    getLease: async (name, namespace = NODE_LEASE_NAMESPACE, o) => {
+      try {
+        return await http.request<Lease>({
+          method: "GET",
+          path: `${leases(namespace)}/${enc(name)}`,
+          signal: o?.signal,
+          ...heartbeat,
+        });
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      }
+    },
     createLease: (lease, o) =>
       http.request<Lease>({
         method: "POST",
         path: leases(lease.metadata?.namespace ?? NODE_LEASE_NAMESPACE),
         body: leaseBody(lease),
         signal: o?.signal,
+        ...heartbeat,
       }),
     replaceLease: (lease, o) => {
       const name = lease.metadata?.name;
@@ -340,11 +399,31 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         path: `${leases(lease.metadata.namespace ?? NODE_LEASE_NAMESPACE)}/${enc(name)}`,
         body: leaseBody(lease),
         signal: o?.signal,
+        ...heartbeat,
       });
     },
 
     getConfigMap: (namespace, name, o) => get<ConfigMap>(`${ns(namespace)}/configmaps/${enc(name)}`, o),
     getSecret: (namespace, name, o) => get<Secret>(`${ns(namespace)}/secrets/${enc(name)}`, o),
+    replaceConfigMap: (cm, o) => {
+      const { name, namespace, resourceVersion } = cm.metadata ?? {};
+      if (!name || !namespace)
+        return Promise.reject(new TypeError("replaceConfigMap needs metadata.name and metadata.namespace"));
+      const body = { ...cm, apiVersion: "v1", kind: "ConfigMap" };
+      return resourceVersion
+        ? http.request<ConfigMap>({
+            method: "PUT",
+            path: `${ns(namespace)}/configmaps/${enc(name)}`,
+            body,
+            signal: o?.signal,
+          })
+        : http.request<ConfigMap>({
+            method: "POST",
+            path: `${ns(namespace)}/configmaps`,
+            body,
+            signal: o?.signal,
+          });
+    },
     upsertConfigMap: async (namespace, name, data, labels, o) => {
       try {
         return await patch<ConfigMap>(`${ns(namespace)}/configmaps/${enc(name)}`, { data }, o);
@@ -397,8 +476,13 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
     },
 
     list,
-    watch: <T extends KubeObject>(path: string, query: Query, o?: RequestOptions) =>
-      http.watch<T>({ path, query, signal: o?.signal }),
+    watch: <T extends KubeObject>(path: string, query: Query, o?: WatchOptions) =>
+      http.watch<T>({
+        path,
+        query,
+        signal: o?.signal,
+        ...(o?.metadataOnly ? { accept: METADATA_ACCEPT } : {}),
+      }),
 
     close: () => http.close(),
   };

@@ -11,7 +11,10 @@
  * | `isConflict`             | 409, reason `Conflict` (stale RV, UID) | re-read and retry, bounded       |
  * | `isGone`                 | 410 (`Expired`/`Gone`)                 | re-list                          |
  * | `isTooManyRequests`      | 429                                    | back off (see `retryAfterSeconds`)|
- * | `isRetryableKubeError`   | 429, 5xx, timeouts, network errors     | retry with backoff               |
+ * | `isRetryableKubeError`   | 429, 5xx, timeouts, network errors     | retry with backoff, never give up|
+ * | `isPermanentKubeError`   | 400, 401, 403, 405, 413, 415, 422      | terminal: log once, record an    |
+ * |                          |                                        | Event, retry when the object     |
+ * |                          |                                        | changes                          |
  */
 
 import { ApiException } from "@kubernetes/client-node";
@@ -170,6 +173,25 @@ export function isRetryableKubeError(err: unknown): boolean {
     return s.reason === "ServerTimeout" || s.reason === "Timeout";
   }
   return isNetworkError(err);
+}
+
+/** The request itself is wrong or not allowed; sending it again unchanged cannot succeed. */
+const permanentCodes = new Set([400, 401, 403, 405, 406, 413, 415, 422]);
+
+/**
+ * True when the API server refused the request for what it is (bad request, forbidden, invalid):
+ * retrying the same request is pointless until the object (or devicelet's RBAC) changes. Such a
+ * failure is terminal for a reconcile: log it once, record an Event, and wait for the next change.
+ */
+export function isPermanentKubeError(err: unknown): boolean {
+  const s = kubeStatus(err);
+  return s !== undefined && permanentCodes.has(s.code);
+}
+
+/** Milliseconds the server asked us to wait (`Retry-After`, or `details.retryAfterSeconds`), if any. */
+export function retryAfterMs(err: unknown): number | undefined {
+  const seconds = kubeStatus(err)?.retryAfterSeconds;
+  return seconds === undefined || seconds < 0 ? undefined : seconds * 1000;
 }
 
 /**

@@ -25,8 +25,10 @@ export {
   isForbidden,
   isGone,
   isNotFound,
+  isPermanentKubeError,
   isRetryableKubeError,
   isTooManyRequests,
+  retryAfterMs,
   type KubeStatus,
 } from "./errors.ts";
 export { isMicroTime, normalizeMicroTime, parseKubeTime, toKubeTime, toMicroTime } from "./microtime.ts";
@@ -44,6 +46,7 @@ export {
   type PodDeletion,
   type PodStatusPatch,
   type RequestOptions,
+  type WatchOptions,
 } from "./client.ts";
 export { KubeApiError, describeRequest, type Query } from "./transport.ts";
 export { ObjectStore, type IndexFunction, type StoreChange } from "./store.ts";

@@ -45,6 +45,11 @@ export interface InformerOptions<T extends KubeObject> {
   readonly healthyAfterMs?: number;
   /** List page size (default 500). */
   readonly pageSize?: number;
+  /**
+   * Cache `PartialObjectMetadata` only: the API server sends no data (ConfigMap and Secret
+   * contents never cross the wire or sit in memory); read the full object with a GET when needed.
+   */
+  readonly metadataOnly?: boolean;
   /** Tests: randomness for jitter and watch timeouts, the clock, and the wait between tries. */
   readonly random?: () => number;
   readonly now?: () => number;
@@ -192,7 +197,11 @@ export class Informer<T extends KubeObject> {
       let watching = false;
       try {
         if (this.#resourceVersion === "") {
-          const list = await o.client.list<T>(o.path, selectors, { signal, limit: o.pageSize ?? 500 });
+          const list = await o.client.list<T>(o.path, selectors, {
+            signal,
+            limit: o.pageSize ?? 500,
+            metadataOnly: o.metadataOnly === true,
+          });
           this.#emit(this.#store.replace(list.items.map(trim)));
           this.#resourceVersion = list.resourceVersion;
           this.#log.debug({ count: list.items.length, resourceVersion: list.resourceVersion }, "listed");
@@ -210,7 +219,7 @@ export class Informer<T extends KubeObject> {
         const stream = o.client.watch<T>(
           o.path,
           { ...selectors, resourceVersion: this.#resourceVersion, allowWatchBookmarks: true, timeoutSeconds },
-          { signal: AbortSignal.any([signal, deadline]) },
+          { signal: AbortSignal.any([signal, deadline]), metadataOnly: o.metadataOnly === true },
         );
         for await (const event of stream) {
           if (event.type === "DELETED") this.#emitOne(this.#store.remove(trim(event.object)));

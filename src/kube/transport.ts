@@ -15,6 +15,7 @@ import {
   IsomorphicFetchHttpLibrary,
   RequestContext,
   type KubeConfig,
+  type ResponseContext,
 } from "@kubernetes/client-node";
 import type { RequestOptions } from "node:https";
 import type { Logger } from "pino";
@@ -33,13 +34,32 @@ export interface TransportRequest {
   /** Defaults to `application/json` when there is a body. */
   readonly contentType?: string;
   readonly signal?: AbortSignal;
+  /**
+   * `heartbeat` draws from the heartbeat budget (node Leases and node status), so a flood of pod
+   * status writes, reads and Events never delays a node's heartbeat; the default lane is the rest.
+   */
+  readonly lane?: "heartbeat";
+  /** Gives up on the request (a retryable `TimeoutError`) after this long; default the transport's. */
+  readonly timeoutMs?: number;
+  /** `Accept` header; default `application/json` (e.g. {@link METADATA_LIST_ACCEPT}). */
+  readonly accept?: string;
 }
 
 export interface WatchRequest {
   readonly path: string;
   readonly query?: Query;
   readonly signal?: AbortSignal;
+  /** `Accept` header; default `application/json` (e.g. {@link METADATA_ACCEPT}). */
+  readonly accept?: string;
 }
+
+/**
+ * Ask the API server for metadata only (`PartialObjectMetadata`), as client-go's metadata
+ * informers do: a watch or get of ConfigMaps and Secrets then carries no data at all.
+ */
+export const METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+/** The list form of {@link METADATA_ACCEPT}. */
+export const METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
 type Dispatcher = NonNullable<ReturnType<RequestContext["getDispatcher"]>>;
 
@@ -72,7 +92,12 @@ export function describeRequest(
 
 export interface KubeTransportOptions {
   readonly kubeConfig: KubeConfig;
+  /** The default lane's budget; every request of both lanes is counted here. */
   readonly budget: RequestBudget;
+  /** The heartbeat lane's own tokens; default: the same budget as the rest. */
+  readonly heartbeatBudget?: RequestBudget;
+  /** Timeout of a request that names none (watch streams have none); default 30 s. */
+  readonly requestTimeoutMs?: number;
   readonly logger: Logger;
   readonly userAgent: string;
 }
@@ -80,6 +105,8 @@ export interface KubeTransportOptions {
 export class KubeTransport {
   readonly #kc: KubeConfig;
   readonly #budget: RequestBudget;
+  readonly #heartbeat: RequestBudget;
+  readonly #timeoutMs: number;
   readonly #log: Logger;
   readonly #userAgent: string;
   readonly #http = new IsomorphicFetchHttpLibrary();
@@ -92,6 +119,8 @@ export class KubeTransport {
   constructor(options: KubeTransportOptions) {
     this.#kc = options.kubeConfig;
     this.#budget = options.budget;
+    this.#heartbeat = options.heartbeatBudget ?? options.budget;
+    this.#timeoutMs = options.requestTimeoutMs ?? 30_000;
     this.#log = options.logger;
     this.#userAgent = options.userAgent;
     const cluster = this.#kc.getCurrentCluster();
@@ -113,16 +142,27 @@ export class KubeTransport {
    */
   async request<T>(req: TransportRequest): Promise<T> {
     const { verb, resource } = describeRequest(req.method, req.path);
-    const ctx = await this.#context(req.method, req.path, req.query, req.signal);
+    // The timeout starts once the request may go: waiting for a token is the budget's business.
+    await (req.lane === "heartbeat" ? this.#heartbeat : this.#budget).take(req.signal);
+    const timeout = AbortSignal.timeout(req.timeoutMs ?? this.#timeoutMs);
+    const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
+    const ctx = await this.#context(req.method, req.path, req.query, signal, req.accept);
     if (req.body !== undefined) {
       ctx.setHeaderParam("Content-Type", req.contentType ?? "application/json");
       ctx.setBody(JSON.stringify(req.body));
     }
-    await this.#budget.take(req.signal);
     this.#budget.record(verb, resource);
     const started = performance.now();
-    const response = await this.#http.send(ctx).toPromise();
-    const text = await response.body.text();
+    let response: ResponseContext;
+    let text: string;
+    try {
+      response = await this.#http.send(ctx).toPromise();
+      text = await response.body.text();
+    } catch (err) {
+      // fetch rejects with the signal's reason; name a timeout so logs and guards can tell it.
+      if (timeout.aborted && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
+      throw err;
+    }
     const ms = Math.round(performance.now() - started);
     this.#log.trace({ verb, resource, path: req.path, code: response.httpStatusCode, ms }, "kube request");
     if (response.httpStatusCode >= 200 && response.httpStatusCode < 300) {
@@ -141,7 +181,7 @@ export class KubeTransport {
     const { resource } = describeRequest("GET", req.path, true);
     const local = new AbortController();
     const signal = req.signal ? AbortSignal.any([req.signal, local.signal]) : local.signal;
-    const ctx = await this.#context("GET", req.path, { ...req.query, watch: true }, signal);
+    const ctx = await this.#context("GET", req.path, { ...req.query, watch: true }, signal, req.accept);
     await this.#budget.take(req.signal);
     this.#budget.record("watch", resource);
     try {
@@ -190,13 +230,14 @@ export class KubeTransport {
     path: string,
     query: Query | undefined,
     signal?: AbortSignal,
+    accept = "application/json",
   ) {
     const url = new URL(this.#server + path);
     for (const [key, value] of Object.entries(query ?? {})) {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
     const ctx = new RequestContext(url.toString(), HttpMethod[method]);
-    ctx.setHeaderParam("Accept", "application/json");
+    ctx.setHeaderParam("Accept", accept);
     ctx.setHeaderParam("User-Agent", this.#userAgent);
     const headers = await this.#authHeaders();
     for (const [key, value] of Object.entries(headers)) ctx.setHeaderParam(key, value);
@@ -238,6 +279,14 @@ export class KubeTransport {
     });
     this.#dispatcher = built;
     return built;
+  }
+}
+
+/** A request that got no complete answer in time; retryable (`isRetryableKubeError`). */
+export class RequestTimeoutError extends Error {
+  override readonly name = "TimeoutError";
+  constructor(verb: string, resource: string, cause: unknown) {
+    super(`${verb} ${resource}: no answer from the API server in time`, { cause });
   }
 }
 

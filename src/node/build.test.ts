@@ -1,6 +1,14 @@
 import { describe, expect, it } from "vitest";
 import type { DeviceInfo } from "../provider/types.ts";
-import { buildNode, buildNodeStatus, nodeStatusChanged, type NodeStatusOptions } from "./build.ts";
+import {
+  buildNode,
+  buildNodeStatus,
+  heartbeatConditions,
+  nodeStatusChanged,
+  TRANSPORT_TAINT_KEY,
+  transportTaints,
+  type NodeStatusOptions,
+} from "./build.ts";
 import { DNS1123_SUBDOMAIN, LABEL_VALUE, shortHash } from "./names.ts";
 
 const t0 = new Date("2026-11-01T10:00:00.250Z");
@@ -225,5 +233,57 @@ describe("nodeStatusChanged", () => {
       statusOptions({ now: t1, previous: first }),
     );
     expect(nodeStatusChanged(first, seenLater)).toBe(false);
+  });
+});
+
+describe("transport state on the node", () => {
+  const cond = (
+    conditions: { type?: string; status?: string; reason?: string }[] | undefined,
+    type: string,
+  ) => conditions?.find((c) => c.type === type);
+
+  it("shows a broker outage as TransportConnected=False, never as Ready=False", () => {
+    const down = buildNodeStatus(
+      device,
+      statusOptions({ transport: { connected: false, message: "disconnected from mqtt://b for 40s" } }),
+    );
+    expect(cond(down.conditions, "Ready")?.status).toBe("True");
+    expect(cond(down.conditions, "TransportConnected")).toMatchObject({
+      status: "False",
+      reason: "TransportDisconnected",
+      message: "disconnected from mqtt://b for 40s",
+    });
+    const up = buildNodeStatus(
+      device,
+      statusOptions({ previous: down, transport: { connected: true, message: "connected" } }),
+    );
+    expect(cond(up.conditions, "TransportConnected")?.status).toBe("True");
+    expect(nodeStatusChanged(down, up)).toBe(true);
+    // Without a transport to report, there is no such condition at all.
+    expect(cond(buildNodeStatus(device, statusOptions()).conditions, "TransportConnected")).toBeUndefined();
+  });
+
+  it("writes only Ready and TransportConnected for a node whose device is not known yet", () => {
+    const previous = buildNodeStatus({ ...device, connected: false }, statusOptions());
+    const conditions = heartbeatConditions(
+      statusOptions({ now: t1, previous, transport: { connected: false, message: "connecting" } }),
+    );
+    expect(cond(conditions, "DeviceConnected")?.status).toBe("False");
+    expect(cond(conditions, "Ready")?.status).toBe("True");
+    expect(cond(conditions, "TransportConnected")?.status).toBe("False");
+    expect(conditions.filter((c) => c.type === "Ready")).toHaveLength(1);
+  });
+
+  it("adds and removes the NoSchedule taint, keeping everyone else's", () => {
+    const theirs = [
+      { key: "virtual-kubelet.io/provider", value: "devicelet", effect: "NoSchedule" },
+      { key: "node.kubernetes.io/unreachable", effect: "NoExecute", timeAdded: "2026-11-01T10:00:00Z" },
+    ];
+    const tainted = transportTaints(theirs, true);
+    expect(tainted).toEqual([...theirs, { key: TRANSPORT_TAINT_KEY, effect: "NoSchedule" }]);
+    expect(transportTaints(tainted, true)).toBeUndefined();
+    expect(transportTaints(tainted, false)).toEqual(theirs);
+    expect(transportTaints(theirs, false)).toBeUndefined();
+    expect(transportTaints(undefined, true)).toEqual([{ key: TRANSPORT_TAINT_KEY, effect: "NoSchedule" }]);
   });
 });

@@ -2,8 +2,10 @@
  * A device as a Node: the object to register ({@link buildNode}) and its status
  * ({@link buildNodeStatus}), as pure functions of the device and the clock.
  *
- * Ready is devicelet's own health (DESIGN.md decision 1); the device's presence is the separate
- * `DeviceConnected` condition, so an offline device never gets its node's pods evicted.
+ * Ready is devicelet being alive and reaching the API server, nothing else: the device's presence
+ * is the separate `DeviceConnected` condition, and the transport's (the broker's) the separate
+ * `TransportConnected` condition plus the {@link TRANSPORT_TAINT_KEY} NoSchedule taint, so neither
+ * an offline device nor a broker outage ever gets a node's pods evicted.
  *
  * Addresses: the API server dials a node's kubelet at the first address of the first type in its
  * `--kubelet-preferred-address-types` (default Hostname, InternalDNS, InternalIP, ExternalDNS,
@@ -39,7 +41,20 @@ export const NodeConditionType = {
   DiskPressure: "DiskPressure",
   PIDPressure: "PIDPressure",
   DeviceConnected: "DeviceConnected",
+  TransportConnected: "TransportConnected",
 } as const;
+
+/**
+ * NoSchedule taint on every node while devicelet cannot reach its devices' transport (the MQTT
+ * broker): no new pods land there, and the pods already bound stay (NoSchedule evicts nothing).
+ */
+export const TRANSPORT_TAINT_KEY = "devicelet.dev/transport-unreachable";
+
+/** The transport's state as the node shows it. */
+export interface TransportState {
+  readonly connected: boolean;
+  readonly message: string;
+}
 
 /** The taint value on every device node (`<taintKey>=devicelet:NoSchedule`). */
 export const TAINT_VALUE = "devicelet";
@@ -66,9 +81,11 @@ export interface BuildNodeOptions {
 }
 
 export interface NodeStatusOptions {
-  /** devicelet's own health (transport up), not the device's presence. */
+  /** devicelet is alive and reaches the API server (so: true whenever it writes), not the device's presence. */
   readonly ready: boolean;
   readonly readyMessage: string;
+  /** The transport's state; no `TransportConnected` condition when the provider reports none. */
+  readonly transport?: TransportState | undefined;
   readonly now: Date;
   /** The status last written or read, to keep `lastTransitionTime`s and foreign conditions. */
   readonly previous?: Model<V1NodeStatus> | undefined;
@@ -152,7 +169,7 @@ function condition(
   status: "True" | "False",
   reason: string,
   message: string,
-  o: NodeStatusOptions,
+  o: Pick<NodeStatusOptions, "previous" | "now">,
 ): Plain<V1NodeCondition> {
   const prev = o.previous?.conditions?.find((c) => c.type === type);
   const since = prev?.status === status ? toDate(prev.lastTransitionTime) : undefined;
@@ -187,21 +204,12 @@ export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain
     ),
     condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", o),
     condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", o),
-    o.ready
-      ? condition("Ready", "True", "KubeletReady", o.readyMessage || "kubelet is posting ready status", o)
-      : condition("Ready", "False", "KubeletNotReady", o.readyMessage || "devicelet is not ready", o),
+    readyCondition(o),
     device.connected
       ? condition("DeviceConnected", "True", "DeviceOnline", "device is connected", o)
       : condition("DeviceConnected", "False", "DeviceOffline", `device is offline; ${seen}`, o),
+    ...transportConditions(o),
   ];
-  const ownTypes = new Set(own.map((c) => c.type));
-  const foreign = (o.previous?.conditions ?? [])
-    .filter((c) => !ownTypes.has(c.type))
-    .map((c) => ({
-      ...c,
-      lastHeartbeatTime: toDate(c.lastHeartbeatTime),
-      lastTransitionTime: toDate(c.lastTransitionTime),
-    }));
   const info = device.nodeInfo ?? {};
   return {
     capacity,
@@ -220,8 +228,71 @@ export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain
       systemUUID: uuidFrom(`devicelet:${device.id}`),
       bootID: info.bootID ?? "",
     },
-    conditions: [...own, ...foreign],
+    conditions: [...own, ...foreignConditions(o.previous, own)],
   };
+}
+
+function readyCondition(o: NodeStatusOptions): Plain<V1NodeCondition> {
+  return o.ready
+    ? condition("Ready", "True", "KubeletReady", o.readyMessage || "kubelet is posting ready status", o)
+    : condition("Ready", "False", "KubeletNotReady", o.readyMessage || "devicelet is not ready", o);
+}
+
+function transportConditions(o: NodeStatusOptions): Plain<V1NodeCondition>[] {
+  if (!o.transport) return [];
+  const { connected, message } = o.transport;
+  return [
+    connected
+      ? condition("TransportConnected", "True", "TransportConnected", message, o)
+      : condition("TransportConnected", "False", "TransportDisconnected", message, o),
+  ];
+}
+
+/** Conditions in `previous` of types not in `own`, kept as they are (times as Dates). */
+function foreignConditions(
+  previous: Model<V1NodeStatus> | undefined,
+  own: readonly Plain<V1NodeCondition>[],
+): Plain<V1NodeCondition>[] {
+  const ownTypes = new Set(own.map((c) => c.type));
+  return (previous?.conditions ?? [])
+    .filter((c) => !ownTypes.has(c.type))
+    .map((c) => ({
+      ...c,
+      lastHeartbeatTime: toDate(c.lastHeartbeatTime),
+      lastTransitionTime: toDate(c.lastTransitionTime),
+    }));
+}
+
+/**
+ * For a node devicelet owns but whose device the provider has not reported yet (devicelet just
+ * started and its broker is not reachable): only Ready and TransportConnected are written, on
+ * top of the conditions the node already has; everything else stays as the last run left it.
+ */
+export function heartbeatConditions(o: NodeStatusOptions): Plain<V1NodeCondition>[] {
+  const own = [readyCondition(o), ...transportConditions(o)];
+  return [...foreignConditions(o.previous, own), ...own];
+}
+
+/**
+ * The node's taints with the {@link TRANSPORT_TAINT_KEY} NoSchedule taint added (transport
+ * unreachable) or removed (reachable); every other taint is kept. `undefined` when nothing changes.
+ */
+export function transportTaints(
+  taints: readonly { key: string; value?: string; effect: string; timeAdded?: unknown }[] | undefined,
+  unreachable: boolean,
+): { key: string; value?: string; effect: string }[] | undefined {
+  const current = taints ?? [];
+  const has = current.some((t) => t.key === TRANSPORT_TAINT_KEY && t.effect === "NoSchedule");
+  if (has === unreachable) return undefined;
+  const others = current
+    .filter((t) => t.key !== TRANSPORT_TAINT_KEY)
+    .map(({ key, value, effect, timeAdded }) => ({
+      key,
+      ...(value === undefined ? {} : { value }),
+      effect,
+      ...(timeAdded === undefined ? {} : { timeAdded }),
+    }));
+  return unreachable ? [...others, { key: TRANSPORT_TAINT_KEY, effect: "NoSchedule" }] : others;
 }
 
 const NODE_STATUS_FIELDS = [

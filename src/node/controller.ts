@@ -1,15 +1,25 @@
 /**
  * NodeController: one virtual node per device, for any number of devices in one process.
  *
- * For each device the provider's inventory reports (or the config lists), it registers a Node
- * (labels, provider taint, providerID, capacity, addresses, daemon endpoint, nodeInfo), keeps its
- * Lease renewed ({@link NodeLease}) and patches node status when it changes and at least every
- * `statusMaxIntervalSeconds`. Ready reflects devicelet's own health, never the device's presence
- * (DESIGN.md decision 1): presence is the `DeviceConnected` condition. A node deleted by someone
- * else is registered again. Reconciles are keyed by device id on a {@link WorkQueue}.
+ * For each device the provider's inventory reports, it registers a Node (labels, provider taint,
+ * providerID, capacity, addresses, daemon endpoint, nodeInfo), keeps its Lease renewed
+ * ({@link NodeLease}) and patches node status when it changes and at least every
+ * `statusMaxIntervalSeconds`. A node deleted by someone else is registered again. Reconciles are
+ * keyed by device id on a {@link WorkQueue}.
  *
- *   const nodes = new NodeController({ kube, inventory, ... });
- *   await nodes.start(signal);      // resolves once every known device's node is registered
+ * Liveness is devicelet's alone: Ready is True and the Lease renewed for as long as devicelet runs
+ * and reaches the API server. Nothing a device or the broker does changes that (a node going
+ * NotReady gets its pods evicted five minutes later, and devicelet would then stop their apps for
+ * an outage the devices never noticed). Device presence is the `DeviceConnected` condition; the
+ * transport (the broker) is the `TransportConnected` condition plus a NoSchedule taint while it is
+ * unreachable, so no new pods land and none are evicted.
+ *
+ * Nodes this devicelet registered in an earlier run (its transport label and extra labels) are
+ * heartbeated from the moment it starts, before the provider has reported their devices: a
+ * devicelet that starts while its broker is unreachable keeps every node Ready.
+ *
+ *   const nodes = new NodeController({ kube, inventory, transport: () => provider.health(), ... });
+ *   await nodes.start(signal);      // resolves once every known node is heartbeating
  *   nodes.onDeviceChange((nodeName) => pods.resyncNode(nodeName));
  */
 import type { Logger } from "pino";
@@ -23,7 +33,15 @@ import {
 } from "../kube/index.ts";
 import type { DeviceInfo, DeviceInventory } from "../provider/types.ts";
 import { WorkQueue } from "../reconcile/queue.ts";
-import { buildNode, buildNodeStatus, nodeStatusChanged } from "./build.ts";
+import {
+  buildNode,
+  buildNodeStatus,
+  heartbeatConditions,
+  nodeStatusChanged,
+  NodeLabel,
+  transportTaints,
+  type TransportState,
+} from "./build.ts";
 import { NodeLease } from "./lease.ts";
 import { NodeNameRegistry } from "./names.ts";
 
@@ -36,6 +54,8 @@ export interface NodeControllerConfig {
   readonly statusMaxIntervalSeconds: number;
   readonly kubeletPort: number;
   readonly kubeletAddress: string;
+  /** The heartbeat lane's rate limit, to warn when the fleet outgrows it. */
+  readonly heartbeatQps: number;
 }
 
 export interface NodeControllerOptions {
@@ -45,8 +65,13 @@ export interface NodeControllerOptions {
   readonly config: NodeControllerConfig;
   readonly version: string;
   readonly logger: Logger;
-  /** devicelet's own health; Ready and lease renewal follow it. */
-  readonly health: () => { readonly ready: boolean; readonly message: string };
+  /**
+   * The transport's health (the provider's `health()`): shown as the `TransportConnected`
+   * condition and taint, never as Ready. Absent: the provider has no transport to report.
+   */
+  readonly transport?: () => { readonly ready: boolean; readonly message: string };
+  /** How often the transport's health is looked at; default 2 s. */
+  readonly transportPollMs?: number;
 }
 
 /** What the rest of devicelet may know about a managed node. */
@@ -58,11 +83,17 @@ export interface ManagedNode {
 
 interface NodeEntry {
   name: string;
-  device: DeviceInfo;
+  /** Undefined for a node of an earlier run whose device the provider has not reported yet. */
+  device: DeviceInfo | undefined;
   lease: NodeLease | undefined;
   lastStatus: NodeStatus | undefined;
   lastStatusAt: number;
+  /** Registered by this process just now: its Lease is created at once, not at a random point. */
+  registered?: boolean;
 }
+
+/** Share of the heartbeat lane's QPS above which devicelet warns that leases may starve. */
+const HEARTBEAT_LOAD_WARNING = 0.8;
 
 export class NodeController {
   readonly #o: NodeControllerOptions;
@@ -74,6 +105,8 @@ export class NodeController {
   readonly #informer: Informer<Node>;
   readonly #deviceListeners = new Set<(nodeName: string, device: DeviceInfo) => void>();
   #signal: AbortSignal | undefined;
+  #transport: TransportState | undefined;
+  #warnedLoad = false;
 
   constructor(options: NodeControllerOptions) {
     this.#o = options;
@@ -84,19 +117,30 @@ export class NodeController {
       concurrency: 8,
       reconcile: (deviceId) => this.#reconcile(deviceId),
       logger: this.#log,
-      maxRetries: 20,
       baseDelayMs: 500,
       maxDelayMs: 30_000,
     });
+    const own = {
+      [NodeLabel.Type]: "virtual-kubelet",
+      [NodeLabel.Transport]: options.providerName,
+      ...options.config.extraLabels,
+    };
     this.#informer = new Informer<Node>({
       client: options.kube,
       logger: this.#log,
       path: "/api/v1/nodes",
-      labelSelector: `type=virtual-kubelet,devicelet.dev/transport=${options.providerName}`,
+      labelSelector: Object.entries(own)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(","),
     });
+    this.#transport = this.#readTransport();
   }
 
-  /** Registers every device's node and starts heartbeats; resolves when all are registered once. */
+  /**
+   * Heartbeats the nodes an earlier run left, registers every device's node, and resolves once
+   * each has been reconciled once. Does not wait for the provider: devices it reports later get
+   * their nodes then.
+   */
   async start(signal: AbortSignal): Promise<void> {
     this.#signal = signal;
     this.#queue.start(signal);
@@ -105,26 +149,42 @@ export class NodeController {
     this.#informer.onDelete((node) => {
       const deviceId = node.metadata?.name ? this.#byName.get(node.metadata.name) : undefined;
       if (deviceId === undefined) return;
-      this.#log.warn({ node: node.metadata?.name }, "node deleted by someone else; registering it again");
       const entry = this.#entries.get(deviceId);
-      if (entry) entry.lastStatus = undefined;
+      if (!entry?.device) return;
+      this.#log.warn({ node: node.metadata?.name }, "node deleted by someone else; registering it again");
+      entry.lastStatus = undefined;
       this.#queue.add(deviceId);
     });
+    for (const node of this.#informer.list()) this.#adopt(node);
     this.#o.inventory.watchDevices((device) => this.#upsertDevice(device));
-    for (const device of await this.#o.inventory.listDevices()) this.#upsertDevice(device);
+    await this.syncInventory();
+    this.#watchTransport(signal);
     await this.#queue.idle();
   }
 
-  /** Called with the node name whenever a device's info or presence changes. */
+  /** Reads the provider's device list again (after the provider started) and reconciles every device. */
+  async syncInventory(): Promise<void> {
+    for (const device of await this.#o.inventory.listDevices()) this.#upsertDevice(device);
+    this.#checkLoad();
+  }
+
+  /** Called with the node name whenever a device's info or presence, or the transport, changes. */
   onDeviceChange(listener: (nodeName: string, device: DeviceInfo) => void): () => void {
     this.#deviceListeners.add(listener);
     return () => this.#deviceListeners.delete(listener);
   }
 
+  /** Whether devicelet reaches the devices' transport now (true when the provider has none). */
+  transport(): TransportState {
+    return this.#transport ?? { connected: true, message: "" };
+  }
+
   byNodeName(nodeName: string): ManagedNode | undefined {
     const deviceId = this.#byName.get(nodeName);
     const entry = deviceId === undefined ? undefined : this.#entries.get(deviceId);
-    return entry && deviceId !== undefined ? { name: entry.name, deviceId, device: entry.device } : undefined;
+    return entry?.device && deviceId !== undefined
+      ? { name: entry.name, deviceId, device: entry.device }
+      : undefined;
   }
 
   /** The node name of a device, once it has been seen. */
@@ -139,6 +199,57 @@ export class NodeController {
   /** Lease renewals so far, per node; for tests and metrics. */
   leaseRenewals(): Map<string, number> {
     return new Map([...this.#entries.values()].map((e) => [e.name, e.lease?.renewals ?? 0]));
+  }
+
+  /**
+   * What the fleet's heartbeats ask of the heartbeat lane, as a share of its QPS:
+   * `nodes × (1/renewInterval + 1/statusInterval) / heartbeatQps`. Above 0.8, leases may starve.
+   */
+  heartbeatLoad(): number {
+    const { leaseRenewIntervalSeconds, statusMaxIntervalSeconds, heartbeatQps } = this.#o.config;
+    const perNode = 1 / leaseRenewIntervalSeconds + 1 / statusMaxIntervalSeconds;
+    return (this.#entries.size * perNode) / heartbeatQps;
+  }
+
+  #checkLoad(): void {
+    const load = this.heartbeatLoad();
+    if (load > HEARTBEAT_LOAD_WARNING && !this.#warnedLoad) {
+      this.#warnedLoad = true;
+      this.#log.warn(
+        {
+          nodes: this.#entries.size,
+          heartbeatLoad: Number(load.toFixed(2)),
+          qps: this.#o.config.heartbeatQps,
+        },
+        "node heartbeats need more than 80% of api.heartbeatQps; raise it or leases may expire",
+      );
+    } else if (load <= HEARTBEAT_LOAD_WARNING) this.#warnedLoad = false;
+  }
+
+  /** A node of ours from an earlier run: heartbeat it until the provider says what its device is. */
+  #adopt(node: Node): void {
+    const name = node.metadata?.name;
+    const deviceId = node.metadata?.annotations?.[NodeLabel.DeviceId];
+    if (name === undefined || deviceId === undefined || this.#entries.has(deviceId)) return;
+    let claimed: string;
+    try {
+      claimed = this.#names.claim(deviceId);
+    } catch {
+      return;
+    }
+    if (claimed !== name) {
+      this.#names.release(deviceId);
+      return;
+    }
+    this.#entries.set(deviceId, {
+      name,
+      device: undefined,
+      lease: undefined,
+      lastStatus: undefined,
+      lastStatusAt: 0,
+    });
+    this.#byName.set(name, deviceId);
+    this.#queue.add(deviceId);
   }
 
   #upsertDevice(device: DeviceInfo): void {
@@ -157,6 +268,7 @@ export class NodeController {
       entry = { name, device, lease: undefined, lastStatus: undefined, lastStatusAt: 0 };
       this.#entries.set(device.id, entry);
       this.#byName.set(name, device.id);
+      this.#checkLoad();
     } else {
       entry.device = device;
     }
@@ -164,58 +276,52 @@ export class NodeController {
     for (const listener of this.#deviceListeners) listener(entry.name, device);
   }
 
+  #readTransport(): TransportState | undefined {
+    const health = this.#o.transport?.();
+    return health ? { connected: health.ready, message: health.message } : undefined;
+  }
+
+  /** Looks at the transport's health every few seconds; a change re-reconciles every node and pod. */
+  #watchTransport(signal: AbortSignal): void {
+    if (!this.#o.transport) return;
+    const timer = setInterval(() => {
+      const next = this.#readTransport();
+      if (next?.connected === this.#transport?.connected) {
+        this.#transport = next;
+        return;
+      }
+      this.#transport = next;
+      this.#log.warn(
+        { connected: next?.connected, message: next?.message },
+        next?.connected
+          ? "transport reachable again: removing the NoSchedule taint"
+          : "transport unreachable: tainting nodes NoSchedule; pods and nodes stay as they are",
+      );
+      for (const [deviceId, entry] of this.#entries) {
+        this.#queue.add(deviceId);
+        if (entry.device) for (const listener of this.#deviceListeners) listener(entry.name, entry.device);
+      }
+    }, this.#o.transportPollMs ?? 2_000);
+    timer.unref();
+    signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+  }
+
   async #reconcile(deviceId: string): Promise<undefined> {
     const entry = this.#entries.get(deviceId);
     if (!entry || !this.#signal) return undefined;
-    const { kube, config, providerName, version } = this.#o;
-    const now = new Date();
-    let node = this.#informer.get(entry.name);
-    if (!node) {
-      const desired = toWire(
-        buildNode(entry.device, {
-          nodeName: entry.name,
-          providerName,
-          taintKey: config.taintKey,
-          extraLabels: config.extraLabels,
-          kubeletPort: config.kubeletPort,
-          kubeletAddress: config.kubeletAddress,
-          version,
-          now,
-        }),
-      );
-      try {
-        node = await kube.createNode(desired);
-        this.#log.info({ node: entry.name, deviceId }, "registered node");
-      } catch (err) {
-        if (!isAlreadyExists(err)) throw err;
-        // Someone else's object, or ours from before the informer saw it: take it over.
-        node = await kube.patchNode(entry.name, {
-          metadata: { labels: desired.metadata?.labels, annotations: desired.metadata?.annotations },
-          spec: { taints: desired.spec?.taints, providerID: desired.spec?.providerID },
-        });
-      }
-      entry.lastStatus = undefined;
-    }
-    const health = this.#o.health();
-    const status = toWire(
-      buildNodeStatus(entry.device, {
-        ready: health.ready,
-        readyMessage: health.message,
-        now,
-        previous: entry.lastStatus ?? node.status,
-        kubeletPort: config.kubeletPort,
-        kubeletAddress: config.kubeletAddress,
-        version,
-      }),
-    );
-    const due = Date.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
-    if (!entry.lastStatus || due || nodeStatusChanged(entry.lastStatus, status)) {
-      await kube.patchNodeStatus(entry.name, status);
-      entry.lastStatus = status;
-      entry.lastStatusAt = Date.now();
+    let node = entry.device ? await this.#register(entry, deviceId) : this.#informer.get(entry.name);
+    if (!node) return undefined; // an adopted node that is gone: nothing to heartbeat
+    node = (await this.#writeStatus(entry, node)) ?? node;
+    const taints = transportTaints(node.spec?.taints, this.#transport?.connected === false);
+    if (taints) {
+      await this.#o.kube.patchNode(entry.name, {
+        metadata: { resourceVersion: node.metadata?.resourceVersion },
+        spec: { taints },
+      });
     }
     if (!entry.lease) {
       const nodeUid = node.metadata?.uid;
+      const { config, kube } = this.#o;
       entry.lease = new NodeLease({
         kube,
         nodeName: entry.name,
@@ -223,13 +329,76 @@ export class NodeController {
         durationSeconds: config.leaseDurationSeconds,
         renewIntervalSeconds: config.leaseRenewIntervalSeconds,
         logger: this.#log,
-        healthy: () => this.#o.health().ready,
         // Each heartbeat also checks whether node status is due (changed or a minute old).
         onTick: () => this.#queue.add(deviceId),
+        // A new node gets its Lease at once, as from a kubelet; existing ones spread over the interval.
+        ...(entry.registered ? { firstDelayMs: 0 } : {}),
       });
-      await entry.lease.renew();
+      // Renewals start now and can never stop, whatever the first one meets (the queue retries
+      // the rest of this reconcile on its own).
       entry.lease.start(this.#signal);
     }
     return undefined;
+  }
+
+  /** The device's Node as the API server has it, registering it first when it is missing. */
+  async #register(entry: NodeEntry, deviceId: string): Promise<Node | undefined> {
+    const node = this.#informer.get(entry.name);
+    if (node || !entry.device) return node;
+    const { kube, config, providerName, version } = this.#o;
+    const desired = toWire(
+      buildNode(entry.device, {
+        nodeName: entry.name,
+        providerName,
+        taintKey: config.taintKey,
+        extraLabels: config.extraLabels,
+        kubeletPort: config.kubeletPort,
+        kubeletAddress: config.kubeletAddress,
+        version,
+        now: new Date(),
+      }),
+    );
+    entry.lastStatus = undefined;
+    try {
+      const created = await kube.createNode(desired);
+      entry.registered = true;
+      this.#log.info({ node: entry.name, deviceId }, "registered node");
+      return created;
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      // Someone else's object, or ours from before the informer saw it: take it over.
+      return kube.patchNode(entry.name, {
+        metadata: { labels: desired.metadata?.labels, annotations: desired.metadata?.annotations },
+        spec: { taints: desired.spec?.taints, providerID: desired.spec?.providerID },
+      });
+    }
+  }
+
+  /** Writes node status when it changed or is due; resolves with the node as written, if it was. */
+  async #writeStatus(entry: NodeEntry, node: Node): Promise<Node | undefined> {
+    const { kube, config, version } = this.#o;
+    const options = {
+      ready: true,
+      readyMessage: "devicelet is running and reaching the API server",
+      transport: this.#transport,
+      now: new Date(),
+      previous: entry.lastStatus ?? node.status,
+      kubeletPort: config.kubeletPort,
+      kubeletAddress: config.kubeletAddress,
+      version,
+    };
+    const status: NodeStatus = entry.device
+      ? toWire(buildNodeStatus(entry.device, options))
+      : { ...node.status, conditions: toWire(heartbeatConditions(options)) };
+    const due = Date.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
+    if (entry.lastStatus && !due && !nodeStatusChanged(entry.lastStatus, status)) return undefined;
+    // A node whose device is not known yet gets only its conditions written.
+    const written = await kube.patchNodeStatus(
+      entry.name,
+      entry.device ? status : { conditions: status.conditions ?? [] },
+    );
+    entry.lastStatus = status;
+    entry.lastStatusAt = Date.now();
+    return written;
   }
 }

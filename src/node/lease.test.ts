@@ -1,5 +1,5 @@
 import pino from "pino";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import type { KubeClient, Lease } from "../kube/index.ts";
 import { NodeLease } from "./lease.ts";
 
@@ -51,7 +51,6 @@ const lease = (kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease
     durationSeconds: 40,
     renewIntervalSeconds: 10,
     logger: pino({ level: "silent" }),
-    healthy: () => true,
   });
 
 describe("NodeLease", () => {
@@ -92,5 +91,87 @@ describe("NodeLease", () => {
     await l.renew();
     expect(fake.calls.at(-1)).toBe("create");
     expect(fake.stored()).toBeDefined();
+  });
+
+  it("keeps heartbeating when its first renewals fail, retrying within seconds", async () => {
+    vi.useFakeTimers();
+    try {
+      const fake = fakeKube();
+      let failures = 3;
+      const unavailable = () =>
+        Object.assign(new Error("unavailable"), {
+          code: 503,
+          body: JSON.stringify({ reason: "ServiceUnavailable", code: 503 }),
+        });
+      const flaky = {
+        ...fake.kube,
+        getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
+          if (failures-- > 0) throw unavailable();
+          return fake.kube.getLease(...args);
+        },
+      };
+      const controller = new AbortController();
+      const l = new NodeLease({
+        kube: flaky,
+        nodeName: "dev-1",
+        nodeUid: () => "node-uid-1",
+        durationSeconds: 40,
+        renewIntervalSeconds: 10,
+        logger: pino({ level: "silent" }),
+        firstDelayMs: 0,
+      });
+      l.start(controller.signal);
+      // Three failures back off 0.5, 1 and 2 s (±20 %): well inside one interval.
+      await vi.advanceTimersByTimeAsync(6_000);
+      expect(l.renewals).toBe(1);
+      expect(fake.stored()).toBeDefined();
+      // And it goes on renewing every interval afterwards.
+      await vi.advanceTimersByTimeAsync(25_000);
+      expect(l.renewals).toBeGreaterThanOrEqual(3);
+      controller.abort();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("waits as long as a 429's Retry-After asks, but never past the renew interval", async () => {
+    vi.useFakeTimers();
+    try {
+      const fake = fakeKube();
+      let throttled = 1;
+      const flaky = {
+        ...fake.kube,
+        getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
+          if (throttled-- > 0)
+            throw Object.assign(new Error("slow down"), {
+              code: 429,
+              body: JSON.stringify({
+                reason: "TooManyRequests",
+                code: 429,
+                details: { retryAfterSeconds: 4 },
+              }),
+            });
+          return fake.kube.getLease(...args);
+        },
+      };
+      const controller = new AbortController();
+      const l = new NodeLease({
+        kube: flaky,
+        nodeName: "dev-1",
+        nodeUid: () => "node-uid-1",
+        durationSeconds: 40,
+        renewIntervalSeconds: 10,
+        logger: pino({ level: "silent" }),
+        firstDelayMs: 0,
+      });
+      l.start(controller.signal);
+      await vi.advanceTimersByTimeAsync(3_500);
+      expect(l.renewals).toBe(0);
+      await vi.advanceTimersByTimeAsync(1_000);
+      expect(l.renewals).toBe(1);
+      controller.abort();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

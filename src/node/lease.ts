@@ -5,12 +5,19 @@
  * number of times; a lease that vanished (its node was deleted and garbage-collected) is created
  * again. The first renewal of each node is spread across the whole interval, and every interval is
  * jittered, so a thousand nodes renew as a steady trickle, never as a burst.
+ *
+ * A heartbeat cannot die: whatever a renewal does (fails with 429 or 5xx, hangs until its timeout,
+ * loses the network, fails the very first time), the next one is scheduled. A failed renewal is
+ * tried again soon, with a capped backoff that honours `Retry-After`, not a whole interval later,
+ * so a few failures in a row never let the lease run out. Renewal depends only on devicelet
+ * reaching the API server, never on the devices or the broker (a kubelet renews while it runs).
  */
 import type { Logger } from "pino";
 import {
   isConflict,
   isNotFound,
   NODE_LEASE_NAMESPACE,
+  retryAfterMs,
   toMicroTime,
   type KubeClient,
   type Lease,
@@ -24,19 +31,24 @@ export interface LeaseOptions {
   readonly durationSeconds: number;
   readonly renewIntervalSeconds: number;
   readonly logger: Logger;
-  /** When false the renewal is skipped: devicelet itself (or its transport) is unhealthy. */
-  readonly healthy: () => boolean;
   /** Called after every renewal attempt, successful or not. */
   readonly onTick?: () => void;
+  /** Delay before the first renewal; default a random point of the first interval. */
+  readonly firstDelayMs?: number;
 }
 
 const maxConflictRetries = 3;
+/** First retry after a failed renewal; doubles per failure, capped at half the renew interval. */
+const retryBaseMs = 500;
 
 export class NodeLease {
   readonly #o: LeaseOptions;
   #lease: Lease | undefined;
   #timer: NodeJS.Timeout | undefined;
   #renewals = 0;
+  #renewedAt: number | undefined;
+  #failures = 0;
+  #lastError: unknown;
 
   constructor(options: LeaseOptions) {
     this.#o = options;
@@ -46,18 +58,27 @@ export class NodeLease {
     return this.#renewals;
   }
 
-  /** Starts renewing: the first renewal at a random point of the first interval, then every interval ±10 %. */
+  /** When the lease was last renewed by this process (epoch ms), or undefined. */
+  get renewedAt(): number | undefined {
+    return this.#renewedAt;
+  }
+
+  /**
+   * Starts renewing: the first renewal after `firstDelayMs` (default a random point of the first
+   * interval), then every interval ±10 %; after a failure, again within a few seconds.
+   */
   start(signal: AbortSignal): void {
     const intervalMs = this.#o.renewIntervalSeconds * 1000;
     const schedule = (delayMs: number) => {
       this.#timer = setTimeout(() => {
-        void this.#tick(signal).finally(() => {
-          if (!signal.aborted) schedule(intervalMs * (0.9 + Math.random() * 0.2));
+        void this.#tick(signal).then((ok) => {
+          if (signal.aborted) return;
+          schedule(ok ? intervalMs * (0.9 + Math.random() * 0.2) : this.#retryDelay(intervalMs));
         });
       }, delayMs);
     };
     signal.addEventListener("abort", () => clearTimeout(this.#timer), { once: true });
-    schedule(Math.random() * intervalMs);
+    schedule(this.#o.firstDelayMs ?? Math.random() * intervalMs);
   }
 
   /** Renews now (also used to create the lease right after the node is registered). */
@@ -66,6 +87,7 @@ export class NodeLease {
       try {
         this.#lease = await this.#write();
         this.#renewals++;
+        this.#renewedAt = Date.now();
         return;
       } catch (err) {
         if (isConflict(err) && attempt < maxConflictRetries) {
@@ -81,20 +103,39 @@ export class NodeLease {
     }
   }
 
-  async #tick(signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return;
+  /** One renewal attempt; resolves whether it succeeded, never rejects. */
+  async #tick(signal: AbortSignal): Promise<boolean> {
+    if (signal.aborted) return false;
     try {
-      if (this.#o.healthy()) await this.renew();
-      else
-        this.#o.logger.warn(
-          { node: this.#o.nodeName },
-          "not renewing the node lease: devicelet is unhealthy",
+      await this.renew();
+      if (this.#failures > 0)
+        this.#o.logger.info(
+          { node: this.#o.nodeName, failures: this.#failures },
+          "node lease renewed again after failures",
         );
+      this.#failures = 0;
+      return true;
     } catch (err) {
-      this.#o.logger.warn({ err, node: this.#o.nodeName }, "node lease renewal failed");
+      this.#failures++;
+      this.#lastError = err;
+      // The cached Lease is kept: if the failed write did land after all, the next replace meets a
+      // Conflict and re-reads (in renew()), so a fault costs no extra request the rest of the time.
+      if (this.#failures <= 3 || this.#failures % 10 === 0)
+        this.#o.logger.warn(
+          { err, node: this.#o.nodeName, failures: this.#failures },
+          "node lease renewal failed; retrying soon",
+        );
+      return false;
     } finally {
       this.#o.onTick?.();
     }
+  }
+
+  #retryDelay(intervalMs: number): number {
+    const backoff = Math.min(intervalMs / 2, retryBaseMs * 2 ** Math.min(this.#failures - 1, 20));
+    const jittered = backoff * (0.8 + Math.random() * 0.4);
+    // Honour the server's Retry-After, but never wait past the interval: the lease must not lapse.
+    return Math.max(jittered, Math.min(intervalMs, retryAfterMs(this.#lastError) ?? 0));
   }
 
   async #write(): Promise<Lease> {

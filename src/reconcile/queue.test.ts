@@ -13,7 +13,6 @@ function makeQueue(
     concurrency: 4,
     reconcile,
     logger,
-    maxRetries: 3,
     baseDelayMs: 1,
     maxDelayMs: 5,
     ...overrides,
@@ -21,6 +20,14 @@ function makeQueue(
   const controller = new AbortController();
   queue.start(controller.signal);
   return { queue, stop: () => controller.abort() };
+}
+
+async function eventuallyTrue(check: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!check()) {
+    if (performance.now() > deadline) throw new Error("condition not reached in time");
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 15));
@@ -69,31 +76,57 @@ describe("WorkQueue", () => {
     stop();
   });
 
-  it("retries failures with backoff and gives up after maxRetries", async () => {
+  it("retries a failing key with capped backoff until it succeeds, never giving up", async () => {
     let attempts = 0;
     const { queue, stop } = makeQueue(async () => {
       attempts++;
-      throw new Error("boom");
+      if (attempts <= 40) throw new Error("boom");
+      return undefined;
     });
     queue.add("k");
-    await new Promise((r) => setTimeout(r, 150));
-    expect(attempts).toBe(4); // first try + 3 retries
-    expect(queue.stats().failed).toBe(4);
+    await eventuallyTrue(() => attempts === 41, 3_000);
+    expect(queue.stats().failed).toBe(40);
+    expect(queue.failing()).toBe(0);
     stop();
   });
 
-  it("does not retry terminal errors", async () => {
+  it("waits at least as long as the failure's Retry-After asks", async () => {
+    const at: number[] = [];
+    const { queue, stop } = makeQueue(
+      async () => {
+        at.push(performance.now());
+        if (at.length === 1) throw new Error("slow down");
+        return undefined;
+      },
+      { retryAfterMs: () => 120 },
+    );
+    queue.add("k");
+    await eventuallyTrue(() => at.length === 2, 2_000);
+    expect((at[1] ?? 0) - (at[0] ?? 0)).toBeGreaterThanOrEqual(110);
+    stop();
+  });
+
+  it("does not retry terminal errors until the key is added again", async () => {
     let attempts = 0;
+    const terminal: string[] = [];
     const { queue, stop } = makeQueue(
       async () => {
         attempts++;
         throw Object.assign(new Error("never"), { terminal: true });
       },
-      { isTerminal: (e) => (e as { terminal?: boolean }).terminal === true },
+      {
+        isTerminal: (e) => (e as { terminal?: boolean }).terminal === true,
+        onTerminal: (key) => terminal.push(key),
+      },
     );
     queue.add("k");
     await new Promise((r) => setTimeout(r, 60));
     expect(attempts).toBe(1);
+    expect(terminal).toEqual(["k"]);
+    // A change of the object adds the key again: it is tried once more.
+    queue.add("k");
+    await queue.idle();
+    expect(attempts).toBe(2);
     stop();
   });
 

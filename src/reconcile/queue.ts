@@ -9,8 +9,11 @@
  *   queue.start(signal); queue.add("ns/pod");
  *
  * `reconcile` resolves to `undefined` when done, or `{ requeueAfterMs }` to look again later
- * without counting a failure. Throwing counts a failure; a terminal error (per `isTerminal`) is
- * logged and not retried.
+ * without counting a failure. Throwing counts a failure and is retried with capped exponential
+ * backoff (at least as long as the error's `retryAfterMs` asks), for as long as it keeps failing:
+ * work is never dropped because the API server had a bad afternoon. Only a terminal error (per
+ * `isTerminal`: the request itself is wrong) is logged and not retried; the next `add` of the key,
+ * which a change of the object brings, tries again.
  */
 import type { Logger } from "pino";
 
@@ -21,10 +24,13 @@ export interface WorkQueueOptions {
   readonly concurrency: number;
   readonly reconcile: (key: string) => Promise<ReconcileResult>;
   readonly logger: Logger;
-  readonly maxRetries: number;
   readonly baseDelayMs: number;
   readonly maxDelayMs: number;
   readonly isTerminal?: (err: unknown) => boolean;
+  /** The least delay the failure itself asks for (an HTTP `Retry-After`), in milliseconds. */
+  readonly retryAfterMs?: (err: unknown) => number | undefined;
+  /** Called once per terminal failure, after it is logged (e.g. to record an Event). */
+  readonly onTerminal?: (key: string, err: unknown) => void;
 }
 
 export class WorkQueue {
@@ -152,27 +158,32 @@ export class WorkQueue {
   }
 
   #retry(key: string, err: unknown): void {
-    const { logger, maxRetries, baseDelayMs, maxDelayMs, isTerminal, name } = this.#options;
+    const { logger, baseDelayMs, maxDelayMs, isTerminal, name } = this.#options;
     if (isTerminal?.(err)) {
-      logger.error({ err, key, queue: name }, "reconcile failed terminally; not retrying");
+      logger.error(
+        { err, key, queue: name },
+        "reconcile failed terminally; retrying when the object changes",
+      );
       this.#failures.delete(key);
+      this.#options.onTerminal?.(key, err);
       return;
     }
     const failures = (this.#failures.get(key) ?? 0) + 1;
-    if (failures > maxRetries) {
-      logger.error(
-        { err, key, queue: name, failures },
-        "reconcile failed too often; giving up until the object changes",
-      );
-      this.#failures.delete(key);
-      return;
-    }
     this.#failures.set(key, failures);
-    const delay = Math.min(maxDelayMs, baseDelayMs * 2 ** (failures - 1)) * (0.8 + Math.random() * 0.4);
-    logger.warn(
-      { err, key, queue: name, failures, retryInMs: Math.round(delay) },
-      "reconcile failed; retrying",
-    );
+    const backoff =
+      Math.min(maxDelayMs, baseDelayMs * 2 ** Math.min(failures - 1, 30)) * (0.8 + Math.random() * 0.4);
+    const delay = Math.max(backoff, this.#options.retryAfterMs?.(err) ?? 0);
+    // Every failure of a short streak, then one line in ten: a long outage must not flood the log.
+    if (failures <= 3 || failures % 10 === 0)
+      logger.warn(
+        { err, key, queue: name, failures, retryInMs: Math.round(delay) },
+        "reconcile failed; retrying",
+      );
     this.addAfter(key, delay);
+  }
+
+  /** Keys failing right now and their consecutive failure counts; for metrics and tests. */
+  failing(): number {
+    return this.#failures.size;
   }
 }
