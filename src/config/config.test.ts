@@ -46,6 +46,7 @@ describe("parseConfig", () => {
         baseRetryDelayMs: 250,
         maxRetryDelayMs: 30000,
         statusDebounceMs: 100,
+        resyncIntervalMs: 300_000,
       },
       kubelet: { port: 10250, address: "127.0.0.1" },
       log: { level: "info" },

@@ -78,6 +78,7 @@ export const coreConfigSchema = {
       baseRetryDelayMs: integer(250, 1),
       maxRetryDelayMs: integer(30_000, 1),
       statusDebounceMs: integer(100, 0),
+      resyncIntervalMs: integer(300_000, 1_000),
     }),
     kubelet: section("Kubelet endpoint advertised in node status.", {
       port: integer(10250, 0, 65535),
@@ -140,6 +141,8 @@ export interface DeviceletConfig {
     readonly baseRetryDelayMs: number;
     readonly maxRetryDelayMs: number;
     readonly statusDebounceMs: number;
+    /** Every managed pod is reconciled again about this often (jittered); cheap when nothing changed. */
+    readonly resyncIntervalMs: number;
   };
   readonly kubelet: { readonly port: number; readonly address: string };
   readonly log: { readonly level: LogLevel };

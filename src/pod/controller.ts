@@ -4,28 +4,30 @@
  * One pod watch for all nodes (`spec.nodeName!=`, filtered to managed nodes) feeds a keyed
  * {@link WorkQueue}; each reconcile re-reads the pod and what the provider holds and acts on the
  * difference, whatever woke it (STYLE.md: level-triggered). It:
- * - refuses pods using fields the provider does not declare (phase Failed, reason `Unsupported`);
- * - resolves env and files; a missing mandatory ConfigMap or Secret leaves the containers Waiting
- *   with `CreateContainerConfigError` (never started on the provider) and is retried until it appears;
+ * - refuses pods using fields the provider does not declare (phase Failed, reason `Unsupported`),
+ *   but only before the first create: a field added later to a pod the device already runs (an
+ *   ephemeral container from `kubectl debug`) is ignored with one Warning Event per change;
+ * - resolves env and files from the {@link ReferenceCache}; a missing mandatory ConfigMap or Secret
+ *   leaves the containers Waiting with `CreateContainerConfigError` (never started on the
+ *   provider) until it appears. As with a kubelet, env is resolved once, at the first create, and
+ *   kept; mounted ConfigMaps and Secrets follow edits (a new workload → `updatePod`);
  * - creates or updates the workload on the provider only when its hash changed, so a restart that
  *   adopts what the provider already runs re-applies nothing;
  * - writes status through the `status` subresource only when it changed, debounced per pod;
- * - on delete, asks the provider to stop the pod and removes the pod object once the provider
- *   confirms or the grace period ends; a pod object gone for good (force delete) is removed from the
- *   provider, as is provider work whose pod no longer exists.
+ * - deletes like a kubelet (`deletion.ts`): the pod object is removed only once the provider
+ *   confirms the apps stopped;
+ * - resyncs every managed pod periodically (cheap when nothing changed), and records one Warning
+ *   Event when the API server refuses a request for good (the queue then waits for a change).
  */
 import type { Logger } from "pino";
 import {
   EventRecorder,
   Informer,
+  isPermanentKubeError,
   objectKey,
-  parseKubeTime,
-  toWire,
-  type ConfigMap,
+  retryAfterMs,
   type KubeClient,
   type Pod,
-  type PodStatus,
-  type Secret,
 } from "../kube/index.ts";
 import { isTerminal } from "../provider/errors.ts";
 import {
@@ -37,13 +39,16 @@ import {
   type WorkloadStatus,
 } from "../provider/types.ts";
 import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
-import { checkSupported, referencedObjects, translatePod } from "../workload/index.ts";
+import { checkSupported, referencedObjects, translatePod, type FrozenEnv } from "../workload/index.ts";
 import type { NodeController } from "../node/controller.ts";
+import { PodDeletion, type Held } from "./deletion.ts";
 import { PodIpAllocator } from "./ip.ts";
-import { buildFailedStatus, buildPodStatus, statusChanged } from "./status.ts";
+import { ReferenceCache } from "./references.ts";
+import { startResync } from "./resync.ts";
+import { StatusWriter } from "./status-writer.ts";
+import { buildFailedStatus, buildPodStatus } from "./status.ts";
 
 export interface PodControllerConfig {
-  readonly maxRetries: number;
   readonly baseRetryDelayMs: number;
   readonly maxRetryDelayMs: number;
   readonly statusDebounceMs: number;
@@ -51,57 +56,45 @@ export interface PodControllerConfig {
   readonly kubeletAddress: string;
   /** Parallel reconciles (different pods); one pod is never reconciled twice at once. */
   readonly concurrency?: number;
+  /** Every managed pod is reconciled again about this often (±10 %); 0 turns it off. Default 5 min. */
+  readonly resyncIntervalMs?: number;
 }
 
 export interface PodControllerOptions {
   readonly kube: KubeClient;
   readonly provider: PodLifecycleProvider;
-  readonly nodes: Pick<NodeController, "byNodeName" | "onDeviceChange">;
-  readonly events: EventRecorder;
+  readonly nodes: Pick<NodeController, "byNodeName" | "onDeviceChange" | "transport">;
+  readonly events: Pick<EventRecorder, "record">;
   readonly config: PodControllerConfig;
   readonly logger: Logger;
 }
 
-/** What the provider holds for a pod key, as far as this process knows. */
-interface Held {
-  ref: PodRef;
-  hash: string;
-  deleteRequested: boolean;
-}
-
-/** The last status this process wrote, to avoid writing it again before the watch catches up. */
-interface Written {
-  /** resourceVersion the API server gave the pod for this write. */
-  resourceVersion: string;
-  status: PodStatus;
-}
-
-/**
- * Whether the cached pod at `cached` already includes our write at `written`. resourceVersions are
- * opaque to clients, but every API server backed by etcd issues increasing integers; when either
- * is not one, only equality counts.
- */
-const includesWrite = (cached: string, written: string) =>
-  /^\d+$/.test(cached) && /^\d+$/.test(written) ? BigInt(cached) >= BigInt(written) : cached === written;
-
 const configErrorRetryMs = 5_000;
+const defaultResyncMs = 5 * 60_000;
+
+const frozenEnvOf = (apps: readonly (FrozenEnv & { name: string })[]) =>
+  new Map(apps.map((a) => [a.name, { env: a.env, secretEnv: a.secretEnv }]));
 
 export class PodController {
   readonly #o: PodControllerOptions;
   readonly #log: Logger;
   readonly #informer: Informer<Pod>;
   readonly #queue: WorkQueue;
+  readonly #refs: ReferenceCache;
   readonly #held = new Map<string, Held>();
   readonly #statuses = new Map<string, WorkloadStatus>();
-  readonly #deleted = new Set<string>();
-  readonly #written = new Map<string, Written>();
+  readonly #status: StatusWriter;
+  /** Per pod uid: the last refusal recorded as an Event, so each is recorded once. */
+  readonly #refusals = new Map<string, string>();
   readonly #ips: PodIpAllocator;
+  readonly #deletion: PodDeletion;
   readonly #counters = { creates: 0, updates: 0, deletes: 0, statusWrites: 0, podDeletes: 0 };
 
   constructor(options: PodControllerOptions) {
     this.#o = options;
     this.#log = options.logger.child({ component: "pod" });
     this.#ips = new PodIpAllocator(options.config.ipRange);
+    this.#status = new StatusWriter({ kube: options.kube, logger: this.#log, counters: this.#counters });
     this.#informer = new Informer<Pod>({
       client: options.kube,
       logger: this.#log,
@@ -109,41 +102,68 @@ export class PodController {
       fieldSelector: "spec.nodeName!=",
     });
     this.#informer.addIndex("node", (pod) => pod.spec?.nodeName);
+    this.#refs = new ReferenceCache({
+      kube: options.kube,
+      logger: this.#log,
+      onChange: (keys) => {
+        for (const key of keys) this.#queue.add(key);
+      },
+    });
     this.#queue = new WorkQueue({
       name: "pod",
       concurrency: options.config.concurrency ?? 16,
       reconcile: (key) => this.#reconcile(key),
       logger: this.#log,
-      maxRetries: options.config.maxRetries,
+      retryAfterMs,
       baseDelayMs: options.config.baseRetryDelayMs,
       maxDelayMs: options.config.maxRetryDelayMs,
-      isTerminal,
+      isTerminal: (err) => isTerminal(err) || isPermanentKubeError(err),
+      onTerminal: (key, err) => this.#recordRefusal(key, err),
+    });
+    this.#deletion = new PodDeletion({
+      kube: options.kube,
+      provider: options.provider,
+      held: this.#held,
+      counters: this.#counters,
+      logger: this.#log,
+      deviceOf: (nodeName) => this.#o.nodes.byNodeName(nodeName),
+      writeStatus: (pod, ref, status) => this.#status.write(pod, ref, status),
+      release: (key, uid) => this.#release(key, uid),
     });
   }
 
   /**
-   * Adopts what the provider already holds, starts the pod watch and the queue. Resolves once the
-   * first list is cached and every pod on a managed node has been queued.
+   * Adopts what the provider already holds, starts the pod watch, the ConfigMap/Secret caches and
+   * the queue. Resolves once the first lists are cached and every pod on a managed node is queued.
    */
   async start(signal: AbortSignal): Promise<void> {
     const { provider } = this.#o;
     if (hasStatusNotifier(provider)) {
       provider.notifyStatus((status) => {
+        const key = podKey(status.pod);
+        // Only for a pod this process knows: a late report of a forgotten pod would stay in memory.
+        const known =
+          this.#held.get(key)?.ref.uid === status.pod.uid ||
+          this.#informer.get(key)?.metadata?.uid === status.pod.uid;
+        if (!known) return;
         this.#statuses.set(status.pod.uid, status);
-        this.#queue.addAfter(podKey(status.pod), this.#o.config.statusDebounceMs);
+        this.#queue.addAfter(key, this.#o.config.statusDebounceMs);
       });
     }
     if (hasDeletionNotifier(provider)) {
       provider.notifyDeleted((ref) => {
-        // A confirmation for work already forgotten (removed after its grace period) needs nothing.
-        if (this.#held.get(podKey(ref))?.ref.uid !== ref.uid) return;
-        this.#deleted.add(ref.uid);
-        this.#statuses.delete(ref.uid);
-        this.#queue.add(podKey(ref));
+        if (this.#deletion.confirmed(ref)) this.#queue.add(podKey(ref));
       });
     }
     for (const held of await provider.listPods()) {
-      this.#held.set(podKey(held.pod), { ref: held.pod, hash: held.hash, deleteRequested: false });
+      this.#held.set(podKey(held.pod), {
+        ref: held.pod,
+        hash: held.hash,
+        requestedGrace: undefined,
+        gracePeriodSeconds: held.terminationGracePeriodSeconds ?? 30,
+        env: undefined,
+        ignored: "",
+      });
     }
     const enqueue = (pod: Pod) => {
       if (this.#manages(pod)) this.#queue.add(objectKey(pod));
@@ -152,13 +172,21 @@ export class PodController {
     this.#informer.onUpdate(enqueue);
     this.#informer.onDelete((pod) => {
       const key = objectKey(pod);
-      if (this.#manages(pod) || this.#held.has(key)) this.#queue.add(key);
+      const uid = pod.metadata?.uid ?? "";
+      const held = this.#held.get(key);
+      if (held?.ref.uid === uid) {
+        this.#deletion.objectGone(held, pod);
+        this.#queue.add(key);
+      } else {
+        // Nothing on the provider: what this process kept for the pod goes with it.
+        this.#release(this.#informer.get(key) ? undefined : key, uid);
+      }
     });
     this.#o.nodes.onDeviceChange((nodeName) => {
       for (const pod of this.#informer.byIndex("node", nodeName)) this.#queue.add(objectKey(pod));
     });
     void this.#informer.start(signal);
-    await this.#informer.ready;
+    await Promise.all([this.#informer.ready, this.#refs.start(signal)]);
     for (const pod of this.#informer.list()) {
       if (pod.status?.podIP && pod.metadata?.uid) this.#ips.reserve(pod.metadata.uid, pod.status.podIP);
     }
@@ -166,12 +194,27 @@ export class PodController {
     // Provider work whose pod object is gone (deleted while devicelet was down) gets cleaned up.
     for (const key of this.#held.keys()) this.#queue.add(key);
     for (const pod of this.#informer.list()) enqueue(pod);
+    startResync(
+      {
+        intervalMs: this.#o.config.resyncIntervalMs ?? defaultResyncMs,
+        keys: () => this.#resyncKeys(),
+        enqueue: (key, delayMs) => this.#queue.addAfter(key, delayMs),
+      },
+      signal,
+    );
     this.#log.info({ adopted: this.#held.size, pods: this.#informer.size }, "pod controller started");
   }
 
   /** Counters of provider calls and API writes, for tests and benchmarks. */
   stats() {
-    return { ...this.#counters, held: this.#held.size, queue: this.#queue.stats() };
+    return {
+      ...this.#counters,
+      held: this.#held.size,
+      statuses: this.#statuses.size,
+      written: this.#status.size,
+      references: this.#refs.stats(),
+      queue: this.#queue.stats(),
+    };
   }
 
   #manages(pod: Pod): boolean {
@@ -179,18 +222,23 @@ export class PodController {
     return node !== undefined && this.#o.nodes.byNodeName(node) !== undefined;
   }
 
+  *#resyncKeys(): Iterable<string> {
+    for (const pod of this.#informer.list()) if (this.#manages(pod)) yield objectKey(pod);
+    for (const key of this.#held.keys()) if (!this.#informer.get(key)) yield key;
+  }
+
   async #reconcile(key: string): Promise<ReconcileResult> {
     const pod = this.#informer.get(key);
     let held = this.#held.get(key);
     if (held && (!pod || pod.metadata?.uid !== held.ref.uid)) {
       // The pod object this work belonged to is gone (or was replaced by a new pod of the same name).
-      await this.#forget(key, held);
+      await this.#deletion.forget(key, held);
       held = undefined;
     }
     if (!pod || !this.#manages(pod)) return undefined;
     const meta = pod.metadata ?? {};
     const ref: PodRef = { namespace: meta.namespace ?? "", name: meta.name ?? "", uid: meta.uid ?? "" };
-    if (meta.deletionTimestamp) return this.#reconcileDeletion(pod, ref, held);
+    if (meta.deletionTimestamp) return this.#deletion.reconcile(pod, ref, held);
     if (pod.status?.phase === "Succeeded" || pod.status?.phase === "Failed") return undefined;
 
     const nodeName = pod.spec?.nodeName ?? "";
@@ -198,31 +246,48 @@ export class PodController {
     if (!node) return undefined;
     const now = new Date();
     const refused = checkSupported(pod, this.#o.provider.supports, this.#o.provider.name);
-    if (refused) {
+    if (refused && !held) {
       this.#log.info({ pod: key, field: refused.field }, "refusing pod: unsupported field");
-      await this.#writeStatus(
+      await this.#status.write(
         pod,
         ref,
         buildFailedStatus(pod, { reason: "Unsupported", message: refused.message, now }),
       );
       return undefined;
     }
+    if (held && held.ignored !== (refused?.message ?? "")) {
+      // The device already runs this pod: a field added since (an ephemeral container) is ignored.
+      if (refused) {
+        this.#log.info(
+          { pod: key, field: refused.field },
+          "ignoring an unsupported field added to a running pod",
+        );
+        this.#warn(
+          ref,
+          "UnsupportedFieldIgnored",
+          `ignored; the device keeps running the pod: ${refused.message}`,
+        );
+      }
+      held.ignored = refused?.message ?? "";
+    }
 
     const podIP = this.#statuses.get(ref.uid)?.podIP ?? this.#ips.allocate(ref.uid);
     const hostIP =
       node.device.addresses.find((a) => a.type === "InternalIP")?.address ?? this.#o.config.kubeletAddress;
-    const lookups = await this.#fetchReferences(pod);
-    const result = translatePod(pod, { deviceId: node.deviceId, nodeName, lookups, podIP, hostIP });
-    for (const event of result.events) {
-      this.#o.events.record({
-        object: { apiVersion: "v1", kind: "Pod", namespace: ref.namespace, name: ref.name, uid: ref.uid },
-        type: event.type,
-        reason: event.reason,
-        message: event.message,
-      });
-    }
-    if (result.kind === "configError") {
-      await this.#writeStatus(
+    // Once env is frozen, only what the volumes refer to matters.
+    const names = referencedObjects(pod, { env: held?.env === undefined });
+    const lookups = await this.#refs.lookups(key, ref.namespace, names);
+    const result = translatePod(pod, {
+      deviceId: node.deviceId,
+      nodeName,
+      lookups,
+      podIP,
+      hostIP,
+      frozenEnv: held?.env,
+    });
+    for (const event of result.events) this.#warn(ref, event.reason, event.message, event.type);
+    if (result.kind === "configError" && !held) {
+      await this.#status.write(
         pod,
         ref,
         buildPodStatus({
@@ -236,21 +301,36 @@ export class PodController {
       return { requeueAfterMs: configErrorRetryMs };
     }
 
-    const { workload } = result;
-    if (!held) {
+    if (result.kind === "configError") {
+      // As a kubelet whose volume can no longer be refreshed: the running apps keep what they have.
+      this.#log.info({ pod: key, reason: result.message }, "keeping the running workload: config error");
+    } else if (!held) {
+      const { workload } = result;
       await this.#o.provider.createPod(workload);
       this.#counters.creates++;
-      held = { ref, hash: workload.hash, deleteRequested: false };
+      held = {
+        ref,
+        hash: workload.hash,
+        requestedGrace: undefined,
+        gracePeriodSeconds: workload.terminationGracePeriodSeconds,
+        env: frozenEnvOf(workload.apps),
+        ignored: "",
+      };
       this.#held.set(key, held);
       if (hasStatusNotifier(this.#o.provider)) {
         // A device that starts the app at once reports Running within the debounce window: wait
         // that long before writing Pending, so a fast start costs one status write, not two.
         return { requeueAfterMs: this.#o.config.statusDebounceMs };
       }
-    } else if (held.hash !== workload.hash) {
-      await this.#o.provider.updatePod(workload);
-      this.#counters.updates++;
-      held.hash = workload.hash;
+    } else {
+      const { workload } = result;
+      if (held.hash !== workload.hash) {
+        await this.#o.provider.updatePod(workload);
+        this.#counters.updates++;
+        held.hash = workload.hash;
+      }
+      held.env ??= frozenEnvOf(workload.apps);
+      held.gracePeriodSeconds = workload.terminationGracePeriodSeconds;
     }
 
     // Pushed status when the provider has it; otherwise ask (after a restart this is what keeps an
@@ -261,7 +341,7 @@ export class PodController {
       if (status && hasStatusNotifier(this.#o.provider) && !this.#statuses.has(ref.uid))
         this.#statuses.set(ref.uid, status);
     }
-    await this.#writeStatus(
+    await this.#status.write(
       pod,
       ref,
       buildPodStatus({
@@ -270,6 +350,7 @@ export class PodController {
         podIP,
         hostIP,
         deviceConnected: node.device.connected,
+        transport: this.#o.nodes.transport(),
         now,
       }),
     );
@@ -277,95 +358,34 @@ export class PodController {
     return hasStatusNotifier(this.#o.provider) ? undefined : { requeueAfterMs: 5_000 };
   }
 
-  async #reconcileDeletion(pod: Pod, ref: PodRef, held: Held | undefined): Promise<ReconcileResult> {
-    const key = podKey(ref);
-    const grace = pod.metadata?.deletionGracePeriodSeconds ?? 30;
-    let confirmed = held === undefined || this.#deleted.has(ref.uid);
-    if (held && !held.deleteRequested) {
-      await this.#o.provider.deletePod(ref, { gracePeriodSeconds: grace });
-      this.#counters.deletes++;
-      held.deleteRequested = true;
-    }
-    if (held && !confirmed && !hasDeletionNotifier(this.#o.provider)) {
-      confirmed = (await this.#o.provider.getPodStatus(ref)) === undefined;
-    }
-    const deadline = pod.metadata?.deletionTimestamp ? parseKubeTime(pod.metadata.deletionTimestamp) : 0;
-    const remaining = deadline - Date.now();
-    if (!confirmed && remaining > 0) return { requeueAfterMs: Math.min(remaining + 50, 2_000) };
-    // The provider confirmed, or the grace period is over (the provider keeps a tombstone until
-    // the device acknowledges, so nothing is left running): remove the pod object for good.
-    await this.#o.kube.deletePod({
-      namespace: ref.namespace,
-      name: ref.name,
-      uid: ref.uid,
-      gracePeriodSeconds: 0,
-    });
-    this.#counters.podDeletes++;
-    this.#held.delete(key);
-    this.#release(ref.uid);
-    return undefined;
-  }
-
-  /** Removes provider work whose pod object is gone. */
-  async #forget(key: string, held: Held): Promise<void> {
-    if (!held.deleteRequested) {
-      await this.#o.provider.deletePod(held.ref, { gracePeriodSeconds: 0 });
-      this.#counters.deletes++;
-    }
-    this.#held.delete(key);
-    this.#release(held.ref.uid);
-    this.#log.info({ pod: key, uid: held.ref.uid }, "removed provider work of a pod that no longer exists");
-  }
-
-  #release(uid: string): void {
+  /** Releases what this process keeps for a pod uid (and for its key, when given). */
+  #release(key: string | undefined, uid: string): void {
     this.#statuses.delete(uid);
-    this.#deleted.delete(uid);
-    this.#written.delete(uid);
+    this.#status.release(uid);
+    this.#refusals.delete(uid);
+    this.#deletion.release(uid);
     this.#ips.release(uid);
+    if (key !== undefined) this.#refs.untrack(key);
   }
 
-  async #fetchReferences(pod: Pod) {
-    const namespace = pod.metadata?.namespace ?? "";
-    const refs = referencedObjects(pod);
-    const configMaps = new Map<string, ConfigMap | undefined>();
-    const secrets = new Map<string, Secret | undefined>();
-    await Promise.all([
-      ...refs.configMaps.map(async (name) =>
-        configMaps.set(name, await this.#o.kube.getConfigMap(namespace, name)),
-      ),
-      ...refs.secrets.map(async (name) => secrets.set(name, await this.#o.kube.getSecret(namespace, name))),
-    ]);
-    return {
-      configMap: (_ns: string, name: string) => configMaps.get(name) as never,
-      secret: (_ns: string, name: string) => secrets.get(name) as never,
-    };
-  }
-
-  async #writeStatus(pod: Pod, ref: PodRef, built: ReturnType<typeof buildPodStatus>): Promise<void> {
-    const next = toWire(built);
-    const written = this.#written.get(ref.uid);
-    // Until the watch shows our last write, compare with what we wrote, not the stale cache.
-    const current =
-      written && !includesWrite(pod.metadata?.resourceVersion ?? "", written.resourceVersion)
-        ? written.status
-        : pod.status;
-    if (!statusChanged(current, next)) return;
-    this.#log.debug(
-      {
-        pod: podKey(ref),
-        phase: next.phase,
-        conditions: next.conditions?.map((c) => `${c.type}=${c.status}`).join(","),
-        containers: next.containerStatuses?.map((c) => Object.keys(c.state ?? {}).join("")).join(","),
-      },
-      "writing pod status",
-    );
-    const updated = await this.#o.kube.patchPodStatus({
-      namespace: ref.namespace,
-      name: ref.name,
-      uid: ref.uid,
-      status: next,
+  #warn(ref: PodRef, reason: string, message: string, type: "Normal" | "Warning" = "Warning"): void {
+    this.#o.events.record({
+      object: { apiVersion: "v1", kind: "Pod", namespace: ref.namespace, name: ref.name, uid: ref.uid },
+      type,
+      reason,
+      message,
     });
-    this.#counters.statusWrites++;
-    this.#written.set(ref.uid, { resourceVersion: updated.metadata?.resourceVersion ?? "", status: next });
+  }
+
+  /** One Warning Event per refusal (the queue does not retry it; the pod's next change will). */
+  #recordRefusal(key: string, err: unknown): void {
+    const pod = this.#informer.get(key);
+    const uid = pod?.metadata?.uid;
+    if (!pod || !uid) return;
+    const message = err instanceof Error ? err.message : String(err);
+    if (this.#refusals.get(uid) === message) return;
+    this.#refusals.set(uid, message);
+    const ref = { namespace: pod.metadata?.namespace ?? "", name: pod.metadata?.name ?? "", uid };
+    this.#warn(ref, "RequestRefused", `not retried until the pod changes: ${message}`);
   }
 }

@@ -67,6 +67,30 @@ describe("buildPodStatus: phase", () => {
     expect(cond(s, "devicelet.dev/DeviceConnected")).toMatchObject({ status: "Unknown" });
   });
 
+  it("shows an unreachable broker as DeviceConnected Unknown, keeping what the device last said", () => {
+    const s = build({
+      workload: workload(),
+      deviceConnected: true,
+      transport: { connected: false, message: "disconnected from mqtt://b for 40s" },
+    });
+    expect(s.phase).toBe("Running");
+    expect(cond(s, "devicelet.dev/DeviceConnected")).toMatchObject({
+      status: "Unknown",
+      reason: "TransportDisconnected",
+      message: "device presence unknown: disconnected from mqtt://b for 40s",
+    });
+    expect(cond(s, "Ready")?.status).toBe("True");
+    const back = build({
+      workload: workload(),
+      deviceConnected: true,
+      transport: { connected: true, message: "" },
+    });
+    expect(cond(back, "devicelet.dev/DeviceConnected")).toMatchObject({
+      status: "True",
+      reason: "DeviceOnline",
+    });
+  });
+
   it("is never Running unless the workload says so", () => {
     const queued = build({
       workload: workload({

@@ -33,6 +33,11 @@ export const PodConditionType = {
   Ready: "Ready",
   /** The device's presence, as last reported with the workload (or known from the node). */
   DeviceConnected: "devicelet.dev/DeviceConnected",
+  /**
+   * On a Terminating pod: False (`WaitingForDevice`) while the device has not confirmed that the
+   * pod's apps stopped. The pod object stays until it has, as with a kubelet (see `controller.ts`).
+   */
+  StopConfirmed: "devicelet.dev/StopConfirmed",
 } as const;
 
 /** The status fields these builders own; everything else in a pod's status is left alone. */
@@ -62,6 +67,12 @@ export interface BuildPodStatusInput {
   readonly hostIP: string;
   /** Device presence known to the engine; wins over `workload.deviceConnected` when given. */
   readonly deviceConnected?: boolean | undefined;
+  /**
+   * The transport (broker) as the engine sees it. While it is unreachable nobody can know whether
+   * the device is there: `devicelet.dev/DeviceConnected` is Unknown with reason
+   * `TransportDisconnected`; everything else keeps what the device last reported.
+   */
+  readonly transport?: { readonly connected: boolean; readonly message: string } | undefined;
   readonly now: Date;
 }
 
@@ -339,20 +350,25 @@ export function buildPodStatus(input: BuildPodStatusInput): Status {
       ? condition("ContainersReady", "True", current, now)
       : condition("ContainersReady", "False", current, now, notReady ?? {}),
     condition("PodScheduled", "True", current, now),
-    connected === undefined
+    input.transport?.connected === false
       ? condition(PodConditionType.DeviceConnected, "Unknown", current, now, {
-          reason: "DeviceStatusUnknown",
-          message: "no report from the device yet",
+          reason: "TransportDisconnected",
+          message: `device presence unknown: ${input.transport.message}`,
         })
-      : connected
-        ? condition(PodConditionType.DeviceConnected, "True", current, now, {
-            reason: "DeviceOnline",
-            message: "device is connected",
+      : connected === undefined
+        ? condition(PodConditionType.DeviceConnected, "Unknown", current, now, {
+            reason: "DeviceStatusUnknown",
+            message: "no report from the device yet",
           })
-        : condition(PodConditionType.DeviceConnected, "False", current, now, {
-            reason: "DeviceOffline",
-            message: "device is offline",
-          }),
+        : connected
+          ? condition(PodConditionType.DeviceConnected, "True", current, now, {
+              reason: "DeviceOnline",
+              message: "device is connected",
+            })
+          : condition(PodConditionType.DeviceConnected, "False", current, now, {
+              reason: "DeviceOffline",
+              message: "device is offline",
+            }),
   ];
 
   const podIP = workload?.podIP || input.podIP;
@@ -420,6 +436,23 @@ export function buildFailedStatus(
   if (current?.hostIP) Object.assign(status, { hostIP: current.hostIP, hostIPs: ips(current.hostIP) });
   if (current?.podIP) Object.assign(status, { podIP: current.podIP, podIPs: ips(current.podIP) });
   return status;
+}
+
+/**
+ * The status of a Terminating pod whose device has not confirmed that its apps stopped: the current
+ * status (its phase and containers are the last the device reported) with the
+ * `devicelet.dev/StopConfirmed` condition False, reason `WaitingForDevice` and `message`.
+ */
+export function waitingForDeviceStatus(pod: Model<V1Pod>, o: { message: string; now: Date }): Status {
+  const current = pod.status;
+  const own = [
+    condition(PodConditionType.StopConfirmed, "False", current, o.now, {
+      reason: "WaitingForDevice",
+      message: o.message,
+    }),
+  ];
+  // Times stay wire strings: the result is only ever sent as JSON.
+  return { ...(current as Status), conditions: [...foreignConditions(current, own), ...own] };
 }
 
 /**

@@ -121,6 +121,11 @@ export interface ProviderPod {
   readonly nodeName: string;
   /** Hash of the workload it was last given, to skip re-applying what it already has. */
   readonly hash: string;
+  /**
+   * The workload's `terminationGracePeriodSeconds`, when the provider kept it: the grace a pod
+   * deleted while devicelet was down is stopped with (30 when absent).
+   */
+  readonly terminationGracePeriodSeconds?: number;
 }
 
 export interface DeletePodOptions {
@@ -284,7 +289,12 @@ export interface ProviderContext {
   readonly recordEvent: (event: ProviderEvent) => void;
 }
 
-/** devicelet's transport health: when not ready, node leases stop being renewed (DESIGN.md decision 1). */
+/**
+ * The transport's health (is the broker or hub reachable?). It never touches node readiness or
+ * leases: while not ready, nodes show `TransportConnected=False` and a NoSchedule taint, and pods a
+ * `TransportDisconnected` reason; nothing is evicted or stopped. `ready` should already include a
+ * grace period, so a quick broker restart shows nothing at all.
+ */
 export interface HealthReporter {
   health(): { readonly ready: boolean; readonly message: string };
 }

@@ -18,4 +18,4 @@ export { EventReason } from "./resolver.ts";
 export type { Model, Plain } from "./shape.ts";
 export type { ObjectLookups, PodEvent } from "./resolver.ts";
 export { referencedObjects, translatePod, workloadHash } from "./translate.ts";
-export type { TranslateOptions, TranslateResult } from "./translate.ts";
+export type { FrozenEnv, TranslateOptions, TranslateResult } from "./translate.ts";

@@ -27,7 +27,16 @@ export interface TranslateOptions {
   readonly hostIP?: string | undefined;
   /** Node allocatable, used by `resourceFieldRef` on `limits.*` when a container sets no limit. */
   readonly allocatable?: Readonly<Record<string, string>> | undefined;
+  /**
+   * Env already given to the device, by container name: used as is instead of resolving env and
+   * envFrom again (the kubelet resolves env once, when a container starts; later edits of the
+   * ConfigMaps and Secrets it came from do not reach a running container). Volumes still follow.
+   */
+  readonly frozenEnv?: ReadonlyMap<string, FrozenEnv> | undefined;
 }
+
+/** A container's env as it was resolved for the device: `AppSpec.env` and `AppSpec.secretEnv`. */
+export type FrozenEnv = Pick<AppSpec, "env" | "secretEnv">;
 
 /**
  * `ok`: the workload (deeply frozen) and Events worth recording (optional references missing,
@@ -87,7 +96,7 @@ function build(
   const apps = containers.map((c, i) => {
     const container = rec(c);
     if (container === undefined) return resolver.fail(`invalid pod: spec.containers[${i}] is not an object`);
-    return translateContainer(container, i, volumes, resolver);
+    return translateContainer(container, i, volumes, resolver, options.frozenEnv);
   });
 
   const grace = int(spec["terminationGracePeriodSeconds"]);
@@ -113,12 +122,16 @@ function translateContainer(
   index: number,
   volumes: VolumeFiles,
   resolver: Resolver,
+  frozenEnv: ReadonlyMap<string, FrozenEnv> | undefined,
 ): AppSpec {
   const name = str(container["name"]);
   const image = str(container["image"]);
   if (!name) return resolver.fail(`invalid pod: spec.containers[${index}].name is missing`);
   if (!image) return resolver.fail(`invalid pod: spec.containers[${index}].image is missing`);
-  const { env, secretNames } = resolveEnv(container, resolver);
+  const frozen = frozenEnv?.get(name);
+  const { env, secretNames } = frozen
+    ? { env: new Map(Object.entries(frozen.env)), secretNames: new Set(frozen.secretEnv) }
+    : resolveEnv(container, resolver);
   const expand = (v: unknown) => expandVars(str(v) ?? "", (n) => env.get(n));
   const resources = rec(container["resources"]);
   return {
@@ -157,9 +170,13 @@ export function workloadHash(workload: Omit<Workload, "hash"> & { hash?: string 
 /**
  * Names of the ConfigMaps and Secrets (in the pod's namespace) the pod refers to from env, envFrom
  * and volumes, sorted and unique, so the controller can requeue the pod when one of them appears
- * or changes. The injected service-account volume is not counted.
+ * or changes. The injected service-account volume is not counted. With `env: false`, only the
+ * volumes' references (what still matters once env is frozen).
  */
-export function referencedObjects(pod: Model<V1Pod>): { configMaps: string[]; secrets: string[] } {
+export function referencedObjects(
+  pod: Model<V1Pod>,
+  options: { readonly env?: boolean } = {},
+): { configMaps: string[]; secrets: string[] } {
   const configMaps = new Set<string>();
   const secrets = new Set<string>();
   const addName = (target: Set<string>, v: unknown) => {
@@ -167,7 +184,9 @@ export function referencedObjects(pod: Model<V1Pod>): { configMaps: string[]; se
     if (name) target.add(name);
   };
   const spec = rec(rec(pod)?.["spec"]);
-  for (const c of [...arr(spec?.["initContainers"]), ...arr(spec?.["containers"])]) {
+  const containers =
+    options.env === false ? [] : [...arr(spec?.["initContainers"]), ...arr(spec?.["containers"])];
+  for (const c of containers) {
     const container = rec(c);
     for (const e of arr(container?.["envFrom"])) {
       addName(configMaps, rec(rec(e)?.["configMapRef"])?.["name"]);

@@ -1,0 +1,150 @@
+/**
+ * {@link PodDeletion}: deleting a device pod the way a kubelet deletes a pod.
+ *
+ * - A pod object marked for deletion (`deletionTimestamp`) is stopped on the provider with its
+ *   `deletionGracePeriodSeconds`; a later delete with a shorter grace period is forwarded.
+ * - The pod object is removed (the final delete with grace 0 and a UID precondition) only once the
+ *   provider confirms the apps stopped: `notifyDeleted`, or `getPodStatus` resolving undefined for
+ *   a provider without notices. Until then the pod stays Terminating, whatever its grace period
+ *   says, with the `devicelet.dev/StopConfirmed` condition False (`WaitingForDevice`) once the
+ *   device is offline or the grace period is over. This keeps a StatefulSet at one instance: its
+ *   controller creates the replacement only when the old object is gone.
+ * - A pod object removed by someone else (a force delete, `--grace-period=0 --force`, or while
+ *   devicelet was down) still gets its provider work deleted, with the last deletion grace period
+ *   seen or else the pod spec's `terminationGracePeriodSeconds` (30 when unknown), not 0.
+ * - After the final delete, a pod with finalizers lingers until they are removed: nothing more is
+ *   done for it, and nothing is created again.
+ *
+ * Every path that forgets a pod calls `release`, which frees its IP and per-pod memory.
+ */
+import type { Logger } from "pino";
+import { parseKubeTime, type KubeClient, type Pod } from "../kube/index.ts";
+import { hasDeletionNotifier, podKey, type PodLifecycleProvider, type PodRef } from "../provider/types.ts";
+import type { ReconcileResult } from "../reconcile/queue.ts";
+import type { FrozenEnv } from "../workload/index.ts";
+import type { ManagedNode } from "../node/controller.ts";
+import { waitingForDeviceStatus } from "./status.ts";
+
+/** What the provider holds for a pod key, as far as this process knows. */
+export interface Held {
+  ref: PodRef;
+  hash: string;
+  /** The grace period the provider was last asked to stop the pod with; undefined until asked. */
+  requestedGrace: number | undefined;
+  /** The grace to stop it with if the object goes without our delete: the spec's, or a deletion's. */
+  gracePeriodSeconds: number;
+  /** Env given to the device, by container (set at the first create; undefined for adopted work). */
+  env: ReadonlyMap<string, FrozenEnv> | undefined;
+  /** The unsupported fields last warned about ("" when none), so each change is recorded once. */
+  ignored: string;
+}
+
+export interface PodDeletionOptions {
+  readonly kube: Pick<KubeClient, "deletePod">;
+  readonly provider: PodLifecycleProvider;
+  /** The controller's map of held work, by pod key: entries are removed here when done. */
+  readonly held: Map<string, Held>;
+  readonly counters: { deletes: number; podDeletes: number };
+  readonly logger: Logger;
+  readonly deviceOf: (nodeName: string) => Pick<ManagedNode, "deviceId" | "device"> | undefined;
+  readonly writeStatus: (pod: Pod, ref: PodRef, status: object) => Promise<void>;
+  /** Frees what the controller keeps for the pod (key: also its reference tracking). */
+  readonly release: (key: string, uid: string) => void;
+}
+
+/** Poll period for providers without deletion notices. */
+const pollMs = 2_000;
+
+export class PodDeletion {
+  readonly #o: PodDeletionOptions;
+  /** Uids whose deletion the provider confirmed, until the controller forgets them. */
+  readonly #confirmed = new Set<string>();
+
+  constructor(options: PodDeletionOptions) {
+    this.#o = options;
+  }
+
+  /** The provider's notice that `ref` stopped; true when it is held work (reconcile the key). */
+  confirmed(ref: PodRef): boolean {
+    if (this.#o.held.get(podKey(ref))?.ref.uid !== ref.uid) return false;
+    this.#confirmed.add(ref.uid);
+    return true;
+  }
+
+  /** The pod object was deleted from the API: keep a shorter deletion grace it carried. */
+  objectGone(held: Held, last: Pod): void {
+    const grace = last.metadata?.deletionGracePeriodSeconds;
+    if (grace !== undefined && grace >= 0) held.gracePeriodSeconds = Math.min(held.gracePeriodSeconds, grace);
+  }
+
+  release(uid: string): void {
+    this.#confirmed.delete(uid);
+  }
+
+  /** A Terminating pod: stop it on the provider, then remove the object once that is confirmed. */
+  async reconcile(pod: Pod, ref: PodRef, held: Held | undefined): Promise<ReconcileResult> {
+    const { provider, kube, counters } = this.#o;
+    const key = podKey(ref);
+    const meta = pod.metadata ?? {};
+    const grace = meta.deletionGracePeriodSeconds ?? held?.gracePeriodSeconds ?? 30;
+    if (held) {
+      held.gracePeriodSeconds = Math.min(held.gracePeriodSeconds, grace);
+      if (held.requestedGrace === undefined || grace < held.requestedGrace) {
+        await provider.deletePod(ref, { gracePeriodSeconds: grace });
+        counters.deletes++;
+        held.requestedGrace = grace;
+      }
+    }
+    let confirmed = held === undefined || this.#confirmed.has(ref.uid);
+    if (held && !confirmed && !hasDeletionNotifier(provider)) {
+      confirmed = (await provider.getPodStatus(ref)) === undefined;
+    }
+    if (!confirmed) return this.#waitForDevice(pod, ref);
+
+    this.#o.held.delete(key);
+    this.#o.release(key, ref.uid);
+    // Grace 0 already: our final delete went through (the object waits for its finalizers), or the
+    // user forced it. Either way the API server is removing it; there is nothing left to do.
+    if (meta.deletionGracePeriodSeconds === 0) return undefined;
+    await kube.deletePod({ namespace: ref.namespace, name: ref.name, uid: ref.uid, gracePeriodSeconds: 0 });
+    counters.podDeletes++;
+    return undefined;
+  }
+
+  /** Provider work whose pod object is gone: stop it there too, and forget it. */
+  async forget(key: string, held: Held): Promise<void> {
+    const grace = held.gracePeriodSeconds;
+    if (held.requestedGrace === undefined || grace < held.requestedGrace) {
+      await this.#o.provider.deletePod(held.ref, { gracePeriodSeconds: grace });
+      this.#o.counters.deletes++;
+    }
+    this.#o.held.delete(key);
+    this.#o.release(key, held.ref.uid);
+    this.#o.logger.info(
+      { pod: key, uid: held.ref.uid, gracePeriodSeconds: grace },
+      "removed provider work of a pod that no longer exists",
+    );
+  }
+
+  async #waitForDevice(pod: Pod, ref: PodRef): Promise<ReconcileResult> {
+    const nodeName = pod.spec?.nodeName ?? "";
+    const node = this.#o.deviceOf(nodeName);
+    const deadline = pod.metadata?.deletionTimestamp ? parseKubeTime(pod.metadata.deletionTimestamp) : 0;
+    const remaining = deadline - Date.now();
+    const notified = hasDeletionNotifier(this.#o.provider);
+    // A connected device normally confirms within the grace period: say nothing before it is over.
+    if (node?.device.connected !== false && remaining > 0)
+      return { requeueAfterMs: notified ? remaining + 50 : Math.min(remaining + 50, pollMs) };
+    const device = node ? `device ${node.deviceId} (node ${nodeName})` : `node ${nodeName}`;
+    await this.#o.writeStatus(
+      pod,
+      ref,
+      waitingForDeviceStatus(pod, {
+        message: `waiting for ${device} to confirm that the pod's apps stopped`,
+        now: new Date(),
+      }),
+    );
+    // With notices, the confirmation (or a change of the device) wakes the pod up.
+    return notified ? undefined : { requeueAfterMs: pollMs };
+  }
+}

@@ -1,0 +1,76 @@
+/**
+ * {@link StatusWriter}: pod status written through the `status` subresource only when it changed,
+ * compared with what this process last wrote until the pod watch has caught up with that write
+ * (so a status is never written twice because the cache was stale).
+ */
+import type { Logger } from "pino";
+import { toWire, type KubeClient, type Pod, type PodStatus } from "../kube/index.ts";
+import { podKey, type PodRef } from "../provider/types.ts";
+import { statusChanged } from "./status.ts";
+
+/** The last status this process wrote, to avoid writing it again before the watch catches up. */
+interface Written {
+  /** resourceVersion the API server gave the pod for this write. */
+  resourceVersion: string;
+  status: PodStatus;
+}
+
+/**
+ * Whether the cached pod at `cached` already includes our write at `written`. resourceVersions are
+ * opaque to clients, but every API server backed by etcd issues increasing integers; when either
+ * is not one, only equality counts.
+ */
+const includesWrite = (cached: string, written: string) =>
+  /^\d+$/.test(cached) && /^\d+$/.test(written) ? BigInt(cached) >= BigInt(written) : cached === written;
+
+export interface StatusWriterOptions {
+  readonly kube: Pick<KubeClient, "patchPodStatus">;
+  readonly logger: Logger;
+  readonly counters: { statusWrites: number };
+}
+
+export class StatusWriter {
+  readonly #o: StatusWriterOptions;
+  readonly #written = new Map<string, Written>();
+
+  constructor(options: StatusWriterOptions) {
+    this.#o = options;
+  }
+
+  get size(): number {
+    return this.#written.size;
+  }
+
+  release(uid: string): void {
+    this.#written.delete(uid);
+  }
+
+  /** Writes `built` (a status as `status.ts` builds it) unless it would change nothing. */
+  async write(pod: Pod, ref: PodRef, built: object): Promise<void> {
+    const next = toWire(built) as PodStatus;
+    const written = this.#written.get(ref.uid);
+    // Until the watch shows our last write, compare with what we wrote, not the stale cache.
+    const current =
+      written && !includesWrite(pod.metadata?.resourceVersion ?? "", written.resourceVersion)
+        ? written.status
+        : pod.status;
+    if (!statusChanged(current, next)) return;
+    this.#o.logger.debug(
+      {
+        pod: podKey(ref),
+        phase: next.phase,
+        conditions: next.conditions?.map((c) => `${c.type}=${c.status}`).join(","),
+        containers: next.containerStatuses?.map((c) => Object.keys(c.state ?? {}).join("")).join(","),
+      },
+      "writing pod status",
+    );
+    const updated = await this.#o.kube.patchPodStatus({
+      namespace: ref.namespace,
+      name: ref.name,
+      uid: ref.uid,
+      status: next,
+    });
+    this.#o.counters.statusWrites++;
+    this.#written.set(ref.uid, { resourceVersion: updated.metadata?.resourceVersion ?? "", status: next });
+  }
+}

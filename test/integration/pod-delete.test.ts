@@ -1,0 +1,124 @@
+/**
+ * Deletes in Kubernetes' sense, with the real CLI, a real Mosquitto and a simulated device: a pod
+ * whose device is offline stays Terminating (condition `devicelet.dev/StopConfirmed=False`) past
+ * its grace period, so the StatefulSet controller never starts a second instance; once the device
+ * is back and reports the app stopped, the old object goes and the replacement runs.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Broker } from "../../hack/testenv/mosquitto.ts";
+import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
+import { eventually } from "../support/eventually.ts";
+import { apply, getJson, kubectl } from "../support/kubectl.ts";
+import { startBroker, startMqttDevicelet, stopAll, type RunningMqttDevicelet } from "../support/mqtt.ts";
+import { uniqueName } from "../support/testenv.ts";
+import { condition, isReady, type PodJson } from "../support/workloads.ts";
+
+const id = uniqueName("pdel");
+const ns = id;
+const gw = `${id}-gw`;
+let broker: Broker;
+let devicelet: RunningMqttDevicelet;
+let sim: Simulator;
+
+beforeAll(async () => {
+  await kubectl(["create", "namespace", ns]);
+  broker = await startBroker(id);
+  devicelet = await startMqttDevicelet({ id, brokerUrl: broker.url, namespace: ns });
+  sim = await startSimulator({
+    brokerUrl: broker.url,
+    devices: [{ id: gw, kind: "gateway" }],
+    appStartMs: 100,
+  });
+  await eventually(async () => {
+    const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", devicelet.nodeSelector]);
+    expect(nodes.items).toHaveLength(1);
+  });
+});
+
+afterAll(async () => {
+  await stopAll(
+    () => sim.stop(),
+    () => devicelet.stop(),
+    () => broker.stop(),
+    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
+  );
+});
+
+const statefulSet = `apiVersion: apps/v1
+kind: StatefulSet
+metadata: { name: x, namespace: ${ns} }
+spec:
+  replicas: 1
+  serviceName: x
+  selector: { matchLabels: { app: x } }
+  template:
+    metadata: { labels: { app: x } }
+    spec:
+      nodeSelector: { kubernetes.io/hostname: ${gw} }
+      tolerations: [{ key: virtual-kubelet.io/provider, operator: Exists, effect: NoSchedule }]
+      terminationGracePeriodSeconds: 2
+      containers:
+        - { name: app, image: example/x:1 }
+`;
+
+const instances = async () =>
+  (await getJson<{ items: PodJson[] }>(["pods", "-n", ns, "-l", "app=x"])).items.filter(
+    (p) => p.metadata.name === "x-0",
+  );
+
+describe("a one-replica StatefulSet on a device that goes offline", () => {
+  it("never runs a second instance while the first is not confirmed stopped", async () => {
+    await apply(statefulSet);
+    const first = await eventually(async () => {
+      const [p] = await instances();
+      expect(p && isReady(p)).toBe(true);
+      return p as PodJson;
+    });
+    const uid = first.metadata.uid;
+    await sim.device(gw).goOffline();
+    await eventually(
+      async () =>
+        expect(condition((await instances())[0] as PodJson, "devicelet.dev/DeviceConnected")?.status).toBe(
+          "False",
+        ),
+      { timeoutMs: 30_000 },
+    );
+    await kubectl(["delete", "pod", "x-0", "-n", ns, "--wait=false"]);
+
+    // The grace period (2 s) passes; the old object stays, waiting for the device, and no x-0 of
+    // another uid exists. Watched for five times the grace period.
+    await eventually(async () => {
+      const [p] = await instances();
+      expect(p?.metadata.uid).toBe(uid);
+      expect(condition(p as PodJson, "devicelet.dev/StopConfirmed")).toMatchObject({
+        status: "False",
+        reason: "WaitingForDevice",
+      });
+    });
+    const until = Date.now() + 10_000;
+    let polls = 0;
+    while (Date.now() < until) {
+      const pods = await instances();
+      expect(pods.map((p) => p.metadata.uid)).toEqual([uid]);
+      expect(pods[0]?.metadata.deletionTimestamp).toBeDefined();
+      polls++;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    expect(polls).toBeGreaterThan(5);
+    expect(sim.device(gw).runningPods()).toContain(uid); // still running there, as far as it knows
+
+    await sim.device(gw).goOnline();
+    await eventually(() => expect(sim.device(gw).runningPods()).not.toContain(uid), { timeoutMs: 30_000 });
+    const replacement = await eventually(
+      async () => {
+        const pods = await instances();
+        expect(pods).toHaveLength(1);
+        expect(pods[0]?.metadata.uid).not.toBe(uid);
+        expect(isReady(pods[0] as PodJson)).toBe(true);
+        return pods[0] as PodJson;
+      },
+      { timeoutMs: 60_000 },
+    );
+    expect(sim.device(gw).runningPods()).toEqual([replacement.metadata.uid]);
+  });
+});
