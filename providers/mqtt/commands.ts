@@ -7,10 +7,14 @@
  * command id). Expiry — still queued, or acknowledged `expired` by the device — is reported through
  * `onExpired` (the provider records a `CommandExpired` Event).
  *
- * Commands live in memory: they are one-shot by nature, and one held for an offline device does
- * not survive a devicelet restart (its requester sees the promise die with the process).
+ * Every queue is also kept in the durable store (command-store.ts), so commands waiting for an
+ * offline device survive a devicelet restart: `restore()` at start takes them back, still bounded
+ * by the queue limit and with their absolute expiry (a command that expired while devicelet was
+ * down is reported expired, never sent). Their requester is gone with the old process: how they
+ * end is logged, and failures and expiry still become Events.
  *
- *   const q = new CommandQueue({ limit: 50, publish, isOnline, onExpired, onFailed, metrics });
+ *   const q = new CommandQueue({ limit: 50, store, publish, isOnline, onExpired, onFailed, metrics });
+ *   await q.restore();
  *   const result = await q.send("gw-1", { command: "restart-app", podUid }, { ttlSeconds: 60 });
  *   result.stage; // "done" | "failed" | "expired"
  */
@@ -20,7 +24,9 @@ import { encodeMessage } from "../../src/protocol/codec.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import type { AckMessage, CommandMessage } from "../../src/protocol/types.ts";
 import { transient } from "../../src/provider/errors.ts";
-import type { PodRef } from "../../src/provider/types.ts";
+import type { DurableStore, PodRef, ProviderEvent } from "../../src/provider/types.ts";
+import { CommandStore, type StoredCommand } from "./command-store.ts";
+import { backoffDelay } from "./connection.ts";
 import type { MqttMetrics } from "./metrics.ts";
 
 export interface CommandRequest {
@@ -54,6 +60,7 @@ export interface PendingCommand {
 
 export interface CommandQueueOptions {
   readonly limit: number;
+  readonly store: DurableStore;
   readonly publish: (topic: string, payload: Buffer, messageExpirySeconds: number) => Promise<void>;
   readonly isOnline: (deviceId: string) => boolean;
   /** A command expired (queued, or as the device said); `why` is a sentence for the Event. */
@@ -64,6 +71,19 @@ export interface CommandQueueOptions {
   readonly now?: () => number;
 }
 
+/** The Kubernetes Event telling how a command ended (on its pod, or on its device's node). */
+export const commandEvent = (command: PendingCommand, reason: string, why: string): ProviderEvent => {
+  const { message } = command;
+  return {
+    involved: command.pod
+      ? { kind: "Pod", pod: command.pod }
+      : { kind: "Device", deviceId: command.deviceId },
+    type: "Warning",
+    reason,
+    message: `command ${message.command}${message.app ? ` (app ${message.app})` : ""} ${message.commandId}: ${why}`,
+  };
+};
+
 /** After the device acknowledged receipt, how long past expiry to wait for its result. */
 const RESULT_GRACE_MS = 60_000;
 
@@ -71,11 +91,77 @@ export class CommandQueue {
   readonly #o: CommandQueueOptions;
   readonly #now: () => number;
   readonly #byDevice = new Map<string, Map<string, PendingCommand>>();
+  readonly #durable: CommandStore;
   #stopped = false;
 
   constructor(options: CommandQueueOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
+    this.#durable = new CommandStore({
+      store: options.store,
+      logger: options.logger,
+      snapshot: (deviceId) =>
+        this.pending(deviceId).map((c): StoredCommand => ({
+          message: c.message,
+          ...(c.pod ? { pod: c.pod } : {}),
+          expiresAt: c.expiresAt,
+          received: c.received,
+        })),
+    });
+  }
+
+  /** {@link restore}, retried with backoff in the background while the store cannot be read. */
+  restoreInBackground(signal: AbortSignal, attempt = 0): void {
+    this.restore().catch((err: unknown) => {
+      if (signal.aborted || this.#stopped) return;
+      const delay = backoffDelay(attempt, 1_000, 60_000, Math.random);
+      this.#o.logger.warn({ err, retryInMs: delay }, "reading stored commands failed; retrying");
+      setTimeout(() => this.restoreInBackground(signal, attempt + 1), delay).unref();
+    });
+  }
+
+  /**
+   * Takes back the commands an earlier process stored: expired ones are reported expired, the
+   * rest wait for their device again (sent now when it is online), at most `limit` per device.
+   * Call once at start; rejects when the store cannot be read (the caller may retry).
+   */
+  async restore(): Promise<void> {
+    const now = this.#now();
+    let restored = 0;
+    for (const [deviceId, stored] of await this.#durable.load()) {
+      for (const c of stored) {
+        const queue = this.#queue(deviceId); // anew: resolving the last command drops the map
+        if (queue.has(c.message.commandId)) continue;
+        const command = this.#pending(deviceId, queue, c.message, {
+          pod: c.pod,
+          expiresAt: c.expiresAt,
+          received: c.received,
+          resolve: (result) =>
+            this.#o.logger.info(
+              { deviceId, commandId: result.commandId, stage: result.stage },
+              "a command restored after a restart finished",
+            ),
+        });
+        if (c.expiresAt <= now) {
+          this.#expire(command, "it expired while devicelet was restarting", {
+            commandId: c.message.commandId,
+            stage: "expired",
+            message: "expired while devicelet was restarting",
+          });
+          continue;
+        }
+        if (queue.size > this.#o.limit) {
+          command.resolve({ commandId: c.message.commandId, stage: "expired", message: "queue full" });
+          this.#o.metrics.inc("commandsRefused");
+          continue;
+        }
+        restored++;
+        this.#arm(command, c.expiresAt - now);
+        if (!c.received && this.#o.isOnline(deviceId)) this.#publish(command);
+      }
+      this.#durable.changed(deviceId);
+    }
+    if (restored > 0) this.#o.logger.info({ commands: restored }, "restored commands waiting for devices");
   }
 
   /** Commands not yet finished for a device (queued or awaiting a result). */
@@ -92,17 +178,13 @@ export class CommandQueue {
     request: CommandRequest,
     options: { ttlSeconds: number; pod?: PodRef },
   ): Promise<CommandResult> {
-    let queue = this.#byDevice.get(deviceId);
-    if ((queue?.size ?? 0) >= this.#o.limit) {
+    if ((this.#byDevice.get(deviceId)?.size ?? 0) >= this.#o.limit) {
       this.#o.metrics.inc("commandsRefused");
       return Promise.reject(
         transient(`command queue of device ${deviceId} is full (${this.#o.limit} commands)`),
       );
     }
-    if (!queue) {
-      queue = new Map();
-      this.#byDevice.set(deviceId, queue);
-    }
+    const queue = this.#queue(deviceId);
     const now = this.#now();
     const expiresAt = now + options.ttlSeconds * 1000;
     const commandId = randomBytes(8).toString("hex");
@@ -118,27 +200,59 @@ export class CommandQueue {
       issuedAt: new Date(now).toISOString(),
       expiresAt: new Date(expiresAt).toISOString(),
     };
-    const q = queue;
     return new Promise<CommandResult>((resolve) => {
-      const command: PendingCommand = {
-        deviceId,
-        message,
+      const command = this.#pending(deviceId, queue, message, {
         pod: options.pod,
         expiresAt,
-        published: false,
         received: false,
-        timer: undefined,
-        resolve: (result) => {
-          clearTimeout(command.timer);
-          q.delete(commandId);
-          if (q.size === 0 && this.#byDevice.get(deviceId) === q) this.#byDevice.delete(deviceId);
-          resolve(result);
-        },
-      };
-      q.set(commandId, command);
+        resolve,
+      });
+      this.#durable.changed(deviceId);
       this.#arm(command, expiresAt - now);
       if (this.#o.isOnline(deviceId)) this.#publish(command);
     });
+  }
+
+  #queue(deviceId: string): Map<string, PendingCommand> {
+    let queue = this.#byDevice.get(deviceId);
+    if (!queue) {
+      queue = new Map();
+      this.#byDevice.set(deviceId, queue);
+    }
+    return queue;
+  }
+
+  /** Puts a command in its device's queue; resolving it takes it out (and out of the store). */
+  #pending(
+    deviceId: string,
+    queue: Map<string, PendingCommand>,
+    message: CommandMessage,
+    o: {
+      pod: PodRef | undefined;
+      expiresAt: number;
+      received: boolean;
+      resolve: (result: CommandResult) => void;
+    },
+  ): PendingCommand {
+    const commandId = message.commandId;
+    const command: PendingCommand = {
+      deviceId,
+      message,
+      pod: o.pod,
+      expiresAt: o.expiresAt,
+      published: false,
+      received: o.received,
+      timer: undefined,
+      resolve: (result) => {
+        clearTimeout(command.timer);
+        if (!queue.delete(commandId)) return;
+        if (queue.size === 0 && this.#byDevice.get(deviceId) === queue) this.#byDevice.delete(deviceId);
+        this.#durable.changed(deviceId);
+        o.resolve(result);
+      },
+    };
+    queue.set(commandId, command);
+    return command;
   }
 
   /** The device is (again) online: send what it has not acknowledged receiving. */
@@ -166,6 +280,7 @@ export class CommandQueue {
     switch (ack.stage) {
       case "received":
         command.received = true;
+        this.#durable.changed(deviceId);
         if (this.#now() >= command.expiresAt) this.#arm(command, RESULT_GRACE_MS);
         return;
       case "done":
@@ -190,6 +305,7 @@ export class CommandQueue {
   /** Cancels timers; pending promises stay unresolved (the process is going away). */
   stop(): void {
     this.#stopped = true;
+    this.#durable.stop();
     for (const q of this.#byDevice.values()) for (const c of q.values()) clearTimeout(c.timer);
   }
 

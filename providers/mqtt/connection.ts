@@ -9,6 +9,14 @@
  * reconnect does not flap the bridge state. Messages in flight when the connection drops are kept
  * in the outgoing store and sent again after reconnecting.
  *
+ * Client-id takeover: a broker closes an existing connection when another client connects with the
+ * same client id (3.1.1 §3.1.4-2, MQTT 5 §3.1.4-3; on MQTT 5 it first sends DISCONNECT with reason
+ * 0x8E "Session taken over", §3.14.2.1). Two devicelet processes with one `broker.clientId` would
+ * take the session from each other forever, each reconnecting at once. So a takeover (the 0x8E
+ * reason, or on 3.1.1 a connection closed within seconds of its CONNACK) makes the next reconnect
+ * wait, longer at each repetition (up to minutes), and is logged as such; a connection that stays
+ * up long enough clears the count.
+ *
  * ```ts
  * const conn = new MqttConnection({ config: cfg.broker, graceSeconds: 30, bridge, logger });
  * conn.onMessage((topic, payload) => ...);
@@ -56,6 +64,16 @@ export interface MqttConnectionOptions {
   readonly now?: () => number;
 }
 
+/** MQTT 5 DISCONNECT reason code "Session taken over" (§3.14.2.1). */
+const SESSION_TAKEN_OVER = 0x8e;
+/** A connection the broker closes sooner than this after CONNACK counts as taken over (3.1.1). */
+const SHORT_LIVED_MS = 5_000;
+/** Wait before reconnecting after a takeover: from this, doubling at each repetition, up to the max. */
+const TAKEOVER_MIN_DELAY_MS = 1_000;
+const TAKEOVER_MAX_DELAY_MS = 120_000;
+/** A connection up this long clears the takeover count. */
+const TAKEOVER_CLEAR_MS = 2 * TAKEOVER_MAX_DELAY_MS;
+
 /** Full-jitter backoff capped at max, but never below half the capped step (no hot loops). */
 export const backoffDelay = (attempt: number, minMs: number, maxMs: number, random: () => number) => {
   const step = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
@@ -79,6 +97,11 @@ export class MqttConnection implements BrokerConnection {
   #disconnectedSince: number;
   #lastError = "";
   #stopping = false;
+  /** When the current connection got its CONNACK; undefined while disconnected. */
+  #connectedAt: number | undefined;
+  /** Takeovers in a row (reset by a connection that stays up for TAKEOVER_CLEAR_MS). */
+  #takeovers = 0;
+  #takenOver = false;
 
   constructor(options: MqttConnectionOptions) {
     this.#o = options;
@@ -115,6 +138,8 @@ export class MqttConnection implements BrokerConnection {
     });
     client.on("connect", (connack) => {
       this.#attempt = 0;
+      this.#connectedAt = this.#now();
+      this.#takenOver = false;
       this.#everConnected = true;
       this.#lastError = "";
       this.#log.info(
@@ -135,18 +160,22 @@ export class MqttConnection implements BrokerConnection {
     client.on("message", (topic, payload, packet) => {
       for (const l of this.#messageListeners) l(topic, payload, packet.retain);
     });
+    client.on("disconnect", (packet) => {
+      if (packet.reasonCode === SESSION_TAKEN_OVER) this.#takenOver = true;
+    });
     client.on("error", (err) => {
       this.#lastError = err.message;
       this.#log.warn({ err: err.message }, "broker connection error");
     });
     client.on("close", () => {
+      const takeoverDelay = this.#takeoverDelay();
       if (this.#reconnectTimer === undefined && !this.#stopping) {
         if (this.#everConnected && this.#attempt === 0) {
           this.#disconnectedSince = this.#now();
           this.#log.warn({ url: this.#o.config.url }, "disconnected from broker; reconnecting");
           for (const l of this.#disconnectListeners) l();
         }
-        this.#scheduleReconnect();
+        this.#scheduleReconnect(takeoverDelay);
       }
     });
     signal.addEventListener("abort", () => void this.stop(), { once: true });
@@ -173,18 +202,18 @@ export class MqttConnection implements BrokerConnection {
   }
 
   /**
-   * Ready while connected, and for `graceSeconds` after losing the connection (a broker restart or
-   * a network blip must not make every node NotReady); not ready before the first connection.
+   * Ready while connected, and for `graceSeconds` after losing the connection or after starting to
+   * connect (a broker restart or a slow first connect must not taint every node); the message says
+   * why not. This is the transport's health only: node readiness never depends on it.
    */
   health(): { ready: boolean; message: string } {
     if (this.isConnected()) return { ready: true, message: `connected to ${this.#o.config.url}` };
     const away = Math.round((this.#now() - this.#disconnectedSince) / 1000);
     const why = this.#lastError ? `: ${this.#lastError}` : "";
-    if (!this.#everConnected) return { ready: false, message: `connecting to ${this.#o.config.url}${why}` };
-    return {
-      ready: away < this.#o.graceSeconds,
-      message: `disconnected from ${this.#o.config.url} for ${away}s, reconnecting${why}`,
-    };
+    const ready = away < this.#o.graceSeconds;
+    if (!this.#everConnected)
+      return { ready, message: `connecting to ${this.#o.config.url} for ${away}s${why}` };
+    return { ready, message: `disconnected from ${this.#o.config.url} for ${away}s, reconnecting${why}` };
   }
 
   async subscribe(filters: readonly string[]): Promise<void> {
@@ -213,9 +242,41 @@ export class MqttConnection implements BrokerConnection {
     return this.#client;
   }
 
-  #scheduleReconnect(): void {
+  /**
+   * On a connection closing: whether it was taken over by a client with the same id, and if so how
+   * long to wait before reconnecting (undefined: the usual backoff).
+   */
+  #takeoverDelay(): number | undefined {
+    const since = this.#connectedAt;
+    this.#connectedAt = undefined;
+    if (since === undefined) return undefined; // a failed attempt, not a lost connection
+    const lived = this.#now() - since;
+    const byReason = this.#takenOver;
+    const takenOver = byReason || lived < SHORT_LIVED_MS;
+    this.#takenOver = false;
+    if (!takenOver || this.#stopping) {
+      if (lived >= TAKEOVER_CLEAR_MS) this.#takeovers = 0;
+      return undefined;
+    }
+    if (lived >= TAKEOVER_CLEAR_MS) this.#takeovers = 0;
+    const delay = backoffDelay(this.#takeovers++, TAKEOVER_MIN_DELAY_MS, TAKEOVER_MAX_DELAY_MS, this.#random);
+    this.#log.warn(
+      {
+        clientId: this.#o.config.clientId,
+        takeovers: this.#takeovers,
+        connectedMs: lived,
+        delayMs: delay,
+        reason: byReason ? "DISCONNECT 0x8E session taken over" : "closed within seconds of CONNACK",
+      },
+      "broker session taken over by another client with the same client id (a second devicelet with this broker.clientId?); waiting before reconnecting",
+    );
+    return delay;
+  }
+
+  #scheduleReconnect(delayMs?: number): void {
     const { minDelayMs, maxDelayMs } = this.#o.config.reconnect;
-    const delay = backoffDelay(this.#attempt++, minDelayMs, maxDelayMs, this.#random);
+    const backoff = backoffDelay(this.#attempt++, minDelayMs, maxDelayMs, this.#random);
+    const delay = delayMs ?? backoff;
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = undefined;
       const client = this.#client;

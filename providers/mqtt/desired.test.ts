@@ -2,26 +2,13 @@ import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { desiredContentHash } from "../../src/protocol/codec.ts";
 import type { DesiredDocument, DesiredPod } from "../../src/protocol/types.ts";
-import type { DurableStore } from "../../src/provider/types.ts";
+import { MemoryStore } from "../../test/support/memory-store.ts";
 import { DesiredStore } from "./desired.ts";
 import { GenerationAllocator, storeKey } from "./generations.ts";
 import { MqttMetrics } from "./metrics.ts";
 import { deviceHash } from "./translate.ts";
 
 const logger = pino({ level: "silent" });
-
-class MemoryStore implements DurableStore {
-  readonly values = new Map<string, string>();
-  writes = 0;
-  get(key: string) {
-    return Promise.resolve(this.values.get(key));
-  }
-  set(key: string, value: string) {
-    this.writes++;
-    this.values.set(key, value);
-    return Promise.resolve();
-  }
-}
 
 const podOf = (uid: string, image = "example/app:1", blob = ""): DesiredPod => {
   const pod = {

@@ -108,13 +108,31 @@ export class DesiredStore {
     return d;
   }
 
-  /** Takes a document read back from the broker at start as what the device has been given. */
-  adopt(doc: DesiredDocument): void {
+  /**
+   * Takes a document read back from the broker (at start, or arriving late) as what the device has
+   * been given, and returns the pods it newly brought in. What this process already decided wins:
+   * - when a document of this process is already out (a different epoch, or a generation at or
+   *   above this one), the read-back one is superseded and only floors the next generation;
+   * - otherwise its pods and tombstones are taken, except uids this process already holds (those
+   *   are only marked as sent, so deleting them needs a tombstone), and the next document is
+   *   compared with (and numbered above) this one.
+   */
+  adopt(doc: DesiredDocument): PodEntry[] {
     const d = this.#entry(doc.deviceId);
     const since = { epoch: doc.epoch, generation: doc.generation };
+    if (d.published && (d.published.epoch !== doc.epoch || d.published.generation >= doc.generation))
+      return [];
     d.published = { epoch: doc.epoch, generation: doc.generation, contentHash: doc.contentHash };
+    const adopted: PodEntry[] = [];
     for (const p of doc.pods) {
-      d.pods.set(p.uid, {
+      const held = d.pods.get(p.uid);
+      if (held) {
+        held.sent = true;
+        held.lastSent ??= p;
+        continue;
+      }
+      if (d.tombstones.has(p.uid)) continue;
+      const entry: PodEntry = {
         ref: { namespace: p.namespace, name: p.name, uid: p.uid },
         desired: p,
         since,
@@ -122,10 +140,13 @@ export class DesiredStore {
         lastSent: p,
         deferred: undefined,
         blocked: undefined,
-      });
+      };
+      d.pods.set(p.uid, entry);
       this.#byUid.set(p.uid, doc.deviceId);
+      adopted.push(entry);
     }
     for (const t of doc.tombstones) {
+      if (d.pods.has(t.uid) || d.tombstones.has(t.uid)) continue;
       d.tombstones.set(t.uid, {
         ref: { namespace: t.namespace, name: t.name, uid: t.uid },
         tombstone: t,
@@ -134,6 +155,9 @@ export class DesiredStore {
       });
       this.#byUid.set(t.uid, doc.deviceId);
     }
+    // Changes made before the document arrived go out above it (no-op when there were none).
+    if (d.changeSeq > d.handledSeq) this.#schedule(d, this.#o.debounceMs);
+    return adopted;
   }
 
   /**

@@ -9,7 +9,17 @@
  * have used, and in the steady state a publish costs no store write. The first allocation of a
  * process for a device always reserves, since the previous process may have used its whole block.
  *
+ * Two processes may share the store (a second replica, an old process not yet gone). They never
+ * hand out the same (epoch, generation):
+ * - every write of a record is a compare-and-swap (`DurableStore.update`): a reservation starts
+ *   above whatever is stored, so a block is only ever handed to one process, and a birth written
+ *   by one process never lowers another's reservation;
+ * - a process only hands out generations from blocks it reserved itself;
+ * - generations are floored by what the device reports (`observe`): the next one is always above
+ *   any generation the device has seen in the same epoch, whoever published it.
+ *
  *   const gens = new GenerationAllocator({ store, blockSize: 1000, onWrite });
+ *   gens.observe("gw-1", report.epoch, report.observedGeneration);
  *   const { epoch, generation } = await gens.next("gw-1", 0);
  */
 import { randomBytes } from "node:crypto";
@@ -28,12 +38,20 @@ export interface DeviceRecord {
 
 interface Entry {
   loaded: boolean;
+  /** The record as last read or written by this process. */
   record: DeviceRecord | undefined;
   /** Highest generation handed out (or possibly handed out by an earlier process). */
   last: number;
+  /** Generations in (last, limit] were reserved by this process and are its own to hand out. */
+  limit: number;
+  /** Highest generation the device reported having seen, per epoch (a few epochs at most). */
+  readonly seen: Map<string, number>;
   /** Serialises reads and writes of this device's record. */
   chain: Promise<unknown>;
 }
+
+/** Epochs whose reported generations are remembered per device. */
+const SEEN_EPOCHS = 4;
 
 export const storeKey = (deviceId: string) => `mqtt.${deviceId}`;
 
@@ -66,23 +84,40 @@ export class GenerationAllocator {
   }
 
   /**
+   * A generation the device says it has seen in `epoch` (a report's observed or applied
+   * generation, an ack): every later generation of that epoch goes above it. Synchronous; never
+   * reads the store.
+   */
+  observe(deviceId: string, epoch: string | null, generation: number): void {
+    if (epoch === null || !Number.isSafeInteger(generation) || generation <= 0) return;
+    const entry = this.#entry(deviceId);
+    if ((entry.seen.get(epoch) ?? 0) >= generation) return;
+    entry.seen.delete(epoch);
+    entry.seen.set(epoch, generation);
+    if (entry.seen.size > SEEN_EPOCHS) entry.seen.delete(entry.seen.keys().next().value ?? epoch);
+  }
+
+  /**
    * The next generation for `deviceId`, above `floor` (the highest generation seen in the broker
-   * for the stored epoch) and above anything reserved before. Creates the epoch when the store has
-   * none. Calls for one device are serialised; rejects when the store write fails (nothing is
-   * handed out then).
+   * for the stored epoch), above what the device reported in that epoch, and above anything
+   * reserved before by any process. Creates the epoch when the store has none. Calls for one
+   * device are serialised; rejects when the store write fails (nothing is handed out then).
    */
   next(deviceId: string, floor: number): Promise<{ epoch: string; generation: number }> {
     return this.#locked(deviceId, async (entry) => {
-      const generation = Math.max(entry.last, floor) + 1;
+      const seen = entry.record ? (entry.seen.get(entry.record.epoch) ?? 0) : 0;
+      let generation = Math.max(entry.last, floor, seen) + 1;
       let record = entry.record;
-      if (!record || generation > record.reservedThrough) {
-        record = {
-          ...record,
-          epoch: record?.epoch ?? randomBytes(8).toString("hex"),
-          reservedThrough: generation + this.#blockSize - 1,
-        };
-        await this.#write(deviceId, record);
-        entry.record = record;
+      if (!record || generation > entry.limit) {
+        const wanted = generation;
+        const freshEpoch = randomBytes(8).toString("hex");
+        record = await this.#update(deviceId, (stored) => {
+          const epoch = stored?.epoch ?? entry.record?.epoch ?? freshEpoch;
+          // Above every block anyone reserved, and above what the device saw in this epoch.
+          generation = Math.max(wanted, (stored?.reservedThrough ?? 0) + 1, (entry.seen.get(epoch) ?? 0) + 1);
+          return { ...stored, epoch, reservedThrough: generation + this.#blockSize - 1 };
+        });
+        entry.limit = record.reservedThrough;
       }
       entry.last = generation;
       return { epoch: record.epoch, generation };
@@ -101,34 +136,62 @@ export class GenerationAllocator {
   saveDevice(deviceId: string, device: BirthDevice): Promise<void> {
     return this.#locked(deviceId, async (entry) => {
       if (entry.record && JSON.stringify(entry.record.device) === JSON.stringify(device)) return;
-      const record: DeviceRecord = {
-        epoch: entry.record?.epoch ?? randomBytes(8).toString("hex"),
+      const freshEpoch = randomBytes(8).toString("hex");
+      const before = entry.record?.epoch;
+      const seen = { created: false };
+      const record = await this.#update(deviceId, (stored) => {
+        seen.created = stored === undefined;
         // A new device's first block is reserved with its birth: its first pod costs no write.
-        reservedThrough: entry.record?.reservedThrough ?? entry.last + this.#blockSize,
-        device,
-      };
-      await this.#write(deviceId, record);
-      entry.record = record;
+        return stored
+          ? { ...stored, device }
+          : { epoch: freshEpoch, reservedThrough: entry.last + this.#blockSize, device };
+      });
+      if (seen.created) entry.limit = record.reservedThrough;
+      else if (record.epoch !== before) entry.limit = entry.last; // another's series: reserve anew
     });
   }
 
-  async #write(deviceId: string, record: DeviceRecord): Promise<void> {
-    await this.#store.set(storeKey(deviceId), JSON.stringify(record));
+  /** Compare-and-swap of the stored record; `change` sees the stored one (undefined if unreadable). */
+  async #update(
+    deviceId: string,
+    change: (stored: DeviceRecord | undefined) => DeviceRecord,
+  ): Promise<DeviceRecord> {
+    let written: DeviceRecord | undefined;
+    await this.#store.update(storeKey(deviceId), (text) => {
+      written = change(parseRecord(text));
+      return JSON.stringify(written);
+    });
+    if (!written) throw new Error(`storing the record of ${deviceId} wrote nothing`);
     this.#onWrite();
+    const entry = this.#entry(deviceId);
+    entry.record = written;
+    return written;
+  }
+
+  #entry(deviceId: string): Entry {
+    let entry = this.#entries.get(deviceId);
+    if (!entry) {
+      entry = {
+        loaded: false,
+        record: undefined,
+        last: 0,
+        limit: 0,
+        seen: new Map(),
+        chain: Promise.resolve(),
+      };
+      this.#entries.set(deviceId, entry);
+    }
+    return entry;
   }
 
   #locked<T>(deviceId: string, fn: (entry: Entry) => Promise<T>): Promise<T> {
-    let entry = this.#entries.get(deviceId);
-    if (!entry) {
-      entry = { loaded: false, record: undefined, last: 0, chain: Promise.resolve() };
-      this.#entries.set(deviceId, entry);
-    }
-    const e = entry;
+    const e = this.#entry(deviceId);
     const run = e.chain.then(async () => {
       // Read once; a failed read is retried by the next call (never taken for "no record").
       if (!e.loaded) {
         e.record = parseRecord(await this.#store.get(storeKey(deviceId)));
         e.last = e.record?.reservedThrough ?? 0;
+        e.limit = e.last;
         e.loaded = true;
       }
       return fn(e);

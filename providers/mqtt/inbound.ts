@@ -35,7 +35,7 @@ export interface InboundDeps {
   readonly observations: Observations;
   readonly commands: CommandQueue;
   readonly statuses: StatusCoalescer;
-  readonly allocator: Pick<GenerationAllocator, "saveDevice">;
+  readonly allocator: Pick<GenerationAllocator, "saveDevice" | "observe">;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly recordEvent: (event: ProviderEvent) => void;
@@ -102,6 +102,8 @@ export class Inbound {
           this.#d.commands.ack(message.deviceId, message);
           return;
         }
+        // Whoever published it, the device has seen this generation: ours go above it.
+        this.#d.allocator.observe(message.deviceId, message.epoch, message.generation);
         const epoch = this.#d.desired.device(message.deviceId)?.published?.epoch;
         if (!this.#d.observations.ack(message, epoch)) {
           metrics.inc("stale");
@@ -166,6 +168,11 @@ export class Inbound {
   #report(report: ReportedDocument): void {
     const { desired, observations } = this.#d;
     observations.report(report);
+    this.#d.allocator.observe(
+      report.deviceId,
+      report.epoch,
+      Math.max(report.observedGeneration, report.appliedGeneration),
+    );
     const d = desired.device(report.deviceId);
     for (const t of [...(d?.tombstones.values() ?? [])]) {
       if (!tombstoneConfirmed(t.since, t.ref.uid, report)) continue;

@@ -8,8 +8,11 @@
  *   coalesced per device, generations are reserved in the engine's durable store before use, and a
  *   restarted devicelet reads its documents back and re-publishes nothing unchanged.
  * - Pod status comes from the device's acks and reports: never Running before the device says so.
- * - One-shot commands wait in a bounded per-device queue with a time to live; expiry becomes a
- *   `CommandExpired` Event. The `devicelet.dev/restart-requested` annotation sends `restart-app`.
+ * - One-shot commands wait in a bounded per-device queue with a time to live, kept in the durable
+ *   store so they survive a devicelet restart; expiry becomes a `CommandExpired` Event. The
+ *   `devicelet.dev/restart-requested` annotation sends `restart-app`.
+ * - Two processes on the same state never reuse a generation (compare-and-swap reservations,
+ *   floored by what devices report), and back off instead of taking one client id from each other.
  *
  * ```ts
  * const provider = createMqttProvider(

@@ -26,7 +26,7 @@ import type {
   Workload,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
-import { CommandQueue, type CommandRequest, type CommandResult, type PendingCommand } from "./commands.ts";
+import { CommandQueue, commandEvent, type CommandRequest, type CommandResult } from "./commands.ts";
 import { MqttConnection, type BrokerConnection } from "./connection.ts";
 import { DesiredStore } from "./desired.ts";
 import { DeviceRegistry } from "./devices.ts";
@@ -34,6 +34,7 @@ import { GenerationAllocator } from "./generations.ts";
 import { Inbound } from "./inbound.ts";
 import { MqttMetrics, type MqttMetricsSnapshot } from "./metrics.ts";
 import { Observations } from "./observations.ts";
+import { Orphans } from "./orphans.ts";
 import { podStatus, StatusCoalescer } from "./pod-status.ts";
 import { Readback, restoreBirths } from "./readback.ts";
 import { RestartRequests } from "./restart.ts";
@@ -67,6 +68,7 @@ export class MqttProvider
   readonly #statuses: StatusCoalescer;
   readonly #inbound: Inbound;
   readonly #readback: Readback;
+  readonly #orphans: Orphans;
   /** Device messages that arrive during the read-back, handled once it is done. */
   #held: [string, Buffer, boolean][] | undefined = [];
   /** The engine's workload hash per pod uid, as last given (unknown for pods read back). */
@@ -134,12 +136,15 @@ export class MqttProvider
     });
     this.#commands = new CommandQueue({
       limit: config.commands.queueLimit,
+      store: context.store,
       publish: (topic, payload, expiry) =>
         connection.publish(topic, payload, { qos: 1, retain: false, messageExpirySeconds: expiry }),
       isOnline: (id) => this.#registry.effectivePresence(id) === "online",
-      onExpired: (command, why) => this.#commandEvent(command, "CommandExpired", why),
+      onExpired: (command, why) => context.recordEvent(commandEvent(command, "CommandExpired", why)),
       onFailed: (command, ack) =>
-        this.#commandEvent(command, "CommandFailed", ack.message ?? `exit code ${ack.exitCode ?? "?"}`),
+        context.recordEvent(
+          commandEvent(command, "CommandFailed", ack.message ?? `exit code ${ack.exitCode ?? "?"}`),
+        ),
       metrics: this.#metrics,
       logger: this.#log,
     });
@@ -167,6 +172,17 @@ export class MqttProvider
       connection,
       logger: this.#log,
       timeoutMs: config.desired.readbackTimeoutMs,
+      onLate: (doc) => this.#orphans.adoptLate(doc),
+    });
+    this.#orphans = new Orphans({
+      graceMs: config.desired.orphanGraceSeconds * 1000,
+      desired: this.#desired,
+      claimed: (uid) => this.#workloadHashes.has(uid),
+      markStatus: (id) => this.#statuses.mark(id),
+      restoreBirth: (id) => this.#restoreBirths([id]),
+      recordEvent: (event) => this.#ctx.recordEvent(event),
+      deleted: (ref) => this.#deleted(ref),
+      logger: this.#log,
     });
   }
 
@@ -206,13 +222,8 @@ export class MqttProvider
     const held = this.#held ?? [];
     this.#held = undefined;
     for (const [topic, payload, retained] of held) this.#inbound.handle(topic, payload, retained);
-    await restoreBirths({
-      deviceIds: [...new Set([...documents.keys(), ...this.#registry.ids()])],
-      allowed: allowListMatcher(this.config.devices.allow),
-      allocator: this.#allocator,
-      registry: this.#registry,
-      logger: this.#log,
-    });
+    this.#commands.restoreInBackground(signal);
+    await this.#restoreBirths([...new Set([...documents.keys(), ...this.#registry.ids()])]);
     const interval = this.config.metricsLogIntervalSeconds;
     if (interval > 0) {
       let last = "";
@@ -227,7 +238,7 @@ export class MqttProvider
       {
         devices: this.#registry.list().length,
         documents: documents.size,
-        pods: (await this.listPods()).length,
+        pods: [...this.#desired.devices()].reduce((n, d) => n + d.pods.size + d.tombstones.size, 0),
       },
       "mqtt provider started",
     );
@@ -237,6 +248,8 @@ export class MqttProvider
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#metricsTimer);
+      this.#readback.stop();
+      this.#orphans.stop();
       this.#statuses.stop();
       this.#commands.stop();
       this.#desired.stop();
@@ -264,6 +277,7 @@ export class MqttProvider
    */
   async deletePod(pod: PodRef, options: DeletePodOptions): Promise<void> {
     const deviceId = this.#desired.deviceOf(pod.uid);
+    this.#orphans.claim(pod.uid);
     this.#restarts.forget(pod.uid);
     this.#workloadHashes.delete(pod.uid);
     if (deviceId === undefined) {
@@ -288,6 +302,7 @@ export class MqttProvider
    * updatePod once for each, which publishes nothing when the device already has that content.
    */
   listPods(): Promise<readonly ProviderPod[]> {
+    this.#orphans.listed();
     const out: ProviderPod[] = [];
     const devices = [...this.#desired.devices()];
     const hash = (uid: string, fallback: string) => this.#workloadHashes.get(uid) ?? fallback;
@@ -348,6 +363,7 @@ export class MqttProvider
 
   #apply(workload: Workload): void {
     const { deviceId, pod } = workload;
+    this.#orphans.claim(pod.uid);
     if (this.#workloadHashes.get(pod.uid) !== workload.hash) {
       const ref: PodRef = { namespace: pod.namespace, name: pod.name, uid: pod.uid };
       const desired = toDesiredPod(workload);
@@ -365,15 +381,13 @@ export class MqttProvider
     this.#restarts.observe(workload);
   }
 
-  #commandEvent(command: PendingCommand, reason: string, why: string): void {
-    const { message } = command;
-    this.#ctx.recordEvent({
-      involved: command.pod
-        ? { kind: "Pod", pod: command.pod }
-        : { kind: "Device", deviceId: command.deviceId },
-      type: "Warning",
-      reason,
-      message: `command ${message.command}${message.app ? ` (app ${message.app})` : ""} ${message.commandId}: ${why}`,
+  #restoreBirths(deviceIds: readonly string[]): Promise<void> {
+    return restoreBirths({
+      deviceIds,
+      allowed: allowListMatcher(this.config.devices.allow),
+      allocator: this.#allocator,
+      registry: this.#registry,
+      logger: this.#log,
     });
   }
 

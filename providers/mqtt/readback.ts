@@ -7,10 +7,14 @@
  * no "end of retained" marker, so after subscribing devicelet publishes a marker on a topic of its
  * own and waits for it to come back: brokers send a subscription's retained messages before
  * anything published after the SUBACK (Mosquitto, EMQX, HiveMQ and aedes all queue them while
- * handling the SUBSCRIBE). A timeout bounds the wait for brokers that do not. Afterwards the
- * `desired` subscription is dropped: devicelet does not need its own documents echoed back.
+ * handling the SUBSCRIBE). A timeout bounds how long start waits, but not what is read: when it
+ * ends first (a slow broker, thousands of devices), the subscription stays and every document
+ * arriving later goes to `onLate` until the marker is back (or {@link LATE_WINDOW_MS} passed), so
+ * none is lost — a document dropped here would leave its pods running on the device forever.
+ * Afterwards the `desired` subscription is dropped: devicelet does not need its own documents
+ * echoed back.
  *
- *   const rb = new Readback({ connection, logger, timeoutMs: 10_000 });
+ *   const rb = new Readback({ connection, logger, timeoutMs: 10_000, onLate: (doc) => adopt(doc) });
  *   conn.onMessage((t, p) => { if (!rb.take(t, p)) handle(t, p); });
  *   const docs = await rb.run(deviceFilters);
  *   await restoreBirths({ deviceIds, allowed, allocator, registry, logger });
@@ -26,19 +30,32 @@ import type { GenerationAllocator } from "./generations.ts";
 
 const DESIRED_FILTER = `${TOPIC_ROOT}/+/desired`;
 
+/** After the timeout, how long late documents are still taken when the marker never returns. */
+export const LATE_WINDOW_MS = 10 * 60_000;
+
 export class Readback {
   readonly #connection: BrokerConnection;
   readonly #log: Logger;
   readonly #timeoutMs: number;
   readonly #marker = `${TOPIC_ROOT}/_bridge/sync/${randomBytes(8).toString("hex")}`;
+  readonly #onLate: (doc: DesiredDocument) => void;
   readonly #documents = new Map<string, DesiredDocument>();
-  #active = false;
+  /** "reading" until run() returns; "late" while documents may still come after the timeout. */
+  #phase: "idle" | "reading" | "late" | "done" = "idle";
   #done: (() => void) | undefined;
+  #lateTimer: NodeJS.Timeout | undefined;
 
-  constructor(options: { connection: BrokerConnection; logger: Logger; timeoutMs: number }) {
+  constructor(options: {
+    connection: BrokerConnection;
+    logger: Logger;
+    timeoutMs: number;
+    /** A document that arrived after run() resolved (it is not in run()'s result). */
+    onLate: (doc: DesiredDocument) => void;
+  }) {
     this.#connection = options.connection;
     this.#log = options.logger;
     this.#timeoutMs = options.timeoutMs;
+    this.#onLate = options.onLate;
   }
 
   /** Consumes the messages that belong to the read-back; false for anything else. */
@@ -48,11 +65,19 @@ export class Readback {
       return true;
     }
     if (!topic.endsWith("/desired") || !topic.startsWith(`${TOPIC_ROOT}/`)) return false;
-    if (!this.#active) return true; // an echo after the read-back: ignore
+    if (this.#phase !== "reading" && this.#phase !== "late") return true; // an echo: ignore
     const deviceId = topic.split("/")[2] ?? "";
     const decoded = decodeToDevice(topic, payload, { deviceId, maxBytes: 64 * 1024 * 1024 });
-    if (decoded.ok && decoded.value.kind === "desired") this.#documents.set(deviceId, decoded.value);
-    else if (!decoded.ok && decoded.reason !== "empty")
+    if (decoded.ok && decoded.value.kind === "desired") {
+      if (this.#phase === "reading") this.#documents.set(deviceId, decoded.value);
+      else {
+        this.#log.info(
+          { deviceId, epoch: decoded.value.epoch, generation: decoded.value.generation },
+          "adopting a retained desired document that arrived after the read-back timeout",
+        );
+        this.#onLate(decoded.value);
+      }
+    } else if (!decoded.ok && decoded.reason !== "empty")
       this.#log.warn(
         { topic, reason: decoded.reason, detail: decoded.detail },
         "ignoring an unreadable retained desired document",
@@ -65,22 +90,50 @@ export class Readback {
    * documents by device id. Device messages arriving meanwhile go to the caller's handler as usual.
    */
   async run(deviceFilters: readonly string[]): Promise<Map<string, DesiredDocument>> {
-    this.#active = true;
-    const marked = new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), this.#timeoutMs);
+    this.#phase = "reading";
+    const sync = { marked: false };
+    const inTime = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, this.#timeoutMs);
       this.#done = () => {
         clearTimeout(timer);
-        resolve(true);
+        sync.marked = true;
+        resolve();
+        if (this.#phase === "late") void this.#finish("the read-back marker returned");
       };
     });
     await this.#connection.subscribe([...deviceFilters, DESIRED_FILTER, this.#marker]);
     await this.#connection.publish(this.#marker, Buffer.from("sync"), { qos: 1, retain: false });
-    if (!(await marked))
-      this.#log.warn({ timeoutMs: this.#timeoutMs }, "read-back marker did not return in time; continuing");
-    this.#active = false;
-    await this.#connection.unsubscribe([DESIRED_FILTER, this.#marker]);
+    await inTime;
     this.#log.info({ documents: this.#documents.size }, "read back retained desired documents");
+    if (sync.marked) {
+      await this.#finish("complete");
+      return this.#documents;
+    }
+    this.#log.warn(
+      { timeoutMs: this.#timeoutMs },
+      "read-back marker did not return in time; continuing, documents still arriving are adopted as they come",
+    );
+    this.#phase = "late";
+    this.#lateTimer = setTimeout(() => void this.#finish("late window over"), LATE_WINDOW_MS);
+    this.#lateTimer.unref();
     return this.#documents;
+  }
+
+  /** Stops taking documents. */
+  stop(): void {
+    clearTimeout(this.#lateTimer);
+    this.#phase = "done";
+  }
+
+  async #finish(why: string): Promise<void> {
+    const wasLate = this.#phase === "late";
+    this.stop();
+    if (wasLate) this.#log.info({ why }, "late read-back finished");
+    try {
+      await this.#connection.unsubscribe([DESIRED_FILTER, this.#marker]);
+    } catch (err) {
+      this.#log.warn({ err }, "dropping the read-back subscription failed");
+    }
   }
 }
 

@@ -90,7 +90,8 @@ export const mqttConfigSchema = {
       debounceMs: int(15, 0, 10_000),
       generationBlock: int(1000, 1, 1_000_000),
       publishTimeoutMs: int(30_000, 100),
-      readbackTimeoutMs: int(10_000, 100),
+      readbackTimeoutMs: int(10_000, 1),
+      orphanGraceSeconds: int(60, 1, 3600),
     }),
     commands: section("One-shot commands to devices.", {
       queueLimit: int(50, 1, 10_000),
@@ -150,8 +151,17 @@ export interface MqttConfig {
     readonly generationBlock: number;
     /** deletePod fails Transient (and is retried) when the broker does not ack within this. */
     readonly publishTimeoutMs: number;
-    /** Longest wait for the retained documents read back at start. */
+    /**
+     * How long start waits for the retained documents read back; documents arriving later are
+     * adopted as they come.
+     */
     readonly readbackTimeoutMs: number;
+    /**
+     * A pod found in a document that arrived after the engine listed the provider's pods, and that
+     * the engine has not claimed (created, updated or deleted) within this many seconds, has no pod
+     * object any more: it is tombstoned.
+     */
+    readonly orphanGraceSeconds: number;
   };
   readonly commands: { readonly queueLimit: number; readonly ttlSeconds: number };
   readonly health: { readonly disconnectedGraceSeconds: number };

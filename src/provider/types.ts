@@ -269,6 +269,19 @@ export interface DurableStore {
   get(key: string): Promise<string | undefined>;
   /** Stores durably before resolving. Each call is an API write: batch and reserve, do not call per message. */
   set(key: string, value: string): Promise<void>;
+  /**
+   * Compare-and-swap, for state that another devicelet process may write at the same time: reads
+   * the value fresh (never from a cache), calls `change` with it and stores what it returns only if
+   * nobody wrote in between; otherwise reads again and calls `change` again (a bounded number of
+   * times, then rejects). `change` returning undefined stores nothing. Resolves with the value
+   * stored afterwards. `change` must be pure: it may run several times.
+   */
+  update(
+    key: string,
+    change: (current: string | undefined) => string | undefined,
+  ): Promise<string | undefined>;
+  /** Every stored key that starts with `prefix`, with its value (one read of the whole store). */
+  entries(prefix: string): Promise<ReadonlyMap<string, string>>;
 }
 
 /** A Kubernetes Event a provider wants recorded; the engine rate-limits and aggregates them. */

@@ -1,12 +1,21 @@
 /**
  * {@link DurableStore} in ConfigMaps: one small ConfigMap per key in devicelet's own namespace, so
- * what a provider must never forget (the generation high-water mark of each device) lives in the
- * API server with the rest of the cluster's state and survives devicelet, its pod and its node.
- * Values are cached after the first read; every `set` is one API write.
+ * what a provider must never forget (the generation high-water mark of each device, commands
+ * waiting for a device) lives in the API server with the rest of the cluster's state and survives
+ * devicelet, its pod and its node.
+ *
+ * `get` caches after the first read; every `set` is one API write (a merge patch, last writer
+ * wins). `update` is a compare-and-swap on the ConfigMap's `metadata.resourceVersion` (a PUT that
+ * the API server refuses with 409 Conflict when the object changed since it was read), so two
+ * devicelet processes writing the same key never lose each other's write. `entries` lists the
+ * store's ConfigMaps (label `app.kubernetes.io/managed-by=devicelet`) in one paged read.
+ *
+ *   const store = new ConfigMapStore(kube, "devicelet-system");
+ *   await store.update("mqtt.gw-1", (current) => next(current));
  */
-import type { KubeClient } from "../kube/index.ts";
-import type { DurableStore } from "../provider/types.ts";
 import { createHash } from "node:crypto";
+import { isAlreadyExists, isConflict, type ConfigMap, type KubeClient } from "../kube/index.ts";
+import type { DurableStore } from "../provider/types.ts";
 
 const nameFor = (key: string) => {
   const readable = key
@@ -18,12 +27,21 @@ const nameFor = (key: string) => {
   return `devicelet-state-${readable}-${hash}`;
 };
 
+const LABELS = { "app.kubernetes.io/managed-by": "devicelet" } as const;
+const SELECTOR = "app.kubernetes.io/managed-by=devicelet";
+
+/** Reads and writes of one `update` before it gives up (each lost race costs one of each). */
+const MAX_CAS_ATTEMPTS = 10;
+
 export class ConfigMapStore implements DurableStore {
-  readonly #kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap">;
+  readonly #kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list">;
   readonly #namespace: string;
   readonly #cache = new Map<string, string | undefined>();
 
-  constructor(kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap">, namespace: string) {
+  constructor(
+    kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list">,
+    namespace: string,
+  ) {
     this.#kube = kube;
     this.#namespace = namespace;
   }
@@ -37,12 +55,52 @@ export class ConfigMapStore implements DurableStore {
   }
 
   async set(key: string, value: string): Promise<void> {
-    await this.#kube.upsertConfigMap(
-      this.#namespace,
-      nameFor(key),
-      { key, value },
-      { "app.kubernetes.io/managed-by": "devicelet" },
-    );
+    await this.#kube.upsertConfigMap(this.#namespace, nameFor(key), { key, value }, LABELS);
     this.#cache.set(key, value);
+  }
+
+  async update(
+    key: string,
+    change: (current: string | undefined) => string | undefined,
+  ): Promise<string | undefined> {
+    const name = nameFor(key);
+    for (let attempt = 1; ; attempt++) {
+      const cm = await this.#kube.getConfigMap(this.#namespace, name);
+      const current = cm?.data?.value;
+      const next = change(current);
+      if (next === undefined || next === current) {
+        this.#cache.set(key, current);
+        return current;
+      }
+      const body: ConfigMap = cm
+        ? { ...cm, data: { ...cm.data, key, value: next } }
+        : {
+            metadata: { name, namespace: this.#namespace, labels: { ...LABELS } },
+            data: { key, value: next },
+          };
+      try {
+        await this.#kube.replaceConfigMap(body);
+        this.#cache.set(key, next);
+        return next;
+      } catch (err) {
+        // Someone wrote (or created) it since our read: read again and decide again.
+        if (!(isConflict(err) || isAlreadyExists(err)) || attempt >= MAX_CAS_ATTEMPTS) throw err;
+      }
+    }
+  }
+
+  async entries(prefix: string): Promise<ReadonlyMap<string, string>> {
+    const path = `/api/v1/namespaces/${encodeURIComponent(this.#namespace)}/configmaps`;
+    const { items } = await this.#kube.list<ConfigMap>(path, undefined, { labelSelector: SELECTOR });
+    const out = new Map<string, string>();
+    for (const cm of items) {
+      const key = cm.data?.key;
+      const value = cm.data?.value;
+      if (key === undefined || value === undefined || !key.startsWith(prefix)) continue;
+      if (cm.metadata?.name !== nameFor(key)) continue;
+      out.set(key, value);
+      this.#cache.set(key, value);
+    }
+    return out;
   }
 }

@@ -1,0 +1,82 @@
+import { describe, expect, it } from "vitest";
+import type { ConfigMap, KubeClient } from "../kube/index.ts";
+import { ConfigMapStore } from "./configmap-store.ts";
+
+const status = (code: number, reason: string) =>
+  Object.assign(new Error(reason), { code, body: { kind: "Status", code, reason, message: reason } });
+
+/** The API server's ConfigMap semantics that matter here: resourceVersion checks on PUT and POST. */
+class FakeConfigMaps implements Pick<
+  KubeClient,
+  "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list"
+> {
+  readonly objects = new Map<string, ConfigMap>();
+  #rv = 0;
+  puts = 0;
+  /** Runs once right after the next GET, as a competing writer would. */
+  afterGet: (() => void) | undefined;
+
+  getConfigMap(_ns: string, name: string) {
+    const cm = this.objects.get(name);
+    const competitor = this.afterGet;
+    this.afterGet = undefined;
+    competitor?.();
+    return Promise.resolve(cm && structuredClone(cm));
+  }
+  write(name: string, value: string) {
+    const key = this.objects.get(name)?.data?.key ?? "k";
+    this.objects.set(name, {
+      metadata: { name, namespace: "ns", resourceVersion: String(++this.#rv) },
+      data: { key, value },
+    });
+  }
+  upsertConfigMap(): Promise<ConfigMap> {
+    return Promise.reject(new Error("not used"));
+  }
+  replaceConfigMap(cm: ConfigMap) {
+    const name = cm.metadata?.name ?? "";
+    const current = this.objects.get(name);
+    const rv = cm.metadata?.resourceVersion;
+    if (rv === undefined && current) return Promise.reject(status(409, "AlreadyExists"));
+    if (rv !== undefined && current?.metadata?.resourceVersion !== rv)
+      return Promise.reject(status(409, "Conflict"));
+    this.puts++;
+    const stored = { ...cm, metadata: { ...cm.metadata, resourceVersion: String(++this.#rv) } };
+    this.objects.set(name, stored);
+    return Promise.resolve(stored);
+  }
+  readonly list = (() =>
+    Promise.resolve({
+      items: [...this.objects.values()],
+      resourceVersion: String(this.#rv),
+    })) as KubeClient["list"];
+}
+
+describe("ConfigMapStore.update", () => {
+  it("is a compare-and-swap: a write between its read and its write makes it read and decide again", async () => {
+    const kube = new FakeConfigMaps();
+    const store = new ConfigMapStore(kube, "ns");
+    const add = (n: number) => (current: string | undefined) => String(Number(current ?? "0") + n);
+    expect(await store.update("counter", add(1))).toBe("1");
+    const [name = ""] = kube.objects.keys();
+    // Another process adds 10 after our read: neither increment may be lost.
+    kube.afterGet = () => kube.write(name, String(Number(kube.objects.get(name)?.data?.value) + 10));
+    expect(await store.update("counter", add(1))).toBe("12");
+    expect(await store.get("counter")).toBe("12");
+    expect(kube.puts).toBe(2);
+  });
+
+  it("creates once: a create that loses the race re-reads the winner's value", async () => {
+    const kube = new FakeConfigMaps();
+    const store = new ConfigMapStore(kube, "ns");
+    const seen: (string | undefined)[] = [];
+    kube.afterGet = () => void store.update("k", () => "theirs");
+    const result = await store.update("k", (current) => {
+      seen.push(current);
+      return current === undefined ? "ours" : `${current}+ours`;
+    });
+    expect(seen).toEqual([undefined, "theirs"]);
+    expect(result).toBe("theirs+ours");
+    expect((await store.entries("k")).get("k")).toBe("theirs+ours");
+  });
+});
