@@ -1,6 +1,6 @@
 /**
  * CommandQueue: one-shot requests to devices (restart an app, reboot, exec), kept apart from
- * desired state (DESIGN.md decision 4). Each device has a bounded queue; a command lives until its
+ * desired state (design decision 4). Each device has a bounded queue; a command lives until its
  * time to live ends. It is published (QoS 1, not retained, MQTT 5 message expiry) while the device
  * is online and held while it is not; held commands go out when the device is born again, and a
  * command the device never acknowledged receiving is sent again then (devices de-duplicate by

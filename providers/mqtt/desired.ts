@@ -1,6 +1,6 @@
 /**
  * DesiredStore: each device's desired state — its pods and tombstones — and the one retained
- * `desired` document that carries it (DESIGN.md decisions 2 and 3).
+ * `desired` document that carries it (design decisions 2 and 3).
  *
  * Changes mark a device dirty; publishing is coalesced per device: the first change starts a short
  * debounce, everything changed until then goes out as one document (latest wins), and while a

@@ -1,7 +1,7 @@
 /**
  * Workload (what the engine asks for) → DesiredPod (what the desired document carries), and the
  * checks that keep one bad pod from poisoning its device's whole document: a pod that does not
- * validate on its own, or that carries Secret material over a plain connection (DESIGN.md decision
+ * validate on its own, or that carries Secret material over a plain connection (docs/design.md decision
  * 8), is held back with a reason instead of being sent.
  *
  * The pod's `hash` in the document is the hash of what the device gets (everything of the

@@ -1,5 +1,5 @@
 /**
- * One-shot commands on the device side (DESIGN.md decision 4). Each command is acked `received`
+ * One-shot commands on the device side (design decision 4). Each command is acked `received`
  * and then `done` or `failed`; one whose `expiresAt` has passed is dropped and acked `expired`; a
  * redelivered command (QoS 1 may deliver twice) runs once. What a command needs from the runtime
  * is optional there: a runtime without `exec` makes `exec` fail with an `Unsupported:` message.
