@@ -308,10 +308,21 @@ export class MqttProvider
     const hash = (uid: string, fallback: string) => this.#workloadHashes.get(uid) ?? fallback;
     for (const d of devices)
       for (const t of d.tombstones.values())
-        out.push({ pod: t.ref, nodeName: d.deviceId, hash: hash(t.ref.uid, t.hash) });
+        out.push({
+          pod: t.ref,
+          nodeName: d.deviceId,
+          hash: hash(t.ref.uid, t.hash),
+          terminationGracePeriodSeconds: t.tombstone.gracePeriodSeconds,
+        });
     for (const d of devices)
       for (const p of d.pods.values())
-        out.push({ pod: p.ref, nodeName: d.deviceId, hash: hash(p.ref.uid, p.desired.hash) });
+        out.push({
+          pod: p.ref,
+          nodeName: d.deviceId,
+          hash: hash(p.ref.uid, p.desired.hash),
+          // A pod deleted while devicelet was down is stopped with the grace its spec gave it.
+          terminationGracePeriodSeconds: p.desired.terminationGracePeriodSeconds,
+        });
     return Promise.resolve(out);
   }
 
