@@ -88,8 +88,6 @@ interface NodeEntry {
   lease: NodeLease | undefined;
   lastStatus: NodeStatus | undefined;
   lastStatusAt: number;
-  /** Registered by this process just now: its Lease is created at once, not at a random point. */
-  registered?: boolean;
 }
 
 /** Share of the heartbeat lane's QPS above which devicelet warns that leases may starve. */
@@ -331,8 +329,13 @@ export class NodeController {
         logger: this.#log,
         // Each heartbeat also checks whether node status is due (changed or a minute old).
         onTick: () => this.#queue.add(deviceId),
-        // A new node gets its Lease at once, as from a kubelet; existing ones spread over the interval.
-        ...(entry.registered ? { firstDelayMs: 0 } : {}),
+        // At once: a new node needs its Lease, and one an earlier run left may be nearly stale
+        // (devicelet was down meanwhile). The heartbeat lane's budget spreads a large fleet.
+        firstDelayMs: 0,
+        // The API server answers again: every lease still failing tries now, not after its backoff.
+        onRecovered: () => {
+          for (const other of this.#entries.values()) other.lease?.renewSoon();
+        },
       });
       // Renewals start now and can never stop, whatever the first one meets (the queue retries
       // the rest of this reconcile on its own).
@@ -361,7 +364,6 @@ export class NodeController {
     entry.lastStatus = undefined;
     try {
       const created = await kube.createNode(desired);
-      entry.registered = true;
       this.#log.info({ node: entry.name, deviceId }, "registered node");
       return created;
     } catch (err) {

@@ -174,4 +174,58 @@ describe("NodeLease", () => {
       vi.useRealTimers();
     }
   });
+
+  it("renews every failing lease at once when one gets through again", async () => {
+    vi.useFakeTimers();
+    try {
+      let down = true;
+      const refused = () => Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" });
+      const fakes = [fakeKube(), fakeKube()];
+      const controller = new AbortController();
+      const leases: NodeLease[] = [];
+      for (const [i, fake] of fakes.entries()) {
+        leases.push(
+          new NodeLease({
+            kube: {
+              ...fake.kube,
+              getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
+                if (down) throw refused();
+                return fake.kube.getLease(...args);
+              },
+            },
+            nodeName: `dev-${i}`,
+            nodeUid: () => `uid-${i}`,
+            durationSeconds: 40,
+            renewIntervalSeconds: 10,
+            logger: pino({ level: "silent" }),
+            firstDelayMs: i * 3_000,
+            onRecovered: () => leases.forEach((l) => l.renewSoon()),
+          }),
+        );
+      }
+      for (const l of leases) l.start(controller.signal);
+      // A minute of outage: both back off to their cap (5 s), and keep trying.
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(leases.map((l) => [l.failing, l.renewals])).toEqual([
+        [true, 0],
+        [true, 0],
+      ]);
+      down = false;
+      // The first to try again gets through, and pulls the other along within a quarter second.
+      const first = await new Promise<number>((resolve) => {
+        const step = async (waited: number): Promise<void> => {
+          await vi.advanceTimersByTimeAsync(50);
+          if (leases.some((l) => l.renewals > 0)) resolve(waited);
+          else await step(waited + 50);
+        };
+        void step(50);
+      });
+      expect(first).toBeLessThanOrEqual(6_000);
+      await vi.advanceTimersByTimeAsync(300);
+      expect(leases.map((l) => l.renewals)).toEqual([1, 1]);
+      controller.abort();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
 });

@@ -33,6 +33,8 @@ export interface LeaseOptions {
   readonly logger: Logger;
   /** Called after every renewal attempt, successful or not. */
   readonly onTick?: () => void;
+  /** Called when a renewal succeeds after failures (the API server is reachable again). */
+  readonly onRecovered?: () => void;
   /** Delay before the first renewal; default a random point of the first interval. */
   readonly firstDelayMs?: number;
 }
@@ -49,6 +51,8 @@ export class NodeLease {
   #renewedAt: number | undefined;
   #failures = 0;
   #lastError: unknown;
+  #signal: AbortSignal | undefined;
+  #inFlight = false;
 
   constructor(options: LeaseOptions) {
     this.#o = options;
@@ -63,22 +67,44 @@ export class NodeLease {
     return this.#renewedAt;
   }
 
+  /** Whether the last renewal attempt failed. */
+  get failing(): boolean {
+    return this.#failures > 0;
+  }
+
   /**
    * Starts renewing: the first renewal after `firstDelayMs` (default a random point of the first
    * interval), then every interval ±10 %; after a failure, again within a few seconds.
    */
   start(signal: AbortSignal): void {
-    const intervalMs = this.#o.renewIntervalSeconds * 1000;
-    const schedule = (delayMs: number) => {
-      this.#timer = setTimeout(() => {
-        void this.#tick(signal).then((ok) => {
-          if (signal.aborted) return;
-          schedule(ok ? intervalMs * (0.9 + Math.random() * 0.2) : this.#retryDelay(intervalMs));
-        });
-      }, delayMs);
-    };
+    this.#signal = signal;
     signal.addEventListener("abort", () => clearTimeout(this.#timer), { once: true });
-    schedule(this.#o.firstDelayMs ?? Math.random() * intervalMs);
+    this.#schedule(this.#o.firstDelayMs ?? Math.random() * this.#o.renewIntervalSeconds * 1000);
+  }
+
+  /**
+   * A failing lease tries again within a quarter second instead of waiting for its backoff: the
+   * API server is back (another lease just got through), and every heartbeat lost now is a step
+   * towards the node-lifecycle controller's grace period.
+   */
+  renewSoon(): void {
+    if (!this.#signal || this.#signal.aborted || this.#inFlight || this.#failures === 0) return;
+    clearTimeout(this.#timer);
+    this.#schedule(Math.random() * 250);
+  }
+
+  #schedule(delayMs: number): void {
+    const signal = this.#signal;
+    if (!signal) return;
+    const intervalMs = this.#o.renewIntervalSeconds * 1000;
+    this.#timer = setTimeout(() => {
+      this.#inFlight = true;
+      void this.#tick(signal).then((ok) => {
+        this.#inFlight = false;
+        if (signal.aborted) return;
+        this.#schedule(ok ? intervalMs * (0.9 + Math.random() * 0.2) : this.#retryDelay(intervalMs));
+      });
+    }, delayMs);
   }
 
   /** Renews now (also used to create the lease right after the node is registered). */
@@ -108,12 +134,14 @@ export class NodeLease {
     if (signal.aborted) return false;
     try {
       await this.renew();
-      if (this.#failures > 0)
+      const recovered = this.#failures > 0;
+      if (recovered)
         this.#o.logger.info(
           { node: this.#o.nodeName, failures: this.#failures },
           "node lease renewed again after failures",
         );
       this.#failures = 0;
+      if (recovered) this.#o.onRecovered?.();
       return true;
     } catch (err) {
       this.#failures++;
