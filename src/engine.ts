@@ -121,7 +121,10 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   // Nodes first: the ones an earlier run registered are heartbeated (and stay Ready) even while
   // the provider waits for an unreachable broker. Pods only once the provider can say what runs.
   await nodes.start(signal);
-  if (isStartable(provider)) await provider.start(signal);
+  if (isStartable(provider)) {
+    logger.info({ nodes: nodes.nodeNames().length }, "nodes are heartbeating; waiting for the provider");
+    await provider.start(signal);
+  }
   await nodes.syncInventory();
   await pods.start(signal);
   logEngineMetrics({ kube, nodes, pods, logger }, signal);

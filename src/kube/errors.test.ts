@@ -6,6 +6,7 @@ import {
   isForbidden,
   isGone,
   isNotFound,
+  isPermanentKubeError,
   isRetryableKubeError,
   isTooManyRequests,
   kubeStatus,
@@ -97,5 +98,18 @@ describe("guards", () => {
     expect(isRetryableKubeError(new DOMException("timed out", "TimeoutError"))).toBe(true);
     expect(isRetryableKubeError(new DOMException("aborted", "AbortError"))).toBe(false);
     expect(isRetryableKubeError(new Error("bug"))).toBe(false);
+  });
+
+  it("call 400, 403 and 422 permanent, unless a 403 came from an API server just starting", () => {
+    expect(isPermanentKubeError(api(400, status(400, "BadRequest")))).toBe(true);
+    expect(isPermanentKubeError(api(403, status(403, "Forbidden")))).toBe(true);
+    expect(isPermanentKubeError(api(422, status(422, "Invalid")))).toBe(true);
+    expect(isPermanentKubeError(api(409, status(409, "Conflict")))).toBe(false);
+    expect(isPermanentKubeError(api(503, ""))).toBe(false);
+    expect(isPermanentKubeError(new Error("bug"))).toBe(false);
+    const starting = new KubeApiError(403, "forbidden", status(403, "Forbidden"), {});
+    starting.transient = true;
+    expect(isPermanentKubeError(starting)).toBe(false);
+    expect(isRetryableKubeError(starting)).toBe(true);
   });
 });

@@ -166,6 +166,7 @@ function isNetworkError(err: unknown, depth = 0): boolean {
  * retryable.
  */
 export function isRetryableKubeError(err: unknown): boolean {
+  if (err instanceof KubeApiError && err.transient) return true;
   const s = kubeStatus(err);
   if (s) {
     if (s.code === 429) return true;
@@ -184,6 +185,7 @@ const permanentCodes = new Set([400, 401, 403, 405, 406, 413, 415, 422]);
  * failure is terminal for a reconcile: log it once, record an Event, and wait for the next change.
  */
 export function isPermanentKubeError(err: unknown): boolean {
+  if (err instanceof KubeApiError && err.transient) return false;
   const s = kubeStatus(err);
   return s !== undefined && permanentCodes.has(s.code);
 }

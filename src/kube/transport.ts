@@ -61,6 +61,9 @@ export const METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta
 /** The list form of {@link METADATA_ACCEPT}. */
 export const METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
+/** How long after the API server became reachable a 403 is still taken for a server starting up. */
+const FRESH_FORBIDDEN_MS = 60_000;
+
 type Dispatcher = NonNullable<ReturnType<RequestContext["getDispatcher"]>>;
 
 /**
@@ -115,6 +118,10 @@ export class KubeTransport {
   readonly #dynamicAuth: boolean;
   #headers: Promise<Record<string, string>> | undefined;
   #dispatcher: Promise<Dispatcher | undefined> | undefined;
+  /** Whether the last request got no answer at all (refused, reset, timed out). */
+  #unreachable = false;
+  /** When the API server last became reachable: process start, or the end of an outage. */
+  #reachableSince = performance.now();
 
   constructor(options: KubeTransportOptions) {
     this.#kc = options.kubeConfig;
@@ -159,16 +166,27 @@ export class KubeTransport {
       response = await this.#http.send(ctx).toPromise();
       text = await response.body.text();
     } catch (err) {
+      if (!req.signal?.aborted) this.#unreachable = true;
       // fetch rejects with the signal's reason; name a timeout so logs and guards can tell it.
       if (timeout.aborted && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
       throw err;
+    }
+    if (this.#unreachable) {
+      this.#unreachable = false;
+      this.#reachableSince = performance.now();
     }
     const ms = Math.round(performance.now() - started);
     this.#log.trace({ verb, resource, path: req.path, code: response.httpStatusCode, ms }, "kube request");
     if (response.httpStatusCode >= 200 && response.httpStatusCode < 300) {
       return (text === "" ? undefined : JSON.parse(text)) as T;
     }
-    throw apiException(response.httpStatusCode, req.method, req.path, text, response.headers);
+    const error = apiException(response.httpStatusCode, req.method, req.path, text, response.headers);
+    // An API server that has just started answers 403 until its authorizer has loaded the RBAC
+    // rules (seen on 1.36 right after a restart), and a fresh install may bind devicelet's role a
+    // moment after devicelet starts: a 403 that soon is worth retrying, not a verdict.
+    if (error.code === 403 && performance.now() - this.#reachableSince < FRESH_FORBIDDEN_MS)
+      error.transient = true;
+    throw error;
   }
 
   /**
@@ -295,6 +313,9 @@ export class RequestTimeoutError extends Error {
  * client-node expect) with a one-line message instead of its multi-line dump of body and headers.
  */
 export class KubeApiError extends ApiException<string> {
+  /** Set when an error that is usually permanent (403) is worth retrying this time. */
+  transient = false;
+
   constructor(
     code: number,
     message: string,
