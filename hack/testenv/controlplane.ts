@@ -3,12 +3,15 @@
  * by hack/control-plane/build.sh, all on loopback with free ports, state kept in `.testenv/`.
  *
  *   const state = await up({ dir: ".testenv" });   // idempotent: reuses a healthy running one
+ *   await stopApiServer({ dir: ".testenv", signal: "SIGKILL" });   // an API-server outage…
+ *   await startApiServer({ dir: ".testenv" });     // …ended: same flags, same port, ready again
  *   await down({ dir: ".testenv" });               // stops exactly the processes `up` started
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { freePort, httpsGet, isOurs, startDaemon, stopDaemon, waitFor, type Daemon } from "./process.ts";
+import { apiServerArgs, auditPolicy } from "./apiserver-flags.ts";
 import { ensurePki, type Pki } from "./pki.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "../..");
@@ -39,6 +42,9 @@ const identities = [
 ] as const;
 
 const statePath = (dir: string) => path.join(dir, "state.json");
+
+/** `--node-monitor-grace-period` of the harness controller-manager; tests that outlast it read it here. */
+export const nodeMonitorGraceSeconds = 30;
 
 export function readState(dir: string): ControlPlaneState | undefined {
   try {
@@ -96,23 +102,12 @@ function kubeconfig(server: string, pki: Pki, stem: string, user: string): strin
   ].join("\n");
 }
 
-// Every request of devicelet and of the tools it is measured against (KWOK) is logged, reads
-// included, so tests and benchmarks can count API calls per pod; the control plane's own
-// components are left out to keep the log small.
-const auditPolicy = `apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-  - level: None
-    users: [system:kube-controller-manager, system:kube-scheduler, system:apiserver]
-  - level: None
-    userGroups: [system:serviceaccounts:kube-system, system:nodes]
-  - level: None
-    verbs: [watch]
-  - level: Metadata
-`;
-
-export async function up(options: { dir: string; log?: Log }): Promise<ControlPlaneState> {
+export async function up(options: {
+  dir: string;
+  log?: Log;
+  /** The controller-manager's `--node-monitor-grace-period`; default {@link nodeMonitorGraceSeconds}. */
+  nodeMonitorGraceSeconds?: number;
+}): Promise<ControlPlaneState> {
   const log = options.log ?? ((m: string) => console.error(`[testenv] ${m}`));
   const dir = path.resolve(options.dir);
   const existing = await running(dir);
@@ -196,37 +191,7 @@ export async function up(options: { dir: string; log?: Log }): Promise<ControlPl
       startDaemon(
         "kube-apiserver",
         bin("kube-apiserver"),
-        [
-          `--etcd-servers=${etcdUrl}`,
-          "--bind-address=127.0.0.1",
-          "--advertise-address=127.0.0.1",
-          `--secure-port=${apiserverPort}`,
-          `--tls-cert-file=${pki.cert("apiserver").cert}`,
-          `--tls-private-key-file=${pki.cert("apiserver").key}`,
-          `--client-ca-file=${pki.caCert}`,
-          `--kubelet-client-certificate=${pki.cert("apiserver-kubelet-client").cert}`,
-          `--kubelet-client-key=${pki.cert("apiserver-kubelet-client").key}`,
-          `--kubelet-certificate-authority=${pki.caCert}`,
-          `--service-account-key-file=${path.join(pki.dir, "sa.pub")}`,
-          `--service-account-signing-key-file=${path.join(pki.dir, "sa.key")}`,
-          "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-          "--service-cluster-ip-range=10.0.0.0/24",
-          "--authorization-mode=Node,RBAC",
-          "--enable-admission-plugins=NodeRestriction",
-          "--allow-privileged=true",
-          // Endpoints cannot hold loopback addresses; with nothing to reconcile, turn it off.
-          "--endpoint-reconciler-type=none",
-          // Benchmarks push thousands of writes; the defaults (400/200) throttle the harness, not devicelet.
-          "--max-requests-inflight=1000",
-          "--max-mutating-requests-inflight=500",
-          `--audit-policy-file=${path.join(dir, "audit-policy.yaml")}`,
-          `--audit-log-path=${path.join(dir, "audit.log")}`,
-          "--audit-log-maxsize=500",
-          "--audit-log-maxbackup=1",
-          "--audit-log-mode=batch",
-          "--audit-log-batch-max-wait=1s",
-          "--audit-log-batch-buffer-size=100000",
-        ],
+        apiServerArgs({ dir, pki, etcdPort: etcdClient, port: apiserverPort }),
         logFile("kube-apiserver"),
       ),
     );
@@ -273,6 +238,10 @@ export async function up(options: { dir: string; log?: Log }): Promise<ControlPl
           "--kube-api-burst=400",
           "--concurrent-replicaset-syncs=10",
           "--concurrent-deployment-syncs=10",
+          // The node-lifecycle controller marks a node Unknown (and taints it) once its Lease is
+          // this old. Kubernetes 1.36 defaults to 50 s; 30 s is still three renew intervals of
+          // devicelet's default 10 s, and keeps the outage tests (which must outlast it) short.
+          `--node-monitor-grace-period=${options.nodeMonitorGraceSeconds ?? nodeMonitorGraceSeconds}s`,
         ],
         logFile("kube-controller-manager"),
       ),
@@ -381,4 +350,61 @@ export async function down(options: { dir: string; log?: Log }): Promise<boolean
   if (existsSync(path.join(dir, "env"))) rmSync(path.join(dir, "env"));
   log(`stopped ${state.daemons.map((d) => `${d.name} (${d.pid})`).join(", ")}`);
   return true;
+}
+
+/** The recorded kube-apiserver of `dir`'s control plane, with the state it belongs to. */
+function recordedApiServer(dir: string): { state: ControlPlaneState; daemon: Daemon } {
+  const state = readState(dir);
+  if (!state) throw new Error(`no harness control plane recorded in ${dir}`);
+  const daemon = state.daemons.find((d) => d.name === "kube-apiserver");
+  if (!daemon) throw new Error(`no kube-apiserver recorded in ${statePath(dir)}`);
+  return { state, daemon };
+}
+
+/**
+ * An API-server outage: stops only the kube-apiserver recorded in `dir`'s state.json, by pid, and
+ * resolves once it is gone. SIGKILL is a crash (no graceful shutdown of watches); SIGTERM (the
+ * default) lets it drain. etcd, the controller-manager and the scheduler keep running, and
+ * reconnect by themselves after `startApiServer`. A no-op when it is not running.
+ */
+export async function stopApiServer(options: { dir: string; signal?: "SIGKILL" | "SIGTERM" }): Promise<void> {
+  const { daemon } = recordedApiServer(path.resolve(options.dir));
+  await stopDaemon(daemon, 10_000, options.signal ?? "SIGTERM");
+}
+
+/**
+ * Starts the kube-apiserver of `dir`'s control plane again, with exactly the flags and port `up`
+ * gave it, waits for /readyz and records the new pid in state.json. A no-op when the recorded one
+ * still runs.
+ */
+export async function startApiServer(options: { dir: string }): Promise<void> {
+  const dir = path.resolve(options.dir);
+  const { state, daemon } = recordedApiServer(dir);
+  const pki = ensurePki(path.join(dir, "pki"), identities);
+  const adminTls = { ca: pki.caCert, ...pki.cert("admin") };
+  const logFile = path.join(dir, "logs", "kube-apiserver.log");
+  if (!isOurs(daemon)) {
+    const { etcd, apiserver } = state.ports;
+    if (etcd === undefined || apiserver === undefined) throw new Error(`ports missing in ${statePath(dir)}`);
+    const restarted = startDaemon(
+      "kube-apiserver",
+      daemon.binary,
+      apiServerArgs({ dir, pki, etcdPort: etcd, port: apiserver }),
+      logFile,
+    );
+    writeFileSync(
+      statePath(dir),
+      JSON.stringify(
+        { ...state, daemons: state.daemons.map((d) => (d === daemon ? restarted : d)) },
+        null,
+        2,
+      ),
+    );
+  }
+  await waitFor(
+    "kube-apiserver /readyz",
+    async () => (await httpsGet(`${state.server}/readyz`, adminTls)).status === 200,
+    120_000,
+    logFile,
+  );
 }

@@ -6,7 +6,7 @@
  *
  *   const broker = await startMosquitto({ dir: ".testenv/mosquitto-abc" });
  *   // broker.url = mqtt://127.0.0.1:PORT, broker.tlsUrl = mqtts://127.0.0.1:PORT, broker.ca = PEM text
- *   await broker.restart(); await broker.stop();
+ *   await broker.restart(); await broker.stop(); await broker.start();
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -43,7 +43,10 @@ export interface Broker {
   readonly ca: string;
   readonly port: number;
   readonly tlsPort: number;
+  /** Stops the process (SIGTERM, as a service manager would); retained messages are saved. */
   stop(): Promise<void>;
+  /** After stop(): starts again on the same ports with the same persistence folder. No-op while running. */
+  start(): Promise<void>;
   /** Stops and starts again on the same ports with the same persistence folder. */
   restart(): Promise<void>;
 }
@@ -97,6 +100,9 @@ export async function startMosquitto(options: { dir: string; pkiDir?: string }):
     port,
     tlsPort,
     stop,
+    start: async () => {
+      if (!daemon) await start();
+    },
     restart: async () => {
       await stop();
       await start();

@@ -48,10 +48,17 @@ export function isOurs(daemon: Daemon): boolean {
   }
 }
 
-/** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. Only for our daemons. */
-export async function stopDaemon(daemon: Daemon, graceMs = 10_000): Promise<void> {
+/**
+ * `signal` (SIGTERM by default), then SIGKILL after `graceMs`; resolves once the process is gone.
+ * Only for our daemons. SIGKILL first is a crash: no shutdown handler runs.
+ */
+export async function stopDaemon(
+  daemon: Daemon,
+  graceMs = 10_000,
+  signal: "SIGTERM" | "SIGKILL" = "SIGTERM",
+): Promise<void> {
   if (!isOurs(daemon)) return;
-  process.kill(daemon.pid, "SIGTERM");
+  process.kill(daemon.pid, signal);
   const deadline = Date.now() + graceMs;
   while (isOurs(daemon) && !isZombie(daemon.pid)) {
     if (Date.now() > deadline) {

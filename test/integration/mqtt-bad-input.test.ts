@@ -8,19 +8,11 @@
  */
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import type { PresenceMessage, ReportedDocument } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
-import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import {
-  startBroker,
-  type EventJson,
-  startMqttDevicelet,
-  type RunningMqttDevicelet,
-  stopAll,
-  expectNodeCount,
-} from "../support/mqtt.ts";
+import { apply, getJson } from "../support/kubectl.ts";
+import { type EventJson } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { isReady, pod, type PodJson } from "../support/workloads.ts";
 
@@ -29,38 +21,19 @@ const ns = id;
 const gw = `${id}-gw`;
 const other = `${id}-gw-other`;
 const intruder = `intruder-${id}`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
-
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({
-    id,
-    brokerUrl: broker.url,
-    namespace: ns,
-    provider: { devices: { allow: [`${id}-*`], maxMessageBytes: 64 * 1024 } },
-  });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [
-      { id: gw, kind: "gateway" },
-      { id: other, kind: "gateway" },
-    ],
-    appStartMs: 50,
-  });
-  await expectNodeCount(devicelet.nodeSelector, 2);
+const scene = mqttScene({
+  id,
+  devices: [
+    { id: gw, kind: "gateway" },
+    { id: other, kind: "gateway" },
+  ],
+  provider: { devices: { allow: [`${id}-*`], maxMessageBytes: 64 * 1024 } },
+  simulator: { appStartMs: 50 },
 });
 
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+// start() resolves once both devices are nodes.
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
 const validReport = (deviceId: string): ReportedDocument => ({
   protocol: 1,
@@ -77,7 +50,7 @@ const validReport = (deviceId: string): ReportedDocument => ({
 
 describe("mqtt provider: bad input", () => {
   it("rejects and counts malformed, oversized, invalid and impostor messages, and keeps working", async () => {
-    const device = sim.device(gw);
+    const device = scene.device(gw);
     await device.publishRaw("reported", "{ this is not json");
     await device.publishRaw("reported", Buffer.alloc(100 * 1024, 0x7b));
     await device.publishRaw("reported", JSON.stringify({ ...validReport(gw), pods: "none", seq: -1 }));
@@ -85,7 +58,7 @@ describe("mqtt provider: bad input", () => {
     // gw claims to be another device, on its own topic.
     await device.publishRaw("reported", JSON.stringify(validReport(other)));
     // A device that is not on the allow-list, with a perfectly good birth, twice.
-    const stranger = await mqtt.connectAsync(broker.url, { clientId: intruder });
+    const stranger = await mqtt.connectAsync(scene.broker.url, { clientId: intruder });
     const birth: PresenceMessage = {
       protocol: 1,
       kind: "presence",
@@ -115,7 +88,7 @@ describe("mqtt provider: bad input", () => {
     await stranger.endAsync();
 
     const metrics = await eventually(() => {
-      const m = devicelet.lastMetrics();
+      const m = scene.devicelet.lastMetrics();
       expect(m?.rejected).toMatchObject({
         "not-json": 1,
         oversized: 1,
@@ -129,11 +102,13 @@ describe("mqtt provider: bad input", () => {
     });
     expect(metrics?.rejected.invalid).toBe(0); // no handler error
     // Logged once per device for the stranger, and no node for it.
-    expect(devicelet.logLines().filter((l) => l.deviceId === intruder && l.level === 40)).toHaveLength(1);
+    expect(scene.devicelet.logLines().filter((l) => l.deviceId === intruder && l.level === 40)).toHaveLength(
+      1,
+    );
     const nodes = await getJson<{ items: { metadata: { name: string } }[] }>([
       "nodes",
       "-l",
-      devicelet.nodeSelector,
+      scene.nodeSelector,
     ]);
     expect(nodes.items.map((n) => n.metadata.name)).not.toContain(intruder);
     // The known device's node carries the rejections as Events.

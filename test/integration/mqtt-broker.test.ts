@@ -8,20 +8,10 @@
  * - a command whose time to live ends while the device is offline becomes a `CommandExpired` Event.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import {
-  eventsOf,
-  startBroker,
-  startMqttDevicelet,
-  type RunningMqttDevicelet,
-  stopAll,
-  expectNodeCount,
-  barePod,
-  deviceConnectedOf,
-} from "../support/mqtt.ts";
+import { eventsOf, barePod, deviceConnectedOf } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { condition, isReady, type PodJson } from "../support/workloads.ts";
 
@@ -29,40 +19,24 @@ const id = uniqueName("mqbr");
 const ns = id;
 const gw = `${id}-gw`;
 const gwCmd = `${id}-gw-cmd`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
+// Devices on MQTT 3.1.1 (clean sessions, wills without delay); devicelet on 3.1.1 too.
+const scene = mqttScene({
+  id,
+  devices: [
+    { id: gw, kind: "gateway" },
+    { id: gwCmd, kind: "gateway" },
+  ],
+  simulator: { protocolVersion: 4 },
+});
 
 interface NodeJson {
   metadata: { name: string };
   status: { conditions: { type: string; status: string }[] };
 }
 
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({ id, brokerUrl: broker.url, namespace: ns });
-  // Devices on MQTT 3.1.1 (clean sessions, wills without delay); devicelet on 3.1.1 too.
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    protocolVersion: 4,
-    devices: [
-      { id: gw, kind: "gateway" },
-      { id: gwCmd, kind: "gateway" },
-    ],
-    appStartMs: 100,
-  });
-  await expectNodeCount(devicelet.nodeSelector, 2);
-});
-
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+// start() resolves once both devices are nodes.
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
 const bare = (name: string, node: string) => barePod({ namespace: ns, testId: id, name, node });
@@ -72,13 +46,13 @@ describe("mqtt provider: broker restart and commands", () => {
   it("converges after Mosquitto restarts: pods Running again, and new pods still run", async () => {
     await apply(bare("before", gw));
     await eventually(async () => expect(isReady(await getPod("before"))).toBe(true));
-    const connectsBefore = devicelet.lastMetrics()?.connects ?? 1;
+    const connectsBefore = scene.devicelet.lastMetrics()?.connects ?? 1;
 
-    await broker.restart();
-    await eventually(() => expect(devicelet.lastMetrics()?.connects).toBeGreaterThan(connectsBefore), {
+    await scene.broker.restart();
+    await eventually(() => expect(scene.devicelet.lastMetrics()?.connects).toBeGreaterThan(connectsBefore), {
       timeoutMs: 30_000,
     });
-    await eventually(async () => expect(sim.device(gw).online).toBe(true), { timeoutMs: 30_000 });
+    await eventually(async () => expect(scene.device(gw).online).toBe(true), { timeoutMs: 30_000 });
 
     await apply(bare("after", gw));
     await eventually(
@@ -94,13 +68,13 @@ describe("mqtt provider: broker restart and commands", () => {
       },
       { timeoutMs: 60_000 },
     );
-    expect(sim.device(gw).runningPods()).toHaveLength(2);
+    expect(scene.device(gw).runningPods()).toHaveLength(2);
   });
 
   it("restarts an app when the restart annotation changes, without re-creating the pod", async () => {
     await apply(bare("restartable", gwCmd));
     await eventually(async () => expect(isReady(await getPod("restartable"))).toBe(true));
-    const applies = sim.device(gwCmd).applies;
+    const applies = scene.device(gwCmd).applies;
     await kubectl(["annotate", "pod", "restartable", "-n", ns, "devicelet.dev/restart-requested=one"]);
     await eventually(
       async () => {
@@ -111,11 +85,11 @@ describe("mqtt provider: broker restart and commands", () => {
       { timeoutMs: 30_000 },
     );
     // An annotation never reaches the device: no new document, the app was restarted in place.
-    expect(sim.device(gwCmd).applies).toBe(applies);
+    expect(scene.device(gwCmd).applies).toBe(applies);
   });
 
   it("records CommandExpired when a command's time to live ends while the device is offline", async () => {
-    await sim.device(gwCmd).goOffline();
+    await scene.device(gwCmd).goOffline();
     await eventually(async () => expect(await connectedOf(gwCmd)).toBe("False"), { timeoutMs: 30_000 });
     await kubectl([
       "annotate",
@@ -140,7 +114,7 @@ describe("mqtt provider: broker restart and commands", () => {
     expect(expired?.type).toBe("Warning");
     expect(expired?.message).toMatch(/restart-app.*offline/);
     // Coming back, the device does not run the expired command.
-    await sim.device(gwCmd).goOnline();
+    await scene.device(gwCmd).goOnline();
     await eventually(async () => expect(isReady(await getPod("restartable"))).toBe(true), {
       timeoutMs: 30_000,
     });

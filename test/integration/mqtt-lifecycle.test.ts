@@ -5,20 +5,11 @@
  * app, removes the pod object and leaves the device's retained document empty.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import type { DeviceEventMessage } from "../../src/protocol/types.ts";
-import {
-  retained,
-  retainedDesired,
-  startBroker,
-  startMqttDevicelet,
-  type EventJson,
-  type RunningMqttDevicelet,
-  stopAll,
-} from "../support/mqtt.ts";
+import { retained, retainedDesired, type EventJson } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { condition, isReady, pod, type PodJson } from "../support/workloads.ts";
 
@@ -26,44 +17,29 @@ const id = uniqueName("mqlc");
 const ns = id;
 const gw = `${id}-gw`;
 const tiny = `${id}-tiny`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
+const scene = mqttScene({
+  id,
+  devices: [
+    { id: gw, kind: "gateway", zone: "zone-a", labels: { site: "lab" } },
+    { id: tiny, kind: "gateway", maxMessageBytes: 2048 },
+  ],
+  simulator: { appStartMs: 1500 },
+});
 
 interface NodeJson {
   metadata: { name: string; labels: Record<string, string> };
   status: { conditions: { type: string; status: string }[]; capacity: Record<string, string> };
 }
 
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({ id, brokerUrl: broker.url, namespace: ns });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [
-      { id: gw, kind: "gateway", zone: "zone-a", labels: { site: "lab" } },
-      { id: tiny, kind: "gateway", maxMessageBytes: 2048 },
-    ],
-    appStartMs: 1500,
-  });
-});
-
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
 
 describe("mqtt provider: pod lifecycle", () => {
   it("registers the device as a node from its birth: labels, zone, capacity, DeviceConnected", async () => {
     const node = await eventually(async () => {
-      const items = (await getJson<{ items: NodeJson[] }>(["nodes", "-l", devicelet.nodeSelector])).items;
+      const items = (await getJson<{ items: NodeJson[] }>(["nodes", "-l", scene.nodeSelector])).items;
       expect(items).toHaveLength(2);
       return items.find((n) => n.metadata.name === gw) as NodeJson;
     });
@@ -76,7 +52,7 @@ describe("mqtt provider: pod lifecycle", () => {
     expect(node.status.conditions.find((c) => c.type === "DeviceConnected")?.status).toBe("True");
     expect(node.status.conditions.find((c) => c.type === "Ready")?.status).toBe("True");
     // devicelet's own presence, retained for devices that connect later.
-    const bridge = await retained(broker.url, "devicelet/v1/_bridge/state");
+    const bridge = await retained(scene.broker.url, "devicelet/v1/_bridge/state");
     expect(JSON.parse(bridge?.toString("utf8") ?? "{}")).toMatchObject({ kind: "bridge", state: "online" });
   });
 
@@ -94,8 +70,8 @@ describe("mqtt provider: pod lifecycle", () => {
     const pending = await eventually(
       async () => {
         const p = await getPod("sensor");
-        expect(sim.device(gw).applies).toBeGreaterThan(0);
-        expect(sim.device(gw).runningPods()).not.toContain(p.metadata.uid);
+        expect(scene.device(gw).applies).toBeGreaterThan(0);
+        expect(scene.device(gw).runningPods()).not.toContain(p.metadata.uid);
         expect(p.status.phase).toBe("Pending");
         expect(p.status.containerStatuses?.[0]?.state.waiting).toBeDefined();
         return p;
@@ -111,7 +87,7 @@ describe("mqtt provider: pod lifecycle", () => {
       },
       { timeoutMs: 30_000 },
     );
-    expect(sim.device(gw).runningPods()).toContain(running.metadata.uid);
+    expect(scene.device(gw).runningPods()).toContain(running.metadata.uid);
     expect(running.status.containerStatuses?.[0]?.state.running).toBeDefined();
     expect(condition(running, "devicelet.dev/DeviceConnected")?.status).toBe("True");
   });
@@ -122,7 +98,7 @@ describe("mqtt provider: pod lifecycle", () => {
       protocol: 1,
       kind: "event",
       deviceId: gw,
-      bootId: sim.device(gw).bootId,
+      bootId: scene.device(gw).bootId,
       seq: 1_000_000_000,
       type: "Warning",
       reason: "Overheating",
@@ -131,7 +107,7 @@ describe("mqtt provider: pod lifecycle", () => {
       app: "app",
       at: new Date().toISOString(),
     };
-    await sim.device(gw).publishRaw("evt", JSON.stringify(event));
+    await scene.device(gw).publishRaw("evt", JSON.stringify(event));
     await eventually(async () => {
       const events = await getJson<{ items: EventJson[] }>([
         "events",
@@ -164,7 +140,7 @@ describe("mqtt provider: pod lifecycle", () => {
       return got;
     });
     expect(p.status.phase).toBe("Pending");
-    const doc = await retainedDesired(broker.url, gw);
+    const doc = await retainedDesired(scene.broker.url, gw);
     expect(doc?.pods.map((d) => d.name)).not.toContain("secretive");
     await kubectl(["delete", "pod", "secretive", "-n", ns, "--wait=false"]);
   });
@@ -189,7 +165,7 @@ describe("mqtt provider: pod lifecycle", () => {
     });
     expect(p.status.phase).toBe("Pending");
     expect(p.status.containerStatuses?.[0]?.state.waiting?.message).toMatch(/2048 bytes/);
-    expect(await retainedDesired(broker.url, tiny)).toBeUndefined();
+    expect(await retainedDesired(scene.broker.url, tiny)).toBeUndefined();
   });
 
   it("deletes a pod: the app stops, the pod object goes, the retained document ends up empty", async () => {
@@ -199,13 +175,13 @@ describe("mqtt provider: pod lifecycle", () => {
       const list = await getJson<{ items: PodJson[] }>(["pods", "-n", ns]);
       expect(list.items.map((p) => p.metadata.name)).not.toContain("sensor");
     });
-    expect(sim.device(gw).runningPods()).not.toContain(uid);
+    expect(scene.device(gw).runningPods()).not.toContain(uid);
     await eventually(async () => {
-      const doc = await retainedDesired(broker.url, gw);
+      const doc = await retainedDesired(scene.broker.url, gw);
       expect(doc?.pods).toEqual([]);
       expect(doc?.tombstones).toEqual([]);
     });
-    const generations = sim.device(gw).appliedGenerations.map((g) => g.generation);
+    const generations = scene.device(gw).appliedGenerations.map((g) => g.generation);
     expect(generations).toEqual([...generations].sort((a, b) => a - b));
     expect(new Set(generations).size).toBe(generations.length);
   });

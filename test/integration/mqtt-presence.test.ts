@@ -9,20 +9,11 @@
  *   DeviceConnected False, and the pod runs once it wakes.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import type { PresenceMessage } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
-import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import {
-  startBroker,
-  startMqttDevicelet,
-  type RunningMqttDevicelet,
-  stopAll,
-  expectNodeCount,
-  barePod,
-  deviceConnectedOf,
-} from "../support/mqtt.ts";
+import { apply, getJson } from "../support/kubectl.ts";
+import { barePod, deviceConnectedOf } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { condition, isReady, type PodJson } from "../support/workloads.ts";
 
@@ -32,35 +23,19 @@ const rebooter = `${id}-gw-r`;
 const gw = `${id}-gw-p`;
 const child = `${id}-gw-p-mcu-0`;
 const sleeper = `${id}-mcu-s`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
-
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({ id, brokerUrl: broker.url, namespace: ns });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [
-      { id: rebooter, kind: "gateway" },
-      { id: gw, kind: "gateway" },
-      { id: child, kind: "mcu", gateway: gw },
-      { id: sleeper, kind: "mcu" },
-    ],
-    appStartMs: 100,
-  });
-  await expectNodeCount(devicelet.nodeSelector, 4);
+const scene = mqttScene({
+  id,
+  devices: [
+    { id: rebooter, kind: "gateway" },
+    { id: gw, kind: "gateway" },
+    { id: child, kind: "mcu", gateway: gw },
+    { id: sleeper, kind: "mcu" },
+  ],
 });
 
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+// start() resolves once all four devices are nodes.
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
 const bare = (name: string, node: string) => barePod({ namespace: ns, testId: id, name, node });
@@ -70,11 +45,11 @@ describe("mqtt provider: presence", () => {
   it("keeps a rebooted device online when a late will from its old boot arrives", async () => {
     await apply(bare("survivor", rebooter));
     await eventually(async () => expect(isReady(await getPod("survivor"))).toBe(true));
-    const oldBoot = sim.device(rebooter).bootId;
-    await sim.device(rebooter).reboot();
+    const oldBoot = scene.device(rebooter).bootId;
+    await scene.device(rebooter).reboot();
     await eventually(() => {
-      expect(sim.device(rebooter).bootId).not.toBe(oldBoot);
-      expect(sim.device(rebooter).online).toBe(true);
+      expect(scene.device(rebooter).bootId).not.toBe(oldBoot);
+      expect(scene.device(rebooter).online).toBe(true);
     });
     await eventually(async () => expect(isReady(await getPod("survivor"))).toBe(true), { timeoutMs: 30_000 });
     const lateWill: PresenceMessage = {
@@ -86,10 +61,10 @@ describe("mqtt provider: presence", () => {
       seq: 1_000_000,
       sentAt: new Date().toISOString(),
     };
-    await sim.device(rebooter).publishRaw("state", JSON.stringify(lateWill), { retain: true });
+    await scene.device(rebooter).publishRaw("state", JSON.stringify(lateWill), { retain: true });
     // devicelet has seen and ignored it...
     await eventually(() => {
-      const ignored = devicelet
+      const ignored = scene.devicelet
         .logLines()
         .filter((l) => l.msg === "ignored presence" && l.deviceId === rebooter && l.seq === 1_000_000);
       expect(ignored.map((l) => l.verdict)).toEqual(["stale-will"]);
@@ -104,7 +79,7 @@ describe("mqtt provider: presence", () => {
   it("makes a lost gateway's children lost, and brings them back with the gateway", async () => {
     await apply(bare("behind", child));
     await eventually(async () => expect(isReady(await getPod("behind"))).toBe(true));
-    await sim.device(gw).goOffline();
+    await scene.device(gw).goOffline();
     await eventually(
       async () => {
         expect(await connectedOf(gw)).toBe("False");
@@ -115,7 +90,7 @@ describe("mqtt provider: presence", () => {
       },
       { timeoutMs: 30_000 },
     );
-    await sim.device(gw).goOnline();
+    await scene.device(gw).goOnline();
     await eventually(
       async () => {
         expect(await connectedOf(child)).toBe("True");
@@ -127,7 +102,7 @@ describe("mqtt provider: presence", () => {
 
   it("treats a sleeping microcontroller as sleeping: its pod waits as DeviceSleeping, then runs", async () => {
     const wakeAt = new Date(Date.now() + 10 * 60_000);
-    await sim.device(sleeper).sleep(wakeAt);
+    await scene.device(sleeper).sleep(wakeAt);
     await eventually(async () => expect(await connectedOf(sleeper)).toBe("False"), { timeoutMs: 30_000 });
     await apply(bare("napper", sleeper));
     await eventually(
@@ -140,7 +115,7 @@ describe("mqtt provider: presence", () => {
       },
       { timeoutMs: 30_000 },
     );
-    await sim.device(sleeper).goOnline();
+    await scene.device(sleeper).goOnline();
     await eventually(async () => expect(isReady(await getPod("napper"))).toBe(true), { timeoutMs: 30_000 });
   });
 });

@@ -6,64 +6,40 @@
 import { readFileSync } from "node:fs";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import {
-  retainedDesired,
-  startMqttDevicelet,
-  startMutualTlsBroker,
-  type MutualTlsBroker,
-  type RunningMqttDevicelet,
-  stopAll,
-} from "../support/mqtt.ts";
+import { retainedDesired, startMutualTlsBroker } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { isReady, pod, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("mqtls");
 const ns = id;
 const gw = `${id}-gw`;
-let broker: MutualTlsBroker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
-
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startMutualTlsBroker(id);
-  devicelet = await startMqttDevicelet({
-    id,
-    brokerUrl: broker.tlsUrl,
-    namespace: ns,
-    provider: {
-      broker: {
-        url: broker.tlsUrl,
-        protocolVersion: 5,
-        clientId: `devicelet-${id}`,
-        tls: { ca: broker.caFile, cert: broker.client.cert, key: broker.client.key },
-      },
+// devicelet on the mutual-TLS listener; the simulated device (no client certificate) on the plain one.
+const scene = mqttScene({
+  id,
+  broker: startMutualTlsBroker,
+  devices: [{ id: gw, kind: "gateway" }],
+  simulator: { appStartMs: 50 },
+  provider: (broker) => ({
+    broker: {
+      url: broker.tlsUrl,
+      protocolVersion: 5,
+      clientId: `devicelet-${id}`,
+      tls: { ca: broker.caFile, cert: broker.client.cert, key: broker.client.key },
     },
-  });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [{ id: gw, kind: "gateway" }],
-    appStartMs: 50,
-  });
+  }),
 });
 
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
 describe("mqtt provider: mutual TLS", () => {
   it("the TLS listener refuses a client without a certificate", async () => {
-    const ca = readFileSync(broker.caFile);
+    const ca = readFileSync(scene.broker.caFile);
     await expect(
-      mqtt.connectAsync(broker.tlsUrl, {
+      mqtt.connectAsync(scene.broker.tlsUrl, {
         ca,
         rejectUnauthorized: true,
         reconnectPeriod: 0,
@@ -74,7 +50,7 @@ describe("mqtt provider: mutual TLS", () => {
 
   it("connects with CA, certificate and key, and runs a pod that uses a Secret", async () => {
     await eventually(async () => {
-      const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", devicelet.nodeSelector]);
+      const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", scene.nodeSelector]);
       expect(nodes.items).toHaveLength(1);
     });
     await kubectl(["create", "secret", "generic", "token", "-n", ns, "--from-literal=value=s3cret"]);
@@ -93,9 +69,9 @@ describe("mqtt provider: mutual TLS", () => {
     await eventually(async () =>
       expect(isReady(await getJson<PodJson>(["pod", "secretive", "-n", ns]))).toBe(true),
     );
-    const doc = await retainedDesired(broker.url, gw);
+    const doc = await retainedDesired(scene.broker.url, gw);
     expect(doc?.pods[0]?.apps[0]?.env.TOKEN).toBe("s3cret");
     // pino redaction: the value never reaches devicelet's log.
-    expect(devicelet.logLines().some((l) => JSON.stringify(l).includes("s3cret"))).toBe(false);
+    expect(scene.devicelet.logLines().some((l) => JSON.stringify(l).includes("s3cret"))).toBe(false);
   });
 });

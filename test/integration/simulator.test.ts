@@ -5,26 +5,29 @@
  * exactly as devicelet must (see inferPresence).
  */
 import { randomUUID } from "node:crypto";
-import { mkdtempSync } from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startMosquitto, type Broker } from "../../hack/testenv/mosquitto.ts";
 import { desiredDocument, desiredPod } from "../../src/device/fixtures.ts";
-import { fleetSpec, startSimulator, type Simulator } from "../../src/device/simulator.ts";
+import { fleetSpec } from "../../src/device/simulator.ts";
 import { encodeMessage } from "../../src/protocol/codec.ts";
 import { parseDeviceTopic, topics } from "../../src/protocol/topics.ts";
 import type { AckMessage, PresenceMessage, ReportedDocument } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
+import { stopAll } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 
 const prefix = `t${randomUUID().slice(0, 6)}`;
 const specs = fleetSpec({ gateways: 5, childrenPerGateway: 5, mcus: 20, prefix });
 const EPOCH = "sim-epoch";
 
-let broker: Broker;
-let devicelet: MqttClient;
-let sim: Simulator;
+// No devicelet in this scene: the test plays it, through `devicelet` below.
+const scene = mqttScene({
+  id: prefix,
+  devices: specs,
+  devicelet: false,
+  simulator: { appStartMs: 20, appStartJitterMs: 20, willDelaySeconds: 0 },
+});
+let devicelet: MqttClient | undefined;
 const state = new Map<string, PresenceMessage>();
 /** The last birth of each device: what devicelet knows about it (its gateway, its boot). */
 const births = new Map<string, PresenceMessage>();
@@ -33,9 +36,11 @@ const acks: AckMessage[] = [];
 const raw: string[] = [];
 
 beforeAll(async () => {
-  broker = await startMosquitto({ dir: mkdtempSync(path.join(os.tmpdir(), "devicelet-sim-")) });
-  devicelet = await mqtt.connectAsync(broker.url, { clientId: `devicelet-${prefix}` });
-  devicelet.on("message", (topic, payload) => {
+  await scene.start();
+  // Births, states and reports are retained: subscribing once the devices are up sees them all.
+  const client = await mqtt.connectAsync(scene.broker.url, { clientId: `devicelet-${prefix}` });
+  devicelet = client;
+  client.on("message", (topic, payload) => {
     const parsed = parseDeviceTopic(topic);
     if (!parsed || payload.length === 0) return;
     if (parsed.kind === "evt" && !payload.toString().startsWith("{"))
@@ -47,20 +52,14 @@ beforeAll(async () => {
     } else if (message.kind === "reported") reported.set(parsed.deviceId, message);
     else acks.push(message);
   });
-  await devicelet.subscribeAsync(topics.fromDevices(), { qos: 1 });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: specs,
-    appStartMs: 20,
-    appStartJitterMs: 20,
-    willDelaySeconds: 0,
-  });
+  await client.subscribeAsync(topics.fromDevices(), { qos: 1 });
 });
 
 afterAll(async () => {
-  await sim.stop();
-  await devicelet.endAsync();
-  await broker.stop();
+  await stopAll(
+    async () => devicelet?.endAsync(),
+    () => scene.stop(),
+  );
 });
 
 /**
@@ -83,9 +82,13 @@ function inferPresence(id: string): PresenceMessage["state"] | undefined {
   return own;
 }
 
+const bridge = (): MqttClient => {
+  if (!devicelet) throw new Error("the test's devicelet client is not connected");
+  return devicelet;
+};
 const podFor = (id: string) => desiredPod({ uid: `${id}-p`, apps: [{ name: "main" }] });
 const publishDesired = (id: string, generation: number) =>
-  devicelet.publishAsync(
+  bridge().publishAsync(
     topics.desired(id),
     encodeMessage(desiredDocument({ deviceId: id, epoch: EPOCH, generation, pods: [podFor(id)] })),
     {
@@ -96,10 +99,10 @@ const publishDesired = (id: string, generation: number) =>
 
 describe("simulator", () => {
   it("brings 50 devices online with retained births; children name their gateway", async () => {
-    expect(sim.devices.size).toBe(50);
+    expect(scene.sim.devices.size).toBe(50);
     await eventually(() => expect(births.size).toBe(50));
     for (const spec of specs) {
-      expect(state.get(spec.id)).toMatchObject({ state: "online", bootId: sim.device(spec.id).bootId });
+      expect(state.get(spec.id)).toMatchObject({ state: "online", bootId: scene.device(spec.id).bootId });
       expect(births.get(spec.id)?.device?.gateway).toBe(spec.gateway);
       expect(births.get(spec.id)?.device?.capabilities.runtime).toBe(
         spec.kind === "gateway" ? "process" : "firmware",
@@ -119,10 +122,10 @@ describe("simulator", () => {
     });
     // The same generation again, and once more as the retained copy after a gateway reconnect.
     await Promise.all(specs.map((s) => publishDesired(s.id, 1)));
-    const gw = sim.device(`${prefix}-gw-0`);
+    const gw = scene.device(`${prefix}-gw-0`);
     await gw.goOffline();
     await gw.goOnline();
-    await eventually(() => expect(sim.device(`${prefix}-gw-0-mcu-0`).online).toBe(true));
+    await eventually(() => expect(scene.device(`${prefix}-gw-0-mcu-0`).online).toBe(true));
     // Not applied again: one `received` per device; the final ack is repeated for redeliveries.
     await eventually(() => {
       const applied = acks.filter((a) => a.kind === "ack" && a.stage === "applied");
@@ -130,25 +133,25 @@ describe("simulator", () => {
     });
     expect(acks.filter((a) => a.kind === "ack" && a.stage === "received")).toHaveLength(50);
     for (const s of specs) {
-      expect(sim.device(s.id).applies).toBe(1);
-      expect(sim.device(s.id).appliedGenerations).toEqual([{ epoch: EPOCH, generation: 1 }]);
-      expect(sim.device(s.id).runningPods()).toEqual([`${s.id}-p`]);
+      expect(scene.device(s.id).applies).toBe(1);
+      expect(scene.device(s.id).appliedGenerations).toEqual([{ epoch: EPOCH, generation: 1 }]);
+      expect(scene.device(s.id).runningPods()).toEqual([`${s.id}-p`]);
     }
   });
 
   it("takes a gateway's children down with it; devicelet infers them lost from the gateway's will", async () => {
     const gwId = `${prefix}-gw-1`;
     const children = specs.filter((s) => s.gateway === gwId).map((s) => s.id);
-    const gatewayBoot = sim.device(gwId).bootId;
-    await sim.device(gwId).goOffline();
+    const gatewayBoot = scene.device(gwId).bootId;
+    await scene.device(gwId).goOffline();
     await eventually(() => expect(state.get(gwId)).toMatchObject({ state: "lost", bootId: gatewayBoot }));
     for (const child of children) {
-      expect(sim.device(child).online).toBe(false);
+      expect(scene.device(child).online).toBe(false);
       expect(inferPresence(child)).toBe("lost");
     }
     expect(inferPresence(`${prefix}-gw-2-mcu-0`)).toBe("online");
     const seqBefore = new Map(children.map((c) => [c, state.get(c)?.seq ?? 0]));
-    await sim.device(gwId).goOnline();
+    await scene.device(gwId).goOnline();
     await eventually(() => {
       for (const child of children) {
         expect(inferPresence(child)).toBe("online");
@@ -158,7 +161,7 @@ describe("simulator", () => {
   });
 
   it("has a gateway publish its child's will when only the child drops", async () => {
-    const child = sim.device(`${prefix}-gw-2-mcu-1`);
+    const child = scene.device(`${prefix}-gw-2-mcu-1`);
     await child.goOffline();
     await eventually(() =>
       expect(state.get(child.id)).toMatchObject({ state: "lost", bootId: child.bootId }),
@@ -169,7 +172,7 @@ describe("simulator", () => {
   });
 
   it("reboots with a new boot id and runs its pod again without re-applying (it persists)", async () => {
-    const mcu = sim.device(`${prefix}-mcu-3`);
+    const mcu = scene.device(`${prefix}-mcu-3`);
     const before = mcu.bootId;
     await mcu.reboot();
     await eventually(() => expect(births.get(mcu.id)?.bootId).toBe(mcu.bootId));
@@ -185,7 +188,7 @@ describe("simulator", () => {
   });
 
   it("sleeps as Sleeping with wakeAt, and publishes raw payloads for validation tests", async () => {
-    const mcu = sim.device(`${prefix}-mcu-4`);
+    const mcu = scene.device(`${prefix}-mcu-4`);
     const wakeAt = new Date(Date.now() + 3_600_000);
     await mcu.sleep(wakeAt);
     await eventually(() =>
@@ -203,11 +206,11 @@ describe("simulator", () => {
       for (const id of targets) expect(reported.get(id)?.appliedGeneration).toBe(2);
     });
     for (const id of targets)
-      expect(sim.device(id).appliedGenerations.map((g) => g.generation)).toEqual([1, 2]);
+      expect(scene.device(id).appliedGenerations.map((g) => g.generation)).toEqual([1, 2]);
   });
 
   it("stops with retained `offline` for every device", async () => {
-    await sim.stop();
+    await scene.sim.stop();
     await eventually(() => {
       for (const s of specs) expect(state.get(s.id)?.state).toBe("offline");
     });

@@ -30,8 +30,11 @@ export interface DeviceletProcess {
   stop(): Promise<number | null>;
   /** SIGKILL and wait for exit. */
   kill(): Promise<void>;
-  /** Starts the same configuration again. */
-  restart(): Promise<void>;
+  /**
+   * Starts the same configuration again; resolves as the first start did, or, with
+   * `waitForRunning: false`, as soon as the process is spawned.
+   */
+  restart(options?: { readonly waitForRunning?: boolean }): Promise<void>;
   /** Log lines (parsed pino JSON) of every run so far. */
   logLines(): Record<string, unknown>[];
 }
@@ -67,7 +70,8 @@ export async function runDevicelet(options: {
       .map((l) => JSON.parse(l) as Record<string, unknown>);
   let child: ChildProcess | undefined;
   let exited: Promise<number | null> = Promise.resolve(null);
-  const launch = async () => {
+  const launch = async (o: { readonly waitForRunning?: boolean } = {}) => {
+    const waitForRunning = o.waitForRunning ?? options.waitForRunning;
     const out = openSync(logFile, "a");
     child = spawn(
       process.execPath,
@@ -78,14 +82,11 @@ export async function runDevicelet(options: {
     );
     const c = child;
     exited = new Promise((resolve) => c.once("exit", (code) => resolve(code)));
-    if (!options.expectNodes && !options.waitForRunning) return;
+    if (!options.expectNodes && !waitForRunning) return;
     await eventually(
       async () => {
         if (c.exitCode !== null) throw new Error(`devicelet exited early (${c.exitCode}); see ${logFile}`);
-        if (
-          options.waitForRunning &&
-          !logLines().some((l) => l.msg === "devicelet is running" && l.pid === c.pid)
-        )
+        if (waitForRunning && !logLines().some((l) => l.msg === "devicelet is running" && l.pid === c.pid))
           throw new Error("devicelet is not running yet");
         if (options.expectNodes) {
           const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", nodeSelector]);
