@@ -11,8 +11,6 @@
  */
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
@@ -20,21 +18,17 @@ import {
   barePod,
   expectNodeCount,
   startBroker,
-  startMqttDevicelet,
   stopAll,
   type RunningMqttDevicelet,
 } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { isReady, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("mqfence");
 const ns = id;
 const devices = [`${id}-gw-0`, `${id}-gw-1`];
-let broker: Broker;
-let first: RunningMqttDevicelet;
-let second: RunningMqttDevicelet | undefined;
-let sim: Simulator;
-let recorder: mqtt.MqttClient;
+let recorder: mqtt.MqttClient | undefined;
 /** Every desired document the broker delivered, in order. */
 const seen: DesiredDocument[] = [];
 
@@ -45,37 +39,35 @@ const provider = (brokerUrl: string) => ({
   desired: { generationBlock: 2 },
 });
 
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  recorder = await mqtt.connectAsync(broker.url, { clean: true, reconnectPeriod: 0 });
-  recorder.on("message", (_topic, payload) => {
-    if (payload.length > 0) seen.push(JSON.parse(payload.toString("utf8")) as DesiredDocument);
-  });
-  await recorder.subscribeAsync("devicelet/v1/+/desired", { qos: 1 });
-  first = await startMqttDevicelet({
-    id,
-    brokerUrl: broker.url,
-    namespace: ns,
-    provider: provider(broker.url),
-  });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: devices.map((d) => ({ id: d, kind: "gateway" as const })),
-    appStartMs: 50,
-  });
+const scene = mqttScene({
+  id,
+  devices: devices.map((d) => ({ id: d, kind: "gateway" as const })),
+  simulator: { appStartMs: 50 },
+  provider: (broker) => provider(broker.url),
+  // The recorder subscribes before the first devicelet starts: it sees every document from the first.
+  broker: async (name) => {
+    const broker = await startBroker(name);
+    try {
+      recorder = await mqtt.connectAsync(broker.url, { clean: true, reconnectPeriod: 0 });
+      recorder.on("message", (_topic, payload) => {
+        if (payload.length > 0) seen.push(JSON.parse(payload.toString("utf8")) as DesiredDocument);
+      });
+      await recorder.subscribeAsync("devicelet/v1/+/desired", { qos: 1 });
+      return broker;
+    } catch (err) {
+      await broker.stop(); // the scene only stops a broker its factory returned
+      throw err;
+    }
+  },
 });
 
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => second?.stop() ?? Promise.resolve(),
-    () => first.stop(),
-    () => recorder.endAsync(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+beforeAll(() => scene.start());
+afterAll(() =>
+  stopAll(
+    () => recorder?.endAsync() ?? Promise.resolve(),
+    () => scene.stop(),
+  ),
+);
 
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
 const bare = (name: string, node: string) =>
@@ -87,6 +79,7 @@ const connects = (d: RunningMqttDevicelet) =>
 
 describe("two devicelet processes against the same state", () => {
   it("never send one generation with two contents, and do not fight over the client id", async () => {
+    const first = scene.devicelet;
     await expectNodeCount(first.nodeSelector, 2);
     const [gw0 = "", gw1 = ""] = devices;
     await apply(bare("a", gw0));
@@ -98,11 +91,9 @@ describe("two devicelet processes against the same state", () => {
     const published = (d: RunningMqttDevicelet) => d.lastMetrics()?.published ?? 0;
     const publishedAlone = published(first);
     // A second process on the same state, the same broker and the same client id.
-    second = await startMqttDevicelet({
+    const second = await scene.startDevicelet({
       id: `${id}-b`,
-      brokerUrl: broker.url,
-      namespace: ns,
-      provider: provider(broker.url),
+      provider: provider(scene.broker.url),
       core: { nodes: { extraLabels: { "devicelet.dev/test": id } } },
     });
     // Changes that both see, one after the other, so both publish and both reserve.
@@ -125,7 +116,7 @@ describe("two devicelet processes against the same state", () => {
     // Both processes published while they shared the state.
     await eventually(() => {
       expect(published(first)).toBeGreaterThan(publishedAlone);
-      expect(second && published(second)).toBeGreaterThan(0);
+      expect(published(second)).toBeGreaterThan(0);
     });
 
     // Every (device, epoch, generation) the devices were sent carried one content only.

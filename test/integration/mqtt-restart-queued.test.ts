@@ -11,56 +11,31 @@
  */
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import type { CommandMessage } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import {
-  barePod,
-  deviceConnectedOf,
-  eventsOf,
-  expectNodeCount,
-  startBroker,
-  startMqttDevicelet,
-  stopAll,
-  type RunningMqttDevicelet,
-} from "../support/mqtt.ts";
+import { barePod, deviceConnectedOf, eventsOf, expectNodeCount, stopAll } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { isReady, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("mqrq");
 const ns = id;
 const gw = `${id}-gw-0`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
+const scene = mqttScene({
+  id,
+  devices: [{ id: gw, kind: "gateway" }],
+  simulator: { appStartMs: 50 },
+});
 let recorder: mqtt.MqttClient | undefined;
 
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({
-    id,
-    brokerUrl: broker.url,
-    namespace: ns,
-  });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [{ id: gw, kind: "gateway" }],
-    appStartMs: 50,
-  });
-});
-
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
+beforeAll(() => scene.start());
+afterAll(() =>
+  stopAll(
     () => recorder?.endAsync() ?? Promise.resolve(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+    () => scene.stop(),
+  ),
+);
 
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
 const bare = (name: string) => barePod({ namespace: ns, testId: id, name, node: gw, graceSeconds: 2 });
@@ -94,7 +69,7 @@ const requestRestart = (token: string, ttlSeconds: number) =>
 
 describe("mqtt provider: a devicelet restart while a device is offline", () => {
   it("keeps queued commands (and their expiry) and stops pods deleted meanwhile", async () => {
-    await expectNodeCount(devicelet.nodeSelector, 1);
+    await expectNodeCount(scene.nodeSelector, 1);
     await apply(bare("keep"));
     await apply(bare("gone"));
     await eventually(async () => {
@@ -103,7 +78,7 @@ describe("mqtt provider: a devicelet restart while a device is offline", () => {
     const keepUid = (await getPod("keep")).metadata.uid;
     const goneUid = (await getPod("gone")).metadata.uid;
 
-    await sim.device(gw).goOffline();
+    await scene.device(gw).goOffline();
     await eventually(async () => expect(await deviceConnectedOf(gw)).toBe("False"), { timeoutMs: 30_000 });
     // Two restart requests while the device is away: a long-lived one and a short-lived one.
     await requestRestart("long", 600);
@@ -113,28 +88,28 @@ describe("mqtt provider: a devicelet restart while a device is offline", () => {
     const stored = await storedCommands();
     const short = stored.find((c) => c.message.args?.[0] === "short");
 
-    await devicelet.kill();
+    await scene.devicelet.kill();
     // While devicelet is down: one pod is force-deleted, and the short command's time runs out.
     await kubectl(["delete", "pod", "gone", "-n", ns, "--grace-period=0", "--force"]);
     await eventually(() => expect(Date.now()).toBeGreaterThan(short?.expiresAt ?? Infinity), {
       timeoutMs: 10_000,
     });
-    await devicelet.restart();
+    await scene.devicelet.restart();
 
     const received: CommandMessage[] = [];
-    const client = await mqtt.connectAsync(broker.url, { clean: true, reconnectPeriod: 0 });
+    const client = await mqtt.connectAsync(scene.broker.url, { clean: true, reconnectPeriod: 0 });
     recorder = client;
     client.on("message", (_t, payload) =>
       received.push(JSON.parse(payload.toString("utf8")) as CommandMessage),
     );
     await client.subscribeAsync(`devicelet/v1/${gw}/cmd/+`, { qos: 1 });
-    await sim.device(gw).goOnline();
+    await scene.device(gw).goOnline();
 
     await eventually(
       async () => {
         // The pod deleted while devicelet was down is stopped; the other one runs on, untouched.
-        expect(sim.device(gw).runningPods()).toEqual([keepUid]);
-        expect(sim.device(gw).runningPods()).not.toContain(goneUid);
+        expect(scene.device(gw).runningPods()).toEqual([keepUid]);
+        expect(scene.device(gw).runningPods()).not.toContain(goneUid);
         const keep = await getPod("keep");
         expect(keep.metadata.uid).toBe(keepUid);
         expect(isReady(keep)).toBe(true);
@@ -145,6 +120,8 @@ describe("mqtt provider: a devicelet restart while a device is offline", () => {
       },
       { timeoutMs: 60_000 },
     );
-    expect(devicelet.logLines().some((l) => l.msg === "restored commands waiting for devices")).toBe(true);
+    expect(scene.devicelet.logLines().some((l) => l.msg === "restored commands waiting for devices")).toBe(
+      true,
+    );
   });
 });

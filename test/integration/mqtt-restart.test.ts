@@ -9,19 +9,11 @@
  * - no generation is ever reused: what each device applied is strictly increasing.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import {
-  retainedDesired,
-  startBroker,
-  startMqttDevicelet,
-  type RunningMqttDevicelet,
-  stopAll,
-  barePod,
-} from "../support/mqtt.ts";
+import { barePod, retainedDesired } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { isReady, type PodJson } from "../support/workloads.ts";
 
@@ -30,41 +22,24 @@ const ns = id;
 const gw0 = `${id}-gw-0`;
 const gw1 = `${id}-gw-1`;
 const mcu = `${id}-gw-1-mcu-0`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
+const scene = mqttScene({
+  id,
+  devices: [
+    { id: gw0, kind: "gateway" },
+    { id: gw1, kind: "gateway" },
+    { id: mcu, kind: "mcu", gateway: gw1 },
+  ],
+});
 
 interface NodeJson {
   metadata: { name: string };
   status: { conditions: { type: string; status: string }[] };
 }
 
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({ id, brokerUrl: broker.url, namespace: ns });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [
-      { id: gw0, kind: "gateway" },
-      { id: gw1, kind: "gateway" },
-      { id: mcu, kind: "mcu", gateway: gw1 },
-    ],
-    appStartMs: 100,
-  });
-});
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
-
-const nodes = async () =>
-  (await getJson<{ items: NodeJson[] }>(["nodes", "-l", devicelet.nodeSelector])).items;
+const nodes = async () => (await getJson<{ items: NodeJson[] }>(["nodes", "-l", scene.nodeSelector])).items;
 const connected = (n: NodeJson | undefined) =>
   n?.status.conditions.find((c) => c.type === "DeviceConnected")?.status;
 const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
@@ -90,8 +65,8 @@ describe("mqtt provider: devicelet killed while devices are offline", () => {
     const uidA = (await getPod("a")).metadata.uid;
 
     // Both gateways go away (gw-1 takes its microcontroller with it).
-    await sim.device(gw0).goOffline();
-    await sim.device(gw1).goOffline();
+    await scene.device(gw0).goOffline();
+    await scene.device(gw1).goOffline();
     await eventually(
       async () => {
         const byName = new Map((await nodes()).map((n) => [n.metadata.name, n]));
@@ -106,18 +81,18 @@ describe("mqtt provider: devicelet killed while devices are offline", () => {
     await eventually(async () => expect((await getPod("a")).metadata.deletionTimestamp).toBeDefined());
     const held = new Map<string, DesiredDocument>();
     await eventually(async () => {
-      const d0 = await retainedDesired(broker.url, gw0);
-      const d1 = await retainedDesired(broker.url, gw1);
+      const d0 = await retainedDesired(scene.broker.url, gw0);
+      const d1 = await retainedDesired(scene.broker.url, gw1);
       expect(d0?.tombstones.map((t) => t.uid)).toEqual([uidA]);
       expect(d1?.pods.map((p) => p.name).sort()).toEqual(["b", "c"]);
       held.set(gw0, d0 as DesiredDocument);
       held.set(gw1, d1 as DesiredDocument);
-      held.set(mcu, (await retainedDesired(broker.url, mcu)) as DesiredDocument);
+      held.set(mcu, (await retainedDesired(scene.broker.url, mcu)) as DesiredDocument);
     });
-    const appliedBefore = new Map([gw0, gw1, mcu].map((d) => [d, sim.device(d).appliedGenerations.length]));
+    const appliedBefore = new Map([gw0, gw1, mcu].map((d) => [d, scene.device(d).appliedGenerations.length]));
 
-    await devicelet.kill();
-    await devicelet.restart();
+    await scene.devicelet.kill();
+    await scene.devicelet.restart();
     // The new process knows the away devices (from the store) and their pods (from the broker).
     await eventually(async () => {
       const list = await nodes();
@@ -128,25 +103,25 @@ describe("mqtt provider: devicelet killed while devices are offline", () => {
     });
     await eventually(() =>
       expect(
-        devicelet
+        scene.devicelet
           .logLines()
           .filter((l) => l.msg === "pod controller started")
           .at(-1)?.adopted,
       ).toBe(4),
     );
 
-    for (const d of [gw0, gw1]) await sim.device(d).goOnline();
+    for (const d of [gw0, gw1]) await scene.device(d).goOnline();
     await eventually(
       async () => {
         expect((await podNames()).sort()).toEqual(["b", "c", "m"]);
         for (const name of ["b", "c", "m"]) expect(isReady(await getPod(name))).toBe(true);
-        expect(sim.device(gw0).runningPods()).toEqual([]);
-        expect((await retainedDesired(broker.url, gw0))?.tombstones).toEqual([]);
+        expect(scene.device(gw0).runningPods()).toEqual([]);
+        expect((await retainedDesired(scene.broker.url, gw0))?.tombstones).toEqual([]);
       },
       { timeoutMs: 60_000 },
     );
     for (const d of [gw0, gw1, mcu]) {
-      const applied = sim.device(d).appliedGenerations;
+      const applied = scene.device(d).appliedGenerations;
       expect(strictlyIncreasing(applied), `${d}: ${JSON.stringify(applied)}`).toBe(true);
       const after = applied.slice(appliedBefore.get(d));
       const doc = held.get(d);
@@ -156,7 +131,7 @@ describe("mqtt provider: devicelet killed while devices are offline", () => {
       else expect(after).toEqual([]);
     }
     // The new process's first document (gw-0's tombstone clean-up) is above the old process's block.
-    const last0 = sim.device(gw0).appliedGenerations.at(-1);
+    const last0 = scene.device(gw0).appliedGenerations.at(-1);
     expect(last0?.generation).toBeGreaterThan((held.get(gw0)?.generation ?? 0) + 1);
   });
 });

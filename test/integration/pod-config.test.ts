@@ -8,51 +8,22 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import {
-  retainedDesired,
-  startBroker,
-  startMqttDevicelet,
-  stopAll,
-  type RunningMqttDevicelet,
-} from "../support/mqtt.ts";
+import { retainedDesired } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { testenvDir, uniqueName } from "../support/testenv.ts";
 import { isReady, pod, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("pcfg");
 const ns = id;
 const gw = `${id}-gw`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
+const scene = mqttScene({ id, devices: [{ id: gw, kind: "gateway" }] });
 
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({ id, brokerUrl: broker.url, namespace: ns });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [{ id: gw, kind: "gateway" }],
-    appStartMs: 100,
-  });
-  await eventually(async () => {
-    const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", devicelet.nodeSelector]);
-    expect(nodes.items).toHaveLength(1);
-  });
-});
-
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+// start() resolves once the device is a node.
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
 const configMap = (content: string) => `apiVersion: v1
 kind: ConfigMap
@@ -62,7 +33,7 @@ data: { app.conf: "${content}", mode: "${content}" }
 
 /** The app's file and env in the retained document, with the document's generation. */
 async function delivered(): Promise<{ doc: DesiredDocument; file?: string; mode?: string }> {
-  const doc = await retainedDesired(broker.url, gw);
+  const doc = await retainedDesired(scene.broker.url, gw);
   if (!doc) throw new Error("no retained document yet");
   const app = doc.pods[0]?.apps[0];
   const file = app?.files.find((f) => f.path === "/etc/app/app.conf");
@@ -128,14 +99,14 @@ describe("a mounted ConfigMap, edited", () => {
         return now;
       });
       await eventually(() =>
-        expect(sim.device(gw).appliedGenerations).toContainEqual({
+        expect(scene.device(gw).appliedGenerations).toContainEqual({
           epoch: doc.epoch,
           generation: doc.generation,
         }),
       );
     }
 
-    await sim.device(gw).goOffline();
+    await scene.device(gw).goOffline();
     await eventually(
       async () => {
         const node = await getJson<{ status: { conditions: { type: string; status: string }[] } }>([
@@ -146,7 +117,7 @@ describe("a mounted ConfigMap, edited", () => {
       },
       { timeoutMs: 30_000 },
     );
-    const before = sim.device(gw).appliedGenerations.length;
+    const before = scene.device(gw).appliedGenerations.length;
     await apply(configMap("v4"));
     await eventually(async () => expect((await delivered()).file).toBe("v4"));
     await apply(configMap("v5"));
@@ -155,16 +126,16 @@ describe("a mounted ConfigMap, edited", () => {
       expect(now.file).toBe("v5");
       return now.doc;
     });
-    expect(sim.device(gw).appliedGenerations).toHaveLength(before);
+    expect(scene.device(gw).appliedGenerations).toHaveLength(before);
 
-    await sim.device(gw).goOnline();
-    await eventually(() => expect(sim.device(gw).appliedGenerations.length).toBeGreaterThan(before), {
+    await scene.device(gw).goOnline();
+    await eventually(() => expect(scene.device(gw).appliedGenerations.length).toBeGreaterThan(before), {
       timeoutMs: 30_000,
     });
     await eventually(async () =>
       expect(isReady(await getJson<PodJson>(["pod", "app", "-n", ns]))).toBe(true),
     );
-    const after = sim.device(gw).appliedGenerations.slice(before);
+    const after = scene.device(gw).appliedGenerations.slice(before);
     expect(after[0]).toEqual({ epoch: latest.epoch, generation: latest.generation });
     expect(after.filter((g) => g.generation === latest.generation)).toHaveLength(1);
 

@@ -5,44 +5,20 @@
  * is back and reports the app stopped, the old object goes and the replacement runs.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Broker } from "../../hack/testenv/mosquitto.ts";
-import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import { startBroker, startMqttDevicelet, stopAll, type RunningMqttDevicelet } from "../support/mqtt.ts";
+import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { condition, isReady, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("pdel");
 const ns = id;
 const gw = `${id}-gw`;
-let broker: Broker;
-let devicelet: RunningMqttDevicelet;
-let sim: Simulator;
+const scene = mqttScene({ id, devices: [{ id: gw, kind: "gateway" }] });
 
-beforeAll(async () => {
-  await kubectl(["create", "namespace", ns]);
-  broker = await startBroker(id);
-  devicelet = await startMqttDevicelet({ id, brokerUrl: broker.url, namespace: ns });
-  sim = await startSimulator({
-    brokerUrl: broker.url,
-    devices: [{ id: gw, kind: "gateway" }],
-    appStartMs: 100,
-  });
-  await eventually(async () => {
-    const nodes = await getJson<{ items: unknown[] }>(["nodes", "-l", devicelet.nodeSelector]);
-    expect(nodes.items).toHaveLength(1);
-  });
-});
-
-afterAll(async () => {
-  await stopAll(
-    () => sim.stop(),
-    () => devicelet.stop(),
-    () => broker.stop(),
-    () => kubectl(["delete", "namespace", ns, "--wait=false"]),
-  );
-});
+// start() resolves once the device is a node.
+beforeAll(() => scene.start());
+afterAll(() => scene.stop());
 
 const statefulSet = `apiVersion: apps/v1
 kind: StatefulSet
@@ -75,7 +51,7 @@ describe("a one-replica StatefulSet on a device that goes offline", () => {
       return p as PodJson;
     });
     const uid = first.metadata.uid;
-    await sim.device(gw).goOffline();
+    await scene.device(gw).goOffline();
     await eventually(
       async () =>
         expect(condition((await instances())[0] as PodJson, "devicelet.dev/DeviceConnected")?.status).toBe(
@@ -105,10 +81,10 @@ describe("a one-replica StatefulSet on a device that goes offline", () => {
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
     expect(polls).toBeGreaterThan(5);
-    expect(sim.device(gw).runningPods()).toContain(uid); // still running there, as far as it knows
+    expect(scene.device(gw).runningPods()).toContain(uid); // still running there, as far as it knows
 
-    await sim.device(gw).goOnline();
-    await eventually(() => expect(sim.device(gw).runningPods()).not.toContain(uid), { timeoutMs: 30_000 });
+    await scene.device(gw).goOnline();
+    await eventually(() => expect(scene.device(gw).runningPods()).not.toContain(uid), { timeoutMs: 30_000 });
     const replacement = await eventually(
       async () => {
         const pods = await instances();
@@ -119,6 +95,6 @@ describe("a one-replica StatefulSet on a device that goes offline", () => {
       },
       { timeoutMs: 60_000 },
     );
-    expect(sim.device(gw).runningPods()).toEqual([replacement.metadata.uid]);
+    expect(scene.device(gw).runningPods()).toEqual([replacement.metadata.uid]);
   });
 });

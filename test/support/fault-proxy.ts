@@ -24,6 +24,7 @@ import os from "node:os";
 import path from "node:path";
 import { mkdtempSync } from "node:fs";
 import { readState } from "../../hack/testenv/controlplane.ts";
+import { seededRandom } from "./seeded-random.ts";
 import { testenvDir } from "./testenv.ts";
 
 export interface FaultRule {
@@ -55,18 +56,6 @@ export interface FaultProxy {
 export const isLeaseRequest = (_method: string, url: string) =>
   url.startsWith("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases");
 
-/** mulberry32: small, seeded, good enough to pick which requests fail. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export async function startFaultProxy(options: {
   readonly rules: readonly FaultRule[];
   readonly seed?: number;
@@ -81,7 +70,7 @@ export async function startFaultProxy(options: {
     cert: readFileSync(path.join(pki, "devicelet.crt")),
     key: readFileSync(path.join(pki, "devicelet.key")),
   });
-  const random = seeded(options.seed ?? 7);
+  const random = seededRandom(options.seed ?? 7);
   let rules = options.rules;
   let forwarded = 0;
   let hung = 0;
