@@ -3,10 +3,14 @@
  * `npm run testenv -- up` left one running, otherwise started and stopped here).
  *   engine   1,000 pods over 100 mock device nodes, side by side with KWOK
  *   mqtt     1,000 pods over 100 simulated devices through Mosquitto; a 1,000-device reconnect storm
+ *   soak     [--minutes N] [--seed S]: load and random faults (devicelet, Mosquitto, the API server,
+ *            devices), then an audit of what was lost, applied twice, resurrected or evicted; it
+ *            uses its own control plane ($DEVICELET_TESTENV_DIR, else /tmp/devicelet-soak-testenv)
  */
 const benches: Record<string, () => Promise<unknown>> = {
   engine: async () => (await import("./engine.ts")).benchEngine(),
   mqtt: async () => (await import("./mqtt.ts")).benchMqtt(),
+  soak: async () => (await import("./soak.ts")).benchSoak(process.argv.slice(3)),
 };
 
 const name = process.argv[2] ?? "";
