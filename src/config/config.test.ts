@@ -38,7 +38,7 @@ describe("parseConfig", () => {
     const config = parseConfig("provider: { type: mock }\n", "min.yaml");
     expect(config).toEqual({
       nodes: { namePrefix: "", taintKey: "virtual-kubelet.io/provider", extraLabels: {} },
-      api: { qps: 100, burst: 200, heartbeatQps: 50, heartbeatBurst: 100, requestTimeoutSeconds: 30 },
+      api: { qps: 100, burst: 200, heartbeatQps: 200, heartbeatBurst: 400, requestTimeoutSeconds: 30 },
       lease: { durationSeconds: 40, renewIntervalSeconds: 10 },
       nodeStatus: { maxIntervalSeconds: 60 },
       pods: {
@@ -72,8 +72,8 @@ describe("parseConfig", () => {
     expect(config.api).toEqual({
       qps: 200,
       burst: 400,
-      heartbeatQps: 50,
-      heartbeatBurst: 100,
+      heartbeatQps: 200,
+      heartbeatBurst: 400,
       requestTimeoutSeconds: 30,
     });
     expect(config.nodes.namePrefix).toBe("dev-");

@@ -62,8 +62,8 @@ export const coreConfigSchema = {
     api: section("Budgets and timeouts of requests to the API server.", {
       qps: { type: "number", default: 100, minimum: 1 },
       burst: integer(200, 1),
-      heartbeatQps: { type: "number", default: 50, minimum: 1 },
-      heartbeatBurst: integer(100, 1),
+      heartbeatQps: { type: "number", default: 200, minimum: 1 },
+      heartbeatBurst: integer(400, 1),
       requestTimeoutSeconds: integer(30, 1),
     }),
     lease: section("Node heartbeat Leases in kube-node-lease.", {

@@ -203,7 +203,7 @@ export interface KubeClientOptions {
   readonly budget?: RequestBudget;
   /**
    * The heartbeat lane (Lease reads and writes, node status): its own token bucket, so node
-   * heartbeats never queue behind pod status, reads and Events. Default: qps 50, burst 100.
+   * heartbeats never queue behind pod status, reads and Events. Default: qps 200, burst 400.
    */
   readonly heartbeat?: { readonly qps: number; readonly burst: number };
   /** Timeout of every request but watches; default 30 s. */
@@ -231,7 +231,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
   const kubeConfig = options.kubeConfig ?? loadKubeConfig(options.kubeconfigPath);
   const budget = options.budget ?? new RequestBudget({ qps: options.qps, burst: options.burst });
   const log = options.logger.child({ component: "kube" });
-  const heartbeatBudget = new RequestBudget(options.heartbeat ?? { qps: 50, burst: 100 });
+  const heartbeatBudget = new RequestBudget(options.heartbeat ?? { qps: 200, burst: 400 });
   const http = new KubeTransport({
     kubeConfig,
     budget,
