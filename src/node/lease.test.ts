@@ -93,34 +93,42 @@ describe("NodeLease", () => {
     expect(fake.stored()).toBeDefined();
   });
 
+  /**
+   * A started lease whose getLease fails while `failure()` returns an error; the caller aborts
+   * the returned controller.
+   */
+  function startFlaky(fake: ReturnType<typeof fakeKube>, failure: () => Error | undefined) {
+    const controller = new AbortController();
+    const lease = new NodeLease({
+      kube: {
+        ...fake.kube,
+        getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
+          const err = failure();
+          if (err) throw err;
+          return fake.kube.getLease(...args);
+        },
+      },
+      nodeName: "dev-1",
+      nodeUid: () => "node-uid-1",
+      durationSeconds: 40,
+      renewIntervalSeconds: 10,
+      logger: pino({ level: "silent" }),
+      firstDelayMs: 0,
+    });
+    lease.start(controller.signal);
+    return { lease, controller };
+  }
+
   it("keeps heartbeating when its first renewals fail, retrying within seconds", async () => {
     vi.useFakeTimers();
     try {
       const fake = fakeKube();
       let failures = 3;
-      const unavailable = () =>
-        Object.assign(new Error("unavailable"), {
-          code: 503,
-          body: JSON.stringify({ reason: "ServiceUnavailable", code: 503 }),
-        });
-      const flaky = {
-        ...fake.kube,
-        getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
-          if (failures-- > 0) throw unavailable();
-          return fake.kube.getLease(...args);
-        },
-      };
-      const controller = new AbortController();
-      const l = new NodeLease({
-        kube: flaky,
-        nodeName: "dev-1",
-        nodeUid: () => "node-uid-1",
-        durationSeconds: 40,
-        renewIntervalSeconds: 10,
-        logger: pino({ level: "silent" }),
-        firstDelayMs: 0,
+      const unavailable = Object.assign(new Error("unavailable"), {
+        code: 503,
+        body: JSON.stringify({ reason: "ServiceUnavailable", code: 503 }),
       });
-      l.start(controller.signal);
+      const { lease: l, controller } = startFlaky(fake, () => (failures-- > 0 ? unavailable : undefined));
       // Three failures back off 0.5, 1 and 2 s (±20 %): well inside one interval.
       await vi.advanceTimersByTimeAsync(6_000);
       expect(l.renewals).toBe(1);
@@ -137,34 +145,12 @@ describe("NodeLease", () => {
   it("waits as long as a 429's Retry-After asks, but never past the renew interval", async () => {
     vi.useFakeTimers();
     try {
-      const fake = fakeKube();
       let throttled = 1;
-      const flaky = {
-        ...fake.kube,
-        getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
-          if (throttled-- > 0)
-            throw Object.assign(new Error("slow down"), {
-              code: 429,
-              body: JSON.stringify({
-                reason: "TooManyRequests",
-                code: 429,
-                details: { retryAfterSeconds: 4 },
-              }),
-            });
-          return fake.kube.getLease(...args);
-        },
-      };
-      const controller = new AbortController();
-      const l = new NodeLease({
-        kube: flaky,
-        nodeName: "dev-1",
-        nodeUid: () => "node-uid-1",
-        durationSeconds: 40,
-        renewIntervalSeconds: 10,
-        logger: pino({ level: "silent" }),
-        firstDelayMs: 0,
+      const slowDown = Object.assign(new Error("slow down"), {
+        code: 429,
+        body: JSON.stringify({ reason: "TooManyRequests", code: 429, details: { retryAfterSeconds: 4 } }),
       });
-      l.start(controller.signal);
+      const { lease: l, controller } = startFlaky(fakeKube(), () => (throttled-- > 0 ? slowDown : undefined));
       await vi.advanceTimersByTimeAsync(3_500);
       expect(l.renewals).toBe(0);
       await vi.advanceTimersByTimeAsync(1_000);
