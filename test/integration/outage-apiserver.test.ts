@@ -38,6 +38,12 @@ const gwBack = `${id}-gw-back`;
 const outageMs = 4 * 60_000;
 /** How long after the API server is back the pods must tell the truth. */
 const convergeMs = 60_000;
+/**
+ * The Deployment created after the outage needs the controller-manager, whose informers met 403s
+ * from the restarted API server (RBAC not loaded yet) and back off by themselves before they
+ * create its ReplicaSet and pod; devicelet's part (running the pod it is given) starts only then.
+ */
+const laterDeploymentMs = 180_000;
 
 const scene = mqttScene({
   id,
@@ -197,7 +203,7 @@ spec:
           expect(pods).toHaveLength(1);
           expect(isReady(pods[0] as PodJson)).toBe(true);
         },
-        { timeoutMs: convergeMs, intervalMs: 1_000 },
+        { timeoutMs: laterDeploymentMs, intervalMs: 1_000 },
       );
       // The device really runs it.
       const later = (await getJson<{ items: PodJson[] }>(["pods", "-n", ns, "-l", "app=later"])).items[0];
