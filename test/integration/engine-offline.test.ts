@@ -1,5 +1,5 @@
 /**
- * A device going offline is a device condition, not a node failure (DESIGN.md decision 1): its node
+ * A device going offline is a device condition, not a node failure (design decision 1): its node
  * stays Ready, DeviceConnected turns False on the node and its pods, and nothing is evicted.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

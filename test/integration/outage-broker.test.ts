@@ -1,5 +1,5 @@
 /**
- * Node liveness never depends on the broker (DESIGN.md decision 1), with the real Mosquitto process
+ * Node liveness never depends on the broker (design decision 1), with the real Mosquitto process
  * really stopped under the real `devicelet run` and simulated devices:
  * - the broker is down for longer than devicelet's broker grace plus the controller-manager's
  *   node-monitor grace, then comes back. Throughout, and for a minute after, every node stays
