@@ -22,6 +22,7 @@ import {
   type KubeClient,
   type Lease,
 } from "../kube/index.ts";
+import { retryDelay } from "../reconcile/backoff.ts";
 
 export interface LeaseOptions {
   readonly kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease">;
@@ -160,10 +161,13 @@ export class NodeLease {
   }
 
   #retryDelay(intervalMs: number): number {
-    const backoff = Math.min(intervalMs / 2, retryBaseMs * 2 ** Math.min(this.#failures - 1, 20));
-    const jittered = backoff * (0.8 + Math.random() * 0.4);
-    // Honour the server's Retry-After, but never wait past the interval: the lease must not lapse.
-    return Math.max(jittered, Math.min(intervalMs, retryAfterMs(this.#lastError) ?? 0));
+    return retryDelay({
+      failures: this.#failures,
+      baseMs: retryBaseMs,
+      maxMs: intervalMs / 2,
+      // Honour the server's Retry-After, but never wait past the interval: the lease must not lapse.
+      atLeastMs: Math.min(intervalMs, retryAfterMs(this.#lastError) ?? 0),
+    });
   }
 
   async #write(): Promise<Lease> {

@@ -16,6 +16,7 @@
  * which a change of the object brings, tries again.
  */
 import type { Logger } from "pino";
+import { retryDelay } from "./backoff.ts";
 
 export type ReconcileResult = undefined | { readonly requeueAfterMs: number };
 
@@ -170,9 +171,12 @@ export class WorkQueue {
     }
     const failures = (this.#failures.get(key) ?? 0) + 1;
     this.#failures.set(key, failures);
-    const backoff =
-      Math.min(maxDelayMs, baseDelayMs * 2 ** Math.min(failures - 1, 30)) * (0.8 + Math.random() * 0.4);
-    const delay = Math.max(backoff, this.#options.retryAfterMs?.(err) ?? 0);
+    const delay = retryDelay({
+      failures,
+      baseMs: baseDelayMs,
+      maxMs: maxDelayMs,
+      atLeastMs: this.#options.retryAfterMs?.(err),
+    });
     // Every failure of a short streak, then one line in ten: a long outage must not flood the log.
     if (failures <= 3 || failures % 10 === 0)
       logger.warn(
