@@ -11,10 +11,13 @@
 import type { Logger } from "pino";
 import type { DeviceletConfig } from "./config/index.ts";
 import { createKubeClient, EventRecorder, type KubeClient } from "./kube/index.ts";
+import { addressChecker } from "./node/addresses.ts";
 import { NodeController } from "./node/controller.ts";
 import { PodController } from "./pod/controller.ts";
 import {
   hasDeviceInventory,
+  hasDeviceNotifier,
+  hasDeviceRetirement,
   hasHealth,
   isStartable,
   type DeviceInfo,
@@ -24,6 +27,7 @@ import {
   type ProviderEvent,
 } from "./provider/types.ts";
 import { ConfigMapStore } from "./state/configmap-store.ts";
+import { checkStateNamespace, stateNamespace } from "./state/namespace-check.ts";
 
 export interface EngineOptions {
   readonly config: DeviceletConfig;
@@ -63,12 +67,22 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
       logger: logger.child({ component: "kube" }),
       userAgent: `devicelet/${version}`,
     });
+  // A state namespace that does not exist is a configuration error: refuse to start (ConfigError).
+  const namespace = stateNamespace(config);
+  try {
+    await checkStateNamespace({ kube, namespace, logger, signal });
+  } catch (err) {
+    if (!options.kube) await kube.close();
+    throw err;
+  }
   const events = new EventRecorder({ client: kube, logger: logger.child({ component: "events" }) });
   // The provider is built before the node controller (which reads its inventory) but may record
   // device events at any time; those name the device's node once it has one.
   const nodeRef: { current?: NodeController } = {};
   const recordEvent = (event: ProviderEvent) => {
     const { involved } = event;
+    // A device refused for a taken node name gets nothing recorded on that Node, which is not its own.
+    if (involved.kind === "Device" && nodeRef.current?.isRefused(involved.deviceId)) return;
     const object =
       involved.kind === "Pod"
         ? {
@@ -85,10 +99,12 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
           };
     events.record({ object, type: event.type, reason: event.reason, message: event.message });
   };
+  const addresses = addressChecker(config.nodes.addressRanges);
   const provider = options.createProvider({
     logger: logger.child({ component: "provider" }),
-    store: new ConfigMapStore(kube, config.state.namespace ?? process.env.POD_NAMESPACE ?? "default"),
+    store: new ConfigMapStore(kube, namespace.name),
     recordEvent,
+    checkPodAddress: (address) => addresses.ip(address),
   });
   const nodes = new NodeController({
     kube,
@@ -97,6 +113,10 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     version,
     logger,
     ...(hasHealth(provider) ? { transport: () => provider.health() } : {}),
+    ...(hasDeviceNotifier(provider) ? { notifier: provider } : {}),
+    // Deleting the Node of a device that is away decommissions it (docs/protocol.md § 5).
+    ...(hasDeviceRetirement(provider) ? { retirement: provider } : {}),
+    events,
     config: {
       namePrefix: config.nodes.namePrefix,
       taintKey: config.nodes.taintKey,
@@ -107,6 +127,8 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
       kubeletPort: config.kubelet.port,
       kubeletAddress: config.kubelet.address,
       heartbeatQps: config.api.heartbeatQps,
+      deviceLabels: config.nodes.deviceLabels,
+      addressRanges: config.nodes.addressRanges,
     },
   });
   nodeRef.current = nodes;

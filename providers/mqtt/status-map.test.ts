@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { ReportedApp, ReportedPod } from "../../src/protocol/types.ts";
-import { workloadStatusFor, type StatusInput } from "./status-map.ts";
+import { withUsablePodIP, workloadStatusFor, type StatusInput } from "./status-map.ts";
 
 const NOW = new Date("2026-03-01T12:00:00.000Z");
 const T = "2026-03-01T11:59:00.000Z";
@@ -324,5 +324,26 @@ describe("workloadStatusFor: robustness", () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe("withUsablePodIP", () => {
+  const withAddress = (address: string) => workloadStatusFor(input({ reported: report(), address }));
+
+  it("drops a reported address that is not an IP, and says why", () => {
+    for (const bad of ["not-an-ip", "999.1.1.1", "010.1.1.1", "fe80::1%eth0"]) {
+      const { status, refused } = withUsablePodIP(withAddress(bad), undefined);
+      expect(status, bad).not.toHaveProperty("podIP");
+      expect(refused, bad).toContain("is not an IP address");
+    }
+  });
+
+  it("keeps a good one, and applies the configured check", () => {
+    expect(withUsablePodIP(withAddress("10.0.0.7"), undefined)).toEqual({ status: withAddress("10.0.0.7") });
+    const inRange = (a: string) => (a.startsWith("10.") ? undefined : `${a} is outside nodes.addressRanges`);
+    expect(withUsablePodIP(withAddress("10.0.0.7"), inRange).refused).toBeUndefined();
+    const out = withUsablePodIP(withAddress("172.16.0.1"), inRange);
+    expect(out.status).not.toHaveProperty("podIP");
+    expect(out.refused).toBe("172.16.0.1 is outside nodes.addressRanges");
   });
 });

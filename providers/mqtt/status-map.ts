@@ -12,13 +12,15 @@
  *    device), else by delivery: `Applying` (received or applied, not yet reported), else by
  *    presence: `DeviceOffline` (offline, lost, unknown), `DeviceSleeping` (with the wake time),
  *    `Queued` (online, not yet received). Apps the device does not report wait with that reason.
- * 4. `deviceConnected` is presence `online`; `podIP` is the device's address when given.
+ * 4. `deviceConnected` is presence `online`; `podIP` is the device's address when given
+ *    ({@link withUsablePodIP} then drops one that may not be used as a pod IP).
  *
  * ```ts
  * const status = workloadStatusFor({ pod, desiredHash, appNames, images, presence, delivery,
  *   reported: report?.pods.find((p) => p.uid === pod.uid), address: report?.address, now });
  * ```
  */
+import { isIP } from "node:net";
 import type { ReportedApp, ReportedAppState, ReportedPod } from "../../src/protocol/types.ts";
 import type { AppState, AppStatus, PodRef, WorkloadStatus } from "../../src/provider/types.ts";
 import { toDate } from "../../src/workload/canonical.ts";
@@ -243,4 +245,26 @@ function appState(state: ReportedAppState, now: Date): AppState {
     default:
       return { kind: "waiting", reason: "Unknown", message: "the device reported an unknown app state" };
   }
+}
+
+/**
+ * `status` without a podIP that `check` refuses (not an IP, outside the configured ranges), and
+ * why. The engine then gives the pod an address of its own range; the caller records the reason.
+ * Without `check`, only `net.isIP` applies. Pure.
+ */
+export function withUsablePodIP(
+  status: WorkloadStatus,
+  check: ((address: string) => string | undefined) | undefined,
+): { status: WorkloadStatus; refused?: string } {
+  const address = status.podIP;
+  if (address === undefined) return { status };
+  const refused =
+    check === undefined
+      ? isIP(address) === 0 || address.includes("%")
+        ? `${JSON.stringify(address.slice(0, 64))} is not an IP address`
+        : undefined
+      : check(address);
+  if (refused === undefined) return { status };
+  const { podIP: _ignored, ...rest } = status;
+  return { status: rest, refused };
 }

@@ -16,6 +16,11 @@ export const patterns = {
   labelValue: "^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$",
   /** A resource quantity such as `4`, `500m`, `4Gi`, `1e3`. */
   quantity: "^[+-]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$",
+  /** A label key prefix: a DNS subdomain and `/`. */
+  labelPrefix: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/$",
+  /** A label key, or `<DNS subdomain>/*` for every key under a domain. */
+  allowedLabelKey:
+    "^(([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/\\*)$",
   /** A prefix of a node name (lower-case DNS subdomain characters). */
   namePrefix: "^([a-z0-9][-a-z0-9.]*)?$",
 } as const;
@@ -58,6 +63,34 @@ export const coreConfigSchema = {
       namePrefix: { type: "string", default: "", maxLength: 200, pattern: patterns.namePrefix },
       taintKey: { type: "string", default: "virtual-kubelet.io/provider", pattern: patterns.qualifiedName },
       extraLabels: labelMapSchema,
+      deviceLabels: {
+        type: "object",
+        description: "Which of a device's own labels go on its node, and under which keys.",
+        default: {},
+        additionalProperties: false,
+        properties: {
+          prefix: {
+            type: "string",
+            default: "device.devicelet.dev/",
+            maxLength: 254,
+            pattern: patterns.labelPrefix,
+          },
+          allow: {
+            type: "array",
+            default: [],
+            maxItems: 256,
+            uniqueItems: true,
+            items: { type: "string", maxLength: 317, pattern: patterns.allowedLabelKey },
+          },
+        },
+      },
+      addressRanges: {
+        type: "array",
+        description: "CIDRs every device IP (node addresses, pod IPs) must be in; empty allows any.",
+        default: [],
+        maxItems: 256,
+        items: { type: "string", format: "cidr" },
+      },
     }),
     api: section("Budgets and timeouts of requests to the API server.", {
       qps: { type: "number", default: 100, minimum: 1 },
@@ -119,6 +152,14 @@ export interface DeviceletConfig {
     readonly taintKey: string;
     /** Labels added to every device node. */
     readonly extraLabels: Readonly<Record<string, string>>;
+    /**
+     * A device's own labels reach its node only under `prefix` or when `allow` lists their key
+     * (`<domain>/*` for a whole domain); bare keys are re-keyed under `prefix`, others dropped.
+     * Kubernetes' and devicelet's own namespaces are never allowed (checked at load).
+     */
+    readonly deviceLabels: { readonly prefix: string; readonly allow: readonly string[] };
+    /** CIDRs device IPs must be in (node addresses, pod IPs); empty: any valid IP. */
+    readonly addressRanges: readonly string[];
   };
   /**
    * Client-side rate limits (token buckets): `qps`/`burst` for pod status, reads and Events;

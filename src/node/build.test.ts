@@ -4,11 +4,15 @@ import {
   buildNode,
   buildNodeStatus,
   heartbeatConditions,
+  isDeviceletNode,
   nodeStatusChanged,
   TRANSPORT_TAINT_KEY,
   transportTaints,
   type NodeStatusOptions,
 } from "./build.ts";
+import { addressChecker } from "./addresses.ts";
+import { capacityProblem, checkBirth } from "./birth.ts";
+import { deviceNodeLabels, labelPolicyProblems } from "./labels.ts";
 import { DNS1123_SUBDOMAIN, LABEL_VALUE, shortHash } from "./names.ts";
 
 const t0 = new Date("2026-11-01T10:00:00.250Z");
@@ -21,7 +25,7 @@ const device: DeviceInfo = {
   arch: "arm64",
   zone: "plant-a",
   gateway: "gw-7",
-  labels: { "example.com/site": "plant a", "kubernetes.io/hostname": "spoof" },
+  labels: { site: "plant a", "example.com/line": "a", "kubernetes.io/hostname": "spoof" },
   capacity: { cpu: "1", memory: "256Mi", "example.com/gpio": "8" },
   addresses: [
     { type: "InternalIP", address: "10.1.2.3" },
@@ -59,7 +63,8 @@ describe("buildNode", () => {
 
   it("labels the node, devicelet's labels winning over extra and device labels", () => {
     expect(node.metadata?.labels).toEqual({
-      "example.com/site": `plant-a-${shortHash("plant a")}`,
+      // The device's bare key, re-keyed under the prefix; its other keys are not allowed by default.
+      "device.devicelet.dev/site": `plant-a-${shortHash("plant a")}`,
       team: "edge",
       type: "virtual-kubelet",
       "kubernetes.io/os": "linux",
@@ -285,5 +290,226 @@ describe("transport state on the node", () => {
     expect(transportTaints(tainted, false)).toEqual(theirs);
     expect(transportTaints(theirs, false)).toBeUndefined();
     expect(transportTaints(undefined, true)).toEqual([{ key: TRANSPORT_TAINT_KEY, effect: "NoSchedule" }]);
+  });
+});
+
+describe("device labels on the node", () => {
+  const policy = { prefix: "device.devicelet.dev/", allow: ["example.com/line", "acme.io/*"] };
+  const hostile = {
+    line: "a",
+    "device.devicelet.dev/room": "7",
+    "example.com/line": "b",
+    "example.com/other": "c",
+    "acme.io/rack": "r1",
+    "kubernetes.io/hostname": "spoof",
+    "node-role.kubernetes.io/control-plane": "",
+    "node-restriction.kubernetes.io/trusted": "yes",
+    "topology.kubernetes.io/zone": "elsewhere",
+    "k8s.io/anything": "x",
+    "sub.k8s.io/anything": "x",
+    "devicelet.dev/transport": "forged",
+    "devicelet.dev/test": "forged",
+    "x.devicelet.dev/y": "forged",
+    type: "forged",
+    ["n".repeat(64)]: "too long once prefixed",
+  };
+
+  it("keeps prefixed and allowed keys, re-keys bare ones, drops the rest and says why", () => {
+    const { labels, dropped } = deviceNodeLabels(hostile, policy);
+    expect(labels).toEqual({
+      "device.devicelet.dev/line": "a",
+      "device.devicelet.dev/room": "7",
+      "example.com/line": "b",
+      "acme.io/rack": "r1",
+      // A bare `type` is re-keyed, so it cannot forge devicelet's own `type` label.
+      "device.devicelet.dev/type": "forged",
+    });
+    expect(dropped.map((d) => d.key).sort()).toEqual(
+      [
+        "example.com/other",
+        "kubernetes.io/hostname",
+        "node-role.kubernetes.io/control-plane",
+        "node-restriction.kubernetes.io/trusted",
+        "topology.kubernetes.io/zone",
+        "k8s.io/anything",
+        "sub.k8s.io/anything",
+        "devicelet.dev/transport",
+        "devicelet.dev/test",
+        "x.devicelet.dev/y",
+        "n".repeat(64),
+      ].sort(),
+    );
+    expect(dropped.find((d) => d.key === "example.com/other")?.why).toContain("nodes.deviceLabels.allow");
+  });
+
+  it("never lets a device set a reserved or devicelet key on its node, whatever the policy", () => {
+    // Even a policy that (wrongly) allows them; configuration loading refuses such a policy.
+    const lax = { prefix: "device.devicelet.dev/", allow: ["kubernetes.io/*", "devicelet.dev/*", "type"] };
+    const { zone: _zone, ...noZone } = device;
+    const node = buildNode(
+      { ...noZone, labels: hostile },
+      {
+        ...nodeOptions,
+        deviceLabels: lax,
+      },
+    );
+    const labels = node.metadata?.labels ?? {};
+    expect(labels.type).toBe("virtual-kubelet");
+    expect(labels["devicelet.dev/transport"]).toBe("mqtt");
+    expect(labels).not.toHaveProperty("topology.kubernetes.io/zone");
+    expect(labels).not.toHaveProperty("node-role.kubernetes.io/control-plane");
+    expect(labels).not.toHaveProperty("node-restriction.kubernetes.io/trusted");
+    expect(labels).not.toHaveProperty("devicelet.dev/test");
+    expect(labels["kubernetes.io/hostname"]).toBe(nodeOptions.nodeName);
+  });
+
+  it("refuses a configuration that allows reserved keys or a reserved prefix", () => {
+    expect(labelPolicyProblems(policy)).toEqual([]);
+    const problems = labelPolicyProblems({
+      prefix: "node-role.kubernetes.io/",
+      allow: [
+        "kubernetes.io/arch",
+        "topology.kubernetes.io/*",
+        "devicelet.dev/transport",
+        "type",
+        "ok.example/x",
+      ],
+    });
+    expect(problems.map((p) => p.path)).toEqual(["/prefix", "/allow/0", "/allow/1", "/allow/2", "/allow/3"]);
+    expect(labelPolicyProblems({ prefix: "devicelet.dev/", allow: [] })).toHaveLength(1);
+  });
+});
+
+describe("checkBirth", () => {
+  const policy = {
+    labels: { prefix: "device.devicelet.dev/", allow: [] },
+    addresses: addressChecker(["10.0.0.0/8", "fd00::/8"]),
+  };
+
+  it("drops addresses that are not IPs, not in range, or not DNS names", () => {
+    const { device: checked, problems } = checkBirth(
+      {
+        ...device,
+        labels: {},
+        addresses: [
+          { type: "InternalIP", address: "10.1.2.3" },
+          { type: "InternalIP", address: "999.1.1.1" },
+          { type: "InternalIP", address: "010.1.1.1" },
+          { type: "ExternalIP", address: "203.0.113.9" },
+          { type: "InternalIP", address: "fd00::7" },
+          { type: "InternalIP", address: "fe80::1%eth0" },
+          { type: "Hostname", address: "sensor.local" },
+          { type: "Hostname", address: "Not_A_Name" },
+          { type: "InternalDNS", address: "a".repeat(254) },
+        ],
+      },
+      policy,
+    );
+    expect(checked.addresses.map((a) => a.address)).toEqual(["10.1.2.3", "fd00::7", "sensor.local"]);
+    expect(problems).toHaveLength(6);
+    expect(new Set(problems.map((p) => p.reason))).toEqual(new Set(["InvalidAddress"]));
+    expect(problems.map((p) => p.message).join("\n")).toContain("outside nodes.addressRanges");
+  });
+
+  it("leaves out capacity the API server would refuse, keeping the rest", () => {
+    const { device: checked, problems } = checkBirth(
+      {
+        ...device,
+        labels: {},
+        capacity: {
+          cpu: "1.5",
+          memory: "-1Gi",
+          pods: "1.5",
+          "example.com/gpio": "500m",
+          "example.com/adc": "4",
+          "ephemeral-storage": "1.5.5",
+          "hugepages-2Mi": "10X",
+          "example.com/big": "1K",
+          "example.com/e": "1e",
+        },
+      },
+      { ...policy, addresses: addressChecker([]) },
+    );
+    expect(checked.capacity).toEqual({ cpu: "1.5", "example.com/adc": "4" });
+    expect(problems.map((p) => p.reason)).toEqual(Array(7).fill("InvalidCapacity"));
+    expect(problems.map((p) => p.message)).toEqual([
+      'capacity memory="-1Gi" is negative; left out of the node',
+      'capacity pods="1.5" must be a whole number; left out of the node',
+      'capacity example.com/gpio="500m" must be a whole number; left out of the node',
+      'capacity ephemeral-storage="1.5.5" is not a Kubernetes quantity; left out of the node',
+      'capacity hugepages-2Mi="10X" is not a Kubernetes quantity; left out of the node',
+      'capacity example.com/big="1K" is not a Kubernetes quantity; left out of the node',
+      'capacity example.com/e="1e" is not a Kubernetes quantity; left out of the node',
+    ]);
+  });
+
+  it("accepts what Kubernetes accepts", () => {
+    for (const q of [
+      "0",
+      "+4",
+      ".5",
+      "5.",
+      "1e3",
+      "1E-3",
+      "250m",
+      "5u",
+      "1n",
+      "1Ki",
+      "2Gi",
+      "1k",
+      "0.0001",
+    ]) {
+      expect(capacityProblem("memory", q), q).toBeUndefined();
+    }
+    expect(capacityProblem("pods", "-0")).toBeUndefined();
+    expect(capacityProblem("kubernetes.io/thing", "1.5")).toBeUndefined();
+  });
+});
+
+describe("a sleeping device's node", () => {
+  it("says DeviceSleeping with the wake time, not DeviceOffline", () => {
+    const wakeAt = new Date("2026-11-01T10:15:00.700Z");
+    const status = buildNodeStatus({ ...device, connected: false, sleep: { wakeAt } }, statusOptions());
+    const c = status.conditions?.find((x) => x.type === "DeviceConnected");
+    expect([c?.status, c?.reason]).toEqual(["False", "DeviceSleeping"]);
+    expect(c?.message).toBe(
+      "device is sleeping until 2026-11-01T10:15:00.000Z; last seen 2026-11-01T10:00:00.000Z",
+    );
+    const noWake = buildNodeStatus({ ...device, connected: false, sleep: {} }, statusOptions());
+    expect(noWake.conditions?.find((x) => x.type === "DeviceConnected")?.message).toContain(
+      "with no wake time given",
+    );
+  });
+
+  it("counts as a status change when the device falls asleep", () => {
+    const offline = buildNodeStatus({ ...device, connected: false }, statusOptions());
+    const asleep = buildNodeStatus({ ...device, connected: false, sleep: {} }, statusOptions());
+    expect(nodeStatusChanged(offline, asleep)).toBe(true);
+  });
+});
+
+describe("isDeviceletNode", () => {
+  const ids = { providerName: "mqtt", deviceId: "worker-1" };
+  it("adopts only a node with this device's providerID or devicelet's type and transport labels", () => {
+    expect(isDeviceletNode({ spec: { providerID: "devicelet://mqtt/worker-1" } }, ids)).toBe(true);
+    expect(
+      isDeviceletNode(
+        { metadata: { labels: { type: "virtual-kubelet", "devicelet.dev/transport": "mqtt" } } },
+        ids,
+      ),
+    ).toBe(true);
+    // A kubeadm node, another device's providerID, another provider's or another virtual kubelet's.
+    expect(isDeviceletNode({ metadata: { labels: { "kubernetes.io/hostname": "worker-1" } } }, ids)).toBe(
+      false,
+    );
+    expect(isDeviceletNode({ spec: { providerID: "devicelet://mqtt/worker-2" } }, ids)).toBe(false);
+    expect(isDeviceletNode({ spec: { providerID: "aws:///eu-west-1a/i-0abc" } }, ids)).toBe(false);
+    expect(
+      isDeviceletNode(
+        { metadata: { labels: { type: "virtual-kubelet", "devicelet.dev/transport": "mock" } } },
+        ids,
+      ),
+    ).toBe(false);
+    expect(isDeviceletNode({ metadata: { labels: { type: "virtual-kubelet" } } }, ids)).toBe(false);
   });
 });

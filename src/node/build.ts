@@ -19,6 +19,7 @@ import { isIP } from "node:net";
 import type { DeviceInfo, NodeAddress } from "../provider/types.ts";
 import { sameNormalised, sha256Hex, toDate } from "../workload/canonical.ts";
 import type { Model, Plain } from "../workload/shape.ts";
+import { DEFAULT_DEVICE_LABEL_POLICY, deviceNodeLabels, type DeviceLabelPolicy } from "./labels.ts";
 import { labelValueFor } from "./names.ts";
 
 /** Label and annotation keys devicelet sets on its nodes. */
@@ -70,6 +71,8 @@ export interface BuildNodeOptions {
   readonly taintKey: string;
   /** Added to every node; device labels give way to them, devicelet's own labels win over both. */
   readonly extraLabels: Readonly<Record<string, string>>;
+  /** Which device labels go on the node, under which keys (labels.ts); default prefix only. */
+  readonly deviceLabels?: DeviceLabelPolicy;
   readonly kubeletPort: number;
   readonly kubeletAddress: string;
   /** devicelet's version, as in package.json. */
@@ -94,14 +97,34 @@ export interface NodeStatusOptions {
   readonly version: string;
 }
 
+/** `devicelet://<provider>/<url-encoded device id>`: the `spec.providerID` of a device's node. */
+export const providerIdFor = (providerName: string, deviceId: string): string =>
+  `devicelet://${providerName}/${encodeURIComponent(deviceId)}`;
+
+/**
+ * Whether `node` is one devicelet may adopt for `deviceId`: it carries this device's providerID,
+ * or devicelet's `type` and transport labels. Any other Node of that name (a kubeadm node, another
+ * virtual kubelet's) belongs to someone else and is never patched.
+ */
+export function isDeviceletNode(
+  node: { spec?: { providerID?: string }; metadata?: { labels?: Readonly<Record<string, string>> } },
+  o: { providerName: string; deviceId: string },
+): boolean {
+  if (node.spec?.providerID === providerIdFor(o.providerName, o.deviceId)) return true;
+  const labels = node.metadata?.labels ?? {};
+  return labels[NodeLabel.Type] === "virtual-kubelet" && labels[NodeLabel.Transport] === o.providerName;
+}
+
 /**
  * The Node to register for a device: labels, annotations (`devicelet.dev/device-id` holds the raw
  * id, the label a label-safe form), the NoSchedule taint, `spec.providerID` =
- * `devicelet://<provider>/<url-encoded id>`, and an initial status. Returns a new object.
+ * {@link providerIdFor}, and an initial status. The device's own labels go on only as the
+ * `deviceLabels` policy allows (labels.ts). Returns a new object.
  */
 export function buildNode(device: DeviceInfo, o: BuildNodeOptions): Plain<V1Node> {
   const labels: Record<string, string> = {};
-  for (const [k, v] of Object.entries(device.labels)) labels[k] = labelValueFor(v);
+  const own = deviceNodeLabels(device.labels, o.deviceLabels ?? DEFAULT_DEVICE_LABEL_POLICY).labels;
+  for (const [k, v] of Object.entries(own)) labels[k] = labelValueFor(v);
   Object.assign(labels, o.extraLabels, {
     [NodeLabel.Type]: "virtual-kubelet",
     [NodeLabel.Os]: labelValueFor(device.os),
@@ -126,7 +149,7 @@ export function buildNode(device: DeviceInfo, o: BuildNodeOptions): Plain<V1Node
     kind: "Node",
     metadata: { name: o.nodeName, labels, annotations },
     spec: {
-      providerID: `devicelet://${o.providerName}/${encodeURIComponent(device.id)}`,
+      providerID: providerIdFor(o.providerName, device.id),
       taints: [{ key: o.taintKey, value: TAINT_VALUE, effect: "NoSchedule" }],
     },
     status: buildNodeStatus(device, {
@@ -180,7 +203,7 @@ function condition(
  * The node status for a device now: capacity and allocatable as the device states them (`pods`
  * defaulting to 110; resources in `previous` the device no longer states become "0"), addresses (see the module doc), the kubelet endpoint, nodeInfo, and
  * conditions MemoryPressure/DiskPressure/PIDPressure (False), Ready (devicelet's health) and
- * DeviceConnected (DeviceOnline/DeviceOffline; offline names the last-seen time). Every
+ * DeviceConnected (DeviceOnline/DeviceSleeping/DeviceOffline; the last two name the last-seen time). Every
  * `lastHeartbeatTime` is `now`; a `lastTransitionTime` is kept from `previous` while the status
  * is unchanged. Conditions of other types in `previous` are kept after these. Times are `Date`s.
  */
@@ -205,9 +228,7 @@ export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain
     condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", o),
     condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", o),
     readyCondition(o),
-    device.connected
-      ? condition("DeviceConnected", "True", "DeviceOnline", "device is connected", o)
-      : condition("DeviceConnected", "False", "DeviceOffline", `device is offline; ${seen}`, o),
+    deviceCondition(device, seen, o),
     ...transportConditions(o),
   ];
   const info = device.nodeInfo ?? {};
@@ -230,6 +251,23 @@ export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain
     },
     conditions: [...own, ...foreignConditions(o.previous, own)],
   };
+}
+
+/**
+ * `DeviceConnected`: True `DeviceOnline`; False `DeviceSleeping` for a device that said it sleeps
+ * (with its wake time when it gave one), else False `DeviceOffline`. Both name the last-seen time.
+ */
+function deviceCondition(device: DeviceInfo, seen: string, o: NodeStatusOptions): Plain<V1NodeCondition> {
+  if (device.connected) return condition("DeviceConnected", "True", "DeviceOnline", "device is connected", o);
+  if (device.sleep) {
+    const wakeAt = device.sleep.wakeAt;
+    const until =
+      wakeAt && !Number.isNaN(wakeAt.getTime())
+        ? `until ${new Date(Math.floor(wakeAt.getTime() / 1000) * 1000).toISOString()}`
+        : "with no wake time given";
+    return condition("DeviceConnected", "False", "DeviceSleeping", `device is sleeping ${until}; ${seen}`, o);
+  }
+  return condition("DeviceConnected", "False", "DeviceOffline", `device is offline; ${seen}`, o);
 }
 
 function readyCondition(o: NodeStatusOptions): Plain<V1NodeCondition> {

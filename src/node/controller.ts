@@ -4,8 +4,10 @@
  * For each device the provider's inventory reports, it registers a Node (labels, provider taint,
  * providerID, capacity, addresses, daemon endpoint, nodeInfo), keeps its Lease renewed
  * ({@link NodeLease}) and patches node status when it changes and at least every
- * `statusMaxIntervalSeconds`. A node deleted by someone else is registered again. Reconciles are
- * keyed by device id on a {@link WorkQueue}.
+ * `statusMaxIntervalSeconds`. A node deleted by someone else is registered again, unless its device
+ * is away and the provider can retire devices: then the device is decommissioned and its node
+ * forgotten (decommission.ts; docs/protocol.md § 5). Reconciles are keyed by device id on a
+ * {@link WorkQueue}.
  *
  * Liveness is devicelet's alone: Ready is True and the Lease renewed for as long as devicelet runs
  * and reaches the API server. Nothing a device or the broker does changes that (a node going
@@ -18,21 +20,27 @@
  * heartbeated from the moment it starts, before the provider has reported their devices: a
  * devicelet that starts while its broker is unreachable keeps every node Ready.
  *
+ * A device is given nothing that is not its own. Its node name may already belong to a Node that
+ * devicelet does not own (a kubeadm node, another virtual kubelet's): only a Node with this
+ * device's providerID or devicelet's `type` and transport labels is adopted. Any other is never
+ * patched, and the device is refused (an Event on that Node, a log line, a notice to the device)
+ * and looked at again every `recheckRefusedMs`, so it registers once that Node is gone. Until its
+ * node is known to be its own, {@link NodeController.byNodeName} does not know the device, so no
+ * pod bound to that name (nor its Secrets) ever reaches it. The birth itself is checked before
+ * any of it reaches the node (birth.ts): labels only under the configured prefix or allow-list,
+ * addresses that are IPs (in range) or DNS names, capacity the API server accepts.
+ *
  *   const nodes = new NodeController({ kube, inventory, transport: () => provider.health(), ... });
  *   await nodes.start(signal);      // resolves once every known node is heartbeating
  *   nodes.onDeviceChange((nodeName) => pods.resyncNode(nodeName));
  */
 import type { Logger } from "pino";
-import {
-  Informer,
-  isAlreadyExists,
-  toWire,
-  type KubeClient,
-  type Node,
-  type NodeStatus,
-} from "../kube/index.ts";
-import type { DeviceInfo, DeviceInventory } from "../provider/types.ts";
-import { WorkQueue } from "../reconcile/queue.ts";
+import { Informer, isPermanentKubeError, toWire, type Node, type NodeStatus } from "../kube/index.ts";
+import type { DeviceInfo } from "../provider/types.ts";
+import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
+import { addressChecker } from "./addresses.ts";
+import { checkBirth, type BirthPolicy } from "./birth.ts";
+import { afterNodeDeleted } from "./decommission.ts";
 import {
   buildNode,
   buildNodeStatus,
@@ -42,56 +50,18 @@ import {
   transportTaints,
   type TransportState,
 } from "./build.ts";
+import { DEFAULT_DEVICE_LABEL_POLICY } from "./labels.ts";
 import { NodeLease } from "./lease.ts";
 import { NodeNameRegistry } from "./names.ts";
+import { DeviceNotices } from "./notices.ts";
+import type { ManagedNode, NodeControllerOptions, NodeEntry } from "./controller-types.ts";
+import { registerNode } from "./registration.ts";
 
-export interface NodeControllerConfig {
-  readonly namePrefix: string;
-  readonly taintKey: string;
-  readonly extraLabels: Readonly<Record<string, string>>;
-  readonly leaseDurationSeconds: number;
-  readonly leaseRenewIntervalSeconds: number;
-  readonly statusMaxIntervalSeconds: number;
-  readonly kubeletPort: number;
-  readonly kubeletAddress: string;
-  /** The heartbeat lane's rate limit, to warn when the fleet outgrows it. */
-  readonly heartbeatQps: number;
-}
-
-export interface NodeControllerOptions {
-  readonly kube: KubeClient;
-  readonly inventory: DeviceInventory;
-  readonly providerName: string;
-  readonly config: NodeControllerConfig;
-  readonly version: string;
-  readonly logger: Logger;
-  /**
-   * The transport's health (the provider's `health()`): shown as the `TransportConnected`
-   * condition and taint, never as Ready. Absent: the provider has no transport to report.
-   */
-  readonly transport?: () => { readonly ready: boolean; readonly message: string };
-  /** How often the transport's health is looked at; default 2 s. */
-  readonly transportPollMs?: number;
-}
-
-/** What the rest of devicelet may know about a managed node. */
-export interface ManagedNode {
-  readonly name: string;
-  readonly deviceId: string;
-  readonly device: DeviceInfo;
-}
-
-interface NodeEntry {
-  name: string;
-  /** Undefined for a node of an earlier run whose device the provider has not reported yet. */
-  device: DeviceInfo | undefined;
-  lease: NodeLease | undefined;
-  lastStatus: NodeStatus | undefined;
-  lastStatusAt: number;
-}
+export type { ManagedNode, NodeControllerConfig, NodeControllerOptions } from "./controller-types.ts";
 
 /** Share of the heartbeat lane's QPS above which devicelet warns that leases may starve. */
 const HEARTBEAT_LOAD_WARNING = 0.8;
+const DEFAULT_RECHECK_REFUSED_MS = 30_000;
 
 export class NodeController {
   readonly #o: NodeControllerOptions;
@@ -102,6 +72,8 @@ export class NodeController {
   readonly #queue: WorkQueue;
   readonly #informer: Informer<Node>;
   readonly #deviceListeners = new Set<(nodeName: string, device: DeviceInfo) => void>();
+  readonly #birthPolicy: BirthPolicy;
+  readonly #notices: DeviceNotices;
   #signal: AbortSignal | undefined;
   #transport: TransportState | undefined;
   #warnedLoad = false;
@@ -110,6 +82,15 @@ export class NodeController {
     this.#o = options;
     this.#log = options.logger.child({ component: "node" });
     this.#names = new NodeNameRegistry(options.config.namePrefix);
+    this.#birthPolicy = {
+      labels: options.config.deviceLabels ?? DEFAULT_DEVICE_LABEL_POLICY,
+      addresses: addressChecker(options.config.addressRanges ?? []),
+    };
+    this.#notices = new DeviceNotices({
+      events: options.events,
+      notifier: options.notifier,
+      logger: this.#log,
+    });
     this.#queue = new WorkQueue({
       name: "node",
       concurrency: 8,
@@ -117,6 +98,19 @@ export class NodeController {
       logger: this.#log,
       baseDelayMs: 500,
       maxDelayMs: 30_000,
+      // A request the API server refuses for what it is (a 422 for a node) is not retried until
+      // the device is born again or the node's heartbeat looks at it: no loop outlives the birth.
+      isTerminal: isPermanentKubeError,
+      onTerminal: (deviceId, err) => {
+        const entry = this.#entries.get(deviceId);
+        if (!entry?.device) return;
+        const why = err instanceof Error ? err.message : String(err);
+        this.#notices.registrationRefused(
+          deviceId,
+          { name: entry.name },
+          `the API server refused a write of the node: ${why}`,
+        );
+      },
     });
     const own = {
       [NodeLabel.Type]: "virtual-kubelet",
@@ -149,7 +143,8 @@ export class NodeController {
       if (deviceId === undefined) return;
       const entry = this.#entries.get(deviceId);
       if (!entry?.device) return;
-      this.#log.warn({ node: node.metadata?.name }, "node deleted by someone else; registering it again");
+      // The reconcile decides, from the device's presence then: retire it, or register again.
+      entry.nodeDeleted = true;
       entry.lastStatus = undefined;
       this.#queue.add(deviceId);
     });
@@ -177,12 +172,22 @@ export class NodeController {
     return this.#transport ?? { connected: true, message: "" };
   }
 
+  /**
+   * The device whose node this is, once the Node is known to be devicelet's own; undefined for a
+   * name devicelet does not serve, and for a device refused or not yet checked (so nothing bound
+   * to someone else's Node is ever handed to the provider).
+   */
   byNodeName(nodeName: string): ManagedNode | undefined {
     const deviceId = this.#byName.get(nodeName);
     const entry = deviceId === undefined ? undefined : this.#entries.get(deviceId);
-    return entry?.device && deviceId !== undefined
+    return entry?.device && entry.ownership === "owned" && deviceId !== undefined
       ? { name: entry.name, deviceId, device: entry.device }
       : undefined;
+  }
+
+  /** Whether the device is refused now because its node name belongs to a Node devicelet does not own. */
+  isRefused(deviceId: string): boolean {
+    return this.#entries.get(deviceId)?.ownership === "refused";
   }
 
   /** The node name of a device, once it has been seen. */
@@ -239,18 +244,24 @@ export class NodeController {
       this.#names.release(deviceId);
       return;
     }
+    // The informer lists only nodes with devicelet's labels: this one is ours.
     this.#entries.set(deviceId, {
       name,
       device: undefined,
+      problems: [],
+      ownership: "owned",
       lease: undefined,
+      leaseStop: undefined,
       lastStatus: undefined,
       lastStatusAt: 0,
+      nodeDeleted: false,
     });
     this.#byName.set(name, deviceId);
     this.#queue.add(deviceId);
   }
 
-  #upsertDevice(device: DeviceInfo): void {
+  #upsertDevice(announced: DeviceInfo): void {
+    const { device, problems } = checkBirth(announced, this.#birthPolicy);
     let entry = this.#entries.get(device.id);
     if (!entry) {
       let name: string;
@@ -263,12 +274,23 @@ export class NodeController {
         );
         return;
       }
-      entry = { name, device, lease: undefined, lastStatus: undefined, lastStatusAt: 0 };
+      entry = {
+        name,
+        device,
+        problems,
+        ownership: "unknown",
+        lease: undefined,
+        leaseStop: undefined,
+        lastStatus: undefined,
+        lastStatusAt: 0,
+        nodeDeleted: false,
+      };
       this.#entries.set(device.id, entry);
       this.#byName.set(name, device.id);
       this.#checkLoad();
     } else {
       entry.device = device;
+      entry.problems = problems;
     }
     this.#queue.add(device.id);
     for (const listener of this.#deviceListeners) listener(entry.name, device);
@@ -304,11 +326,16 @@ export class NodeController {
     signal.addEventListener("abort", () => clearInterval(timer), { once: true });
   }
 
-  async #reconcile(deviceId: string): Promise<undefined> {
+  async #reconcile(deviceId: string): Promise<ReconcileResult> {
     const entry = this.#entries.get(deviceId);
     if (!entry || !this.#signal) return undefined;
+    if (entry.nodeDeleted && (await this.#afterNodeDeleted(entry, deviceId)) === "retired") return undefined;
     let node = entry.device ? await this.#register(entry, deviceId) : this.#informer.get(entry.name);
+    if (entry.ownership === "refused") {
+      return { requeueAfterMs: this.#o.recheckRefusedMs ?? DEFAULT_RECHECK_REFUSED_MS };
+    }
     if (!node) return undefined; // an adopted node that is gone: nothing to heartbeat
+    this.#notices.birth(deviceId, { name: entry.name, uid: node.metadata?.uid }, entry.problems);
     node = (await this.#writeStatus(entry, node)) ?? node;
     const taints = transportTaints(node.spec?.taints, this.#transport?.connected === false);
     if (taints) {
@@ -320,6 +347,7 @@ export class NodeController {
     if (!entry.lease) {
       const nodeUid = node.metadata?.uid;
       const { config, kube } = this.#o;
+      entry.leaseStop = new AbortController();
       entry.lease = new NodeLease({
         kube,
         nodeName: entry.name,
@@ -339,15 +367,23 @@ export class NodeController {
       });
       // Renewals start now and can never stop, whatever the first one meets (the queue retries
       // the rest of this reconcile on its own).
-      entry.lease.start(this.#signal);
+      entry.lease.start(AbortSignal.any([this.#signal, entry.leaseStop.signal]));
     }
     return undefined;
   }
 
-  /** The device's Node as the API server has it, registering it first when it is missing. */
+  /**
+   * The device's Node as the API server has it, registering it first when it is missing.
+   * Undefined, with the entry `refused`, when a Node of that name belongs to someone else.
+   */
   async #register(entry: NodeEntry, deviceId: string): Promise<Node | undefined> {
     const node = this.#informer.get(entry.name);
-    if (node || !entry.device) return node;
+    if (node) {
+      // Listed by the informer, so it carries devicelet's labels.
+      this.#own(entry, deviceId);
+      return node;
+    }
+    if (!entry.device) return undefined;
     const { kube, config, providerName, version } = this.#o;
     const desired = toWire(
       buildNode(entry.device, {
@@ -355,6 +391,7 @@ export class NodeController {
         providerName,
         taintKey: config.taintKey,
         extraLabels: config.extraLabels,
+        deviceLabels: this.#birthPolicy.labels,
         kubeletPort: config.kubeletPort,
         kubeletAddress: config.kubeletAddress,
         version,
@@ -362,18 +399,74 @@ export class NodeController {
       }),
     );
     entry.lastStatus = undefined;
-    try {
-      const created = await kube.createNode(desired);
-      this.#log.info({ node: entry.name, deviceId }, "registered node");
-      return created;
-    } catch (err) {
-      if (!isAlreadyExists(err)) throw err;
-      // Someone else's object, or ours from before the informer saw it: take it over.
-      return kube.patchNode(entry.name, {
-        metadata: { labels: desired.metadata?.labels, annotations: desired.metadata?.annotations },
-        spec: { taints: desired.spec?.taints, providerID: desired.spec?.providerID },
-      });
+    const registered = await registerNode({ kube, desired, deviceId, providerName });
+    if (registered.outcome === "foreign") {
+      this.#refuse(entry, deviceId, registered.node);
+      return undefined;
     }
+    if (registered.outcome === "created") this.#log.info({ node: entry.name, deviceId }, "registered node");
+    this.#own(entry, deviceId);
+    return registered.node;
+  }
+
+  /**
+   * The entry's Node was deleted by someone else. Until it is registered again nothing is
+   * heartbeated (a renewal would write a Lease for a Node that is gone) and no pod bound to its
+   * name reaches the device. A device that is away is retired and forgotten with its name; one
+   * that is online gets its Node registered again. A failed retirement throws, and the queue tries
+   * again with backoff (the Node stays deleted meanwhile).
+   */
+  async #afterNodeDeleted(entry: NodeEntry, deviceId: string): Promise<"retired" | "register"> {
+    this.#stopLease(entry);
+    entry.ownership = "unknown";
+    if (!entry.device) return "register";
+    const outcome = await afterNodeDeleted({
+      retirement: this.#o.retirement,
+      deviceId,
+      device: entry.device,
+      node: entry.name,
+      logger: this.#log,
+    });
+    entry.nodeDeleted = false;
+    // A live birth that came while the provider retired it (#upsertDevice replaced the entry's
+    // device meanwhile) has put it back in service already: it keeps its node.
+    const bornAgain = this.#entries.get(deviceId)?.device?.connected === true;
+    if (outcome === "register" || bornAgain) return "register";
+    this.#entries.delete(deviceId);
+    this.#byName.delete(entry.name);
+    this.#names.release(deviceId);
+    return "retired";
+  }
+
+  #stopLease(entry: NodeEntry): void {
+    entry.leaseStop?.abort();
+    entry.lease = undefined;
+    entry.leaseStop = undefined;
+  }
+
+  /** The entry's Node is devicelet's: pods bound to it may now reach the device. */
+  #own(entry: NodeEntry, deviceId: string): void {
+    if (entry.ownership === "owned") return;
+    if (entry.ownership === "refused") {
+      this.#log.info({ node: entry.name, deviceId }, "node name is free again; device accepted");
+    }
+    entry.ownership = "owned";
+    this.#notices.accepted(deviceId);
+    if (entry.device) for (const listener of this.#deviceListeners) listener(entry.name, entry.device);
+  }
+
+  /** A Node devicelet does not own has the device's name: never touch it; tell, and look again later. */
+  #refuse(entry: NodeEntry, deviceId: string, node: Node): void {
+    entry.ownership = "refused";
+    entry.lastStatus = undefined;
+    this.#stopLease(entry);
+    const providerID = node.spec?.providerID ? ` (providerID ${node.spec.providerID})` : "";
+    this.#notices.refused(
+      deviceId,
+      { name: entry.name, uid: node.metadata?.uid },
+      `device ${deviceId} refused: node ${entry.name} already exists and is not devicelet's${providerID}; ` +
+        "it is left untouched and no pod bound to it is sent to the device",
+    );
   }
 
   /** Writes node status when it changed or is due; resolves with the node as written, if it was. */

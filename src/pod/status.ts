@@ -21,6 +21,7 @@ import type {
   V1PodCondition,
   V1PodStatus,
 } from "@kubernetes/client-node";
+import { isIP } from "node:net";
 import type { AppState, AppStatus, WorkloadStatus } from "../provider/types.ts";
 import { sameNormalised, toDate } from "../workload/canonical.ts";
 import { parseQuantity } from "../workload/quantity.ts";
@@ -62,7 +63,7 @@ export interface BuildPodStatusInput {
   readonly workload?: WorkloadStatus | undefined;
   /** Why containers without an app status wait, e.g. `CreateContainerConfigError` and its message. */
   readonly pending?: { readonly reason: string; readonly message: string } | undefined;
-  /** Used when the workload reports no address of its own. */
+  /** Used when the workload reports no address of its own, or one that is not an IP. */
   readonly podIP: string;
   readonly hostIP: string;
   /** Device presence known to the engine; wins over `workload.deviceConnected` when given. */
@@ -83,6 +84,9 @@ type ContainerState = Plain<V1ContainerState>;
 type CurrentContainer = Model<V1ContainerStatus>;
 
 const TERMINAL = new Set(["Succeeded", "Failed"]);
+
+/** An address the API server takes as a pod IP: IPv4 or IPv6, without an IPv6 zone. */
+const isUsableIP = (address: string): boolean => isIP(address) !== 0 && !address.includes("%");
 
 /** `device://<namespace>/<pod>/<container>`: the containerID devicelet reports. */
 export const containerIdFor = (pod: Model<V1Pod>, container: string): string =>
@@ -371,14 +375,15 @@ export function buildPodStatus(input: BuildPodStatusInput): Status {
             }),
   ];
 
-  const podIP = workload?.podIP || input.podIP;
+  // The API server refuses a status whose podIP is not an IP (422, so no status at all): a device's
+  // address that is not one is ignored here whatever the provider checked (the provider records
+  // the Event), and the engine's address is used instead; with neither usable, no podIP is written.
+  const podIP = [workload?.podIP, input.podIP].find((a) => a !== undefined && isUsableIP(a));
   const status: Status = {
     phase,
     conditions: [...own, ...foreignConditions(current, own)],
-    hostIP: input.hostIP,
-    hostIPs: ips(input.hostIP),
-    podIP,
-    podIPs: ips(podIP),
+    ...(isUsableIP(input.hostIP) ? { hostIP: input.hostIP, hostIPs: ips(input.hostIP) } : {}),
+    ...(podIP === undefined ? {} : { podIP, podIPs: ips(podIP) }),
     startTime: toDate(current?.startTime) ?? now,
     qosClass: qosClassOf(pod),
     containerStatuses: containers,

@@ -23,6 +23,7 @@ import commandSchema from "../../schemas/command.json" with { type: "json" };
 import commonSchema from "../../schemas/common.json" with { type: "json" };
 import desiredSchema from "../../schemas/desired.json" with { type: "json" };
 import eventSchema from "../../schemas/event.json" with { type: "json" };
+import noticeSchema from "../../schemas/notice.json" with { type: "json" };
 import presenceSchema from "../../schemas/presence.json" with { type: "json" };
 import reportedSchema from "../../schemas/reported.json" with { type: "json" };
 import { canonicalJson, sha256Hex } from "../workload/canonical.ts";
@@ -34,6 +35,7 @@ import {
   type BridgeToDevice,
   type DesiredPod,
   type DeviceToBridge,
+  type NoticeMessage,
   type Tombstone,
 } from "./types.ts";
 
@@ -45,7 +47,7 @@ export type RejectReason =
 
 export type DecodeResult<T> = { ok: true; value: T } | { ok: false; reason: RejectReason; detail: string };
 
-type AnyMessage = DeviceToBridge | BridgeToDevice | BridgeMessage;
+type AnyMessage = DeviceToBridge | BridgeToDevice | BridgeMessage | NoticeMessage;
 type Kind = AnyMessage["kind"];
 
 const SCHEMAS: readonly SchemaObject[] = [
@@ -57,6 +59,7 @@ const SCHEMAS: readonly SchemaObject[] = [
   ackSchema,
   eventSchema,
   bridgeSchema,
+  noticeSchema,
 ];
 
 const ajv = new Ajv({ allErrors: false, schemas: [...SCHEMAS] });
@@ -74,6 +77,7 @@ const validators: Readonly<Record<Kind, ValidateFunction>> = {
   "command-ack": compiled(ackSchema),
   event: compiled(eventSchema),
   bridge: compiled(bridgeSchema),
+  notice: compiled(noticeSchema),
 };
 
 /** Which kinds each device topic carries. */
@@ -246,6 +250,29 @@ export function decodeToDevice(
   }
 }
 
+/** Decodes a notice from devicelet on `devicelet/v1/{deviceId}/notice` (docs/protocol.md § 3.8). */
+export function decodeNotice(
+  topic: string,
+  payload: Uint8Array,
+  options: { deviceId: string },
+): DecodeResult<NoticeMessage> {
+  try {
+    const parts = typeof topic === "string" ? topic.split("/") : [];
+    const [root, version, deviceId, sub] = parts;
+    if (parts.length !== 4 || `${root}/${version}` !== TOPIC_ROOT || sub !== "notice" || !deviceId) {
+      return reject("unknown-topic", `${quote(topic)} is not a notice topic of ${TOPIC_ROOT}`);
+    }
+    if (deviceId !== options.deviceId) {
+      return reject("wrong-device", `topic of device "${deviceId}", decoding for ${quote(options.deviceId)}`);
+    }
+    const parsed = parse(payload, DEFAULT_MAX_MESSAGE_BYTES);
+    if (!parsed.ok) return parsed;
+    return check<NoticeMessage>(parsed.value, ["notice"], '"notice"', deviceId);
+  } catch (error) {
+    return internal(error);
+  }
+}
+
 /** Decodes devicelet's retained presence on `devicelet/v1/_bridge/state`. */
 export function decodeBridge(payload: Uint8Array): DecodeResult<BridgeMessage> {
   try {
@@ -262,7 +289,7 @@ export function decodeBridge(payload: Uint8Array): DecodeResult<BridgeMessage> {
  * round trip). Throws on an invalid message or a desired document with a wrong `contentHash`:
  * that is a bug on the sending side, not a runtime condition. Size limits are the caller's.
  */
-export function encodeMessage(message: DeviceToBridge | BridgeToDevice | BridgeMessage): Buffer {
+export function encodeMessage(message: AnyMessage): Buffer {
   const json = JSON.stringify(message) as string | undefined;
   if (json === undefined) throw new TypeError("encodeMessage: message is not JSON-serialisable");
   const wire: unknown = JSON.parse(json);

@@ -19,6 +19,7 @@ export * from "./topics.ts";
 export {
   decodeBridge,
   decodeFromDevice,
+  decodeNotice,
   decodeToDevice,
   desiredContentHash,
   encodeMessage,

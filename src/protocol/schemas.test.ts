@@ -4,7 +4,7 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { decodeBridge, decodeFromDevice, decodeToDevice, type DecodeResult } from "./codec.ts";
+import { decodeBridge, decodeFromDevice, decodeNotice, decodeToDevice, type DecodeResult } from "./codec.ts";
 import { topics } from "./topics.ts";
 
 type Schema = Record<string, unknown>;
@@ -39,6 +39,8 @@ const decodeExample = (value: Schema): DecodeResult<unknown> => {
       return decodeToDevice(topics.command(id, String(value.commandId)), payload, { deviceId: id });
     case "bridge":
       return decodeBridge(payload);
+    case "notice":
+      return decodeNotice(topics.notice(id), payload, { deviceId: id });
     default: {
       const sub = { presence: "state", reported: "reported", ack: "ack", "command-ack": "ack", event: "evt" }[
         String(value.kind)
@@ -51,7 +53,7 @@ const decodeExample = (value: Schema): DecodeResult<unknown> => {
 describe("schemas/*.json", () => {
   it("has one schema per document, plus the shared definitions", () => {
     expect(files.sort()).toEqual(
-      ["ack", "bridge", "command", "common", "desired", "event", "presence", "reported"].map(
+      ["ack", "bridge", "command", "common", "desired", "event", "notice", "presence", "reported"].map(
         (n) => `${n}.json`,
       ),
     );

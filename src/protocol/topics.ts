@@ -15,6 +15,8 @@ export const topics = {
   reported: (device: string) => `${TOPIC_ROOT}/${device}/reported`,
   ack: (device: string) => `${TOPIC_ROOT}/${device}/ack`,
   evt: (device: string) => `${TOPIC_ROOT}/${device}/evt`,
+  /** devicelet → device notices (QoS 1, not retained). */
+  notice: (device: string) => `${TOPIC_ROOT}/${device}/notice`,
   command: (device: string, commandId: string) => `${TOPIC_ROOT}/${device}/cmd/${commandId}`,
   commands: (device: string) => `${TOPIC_ROOT}/${device}/cmd/+`,
   bridge: () => `${TOPIC_ROOT}/_bridge/state`,

@@ -30,14 +30,35 @@ const SUFFIX: Readonly<Record<string, Rational>> = {
   Ei: { num: 1n << 60n, den: 1n },
 };
 
-const QUANTITY = /^\+?(\d+(?:\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d{1,3})?$/;
+/**
+ * apimachinery's quantity grammar (`resource.ParseQuantity`): an optional sign, digits with at most
+ * one decimal point, then one suffix: binary SI (`Ki`…`Ei`), decimal SI (`n u m "" k M G T P E`)
+ * or a decimal exponent (`e3`, `E-2`). `1.5.5`, `10X`, `1K` and `1e` are refused there and here.
+ * Exponents beyond three digits are refused here too: the value would be astronomically large or
+ * small, and expanding it exactly would take unbounded memory.
+ */
+const QUANTITY = /^([+-]?)(\d+(?:\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d{1,3})?$/;
 
 /** Parse a non-negative quantity such as `250m`, `1.5Gi`, `1e3`; undefined when it is not one. */
 export function parseQuantity(text: string): Rational | undefined {
+  const signed = parseSignedQuantity(text);
+  return signed === undefined || signed.negative ? undefined : signed.magnitude;
+}
+
+/**
+ * Parse any quantity Kubernetes' grammar accepts, negative ones included (`-1`, `-500m`), into its
+ * sign and magnitude; undefined when the text is not a quantity at all. A negative zero is not
+ * negative. Leading and trailing whitespace is ignored, as the API server does.
+ */
+export function parseSignedQuantity(text: string): { negative: boolean; magnitude: Rational } | undefined {
   const match = QUANTITY.exec(text.trim());
   if (match === null) return undefined;
-  const digits = match[1] ?? "0";
-  const suffix = match[2] ?? "";
+  const magnitude = magnitudeOf(match[2] ?? "0", match[3] ?? "");
+  if (magnitude === undefined) return undefined;
+  return { negative: match[1] === "-" && magnitude.num !== 0n, magnitude };
+}
+
+function magnitudeOf(digits: string, suffix: string): Rational | undefined {
   const [whole = "", fraction = ""] = digits.split(".");
   let num = BigInt((whole + fraction).replace(/^0+(?=\d)/, "") || "0");
   let den = 10n ** BigInt(fraction.length);

@@ -44,7 +44,7 @@ describe("mqtt provider: pod lifecycle", () => {
       return items.find((n) => n.metadata.name === gw) as NodeJson;
     });
     expect(node.metadata.labels).toMatchObject({
-      site: "lab",
+      "device.devicelet.dev/site": "lab",
       "topology.kubernetes.io/zone": "zone-a",
       "kubernetes.io/arch": "arm64",
     });

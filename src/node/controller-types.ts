@@ -1,0 +1,86 @@
+/**
+ * The node controller's options and per-device state (controller.ts), apart so the controller
+ * reads as behaviour.
+ */
+import type { Logger } from "pino";
+import type { EventRecorder, KubeClient, NodeStatus } from "../kube/index.ts";
+import type { DeviceInfo, DeviceInventory, DeviceNotifier, DeviceRetirement } from "../provider/types.ts";
+import type { BirthProblem } from "./birth.ts";
+import type { DeviceLabelPolicy } from "./labels.ts";
+import type { NodeLease } from "./lease.ts";
+
+export interface NodeControllerConfig {
+  readonly namePrefix: string;
+  readonly taintKey: string;
+  readonly extraLabels: Readonly<Record<string, string>>;
+  readonly leaseDurationSeconds: number;
+  readonly leaseRenewIntervalSeconds: number;
+  readonly statusMaxIntervalSeconds: number;
+  readonly kubeletPort: number;
+  readonly kubeletAddress: string;
+  /** The heartbeat lane's rate limit, to warn when the fleet outgrows it. */
+  readonly heartbeatQps: number;
+  /** Which device labels reach the node (labels.ts); default: only under `device.devicelet.dev/`. */
+  readonly deviceLabels?: DeviceLabelPolicy;
+  /** CIDRs device IPs must be in; empty or absent: any IP. */
+  readonly addressRanges?: readonly string[];
+}
+
+export interface NodeControllerOptions {
+  readonly kube: KubeClient;
+  readonly inventory: DeviceInventory;
+  readonly providerName: string;
+  readonly config: NodeControllerConfig;
+  readonly version: string;
+  readonly logger: Logger;
+  /**
+   * The transport's health (the provider's `health()`): shown as the `TransportConnected`
+   * condition and taint, never as Ready. Absent: the provider has no transport to report.
+   */
+  readonly transport?: () => { readonly ready: boolean; readonly message: string };
+  /** How often the transport's health is looked at; default 2 s. */
+  readonly transportPollMs?: number;
+  /** Where refusals and ignored birth fields are recorded as Events on the node; absent: logged only. */
+  readonly events?: Pick<EventRecorder, "record">;
+  /** The provider's way to tell a device (its `notifyDevice`), when it has one. */
+  readonly notifier?: DeviceNotifier;
+  /** How often a device refused for a taken node name is looked at again; default 30 s. */
+  readonly recheckRefusedMs?: number;
+  /**
+   * The provider's decommissioning (its `retireDevice`), when it has one: the Node of a device
+   * that is not online, deleted by someone else, retires the device instead of being registered
+   * again (docs/protocol.md § 5). Absent: every deleted Node is registered again.
+   */
+  readonly retirement?: DeviceRetirement;
+}
+
+/** What the rest of devicelet may know about a managed node. */
+export interface ManagedNode {
+  readonly name: string;
+  readonly deviceId: string;
+  readonly device: DeviceInfo;
+}
+
+/** What the controller keeps per device. */
+export interface NodeEntry {
+  name: string;
+  /** Undefined for a node of an earlier run whose device the provider has not reported yet. */
+  device: DeviceInfo | undefined;
+  /** What of the device's last birth did not reach the node. */
+  problems: readonly BirthProblem[];
+  /**
+   * `owned`: the Node is devicelet's (registered or adopted); `refused`: a Node of that name
+   * belongs to someone else; `unknown`: not looked at yet. Pods are routed only when `owned`.
+   */
+  ownership: "unknown" | "owned" | "refused";
+  lease: NodeLease | undefined;
+  /** Stops this node's lease alone (a node found to be someone else's). */
+  leaseStop: AbortController | undefined;
+  lastStatus: NodeStatus | undefined;
+  lastStatusAt: number;
+  /**
+   * The Node was deleted by someone else and not registered since: the next reconcile decides,
+   * from the device's presence then, between retiring the device and registering the Node again.
+   */
+  nodeDeleted: boolean;
+}
