@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
@@ -78,6 +78,20 @@ describe("mock state file", () => {
     await expect(provider.start(new AbortController().signal)).rejects.toSatisfy(isInvalidInput);
     await writeFile(file, JSON.stringify({ version: 9 }));
     await expect(provider.start(new AbortController().signal)).rejects.toThrow(/unknown format/);
+  });
+
+  it("writes the state file (it holds Secret values) owner-only, even over a leftover temporary file", async () => {
+    const leftover = `${file}.${process.pid}.tmp`;
+    await writeFile(leftover, "{}");
+    await chmod(leftover, 0o666);
+    const provider = createMockProvider({ stateFile: file }, { logger: silentLogger });
+    const abort = new AbortController();
+    await provider.start(abort.signal);
+    await provider.createPod(workload("x", "mock-0"));
+    abort.abort();
+    await provider.stop();
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    expect((await readState()).createsByUid).toEqual({ "uid-x": 1 });
   });
 
   it("flushes on abort", async () => {

@@ -2,8 +2,10 @@
  * Durable state of the mock provider: one JSON file standing in for what real devices remember,
  * so a devicelet killed with SIGKILL and restarted finds its pods still running. Writes go to a
  * temporary file that is then renamed over the old one (atomic on POSIX), debounced, one at a time.
+ * The file holds workloads, Secret-derived env and files included, so it is created mode 0600
+ * (owner only) and never with wider permissions.
  */
-import { readFile, rename, writeFile } from "node:fs/promises";
+import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { invalidInput, transient } from "../../src/provider/errors.ts";
 import type { AppSpec, Workload } from "../../src/provider/types.ts";
@@ -102,7 +104,9 @@ export class StateFile {
   async #write(): Promise<void> {
     const tmp = `${this.path}.${process.pid}.tmp`;
     try {
-      await writeFile(tmp, JSON.stringify(this.#opts.snapshot()));
+      // A fresh file (`wx`): a leftover temporary file could have wider permissions than 0600.
+      await rm(tmp, { force: true });
+      await writeFile(tmp, JSON.stringify(this.#opts.snapshot()), { mode: 0o600, flag: "wx" });
       await rename(tmp, this.path);
     } catch (err) {
       this.#opts.logger.error({ err, path: this.path }, "mock: state file write failed");

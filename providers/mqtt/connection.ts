@@ -28,7 +28,9 @@
 import { readFile } from "node:fs/promises";
 import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from "mqtt";
 import type { Logger } from "pino";
+import { withoutCredentials } from "../../src/log/redact.ts";
 import type { MqttConfig } from "./schema.ts";
+import { connectionInsecurity } from "./secret-gate.ts";
 
 export interface PublishOptions {
   readonly qos: 0 | 1;
@@ -40,7 +42,10 @@ export interface PublishOptions {
 /** The connection as the rest of the provider sees it; small enough to fake in a test. */
 export interface BrokerConnection {
   readonly protocolVersion: 4 | 5;
-  /** Whether the transport is TLS (mqtts:// or wss://): Secrets may only travel when it is. */
+  /**
+   * Whether the transport is TLS (mqtts:// or wss://) with the broker's certificate verified: only
+   * then may Secrets travel (see secret-gate.ts).
+   */
   readonly secure: boolean;
   isConnected(): boolean;
   /** `retained`: delivered because of a (re-)subscription, not published just now (MQTT §3.3.1.3). */
@@ -60,6 +65,11 @@ export interface MqttConnectionOptions {
   /** devicelet's retained presence: topic and the payload for `online` / `offline`. */
   readonly bridge: { readonly topic: string; readonly payload: (state: "online" | "offline") => Buffer };
   readonly logger: Logger;
+  /**
+   * MQTT 5 only: the CONNECT Maximum Packet Size (§3.1.2.11.4), so the broker never forwards a
+   * larger packet to devicelet (§3.1.2-25: it discards it instead). Ignored on 3.1.1.
+   */
+  readonly maximumPacketSize?: number;
   readonly random?: () => number;
   readonly now?: () => number;
 }
@@ -85,6 +95,8 @@ export class MqttConnection implements BrokerConnection {
   readonly secure: boolean;
   readonly #o: MqttConnectionOptions;
   readonly #log: Logger;
+  /** The broker URL as it may be shown (logs, the node condition): without `user:password@`. */
+  readonly #shownUrl: string;
   readonly #now: () => number;
   readonly #random: () => number;
   readonly #messageListeners: ((topic: string, payload: Buffer, retained: boolean) => void)[] = [];
@@ -109,7 +121,8 @@ export class MqttConnection implements BrokerConnection {
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
     this.protocolVersion = options.config.protocolVersion;
-    this.secure = /^(mqtts|wss):/.test(options.config.url);
+    this.secure = connectionInsecurity(options.config) === undefined;
+    this.#shownUrl = withoutCredentials(options.config.url);
     this.#disconnectedSince = this.#now();
   }
 
@@ -142,10 +155,7 @@ export class MqttConnection implements BrokerConnection {
       this.#takenOver = false;
       this.#everConnected = true;
       this.#lastError = "";
-      this.#log.info(
-        { url: this.#o.config.url, sessionPresent: connack.sessionPresent },
-        "connected to broker",
-      );
+      this.#log.info({ url: this.#shownUrl, sessionPresent: connack.sessionPresent }, "connected to broker");
       // Bridge birth: retained, so devices connecting later learn that devicelet is up.
       client.publish(
         this.#o.bridge.topic,
@@ -172,7 +182,7 @@ export class MqttConnection implements BrokerConnection {
       if (this.#reconnectTimer === undefined && !this.#stopping) {
         if (this.#everConnected && this.#attempt === 0) {
           this.#disconnectedSince = this.#now();
-          this.#log.warn({ url: this.#o.config.url }, "disconnected from broker; reconnecting");
+          this.#log.warn({ url: this.#shownUrl }, "disconnected from broker; reconnecting");
           for (const l of this.#disconnectListeners) l();
         }
         this.#scheduleReconnect(takeoverDelay);
@@ -207,13 +217,12 @@ export class MqttConnection implements BrokerConnection {
    * why not. This is the transport's health only: node readiness never depends on it.
    */
   health(): { ready: boolean; message: string } {
-    if (this.isConnected()) return { ready: true, message: `connected to ${this.#o.config.url}` };
+    if (this.isConnected()) return { ready: true, message: `connected to ${this.#shownUrl}` };
     const away = Math.round((this.#now() - this.#disconnectedSince) / 1000);
     const why = this.#lastError ? `: ${this.#lastError}` : "";
     const ready = away < this.#o.graceSeconds;
-    if (!this.#everConnected)
-      return { ready, message: `connecting to ${this.#o.config.url} for ${away}s${why}` };
-    return { ready, message: `disconnected from ${this.#o.config.url} for ${away}s, reconnecting${why}` };
+    if (!this.#everConnected) return { ready, message: `connecting to ${this.#shownUrl} for ${away}s${why}` };
+    return { ready, message: `disconnected from ${this.#shownUrl} for ${away}s, reconnecting${why}` };
   }
 
   async subscribe(filters: readonly string[]): Promise<void> {
@@ -312,7 +321,16 @@ export class MqttConnection implements BrokerConnection {
       ...(key === undefined ? {} : { key }),
       ...(c.tls.servername === undefined ? {} : { servername: c.tls.servername }),
       rejectUnauthorized: c.tls.rejectUnauthorized,
-      ...(v5 ? { properties: { sessionExpiryInterval: c.sessionExpirySeconds } } : {}),
+      ...(v5
+        ? {
+            properties: {
+              sessionExpiryInterval: c.sessionExpirySeconds,
+              ...(this.#o.maximumPacketSize === undefined
+                ? {}
+                : { maximumPacketSize: this.#o.maximumPacketSize }),
+            },
+          }
+        : {}),
       will: {
         topic: this.#o.bridge.topic,
         payload: this.#o.bridge.payload("offline"),

@@ -1,7 +1,8 @@
 /**
  * Workload (what the engine asks for) → DesiredPod (what the desired document carries), and the
  * checks that keep one bad pod from poisoning its device's whole document: a pod that does not
- * validate on its own, or that carries Secret material over a plain connection (docs/design.md decision
+ * validate on its own, or that carries Secret material where the {@link SecretGate} refuses it (a
+ * plain or unverified broker connection, a device not trusted with Secrets; docs/design.md decision
  * 8), is held back with a reason instead of being sent.
  *
  * The pod's `hash` in the document is the hash of what the device gets (everything of the
@@ -13,6 +14,7 @@ import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
 import type { DesiredApp, DesiredPod } from "../../src/protocol/types.ts";
 import type { Workload } from "../../src/provider/types.ts";
 import { canonicalJson, sha256Hex } from "../../src/workload/canonical.ts";
+import type { SecretGate } from "./secret-gate.ts";
 
 /** The device-facing hash of a desired pod: equal hashes mean nothing to apply on the device. */
 export const deviceHash = (pod: Omit<DesiredPod, "hash">): string => {
@@ -55,6 +57,8 @@ const withoutHash = (w: Workload): Omit<DesiredPod, "hash"> => ({
     ...(Object.keys(a.resources.requests).length + Object.keys(a.resources.limits).length === 0
       ? {}
       : { resources: { requests: { ...a.resources.requests }, limits: { ...a.resources.limits } } }),
+    // Only when the pod sets one: documents (and hashes) of other pods stay as version 1 had them.
+    ...(a.securityContext === undefined ? {} : { securityContext: structuredClone(a.securityContext) }),
   })),
 });
 
@@ -62,17 +66,19 @@ const withoutHash = (w: Workload): Omit<DesiredPod, "hash"> => ({
 export const carriesSecrets = (w: Workload): boolean =>
   w.apps.some((a) => a.secretEnv.length > 0 || a.files.some((f) => f.secret));
 
-/** Why a pod cannot go into its device's document, or undefined when it can. */
+/**
+ * Why a pod cannot go into its device's document, or undefined when it can. Evaluated on every
+ * change of the workload, including the first one after a restart for pods adopted from retained
+ * documents: what an earlier run sent is judged again under today's config.
+ */
 export function holdBack(
   w: Workload,
   pod: DesiredPod,
-  options: { secure: boolean; allowSecretsWithoutTls: boolean },
+  options: { secrets: Pick<SecretGate, "check"> },
 ): { reason: string; message: string } | undefined {
-  if (!options.secure && !options.allowSecretsWithoutTls && carriesSecrets(w)) {
-    return {
-      reason: "SecretRequiresTLS",
-      message: "the pod uses Secrets and the broker connection is not TLS; it is not sent to the device",
-    };
+  if (carriesSecrets(w)) {
+    const refused = options.secrets.check(w.deviceId);
+    if (refused) return refused;
   }
   try {
     encodeMessage({

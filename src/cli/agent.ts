@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import pino from "pino";
 import { ConfigError } from "../config/load.ts";
 import { parseAgentConfig, startAgent, type Agent } from "../device/agent.ts";
+import { redaction } from "../log/redact.ts";
 
 const usage = `Usage: devicelet agent --config <agent.yaml>
 
@@ -18,9 +19,6 @@ Options:
   -c, --config <file>   agent configuration (see examples/agent.yaml)
   -h, --help            print this help
 `;
-
-/** Paths pino replaces with "[redacted]": pod specs carry Secret-derived env and files. */
-const redactPaths = ["*.env", "*.files[*].content", "*.password", "*.token"];
 
 export async function agentCommand(argv: string[]): Promise<number> {
   let values: { config?: string | undefined; help?: boolean | undefined };
@@ -50,7 +48,8 @@ export async function agentCommand(argv: string[]): Promise<number> {
     );
     return 2;
   }
-  const logger = pino({ level: config.log.level, redact: { paths: redactPaths, censor: "[redacted]" } });
+  // Pod specs carry Secret-derived env and files: see src/log/redact.ts.
+  const logger = pino({ level: config.log.level, redact: redaction });
   const stopped = new Promise<string>((resolve) => {
     process.once("SIGTERM", () => resolve("SIGTERM"));
     process.once("SIGINT", () => resolve("SIGINT"));

@@ -29,6 +29,8 @@ const scene = mqttScene({
       clientId: `devicelet-${id}`,
       tls: { ca: broker.caFile, cert: broker.client.cert, key: broker.client.key },
     },
+    // Trusted with Secrets by config (docs/security.md); here it is the test that vouches for it.
+    devices: { allow: [`${id}-*`], secrets: { allow: [gw] } },
   }),
 });
 
