@@ -1,5 +1,15 @@
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import {
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import fc from "fast-check";
@@ -43,7 +53,7 @@ describe("writeAppFiles", () => {
         { path: "/bin/b", encoding: "base64", content: Buffer.from("B").toString("base64") },
         { path: "/opt/m.bin", ref: { url: "https://blobs.example/m", sha256, size: blob.length } },
       ],
-      () => Promise.resolve(blob),
+      { fetcher: () => Promise.resolve(blob) },
     );
     expect(readFileSync(path.join(root, "etc/a.txt"), "utf8")).toBe("A");
     expect(statSync(path.join(root, "etc/a.txt")).mode & 0o777).toBe(0o600);
@@ -53,9 +63,73 @@ describe("writeAppFiles", () => {
       writeAppFiles(
         root,
         [{ path: "/opt/bad", ref: { url: "https://x.example/y", sha256, size: blob.length } }],
-        () => Promise.resolve(Buffer.from("tampered!!!")),
+        { fetcher: () => Promise.resolve(Buffer.from("tampered!!!")) },
       ),
     ).rejects.toThrow(/expected/);
+  });
+});
+
+describe("writeAppFiles and what the app left in its folder", () => {
+  const setup = () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-links-"));
+    const root = path.join(dir, "pod", "app");
+    const outside = path.join(dir, "outside");
+    mkdirSync(path.join(root, "etc"), { recursive: true });
+    mkdirSync(outside);
+    writeFileSync(path.join(outside, "passwd"), "root:x:0:0\n");
+    return { root, outside };
+  };
+  const config = { path: "/etc/config.json", encoding: "utf8", content: "{}" } as const;
+
+  it("replaces a file the app turned into a symlink, never writing through it", async () => {
+    const { root, outside } = setup();
+    await writeAppFiles(root, [config]);
+    // An earlier run of the app pointed its config at a file outside its folder.
+    rmSync(path.join(root, "etc/config.json"));
+    symlinkSync(path.join(outside, "passwd"), path.join(root, "etc/config.json"));
+    await writeAppFiles(root, [config]);
+    expect(readFileSync(path.join(outside, "passwd"), "utf8")).toBe("root:x:0:0\n");
+    expect(lstatSync(path.join(root, "etc/config.json")).isSymbolicLink()).toBe(false);
+    expect(readFileSync(path.join(root, "etc/config.json"), "utf8")).toBe("{}");
+  });
+
+  it("replaces a folder the app turned into a symlink, never creating files through it", async () => {
+    const { root, outside } = setup();
+    rmSync(path.join(root, "etc"), { recursive: true });
+    symlinkSync(outside, path.join(root, "etc"));
+    await writeAppFiles(root, [config, { ...config, path: "/etc/passwd", content: "mine" }]);
+    expect(readdirSync(outside)).toEqual(["passwd"]);
+    expect(readFileSync(path.join(outside, "passwd"), "utf8")).toBe("root:x:0:0\n");
+    expect(lstatSync(path.join(root, "etc")).isDirectory()).toBe(true);
+    expect(readFileSync(path.join(root, "etc/passwd"), "utf8")).toBe("mine");
+  });
+
+  it("makes the app's root and the folders of private (Secret) files 0700, others 0755", async () => {
+    const { root } = setup();
+    const modeOf = (p: string) => statSync(path.join(root, p)).mode & 0o777;
+    await writeAppFiles(root, [
+      { path: "/etc/tls/key.pem", encoding: "utf8", content: "KEY", mode: 0o600 },
+      { path: "/etc/app/app.yaml", encoding: "utf8", content: "a: 1" },
+      { path: "/etc/app/ro.yaml", encoding: "utf8", content: "b: 2", mode: 0o444 },
+    ]);
+    expect(modeOf(".")).toBe(0o700);
+    expect(modeOf("etc/tls")).toBe(0o700);
+    expect(modeOf("etc/tls/key.pem")).toBe(0o600);
+    expect(modeOf("etc/app")).toBe(0o755);
+    expect(modeOf("etc/app/app.yaml")).toBe(0o644);
+    expect(modeOf("etc/app/ro.yaml")).toBe(0o444);
+    expect(readdirSync(path.join(root, "etc/app")).sort()).toEqual(["app.yaml", "ro.yaml"]);
+  });
+
+  it.runIf(process.getuid?.() === 0)("gives the folder and files to the app's uid and gid", async () => {
+    const { root } = setup();
+    await writeAppFiles(root, [{ path: "/etc/tls/key.pem", encoding: "utf8", content: "KEY", mode: 0o600 }], {
+      owner: { uid: 65534, gid: 65533 },
+    });
+    for (const p of [".", "etc", "etc/tls", "etc/tls/key.pem"])
+      expect(statSync(path.join(root, p))).toMatchObject({ uid: 65534, gid: 65533 });
+    expect(statSync(path.dirname(root)).uid).toBe(0);
+    expect(statSync(path.dirname(root)).mode & 0o777).toBe(0o711);
   });
 });
 

@@ -7,7 +7,8 @@
  *   const store = fileStore("/var/lib/devicelet/state.json", { logger });   // or memoryStore()
  *   const session = new DeviceSession({ ..., store });
  *
- * The file holds pod specs, Secret-derived env and files included: it is written with mode 0600.
+ * The file holds pod specs, Secret-derived env and files included: it is written with mode 0600,
+ * in a folder created with mode 0700 (an existing folder that others can enter is logged once).
  *
  * Guarantees of {@link fileStore}: `save` resolves only once the new state is on disk (temporary
  * file written and fsynced, renamed over the old, folder fsynced) and rejects otherwise, leaving the
@@ -15,7 +16,7 @@
  * state (truncated, invalid JSON, wrong shape) is renamed aside to `<file>.corrupt-<timestamp>`,
  * logged at error, and the agent starts with no state rather than crash-looping on it.
  */
-import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { mkdir, open, readFile, rename, stat } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { desiredContentHash, encodeMessage } from "../protocol/codec.ts";
@@ -61,6 +62,7 @@ export interface FileStoreOptions {
 /** A JSON file replaced atomically (write and fsync a temporary file, then rename it over the old). */
 export function fileStore(file: string, options: FileStoreOptions): SessionStore {
   const now = options.now ?? Date.now;
+  let folderChecked = false;
   return {
     async load() {
       let text: string;
@@ -83,10 +85,21 @@ export function fileStore(file: string, options: FileStoreOptions): SessionStore
     },
     async save(state) {
       const dir = path.dirname(file);
-      await mkdir(dir, { recursive: true });
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      if (!folderChecked) {
+        folderChecked = true;
+        const mode = (await stat(dir)).mode & 0o777;
+        if ((mode & 0o077) !== 0)
+          options.logger.warn(
+            { dir, mode: mode.toString(8) },
+            "the agent state file's folder is open to other users; it should be mode 0700",
+          );
+      }
       const tmp = `${file}.${process.pid}.tmp`;
       const handle = await open(tmp, "w", 0o600);
       try {
+        // A temporary file left by a crash keeps its mode through "w": set it again.
+        await handle.chmod(0o600);
         await handle.writeFile(`${JSON.stringify(state)}\n`);
         // Flushed before the rename, so a power cut leaves the old file or the new, never half.
         await handle.sync();

@@ -13,6 +13,12 @@
  * failure, terminates with `StartError` and exit code 128, as a container runtime reports it, and
  * the restart policy applies. `start()` and retries never reject.
  *
+ * With `runAs` (an agent running as root, an app whose securityContext sets another uid or gid;
+ * security.ts) the process runs as that uid and gid with no supplementary groups, and its folder
+ * and files are owned by them. With `launch` (setpriv.ts) the command runs behind that prefix,
+ * which sets uid, gid, groups, no_new_privs and capabilities itself and execs the app in place;
+ * `runAs` then only owns the files.
+ *
  * A pid file next to the app's root lets a restarted agent kill a process group it left behind;
  * the process is recognised by the `DEVICELET_POD_UID`/`DEVICELET_APP` variables in its
  * environment, never by its pid alone.
@@ -25,7 +31,7 @@ import type { Logger } from "pino";
 import type { DesiredApp, DesiredPod, ReportedApp, ReportedAppState } from "../protocol/types.ts";
 import type { DeviceClock } from "./link.ts";
 import { LogRing } from "./log-ring.ts";
-import { FileError, writeAppFiles, type FetchBytes } from "./pod-files.ts";
+import { FileError, writeAppFiles, type FetchBytes, type FileOwner } from "./pod-files.ts";
 import {
   backoffDelay,
   shouldRestart,
@@ -52,6 +58,13 @@ export interface SupervisorOptions {
   readonly clock: DeviceClock;
   readonly logger: Logger;
   readonly fetcher?: FetchBytes;
+  /**
+   * The uid and gid to run the app as, when the agent (root) switches to them
+   * (security.ts); its folder and files are then owned by them. Default: the agent's own.
+   */
+  readonly runAs?: FileOwner;
+  /** Argv prefix the command runs behind (setpriv …, `--`), which switches uid and gid itself. */
+  readonly launch?: readonly string[];
   readonly onChange: () => void;
   readonly onEvent: (event: RuntimeEvent) => void;
 }
@@ -84,6 +97,18 @@ export class AppSupervisor {
       DEVICELET_APP: options.app.name,
       DEVICELET_APP_DIR: options.root,
     };
+  }
+
+  /** The uid and gid the app runs as when not the agent's own (exec runs as them too). */
+  get runAs(): FileOwner | undefined {
+    return this.#o.runAs;
+  }
+
+  /** `command` behind the app's launch prefix, and what `spawn` must add (exec runs the same way). */
+  launch(command: readonly string[]): { file: string; args: string[]; ids: { uid?: number; gid?: number } } {
+    const { launch, runAs } = this.#o;
+    const [file = "", ...args] = [...(launch ?? []), ...command];
+    return { file, args, ids: runAs && !launch ? { uid: runAs.uid, gid: runAs.gid } : {} };
   }
 
   /** For the pod phase: current state, whether it ever ran, whether it is done for good. */
@@ -154,7 +179,10 @@ export class AppSupervisor {
         this.#status = { state: "waiting", reason: "FetchingFiles" };
         this.#o.onChange();
       }
-      await writeAppFiles(root, app.files, this.#o.fetcher);
+      await writeAppFiles(root, app.files, {
+        ...(this.#o.fetcher ? { fetcher: this.#o.fetcher } : {}),
+        ...(this.#o.runAs ? { owner: this.#o.runAs } : {}),
+      });
       const nul = nulByteIn(app.command, app.args, this.env);
       if (nul) throw new AppConfigError(nul);
     } catch (err) {
@@ -173,12 +201,13 @@ export class AppSupervisor {
     }
     // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- stop() may run while we await
     if (this.#stopping) return;
-    const [file = "", ...argv] = [...app.command, ...app.args];
+    const { file, args: argv, ids } = this.launch([...app.command, ...app.args]);
     let child: ChildProcessByStdio<null, Readable, Readable>;
     try {
       child = spawn(file, argv, {
         cwd: root,
         env: this.env,
+        ...ids,
         detached: true,
         stdio: ["ignore", "pipe", "pipe"],
       });

@@ -60,6 +60,31 @@ export interface AppSpec {
     readonly requests: Readonly<Record<string, string>>;
     readonly limits: Readonly<Record<string, string>>;
   };
+  /**
+   * The container's effective security context (pod-level fields merged in, the container's
+   * winning, as Kubernetes does); absent when the pod sets none of these fields. A provider that
+   * declares {@link PodFeature.SecurityContext} must apply every field or refuse the pod naming it.
+   */
+  readonly securityContext?: AppSecurityContext;
+}
+
+/**
+ * The security-context fields a device is asked to honour. Only fields the pod set are present.
+ * Fields no device can honour (seLinuxOptions, sysctls, appArmorProfile, windowsOptions, a
+ * non-default procMount, a Localhost seccomp profile…) never get here: devicelet refuses the pod.
+ */
+export interface AppSecurityContext {
+  readonly runAsUser?: number;
+  readonly runAsGroup?: number;
+  readonly runAsNonRoot?: boolean;
+  readonly readOnlyRootFilesystem?: boolean;
+  readonly allowPrivilegeEscalation?: boolean;
+  readonly capabilities?: { readonly add?: readonly string[]; readonly drop?: readonly string[] };
+  /** Pod-level only in Kubernetes. */
+  readonly fsGroup?: number;
+  /** Pod-level only in Kubernetes. */
+  readonly supplementalGroups?: readonly number[];
+  readonly seccompProfile?: { readonly type: "RuntimeDefault" | "Unconfined" };
 }
 
 /** What a device should run for one pod. Pure data; the same pod always gives the same `hash`. */
@@ -150,6 +175,8 @@ export const PodFeature = {
   PersistentVolumeClaims: "spec.volumes[].persistentVolumeClaim",
   HostNetwork: "spec.hostNetwork",
   Privileged: "spec.containers[].securityContext.privileged",
+  /** runAsUser/Group/NonRoot, readOnlyRootFilesystem, capabilities, fsGroup… (AppSecurityContext). */
+  SecurityContext: "spec.securityContext/spec.containers[].securityContext",
   ResourceLimits: "spec.containers[].resources",
 } as const;
 export type PodFeature = (typeof PodFeature)[keyof typeof PodFeature];
@@ -202,6 +229,8 @@ export interface DeviceInfo {
   readonly capacity: Readonly<Record<string, string>>;
   readonly addresses: readonly NodeAddress[];
   readonly connected: boolean;
+  /** Present while the device said it sleeps (it is not connected then), with its wake time if given. */
+  readonly sleep?: { readonly wakeAt?: Date };
   readonly lastSeen?: Date;
   readonly nodeInfo?: {
     readonly osImage?: string;
@@ -244,6 +273,25 @@ export interface PodStats {
 
 export interface StatsCapability {
   getStats(): Promise<readonly PodStats[]>;
+}
+
+/**
+ * A message from devicelet to one device (`{id}/notice` on MQTT): why devicelet refused the device
+ * or part of what it announced (a node name taken, a label, an address or a capacity ignored).
+ */
+export interface DeviceNotice {
+  readonly type: "Normal" | "Warning";
+  /** UpperCamelCase, e.g. `NodeNameTaken`, `InvalidCapacity`. */
+  readonly reason: string;
+  readonly message: string;
+}
+
+/**
+ * Tells a device something devicelet decided about it. Best effort and non-blocking: a notice for
+ * a device that is away may be lost (the same decision is also an Event on its node).
+ */
+export interface DeviceNotifier {
+  notifyDevice(deviceId: string, notice: DeviceNotice): void;
 }
 
 /** Lifecycle for providers holding connections: started once before any other call. */
@@ -300,6 +348,12 @@ export interface ProviderContext {
   readonly logger: import("pino").Logger;
   readonly store: DurableStore;
   readonly recordEvent: (event: ProviderEvent) => void;
+  /**
+   * Why an address a device reports for its pods may not be used as a podIP (not an IP, or
+   * outside the configured ranges), or undefined when it may. Absent: only `net.isIP` applies
+   * (the engine checks that again before any pod status is written).
+   */
+  readonly checkPodAddress?: (address: string) => string | undefined;
 }
 
 /**
@@ -313,3 +367,21 @@ export interface HealthReporter {
 }
 
 export const hasHealth = (p: object): p is HealthReporter => hasFunctions(p, "health");
+export const hasDeviceNotifier = (p: object): p is DeviceNotifier => hasFunctions(p, "notifyDevice");
+
+/**
+ * Decommissioning (docs/protocol.md § 5): the provider forgets a device everywhere it keeps it
+ * (retained messages, durable state, queued commands and pods) and no longer reports it until it
+ * is born again, live. The node controller calls it when the Node of a device that is not online
+ * was deleted by someone else. Without it, such a Node is registered again.
+ */
+export interface DeviceRetirement {
+  /**
+   * Resolves "retired" once nothing of the device is left, or "online" (having done nothing) when
+   * the device is online now. Rejects when the clearing did not go through; every step is
+   * idempotent, so calling again later is safe.
+   */
+  retireDevice(deviceId: string): Promise<"retired" | "online">;
+}
+
+export const hasDeviceRetirement = (p: object): p is DeviceRetirement => hasFunctions(p, "retireDevice");

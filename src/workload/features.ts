@@ -12,6 +12,7 @@
  */
 import type { V1Pod } from "@kubernetes/client-node";
 import { PodFeature } from "../provider/types.ts";
+import { securityContextUses, unsupportedSecurityFields } from "./security.ts";
 import { arr, bool, rec, str, type Model, type Rec } from "./shape.ts";
 
 /** One pod field that needs a provider feature, with its concrete path (`spec.volumes[1].hostPath`). */
@@ -119,13 +120,15 @@ export function requiredFeatures(pod: Model<V1Pod>): FeatureUse[] {
         uses.push({ feature, field: `spec.volumes[${i}].${key}` });
   });
   if (bool(spec["hostNetwork"])) uses.push({ feature: PodFeature.HostNetwork, field: "spec.hostNetwork" });
+  uses.push(...securityContextUses(spec));
   return uses;
 }
 
 /**
  * Fields no {@link PodFeature} covers and the translator cannot carry to a device: other volume
  * types, projected token/certificate sources, `env[].valueFrom.fileKeyRef`, `workingDir`,
- * `volumeDevices`, `stdin`/`tty`, `hostPID`/`hostIPC`, `resourceClaims`. Messages read
+ * `volumeDevices`, `stdin`/`tty`, `hostPID`/`hostIPC`, `resourceClaims`, and the security-context
+ * fields no device can honour (security.ts: SELinux, sysctls, AppArmor, …). Messages read
  * `<field> is not supported by provider <name>`.
  */
 export function unsupportedFields(pod: Model<V1Pod>, providerName: string): UnsupportedField[] {
@@ -134,6 +137,7 @@ export function unsupportedFields(pod: Model<V1Pod>, providerName: string): Unsu
   const fields: string[] = [];
   for (const key of ["hostPID", "hostIPC"]) if (bool(spec[key])) fields.push(`spec.${key}`);
   if (nonEmpty(spec["resourceClaims"])) fields.push("spec.resourceClaims");
+  fields.push(...unsupportedSecurityFields(spec));
   for (const list of ["initContainers", "containers"] as const) {
     arr(spec[list]).forEach((c, i) => {
       const container = rec(c);

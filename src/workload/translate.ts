@@ -13,6 +13,7 @@ import { resolveEnv } from "./env.ts";
 import { expandVars } from "./expand.ts";
 import { isServiceAccountTokenVolume } from "./features.ts";
 import { ConfigError, Resolver, type ObjectLookups, type PodEvent } from "./resolver.ts";
+import { effectiveSecurityContext } from "./security.ts";
 import { arr, int, rec, str, stringRecord, type Model, type Rec } from "./shape.ts";
 import { VolumeFiles } from "./volumes.ts";
 
@@ -96,7 +97,7 @@ function build(
   const apps = containers.map((c, i) => {
     const container = rec(c);
     if (container === undefined) return resolver.fail(`invalid pod: spec.containers[${i}] is not an object`);
-    return translateContainer(container, i, volumes, resolver, options.frozenEnv);
+    return translateContainer(container, i, { spec, volumes, resolver, frozenEnv: options.frozenEnv });
   });
 
   const grace = int(spec["terminationGracePeriodSeconds"]);
@@ -117,13 +118,15 @@ function build(
   return { ...unhashed, hash: workloadHash(unhashed) };
 }
 
-function translateContainer(
-  container: Rec,
-  index: number,
-  volumes: VolumeFiles,
-  resolver: Resolver,
-  frozenEnv: ReadonlyMap<string, FrozenEnv> | undefined,
-): AppSpec {
+interface ContainerContext {
+  readonly spec: Rec;
+  readonly volumes: VolumeFiles;
+  readonly resolver: Resolver;
+  readonly frozenEnv: ReadonlyMap<string, FrozenEnv> | undefined;
+}
+
+function translateContainer(container: Rec, index: number, context: ContainerContext): AppSpec {
+  const { volumes, resolver, frozenEnv } = context;
   const name = str(container["name"]);
   const image = str(container["image"]);
   if (!name) return resolver.fail(`invalid pod: spec.containers[${index}].name is missing`);
@@ -134,6 +137,7 @@ function translateContainer(
     : resolveEnv(container, resolver);
   const expand = (v: unknown) => expandVars(str(v) ?? "", (n) => env.get(n));
   const resources = rec(container["resources"]);
+  const securityContext = effectiveSecurityContext(context.spec, container);
   return {
     name,
     image,
@@ -154,6 +158,8 @@ function translateContainer(
       requests: stringRecord(resources?.["requests"]),
       limits: stringRecord(resources?.["limits"]),
     },
+    // Absent rather than empty: the hash of a pod without one stays what it was.
+    ...(securityContext === undefined ? {} : { securityContext }),
   };
 }
 

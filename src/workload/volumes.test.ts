@@ -73,7 +73,8 @@ describe("translatePod: volumes", () => {
       },
       { path: "/etc/app/e.txt", content: "x", encoding: "utf8", mode: 0o600, secret: false },
       { path: "/srv/app.yaml", content: "level: info", encoding: "utf8", mode: 0o400, secret: false },
-      { path: "/etc/tls/key.pem", content: b64("KEY"), encoding: "base64", mode: 0o644, secret: true },
+      // A Secret's file keeps only its owner bits: 0644 → 0600 (other apps share the device).
+      { path: "/etc/tls/key.pem", content: b64("KEY"), encoding: "base64", mode: 0o600, secret: true },
     ]);
   });
 
@@ -149,7 +150,7 @@ describe("translatePod: volumes", () => {
       { path: "/meta/mem", content: "32", encoding: "utf8", mode: 0o444, secret: false },
       { path: "/all/extra", content: "x", encoding: "utf8", mode: 0o640, secret: false },
       { path: "/all/name", content: "sensor", encoding: "utf8", mode: 0o640, secret: false },
-      { path: "/all/tls/crt", content: b64("CERT"), encoding: "base64", mode: 0o640, secret: true },
+      { path: "/all/tls/crt", content: b64("CERT"), encoding: "base64", mode: 0o600, secret: true },
     ]);
     expect(r.events).toEqual([
       {

@@ -5,6 +5,11 @@
  * mode is its item's `mode`, else the volume's `defaultMode`, else 0644; a missing optional object
  * or key is skipped, a missing mandatory one stops the translation.
  *
+ * One departure: a file from a Secret loses its group and other permission bits (0644 becomes
+ * 0600, 0440 becomes 0400). In a pod those bits reach only the pod's own containers; on a device,
+ * apps of every pod share one host, so they would reach other pods' apps. The device gives the file
+ * to the app's own user instead.
+ *
  * Volumes of other kinds (emptyDir, hostPath, PVCs) carry no files; whether a provider may see a
  * pod using them at all is decided by `checkSupported`.
  */
@@ -26,6 +31,8 @@ interface VolumeFile {
 }
 
 const DEFAULT_MODE = 0o644;
+/** The permission bits a file from a Secret keeps: its owner's. */
+const OWNER_ONLY = 0o700;
 
 /** A relative path inside a volume: no empty, absolute or `..` parts (as API validation demands). */
 function cleanRelPath(path: string): string | undefined {
@@ -65,7 +72,7 @@ function objectFiles(
       relPath: clean,
       content: value.content,
       encoding: value.encoding,
-      mode,
+      mode: kind === "secret" ? mode & OWNER_ONLY : mode,
       secret: kind === "secret",
     };
   };
