@@ -6,11 +6,15 @@
  *   soak     [--minutes N] [--seed S]: load and random faults (devicelet, Mosquitto, the API server,
  *            devices), then an audit of what was lost, applied twice, resurrected or evicted; it
  *            uses its own control plane ($DEVICELET_TESTENV_DIR, else /tmp/devicelet-soak-testenv)
+ *   fuzz     [--seed S] [--cases N] [--only NAME]: 100,000 generated and mutated inputs to the
+ *            device-facing decoders, pod translation, status mapping and config loading; needs
+ *            no control plane; exits non-zero on any crash or unhandled rejection
  */
 const benches: Record<string, () => Promise<unknown>> = {
   engine: async () => (await import("./engine.ts")).benchEngine(),
   mqtt: async () => (await import("./mqtt.ts")).benchMqtt(),
   soak: async () => (await import("./soak.ts")).benchSoak(process.argv.slice(3)),
+  fuzz: async () => (await import("./fuzz.ts")).benchFuzz(process.argv.slice(3)),
 };
 
 const name = process.argv[2] ?? "";

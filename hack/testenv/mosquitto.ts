@@ -51,7 +51,12 @@ export interface Broker {
   restart(): Promise<void>;
 }
 
-export async function startMosquitto(options: { dir: string; pkiDir?: string }): Promise<Broker> {
+export async function startMosquitto(options: {
+  dir: string;
+  pkiDir?: string;
+  /** `max_packet_size`: the broker refuses (and disconnects the sender of) larger packets. */
+  maxPacketSize?: number;
+}): Promise<Broker> {
   const binary = ensureMosquitto();
   const dir = path.resolve(options.dir);
   mkdirSync(path.join(dir, "data"), { recursive: true });
@@ -70,6 +75,7 @@ export async function startMosquitto(options: { dir: string; pkiDir?: string }):
       `persistence_location ${path.join(dir, "data")}/`,
       "autosave_interval 1",
       "max_queued_messages 10000",
+      ...(options.maxPacketSize === undefined ? [] : [`max_packet_size ${options.maxPacketSize}`]),
       "log_dest stdout",
       "log_type error",
       "log_type warning",

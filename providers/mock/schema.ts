@@ -2,7 +2,7 @@
  * Configuration of the mock provider (`provider.config` when `provider.type: mock`): which
  * simulated devices exist, how their apps behave, which failures to inject, and where to persist.
  */
-import { labelMapSchema, patterns } from "../../src/config/index.ts";
+import { compare, labelMapSchema, patterns, registerConfigCheck } from "../../src/config/index.ts";
 import { invalidInput } from "../../src/provider/errors.ts";
 import { PodFeature } from "../../src/provider/types.ts";
 
@@ -110,6 +110,11 @@ export const mockConfigSchema = {
     },
   },
 } as const;
+
+/** The mock's rule beyond its schema: the first crash backoff is at most the longest. */
+registerConfigCheck(mockConfigSchema, (config) =>
+  compare(config, "/crashBackoffMs", "/crashBackoffMaxMs", "at most"),
+);
 
 /** Fields every simulated device has, after defaults. */
 export interface MockDeviceFields {

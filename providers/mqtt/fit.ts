@@ -15,6 +15,29 @@ export interface Fitted {
   readonly deferred: Map<PodEntry, { readonly reason: string; readonly message: string }>;
 }
 
+/**
+ * The largest desired document to publish to a device: what it announced in its birth
+ * (`capabilities.maxMessageBytes`, the protocol's default before a birth), but never more than
+ * devicelet's configured ceiling (`desired.maxDocumentBytes`), so a device announcing 16 MiB
+ * cannot make devicelet publish a message the broker refuses (its `max_packet_size`).
+ */
+export const documentLimit = (o: {
+  announced: number | undefined;
+  ceiling: number;
+  fallback: number;
+}): number => Math.min(o.ceiling, o.announced ?? o.fallback);
+
+/**
+ * Headroom over a payload for the rest of an MQTT PUBLISH packet: fixed header (at most 5 bytes),
+ * topic name (2 + a topic of at most ~170 bytes here), packet identifier (2) and MQTT 5 properties
+ * (a broker may add user properties or a subscription identifier).
+ */
+export const PACKET_HEADROOM_BYTES = 4096;
+
+/** The MQTT 5 Maximum Packet Size devicelet announces: the inbound payload limit plus headroom. */
+export const inboundPacketLimit = (maxMessageBytes: number): number =>
+  maxMessageBytes + PACKET_HEADROOM_BYTES;
+
 export const byKey = <T extends { namespace: string; name: string; uid: string }>(a: T, b: T) =>
   a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name) || a.uid.localeCompare(b.uid);
 

@@ -11,6 +11,14 @@
  *     devices: { allow: ["plant-a-*", "gw-17"] }
  * ```
  */
+import {
+  compare,
+  readableFile,
+  registerConfigCheck,
+  together,
+  valueAt,
+  type ConfigCheck,
+} from "../../src/config/index.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../../src/protocol/types.ts";
 import { PodFeature } from "../../src/provider/types.ts";
 
@@ -23,6 +31,7 @@ export const MQTT_DEFAULT_SUPPORTS: readonly PodFeature[] = [
   PodFeature.DownwardAPIVolumes,
   PodFeature.ProjectedVolumes,
   PodFeature.ResourceLimits,
+  PodFeature.SecurityContext,
 ];
 
 const int = (def: number, minimum: number, maximum?: number) =>
@@ -85,9 +94,35 @@ export const mqttConfigSchema = {
         description: "Device ids or globs (`*` any run, `?` one character); others are refused.",
       },
       maxMessageBytes: int(DEFAULT_MAX_MESSAGE_BYTES, 1024),
+      silentAfterSeconds: {
+        ...int(1800, 0),
+        description:
+          "A device counted online that devicelet has heard nothing live from for this long (since its last message, or devicelet's latest connection to the broker) is made lost: its will may never come. Devices re-publish `reported` at least every 10 minutes. 0 = never.",
+      },
+      wakeToleranceSeconds: {
+        ...int(600, 0),
+        description: "A sleeping device not back this long after its `wakeAt` is made lost.",
+      },
+      secrets: section(
+        "Devices trusted with Secret-derived env and files. List only devices the broker makes connect over TLS with an identity tied to the device id (client certificate CN or credentials), and whose ACL confines them to their own subtree. A device's own claim is never enough.",
+        {
+          allow: {
+            type: "array",
+            default: [],
+            items: { type: "string", minLength: 1, maxLength: 128, pattern: "^[a-z0-9._*?-]+$" },
+            description:
+              "Device ids or globs, as in `devices.allow`. Pods using Secrets for any other device are held back (SecretRequiresTLS).",
+          },
+        },
+      ),
     }),
     desired: section("Publishing of the retained desired documents.", {
       debounceMs: int(15, 0, 10_000),
+      maxDocumentBytes: {
+        ...int(DEFAULT_MAX_MESSAGE_BYTES, 1024),
+        description:
+          "Largest desired document devicelet publishes, whatever a device announces: keep it under the broker's max_packet_size.",
+      },
       generationBlock: int(1000, 1, 1_000_000),
       publishTimeoutMs: int(30_000, 100),
       readbackTimeoutMs: int(10_000, 1),
@@ -107,7 +142,8 @@ export const mqttConfigSchema = {
     allowSecretsWithoutTls: {
       type: "boolean",
       default: false,
-      description: "Send Secret-derived env and files over a plain (non-TLS) broker connection.",
+      description:
+        "Demos only: send Secret-derived env and files even over a plain or unverified broker connection and to devices not in `devices.secrets.allow`. Logged as a warning at start.",
     },
     supports: {
       type: "array",
@@ -143,10 +179,21 @@ export interface MqttConfig {
     readonly allow: readonly string[];
     /** Largest message accepted from a device; larger ones are rejected unread. */
     readonly maxMessageBytes: number;
+    /** An online device not heard from live for this long is made lost (silence.ts); 0 = never. */
+    readonly silentAfterSeconds: number;
+    /** A sleeping device not back this long after its `wakeAt` is made lost. */
+    readonly wakeToleranceSeconds: number;
+    /** Devices trusted with Secrets: the broker authenticates them over TLS (see docs/security.md). */
+    readonly secrets: { readonly allow: readonly string[] };
   };
   readonly desired: {
     /** Changes to one device within this window go out as one document. */
     readonly debounceMs: number;
+    /**
+     * Ceiling on a published desired document: devicelet sends at most the smaller of this and the
+     * device's announced `maxMessageBytes`, so no device can make it publish what the broker drops.
+     */
+    readonly maxDocumentBytes: number;
     /** Generations reserved per durable-store write. */
     readonly generationBlock: number;
     /** deletePod fails Transient (and is retried) when the broker does not ack within this. */
@@ -177,7 +224,10 @@ export type MqttConfigInput = {
     readonly tls?: Partial<MqttConfig["broker"]["tls"]>;
     readonly reconnect?: Partial<MqttConfig["broker"]["reconnect"]>;
   };
-  readonly devices: Partial<MqttConfig["devices"]> & { readonly allow: readonly string[] };
+  readonly devices: Partial<Omit<MqttConfig["devices"], "secrets">> & {
+    readonly allow: readonly string[];
+    readonly secrets?: Partial<MqttConfig["devices"]["secrets"]>;
+  };
   readonly desired?: Partial<MqttConfig["desired"]>;
   readonly commands?: Partial<MqttConfig["commands"]>;
   readonly health?: Partial<MqttConfig["health"]>;
@@ -202,3 +252,36 @@ export const allowListMatcher = (allow: readonly string[]): ((id: string) => boo
     );
   return (id) => exact.has(id) || globs.some((g) => g.test(id));
 };
+
+const TLS_KEYS = ["ca", "cert", "key", "servername"] as const;
+
+/**
+ * Rules of the MQTT provider's config beyond its schema: client certificate and key come together;
+ * the reconnect backoff's minimum is at most its maximum; TLS settings on a plain `mqtt://` or
+ * `ws://` URL are refused (they would be silently unused); the password and TLS files exist and
+ * are readable now, not only when the first connection is attempted.
+ */
+export const mqttConfigChecks: ConfigCheck = (config) => {
+  const url = valueAt(config, "/broker/url");
+  const plain = typeof url === "string" && /^(mqtt|ws):\/\//.test(url);
+  const scheme = plain ? url.slice(0, url.indexOf(":")) : "";
+  const unusedTls = plain
+    ? [
+        ...TLS_KEYS.filter((k) => valueAt(config, `/broker/tls/${k}`) !== undefined),
+        ...(valueAt(config, "/broker/tls/rejectUnauthorized") === false ? ["rejectUnauthorized"] : []),
+      ].map((k) => ({
+        path: `/broker/tls/${k}`,
+        message: `is a TLS setting, but /broker/url is a plain ${scheme}:// URL where it would be silently unused: use ${scheme}s:// or remove it`,
+        involves: [`/broker/tls/${k}`, "/broker/url"],
+      }))
+    : [];
+  return [
+    ...together(config, "/broker/tls/cert", "/broker/tls/key"),
+    ...compare(config, "/broker/reconnect/minDelayMs", "/broker/reconnect/maxDelayMs", "at most"),
+    ...unusedTls,
+    ...["/broker/passwordFile", ...TLS_KEYS.slice(0, 3).map((k) => `/broker/tls/${k}`)].flatMap((p) =>
+      readableFile(config, p),
+    ),
+  ];
+};
+registerConfigCheck(mqttConfigSchema, mqttConfigChecks);

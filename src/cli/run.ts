@@ -8,19 +8,9 @@ import pino from "pino";
 import { parse } from "yaml";
 import { ConfigError, parseConfig } from "../config/index.ts";
 import { runEngine, type Engine } from "../engine.ts";
+import { redaction } from "../log/redact.ts";
 import { resolveProvider } from "../provider/registry.ts";
 import { version } from "./main.ts";
-
-/** Paths pino replaces with "[redacted]": Secret-derived values must never reach a log. */
-export const redactPaths = [
-  "*.env",
-  "*.secretEnv",
-  "*.files[*].content",
-  "*.data",
-  "*.stringData",
-  "*.password",
-  "*.token",
-];
 
 export async function runCommand(options: { configPath: string }): Promise<number> {
   let text: string;
@@ -48,7 +38,8 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
     process.stderr.write(`${err instanceof ConfigError ? err.message : String(err)}\n`);
     return 2;
   }
-  const logger = pino({ level: config.log.level, redact: { paths: redactPaths, censor: "[redacted]" } });
+  // Secret-derived values and credentials never reach a log: see src/log/redact.ts.
+  const logger = pino({ level: config.log.level, redact: redaction });
   const controller = new AbortController();
   const stop = (signal: string) => {
     if (controller.signal.aborted) return;
@@ -74,8 +65,13 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
     );
   } catch (err) {
     if (!controller.signal.aborted) {
-      logger.error({ err }, "devicelet failed to start");
       controller.abort(err);
+      // Found only against the API server (a state namespace that does not exist): as config errors.
+      if (err instanceof ConfigError) {
+        process.stderr.write(`${new ConfigError(options.configPath, err.problems).message}\n`);
+        return 2;
+      }
+      logger.error({ err }, "devicelet failed to start");
       return 1;
     }
   }

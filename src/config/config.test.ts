@@ -37,7 +37,13 @@ describe("parseConfig", () => {
   it("fills every default from a minimal file", () => {
     const config = parseConfig("provider: { type: mock }\n", "min.yaml");
     expect(config).toEqual({
-      nodes: { namePrefix: "", taintKey: "virtual-kubelet.io/provider", extraLabels: {} },
+      nodes: {
+        namePrefix: "",
+        taintKey: "virtual-kubelet.io/provider",
+        extraLabels: {},
+        deviceLabels: { prefix: "device.devicelet.dev/", allow: [] },
+        addressRanges: [],
+      },
       api: { qps: 100, burst: 200, heartbeatQps: 200, heartbeatBurst: 400, requestTimeoutSeconds: 30 },
       lease: { durationSeconds: 40, renewIntervalSeconds: 10 },
       nodeStatus: { maxIntervalSeconds: 60 },
@@ -56,10 +62,12 @@ describe("parseConfig", () => {
     expect(config.kubeconfig).toBeUndefined();
   });
 
-  it("keeps given values and fills the rest of a partly given section", () => {
+  it("keeps given values and fills the rest of a partly given section", async () => {
+    const kubeconfig = join(await mkdtemp(join(tmpdir(), "devicelet-config-")), "kc");
+    await writeFile(kubeconfig, "a kubeconfig that exists");
     const config = parseConfig(
       [
-        "kubeconfig: /tmp/kc",
+        `kubeconfig: ${kubeconfig}`,
         "api: { qps: 200, burst: 400 }",
         "nodes: { namePrefix: dev-, extraLabels: { example.com/site: berlin } }",
         "state: { namespace: devicelet-system }",
@@ -68,7 +76,7 @@ describe("parseConfig", () => {
       ].join("\n"),
       "partial.yaml",
     );
-    expect(config.kubeconfig).toBe("/tmp/kc");
+    expect(config.kubeconfig).toBe(kubeconfig);
     expect(config.api).toEqual({
       qps: 200,
       burst: 400,
@@ -140,8 +148,32 @@ describe("parseConfig", () => {
     const problems = problemsOf(() => parseConfig(text, "k.yaml"));
     expect(problems.map((p) => p.path).sort()).toEqual(["/colour", "/nodes/namePrefx", "/provider/extra"]);
     const nodes = problems.find((p) => p.path === "/nodes/namePrefx");
-    expect(nodes?.message).toBe("unknown key (expected one of: namePrefix, taintKey, extraLabels)");
+    expect(nodes?.message).toBe(
+      "unknown key (expected one of: namePrefix, taintKey, extraLabels, deviceLabels, addressRanges)",
+    );
     expect(nodes?.line).toBe(2);
+  });
+
+  it("refuses device labels allowed in Kubernetes' or devicelet's own namespaces", () => {
+    const text = [
+      "nodes:",
+      "  deviceLabels:",
+      "    prefix: topology.kubernetes.io/",
+      "    allow: [node-role.kubernetes.io/*, devicelet.dev/transport, example.com/line, type]",
+      "  addressRanges: [10.0.0.0/8, not-a-cidr]",
+      "provider: { type: mock }",
+    ].join("\n");
+    const problems = problemsOf(() => parseConfig(text, "labels.yaml"));
+    expect(problems.map((p) => p.path).sort()).toEqual([
+      "/nodes/addressRanges/1",
+      "/nodes/deviceLabels/allow/0",
+      "/nodes/deviceLabels/allow/1",
+      "/nodes/deviceLabels/allow/3",
+      "/nodes/deviceLabels/prefix",
+    ]);
+    expect(problems.find((p) => p.path === "/nodes/deviceLabels/allow/0")?.message).toContain(
+      "reserved Kubernetes label namespace kubernetes.io",
+    );
   });
 
   it("requires a provider type and checks label keys and values", () => {

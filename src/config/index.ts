@@ -21,12 +21,22 @@ export {
   isCidr,
   loadConfig,
   parseConfig,
+  registerConfigCheck,
   registerProviderSchema,
   validateWithSchema,
   type ConfigProblem,
   type ParseOptions,
   type ProviderConfigSchema,
 } from "./load.ts";
+export {
+  compare,
+  fileProblem,
+  readableFile,
+  together,
+  valueAt,
+  type ConfigCheck,
+  type RuleProblem,
+} from "./rules.ts";
 export {
   coreConfigSchema,
   labelMapSchema,

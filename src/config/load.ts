@@ -7,6 +7,8 @@ import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { Ajv, type ErrorObject, type SchemaObject, type ValidateFunction } from "ajv";
 import { LineCounter, parseDocument, type Document } from "yaml";
+import { deviceLabelConfigProblems } from "../node/labels.ts";
+import { coreChecks, type ConfigCheck, type RuleProblem } from "./rules.ts";
 import { coreConfigSchema, type DeviceletConfig } from "./schema.ts";
 
 /** One thing wrong with a configuration file. */
@@ -59,6 +61,18 @@ export const registerProviderSchema = (type: string, schema: ProviderConfigSchem
   registry.set(type, schema);
 };
 
+const checks = new WeakMap<SchemaObject, ConfigCheck>();
+
+/**
+ * Attaches rules a JSON Schema cannot state (relations between fields, files that must exist) to
+ * `schema`: wherever that schema validates, in {@link parseConfig} or {@link validateWithSchema},
+ * `check` then runs on the defaulted data and its problems are listed with the schema's. Paths
+ * are relative to the object the schema validates. Attaching again replaces the rules.
+ */
+export const registerConfigCheck = (schema: SchemaObject, check: ConfigCheck): void => {
+  checks.set(schema, check);
+};
+
 export interface ParseOptions {
   /** Provider schemas by type, consulted before the registry. */
   readonly providerSchemas?: Readonly<Record<string, ProviderConfigSchema>>;
@@ -109,11 +123,18 @@ export const parseConfig = (
   }
   data ??= {};
 
-  const validate = validatorFor(providerSchemaFor(data, options));
+  const providerSchema = providerSchemaFor(data, options);
+  const validate = validatorFor(providerSchema);
   const problems: ConfigProblem[] = validate(data) ? [] : fromAjv(validate.errors ?? []);
-  // A relation is only worth reporting between fields that are each valid.
-  const flagged = new Set(problems.map((p) => p.path));
-  problems.push(...crossChecks(data).filter((c) => !c.involves.some((path) => flagged.has(path))));
+  const providerCheck = providerSchema && checks.get(providerSchema);
+  const providerConfig = (data as { provider?: { config?: unknown } } | null)?.provider?.config;
+  problems.push(
+    ...ruleProblems(problems, [
+      ...coreChecks(data),
+      ...deviceLabelConfigProblems(data),
+      ...(providerCheck ? under("/provider/config", providerCheck(providerConfig)) : []),
+    ]),
+  );
   if (problems.length > 0) {
     const located = dedupe(problems).map(({ path, message }) => locate({ path, message }, doc, lineCounter));
     throw new ConfigError(sourceName, located);
@@ -136,10 +157,11 @@ export const validateWithSchema = (
 ): unknown => {
   const copy: unknown = structuredClone(data);
   const validate = validatorFor(schema, true);
-  if (!validate(copy)) {
-    const problems = dedupe(fromAjv(validate.errors ?? [])).map((p) => ({ ...p, path: basePath + p.path }));
-    throw new ConfigError(sourceName, problems);
-  }
+  const problems = validate(copy) ? [] : fromAjv(validate.errors ?? []);
+  const check = checks.get(schema);
+  const schemaProblems = problems.map((p) => ({ ...p, path: basePath + p.path }));
+  schemaProblems.push(...ruleProblems(schemaProblems, under(basePath, check ? check(copy) : [])));
+  if (schemaProblems.length > 0) throw new ConfigError(sourceName, dedupe(schemaProblems));
   return deepFreeze(copy);
 };
 
@@ -242,25 +264,31 @@ const fromAjv = (errors: readonly ErrorObject[]): ConfigProblem[] =>
     }
   });
 
-/** Relations between fields that JSON Schema cannot express plainly. */
-const crossChecks = (data: unknown): (ConfigProblem & { involves: readonly string[] })[] => {
-  const d = data as Partial<Record<string, Record<string, unknown> | undefined>> | null;
-  const out: (ConfigProblem & { involves: readonly string[] })[] = [];
-  const below = (sec: string, small: string, big: string, rel: "less than" | "at most" | "at least") => {
-    const a = d?.[sec]?.[small];
-    const b = d?.[sec]?.[big];
-    if (typeof a !== "number" || typeof b !== "number") return;
-    if (rel === "less than" ? a >= b : rel === "at most" ? a > b : a < b) {
-      const [path, other] = [`/${sec}/${small}`, `/${sec}/${big}`];
-      out.push({ path, message: `must be ${rel} ${other} (${b})`, involves: [path, other] });
-    }
-  };
-  below("lease", "renewIntervalSeconds", "durationSeconds", "less than");
-  below("pods", "baseRetryDelayMs", "maxRetryDelayMs", "at most");
-  below("api", "burst", "qps", "at least");
-  below("api", "heartbeatBurst", "heartbeatQps", "at least");
-  return out;
+/**
+ * Rule problems worth adding to the schema's: a rule is only worth reporting between fields that
+ * are each valid, so one that involves a field the schema already flagged is left out.
+ */
+const ruleProblems = (
+  schemaProblems: readonly ConfigProblem[],
+  found: readonly RuleProblem[],
+): ConfigProblem[] => {
+  const flagged = new Set(schemaProblems.map((p) => p.path));
+  return found
+    .filter((r) => !(r.involves ?? [r.path]).some((path) => flagged.has(path)))
+    .map(({ path, message }) => ({ path, message }));
 };
+
+/** Rule problems of a part of the document (`base`), with paths and the paths named in messages. */
+const under = (base: string, found: readonly RuleProblem[]): RuleProblem[] =>
+  found.map((r) => {
+    const involves = r.involves ?? [r.path];
+    let message = r.message;
+    for (const p of involves) {
+      const escaped = p.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      message = message.replace(new RegExp(`(^|[\\s(])${escaped}(?=[\\s),:]|$)`, "g"), `$1${base}${p}`);
+    }
+    return { path: base + r.path, message, involves: involves.map((p) => base + p) };
+  });
 
 const dedupe = (problems: readonly ConfigProblem[]) => {
   const seen = new Set<string>();

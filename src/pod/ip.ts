@@ -8,6 +8,27 @@
 const toInt = (ip: string) => ip.split(".").reduce((acc, part) => acc * 256 + Number(part), 0);
 const toIp = (n: number) => [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join(".");
 
+/** Prefix lengths the allocator serves: /30 leaves two usable addresses, /8 sixteen million. */
+const MIN_BITS = 8;
+const MAX_BITS = 30;
+
+/**
+ * Why `cidr` cannot be a pod IP range, or undefined when it can: it must be an IPv4 CIDR between
+ * /8 and /30, so at least two addresses remain besides the network and broadcast addresses.
+ * Configuration validation uses it to refuse such a range before start.
+ */
+export const podIpRangeProblem = (cidr: string): string | undefined => {
+  const match = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(cidr);
+  if (!match?.[1] || match[1].split(".").some((octet) => Number(octet) > 255)) {
+    return `${JSON.stringify(cidr)} is not an IPv4 CIDR: pod IPs are allocated from IPv4 ranges only`;
+  }
+  const bits = Number(match[2]);
+  if (bits > MAX_BITS)
+    return `${JSON.stringify(cidr)} leaves no address for a pod besides the network and broadcast addresses (use /${MAX_BITS} or wider)`;
+  if (bits < MIN_BITS) return `${JSON.stringify(cidr)} is wider than the /${MIN_BITS} the allocator serves`;
+  return undefined;
+};
+
 export class PodIpAllocator {
   readonly #first: number;
   readonly #size: number;
@@ -17,12 +38,12 @@ export class PodIpAllocator {
 
   /** `cidr` like `10.250.0.0/16`; the network and broadcast addresses are never handed out. */
   constructor(cidr: string) {
-    const match = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(cidr);
-    const bits = Number(match?.[2]);
-    if (!match?.[1] || bits < 8 || bits > 30)
-      throw new Error(`pod IP range "${cidr}" is not an IPv4 CIDR between /8 and /30`);
-    const base = toInt(match[1]);
-    const size = 2 ** (32 - bits);
+    const problem = podIpRangeProblem(cidr);
+    const [address = "", bits = ""] = cidr.split("/");
+    if (problem !== undefined)
+      throw new Error(`pod IP range: ${problem}; use an IPv4 CIDR between /8 and /30`);
+    const base = toInt(address);
+    const size = 2 ** (32 - Number(bits));
     this.#first = base - (base % size) + 1;
     this.#size = size - 2;
   }

@@ -1,0 +1,98 @@
+/**
+ * Rules a JSON Schema cannot state plainly: relations between fields (`a` at most `b`, `cert`
+ * needs `key`) and facts outside the document (a file named in it exists and is readable). Each
+ * rule answers problems, never throws; {@link parseConfig} reports them together with the schema's,
+ * skipping a relation when one of the fields it involves is already reported invalid.
+ *
+ * A provider attaches its rules to its schema object with `registerConfigCheck(schema, check)`;
+ * they then run wherever that schema validates (`parseConfig`, `validateWithSchema`).
+ *
+ * ```ts
+ * const check: ConfigCheck = (c) => [
+ *   ...atMost(c, "/reconnect/minDelayMs", "/reconnect/maxDelayMs"),
+ *   ...readableFile(c, "/passwordFile"),
+ * ];
+ * ```
+ */
+import { statSync, accessSync, constants } from "node:fs";
+import { podIpRangeProblem } from "../pod/ip.ts";
+import type { ConfigProblem } from "./load.ts";
+
+/** A problem a rule found; `involves` lists every path the rule read (default: `path`). */
+export interface RuleProblem extends ConfigProblem {
+  readonly involves?: readonly string[];
+}
+
+/** Rules over a validated, defaulted object; paths are JSON pointers into that object. */
+export type ConfigCheck = (config: unknown) => readonly RuleProblem[];
+
+/** The value at a JSON pointer (`/broker/tls/cert`), or undefined. Own properties only. */
+export const valueAt = (data: unknown, pointer: string): unknown => {
+  let node: unknown = data;
+  for (const raw of pointer.split("/").slice(1)) {
+    const key = raw.replaceAll("~1", "/").replaceAll("~0", "~");
+    if (typeof node !== "object" || node === null || !Object.hasOwn(node, key)) return undefined;
+    node = (node as Record<string, unknown>)[key];
+  }
+  return node;
+};
+
+type Relation = "less than" | "at most" | "at least";
+
+/** `small` must be `relation` `big`, when both are numbers. */
+export const compare = (data: unknown, small: string, big: string, relation: Relation): RuleProblem[] => {
+  const a = valueAt(data, small);
+  const b = valueAt(data, big);
+  if (typeof a !== "number" || typeof b !== "number") return [];
+  const broken = relation === "less than" ? a >= b : relation === "at most" ? a > b : a < b;
+  return broken
+    ? [{ path: small, message: `must be ${relation} ${big} (${b})`, involves: [small, big] }]
+    : [];
+};
+
+/** When one of `a` and `b` is set, the other must be too. */
+export const together = (data: unknown, a: string, b: string): RuleProblem[] => {
+  const [hasA, hasB] = [valueAt(data, a) !== undefined, valueAt(data, b) !== undefined];
+  if (hasA === hasB) return [];
+  const [missing, given] = hasA ? [b, a] : [a, b];
+  return [{ path: missing, message: `is required when ${given} is set`, involves: [a, b] }];
+};
+
+/**
+ * Why the file at `path` cannot be read by this process, or undefined when it can. Relative paths
+ * are read from the working directory, as the code that opens them later does.
+ */
+export const fileProblem = (path: string): string | undefined => {
+  try {
+    if (!statSync(path).isFile()) return `${JSON.stringify(path)} is not a regular file`;
+    accessSync(path, constants.R_OK);
+    return undefined;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return `file ${JSON.stringify(path)} does not exist`;
+    if (code === "EACCES" || code === "EPERM") return `file ${JSON.stringify(path)} is not readable`;
+    return `file ${JSON.stringify(path)} cannot be read: ${(err as Error).message}`;
+  }
+};
+
+/** The file named at `pointer`, when set, must exist and be readable now. */
+export const readableFile = (data: unknown, pointer: string): RuleProblem[] => {
+  const path = valueAt(data, pointer);
+  if (typeof path !== "string" || path === "") return [];
+  const problem = fileProblem(path);
+  return problem === undefined ? [] : [{ path: pointer, message: problem }];
+};
+
+/** The core file's rules. */
+export const coreChecks: ConfigCheck = (data) => {
+  const ipRange = valueAt(data, "/pods/ipRange");
+  const rangeProblem = typeof ipRange === "string" ? podIpRangeProblem(ipRange) : undefined;
+  return [
+    ...compare(data, "/lease/renewIntervalSeconds", "/lease/durationSeconds", "less than"),
+    ...compare(data, "/pods/baseRetryDelayMs", "/pods/maxRetryDelayMs", "at most"),
+    ...compare(data, "/api/burst", "/api/qps", "at least"),
+    ...compare(data, "/api/heartbeatBurst", "/api/heartbeatQps", "at least"),
+    ...(rangeProblem === undefined ? [] : [{ path: "/pods/ipRange", message: rangeProblem }]),
+    ...readableFile(data, "/kubeconfig"),
+  ];
+};
