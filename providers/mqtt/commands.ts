@@ -5,7 +5,10 @@
  * is online and held while it is not; held commands go out when the device is born again, and a
  * command the device never acknowledged receiving is sent again then (devices de-duplicate by
  * command id). Expiry — still queued, or acknowledged `expired` by the device — is reported through
- * `onExpired` (the provider records a `CommandExpired` Event).
+ * `onExpired` (the provider records a `CommandExpired` Event). A device whose birth announces
+ * `capabilities.commandTtl` gets each copy with `ttlSeconds`, the whole seconds left at that
+ * publish (docs/protocol.md § 7), so a device without a clock can honour the time to live; others
+ * get the message without it, as their (closed) schema expects.
  *
  * Every queue is also kept in the durable store (command-store.ts), so commands waiting for an
  * offline device survive a devicelet restart: `restore()` at start takes them back, still bounded
@@ -49,9 +52,10 @@ export type CommandAck = Extract<AckMessage, { kind: "command-ack" }>;
 
 export interface PendingCommand {
   readonly deviceId: string;
-  readonly message: CommandMessage;
+  /** As stored and sent, without `ttlSeconds` (added per publish); replaced by `retime`. */
+  message: CommandMessage;
   readonly pod: PodRef | undefined;
-  readonly expiresAt: number;
+  expiresAt: number;
   published: boolean;
   received: boolean;
   timer: NodeJS.Timeout | undefined;
@@ -63,6 +67,8 @@ export interface CommandQueueOptions {
   readonly store: DurableStore;
   readonly publish: (topic: string, payload: Buffer, messageExpirySeconds: number) => Promise<void>;
   readonly isOnline: (deviceId: string) => boolean;
+  /** Whether the device's birth says it understands `ttlSeconds` (default: no device does). */
+  readonly understandsTtl?: (deviceId: string) => boolean;
   /** A command expired (queued, or as the device said); `why` is a sentence for the Event. */
   readonly onExpired: (command: PendingCommand, why: string) => void;
   readonly onFailed: (command: PendingCommand, ack: CommandAck) => void;
@@ -86,6 +92,9 @@ export const commandEvent = (command: PendingCommand, reason: string, why: strin
 
 /** After the device acknowledged receipt, how long past expiry to wait for its result. */
 const RESULT_GRACE_MS = 60_000;
+
+/** The schema's bound for `ttlSeconds` (a year). */
+const MAX_TTL_SECONDS = 365 * 24 * 3600;
 
 export class CommandQueue {
   readonly #o: CommandQueueOptions;
@@ -255,6 +264,40 @@ export class CommandQueue {
     return command;
   }
 
+  /**
+   * Gives the device's pending commands that `match` and that it has not acknowledged receiving a
+   * new time to live, counted from their `issuedAt`; those already published go out again with
+   * the new expiry (same `commandId`: a device that got the first copy still runs it once). One
+   * whose new expiry has passed expires now. Returns how many were changed.
+   */
+  retime(deviceId: string, match: (message: CommandMessage) => boolean, ttlSeconds: number): number {
+    let changed = 0;
+    for (const command of this.pending(deviceId)) {
+      if (command.received || !match(command.message)) continue;
+      const expiresAt = Date.parse(command.message.issuedAt) + ttlSeconds * 1000;
+      if (expiresAt === command.expiresAt) continue;
+      command.expiresAt = expiresAt;
+      command.message = { ...command.message, expiresAt: new Date(expiresAt).toISOString() };
+      changed++;
+      this.#arm(command, expiresAt - this.#now());
+      if (command.published && this.#o.isOnline(deviceId)) this.#publish(command);
+    }
+    if (changed > 0) this.#durable.changed(deviceId);
+    return changed;
+  }
+
+  /**
+   * Ends every pending command of a decommissioned device as expired (no Event: the device is
+   * gone on purpose) and empties its stored queue. Returns how many there were.
+   */
+  forget(deviceId: string, why: string): number {
+    const pending = this.pending(deviceId);
+    for (const command of pending)
+      command.resolve({ commandId: command.message.commandId, stage: "expired", message: why });
+    this.#durable.changed(deviceId);
+    return pending.length;
+  }
+
   /** The device is (again) online: send what it has not acknowledged receiving. */
   deviceOnline(deviceId: string): void {
     for (const command of this.pending(deviceId)) if (!command.received) this.#publish(command);
@@ -339,7 +382,10 @@ export class CommandQueue {
     if (this.#stopped) return;
     const remaining = (command.expiresAt - this.#now()) / 1000;
     if (remaining <= 0) return;
-    const payload = encodeMessage(command.message);
+    const ttlSeconds = Math.min(MAX_TTL_SECONDS, Math.max(1, Math.floor(remaining)));
+    const payload = encodeMessage(
+      this.#o.understandsTtl?.(command.deviceId) ? { ...command.message, ttlSeconds } : command.message,
+    );
     command.published = true;
     this.#o.metrics.inc("commandsSent");
     this.#o

@@ -252,6 +252,24 @@ export class DesiredStore {
     if (d.changeSeq > d.handledSeq) this.#schedule(d, 0);
   }
 
+  /**
+   * Forgets a decommissioned device: its pods and tombstones, and any publish not yet made (a
+   * document being prepared is not sent). Callers waiting for a tombstone are released. Returns
+   * what it held.
+   */
+  forget(deviceId: string): DeviceDesired | undefined {
+    const d = this.#devices.get(deviceId);
+    if (!d) return undefined;
+    clearTimeout(d.timer);
+    d.timer = undefined;
+    this.#devices.delete(deviceId);
+    for (const uid of [...d.pods.keys(), ...d.tombstones.keys()])
+      if (this.#byUid.get(uid) === deviceId) this.#byUid.delete(uid);
+    for (const w of d.waiters) w.resolve();
+    d.waiters = [];
+    return d;
+  }
+
   /** Publishes every device's document again, even unchanged (the broker may have lost it). */
   republishAll(): void {
     for (const d of this.#devices.values()) {
@@ -385,6 +403,7 @@ export class DesiredStore {
       contentHash: content,
     };
     const payload = encodeMessage(doc);
+    if (this.#devices.get(d.deviceId) !== d) return false; // forgotten (decommissioned) meanwhile
     const carried = new Set<object>([...fitted.pods, ...tombstones]);
     for (const p of d.pods.values()) if (carried.has(p.desired)) p.sent = true;
     // No timeout here: MQTT.js keeps the message and sends it again after reconnecting, and until

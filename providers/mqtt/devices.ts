@@ -10,9 +10,12 @@
  *   a QoS 1 duplicate) and is dropped. Sequences are kept per topic because MQTT orders messages
  *   only per topic: a report queued in devicelet's session may arrive before the retained birth.
  * - A `lost` (last will) counts only when its bootId is the device's current one and its seq is
- *   not below the current birth's (docs/protocol.md § 5: the will repeats the seq of the birth on
- *   its connection): a late will of an earlier boot, or of an earlier connection of this boot
- *   after a quick reconnect, never takes down a device that is back.
+ *   not below the seq of the first birth of that boot received live (docs/protocol.md § 5). A
+ *   late will of an earlier boot never takes down a device that is back. Within a boot, per-topic
+ *   order does the rest: the broker publishes a connection's will before it accepts the next
+ *   connection, so a `lost` that arrives after a birth is the will of that birth's connection —
+ *   even when the device's MQTT library froze the first connection's seq into it (MQTT.js, Paho).
+ *   A boot first met through a retained message has no known first birth, so no floor.
  * - A report from a boot that is neither current nor retired may belong to a boot whose birth has
  *   not arrived yet; the latest such report is kept and replayed when that birth comes.
  * - A gateway that is lost or offline makes every child whose birth named it lost, until the
@@ -48,7 +51,16 @@ export interface DeviceEntry {
   awayAt: number;
   /** Seq of the latest birth of the current boot. */
   birthSeq: number | undefined;
+  /**
+   * Floor for the seq of a `lost` of the current boot: the seq of its first birth received live;
+   * null when the boot was first met through a retained message (no floor), undefined before.
+   */
+  willFloor: number | null | undefined;
   lastSeen: Date | undefined;
+  /** When a live (not retained) message of the device last arrived, epoch ms (silence.ts). */
+  heardAt: number | undefined;
+  /** Lost because devicelet heard nothing from it for too long, not by a will (silence.ts). */
+  silent: boolean;
 }
 
 export interface DeviceRegistryOptions {
@@ -57,10 +69,18 @@ export interface DeviceRegistryOptions {
   readonly now?: () => Date;
 }
 
+/** A sleeping device's wake time, when it gave a valid one. */
+const sleepOf = (wakeAt: string | undefined): { wakeAt?: Date } => {
+  const at = wakeAt === undefined ? undefined : new Date(wakeAt);
+  return at === undefined || Number.isNaN(at.getTime()) ? {} : { wakeAt: at };
+};
+
 export class DeviceRegistry {
   readonly #o: DeviceRegistryOptions;
   readonly #now: () => Date;
   readonly #devices = new Map<string, DeviceEntry>();
+  /** Devices retired (decommissioned): everything but a live birth from them is dropped. */
+  readonly #retired = new Set<string>();
   #tick = 1;
 
   constructor(options: DeviceRegistryOptions) {
@@ -91,7 +111,10 @@ export class DeviceRegistry {
         bornAt: 0,
         awayAt: 0,
         birthSeq: undefined,
+        willFloor: undefined,
         lastSeen: undefined,
+        heardAt: undefined,
+        silent: false,
       };
       this.#devices.set(deviceId, e);
     }
@@ -106,6 +129,46 @@ export class DeviceRegistry {
     this.#changed(e);
   }
 
+  /**
+   * Forgets a decommissioned device: it is no longer listed, and until a live birth of it arrives
+   * (a device put back into service) every message of it is dropped as stale. Does not notify.
+   */
+  retire(deviceId: string): void {
+    this.#devices.delete(deviceId);
+    this.#retired.add(deviceId);
+  }
+
+  /** A live (not retained) message of the device arrived now; does not notify. */
+  heard(deviceId: string): void {
+    const e = this.#devices.get(deviceId);
+    if (e) e.heardAt = this.#now().getTime();
+  }
+
+  /**
+   * Makes an online or sleeping device lost because nothing was heard from it for too long (its
+   * will may never come: a broker that lost its session state, a retained birth of a device that
+   * is gone). Its children go with it. False when it was neither online nor sleeping.
+   */
+  markSilent(deviceId: string): boolean {
+    const e = this.#devices.get(deviceId);
+    if (!e || (e.presence !== "online" && e.presence !== "sleeping")) return false;
+    this.#set(e, "lost", undefined, this.#tick++);
+    e.silent = true;
+    return true;
+  }
+
+  /**
+   * A device made lost by {@link markSilent} that is heard from again (an in-order message of its
+   * current boot) is online again. True when that happened.
+   */
+  revive(deviceId: string): boolean {
+    const e = this.#devices.get(deviceId);
+    if (!e?.silent || e.presence !== "lost") return false;
+    e.bornAt = this.#tick++;
+    this.#set(e, "online", undefined, 0);
+    return true;
+  }
+
   /** Marks a message as seen now (for the node's last-seen time); does not notify. */
   seen(deviceId: string): void {
     const e = this.#devices.get(deviceId);
@@ -118,6 +181,7 @@ export class DeviceRegistry {
    * message.
    */
   order(deviceId: string, topic: OrderedTopic, bootId: string, seq: number): OrderVerdict {
+    if (this.#retired.has(deviceId)) return "stale";
     const e = this.#entry(deviceId);
     if (e.bootId === undefined) this.#newBoot(e, bootId);
     if (bootId !== e.bootId) return e.retiredBoots.includes(bootId) ? "stale" : "unknown-boot";
@@ -130,18 +194,24 @@ export class DeviceRegistry {
 
   /** Keeps a report of a boot not born yet; returns it (and forgets it) when that boot is born. */
   holdReport(report: ReportedDocument): void {
+    if (this.#retired.has(report.deviceId)) return;
     this.#entry(report.deviceId).pendingReport = report;
   }
 
   /** Applies a presence message (birth, will, clean offline, sleep). */
   presence(msg: PresenceMessage, options: { retained: boolean }): PresenceVerdict {
+    if (this.#retired.has(msg.deviceId)) {
+      if (msg.state !== "online" || options.retained) return "stale";
+      this.#retired.delete(msg.deviceId); // born again: back in service
+    }
     const e = this.#entry(msg.deviceId);
     const tick = options.retained ? -1 : this.#tick++;
     if (msg.state === "lost") {
       // A will is registered at CONNECT with that boot's id; only the current boot's counts.
       if (e.bootId === undefined) this.#newBoot(e, msg.bootId);
       else if (msg.bootId !== e.bootId) return "stale-will";
-      if (e.birthSeq !== undefined && msg.seq < e.birthSeq) return "stale-will";
+      if (typeof e.willFloor === "number" && msg.seq < e.willFloor) return "stale-will";
+      if (options.retained && e.willFloor === undefined) e.willFloor = null;
       return this.#set(e, "lost", undefined, options.retained ? 0 : tick);
     }
     if (msg.bootId !== e.bootId) {
@@ -153,6 +223,7 @@ export class DeviceRegistry {
     if (last !== undefined && msg.seq <= last) return "stale";
     e.seqs.set("state", msg.seq);
     e.lastSeen = this.#now();
+    if (e.willFloor === undefined) e.willFloor = options.retained || msg.state !== "online" ? null : msg.seq;
     if (msg.state === "online") {
       if (msg.device) e.birth = msg.device;
       e.bornAt = tick;
@@ -209,6 +280,7 @@ export class DeviceRegistry {
       capacity,
       addresses: (b.addresses ?? []).map((a): NodeAddress => ({ type: a.type, address: a.address })),
       connected: this.effectivePresence(e.id) === "online",
+      ...(this.effectivePresence(e.id) === "sleeping" ? { sleep: sleepOf(e.wakeAt) } : {}),
       ...(e.lastSeen === undefined ? {} : { lastSeen: e.lastSeen }),
       nodeInfo,
     };
@@ -237,11 +309,13 @@ export class DeviceRegistry {
     e.bootId = bootId;
     e.seqs.clear();
     e.birthSeq = undefined;
+    e.willFloor = undefined;
   }
 
   #set(e: DeviceEntry, presence: Presence, wakeAt: string | undefined, awayAt: number): PresenceVerdict {
     const before = e.presence;
     e.presence = presence;
+    e.silent = false;
     e.wakeAt = wakeAt;
     if (presence === "lost" || presence === "offline") e.awayAt = awayAt;
     if (before !== presence || presence === "online" || presence === "sleeping") {

@@ -151,6 +151,18 @@ export class GenerationAllocator {
     });
   }
 
+  /**
+   * Drops the device's record (a decommissioned device): the stored value is emptied, so a device
+   * born again later starts a new epoch — no (epoch, generation) is ever reused.
+   */
+  forget(deviceId: string): Promise<void> {
+    return this.#locked(deviceId, async () => {
+      await this.#store.set(storeKey(deviceId), "");
+      this.#onWrite();
+      this.#entries.delete(deviceId);
+    });
+  }
+
   /** Compare-and-swap of the stored record; `change` sees the stored one (undefined if unreadable). */
   async #update(
     deviceId: string,

@@ -3,7 +3,8 @@
  * allow-list (before any parsing), codec (size, JSON, schema, device id against topic), then
  * (bootId, seq) order — and only then acted on: presence moves the device (and its children),
  * reports update status and confirm tombstones, acks move delivery stages and finish commands,
- * events become Kubernetes Events.
+ * events become Kubernetes Events. Every live message that passes the order check counts as having
+ * heard from the device (silence.ts), and brings back a device made lost by silence.
  *
  * Bad input never escapes: a rejected message is counted by reason, logged at warn (at most once
  * a minute per device and reason, with the number suppressed) and recorded as a `MessageRejected`
@@ -85,8 +86,10 @@ export class Inbound {
         return;
       case "reported": {
         const verdict = registry.order(message.deviceId, "reported", message.bootId, message.seq);
-        if (verdict === "ok") this.#report(message);
-        else {
+        if (verdict === "ok") {
+          this.#report(message);
+          this.#alive(message.deviceId, retained);
+        } else {
           metrics.inc("stale");
           if (verdict === "unknown-boot") registry.holdReport(message);
         }
@@ -98,6 +101,7 @@ export class Inbound {
           metrics.inc("stale");
           return;
         }
+        this.#alive(message.deviceId, retained);
         if (message.kind === "command-ack") {
           this.#d.commands.ack(message.deviceId, message);
           return;
@@ -124,7 +128,10 @@ export class Inbound {
       case "event":
         if (registry.order(message.deviceId, "evt", message.bootId, message.seq) !== "ok")
           metrics.inc("stale");
-        else this.#event(message);
+        else {
+          this.#event(message);
+          this.#alive(message.deviceId, retained);
+        }
         return;
     }
   }
@@ -142,11 +149,12 @@ export class Inbound {
       return;
     }
     this.#d.logger.debug(
-      { deviceId: id, state: message.state, bootId: message.bootId, retained },
+      { deviceId: id, state: message.state, bootId: message.bootId, seq: message.seq, retained },
       "device presence",
     );
     const affected = [id, ...registry.children(id)];
     if (message.state === "online") {
+      if (!retained) registry.heard(id);
       if (message.device) {
         this.#d.allocator.saveDevice(id, message.device).then(
           () => undefined,
@@ -156,12 +164,29 @@ export class Inbound {
       const pending = registry.takePendingReport(id);
       if (pending && registry.order(id, "reported", pending.bootId, pending.seq) === "ok")
         this.#report(pending);
-      for (const d of affected) {
-        if (registry.effectivePresence(d) !== "online") continue;
-        this.#d.commands.deviceOnline(d);
-        this.#d.desired.kick(d);
-      }
+      this.#online(affected);
     }
+    for (const d of affected) this.#d.statuses.mark(d);
+  }
+
+  /** Devices (a device and its children) that may have come online: send what waits for them. */
+  #online(affected: readonly string[]): void {
+    for (const d of affected) {
+      if (this.#d.registry.effectivePresence(d) !== "online") continue;
+      this.#d.commands.deviceOnline(d);
+      this.#d.desired.kick(d);
+    }
+  }
+
+  /** A live, in-order message: the device was heard from (and is back, if silence made it lost). */
+  #alive(deviceId: string, retained: boolean): void {
+    if (retained) return;
+    const { registry } = this.#d;
+    registry.heard(deviceId);
+    if (!registry.revive(deviceId)) return;
+    this.#d.logger.info({ deviceId }, "heard from a device thought lost by silence; it is online again");
+    const affected = [deviceId, ...registry.children(deviceId)];
+    this.#online(affected);
     for (const d of affected) this.#d.statuses.mark(d);
   }
 

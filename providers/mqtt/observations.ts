@@ -4,6 +4,12 @@
  * publishes in. `deliveryOf` turns that into the delivery stage of one pod (or tombstone) from the
  * first generation that carried it as it is now (`since`).
  *
+ * A report's generations are both of its `epoch` (docs/protocol.md § 4): `appliedGeneration` is 0
+ * after an epoch change until a document of the new epoch is applied. A report whose
+ * `appliedGeneration` is above its `observedGeneration` carries an earlier epoch's over, and is
+ * read as "nothing of this epoch applied" ({@link appliedOf}). A rejection is known from the ack
+ * or, level-triggered and so also after a devicelet restart, from the report's `rejection`.
+ *
  *   obs.ack(ack, publishedEpoch);              // false when the ack is for another epoch
  *   deliveryOf(since, obs.get("gw-1"));        // { delivery: "applied" }
  */
@@ -68,6 +74,17 @@ export class Observations {
   }
 }
 
+/**
+ * The generation of `report.epoch` the device has fully applied: its `appliedGeneration`, or 0 when
+ * that is above `observedGeneration` (then it belongs to an earlier epoch).
+ */
+export const appliedOf = (report: ReportedDocument): number =>
+  report.appliedGeneration > report.observedGeneration ? 0 : report.appliedGeneration;
+
+/** The report's rejection, when it is of the newest document the device has seen. */
+const reportedRejection = (report: ReportedDocument | undefined) =>
+  report?.rejection?.generation === report?.observedGeneration ? report?.rejection : undefined;
+
 /** Stage of the document that first carried an entry as it is now; "queued" until it went out. */
 export function deliveryOf(
   since: Since | undefined,
@@ -76,10 +93,12 @@ export function deliveryOf(
   if (!since || !o) return { delivery: "queued" };
   const acks = o.acks?.epoch === since.epoch ? o.acks : undefined;
   const report = o.report?.epoch === since.epoch ? o.report : undefined;
-  const applied = Math.max(acks?.applied ?? 0, report?.appliedGeneration ?? 0);
+  const applied = Math.max(acks?.applied ?? 0, report ? appliedOf(report) : 0);
   const received = Math.max(acks?.received ?? 0, report?.observedGeneration ?? 0, applied);
   if (applied >= since.generation) return { delivery: "applied" };
-  const rejected = acks?.rejected;
+  const fromReport = reportedRejection(report);
+  const rejected =
+    fromReport && fromReport.generation >= (acks?.rejected?.generation ?? 0) ? fromReport : acks?.rejected;
   if (rejected && rejected.generation >= since.generation && rejected.generation >= received)
     return { delivery: "rejected", rejection: { reason: rejected.reason, message: rejected.message } };
   if (received >= since.generation) return { delivery: "received" };
@@ -95,5 +114,5 @@ export const tombstoneConfirmed = (
   since !== undefined &&
   report !== undefined &&
   report.epoch === since.epoch &&
-  report.appliedGeneration >= since.generation &&
+  appliedOf(report) >= since.generation &&
   !report.pods.some((p) => p.uid === uid);

@@ -15,6 +15,8 @@ import type {
   DeletionNotifier,
   DeviceInfo,
   DeviceInventory,
+  DeviceNotice,
+  DeviceNotifier,
   HealthReporter,
   PodFeature,
   PodLifecycleProvider,
@@ -36,9 +38,14 @@ import { MqttMetrics, type MqttMetricsSnapshot } from "./metrics.ts";
 import { Observations } from "./observations.ts";
 import { Orphans } from "./orphans.ts";
 import { podStatus, StatusCoalescer } from "./pod-status.ts";
+import { withUsablePodIP } from "./status-map.ts";
 import { Readback, restoreBirths } from "./readback.ts";
 import { RestartRequests } from "./restart.ts";
+import { retireDevice } from "./retire.ts";
+import { SilenceWatch } from "./silence.ts";
 import { allowListMatcher, MQTT_DEFAULT_SUPPORTS, type MqttConfig } from "./schema.ts";
+import { documentLimit, inboundPacketLimit } from "./fit.ts";
+import { SecretGate } from "./secret-gate.ts";
 import { holdBack, toDesiredPod } from "./translate.ts";
 
 const STATUS_COALESCE_MS = 10;
@@ -49,6 +56,7 @@ export class MqttProvider
     StatusNotifier,
     DeletionNotifier,
     DeviceInventory,
+    DeviceNotifier,
     HealthReporter,
     Startable
 {
@@ -69,14 +77,20 @@ export class MqttProvider
   readonly #inbound: Inbound;
   readonly #readback: Readback;
   readonly #orphans: Orphans;
+  readonly #secrets: SecretGate;
   /** Device messages that arrive during the read-back, handled once it is done. */
   #held: [string, Buffer, boolean][] | undefined = [];
   /** The engine's workload hash per pod uid, as last given (unknown for pods read back). */
   readonly #workloadHashes = new Map<string, string>();
   readonly #restarts: RestartRequests;
+  readonly #silence: SilenceWatch;
+  /** When the current broker connection began; undefined while disconnected. */
+  #connectedSince: number | undefined;
   readonly #onStatus: ((s: WorkloadStatus) => void)[] = [];
   readonly #onDeleted: ((p: PodRef) => void)[] = [];
   readonly #onDevice: ((d: DeviceInfo) => void)[] = [];
+  /** Per device, the reported address last refused as a pod IP (one Event per distinct address). */
+  readonly #refusedAddress = new Map<string, string>();
   #metricsTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
 
@@ -86,6 +100,11 @@ export class MqttProvider
     this.supports = config.supports ?? MQTT_DEFAULT_SUPPORTS;
     this.#ctx = context;
     this.#log = context.logger.child({ provider: "mqtt" });
+    this.#secrets = new SecretGate({
+      broker: config.broker,
+      devices: config.devices,
+      allowSecretsWithoutTls: config.allowSecretsWithoutTls,
+    });
     const bridge = (state: "online" | "offline") => {
       const message: BridgeMessage = {
         protocol: 1,
@@ -101,6 +120,10 @@ export class MqttProvider
       graceSeconds: config.health.disconnectedGraceSeconds,
       bridge: { topic: topics.bridge(), payload: bridge },
       logger: this.#log,
+      // Devices' messages, and devicelet's own retained documents read back at start.
+      maximumPacketSize: inboundPacketLimit(
+        Math.max(config.devices.maxMessageBytes, config.desired.maxDocumentBytes),
+      ),
     });
     const connection: BrokerConnection = this.#connection;
     this.#registry = new DeviceRegistry({
@@ -127,7 +150,11 @@ export class MqttProvider
       allocator: this.#allocator,
       publish: (topic, payload) => connection.publish(topic, payload, { qos: 1, retain: true }),
       maxBytes: (id) =>
-        this.#registry.get(id)?.birth?.capabilities.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+        documentLimit({
+          announced: this.#registry.get(id)?.birth?.capabilities.maxMessageBytes,
+          ceiling: config.desired.maxDocumentBytes,
+          fallback: DEFAULT_MAX_MESSAGE_BYTES,
+        }),
       debounceMs: config.desired.debounceMs,
       publishTimeoutMs: config.desired.publishTimeoutMs,
       onChange: (id) => this.#statuses.mark(id),
@@ -140,6 +167,7 @@ export class MqttProvider
       publish: (topic, payload, expiry) =>
         connection.publish(topic, payload, { qos: 1, retain: false, messageExpirySeconds: expiry }),
       isOnline: (id) => this.#registry.effectivePresence(id) === "online",
+      understandsTtl: (id) => this.#registry.get(id)?.birth?.capabilities.commandTtl === true,
       onExpired: (command, why) => context.recordEvent(commandEvent(command, "CommandExpired", why)),
       onFailed: (command, ack) =>
         context.recordEvent(
@@ -168,6 +196,22 @@ export class MqttProvider
       recordEvent: (event) => this.#ctx.recordEvent(event),
       deleted: (ref) => this.#deleted(ref),
     });
+    this.#silence = new SilenceWatch({
+      registry: this.#registry,
+      silentAfterMs: config.devices.silentAfterSeconds * 1000,
+      wakeToleranceMs: config.devices.wakeToleranceSeconds * 1000,
+      connectedSince: () => this.#connectedSince,
+      onSilent: (id, why) => {
+        this.#log.warn({ deviceId: id, why }, "device silent: marking it lost");
+        this.#ctx.recordEvent({
+          involved: { kind: "Device", deviceId: id },
+          type: "Warning",
+          reason: "DeviceSilent",
+          message: `marked lost: ${why}`,
+        });
+        for (const d of [id, ...this.#registry.children(id)]) this.#statuses.mark(d);
+      },
+    });
     this.#readback = new Readback({
       connection,
       logger: this.#log,
@@ -193,6 +237,7 @@ export class MqttProvider
    * as it takes (or until the signal aborts).
    */
   async start(signal: AbortSignal): Promise<void> {
+    for (const note of this.#secrets.startupNotes()) this.#log[note.level](note.message);
     this.#connection.onMessage((topic, payload, retained) => {
       if (this.#readback.take(topic, payload)) return;
       if (this.#held) this.#held.push([topic, payload, retained]);
@@ -201,6 +246,7 @@ export class MqttProvider
     let first = true;
     this.#connection.onConnect(({ sessionPresent }) => {
       this.#metrics.inc("connects");
+      this.#connectedSince = Date.now();
       if (first) return; // the read-back below subscribes
       if (sessionPresent) return;
       // The broker lost our session — and perhaps its retained messages: subscribe again and
@@ -213,7 +259,10 @@ export class MqttProvider
       });
       this.#desired.republishAll();
     });
-    this.#connection.onDisconnect(() => this.#metrics.inc("disconnects"));
+    this.#connection.onDisconnect(() => {
+      this.#metrics.inc("disconnects");
+      this.#connectedSince = undefined;
+    });
     signal.addEventListener("abort", () => void this.stop(), { once: true });
     await this.#connection.start(signal);
     const documents = await this.#readback.run(topics.fromDevices());
@@ -224,6 +273,7 @@ export class MqttProvider
     for (const [topic, payload, retained] of held) this.#inbound.handle(topic, payload, retained);
     this.#commands.restoreInBackground(signal);
     await this.#restoreBirths([...new Set([...documents.keys(), ...this.#registry.ids()])]);
+    this.#silence.start();
     const interval = this.config.metricsLogIntervalSeconds;
     if (interval > 0) {
       let last = "";
@@ -249,6 +299,7 @@ export class MqttProvider
     this.#stopping ??= (async () => {
       clearInterval(this.#metricsTimer);
       this.#readback.stop();
+      this.#silence.stop();
       this.#orphans.stop();
       this.#statuses.stop();
       this.#commands.stop();
@@ -342,6 +393,27 @@ export class MqttProvider
     this.#onDevice.push(callback);
   }
 
+  /**
+   * Publishes a notice on `{id}/notice` (QoS 1, not retained; docs/protocol.md § 3.8). Best
+   * effort: a failed publish is logged, never thrown.
+   */
+  notifyDevice(deviceId: string, notice: DeviceNotice): void {
+    const payload = encodeMessage({
+      protocol: 1,
+      kind: "notice",
+      deviceId,
+      type: notice.type,
+      reason: notice.reason,
+      message: notice.message.slice(0, 1024),
+      at: new Date().toISOString(),
+    });
+    this.#connection
+      .publish(topics.notice(deviceId), payload, { qos: 1, retain: false })
+      .catch((err: unknown) => {
+        this.#log.debug({ err, deviceId, reason: notice.reason }, "notice not published");
+      });
+  }
+
   health(): { readonly ready: boolean; readonly message: string } {
     return this.#connection.health();
   }
@@ -349,6 +421,32 @@ export class MqttProvider
   /** Counters since start; a fresh snapshot on each call. */
   metrics(): MqttMetricsSnapshot {
     return this.#metrics.snapshot();
+  }
+
+  /**
+   * Decommissions a device that is not online (retire.ts): clears its retained `desired`, `state`
+   * and `reported`, drops its durable state and command queue, and forgets it until a live birth
+   * of it arrives. Resolves "online" (and does nothing) for a device that is online.
+   * @throws when the broker or the durable store does not take the clearing (safe to retry).
+   */
+  retireDevice(deviceId: string): Promise<"retired" | "online"> {
+    return retireDevice(
+      {
+        registry: this.#registry,
+        desired: this.#desired,
+        commands: this.#commands,
+        allocator: this.#allocator,
+        connection: this.#connection,
+        forgetPod: (ref) => {
+          this.#statuses.forget(ref.uid);
+          this.#restarts.forget(ref.uid);
+          this.#workloadHashes.delete(ref.uid);
+        },
+        deleted: (ref) => this.#deleted(ref),
+        logger: this.#log,
+      },
+      deviceId,
+    );
   }
 
   /**
@@ -378,14 +476,9 @@ export class MqttProvider
     if (this.#workloadHashes.get(pod.uid) !== workload.hash) {
       const ref: PodRef = { namespace: pod.namespace, name: pod.name, uid: pod.uid };
       const desired = toDesiredPod(workload);
-      const current = this.#desired.device(deviceId)?.pods.get(pod.uid);
-      const blocked =
-        current?.desired.hash === desired.hash
-          ? current.blocked
-          : holdBack(workload, desired, {
-              secure: this.#connection.secure,
-              allowSecretsWithoutTls: this.config.allowSecretsWithoutTls,
-            });
+      // Judged again even when the content is unchanged: a pod adopted from an earlier run's
+      // retained document was never checked under this run's config.
+      const blocked = holdBack(workload, desired, { secrets: this.#secrets });
       if (this.#desired.upsertPod(deviceId, ref, desired, blocked)) this.#statuses.mark(deviceId);
       this.#workloadHashes.set(pod.uid, workload.hash);
     }
@@ -411,14 +504,29 @@ export class MqttProvider
 
   #status(deviceId: string, entry: Parameters<typeof podStatus>[0]["entry"]): WorkloadStatus {
     const device = this.#registry.get(deviceId);
-    return podStatus({
-      entry,
-      device: this.#desired.device(deviceId),
-      presence: this.#registry.effectivePresence(deviceId),
-      wakeAt: device?.wakeAt,
-      observation: this.#observations.get(deviceId),
-      now: new Date(),
-    });
+    const { status, refused } = withUsablePodIP(
+      podStatus({
+        entry,
+        device: this.#desired.device(deviceId),
+        presence: this.#registry.effectivePresence(deviceId),
+        wakeAt: device?.wakeAt,
+        observation: this.#observations.get(deviceId),
+        now: new Date(),
+      }),
+      this.#ctx.checkPodAddress,
+    );
+    const address = this.#observations.get(deviceId)?.report?.address;
+    if (refused !== undefined && address !== undefined && this.#refusedAddress.get(deviceId) !== address) {
+      this.#refusedAddress.set(deviceId, address);
+      this.#log.warn({ deviceId, reason: refused }, "reported address ignored as pod IP");
+      this.#ctx.recordEvent({
+        involved: { kind: "Device", deviceId },
+        type: "Warning",
+        reason: "InvalidAddress",
+        message: `reported address ignored: ${refused}; its pods get an address from pods.ipRange`,
+      });
+    }
+    return status;
   }
 
   #statusesOf(deviceId: string): WorkloadStatus[] {

@@ -2,7 +2,10 @@
  * Restart requests by annotation: a kubectl-only way to send a command. Changing the value of
  * `devicelet.dev/restart-requested` on a pod asks its device to restart each of the pod's apps
  * (one `restart-app` command per app; the value travels as the command's argument, so a device
- * can de-duplicate). `devicelet.dev/restart-ttl-seconds` sets the commands' time to live.
+ * can de-duplicate). `devicelet.dev/restart-ttl-seconds` sets the commands' time to live, counted
+ * from the request, whichever of the two annotations is set first: a TTL that changes while the
+ * current request's commands have not reached the device gives them the new expiry (set together,
+ * in one `kubectl annotate`, or one after the other, the outcome is the same).
  *
  * Only a change this process sees counts: the first time it meets a pod (created, or adopted
  * after a restart, when the engine calls updatePod once) the value is only recorded. So a
@@ -21,15 +24,17 @@ export const RESTART_TTL_ANNOTATION = "devicelet.dev/restart-ttl-seconds";
 const MAX_TTL_SECONDS = 48 * 3600;
 
 export class RestartRequests {
-  readonly #commands: Pick<CommandQueue, "send">;
+  readonly #commands: Pick<CommandQueue, "send" | "retime">;
   readonly #log: Logger;
   readonly #recordEvent: (event: ProviderEvent) => void;
   readonly #defaultTtlSeconds: number;
   /** Annotation value last seen per pod uid (undefined: seen without one). */
   readonly #tokens = new Map<string, string | undefined>();
+  /** Time to live last applied to the pod's current request, per pod uid. */
+  readonly #ttls = new Map<string, number>();
 
   constructor(options: {
-    commands: Pick<CommandQueue, "send">;
+    commands: Pick<CommandQueue, "send" | "retime">;
     logger: Logger;
     recordEvent: (event: ProviderEvent) => void;
     defaultTtlSeconds: number;
@@ -47,10 +52,24 @@ export class RestartRequests {
     const known = this.#tokens.has(uid);
     const previous = this.#tokens.get(uid);
     this.#tokens.set(uid, token);
-    if (!known || token === undefined || token === "" || token === previous) return;
     const ttl = Number.parseInt(annotations[RESTART_TTL_ANNOTATION] ?? "", 10);
     const ttlSeconds =
       Number.isSafeInteger(ttl) && ttl > 0 ? Math.min(ttl, MAX_TTL_SECONDS) : this.#defaultTtlSeconds;
+    if (!known || token === undefined || token === "") return;
+    if (token === previous) {
+      // The same request with another TTL (set after it): its commands not yet received get it.
+      const before = this.#ttls.get(uid);
+      if (before === undefined || before === ttlSeconds) return;
+      this.#ttls.set(uid, ttlSeconds);
+      const retimed = this.#commands.retime(
+        workload.deviceId,
+        (m) => m.command === "restart-app" && m.podUid === uid && m.args?.[0] === token,
+        ttlSeconds,
+      );
+      this.#log.info({ pod: `${namespace}/${name}`, token, ttlSeconds, retimed }, "restart TTL changed");
+      return;
+    }
+    this.#ttls.set(uid, ttlSeconds);
     const ref = { namespace, name, uid };
     const pod = `${namespace}/${name}`;
     this.#log.info({ pod, token, ttlSeconds }, "restart requested by annotation");
@@ -78,5 +97,6 @@ export class RestartRequests {
 
   forget(uid: string): void {
     this.#tokens.delete(uid);
+    this.#ttls.delete(uid);
   }
 }

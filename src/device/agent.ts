@@ -20,12 +20,13 @@
  * not want are deleted (leftovers.ts). A corrupt state file is moved aside and the agent starts
  * empty (store.ts).
  */
-import { readFile } from "node:fs/promises";
+import { access, mkdir, readFile, rename } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { Logger } from "pino";
 import { parse } from "yaml";
 import { ConfigError, validateWithSchema } from "../config/load.ts";
+import { withoutCredentials } from "../log/redact.ts";
 import { DEVICE_ID } from "../protocol/topics.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
 import { MqttTransport } from "./mqtt-link.ts";
@@ -68,6 +69,14 @@ export interface AgentConfig {
 
 const strings = { type: "object", additionalProperties: { type: "string" } } as const;
 
+/**
+ * In a folder of its own, which the agent makes 0700: the state holds Secret values, and the folder
+ * holding `workDir` cannot be closed to the users apps run as.
+ */
+export const DEFAULT_STATE_FILE = "/var/lib/devicelet/state/agent-state.json";
+/** The default before the state file got its own folder; moved at start (see moveStateFile). */
+export const LEGACY_STATE_FILE = "/var/lib/devicelet/agent-state.json";
+
 export const agentConfigSchema = {
   type: "object",
   additionalProperties: false,
@@ -109,7 +118,7 @@ export const agentConfigSchema = {
       },
     },
     workDir: { type: "string", minLength: 1, default: "/var/lib/devicelet/pods" },
-    stateFile: { type: "string", minLength: 1, default: "/var/lib/devicelet/agent-state.json" },
+    stateFile: { type: "string", minLength: 1, default: DEFAULT_STATE_FILE },
     bootIdFile: { type: "string", minLength: 1, default: "/proc/sys/kernel/random/boot_id" },
     restartBackoff: {
       type: "object",
@@ -191,6 +200,8 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
     ...(broker.username === undefined ? {} : { username: broker.username }),
     ...(password === undefined ? {} : { password }),
   });
+  if (config.stateFile === DEFAULT_STATE_FILE)
+    await moveStateFile(LEGACY_STATE_FILE, config.stateFile, logger);
   const store = fileStore(config.stateFile, { logger });
   const saved = await store.load();
   await removeLeftovers({
@@ -219,8 +230,24 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
     ...(device.address === undefined ? {} : { address: device.address }),
   });
   await session.start();
-  logger.info({ device: device.id, broker: broker.url, bootId }, "agent started");
+  logger.info({ device: device.id, broker: withoutCredentials(broker.url), bootId }, "agent started");
   return { session, runtime, stop: () => session.stop() };
+}
+
+/**
+ * Moves a state file from where an earlier version kept it by default (`from`) to `to`, in a new
+ * folder of mode 0700, when `to` does not exist yet; otherwise does nothing.
+ */
+export async function moveStateFile(from: string, to: string, logger: Logger): Promise<void> {
+  const exists = (file: string) =>
+    access(file).then(
+      () => true,
+      () => false,
+    );
+  if ((await exists(to)) || !(await exists(from))) return;
+  await mkdir(path.dirname(to), { recursive: true, mode: 0o700 });
+  await rename(from, to);
+  logger.info({ from, to }, "moved the agent state file into its own folder");
 }
 
 const KUBE_ARCH: Readonly<Record<string, string>> = {
@@ -261,6 +288,8 @@ async function birthInfo(config: AgentConfig): Promise<BirthInfo> {
       runtime: "process",
       logs: true,
       exec: true,
+      // It has a wall clock too, and checks both (docs/protocol.md § 7).
+      commandTtl: true,
     },
   };
 }

@@ -16,11 +16,34 @@
  * `PersistFailed` (§ 4: "cannot use the document at all … keeps running what it ran"); the
  * device then forgets having seen it, so the next delivery of the same document (the retained
  * copy on reconnect, or after a restart) is tried again.
+ *
+ * Rejections (docs/protocol.md § 4): a document the runtime refuses, or one that failed validation
+ * with a readable (epoch, generation) ({@link DesiredApplier.offerInvalid}), is the device's final
+ * answer for that version: `observedGeneration` moves to it, what runs stays, and
+ * {@link DesiredApplier.rejection} holds the reason for the report until a later document is seen.
+ * A redelivered rejected version is not evaluated again; its `rejected` ack is repeated. Invalid
+ * documents queue with valid ones, so the newest of either kind wins.
  */
 import type { Logger } from "pino";
 import type { DesiredDocument, DesiredPod } from "../protocol/types.ts";
 import type { DesiredAck } from "./outbox.ts";
 import { RuntimeRefusal, type Runtime } from "./runtime.ts";
+
+/** A document that failed validation but whose version is readable: acked `rejected` in turn. */
+export interface InvalidDesired {
+  readonly kind: "invalid";
+  readonly epoch: string;
+  readonly generation: number;
+  readonly reason: string;
+  readonly message: string;
+}
+
+/** `reported.rejection`: the newest document seen was rejected (docs/protocol.md § 3.3). */
+export interface Rejection {
+  readonly generation: number;
+  readonly reason: string;
+  readonly message: string;
+}
 
 export interface AppliedGeneration {
   readonly epoch: string;
@@ -67,8 +90,10 @@ export class DesiredApplier {
   readonly applied: AppliedGeneration[] = [];
   /** What to persist; may be ahead of `appliedGeneration` while a document is being applied. */
   durable: DurableDesired = NOTHING_KEPT;
+  /** Set while the newest document seen (`observedGeneration`) is one this device rejected. */
+  rejection: Rejection | undefined;
   readonly #h: ApplierHooks;
-  #pending: DesiredDocument | undefined;
+  #pending: DesiredDocument | InvalidDesired | undefined;
   #draining: Promise<void> | undefined;
   #lastFinal: DesiredAck | undefined;
   /** Bumped by reset(): an apply of an earlier boot drops its result. */
@@ -98,6 +123,7 @@ export class DesiredApplier {
     this.observedGeneration = this.appliedGeneration = 0;
     this.appliedPods = [];
     this.durable = NOTHING_KEPT;
+    this.rejection = undefined;
     this.#lastFinal = undefined;
   }
 
@@ -107,7 +133,12 @@ export class DesiredApplier {
     await this.#draining;
   }
 
-  offer(doc: DesiredDocument): void {
+  /** An invalid document with a readable version: rejected in turn, like a refused one. */
+  offerInvalid(doc: InvalidDesired): void {
+    this.offer(doc);
+  }
+
+  offer(doc: DesiredDocument | InvalidDesired): void {
     if (this.#isDone(doc)) {
       const final = this.#lastFinal;
       if (final?.epoch === doc.epoch && final.generation === doc.generation && !this.#pending)
@@ -128,7 +159,7 @@ export class DesiredApplier {
     });
   }
 
-  #isDone(doc: DesiredDocument): boolean {
+  #isDone(doc: { epoch: string; generation: number }): boolean {
     return (
       doc.epoch === this.epoch && doc.generation <= Math.max(this.observedGeneration, this.appliedGeneration)
     );
@@ -139,8 +170,21 @@ export class DesiredApplier {
     while (this.#pending && era === this.#era && this.#h.canApply()) {
       const doc = this.#pending;
       this.#pending = undefined;
-      if (!this.#isDone(doc)) await this.#apply(doc, era);
+      if (this.#isDone(doc)) continue;
+      if (doc.kind === "invalid") this.#rejectInvalid(doc);
+      else await this.#apply(doc, era);
     }
+  }
+
+  #rejectInvalid(doc: InvalidDesired): void {
+    const { epoch, generation, reason, message } = doc;
+    if (epoch !== this.epoch) {
+      this.epoch = epoch;
+      this.appliedGeneration = 0;
+    }
+    this.observedGeneration = generation;
+    this.rejection = { generation, reason, message };
+    this.#final({ epoch, generation, stage: "rejected", reason, message });
   }
 
   async #apply(doc: DesiredDocument, era: number): Promise<void> {
@@ -151,6 +195,8 @@ export class DesiredApplier {
       this.appliedGeneration = 0;
     }
     this.observedGeneration = generation;
+    const rejection = this.rejection;
+    this.rejection = undefined;
     this.#h.ack({ epoch, generation, stage: "received" });
     const kept = this.durable;
     this.durable = { epoch, appliedGeneration: generation, pods: doc.pods };
@@ -161,6 +207,7 @@ export class DesiredApplier {
       this.durable = kept;
       // Unseen again: the next delivery of this document tries once more.
       [this.epoch, this.observedGeneration, this.appliedGeneration] = seen;
+      this.rejection = rejection;
       const message = `cannot store the desired state, nothing changed: ${(err as Error).message}`;
       this.#h.logger.error({ epoch, generation, err: (err as Error).message }, "desired document rejected");
       // Best effort: the last write should hold what still runs.
@@ -177,6 +224,7 @@ export class DesiredApplier {
       this.#h.persist().catch(() => undefined);
       const reason = err instanceof RuntimeRefusal ? err.reason : "ApplyFailed";
       const message = (err as Error).message;
+      this.rejection = { generation, reason, message };
       this.#h.logger.warn({ epoch, generation, reason, message }, "desired document rejected");
       this.#final({ epoch, generation, stage: "rejected", reason, message });
       return;

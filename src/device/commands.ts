@@ -1,7 +1,10 @@
 /**
  * One-shot commands on the device side (design decision 4). Each command is acked `received`
- * and then `done` or `failed`; one whose `expiresAt` has passed is dropped and acked `expired`; a
- * redelivered command (QoS 1 may deliver twice) runs once. What a command needs from the runtime
+ * and then `done` or `failed`; a redelivered command (QoS 1 may deliver twice) runs once. An
+ * expired command is dropped and acked `expired` (docs/protocol.md § 7): expired when its
+ * `expiresAt` has passed (checked only when the device has a wall clock), or when `ttlSeconds`
+ * have passed since it arrived (the arrival time is taken when the message is received, so the
+ * time a command waits for the birth counts). What a command needs from the runtime
  * is optional there: a runtime without `exec` makes `exec` fail with an `Unsupported:` message.
  */
 import type { Logger } from "pino";
@@ -19,6 +22,8 @@ export interface CommandAck {
 export interface CommandRunnerOptions {
   readonly runtime: Runtime;
   readonly now: () => number;
+  /** Whether `now()` is a wall clock to compare `expiresAt` with; false: only `ttlSeconds` counts. */
+  readonly wallClock: boolean;
   /** Performs a reboot; undefined makes `reboot` unsupported. Runs after the `done` ack. */
   readonly reboot: (() => Promise<void>) | undefined;
   readonly ack: (ack: CommandAck) => void;
@@ -38,8 +43,11 @@ export class CommandRunner {
     this.#o = options;
   }
 
-  /** Runs `command` in the background; outcomes go to the `ack` callback. */
-  handle(command: CommandMessage): void {
+  /**
+   * Runs `command` in the background; outcomes go to the `ack` callback. `receivedAt` is when the
+   * message arrived, by `now()` (default: now).
+   */
+  handle(command: CommandMessage, receivedAt = this.#o.now()): void {
     const { commandId } = command;
     if (this.#seen.has(commandId)) return;
     this.#seen.add(commandId);
@@ -47,12 +55,13 @@ export class CommandRunner {
       const oldest = this.#seen.values().next();
       if (!oldest.done) this.#seen.delete(oldest.value);
     }
-    if (Date.parse(command.expiresAt) <= this.#o.now()) {
+    const expired = this.#expiry(command, receivedAt);
+    if (expired !== undefined) {
       this.#o.logger.info(
-        { commandId, command: command.command, expiresAt: command.expiresAt },
-        "command expired before it arrived",
+        { commandId, command: command.command, expiresAt: command.expiresAt, ttlSeconds: command.ttlSeconds },
+        "command expired before it could run",
       );
-      this.#o.ack({ commandId, stage: "expired", message: `expired at ${command.expiresAt}` });
+      this.#o.ack({ commandId, stage: "expired", message: expired });
       return;
     }
     this.#o.ack({ commandId, stage: "received" });
@@ -65,6 +74,17 @@ export class CommandRunner {
         this.#o.ack({ commandId, stage: "failed", message: (err as Error).message });
       },
     );
+  }
+
+  /** Why `command` has expired, or undefined while it may still run. */
+  #expiry(command: CommandMessage, receivedAt: number): string | undefined {
+    const now = this.#o.now();
+    if (this.#o.wallClock && Date.parse(command.expiresAt) <= now) return `expired at ${command.expiresAt}`;
+    const ttl = command.ttlSeconds;
+    if (ttl !== undefined && now - receivedAt >= ttl * 1000) {
+      return `time to live of ${ttl}s ran out ${Math.round((now - receivedAt) / 1000)}s after it arrived`;
+    }
+    return undefined;
   }
 
   async #run(command: CommandMessage): Promise<Omit<CommandAck, "commandId">> {

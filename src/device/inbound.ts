@@ -3,7 +3,8 @@
  * document or command; devicelet's bridge presence; nothing (a cleared retained message); a desired
  * document that failed validation but whose epoch and generation are readable (to be acked
  * `rejected` with reason `InvalidDocument`); or anything else rejected (a `MessageRejected` event).
- * Payload contents never reach the results' texts beyond the codec's one-line detail.
+ * Payload contents never reach the results' texts beyond the codec's one-line detail. Also the
+ * buffer for what arrives before a connection's birth ({@link PreBirthBuffer}).
  */
 import { decodeBridge, decodeToDevice } from "../protocol/codec.ts";
 import { topics } from "../protocol/topics.ts";
@@ -61,4 +62,43 @@ function versionOf(payload: Buffer): { epoch: string; generation: number } | und
     // Not JSON: a MessageRejected event instead.
   }
   return undefined;
+}
+
+/** A message received, with when it arrived by the device's clock (a command's TTL runs from it). */
+export interface Arrival {
+  readonly inbound: Exclude<Inbound, { kind: "bridge" | "nothing" }>;
+  readonly topic: string;
+  readonly receivedAt: number;
+}
+
+/**
+ * What arrives before the birth of a connection, held to be handled after it (docs/protocol.md
+ * § 5): of the messages on the `desired` topic only the last (valid or not: the retained copy comes
+ * last), and the first `max` others (commands, messages to refuse), in arrival order.
+ */
+export class PreBirthBuffer {
+  readonly #desiredTopic: string;
+  readonly #max: number;
+  #held: Arrival[] = [];
+
+  constructor(desiredTopic: string, max = 64) {
+    this.#desiredTopic = desiredTopic;
+    this.#max = max;
+  }
+
+  hold(arrival: Arrival): void {
+    if (arrival.topic === this.#desiredTopic) {
+      this.#held = this.#held.filter((a) => a.topic !== this.#desiredTopic);
+    } else if (this.#held.length >= this.#max) return;
+    this.#held.push(arrival);
+  }
+
+  /** Everything held, in arrival order; the buffer is empty afterwards. */
+  take(): Arrival[] {
+    return this.#held.splice(0);
+  }
+
+  clear(): void {
+    this.#held = [];
+  }
 }

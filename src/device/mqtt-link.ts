@@ -8,10 +8,14 @@
  *   const gatewayLink = transport.link("gw-1");
  *   const childLink = transport.bridged("gw-1-c-0");
  *
- * Session semantics (MQTT 5 §3.1.2.11, §3.1.3.2): on MQTT 5 the connection uses Clean Start = 0
- * with a Session Expiry Interval, because a Will Delay Interval only holds back the will while the
- * session lives; a quick reconnect then resumes the session and the broker never sends the will
- * (no flapping). On 3.1.1 the session is clean and the will goes out when the connection drops.
+ * Session semantics (docs/protocol.md § 5): every CONNECT starts a clean session (MQTT 3.1.1
+ * CleanSession = 1, MQTT 5 Clean Start = 1), so the broker never queues `desired` documents or
+ * commands for the device while it is away: on each connection the device gets the retained
+ * document once, from its SUBSCRIBE, and nothing older. On MQTT 5 the connection also carries a
+ * Session Expiry Interval of at least the will's delay: the Will Delay Interval only holds back
+ * the will while the session lives, and a new connection for the same client id within that delay
+ * cancels the will, clean start or not (MQTT 5 §3.1.2.5, §3.1.3.2.2), so a quick reconnect still
+ * does not flap.
  */
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import type { Logger } from "pino";
@@ -33,7 +37,10 @@ export interface MqttTransportOptions {
   readonly password?: string;
   /** Default 60. */
   readonly keepaliveSeconds?: number;
-  /** MQTT 5 only: how long the broker keeps the session after a drop. Default 120. */
+  /**
+   * MQTT 5 only: how long the broker keeps the session after a drop, raised to the will's delay
+   * when that is longer (the delay holds only while the session lives). Default 120.
+   */
   readonly sessionExpirySeconds?: number;
   /** Delay between reconnect attempts. Default 2000. */
   readonly reconnectMs?: number;
@@ -45,6 +52,7 @@ export class MqttTransport {
   readonly client: MqttClient;
   readonly #logger: Logger;
   #version: 4 | 5;
+  readonly #sessionExpirySeconds: number;
   #primary: PrimaryLink | undefined;
   readonly #bridged = new Map<string, BridgedLink>();
   #up = false;
@@ -55,10 +63,11 @@ export class MqttTransport {
   constructor(options: MqttTransportOptions) {
     this.#logger = options.logger;
     this.#version = options.protocolVersion ?? 5;
+    this.#sessionExpirySeconds = options.sessionExpirySeconds ?? 120;
     const clientOptions: IClientOptions = {
       clientId: options.clientId,
       protocolVersion: this.#version,
-      clean: this.#version !== 5,
+      clean: true,
       keepalive: options.keepaliveSeconds ?? 60,
       reconnectPeriod: options.reconnectMs ?? 2_000,
       connectTimeout: 10_000,
@@ -66,9 +75,7 @@ export class MqttTransport {
       // The sessions subscribe again themselves on every connect, before their birth.
       resubscribe: false,
       rejectUnauthorized: true,
-      ...(this.#version === 5
-        ? { properties: { sessionExpiryInterval: options.sessionExpirySeconds ?? 120 } }
-        : {}),
+      ...(this.#version === 5 ? { properties: { sessionExpiryInterval: this.#sessionExpirySeconds } } : {}),
       ...(options.ca === undefined ? {} : { ca: options.ca }),
       ...(options.cert === undefined ? {} : { cert: options.cert }),
       ...(options.key === undefined ? {} : { key: options.key }),
@@ -115,11 +122,18 @@ export class MqttTransport {
     return this.#childrenUp;
   }
 
-  /** @internal The owner is born: bridged children go up (and publish their births) now. */
+  /**
+   * @internal The owner is born: bridged children go up (and publish their births) now, and every
+   * child that became unreachable while the connection was down gets its `lost` published, so no
+   * child's retained state still says `online` under a reborn gateway (docs/protocol.md § 8).
+   */
   releaseChildren(): void {
     if (!this.#up || this.#childrenUp) return;
     this.#childrenUp = true;
-    for (const child of this.#bridged.values()) if (child.attached) child.handlers?.onUp();
+    for (const child of this.#bridged.values()) {
+      if (child.attached) child.handlers?.onUp();
+      else child.publishOwedLost();
+    }
   }
 
   /** The link of the device that owns this connection and its will. Once per transport. */
@@ -191,6 +205,12 @@ export class MqttTransport {
     if (!will) {
       delete this.client.options.will;
       return;
+    }
+    if (this.#version === 5 && will.delaySeconds !== undefined) {
+      this.client.options.properties = {
+        ...this.client.options.properties,
+        sessionExpiryInterval: Math.max(this.#sessionExpirySeconds, will.delaySeconds),
+      };
     }
     this.client.options.will = {
       topic: will.topic,
@@ -271,6 +291,8 @@ class PrimaryLink implements DeviceLink {
 class BridgedLink implements DeviceLink {
   handlers: LinkHandlers | undefined;
   attached = true;
+  /** Detached while the connection was down: its `lost` is still to be published. */
+  #owesLost = false;
   readonly #transport: MqttTransport;
   readonly #filters = new Set<string>();
   readonly deviceId: string;
@@ -301,6 +323,8 @@ class BridgedLink implements DeviceLink {
     if (!this.attached) return;
     const wasUp = this.up;
     this.attached = false;
+    // Nothing can be published for it now; its gateway says it is lost once born again.
+    this.#owesLost = !wasUp;
     if (wasUp) {
       const handlers = this.handlers;
       const will: LinkWill | undefined = options.abrupt
@@ -315,8 +339,20 @@ class BridgedLink implements DeviceLink {
       this.handlers?.onDown();
     }
   }
+  /** @internal Publishes the `lost` owed since it was detached while the connection was down. */
+  publishOwedLost(): void {
+    if (!this.#owesLost) return;
+    this.#owesLost = false;
+    const will = this.handlers?.lost?.() ?? this.handlers?.will();
+    if (!will) return;
+    publishOn(this.#transport, will.topic, will.payload, { retain: true }).catch(() => {
+      this.#owesLost = !this.attached;
+    });
+  }
+
   reconnect(): void {
     if (this.attached) return;
+    this.#owesLost = false;
     this.attached = true;
     if (this.up) queueMicrotask(() => this.handlers?.onUp());
   }

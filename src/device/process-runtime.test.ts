@@ -128,9 +128,12 @@ describe("ProcessRuntime", () => {
       expect(pid).toBeGreaterThan(0);
     });
     await r.apply([], [tombstone(p, 1)]);
-    expect(find(r, "stubborn")).toBeUndefined();
+    // apply returns once the stop has begun (docs/protocol.md § 4); the pod goes after its grace.
+    await until(() => {
+      expect(find(r, "stubborn")).toBeUndefined();
+      expect(existsSync(path.join(workDir, "stubborn"))).toBe(false);
+    });
     expect(alive(pid)).toBe(false);
-    expect(existsSync(path.join(workDir, "stubborn"))).toBe(false);
   });
 
   it("refuses a pod whose app has no command, and pods beyond capacity", async () => {

@@ -11,15 +11,29 @@
  * Pending with reason `NoCommand`. Pods beyond the configured capacity are refused with the
  * kubelet's admission reasons (`OutOfpods`, `OutOfcpu`, `OutOfmemory`), also Pending, and start
  * once they fit. Resource limits are not enforced.
+ *
+ * Stopping (docs/protocol.md § 4): `apply` begins every stop and returns; it does not wait out
+ * grace periods. A pod being stopped stays in `report()`, reason `Terminating`, until its apps
+ * have exited. A replaced pod (same uid, new hash) is stopped with the grace period of the version
+ * now wanted, as the kubelet kills a container whose spec changed with the pod spec it has now,
+ * and that version starts once the old one is gone. A later, shorter grace period (a tombstone
+ * with 0, say) shortens a stop under way; a longer one never lengthens it.
+ *
+ * Each app's `securityContext` is applied or refuses the pod (security.ts): Pending, every app
+ * waiting `CreateContainerConfigError` with a message naming the field, as the kubelet reports a
+ * context it cannot honour (e.g. runAsNonRoot with a root user). An agent running as root runs an
+ * app with `runAsUser`/`runAsGroup` as that uid and gid, and its folder and files are theirs.
+ * no_new_privs, capabilities and supplementary groups are set by util-linux `setpriv`, looked up
+ * on PATH once when the runtime is made (setpriv.ts); `exec` runs through it the same way.
  */
 import { spawn } from "node:child_process";
 import { rm } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
-import type { DesiredPod, ReportedPod, Tombstone } from "../protocol/types.ts";
+import type { DesiredApp, DesiredPod, ReportedPod, Tombstone } from "../protocol/types.ts";
 import { systemClock, type DeviceClock } from "./link.ts";
 import { LogRing } from "./log-ring.ts";
-import type { FetchBytes } from "./pod-files.ts";
+import type { FetchBytes, FileOwner } from "./pod-files.ts";
 import {
   admit,
   kubeletBackoff,
@@ -31,6 +45,7 @@ import {
   type Runtime,
   type RuntimeEvent,
 } from "./runtime.ts";
+import { planSecurity, processIdentity, type AgentIdentity } from "./security.ts";
 import { AppSupervisor } from "./supervisor.ts";
 
 export interface ProcessRuntimeOptions {
@@ -51,24 +66,45 @@ export interface ProcessRuntimeOptions {
   readonly execTimeoutMs?: number;
   readonly fetcher?: FetchBytes;
   readonly clock?: DeviceClock;
+  /** Who the agent runs as, for `securityContext` (security.ts); default this process's uid and gid. */
+  readonly identity?: AgentIdentity;
+  /** Primary group of a uid, for `runAsUser` without `runAsGroup`; default /etc/passwd. */
+  readonly groupOf?: (uid: number) => number | undefined;
 }
 
 interface PodEntry {
   readonly pod: DesiredPod;
   readonly apps: readonly AppSupervisor[];
   readonly refusal: AdmissionRefusal | undefined;
+  /** Set once its stop has begun: when the grace period ends (clock ms), and when it is gone. */
+  stopping?: { deadline: number; readonly gone: Promise<void> };
+}
+
+/** The version of a pod to start once its stopping predecessor (same uid) is gone. */
+interface NextVersion {
+  readonly pod: DesiredPod;
+  readonly refusal: AdmissionRefusal | undefined;
 }
 
 export class ProcessRuntime implements Runtime {
   readonly #o: ProcessRuntimeOptions;
   readonly #clock: DeviceClock;
+  readonly #identity: AgentIdentity;
   readonly #pods = new Map<string, PodEntry>();
+  readonly #next = new Map<string, NextVersion>();
   readonly #changeListeners: (() => void)[] = [];
   readonly #eventListeners: ((e: RuntimeEvent) => void)[] = [];
 
   constructor(options: ProcessRuntimeOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
+    this.#identity = options.identity ?? processIdentity();
+    options.logger.info(
+      { setpriv: this.#identity.setpriv ?? null, uid: this.#identity.uid },
+      this.#identity.setpriv
+        ? "apps' no_new_privs, capabilities and groups are set with setpriv"
+        : "setpriv not found on PATH: pods asking for no_new_privs, capabilities or groups are refused",
+    );
   }
 
   async apply(pods: readonly DesiredPod[], tombstones: readonly Tombstone[]): Promise<void> {
@@ -79,22 +115,63 @@ export class ProcessRuntime implements Runtime {
       [...this.#pods.values()].filter((e) => !e.refusal && wantedUids.has(e.pod.uid)).map((e) => e.pod.uid),
     );
     const refused = admit(wanted, this.#o.capacity ?? {}, admitted);
-    const work: Promise<void>[] = [];
+    for (const uid of this.#next.keys()) if (!wantedUids.has(uid)) this.#next.delete(uid);
     for (const entry of this.#pods.values()) {
-      if (!wantedUids.has(entry.pod.uid)) work.push(this.#remove(entry, graceOf.get(entry.pod.uid)));
+      const uid = entry.pod.uid;
+      if (!wantedUids.has(uid))
+        this.#beginStop(entry, graceOf.get(uid) ?? entry.pod.terminationGracePeriodSeconds);
     }
+    const work: Promise<void>[] = [];
     for (const pod of wanted) {
       const existing = this.#pods.get(pod.uid);
-      const refusal = refused.get(pod.uid) ?? checkCommands(pod);
-      if (existing && existing.pod.hash === pod.hash && !existing.refusal === !refusal) continue;
-      work.push(
-        (async () => {
-          if (existing) await this.#remove(existing);
-          await this.#add(pod, refusal);
-        })(),
-      );
+      const refusal = refused.get(pod.uid) ?? checkCommands(pod) ?? this.#checkSecurity(pod);
+      if (
+        existing &&
+        !existing.stopping &&
+        existing.pod.hash === pod.hash &&
+        !existing.refusal === !refusal
+      ) {
+        this.#next.delete(pod.uid);
+        continue;
+      }
+      if (!existing || (existing.refusal && !existing.stopping)) {
+        // Nothing runs for this uid: start (or start over) now.
+        work.push(
+          (existing ? this.#remove(existing) : Promise.resolve()).then(() => this.#add(pod, refusal)),
+        );
+        continue;
+      }
+      // Replaced, or wanted back while it stops: the new version starts once the old one is gone.
+      this.#next.set(pod.uid, { pod, refusal });
+      this.#beginStop(existing, pod.terminationGracePeriodSeconds);
     }
     await Promise.all(work);
+    this.#changed();
+  }
+
+  /**
+   * Begins stopping `entry` with `graceSeconds`, or shortens a stop under way to it; never waits.
+   * Once the pod is gone, the version waiting in `#next` for its uid starts.
+   */
+  #beginStop(entry: PodEntry, graceSeconds: number): void {
+    const deadline = this.#clock.now() + graceSeconds * 1000;
+    if (entry.stopping) {
+      if (deadline >= entry.stopping.deadline) return;
+      entry.stopping.deadline = deadline;
+      // A second stop() signals again and arms the shorter kill timer (the kubelet's shortened grace).
+      for (const app of entry.apps) void app.stop(graceSeconds * 1000);
+      return;
+    }
+    const uid = entry.pod.uid;
+    const gone = this.#remove(entry, graceSeconds).then(async () => {
+      const next = this.#next.get(uid);
+      if (next && !this.#pods.has(uid)) {
+        this.#next.delete(uid);
+        await this.#add(next.pod, next.refusal);
+      }
+      this.#changed();
+    });
+    entry.stopping = { deadline, gone };
     this.#changed();
   }
 
@@ -105,6 +182,12 @@ export class ProcessRuntime implements Runtime {
         uid: e.pod.uid,
         hash: e.pod.hash,
         phase: podPhase(e.apps.map((a) => a.phaseInput)),
+        ...(e.stopping
+          ? {
+              reason: "Terminating",
+              message: `stopping; grace period ends at ${new Date(e.stopping.deadline).toISOString()}`,
+            }
+          : {}),
         apps: e.apps.map((a) => a.report()),
       };
     });
@@ -125,12 +208,14 @@ export class ProcessRuntime implements Runtime {
   /** Runs `args` in the app's folder with the app's environment; output bounded, time-limited. */
   exec(podUid: string, app: string, args: readonly string[]): Promise<ExecResult> {
     const supervisor = this.#app(podUid, app);
-    const [file = "", ...rest] = args;
+    // As the app itself, through the same setpriv: an exec is no way around the pod's securityContext.
+    const { file, args: rest, ids } = supervisor.launch(args);
     const output = new LogRing(64 * 1024);
     return new Promise((resolve) => {
       const child = spawn(file, rest, {
         cwd: path.join(this.#o.workDir, podUid, app),
         env: supervisor.env,
+        ...ids,
         stdio: ["ignore", "pipe", "pipe"],
         timeout: this.#o.execTimeoutMs ?? 30_000,
         killSignal: "SIGKILL",
@@ -152,7 +237,10 @@ export class ProcessRuntime implements Runtime {
   }
 
   async stop(): Promise<void> {
-    await Promise.all([...this.#pods.values()].map((e) => this.#remove(e)));
+    this.#next.clear();
+    const entries = [...this.#pods.values()];
+    for (const e of entries) this.#beginStop(e, e.pod.terminationGracePeriodSeconds);
+    await Promise.all(entries.flatMap((e) => (e.stopping ? [e.stopping.gone] : [])));
     this.#changed();
   }
 
@@ -176,6 +264,7 @@ export class ProcessRuntime implements Runtime {
               clock: this.#clock,
               logger: this.#o.logger,
               ...(this.#o.fetcher ? { fetcher: this.#o.fetcher } : {}),
+              ...this.#runAs(app),
               onChange: () => this.#changed(),
               onEvent: (e) => this.#event(e),
             }),
@@ -189,7 +278,7 @@ export class ProcessRuntime implements Runtime {
     await Promise.all(apps.map((a) => a.start()));
   }
 
-  /** Stops every app (tombstone grace, else the pod's), forgets the pod and deletes its folder. */
+  /** Stops every app (by default with the pod's own grace), forgets the pod, deletes its folder. */
   async #remove(entry: PodEntry, graceSeconds?: number): Promise<void> {
     const graceMs = (graceSeconds ?? entry.pod.terminationGracePeriodSeconds) * 1000;
     await Promise.all(entry.apps.map((a) => a.stop(graceMs)));
@@ -199,6 +288,21 @@ export class ProcessRuntime implements Runtime {
       // The pod is stopped and forgotten all the same; the next agent start removes the folder.
       this.#o.logger.warn({ podDir, err: (err as Error).message }, "could not remove a pod folder");
     });
+  }
+
+  /** The first app whose security context cannot be honoured refuses the whole pod. */
+  #checkSecurity(pod: DesiredPod): AdmissionRefusal | undefined {
+    for (const app of pod.apps) {
+      const plan = planSecurity(app, this.#identity, this.#o.groupOf);
+      if (plan.kind === "refused") return { reason: "CreateContainerConfigError", message: plan.message };
+    }
+    return undefined;
+  }
+
+  #runAs(app: DesiredApp): { runAs?: FileOwner; launch?: readonly string[] } {
+    const plan = planSecurity(app, this.#identity, this.#o.groupOf);
+    if (plan.kind !== "ok") return {};
+    return { ...(plan.files ? { runAs: plan.files } : {}), ...(plan.launch ? { launch: plan.launch } : {}) };
   }
 
   #app(podUid: string, name: string): AppSupervisor {

@@ -28,10 +28,12 @@ export interface ExecResult {
 export interface Runtime {
   /**
    * Makes the runtime run exactly `pods` (the whole desired state): starts new pods, restarts a
-   * pod whose `hash` changed, leaves unchanged ones alone, and stops and forgets pods that are
-   * tombstoned (with the tombstone's grace period) or no longer listed (with their own). Resolves
-   * once every change has been started, not once apps are running; progress comes through
-   * {@link onChange}. Throws {@link RuntimeRefusal} when the document as a whole cannot be taken;
+   * pod whose `hash` changed (the old version stopped with the new version's grace period), leaves
+   * unchanged ones alone, and stops and forgets pods that are tombstoned (with the tombstone's
+   * grace period) or no longer listed (with their own). Resolves once every change has been
+   * started, not once apps are running nor once stops are over: a pod being stopped stays in
+   * {@link report} with reason `Terminating` until it is gone (docs/protocol.md § 4); progress
+   * comes through {@link onChange}. Throws {@link RuntimeRefusal} when the document as a whole cannot be taken;
    * a single pod that cannot run is reported Pending with a reason instead (docs/protocol.md § 3.3).
    */
   apply(pods: readonly DesiredPod[], tombstones: readonly Tombstone[]): Promise<void>;

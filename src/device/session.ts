@@ -12,10 +12,15 @@
  *   connection will carry (§ 5), re-armed before every CONNECT, delayed on MQTT 5.
  * - On every (re)connect: subscriptions to `desired`, `cmd/+` and the bridge topic first, then the
  *   retained birth, then the retained report. What arrives before the birth (the retained document,
- *   commands) is held and handled after it, so every ack and event follows the birth.
+ *   commands, and messages to refuse) is held and handled after it, so every ack and event follows
+ *   the birth; of the desired documents held only the newest is kept.
  * - A desired document is applied at most once per (epoch, generation) (applier.ts); the applied
  *   state is persisted before `applied` is acked. An invalid document whose version is readable is
  *   acked `rejected` (`InvalidDocument`); anything else invalid becomes a `MessageRejected` event.
+ * - A rejected document is not evaluated again when it comes again; the report carries
+ *   `rejection` until a later document is seen (applier.ts).
+ * - Commands expire by their `expiresAt` (unless the device says it has no wall clock) and by
+ *   `ttlSeconds` counted from the moment the command arrived (docs/protocol.md § 7).
  * - Sequence numbers strictly increase within a boot, across agent restarts too (see outbox.ts).
  * - Runtime changes produce one coalesced report per `reportCoalesceMs`; the report is re-sent
  *   after `reportRefreshMs` without one (one timer per device, re-armed by each report).
@@ -24,13 +29,13 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import { encodeMessage } from "../protocol/codec.ts";
 import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
-import type { BridgeMessage, BridgeToDevice, PresenceMessage } from "../protocol/types.ts";
+import type { BridgeMessage, PresenceMessage } from "../protocol/types.ts";
 import { DesiredApplier, type AppliedGeneration } from "./applier.ts";
 import { CommandRunner } from "./commands.ts";
-import { systemClock, type DeviceClock, type DeviceLink } from "./link.ts";
-import { classifyInbound } from "./inbound.ts";
+import { systemClock, type DeviceClock, type DeviceLink, type LinkWill } from "./link.ts";
+import { classifyInbound, PreBirthBuffer, type Arrival } from "./inbound.ts";
 import { Outbox } from "./outbox.ts";
-import type { Runtime } from "./runtime.ts";
+import { clip, type Runtime } from "./runtime.ts";
 import type { SessionStore } from "./store.ts";
 
 /** Birth information: what devicelet turns into the node (labels, capacity, capabilities). */
@@ -38,8 +43,6 @@ export type BirthInfo = NonNullable<PresenceMessage["device"]>;
 
 /** Node.js timers fire at once beyond 2^31−1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-/** Commands held while the birth is not out yet. */
-const MAX_HELD = 64;
 
 export interface DeviceSessionOptions {
   readonly deviceId: string;
@@ -64,6 +67,18 @@ export interface DeviceSessionOptions {
   /** What a `reboot` command does; default {@link DeviceSession.reboot}; `null` refuses it. */
   readonly onRebootCommand?: (() => Promise<void>) | null;
   readonly clock?: DeviceClock;
+  /**
+   * false: the device has no trustworthy wall clock, so a command's `expiresAt` is not checked,
+   * only its `ttlSeconds` from arrival (the birth should then say `capabilities.commandTtl`).
+   * Default true.
+   */
+  readonly wallClock?: boolean;
+  /**
+   * Register the will of the first connection of a boot and keep it on every reconnect, seq and
+   * all, as MQTT libraries that fix the will when the client is created do (docs/protocol.md § 5
+   * allows it). Default false: a fresh will, with the coming birth's seq, before every CONNECT.
+   */
+  readonly keepFirstWill?: boolean;
 }
 
 export type { AppliedGeneration };
@@ -79,7 +94,9 @@ export class DeviceSession {
   readonly #commands: CommandRunner;
   readonly #applier: DesiredApplier;
   /** Messages that arrived before the birth of this connection. */
-  #held: BridgeToDevice[] = [];
+  readonly #held: PreBirthBuffer;
+  /** With {@link DeviceSessionOptions.keepFirstWill}: the will of this boot's first connection. */
+  #firstWill: { bootId: string; will: LinkWill } | undefined;
   /** Bumped on every link up/down: continuations of an earlier connection stop. */
   #connection = 0;
   #online = false;
@@ -99,6 +116,7 @@ export class DeviceSession {
     this.#runtime = options.runtime;
     this.#clock = options.clock ?? systemClock;
     this.#log = options.logger.child({ device: options.deviceId });
+    this.#held = new PreBirthBuffer(topics.desired(options.deviceId));
     this.#out = new Outbox({
       deviceId: options.deviceId,
       link: options.link,
@@ -111,6 +129,7 @@ export class DeviceSession {
     this.#commands = new CommandRunner({
       runtime: this.#runtime,
       now: () => this.#clock.now(),
+      wallClock: options.wallClock ?? true,
       reboot: reboot === null ? undefined : (reboot ?? (() => this.reboot())),
       ack: (ack) => this.#out.commandAck(ack),
       logger: this.#log,
@@ -167,11 +186,7 @@ export class DeviceSession {
     this.#runtime.onEvent?.((event) => this.#out.event(event));
     await this.#restore();
     this.#link.open({
-      will: () => ({
-        topic: topics.state(this.deviceId),
-        payload: encodeMessage(this.#out.presence("lost", {}, this.#out.armBirth())),
-        delaySeconds: this.#o.willDelaySeconds ?? 5,
-      }),
+      will: () => this.#will(),
       lost: () => ({
         topic: topics.state(this.deviceId),
         payload: encodeMessage(this.#out.presence("lost")),
@@ -236,7 +251,7 @@ export class DeviceSession {
   async reboot(): Promise<void> {
     this.#cancelTimers();
     this.#online = false;
-    this.#held = [];
+    this.#held.clear();
     await this.#link.disconnect({ abrupt: true });
     await this.#applier.reset();
     await this.#runtime.stop();
@@ -250,6 +265,19 @@ export class DeviceSession {
     const buffer = typeof payload === "string" ? Buffer.from(payload) : payload;
     const topic = `${TOPIC_ROOT}/${this.deviceId}/${subtopic}`;
     return this.#link.publish(topic, buffer, { retain: options.retain ?? false });
+  }
+
+  /** The will for the next CONNECT: `lost` with the seq its birth will carry (§ 5). */
+  #will(): LinkWill {
+    const kept = this.#firstWill;
+    if (this.#o.keepFirstWill && kept?.bootId === this.bootId) return kept.will;
+    const will = {
+      topic: topics.state(this.deviceId),
+      payload: encodeMessage(this.#out.presence("lost", {}, this.#out.armBirth())),
+      delaySeconds: this.#o.willDelaySeconds ?? 5,
+    };
+    this.#firstWill = { bootId: this.bootId, will };
+    return will;
   }
 
   async #restore(): Promise<void> {
@@ -287,7 +315,7 @@ export class DeviceSession {
     this.#log.debug({ bootId: this.bootId }, "online");
     this.#link.born?.();
     this.#publishReport();
-    for (const message of this.#held.splice(0)) this.#handle(message);
+    for (const arrival of this.#held.take()) this.#handle(arrival);
     this.#applier.kick();
     for (const waiter of this.#onlineWaiters.splice(0)) waiter();
   }
@@ -306,11 +334,21 @@ export class DeviceSession {
         return;
       case "nothing":
         return;
+      default: {
+        const arrival = { inbound, topic, receivedAt: this.#clock.now() };
+        if (this.#online) this.#handle(arrival);
+        else this.#held.hold(arrival);
+      }
+    }
+  }
+
+  #handle({ inbound, topic, receivedAt }: Arrival): void {
+    switch (inbound.kind) {
       case "invalid-document": {
         const { epoch, generation, message } = inbound;
         this.#log.warn({ epoch, generation, detail: message }, "rejected an invalid desired document");
-        if (this.#online)
-          this.#out.desiredAck({ epoch, generation, stage: "rejected", reason: "InvalidDocument", message });
+        const reason = "InvalidDocument";
+        this.#applier.offerInvalid({ kind: "invalid", epoch, generation, reason, message });
         return;
       }
       case "rejected":
@@ -318,25 +356,12 @@ export class DeviceSession {
           { topic, reason: inbound.reason, detail: inbound.message },
           "rejected a message from devicelet",
         );
-        if (this.#online)
-          this.#out.event({ type: "Warning", reason: "MessageRejected", message: inbound.message });
+        this.#out.event({ type: "Warning", reason: "MessageRejected", message: inbound.message });
         return;
       case "message":
-        if (this.#online) this.#handle(inbound.message);
-        else this.#hold(inbound.message);
+        if (inbound.message.kind === "desired") this.#applier.offer(inbound.message);
+        else this.#commands.handle(inbound.message, receivedAt);
     }
-  }
-
-  /** Before the birth: keep the newest document and the first commands, for after it. */
-  #hold(message: BridgeToDevice): void {
-    if (message.kind === "desired") this.#held = this.#held.filter((m) => m.kind !== "desired");
-    else if (this.#held.length >= MAX_HELD) return;
-    this.#held.push(message);
-  }
-
-  #handle(message: BridgeToDevice): void {
-    if (message.kind === "desired") this.#applier.offer(message);
-    else this.#commands.handle(message);
   }
 
   #scheduleReport(): void {
@@ -357,11 +382,12 @@ export class DeviceSession {
       () => this.#publishReport(),
       this.#o.reportRefreshMs ?? 300_000,
     );
-    const { epoch, observedGeneration, appliedGeneration } = this.#applier;
+    const { epoch, observedGeneration, appliedGeneration, rejection } = this.#applier;
     this.#out.report({
       epoch,
       observedGeneration,
       appliedGeneration,
+      ...(rejection ? { rejection: { ...rejection, message: clip(rejection.message, 4096) } } : {}),
       pods: this.#runtime.report(),
       ...(this.#o.address === undefined ? {} : { address: this.#o.address }),
     });

@@ -16,7 +16,9 @@
  * Presence of bridged children: one connection has one will, so when a gateway drops only the
  * gateway's `lost` is published. devicelet infers the children lost: every child's birth names its
  * gateway (`device.gateway`), and a `lost` for the gateway's current boot makes all of them lost.
- * When a child alone drops while its gateway stays up, the gateway publishes the child's will.
+ * When a child alone drops while its gateway stays up, the gateway publishes the child's will; a
+ * child that drops while its gateway is down gets its `lost` from the gateway right after the
+ * gateway's next birth, while the children it still reaches are born again (docs/protocol.md § 8).
  */
 import pino, { type Logger } from "pino";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
@@ -58,6 +60,17 @@ export interface SimDeviceSpec {
   os?: string;
   zone?: string;
   maxMessageBytes?: number;
+  /**
+   * false: a device without a wall clock, which expires commands only by `ttlSeconds` from their
+   * arrival (docs/protocol.md § 7). Default true.
+   */
+  wallClock?: boolean;
+  /**
+   * Keep the will of the first connection of a boot on every reconnect, as MQTT libraries that fix
+   * the will at client creation do (DeviceSessionOptions.keepFirstWill). Own connections only: a
+   * bridged child's `lost` comes from its gateway. Default false.
+   */
+  keepFirstWill?: boolean;
 }
 
 export interface Simulator {
@@ -163,6 +176,8 @@ export async function startSimulator(o: SimulatorOptions): Promise<Simulator> {
       ...(o.persistState === false ? {} : { store: memoryStore() }),
       reportCoalesceMs: o.reportCoalesceMs ?? 20,
       willDelaySeconds: o.willDelaySeconds ?? 1,
+      wallClock: spec.wallClock ?? true,
+      keepFirstWill: spec.keepFirstWill ?? false,
     });
     devices.set(spec.id, new SimDeviceImpl(spec, session, runtime));
   }
@@ -269,7 +284,7 @@ function birthOf(spec: SimDeviceSpec): BirthInfo {
     arch: spec.arch ?? (gateway ? "arm64" : "arm"),
     ...(spec.zone === undefined ? {} : { zone: spec.zone }),
     ...(spec.gateway === undefined ? {} : { gateway: spec.gateway }),
-    labels: { "devicelet.dev/simulated": "true", ...spec.labels },
+    labels: { simulated: "true", ...spec.labels },
     capacity: capacityOf(spec),
     osImage: gateway ? "devicelet simulated gateway" : "devicelet simulated microcontroller",
     capabilities: {
@@ -278,6 +293,7 @@ function birthOf(spec: SimDeviceSpec): BirthInfo {
       runtime: gateway ? "process" : "firmware",
       logs: true,
       exec: gateway,
+      commandTtl: true,
     },
   };
 }

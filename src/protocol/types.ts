@@ -12,6 +12,7 @@
  *   {device}/ack          device → devicelet   QoS 1             AckMessage (desired stages, commands)
  *   {device}/evt          device → devicelet   QoS 1             DeviceEventMessage
  *   _bridge/state         devicelet → all      QoS 1, retained   BridgeMessage (devicelet presence)
+ *   {device}/notice       devicelet → device   QoS 1             NoticeMessage (what devicelet refused)
  */
 
 export const PROTOCOL_VERSION = 1;
@@ -50,6 +51,25 @@ export interface DesiredApp {
     readonly requests?: Readonly<Record<string, string>>;
     readonly limits?: Readonly<Record<string, string>>;
   };
+  /**
+   * The effective security context (pod-level fields merged in, the container's winning); present
+   * only when the pod sets one. A device applies every field or refuses the pod naming the field
+   * (docs/protocol.md § 3.1); it never ignores one.
+   */
+  readonly securityContext?: DesiredSecurityContext;
+}
+
+/** `apps[].securityContext`: only the fields the pod set are present. */
+export interface DesiredSecurityContext {
+  readonly runAsUser?: number;
+  readonly runAsGroup?: number;
+  readonly runAsNonRoot?: boolean;
+  readonly readOnlyRootFilesystem?: boolean;
+  readonly allowPrivilegeEscalation?: boolean;
+  readonly capabilities?: { readonly add?: readonly string[]; readonly drop?: readonly string[] };
+  readonly fsGroup?: number;
+  readonly supplementalGroups?: readonly number[];
+  readonly seccompProfile?: { readonly type: "RuntimeDefault" | "Unconfined" };
 }
 
 /** A pod the device should run. */
@@ -108,6 +128,8 @@ export interface DeviceCapabilities {
   readonly runtime: "process" | "firmware";
   readonly logs: boolean;
   readonly exec: boolean;
+  /** The device understands a command's `ttlSeconds` (it may have no wall clock). */
+  readonly commandTtl?: boolean;
 }
 
 /** Birth (`online`), last will (`lost`), clean disconnect (`offline`) or sleep (`sleeping`). */
@@ -183,10 +205,16 @@ export interface ReportedDocument {
   readonly bootId: string;
   readonly seq: number;
   readonly observedAt: string;
-  /** The desired (epoch, generation) the device has seen and the one it has fully applied. */
+  /**
+   * The desired (epoch, generation) the device has seen and the one it has fully applied. Both
+   * generations are of `epoch` (the newest document's): `appliedGeneration` is 0 after an epoch
+   * change until a document of the new epoch is applied, and never above `observedGeneration`.
+   */
   readonly epoch: string | null;
   readonly observedGeneration: number;
   readonly appliedGeneration: number;
+  /** Present while the newest document seen (`observedGeneration`) is one the device rejected. */
+  readonly rejection?: { readonly generation: number; readonly reason: string; readonly message: string };
   readonly pods: readonly ReportedPod[];
   /** Device address for pod IPs, when it has one. */
   readonly address?: string;
@@ -232,6 +260,11 @@ export interface CommandMessage {
   readonly args?: readonly string[];
   readonly issuedAt: string;
   readonly expiresAt: string;
+  /**
+   * Whole seconds left until `expiresAt` when this copy was published; only for devices whose birth
+   * announces `capabilities.commandTtl` (a device without a clock counts from receipt).
+   */
+  readonly ttlSeconds?: number;
 }
 
 /** Something that happened on the device, to become a Kubernetes Event. */
@@ -256,6 +289,21 @@ export interface BridgeMessage {
   readonly state: "online" | "offline";
   readonly instance: string;
   readonly sentAt: string;
+}
+
+/**
+ * devicelet → device: something devicelet decided about the device — refused (its node name is a
+ * Node devicelet does not own) or part of its birth ignored. Informational; never retained.
+ */
+export interface NoticeMessage {
+  readonly protocol: 1;
+  readonly kind: "notice";
+  readonly deviceId: string;
+  readonly type: "Normal" | "Warning";
+  /** UpperCamelCase, e.g. `NodeNameTaken`, `InvalidCapacity`, `InvalidAddress`, `DeviceLabelRefused`. */
+  readonly reason: string;
+  readonly message: string;
+  readonly at: string;
 }
 
 export type DeviceToBridge = PresenceMessage | ReportedDocument | AckMessage | DeviceEventMessage;
