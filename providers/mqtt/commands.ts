@@ -14,7 +14,8 @@
  * offline device survive a devicelet restart: `restore()` at start takes them back, still bounded
  * by the queue limit and with their absolute expiry (a command that expired while devicelet was
  * down is reported expired, never sent). Their requester is gone with the old process: how they
- * end is logged, and failures and expiry still become Events.
+ * end is logged, and failures and expiry still become Events. The request, result and message
+ * shapes, and the Event built from a command, are in command-types.ts.
  *
  *   const q = new CommandQueue({ limit: 50, store, publish, isOnline, onExpired, onFailed, metrics });
  *   await q.restore();
@@ -25,42 +26,22 @@ import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import { encodeMessage } from "../../src/protocol/codec.ts";
 import { topics } from "../../src/protocol/topics.ts";
-import type { AckMessage, CommandMessage } from "../../src/protocol/types.ts";
+import type { CommandMessage } from "../../src/protocol/types.ts";
 import { transient } from "../../src/provider/errors.ts";
-import type { DurableStore, PodRef, ProviderEvent } from "../../src/provider/types.ts";
+import type { DurableStore, PodRef } from "../../src/provider/types.ts";
 import { CommandStore, type StoredCommand } from "./command-store.ts";
+import {
+  ackResult,
+  commandMessage,
+  type CommandAck,
+  type CommandRequest,
+  type CommandResult,
+  type PendingCommand,
+} from "./command-types.ts";
 import { backoffDelay } from "./connection.ts";
 import type { MqttMetrics } from "./metrics.ts";
 
-export interface CommandRequest {
-  readonly command: CommandMessage["command"];
-  readonly podUid?: string;
-  readonly app?: string;
-  readonly args?: readonly string[];
-}
-
-/** How a command ended. Resolved once; `expired` also when it never reached the device. */
-export interface CommandResult {
-  readonly commandId: string;
-  readonly stage: "done" | "failed" | "expired";
-  readonly exitCode?: number;
-  readonly output?: string;
-  readonly message?: string;
-}
-
-export type CommandAck = Extract<AckMessage, { kind: "command-ack" }>;
-
-export interface PendingCommand {
-  readonly deviceId: string;
-  /** As stored and sent, without `ttlSeconds` (added per publish); replaced by `retime`. */
-  message: CommandMessage;
-  readonly pod: PodRef | undefined;
-  expiresAt: number;
-  published: boolean;
-  received: boolean;
-  timer: NodeJS.Timeout | undefined;
-  readonly resolve: (result: CommandResult) => void;
-}
+export type { CommandAck, CommandRequest, CommandResult, PendingCommand } from "./command-types.ts";
 
 export interface CommandQueueOptions {
   readonly limit: number;
@@ -76,19 +57,6 @@ export interface CommandQueueOptions {
   readonly logger: Logger;
   readonly now?: () => number;
 }
-
-/** The Kubernetes Event telling how a command ended (on its pod, or on its device's node). */
-export const commandEvent = (command: PendingCommand, reason: string, why: string): ProviderEvent => {
-  const { message } = command;
-  return {
-    involved: command.pod
-      ? { kind: "Pod", pod: command.pod }
-      : { kind: "Device", deviceId: command.deviceId },
-    type: "Warning",
-    reason,
-    message: `command ${message.command}${message.app ? ` (app ${message.app})` : ""} ${message.commandId}: ${why}`,
-  };
-};
 
 /** After the device acknowledged receipt, how long past expiry to wait for its result. */
 const RESULT_GRACE_MS = 60_000;
@@ -197,18 +165,7 @@ export class CommandQueue {
     const now = this.#now();
     const expiresAt = now + options.ttlSeconds * 1000;
     const commandId = randomBytes(8).toString("hex");
-    const message: CommandMessage = {
-      protocol: 1,
-      kind: "command",
-      deviceId,
-      commandId,
-      command: request.command,
-      ...(request.podUid === undefined ? {} : { podUid: request.podUid }),
-      ...(request.app === undefined ? {} : { app: request.app }),
-      ...(request.args === undefined ? {} : { args: [...request.args] }),
-      issuedAt: new Date(now).toISOString(),
-      expiresAt: new Date(expiresAt).toISOString(),
-    };
+    const message = commandMessage({ deviceId, commandId, request, issuedAt: now, expiresAt });
     return new Promise<CommandResult>((resolve) => {
       const command = this.#pending(deviceId, queue, message, {
         pod: options.pod,
@@ -313,13 +270,6 @@ export class CommandQueue {
       );
       return;
     }
-    const result = (stage: CommandResult["stage"]): CommandResult => ({
-      commandId: ack.commandId,
-      stage,
-      ...(ack.exitCode === undefined ? {} : { exitCode: ack.exitCode }),
-      ...(ack.output === undefined ? {} : { output: ack.output }),
-      ...(ack.message === undefined ? {} : { message: ack.message }),
-    });
     switch (ack.stage) {
       case "received":
         command.received = true;
@@ -328,18 +278,18 @@ export class CommandQueue {
         return;
       case "done":
         this.#o.metrics.inc("commandsCompleted");
-        command.resolve(result("done"));
+        command.resolve(ackResult(ack, "done"));
         return;
       case "failed":
         this.#o.metrics.inc("commandsFailed");
         this.#o.onFailed(command, ack);
-        command.resolve(result("failed"));
+        command.resolve(ackResult(ack, "failed"));
         return;
       case "expired":
         this.#expire(
           command,
           `the device received it after it expired${ack.message ? `: ${ack.message}` : ""}`,
-          result("expired"),
+          ackResult(ack, "expired"),
         );
         return;
     }

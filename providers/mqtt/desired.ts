@@ -2,14 +2,13 @@
  * DesiredStore: each device's desired state — its pods and tombstones — and the one retained
  * `desired` document that carries it (design decisions 2 and 3).
  *
- * Changes mark a device dirty; publishing is coalesced per device: the first change starts a short
- * debounce, everything changed until then goes out as one document (latest wins), and while a
- * publish is in flight further changes wait for the next one. A document whose content equals the
- * last published one is not sent again (this is what makes a restart re-publish nothing). Each
- * document gets a fresh generation from the {@link GenerationAllocator}, reserved durably first.
- * Changed pods that would make the document larger than the device accepts are held at their last
- * sent version (`deferred`, see fit.ts); when even that does not fit, nothing is sent and the
- * device is marked `unsendable`.
+ * Changes mark a device dirty; its DesiredPublisher (desired-publisher.ts) gets them out: coalesced
+ * per device over a short debounce, one document at a time, nothing sent again when the content
+ * equals the last published one (this is what makes a restart re-publish nothing), each document
+ * with a fresh generation from the {@link GenerationAllocator}, reserved durably first. Changed
+ * pods that would make the document larger than the device accepts are held at their last sent
+ * version (`deferred`, see fit.ts); when even that does not fit, nothing is sent and the device is
+ * marked `unsendable`.
  *
  * Per pod and tombstone it remembers `since`: the first published (epoch, generation) that
  * carried it as it is now. Delivery stages are judged against it: an ack or report for an earlier
@@ -20,13 +19,11 @@
  *   await store.tombstone("gw-1", ref, 30);              // resolves once the broker holds it
  */
 import type { Logger } from "pino";
-import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
-import { topics } from "../../src/protocol/topics.ts";
 import type { DesiredDocument, DesiredPod, Tombstone } from "../../src/protocol/types.ts";
 import { transient } from "../../src/provider/errors.ts";
 import type { PodRef } from "../../src/provider/types.ts";
+import { DesiredPublisher } from "./desired-publisher.ts";
 import type { DeviceDesired, PodEntry, TombstoneEntry } from "./desired-types.ts";
-import { byKey, fitDocument, type Fitted } from "./fit.ts";
 import type { GenerationAllocator } from "./generations.ts";
 import type { MqttMetrics } from "./metrics.ts";
 
@@ -63,15 +60,18 @@ const withTimeout = <T>(promise: Promise<T>, ms: number, what: string): Promise<
 
 export class DesiredStore {
   readonly #o: DesiredStoreOptions;
-  readonly #now: () => Date;
+  readonly #publisher: DesiredPublisher;
   readonly #devices = new Map<string, DeviceDesired>();
   /** uid → device id, for pods and tombstones. */
   readonly #byUid = new Map<string, string>();
-  #stopped = false;
 
   constructor(options: DesiredStoreOptions) {
     this.#o = options;
-    this.#now = options.now ?? (() => new Date());
+    this.#publisher = new DesiredPublisher({
+      ...options,
+      now: options.now ?? (() => new Date()),
+      isCurrent: (d) => this.#devices.get(d.deviceId) === d,
+    });
   }
 
   device(deviceId: string): DeviceDesired | undefined {
@@ -156,7 +156,7 @@ export class DesiredStore {
       this.#byUid.set(t.uid, doc.deviceId);
     }
     // Changes made before the document arrived go out above it (no-op when there were none).
-    if (d.changeSeq > d.handledSeq) this.#schedule(d, this.#o.debounceMs);
+    if (d.changeSeq > d.handledSeq) this.#publisher.schedule(d, this.#o.debounceMs);
     return adopted;
   }
 
@@ -182,7 +182,7 @@ export class DesiredStore {
       blocked,
     });
     this.#byUid.set(ref.uid, deviceId);
-    this.#dirty(d);
+    this.#publisher.dirty(d);
     return true;
   }
 
@@ -204,7 +204,7 @@ export class DesiredStore {
         if (pod) {
           d.pods.delete(ref.uid);
           this.#byUid.delete(ref.uid);
-          this.#dirty(d);
+          this.#publisher.dirty(d);
         }
         return "dropped";
       }
@@ -218,7 +218,7 @@ export class DesiredStore {
       };
       d.tombstones.set(ref.uid, { ref, tombstone, hash: pod.desired.hash, since: undefined });
       this.#byUid.set(ref.uid, deviceId);
-      this.#dirty(d);
+      this.#publisher.dirty(d);
     }
     const seq = d.changeSeq;
     if (d.durableSeq >= seq) return "tombstoned";
@@ -237,7 +237,7 @@ export class DesiredStore {
     if (!d || !t) return undefined;
     d.tombstones.delete(uid);
     if (!d.pods.has(uid)) this.#byUid.delete(uid);
-    this.#dirty(d);
+    this.#publisher.dirty(d);
     return t;
   }
 
@@ -249,7 +249,7 @@ export class DesiredStore {
       d.unsendable = undefined;
       d.changeSeq++;
     }
-    if (d.changeSeq > d.handledSeq) this.#schedule(d, 0);
+    if (d.changeSeq > d.handledSeq) this.#publisher.schedule(d, 0);
   }
 
   /**
@@ -275,162 +275,12 @@ export class DesiredStore {
     for (const d of this.#devices.values()) {
       if (!d.published) continue;
       d.published = { ...d.published, contentHash: "" };
-      this.#dirty(d);
+      this.#publisher.dirty(d);
     }
   }
 
   stop(): void {
-    this.#stopped = true;
+    this.#publisher.stop();
     for (const d of this.#devices.values()) clearTimeout(d.timer);
-  }
-
-  #unsendable(
-    d: DeviceDesired,
-    contentHash: string,
-    reason: "DocumentTooLarge" | "DocumentInvalid",
-    message: string,
-  ): void {
-    if (d.unsendable?.message !== message)
-      this.#o.logger.warn({ deviceId: d.deviceId, reason, message }, "desired document not sent");
-    d.unsendable = { reason, message, contentHash };
-    this.#o.onChange(d.deviceId);
-  }
-
-  #dirty(d: DeviceDesired): void {
-    d.changeSeq++;
-    this.#schedule(d, this.#o.debounceMs);
-  }
-
-  #schedule(d: DeviceDesired, delayMs: number): void {
-    if (d.timer !== undefined || d.inFlight || this.#stopped) return;
-    d.timer = setTimeout(() => {
-      d.timer = undefined;
-      void this.#flush(d);
-    }, delayMs);
-  }
-
-  /** The document content as it is now: sorted pods (not blocked) and tombstones. */
-  #content(d: DeviceDesired) {
-    const pods = [...d.pods.values()]
-      .filter((p) => !p.blocked)
-      .map((p) => p.desired)
-      .sort(byKey);
-    const tombstones = [...d.tombstones.values()].map((t) => t.tombstone).sort(byKey);
-    return { pods, tombstones, contentHash: desiredContentHash(pods, tombstones) };
-  }
-
-  async #flush(d: DeviceDesired): Promise<void> {
-    if (d.inFlight || this.#stopped) return;
-    d.inFlight = true;
-    const seq = d.changeSeq;
-    try {
-      const { pods, tombstones, contentHash } = this.#content(d);
-      let durable = d.published
-        ? d.published.contentHash === contentHash
-        : pods.length + tombstones.length === 0;
-      if (!durable && d.unsendable?.contentHash !== contentHash) {
-        durable = await this.#publish(d, pods, tombstones, contentHash);
-      }
-      d.handledSeq = seq;
-      d.failures = 0;
-      if (durable) {
-        d.unsendable = undefined;
-        d.durableSeq = seq;
-        for (const w of d.waiters.filter((w) => w.seq <= seq)) w.resolve();
-        d.waiters = d.waiters.filter((w) => w.seq > seq);
-      }
-    } catch (err) {
-      d.failures++;
-      this.#o.logger.warn(
-        { err, deviceId: d.deviceId, failures: d.failures },
-        "publishing desired document failed; retrying",
-      );
-    } finally {
-      d.inFlight = false;
-    }
-    if (d.changeSeq > d.handledSeq) {
-      this.#schedule(
-        d,
-        d.failures === 0 ? this.#o.debounceMs : Math.min(30_000, 250 * 2 ** Math.min(d.failures, 7)),
-      );
-    }
-  }
-
-  /**
-   * Publishes one document; false when nothing could be sent (see `unsendable`). When the whole
-   * content is larger than the device accepts, pods changed since the last document are left at
-   * the version last sent (or left out, when new), largest first, until it fits (docs/protocol.md
-   * § 9); those pods are marked `deferred`.
-   */
-  async #publish(
-    d: DeviceDesired,
-    pods: DesiredPod[],
-    tombstones: Tombstone[],
-    contentHash: string,
-  ): Promise<boolean> {
-    const max = this.#o.maxBytes(d.deviceId);
-    let fitted: Fitted | undefined;
-    try {
-      fitted = fitDocument({ deviceId: d.deviceId, entries: d.pods.values(), pods, tombstones, max });
-    } catch (err) {
-      const message = `the desired document is invalid: ${(err as Error).message}`;
-      this.#unsendable(d, contentHash, "DocumentInvalid", message);
-      return false;
-    }
-    if (!fitted) {
-      this.#o.metrics.inc("tooLarge");
-      const message = `the desired document of this device would exceed the ${max} bytes it accepts`;
-      this.#unsendable(d, contentHash, "DocumentTooLarge", message);
-      return false;
-    }
-    for (const p of d.pods.values()) p.deferred = fitted.deferred.has(p) ? fitted.deferred.get(p) : undefined;
-    if (fitted.deferred.size > 0) this.#o.metrics.inc("tooLarge");
-    const content = fitted.pods === pods ? contentHash : desiredContentHash(fitted.pods, tombstones);
-    if (d.published ? d.published.contentHash === content : fitted.pods.length + tombstones.length === 0) {
-      this.#o.onChange(d.deviceId);
-      return true;
-    }
-    const { epoch, generation } = await this.#o.allocator.next(d.deviceId, d.published?.generation ?? 0);
-    const doc: DesiredDocument = {
-      protocol: 1,
-      kind: "desired",
-      deviceId: d.deviceId,
-      epoch,
-      generation,
-      issuedAt: this.#now().toISOString(),
-      pods: fitted.pods,
-      tombstones,
-      contentHash: content,
-    };
-    const payload = encodeMessage(doc);
-    if (this.#devices.get(d.deviceId) !== d) return false; // forgotten (decommissioned) meanwhile
-    const carried = new Set<object>([...fitted.pods, ...tombstones]);
-    for (const p of d.pods.values()) if (carried.has(p.desired)) p.sent = true;
-    // No timeout here: MQTT.js keeps the message and sends it again after reconnecting, and until
-    // it is acknowledged further changes wait (and coalesce) behind it.
-    await this.#o.publish(topics.desired(d.deviceId), payload);
-    this.#o.metrics.inc("published");
-    d.published = { epoch, generation, contentHash: content };
-    // `since` moves only for entries this document carried as they are now.
-    const since = { epoch, generation };
-    for (const p of d.pods.values()) {
-      if (!carried.has(p.desired)) continue;
-      p.lastSent = p.desired;
-      if (p.since?.epoch !== epoch) p.since = since;
-    }
-    for (const t of d.tombstones.values())
-      if (carried.has(t.tombstone) && t.since?.epoch !== epoch) t.since = since;
-    this.#o.logger.debug(
-      {
-        deviceId: d.deviceId,
-        generation,
-        pods: fitted.pods.length,
-        tombstones: tombstones.length,
-        bytes: payload.byteLength,
-      },
-      "published desired document",
-    );
-    this.#o.onChange(d.deviceId);
-    return true;
   }
 }

@@ -1,11 +1,14 @@
 /**
- * Counters of the MQTT provider and a rate limit for the warnings bad input causes. `metrics()`
- * returns a fresh plain snapshot; nothing here blocks or allocates per message beyond a counter.
+ * Counters of the MQTT provider, their periodic log line, and a rate limit for the warnings bad
+ * input causes. `metrics()` returns a fresh plain snapshot; nothing here blocks or allocates per
+ * message beyond a counter.
  *
  *   const m = new MqttMetrics();
  *   m.reject("schema"); m.inc("received");
  *   m.snapshot().rejected.schema; // 1
+ *   const timer = logMetricsEvery({ intervalSeconds: 300, snapshot: () => m.snapshot(), logger });
  */
+import type { Logger } from "pino";
 
 /** Why a message from a device was rejected: the codec's reasons plus the provider's own. */
 export type RejectReason =
@@ -102,6 +105,27 @@ export class MqttMetrics {
   snapshot(): MqttMetricsSnapshot {
     return { ...this.#counters, rejected: { ...this.#rejected } };
   }
+}
+
+/**
+ * Logs the counters every `intervalSeconds`, skipping a line when nothing changed since the last
+ * one. Returns the (unref'd) timer for the caller to clear, or undefined when the interval is 0.
+ */
+export function logMetricsEvery(o: {
+  readonly intervalSeconds: number;
+  readonly snapshot: () => MqttMetricsSnapshot;
+  readonly logger: Logger;
+}): NodeJS.Timeout | undefined {
+  if (o.intervalSeconds <= 0) return undefined;
+  let last = "";
+  const timer = setInterval(() => {
+    const metrics = o.snapshot();
+    const now = JSON.stringify(metrics);
+    if (now !== last) o.logger.info({ metrics }, "mqtt provider metrics");
+    last = now;
+  }, o.intervalSeconds * 1000);
+  timer.unref();
+  return timer;
 }
 
 /**

@@ -2,13 +2,13 @@
  * MqttProvider: devices reached over any MQTT 3.1.1 or 5 broker, speaking the devicelet protocol
  * (docs/protocol.md). It wires the parts of this folder together and implements the provider
  * contract: lifecycle (one retained desired document per device), push status, deletion notices,
- * the device inventory (nodes from births), transport health, and one-shot commands. See index.ts
- * for usage.
+ * the device inventory (nodes from births), transport health, and one-shot commands. The pod side
+ * is Workloads (workloads.ts), devices as a whole DeviceLifecycle (device-lifecycle.ts), the
+ * broker connection and start-up read-back BrokerSession (session.ts). See index.ts for usage.
  */
 import type { Logger } from "pino";
-import { encodeMessage } from "../../src/protocol/codec.ts";
 import { topics } from "../../src/protocol/topics.ts";
-import { DEFAULT_MAX_MESSAGE_BYTES, type BridgeMessage } from "../../src/protocol/types.ts";
+import { DEFAULT_MAX_MESSAGE_BYTES } from "../../src/protocol/types.ts";
 import { notFound } from "../../src/provider/errors.ts";
 import type {
   DeletePodOptions,
@@ -28,25 +28,24 @@ import type {
   Workload,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
-import { CommandQueue, commandEvent, type CommandRequest, type CommandResult } from "./commands.ts";
+import { commandEvent, type CommandRequest, type CommandResult } from "./command-types.ts";
+import { CommandQueue } from "./commands.ts";
 import { MqttConnection, type BrokerConnection } from "./connection.ts";
 import { DesiredStore } from "./desired.ts";
+import { DeviceLifecycle } from "./device-lifecycle.ts";
 import { DeviceRegistry } from "./devices.ts";
 import { GenerationAllocator } from "./generations.ts";
 import { Inbound } from "./inbound.ts";
-import { MqttMetrics, type MqttMetricsSnapshot } from "./metrics.ts";
+import { logMetricsEvery, MqttMetrics, type MqttMetricsSnapshot } from "./metrics.ts";
 import { Observations } from "./observations.ts";
 import { Orphans } from "./orphans.ts";
-import { podStatus, StatusCoalescer } from "./pod-status.ts";
-import { withUsablePodIP } from "./status-map.ts";
-import { Readback, restoreBirths } from "./readback.ts";
+import { StatusCoalescer } from "./pod-status.ts";
 import { RestartRequests } from "./restart.ts";
-import { retireDevice } from "./retire.ts";
-import { SilenceWatch } from "./silence.ts";
 import { allowListMatcher, MQTT_DEFAULT_SUPPORTS, type MqttConfig } from "./schema.ts";
 import { documentLimit, inboundPacketLimit } from "./fit.ts";
 import { SecretGate } from "./secret-gate.ts";
-import { holdBack, toDesiredPod } from "./translate.ts";
+import { BrokerSession, bridgePayload } from "./session.ts";
+import { Workloads } from "./workloads.ts";
 
 const STATUS_COALESCE_MS = 10;
 
@@ -75,22 +74,15 @@ export class MqttProvider
   readonly #commands: CommandQueue;
   readonly #statuses: StatusCoalescer;
   readonly #inbound: Inbound;
-  readonly #readback: Readback;
   readonly #orphans: Orphans;
   readonly #secrets: SecretGate;
-  /** Device messages that arrive during the read-back, handled once it is done. */
-  #held: [string, Buffer, boolean][] | undefined = [];
-  /** The engine's workload hash per pod uid, as last given (unknown for pods read back). */
-  readonly #workloadHashes = new Map<string, string>();
   readonly #restarts: RestartRequests;
-  readonly #silence: SilenceWatch;
-  /** When the current broker connection began; undefined while disconnected. */
-  #connectedSince: number | undefined;
+  readonly #lifecycle: DeviceLifecycle;
+  readonly #session: BrokerSession;
+  readonly #workloads: Workloads;
   readonly #onStatus: ((s: WorkloadStatus) => void)[] = [];
   readonly #onDeleted: ((p: PodRef) => void)[] = [];
   readonly #onDevice: ((d: DeviceInfo) => void)[] = [];
-  /** Per device, the reported address last refused as a pod IP (one Event per distinct address). */
-  readonly #refusedAddress = new Map<string, string>();
   #metricsTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
 
@@ -105,20 +97,10 @@ export class MqttProvider
       devices: config.devices,
       allowSecretsWithoutTls: config.allowSecretsWithoutTls,
     });
-    const bridge = (state: "online" | "offline") => {
-      const message: BridgeMessage = {
-        protocol: 1,
-        kind: "bridge",
-        state,
-        instance: this.#instance,
-        sentAt: new Date().toISOString(),
-      };
-      return encodeMessage(message);
-    };
     this.#connection = new MqttConnection({
       config: config.broker,
       graceSeconds: config.health.disconnectedGraceSeconds,
-      bridge: { topic: topics.bridge(), payload: bridge },
+      bridge: { topic: topics.bridge(), payload: bridgePayload(this.#instance) },
       logger: this.#log,
       // Devices' messages, and devicelet's own retained documents read back at start.
       maximumPacketSize: inboundPacketLimit(
@@ -138,7 +120,7 @@ export class MqttProvider
     });
     this.#statuses = new StatusCoalescer({
       delayMs: STATUS_COALESCE_MS,
-      statusesOf: (deviceId) => this.#statusesOf(deviceId),
+      statusesOf: (deviceId) => this.#workloads.statusesOf(deviceId),
       emit: (status) => {
         if (this.#onStatus.length === 0) return false;
         this.#metrics.inc("statusUpdates");
@@ -196,34 +178,50 @@ export class MqttProvider
       recordEvent: (event) => this.#ctx.recordEvent(event),
       deleted: (ref) => this.#deleted(ref),
     });
-    this.#silence = new SilenceWatch({
-      registry: this.#registry,
-      silentAfterMs: config.devices.silentAfterSeconds * 1000,
-      wakeToleranceMs: config.devices.wakeToleranceSeconds * 1000,
-      connectedSince: () => this.#connectedSince,
-      onSilent: (id, why) => {
-        this.#log.warn({ deviceId: id, why }, "device silent: marking it lost");
-        this.#ctx.recordEvent({
-          involved: { kind: "Device", deviceId: id },
-          type: "Warning",
-          reason: "DeviceSilent",
-          message: `marked lost: ${why}`,
-        });
-        for (const d of [id, ...this.#registry.children(id)]) this.#statuses.mark(d);
-      },
-    });
-    this.#readback = new Readback({
-      connection,
-      logger: this.#log,
-      timeoutMs: config.desired.readbackTimeoutMs,
-      onLate: (doc) => this.#orphans.adoptLate(doc),
-    });
     this.#orphans = new Orphans({
       graceMs: config.desired.orphanGraceSeconds * 1000,
       desired: this.#desired,
-      claimed: (uid) => this.#workloadHashes.has(uid),
+      claimed: (uid) => this.#workloads.claimed(uid),
       markStatus: (id) => this.#statuses.mark(id),
-      restoreBirth: (id) => this.#restoreBirths([id]),
+      restoreBirth: (id) => this.#lifecycle.restoreBirths([id]),
+      recordEvent: (event) => this.#ctx.recordEvent(event),
+      deleted: (ref) => this.#deleted(ref),
+      logger: this.#log,
+    });
+    this.#session = new BrokerSession({
+      connection: this.#connection,
+      readbackTimeoutMs: config.desired.readbackTimeoutMs,
+      onLate: (doc) => this.#orphans.adoptLate(doc),
+      inbound: this.#inbound,
+      desired: this.#desired,
+      metrics: this.#metrics,
+      logger: this.#log,
+    });
+    this.#lifecycle = new DeviceLifecycle({
+      registry: this.#registry,
+      desired: this.#desired,
+      commands: this.#commands,
+      allocator: this.#allocator,
+      connection,
+      allowed: allowListMatcher(config.devices.allow),
+      statuses: this.#statuses,
+      silentAfterMs: config.devices.silentAfterSeconds * 1000,
+      wakeToleranceMs: config.devices.wakeToleranceSeconds * 1000,
+      connectedSince: () => this.#session.connectedSince(),
+      recordEvent: (event) => this.#ctx.recordEvent(event),
+      forgetPod: (ref) => this.#workloads.forget(ref),
+      deleted: (ref) => this.#deleted(ref),
+      logger: this.#log,
+    });
+    this.#workloads = new Workloads({
+      desired: this.#desired,
+      registry: this.#registry,
+      observations: this.#observations,
+      statuses: this.#statuses,
+      orphans: this.#orphans,
+      restarts: this.#restarts,
+      secrets: this.#secrets,
+      checkPodAddress: context.checkPodAddress,
       recordEvent: (event) => this.#ctx.recordEvent(event),
       deleted: (ref) => this.#deleted(ref),
       logger: this.#log,
@@ -238,52 +236,16 @@ export class MqttProvider
    */
   async start(signal: AbortSignal): Promise<void> {
     for (const note of this.#secrets.startupNotes()) this.#log[note.level](note.message);
-    this.#connection.onMessage((topic, payload, retained) => {
-      if (this.#readback.take(topic, payload)) return;
-      if (this.#held) this.#held.push([topic, payload, retained]);
-      else this.#inbound.handle(topic, payload, retained);
-    });
-    let first = true;
-    this.#connection.onConnect(({ sessionPresent }) => {
-      this.#metrics.inc("connects");
-      this.#connectedSince = Date.now();
-      if (first) return; // the read-back below subscribes
-      if (sessionPresent) return;
-      // The broker lost our session — and perhaps its retained messages: subscribe again and
-      // publish every device's document again (a new generation each; devices apply it once).
-      this.#log.warn(
-        "broker did not keep devicelet's session; subscribing and publishing desired state again",
-      );
-      this.#connection.subscribe(topics.fromDevices()).catch((err: unknown) => {
-        this.#log.error({ err }, "subscribing after reconnect failed");
-      });
-      this.#desired.republishAll();
-    });
-    this.#connection.onDisconnect(() => {
-      this.#metrics.inc("disconnects");
-      this.#connectedSince = undefined;
-    });
     signal.addEventListener("abort", () => void this.stop(), { once: true });
-    await this.#connection.start(signal);
-    const documents = await this.#readback.run(topics.fromDevices());
-    first = false;
-    for (const doc of documents.values()) this.#desired.adopt(doc);
-    const held = this.#held ?? [];
-    this.#held = undefined;
-    for (const [topic, payload, retained] of held) this.#inbound.handle(topic, payload, retained);
+    const documents = await this.#session.start(signal);
     this.#commands.restoreInBackground(signal);
-    await this.#restoreBirths([...new Set([...documents.keys(), ...this.#registry.ids()])]);
-    this.#silence.start();
-    const interval = this.config.metricsLogIntervalSeconds;
-    if (interval > 0) {
-      let last = "";
-      this.#metricsTimer = setInterval(() => {
-        const now = JSON.stringify(this.metrics());
-        if (now !== last) this.#log.info({ metrics: this.metrics() }, "mqtt provider metrics");
-        last = now;
-      }, interval * 1000);
-      this.#metricsTimer.unref();
-    }
+    await this.#lifecycle.restoreBirths([...new Set([...documents.keys(), ...this.#registry.ids()])]);
+    this.#lifecycle.start();
+    this.#metricsTimer = logMetricsEvery({
+      intervalSeconds: this.config.metricsLogIntervalSeconds,
+      snapshot: () => this.metrics(),
+      logger: this.#log,
+    });
     this.#log.info(
       {
         devices: this.#registry.list().length,
@@ -298,8 +260,8 @@ export class MqttProvider
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#metricsTimer);
-      this.#readback.stop();
-      this.#silence.stop();
+      this.#session.stop();
+      this.#lifecycle.stop();
       this.#orphans.stop();
       this.#statuses.stop();
       this.#commands.stop();
@@ -311,12 +273,12 @@ export class MqttProvider
   }
 
   createPod(workload: Workload): Promise<void> {
-    this.#apply(workload);
+    this.#workloads.apply(workload);
     return Promise.resolve();
   }
 
   updatePod(workload: Workload): Promise<void> {
-    this.#apply(workload);
+    this.#workloads.apply(workload);
     return Promise.resolve();
   }
 
@@ -326,55 +288,17 @@ export class MqttProvider
    * generation, no longer lists it — at once if the device never got the pod.
    * @throws ProviderError Transient when the broker does not take the document in time.
    */
-  async deletePod(pod: PodRef, options: DeletePodOptions): Promise<void> {
-    const deviceId = this.#desired.deviceOf(pod.uid);
-    this.#orphans.claim(pod.uid);
-    this.#restarts.forget(pod.uid);
-    this.#workloadHashes.delete(pod.uid);
-    if (deviceId === undefined) {
-      this.#deleted(pod);
-      return;
-    }
-    const outcome = await this.#desired.tombstone(deviceId, pod, options.gracePeriodSeconds);
-    this.#statuses.forget(pod.uid);
-    if (outcome === "dropped") this.#deleted(pod);
+  deletePod(pod: PodRef, options: DeletePodOptions): Promise<void> {
+    return this.#workloads.delete(pod, options.gracePeriodSeconds);
   }
 
   getPodStatus(pod: PodRef): Promise<WorkloadStatus | undefined> {
-    const deviceId = this.#desired.deviceOf(pod.uid);
-    const entry = deviceId === undefined ? undefined : this.#desired.device(deviceId)?.pods.get(pod.uid);
-    return Promise.resolve(deviceId === undefined || !entry ? undefined : this.#status(deviceId, entry));
+    return Promise.resolve(this.#workloads.status(pod));
   }
 
-  /**
-   * Pods in the devices' documents; tombstoned ones first (a live pod of the same name wins).
-   * `nodeName` is the device id. `hash` is the engine's workload hash when this process was given
-   * it; for pods read back from the broker it is the device-facing hash, so the engine calls
-   * updatePod once for each, which publishes nothing when the device already has that content.
-   */
+  /** Pods in the devices' documents (see {@link Workloads.list}); `nodeName` is the device id. */
   listPods(): Promise<readonly ProviderPod[]> {
-    this.#orphans.listed();
-    const out: ProviderPod[] = [];
-    const devices = [...this.#desired.devices()];
-    const hash = (uid: string, fallback: string) => this.#workloadHashes.get(uid) ?? fallback;
-    for (const d of devices)
-      for (const t of d.tombstones.values())
-        out.push({
-          pod: t.ref,
-          nodeName: d.deviceId,
-          hash: hash(t.ref.uid, t.hash),
-          terminationGracePeriodSeconds: t.tombstone.gracePeriodSeconds,
-        });
-    for (const d of devices)
-      for (const p of d.pods.values())
-        out.push({
-          pod: p.ref,
-          nodeName: d.deviceId,
-          hash: hash(p.ref.uid, p.desired.hash),
-          // A pod deleted while devicelet was down is stopped with the grace its spec gave it.
-          terminationGracePeriodSeconds: p.desired.terminationGracePeriodSeconds,
-        });
-    return Promise.resolve(out);
+    return Promise.resolve(this.#workloads.list());
   }
 
   notifyStatus(callback: (status: WorkloadStatus) => void): void {
@@ -398,20 +322,7 @@ export class MqttProvider
    * effort: a failed publish is logged, never thrown.
    */
   notifyDevice(deviceId: string, notice: DeviceNotice): void {
-    const payload = encodeMessage({
-      protocol: 1,
-      kind: "notice",
-      deviceId,
-      type: notice.type,
-      reason: notice.reason,
-      message: notice.message.slice(0, 1024),
-      at: new Date().toISOString(),
-    });
-    this.#connection
-      .publish(topics.notice(deviceId), payload, { qos: 1, retain: false })
-      .catch((err: unknown) => {
-        this.#log.debug({ err, deviceId, reason: notice.reason }, "notice not published");
-      });
+    this.#lifecycle.notify(deviceId, notice);
   }
 
   health(): { readonly ready: boolean; readonly message: string } {
@@ -430,23 +341,7 @@ export class MqttProvider
    * @throws when the broker or the durable store does not take the clearing (safe to retry).
    */
   retireDevice(deviceId: string): Promise<"retired" | "online"> {
-    return retireDevice(
-      {
-        registry: this.#registry,
-        desired: this.#desired,
-        commands: this.#commands,
-        allocator: this.#allocator,
-        connection: this.#connection,
-        forgetPod: (ref) => {
-          this.#statuses.forget(ref.uid);
-          this.#restarts.forget(ref.uid);
-          this.#workloadHashes.delete(ref.uid);
-        },
-        deleted: (ref) => this.#deleted(ref),
-        logger: this.#log,
-      },
-      deviceId,
-    );
+    return this.#lifecycle.retire(deviceId);
   }
 
   /**
@@ -470,67 +365,10 @@ export class MqttProvider
     });
   }
 
-  #apply(workload: Workload): void {
-    const { deviceId, pod } = workload;
-    this.#orphans.claim(pod.uid);
-    if (this.#workloadHashes.get(pod.uid) !== workload.hash) {
-      const ref: PodRef = { namespace: pod.namespace, name: pod.name, uid: pod.uid };
-      const desired = toDesiredPod(workload);
-      // Judged again even when the content is unchanged: a pod adopted from an earlier run's
-      // retained document was never checked under this run's config.
-      const blocked = holdBack(workload, desired, { secrets: this.#secrets });
-      if (this.#desired.upsertPod(deviceId, ref, desired, blocked)) this.#statuses.mark(deviceId);
-      this.#workloadHashes.set(pod.uid, workload.hash);
-    }
-    this.#restarts.observe(workload);
-  }
-
-  #restoreBirths(deviceIds: readonly string[]): Promise<void> {
-    return restoreBirths({
-      deviceIds,
-      allowed: allowListMatcher(this.config.devices.allow),
-      allocator: this.#allocator,
-      registry: this.#registry,
-      logger: this.#log,
-    });
-  }
-
   #deleted(ref: PodRef): void {
     // After the caller's current step: the engine may be in the middle of asking us to delete.
     setImmediate(() => {
       for (const l of this.#onDeleted) l(ref);
     });
-  }
-
-  #status(deviceId: string, entry: Parameters<typeof podStatus>[0]["entry"]): WorkloadStatus {
-    const device = this.#registry.get(deviceId);
-    const { status, refused } = withUsablePodIP(
-      podStatus({
-        entry,
-        device: this.#desired.device(deviceId),
-        presence: this.#registry.effectivePresence(deviceId),
-        wakeAt: device?.wakeAt,
-        observation: this.#observations.get(deviceId),
-        now: new Date(),
-      }),
-      this.#ctx.checkPodAddress,
-    );
-    const address = this.#observations.get(deviceId)?.report?.address;
-    if (refused !== undefined && address !== undefined && this.#refusedAddress.get(deviceId) !== address) {
-      this.#refusedAddress.set(deviceId, address);
-      this.#log.warn({ deviceId, reason: refused }, "reported address ignored as pod IP");
-      this.#ctx.recordEvent({
-        involved: { kind: "Device", deviceId },
-        type: "Warning",
-        reason: "InvalidAddress",
-        message: `reported address ignored: ${refused}; its pods get an address from pods.ipRange`,
-      });
-    }
-    return status;
-  }
-
-  #statusesOf(deviceId: string): WorkloadStatus[] {
-    const d = this.#desired.device(deviceId);
-    return d ? [...d.pods.values()].map((entry) => this.#status(deviceId, entry)) : [];
   }
 }

@@ -1,0 +1,205 @@
+/**
+ * DesiredPublisher: gets each device's desired state (DesiredStore) out as its one retained
+ * `desired` document. Publishing is coalesced per device: the first change starts a short
+ * debounce, everything changed until then goes out as one document (latest wins), and while a
+ * publish is in flight further changes wait for the next one; a failed publish is retried with
+ * backoff. A document whose content equals the last published one is not sent again. Each
+ * document gets a fresh generation from the GenerationAllocator, reserved durably first. Changed
+ * pods that would make the document larger than the device accepts are held at their last sent
+ * version (`deferred`, see fit.ts); when even that does not fit, nothing is sent and the device is
+ * marked `unsendable`. It releases the store's tombstone waiters once the broker holds their
+ * change, and moves each entry's `since` when a document carried it. Owned by the DesiredStore.
+ *
+ *   const publisher = new DesiredPublisher({ ...storeOptions, isCurrent: (d) => map.get(d.deviceId) === d });
+ *   publisher.dirty(device);        // publishes within ~debounceMs
+ *   publisher.schedule(device, 0);  // try again now what is pending
+ */
+import type { Logger } from "pino";
+import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
+import { topics } from "../../src/protocol/topics.ts";
+import type { DesiredDocument, DesiredPod, Tombstone } from "../../src/protocol/types.ts";
+import type { DeviceDesired } from "./desired-types.ts";
+import { byKey, fitDocument, type Fitted } from "./fit.ts";
+import type { GenerationAllocator } from "./generations.ts";
+import type { MqttMetrics } from "./metrics.ts";
+
+export interface DesiredPublisherOptions {
+  readonly allocator: Pick<GenerationAllocator, "next">;
+  readonly publish: (topic: string, payload: Buffer) => Promise<void>;
+  /** Largest document the device accepts. */
+  readonly maxBytes: (deviceId: string) => number;
+  readonly debounceMs: number;
+  /** A document went out (or could not, `tooLarge`): delivery and status may have changed. */
+  readonly onChange: (deviceId: string) => void;
+  /** Whether the store still holds this device (false once it was forgotten). */
+  readonly isCurrent: (d: DeviceDesired) => boolean;
+  readonly metrics: MqttMetrics;
+  readonly logger: Logger;
+  readonly now: () => Date;
+}
+
+export class DesiredPublisher {
+  readonly #o: DesiredPublisherOptions;
+  #stopped = false;
+
+  constructor(options: DesiredPublisherOptions) {
+    this.#o = options;
+  }
+
+  /** Stops publishing: nothing is scheduled or sent from now on (timers are the store's to clear). */
+  stop(): void {
+    this.#stopped = true;
+  }
+
+  /** A change to the device's desired state: publish it after the debounce. */
+  dirty(d: DeviceDesired): void {
+    d.changeSeq++;
+    this.schedule(d, this.#o.debounceMs);
+  }
+
+  /** Flushes the device after `delayMs`, unless a flush is already scheduled or in flight. */
+  schedule(d: DeviceDesired, delayMs: number): void {
+    if (d.timer !== undefined || d.inFlight || this.#stopped) return;
+    d.timer = setTimeout(() => {
+      d.timer = undefined;
+      void this.#flush(d);
+    }, delayMs);
+  }
+
+  #unsendable(
+    d: DeviceDesired,
+    contentHash: string,
+    reason: "DocumentTooLarge" | "DocumentInvalid",
+    message: string,
+  ): void {
+    if (d.unsendable?.message !== message)
+      this.#o.logger.warn({ deviceId: d.deviceId, reason, message }, "desired document not sent");
+    d.unsendable = { reason, message, contentHash };
+    this.#o.onChange(d.deviceId);
+  }
+
+  /** The document content as it is now: sorted pods (not blocked) and tombstones. */
+  #content(d: DeviceDesired) {
+    const pods = [...d.pods.values()]
+      .filter((p) => !p.blocked)
+      .map((p) => p.desired)
+      .sort(byKey);
+    const tombstones = [...d.tombstones.values()].map((t) => t.tombstone).sort(byKey);
+    return { pods, tombstones, contentHash: desiredContentHash(pods, tombstones) };
+  }
+
+  async #flush(d: DeviceDesired): Promise<void> {
+    if (d.inFlight || this.#stopped) return;
+    d.inFlight = true;
+    const seq = d.changeSeq;
+    try {
+      const { pods, tombstones, contentHash } = this.#content(d);
+      let durable = d.published
+        ? d.published.contentHash === contentHash
+        : pods.length + tombstones.length === 0;
+      if (!durable && d.unsendable?.contentHash !== contentHash) {
+        durable = await this.#publish(d, pods, tombstones, contentHash);
+      }
+      d.handledSeq = seq;
+      d.failures = 0;
+      if (durable) {
+        d.unsendable = undefined;
+        d.durableSeq = seq;
+        for (const w of d.waiters.filter((w) => w.seq <= seq)) w.resolve();
+        d.waiters = d.waiters.filter((w) => w.seq > seq);
+      }
+    } catch (err) {
+      d.failures++;
+      this.#o.logger.warn(
+        { err, deviceId: d.deviceId, failures: d.failures },
+        "publishing desired document failed; retrying",
+      );
+    } finally {
+      d.inFlight = false;
+    }
+    if (d.changeSeq > d.handledSeq) {
+      this.schedule(
+        d,
+        d.failures === 0 ? this.#o.debounceMs : Math.min(30_000, 250 * 2 ** Math.min(d.failures, 7)),
+      );
+    }
+  }
+
+  /**
+   * Publishes one document; false when nothing could be sent (see `unsendable`). When the whole
+   * content is larger than the device accepts, pods changed since the last document are left at
+   * the version last sent (or left out, when new), largest first, until it fits (docs/protocol.md
+   * § 9); those pods are marked `deferred`.
+   */
+  async #publish(
+    d: DeviceDesired,
+    pods: DesiredPod[],
+    tombstones: Tombstone[],
+    contentHash: string,
+  ): Promise<boolean> {
+    const max = this.#o.maxBytes(d.deviceId);
+    let fitted: Fitted | undefined;
+    try {
+      fitted = fitDocument({ deviceId: d.deviceId, entries: d.pods.values(), pods, tombstones, max });
+    } catch (err) {
+      const message = `the desired document is invalid: ${(err as Error).message}`;
+      this.#unsendable(d, contentHash, "DocumentInvalid", message);
+      return false;
+    }
+    if (!fitted) {
+      this.#o.metrics.inc("tooLarge");
+      const message = `the desired document of this device would exceed the ${max} bytes it accepts`;
+      this.#unsendable(d, contentHash, "DocumentTooLarge", message);
+      return false;
+    }
+    for (const p of d.pods.values()) p.deferred = fitted.deferred.has(p) ? fitted.deferred.get(p) : undefined;
+    if (fitted.deferred.size > 0) this.#o.metrics.inc("tooLarge");
+    const content = fitted.pods === pods ? contentHash : desiredContentHash(fitted.pods, tombstones);
+    if (d.published ? d.published.contentHash === content : fitted.pods.length + tombstones.length === 0) {
+      this.#o.onChange(d.deviceId);
+      return true;
+    }
+    const { epoch, generation } = await this.#o.allocator.next(d.deviceId, d.published?.generation ?? 0);
+    const doc: DesiredDocument = {
+      protocol: 1,
+      kind: "desired",
+      deviceId: d.deviceId,
+      epoch,
+      generation,
+      issuedAt: this.#o.now().toISOString(),
+      pods: fitted.pods,
+      tombstones,
+      contentHash: content,
+    };
+    const payload = encodeMessage(doc);
+    if (!this.#o.isCurrent(d)) return false; // forgotten (decommissioned) meanwhile
+    const carried = new Set<object>([...fitted.pods, ...tombstones]);
+    for (const p of d.pods.values()) if (carried.has(p.desired)) p.sent = true;
+    // No timeout here: MQTT.js keeps the message and sends it again after reconnecting, and until
+    // it is acknowledged further changes wait (and coalesce) behind it.
+    await this.#o.publish(topics.desired(d.deviceId), payload);
+    this.#o.metrics.inc("published");
+    d.published = { epoch, generation, contentHash: content };
+    // `since` moves only for entries this document carried as they are now.
+    const since = { epoch, generation };
+    for (const p of d.pods.values()) {
+      if (!carried.has(p.desired)) continue;
+      p.lastSent = p.desired;
+      if (p.since?.epoch !== epoch) p.since = since;
+    }
+    for (const t of d.tombstones.values())
+      if (carried.has(t.tombstone) && t.since?.epoch !== epoch) t.since = since;
+    this.#o.logger.debug(
+      {
+        deviceId: d.deviceId,
+        generation,
+        pods: fitted.pods.length,
+        tombstones: tombstones.length,
+        bytes: payload.byteLength,
+      },
+      "published desired document",
+    );
+    this.#o.onChange(d.deviceId);
+    return true;
+  }
+}
