@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { once } from "node:events";
 import {
   lstatSync,
   mkdirSync,
@@ -10,12 +11,14 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { LogRing } from "./log-ring.ts";
-import { resolveUnder, writeAppFiles } from "./pod-files.ts";
+import { fetchBytes, resolveUnder, writeAppFiles } from "./pod-files.ts";
 
 describe("resolveUnder", () => {
   it("maps absolute spec paths under the root", () => {
@@ -66,6 +69,34 @@ describe("writeAppFiles", () => {
         { fetcher: () => Promise.resolve(Buffer.from("tampered!!!")) },
       ),
     ).rejects.toThrow(/expected/);
+  });
+});
+
+describe("file references in error messages (they become the app's status)", () => {
+  const TOKEN = "X-Amz-Signature=c2VjcmV0LXNpZ25hdHVyZQ";
+
+  it("the default fetcher names scheme, host and path, never the query or fragment", async () => {
+    const server: Server = createServer((_req, res) => res.writeHead(403).end());
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const { port } = server.address() as AddressInfo;
+    try {
+      const failure = fetchBytes(`http://127.0.0.1:${port}/blobs/m.bin?${TOKEN}#part`, 10);
+      await expect(failure).rejects.toThrow(`GET http://127.0.0.1:${port}/blobs/m.bin: HTTP 403`);
+      await expect(failure).rejects.not.toThrow(/Signature|#part/);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("a fetcher's error that quotes the URL loses its secrets", async () => {
+    const root = mkdtempSync(path.join(os.tmpdir(), "devicelet-files-"));
+    const url = `https://user:pw@blobs.example/m.bin?${TOKEN}`;
+    const failure = writeAppFiles(root, [{ path: "/m.bin", ref: { url, sha256: "0".repeat(64), size: 1 } }], {
+      fetcher: (u) => Promise.reject(new Error(`cannot reach ${u}`)),
+    });
+    await expect(failure).rejects.toThrow("/m.bin: cannot reach https://blobs.example/m.bin");
+    await expect(failure).rejects.not.toThrow(/Signature|user|pw@/);
   });
 });
 

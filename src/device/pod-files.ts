@@ -14,6 +14,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { constants as fs } from "node:fs";
 import { chmod, lchown, lstat, mkdir, open, rename, rm } from "node:fs/promises";
 import path from "node:path";
+import { urlLocation } from "../log/redact.ts";
 import type { DesiredFile } from "../protocol/types.ts";
 
 /**
@@ -43,15 +44,19 @@ export function resolveUnder(root: string, specPath: string): string {
 
 export type FetchBytes = (url: string, maxBytes: number) => Promise<Buffer>;
 
-/** Default fetcher: HTTP(S) GET, refusing bodies larger than `maxBytes`. */
+/**
+ * Default fetcher: HTTP(S) GET, refusing bodies larger than `maxBytes`. Its errors name the URL by
+ * {@link urlLocation} only: they become the app's status, and a pre-signed URL's query is a token.
+ */
 export const fetchBytes: FetchBytes = async (url, maxBytes) => {
   const response = await fetch(url, { signal: AbortSignal.timeout(60_000) });
-  if (!response.ok || !response.body) throw new Error(`GET ${url}: HTTP ${response.status}`);
+  const shown = `GET ${urlLocation(url)}`;
+  if (!response.ok || !response.body) throw new Error(`${shown}: HTTP ${response.status}`);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
     size += chunk.length;
-    if (size > maxBytes) throw new Error(`GET ${url}: larger than the announced ${maxBytes} bytes`);
+    if (size > maxBytes) throw new Error(`${shown}: larger than the announced ${maxBytes} bytes`);
     chunks.push(Buffer.from(chunk));
   }
   return Buffer.concat(chunks);
@@ -123,7 +128,9 @@ async function fileContent(file: DesiredFile, fetcher: FetchBytes): Promise<Buff
   try {
     content = await fetcher(file.ref.url, file.ref.size);
   } catch (err) {
-    throw new FileError("FetchingFiles", `${file.path}: ${(err as Error).message}`, { cause: err });
+    // The message becomes the app's status: whatever the fetcher says, the URL's secrets stay out.
+    const why = (err as Error).message.replaceAll(file.ref.url, urlLocation(file.ref.url));
+    throw new FileError("FetchingFiles", `${file.path}: ${why}`, { cause: err });
   }
   const digest = createHash("sha256").update(content).digest("hex");
   if (content.length !== file.ref.size || digest !== file.ref.sha256) {

@@ -29,57 +29,19 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import { encodeMessage } from "../protocol/codec.ts";
 import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
-import type { BridgeMessage, PresenceMessage } from "../protocol/types.ts";
+import type { BridgeMessage } from "../protocol/types.ts";
 import { DesiredApplier, type AppliedGeneration } from "./applier.ts";
 import { CommandRunner } from "./commands.ts";
 import { systemClock, type DeviceClock, type DeviceLink, type LinkWill } from "./link.ts";
 import { classifyInbound, PreBirthBuffer, type Arrival } from "./inbound.ts";
 import { Outbox } from "./outbox.ts";
 import { clip, type Runtime } from "./runtime.ts";
-import type { SessionStore } from "./store.ts";
+import type { DeviceSessionOptions } from "./session-options.ts";
 
-/** Birth information: what devicelet turns into the node (labels, capacity, capabilities). */
-export type BirthInfo = NonNullable<PresenceMessage["device"]>;
+export type { BirthInfo, DeviceSessionOptions } from "./session-options.ts";
 
 /** Node.js timers fire at once beyond 2^31−1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-
-export interface DeviceSessionOptions {
-  readonly deviceId: string;
-  readonly link: DeviceLink;
-  readonly runtime: Runtime;
-  readonly device: BirthInfo;
-  readonly logger: Logger;
-  /** Without a store, a reboot forgets what was applied and the retained document applies again. */
-  readonly store?: SessionStore;
-  /** This boot's id (the agent passes the kernel's); default a random UUID. */
-  readonly bootId?: string;
-  /** Boot ids for {@link DeviceSession.reboot}; default random UUIDs. */
-  readonly newBootId?: () => string;
-  /** Default 20 ms. */
-  readonly reportCoalesceMs?: number;
-  /** Re-publish the report after this long without one (docs/protocol.md § 3.3). Default 5 min. */
-  readonly reportRefreshMs?: number;
-  /** MQTT 5 Will Delay Interval; default 5 s. */
-  readonly willDelaySeconds?: number;
-  /** Reported as the pod address. */
-  readonly address?: string;
-  /** What a `reboot` command does; default {@link DeviceSession.reboot}; `null` refuses it. */
-  readonly onRebootCommand?: (() => Promise<void>) | null;
-  readonly clock?: DeviceClock;
-  /**
-   * false: the device has no trustworthy wall clock, so a command's `expiresAt` is not checked,
-   * only its `ttlSeconds` from arrival (the birth should then say `capabilities.commandTtl`).
-   * Default true.
-   */
-  readonly wallClock?: boolean;
-  /**
-   * Register the will of the first connection of a boot and keep it on every reconnect, seq and
-   * all, as MQTT libraries that fix the will when the client is created do (docs/protocol.md § 5
-   * allows it). Default false: a fresh will, with the coming birth's seq, before every CONNECT.
-   */
-  readonly keepFirstWill?: boolean;
-}
 
 export type { AppliedGeneration };
 
@@ -154,12 +116,11 @@ export class DeviceSession {
   get sleeping(): boolean {
     return this.#sleeping !== undefined;
   }
-  /** Desired documents applied by this session object (restores from the store not counted). */
   /** Applied documents that changed what runs; see DesiredApplier.changes. */
   get changes(): number {
     return this.#applier.changes;
   }
-
+  /** Desired documents applied by this session object (restores from the store not counted). */
   get applies(): number {
     return this.#applier.applies;
   }

@@ -21,6 +21,7 @@
  * gateway's next birth, while the children it still reaches are born again (docs/protocol.md § 8).
  */
 import pino, { type Logger } from "pino";
+import { withoutCredentials } from "../log/redact.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
 import { MqttTransport } from "./mqtt-link.ts";
 import { DeviceSession, type AppliedGeneration, type BirthInfo } from "./session.ts";
@@ -212,7 +213,7 @@ export async function startSimulator(o: SimulatorOptions): Promise<Simulator> {
     const offline = [...devices.values()].filter((d) => !d.online).map((d) => d.id);
     await simulator.stop();
     throw new Error(
-      `startSimulator: ${offline.length} devices not online in time (${offline.slice(0, 5).join(", ")}…) at ${o.brokerUrl}`,
+      `startSimulator: ${offline.length} devices not online in time (${offline.slice(0, 5).join(", ")}…) at ${withoutCredentials(o.brokerUrl)}`,
     );
   }
   logger.info({ devices: devices.size, connections: transports.size }, "simulator online");

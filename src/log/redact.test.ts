@@ -2,7 +2,7 @@ import { Writable } from "node:stream";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { desiredDocument, desiredPod } from "../device/fixtures.ts";
-import { redaction, withoutCredentials } from "./redact.ts";
+import { redaction, urlLocation, withoutCredentials } from "./redact.ts";
 
 const MARKER = "marker-2c9e41d07b6a4f13a85e0d92c7b3f468";
 
@@ -57,5 +57,13 @@ describe("log redaction", () => {
     expect(withoutCredentials("wss://u:p@host/mqtt")).toBe("wss://host/mqtt");
     expect(withoutCredentials("mqtt://broker:1883/a@b")).toBe("mqtt://broker:1883/a@b");
     expect(withoutCredentials("mqtt://127.0.0.1:1883")).toBe("mqtt://127.0.0.1:1883");
+  });
+
+  it("shows only scheme, host and path of a URL whose query may carry a token", () => {
+    expect(urlLocation("https://u:p@blobs.example:8443/a/m.bin?X-Amz-Signature=s#f")).toBe(
+      "https://blobs.example:8443/a/m.bin",
+    );
+    expect(urlLocation("http://127.0.0.1/m")).toBe("http://127.0.0.1/m");
+    expect(urlLocation("not a url?token=s")).toBe("not a url");
   });
 });

@@ -9,6 +9,8 @@
  *   ids and counts, not documents.
  * - {@link withoutCredentials}: a URL as it may be shown (logs, node conditions, Events), with any
  *   `user:password@` removed.
+ * - {@link urlLocation}: only a URL's scheme, host and path, for URLs whose query may carry a token
+ *   (pre-signed file references) and so must not reach a message either.
  *
  *   const logger = pino({ level, redact: redaction });
  *   logger.info({ url: withoutCredentials(config.broker.url) }, "connecting");
@@ -46,3 +48,18 @@ export const redaction = { paths: [...SECRET_REDACT_PATHS], censor: "[redacted]"
 /** `mqtt://user:pass@host:1883/x` → `mqtt://host:1883/x`; anything without userinfo unchanged. */
 export const withoutCredentials = (url: string): string =>
   url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, "$1");
+
+/**
+ * A URL's scheme, host and path, as it may be shown in a message that leaves the process (app
+ * status, pod status, Events, logs): `https://u:p@host/f?X-Amz-Signature=…#x` → `https://host/f`.
+ * Userinfo, query and fragment are dropped: a pre-signed URL carries its token in the query.
+ */
+export const urlLocation = (url: string): string => {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
+  } catch {
+    // Not a URL the WHATWG parser takes: cut the same parts by hand.
+    return withoutCredentials(url).replace(/[?#][\s\S]*$/, "");
+  }
+};

@@ -84,3 +84,15 @@ export interface NodeEntry {
    */
   nodeDeleted: boolean;
 }
+
+/** A device's entry as first seen: no lease, no status written, nothing deleted. */
+export function newEntry(o: Pick<NodeEntry, "name" | "device" | "problems" | "ownership">): NodeEntry {
+  return {
+    ...o,
+    lease: undefined,
+    leaseStop: undefined,
+    lastStatus: undefined,
+    lastStatusAt: 0,
+    nodeDeleted: false,
+  };
+}

@@ -7,7 +7,7 @@
  * `statusMaxIntervalSeconds`. A node deleted by someone else is registered again, unless its device
  * is away and the provider can retire devices: then the device is decommissioned and its node
  * forgotten (decommission.ts; docs/protocol.md § 5). Reconciles are keyed by device id on a
- * {@link WorkQueue}.
+ * {@link WorkQueue}. Status and taint writes: status-writer.ts; leases: heartbeat.ts.
  *
  * Liveness is devicelet's alone: Ready is True and the Lease renewed for as long as devicelet runs
  * and reaches the API server. Nothing a device or the broker does changes that (a node going
@@ -35,32 +35,29 @@
  *   nodes.onDeviceChange((nodeName) => pods.resyncNode(nodeName));
  */
 import type { Logger } from "pino";
-import { Informer, isPermanentKubeError, toWire, type Node, type NodeStatus } from "../kube/index.ts";
+import { Informer, isPermanentKubeError, toWire, type Node } from "../kube/index.ts";
 import type { DeviceInfo } from "../provider/types.ts";
 import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
 import { addressChecker } from "./addresses.ts";
 import { checkBirth, type BirthPolicy } from "./birth.ts";
 import { afterNodeDeleted } from "./decommission.ts";
+import { buildNode, NodeLabel, type TransportState } from "./build.ts";
 import {
-  buildNode,
-  buildNodeStatus,
-  heartbeatConditions,
-  nodeStatusChanged,
-  NodeLabel,
-  transportTaints,
-  type TransportState,
-} from "./build.ts";
+  newEntry,
+  type ManagedNode,
+  type NodeControllerOptions,
+  type NodeEntry,
+} from "./controller-types.ts";
+import { HeartbeatLoad, startNodeLease } from "./heartbeat.ts";
 import { DEFAULT_DEVICE_LABEL_POLICY } from "./labels.ts";
-import { NodeLease } from "./lease.ts";
 import { NodeNameRegistry } from "./names.ts";
 import { DeviceNotices } from "./notices.ts";
-import type { ManagedNode, NodeControllerOptions, NodeEntry } from "./controller-types.ts";
 import { registerNode } from "./registration.ts";
+import { writeNodeStatus, writeTransportTaint } from "./status-writer.ts";
+import { TransportWatch } from "./transport-watch.ts";
 
 export type { ManagedNode, NodeControllerConfig, NodeControllerOptions } from "./controller-types.ts";
 
-/** Share of the heartbeat lane's QPS above which devicelet warns that leases may starve. */
-const HEARTBEAT_LOAD_WARNING = 0.8;
 const DEFAULT_RECHECK_REFUSED_MS = 30_000;
 
 export class NodeController {
@@ -74,9 +71,9 @@ export class NodeController {
   readonly #deviceListeners = new Set<(nodeName: string, device: DeviceInfo) => void>();
   readonly #birthPolicy: BirthPolicy;
   readonly #notices: DeviceNotices;
+  readonly #transport: TransportWatch;
+  readonly #load: HeartbeatLoad;
   #signal: AbortSignal | undefined;
-  #transport: TransportState | undefined;
-  #warnedLoad = false;
 
   constructor(options: NodeControllerOptions) {
     this.#o = options;
@@ -125,7 +122,12 @@ export class NodeController {
         .map(([k, v]) => `${k}=${v}`)
         .join(","),
     });
-    this.#transport = this.#readTransport();
+    this.#transport = new TransportWatch({
+      health: options.transport,
+      pollMs: options.transportPollMs,
+      logger: this.#log,
+    });
+    this.#load = new HeartbeatLoad({ config: options.config, logger: this.#log });
   }
 
   /**
@@ -151,14 +153,20 @@ export class NodeController {
     for (const node of this.#informer.list()) this.#adopt(node);
     this.#o.inventory.watchDevices((device) => this.#upsertDevice(device));
     await this.syncInventory();
-    this.#watchTransport(signal);
+    // A change re-reconciles every node (its condition and taint) and, through the listeners, its pods.
+    this.#transport.start(signal, () => {
+      for (const [deviceId, entry] of this.#entries) {
+        this.#queue.add(deviceId);
+        if (entry.device) for (const listener of this.#deviceListeners) listener(entry.name, entry.device);
+      }
+    });
     await this.#queue.idle();
   }
 
   /** Reads the provider's device list again (after the provider started) and reconciles every device. */
   async syncInventory(): Promise<void> {
     for (const device of await this.#o.inventory.listDevices()) this.#upsertDevice(device);
-    this.#checkLoad();
+    this.#load.check(this.#entries.size);
   }
 
   /** Called with the node name whenever a device's info or presence, or the transport, changes. */
@@ -169,7 +177,7 @@ export class NodeController {
 
   /** Whether devicelet reaches the devices' transport now (true when the provider has none). */
   transport(): TransportState {
-    return this.#transport ?? { connected: true, message: "" };
+    return this.#transport.state ?? { connected: true, message: "" };
   }
 
   /**
@@ -204,29 +212,9 @@ export class NodeController {
     return new Map([...this.#entries.values()].map((e) => [e.name, e.lease?.renewals ?? 0]));
   }
 
-  /**
-   * What the fleet's heartbeats ask of the heartbeat lane, as a share of its QPS:
-   * `nodes × (1/renewInterval + 1/statusInterval) / heartbeatQps`. Above 0.8, leases may starve.
-   */
+  /** What the fleet's heartbeats ask of the heartbeat lane, as a share of its QPS (heartbeat.ts). */
   heartbeatLoad(): number {
-    const { leaseRenewIntervalSeconds, statusMaxIntervalSeconds, heartbeatQps } = this.#o.config;
-    const perNode = 1 / leaseRenewIntervalSeconds + 1 / statusMaxIntervalSeconds;
-    return (this.#entries.size * perNode) / heartbeatQps;
-  }
-
-  #checkLoad(): void {
-    const load = this.heartbeatLoad();
-    if (load > HEARTBEAT_LOAD_WARNING && !this.#warnedLoad) {
-      this.#warnedLoad = true;
-      this.#log.warn(
-        {
-          nodes: this.#entries.size,
-          heartbeatLoad: Number(load.toFixed(2)),
-          qps: this.#o.config.heartbeatQps,
-        },
-        "node heartbeats need more than 80% of api.heartbeatQps; raise it or leases may expire",
-      );
-    } else if (load <= HEARTBEAT_LOAD_WARNING) this.#warnedLoad = false;
+    return this.#load.load(this.#entries.size);
   }
 
   /** A node of ours from an earlier run: heartbeat it until the provider says what its device is. */
@@ -245,17 +233,7 @@ export class NodeController {
       return;
     }
     // The informer lists only nodes with devicelet's labels: this one is ours.
-    this.#entries.set(deviceId, {
-      name,
-      device: undefined,
-      problems: [],
-      ownership: "owned",
-      lease: undefined,
-      leaseStop: undefined,
-      lastStatus: undefined,
-      lastStatusAt: 0,
-      nodeDeleted: false,
-    });
+    this.#entries.set(deviceId, newEntry({ name, device: undefined, problems: [], ownership: "owned" }));
     this.#byName.set(name, deviceId);
     this.#queue.add(deviceId);
   }
@@ -274,56 +252,16 @@ export class NodeController {
         );
         return;
       }
-      entry = {
-        name,
-        device,
-        problems,
-        ownership: "unknown",
-        lease: undefined,
-        leaseStop: undefined,
-        lastStatus: undefined,
-        lastStatusAt: 0,
-        nodeDeleted: false,
-      };
+      entry = newEntry({ name, device, problems, ownership: "unknown" });
       this.#entries.set(device.id, entry);
       this.#byName.set(name, device.id);
-      this.#checkLoad();
+      this.#load.check(this.#entries.size);
     } else {
       entry.device = device;
       entry.problems = problems;
     }
     this.#queue.add(device.id);
     for (const listener of this.#deviceListeners) listener(entry.name, device);
-  }
-
-  #readTransport(): TransportState | undefined {
-    const health = this.#o.transport?.();
-    return health ? { connected: health.ready, message: health.message } : undefined;
-  }
-
-  /** Looks at the transport's health every few seconds; a change re-reconciles every node and pod. */
-  #watchTransport(signal: AbortSignal): void {
-    if (!this.#o.transport) return;
-    const timer = setInterval(() => {
-      const next = this.#readTransport();
-      if (next?.connected === this.#transport?.connected) {
-        this.#transport = next;
-        return;
-      }
-      this.#transport = next;
-      this.#log.warn(
-        { connected: next?.connected, message: next?.message },
-        next?.connected
-          ? "transport reachable again: removing the NoSchedule taint"
-          : "transport unreachable: tainting nodes NoSchedule; pods and nodes stay as they are",
-      );
-      for (const [deviceId, entry] of this.#entries) {
-        this.#queue.add(deviceId);
-        if (entry.device) for (const listener of this.#deviceListeners) listener(entry.name, entry.device);
-      }
-    }, this.#o.transportPollMs ?? 2_000);
-    timer.unref();
-    signal.addEventListener("abort", () => clearInterval(timer), { once: true });
   }
 
   async #reconcile(deviceId: string): Promise<ReconcileResult> {
@@ -336,38 +274,26 @@ export class NodeController {
     }
     if (!node) return undefined; // an adopted node that is gone: nothing to heartbeat
     this.#notices.birth(deviceId, { name: entry.name, uid: node.metadata?.uid }, entry.problems);
-    node = (await this.#writeStatus(entry, node)) ?? node;
-    const taints = transportTaints(node.spec?.taints, this.#transport?.connected === false);
-    if (taints) {
-      await this.#o.kube.patchNode(entry.name, {
-        metadata: { resourceVersion: node.metadata?.resourceVersion },
-        spec: { taints },
-      });
-    }
+    const { kube, config, version } = this.#o;
+    const transport = this.#transport.state;
+    node = (await writeNodeStatus({ kube, config, version, transport, entry, node })) ?? node;
+    await writeTransportTaint({ kube, name: entry.name, node, transport });
     if (!entry.lease) {
       const nodeUid = node.metadata?.uid;
-      const { config, kube } = this.#o;
-      entry.leaseStop = new AbortController();
-      entry.lease = new NodeLease({
+      startNodeLease({
+        entry,
         kube,
-        nodeName: entry.name,
-        nodeUid: () => this.#informer.get(entry.name)?.metadata?.uid ?? nodeUid,
-        durationSeconds: config.leaseDurationSeconds,
-        renewIntervalSeconds: config.leaseRenewIntervalSeconds,
+        config,
         logger: this.#log,
+        signal: this.#signal,
+        nodeUid: () => this.#informer.get(entry.name)?.metadata?.uid ?? nodeUid,
         // Each heartbeat also checks whether node status is due (changed or a minute old).
         onTick: () => this.#queue.add(deviceId),
-        // At once: a new node needs its Lease, and one an earlier run left may be nearly stale
-        // (devicelet was down meanwhile). The heartbeat lane's budget spreads a large fleet.
-        firstDelayMs: 0,
         // The API server answers again: every lease still failing tries now, not after its backoff.
         onRecovered: () => {
           for (const other of this.#entries.values()) other.lease?.renewSoon();
         },
       });
-      // Renewals start now and can never stop, whatever the first one meets (the queue retries
-      // the rest of this reconcile on its own).
-      entry.lease.start(AbortSignal.any([this.#signal, entry.leaseStop.signal]));
     }
     return undefined;
   }
@@ -467,33 +393,5 @@ export class NodeController {
       `device ${deviceId} refused: node ${entry.name} already exists and is not devicelet's${providerID}; ` +
         "it is left untouched and no pod bound to it is sent to the device",
     );
-  }
-
-  /** Writes node status when it changed or is due; resolves with the node as written, if it was. */
-  async #writeStatus(entry: NodeEntry, node: Node): Promise<Node | undefined> {
-    const { kube, config, version } = this.#o;
-    const options = {
-      ready: true,
-      readyMessage: "devicelet is running and reaching the API server",
-      transport: this.#transport,
-      now: new Date(),
-      previous: entry.lastStatus ?? node.status,
-      kubeletPort: config.kubeletPort,
-      kubeletAddress: config.kubeletAddress,
-      version,
-    };
-    const status: NodeStatus = entry.device
-      ? toWire(buildNodeStatus(entry.device, options))
-      : { ...node.status, conditions: toWire(heartbeatConditions(options)) };
-    const due = Date.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
-    if (entry.lastStatus && !due && !nodeStatusChanged(entry.lastStatus, status)) return undefined;
-    // A node whose device is not known yet gets only its conditions written.
-    const written = await kube.patchNodeStatus(
-      entry.name,
-      entry.device ? status : { conditions: status.conditions ?? [] },
-    );
-    entry.lastStatus = status;
-    entry.lastStatusAt = Date.now();
-    return written;
   }
 }

@@ -1,111 +1,41 @@
 /**
  * The reference agent (`devicelet agent`, run as its own process) against a real Mosquitto over
- * TLS. The test plays devicelet: it publishes retained desired documents with encodeMessage and
- * reads the agent's presence, reports and acks.
+ * TLS (test/support/agent.ts). The test plays devicelet: it publishes retained desired documents
+ * and reads the agent's presence, reports and acks.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { pathToFileURL } from "node:url";
-import mqtt, { type MqttClient } from "mqtt";
-import { stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startMosquitto, type Broker } from "../../hack/testenv/mosquitto.ts";
-import { encodeMessage } from "../../src/protocol/codec.ts";
-import { topics, TOPIC_ROOT } from "../../src/protocol/topics.ts";
-import type {
-  AckMessage,
-  DesiredPod,
-  PresenceMessage,
-  ReportedDocument,
-  ReportedPod,
-} from "../../src/protocol/types.ts";
+import type { DesiredPod, ReportedPod } from "../../src/protocol/types.ts";
 import { desiredDocument, desiredPod, tombstone } from "../../src/device/fixtures.ts";
+import { alive, LONG_RUNNING_APP, startAgentRig, type AgentRig } from "../support/agent.ts";
 import { eventually } from "../support/eventually.ts";
 
 const ID = `agent-${process.pid}`;
 const node = process.execPath;
-const agentCli = path.resolve(import.meta.dirname, "../../src/cli/agent.ts");
 const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-agent-"));
 const workDir = path.join(dir, "pods");
-const configFile = path.join(dir, "agent.yaml");
 const bootId = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
 
-let broker: Broker;
-let devicelet: MqttClient;
-let agent: ChildProcess | undefined;
-const seen = {
-  state: [] as PresenceMessage[],
-  reported: undefined as ReportedDocument | undefined,
-  acks: [] as AckMessage[],
-};
+let rig: AgentRig;
+let seen: AgentRig["seen"];
 
 beforeAll(async () => {
-  broker = await startMosquitto({ dir: path.join(dir, "mosquitto") });
-  writeFileSync(path.join(dir, "ca.pem"), broker.ca);
-  writeFileSync(
-    configFile,
-    stringify({
-      broker: { url: broker.tlsUrl, ca: "ca.pem" },
-      device: { id: ID, capacity: { pods: "10" } },
-      workDir: "pods",
-      stateFile: "agent-state.json",
-      restartBackoff: { initialMs: 200, maxMs: 1000 },
-      willDelaySeconds: 0,
-      log: { level: "debug" },
-    }),
-  );
-  devicelet = await mqtt.connectAsync(broker.url, { clientId: `devicelet-${process.pid}` });
-  devicelet.on("message", (topic, payload) => {
-    if (payload.length === 0) return;
-    // Everything under the device's topics: our own desired documents and its events too.
-    const message = JSON.parse(payload.toString()) as
-      PresenceMessage | ReportedDocument | AckMessage | { kind: "desired" | "event" };
-    if (message.kind === "presence") seen.state.push(message);
-    else if (message.kind === "reported") seen.reported = message;
-    else if (message.kind === "ack" || message.kind === "command-ack") seen.acks.push(message);
-  });
-  await devicelet.subscribeAsync(`${TOPIC_ROOT}/${ID}/#`, { qos: 1 });
+  rig = await startAgentRig({ id: ID, dir });
+  seen = rig.seen;
 });
 
-afterAll(async () => {
-  if (agent && agent.exitCode === null) await stopAgent("SIGTERM");
-  await devicelet.endAsync();
-  await broker.stop();
-});
+afterAll(() => rig.close());
 
-async function startAgent(): Promise<void> {
-  const launcher = `const { agentCommand } = await import(${JSON.stringify(pathToFileURL(agentCli).href)});
-process.exitCode = await agentCommand(process.argv.slice(1));`;
-  const log = openSync(path.join(dir, "agent.log"), "a");
-  const before = seen.state.length;
-  agent = spawn(node, ["--input-type=module", "-e", launcher, "--", "--config", configFile], {
-    stdio: ["ignore", log, log],
-  });
-  await eventually(() => expect(seen.state.slice(before).some((s) => s.state === "online")).toBe(true), {
-    timeoutMs: 30_000,
-  });
-}
-
-async function stopAgent(signal: "SIGTERM" | "SIGKILL"): Promise<number | null> {
-  const child = agent;
-  if (!child) return null;
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  child.kill(signal);
-  return exited;
-}
-
-const publishDesired = async (
+const startAgent = () => rig.startAgent();
+const stopAgent = (signal: "SIGTERM" | "SIGKILL") => rig.stopAgent(signal);
+const publishDesired = (
   generation: number,
   pods: DesiredPod[],
   tombstones = [] as ReturnType<typeof tombstone>[],
-) => {
-  const doc = desiredDocument({ deviceId: ID, epoch: "e1", generation, pods, tombstones });
-  await devicelet.publishAsync(topics.desired(ID), encodeMessage(doc), { qos: 1, retain: true });
-};
-const acksSince = (index: number) =>
-  seen.acks.slice(index).flatMap((a) => (a.kind === "ack" ? [[a.generation, a.stage]] : []));
+) => rig.publishDesired(desiredDocument({ deviceId: ID, epoch: "e1", generation, pods, tombstones }));
+const acksSince = (index: number) => rig.acksSince(index);
 const reportedPod = (uid: string): ReportedPod | undefined => seen.reported?.pods.find((p) => p.uid === uid);
 const restarts = (uid: string) => reportedPod(uid)?.apps[0]?.restartCount ?? -1;
 const script = (uid: string, restartPolicy: DesiredPod["restartPolicy"], code: string) =>
@@ -116,16 +46,7 @@ const script = (uid: string, restartPolicy: DesiredPod["restartPolicy"], code: s
     apps: [{ name: "main", command: [node, "-e", code] }],
   });
 const pidOf = (uid: string) => Number(readFileSync(path.join(workDir, uid, "main", "pid"), "utf8"));
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-const longRunning =
-  'require("fs").writeFileSync(process.env.DEVICELET_APP_DIR + "/pid", String(process.pid)); process.on("SIGTERM", () => process.exit(0)); setInterval(() => {}, 1000)';
+const longRunning = LONG_RUNNING_APP;
 
 const pods = [
   script("always-0", "Always", "setTimeout(() => process.exit(0), 50)"),

@@ -19,6 +19,7 @@ import type { NoticeMessage } from "../../src/protocol/types.ts";
 import { MqttTransport } from "../../src/device/mqtt-link.ts";
 import { DeviceSession, type BirthInfo } from "../../src/device/session.ts";
 import { SimRuntime } from "../../src/device/sim-runtime.ts";
+import { gatewayBirth } from "../support/device-messages.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson } from "../support/kubectl.ts";
 import { eventsOf, type EventJson } from "../support/mqtt.ts";
@@ -49,22 +50,12 @@ interface NodeJson {
 }
 
 const birth = (capacity: Record<string, string>): BirthInfo => ({
-  deviceClass: "gateway",
-  os: "linux",
-  arch: "arm64",
-  capacity,
+  ...gatewayBirth(capacity),
   addresses: [
     { type: "InternalIP", address: "192.168.7.7" },
     { type: "InternalIP", address: "172.16.0.9" },
     { type: "Hostname", address: "Not_A_Host" },
   ],
-  capabilities: {
-    maxMessageBytes: 262144,
-    encodings: ["json"],
-    runtime: "process",
-    logs: false,
-    exec: false,
-  },
 });
 
 let liarSession: DeviceSession | undefined;

@@ -11,6 +11,7 @@
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PresenceMessage } from "../../src/protocol/types.ts";
+import { gatewayBirth } from "../support/device-messages.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { barePod, deviceConnectedOf, retained } from "../support/mqtt.ts";
@@ -73,19 +74,7 @@ async function retainedBirth(deviceId: string): Promise<void> {
     bootId: "b1",
     seq: 1,
     sentAt: new Date().toISOString(),
-    device: {
-      deviceClass: "gateway",
-      os: "linux",
-      arch: "arm64",
-      capacity: { cpu: "1", memory: "1Gi", pods: "10" },
-      capabilities: {
-        maxMessageBytes: 262144,
-        encodings: ["json"],
-        runtime: "process",
-        logs: false,
-        exec: false,
-      },
-    },
+    device: gatewayBirth(),
   };
   const client = await mqtt.connectAsync(scene.broker.url, { clientId: deviceId, clean: true });
   await client.publishAsync(topic(deviceId, "state"), JSON.stringify(birth), { qos: 1, retain: true });

@@ -10,6 +10,7 @@
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PresenceMessage, ReportedDocument } from "../../src/protocol/types.ts";
+import { emptyReport, gatewayBirth } from "../support/device-messages.ts";
 import { eventually } from "../support/eventually.ts";
 import { getJson } from "../support/kubectl.ts";
 import { deviceConnectedOf, type EventJson } from "../support/mqtt.ts";
@@ -42,37 +43,11 @@ const presence = (
   bootId,
   seq,
   sentAt: new Date().toISOString(),
-  ...(state === "online"
-    ? {
-        device: {
-          deviceClass: "gateway",
-          os: "linux",
-          arch: "arm64",
-          capacity: { cpu: "1", memory: "1Gi", pods: "10" },
-          capabilities: {
-            maxMessageBytes: 262144,
-            encodings: ["json"],
-            runtime: "process",
-            logs: false,
-            exec: false,
-          },
-        },
-      }
-    : {}),
+  ...(state === "online" ? { device: gatewayBirth() } : {}),
 });
 
-const reported = (deviceId: string, bootId: string, seq: number): ReportedDocument => ({
-  protocol: 1,
-  kind: "reported",
-  deviceId,
-  bootId,
-  seq,
-  observedAt: new Date().toISOString(),
-  epoch: null,
-  observedGeneration: 0,
-  appliedGeneration: 0,
-  pods: [],
-});
+const reported = (deviceId: string, bootId: string, seq: number): ReportedDocument =>
+  emptyReport({ deviceId, bootId, seq });
 
 /**
  * A device as MQTT.js makes it easy to write: the will is given once, at client creation, with

@@ -12,6 +12,7 @@ import type { Broker } from "../../hack/testenv/mosquitto.ts";
 import { workload } from "../../providers/mock/testing.ts";
 import { createMqttProvider, type MqttProvider } from "../../providers/mqtt/index.ts";
 import type { PresenceMessage, ReportedDocument } from "../../src/protocol/types.ts";
+import { emptyReport, gatewayBirth } from "../support/device-messages.ts";
 import { eventually } from "../support/eventually.ts";
 import { MemoryStore } from "../support/memory-store.ts";
 import { retained, startBroker } from "../support/mqtt.ts";
@@ -53,36 +54,10 @@ const presence = (deviceId: string, state: PresenceMessage["state"], seq: number
   bootId: "r1",
   seq,
   sentAt: new Date().toISOString(),
-  ...(state === "online"
-    ? {
-        device: {
-          deviceClass: "gateway",
-          os: "linux",
-          arch: "arm64",
-          capacity: { pods: "10" },
-          capabilities: {
-            maxMessageBytes: 262144,
-            encodings: ["json"],
-            runtime: "process",
-            logs: false,
-            exec: false,
-          },
-        },
-      }
-    : {}),
+  ...(state === "online" ? { device: gatewayBirth({ pods: "10" }) } : {}),
 });
-const reported = (deviceId: string, seq: number): ReportedDocument => ({
-  protocol: 1,
-  kind: "reported",
-  deviceId,
-  bootId: "r1",
-  seq,
-  observedAt: new Date().toISOString(),
-  epoch: null,
-  observedGeneration: 0,
-  appliedGeneration: 0,
-  pods: [],
-});
+const reported = (deviceId: string, seq: number): ReportedDocument =>
+  emptyReport({ deviceId, bootId: "r1", seq });
 
 /** A device session: births (and reports), optionally leaves cleanly with `offline`. */
 async function device(deviceId: string, o: { seq: number; leave: boolean }) {
