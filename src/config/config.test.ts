@@ -200,6 +200,23 @@ describe("parseConfig", () => {
     }
   });
 
+  it("refuses a mapping or a list as a key with its line, without a process warning", async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on("warning", onWarning);
+    try {
+      const text = "provider: { type: mock }\nnodes:\n  ? [a, b]\n  : 1\n";
+      expect(problemsOf(() => parseConfig(text, "complex.yaml"))).toEqual([
+        { path: "", message: "a key must be a plain name, not a mapping or a list", line: 3, column: 5 },
+      ]);
+      // Process warnings are emitted on a later tick.
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off("warning", onWarning);
+    }
+    expect(warnings).toEqual([]);
+  });
+
   it("refuses duplicate keys and a non-object document", () => {
     expect(problemsOf(() => parseConfig("a: 1\na: 2\n", "dup.yaml"))[0]?.line).toBe(2);
     expect(problemsOf(() => parseConfig("- 1\n", "list.yaml"))).toEqual([

@@ -6,7 +6,7 @@
 import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { Ajv, type ErrorObject, type SchemaObject, type ValidateFunction } from "ajv";
-import { LineCounter, parseDocument, type Document } from "yaml";
+import { isCollection, isPair, LineCounter, parseDocument, visit, type Document } from "yaml";
 import { deviceLabelConfigProblems } from "../node/labels.ts";
 import { coreChecks, type ConfigCheck, type RuleProblem } from "./rules.ts";
 import { coreConfigSchema, type DeviceletConfig } from "./schema.ts";
@@ -79,6 +79,27 @@ export interface ParseOptions {
 }
 
 /**
+ * Keys that are mappings or lists (`? [a, b]: 1`): no configuration key is one, and turning them
+ * into an object would stringify them with a process warning instead of a clear error.
+ */
+function collectionKeys(doc: Document, lineCounter: LineCounter): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  visit(doc, {
+    Pair: (_key, pair) => {
+      if (!isPair(pair) || !isCollection(pair.key)) return;
+      const { line, col } = lineCounter.linePos(pair.key.range?.[0] ?? 0);
+      problems.push({
+        path: "",
+        message: "a key must be a plain name, not a mapping or a list",
+        line,
+        column: col,
+      });
+    },
+  });
+  return problems;
+}
+
+/**
  * Reads and parses the file at `path`. Rejects with {@link ConfigError} when the file cannot be
  * read or is invalid; resolves to a deep-frozen config owned by the caller.
  */
@@ -115,6 +136,8 @@ export const parseConfig = (
       }),
     );
   }
+  const complexKeys = collectionKeys(doc, lineCounter);
+  if (complexKeys.length > 0) throw new ConfigError(sourceName, complexKeys);
   let data: unknown;
   try {
     data = doc.toJS({ maxAliasCount: 100 });
