@@ -361,6 +361,7 @@ export class NodeController {
     this.#entries.delete(deviceId);
     this.#byName.delete(entry.name);
     this.#names.release(deviceId);
+    this.#notices.forget(deviceId);
     return "retired";
   }
 

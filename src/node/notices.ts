@@ -64,6 +64,13 @@ export class DeviceNotices {
     this.#refused.delete(deviceId);
   }
 
+  /** The device was retired (decommission.ts): what was told of it is forgotten, so a later device
+   * of that id hears about its own problems afresh. */
+  forget(deviceId: string): void {
+    this.#told.delete(deviceId);
+    this.#refused.delete(deviceId);
+  }
+
   /** Whether the device is refused now. */
   isRefused(deviceId: string): boolean {
     return this.#refused.has(deviceId);
