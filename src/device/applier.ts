@@ -22,7 +22,10 @@
  * answer for that version: `observedGeneration` moves to it, what runs stays, and
  * {@link DesiredApplier.rejection} holds the reason for the report until a later document is seen.
  * A redelivered rejected version is not evaluated again; its `rejected` ack is repeated. Invalid
- * documents queue with valid ones, so the newest of either kind wins.
+ * documents queue with valid ones, so the newest of either kind wins. The rejection is stored with
+ * the durable state ({@link DesiredApplier.keptRejection}, persisted once it is set) and restored
+ * by {@link DesiredApplier.restore}, so an agent restart keeps that answer too; a `PersistFailed`
+ * rejection is never kept (it is retried).
  */
 import type { Logger } from "pino";
 import type { DesiredDocument, DesiredPod } from "../protocol/types.ts";
@@ -45,6 +48,16 @@ export interface Rejection {
   readonly message: string;
 }
 
+/** A rejection as the device stores it: with its epoch, without the document's content. */
+export interface KeptRejection extends Rejection {
+  readonly epoch: string;
+}
+
+/** What {@link DesiredApplier.restore} takes: the stored state, as the session's store loads it. */
+export interface RestoredDesired extends DurableDesired {
+  readonly rejection?: KeptRejection | undefined;
+}
+
 export interface AppliedGeneration {
   readonly epoch: string;
   readonly generation: number;
@@ -56,6 +69,8 @@ export interface DurableDesired {
   readonly appliedGeneration: number;
   readonly pods: readonly DesiredPod[];
 }
+
+const PERSIST_FAILED = "PersistFailed";
 
 const NOTHING_KEPT: DurableDesired = { epoch: null, appliedGeneration: 0, pods: [] };
 
@@ -103,8 +118,11 @@ export class DesiredApplier {
     this.#h = hooks;
   }
 
-  /** State kept in storage across a restart or reboot: that document is not applied again. */
-  restore(saved: { epoch: string | null; appliedGeneration: number; pods: readonly DesiredPod[] }): void {
+  /**
+   * State kept in storage across a restart or reboot: that document is not applied again, and a
+   * kept rejection newer than it is reported again and only has its `rejected` ack repeated.
+   */
+  restore(saved: RestoredDesired): void {
     this.epoch = saved.epoch;
     this.observedGeneration = this.appliedGeneration = saved.appliedGeneration;
     this.appliedPods = saved.pods;
@@ -112,6 +130,26 @@ export class DesiredApplier {
     if (saved.epoch !== null && saved.appliedGeneration > 0) {
       this.#lastFinal = { epoch: saved.epoch, generation: saved.appliedGeneration, stage: "applied" };
     }
+    const kept = saved.rejection;
+    if (!kept || kept.reason === PERSIST_FAILED || this.#isDone(kept)) return;
+    const { epoch, generation, reason, message } = kept;
+    if (epoch !== this.epoch) {
+      this.epoch = epoch;
+      this.appliedGeneration = 0;
+    }
+    this.observedGeneration = generation;
+    this.rejection = { generation, reason, message };
+    this.#lastFinal = { epoch, generation, stage: "rejected", reason, message };
+  }
+
+  /**
+   * The rejection to store with {@link durable}, or undefined: the one in the report, with its
+   * epoch (that of the newest document seen). Never a `PersistFailed` one, which is retried.
+   */
+  get keptRejection(): KeptRejection | undefined {
+    const rejection = this.rejection;
+    if (!rejection || this.epoch === null || rejection.reason === PERSIST_FAILED) return undefined;
+    return { epoch: this.epoch, ...rejection };
   }
 
   /** Forgets everything (a reboot); waits for an apply in progress to finish first. */
@@ -184,7 +222,13 @@ export class DesiredApplier {
     }
     this.observedGeneration = generation;
     this.rejection = { generation, reason, message };
+    this.#keepRejection();
     this.#final({ epoch, generation, stage: "rejected", reason, message });
+  }
+
+  /** Best effort: a rejection lost to a failed save is only evaluated again on its next delivery. */
+  #keepRejection(): void {
+    this.#h.persist().catch(() => undefined);
   }
 
   async #apply(doc: DesiredDocument, era: number): Promise<void> {
@@ -212,7 +256,7 @@ export class DesiredApplier {
       this.#h.logger.error({ epoch, generation, err: (err as Error).message }, "desired document rejected");
       // Best effort: the last write should hold what still runs.
       this.#h.persist().catch(() => undefined);
-      this.#final({ epoch, generation, stage: "rejected", reason: "PersistFailed", message });
+      this.#final({ epoch, generation, stage: "rejected", reason: PERSIST_FAILED, message });
       return;
     }
     if (era !== this.#era) return;
@@ -221,10 +265,10 @@ export class DesiredApplier {
     } catch (err) {
       if (era !== this.#era) return;
       this.durable = kept;
-      this.#h.persist().catch(() => undefined);
       const reason = err instanceof RuntimeRefusal ? err.reason : "ApplyFailed";
       const message = (err as Error).message;
       this.rejection = { generation, reason, message };
+      this.#keepRejection();
       this.#h.logger.warn({ epoch, generation, reason, message }, "desired document rejected");
       this.#final({ epoch, generation, stage: "rejected", reason, message });
       return;

@@ -18,7 +18,7 @@
  *   state is persisted before `applied` is acked. An invalid document whose version is readable is
  *   acked `rejected` (`InvalidDocument`); anything else invalid becomes a `MessageRejected` event.
  * - A rejected document is not evaluated again when it comes again; the report carries
- *   `rejection` until a later document is seen (applier.ts).
+ *   `rejection` until a later document is seen (applier.ts); with a store, across restarts too.
  * - Commands expire by their `expiresAt` (unless the device says it has no wall clock) and by
  *   `ttlSeconds` counted from the moment the command arrived (docs/protocol.md § 7).
  * - Sequence numbers strictly increase within a boot, across agent restarts too (see outbox.ts).
@@ -362,7 +362,15 @@ export class DeviceSession {
     const store = this.#o.store;
     if (!store) return Promise.resolve();
     const { epoch, appliedGeneration, pods } = this.#applier.durable;
-    const state = { bootId: this.#out.bootId, seq: this.#out.reserved, epoch, appliedGeneration, pods };
+    const rejection = this.#applier.keptRejection;
+    const state = {
+      bootId: this.#out.bootId,
+      seq: this.#out.reserved,
+      epoch,
+      appliedGeneration,
+      pods,
+      ...(rejection ? { rejection } : {}),
+    };
     const saved = this.#saving.then(() => store.save(state));
     this.#saving = saved.catch((err: unknown) => {
       this.#log.error({ err: (err as Error).message }, "saving device state failed");

@@ -43,6 +43,13 @@ describe("fileStore", () => {
     expect(readdirSync(dir)).toEqual(["agent-state.json"]);
   });
 
+  it("keeps a rejection (epoch, generation, reason, message) with the state", async () => {
+    const { store } = setup();
+    const rejection = { epoch: "e2", generation: 1, reason: "TooLarge", message: "does not fit" };
+    await store.save({ ...state, rejection });
+    expect(await store.load()).toEqual({ ...state, rejection });
+  });
+
   it("rejects a save it could not make durable, keeping the previous file whole", async () => {
     const { dir, file, store } = setup();
     await store.save(state);
@@ -59,6 +66,7 @@ describe("fileStore", () => {
     ["JSON of the wrong shape", JSON.stringify({ hello: "world" })],
     ["pods that are not pods", JSON.stringify({ ...state, pods: [{ uid: 7 }] })],
     ["null", "null"],
+    ["a rejection without a reason", JSON.stringify({ ...state, rejection: { epoch: "e1", generation: 4 } })],
   ])("moves a state file holding %s aside with a log line and starts empty", async (_, text) => {
     const { dir, file, lines, store } = setup();
     writeFileSync(file, text);

@@ -1,7 +1,9 @@
 /**
  * What a device keeps across restarts of its agent (and, when it has storage, across reboots):
  * the desired (epoch, generation) it applied and the pods of that document, so it re-runs them at
- * start and never applies the same document twice; and its boot id with a reserved sequence
+ * start and never applies the same document twice; the rejection of a newer document, if any
+ * (epoch, generation, reason and message, not the document), so it is not evaluated again
+ * (docs/protocol.md § 4); and its boot id with a reserved sequence
  * number, so messages of one boot keep strictly increasing sequence numbers across agent restarts.
  *
  *   const store = fileStore("/var/lib/devicelet/state.json", { logger });   // or memoryStore()
@@ -21,6 +23,7 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { desiredContentHash, encodeMessage } from "../protocol/codec.ts";
 import type { DesiredPod } from "../protocol/types.ts";
+import type { KeptRejection } from "./applier.ts";
 
 export interface PersistedSession {
   readonly bootId: string;
@@ -30,6 +33,8 @@ export interface PersistedSession {
   readonly appliedGeneration: number;
   /** The pods of the last applied desired document. */
   readonly pods: readonly DesiredPod[];
+  /** The newest document seen, when the device rejected it (never `PersistFailed`). */
+  readonly rejection?: KeptRejection;
 }
 
 export interface SessionStore {
@@ -136,13 +141,28 @@ function parseState(text: string): PersistedSession | undefined {
   if (r.pods !== undefined && !Array.isArray(r.pods)) return undefined;
   const pods = (r.pods ?? []) as DesiredPod[];
   if (pods.length > 0 && !validPods(pods)) return undefined;
+  if (r.rejection !== undefined && !validRejection(r.rejection)) return undefined;
   return {
     bootId: r.bootId,
     seq: r.seq,
     epoch: typeof r.epoch === "string" ? r.epoch : null,
     appliedGeneration: r.appliedGeneration ?? 0,
     pods,
+    ...(r.rejection === undefined ? {} : { rejection: r.rejection }),
   };
+}
+
+function validRejection(raw: unknown): raw is KeptRejection {
+  if (typeof raw !== "object" || raw === null) return false;
+  const r = raw as Partial<Record<keyof KeptRejection, unknown>>;
+  return (
+    typeof r.epoch === "string" &&
+    typeof r.generation === "number" &&
+    Number.isSafeInteger(r.generation) &&
+    r.generation > 0 &&
+    typeof r.reason === "string" &&
+    typeof r.message === "string"
+  );
 }
 
 /** Whether `pods` pass the desired document's schema (they came from one): the codec checks. */

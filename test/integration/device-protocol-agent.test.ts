@@ -3,13 +3,16 @@
  * Mosquitto: after a reboot (a real SIGKILL of the agent, every app process gone as in a power
  * cycle, and a new kernel boot id) the agent runs the pods of the document it applied again and
  * reports them Running, without applying the retained document a second time; an agent that lost
- * its state file instead applies the retained document again. The test plays devicelet.
+ * its state file instead applies the retained document again. A rejection survives an agent
+ * restart: it is reported again and the retained rejected document only has its ack repeated. The
+ * test plays devicelet.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { desiredDocument, desiredPod } from "../../src/device/fixtures.ts";
+import { topics } from "../../src/protocol/topics.ts";
 import { alive, LONG_RUNNING_APP, startAgentRig, type AgentRig } from "../support/agent.ts";
 import { eventually } from "../support/eventually.ts";
 
@@ -109,6 +112,43 @@ describe("the agent across a reboot (docs/protocol.md § 4)", () => {
         [3, "applied"],
       ]),
     );
+    await stopAgent("SIGTERM");
+  });
+});
+
+describe("the agent across a restart after a rejection (docs/protocol.md § 4)", () => {
+  it("reports the stored rejection again and only repeats its `rejected` ack for the retained copy", async () => {
+    await startAgent("boot-3");
+    // Readable epoch and generation, wrong content hash: rejected `InvalidDocument`.
+    const invalid = desiredDocument({ deviceId: ID, epoch: "e1", generation: 4, pods: [pod] });
+    const payload = JSON.stringify({ ...invalid, contentHash: "0".repeat(64) });
+    const retain = (message: string) =>
+      rig.devicelet.publishAsync(topics.desired(ID), message, { qos: 1, retain: true });
+    await retain(payload);
+    const rejected = {
+      observedGeneration: 4,
+      appliedGeneration: 3,
+      rejection: { generation: 4, reason: "InvalidDocument" },
+    };
+    await eventually(() => expect(seen.reported).toMatchObject(rejected));
+    await eventually(() =>
+      expect(JSON.parse(readFileSync(stateFile, "utf8"))).toMatchObject({
+        rejection: { epoch: "e1", generation: 4, reason: "InvalidDocument" },
+      }),
+    );
+    await stopAgent("SIGKILL");
+    // No retained document this time: what the agent reports comes from its state file alone.
+    await retain("");
+    seen.reported = undefined;
+    await startAgent("boot-3");
+    await eventually(() =>
+      expect(seen.reported).toMatchObject({ ...rejected, pods: [{ uid: "keeper", phase: "Running" }] }),
+    );
+    // The retained copy again: its `rejected` ack is repeated, and the rejection stays.
+    const acksBefore = seen.acks.length;
+    await retain(payload);
+    await eventually(() => expect(acksSince(acksBefore)).toEqual([[4, "rejected"]]));
+    expect(seen.reported).toMatchObject(rejected);
     await stopAgent("SIGTERM");
   });
 });
