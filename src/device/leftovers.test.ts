@@ -8,8 +8,17 @@ import { removeLeftovers } from "./leftovers.ts";
 
 const logger = pino({ level: "silent" });
 const children: ChildProcess[] = [];
+/** Process groups of the app stand-ins (each leads its own), killed whole even when a test fails. */
+const groups: number[] = [];
 afterEach(() => {
   for (const child of children.splice(0)) if (child.exitCode === null) child.kill("SIGKILL");
+  for (const group of groups.splice(0)) {
+    try {
+      process.kill(-group, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }
 });
 
 /** A process with the environment the process runtime gives an app of `podUid` under `workDir`. */
@@ -30,6 +39,7 @@ async function app(workDir: string, podUid: string, extraEnv: Record<string, str
     },
   );
   children.push(child);
+  if (child.pid !== undefined) groups.push(child.pid);
   const grandchild = await new Promise<number>((resolve) =>
     child.stdout.once("data", (chunk: Buffer) => resolve(Number(chunk.toString().trim()))),
   );

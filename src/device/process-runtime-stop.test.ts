@@ -4,7 +4,7 @@
  * grace period of the version now wanted, and a shorter grace period shortens a stop under way.
  * Real processes that ignore SIGTERM, so only the grace period's SIGKILL ends them.
  */
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import pino from "pino";
@@ -14,9 +14,21 @@ import { desiredPod, tombstone } from "./fixtures.ts";
 import { ProcessRuntime } from "./process-runtime.ts";
 
 const logger = pino({ level: "silent" });
-const runtimes: ProcessRuntime[] = [];
+const runtimes: { r: ProcessRuntime; workDir: string }[] = [];
+// The apps ignore SIGTERM and some pods have a 600 s grace period: begin stopping (so nothing is
+// restarted), SIGKILL every app this file started (its pid files), then wait until they are gone.
 afterEach(async () => {
-  await Promise.all(runtimes.splice(0).map((r) => r.stop()));
+  for (const { r, workDir } of runtimes.splice(0)) {
+    const stopped = r.stop();
+    for (const uid of readdirSync(workDir)) {
+      try {
+        process.kill(Number(readFileSync(path.join(workDir, uid, "main", "pid"), "utf8")), "SIGKILL");
+      } catch {
+        // No pid file, or already gone.
+      }
+    }
+    await stopped;
+  }
 });
 
 /** Writes its pid, ignores SIGTERM, runs until killed. `version` only changes the pod's hash. */
@@ -39,7 +51,7 @@ const stubborn = (uid: string, graceSeconds: number, version = 1): DesiredPod =>
 function runtime() {
   const workDir = mkdtempSync(path.join(os.tmpdir(), "devicelet-stop-"));
   const r = new ProcessRuntime({ workDir, logger, backoff: { initialMs: 50, maxMs: 400 } });
-  runtimes.push(r);
+  runtimes.push({ r, workDir });
   const pidOf = (uid: string) => Number(readFileSync(path.join(workDir, uid, "main", "pid"), "utf8"));
   return { r, pidOf };
 }
