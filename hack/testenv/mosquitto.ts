@@ -116,7 +116,8 @@ export async function startMosquitto(options: {
   };
 }
 
-function canConnect(port: number): Promise<boolean> {
+/** Whether something accepts TCP connections on the loopback port (a broker that is up). */
+export function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect({ port, host: "127.0.0.1" });
     socket.once("connect", () => {

@@ -31,7 +31,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startExampleBroker, type ExampleBroker } from "../support/example-broker.ts";
 import { eventually } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import { expectNodeCount, startMqttDevicelet, stopAll, type RunningMqttDevicelet } from "../support/mqtt.ts";
+import {
+  expectNodeCount,
+  retained,
+  startMqttDevicelet,
+  stopAll,
+  type RunningMqttDevicelet,
+} from "../support/mqtt.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { isReady, pod, type PodJson } from "../support/workloads.ts";
 
@@ -157,29 +163,12 @@ const getPod = (name: string) => getJson<PodJson>(["pod", name, "-n", ns]);
 async function retainedOverTls(topic: string): Promise<string | undefined> {
   const b = broker as ExampleBroker;
   const files = b.identity("_devicelet");
-  const client = await mqtt.connectAsync(b.tlsUrl, {
+  const found = await retained(b.tlsUrl, topic, {
     ca: readFileSync(b.caFile),
     cert: readFileSync(files.cert),
     key: readFileSync(files.key),
-    clean: true,
-    reconnectPeriod: 0,
   });
-  try {
-    const marker = `devicelet/v1/_test/${randomBytes(6).toString("hex")}`;
-    let found: string | undefined;
-    const done = new Promise<void>((resolve) => {
-      client.on("message", (t, payload, packet) => {
-        if (t === topic && packet.retain && payload.length > 0) found = payload.toString("utf8");
-        if (t === marker) resolve();
-      });
-    });
-    await client.subscribeAsync([topic, marker], { qos: 1 });
-    await client.publishAsync(marker, "x", { qos: 1 });
-    await done;
-    return found;
-  } finally {
-    await client.endAsync();
-  }
+  return found?.toString("utf8");
 }
 
 describe("Secrets end to end on examples/mosquitto", () => {

@@ -13,10 +13,9 @@
  */
 import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { ensureMosquitto } from "../../hack/testenv/mosquitto.ts";
+import { canConnect, ensureMosquitto } from "../../hack/testenv/mosquitto.ts";
 import { ensurePki } from "../../hack/testenv/pki.ts";
 import { freePort, startDaemon, stopDaemon, waitFor } from "../../hack/testenv/process.ts";
 
@@ -102,15 +101,4 @@ export async function startExampleBroker(
     logFile,
     stop: () => stopDaemon(daemon),
   };
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ port, host: "127.0.0.1" });
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-  });
 }

@@ -15,7 +15,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import mqtt from "mqtt";
+import mqtt, { type IClientOptions } from "mqtt";
 import { ensureMosquitto, startMosquitto, type Broker } from "../../hack/testenv/mosquitto.ts";
 import { ensurePki } from "../../hack/testenv/pki.ts";
 import { freePort, startDaemon, stopDaemon, waitFor } from "../../hack/testenv/process.ts";
@@ -159,10 +159,15 @@ export async function startMqttDevicelet(options: MqttDeviceletOptions): Promise
  * The retained message on `topic` (undefined when there is none), read with a fresh clean
  * session: subscribe, then wait for a marker published after the SUBACK, as the provider does.
  */
-export async function retained(brokerUrl: string, topic: string): Promise<Buffer | undefined> {
-  const client = await mqtt.connectAsync(brokerUrl, { clean: true, reconnectPeriod: 0 });
+export async function retained(
+  brokerUrl: string,
+  topic: string,
+  options: IClientOptions = {},
+): Promise<Buffer | undefined> {
+  const client = await mqtt.connectAsync(brokerUrl, { ...options, clean: true, reconnectPeriod: 0 });
   try {
-    const marker = `test/marker/${randomBytes(6).toString("hex")}`;
+    // Under the protocol root, so a broker whose ACL confines clients to it allows the marker too.
+    const marker = `devicelet/v1/_test/${randomBytes(6).toString("hex")}`;
     let found: Buffer | undefined;
     const done = new Promise<void>((resolve) => {
       client.on("message", (t, payload, packet) => {
