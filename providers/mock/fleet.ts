@@ -1,7 +1,7 @@
 /** The simulated devices: their specs, presence (through gateways) and DeviceInfo as the engine sees it. */
 import { notFound } from "../../src/provider/errors.ts";
 import type { DeviceInfo } from "../../src/provider/types.ts";
-import type { MockClock } from "./clock.ts";
+import type { Clock } from "../../src/base/clock.ts";
 import type { MockDeviceSpec } from "./schema.ts";
 
 interface DeviceState {
@@ -14,9 +14,9 @@ interface DeviceState {
 
 export class DeviceFleet {
   #devices = new Map<string, DeviceState>();
-  #clock: MockClock;
+  #clock: Clock;
 
-  constructor(specs: readonly MockDeviceSpec[], clock: MockClock) {
+  constructor(specs: readonly MockDeviceSpec[], clock: Clock) {
     this.#clock = clock;
     const now = clock.now();
     for (const spec of specs) this.#devices.set(spec.id, { spec, connected: spec.connected, lastSeen: now });

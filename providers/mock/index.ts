@@ -20,7 +20,7 @@ import { mockConfigSchema, type MockConfig, type MockConfigInput } from "./schem
 import { MockProvider } from "./provider.ts";
 import type { MockProviderDeps } from "./provider-types.ts";
 
-export { systemClock, type MockClock } from "./clock.ts";
+export { systemClock, type Clock } from "../../src/base/clock.ts";
 export { MockProvider } from "./provider.ts";
 export type { MockProviderDeps, MockStats } from "./provider-types.ts";
 export {

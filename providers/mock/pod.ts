@@ -13,12 +13,12 @@ import type {
   WorkloadStatus,
 } from "../../src/provider/types.ts";
 import { AppLog } from "./app-log.ts";
-import type { MockClock } from "./clock.ts";
+import type { Clock } from "../../src/base/clock.ts";
 import { matchesImage, type MockConfig } from "./schema.ts";
 import type { PersistedPod } from "./state-file.ts";
 
 export interface MockPodEnv {
-  readonly clock: MockClock;
+  readonly clock: Clock;
   readonly config: MockConfig;
   readonly logger: Logger;
   /** Called after every app transition the pod makes on its own (timers). */

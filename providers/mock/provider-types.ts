@@ -1,10 +1,10 @@
 /** Public types of MockProvider: what its factory takes and what `stats()` returns. */
 import type { Logger } from "pino";
-import type { MockClock } from "./clock.ts";
+import type { Clock } from "../../src/base/clock.ts";
 
 export interface MockProviderDeps {
   readonly logger: Logger;
-  readonly clock?: MockClock;
+  readonly clock?: Clock;
   /** Source of randomness for `createErrorRate`, in [0, 1). */
   readonly random?: () => number;
 }

@@ -23,7 +23,7 @@ import type {
   Workload,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
-import { systemClock, type MockClock } from "./clock.ts";
+import { systemClock, type Clock } from "../../src/base/clock.ts";
 import type { MockProviderDeps, MockStats } from "./provider-types.ts";
 import { MockPod, type MockPodEnv } from "./pod.ts";
 import { DeviceFleet } from "./fleet.ts";
@@ -44,7 +44,7 @@ export class MockProvider
   readonly supports: readonly PodFeature[];
   readonly config: MockConfig;
   #log: Logger;
-  #clock: MockClock;
+  #clock: Clock;
   #random: () => number;
   #fleet: DeviceFleet;
   #pods = new Map<string, MockPod>();

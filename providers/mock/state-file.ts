@@ -9,7 +9,7 @@ import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { invalidInput, transient } from "../../src/provider/errors.ts";
 import type { AppSpec, Workload } from "../../src/provider/types.ts";
-import type { MockClock } from "./clock.ts";
+import type { Clock } from "../../src/base/clock.ts";
 
 /** One pod as persisted: the latest desired workload and what the device runs. */
 export interface PersistedPod {
@@ -35,7 +35,7 @@ export interface PersistedState {
 
 export interface StateFileOptions {
   readonly logger: Logger;
-  readonly clock: MockClock;
+  readonly clock: Clock;
   /** Produces the state to write; called at write time, so it is always the latest. */
   readonly snapshot: () => PersistedState;
   readonly debounceMs?: number;

@@ -1,7 +1,7 @@
 /** Test helpers for the mock provider's own tests: workloads and a recorder of callbacks. */
 import pino from "pino";
 import type { AppSpec, DeviceInfo, PodRef, Workload, WorkloadStatus } from "../../src/provider/types.ts";
-import type { MockClock } from "./clock.ts";
+import type { Clock } from "../../src/base/clock.ts";
 import type { MockProvider } from "./provider.ts";
 
 export const silentLogger = pino({ level: "silent" });
@@ -61,7 +61,7 @@ export const record = (provider: MockProvider) => {
 };
 
 /** A clock that moves only when told to; runs due timers in time order. */
-export class ManualClock implements MockClock {
+export class ManualClock implements Clock {
   #now: number;
   #timers = new Map<number, { at: number; fn: () => void }>();
   #next = 0;

@@ -23,7 +23,7 @@
 import { isIP } from "node:net";
 import type { ReportedApp, ReportedAppState, ReportedPod } from "../../src/protocol/types.ts";
 import type { AppState, AppStatus, PodRef, WorkloadStatus } from "../../src/provider/types.ts";
-import { toDate } from "../../src/workload/canonical.ts";
+import { toDate } from "../../src/base/canonical.ts";
 
 export interface StatusInput {
   readonly pod: PodRef;

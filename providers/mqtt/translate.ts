@@ -13,7 +13,7 @@
 import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
 import type { DesiredApp, DesiredPod } from "../../src/protocol/types.ts";
 import type { Workload } from "../../src/provider/types.ts";
-import { canonicalJson, sha256Hex } from "../../src/workload/canonical.ts";
+import { canonicalJson, sha256Hex } from "../../src/base/canonical.ts";
 import type { SecretGate } from "./secret-gate.ts";
 
 /** The device-facing hash of a desired pod: equal hashes mean nothing to apply on the device. */

@@ -15,7 +15,7 @@ import type {
   DesiredPod,
   Tombstone,
 } from "../protocol/types.ts";
-import { canonicalJson, sha256Hex } from "../workload/canonical.ts";
+import { canonicalJson, sha256Hex } from "../base/canonical.ts";
 
 export type AppFixture = Partial<DesiredApp> & { readonly name: string };
 

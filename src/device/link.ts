@@ -69,23 +69,3 @@ export interface DeviceLink {
   /** Releases everything for good; the link cannot be reopened. */
   close(): Promise<void>;
 }
-
-/** Time for the device side: wall-clock milliseconds (timestamps go on the wire) and timers. */
-export interface DeviceClock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-/** Date.now and unref'd timers: a pending report or restart never keeps a process alive. */
-export const systemClock: DeviceClock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => {
-    const t = setTimeout(fn, ms);
-    t.unref();
-    return t;
-  },
-  clearTimeout: (handle) => {
-    clearTimeout(handle as ReturnType<typeof setTimeout>);
-  },
-};

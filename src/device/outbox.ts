@@ -16,7 +16,8 @@ import { encodeMessage } from "../protocol/codec.ts";
 import { topics } from "../protocol/topics.ts";
 import type { DeviceToBridge, PresenceMessage, ReportedDocument } from "../protocol/types.ts";
 import type { CommandAck } from "./commands.ts";
-import type { DeviceClock, DeviceLink } from "./link.ts";
+import type { Clock } from "../base/clock.ts";
+import type { DeviceLink } from "./link.ts";
 import { clip, type RuntimeEvent } from "./runtime.ts";
 
 /** Sequence numbers reserved ahead at a time. */
@@ -39,7 +40,7 @@ export interface OutboxOptions {
   readonly deviceId: string;
   readonly link: DeviceLink;
   readonly logger: Logger;
-  readonly clock: DeviceClock;
+  readonly clock: Clock;
   /** Called with a new reservation mark to persist; without it nothing is reserved. */
   readonly reserve?: (mark: number) => void;
 }

@@ -31,7 +31,7 @@ import { rm } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import type { DesiredApp, DesiredPod, ReportedPod, Tombstone } from "../protocol/types.ts";
-import { systemClock, type DeviceClock } from "./link.ts";
+import { systemClock, type Clock } from "../base/clock.ts";
 import { LogRing } from "./log-ring.ts";
 import type { FetchBytes, FileOwner } from "./pod-files.ts";
 import {
@@ -65,7 +65,7 @@ export interface ProcessRuntimeOptions {
   /** Longest an exec may run; default 30 s. */
   readonly execTimeoutMs?: number;
   readonly fetcher?: FetchBytes;
-  readonly clock?: DeviceClock;
+  readonly clock?: Clock;
   /** Who the agent runs as, for `securityContext` (security.ts); default this process's uid and gid. */
   readonly identity?: AgentIdentity;
   /** Primary group of a uid, for `runAsUser` without `runAsGroup`; default /etc/passwd. */
@@ -88,7 +88,7 @@ interface NextVersion {
 
 export class ProcessRuntime implements Runtime {
   readonly #o: ProcessRuntimeOptions;
-  readonly #clock: DeviceClock;
+  readonly #clock: Clock;
   readonly #identity: AgentIdentity;
   readonly #pods = new Map<string, PodEntry>();
   readonly #next = new Map<string, NextVersion>();

@@ -8,7 +8,7 @@
  * admission against the device's capacity.
  */
 import type { DesiredPod, ReportedAppState, ReportedPod, Tombstone } from "../protocol/types.ts";
-import { milliValue, parseQuantity, unitValue } from "../workload/quantity.ts";
+import { milliValue, parseQuantity, unitValue } from "../base/quantity.ts";
 
 /** Something worth a Kubernetes Event on the pod (Started, BackOff, Killing, Failed…). */
 export interface RuntimeEvent {

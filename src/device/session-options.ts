@@ -7,7 +7,8 @@
  */
 import type { Logger } from "pino";
 import type { PresenceMessage } from "../protocol/types.ts";
-import type { DeviceClock, DeviceLink } from "./link.ts";
+import type { Clock } from "../base/clock.ts";
+import type { DeviceLink } from "./link.ts";
 import type { Runtime } from "./runtime.ts";
 import type { SessionStore } from "./store.ts";
 
@@ -36,7 +37,7 @@ export interface DeviceSessionOptions {
   readonly address?: string;
   /** What a `reboot` command does; default `DeviceSession.reboot`; `null` refuses it. */
   readonly onRebootCommand?: (() => Promise<void>) | null;
-  readonly clock?: DeviceClock;
+  readonly clock?: Clock;
   /**
    * false: the device has no trustworthy wall clock, so a command's `expiresAt` is not checked,
    * only its `ttlSeconds` from arrival (the birth should then say `capabilities.commandTtl`).

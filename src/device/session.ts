@@ -32,7 +32,8 @@ import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
 import type { BridgeMessage } from "../protocol/types.ts";
 import { DesiredApplier, type AppliedGeneration } from "./applier.ts";
 import { CommandRunner } from "./commands.ts";
-import { systemClock, type DeviceClock, type DeviceLink, type LinkWill } from "./link.ts";
+import { systemClock, type Clock } from "../base/clock.ts";
+import type { DeviceLink, LinkWill } from "./link.ts";
 import { classifyInbound, PreBirthBuffer, type Arrival } from "./inbound.ts";
 import { Outbox } from "./outbox.ts";
 import { clip, type Runtime } from "./runtime.ts";
@@ -51,7 +52,7 @@ export class DeviceSession {
   readonly #link: DeviceLink;
   readonly #runtime: Runtime;
   readonly #log: Logger;
-  readonly #clock: DeviceClock;
+  readonly #clock: Clock;
   readonly #out: Outbox;
   readonly #commands: CommandRunner;
   readonly #applier: DesiredApplier;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { FakeClock } from "../kube/fake-clock.ts";
+import { FakeClock } from "../base/fake-clock.ts";
 import { desiredPod, tombstone } from "./fixtures.ts";
 import { admit, backoffDelay, podPhase } from "./runtime.ts";
 import { SimRuntime } from "./sim-runtime.ts";

@@ -8,7 +8,7 @@
  *   const runtime = new SimRuntime({ appStartMs: 50, appStartJitterMs: 20, failureRate: 0.1 });
  */
 import type { DesiredPod, ReportedApp, ReportedAppState, ReportedPod, Tombstone } from "../protocol/types.ts";
-import { systemClock, type DeviceClock } from "./link.ts";
+import { systemClock, type Clock } from "../base/clock.ts";
 import {
   admit,
   backoffDelay,
@@ -34,7 +34,7 @@ export interface SimRuntimeOptions {
   /** Restart back-off. Default 1 s doubling to 30 s (shorter than the kubelet's, for benchmarks). */
   readonly backoff?: BackoffOptions;
   readonly random?: () => number;
-  readonly clock?: DeviceClock;
+  readonly clock?: Clock;
 }
 
 interface SimApp {
@@ -58,7 +58,7 @@ interface SimPod {
 
 export class SimRuntime implements Runtime {
   readonly #o: SimRuntimeOptions;
-  readonly #clock: DeviceClock;
+  readonly #clock: Clock;
   readonly #random: () => number;
   readonly #pods = new Map<string, SimPod>();
   readonly #listeners: (() => void)[] = [];

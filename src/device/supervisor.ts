@@ -29,7 +29,7 @@ import { constants } from "node:os";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { DesiredApp, DesiredPod, ReportedApp, ReportedAppState } from "../protocol/types.ts";
-import type { DeviceClock } from "./link.ts";
+import type { Clock } from "../base/clock.ts";
 import { LogRing } from "./log-ring.ts";
 import { FileError, writeAppFiles, type FetchBytes, type FileOwner } from "./pod-files.ts";
 import {
@@ -55,7 +55,7 @@ export interface SupervisorOptions {
   /** A run at least this long resets the back-off. */
   readonly resetAfterMs: number;
   readonly logBytes: number;
-  readonly clock: DeviceClock;
+  readonly clock: Clock;
   readonly logger: Logger;
   readonly fetcher?: FetchBytes;
   /**

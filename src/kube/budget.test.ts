@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { RequestBudget } from "./budget.ts";
-import { FakeClock } from "./fake-clock.ts";
+import { FakeClock } from "../base/fake-clock.ts";
 
 const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
 

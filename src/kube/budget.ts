@@ -10,26 +10,7 @@
  *   budget.counts();                        // { "patch pods/status": 1 }
  */
 
-/** Time source, injectable so tests drive the bucket without sleeping. */
-export interface Clock {
-  /** Milliseconds on a monotonic-enough scale (Date.now or a fake). */
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-export const systemClock: Clock = {
-  now: () => performance.now(),
-  setTimeout: (fn, ms) => {
-    const t = setTimeout(fn, ms);
-    // A pending budget wait must not keep a finished process alive.
-    t.unref();
-    return t;
-  },
-  clearTimeout: (handle) => {
-    clearTimeout(handle as ReturnType<typeof setTimeout>);
-  },
-};
+import { monotonicClock, type Clock } from "../base/clock.ts";
 
 export interface RequestBudgetOptions {
   /** Sustained requests per second; `Infinity` disables the limit (counting still works). */
@@ -62,7 +43,7 @@ export class RequestBudget {
       throw new RangeError(`RequestBudget: burst must be >= 1, got ${options.burst}`);
     this.qps = options.qps;
     this.burst = Math.floor(options.burst);
-    this.#clock = options.clock ?? systemClock;
+    this.#clock = options.clock ?? monotonicClock;
     this.#tokens = this.burst;
     this.#last = this.#clock.now();
   }

@@ -3,7 +3,7 @@ import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import type { EventInput, EventUpdate } from "./client.ts";
 import { EventRecorder } from "./events.ts";
-import { FakeClock } from "./fake-clock.ts";
+import { FakeClock } from "../base/fake-clock.ts";
 import type { CoreEvent, ObjectReference } from "./types.ts";
 
 const logger = pino({ level: "silent" });

@@ -17,7 +17,7 @@
  *   await events.flush();   // tests and shutdown: wait for writes in flight
  */
 import type { Logger } from "pino";
-import type { Clock } from "./budget.ts";
+import { systemClock, type Clock } from "../base/clock.ts";
 import type { KubeClient } from "./client.ts";
 import { isNotFound } from "./errors.ts";
 import { toKubeTime } from "./microtime.ts";
@@ -67,14 +67,6 @@ interface ObjectBudget {
   readonly deferred: Set<Series>;
 }
 
-const wallClock: Clock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
-  clearTimeout: (handle) => {
-    clearTimeout(handle as ReturnType<typeof setTimeout>);
-  },
-};
-
 const refKey = (ref: ObjectReference) =>
   ref.uid ?? `${ref.kind ?? ""}/${ref.namespace ?? ""}/${ref.name ?? ""}`;
 
@@ -93,7 +85,7 @@ export class EventRecorder {
   constructor(options: EventRecorderOptions) {
     this.#client = options.client;
     this.#log = options.logger.child({ component: "events" });
-    this.#clock = options.clock ?? wallClock;
+    this.#clock = options.clock ?? systemClock;
     this.#window = options.aggregationWindowMs ?? 10 * 60_000;
     this.#perMinute = Math.max(1, options.maxWritesPerMinute ?? 12);
     this.#maxSeries = options.maxSeries ?? 10_000;

@@ -17,7 +17,8 @@
  * and watch streams), `client.ts` (the interface), `store.ts` + `informer.ts` (list+watch
  * caches), `events.ts` (rate-limited, aggregated Events).
  */
-export { RequestBudget, systemClock, type Clock, type RequestBudgetOptions } from "./budget.ts";
+export { RequestBudget, type RequestBudgetOptions } from "./budget.ts";
+export { monotonicClock, systemClock, type Clock } from "../base/clock.ts";
 export {
   kubeStatus,
   isAlreadyExists,

@@ -15,7 +15,7 @@
  *   for (const p of problems) events.record({ ..., reason: p.reason, message: p.message });
  */
 import type { DeviceInfo } from "../provider/types.ts";
-import { parseSignedQuantity } from "../workload/quantity.ts";
+import { parseSignedQuantity } from "../base/quantity.ts";
 import type { AddressChecker } from "./addresses.ts";
 import { deviceNodeLabels, type DeviceLabelPolicy } from "./labels.ts";
 

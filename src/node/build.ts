@@ -17,7 +17,7 @@
 import type { V1Node, V1NodeCondition, V1NodeStatus } from "@kubernetes/client-node";
 import { isIP } from "node:net";
 import type { DeviceInfo, NodeAddress } from "../provider/types.ts";
-import { sameNormalised, sha256Hex, toDate } from "../workload/canonical.ts";
+import { sameNormalised, sha256Hex, toDate } from "../base/canonical.ts";
 import type { Model, Plain } from "../workload/shape.ts";
 import { DEFAULT_DEVICE_LABEL_POLICY, deviceNodeLabels, type DeviceLabelPolicy } from "./labels.ts";
 import { labelValueFor } from "./names.ts";

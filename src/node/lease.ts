@@ -22,7 +22,7 @@ import {
   type KubeClient,
   type Lease,
 } from "../kube/index.ts";
-import { retryDelay } from "../reconcile/backoff.ts";
+import { retryDelay } from "../base/backoff.ts";
 
 export interface LeaseOptions {
   readonly kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease">;

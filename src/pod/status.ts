@@ -23,8 +23,8 @@ import type {
 } from "@kubernetes/client-node";
 import { isIP } from "node:net";
 import type { AppState, AppStatus, WorkloadStatus } from "../provider/types.ts";
-import { sameNormalised, toDate } from "../workload/canonical.ts";
-import { parseQuantity } from "../workload/quantity.ts";
+import { sameNormalised, toDate } from "../base/canonical.ts";
+import { parseQuantity } from "../base/quantity.ts";
 import type { Model, Plain } from "../workload/shape.ts";
 
 export const PodConditionType = {

@@ -26,7 +26,7 @@ import eventSchema from "../../schemas/event.json" with { type: "json" };
 import noticeSchema from "../../schemas/notice.json" with { type: "json" };
 import presenceSchema from "../../schemas/presence.json" with { type: "json" };
 import reportedSchema from "../../schemas/reported.json" with { type: "json" };
-import { canonicalJson, sha256Hex } from "../workload/canonical.ts";
+import { canonicalJson, sha256Hex } from "../base/canonical.ts";
 import { DEVICE_ID, TOPIC_ROOT } from "./topics.ts";
 import {
   DEFAULT_MAX_MESSAGE_BYTES,

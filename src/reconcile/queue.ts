@@ -16,7 +16,7 @@
  * which a change of the object brings, tries again.
  */
 import type { Logger } from "pino";
-import { retryDelay } from "./backoff.ts";
+import { retryDelay } from "../base/backoff.ts";
 
 export type ReconcileResult = undefined | { readonly requeueAfterMs: number };
 

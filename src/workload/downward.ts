@@ -6,7 +6,7 @@
  *
  * Resolvers return `{ value }` or `{ error }` with the kubelet's wording; they never throw.
  */
-import { formatResourceValue, parseQuantity } from "./quantity.ts";
+import { formatResourceValue, parseQuantity } from "../base/quantity.ts";
 import { arr, own, rec, str, stringEntries, type Rec } from "./shape.ts";
 
 export type Resolved = { readonly value: string } | { readonly error: string };

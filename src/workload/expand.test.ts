@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { expandVars, referencedVars } from "./expand.ts";
-import { formatResourceValue, parseQuantity } from "./quantity.ts";
+import { formatResourceValue, parseQuantity } from "../base/quantity.ts";
 
 const vars: Record<string, string> = { A: "alpha", B: "beta", EMPTY: "" };
 const lookup = (n: string) => (Object.hasOwn(vars, n) ? vars[n] : undefined);

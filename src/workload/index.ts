@@ -11,7 +11,7 @@
  * // requeue the pod when any of referencedObjects(pod) appears or changes
  * ```
  */
-export { canonicalJson, sha256Hex } from "./canonical.ts";
+export { canonicalJson, sha256Hex } from "../base/canonical.ts";
 export { checkSupported, requiredFeatures, unsupportedFields } from "./features.ts";
 export type { FeatureUse, UnsupportedField } from "./features.ts";
 export { EventReason } from "./resolver.ts";

@@ -8,7 +8,7 @@
  */
 import type { V1Pod } from "@kubernetes/client-node";
 import type { AppPort, AppSpec, Workload } from "../provider/types.ts";
-import { canonicalJson, sha256Hex } from "./canonical.ts";
+import { canonicalJson, sha256Hex } from "../base/canonical.ts";
 import { resolveEnv } from "./env.ts";
 import { expandVars } from "./expand.ts";
 import { isServiceAccountTokenVolume } from "./features.ts";

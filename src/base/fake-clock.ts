@@ -6,7 +6,7 @@
  *   const budget = new RequestBudget({ qps: 10, burst: 1, clock });
  *   clock.advance(100);
  */
-import type { Clock } from "./budget.ts";
+import type { Clock } from "./clock.ts";
 
 /** A clock that moves only when told to, firing due timers in order. */
 export class FakeClock implements Clock {
