@@ -39,3 +39,23 @@ export const monotonicClock: Clock = {
   setTimeout: unrefTimeout,
   clearTimeout: clearAnyTimeout,
 };
+
+/**
+ * Resolves after `ms` on `clock`'s time, or at once when `signal` aborts (never rejects): the
+ * wait between tries of a loop that checks its signal itself (the informers' re-list backoff).
+ */
+export function sleepOn(clock: Clock, ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
+    const done = () => {
+      clock.clearTimeout(handle);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const handle = clock.setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}

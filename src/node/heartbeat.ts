@@ -8,6 +8,7 @@
  *   load.check(nodeCount);    // warns once while above the threshold
  */
 import type { Logger } from "pino";
+import type { Clock } from "../base/clock.ts";
 import type { KubeClient } from "../kube/index.ts";
 import type { NodeControllerConfig, NodeEntry } from "./controller-types.ts";
 import { NodeLease } from "./lease.ts";
@@ -64,6 +65,8 @@ export interface NodeLeaseStart {
   readonly nodeUid: () => string | undefined;
   readonly onTick: () => void;
   readonly onRecovered: () => void;
+  /** The lease's time source; default the system clock. */
+  readonly clock?: Clock;
 }
 
 /** Starts the entry's lease; renewals go on until `signal` or `entry.leaseStop` aborts. */
@@ -82,6 +85,7 @@ export function startNodeLease(o: NodeLeaseStart): void {
     // (devicelet was down meanwhile). The heartbeat lane's budget spreads a large fleet.
     firstDelayMs: 0,
     onRecovered: o.onRecovered,
+    ...(o.clock ? { clock: o.clock } : {}),
   });
   // Renewals start now and can never stop, whatever the first one meets (the queue retries
   // the rest of the reconcile on its own).

@@ -23,6 +23,7 @@ import {
   type Lease,
 } from "../kube/index.ts";
 import { retryDelay } from "../base/backoff.ts";
+import { systemClock, type Clock } from "../base/clock.ts";
 
 export interface LeaseOptions {
   readonly kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease">;
@@ -38,6 +39,10 @@ export interface LeaseOptions {
   readonly onRecovered?: () => void;
   /** Delay before the first renewal; default a random point of the first interval. */
   readonly firstDelayMs?: number;
+  /** Times renewals and stamps `renewTime`; default {@link systemClock}. */
+  readonly clock?: Clock;
+  /** Jitter source in [0, 1); default `Math.random`. */
+  readonly random?: () => number;
 }
 
 const maxConflictRetries = 3;
@@ -46,8 +51,10 @@ const retryBaseMs = 500;
 
 export class NodeLease {
   readonly #o: LeaseOptions;
+  readonly #clock: Clock;
+  readonly #random: () => number;
   #lease: Lease | undefined;
-  #timer: NodeJS.Timeout | undefined;
+  #timer: unknown;
   #renewals = 0;
   #renewedAt: number | undefined;
   #failures = 0;
@@ -57,6 +64,8 @@ export class NodeLease {
 
   constructor(options: LeaseOptions) {
     this.#o = options;
+    this.#clock = options.clock ?? systemClock;
+    this.#random = options.random ?? Math.random;
   }
 
   get renewals(): number {
@@ -79,8 +88,8 @@ export class NodeLease {
    */
   start(signal: AbortSignal): void {
     this.#signal = signal;
-    signal.addEventListener("abort", () => clearTimeout(this.#timer), { once: true });
-    this.#schedule(this.#o.firstDelayMs ?? Math.random() * this.#o.renewIntervalSeconds * 1000);
+    signal.addEventListener("abort", () => this.#clock.clearTimeout(this.#timer), { once: true });
+    this.#schedule(this.#o.firstDelayMs ?? this.#random() * this.#o.renewIntervalSeconds * 1000);
   }
 
   /**
@@ -90,20 +99,20 @@ export class NodeLease {
    */
   renewSoon(): void {
     if (!this.#signal || this.#signal.aborted || this.#inFlight || this.#failures === 0) return;
-    clearTimeout(this.#timer);
-    this.#schedule(Math.random() * 250);
+    this.#clock.clearTimeout(this.#timer);
+    this.#schedule(this.#random() * 250);
   }
 
   #schedule(delayMs: number): void {
     const signal = this.#signal;
     if (!signal) return;
     const intervalMs = this.#o.renewIntervalSeconds * 1000;
-    this.#timer = setTimeout(() => {
+    this.#timer = this.#clock.setTimeout(() => {
       this.#inFlight = true;
       void this.#tick(signal).then((ok) => {
         this.#inFlight = false;
         if (signal.aborted) return;
-        this.#schedule(ok ? intervalMs * (0.9 + Math.random() * 0.2) : this.#retryDelay(intervalMs));
+        this.#schedule(ok ? intervalMs * (0.9 + this.#random() * 0.2) : this.#retryDelay(intervalMs));
       });
     }, delayMs);
   }
@@ -114,7 +123,7 @@ export class NodeLease {
       try {
         this.#lease = await this.#write();
         this.#renewals++;
-        this.#renewedAt = Date.now();
+        this.#renewedAt = this.#clock.now();
         return;
       } catch (err) {
         if (isConflict(err) && attempt < maxConflictRetries) {
@@ -165,6 +174,7 @@ export class NodeLease {
       failures: this.#failures,
       baseMs: retryBaseMs,
       maxMs: intervalMs / 2,
+      random: this.#random,
       // Honour the server's Retry-After, but never wait past the interval: the lease must not lapse.
       atLeastMs: Math.min(intervalMs, retryAfterMs(this.#lastError) ?? 0),
     });
@@ -173,7 +183,7 @@ export class NodeLease {
   async #write(): Promise<Lease> {
     const { kube, nodeName, durationSeconds } = this.#o;
     this.#lease ??= await kube.getLease(nodeName, NODE_LEASE_NAMESPACE);
-    const now = toMicroTime(new Date());
+    const now = toMicroTime(new Date(this.#clock.now()));
     if (this.#lease) {
       return kube.replaceLease({
         ...this.#lease,

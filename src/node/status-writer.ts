@@ -9,6 +9,7 @@
  *   const written = await writeNodeStatus({ kube, config, version, transport, entry, node });
  *   await writeTransportTaint({ kube, name, node: written ?? node, transport });
  */
+import { systemClock, type Clock } from "../base/clock.ts";
 import { toWire, type KubeClient, type Node, type NodeStatus } from "../kube/index.ts";
 import {
   buildNodeStatus,
@@ -28,16 +29,19 @@ export interface StatusWrite {
   readonly entry: NodeEntry;
   /** The Node as last read. */
   readonly node: Node;
+  /** Stamps heartbeat times and decides when status is due; default {@link systemClock}. */
+  readonly clock?: Clock;
 }
 
 /** Writes node status when it changed or is due; resolves with the node as written, if it was. */
 export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined> {
   const { kube, config, version, entry, node } = o;
+  const clock = o.clock ?? systemClock;
   const options = {
     ready: true,
     readyMessage: "devicelet is running and reaching the API server",
     transport: o.transport,
-    now: new Date(),
+    now: new Date(clock.now()),
     previous: entry.lastStatus ?? node.status,
     kubeletPort: config.kubeletPort,
     kubeletAddress: config.kubeletAddress,
@@ -46,7 +50,7 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   const status: NodeStatus = entry.device
     ? toWire(buildNodeStatus(entry.device, options))
     : { ...node.status, conditions: toWire(heartbeatConditions(options)) };
-  const due = Date.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
+  const due = clock.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
   if (entry.lastStatus && !due && !nodeStatusChanged(entry.lastStatus, status)) return undefined;
   // A node whose device is not known yet gets only its conditions written.
   const written = await kube.patchNodeStatus(
@@ -54,7 +58,7 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
     entry.device ? status : { conditions: status.conditions ?? [] },
   );
   entry.lastStatus = status;
-  entry.lastStatusAt = Date.now();
+  entry.lastStatusAt = clock.now();
   return written;
 }
 

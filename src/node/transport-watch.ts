@@ -9,6 +9,7 @@
  *   transport.state;   // undefined when the provider has no transport to report
  */
 import type { Logger } from "pino";
+import { systemClock, type Clock } from "../base/clock.ts";
 import type { TransportState } from "./build.ts";
 
 export interface TransportWatchOptions {
@@ -16,6 +17,8 @@ export interface TransportWatchOptions {
   readonly health?: (() => { readonly ready: boolean; readonly message: string }) | undefined;
   readonly pollMs?: number | undefined;
   readonly logger: Logger;
+  /** Times the polls; default {@link systemClock}. */
+  readonly clock?: Clock | undefined;
 }
 
 export class TransportWatch {
@@ -36,7 +39,11 @@ export class TransportWatch {
   /** Polls until `signal` aborts; `onChange` runs after each change of `connected`. Does not block. */
   start(signal: AbortSignal, onChange: () => void): void {
     if (!this.#o.health) return;
-    const timer = setInterval(() => {
+    const clock = this.#o.clock ?? systemClock;
+    let timer: unknown;
+    const poll = () => {
+      if (signal.aborted) return;
+      timer = clock.setTimeout(poll, this.#o.pollMs ?? 2_000);
       const next = this.#read();
       if (next?.connected === this.#state?.connected) {
         this.#state = next;
@@ -50,9 +57,9 @@ export class TransportWatch {
           : "transport unreachable: tainting nodes NoSchedule; pods and nodes stay as they are",
       );
       onChange();
-    }, this.#o.pollMs ?? 2_000);
-    timer.unref();
-    signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+    };
+    timer = clock.setTimeout(poll, this.#o.pollMs ?? 2_000);
+    signal.addEventListener("abort", () => clock.clearTimeout(timer), { once: true });
   }
 
   #read(): TransportState | undefined {

@@ -20,6 +20,7 @@
  *   Event when the API server refuses a request for good (the queue then waits for a change).
  */
 import type { Logger } from "pino";
+import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
 import {
   EventRecorder,
   Informer,
@@ -67,6 +68,8 @@ export interface PodControllerOptions {
   readonly events: Pick<EventRecorder, "record">;
   readonly config: PodControllerConfig;
   readonly logger: Logger;
+  /** Times retries, debounces, polls and resyncs and stamps status; default the system clock. */
+  readonly clock?: Clock;
 }
 
 const configErrorRetryMs = 5_000;
@@ -89,9 +92,12 @@ export class PodController {
   readonly #ips: PodIpAllocator;
   readonly #deletion: PodDeletion;
   readonly #counters = { creates: 0, updates: 0, deletes: 0, statusWrites: 0, podDeletes: 0 };
+  readonly #clock: Clock;
 
   constructor(options: PodControllerOptions) {
     this.#o = options;
+    this.#clock = options.clock ?? systemClock;
+    const clock = this.#clock;
     this.#log = options.logger.child({ component: "pod" });
     this.#ips = new PodIpAllocator(options.config.ipRange);
     this.#status = new StatusWriter({ kube: options.kube, logger: this.#log, counters: this.#counters });
@@ -100,11 +106,14 @@ export class PodController {
       logger: this.#log,
       path: "/api/v1/pods",
       fieldSelector: "spec.nodeName!=",
+      now: () => clock.now(),
+      sleep: (ms, signal) => sleepOn(clock, ms, signal),
     });
     this.#informer.addIndex("node", (pod) => pod.spec?.nodeName);
     this.#refs = new ReferenceCache({
       kube: options.kube,
       logger: this.#log,
+      clock,
       onChange: (keys) => {
         for (const key of keys) this.#queue.add(key);
       },
@@ -119,6 +128,7 @@ export class PodController {
       maxDelayMs: options.config.maxRetryDelayMs,
       isTerminal: (err) => isTerminal(err) || isPermanentKubeError(err),
       onTerminal: (key, err) => this.#recordRefusal(key, err),
+      clock,
     });
     this.#deletion = new PodDeletion({
       kube: options.kube,
@@ -129,6 +139,7 @@ export class PodController {
       deviceOf: (nodeName) => this.#o.nodes.byNodeName(nodeName),
       writeStatus: (pod, ref, status) => this.#status.write(pod, ref, status),
       release: (key, uid) => this.#release(key, uid),
+      clock,
     });
   }
 
@@ -199,6 +210,7 @@ export class PodController {
         intervalMs: this.#o.config.resyncIntervalMs ?? defaultResyncMs,
         keys: () => this.#resyncKeys(),
         enqueue: (key, delayMs) => this.#queue.addAfter(key, delayMs),
+        clock: this.#clock,
       },
       signal,
     );
@@ -228,7 +240,9 @@ export class PodController {
   }
 
   async #reconcile(key: string): Promise<ReconcileResult> {
-    const pod = this.#informer.get(key);
+    const cached = this.#informer.get(key);
+    // With the status this process last wrote, until the watch shows that write (status-writer.ts).
+    const pod = cached && this.#status.latest(cached);
     let held = this.#held.get(key);
     if (held && (!pod || pod.metadata?.uid !== held.ref.uid)) {
       // The pod object this work belonged to is gone (or was replaced by a new pod of the same name).
@@ -244,7 +258,7 @@ export class PodController {
     const nodeName = pod.spec?.nodeName ?? "";
     const node = this.#o.nodes.byNodeName(nodeName);
     if (!node) return undefined;
-    const now = new Date();
+    const now = new Date(this.#clock.now());
     const refused = checkSupported(pod, this.#o.provider.supports, this.#o.provider.name);
     if (refused && !held) {
       this.#log.info({ pod: key, field: refused.field }, "refusing pod: unsupported field");

@@ -18,7 +18,9 @@
  * Every path that forgets a pod calls `release`, which frees its IP and per-pod memory.
  */
 import type { Logger } from "pino";
+import { systemClock, type Clock } from "../base/clock.ts";
 import { parseKubeTime, type KubeClient, type Pod } from "../kube/index.ts";
+import { isNotFound as isGoneFromProvider } from "../provider/errors.ts";
 import { hasDeletionNotifier, podKey, type PodLifecycleProvider, type PodRef } from "../provider/types.ts";
 import type { ReconcileResult } from "../reconcile/queue.ts";
 import type { FrozenEnv } from "../workload/index.ts";
@@ -50,6 +52,8 @@ export interface PodDeletionOptions {
   readonly writeStatus: (pod: Pod, ref: PodRef, status: object) => Promise<void>;
   /** Frees what the controller keeps for the pod (key: also its reference tracking). */
   readonly release: (key: string, uid: string) => void;
+  /** Measures what is left of a grace period and stamps conditions; default {@link systemClock}. */
+  readonly clock?: Clock;
 }
 
 /** Poll period for providers without deletion notices. */
@@ -57,11 +61,13 @@ const pollMs = 2_000;
 
 export class PodDeletion {
   readonly #o: PodDeletionOptions;
+  readonly #clock: Clock;
   /** Uids whose deletion the provider confirmed, until the controller forgets them. */
   readonly #confirmed = new Set<string>();
 
   constructor(options: PodDeletionOptions) {
     this.#o = options;
+    this.#clock = options.clock ?? systemClock;
   }
 
   /** The provider's notice that `ref` stopped; true when it is held work (reconcile the key). */
@@ -90,8 +96,8 @@ export class PodDeletion {
     if (held) {
       held.gracePeriodSeconds = Math.min(held.gracePeriodSeconds, grace);
       if (held.requestedGrace === undefined || grace < held.requestedGrace) {
-        await provider.deletePod(ref, { gracePeriodSeconds: grace });
-        counters.deletes++;
+        // NotFound: the provider has nothing of it any more, which is the confirmation itself.
+        if ((await this.#stop(ref, grace)) === "gone") this.#confirmed.add(ref.uid);
         held.requestedGrace = grace;
       }
     }
@@ -114,10 +120,8 @@ export class PodDeletion {
   /** Provider work whose pod object is gone: stop it there too, and forget it. */
   async forget(key: string, held: Held): Promise<void> {
     const grace = held.gracePeriodSeconds;
-    if (held.requestedGrace === undefined || grace < held.requestedGrace) {
-      await this.#o.provider.deletePod(held.ref, { gracePeriodSeconds: grace });
-      this.#o.counters.deletes++;
-    }
+    // A provider that no longer has it (NotFound) is done with it too: forgotten, not retried.
+    if (held.requestedGrace === undefined || grace < held.requestedGrace) await this.#stop(held.ref, grace);
     this.#o.held.delete(key);
     this.#o.release(key, held.ref.uid);
     this.#o.logger.info(
@@ -126,11 +130,24 @@ export class PodDeletion {
     );
   }
 
+  /** Asks the provider to stop the pod; "gone" when it has no such pod (nothing left to stop). */
+  async #stop(ref: PodRef, gracePeriodSeconds: number): Promise<"stopping" | "gone"> {
+    try {
+      await this.#o.provider.deletePod(ref, { gracePeriodSeconds });
+    } catch (err) {
+      if (!isGoneFromProvider(err)) throw err;
+      this.#o.logger.info({ pod: podKey(ref), uid: ref.uid }, "the provider no longer has the pod");
+      return "gone";
+    }
+    this.#o.counters.deletes++;
+    return "stopping";
+  }
+
   async #waitForDevice(pod: Pod, ref: PodRef): Promise<ReconcileResult> {
     const nodeName = pod.spec?.nodeName ?? "";
     const node = this.#o.deviceOf(nodeName);
     const deadline = pod.metadata?.deletionTimestamp ? parseKubeTime(pod.metadata.deletionTimestamp) : 0;
-    const remaining = deadline - Date.now();
+    const remaining = deadline - this.#clock.now();
     const notified = hasDeletionNotifier(this.#o.provider);
     // A connected device normally confirms within the grace period: say nothing before it is over.
     if (node?.device.connected !== false && remaining > 0)
@@ -141,7 +158,7 @@ export class PodDeletion {
       ref,
       waitingForDeviceStatus(pod, {
         message: `waiting for ${device} to confirm that the pod's apps stopped`,
-        now: new Date(),
+        now: new Date(this.#clock.now()),
       }),
     );
     // With notices, the confirmation (or a change of the device) wakes the pod up.

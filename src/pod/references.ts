@@ -17,6 +17,7 @@
  * The data of objects no tracked pod refers to any more is dropped.
  */
 import type { Logger } from "pino";
+import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
 import {
   Informer,
   objectKey,
@@ -37,6 +38,8 @@ export interface ReferenceCacheOptions {
   readonly logger: Logger;
   /** Called with the keys of the pods that refer to an object that appeared, changed or went. */
   readonly onChange: (podKeys: readonly string[]) => void;
+  /** Times the informers' re-list backoff; default {@link systemClock}. */
+  readonly clock?: Clock;
 }
 
 type Kind = "configmap" | "secret";
@@ -67,7 +70,14 @@ export class ReferenceCache {
 
   constructor(options: ReferenceCacheOptions) {
     this.#o = options;
-    const common = { client: options.kube, logger: options.logger, metadataOnly: true } as const;
+    const clock = options.clock ?? systemClock;
+    const common = {
+      client: options.kube,
+      logger: options.logger,
+      metadataOnly: true,
+      now: () => clock.now(),
+      sleep: (ms: number, signal: AbortSignal) => sleepOn(clock, ms, signal),
+    } as const;
     this.#configMaps = new Informer<ConfigMap>({ ...common, path: "/api/v1/configmaps", trim: metadataOnly });
     this.#secrets = new Informer<Secret>({ ...common, path: "/api/v1/secrets", trim: metadataOnly });
     this.#watch(this.#configMaps, "configmap");

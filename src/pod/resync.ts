@@ -8,6 +8,7 @@
  *
  *   startResync({ intervalMs: 300_000, keys: () => managedKeys(), enqueue: (k, d) => queue.addAfter(k, d) }, signal);
  */
+import { systemClock, type Clock } from "../base/clock.ts";
 
 export interface ResyncOptions {
   /** Period; 0 or less turns the resync off. */
@@ -16,10 +17,10 @@ export interface ResyncOptions {
   readonly jitter?: number;
   readonly keys: () => Iterable<string>;
   readonly enqueue: (key: string, delayMs: number) => void;
-  /** Tests: randomness and timers. */
+  /** Randomness for the jitter and the spread; default `Math.random`. */
   readonly random?: () => number;
-  readonly setTimer?: (fn: () => void, ms: number) => { unref?: () => unknown };
-  readonly clearTimer?: (timer: unknown) => void;
+  /** Times the periods; default {@link systemClock}. */
+  readonly clock?: Clock;
 }
 
 /** Starts the resync loop; it stops when `signal` aborts. */
@@ -27,18 +28,16 @@ export function startResync(options: ResyncOptions, signal: AbortSignal): void {
   if (options.intervalMs <= 0 || signal.aborted) return;
   const random = options.random ?? Math.random;
   const jitter = options.jitter ?? 0.1;
-  const setTimer = options.setTimer ?? ((fn: () => void, ms: number) => setTimeout(fn, ms));
-  const clearTimer = options.clearTimer ?? ((t: unknown) => clearTimeout(t as NodeJS.Timeout));
-  let timer: { unref?: () => unknown } | undefined;
+  const clock = options.clock ?? systemClock;
+  let timer: unknown;
   const schedule = () => {
     const period = options.intervalMs * (1 - jitter + 2 * jitter * random());
-    timer = setTimer(() => {
+    timer = clock.setTimeout(() => {
       if (signal.aborted) return;
       for (const key of options.keys()) options.enqueue(key, Math.floor(random() * period * 0.1));
       schedule();
     }, period);
-    timer.unref?.();
   };
-  signal.addEventListener("abort", () => clearTimer(timer), { once: true });
+  signal.addEventListener("abort", () => clock.clearTimeout(timer), { once: true });
   schedule();
 }

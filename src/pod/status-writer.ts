@@ -45,15 +45,24 @@ export class StatusWriter {
     this.#written.delete(uid);
   }
 
+  /**
+   * The pod as the API server has it as far as this process knows: the cached pod, with the status
+   * this process last wrote while the watch has not caught up with that write. Build the next
+   * status from this, not from the cache: a condition that changed in our last write would
+   * otherwise look new again, get a new `lastTransitionTime`, and be written once more.
+   */
+  latest(pod: Pod): Pod {
+    const written = this.#written.get(pod.metadata?.uid ?? "");
+    return written && !includesWrite(pod.metadata?.resourceVersion ?? "", written.resourceVersion)
+      ? { ...pod, status: written.status }
+      : pod;
+  }
+
   /** Writes `built` (a status as `status.ts` builds it) unless it would change nothing. */
   async write(pod: Pod, ref: PodRef, built: object): Promise<void> {
     const next = toWire(built) as PodStatus;
-    const written = this.#written.get(ref.uid);
     // Until the watch shows our last write, compare with what we wrote, not the stale cache.
-    const current =
-      written && !includesWrite(pod.metadata?.resourceVersion ?? "", written.resourceVersion)
-        ? written.status
-        : pod.status;
+    const current = this.latest(pod).status;
     if (!statusChanged(current, next)) return;
     this.#o.logger.debug(
       {

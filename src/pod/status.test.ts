@@ -1,4 +1,4 @@
-import type { V1Pod, V1PodStatus } from "@kubernetes/client-node";
+import type { V1Pod, V1PodStatus } from "../kube/types.ts";
 import { describe, expect, it } from "vitest";
 import type { AppStatus, WorkloadStatus } from "../provider/types.ts";
 import type { Model, Plain } from "../workload/shape.ts";

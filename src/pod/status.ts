@@ -20,7 +20,7 @@ import type {
   V1Pod,
   V1PodCondition,
   V1PodStatus,
-} from "@kubernetes/client-node";
+} from "../kube/types.ts";
 import { isIP } from "node:net";
 import type { AppState, AppStatus, WorkloadStatus } from "../provider/types.ts";
 import { sameNormalised, toDate } from "../base/canonical.ts";

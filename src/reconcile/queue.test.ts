@@ -1,13 +1,19 @@
+/**
+ * WorkQueue on a FakeClock: retries, requeues and delayed adds happen when the test moves time,
+ * and the test waits on the queue's own promises (`idle()`) or a deferred, never on a sleep.
+ */
 import pino from "pino";
 import { describe, expect, it } from "vitest";
-import { WorkQueue, type ReconcileResult } from "./queue.ts";
+import { FakeClock } from "../base/fake-clock.ts";
+import { WorkQueue, type ReconcileResult, type WorkQueueOptions } from "./queue.ts";
 
 const logger = pino({ level: "silent" });
 
 function makeQueue(
   reconcile: (key: string) => Promise<ReconcileResult>,
-  overrides: Partial<ConstructorParameters<typeof WorkQueue>[0]> = {},
+  overrides: Partial<WorkQueueOptions> = {},
 ) {
+  const clock = new FakeClock(1_000_000);
   const queue = new WorkQueue({
     name: "test",
     concurrency: 4,
@@ -15,43 +21,45 @@ function makeQueue(
     logger,
     baseDelayMs: 1,
     maxDelayMs: 5,
+    clock,
     ...overrides,
   });
   const controller = new AbortController();
   queue.start(controller.signal);
-  return { queue, stop: () => controller.abort() };
+  return { queue, clock, stop: () => controller.abort() };
 }
 
-async function eventuallyTrue(check: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!check()) {
-    if (performance.now() > deadline) throw new Error("condition not reached in time");
-    await new Promise((r) => setTimeout(r, 5));
-  }
+/** A promise with its resolve function outside. */
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve: () => void = () => undefined;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
 }
-
-const tick = () => new Promise((r) => setTimeout(r, 15));
 
 describe("WorkQueue", () => {
   it("never runs one key twice at once, and re-runs a key added while it was running", async () => {
     let concurrent = 0;
     let maxConcurrent = 0;
     let runs = 0;
-    let release: () => void = () => {};
+    const started = deferred();
+    const release = deferred();
     const { queue, stop } = makeQueue(async () => {
       runs++;
       concurrent++;
       maxConcurrent = Math.max(maxConcurrent, concurrent);
-      if (runs === 1) await new Promise<void>((r) => (release = r));
+      if (runs === 1) {
+        started.resolve();
+        await release.promise;
+      }
       concurrent--;
       return undefined;
     });
     queue.add("a");
-    await tick();
+    await started.promise;
     queue.add("a");
     queue.add("a");
-    release();
-    await tick();
+    expect(queue.stats()).toMatchObject({ active: 1, pending: 0 });
+    release.resolve();
     await queue.idle();
     expect(maxConcurrent).toBe(1);
     expect(runs).toBe(2);
@@ -77,39 +85,53 @@ describe("WorkQueue", () => {
   });
 
   it("retries a failing key with capped backoff until it succeeds, never giving up", async () => {
-    let attempts = 0;
-    const { queue, stop } = makeQueue(async () => {
-      attempts++;
-      if (attempts <= 40) throw new Error("boom");
+    const at: number[] = [];
+    const { queue, clock, stop } = makeQueue(async () => {
+      at.push(clock.now());
+      if (at.length <= 40) throw new Error("boom");
       return undefined;
     });
     queue.add("k");
-    await eventuallyTrue(() => attempts === 41, 3_000);
-    expect(queue.stats().failed).toBe(40);
+    await queue.idle();
+    expect(at).toHaveLength(1);
+    // 40 retries at most 6 ms apart (5 ms cap, +20 % jitter) all fit in a simulated second.
+    await clock.advanceAsync(1_000);
+    expect(at).toHaveLength(41);
+    const gaps = at.slice(1).map((t, i) => t - (at[i] ?? 0));
+    expect(Math.max(...gaps)).toBeLessThanOrEqual(6);
+    expect(Math.min(...gaps)).toBeGreaterThanOrEqual(0.8);
+    // Exponential until the cap: the first retry comes about 1 ms after the failure, later ones later.
+    expect(gaps[0]).toBeLessThanOrEqual(1.2);
+    expect(gaps.at(-1)).toBeGreaterThanOrEqual(4);
+    expect(queue.stats()).toMatchObject({ failed: 40, delayed: 0 });
     expect(queue.failing()).toBe(0);
     stop();
   });
 
   it("waits at least as long as the failure's Retry-After asks", async () => {
     const at: number[] = [];
-    const { queue, stop } = makeQueue(
+    const { queue, clock, stop } = makeQueue(
       async () => {
-        at.push(performance.now());
+        at.push(clock.now());
         if (at.length === 1) throw new Error("slow down");
         return undefined;
       },
       { retryAfterMs: () => 120 },
     );
     queue.add("k");
-    await eventuallyTrue(() => at.length === 2, 2_000);
-    expect((at[1] ?? 0) - (at[0] ?? 0)).toBeGreaterThanOrEqual(110);
+    await queue.idle();
+    await clock.advanceAsync(119);
+    expect(at).toHaveLength(1);
+    await clock.advanceAsync(1);
+    expect(at).toHaveLength(2);
+    expect((at[1] ?? 0) - (at[0] ?? 0)).toBe(120);
     stop();
   });
 
   it("does not retry terminal errors until the key is added again", async () => {
     let attempts = 0;
     const terminal: string[] = [];
-    const { queue, stop } = makeQueue(
+    const { queue, clock, stop } = makeQueue(
       async () => {
         attempts++;
         throw Object.assign(new Error("never"), { terminal: true });
@@ -120,9 +142,12 @@ describe("WorkQueue", () => {
       },
     );
     queue.add("k");
-    await new Promise((r) => setTimeout(r, 60));
-    expect(attempts).toBe(1);
+    await queue.idle();
     expect(terminal).toEqual(["k"]);
+    // A retry would be due within 6 ms; an hour passes without one.
+    await clock.advanceAsync(3_600_000);
+    expect(attempts).toBe(1);
+    expect(queue.stats().delayed).toBe(0);
     // A change of the object adds the key again: it is tried once more.
     queue.add("k");
     await queue.idle();
@@ -132,11 +157,62 @@ describe("WorkQueue", () => {
 
   it("requeues after the delay a reconcile asks for, without counting a failure", async () => {
     let attempts = 0;
-    const { queue, stop } = makeQueue(async () => (++attempts < 3 ? { requeueAfterMs: 5 } : undefined));
+    const { queue, clock, stop } = makeQueue(async () =>
+      ++attempts < 3 ? { requeueAfterMs: 50 } : undefined,
+    );
     queue.add("k");
-    await new Promise((r) => setTimeout(r, 80));
+    await queue.idle();
+    expect(attempts).toBe(1);
+    await clock.advanceAsync(49);
+    expect(attempts).toBe(1);
+    await clock.advanceAsync(1);
+    expect(attempts).toBe(2);
+    await clock.advanceAsync(50);
+    expect(attempts).toBe(3);
+    await clock.advanceAsync(10_000);
     expect(attempts).toBe(3);
     expect(queue.stats().failed).toBe(0);
     stop();
+  });
+
+  it("keeps the earlier of two delayed adds, and an add now replaces a delayed one", async () => {
+    const at: number[] = [];
+    const { queue, clock, stop } = makeQueue(async () => {
+      at.push(clock.now());
+      return undefined;
+    });
+    const t0 = clock.now();
+    queue.addAfter("k", 100);
+    queue.addAfter("k", 300); // later: ignored
+    queue.addAfter("k", 50); // earlier: wins
+    expect(clock.pending).toBe(1);
+    await clock.advanceAsync(1_000);
+    expect(at).toEqual([t0 + 50]);
+
+    queue.addAfter("k", 100);
+    queue.add("k");
+    await queue.idle();
+    expect(at).toHaveLength(2);
+    expect(clock.pending).toBe(0);
+    await clock.advanceAsync(1_000);
+    expect(at).toHaveLength(2);
+    stop();
+  });
+
+  it("cancels its timers when stopped, and takes no work afterwards", async () => {
+    let attempts = 0;
+    const { queue, clock, stop } = makeQueue(async () => {
+      attempts++;
+      return undefined;
+    });
+    queue.addAfter("a", 100);
+    queue.addAfter("b", 200);
+    expect(clock.pending).toBe(2);
+    stop();
+    expect(clock.pending).toBe(0);
+    queue.add("c");
+    queue.addAfter("d", 10);
+    await clock.advanceAsync(1_000);
+    expect(attempts).toBe(0);
   });
 });

@@ -17,6 +17,7 @@
  */
 import type { Logger } from "pino";
 import { retryDelay } from "../base/backoff.ts";
+import { systemClock, type Clock } from "../base/clock.ts";
 
 export type ReconcileResult = undefined | { readonly requeueAfterMs: number };
 
@@ -32,6 +33,8 @@ export interface WorkQueueOptions {
   readonly retryAfterMs?: (err: unknown) => number | undefined;
   /** Called once per terminal failure, after it is logged (e.g. to record an Event). */
   readonly onTerminal?: (key: string, err: unknown) => void;
+  /** Times delayed adds and retries; default {@link systemClock}. */
+  readonly clock?: Clock;
 }
 
 export class WorkQueue {
@@ -41,7 +44,8 @@ export class WorkQueue {
   readonly #active = new Set<string>();
   readonly #dirty = new Set<string>();
   readonly #failures = new Map<string, number>();
-  readonly #timers = new Map<string, { at: number; timer: NodeJS.Timeout }>();
+  readonly #clock: Clock;
+  readonly #timers = new Map<string, { at: number; timer: unknown }>();
   #running = 0;
   #signal: AbortSignal | undefined;
   #idleWaiters: (() => void)[] = [];
@@ -50,13 +54,14 @@ export class WorkQueue {
 
   constructor(options: WorkQueueOptions) {
     this.#options = options;
+    this.#clock = options.clock ?? systemClock;
   }
 
   /** Starts processing; stops taking new work when `signal` aborts. */
   start(signal: AbortSignal): void {
     this.#signal = signal;
     signal.addEventListener("abort", () => {
-      for (const { timer } of this.#timers.values()) clearTimeout(timer);
+      for (const { timer } of this.#timers.values()) this.#clock.clearTimeout(timer);
       this.#timers.clear();
     });
     this.#pump();
@@ -67,7 +72,7 @@ export class WorkQueue {
     if (this.#signal?.aborted) return;
     const delayed = this.#timers.get(key);
     if (delayed) {
-      clearTimeout(delayed.timer);
+      this.#clock.clearTimeout(delayed.timer);
       this.#timers.delete(key);
     }
     if (this.#active.has(key)) {
@@ -87,15 +92,15 @@ export class WorkQueue {
       this.add(key);
       return;
     }
-    const at = Date.now() + delayMs;
+    const at = this.#clock.now() + delayMs;
     const existing = this.#timers.get(key);
     if (existing && existing.at <= at) return;
-    if (existing) clearTimeout(existing.timer);
-    const timer = setTimeout(() => {
+    if (existing) this.#clock.clearTimeout(existing.timer);
+    // The clock's timers never keep a finished process alive (systemClock unrefs them).
+    const timer = this.#clock.setTimeout(() => {
       this.#timers.delete(key);
       this.add(key);
     }, delayMs);
-    timer.unref();
     this.#timers.set(key, { at, timer });
   }
 

@@ -21,6 +21,9 @@ const nodes = async () =>
   (await getJson<{ items: NodeJson[] }>(["nodes", "-l", devicelet.nodeSelector])).items;
 const ready = (node: NodeJson) => node.status.conditions.find((c) => c.type === "Ready")?.status;
 const pods = async () => (await getJson<{ items: PodJson[] }>(["pods", "-n", ns])).items;
+const leaseRenewTime = async (node: NodeJson) =>
+  (await getJson<{ spec: { renewTime: string } }>(["lease", node.metadata.name, "-n", "kube-node-lease"]))
+    .spec.renewTime;
 
 beforeAll(async () => {
   await kubectl(["create", "namespace", ns]);
@@ -50,12 +53,14 @@ describe("restart adoption", () => {
     );
     await eventually(() => expect(devicelet.mockState().pods.filter((p) => p.running)).toHaveLength(6));
     await devicelet.kill();
+    const killedAt = Date.now();
     await devicelet.restart();
-    // Let the new process adopt and reconcile every pod, then look.
+    // The nodes are still Ready from before the kill (their leases have not lapsed), so that says
+    // nothing: wait until the new process has renewed every node's Lease, then look.
     await eventually(async () => {
-      const nodesNow = await nodes();
-      expect(nodesNow.every((n) => ready(n) === "True")).toBe(true);
+      for (const n of await nodes()) expect(Date.parse(await leaseRenewTime(n))).toBeGreaterThan(killedAt);
     });
+    expect((await nodes()).map(ready)).toEqual(["True", "True", "True"]);
     await eventually(
       async () => {
         const log = (await import("node:fs")).readFileSync(devicelet.logFile, "utf8");
@@ -115,20 +120,7 @@ describe("node registration and status", () => {
 
 describe("leases and the node-lifecycle controller", () => {
   it("renews each node's Lease", async () => {
-    const renewTimes = async () =>
-      Promise.all(
-        (await nodes()).map(
-          async (n) =>
-            (
-              await getJson<{ spec: { renewTime: string } }>([
-                "lease",
-                n.metadata.name,
-                "-n",
-                "kube-node-lease",
-              ])
-            ).spec.renewTime,
-        ),
-      );
+    const renewTimes = async () => Promise.all((await nodes()).map(leaseRenewTime));
     const first = await renewTimes();
     for (const t of first) expect(t).toMatch(/\.\d{6}Z$/);
     await eventually(

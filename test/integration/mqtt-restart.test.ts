@@ -92,15 +92,30 @@ describe("mqtt provider: devicelet killed while devices are offline", () => {
     const appliedBefore = new Map([gw0, gw1, mcu].map((d) => [d, scene.device(d).appliedGenerations.length]));
 
     await scene.devicelet.kill();
+    const killedAt = Date.now();
+    const linesBefore = scene.devicelet.logLines().length;
     await scene.devicelet.restart();
-    // The new process knows the away devices (from the store) and their pods (from the broker).
+    // The new process knows the away devices (births restored from the store) and heartbeats their
+    // nodes. Nodes Ready and c Pending were true before the kill already: wait for the new
+    // process's own doing, then look.
     await eventually(async () => {
-      const list = await nodes();
-      expect(list).toHaveLength(3);
-      for (const n of list) expect(n.status.conditions.find((c) => c.type === "Ready")?.status).toBe("True");
-      const c = await getPod("c");
-      expect(c.status.phase).toBe("Pending");
+      const lines = scene.devicelet.logLines().slice(linesBefore);
+      expect(lines.some((l) => l.msg === "restored births of devices that are away")).toBe(true);
+      expect(lines.find((l) => l.msg === "devicelet is running")?.nodes).toBe(3);
+      for (const n of await nodes()) {
+        const lease = await getJson<{ spec: { renewTime: string } }>([
+          "lease",
+          n.metadata.name,
+          "-n",
+          "kube-node-lease",
+        ]);
+        expect(Date.parse(lease.spec.renewTime)).toBeGreaterThan(killedAt);
+      }
     });
+    const list = await nodes();
+    expect(list).toHaveLength(3);
+    for (const n of list) expect(n.status.conditions.find((c) => c.type === "Ready")?.status).toBe("True");
+    expect((await getPod("c")).status.phase).toBe("Pending");
     await eventually(() =>
       expect(
         scene.devicelet

@@ -1,0 +1,195 @@
+/**
+ * NodeController without a cluster: the in-memory API server of test/support/fake-kube.ts, the
+ * mock provider's devices, and a FakeClock under every lease, retry and status heartbeat. Each
+ * test asserts what the API server holds at the end: nodes adopted rather than created again
+ * after a restart, and leases that survive failing, conflicting and vanishing writes.
+ */
+import pino from "pino";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { FakeClock } from "../base/fake-clock.ts";
+import { parseKubeTime, type Lease } from "../kube/index.ts";
+import type { DeviceInventory } from "../provider/types.ts";
+import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
+import { seededRandom } from "../../test/support/seeded-random.ts";
+import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
+import { NodeController } from "./controller.ts";
+
+const logger = pino({ level: "silent" });
+const DEVICES = ["dev-0", "dev-1"];
+
+let stops: AbortController[] = [];
+afterEach(() => {
+  for (const s of stops) s.abort();
+  stops = [];
+  vi.restoreAllMocks();
+});
+
+interface World {
+  readonly clock: FakeClock;
+  readonly kube: FakeKube;
+  readonly provider: MockProvider;
+}
+
+async function world(): Promise<World> {
+  const clock = new FakeClock(Date.parse("2026-03-01T12:00:00Z"));
+  const kube = new FakeKube({ clock });
+  const provider = createMockProvider({ devices: { count: 2, idPrefix: "dev-" } }, { logger, clock });
+  const stop = new AbortController();
+  stops.push(stop);
+  await provider.start(stop.signal);
+  return { clock, kube, provider };
+}
+
+/** A NodeController on `w`; a second one on the same world is devicelet after a restart. */
+async function startNodes(w: World, inventory: DeviceInventory = w.provider) {
+  const stop = new AbortController();
+  stops.push(stop);
+  const nodes = new NodeController({
+    kube: w.kube,
+    inventory,
+    providerName: "mock",
+    version: "v0.0.0-test",
+    logger,
+    clock: w.clock,
+    config: {
+      namePrefix: "",
+      taintKey: "virtual-kubelet.io/provider",
+      extraLabels: { "devicelet.dev/test": "unit" },
+      leaseDurationSeconds: 40,
+      leaseRenewIntervalSeconds: 10,
+      statusMaxIntervalSeconds: 60,
+      kubeletPort: 10250,
+      kubeletAddress: "127.0.0.1",
+      heartbeatQps: 100,
+    },
+  });
+  await nodes.start(stop.signal);
+  await w.clock.advanceAsync(0);
+  return { nodes, stop };
+}
+
+const lease = (w: World, name: string) => w.kube.object("leases", `kube-node-lease/${name}`);
+const renewedAt = (l: Lease | undefined) => parseKubeTime(l?.spec?.renewTime ?? "");
+const nodeUid = (w: World, name: string) => w.kube.object("nodes", name)?.metadata?.uid;
+/** Fails `replaceLease` of node `name` while `failing()` says so, recording when it was tried. */
+const failLeaseOf = (w: World, name: string, failing: (tries: number) => boolean) => {
+  const tries: number[] = [];
+  w.kube.fail("replaceLease", (args) => {
+    if ((args[0] as Lease).metadata?.name !== name) return undefined;
+    tries.push(w.clock.now());
+    return failing(tries.length) ? apiError(503, "ServiceUnavailable") : undefined;
+  });
+  return tries;
+};
+
+describe("NodeController (fake API server, FakeClock)", () => {
+  it("registers a node and a Lease per device, and adopts both after a restart without creating them again", async () => {
+    const w = await world();
+    const first = await startNodes(w);
+    expect(w.kube.objects("nodes").map((n) => n.metadata?.name)).toEqual(DEVICES);
+    for (const name of DEVICES) {
+      expect(lease(w, name)?.metadata?.ownerReferences?.[0]?.uid).toBe(nodeUid(w, name));
+      expect(renewedAt(lease(w, name))).toBe(w.clock.now());
+    }
+    const uids = DEVICES.map((n) => nodeUid(w, n));
+    const created = { nodes: w.kube.count("createNode"), leases: w.kube.count("createLease") };
+    expect(created).toEqual({ nodes: 2, leases: 2 });
+    first.stop.abort();
+
+    // Down for a while: nothing renews. Then a new process starts.
+    await w.clock.advanceAsync(30_000);
+    const downAt = w.clock.now();
+    expect(renewedAt(lease(w, "dev-0"))).toBeLessThan(downAt);
+    const { nodes } = await startNodes(w);
+    expect(w.kube.count("createNode")).toBe(created.nodes);
+    expect(w.kube.count("createLease")).toBe(created.leases);
+    expect(DEVICES.map((n) => nodeUid(w, n))).toEqual(uids);
+    // Its first renewals come at once: the leases were nearly stale.
+    for (const name of DEVICES) expect(renewedAt(lease(w, name))).toBe(downAt);
+    expect(nodes.byNodeName("dev-0")?.deviceId).toBe("dev-0");
+    const ready = w.kube.object("nodes", "dev-0")?.status?.conditions?.find((c) => c.type === "Ready");
+    expect(ready?.status).toBe("True");
+  });
+
+  it("heartbeats the nodes of an earlier run before the provider reports any device", async () => {
+    const w = await world();
+    const first = await startNodes(w);
+    first.stop.abort();
+    await w.clock.advanceAsync(30_000);
+
+    // The provider waits for its broker: no device yet. The nodes stay Ready all the same.
+    const silent: DeviceInventory = { listDevices: () => Promise.resolve([]), watchDevices: () => undefined };
+    const { nodes } = await startNodes(w, silent);
+    await w.clock.advanceAsync(60_000);
+    expect(w.kube.count("createNode")).toBe(2);
+    for (const name of DEVICES) expect(renewedAt(lease(w, name))).toBeGreaterThan(w.clock.now() - 12_000);
+    // Known by name for the heartbeat only: no pod is routed to a device nobody has reported.
+    expect(nodes.byNodeName("dev-0")).toBeUndefined();
+  });
+
+  it("retries a failed lease renewal with backoff on the clock, then renews every interval again", async () => {
+    const w = await world();
+    const { nodes } = await startNodes(w);
+    const tries = failLeaseOf(w, "dev-0", (n) => n <= 3);
+    await w.clock.advanceAsync(30_000);
+    // The first renewal fails, then 0.5, 1 and 2 s (±20 %) between the tries: well inside the lease.
+    const gaps = tries.slice(1, 4).map((t, i) => t - (tries[i] ?? 0));
+    [500, 1_000, 2_000].forEach((step, i) => {
+      expect(gaps[i]).toBeGreaterThanOrEqual(0.8 * step);
+      expect(gaps[i]).toBeLessThanOrEqual(1.2 * step);
+    });
+    expect(renewedAt(lease(w, "dev-0"))).toBeGreaterThan(tries[3] ?? Infinity);
+    expect(nodes.leaseRenewals().get("dev-0")).toBeGreaterThanOrEqual(3);
+    // Back on its interval: after the fourth try, renewals are 9–11 s apart.
+    const after = tries.slice(3);
+    expect(after.length).toBeGreaterThanOrEqual(2);
+    for (let i = 1; i < after.length; i++)
+      expect((after[i] ?? 0) - (after[i - 1] ?? 0)).toBeGreaterThanOrEqual(9_000);
+  });
+
+  it("re-reads a Lease someone else wrote (409), and creates it again when it vanished (404)", async () => {
+    const w = await world();
+    await startNodes(w);
+    const theirs = lease(w, "dev-0");
+    if (!theirs) throw new Error("no lease");
+    w.kube.apply("leases", { ...theirs, spec: { ...theirs.spec, holderIdentity: "someone-else" } });
+    const gets = w.kube.count("getLease");
+    await w.clock.advanceAsync(12_000);
+    expect(lease(w, "dev-0")?.spec?.holderIdentity).toBe("dev-0");
+    expect(renewedAt(lease(w, "dev-0"))).toBeGreaterThan(w.clock.now() - 12_000);
+    expect(w.kube.count("getLease")).toBe(gets + 1);
+
+    w.kube.remove("leases", "kube-node-lease/dev-0");
+    const creates = w.kube.count("createLease");
+    await w.clock.advanceAsync(12_000);
+    const again = lease(w, "dev-0");
+    expect(again?.metadata?.ownerReferences?.[0]?.uid).toBe(nodeUid(w, "dev-0"));
+    expect(renewedAt(again)).toBeGreaterThan(w.clock.now() - 12_000);
+    expect(w.kube.count("createLease")).toBe(creates + 1);
+  });
+
+  it("renews every failing lease within a quarter second once one gets through again", async () => {
+    // Deterministic jitter, so the leases' backoffs are apart by a known amount.
+    vi.spyOn(Math, "random").mockImplementation(seededRandom(11));
+    const w = await world();
+    await startNodes(w);
+    // dev-1 fails from its next renewal on, dev-0 from three seconds later: their retries differ.
+    let outage = true;
+    const t0 = w.clock.now();
+    failLeaseOf(w, "dev-1", () => outage);
+    failLeaseOf(w, "dev-0", () => outage && w.clock.now() > t0 + 13_000);
+    await w.clock.advanceAsync(60_000);
+    const healedAt = w.clock.now();
+    expect(DEVICES.map((n) => renewedAt(lease(w, n)) < healedAt - 40_000)).toEqual([true, true]);
+
+    outage = false;
+    for (let waited = 0; waited < 10_000; waited += 50) {
+      if (DEVICES.some((n) => renewedAt(lease(w, n)) > healedAt)) break;
+      await w.clock.advanceAsync(50);
+    }
+    await w.clock.advanceAsync(300);
+    const renewed = DEVICES.map((n) => renewedAt(lease(w, n)));
+    for (const t of renewed) expect(t).toBeGreaterThan(healedAt);
+    expect(Math.abs((renewed[0] ?? 0) - (renewed[1] ?? 0))).toBeLessThanOrEqual(250);
+  });
+});

@@ -1,0 +1,335 @@
+/**
+ * PodController without a cluster: the in-memory API server of test/support/fake-kube.ts, the
+ * mock provider, and a FakeClock that every timer of both runs on. Time moves only when a test
+ * moves it, and each test asserts the end state: what the API server holds and what the devices
+ * run. The edge cases are those a restart or a slow watch brings: a pod re-created under the same
+ * name, a ConfigMap that appears late, work left behind by a pod deleted while devicelet was down,
+ * a status write racing a stale cache, and adoption of what the provider already runs.
+ */
+import pino from "pino";
+import { afterEach, describe, expect, it } from "vitest";
+import { FakeClock } from "../base/fake-clock.ts";
+import type { ConfigMap, Pod, PodStatusPatch } from "../kube/index.ts";
+import type { EventToRecord } from "../kube/events.ts";
+import type { ProviderPod } from "../provider/types.ts";
+import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
+import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
+import { PodController } from "./controller.ts";
+
+const logger = pino({ level: "silent" });
+const NODE = "node-1";
+const DEVICE = "dev-1";
+
+let stops: AbortController[] = [];
+afterEach(() => {
+  for (const s of stops) s.abort();
+  stops = [];
+});
+
+interface World {
+  readonly clock: FakeClock;
+  readonly kube: FakeKube;
+  readonly provider: MockProvider;
+  /** Provider deletes, with the grace period asked for. */
+  readonly deletes: { uid: string; gracePeriodSeconds: number }[];
+  /** Work the provider lists but no longer has by the time it is asked to delete it. */
+  readonly phantom: ProviderPod[];
+}
+
+async function world(): Promise<World> {
+  const clock = new FakeClock(Date.parse("2026-03-01T12:00:00Z"));
+  const kube = new FakeKube({ clock });
+  const provider = createMockProvider(
+    { devices: [{ id: DEVICE }], appStartDelayMs: 100, appStopDelayMs: 100 },
+    { logger, clock },
+  );
+  const stop = new AbortController();
+  stops.push(stop);
+  await provider.start(stop.signal);
+  const deletes: World["deletes"] = [];
+  const deletePod = provider.deletePod.bind(provider);
+  provider.deletePod = (ref, options) => {
+    deletes.push({ uid: ref.uid, gracePeriodSeconds: options.gracePeriodSeconds });
+    return deletePod(ref, options);
+  };
+  const phantom: ProviderPod[] = [];
+  const listPods = provider.listPods.bind(provider);
+  provider.listPods = async () => [...(await listPods()), ...phantom];
+  return { clock, kube, provider, deletes, phantom };
+}
+
+/** A PodController on `w` (a second one on the same world is devicelet after a restart). */
+async function startController(w: World) {
+  const stop = new AbortController();
+  stops.push(stop);
+  let [device] = await w.provider.listDevices();
+  if (!device) throw new Error("no device");
+  const events: EventToRecord[] = [];
+  const listeners: ((nodeName: string) => void)[] = [];
+  const controller = new PodController({
+    kube: w.kube,
+    provider: w.provider,
+    nodes: {
+      byNodeName: (name) => (name === NODE && device ? { name, deviceId: DEVICE, device } : undefined),
+      onDeviceChange: (listener) => {
+        listeners.push((n) => {
+          if (device) listener(n, device);
+        });
+        return () => undefined;
+      },
+      transport: () => ({ connected: true, message: "" }),
+    },
+    events: { record: (e) => events.push(e) },
+    logger,
+    clock: w.clock,
+    config: {
+      baseRetryDelayMs: 200,
+      maxRetryDelayMs: 2_000,
+      statusDebounceMs: 50,
+      ipRange: "10.250.0.0/16",
+      kubeletAddress: "127.0.0.1",
+      resyncIntervalMs: 0,
+    },
+  });
+  await controller.start(stop.signal);
+  await w.clock.advanceAsync(0);
+  /** The node controller's word that the device changed: every pod on the node is looked at. */
+  const deviceChanged = () => listeners.forEach((l) => l(NODE));
+  // As the node controller does: the device as the provider reports it now, and a word to the pods.
+  w.provider.watchDevices({
+    changed: (d) => {
+      if (stop.signal.aborted) return;
+      device = d;
+      deviceChanged();
+    },
+    gone: () => undefined,
+  });
+  return { controller, events, stop, deviceChanged };
+}
+
+const pod = (name: string, uid: string, extra: Partial<NonNullable<Pod["spec"]>> = {}): Pod => ({
+  apiVersion: "v1",
+  kind: "Pod",
+  metadata: { namespace: "ns", name, uid },
+  spec: {
+    nodeName: NODE,
+    terminationGracePeriodSeconds: 20,
+    containers: [{ name: "app", image: "example.com/app:1" }],
+    ...extra,
+  },
+});
+
+const stored = (w: World, name: string) => w.kube.object("pods", `ns/${name}`);
+const phase = (w: World, name: string) => stored(w, name)?.status?.phase;
+const statusWrites = (w: World) =>
+  w.kube.calls.filter((c) => c.verb === "patchPodStatus").map((c) => c.args[0] as PodStatusPatch);
+const running = async (w: World, uid: string) =>
+  (await w.provider.getPodStatus({ namespace: "ns", name: "", uid }))?.phase;
+
+describe("PodController (fake API server, FakeClock)", () => {
+  it("replaces a pod re-created under the same name: the old one is stopped, the new one created", async () => {
+    const w = await world();
+    await startController(w);
+    w.kube.apply("pods", pod("web", "uid-1"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "web")).toBe("Running");
+    expect(await running(w, "uid-1")).toBe("Running");
+
+    // A StatefulSet-style replacement: the old object force-deleted, a new one of the same name.
+    const writesBefore = statusWrites(w).length;
+    w.kube.remove("pods", "ns/web");
+    w.kube.apply("pods", pod("web", "uid-2", { terminationGracePeriodSeconds: 5 }));
+    await w.clock.advanceAsync(2_000);
+
+    expect(w.deletes).toEqual([{ uid: "uid-1", gracePeriodSeconds: 20 }]);
+    expect(await running(w, "uid-1")).toBeUndefined();
+    expect(await running(w, "uid-2")).toBe("Running");
+    expect(w.provider.stats().createsByUid).toEqual({ "uid-1": 1, "uid-2": 1 });
+    expect(stored(w, "web")?.metadata?.uid).toBe("uid-2");
+    expect(phase(w, "web")).toBe("Running");
+    // Every status write since carried the new pod's UID as its precondition.
+    const since = statusWrites(w).slice(writesBefore);
+    expect(since.length).toBeGreaterThan(0);
+    expect(since.map((p) => p.uid)).toEqual(since.map(() => "uid-2"));
+  });
+
+  it("replaces a pod re-created while the pod watch was down, which the re-list shows as one update", async () => {
+    const w = await world();
+    await startController(w);
+    w.kube.apply("pods", pod("web", "uid-1"));
+    await w.clock.advanceAsync(1_000);
+    expect(await running(w, "uid-1")).toBe("Running");
+
+    // The watch misses the delete and the create; its resourceVersion is then too old (410), and
+    // the re-list finds the name with another UID: no delete event for the old pod, ever.
+    w.kube.holdWatches("pods");
+    w.kube.remove("pods", "ns/web");
+    w.kube.apply("pods", pod("web", "uid-2", { terminationGracePeriodSeconds: 5 }));
+    const writesBefore = statusWrites(w).length;
+    w.kube.compact();
+    w.kube.failWatches("pods", apiError(410, "Expired"));
+    w.kube.releaseWatches("pods");
+    await w.clock.advanceAsync(2_000);
+
+    expect(w.deletes).toEqual([{ uid: "uid-1", gracePeriodSeconds: 20 }]);
+    expect(await running(w, "uid-1")).toBeUndefined();
+    expect(await running(w, "uid-2")).toBe("Running");
+    expect(w.provider.stats().createsByUid).toEqual({ "uid-1": 1, "uid-2": 1 });
+    expect(phase(w, "web")).toBe("Running");
+    const since = statusWrites(w).slice(writesBefore);
+    expect(since.length).toBeGreaterThan(0);
+    expect(since.map((p) => p.uid)).toEqual(since.map(() => "uid-2"));
+  });
+
+  it("waits with CreateContainerConfigError for a missing ConfigMap and starts the pod once it appears", async () => {
+    const w = await world();
+    const { controller } = await startController(w);
+    const env = [{ name: "MODE", valueFrom: { configMapKeyRef: { name: "cfg", key: "mode" } } }];
+    w.kube.apply(
+      "pods",
+      pod("cfg", "uid-c", { containers: [{ name: "app", image: "example.com/app:1", env }] }),
+    );
+    await w.clock.advanceAsync(1_000);
+    const waiting = stored(w, "cfg")?.status;
+    expect(waiting?.phase).toBe("Pending");
+    expect(waiting?.containerStatuses?.[0]?.state?.waiting?.reason).toBe("CreateContainerConfigError");
+    expect(waiting?.containerStatuses?.[0]?.state?.waiting?.message).toContain("cfg");
+    expect(w.provider.stats().creates).toBe(0);
+
+    // The ConfigMap appears: its watch, not the 5 s re-check, brings the pod up.
+    const cm: ConfigMap = { metadata: { namespace: "ns", name: "cfg" }, data: { mode: "fast" } };
+    w.kube.apply("configmaps", cm);
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "cfg")).toBe("Running");
+    expect(w.provider.stats().createsByUid).toEqual({ "uid-c": 1 });
+    expect(controller.stats().queue.failed).toBe(0);
+  });
+
+  it("stops work whose pod was deleted while devicelet was down, with its kept grace, and forgets it", async () => {
+    const w = await world();
+    // The device runs "gone" (grace 45); its pod object was deleted while devicelet was down.
+    const first = await startController(w);
+    w.kube.apply("pods", pod("gone", "uid-gone", { terminationGracePeriodSeconds: 45 }));
+    await w.clock.advanceAsync(1_000);
+    expect(await running(w, "uid-gone")).toBe("Running");
+    first.stop.abort();
+    const writes = w.kube.count("patchPodStatus");
+    w.kube.remove("pods", "ns/gone");
+    w.phantom.push({ pod: { namespace: "ns", name: "lost", uid: "uid-lost" }, nodeName: NODE, hash: "h" });
+
+    const { controller } = await startController(w);
+    await w.clock.advanceAsync(5_000);
+    expect(w.deletes).toContainEqual({ uid: "uid-gone", gracePeriodSeconds: 45 });
+    expect(await running(w, "uid-gone")).toBeUndefined();
+    expect(w.provider.stats().pods).toBe(0);
+    // "lost" was listed but the provider no longer has it (NotFound): forgotten, not retried.
+    expect(w.deletes).toContainEqual({ uid: "uid-lost", gracePeriodSeconds: 30 });
+    const settled = controller.stats();
+    expect(settled).toMatchObject({ held: 0, statuses: 0, written: 0 });
+    await w.clock.advanceAsync(3_600_000);
+    expect(controller.stats().queue).toMatchObject({
+      processed: settled.queue.processed,
+      delayed: 0,
+    });
+    expect(w.deletes.filter((d) => d.uid === "uid-lost")).toHaveLength(1);
+    expect(w.kube.count("patchPodStatus")).toBe(writes);
+  });
+
+  it("never writes a status over a newer pod of the same name while the pod cache lags", async () => {
+    const w = await world();
+    await startController(w);
+    w.kube.apply("pods", pod("lag", "uid-old"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "lag")).toBe("Running");
+
+    // The pod watch falls behind; meanwhile the pod is replaced, and the device reports on the old one.
+    w.kube.holdWatches("pods");
+    w.kube.remove("pods", "ns/lag");
+    const fresh = w.kube.apply("pods", pod("lag", "uid-new"));
+    w.provider.setConnected(DEVICE, false);
+    await w.clock.advanceAsync(1_000);
+    // The stale reconcile's write was refused by its UID precondition: the new pod is untouched.
+    const refused = statusWrites(w).filter((p) => p.uid === "uid-old");
+    expect(refused.at(-1)?.status.conditions?.find((c) => c.type === "Ready")?.status).toBe("False");
+    expect(stored(w, "lag")).toEqual(fresh);
+
+    w.provider.setConnected(DEVICE, true);
+    w.kube.releaseWatches("pods");
+    await w.clock.advanceAsync(5_000);
+    expect(stored(w, "lag")?.metadata?.uid).toBe("uid-new");
+    expect(phase(w, "lag")).toBe("Running");
+    expect(await running(w, "uid-old")).toBeUndefined();
+    expect(await running(w, "uid-new")).toBe("Running");
+  });
+
+  it("does not write the same status twice while the watch has not caught up with its write", async () => {
+    const w = await world();
+    const { controller, deviceChanged } = await startController(w);
+    w.kube.apply("pods", pod("slow", "uid-s"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "slow")).toBe("Running");
+    const writes = w.kube.count("patchPodStatus");
+
+    // The device goes offline while the pod watch lags: the cache still shows the pod Running.
+    w.kube.holdWatches("pods");
+    w.provider.setConnected(DEVICE, false);
+    await w.clock.advanceAsync(1_000);
+    expect(w.kube.count("patchPodStatus")).toBe(writes + 1);
+    expect(stored(w, "slow")?.status?.conditions?.find((c) => c.type === "Ready")?.status).toBe("False");
+    // Looked at again against the stale cache: what it would write is what it wrote already.
+    const processed = controller.stats().queue.processed;
+    deviceChanged();
+    await w.clock.advanceAsync(1_000);
+    expect(controller.stats().queue.processed).toBeGreaterThan(processed);
+    expect(w.kube.count("patchPodStatus")).toBe(writes + 1);
+    // And once the watch has caught up, still nothing new to write.
+    w.kube.releaseWatches("pods");
+    deviceChanged();
+    await w.clock.advanceAsync(1_000);
+    expect(w.kube.count("patchPodStatus")).toBe(writes + 1);
+  });
+
+  it("adopts after a restart what the provider already runs: nothing created, updated or re-written", async () => {
+    const w = await world();
+    const first = await startController(w);
+    w.kube.apply("pods", pod("keep", "uid-k"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "keep")).toBe("Running");
+    const before = { writes: w.kube.count("patchPodStatus"), mock: w.provider.stats() };
+    first.stop.abort();
+
+    const { controller } = await startController(w);
+    await w.clock.advanceAsync(10_000);
+    expect(controller.stats()).toMatchObject({ held: 1, creates: 0, updates: 0, deletes: 0 });
+    const after = w.provider.stats();
+    expect(after.createsByUid).toEqual({ "uid-k": 1 });
+    expect(after.updates).toBe(before.mock.updates);
+    expect(after.noops).toBe(before.mock.noops);
+    expect(w.kube.count("patchPodStatus")).toBe(before.writes);
+    expect(phase(w, "keep")).toBe("Running");
+  });
+
+  it("retries a failed status write with backoff on the clock and gets through", async () => {
+    const w = await world();
+    const { controller } = await startController(w);
+    w.kube.apply("pods", pod("flaky", "uid-f"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "flaky")).toBe("Running");
+
+    const at: number[] = [];
+    w.kube.fail("patchPodStatus", () => {
+      at.push(w.clock.now());
+      return at.length <= 3 ? apiError(503, "ServiceUnavailable") : undefined;
+    });
+    w.provider.setConnected(DEVICE, false);
+    await w.clock.advanceAsync(10_000);
+    expect(stored(w, "flaky")?.status?.conditions?.find((c) => c.type === "Ready")?.status).toBe("False");
+    // Three failures, then through. Each failure counts (200 ms doubling, ±20 %), whatever else
+    // woke the pod meanwhile: the try after the third comes 800 ms later.
+    expect(at).toHaveLength(4);
+    const last = (at[3] ?? 0) - (at[2] ?? 0);
+    expect(last).toBeGreaterThanOrEqual(640);
+    expect(last).toBeLessThanOrEqual(960);
+    expect(controller.stats().queue).toMatchObject({ failed: 3, delayed: 0 });
+  });
+});
