@@ -12,6 +12,7 @@ import type {
   Workload,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
+import { retryDelay } from "../../src/base/backoff.ts";
 import { AppLog } from "./app-log.ts";
 import type { Clock } from "../../src/base/clock.ts";
 import { matchesImage, type MockConfig } from "./schema.ts";
@@ -269,7 +270,13 @@ export class MockPod {
     if (this.workload.restartPolicy === "Never") {
       run.state = exited;
     } else {
-      const backoff = Math.min(config.crashBackoffMs * 2 ** run.restartCount, config.crashBackoffMaxMs);
+      // The kubelet's CrashLoopBackOff: doubling per restart, capped, no jitter.
+      const backoff = retryDelay({
+        failures: run.restartCount + 1,
+        baseMs: config.crashBackoffMs,
+        maxMs: config.crashBackoffMaxMs,
+        jitter: "none",
+      });
       run.lastState = exited;
       run.state = {
         kind: "waiting",

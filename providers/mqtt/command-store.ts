@@ -13,9 +13,9 @@
  *   const stored = await cs.load();              // at start: Map<deviceId, StoredCommand[]>
  */
 import type { Logger } from "pino";
+import { retryDelay } from "../../src/base/backoff.ts";
 import type { CommandMessage } from "../../src/protocol/types.ts";
 import type { DurableStore, PodRef } from "../../src/provider/types.ts";
-import { backoffDelay } from "./connection.ts";
 
 export interface StoredCommand {
   readonly message: CommandMessage;
@@ -133,7 +133,7 @@ export class CommandStore {
       } catch (err) {
         w.failures++;
         w.again = true;
-        const delay = backoffDelay(w.failures, 500, 30_000, Math.random);
+        const delay = retryDelay({ failures: w.failures, baseMs: 1_000, maxMs: 30_000, jitter: "equal" });
         this.#log.warn(
           { err, deviceId, failures: w.failures, retryInMs: delay },
           "storing the device's command queue failed; retrying",

@@ -1,6 +1,6 @@
 /**
  * CommandQueue: one-shot requests to devices (restart an app, reboot, exec), kept apart from
- * desired state (design decision 4). Each device has a bounded queue; a command lives until its
+ * desired state (docs/architecture.md, decision 4). Each device has a bounded queue; a command lives until its
  * time to live ends. It is published (QoS 1, not retained, MQTT 5 message expiry) while the device
  * is online and held while it is not; held commands go out when the device is born again, and a
  * command the device never acknowledged receiving is sent again then (devices de-duplicate by
@@ -24,6 +24,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
+import { retryDelay } from "../../src/base/backoff.ts";
 import { encodeMessage } from "../../src/protocol/codec.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import type { CommandMessage } from "../../src/protocol/types.ts";
@@ -38,7 +39,6 @@ import {
   type CommandResult,
   type PendingCommand,
 } from "./command-types.ts";
-import { backoffDelay } from "./connection.ts";
 import type { MqttMetrics } from "./metrics.ts";
 
 export type { CommandAck, CommandRequest, CommandResult, PendingCommand } from "./command-types.ts";
@@ -91,7 +91,7 @@ export class CommandQueue {
   restoreInBackground(signal: AbortSignal, attempt = 0): void {
     this.restore().catch((err: unknown) => {
       if (signal.aborted || this.#stopped) return;
-      const delay = backoffDelay(attempt, 1_000, 60_000, Math.random);
+      const delay = retryDelay({ failures: attempt + 1, baseMs: 1_000, maxMs: 60_000, jitter: "equal" });
       this.#o.logger.warn({ err, retryInMs: delay }, "reading stored commands failed; retrying");
       setTimeout(() => this.restoreInBackground(signal, attempt + 1), delay).unref();
     });

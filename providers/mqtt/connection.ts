@@ -28,6 +28,7 @@
 import { readFile } from "node:fs/promises";
 import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from "mqtt";
 import type { Logger } from "pino";
+import { retryDelay } from "../../src/base/backoff.ts";
 import { withoutCredentials } from "../../src/log/redact.ts";
 import type { MqttConfig } from "./schema.ts";
 import { connectionInsecurity } from "./secret-gate.ts";
@@ -84,11 +85,12 @@ const TAKEOVER_MAX_DELAY_MS = 120_000;
 /** A connection up this long clears the takeover count. */
 const TAKEOVER_CLEAR_MS = 2 * TAKEOVER_MAX_DELAY_MS;
 
-/** Full-jitter backoff capped at max, but never below half the capped step (no hot loops). */
-export const backoffDelay = (attempt: number, minMs: number, maxMs: number, random: () => number) => {
-  const step = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
-  return Math.round(step / 2 + (random() * step) / 2);
-};
+/**
+ * Wait before reconnect `attempt` (0-based): equal jitter (half the capped step fixed, half random),
+ * so a fleet that lost the broker together spreads out, yet never reconnects in a hot loop.
+ */
+const reconnectDelay = (attempt: number, minMs: number, maxMs: number, random: () => number) =>
+  Math.round(retryDelay({ failures: attempt + 1, baseMs: minMs, maxMs, jitter: "equal", random }));
 
 export class MqttConnection implements BrokerConnection {
   readonly protocolVersion: 4 | 5;
@@ -268,7 +270,12 @@ export class MqttConnection implements BrokerConnection {
       return undefined;
     }
     if (lived >= TAKEOVER_CLEAR_MS) this.#takeovers = 0;
-    const delay = backoffDelay(this.#takeovers++, TAKEOVER_MIN_DELAY_MS, TAKEOVER_MAX_DELAY_MS, this.#random);
+    const delay = reconnectDelay(
+      this.#takeovers++,
+      TAKEOVER_MIN_DELAY_MS,
+      TAKEOVER_MAX_DELAY_MS,
+      this.#random,
+    );
     this.#log.warn(
       {
         clientId: this.#o.config.clientId,
@@ -284,7 +291,7 @@ export class MqttConnection implements BrokerConnection {
 
   #scheduleReconnect(delayMs?: number): void {
     const { minDelayMs, maxDelayMs } = this.#o.config.reconnect;
-    const backoff = backoffDelay(this.#attempt++, minDelayMs, maxDelayMs, this.#random);
+    const backoff = reconnectDelay(this.#attempt++, minDelayMs, maxDelayMs, this.#random);
     const delay = delayMs ?? backoff;
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = undefined;

@@ -53,5 +53,10 @@ export interface DeviceDesired {
   timer: NodeJS.Timeout | undefined;
   inFlight: boolean;
   failures: number;
-  waiters: { seq: number; resolve: () => void }[];
+  /**
+   * Callers waiting for a change: released once a flush at or after `seq` succeeded — `durable`
+   * ones only when that flush left the content retained, `handled` ones also when the content was
+   * found unsendable (held back with a reason; no document will carry it until something changes).
+   */
+  waiters: { seq: number; until: "durable" | "handled"; resolve: () => void }[];
 }

@@ -1,6 +1,6 @@
 /**
  * DeviceRegistry: what devicelet knows about each allowed device — its birth (which becomes the
- * node), its presence, and the (bootId, seq) ordering of what it sends (design decision 5).
+ * node), its presence, and the (bootId, seq) ordering of what it sends (docs/architecture.md, decision 5).
  *
  * Ordering rules:
  * - A birth (`state` online) with a new bootId starts a new boot: sequences reset and the old boot

@@ -7,7 +7,7 @@
  */
 import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
 import type { DesiredPod, Tombstone } from "../../src/protocol/types.ts";
-import type { PodEntry } from "./desired.ts";
+import type { PodEntry } from "./desired-types.ts";
 
 /** Pods of a document that fits, and the entries held back to make it fit (with why). */
 export interface Fitted {

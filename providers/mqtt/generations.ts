@@ -5,7 +5,7 @@
  * while the device is away).
  *
  * Generations are reserved in blocks BEFORE any document above the reserved mark is published
- * (design decision 2): a restarted process continues above everything the previous one may
+ * (docs/architecture.md, decision 2): a restarted process continues above everything the previous one may
  * have used, and in the steady state a publish costs no store write. The first allocation of a
  * process for a device always reserves, since the previous process may have used its whole block.
  *

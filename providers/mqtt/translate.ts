@@ -2,8 +2,8 @@
  * Workload (what the engine asks for) → DesiredPod (what the desired document carries), and the
  * checks that keep one bad pod from poisoning its device's whole document: a pod that does not
  * validate on its own, or that carries Secret material where the {@link SecretGate} refuses it (a
- * plain or unverified broker connection, a device not trusted with Secrets; docs/design.md decision
- * 8), is held back with a reason instead of being sent.
+ * plain or unverified broker connection, a device not trusted with Secrets;
+ * docs/architecture.md, decision 8), is held back with a reason instead of being sent.
  *
  * The pod's `hash` in the document is the hash of what the device gets (everything of the
  * DesiredPod but `uid` and `hash`), not the engine's workload hash, which also covers the pod's

@@ -2,16 +2,8 @@
  * The `devicelet` command line. `main(argv)` resolves to the process exit code; it never calls
  * `process.exit` itself, so a command's clean-up always runs.
  */
-import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-
-// From src/cli/ or, once built, from dist/src/cli/.
-const packageJsonUrl = new URL(
-  import.meta.url.includes("/dist/") ? "../../../package.json" : "../../package.json",
-  import.meta.url,
-);
-const packageJson = JSON.parse(readFileSync(packageJsonUrl, "utf8")) as { version: string };
-export const version = packageJson.version;
+import { version } from "./version.ts";
 
 const usage = `devicelet ${version} — a virtual kubelet for devices
 

@@ -1,7 +1,7 @@
 /**
  * devicelet's configuration: the file given to `devicelet run --config <file.yaml>`.
  *
- * Validated once at the edge, then frozen (design decision 7): YAML is parsed, the core schema
+ * Validated once at the edge, then frozen (docs/architecture.md, decision 7): YAML is parsed, the core schema
  * and the selected provider's schema are checked in one ajv pass with defaults filled in, and a
  * {@link ConfigError} lists every problem with its JSON path and line. See docs/configuration.md.
  *

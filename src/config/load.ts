@@ -8,18 +8,11 @@ import { isIP } from "node:net";
 import { Ajv, type ErrorObject, type SchemaObject, type ValidateFunction } from "ajv";
 import { isCollection, isPair, LineCounter, parseDocument, visit, type Document } from "yaml";
 import { deviceLabelConfigProblems } from "../node/labels.ts";
+import type { ConfigProblem } from "./problem.ts";
 import { coreChecks, type ConfigCheck, type RuleProblem } from "./rules.ts";
 import { coreConfigSchema, type DeviceletConfig } from "./schema.ts";
 
-/** One thing wrong with a configuration file. */
-export interface ConfigProblem {
-  /** JSON pointer into the document (`/api/qps`), or `""` for the whole file / a YAML syntax error. */
-  readonly path: string;
-  readonly message: string;
-  /** 1-based line in the file, when it can be located. */
-  readonly line?: number;
-  readonly column?: number;
-}
+export type { ConfigProblem } from "./problem.ts";
 
 /** Thrown when a configuration cannot be used; `problems` lists every issue, `message` prints them. */
 export class ConfigError extends Error {

@@ -155,7 +155,14 @@ describe("configuration rules", () => {
     const create = () =>
       createMqttProvider(
         { broker: { url: "mqtt://b", tls: { cert: pem } }, devices: { allow: ["*"] } },
-        { logger: pino({ level: "silent" }), store: new MemoryStore(), recordEvent: () => undefined },
+        {
+          logger: pino({ level: "silent" }),
+          store: new MemoryStore(),
+          recordEvent: () => undefined,
+          fail: (err: Error) => {
+            throw err;
+          },
+        },
       );
     expect(create).toThrow(ConfigError);
     expect(create).toThrow(

@@ -16,7 +16,7 @@
  */
 import { statSync, accessSync, constants } from "node:fs";
 import { podIpRangeProblem } from "../pod/ip.ts";
-import type { ConfigProblem } from "./load.ts";
+import type { ConfigProblem } from "./problem.ts";
 
 /** A problem a rule found; `involves` lists every path the rule read (default: `path`). */
 export interface RuleProblem extends ConfigProblem {

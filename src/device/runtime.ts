@@ -8,6 +8,7 @@
  * admission against the device's capacity.
  */
 import type { DesiredPod, ReportedAppState, ReportedPod, Tombstone } from "../protocol/types.ts";
+import { retryDelay } from "../base/backoff.ts";
 import { milliValue, parseQuantity, unitValue } from "../base/quantity.ts";
 
 /** Something worth a Kubernetes Event on the pod (Started, BackOff, Killing, Failed…). */
@@ -75,9 +76,12 @@ export interface BackoffOptions {
 }
 export const kubeletBackoff: BackoffOptions = { initialMs: 10_000, maxMs: 300_000 };
 
-/** Delay before restart number `failures` (1-based) in a row: initial · 2^(n−1), capped. */
-export const backoffDelay = (failures: number, o: BackoffOptions): number =>
-  Math.min(o.maxMs, o.initialMs * 2 ** Math.max(0, Math.min(30, failures - 1)));
+/**
+ * Delay before restart number `failures` (1-based) in a row: initial · 2^(n−1), capped, without
+ * jitter like the kubelet's CrashLoopBackOff (the delay is shown in the app's waiting message).
+ */
+export const restartDelay = (failures: number, o: BackoffOptions): number =>
+  retryDelay({ failures, baseMs: o.initialMs, maxMs: o.maxMs, jitter: "none" });
 
 /** `terminated` state of an app that exited, with the reason the kubelet would give. */
 export function terminatedState(o: {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import { desiredPod, tombstone } from "./fixtures.ts";
-import { admit, backoffDelay, podPhase } from "./runtime.ts";
+import { admit, podPhase, restartDelay } from "./runtime.ts";
 import { SimRuntime } from "./sim-runtime.ts";
 
 describe("SimRuntime", () => {
@@ -49,7 +49,7 @@ describe("SimRuntime", () => {
 describe("kubelet rules", () => {
   it("doubles the back-off up to its cap", () => {
     const o = { initialMs: 10_000, maxMs: 300_000 };
-    expect([1, 2, 3, 6, 50].map((n) => backoffDelay(n, o))).toEqual([
+    expect([1, 2, 3, 6, 50].map((n) => restartDelay(n, o))).toEqual([
       10_000, 20_000, 40_000, 300_000, 300_000,
     ]);
   });

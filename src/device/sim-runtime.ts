@@ -11,9 +11,9 @@ import type { DesiredPod, ReportedApp, ReportedAppState, ReportedPod, Tombstone 
 import { systemClock, type Clock } from "../base/clock.ts";
 import {
   admit,
-  backoffDelay,
   podPhase,
   refusedPod,
+  restartDelay,
   shouldRestart,
   terminatedState,
   type AdmissionRefusal,
@@ -193,7 +193,7 @@ export class SimRuntime implements Runtime {
       return;
     }
     app.failures++;
-    const delay = backoffDelay(app.failures, this.#o.backoff ?? { initialMs: 1_000, maxMs: 30_000 });
+    const delay = restartDelay(app.failures, this.#o.backoff ?? { initialMs: 1_000, maxMs: 30_000 });
     app.lastStatus = crashed;
     app.status = {
       state: "waiting",

@@ -33,7 +33,7 @@ import type { Clock } from "../base/clock.ts";
 import { LogRing } from "./log-ring.ts";
 import { FileError, writeAppFiles, type FetchBytes, type FileOwner } from "./pod-files.ts";
 import {
-  backoffDelay,
+  restartDelay,
   shouldRestart,
   terminatedState,
   type BackoffOptions,
@@ -195,7 +195,7 @@ export class AppSupervisor {
             : "CreateContainerError";
       this.#status = { state: "waiting", reason, message };
       this.#event("Warning", "Failed", `Error: ${message}`);
-      this.#retryAfter(backoffDelay(++this.#failures, this.#o.backoff));
+      this.#retryAfter(restartDelay(++this.#failures, this.#o.backoff));
       this.#o.onChange();
       return;
     }
@@ -261,7 +261,7 @@ export class AppSupervisor {
     this.#o.logger.error({ pod: this.#o.podName, app: this.#o.app.name, err: message }, "app launch failed");
     this.#status = { state: "waiting", reason: "CreateContainerError", message };
     this.#event("Warning", "Failed", `Error: ${message}`);
-    if (!this.#stopping) this.#retryAfter(backoffDelay(++this.#failures, this.#o.backoff));
+    if (!this.#stopping) this.#retryAfter(restartDelay(++this.#failures, this.#o.backoff));
     this.#o.onChange();
   }
 
@@ -289,7 +289,7 @@ export class AppSupervisor {
     }
     if (ran && now - this.#startedAtMs >= this.#o.resetAfterMs) this.#failures = 0;
     this.#failures++;
-    const delay = this.#failures === 1 ? 0 : backoffDelay(this.#failures - 1, this.#o.backoff);
+    const delay = this.#failures === 1 ? 0 : restartDelay(this.#failures - 1, this.#o.backoff);
     this.#last = term;
     this.#status = {
       state: "waiting",

@@ -18,6 +18,7 @@
  */
 import { setTimeout as sleepFor } from "node:timers/promises";
 import type { Logger } from "pino";
+import { retryDelay } from "../base/backoff.ts";
 import type { KubeClient } from "./client.ts";
 import { isGone } from "./errors.ts";
 import { ObjectStore, type IndexFunction, type StoreChange } from "./store.ts";
@@ -191,7 +192,7 @@ export class Informer<T extends KubeObject> {
     const selectors = { labelSelector: o.labelSelector, fieldSelector: o.fieldSelector };
     // A function, not the property: TypeScript would keep `signal.aborted` narrowed across awaits.
     const stopped = () => signal.aborted;
-    let delay = initial;
+    let failures = 0;
     while (!stopped()) {
       let healthy = false;
       let watching = false;
@@ -240,10 +241,9 @@ export class Informer<T extends KubeObject> {
         this.#log.warn({ err, watching }, watching ? "watch failed" : "list failed");
       }
       if (stopped()) break;
-      if (healthy) delay = initial;
-      // Equal jitter: half fixed, half random, so a fleet of restarts spreads out.
-      await sleep(delay / 2 + (random() * delay) / 2, signal);
-      delay = Math.min(delay * 2, max);
+      // Ends in a row without a healthy watch; equal jitter so a fleet of restarts spreads out.
+      failures = healthy ? 1 : failures + 1;
+      await sleep(retryDelay({ failures, baseMs: initial, maxMs: max, jitter: "equal", random }), signal);
     }
   }
 

@@ -29,6 +29,25 @@ import type {
   V1Taint,
 } from "@kubernetes/client-node";
 
+/**
+ * client-node's models by name, for the folders that must not import the SDK themselves
+ * (`src/workload`, `src/node`, `src/pod`: the SDK stays behind `src/kube`). Types only.
+ */
+export type {
+  V1ConfigMap,
+  V1Container,
+  V1ContainerState,
+  V1ContainerStatus,
+  V1Node,
+  V1NodeCondition,
+  V1NodeStatus,
+  V1Pod,
+  V1PodCondition,
+  V1PodStatus,
+  V1Secret,
+  V1Volume,
+} from "@kubernetes/client-node";
+
 /** A client-node model as wire JSON: `Date` becomes `string`, recursively. */
 export type Wire<T> = T extends Date
   ? string

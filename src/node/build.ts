@@ -14,7 +14,7 @@
  * only with types that cannot outrank it. No `Hostname` = node name entry is added: it would
  * outrank the InternalIP and resolve nowhere.
  */
-import type { V1Node, V1NodeCondition, V1NodeStatus } from "@kubernetes/client-node";
+import type { V1Node, V1NodeCondition, V1NodeStatus } from "../kube/types.ts";
 import { isIP } from "node:net";
 import type { DeviceInfo, NodeAddress } from "../provider/types.ts";
 import { sameNormalised, sha256Hex, toDate } from "../base/canonical.ts";

@@ -10,7 +10,7 @@
  * for a token to this cluster, and refusing it would refuse every pod. Set
  * `automountServiceAccountToken: false` to keep it out of the pod altogether.
  */
-import type { V1Pod } from "@kubernetes/client-node";
+import type { V1Pod } from "../kube/types.ts";
 import { PodFeature } from "../provider/types.ts";
 import { securityContextUses, unsupportedSecurityFields } from "./security.ts";
 import { arr, bool, rec, str, type Model, type Rec } from "./shape.ts";

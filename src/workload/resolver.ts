@@ -3,7 +3,7 @@
  * pod's namespace, the Events to record on the pod, and the configuration error that stops the
  * translation (as the kubelet stops at the first one and reports `CreateContainerConfigError`).
  */
-import type { V1ConfigMap, V1Secret } from "@kubernetes/client-node";
+import type { V1ConfigMap, V1Secret } from "../kube/types.ts";
 import type { DownwardContext } from "./downward.ts";
 import { own, rec, str, type Model } from "./shape.ts";
 

@@ -1,4 +1,4 @@
-import type { V1Pod } from "@kubernetes/client-node";
+import type { V1Pod } from "../kube/types.ts";
 import { describe, expect, it } from "vitest";
 import { PodFeature } from "../provider/types.ts";
 import { checkSupported, requiredFeatures } from "./features.ts";

@@ -2,7 +2,7 @@
  * Fixtures shared by the workload tests: a pod builder, ConfigMap/Secret builders and an in-memory
  * {@link ObjectLookups}. Test support only; nothing in the engine imports it.
  */
-import type { V1ConfigMap, V1Container, V1Pod, V1Secret, V1Volume } from "@kubernetes/client-node";
+import type { V1ConfigMap, V1Container, V1Pod, V1Secret, V1Volume } from "../kube/types.ts";
 import type { Workload } from "../provider/types.ts";
 import type { ObjectLookups } from "./resolver.ts";
 import type { Plain } from "./shape.ts";

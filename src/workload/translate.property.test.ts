@@ -1,4 +1,4 @@
-import type { V1Pod } from "@kubernetes/client-node";
+import type { V1Pod } from "../kube/types.ts";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { Plain } from "./shape.ts";

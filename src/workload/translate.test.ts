@@ -1,4 +1,4 @@
-import type { V1Container } from "@kubernetes/client-node";
+import type { V1Container } from "../kube/types.ts";
 import { describe, expect, it } from "vitest";
 import type { Plain } from "./shape.ts";
 import { app, cm, ok, opts, pod, secret, store } from "./test-fixtures.ts";

@@ -6,7 +6,7 @@
  * Call {@link checkSupported} first: this function translates what it can carry and does not
  * judge what a provider may run. It never throws, whatever the input.
  */
-import type { V1Pod } from "@kubernetes/client-node";
+import type { V1Pod } from "../kube/types.ts";
 import type { AppPort, AppSpec, Workload } from "../provider/types.ts";
 import { canonicalJson, sha256Hex } from "../base/canonical.ts";
 import { resolveEnv } from "./env.ts";

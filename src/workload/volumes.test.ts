@@ -1,4 +1,4 @@
-import type { V1Volume } from "@kubernetes/client-node";
+import type { V1Volume } from "../kube/types.ts";
 import { describe, expect, it } from "vitest";
 import type { Plain } from "./shape.ts";
 import { app, b64, cm, opts, pod, secret, store } from "./test-fixtures.ts";

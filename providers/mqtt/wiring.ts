@@ -1,0 +1,238 @@
+/**
+ * The MQTT provider's parts, built and wired in one place. Each part gets the narrow callbacks or
+ * `Pick`s it uses, never the provider; what has to reach the engine leaves through
+ * {@link MqttEvents}, which the provider fans out to its listeners. Nothing starts here: the
+ * provider starts and stops the parts (`start`/`stop`).
+ *
+ *   const parts = wireMqtt({ config, context, logger, metrics, instance, events });
+ *   await parts.session.start(signal);
+ *
+ * Data flows one way, in the order the parts are built below, except for five loops that are the
+ * protocol's own, each a closure read only after construction:
+ * - the desired store tells the status coalescer a device changed; the coalescer reads the
+ *   statuses back through the status view, which reads the store;
+ * - once a device's document is retained, the desired store has workloads store the engine's
+ *   workload hashes of its pods (workload-hashes.ts) before releasing the calls waiting for it;
+ * - a late read-back document (session) is adopted by orphans, which restores the device's birth
+ *   (lifecycle), and the lifecycle's silence watch reads when the session connected;
+ * - orphans ask whether the engine claimed a pod (workloads), which tells orphans of its claims;
+ * - the lifecycle forgets the pods of a decommissioned device (workloads).
+ */
+import type { Logger } from "pino";
+import { canonicalJson, sha256Hex } from "../../src/base/canonical.ts";
+import { topics } from "../../src/protocol/topics.ts";
+import { DEFAULT_MAX_MESSAGE_BYTES } from "../../src/protocol/types.ts";
+import type {
+  DeviceInfo,
+  PodRef,
+  ProviderContext,
+  ProviderEvent,
+  WorkloadStatus,
+} from "../../src/provider/types.ts";
+import { commandEvent } from "./command-types.ts";
+import { CommandQueue } from "./commands.ts";
+import { MqttConnection } from "./connection.ts";
+import { DesiredStore } from "./desired.ts";
+import { DeviceLifecycle } from "./device-lifecycle.ts";
+import { DeviceRegistry } from "./devices.ts";
+import { documentLimit, inboundPacketLimit } from "./fit.ts";
+import { GenerationAllocator } from "./generations.ts";
+import { Inbound } from "./inbound.ts";
+import type { MqttMetrics } from "./metrics.ts";
+import { Observations } from "./observations.ts";
+import { Orphans } from "./orphans.ts";
+import { StatusCoalescer } from "./pod-status.ts";
+import { RestartRequests } from "./restart.ts";
+import { allowListMatcher, type MqttConfig } from "./schema.ts";
+import { SecretGate } from "./secret-gate.ts";
+import { BrokerSession, bridgePayload } from "./session.ts";
+import { PodStatusView } from "./status-view.ts";
+import { WorkloadHashes } from "./workload-hashes.ts";
+import { Workloads } from "./workloads.ts";
+
+const STATUS_COALESCE_MS = 10;
+
+/** What the parts tell the engine, through the provider. */
+export interface MqttEvents {
+  /** A pod's status may have changed; false when nobody listens yet (it is pushed again later). */
+  readonly status: (status: WorkloadStatus) => boolean;
+  /** A pod is gone from its device's document (notifyDeleted). */
+  readonly deleted: (ref: PodRef) => void;
+  /** A device appeared or changed (watchDevices). */
+  readonly deviceChanged: (info: DeviceInfo) => void;
+}
+
+export interface MqttParts {
+  readonly secrets: SecretGate;
+  readonly connection: MqttConnection;
+  readonly registry: DeviceRegistry;
+  readonly desired: DesiredStore;
+  readonly statusView: PodStatusView;
+  readonly statuses: StatusCoalescer;
+  readonly commands: CommandQueue;
+  readonly workloads: Workloads;
+  readonly orphans: Orphans;
+  readonly session: BrokerSession;
+  readonly lifecycle: DeviceLifecycle;
+}
+
+export function wireMqtt(o: {
+  readonly config: MqttConfig;
+  readonly context: ProviderContext;
+  readonly logger: Logger;
+  readonly metrics: MqttMetrics;
+  /** This process's identity in the bridge presence (`pid-start`). */
+  readonly instance: string;
+  readonly events: MqttEvents;
+}): MqttParts {
+  const { config, context, logger, metrics, events } = o;
+  const recordEvent = (event: ProviderEvent) => context.recordEvent(event);
+  const allowed = allowListMatcher(config.devices.allow);
+
+  const secrets = new SecretGate({
+    broker: config.broker,
+    devices: config.devices,
+    allowSecretsWithoutTls: config.allowSecretsWithoutTls,
+  });
+  const connection = new MqttConnection({
+    config: config.broker,
+    graceSeconds: config.health.disconnectedGraceSeconds,
+    bridge: { topic: topics.bridge(), payload: bridgePayload(o.instance) },
+    logger,
+    // Devices' messages, and devicelet's own retained documents read back at start.
+    maximumPacketSize: inboundPacketLimit(
+      Math.max(config.devices.maxMessageBytes, config.desired.maxDocumentBytes),
+    ),
+  });
+  const registry = new DeviceRegistry({ onChange: events.deviceChanged });
+  const allocator = new GenerationAllocator({
+    store: context.store,
+    blockSize: config.desired.generationBlock,
+    onWrite: () => metrics.inc("storeWrites"),
+  });
+  const observations = new Observations();
+  const desired = new DesiredStore({
+    allocator,
+    publish: (topic, payload) => connection.publish(topic, payload, { qos: 1, retain: true }),
+    maxBytes: (id) =>
+      documentLimit({
+        announced: registry.get(id)?.birth?.capabilities.maxMessageBytes,
+        ceiling: config.desired.maxDocumentBytes,
+        fallback: DEFAULT_MAX_MESSAGE_BYTES,
+      }),
+    debounceMs: config.desired.debounceMs,
+    publishTimeoutMs: config.desired.publishTimeoutMs,
+    persist: (d) => workloads.persist(d),
+    connected: () => connection.isConnected(),
+    onChange: (id) => statuses.mark(id),
+    metrics,
+    logger,
+  });
+  const statusView = new PodStatusView({
+    desired,
+    registry,
+    observations,
+    checkPodAddress: context.checkPodAddress,
+    recordEvent,
+    logger,
+  });
+  const statuses = new StatusCoalescer({
+    delayMs: STATUS_COALESCE_MS,
+    statusesOf: (deviceId) => statusView.statusesOf(deviceId),
+    emit: (status) => {
+      if (!events.status(status)) return false;
+      metrics.inc("statusUpdates");
+      return true;
+    },
+  });
+  const commands = new CommandQueue({
+    limit: config.commands.queueLimit,
+    store: context.store,
+    publish: (topic, payload, expiry) =>
+      connection.publish(topic, payload, { qos: 1, retain: false, messageExpirySeconds: expiry }),
+    isOnline: (id) => registry.effectivePresence(id) === "online",
+    understandsTtl: (id) => registry.get(id)?.birth?.capabilities.commandTtl === true,
+    onExpired: (command, why) => recordEvent(commandEvent(command, "CommandExpired", why)),
+    onFailed: (command, ack) =>
+      recordEvent(commandEvent(command, "CommandFailed", ack.message ?? `exit code ${ack.exitCode ?? "?"}`)),
+    metrics,
+    logger,
+  });
+  const restarts = new RestartRequests({
+    commands,
+    logger,
+    recordEvent,
+    defaultTtlSeconds: config.commands.ttlSeconds,
+  });
+  const inbound = new Inbound({
+    allowed,
+    maxMessageBytes: config.devices.maxMessageBytes,
+    registry,
+    desired,
+    observations,
+    commands,
+    statuses,
+    allocator,
+    metrics,
+    logger,
+    recordEvent,
+    deleted: events.deleted,
+  });
+  const orphans: Orphans = new Orphans({
+    graceMs: config.desired.orphanGraceSeconds * 1000,
+    desired,
+    claimed: (uid) => workloads.claimed(uid),
+    markStatus: (id) => statuses.mark(id),
+    restoreBirth: (id) => lifecycle.restoreBirths([id]),
+    recordEvent,
+    deleted: events.deleted,
+    logger,
+  });
+  const workloads: Workloads = new Workloads({
+    desired,
+    statuses,
+    orphans,
+    restarts,
+    secrets,
+    hashes: new WorkloadHashes({ store: context.store, logger, config: sha256Hex(canonicalJson(config)) }),
+    deleted: events.deleted,
+  });
+  const session = new BrokerSession({
+    connection,
+    readbackTimeoutMs: config.desired.readbackTimeoutMs,
+    onLate: (doc) => orphans.adoptLate(doc),
+    inbound,
+    desired,
+    metrics,
+    logger,
+  });
+  const lifecycle = new DeviceLifecycle({
+    registry,
+    desired,
+    commands,
+    allocator,
+    connection,
+    allowed,
+    statuses,
+    silentAfterMs: config.devices.silentAfterSeconds * 1000,
+    wakeToleranceMs: config.devices.wakeToleranceSeconds * 1000,
+    connectedSince: () => session.connectedSince(),
+    recordEvent,
+    forgetPod: (ref) => workloads.forget(ref),
+    deleted: events.deleted,
+    logger,
+  });
+  return {
+    secrets,
+    connection,
+    registry,
+    desired,
+    statusView,
+    statuses,
+    commands,
+    workloads,
+    orphans,
+    session,
+    lifecycle,
+  };
+}
