@@ -1,14 +1,18 @@
 /**
  * The devicelet engine: one process, one provider, many device nodes. Wires the Kubernetes client,
- * the node and pod controllers and the provider together and runs them until the signal aborts.
+ * the node and pod controllers and the provider together and runs them until the signal aborts,
+ * as a controller manager runs its runnables: `runEngine` resolves once everything is ready;
+ * `engine.done` settles once everything has stopped.
  *
  *   const engine = await runEngine({ config, createProvider: (ctx) => plugin.create(cfg, ctx), ... }, signal);
  *   controller.abort();   // leases stop being renewed; nodes are left in place
+ *   await engine.done;    // provider stopped, connections closed; rejects when the provider failed
  *
  * Stopping never deletes nodes: a node whose lease lapses goes Ready=Unknown, which is the truth
  * about a stopped devicelet, and its pods stay bound for when devicelet returns.
  */
 import type { Logger } from "pino";
+import type { Clock } from "./base/clock.ts";
 import type { DeviceletConfig } from "./config/index.ts";
 import { createKubeClient, EventRecorder, type KubeClient } from "./kube/index.ts";
 import { addressChecker } from "./node/addresses.ts";
@@ -19,13 +23,14 @@ import {
   hasDeviceNotifier,
   hasDeviceRetirement,
   hasHealth,
-  isStartable,
+  hasLifecycle,
   type DeviceInfo,
   type DeviceInventory,
   type PodLifecycleProvider,
   type ProviderContext,
   type ProviderEvent,
 } from "./provider/types.ts";
+import { deferCallbacks } from "./provider/deferred.ts";
 import { ConfigMapStore } from "./state/configmap-store.ts";
 import { checkStateNamespace, stateNamespace } from "./state/namespace-check.ts";
 
@@ -37,6 +42,8 @@ export interface EngineOptions {
   readonly version: string;
   /** Use this client instead of building one from the config. */
   readonly kube?: KubeClient;
+  /** The time source of both controllers (tests pass a FakeClock); default the system clock. */
+  readonly clock?: Clock;
 }
 
 export interface Engine {
@@ -44,6 +51,12 @@ export interface Engine {
   readonly provider: PodLifecycleProvider;
   readonly nodes: NodeController;
   readonly pods: PodController;
+  /**
+   * Settles once the engine has stopped: the signal aborted (or the provider failed), controllers
+   * stopped, the provider's `stop` returned and the client it built closed. Rejects with the
+   * provider's fatal error when it reported one (ProviderContext.fail).
+   */
+  readonly done: Promise<void>;
 }
 
 /** A provider without an inventory has no devices, so no nodes. */
@@ -100,12 +113,35 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     events.record({ object, type: event.type, reason: event.reason, message: event.message });
   };
   const addresses = addressChecker(config.nodes.addressRanges);
-  const provider = options.createProvider({
-    logger: logger.child({ component: "provider" }),
-    store: new ConfigMapStore(kube, namespace.name),
-    recordEvent,
-    checkPodAddress: (address) => addresses.ip(address),
-  });
+  // The engine's own signal: the caller's, or a fatal error the provider reports.
+  const running = new AbortController();
+  const stopRunning = () => running.abort(signal.reason);
+  if (signal.aborted) stopRunning();
+  else signal.addEventListener("abort", stopRunning, { once: true });
+  let fatal: Error | undefined;
+  const fail = (error: Error) => {
+    if (running.signal.aborted) return;
+    fatal = error;
+    logger.error({ err: error }, "the provider reported a fatal error; stopping");
+    running.abort(error);
+  };
+  let provider: PodLifecycleProvider;
+  try {
+    // Callbacks the controllers register are queued, never run inside the provider's own call.
+    provider = deferCallbacks(
+      options.createProvider({
+        logger: logger.child({ component: "provider" }),
+        store: new ConfigMapStore(kube, namespace.name),
+        recordEvent,
+        checkPodAddress: (address) => addresses.ip(address),
+        fail,
+      }),
+      logger,
+    );
+  } catch (err) {
+    if (!options.kube) await kube.close();
+    throw err;
+  }
   const nodes = new NodeController({
     kube,
     inventory: hasDeviceInventory(provider) ? provider : emptyInventory,
@@ -116,6 +152,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     ...(hasDeviceNotifier(provider) ? { notifier: provider } : {}),
     // Deleting the Node of a device that is away decommissions it (docs/protocol.md § 5).
     ...(hasDeviceRetirement(provider) ? { retirement: provider } : {}),
+    ...(options.clock ? { clock: options.clock } : {}),
     events,
     config: {
       namePrefix: config.nodes.namePrefix,
@@ -138,19 +175,39 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     nodes,
     events,
     logger,
+    ...(options.clock ? { clock: options.clock } : {}),
     config: { ...config.pods, kubeletAddress: config.kubelet.address },
   });
-  // Nodes first: the ones an earlier run registered are heartbeated (and stay Ready) even while
-  // the provider waits for an unreachable broker. Pods only once the provider can say what runs.
-  await nodes.start(signal);
-  if (isStartable(provider)) {
-    logger.info({ nodes: nodes.nodeNames().length }, "nodes are heartbeating; waiting for the provider");
-    await provider.start(signal);
+  const shutdown = async () => {
+    if (hasLifecycle(provider)) await provider.stop();
+    if (!options.kube) await kube.close();
+  };
+  try {
+    // Nodes first: the ones an earlier run registered are heartbeated (and stay Ready) even while
+    // the provider waits for an unreachable broker. Pods only once the provider can say what runs.
+    await nodes.start(running.signal);
+    if (hasLifecycle(provider)) {
+      logger.info({ nodes: nodes.nodeNames().length }, "nodes are heartbeating; waiting for the provider");
+      await provider.start(running.signal);
+    }
+    await nodes.syncInventory();
+    await pods.start(running.signal);
+    if (fatal) throw fatal;
+  } catch (err) {
+    running.abort(err);
+    await shutdown();
+    throw err;
   }
-  await nodes.syncInventory();
-  await pods.start(signal);
-  logEngineMetrics({ kube, nodes, pods, logger }, signal);
-  return { kube, provider, nodes, pods };
+  logEngineMetrics({ kube, nodes, pods, logger }, running.signal);
+  const done = new Promise<void>((resolve) => {
+    running.signal.addEventListener("abort", () => resolve(), { once: true });
+  }).then(async () => {
+    await shutdown();
+    if (fatal) throw fatal;
+  });
+  // A caller that never awaits `done` must not see an unhandled rejection: the fatal error is logged.
+  done.catch(() => undefined);
+  return { kube, provider, nodes, pods, done };
 }
 
 /** Every minute, when anything changed: heartbeat load, request queues and reconcile queues. */

@@ -1,5 +1,5 @@
 /** The simulated devices: their specs, presence (through gateways) and DeviceInfo as the engine sees it. */
-import { notFound } from "../../src/provider/errors.ts";
+import { invalidInput, notFound } from "../../src/provider/errors.ts";
 import type { DeviceInfo } from "../../src/provider/types.ts";
 import type { Clock } from "../../src/base/clock.ts";
 import type { MockDeviceSpec } from "./schema.ts";
@@ -32,6 +32,17 @@ export class DeviceFleet {
 
   address(id: string): string | undefined {
     return this.#devices.get(id)?.spec.address;
+  }
+
+  /**
+   * Forgets a device for good.
+   * @throws ProviderError NotFound for an unknown device, InvalidInput while devices are behind it.
+   */
+  remove(id: string): void {
+    if (!this.#devices.has(id)) throw notFound(`mock: unknown device ${id}`);
+    const behind = [...this.#devices.values()].filter((d) => d.spec.gateway === id).map((d) => d.spec.id);
+    if (behind.length > 0) throw invalidInput(`mock: devices ${behind.join(", ")} are reached through ${id}`);
+    this.#devices.delete(id);
   }
 
   /** Online when the device and every gateway it is reached through are connected. */

@@ -7,6 +7,8 @@ export interface MockProviderDeps {
   readonly clock?: Clock;
   /** Source of randomness for `createErrorRate`, in [0, 1). */
   readonly random?: () => number;
+  /** Where `fatalErrorAfterMs` reports its error (the engine's ProviderContext.fail). */
+  readonly fail?: (error: Error) => void;
 }
 
 /** Counters for tests and benchmarks; a fresh snapshot on each call. */

@@ -7,7 +7,7 @@ import {
   hasLogs,
   hasStats,
   hasStatusNotifier,
-  isStartable,
+  hasLifecycle,
 } from "../../src/provider/types.ts";
 import { createMockProvider, expandDevices, matchesImage, type MockConfigInput } from "./index.ts";
 import { ManualClock, record, refOf, silentLogger, workload } from "./testing.ts";
@@ -36,7 +36,7 @@ describe("MockProvider", () => {
       hasDeviceInventory,
       hasLogs,
       hasStats,
-      isStartable,
+      hasLifecycle,
     ]) {
       expect(guard(provider)).toBe(true);
     }
@@ -66,6 +66,8 @@ describe("MockProvider", () => {
         pod: { namespace: "default", name: "web", uid: "uid-web" },
         nodeName: "mock-1",
         hash: workload("web", "mock-1").hash,
+        // Kept, so a pod deleted while devicelet was down is stopped with its own grace.
+        terminationGracePeriodSeconds: 30,
       },
     ]);
     expect(provider.stats()).toMatchObject({ creates: 1, applied: 1, pods: 1 });
@@ -191,7 +193,11 @@ describe("MockProvider", () => {
     await provider.deletePod(c.pod, { gracePeriodSeconds: 0 });
     expect(rec.deleted).toEqual([refOf(b), refOf(a), refOf(c)]);
     expect(provider.stats()).toMatchObject({ deletes: 3, deleted: 3, pods: 0 });
-    await expect(provider.deletePod(a.pod, { gracePeriodSeconds: 0 })).rejects.toSatisfy(isNotFound);
+    // Deleting a pod it no longer holds resolves (the contract: deleting twice is not an error)
+    // and is reported deleted again, so an engine waiting for the notice is not left waiting.
+    await provider.deletePod(a.pod, { gracePeriodSeconds: 0 });
+    expect(provider.stats()).toMatchObject({ deletes: 3, deleted: 3, pods: 0 });
+    expect(rec.deleted).toEqual([refOf(b), refOf(a), refOf(c), refOf(a)]);
   });
 
   it("crash-loops apps whose image matches failImages, with growing restart counts", async () => {
@@ -241,10 +247,11 @@ describe("MockProvider", () => {
     expect(provider.stats()).toMatchObject({ createErrors: 1, creates: 1 });
   });
 
-  it("refuses unknown devices and updates of unknown pods", async () => {
+  it("refuses unknown devices; an update of an unknown pod creates it", async () => {
     const { provider } = await started({});
     await expect(provider.createPod(workload("x", "nope"))).rejects.toSatisfy(isInvalidInput);
-    await expect(provider.updatePod(workload("x", "mock-0"))).rejects.toSatisfy(isNotFound);
+    await provider.updatePod(workload("x", "mock-0"));
+    expect(provider.stats()).toMatchObject({ creates: 1, pods: 1 });
     expect(() => {
       provider.setConnected("nope", false);
     }).toThrow(/unknown device/);

@@ -9,6 +9,7 @@ import type {
   DeletePodOptions,
   DeletionNotifier,
   DeviceInfo,
+  DeviceWatcher,
   DeviceInventory,
   LogOptions,
   LogsCapability,
@@ -17,7 +18,7 @@ import type {
   PodRef,
   PodStats,
   ProviderPod,
-  Startable,
+  Lifecycle,
   StatsCapability,
   StatusNotifier,
   Workload,
@@ -38,7 +39,7 @@ export class MockProvider
     DeviceInventory,
     LogsCapability,
     StatsCapability,
-    Startable
+    Lifecycle
 {
   readonly name = "mock";
   readonly supports: readonly PodFeature[];
@@ -61,11 +62,12 @@ export class MockProvider
   };
   #onStatus: ((s: WorkloadStatus) => void)[] = [];
   #onDeleted: ((p: PodRef) => void)[] = [];
-  #onDevice: ((d: DeviceInfo) => void)[] = [];
+  #onDevice: DeviceWatcher[] = [];
   #store?: StateFile;
   #timers = new Set<unknown>();
   #podEnv: MockPodEnv;
   #stopping?: Promise<void>;
+  readonly #fail: ((error: Error) => void) | undefined;
 
   /** Use {@link createMockProvider}, which validates the config and fills its defaults. */
   constructor(config: MockConfig, deps: MockProviderDeps) {
@@ -74,6 +76,7 @@ export class MockProvider
     this.#log = deps.logger.child({ provider: "mock" });
     this.#clock = deps.clock ?? systemClock;
     this.#random = deps.random ?? Math.random;
+    this.#fail = deps.fail;
     this.#fleet = new DeviceFleet(expandDevices(config), this.#clock);
     this.#podEnv = {
       clock: this.#clock,
@@ -106,6 +109,13 @@ export class MockProvider
           this.setConnected(o.device, true);
         });
       }
+    }
+    for (const r of this.config.removals) this.#after(r.afterMs, () => this.removeDevice(r.device));
+    const fatalAfter = this.config.fatalErrorAfterMs;
+    if (fatalAfter !== undefined) {
+      this.#after(fatalAfter, () =>
+        this.#fail?.(new Error(`mock: fatal error injected ${fatalAfter} ms after start`)),
+      );
     }
     signal.addEventListener("abort", () => void this.stop(), { once: true });
     if (signal.aborted) await this.stop();
@@ -159,12 +169,11 @@ export class MockProvider
     });
   }
 
-  /** @throws ProviderError NotFound when the pod was never created. */
+  /** A pod it does not hold (its state was lost) is created, as the contract asks. */
   updatePod(workload: Workload): Promise<void> {
+    const pod = this.#pods.get(workload.pod.uid);
+    if (!pod) return this.createPod(workload);
     return settle(() => {
-      const pod = this.#pods.get(workload.pod.uid);
-      if (!pod)
-        throw notFound(`mock: no pod ${workload.pod.namespace}/${workload.pod.name} (${workload.pod.uid})`);
       this.#update(pod, workload);
     });
   }
@@ -184,11 +193,16 @@ export class MockProvider
   /**
    * Tombstones the pod (durably, when there is a state file), then stops it on the device; while the
    * device is offline the tombstone waits for reconnect. notifyDeleted fires once it is stopped.
-   * @throws ProviderError NotFound when the provider holds no such pod.
+   * A pod it does not hold (never created, or deleted already) resolves and is reported deleted at
+   * once, as the MQTT provider does: there is nothing to stop, and the engine waits for the notice.
    */
   async deletePod(ref: PodRef, options: DeletePodOptions): Promise<void> {
     const pod = this.#pods.get(ref.uid);
-    if (!pod) throw notFound(`mock: no pod ${ref.namespace}/${ref.name} (${ref.uid})`);
+    if (!pod) {
+      const gone: PodRef = { namespace: ref.namespace, name: ref.name, uid: ref.uid };
+      for (const cb of this.#onDeleted) this.#call(cb, gone);
+      return;
+    }
     const grace = Math.min(options.gracePeriodSeconds, pod.tombstone?.gracePeriodSeconds ?? Infinity);
     if (!pod.tombstone) this.#counters.deletes++;
     pod.tombstone = { gracePeriodSeconds: grace };
@@ -209,6 +223,7 @@ export class MockProvider
         pod: p.ref,
         nodeName: p.workload.nodeName,
         hash: p.workload.hash,
+        terminationGracePeriodSeconds: p.workload.terminationGracePeriodSeconds,
       })),
     );
   }
@@ -225,8 +240,8 @@ export class MockProvider
     return Promise.resolve(this.#fleet.list());
   }
 
-  watchDevices(callback: (device: DeviceInfo) => void): void {
-    this.#onDevice.push(callback);
+  watchDevices(watcher: DeviceWatcher): void {
+    this.#onDevice.push(watcher);
   }
 
   /**
@@ -271,6 +286,23 @@ export class MockProvider
       this.#presenceChanged(id, online);
   }
 
+  /**
+   * Removes a device for good (decommissioned in the mock's registry): its pods are dropped without
+   * being run again and the engine is told the device is gone, so it deletes the device's node.
+   * @throws ProviderError NotFound for an unknown device, InvalidInput while devices are behind it.
+   */
+  removeDevice(deviceId: string): void {
+    this.#fleet.remove(deviceId);
+    for (const pod of [...this.#devicePods(deviceId)]) {
+      pod.dispose();
+      this.#pods.delete(pod.ref.uid);
+    }
+    this.#byDevice.delete(deviceId);
+    this.#store?.schedule();
+    this.#log.info({ device: deviceId }, "mock: device removed");
+    for (const watcher of this.#onDevice) this.#call((id: string) => watcher.gone(id), deviceId);
+  }
+
   stats(): MockStats {
     const pods = [...this.#pods.values()];
     const creates = [...this.#createsByUid.values()].reduce((a, b) => a + b, 0);
@@ -288,7 +320,7 @@ export class MockProvider
   #presenceChanged(id: string, online: boolean): void {
     this.#log.info({ device: id, connected: online }, "mock: device presence changed");
     const info = this.#fleet.info(id);
-    for (const cb of this.#onDevice) this.#call(cb, info);
+    for (const watcher of this.#onDevice) this.#call((d: DeviceInfo) => watcher.changed(d), info);
     for (const pod of [...this.#devicePods(id)]) {
       if (online) this.#reconcile(pod);
       else this.#emit(pod, true);

@@ -88,6 +88,7 @@ export const mockConfigSchema = {
     crashBackoffMs: { type: "integer", minimum: 1, default: 200 },
     crashBackoffMaxMs: { type: "integer", minimum: 1, default: 5000 },
     createErrorRate: { type: "number", minimum: 0, maximum: 1, default: 0 },
+    fatalErrorAfterMs: { type: "integer", minimum: 0 },
     offline: {
       type: "array",
       default: [],
@@ -100,6 +101,17 @@ export const mockConfigSchema = {
           afterMs: ms(0),
           forMs: { type: "integer", minimum: 1 },
         },
+      },
+    },
+    removals: {
+      description: "Devices removed for good from the mock's registry: the engine deletes their nodes.",
+      type: "array",
+      default: [],
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["device", "afterMs"],
+        properties: { device: { type: "string", minLength: 1 }, afterMs: ms(0) },
       },
     },
     stateFile: { type: "string", minLength: 1 },
@@ -154,8 +166,12 @@ export interface MockConfig {
   readonly crashBackoffMaxMs: number;
   /** Probability that createPod throws a Transient error (before changing anything). */
   readonly createErrorRate: number;
+  /** Reports a fatal error (ProviderContext.fail) this long after start(): devicelet stops, exit 1. */
+  readonly fatalErrorAfterMs?: number;
   /** Presence schedule, relative to start(): offline at `afterMs`, back after `forMs` (or never). */
   readonly offline: readonly { readonly device: string; readonly afterMs: number; readonly forMs?: number }[];
+  /** Removal schedule, relative to start(): the device is gone for good at `afterMs` (removeDevice). */
+  readonly removals: readonly { readonly device: string; readonly afterMs: number }[];
   /** JSON file persisting pods, tombstones and counters across restarts. */
   readonly stateFile?: string;
   /** Pod features to declare; defaults to {@link MOCK_DEFAULT_SUPPORTS}. */
@@ -198,6 +214,9 @@ export const expandDevices = (config: MockConfig): MockDeviceSpec[] => {
   }
   for (const o of config.offline) {
     if (!ids.has(o.device)) throw invalidInput(`mock: offline schedule names unknown device ${o.device}`);
+  }
+  for (const r of config.removals) {
+    if (!ids.has(r.device)) throw invalidInput(`mock: removal schedule names unknown device ${r.device}`);
   }
   return out;
 };

@@ -48,13 +48,15 @@ export const record = (provider: MockProvider) => {
   const statuses: WorkloadStatus[] = [];
   const deleted: PodRef[] = [];
   const devices: DeviceInfo[] = [];
+  const gone: string[] = [];
   provider.notifyStatus((s) => statuses.push(s));
   provider.notifyDeleted((p) => deleted.push(p));
-  provider.watchDevices((d) => devices.push(d));
+  provider.watchDevices({ changed: (d) => devices.push(d), gone: (id) => gone.push(id) });
   return {
     statuses,
     deleted,
     devices,
+    gone,
     /** Latest status pushed for pod `name`. */
     last: (name: string) => statuses.filter((s) => s.pod.name === name).at(-1),
   };

@@ -86,7 +86,14 @@ describe("desired.maxDocumentBytes", () => {
         devices: { allow: ["gw-*"] },
         desired: { maxDocumentBytes: CEILING, readbackTimeoutMs: 200 },
       },
-      { logger: pino({ level: "silent" }), store: new MemoryStore(), recordEvent: () => undefined },
+      {
+        logger: pino({ level: "silent" }),
+        store: new MemoryStore(),
+        recordEvent: () => undefined,
+        fail: (err: Error) => {
+          throw err;
+        },
+      },
     );
     await provider.start(new AbortController().signal);
     await eventually(async () => expect((await provider?.listDevices())?.length).toBe(1));

@@ -80,7 +80,14 @@ describe("MQTT 5 Maximum Packet Size", () => {
           devices: { allow: ["*"], maxMessageBytes: 100_000 },
           desired: { maxDocumentBytes: 2048 },
         },
-        { logger: pino({ level: "silent" }), store: new MemoryStore(), recordEvent: () => undefined },
+        {
+          logger: pino({ level: "silent" }),
+          store: new MemoryStore(),
+          recordEvent: () => undefined,
+          fail: (err: Error) => {
+            throw err;
+          },
+        },
       );
       provider.start(new AbortController().signal).catch(() => undefined);
     });

@@ -127,7 +127,14 @@ describe("the gate after a restart", () => {
         devices: { allow: ["gw-*"] },
         desired: { readbackTimeoutMs: 2_000 },
       },
-      { logger: pino({ level: "silent" }), store: new MemoryStore(), recordEvent: () => undefined },
+      {
+        logger: pino({ level: "silent" }),
+        store: new MemoryStore(),
+        recordEvent: () => undefined,
+        fail: (err: Error) => {
+          throw err;
+        },
+      },
     );
     await provider.start(new AbortController().signal);
     expect((await provider.listPods()).map((p) => p.pod.uid)).toEqual([earlier.pod.uid]);

@@ -4,13 +4,14 @@
  * renewed, nodes stay registered, the provider flushes its state.
  */
 import { readFile } from "node:fs/promises";
+import path from "node:path";
 import pino from "pino";
 import { parse } from "yaml";
 import { ConfigError, parseConfig } from "../config/index.ts";
 import { runEngine, type Engine } from "../engine.ts";
 import { redaction } from "../log/redact.ts";
-import { resolveProvider } from "../provider/registry.ts";
-import { version } from "./main.ts";
+import { resolveProvider } from "./providers.ts";
+import { version } from "./version.ts";
 
 export async function runCommand(options: { configPath: string }): Promise<number> {
   let text: string;
@@ -30,7 +31,8 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   let plugin;
   let config;
   try {
-    plugin = await resolveProvider(type);
+    // A package named in the config is looked up from the config file's folder first.
+    plugin = await resolveProvider(type, [path.dirname(path.resolve(options.configPath))]);
     config = parseConfig(text, options.configPath, {
       providerSchemas: { [type]: plugin.configSchema },
     });
@@ -55,7 +57,7 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
         config,
         logger,
         version,
-        createProvider: (context) => plugin.create(config.provider.config as never, context),
+        createProvider: (context) => plugin.create(config.provider.config, context),
       },
       controller.signal,
     );
@@ -75,14 +77,16 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
       return 1;
     }
   }
-  await new Promise<void>((resolve) => {
-    if (controller.signal.aborted) resolve();
-    else controller.signal.addEventListener("abort", () => resolve(), { once: true });
-  });
-  // Let the provider flush its state (it listens to the same signal), then close connections.
-  const provider = engine?.provider as { stop?: () => Promise<void> } | undefined;
-  if (typeof provider?.stop === "function") await provider.stop();
-  await engine?.kube.close();
+  if (!engine) {
+    logger.info("devicelet stopped before it was ready");
+    return 0;
+  }
+  try {
+    await engine.done;
+  } catch (err) {
+    logger.error({ err }, "devicelet stopped: the provider failed");
+    return 1;
+  }
   logger.info("devicelet stopped");
   return 0;
 }

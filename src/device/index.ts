@@ -4,8 +4,7 @@
  * - {@link DeviceSession} (session.ts) speaks the protocol for one device id: will, subscriptions,
  *   birth, staged acks, exactly-once application of desired documents, coalesced reports,
  *   commands, sleep, reboot. It runs over a {@link DeviceLink} (link.ts; MQTT in mqtt-link.ts, the
- *   only file here that imports `mqtt`; in memory in memory-broker.ts for unit tests) and hands
- *   documents to a {@link Runtime} (runtime.ts).
+ *   only file here that imports `mqtt`) and hands documents to a {@link Runtime} (runtime.ts).
  * - {@link ProcessRuntime} (process-runtime.ts, supervisor.ts): apps as supervised processes.
  * - {@link SimRuntime} and the simulator (sim-runtime.ts, simulator.ts): thousands of simulated
  *   devices in one process, for tests and benchmarks.
@@ -25,18 +24,16 @@ export { DesiredApplier, type AppliedGeneration, type ApplierHooks } from "./app
 export { CommandRunner, type CommandAck } from "./commands.ts";
 export { classifyInbound, type Inbound } from "./inbound.ts";
 export { Outbox, type DesiredAck } from "./outbox.ts";
-export { command, desiredDocument, desiredPod, tombstone, type AppFixture } from "./fixtures.ts";
 export { systemClock, type Clock } from "../base/clock.ts";
 export type { DeviceLink, LinkHandlers, LinkWill } from "./link.ts";
-export { MemoryBroker, topicMatches, type BrokerMessage } from "./memory-broker.ts";
 export { MqttTransport, type MqttTransportOptions } from "./mqtt-link.ts";
 export { ProcessRuntime, type ProcessRuntimeOptions } from "./process-runtime.ts";
 export {
   RuntimeRefusal,
   admit,
-  backoffDelay,
   kubeletBackoff,
   podPhase,
+  restartDelay,
   shouldRestart,
   type BackoffOptions,
   type ExecResult,

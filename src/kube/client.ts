@@ -134,6 +134,11 @@ export interface KubeClient {
   /** JSON merge patch of `nodes/status`: lists (`conditions`, `addresses`) are replaced whole. */
   patchNodeStatus(name: string, status: NodeStatus, options?: RequestOptions): Promise<Node>;
   listNodes(labelSelector?: string, options?: RequestOptions): Promise<ListResult<Node>>;
+  /**
+   * Deletes a Node with a UID precondition (its Lease, owned by it, is garbage-collected with it).
+   * Resolves `false` when that Node (by UID) no longer exists.
+   */
+  deleteNode(name: string, uid: string, options?: RequestOptions): Promise<boolean>;
 
   /** `namespace` defaults to {@link NODE_LEASE_NAMESPACE}. */
   getLease(name: string, namespace?: string, options?: RequestOptions): Promise<Lease | undefined>;
@@ -340,6 +345,20 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
     },
 
     getNode: (name, o) => get<Node>(`/api/v1/nodes/${enc(name)}`, o),
+    deleteNode: async (name, uid, o) => {
+      try {
+        await http.request({
+          method: "DELETE",
+          path: `/api/v1/nodes/${enc(name)}`,
+          body: { apiVersion: "v1", kind: "DeleteOptions", preconditions: { uid } },
+          signal: o?.signal,
+        });
+        return true;
+      } catch (err) {
+        if (isNotFound(err) || isConflict(err)) return false;
+        throw err;
+      }
+    },
     createNode: (node, o) =>
       http.request<Node>({
         method: "POST",

@@ -3,6 +3,7 @@
  * reads as behaviour.
  */
 import type { Logger } from "pino";
+import type { Clock } from "../base/clock.ts";
 import type { EventRecorder, KubeClient, NodeStatus } from "../kube/index.ts";
 import type { DeviceInfo, DeviceInventory, DeviceNotifier, DeviceRetirement } from "../provider/types.ts";
 import type { BirthProblem } from "./birth.ts";
@@ -52,6 +53,8 @@ export interface NodeControllerOptions {
    * again (docs/protocol.md § 5). Absent: every deleted Node is registered again.
    */
   readonly retirement?: DeviceRetirement;
+  /** Times leases, status heartbeats, retries and polls; default the system clock. */
+  readonly clock?: Clock;
 }
 
 /** What the rest of devicelet may know about a managed node. */
@@ -83,6 +86,8 @@ export interface NodeEntry {
    * from the device's presence then, between retiring the device and registering the Node again.
    */
   nodeDeleted: boolean;
+  /** The provider reported the device gone for good: its Node is to be deleted and the entry forgotten. */
+  gone: boolean;
 }
 
 /** A device's entry as first seen: no lease, no status written, nothing deleted. */
@@ -94,5 +99,6 @@ export function newEntry(o: Pick<NodeEntry, "name" | "device" | "problems" | "ow
     lastStatus: undefined,
     lastStatusAt: 0,
     nodeDeleted: false,
+    gone: false,
   };
 }

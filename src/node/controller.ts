@@ -35,6 +35,7 @@
  *   nodes.onDeviceChange((nodeName) => pods.resyncNode(nodeName));
  */
 import type { Logger } from "pino";
+import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
 import { Informer, isPermanentKubeError, toWire, type Node } from "../kube/index.ts";
 import type { DeviceInfo } from "../provider/types.ts";
 import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
@@ -73,10 +74,13 @@ export class NodeController {
   readonly #notices: DeviceNotices;
   readonly #transport: TransportWatch;
   readonly #load: HeartbeatLoad;
+  readonly #clock: Clock;
   #signal: AbortSignal | undefined;
 
   constructor(options: NodeControllerOptions) {
     this.#o = options;
+    this.#clock = options.clock ?? systemClock;
+    const clock = this.#clock;
     this.#log = options.logger.child({ component: "node" });
     this.#names = new NodeNameRegistry(options.config.namePrefix);
     this.#birthPolicy = {
@@ -95,6 +99,7 @@ export class NodeController {
       logger: this.#log,
       baseDelayMs: 500,
       maxDelayMs: 30_000,
+      clock,
       // A request the API server refuses for what it is (a 422 for a node) is not retried until
       // the device is born again or the node's heartbeat looks at it: no loop outlives the birth.
       isTerminal: isPermanentKubeError,
@@ -118,6 +123,8 @@ export class NodeController {
       client: options.kube,
       logger: this.#log,
       path: "/api/v1/nodes",
+      now: () => clock.now(),
+      sleep: (ms, signal) => sleepOn(clock, ms, signal),
       labelSelector: Object.entries(own)
         .map(([k, v]) => `${k}=${v}`)
         .join(","),
@@ -126,6 +133,7 @@ export class NodeController {
       health: options.transport,
       pollMs: options.transportPollMs,
       logger: this.#log,
+      clock,
     });
     this.#load = new HeartbeatLoad({ config: options.config, logger: this.#log });
   }
@@ -151,7 +159,10 @@ export class NodeController {
       this.#queue.add(deviceId);
     });
     for (const node of this.#informer.list()) this.#adopt(node);
-    this.#o.inventory.watchDevices((device) => this.#upsertDevice(device));
+    this.#o.inventory.watchDevices({
+      changed: (device) => this.#upsertDevice(device),
+      gone: (deviceId) => this.#deviceGone(deviceId),
+    });
     await this.syncInventory();
     // A change re-reconciles every node (its condition and taint) and, through the listeners, its pods.
     this.#transport.start(signal, () => {
@@ -259,14 +270,45 @@ export class NodeController {
     } else {
       entry.device = device;
       entry.problems = problems;
+      entry.gone = false;
     }
     this.#queue.add(device.id);
     for (const listener of this.#deviceListeners) listener(entry.name, device);
   }
 
+  /** The provider forgot the device for good: its Node goes (see {@link #removeGone}). */
+  #deviceGone(deviceId: string): void {
+    const entry = this.#entries.get(deviceId);
+    if (!entry) return;
+    entry.gone = true;
+    this.#queue.add(deviceId);
+  }
+
+  /**
+   * Stops the lease and deletes the device's Node, if it is devicelet's own (by UID: a Node
+   * registered again meanwhile is not touched); the Lease, owned by the Node, goes with it, and
+   * the pod garbage collector removes the pods bound to it. The name is then free for another device.
+   */
+  async #removeGone(entry: NodeEntry, deviceId: string): Promise<void> {
+    this.#stopLease(entry);
+    const node = entry.ownership === "owned" ? this.#informer.get(entry.name) : undefined;
+    const uid = node?.metadata?.uid;
+    if (uid !== undefined && (await this.#o.kube.deleteNode(entry.name, uid))) {
+      this.#log.info({ node: entry.name, deviceId }, "device gone: deleted its node");
+    }
+    this.#entries.delete(deviceId);
+    this.#byName.delete(entry.name);
+    this.#names.release(deviceId);
+    this.#notices.forget(deviceId);
+  }
+
   async #reconcile(deviceId: string): Promise<ReconcileResult> {
     const entry = this.#entries.get(deviceId);
     if (!entry || !this.#signal) return undefined;
+    if (entry.gone) {
+      await this.#removeGone(entry, deviceId);
+      return undefined;
+    }
     if (entry.nodeDeleted && (await this.#afterNodeDeleted(entry, deviceId)) === "retired") return undefined;
     let node = entry.device ? await this.#register(entry, deviceId) : this.#informer.get(entry.name);
     if (entry.ownership === "refused") {
@@ -276,7 +318,8 @@ export class NodeController {
     this.#notices.birth(deviceId, { name: entry.name, uid: node.metadata?.uid }, entry.problems);
     const { kube, config, version } = this.#o;
     const transport = this.#transport.state;
-    node = (await writeNodeStatus({ kube, config, version, transport, entry, node })) ?? node;
+    const clock = this.#clock;
+    node = (await writeNodeStatus({ kube, config, version, transport, entry, node, clock })) ?? node;
     await writeTransportTaint({ kube, name: entry.name, node, transport });
     if (!entry.lease) {
       const nodeUid = node.metadata?.uid;
@@ -286,6 +329,7 @@ export class NodeController {
         config,
         logger: this.#log,
         signal: this.#signal,
+        clock,
         nodeUid: () => this.#informer.get(entry.name)?.metadata?.uid ?? nodeUid,
         // Each heartbeat also checks whether node status is due (changed or a minute old).
         onTick: () => this.#queue.add(deviceId),
@@ -321,7 +365,7 @@ export class NodeController {
         kubeletPort: config.kubeletPort,
         kubeletAddress: config.kubeletAddress,
         version,
-        now: new Date(),
+        now: new Date(this.#clock.now()),
       }),
     );
     entry.lastStatus = undefined;

@@ -1,14 +1,32 @@
 /**
- * The provider contract: what the engine asks of a device transport or runtime.
+ * The provider contract: what the engine asks of a device transport or runtime. Import it from
+ * `devicelet/provider`; docs/providers.md walks through writing one.
  *
- * The core ({@link PodLifecycleProvider}) is five calls. Everything else is an optional
- * capability the engine detects at run time with the `has*` guards below and falls back from
- * when missing (a status poller instead of push, static nodes from config instead of an inventory).
+ * The core ({@link PodLifecycleProvider}) is five calls. Everything else is an optional capability
+ * the engine detects at run time with the `has*` guards below:
+ * - without a {@link DeviceInventory} the provider has no devices, so devicelet registers no nodes
+ *   and no pod is ever scheduled to it (there is no static-node fallback);
+ * - without a {@link StatusNotifier} pod status is read with `getPodStatus` at each reconcile and on
+ *   the resync period, which is slower and costs a call per pod;
+ * - without a {@link Lifecycle} the provider is ready as soon as it is created.
  *
  * A provider never sees client-node types: it gets a transport-neutral {@link Workload} built by
  * `src/workload` from the pod, with env and files already resolved, and answers with
  * {@link WorkloadStatus}, which the engine maps to pod status. Objects passed in are owned by the
  * engine and frozen; objects returned become the engine's.
+ *
+ * What the engine guarantees:
+ * - calls for one pod (same namespace/name) never overlap; calls for different pods do;
+ * - no pod call before `start` resolved, none after `stop` was called;
+ * - callbacks a provider invokes (status, deletion, device changes) are queued and handled after
+ *   the provider's own call returns: a provider may call them at any time, even from inside a
+ *   `createPod`, without the engine re-entering it;
+ * - a call that throws is retried with backoff, except for InvalidInput and Unsupported errors
+ *   (see errors.ts), which are shown on the pod and retried only when the pod changes.
+ *
+ * What it asks: no call blocks on a device. A call resolves once the provider holds the change
+ * durably (queued for an offline device counts), never after waiting for the device to act; what
+ * the device then does arrives through the status callback.
  *
  * ```ts
  * const provider: PodLifecycleProvider & StatusNotifier = {
@@ -181,30 +199,56 @@ export const PodFeature = {
 } as const;
 export type PodFeature = (typeof PodFeature)[keyof typeof PodFeature];
 
-/** The core every provider implements. Calls for one pod are never concurrent. */
+/**
+ * The core every provider implements. Calls for one pod are never concurrent. An "unknown pod" is
+ * one the provider never created or has finished deleting; each method says what to do with one.
+ */
 export interface PodLifecycleProvider {
   /** Short name used in the taint, labels and logs (`mock`, `mqtt`). */
   readonly name: string;
   /** Pod fields beyond plain containers with image/command/args/env that this provider honours. */
   readonly supports: readonly PodFeature[];
-  /** Start running (or queue) the workload. Idempotent: the same hash twice is a no-op. */
+  /**
+   * Start running (or queue, for a device that is away) the workload. Idempotent: the same hash
+   * twice is a no-op. Resolves once the provider holds it durably; the app running is reported
+   * later through status. An unknown device (no such `deviceId`): throw NotFound.
+   */
   createPod(workload: Workload): Promise<void>;
-  /** Replace the workload of a pod already created. */
+  /**
+   * Replace the workload of a pod already created (same rules as createPod). An unknown pod:
+   * create it (the engine may call update for a pod the provider lost, e.g. after its state was
+   * wiped).
+   */
   updatePod(workload: Workload): Promise<void>;
-  /** Stop the pod's apps. Resolves once the provider holds the delete durably (a tombstone counts). */
+  /**
+   * Stop the pod's apps with the given grace. Resolves once the provider holds the delete durably
+   * (a tombstone for a device that is away counts), not when the app has stopped: that is reported
+   * with the deletion callback. An unknown pod: resolve (deleting twice is not an error).
+   */
   deletePod(pod: PodRef, options: DeletePodOptions): Promise<void>;
-  /** Current status, or undefined when the provider has no such pod. */
+  /** Current status, or undefined for an unknown pod (never throws NotFound). Must not block on a device. */
   getPodStatus(pod: PodRef): Promise<WorkloadStatus | undefined>;
-  /** Every pod the provider runs or holds, on any device. */
+  /**
+   * Every pod the provider runs or holds (queued or tombstoned), on any device, including those
+   * created before a restart of the provider: the engine adopts what is there and deletes what
+   * Kubernetes no longer has.
+   */
   listPods(): Promise<readonly ProviderPod[]>;
 }
 
-/** Push-style status: the provider calls back whenever a pod's status may have changed. */
+/**
+ * Push-style status: the provider calls back whenever a pod's status may have changed, with the
+ * whole status. Never report an app running before the device said so. Calls after the pod was
+ * deleted are ignored; calls may come from any context (the engine queues them).
+ */
 export interface StatusNotifier {
   notifyStatus(callback: (status: WorkloadStatus) => void): void;
 }
 
-/** A pod the provider has finished deleting (after the device confirmed or the grace ended). */
+/**
+ * A pod the provider has finished deleting (the device confirmed, or the grace ended): the engine
+ * then removes the pod object. Without it the engine polls `getPodStatus` until it is undefined.
+ */
 export interface DeletionNotifier {
   notifyDeleted(callback: (pod: PodRef) => void): void;
 }
@@ -240,12 +284,30 @@ export interface DeviceInfo {
   };
 }
 
+/** What an inventory tells the engine about its devices as they change. */
+export interface DeviceWatcher {
+  /** A device appeared or changed (presence included): its full new info. */
+  changed(device: DeviceInfo): void;
+  /**
+   * The device is gone for good on the provider's side (removed from its registry, retired): the
+   * engine deletes its Node and Lease, and its pods with it. A device that is merely away is
+   * `changed` with `connected: false`, never gone.
+   */
+  gone(deviceId: string): void;
+}
+
 /** Per-device node information: which devices exist, their capacity, labels and presence. */
 export interface DeviceInventory {
   listDevices(): Promise<readonly DeviceInfo[]>;
-  /** Called with the full new info whenever a device appears or changes (presence included). */
-  watchDevices(callback: (device: DeviceInfo) => void): void;
+  /** Registers the engine's watcher, once, before `start`. */
+  watchDevices(watcher: DeviceWatcher): void;
 }
+
+/*
+ * Logs, exec and stats: declared so providers can implement them, but nothing in devicelet calls
+ * them yet. The kubelet API (`kubectl logs`, `exec`, `top` through the API server) is what will;
+ * their shapes may still change with it, and the conformance kit does not test them.
+ */
 
 export interface LogOptions {
   readonly tailLines?: number;
@@ -294,9 +356,24 @@ export interface DeviceNotifier {
   notifyDevice(deviceId: string, notice: DeviceNotice): void;
 }
 
-/** Lifecycle for providers holding connections: started once before any other call. */
-export interface Startable {
+/**
+ * Lifecycle for providers holding connections or state, run the way a controller manager runs its
+ * runnables: `start` once, before any other call but `watchDevices`/`notify*`; `stop` once, when
+ * devicelet shuts down. A fatal error after start (credentials revoked, state that cannot be read)
+ * is reported with {@link ProviderContext.fail}, which stops devicelet with a non-zero exit.
+ */
+export interface Lifecycle {
+  /**
+   * Connects and reads back what the provider holds, resolving when it is ready to answer every
+   * call (listPods must then be complete). Rejects when it cannot start: devicelet exits non-zero.
+   * `signal` aborts when devicelet stops during start: give up and reject or resolve promptly.
+   */
   start(signal: AbortSignal): Promise<void>;
+  /**
+   * Flushes what must be kept and releases connections; resolves when done. No call comes after
+   * it. Called once, also after a failed start; must not throw.
+   */
+  stop(): Promise<void>;
 }
 
 const hasFunctions = (p: object, ...names: string[]) =>
@@ -309,7 +386,7 @@ export const hasDeviceInventory = (p: object): p is DeviceInventory =>
 export const hasLogs = (p: object): p is LogsCapability => hasFunctions(p, "getContainerLogs");
 export const hasExec = (p: object): p is ExecCapability => hasFunctions(p, "runInContainer");
 export const hasStats = (p: object): p is StatsCapability => hasFunctions(p, "getStats");
-export const isStartable = (p: object): p is Startable => hasFunctions(p, "start");
+export const hasLifecycle = (p: object): p is Lifecycle => hasFunctions(p, "start", "stop");
 
 /** Small durable state a provider keeps in the API server (generation high-water marks, epochs). */
 export interface DurableStore {
@@ -354,6 +431,13 @@ export interface ProviderContext {
    * (the engine checks that again before any pod status is written).
    */
   readonly checkPodAddress?: (address: string) => string | undefined;
+  /**
+   * Reports an error the provider cannot recover from after `start` resolved: devicelet logs it,
+   * stops (leases are no longer renewed, `stop` is called) and exits non-zero so that whatever
+   * runs it restarts it. A no-op once devicelet is stopping. Transient trouble (a broker away)
+   * is not fatal: report it with {@link HealthReporter} instead.
+   */
+  readonly fail: (error: Error) => void;
 }
 
 /**

@@ -243,7 +243,7 @@ function inboundTarget(): FuzzTarget<InboundInput> {
       return accepted;
     },
     dispose: () => {
-      desired.stop();
+      void desired.stop();
       commands.stop();
       statuses.stop();
     },

@@ -27,7 +27,14 @@ beforeAll(async () => {
       devices: { allow: [`${id}-*`] },
       desired: { readbackTimeoutMs: 5_000 },
     },
-    { logger: pino({ level: "silent" }), store: new MemoryStore(), recordEvent: () => undefined },
+    {
+      logger: pino({ level: "silent" }),
+      store: new MemoryStore(),
+      recordEvent: () => undefined,
+      fail: (err: Error) => {
+        throw err;
+      },
+    },
   );
   await provider.start(new AbortController().signal);
 });

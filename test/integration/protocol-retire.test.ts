@@ -38,7 +38,14 @@ const startProvider = async (n: number) => {
       devices: { allow: [`${id}-*`] },
       desired: { readbackTimeoutMs: 5_000, debounceMs: 5 },
     },
-    { logger: pino({ level: "silent" }), store, recordEvent: () => undefined },
+    {
+      logger: pino({ level: "silent" }),
+      store,
+      recordEvent: () => undefined,
+      fail: (err: Error) => {
+        throw err;
+      },
+    },
   );
   providers.push(provider);
   await provider.start(new AbortController().signal);

@@ -30,6 +30,8 @@ export interface DeviceletProcess {
   stop(): Promise<number | null>;
   /** SIGKILL and wait for exit. */
   kill(): Promise<void>;
+  /** Resolves with the exit code once the current run has exited by itself or been stopped. */
+  exited(): Promise<number | null>;
   /**
    * Starts the same configuration again; resolves as the first start did, or, with
    * `waitForRunning: false`, as soon as the process is spawned.
@@ -111,6 +113,7 @@ export async function runDevicelet(options: {
       await signalAndWait("SIGKILL");
     },
     restart: launch,
+    exited: () => exited,
     logLines,
   };
 }
