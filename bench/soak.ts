@@ -23,7 +23,14 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import pino from "pino";
 import { stringify } from "yaml";
-import { down, readState, running, startApiServer, stopApiServer, up } from "../hack/testenv/controlplane.ts";
+import {
+  down,
+  readState,
+  running,
+  startApiServer,
+  stopApiServer,
+  up,
+} from "../src/testing/controlplane/controlplane.ts";
 import { startMosquitto } from "../hack/testenv/mosquitto.ts";
 import { fleetSpec, startSimulator } from "../src/device/simulator.ts";
 import { seededRandom } from "../test/support/seeded-random.ts";

@@ -6,7 +6,7 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import pino from "pino";
 import { stringify } from "yaml";
-import { down, readState, running, up } from "../hack/testenv/controlplane.ts";
+import { down, readState, running, up } from "../src/testing/controlplane/controlplane.ts";
 import { createKubeClient, Informer, type Pod } from "../src/kube/index.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");

@@ -13,8 +13,8 @@ import pino from "pino";
 import { stringify } from "yaml";
 import { startEmbeddedBroker } from "../src/broker/embedded.ts";
 import { fleetSpec, startSimulator } from "../src/device/simulator.ts";
-import { down, running, up } from "./testenv/controlplane.ts";
-import { kubectlRunner } from "./testenv/kubectl.ts";
+import { down, running, up } from "../src/testing/controlplane/controlplane.ts";
+import { kubectlRunner } from "../src/testing/controlplane/kubectl.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
 const dir = process.env.DEVICELET_TESTENV_DIR ?? path.join(repoRoot, ".testenv");

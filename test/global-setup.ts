@@ -3,7 +3,7 @@
  * that `npm run testenv -- up` left running (and then leaving it running), and takes down only what
  * this run started.
  */
-import { down, running, up } from "../hack/testenv/controlplane.ts";
+import { down, running, up } from "../src/testing/controlplane/controlplane.ts";
 import { testenvDir } from "./support/testenv.ts";
 
 export default async function setup(): Promise<() => Promise<void>> {

@@ -3,7 +3,7 @@
  * `up` leaves `.testenv/env` to source (KUBECONFIG and a PATH with kubectl); both are idempotent.
  */
 import path from "node:path";
-import { down, running, up } from "./controlplane.ts";
+import { down, running, up } from "../../src/testing/controlplane/controlplane.ts";
 
 const dir = process.env.DEVICELET_TESTENV_DIR ?? path.resolve(import.meta.dirname, "../../.testenv");
 const command = process.argv[2];

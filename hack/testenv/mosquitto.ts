@@ -12,8 +12,14 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import net from "node:net";
-import { freePort, startDaemon, stopDaemon, waitFor, type Daemon } from "./process.ts";
-import { ensurePki } from "./pki.ts";
+import {
+  freePort,
+  startDaemon,
+  stopDaemon,
+  waitFor,
+  type Daemon,
+} from "../../src/testing/controlplane/process.ts";
+import { ensurePki } from "../../src/testing/controlplane/pki.ts";
 
 const candidates = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"];
 

@@ -1,5 +1,5 @@
 /**
- * Bad input from devices (design decision 7), through the real CLI and a real Mosquitto:
+ * Bad input from devices (docs/architecture.md, decision 7), through the real CLI and a real Mosquitto:
  * garbage, an oversized message, a schema-invalid report, a newer protocol version, a device
  * claiming another device's id, and a device not on the allow-list are each rejected and counted
  * by reason — visible in the counters devicelet logs (`mqtt provider metrics`) — a rejected

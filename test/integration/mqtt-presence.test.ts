@@ -1,5 +1,5 @@
 /**
- * Device presence through the MQTT provider (design decisions 1 and 5), with the real CLI, a
+ * Device presence through the MQTT provider (docs/architecture.md, decisions 1 and 5), with the real CLI, a
  * real Mosquitto and simulated devices:
  * - a device that reboots (new boot id) stays online when a late last will of its old boot
  *   arrives afterwards — retained on `state`, as a broker would publish it;

@@ -17,7 +17,7 @@ import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startApiServer, stopApiServer } from "../../hack/testenv/controlplane.ts";
+import { startApiServer, stopApiServer } from "../../src/testing/controlplane/controlplane.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import type { CommandMessage, ReportedApp, ReportedDocument } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";

@@ -1,5 +1,5 @@
 /**
- * Node liveness never depends on the broker (design decision 1), with the real Mosquitto process
+ * Node liveness never depends on the broker (docs/architecture.md, decision 1), with the real Mosquitto process
  * really stopped under the real `devicelet run` and simulated devices:
  * - the broker is down for longer than devicelet's broker grace plus the controller-manager's
  *   node-monitor grace, then comes back. Throughout, and for a minute after, every node stays
@@ -14,7 +14,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { nodeMonitorGraceSeconds } from "../../hack/testenv/controlplane.ts";
+import { nodeMonitorGraceSeconds } from "../../src/testing/controlplane/controlplane.ts";
 import { parseDeviceTopic, topics } from "../../src/protocol/topics.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";

@@ -2,8 +2,8 @@ import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { down, readState, running, up } from "../../hack/testenv/controlplane.ts";
-import { isOurs } from "../../hack/testenv/process.ts";
+import { down, readState, running, up } from "../../src/testing/controlplane/controlplane.ts";
+import { isOurs } from "../../src/testing/controlplane/process.ts";
 
 // A second, private control plane in its own folder, to prove up/down on their own terms without
 // touching the one the other tests share.

@@ -16,8 +16,8 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { canConnect, ensureMosquitto } from "../../hack/testenv/mosquitto.ts";
-import { ensurePki } from "../../hack/testenv/pki.ts";
-import { freePort, startDaemon, stopDaemon, waitFor } from "../../hack/testenv/process.ts";
+import { ensurePki } from "../../src/testing/controlplane/pki.ts";
+import { freePort, startDaemon, stopDaemon, waitFor } from "../../src/testing/controlplane/process.ts";
 
 const exampleDir = path.resolve(import.meta.dirname, "../../examples/mosquitto");
 

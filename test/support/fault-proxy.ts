@@ -23,7 +23,7 @@ import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { mkdtempSync } from "node:fs";
-import { readState } from "../../hack/testenv/controlplane.ts";
+import { readState } from "../../src/testing/controlplane/controlplane.ts";
 import { seededRandom } from "./seeded-random.ts";
 import { testenvDir } from "./testenv.ts";
 

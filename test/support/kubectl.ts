@@ -6,7 +6,7 @@
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
-import { readState } from "../../hack/testenv/controlplane.ts";
+import { readState } from "../../src/testing/controlplane/controlplane.ts";
 import { adminKubeconfig, testenvDir } from "./testenv.ts";
 
 const run = promisify(execFile);

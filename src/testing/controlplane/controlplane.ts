@@ -1,6 +1,8 @@
 /**
  * The harness control plane: etcd, kube-apiserver, kube-controller-manager and kube-scheduler built
- * by hack/control-plane/build.sh, all on loopback with free ports, state kept in `.testenv/`.
+ * by hack/control-plane/build.sh (cached by version outside the repository), all on loopback with
+ * free ports, state kept in `dir`. devicelet's own tests and benchmarks use it, and so does the
+ * conformance kit (`devicelet/provider/testing`), which is why it lives under src/ and ships.
  *
  *   const state = await up({ dir: ".testenv" });   // idempotent: reuses a healthy running one
  *   await stopApiServer({ dir: ".testenv", signal: "SIGKILL" });   // an API-server outage…
@@ -14,7 +16,23 @@ import { freePort, httpsGet, isOurs, startDaemon, stopDaemon, waitFor, type Daem
 import { apiServerArgs, auditPolicy } from "./apiserver-flags.ts";
 import { ensurePki, type Pki } from "./pki.ts";
 
-const repoRoot = path.resolve(import.meta.dirname, "../..");
+/**
+ * The package root (where hack/control-plane and manifests/ are): three folders up from the
+ * sources, four from the build in dist/. Found by its package.json rather than counted, so both work.
+ */
+const packageRoot = findPackageRoot(import.meta.dirname);
+
+function findPackageRoot(from: string): string {
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    const manifest = path.join(dir, "package.json");
+    if (
+      existsSync(manifest) &&
+      (JSON.parse(readFileSync(manifest, "utf8")) as { name?: unknown }).name === "devicelet"
+    )
+      return dir;
+    if (path.dirname(dir) === dir) throw new Error(`no devicelet package.json above ${from}`);
+  }
+}
 
 export interface ControlPlaneState {
   readonly version: 1;
@@ -70,7 +88,7 @@ export async function running(dir: string): Promise<ControlPlaneState | undefine
 /** The folder holding the control-plane binaries, building them first when the cache is cold. */
 export function controlPlaneBinDir(log: Log): string {
   log("control plane binaries: hack/control-plane/build.sh (cached by version; a cold build takes a while)");
-  const out = execFileSync("bash", [path.join(repoRoot, "hack/control-plane/build.sh")], {
+  const out = execFileSync("bash", [path.join(packageRoot, "hack/control-plane/build.sh")], {
     stdio: ["ignore", "pipe", "inherit"],
     encoding: "utf8",
   });
@@ -306,7 +324,7 @@ function applyRbac(dir: string, binDir: string) {
         encoding: "utf8",
       },
     );
-  apply(["-f", path.join(repoRoot, "manifests/clusterrole.yaml")]);
+  apply(["-f", path.join(packageRoot, "manifests/clusterrole.yaml")]);
   apply(["-f", "-"], deviceletBinding);
 }
 

@@ -1,0 +1,55 @@
+/**
+ * A {@link ProviderContext} for tests: what the engine would hand a provider, with everything the
+ * provider does through it kept for the test to look at.
+ *
+ *   const context = testContext();                       // fresh MemoryStore, silent logger
+ *   const provider = createMyProvider(config, context);
+ *   ...
+ *   context.events;                                      // ProviderEvents recorded, in order
+ *   context.failures;                                    // errors passed to `fail` (fatal ones)
+ *   const again = testContext({ store: context.store }); // a restart: same durable state
+ *
+ * The logger is silent unless `logLevel` (or the `DEVICELET_KIT_LOG` environment variable) asks
+ * for more; it then writes to stderr, so a failing conformance run can be read back.
+ */
+import pino, { type Logger } from "pino";
+import type { ProviderContext, ProviderEvent } from "../provider/types.ts";
+import { MemoryStore } from "./memory-store.ts";
+
+export interface TestContext extends ProviderContext {
+  readonly store: MemoryStore;
+  /** Every event the provider recorded, oldest first. The test owns the array. */
+  readonly events: ProviderEvent[];
+  /** Every error the provider reported as fatal with `fail`, oldest first. */
+  readonly failures: Error[];
+}
+
+export interface TestContextOptions {
+  /** The durable state to start from: pass an earlier context's store to play a restart. */
+  readonly store?: MemoryStore;
+  /** A logger to use instead of the built-in one. */
+  readonly logger?: Logger;
+  /** Level of the built-in logger; default `DEVICELET_KIT_LOG` or `silent`. */
+  readonly logLevel?: pino.LevelWithSilent;
+  /** Passed on as the context's `checkPodAddress`. */
+  readonly checkPodAddress?: (address: string) => string | undefined;
+}
+
+export function testContext(options: TestContextOptions = {}): TestContext {
+  const events: ProviderEvent[] = [];
+  const failures: Error[] = [];
+  const level = options.logLevel ?? (process.env.DEVICELET_KIT_LOG as pino.LevelWithSilent | undefined);
+  return {
+    logger: options.logger ?? pino({ level: level ?? "silent" }, process.stderr),
+    store: options.store ?? new MemoryStore(),
+    events,
+    failures,
+    recordEvent: (event) => {
+      events.push(event);
+    },
+    fail: (error) => {
+      failures.push(error);
+    },
+    ...(options.checkPodAddress === undefined ? {} : { checkPodAddress: options.checkPodAddress }),
+  };
+}
