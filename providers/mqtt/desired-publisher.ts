@@ -7,14 +7,17 @@
  * document gets a fresh generation from the GenerationAllocator, reserved durably first. Changed
  * pods that would make the document larger than the device accepts are held at their last sent
  * version (`deferred`, see fit.ts); when even that does not fit, nothing is sent and the device is
- * marked `unsendable`. It releases the store's tombstone waiters once the broker holds their
- * change, and moves each entry's `since` when a document carried it. Owned by the DesiredStore.
+ * marked `unsendable`. It releases the store's waiters (pod changes, tombstones) once the broker
+ * holds their change — pod changes also once the content is found unsendable, since no document
+ * will carry it — and moves each entry's `since` when a document carried it. Owned by the
+ * DesiredStore.
  *
  *   const publisher = new DesiredPublisher({ ...storeOptions, isCurrent: (d) => map.get(d.deviceId) === d });
  *   publisher.dirty(device);        // publishes within ~debounceMs
  *   publisher.schedule(device, 0);  // try again now what is pending
  */
 import type { Logger } from "pino";
+import { retryDelay } from "../../src/base/backoff.ts";
 import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import type { DesiredDocument, DesiredPod, Tombstone } from "../../src/protocol/types.ts";
@@ -33,6 +36,12 @@ export interface DesiredPublisherOptions {
   readonly onChange: (deviceId: string) => void;
   /** Whether the store still holds this device (false once it was forgotten). */
   readonly isCurrent: (d: DeviceDesired) => boolean;
+  /**
+   * Called once the broker holds the device's content (published now or earlier), before anyone
+   * waiting for it is released: the workload hashes go to the durable store here. A rejection
+   * fails the flush, which is retried like a failed publish.
+   */
+  readonly persist: (d: DeviceDesired) => Promise<void>;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly now: () => Date;
@@ -49,6 +58,25 @@ export class DesiredPublisher {
   /** Stops publishing: nothing is scheduled or sent from now on (timers are the store's to clear). */
   stop(): void {
     this.#stopped = true;
+  }
+
+  /**
+   * Resolves once every change made to these devices so far is handled (published, or found
+   * unsendable), flushing now what waits for its debounce. Never rejects; it does not end by
+   * itself while a publish cannot complete (the caller bounds it).
+   */
+  async drain(devices: Iterable<DeviceDesired>): Promise<void> {
+    const pending: Promise<void>[] = [];
+    for (const d of devices) {
+      if (d.handledSeq >= d.changeSeq) continue;
+      pending.push(new Promise((resolve) => d.waiters.push({ seq: d.changeSeq, until: "handled", resolve })));
+      if (d.timer !== undefined) {
+        clearTimeout(d.timer);
+        d.timer = undefined;
+      }
+      this.schedule(d, 0);
+    }
+    await Promise.all(pending);
   }
 
   /** A change to the device's desired state: publish it after the debounce. */
@@ -100,14 +128,17 @@ export class DesiredPublisher {
       if (!durable && d.unsendable?.contentHash !== contentHash) {
         durable = await this.#publish(d, pods, tombstones, contentHash);
       }
+      if (durable && this.#o.isCurrent(d)) await this.#o.persist(d);
       d.handledSeq = seq;
       d.failures = 0;
       if (durable) {
         d.unsendable = undefined;
         d.durableSeq = seq;
-        for (const w of d.waiters.filter((w) => w.seq <= seq)) w.resolve();
-        d.waiters = d.waiters.filter((w) => w.seq > seq);
       }
+      const released = (w: DeviceDesired["waiters"][number]) =>
+        w.seq <= seq && (durable || w.until === "handled");
+      for (const w of d.waiters.filter(released)) w.resolve();
+      d.waiters = d.waiters.filter((w) => !released(w));
     } catch (err) {
       d.failures++;
       this.#o.logger.warn(
@@ -120,7 +151,11 @@ export class DesiredPublisher {
     if (d.changeSeq > d.handledSeq) {
       this.schedule(
         d,
-        d.failures === 0 ? this.#o.debounceMs : Math.min(30_000, 250 * 2 ** Math.min(d.failures, 7)),
+        d.failures === 0
+          ? this.#o.debounceMs
+          : // 0.5 s doubling to 30 s, no jitter: all of these go over devicelet's one broker
+            // connection, not from many clients at one server, so spreading them buys nothing.
+            retryDelay({ failures: d.failures, baseMs: 500, maxMs: 30_000, jitter: "none" }),
       );
     }
   }

@@ -1,6 +1,6 @@
 /**
  * DesiredStore: each device's desired state — its pods and tombstones — and the one retained
- * `desired` document that carries it (design decisions 2 and 3).
+ * `desired` document that carries it (docs/architecture.md, decisions 2 and 3).
  *
  * Changes mark a device dirty; its DesiredPublisher (desired-publisher.ts) gets them out: coalesced
  * per device over a short debounce, one document at a time, nothing sent again when the content
@@ -16,6 +16,7 @@
  *
  *   const store = new DesiredStore({ allocator, publish, maxBytes, debounceMs: 15, ... });
  *   store.upsertPod("gw-1", ref, desiredPod);           // publishes within ~debounceMs
+ *   await store.held("gw-1", ref.uid);                   // resolves once the broker holds it
  *   await store.tombstone("gw-1", ref, 30);              // resolves once the broker holds it
  */
 import type { Logger } from "pino";
@@ -36,6 +37,14 @@ export interface DesiredStoreOptions {
   readonly maxBytes: (deviceId: string) => number;
   readonly debounceMs: number;
   readonly publishTimeoutMs: number;
+  /**
+   * Called once the broker holds a device's content, before callers waiting for it are released
+   * (workload hashes to the durable store); a rejection is retried like a failed publish.
+   * Default: nothing to keep.
+   */
+  readonly persist?: (d: DeviceDesired) => Promise<void>;
+  /** Whether the broker connection is up (`stop` flushes pending documents only then). Default: yes. */
+  readonly connected?: () => boolean;
   /** A document went out (or could not, `tooLarge`): delivery and status may have changed. */
   readonly onChange: (deviceId: string) => void;
   readonly metrics: MqttMetrics;
@@ -69,6 +78,7 @@ export class DesiredStore {
     this.#o = options;
     this.#publisher = new DesiredPublisher({
       ...options,
+      persist: options.persist ?? (() => Promise.resolve()),
       now: options.now ?? (() => new Date()),
       isCurrent: (d) => this.#devices.get(d.deviceId) === d,
     });
@@ -187,6 +197,40 @@ export class DesiredStore {
   }
 
   /**
+   * A change that leaves the document as it is (the engine's workload hash changed, the content
+   * did not): flushed like any change, so `persist` sees it and `held` waits for it.
+   */
+  touch(deviceId: string): void {
+    const d = this.#devices.get(deviceId);
+    if (d) this.#publisher.dirty(d);
+  }
+
+  /**
+   * Resolves once the device's changes made so far (the pod's among them) are held by the broker
+   * in a retained document (and persisted), or found unsendable as a whole (DocumentTooLarge,
+   * DocumentInvalid: the pod is then held back with that reason, as it is when it was left out to
+   * fit, and no document will come for it until something changes). A pod kept out of the
+   * document (`blocked`) resolves at once: what holds it is this store, reporting the reason.
+   *
+   * While the broker is away the change stays queued here and in MQTT.js's in-memory store,
+   * neither of which survives a process restart, so this does not resolve: it rejects Transient
+   * after the publish timeout, the engine retries with backoff, and the change is carried out by
+   * whichever publish comes first (a restart before then leaves the engine to give it again).
+   * @throws ProviderError Transient when the broker does not take the document in time.
+   */
+  async held(deviceId: string, uid: string): Promise<void> {
+    const d = this.#devices.get(deviceId);
+    if (!d || d.pods.get(uid)?.blocked) return;
+    const seq = d.changeSeq;
+    if (d.handledSeq >= seq) return;
+    await withTimeout(
+      new Promise<void>((resolve) => d.waiters.push({ seq, until: "handled", resolve })),
+      this.#o.publishTimeoutMs,
+      `publishing the desired document of ${deviceId}`,
+    );
+  }
+
+  /**
    * Replaces the pod with a tombstone and resolves once a document carrying it is held by the
    * broker. A pod never published is simply dropped (the device cannot have it). Rejects Transient
    * when the broker does not take it within the publish timeout (the caller retries; the
@@ -223,7 +267,7 @@ export class DesiredStore {
     const seq = d.changeSeq;
     if (d.durableSeq >= seq) return "tombstoned";
     await withTimeout(
-      new Promise<void>((resolve) => d.waiters.push({ seq, resolve })),
+      new Promise<void>((resolve) => d.waiters.push({ seq, until: "durable", resolve })),
       this.#o.publishTimeoutMs,
       `publishing the tombstone of ${ref.namespace}/${ref.name} for ${deviceId}`,
     );
@@ -279,7 +323,21 @@ export class DesiredStore {
     }
   }
 
-  stop(): void {
+  /**
+   * Stops publishing. While the broker is connected, what waits for its debounce is published
+   * first (bounded by the publish timeout): a create that has not resolved yet then survives the
+   * restart too. Without a connection nothing is waited for: the changes are lost with the process,
+   * and the engine, whose calls have not resolved, gives them again.
+   */
+  async stop(): Promise<void> {
+    if (this.#o.connected?.() ?? true) {
+      const drained = this.#publisher.drain(this.#devices.values());
+      try {
+        await withTimeout(drained, this.#o.publishTimeoutMs, "publishing pending desired documents");
+      } catch (err) {
+        this.#o.logger.warn({ err }, "stopping with desired documents not published");
+      }
+    }
     this.#publisher.stop();
     for (const d of this.#devices.values()) clearTimeout(d.timer);
   }

@@ -191,22 +191,33 @@ export class Inbound {
   }
 
   #report(report: ReportedDocument): void {
-    const { desired, observations } = this.#d;
+    const { observations } = this.#d;
     observations.report(report);
     this.#d.allocator.observe(
       report.deviceId,
       report.epoch,
       Math.max(report.observedGeneration, report.appliedGeneration),
     );
-    const d = desired.device(report.deviceId);
+    this.confirmTombstones(report.deviceId);
+    this.#d.statuses.mark(report.deviceId);
+  }
+
+  /**
+   * Clears the device's tombstones its last report confirms and reports those pods deleted. Run on
+   * every report, and for a document the read-back adopted late: its tombstones may be confirmed
+   * by a report that arrived before it.
+   */
+  confirmTombstones(deviceId: string): void {
+    const { desired, observations } = this.#d;
+    const report = observations.get(deviceId)?.report;
+    const d = desired.device(deviceId);
     for (const t of [...(d?.tombstones.values() ?? [])]) {
       if (!tombstoneConfirmed(t.since, t.ref.uid, report)) continue;
-      desired.clearTombstone(report.deviceId, t.ref.uid);
+      desired.clearTombstone(deviceId, t.ref.uid);
       this.#d.metrics.inc("tombstonesCleared");
       this.#d.statuses.forget(t.ref.uid);
       this.#d.deleted(t.ref);
     }
-    this.#d.statuses.mark(report.deviceId);
   }
 
   #event(event: DeviceEventMessage): void {

@@ -2,18 +2,18 @@
  * MqttProvider: devices reached over any MQTT 3.1.1 or 5 broker, speaking the devicelet protocol
  * (docs/protocol.md). It wires the parts of this folder together and implements the provider
  * contract: lifecycle (one retained desired document per device), push status, deletion notices,
- * the device inventory (nodes from births), transport health, and one-shot commands. The pod side
- * is Workloads (workloads.ts), devices as a whole DeviceLifecycle (device-lifecycle.ts), the
- * broker connection and start-up read-back BrokerSession (session.ts). See index.ts for usage.
+ * the device inventory (nodes from births), transport health, and one-shot commands. The parts
+ * are built by wiring.ts; the pod side is Workloads (workloads.ts) and PodStatusView
+ * (status-view.ts), devices as a whole DeviceLifecycle (device-lifecycle.ts), the broker
+ * connection and start-up read-back BrokerSession (session.ts). See index.ts for usage.
  */
 import type { Logger } from "pino";
-import { topics } from "../../src/protocol/topics.ts";
-import { DEFAULT_MAX_MESSAGE_BYTES } from "../../src/protocol/types.ts";
 import { notFound } from "../../src/provider/errors.ts";
 import type {
   DeletePodOptions,
   DeletionNotifier,
   DeviceInfo,
+  DeviceWatcher,
   DeviceInventory,
   DeviceNotice,
   DeviceNotifier,
@@ -23,31 +23,26 @@ import type {
   PodRef,
   ProviderContext,
   ProviderPod,
-  Startable,
+  Lifecycle,
   StatusNotifier,
   Workload,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
-import { commandEvent, type CommandRequest, type CommandResult } from "./command-types.ts";
-import { CommandQueue } from "./commands.ts";
-import { MqttConnection, type BrokerConnection } from "./connection.ts";
-import { DesiredStore } from "./desired.ts";
-import { DeviceLifecycle } from "./device-lifecycle.ts";
-import { DeviceRegistry } from "./devices.ts";
-import { GenerationAllocator } from "./generations.ts";
-import { Inbound } from "./inbound.ts";
+import type { CommandRequest, CommandResult } from "./command-types.ts";
+import type { CommandQueue } from "./commands.ts";
+import type { MqttConnection } from "./connection.ts";
+import type { DesiredStore } from "./desired.ts";
+import type { DeviceLifecycle } from "./device-lifecycle.ts";
+import type { DeviceRegistry } from "./devices.ts";
 import { logMetricsEvery, MqttMetrics, type MqttMetricsSnapshot } from "./metrics.ts";
-import { Observations } from "./observations.ts";
-import { Orphans } from "./orphans.ts";
-import { StatusCoalescer } from "./pod-status.ts";
-import { RestartRequests } from "./restart.ts";
-import { allowListMatcher, MQTT_DEFAULT_SUPPORTS, type MqttConfig } from "./schema.ts";
-import { documentLimit, inboundPacketLimit } from "./fit.ts";
-import { SecretGate } from "./secret-gate.ts";
-import { BrokerSession, bridgePayload } from "./session.ts";
-import { Workloads } from "./workloads.ts";
-
-const STATUS_COALESCE_MS = 10;
+import type { Orphans } from "./orphans.ts";
+import type { StatusCoalescer } from "./pod-status.ts";
+import { MQTT_DEFAULT_SUPPORTS, type MqttConfig } from "./schema.ts";
+import type { SecretGate } from "./secret-gate.ts";
+import type { BrokerSession } from "./session.ts";
+import type { PodStatusView } from "./status-view.ts";
+import { wireMqtt } from "./wiring.ts";
+import type { Workloads } from "./workloads.ts";
 
 export class MqttProvider
   implements
@@ -57,175 +52,66 @@ export class MqttProvider
     DeviceInventory,
     DeviceNotifier,
     HealthReporter,
-    Startable
+    Lifecycle
 {
   readonly name = "mqtt";
   readonly supports: readonly PodFeature[];
   readonly config: MqttConfig;
-  readonly #ctx: ProviderContext;
   readonly #log: Logger;
   readonly #metrics = new MqttMetrics();
   readonly #instance = `${process.pid}-${Date.now().toString(36)}`;
   readonly #connection: MqttConnection;
   readonly #registry: DeviceRegistry;
-  readonly #allocator: GenerationAllocator;
   readonly #desired: DesiredStore;
-  readonly #observations = new Observations();
   readonly #commands: CommandQueue;
   readonly #statuses: StatusCoalescer;
-  readonly #inbound: Inbound;
   readonly #orphans: Orphans;
   readonly #secrets: SecretGate;
-  readonly #restarts: RestartRequests;
   readonly #lifecycle: DeviceLifecycle;
   readonly #session: BrokerSession;
   readonly #workloads: Workloads;
+  readonly #statusView: PodStatusView;
   readonly #onStatus: ((s: WorkloadStatus) => void)[] = [];
   readonly #onDeleted: ((p: PodRef) => void)[] = [];
-  readonly #onDevice: ((d: DeviceInfo) => void)[] = [];
+  readonly #onDevice: DeviceWatcher[] = [];
   #metricsTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
+  #stopped = false;
 
   /** Use {@link createMqttProvider}, which validates the config and fills its defaults. */
   constructor(config: MqttConfig, context: ProviderContext) {
     this.config = config;
     this.supports = config.supports ?? MQTT_DEFAULT_SUPPORTS;
-    this.#ctx = context;
     this.#log = context.logger.child({ provider: "mqtt" });
-    this.#secrets = new SecretGate({
-      broker: config.broker,
-      devices: config.devices,
-      allowSecretsWithoutTls: config.allowSecretsWithoutTls,
-    });
-    this.#connection = new MqttConnection({
-      config: config.broker,
-      graceSeconds: config.health.disconnectedGraceSeconds,
-      bridge: { topic: topics.bridge(), payload: bridgePayload(this.#instance) },
+    const parts = wireMqtt({
+      config,
+      context,
       logger: this.#log,
-      // Devices' messages, and devicelet's own retained documents read back at start.
-      maximumPacketSize: inboundPacketLimit(
-        Math.max(config.devices.maxMessageBytes, config.desired.maxDocumentBytes),
-      ),
-    });
-    const connection: BrokerConnection = this.#connection;
-    this.#registry = new DeviceRegistry({
-      onChange: (info) => {
-        for (const l of this.#onDevice) l(info);
+      metrics: this.#metrics,
+      instance: this.#instance,
+      events: {
+        status: (status) => {
+          if (this.#onStatus.length === 0) return false;
+          for (const l of this.#onStatus) l(status);
+          return true;
+        },
+        deleted: (ref) => this.#deleted(ref),
+        deviceChanged: (info) => {
+          for (const watcher of this.#onDevice) watcher.changed(info);
+        },
       },
     });
-    this.#allocator = new GenerationAllocator({
-      store: context.store,
-      blockSize: config.desired.generationBlock,
-      onWrite: () => this.#metrics.inc("storeWrites"),
-    });
-    this.#statuses = new StatusCoalescer({
-      delayMs: STATUS_COALESCE_MS,
-      statusesOf: (deviceId) => this.#workloads.statusesOf(deviceId),
-      emit: (status) => {
-        if (this.#onStatus.length === 0) return false;
-        this.#metrics.inc("statusUpdates");
-        for (const l of this.#onStatus) l(status);
-        return true;
-      },
-    });
-    this.#desired = new DesiredStore({
-      allocator: this.#allocator,
-      publish: (topic, payload) => connection.publish(topic, payload, { qos: 1, retain: true }),
-      maxBytes: (id) =>
-        documentLimit({
-          announced: this.#registry.get(id)?.birth?.capabilities.maxMessageBytes,
-          ceiling: config.desired.maxDocumentBytes,
-          fallback: DEFAULT_MAX_MESSAGE_BYTES,
-        }),
-      debounceMs: config.desired.debounceMs,
-      publishTimeoutMs: config.desired.publishTimeoutMs,
-      onChange: (id) => this.#statuses.mark(id),
-      metrics: this.#metrics,
-      logger: this.#log,
-    });
-    this.#commands = new CommandQueue({
-      limit: config.commands.queueLimit,
-      store: context.store,
-      publish: (topic, payload, expiry) =>
-        connection.publish(topic, payload, { qos: 1, retain: false, messageExpirySeconds: expiry }),
-      isOnline: (id) => this.#registry.effectivePresence(id) === "online",
-      understandsTtl: (id) => this.#registry.get(id)?.birth?.capabilities.commandTtl === true,
-      onExpired: (command, why) => context.recordEvent(commandEvent(command, "CommandExpired", why)),
-      onFailed: (command, ack) =>
-        context.recordEvent(
-          commandEvent(command, "CommandFailed", ack.message ?? `exit code ${ack.exitCode ?? "?"}`),
-        ),
-      metrics: this.#metrics,
-      logger: this.#log,
-    });
-    this.#restarts = new RestartRequests({
-      commands: this.#commands,
-      logger: this.#log,
-      recordEvent: (event) => this.#ctx.recordEvent(event),
-      defaultTtlSeconds: config.commands.ttlSeconds,
-    });
-    this.#inbound = new Inbound({
-      allowed: allowListMatcher(config.devices.allow),
-      maxMessageBytes: config.devices.maxMessageBytes,
-      registry: this.#registry,
-      desired: this.#desired,
-      observations: this.#observations,
-      commands: this.#commands,
-      statuses: this.#statuses,
-      allocator: this.#allocator,
-      metrics: this.#metrics,
-      logger: this.#log,
-      recordEvent: (event) => this.#ctx.recordEvent(event),
-      deleted: (ref) => this.#deleted(ref),
-    });
-    this.#orphans = new Orphans({
-      graceMs: config.desired.orphanGraceSeconds * 1000,
-      desired: this.#desired,
-      claimed: (uid) => this.#workloads.claimed(uid),
-      markStatus: (id) => this.#statuses.mark(id),
-      restoreBirth: (id) => this.#lifecycle.restoreBirths([id]),
-      recordEvent: (event) => this.#ctx.recordEvent(event),
-      deleted: (ref) => this.#deleted(ref),
-      logger: this.#log,
-    });
-    this.#session = new BrokerSession({
-      connection: this.#connection,
-      readbackTimeoutMs: config.desired.readbackTimeoutMs,
-      onLate: (doc) => this.#orphans.adoptLate(doc),
-      inbound: this.#inbound,
-      desired: this.#desired,
-      metrics: this.#metrics,
-      logger: this.#log,
-    });
-    this.#lifecycle = new DeviceLifecycle({
-      registry: this.#registry,
-      desired: this.#desired,
-      commands: this.#commands,
-      allocator: this.#allocator,
-      connection,
-      allowed: allowListMatcher(config.devices.allow),
-      statuses: this.#statuses,
-      silentAfterMs: config.devices.silentAfterSeconds * 1000,
-      wakeToleranceMs: config.devices.wakeToleranceSeconds * 1000,
-      connectedSince: () => this.#session.connectedSince(),
-      recordEvent: (event) => this.#ctx.recordEvent(event),
-      forgetPod: (ref) => this.#workloads.forget(ref),
-      deleted: (ref) => this.#deleted(ref),
-      logger: this.#log,
-    });
-    this.#workloads = new Workloads({
-      desired: this.#desired,
-      registry: this.#registry,
-      observations: this.#observations,
-      statuses: this.#statuses,
-      orphans: this.#orphans,
-      restarts: this.#restarts,
-      secrets: this.#secrets,
-      checkPodAddress: context.checkPodAddress,
-      recordEvent: (event) => this.#ctx.recordEvent(event),
-      deleted: (ref) => this.#deleted(ref),
-      logger: this.#log,
-    });
+    this.#secrets = parts.secrets;
+    this.#connection = parts.connection;
+    this.#registry = parts.registry;
+    this.#desired = parts.desired;
+    this.#statusView = parts.statusView;
+    this.#statuses = parts.statuses;
+    this.#commands = parts.commands;
+    this.#workloads = parts.workloads;
+    this.#orphans = parts.orphans;
+    this.#session = parts.session;
+    this.#lifecycle = parts.lifecycle;
   }
 
   /**
@@ -238,6 +124,7 @@ export class MqttProvider
     for (const note of this.#secrets.startupNotes()) this.#log[note.level](note.message);
     signal.addEventListener("abort", () => void this.stop(), { once: true });
     const documents = await this.#session.start(signal);
+    await this.#workloads.restoreHashes();
     this.#commands.restoreInBackground(signal);
     await this.#lifecycle.restoreBirths([...new Set([...documents.keys(), ...this.#registry.ids()])]);
     this.#lifecycle.start();
@@ -256,7 +143,10 @@ export class MqttProvider
     );
   }
 
-  /** Publishes the bridge's `offline`, closes the connection, logs the final metrics. Idempotent. */
+  /**
+   * Publishes desired documents still waiting for their debounce (when connected), the bridge's
+   * `offline`, closes the connection, logs the final metrics. Idempotent.
+   */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#metricsTimer);
@@ -265,21 +155,27 @@ export class MqttProvider
       this.#orphans.stop();
       this.#statuses.stop();
       this.#commands.stop();
-      this.#desired.stop();
+      await this.#desired.stop();
       await this.#connection.stop();
+      this.#stopped = true;
       this.#log.info({ metrics: this.metrics() }, "mqtt provider stopped");
     })();
     return this.#stopping;
   }
 
+  /**
+   * Puts the pod into its device's desired document and resolves once the broker holds a
+   * document carrying it (retained) and its workload hash is stored — at once for a pod held back
+   * with a reason (see {@link Workloads.apply}).
+   * @throws ProviderError Transient when the broker does not take the document in time.
+   */
   createPod(workload: Workload): Promise<void> {
-    this.#workloads.apply(workload);
-    return Promise.resolve();
+    return this.#workloads.apply(workload);
   }
 
+  /** As {@link createPod}. */
   updatePod(workload: Workload): Promise<void> {
-    this.#workloads.apply(workload);
-    return Promise.resolve();
+    return this.#workloads.apply(workload);
   }
 
   /**
@@ -293,7 +189,7 @@ export class MqttProvider
   }
 
   getPodStatus(pod: PodRef): Promise<WorkloadStatus | undefined> {
-    return Promise.resolve(this.#workloads.status(pod));
+    return Promise.resolve(this.#statusView.status(pod));
   }
 
   /** Pods in the devices' documents (see {@link Workloads.list}); `nodeName` is the device id. */
@@ -313,8 +209,8 @@ export class MqttProvider
     return Promise.resolve(this.#registry.list());
   }
 
-  watchDevices(callback: (device: DeviceInfo) => void): void {
-    this.#onDevice.push(callback);
+  watchDevices(watcher: DeviceWatcher): void {
+    this.#onDevice.push(watcher);
   }
 
   /**
@@ -368,6 +264,9 @@ export class MqttProvider
   #deleted(ref: PodRef): void {
     // After the caller's current step: the engine may be in the middle of asking us to delete.
     setImmediate(() => {
+      // Noticed while stopping (a report that came in while pending documents went out): after
+      // stop resolved nothing is told; the next instance learns it from the device's report.
+      if (this.#stopped) return;
       for (const l of this.#onDeleted) l(ref);
     });
   }

@@ -5,12 +5,15 @@
  *
  * Retained messages arrive after a SUBSCRIBE (MQTT 3.1.1 §3.3.1.3, MQTT 5 §3.3.1.3) but MQTT has
  * no "end of retained" marker, so after subscribing devicelet publishes a marker on a topic of its
- * own and waits for it to come back: brokers send a subscription's retained messages before
- * anything published after the SUBACK (Mosquitto, EMQX, HiveMQ and aedes all queue them while
- * handling the SUBSCRIBE). A timeout bounds how long start waits, but not what is read: when it
- * ends first (a slow broker, thousands of devices), the subscription stays and every document
- * arriving later goes to `onLate` until the marker is back (or {@link LATE_WINDOW_MS} passed), so
- * none is lost — a document dropped here would leave its pods running on the device forever.
+ * own and waits for it to come back: Mosquitto sends a subscription's retained messages before
+ * anything published after the SUBACK. Not every broker does: aedes writes the SUBACK first and
+ * streams the retained messages from its store afterwards, so the marker can overtake them. A
+ * retained document arriving after the marker (the RETAIN flag is set only on messages sent
+ * because of a new subscription, MQTT 3.1.1 §3.3.1.3, MQTT 5 §3.3.1.3) still goes to `onLate`.
+ * A timeout bounds how long start waits, but not what is read: when it ends first (a slow broker,
+ * thousands of devices), the subscription stays and every document arriving later goes to
+ * `onLate` until the marker is back (or {@link LATE_WINDOW_MS} passed), so none is lost — a
+ * document dropped here would leave its pods running on the device forever.
  * Afterwards the `desired` subscription is dropped: devicelet does not need its own documents
  * echoed back.
  *
@@ -40,8 +43,11 @@ export class Readback {
   readonly #marker = `${TOPIC_ROOT}/_bridge/sync/${randomBytes(8).toString("hex")}`;
   readonly #onLate: (doc: DesiredDocument) => void;
   readonly #documents = new Map<string, DesiredDocument>();
-  /** "reading" until run() returns; "late" while documents may still come after the timeout. */
-  #phase: "idle" | "reading" | "late" | "done" = "idle";
+  /**
+   * "reading" until run() returns; "late" while documents may still come after the timeout;
+   * "done" once the marker is back (retained documents the broker sends after it are still late).
+   */
+  #phase: "idle" | "reading" | "late" | "done" | "stopped" = "idle";
   #done: (() => void) | undefined;
   #lateTimer: NodeJS.Timeout | undefined;
 
@@ -58,14 +64,19 @@ export class Readback {
     this.#onLate = options.onLate;
   }
 
-  /** Consumes the messages that belong to the read-back; false for anything else. */
-  take(topic: string, payload: Buffer): boolean {
+  /**
+   * Consumes the messages that belong to the read-back; false for anything else. `retained`: the
+   * message's RETAIN flag (set on what the SUBSCRIBE brought, not on echoes of our own publishes).
+   */
+  take(topic: string, payload: Buffer, retained = false): boolean {
     if (topic === this.#marker) {
       this.#done?.();
       return true;
     }
     if (!topic.endsWith("/desired") || !topic.startsWith(`${TOPIC_ROOT}/`)) return false;
-    if (this.#phase !== "reading" && this.#phase !== "late") return true; // an echo: ignore
+    // After the marker, only a retained document is one the broker sent late; the rest are echoes.
+    const late = this.#phase === "late" || (this.#phase === "done" && retained);
+    if (this.#phase !== "reading" && !late) return true;
     const deviceId = topic.split("/")[2] ?? "";
     const decoded = decodeToDevice(topic, payload, { deviceId, maxBytes: 64 * 1024 * 1024 });
     if (decoded.ok && decoded.value.kind === "desired") {
@@ -73,7 +84,7 @@ export class Readback {
       else {
         this.#log.info(
           { deviceId, epoch: decoded.value.epoch, generation: decoded.value.generation },
-          "adopting a retained desired document that arrived after the read-back timeout",
+          "adopting a retained desired document that arrived after the read-back",
         );
         this.#onLate(decoded.value);
       }
@@ -119,15 +130,16 @@ export class Readback {
     return this.#documents;
   }
 
-  /** Stops taking documents. */
+  /** Stops taking documents (the provider stops). */
   stop(): void {
     clearTimeout(this.#lateTimer);
-    this.#phase = "done";
+    this.#phase = "stopped";
   }
 
   async #finish(why: string): Promise<void> {
     const wasLate = this.#phase === "late";
-    this.stop();
+    clearTimeout(this.#lateTimer);
+    if (this.#phase !== "stopped") this.#phase = "done";
     if (wasLate) this.#log.info({ why }, "late read-back finished");
     try {
       await this.#connection.unsubscribe([DESIRED_FILTER, this.#marker]);

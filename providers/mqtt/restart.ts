@@ -7,10 +7,10 @@
  * current request's commands have not reached the device gives them the new expiry (set together,
  * in one `kubectl annotate`, or one after the other, the outcome is the same).
  *
- * Only a change this process sees counts: the first time it meets a pod (created, or adopted
- * after a restart, when the engine calls updatePod once) the value is only recorded. So a
- * devicelet restart never restarts apps — and a request made while devicelet was down is not
- * carried out (there is nowhere durable to remember which values were acted on).
+ * Only a change counts: the first time this process meets a pod (created, or adopted after a
+ * restart) the value is only recorded — unless an earlier process stored the value it saw with
+ * the pod's workload hash (workload-hashes.ts, `recall`): then a value changed while devicelet was
+ * down is a request too. So a devicelet restart never restarts apps by itself.
  *
  *   kubectl annotate pod sensor devicelet.dev/restart-requested="$(date +%s)" --overwrite
  */
@@ -93,6 +93,16 @@ export class RestartRequests {
           },
         );
     }
+  }
+
+  /** The value last seen for the pod (`token` undefined: seen without one); undefined when never seen. */
+  seen(uid: string): { readonly token: string | undefined } | undefined {
+    return this.#tokens.has(uid) ? { token: this.#tokens.get(uid) } : undefined;
+  }
+
+  /** The value an earlier process saw for the pod: a different one given next is a request. */
+  recall(uid: string, token: string | undefined): void {
+    if (!this.#tokens.has(uid)) this.#tokens.set(uid, token);
   }
 
   forget(uid: string): void {

@@ -41,7 +41,7 @@ export interface BrokerSessionOptions {
   readonly readbackTimeoutMs: number;
   /** A document read back after `start` resolved (it is not in `start`'s result). */
   readonly onLate: (doc: DesiredDocument) => void;
-  readonly inbound: Pick<Inbound, "handle">;
+  readonly inbound: Pick<Inbound, "handle" | "confirmTombstones">;
   readonly desired: Pick<DesiredStore, "adopt" | "republishAll">;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
@@ -61,7 +61,11 @@ export class BrokerSession {
       connection: options.connection,
       logger: options.logger,
       timeoutMs: options.readbackTimeoutMs,
-      onLate: options.onLate,
+      onLate: (doc) => {
+        options.onLate(doc);
+        // A report that came before the document may already confirm its tombstones.
+        options.inbound.confirmTombstones(doc.deviceId);
+      },
     });
   }
 
@@ -94,7 +98,7 @@ export class BrokerSession {
   #attach(): void {
     const { connection, inbound, metrics, logger } = this.#o;
     connection.onMessage((topic, payload, retained) => {
-      if (this.#readback.take(topic, payload)) return;
+      if (this.#readback.take(topic, payload, retained)) return;
       if (this.#held) this.#held.push([topic, payload, retained]);
       else inbound.handle(topic, payload, retained);
     });

@@ -1,55 +1,44 @@
 /**
  * Workloads: the pod side of the MQTT provider — workloads from the engine into the devices'
- * desired documents (DesiredStore), and pod statuses back out of what the devices said. It owns
- * the engine's workload hash per pod uid (what this process was given; unknown for pods read back
- * from the broker) and the one-Event-per-address memory for reported addresses refused as pod IPs.
- * Nothing here blocks except `delete`, which waits for the broker to hold the tombstone.
+ * desired documents (DesiredStore); the statuses back out of what the devices said are
+ * PodStatusView's (status-view.ts). It owns the engine's workload hash per pod uid (what this
+ * process was given) and keeps it durably (workload-hashes.ts), so pods read back from the broker
+ * after a restart are listed with it. `apply` and `delete` wait for the broker to hold the
+ * document carrying their change (bounded by the publish timeout); nothing else blocks.
  *
- *   const workloads = new Workloads({ desired, registry, observations, statuses, orphans, ... });
- *   workloads.apply(workload);                      // upsert into the device's document
+ *   const workloads = new Workloads({ desired, statuses, orphans, restarts, secrets, hashes, deleted });
+ *   await workloads.restoreHashes();                // at start
+ *   await workloads.apply(workload);                // upsert, resolved once retained
  *   await workloads.delete(ref, 30);                // tombstone, resolved once retained
  *   workloads.list();                               // ProviderPods, tombstoned ones first
  */
-import type { Logger } from "pino";
-import type {
-  PodRef,
-  ProviderContext,
-  ProviderEvent,
-  ProviderPod,
-  Workload,
-  WorkloadStatus,
-} from "../../src/provider/types.ts";
-import type { DesiredStore, PodEntry } from "./desired.ts";
-import type { DeviceRegistry } from "./devices.ts";
-import type { Observations } from "./observations.ts";
+import type { PodRef, ProviderPod, Workload } from "../../src/provider/types.ts";
+import type { DesiredStore, DeviceDesired } from "./desired.ts";
 import type { Orphans } from "./orphans.ts";
-import { podStatus, type StatusCoalescer } from "./pod-status.ts";
+import type { StatusCoalescer } from "./pod-status.ts";
 import type { RestartRequests } from "./restart.ts";
 import type { SecretGate } from "./secret-gate.ts";
-import { withUsablePodIP } from "./status-map.ts";
 import { holdBack, toDesiredPod } from "./translate.ts";
+import type { HashEntry, WorkloadHashes } from "./workload-hashes.ts";
 
 export interface WorkloadsOptions {
-  readonly desired: DesiredStore;
-  readonly registry: DeviceRegistry;
-  readonly observations: Observations;
+  readonly desired: Pick<
+    DesiredStore,
+    "upsertPod" | "touch" | "held" | "device" | "deviceOf" | "tombstone" | "devices"
+  >;
   readonly statuses: Pick<StatusCoalescer, "mark" | "forget">;
   readonly orphans: Pick<Orphans, "claim" | "listed">;
-  readonly restarts: Pick<RestartRequests, "observe" | "forget">;
+  readonly restarts: Pick<RestartRequests, "observe" | "seen" | "recall" | "forget">;
   readonly secrets: SecretGate;
-  readonly checkPodAddress: ProviderContext["checkPodAddress"];
-  readonly recordEvent: (event: ProviderEvent) => void;
+  readonly hashes: Pick<WorkloadHashes, "load" | "restored" | "save">;
   /** Reports a pod deleted (the provider tells the engine, after the current step). */
   readonly deleted: (ref: PodRef) => void;
-  readonly logger: Logger;
 }
 
 export class Workloads {
   readonly #o: WorkloadsOptions;
   /** The engine's workload hash per pod uid, as last given (unknown for pods read back). */
   readonly #hashes = new Map<string, string>();
-  /** Per device, the reported address last refused as a pod IP (one Event per distinct address). */
-  readonly #refusedAddress = new Map<string, string>();
 
   constructor(options: WorkloadsOptions) {
     this.#o = options;
@@ -60,20 +49,70 @@ export class Workloads {
     return this.#hashes.has(uid);
   }
 
-  /** Puts the workload into its device's document (nothing when the engine's hash is unchanged). */
-  apply(workload: Workload): void {
+  /** Reads the workload hashes an earlier process stored (start, before the first listPods). */
+  restoreHashes(): Promise<void> {
+    return this.#o.hashes.load();
+  }
+
+  /**
+   * Puts the workload into its device's document (nothing when the engine's hash is unchanged) and
+   * resolves once the broker holds it (DesiredStore.held): the provider contract's "held durably".
+   * A pod held back with a reason (Secrets refused, too large for the device) resolves without a
+   * publish: what holds it is this process, reporting the reason, and after a restart the engine,
+   * finding it unlisted or with another hash, gives it again.
+   * @throws ProviderError Transient when the broker does not take the document in time (the
+   * change stays and goes out with the next document; the engine retries).
+   */
+  async apply(workload: Workload): Promise<void> {
     const { deviceId, pod } = workload;
     this.#o.orphans.claim(pod.uid);
+    if (!this.#hashes.has(pod.uid)) {
+      // First met by this process: the restart-request value an earlier one stored for the
+      // version the broker holds tells a request made while devicelet was down (restart.ts).
+      const held = this.#o.desired.device(deviceId)?.pods.get(pod.uid);
+      const restored = held && this.#o.hashes.restored(pod.uid, held.desired.hash);
+      if (restored) this.#o.restarts.recall(pod.uid, restored.restartToken);
+    }
     if (this.#hashes.get(pod.uid) !== workload.hash) {
       const ref: PodRef = { namespace: pod.namespace, name: pod.name, uid: pod.uid };
       const desired = toDesiredPod(workload);
       // Judged again even when the content is unchanged: a pod adopted from an earlier run's
       // retained document was never checked under this run's config.
       const blocked = holdBack(workload, desired, { secrets: this.#o.secrets });
-      if (this.#o.desired.upsertPod(deviceId, ref, desired, blocked)) this.#o.statuses.mark(deviceId);
       this.#hashes.set(pod.uid, workload.hash);
+      if (this.#o.desired.upsertPod(deviceId, ref, desired, blocked)) this.#o.statuses.mark(deviceId);
+      // Only the engine's hash changed (labels, annotations): nothing for the device, but the
+      // new hash must be stored before this resolves.
+      else this.#o.desired.touch(deviceId);
     }
     this.#o.restarts.observe(workload);
+    await this.#o.desired.held(deviceId, pod.uid);
+  }
+
+  /**
+   * The workload hashes to store for a device whose document the broker now holds: each pod with
+   * the device hash it has now (a stored pair is used after a restart only when the retained
+   * document carries that device hash, see workload-hashes.ts). Pods kept out of the document are
+   * left out: after a restart the engine gives them again.
+   */
+  persist(d: DeviceDesired): Promise<void> {
+    const entries: HashEntry[] = [];
+    for (const p of d.pods.values()) {
+      const { uid } = p.ref;
+      if (p.blocked) continue;
+      const given = this.#hashes.get(uid);
+      const restored = this.#o.hashes.restored(uid, p.desired.hash);
+      const hash = given ?? restored?.workloadHash;
+      if (hash === undefined) continue;
+      const token = given === undefined ? restored?.restartToken : this.#o.restarts.seen(uid)?.token;
+      entries.push(token === undefined ? [uid, p.desired.hash, hash] : [uid, p.desired.hash, hash, token]);
+    }
+    return this.#o.hashes.save(d.deviceId, entries);
+  }
+
+  /** The engine's hash: as given to this process, else as an earlier one stored it. */
+  #workloadHash(uid: string, deviceHash: string): string | undefined {
+    return this.#hashes.get(uid) ?? this.#o.hashes.restored(uid, deviceHash)?.workloadHash;
   }
 
   /**
@@ -102,29 +141,18 @@ export class Workloads {
     this.#hashes.delete(ref.uid);
   }
 
-  status(pod: PodRef): WorkloadStatus | undefined {
-    const deviceId = this.#o.desired.deviceOf(pod.uid);
-    const entry = deviceId === undefined ? undefined : this.#o.desired.device(deviceId)?.pods.get(pod.uid);
-    return deviceId === undefined || !entry ? undefined : this.#status(deviceId, entry);
-  }
-
-  /** The statuses of every pod in the device's document (for the StatusCoalescer). */
-  statusesOf(deviceId: string): WorkloadStatus[] {
-    const d = this.#o.desired.device(deviceId);
-    return d ? [...d.pods.values()].map((entry) => this.#status(deviceId, entry)) : [];
-  }
-
   /**
    * Pods in the devices' documents; tombstoned ones first (a live pod of the same name wins).
-   * `nodeName` is the device id. `hash` is the engine's workload hash when this process was given
-   * it; for pods read back from the broker it is the device-facing hash, so the engine calls
-   * updatePod once for each, which publishes nothing when the device already has that content.
+   * `nodeName` is the device id. `hash` is the engine's workload hash, as given to this process or
+   * stored by an earlier one for the version the retained document carries; otherwise (nothing
+   * stored, or a store out of step with the document) the device-facing hash, so the engine calls
+   * updatePod once, which publishes nothing when the device already has that content.
    */
   list(): ProviderPod[] {
     this.#o.orphans.listed();
     const out: ProviderPod[] = [];
     const devices = [...this.#o.desired.devices()];
-    const hash = (uid: string, fallback: string) => this.#hashes.get(uid) ?? fallback;
+    const hash = (uid: string, fallback: string) => this.#workloadHash(uid, fallback) ?? fallback;
     for (const d of devices)
       for (const t of d.tombstones.values())
         out.push({
@@ -143,33 +171,5 @@ export class Workloads {
           terminationGracePeriodSeconds: p.desired.terminationGracePeriodSeconds,
         });
     return out;
-  }
-
-  #status(deviceId: string, entry: PodEntry): WorkloadStatus {
-    const { registry, observations } = this.#o;
-    const device = registry.get(deviceId);
-    const { status, refused } = withUsablePodIP(
-      podStatus({
-        entry,
-        device: this.#o.desired.device(deviceId),
-        presence: registry.effectivePresence(deviceId),
-        wakeAt: device?.wakeAt,
-        observation: observations.get(deviceId),
-        now: new Date(),
-      }),
-      this.#o.checkPodAddress,
-    );
-    const address = observations.get(deviceId)?.report?.address;
-    if (refused !== undefined && address !== undefined && this.#refusedAddress.get(deviceId) !== address) {
-      this.#refusedAddress.set(deviceId, address);
-      this.#o.logger.warn({ deviceId, reason: refused }, "reported address ignored as pod IP");
-      this.#o.recordEvent({
-        involved: { kind: "Device", deviceId },
-        type: "Warning",
-        reason: "InvalidAddress",
-        message: `reported address ignored: ${refused}; its pods get an address from pods.ipRange`,
-      });
-    }
-    return status;
   }
 }
