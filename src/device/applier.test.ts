@@ -9,7 +9,7 @@ import { topics } from "../protocol/topics.ts";
 import type { AckMessage } from "../protocol/types.ts";
 import { DesiredApplier, type DurableDesired } from "./applier.ts";
 import { desiredDocument, desiredPod } from "./fixtures.ts";
-import { MemoryBroker } from "./memory-broker.ts";
+import { startDeviceBroker, type DeviceBroker } from "../../test/support/device-broker.ts";
 import type { DesiredAck } from "./outbox.ts";
 import { DeviceSession, type BirthInfo } from "./session.ts";
 import { SimRuntime } from "./sim-runtime.ts";
@@ -68,8 +68,10 @@ describe("DesiredApplier durability", () => {
 
 describe("DeviceSession with failing storage", () => {
   const sessions: DeviceSession[] = [];
+  const brokers: DeviceBroker[] = [];
   afterEach(async () => {
     await Promise.all(sessions.splice(0).map((s) => s.stop()));
+    await Promise.all(brokers.splice(0).map((b) => b.close()));
   });
   const birth: BirthInfo = {
     deviceClass: "gateway",
@@ -86,7 +88,8 @@ describe("DeviceSession with failing storage", () => {
   };
 
   it("never acks `applied` for a document whose state failed to save", async () => {
-    const broker = new MemoryBroker();
+    const broker = await startDeviceBroker();
+    brokers.push(broker);
     const storage = memoryStore();
     let saves = 0;
     let failing = false;
@@ -100,7 +103,7 @@ describe("DeviceSession with failing storage", () => {
     const runtime = new SimRuntime();
     const session = new DeviceSession({
       deviceId: ID,
-      link: broker.link(),
+      link: broker.link(ID),
       runtime,
       device: birth,
       logger,
@@ -111,7 +114,7 @@ describe("DeviceSession with failing storage", () => {
     await session.whenOnline();
     await until(() => expect(saves).toBeGreaterThan(0));
     failing = true;
-    broker.publish(topics.desired(ID), encodeMessage(doc), { retain: true });
+    await broker.publish(topics.desired(ID), encodeMessage(doc), { retain: true });
     const acks = () => broker.messagesOn<AckMessage>(topics.ack(ID));
     await until(() =>
       expect(acks().map((a) => a.kind === "ack" && a.stage)).toEqual(["received", "rejected"]),

@@ -1,5 +1,5 @@
 /**
- * One-shot commands on the device side (design decision 4). Each command is acked `received`
+ * One-shot commands on the device side (docs/architecture.md, decision 4). Each command is acked `received`
  * and then `done` or `failed`; a redelivered command (QoS 1 may deliver twice) runs once. An
  * expired command is dropped and acked `expired` (docs/protocol.md § 7): expired when its
  * `expiresAt` has passed (checked only when the device has a wall clock), or when `ttlSeconds`

@@ -3,9 +3,10 @@
  * connection to the broker. It is small on purpose, so that the same session code runs over
  *
  * - a device's own MQTT connection (`MqttTransport.link()` in mqtt-link.ts, the only file of the
- *   device side that imports `mqtt`),
- * - a gateway's connection on behalf of a child microcontroller (`MqttTransport.bridged(id)`), and
- * - the in-memory broker of the unit tests (memory-broker.ts).
+ *   device side that imports `mqtt`), and
+ * - a gateway's connection on behalf of a child microcontroller (`MqttTransport.bridged(id)`).
+ *
+ * Unit tests run sessions over the first, against aedes in-process (test/support/device-broker.ts).
  *
  * Also the clock the device side uses, injectable so tests can drive time.
  */

@@ -13,7 +13,7 @@ import { encodeMessage } from "../protocol/codec.ts";
 import { topics } from "../protocol/topics.ts";
 import type { AckMessage, DesiredPod, ReportedDocument } from "../protocol/types.ts";
 import { desiredDocument, desiredPod } from "./fixtures.ts";
-import { MemoryBroker } from "./memory-broker.ts";
+import { startDeviceBroker, type DeviceBroker } from "../../test/support/device-broker.ts";
 import { RuntimeRefusal } from "./runtime.ts";
 import { DeviceSession, type BirthInfo } from "./session.ts";
 import { SimRuntime } from "./sim-runtime.ts";
@@ -33,12 +33,14 @@ const one = [desiredPod({ uid: "a" })];
 const two = [desiredPod({ uid: "a" }), desiredPod({ uid: "b" })];
 
 const sessions: DeviceSession[] = [];
+const brokers: DeviceBroker[] = [];
 afterEach(async () => {
   await Promise.all(sessions.splice(0).map((s) => s.stop()));
+  await Promise.all(brokers.splice(0).map((b) => b.close()));
 });
 
 /** An agent run: a fresh session and runtime that refuses two pods, over `store`. */
-async function run(broker: MemoryBroker, store: SessionStore) {
+async function run(broker: DeviceBroker, store: SessionStore) {
   const runtime = new SimRuntime();
   const apply = runtime.apply.bind(runtime);
   const applied: number[] = [];
@@ -49,7 +51,7 @@ async function run(broker: MemoryBroker, store: SessionStore) {
   };
   const session = new DeviceSession({
     deviceId: ID,
-    link: broker.link(),
+    link: broker.link(ID),
     runtime,
     device: birth,
     logger,
@@ -62,28 +64,28 @@ async function run(broker: MemoryBroker, store: SessionStore) {
   return { session, applied };
 }
 
-function setup() {
+async function setup() {
   const file = path.join(mkdtempSync(path.join(os.tmpdir(), "devicelet-rejection-")), "state.json");
-  const broker = new MemoryBroker();
+  const broker = await startDeviceBroker();
+  brokers.push(broker);
   const reported = () => broker.retainedJson(topics.reported(ID)) as ReportedDocument | undefined;
   const acks = () =>
     broker.messagesOn<AckMessage>(topics.ack(ID)).flatMap((a) => (a.kind === "ack" ? [a] : []));
-  const publish = (generation: number, pods: DesiredPod[]) => {
+  const publish = (generation: number, pods: DesiredPod[]) =>
     broker.publish(topics.desired(ID), encodeMessage(desiredDocument({ deviceId: ID, generation, pods })), {
       retain: true,
     });
-  };
   const stateFile = () => JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
   return { file, broker, reported, acks, publish, stateFile, store: () => fileStore(file, { logger }) };
 }
 
 describe("DeviceSession, a rejection across an agent restart (§ 4)", () => {
   it("keeps the rejection in the state file, reports it after a restart and does not evaluate the document again", async () => {
-    const t = setup();
+    const t = await setup();
     const first = await run(t.broker, t.store());
-    t.publish(1, one);
+    await t.publish(1, one);
     await until(() => expect(t.reported()?.appliedGeneration).toBe(1));
-    t.publish(2, two);
+    await t.publish(2, two);
     await until(() => expect(t.acks().at(-1)).toMatchObject({ generation: 2, stage: "rejected" }));
     await until(() => expect(t.stateFile()).toHaveProperty("rejection.generation", 2));
     // The reason and message, not the document's content.
@@ -118,7 +120,7 @@ describe("DeviceSession, a rejection across an agent restart (§ 4)", () => {
     expect(second.applied).toEqual([1]);
 
     // A newer document clears it, in the file too, so the next restart has none.
-    t.publish(3, one);
+    await t.publish(3, one);
     await until(() => expect(t.reported()?.appliedGeneration).toBe(3));
     expect(t.reported()?.rejection).toBeUndefined();
     await until(() => expect(t.stateFile()).toMatchObject({ appliedGeneration: 3 }));
@@ -130,7 +132,7 @@ describe("DeviceSession, a rejection across an agent restart (§ 4)", () => {
   });
 
   it("never stores a PersistFailed rejection: after a restart the document is evaluated again", async () => {
-    const t = setup();
+    const t = await setup();
     const store = t.store();
     let failing = false;
     const flaky: SessionStore = {
@@ -138,10 +140,10 @@ describe("DeviceSession, a rejection across an agent restart (§ 4)", () => {
       save: (state) => (failing ? Promise.reject(new Error("ENOSPC: no space left")) : store.save(state)),
     };
     const first = await run(t.broker, flaky);
-    t.publish(1, one);
+    await t.publish(1, one);
     await until(() => expect(t.reported()?.appliedGeneration).toBe(1));
     failing = true;
-    t.publish(2, [desiredPod({ uid: "c" })]);
+    await t.publish(2, [desiredPod({ uid: "c" })]);
     await until(() => expect(t.acks().at(-1)).toMatchObject({ generation: 2, reason: "PersistFailed" }));
     await first.session.stop();
     expect(t.stateFile()).toMatchObject({ appliedGeneration: 1 });

@@ -10,7 +10,7 @@ import { topics } from "../protocol/topics.ts";
 import type { AckMessage, DeviceEventMessage, PresenceMessage, ReportedDocument } from "../protocol/types.ts";
 import { CommandRunner, type CommandAck } from "./commands.ts";
 import { command, desiredDocument, desiredPod } from "./fixtures.ts";
-import { MemoryBroker } from "./memory-broker.ts";
+import { startDeviceBroker, type DeviceBroker } from "../../test/support/device-broker.ts";
 import { RuntimeRefusal } from "./runtime.ts";
 import { DeviceSession, type BirthInfo, type DeviceSessionOptions } from "./session.ts";
 import { SimRuntime } from "./sim-runtime.ts";
@@ -26,14 +26,21 @@ const birth: BirthInfo = {
 };
 
 const sessions: DeviceSession[] = [];
+const brokers: DeviceBroker[] = [];
 afterEach(async () => {
   await Promise.all(sessions.splice(0).map((s) => s.stop()));
+  await Promise.all(brokers.splice(0).map((b) => b.close()));
 });
+async function newBroker(): Promise<DeviceBroker> {
+  const broker = await startDeviceBroker();
+  brokers.push(broker);
+  return broker;
+}
 
-async function online(broker: MemoryBroker, o: Partial<DeviceSessionOptions> = {}): Promise<DeviceSession> {
+async function online(broker: DeviceBroker, o: Partial<DeviceSessionOptions> = {}): Promise<DeviceSession> {
   const session = new DeviceSession({
     deviceId: ID,
-    link: broker.link(),
+    link: broker.link(ID),
     runtime: new SimRuntime(),
     device: birth,
     logger,
@@ -46,22 +53,21 @@ async function online(broker: MemoryBroker, o: Partial<DeviceSessionOptions> = {
   return session;
 }
 
-const reported = (b: MemoryBroker) => b.retainedJson(topics.reported(ID)) as ReportedDocument | undefined;
-const acks = (b: MemoryBroker) =>
+const reported = (b: DeviceBroker) => b.retainedJson(topics.reported(ID)) as ReportedDocument | undefined;
+const acks = (b: DeviceBroker) =>
   b.messagesOn<AckMessage>(topics.ack(ID)).flatMap((a) => (a.kind === "ack" ? [a] : []));
-const births = (b: MemoryBroker) =>
+const births = (b: DeviceBroker) =>
   b.messagesOn<PresenceMessage>(topics.state(ID)).filter((m) => m.state === "online");
-const publishDesired = (b: MemoryBroker, doc: Parameters<typeof encodeMessage>[0]) => {
+const publishDesired = (b: DeviceBroker, doc: Parameters<typeof encodeMessage>[0]) =>
   b.publish(topics.desired(ID), encodeMessage(doc), { retain: true });
-};
 const until = <T>(probe: () => T) => vi.waitFor(probe, { timeout: 4_000, interval: 2 });
 
 describe("DeviceSession, before the birth (§ 5)", () => {
   it("acks an invalid retained document that arrived before the birth `rejected`, after the birth", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const doc = { ...desiredDocument({ deviceId: ID, generation: 4 }), contentHash: "0".repeat(64) };
-    broker.publish(topics.desired(ID), JSON.stringify(doc), { retain: true });
-    broker.publish(topics.command(ID, "c1"), "{not json", { retain: true });
+    await broker.publish(topics.desired(ID), JSON.stringify(doc), { retain: true });
+    await broker.publish(topics.command(ID, "c1"), "{not json", { retain: true });
     await online(broker);
     await until(() => {
       expect(acks(broker)).toMatchObject([{ generation: 4, stage: "rejected", reason: "InvalidDocument" }]);
@@ -85,7 +91,7 @@ describe("DeviceSession, before the birth (§ 5)", () => {
 
 describe("DeviceSession, rejections and epochs (§ 4)", () => {
   it("does not evaluate a redelivered rejected document again and reports the rejection until a later one", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const runtime = new SimRuntime();
     const apply = runtime.apply.bind(runtime);
     const applied: number[] = [];
@@ -97,9 +103,9 @@ describe("DeviceSession, rejections and epochs (§ 4)", () => {
     const session = await online(broker, { runtime });
     const one = [desiredPod({ uid: "a" })];
     const two = [desiredPod({ uid: "a" }), desiredPod({ uid: "b" })];
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1, pods: one }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1, pods: one }));
     await until(() => expect(reported(broker)?.appliedGeneration).toBe(1));
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 2, pods: two }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 2, pods: two }));
     await until(() =>
       expect(reported(broker)).toMatchObject({
         observedGeneration: 2,
@@ -113,13 +119,13 @@ describe("DeviceSession, rejections and epochs (§ 4)", () => {
     await session.goOnline();
     await until(() => expect(acks(broker).filter((a) => a.stage === "rejected")).toHaveLength(2));
     expect(applied).toEqual([1, 2]);
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: one }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: one }));
     await until(() => expect(reported(broker)?.appliedGeneration).toBe(3));
     expect(reported(broker)?.rejection).toBeUndefined();
   });
 
   it("across an epoch change reports the new epoch with appliedGeneration 0 until it applies one", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const runtime = new SimRuntime();
     const apply = runtime.apply.bind(runtime);
     let refuse = false;
@@ -127,10 +133,10 @@ describe("DeviceSession, rejections and epochs (§ 4)", () => {
       refuse ? Promise.reject(new RuntimeRefusal("TooLarge", "no")) : apply(pods, tombstones);
     await online(broker, { runtime });
     const pods = [desiredPod({ uid: "a" })];
-    publishDesired(broker, desiredDocument({ deviceId: ID, epoch: "e1", generation: 9, pods }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, epoch: "e1", generation: 9, pods }));
     await until(() => expect(reported(broker)).toMatchObject({ epoch: "e1", appliedGeneration: 9 }));
     refuse = true;
-    publishDesired(broker, desiredDocument({ deviceId: ID, epoch: "e2", generation: 1, pods }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, epoch: "e2", generation: 1, pods }));
     await until(() =>
       expect(reported(broker)).toMatchObject({
         epoch: "e2",
@@ -146,16 +152,17 @@ describe("DeviceSession, rejections and epochs (§ 4)", () => {
 describe("DeviceSession wills (§ 5)", () => {
   it("re-arms the will with the coming birth's seq before each CONNECT, or keeps the first when asked", async () => {
     for (const keepFirstWill of [false, true]) {
-      const broker = new MemoryBroker();
+      const broker = await newBroker();
       const session = await online(broker, { keepFirstWill });
       await session.goOffline();
       await session.goOnline();
       await session.goOffline();
+      const will = () => broker.retainedJson(topics.state(ID)) as PresenceMessage | undefined;
+      // The broker publishes the will once it sees the connection gone.
+      await until(() => expect(will()).toMatchObject({ state: "lost", bootId: session.bootId }));
       const [first, second] = births(broker);
-      const will = broker.retainedJson(topics.state(ID)) as PresenceMessage | undefined;
-      expect(will).toMatchObject({ state: "lost", bootId: session.bootId });
       expect(second?.seq).toBeGreaterThan(first?.seq ?? Infinity);
-      expect(will?.seq).toBe(keepFirstWill ? first?.seq : second?.seq);
+      expect(will()?.seq).toBe(keepFirstWill ? first?.seq : second?.seq);
       await session.stop();
     }
   });

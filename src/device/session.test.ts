@@ -5,7 +5,7 @@ import { encodeMessage } from "../protocol/codec.ts";
 import { topics } from "../protocol/topics.ts";
 import type { AckMessage, DeviceEventMessage, PresenceMessage, ReportedDocument } from "../protocol/types.ts";
 import { command, desiredDocument, desiredPod, tombstone } from "./fixtures.ts";
-import { MemoryBroker } from "./memory-broker.ts";
+import { startDeviceBroker, type DeviceBroker } from "../../test/support/device-broker.ts";
 import { RuntimeRefusal, type Runtime } from "./runtime.ts";
 import { DeviceSession, type BirthInfo, type DeviceSessionOptions } from "./session.ts";
 import { SimRuntime } from "./sim-runtime.ts";
@@ -22,17 +22,24 @@ const birth: BirthInfo = {
 };
 
 const sessions: DeviceSession[] = [];
+const brokers: DeviceBroker[] = [];
 afterEach(async () => {
   await Promise.all(sessions.splice(0).map((s) => s.stop()));
+  await Promise.all(brokers.splice(0).map((b) => b.close()));
 });
+async function newBroker(): Promise<DeviceBroker> {
+  const broker = await startDeviceBroker();
+  brokers.push(broker);
+  return broker;
+}
 
 async function online(
-  broker: MemoryBroker,
+  broker: DeviceBroker,
   o: Partial<DeviceSessionOptions> & { store?: SessionStore } = {},
 ): Promise<DeviceSession> {
   const session = new DeviceSession({
     deviceId: ID,
-    link: broker.link(),
+    link: broker.link(ID),
     runtime: new SimRuntime(),
     device: birth,
     logger,
@@ -45,17 +52,16 @@ async function online(
   return session;
 }
 
-const reported = (b: MemoryBroker) => b.retainedJson(topics.reported(ID)) as ReportedDocument | undefined;
-const state = (b: MemoryBroker) => b.retainedJson(topics.state(ID)) as PresenceMessage | undefined;
-const acks = (b: MemoryBroker) => b.messagesOn<AckMessage>(topics.ack(ID));
-const publishDesired = (b: MemoryBroker, doc: Parameters<typeof encodeMessage>[0]) => {
+const reported = (b: DeviceBroker) => b.retainedJson(topics.reported(ID)) as ReportedDocument | undefined;
+const state = (b: DeviceBroker) => b.retainedJson(topics.state(ID)) as PresenceMessage | undefined;
+const acks = (b: DeviceBroker) => b.messagesOn<AckMessage>(topics.ack(ID));
+const publishDesired = (b: DeviceBroker, doc: Parameters<typeof encodeMessage>[0]) =>
   b.publish(topics.desired(ID), encodeMessage(doc), { retain: true });
-};
 const until = <T>(probe: () => T) => vi.waitFor(probe, { timeout: 4_000, interval: 2 });
 
 describe("DeviceSession", () => {
   it("subscribes before it publishes the retained birth, with its will armed", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const session = await online(broker);
     const firstPublish = broker.trace.findIndex((t) => t.startsWith("publish"));
     const subscribed = broker.trace.slice(0, firstPublish);
@@ -70,6 +76,8 @@ describe("DeviceSession", () => {
     expect(state(broker)).toMatchObject({ state: "online", bootId: session.bootId, device: birth });
     const birthSeq = state(broker)?.seq;
     await session.goOffline();
+    // The broker publishes the will once it sees the connection gone.
+    await until(() => expect(state(broker)?.state).toBe("lost"));
     const lost = state(broker);
     // The will repeats the seq of the birth on its connection (docs/protocol.md § 5).
     expect(lost).toMatchObject({ state: "lost", bootId: session.bootId, seq: birthSeq });
@@ -77,9 +85,9 @@ describe("DeviceSession", () => {
   });
 
   it("applies a desired document once, acks it in stages and reports the running pod", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const pod = desiredPod({ uid: "p1" });
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: [pod] }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: [pod] }));
     const session = await online(broker);
     await until(() => expect(reported(broker)?.appliedGeneration).toBe(3));
     expect(acks(broker).map((a) => a.kind === "ack" && a.stage)).toEqual(["received", "applied"]);
@@ -89,7 +97,7 @@ describe("DeviceSession", () => {
     // Redelivered: as is, and as the retained copy after a reconnect. Not applied again, but its
     // final ack is repeated each time (docs/protocol.md § 4).
     const applied = () => acks(broker).filter((a) => a.kind === "ack" && a.stage === "applied");
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: [pod] }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: [pod] }));
     await until(() => expect(applied()).toHaveLength(2));
     await session.goOffline();
     await session.goOnline();
@@ -100,30 +108,30 @@ describe("DeviceSession", () => {
   });
 
   it("counts as a change only a document that alters what runs, not one that drops a done tombstone", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const oldPod = desiredPod({ uid: "old" });
     const newPod = desiredPod({ uid: "new" });
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1, pods: [oldPod] }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1, pods: [oldPod] }));
     const session = await online(broker);
     await until(() => expect(reported(broker)?.appliedGeneration).toBe(1));
-    publishDesired(
+    await publishDesired(
       broker,
       desiredDocument({ deviceId: ID, generation: 2, pods: [newPod], tombstones: [tombstone(oldPod)] }),
     );
     await until(() => expect(reported(broker)?.appliedGeneration).toBe(2));
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: [newPod] }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3, pods: [newPod] }));
     await until(() => expect(reported(broker)?.appliedGeneration).toBe(3));
     expect(session.applies).toBe(3);
     expect(session.changes).toBe(2);
   });
 
   it("ignores an older generation of the same epoch and always applies a new epoch", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const session = await online(broker);
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 5 }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 5 }));
     await until(() => expect(session.appliedGeneration).toBe(5));
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 4 }));
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 2, epoch: "epoch-2" }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 4 }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 2, epoch: "epoch-2" }));
     await until(() => expect(session.epoch).toBe("epoch-2"));
     await until(() => expect(reported(broker)).toMatchObject({ epoch: "epoch-2", appliedGeneration: 2 }));
     expect(session.appliedGenerations).toEqual([
@@ -133,27 +141,27 @@ describe("DeviceSession", () => {
   });
 
   it("stops and forgets a tombstoned pod and a pod no longer listed", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const session = await online(broker);
     const [a, b] = [desiredPod({ uid: "a" }), desiredPod({ uid: "b" })];
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1, pods: [a, b] }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1, pods: [a, b] }));
     await until(() => expect(reported(broker)?.pods.map((p) => p.uid)).toEqual(["a", "b"]));
-    publishDesired(
+    await publishDesired(
       broker,
       desiredDocument({ deviceId: ID, generation: 2, pods: [b], tombstones: [tombstone(a)] }),
     );
     await until(() => expect(reported(broker)?.pods.map((p) => p.uid)).toEqual(["b"]));
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3 }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 3 }));
     await until(() => expect(reported(broker)?.pods).toEqual([]));
     expect(session.applies).toBe(3);
   });
 
   it("acks `rejected` with the runtime's reason and still reports the observed generation", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const runtime = new SimRuntime();
     runtime.apply = () => Promise.reject(new RuntimeRefusal("TooLarge", "does not fit"));
     await online(broker, { runtime });
-    publishDesired(
+    await publishDesired(
       broker,
       desiredDocument({ deviceId: ID, generation: 1, pods: [desiredPod({ uid: "x" })] }),
     );
@@ -168,7 +176,7 @@ describe("DeviceSession", () => {
   });
 
   it("re-sends the final ack after the next birth when the connection dropped during the apply", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const runtime = new SimRuntime();
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
@@ -178,7 +186,7 @@ describe("DeviceSession", () => {
       return apply(pods, tombstones);
     };
     const session = await online(broker, { runtime });
-    publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1 }));
+    await publishDesired(broker, desiredDocument({ deviceId: ID, generation: 1 }));
     await until(() => expect(acks(broker).map((a) => a.kind === "ack" && a.stage)).toEqual(["received"]));
     await session.goOffline();
     release();
@@ -193,9 +201,9 @@ describe("DeviceSession", () => {
   });
 
   it("refuses pods beyond its capacity, as the kubelet's admission does", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     await online(broker, { runtime: new SimRuntime({ capacity: { pods: "1" } }) });
-    publishDesired(
+    await publishDesired(
       broker,
       desiredDocument({
         deviceId: ID,
@@ -212,7 +220,7 @@ describe("DeviceSession", () => {
   });
 
   it("runs commands once, acks expired ones `expired` and unsupported ones `failed`", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const runtime = new SimRuntime();
     const noExec: Runtime = {
       apply: (pods, tombstones) => runtime.apply(pods, tombstones),
@@ -222,7 +230,7 @@ describe("DeviceSession", () => {
       stop: () => runtime.stop(),
     };
     await online(broker, { runtime: noExec });
-    publishDesired(
+    await publishDesired(
       broker,
       desiredDocument({ deviceId: ID, generation: 1, pods: [desiredPod({ uid: "p" })] }),
     );
@@ -236,12 +244,14 @@ describe("DeviceSession", () => {
       podUid: "p",
       app: "main",
     });
-    send(restart);
-    send(restart);
-    send(
+    await send(restart);
+    await send(restart);
+    await send(
       command({ deviceId: ID, commandId: "c2", command: "restart-app", podUid: "p", app: "main", ttlMs: -1 }),
     );
-    send(command({ deviceId: ID, commandId: "c3", command: "exec", podUid: "p", app: "main", args: ["ls"] }));
+    await send(
+      command({ deviceId: ID, commandId: "c3", command: "exec", podUid: "p", app: "main", args: ["ls"] }),
+    );
     await until(() =>
       expect(acks(broker).filter((a) => a.kind === "command-ack" && a.stage !== "received")).toHaveLength(3),
     );
@@ -260,10 +270,10 @@ describe("DeviceSession", () => {
   });
 
   it("acks `rejected` InvalidDocument for an invalid document whose version is readable", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const session = await online(broker);
     const doc = { ...desiredDocument({ deviceId: ID, generation: 4 }), contentHash: "0".repeat(64) };
-    broker.publish(topics.desired(ID), JSON.stringify(doc), { retain: true });
+    await broker.publish(topics.desired(ID), JSON.stringify(doc), { retain: true });
     await until(() =>
       expect(acks(broker)).toMatchObject([{ generation: 4, stage: "rejected", reason: "InvalidDocument" }]),
     );
@@ -271,8 +281,8 @@ describe("DeviceSession", () => {
   });
 
   it("handles what arrives before its birth (the retained document, commands) after it", async () => {
-    const broker = new MemoryBroker();
-    publishDesired(
+    const broker = await newBroker();
+    await publishDesired(
       broker,
       desiredDocument({ deviceId: ID, generation: 1, pods: [desiredPod({ uid: "p" })] }),
     );
@@ -285,7 +295,7 @@ describe("DeviceSession", () => {
       app: "main",
       ttlMs: -1,
     });
-    broker.publish(topics.command(ID, "c1"), encodeMessage(expired), { retain: true });
+    await broker.publish(topics.command(ID, "c1"), encodeMessage(expired), { retain: true });
     await online(broker);
     await until(() => {
       expect(acks(broker).filter((a) => a.kind === "command-ack")).toMatchObject([{ stage: "expired" }]);
@@ -301,10 +311,10 @@ describe("DeviceSession", () => {
   });
 
   it("turns an invalid message into a Warning event and ignores a cleared desired document", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const session = await online(broker);
-    broker.publish(topics.desired(ID), "{not json", { retain: true });
-    broker.publish(topics.desired(ID), "", { retain: true });
+    await broker.publish(topics.desired(ID), "{not json", { retain: true });
+    await broker.publish(topics.desired(ID), "", { retain: true });
     await until(() => expect(broker.messagesOn<DeviceEventMessage>(topics.evt(ID))).toHaveLength(1));
     expect(broker.messagesOn<DeviceEventMessage>(topics.evt(ID))[0]).toMatchObject({
       type: "Warning",
@@ -314,7 +324,7 @@ describe("DeviceSession", () => {
   });
 
   it("sleeps with `sleeping` and wakeAt (no will), and comes back with a birth", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const session = await online(broker);
     const wakeAt = new Date(Date.now() + 3_600_000);
     await session.sleep(wakeAt);
@@ -322,14 +332,20 @@ describe("DeviceSession", () => {
     expect(session.online).toBe(false);
     await session.goOnline();
     expect(state(broker)).toMatchObject({ state: "online" });
+    // The clean disconnect discarded the will: nothing between `sleeping` and the next birth.
+    expect(broker.messagesOn<PresenceMessage>(topics.state(ID)).map((m) => m.state)).toEqual([
+      "online",
+      "sleeping",
+      "online",
+    ]);
   });
 
   it("reboots with a new boot id and restarted sequence numbers, keeping only what it persisted", async () => {
     for (const persisted of [true, false]) {
-      const broker = new MemoryBroker();
+      const broker = await newBroker();
       const store = persisted ? { store: memoryStore() } : {};
       const session = await online(broker, store);
-      publishDesired(
+      await publishDesired(
         broker,
         desiredDocument({ deviceId: ID, generation: 1, pods: [desiredPod({ uid: "p" })] }),
       );
@@ -346,10 +362,10 @@ describe("DeviceSession", () => {
   });
 
   it("continues sequence numbers and skips re-applying after a restart on the same boot", async () => {
-    const broker = new MemoryBroker();
+    const broker = await newBroker();
     const store = memoryStore();
     const first = await online(broker, { store, bootId: "boot-a" });
-    publishDesired(
+    await publishDesired(
       broker,
       desiredDocument({ deviceId: ID, generation: 7, pods: [desiredPod({ uid: "p" })] }),
     );
@@ -376,9 +392,9 @@ describe("DeviceSession", () => {
         ),
         async (unordered) => {
           const docs = [...unordered].sort((a, b) => a.epoch.localeCompare(b.epoch));
-          const broker = new MemoryBroker();
+          const broker = await newBroker();
           const session = await online(broker);
-          for (const d of docs) publishDesired(broker, desiredDocument({ deviceId: ID, ...d }));
+          for (const d of docs) await publishDesired(broker, desiredDocument({ deviceId: ID, ...d }));
           const lastEpoch = docs.at(-1)?.epoch;
           const newest = Math.max(...docs.filter((d) => d.epoch === lastEpoch).map((d) => d.generation));
           await until(() => expect([session.epoch, session.appliedGeneration]).toEqual([lastEpoch, newest]));
@@ -390,6 +406,8 @@ describe("DeviceSession", () => {
           });
           await session.stop();
           sessions.splice(0);
+          await broker.close();
+          brokers.splice(0);
         },
       ),
       { numRuns: 40 },

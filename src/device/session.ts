@@ -7,7 +7,7 @@
  *   await session.whenOnline();     // subscribed, birth published
  *   await session.stop();           // retained `offline`, link closed, apps stopped
  *
- * Guarantees (docs/protocol.md; design decisions 2–5):
+ * Guarantees (docs/protocol.md; docs/architecture.md, decisions 2–5):
  * - The will is retained `lost` on `state` with this boot's id and the seq the birth on that
  *   connection will carry (§ 5), re-armed before every CONNECT, delayed on MQTT 5.
  * - On every (re)connect: subscriptions to `desired`, `cmd/+` and the bridge topic first, then the
