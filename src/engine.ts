@@ -30,7 +30,7 @@ import {
   type ProviderContext,
   type ProviderEvent,
 } from "./provider/types.ts";
-import { deferCallbacks } from "./provider/deferred.ts";
+import { engineView, type EngineView } from "./provider/deferred.ts";
 import { ConfigMapStore } from "./state/configmap-store.ts";
 import { checkStateNamespace, stateNamespace } from "./state/namespace-check.ts";
 
@@ -58,6 +58,9 @@ export interface Engine {
    */
   readonly done: Promise<void>;
 }
+
+/** How long stopping waits for provider calls already made (a hung one must not block the exit). */
+const STOP_DRAIN_MS = 10_000;
 
 /** A provider without an inventory has no devices, so no nodes. */
 const emptyInventory: DeviceInventory = {
@@ -125,10 +128,11 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     logger.error({ err: error }, "the provider reported a fatal error; stopping");
     running.abort(error);
   };
-  let provider: PodLifecycleProvider;
+  let view: EngineView<PodLifecycleProvider>;
   try {
-    // Callbacks the controllers register are queued, never run inside the provider's own call.
-    provider = deferCallbacks(
+    // Callbacks the controllers register are queued, never run inside the provider's own call;
+    // pod calls stop reaching the provider before it is stopped.
+    view = engineView(
       options.createProvider({
         logger: logger.child({ component: "provider" }),
         store: new ConfigMapStore(kube, namespace.name),
@@ -142,6 +146,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     if (!options.kube) await kube.close();
     throw err;
   }
+  const provider = view.provider;
   const nodes = new NodeController({
     kube,
     inventory: hasDeviceInventory(provider) ? provider : emptyInventory,
@@ -179,6 +184,8 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     config: { ...config.pods, kubeletAddress: config.kubelet.address },
   });
   const shutdown = async () => {
+    // Reconciles still running finish their provider calls first; none starts after `stop`.
+    await view.close(STOP_DRAIN_MS);
     if (hasLifecycle(provider)) await provider.stop();
     if (!options.kube) await kube.close();
   };

@@ -1,6 +1,7 @@
 import pino from "pino";
 import { describe, expect, it } from "vitest";
-import { deferCallbacks } from "./deferred.ts";
+import { deferCallbacks, engineView } from "./deferred.ts";
+import { isTransient } from "./errors.ts";
 import type { DeviceInfo, DeviceWatcher, PodRef, WorkloadStatus } from "./types.ts";
 
 const ref: PodRef = { namespace: "ns", name: "p", uid: "u1" };
@@ -85,5 +86,37 @@ describe("deferCallbacks", () => {
     await provider.createPod();
     await Promise.resolve();
     expect(lines.join("")).toContain("handler bug");
+  });
+});
+
+describe("engineView", () => {
+  it("lets the calls in flight finish before close resolves, and refuses new ones", async () => {
+    let finish: (() => void) | undefined;
+    const calls: string[] = [];
+    const slow = Object.assign(new Eager(), {
+      deletePod: (pod: PodRef) => {
+        calls.push(`delete ${pod.name}`);
+        return new Promise<void>((resolve) => (finish = resolve));
+      },
+    });
+    const view = engineView(slow, pino({ level: "silent" }));
+    const inFlight = view.provider.deletePod(ref);
+    let closed = false;
+    const closing = view.close(60_000).then(() => (closed = true));
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(closed).toBe(false);
+    await expect(view.provider.getPodStatus(ref)).rejects.toSatisfy(isTransient);
+    finish?.();
+    await inFlight;
+    await closing;
+    expect(calls).toEqual(["delete p"]);
+  });
+
+  it("does not wait for ever for a call that hangs", async () => {
+    const hung = Object.assign(new Eager(), { listPods: () => new Promise<never>(() => undefined) });
+    const view = engineView(hung, pino({ level: "silent" }));
+    void view.provider.listPods();
+    await view.close(20);
+    await expect(view.provider.listPods()).rejects.toThrow(/devicelet is stopping/);
   });
 });

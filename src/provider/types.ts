@@ -6,8 +6,8 @@
  * the engine detects at run time with the `has*` guards below:
  * - without a {@link DeviceInventory} the provider has no devices, so devicelet registers no nodes
  *   and no pod is ever scheduled to it (there is no static-node fallback);
- * - without a {@link StatusNotifier} pod status is read with `getPodStatus` at each reconcile and on
- *   the resync period, which is slower and costs a call per pod;
+ * - without a {@link StatusNotifier} pod status is polled with `getPodStatus`, every five seconds
+ *   per pod: slower to show a change, and a call per pod each time;
  * - without a {@link Lifecycle} the provider is ready as soon as it is created.
  *
  * A provider never sees client-node types: it gets a transport-neutral {@link Workload} built by
@@ -17,12 +17,18 @@
  *
  * What the engine guarantees:
  * - calls for one pod (same namespace/name) never overlap; calls for different pods do;
- * - no pod call before `start` resolved, none after `stop` was called;
+ * - no pod call before `start` resolved, and none once the engine began to stop: `stop` comes
+ *   after every pod call made has settled (or after ten seconds, for a call that hangs). The
+ *   inventory and health calls (`listDevices`, `health`) may come before `start`: nodes of an
+ *   earlier run are heartbeated while a provider waits for its transport, so answer them from
+ *   what the provider holds, without waiting for it;
  * - callbacks a provider invokes (status, deletion, device changes) are queued and handled after
  *   the provider's own call returns: a provider may call them at any time, even from inside a
  *   `createPod`, without the engine re-entering it;
  * - a call that throws is retried with backoff, except for InvalidInput and Unsupported errors
- *   (see errors.ts), which are shown on the pod and retried only when the pod changes.
+ *   (see errors.ts): those are recorded as a Warning Event (`RequestRefused`) on the pod and tried
+ *   again only when something changes (the pod, a ConfigMap or Secret it uses, its device, the
+ *   transport) or at the resync period.
  *
  * What it asks: no call blocks on a device. A call resolves once the provider holds the change
  * durably (queued for an offline device counts), never after waiting for the device to act; what
@@ -358,8 +364,9 @@ export interface DeviceNotifier {
 
 /**
  * Lifecycle for providers holding connections or state, run the way a controller manager runs its
- * runnables: `start` once, before any other call but `watchDevices`/`notify*`; `stop` once, when
- * devicelet shuts down. A fatal error after start (credentials revoked, state that cannot be read)
+ * runnables: `start` once, before any pod call (only `watchDevices`, `notify*`, `listDevices` and
+ * `health` may come earlier); `stop` once, when devicelet shuts down, after the last pod call
+ * settled. Make `stop` idempotent all the same: tests and the conformance kit call it again. A fatal error after start (credentials revoked, state that cannot be read)
  * is reported with {@link ProviderContext.fail}, which stops devicelet with a non-zero exit.
  */
 export interface Lifecycle {
@@ -370,8 +377,8 @@ export interface Lifecycle {
    */
   start(signal: AbortSignal): Promise<void>;
   /**
-   * Flushes what must be kept and releases connections; resolves when done. No call comes after
-   * it. Called once, also after a failed start; must not throw.
+   * Flushes what must be kept and releases connections; resolves when done. No pod call comes
+   * after it. Called once by the engine, also after a failed start; must not throw.
    */
   stop(): Promise<void>;
 }
