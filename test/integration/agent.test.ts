@@ -201,12 +201,13 @@ describe("devicelet agent", () => {
 
     await startAgent();
     await eventually(() => expect(seen.reported).toMatchObject({ appliedGeneration: 5 }));
+    // The orphans are killed first, their folders removed after: wait for both.
     await eventually(() => {
       expect(alive(stubbornPid)).toBe(false);
       expect(alive(freshPid)).toBe(false);
+      expect(existsSync(path.join(workDir, "stubborn"))).toBe(false);
+      expect(existsSync(path.join(workDir, "fresh"))).toBe(false);
     });
-    expect(existsSync(path.join(workDir, "stubborn"))).toBe(false);
-    expect(existsSync(path.join(workDir, "fresh"))).toBe(false);
     expect(reportedPod("keeper")?.phase).toBe("Running");
     expect(seen.reported?.pods.map((p) => p.uid).sort()).toEqual(kept.map((p) => p.uid).sort());
   });
