@@ -8,6 +8,7 @@ import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
 import type { Workload } from "../../src/provider/types.ts";
+import { app } from "../../src/testing/workload.ts";
 import { MemoryStore } from "../../test/support/memory-store.ts";
 import { DesiredStore } from "./desired.ts";
 import { GenerationAllocator } from "./generations.ts";
@@ -25,19 +26,7 @@ const workload = (o: { image: string; token: string; hash: string }): Workload =
   deviceId: "gw-1",
   restartPolicy: "Always",
   terminationGracePeriodSeconds: 30,
-  apps: [
-    {
-      name: "a",
-      image: o.image,
-      command: [],
-      args: [],
-      env: {},
-      secretEnv: [],
-      files: [],
-      ports: [],
-      resources: { requests: {}, limits: {} },
-    },
-  ],
+  apps: [app("a", o.image)],
   hash: o.hash,
 });
 

@@ -17,7 +17,7 @@ export {
 export { ContractViolation } from "./checks.ts";
 export { testContext, type TestContext, type TestContextOptions } from "./context.ts";
 export { MemoryStore } from "./memory-store.ts";
-export { appNames, refOf, workload, type WorkloadOptions } from "./workload.ts";
+export { app, appNames, refOf, workload, type WorkloadOptions } from "./workload.ts";
 export { FakeClock } from "../base/fake-clock.ts";
 export { describeEngineConformance, type EngineConformanceOptions } from "./engine.ts";
 export {

@@ -38,19 +38,24 @@ export interface WorkloadOptions {
 export const appNames = (version = 1, apps = 1): string[] =>
   Array.from({ length: apps }, (_, i) => (i === 0 ? `app-v${version}` : `app-v${version}-${i}`));
 
+/** A plain app: image and env only, no command, files, ports or resources. */
+export const app = (name: string, image: string, env: Readonly<Record<string, string>> = {}): AppSpec => ({
+  name,
+  image,
+  command: [],
+  args: [],
+  env,
+  secretEnv: [],
+  files: [],
+  ports: [],
+  resources: { requests: {}, limits: {} },
+});
+
 export function workload(options: WorkloadOptions): Workload {
   const version = options.version ?? 1;
-  const apps = appNames(version, options.apps ?? 1).map((name): AppSpec => ({
-    name,
-    image: options.image,
-    command: [],
-    args: [],
-    env: { KIT_VERSION: String(version) },
-    secretEnv: [],
-    files: [],
-    ports: [],
-    resources: { requests: {}, limits: {} },
-  }));
+  const apps = appNames(version, options.apps ?? 1).map((name) =>
+    app(name, options.image, { KIT_VERSION: String(version) }),
+  );
   const unhashed: Omit<Workload, "hash"> = {
     pod: {
       namespace: options.namespace ?? "default",
