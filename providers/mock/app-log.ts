@@ -1,4 +1,8 @@
-/** A bounded in-memory log of one simulated app, readable like `kubectl logs` (tail, since, follow). */
+/**
+ * The bounded in-memory log of one instance of a simulated app, read the way the kubelet serves
+ * `kubectl logs`: tail, since, timestamps, a byte limit and follow. A restarted app starts a new
+ * AppLog; the old one is kept as its previous instance (pod.ts).
+ */
 import type { LogOptions } from "../../src/provider/types.ts";
 
 interface LogLine {
@@ -9,11 +13,29 @@ interface LogLine {
 /** Oldest lines are dropped beyond this many. */
 const MAX_LINES = 500;
 
+/** What {@link AppLog.read} takes: the kubelet's options, and a cut-off for a cached read. */
+export interface AppLogRead extends Omit<LogOptions, "previous"> {
+  /** Only lines written at or before this time (what devicelet had when the device went away); no follow. */
+  readonly upTo?: number;
+}
+
+/**
+ * The kubelet's `--timestamps` format (RFC 3339 with nine fraction digits, always nine, as
+ * `RFC3339NanoFixed` in the kubelet's log code), in UTC.
+ */
+export const logTimestamp = (ms: number): string => new Date(ms).toISOString().replace(/Z$/, "000000Z");
+
 export class AppLog {
   #lines: LogLine[] = [];
   #followers = new Set<(line: LogLine | undefined) => void>();
   #closed = false;
 
+  /** Whether the instance ended: reads no longer follow. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Adds a line; after {@link AppLog.close} it is kept but no follower sees it. */
   append(at: number, text: string): void {
     const line = { at, text };
     this.#lines.push(line);
@@ -21,7 +43,7 @@ export class AppLog {
     for (const f of this.#followers) f(line);
   }
 
-  /** Ends every follower; later reads return what is buffered and end at once. */
+  /** Ends every follower (the instance ended); later reads return what is buffered and end at once. */
   close(): void {
     this.#closed = true;
     for (const f of this.#followers) f(undefined);
@@ -29,16 +51,19 @@ export class AppLog {
   }
 
   /**
-   * Lines as `kubectl logs` prints them, each ending in `\n` (RFC 3339 timestamp first when asked).
-   * With `follow`, keeps yielding new lines until {@link AppLog.close} or the consumer stops.
+   * Lines as `kubectl logs` prints them, each ending in `\n`. With `limitBytes`, whole lines until
+   * the limit is reached (the last one may cross it: the kubelet API cuts there). With `follow`,
+   * keeps yielding new lines until the log is closed or `signal` aborts. Lines appended between
+   * this call and the first read are not lost. Nothing is held once `signal` aborted.
    */
-  read(options: LogOptions, now: number): AsyncIterable<string> {
-    const since = options.sinceSeconds === undefined ? -Infinity : now - options.sinceSeconds * 1000;
-    let lines = this.#lines.filter((l) => l.at >= since);
+  read(options: AppLogRead): AsyncIterable<string> {
+    const since = options.since?.getTime() ?? -Infinity;
+    const upTo = options.upTo ?? Infinity;
+    let lines = this.#lines.filter((l) => l.at >= since && l.at <= upTo);
     if (options.tailLines !== undefined) lines = options.tailLines > 0 ? lines.slice(-options.tailLines) : [];
-    const format = (l: LogLine) =>
-      options.timestamps ? `${new Date(l.at).toISOString()} ${l.text}\n` : `${l.text}\n`;
-    const follow = options.follow === true && !this.#closed;
+    const format = (l: LogLine) => (options.timestamps ? `${logTimestamp(l.at)} ${l.text}\n` : `${l.text}\n`);
+    const { signal } = options;
+    const follow = options.follow === true && options.upTo === undefined && !this.#closed && !signal.aborted;
     const followers = this.#followers;
     const pending: LogLine[] = [];
     let ended = false;
@@ -48,21 +73,45 @@ export class AppLog {
       else pending.push(line);
       wake?.();
     };
-    if (follow) followers.add(listener); // before the first read, so nothing appended in between is lost
+    const onAbort = () => {
+      ended = true;
+      followers.delete(listener);
+      wake?.();
+    };
+    if (follow) {
+      followers.add(listener); // before the first read, so nothing appended in between is lost
+      signal.addEventListener("abort", onAbort, { once: true });
+    }
+    let budget = options.limitBytes ?? Infinity;
+    const take = (l: LogLine): string | undefined => {
+      if (budget <= 0 || signal.aborted) return undefined;
+      const text = format(l);
+      budget -= Buffer.byteLength(text);
+      return text;
+    };
 
     return {
       async *[Symbol.asyncIterator]() {
         try {
-          for (const l of lines) yield format(l);
+          for (const l of lines) {
+            const text = take(l);
+            if (text === undefined) return;
+            yield text;
+          }
           if (!follow) return;
           for (;;) {
-            for (let l = pending.shift(); l !== undefined; l = pending.shift()) yield format(l);
+            for (let l = pending.shift(); l !== undefined; l = pending.shift()) {
+              const text = take(l);
+              if (text === undefined) return;
+              yield text;
+            }
             if (ended) return;
             await new Promise<void>((resolve) => (wake = resolve));
             wake = undefined;
           }
         } finally {
           followers.delete(listener);
+          signal.removeEventListener("abort", onAbort);
         }
       },
     };

@@ -32,6 +32,9 @@ const target: ProviderTarget<MockProvider> = {
   },
   tearDown: () => rm(dir, { recursive: true, force: true }),
   patienceMs: 5_000,
+  capabilities: {
+    exec: { ok: ["echo", "hello"], failing: { command: ["sh", "-c", "exit 3"], exitCode: 3 } },
+  },
 };
 
 describeProviderContract(target);

@@ -10,6 +10,8 @@ interface DeviceState {
   connected: boolean;
   /** When presence last changed; an online device is seen "now". */
   lastSeen: number;
+  /** When the simulated device booted (the fleet was made, or the device added): its node's startTime. */
+  readonly bootAt: number;
 }
 
 export class DeviceFleet {
@@ -19,7 +21,8 @@ export class DeviceFleet {
   constructor(specs: readonly MockDeviceSpec[], clock: Clock) {
     this.#clock = clock;
     const now = clock.now();
-    for (const spec of specs) this.#devices.set(spec.id, { spec, connected: spec.connected, lastSeen: now });
+    for (const spec of specs)
+      this.#devices.set(spec.id, { spec, connected: spec.connected, lastSeen: now, bootAt: now });
   }
 
   get size(): number {
@@ -32,6 +35,16 @@ export class DeviceFleet {
 
   address(id: string): string | undefined {
     return this.#devices.get(id)?.spec.address;
+  }
+
+  /**
+   * The device's spec, when it boots, and when devicelet last heard from it: now while it is
+   * online, the moment it went away otherwise. Undefined for an unknown device.
+   */
+  describe(id: string): { spec: MockDeviceSpec; bootAt: number; seenAt: number } | undefined {
+    const d = this.#devices.get(id);
+    if (!d) return undefined;
+    return { spec: d.spec, bootAt: d.bootAt, seenAt: this.online(id) ? this.#clock.now() : d.lastSeen };
   }
 
   /**

@@ -2,7 +2,7 @@
  * The mock provider: simulated devices in memory, for the engine's tests, benchmarks and the demo.
  *
  * It implements the whole contract (lifecycle, push status, deletion notices, device inventory,
- * logs, stats, start) with device semantics worth testing against: a pod for an offline device is
+ * logs, exec, attach, port-forward, stats, start) with device semantics worth testing against: a pod for an offline device is
  * queued (Pending/DeviceOffline) and applied once on reconnect with the latest workload; a delete
  * while offline leaves a tombstone carried out on reconnect; `failImages` crash-loop; an optional
  * state file lets a SIGKILLed devicelet find its pods still running. See docs/configuration.md.
@@ -13,6 +13,7 @@
  * await provider.start(signal);
  * provider.setConnected("mock-0", false); // pods on mock-0 now queue
  * provider.stats().createsByUid;           // { [uid]: 1 } – nothing created twice
+ * await provider.execInContainer(ref, "app", ["sh", "-c", "exit 3"], io); // { exitCode: 3 }
  * ```
  */
 import { validateWithSchema } from "../../src/config/index.ts";
@@ -33,8 +34,11 @@ export {
   type MockDeviceFields,
   type MockDeviceGroup,
   type MockDeviceSpec,
+  type MockExecConfig,
+  type MockStatsConfig,
 } from "./schema.ts";
 export type { PersistedPod, PersistedState } from "./state-file.ts";
+export { NO_STATS_ANNOTATION } from "./stats.ts";
 
 /**
  * Builds a MockProvider. `config` may be the `provider.config` that parseConfig already validated,

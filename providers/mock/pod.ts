@@ -26,14 +26,30 @@ export interface MockPodEnv {
   readonly changed: (pod: MockPod) => void;
 }
 
-interface AppRun {
+/** One app as logs, exec and stats see it (read-only; the pod owns it). */
+export interface MockContainer {
   readonly spec: AppSpec;
+  readonly state: AppState;
+  readonly lastState?: AppState;
+  readonly restartCount: number;
+  /** The current instance's log (the last one's while a crashed app waits to restart). */
+  readonly log: AppLog;
+  /** The instance before the last restart, when there was one. */
+  readonly previousLog?: AppLog;
+}
+
+interface AppRun extends MockContainer {
   readonly fingerprint: string;
   state: AppState;
   lastState?: AppState;
   restartCount: number;
   timer?: unknown;
-  readonly log: AppLog;
+  /** Writes the app's periodic log lines (`appLogIntervalMs`). */
+  ticker?: unknown;
+  log: AppLog;
+  previousLog?: AppLog;
+  /** Whether `log` belongs to an instance that has started: the next start is a new instance. */
+  instanceStarted: boolean;
 }
 
 const fingerprint = (spec: AppSpec) => JSON.stringify(spec);
@@ -81,8 +97,11 @@ export class MockPod {
     const next = this.workload.apps.map((spec): AppRun => {
       const old = this.#apps.find((a) => a.spec.name === spec.name);
       if (old?.fingerprint === fingerprint(spec)) return old;
-      if (old) this.#clear(old);
-      const log = old?.log ?? new AppLog();
+      if (old) {
+        this.#clear(old);
+        old.log.close(); // that instance ended: its followers end, it becomes the previous one
+      }
+      const log = new AppLog();
       log.append(clock.now(), `[mock] pulling ${spec.image}`);
       const run: AppRun = {
         spec,
@@ -90,7 +109,8 @@ export class MockPod {
         state: { kind: "waiting", reason: "ContainerCreating" },
         restartCount: old ? old.restartCount + 1 : 0,
         log,
-        ...(old ? { lastState: this.#terminated(old, 0, "Completed") } : {}),
+        instanceStarted: false,
+        ...(old ? { lastState: this.#terminated(old, 0, "Completed"), previousLog: old.log } : {}),
       };
       this.#after(run, this.#env.config.appStartDelayMs, () => {
         this.#start(run);
@@ -123,8 +143,10 @@ export class MockPod {
       this.#stopTimer = undefined;
       const [code, reason] = delayMs === 0 ? [137, "Error"] : [0, "Completed"];
       for (const app of this.#apps) {
+        const wasRunning = app.state.kind === "running";
         app.state = this.#terminated(app, code, reason);
-        app.log.append(this.#env.clock.now(), `[mock] stopped (exit code ${code})`);
+        if (wasRunning) app.log.append(this.#env.clock.now(), `[mock] stopped (exit code ${code})`);
+        app.log.close();
       }
       this.#stopped = true;
       done();
@@ -143,13 +165,14 @@ export class MockPod {
     this.#stopTimer = undefined;
   }
 
-  app(name: string): AppLog | undefined {
-    return this.#apps.find((a) => a.spec.name === name)?.log;
+  /** The app named `name` as the device runs it; undefined before the pod was applied. */
+  container(name: string): MockContainer | undefined {
+    return this.#apps.find((a) => a.spec.name === name);
   }
 
-  /** Names of the apps running now, for stats. */
-  runningApps(): string[] {
-    return this.#stopped ? [] : this.#apps.filter((a) => a.state.kind === "running").map((a) => a.spec.name);
+  /** Every app the device runs or ran for this pod (none before it was applied). */
+  containers(): readonly MockContainer[] {
+    return this.#apps;
   }
 
   /**
@@ -235,6 +258,7 @@ export class MockPod {
           state: { kind: "waiting", reason: "ContainerCreating" },
           restartCount: a.restartCount,
           log: new AppLog(),
+          instanceStarted: false,
         };
         if (a.startedAt === undefined) {
           pod.#after(run, env.config.appStartDelayMs, () => {
@@ -253,12 +277,19 @@ export class MockPod {
     const { config, clock } = this.#env;
     run.state = { kind: "running", startedAt };
     this.#everStarted = true;
+    if (run.instanceStarted) {
+      // A restart is a new instance with a log of its own, as the kubelet keeps one file per instance.
+      run.previousLog = run.log;
+      run.log = new AppLog();
+    }
+    run.instanceStarted = true;
     run.log.append(clock.now(), `[mock] started ${run.spec.image}`);
     if (config.failImages.some((p) => matchesImage(p, run.spec.image))) {
       this.#after(run, config.failAfterMs, () => {
         this.#crash(run);
       });
     }
+    if (config.appLogIntervalMs > 0) this.#tick(run, 1);
     if (notify) this.#env.changed(this);
   }
 
@@ -267,6 +298,7 @@ export class MockPod {
     const { config, clock } = this.#env;
     const exited = this.#terminated(run, 1, "Error");
     run.log.append(clock.now(), `[mock] ${run.spec.image} exited with code 1 (failImages)`);
+    run.log.close(); // `kubectl logs -f` ends with the instance
     if (this.workload.restartPolicy === "Never") {
       run.state = exited;
     } else {
@@ -310,8 +342,21 @@ export class MockPod {
     }, ms);
   }
 
+  /** The app's own output: one line every `appLogIntervalMs` while this instance runs. */
+  #tick(run: AppRun, n: number): void {
+    const { clock, config } = this.#env;
+    run.ticker = clock.setTimeout(() => {
+      run.ticker = undefined;
+      if (run.state.kind !== "running" || this.#stopped) return;
+      run.log.append(clock.now(), `[mock] ${run.spec.image} heartbeat ${n}`);
+      this.#tick(run, n + 1);
+    }, config.appLogIntervalMs);
+  }
+
   #clear(run: AppRun): void {
     if (run.timer !== undefined) this.#env.clock.clearTimeout(run.timer);
     run.timer = undefined;
+    if (run.ticker !== undefined) this.#env.clock.clearTimeout(run.ticker);
+    run.ticker = undefined;
   }
 }

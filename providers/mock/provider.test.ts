@@ -3,14 +3,17 @@ import { ConfigError } from "../../src/config/index.ts";
 import { isInvalidInput, isNotFound, isTransient } from "../../src/provider/errors.ts";
 import {
   hasDeletionNotifier,
+  hasAttach,
   hasDeviceInventory,
+  hasExec,
   hasLogs,
+  hasPortForward,
   hasStats,
   hasStatusNotifier,
   hasLifecycle,
 } from "../../src/provider/types.ts";
 import { createMockProvider, expandDevices, matchesImage, type MockConfigInput } from "./index.ts";
-import { ManualClock, record, refOf, silentLogger, workload } from "./testing.ts";
+import { collect, ManualClock, record, refOf, silentLogger, workload } from "./testing.ts";
 
 const started = async (config: MockConfigInput, random?: () => number) => {
   const provider = createMockProvider(config, { logger: silentLogger, ...(random ? { random } : {}) });
@@ -35,6 +38,9 @@ describe("MockProvider", () => {
       hasDeletionNotifier,
       hasDeviceInventory,
       hasLogs,
+      hasExec,
+      hasAttach,
+      hasPortForward,
       hasStats,
       hasLifecycle,
     ]) {
@@ -289,40 +295,25 @@ describe("MockProvider", () => {
   it("serves logs with tail, timestamps and follow", async () => {
     const { provider } = await started({});
     const w = workload("l", "mock-0");
+    const signal = new AbortController().signal;
     await provider.createPod(w);
     await vi.advanceTimersByTimeAsync(200);
-    const lines: string[] = [];
-    for await (const line of await provider.getContainerLogs(w.pod, "app0", {
-      tailLines: 1,
-      timestamps: true,
-    }))
-      lines.push(line);
-    expect(lines).toEqual(["2026-01-01T00:00:00.200Z [mock] started example.com/app:1\n"]);
+    const tail = await provider.getContainerLogs(w.pod, "app0", { tailLines: 1, timestamps: true, signal });
+    expect(await collect(tail.chunks)).toEqual([
+      "2026-01-01T00:00:00.200000000Z [mock] started example.com/app:1\n",
+    ]);
+    expect(tail.notice).toBeUndefined();
 
-    const followed: string[] = [];
-    const done = (async () => {
-      for await (const line of await provider.getContainerLogs(w.pod, "app0", { follow: true }))
-        followed.push(line);
-    })();
+    const follow = await provider.getContainerLogs(w.pod, "app0", { follow: true, signal });
+    const followed = collect(follow.chunks);
     await provider.deletePod(w.pod, { gracePeriodSeconds: 1 });
     await vi.advanceTimersByTimeAsync(100);
-    await done;
-    expect(followed).toEqual([
+    expect(await followed).toEqual([
       "[mock] pulling example.com/app:1\n",
       "[mock] started example.com/app:1\n",
       "[mock] stopped (exit code 0)\n",
     ]);
-    await expect(provider.getContainerLogs(w.pod, "app0", {})).rejects.toSatisfy(isNotFound);
-  });
-
-  it("reports stats for running apps on online devices", async () => {
-    const { provider } = await started({});
-    await provider.createPod(workload("s", "mock-0", { images: ["a", "b"] }));
-    expect(await provider.getStats()).toEqual([]);
-    await vi.advanceTimersByTimeAsync(200);
-    const [stats] = await provider.getStats();
-    expect(stats?.containers.map((c) => c.name)).toEqual(["app0", "app1"]);
-    expect(stats?.containers[0]?.cpuNanoCores).toBeGreaterThan(0);
+    await expect(provider.getContainerLogs(w.pod, "app0", { signal })).rejects.toSatisfy(isNotFound);
   });
 });
 

@@ -1,22 +1,29 @@
 /**
  * MockProvider: simulated devices that honour the full provider contract in memory, with presence,
  * offline queueing (latest wins), tombstones, crash loops, injected failures and an optional state
- * file. The engine's tests and the demo run against it; see index.ts for usage.
+ * file, and every capability the kubelet API calls (logs, exec, attach, port-forward, stats; see
+ * capabilities.ts). The engine's tests and the demo run against it; see index.ts for usage.
  */
 import type { Logger } from "pino";
-import { invalidInput, notFound, transient } from "../../src/provider/errors.ts";
+import { invalidInput, transient } from "../../src/provider/errors.ts";
 import type {
+  AttachCapability,
   DeletePodOptions,
   DeletionNotifier,
   DeviceInfo,
   DeviceWatcher,
   DeviceInventory,
+  DeviceStats,
+  ExecCapability,
+  ExecIO,
+  ForwardedConnection,
   LogOptions,
   LogsCapability,
+  LogStream,
   PodFeature,
   PodLifecycleProvider,
   PodRef,
-  PodStats,
+  PortForwardCapability,
   ProviderPod,
   Lifecycle,
   StatsCapability,
@@ -27,6 +34,7 @@ import type {
 import { systemClock, type Clock } from "../../src/base/clock.ts";
 import type { MockProviderDeps, MockStats } from "./provider-types.ts";
 import { MockPod, type MockPodEnv } from "./pod.ts";
+import { MockCapabilities } from "./capabilities.ts";
 import { DeviceFleet } from "./fleet.ts";
 import { expandDevices, MOCK_DEFAULT_SUPPORTS, type MockConfig } from "./schema.ts";
 import { StateFile, type PersistedState } from "./state-file.ts";
@@ -38,6 +46,9 @@ export class MockProvider
     DeletionNotifier,
     DeviceInventory,
     LogsCapability,
+    ExecCapability,
+    AttachCapability,
+    PortForwardCapability,
     StatsCapability,
     Lifecycle
 {
@@ -66,6 +77,7 @@ export class MockProvider
   #store?: StateFile;
   #timers = new Set<unknown>();
   #podEnv: MockPodEnv;
+  readonly #capabilities: MockCapabilities;
   #stopping?: Promise<void>;
   readonly #fail: ((error: Error) => void) | undefined;
 
@@ -87,6 +99,14 @@ export class MockProvider
         this.#store?.schedule(); // start times and restart counts survive a restart
       },
     };
+    this.#capabilities = new MockCapabilities({
+      config,
+      clock: this.#clock,
+      logger: this.#log,
+      fleet: this.#fleet,
+      pod: (uid) => this.#pods.get(uid),
+      devicePods: (id) => this.#byDevice.get(id) ?? [],
+    });
     if (config.stateFile !== undefined) {
       this.#store = new StateFile(config.stateFile, {
         logger: this.#log,
@@ -245,35 +265,37 @@ export class MockProvider
   }
 
   /**
-   * Lines of one app's simulated log, each ending in `\n`.
-   * @throws ProviderError NotFound (pod or container), Transient while the device is offline.
+   * One app's simulated log (app-log.ts); while the device is away, what devicelet had when it
+   * went, with a notice. Throws NotFound (pod, container), Unsupported (no previous instance),
+   * InvalidInput (waiting to start), Transient (never ran on an offline device).
    */
-  getContainerLogs(ref: PodRef, container: string, options: LogOptions): Promise<AsyncIterable<string>> {
-    return settle(() => {
-      const pod = this.#pods.get(ref.uid);
-      const log = pod?.app(container);
-      if (!pod || !log) throw notFound(`mock: no container ${container} in pod ${ref.namespace}/${ref.name}`);
-      if (!this.#fleet.online(pod.deviceId)) throw transient(`mock: device ${pod.deviceId} is offline`);
-      return log.read(options, this.#clock.now());
-    });
+  getContainerLogs(ref: PodRef, container: string, options: LogOptions): Promise<LogStream> {
+    return this.#capabilities.getContainerLogs(ref, container, options);
   }
 
-  /** Made-up but stable usage per running app, on online devices. */
-  getStats(): Promise<readonly PodStats[]> {
-    const out: PodStats[] = [];
-    for (const pod of this.#pods.values()) {
-      if (!this.#fleet.online(pod.deviceId)) continue;
-      const containers = pod.runningApps().map((name) => {
-        const h = hashCode(`${pod.ref.uid}/${name}`);
-        return {
-          name,
-          cpuNanoCores: 1_000_000 * (1 + (h % 50)),
-          memoryWorkingSetBytes: 1_048_576 * (8 + (h % 64)),
-        };
-      });
-      if (containers.length > 0) out.push({ pod: pod.ref, containers });
-    }
-    return Promise.resolve(out);
+  /** One of exec.ts's simulated commands; refusals in capabilities.ts. */
+  execInContainer(
+    ref: PodRef,
+    container: string,
+    command: readonly string[],
+    io: ExecIO,
+  ): Promise<{ readonly exitCode: number }> {
+    return this.#capabilities.execInContainer(ref, container, command, io);
+  }
+
+  /** The app's new output on stdout, stdin echoed back (attach.ts). */
+  attachToContainer(ref: PodRef, container: string, io: ExecIO): Promise<{ readonly exitCode?: number }> {
+    return this.#capabilities.attachToContainer(ref, container, io);
+  }
+
+  /** Every port of a simulated pod echoes what it is sent. */
+  portForward(ref: PodRef, port: number, connection: ForwardedConnection): Promise<void> {
+    return this.#capabilities.portForward(ref, port, connection);
+  }
+
+  /** Synthetic usage of the device and its running apps (stats.ts). Throws NotFound for an unknown device. */
+  getStats(deviceId: string): Promise<DeviceStats> {
+    return this.#capabilities.getStats(deviceId);
   }
 
   /**
@@ -436,10 +458,4 @@ const settle = <T>(fn: () => T): Promise<T> => {
   } catch (err) {
     return Promise.reject(err instanceof Error ? err : new Error(String(err)));
   }
-};
-
-const hashCode = (s: string): number => {
-  let h = 0;
-  for (let i = 0; i < s.length; i++) h = (Math.imul(h, 31) + s.charCodeAt(i)) >>> 0;
-  return h;
 };

@@ -115,6 +115,37 @@ export const mockConfigSchema = {
       },
     },
     stateFile: { type: "string", minLength: 1 },
+    appLogIntervalMs: {
+      description: "Every running app writes a log line this often (0: only its lifecycle lines).",
+      type: "integer",
+      minimum: 0,
+      default: 0,
+    },
+    exec: {
+      type: "object",
+      additionalProperties: false,
+      default: {},
+      properties: {
+        tty: { type: "boolean", default: false },
+        refuseDeviceClasses: {
+          type: "array",
+          default: ["mcu"],
+          uniqueItems: true,
+          items: { type: "string", minLength: 1 },
+        },
+      },
+    },
+    stats: {
+      type: "object",
+      additionalProperties: false,
+      default: {},
+      properties: {
+        cpuMillicores: { type: "number", minimum: 0, maximum: 1_000_000, default: 5 },
+        memoryBytes: { type: "integer", minimum: 0, default: 16_777_216 },
+        nodeCpuMillicores: { type: "number", minimum: 0, maximum: 1_000_000, default: 20 },
+        nodeMemoryBytes: { type: "integer", minimum: 0, default: 134_217_728 },
+      },
+    },
     supports: {
       type: "array",
       uniqueItems: true,
@@ -176,6 +207,30 @@ export interface MockConfig {
   readonly stateFile?: string;
   /** Pod features to declare; defaults to {@link MOCK_DEFAULT_SUPPORTS}. */
   readonly supports?: readonly PodFeature[];
+  /** Every running app writes a `[mock] <image> heartbeat <n>` log line this often; 0: never. */
+  readonly appLogIntervalMs: number;
+  readonly exec: MockExecConfig;
+  readonly stats: MockStatsConfig;
+}
+
+/** How `kubectl exec` and `attach` behave on the simulated devices (exec.ts). */
+export interface MockExecConfig {
+  /** Whether the devices have a terminal; false: exec and attach with `-t` are refused. */
+  readonly tty: boolean;
+  /** Device classes with no exec or attach at all (a microcontroller), refused as unsupported. */
+  readonly refuseDeviceClasses: readonly string[];
+}
+
+/**
+ * The synthetic usage getStats reports (stats.ts). A container uses its CPU request (else
+ * `cpuMillicores`) all the time and its memory request (else half its limit, else `memoryBytes`).
+ */
+export interface MockStatsConfig {
+  readonly cpuMillicores: number;
+  readonly memoryBytes: number;
+  /** What the device itself uses besides its pods. */
+  readonly nodeCpuMillicores: number;
+  readonly nodeMemoryBytes: number;
 }
 
 /** What callers may pass to the factory: any subset, defaults fill the rest. */
@@ -183,7 +238,9 @@ export type MockConfigInput = {
   readonly [K in keyof MockConfig]?: K extends "devices"
     ? | Partial<MockDeviceGroup>
       | readonly (Partial<MockDeviceGroup> | (Partial<MockDeviceSpec> & { id: string }))[]
-    : MockConfig[K];
+    : K extends "exec" | "stats"
+      ? Partial<MockConfig[K]>
+      : MockConfig[K];
 };
 
 /**

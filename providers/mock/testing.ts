@@ -1,6 +1,14 @@
-/** Test helpers for the mock provider's own tests: workloads and a recorder of callbacks. */
+/** Test helpers for the mock provider's own tests: workloads, a recorder of callbacks, exec streams. */
 import pino from "pino";
-import type { AppSpec, DeviceInfo, PodRef, Workload, WorkloadStatus } from "../../src/provider/types.ts";
+import type {
+  AppSpec,
+  DeviceInfo,
+  ExecIO,
+  PodRef,
+  TerminalSize,
+  Workload,
+  WorkloadStatus,
+} from "../../src/provider/types.ts";
 import type { Clock } from "../../src/base/clock.ts";
 import type { MockProvider } from "./provider.ts";
 
@@ -92,3 +100,55 @@ export class ManualClock implements Clock {
     this.#now = end;
   }
 }
+
+/** An async iterable fed by hand: what a client's stdin or a forwarded connection looks like. */
+export class Pipe<T> implements AsyncIterable<T> {
+  #queue: T[] = [];
+  #ended = false;
+  #wake: (() => void) | undefined;
+  push(value: T): void {
+    this.#queue.push(value);
+    this.#wake?.();
+  }
+  end(): void {
+    this.#ended = true;
+    this.#wake?.();
+  }
+  async *[Symbol.asyncIterator](): AsyncGenerator<T> {
+    for (;;) {
+      for (let v = this.#queue.shift(); v !== undefined; v = this.#queue.shift()) yield v;
+      if (this.#ended) return;
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+      this.#wake = undefined;
+    }
+  }
+}
+
+/** An ExecIO for tests, with the client's output kept as text. */
+export const execIO = (
+  options: { stdin?: Pipe<Uint8Array>; tty?: boolean; resize?: Pipe<TerminalSize> } = {},
+) => {
+  const abort = new AbortController();
+  const decoder = new TextDecoder();
+  let stdout = "";
+  let stderr = "";
+  const io: ExecIO = {
+    tty: options.tty ?? false,
+    signal: abort.signal,
+    stdout: (chunk) => (stdout += decoder.decode(chunk)),
+    ...(options.tty ? {} : { stderr: (chunk: Uint8Array) => (stderr += decoder.decode(chunk)) }),
+    ...(options.stdin ? { stdin: options.stdin } : {}),
+    ...(options.resize ? { resize: options.resize } : {}),
+  };
+  return { io, abort, stdout: () => stdout, stderr: () => stderr };
+};
+
+/** Text as the bytes a client sends. */
+export const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
+
+/** Everything an async iterable yields, in order. */
+export const collect = async <T>(source: AsyncIterable<T>): Promise<T[]> => {
+  const out: T[] = [];
+  for await (const v of source) out.push(v);
+  return out;
+};

@@ -310,37 +310,146 @@ export interface DeviceInventory {
 }
 
 /*
- * Logs, exec and stats: declared so providers can implement them, but nothing in devicelet calls
- * them yet. The kubelet API (`kubectl logs`, `exec`, `top` through the API server) is what will;
- * their shapes may still change with it, and the conformance kit does not test them.
+ * Logs, exec, attach, port forwarding and stats: optional capabilities. devicelet's kubelet API
+ * (one HTTPS server for every device node, reached through the API server by `kubectl logs`,
+ * `exec`, `attach`, `port-forward` and by metrics-server for `kubectl top`) calls them; a provider
+ * without one gets a clear refusal for it, never a hang. No call waits on an offline device: answer
+ * from what is cached, or throw `transient` saying the device is offline.
  */
 
 export interface LogOptions {
+  /** Only the last this many lines. */
   readonly tailLines?: number;
-  readonly sinceSeconds?: number;
+  /** Only lines written at or after this time (the kubelet's `sinceSeconds` or `sinceTime`). */
+  readonly since?: Date;
+  /** Start each line with the time it was written, RFC 3339 with nanoseconds, and a space. */
   readonly timestamps?: boolean;
+  /** At most this many bytes; the kubelet API also cuts the stream there. */
+  readonly limitBytes?: number;
+  /** Keep sending lines as they are written until the container ends or `signal` aborts. */
   readonly follow?: boolean;
+  /** The container's previous instance (before its last restart); `unsupported` if not kept. */
+  readonly previous?: boolean;
+  /** Aborts when the client goes: stop reading and release what the stream holds. */
+  readonly signal: AbortSignal;
+}
+
+/** One container's log, as the kubelet API streams it to the client. */
+export interface LogStream {
+  /** UTF-8 text of whole lines, each ending in a newline. Ends when the log (or the follow) ends. */
+  readonly chunks: AsyncIterable<string>;
+  /**
+   * Set when what is served is not live, e.g. "device gw-1 is offline; log as cached at
+   * 2026-12-02T07:31:02Z". The kubelet API sends it as the first line.
+   */
+  readonly notice?: string;
 }
 
 export interface LogsCapability {
-  getContainerLogs(pod: PodRef, container: string, options: LogOptions): Promise<AsyncIterable<string>>;
+  /**
+   * Throws `notFound` (pod or container unknown), `unsupported` (the device keeps no logs, or no
+   * previous instance), `transient` (device offline and nothing cached).
+   */
+  getContainerLogs(pod: PodRef, container: string, options: LogOptions): Promise<LogStream>;
+}
+
+export interface TerminalSize {
+  readonly width: number;
+  readonly height: number;
+}
+
+/** The client's side of an exec or attach: which streams it opened, and where output goes. */
+export interface ExecIO {
+  /** The client's stdin when it asked for one; ends at the client's end of input. */
+  readonly stdin?: AsyncIterable<Uint8Array>;
+  /** Present when the client asked for stdout (with `tty`: the terminal's output). */
+  readonly stdout?: (chunk: Uint8Array) => void;
+  /** Present when the client asked for stderr (never with `tty`). */
+  readonly stderr?: (chunk: Uint8Array) => void;
+  /** The client asked for a terminal; throw `unsupported` if the device has none. */
+  readonly tty: boolean;
+  /** Terminal size changes, with `tty`. */
+  readonly resize?: AsyncIterable<TerminalSize>;
+  /** Aborts when the client goes: end the command and release what it holds. */
+  readonly signal: AbortSignal;
 }
 
 export interface ExecCapability {
-  runInContainer(
+  /**
+   * Runs `command` in the container and resolves with its exit code once it ended and all of its
+   * output was written. Throws `notFound`, `unsupported` (no exec on this device, or no tty),
+   * `transient` (device offline); the message reaches the user as kubectl's error.
+   */
+  execInContainer(
     pod: PodRef,
     container: string,
     command: readonly string[],
-  ): Promise<{ stdout: string; stderr: string; exitCode: number }>;
+    io: ExecIO,
+  ): Promise<{ readonly exitCode: number }>;
+}
+
+export interface AttachCapability {
+  /** Connects `io` to the running container's own streams until `io.signal` aborts or it ends. */
+  attachToContainer(pod: PodRef, container: string, io: ExecIO): Promise<{ readonly exitCode?: number }>;
+}
+
+/** One forwarded connection: bytes from the client in `data`, bytes to it through `write`. */
+export interface ForwardedConnection {
+  readonly data: AsyncIterable<Uint8Array>;
+  write(chunk: Uint8Array): void;
+  readonly signal: AbortSignal;
+}
+
+export interface PortForwardCapability {
+  /** Carries one connection to `port` of the pod; resolves when either side closed it. */
+  portForward(pod: PodRef, port: number, connection: ForwardedConnection): Promise<void>;
+}
+
+export interface CpuStats {
+  /** Cumulative CPU time used, in core-nanoseconds (a counter: it only grows, until a restart). */
+  readonly usageCoreNanoSeconds: number;
+  /** The current rate in nanocores; devicelet derives it from two samples when absent. */
+  readonly usageNanoCores?: number;
+}
+
+export interface MemoryStats {
+  readonly workingSetBytes: number;
+  readonly usageBytes?: number;
+  readonly rssBytes?: number;
+  readonly availableBytes?: number;
+}
+
+/** A measurement, taken at `time` (when the device measured it, not when it was asked). */
+export interface ResourceSample {
+  readonly time: Date;
+  readonly cpu?: CpuStats;
+  readonly memory?: MemoryStats;
+}
+
+export interface ContainerStats extends ResourceSample {
+  readonly name: string;
+  readonly startTime?: Date;
 }
 
 export interface PodStats {
   readonly pod: PodRef;
-  readonly containers: readonly { name: string; cpuNanoCores: number; memoryWorkingSetBytes: number }[];
+  readonly startTime?: Date;
+  readonly containers: readonly ContainerStats[];
+  /** Pod totals; the sum of the containers when absent. */
+  readonly total?: ResourceSample;
+}
+
+/** The latest known stats of one device and its pods. */
+export interface DeviceStats {
+  /** The device as a whole (its node); absent when the device reports none. */
+  readonly node?: ResourceSample & { readonly startTime?: Date };
+  /** Pods with a measurement; the kubelet API lists the node's other pods with what it knows. */
+  readonly pods: readonly PodStats[];
 }
 
 export interface StatsCapability {
-  getStats(): Promise<readonly PodStats[]>;
+  /** From what the device last reported, never a round trip; throws `notFound` for an unknown device. */
+  getStats(deviceId: string): Promise<DeviceStats>;
 }
 
 /**
@@ -391,7 +500,9 @@ export const hasDeletionNotifier = (p: object): p is DeletionNotifier => hasFunc
 export const hasDeviceInventory = (p: object): p is DeviceInventory =>
   hasFunctions(p, "listDevices", "watchDevices");
 export const hasLogs = (p: object): p is LogsCapability => hasFunctions(p, "getContainerLogs");
-export const hasExec = (p: object): p is ExecCapability => hasFunctions(p, "runInContainer");
+export const hasExec = (p: object): p is ExecCapability => hasFunctions(p, "execInContainer");
+export const hasAttach = (p: object): p is AttachCapability => hasFunctions(p, "attachToContainer");
+export const hasPortForward = (p: object): p is PortForwardCapability => hasFunctions(p, "portForward");
 export const hasStats = (p: object): p is StatsCapability => hasFunctions(p, "getStats");
 export const hasLifecycle = (p: object): p is Lifecycle => hasFunctions(p, "start", "stop");
 

@@ -10,7 +10,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
-import type { DeviceWatcher, PodRef, Workload, WorkloadStatus } from "../provider/types.ts";
+import type {
+  DeviceStats,
+  DeviceWatcher,
+  ExecIO,
+  LogOptions,
+  LogStream,
+  PodRef,
+  Workload,
+  WorkloadStatus,
+} from "../provider/types.ts";
 import { contractScenarios, type ContractScenarioId } from "./contract.ts";
 import type { ProviderTarget } from "./target.ts";
 
@@ -77,6 +86,23 @@ const running = (s: WorkloadStatus): WorkloadStatus => ({
   ...s,
   phase: "Running",
   apps: s.apps.map((a) => ({ ...a, ready: true, state: { kind: "running", startedAt: new Date() } })),
+});
+
+/** A broken mock that also names the exec commands the mock answers. */
+const withExec = (target: ProviderTarget<MockProvider>): ProviderTarget<MockProvider> => ({
+  ...target,
+  capabilities: { exec: { ok: ["true"], failing: { command: ["sh", "-c", "exit 3"], exitCode: 3 } } },
+});
+
+/** The log stream of `stream` with each chunk cut in two, so no chunk but the last ends a line. */
+const cutInHalves = (stream: LogStream): LogStream => ({
+  chunks: (async function* () {
+    for await (const chunk of stream.chunks) {
+      const half = Math.ceil(chunk.length / 2);
+      yield chunk.slice(0, half);
+      yield chunk.slice(half);
+    }
+  })(),
 });
 
 const cases: readonly [ContractScenarioId, string, ProviderTarget<MockProvider>, RegExp][] = [
@@ -333,6 +359,88 @@ const cases: readonly [ContractScenarioId, string, ProviderTarget<MockProvider>,
       };
     }),
     /already stopped/,
+  ],
+  [
+    "logs",
+    "sends a log in pieces of lines",
+    brokenMock((real) => ({
+      getContainerLogs: async (ref: PodRef, c: string, o: LogOptions) =>
+        cutInHalves(await real.getContainerLogs(ref, c, o)),
+    })),
+    /not whole lines ending in a newline/,
+  ],
+  [
+    "logs",
+    "answers an unknown pod with an empty log",
+    brokenMock((real) => ({
+      getContainerLogs: async (ref: PodRef, c: string, o: LogOptions) => {
+        if (!(await real.listPods()).some((p) => p.pod.uid === ref.uid))
+          return { chunks: (async function* () {})() };
+        return real.getContainerLogs(ref, c, o);
+      },
+    })),
+    /logs of an unknown pod: resolved, but it must reject/,
+  ],
+  [
+    "logsFollow",
+    "keeps following after the client went",
+    brokenMock((real) => ({
+      getContainerLogs: (ref: PodRef, c: string, o: LogOptions) =>
+        real.getContainerLogs(ref, c, { ...o, signal: new AbortController().signal }),
+    })),
+    /the client gone while it waits for lines: the stream must end/,
+  ],
+  [
+    "exec",
+    "reports every command as succeeded",
+    withExec(
+      brokenMock((real) => ({
+        execInContainer: async (ref: PodRef, c: string, command: readonly string[], io: ExecIO) => {
+          await real.execInContainer(ref, c, command, io);
+          return { exitCode: 0 };
+        },
+      })),
+    ),
+    /exit code 0, not 3/,
+  ],
+  [
+    "exec",
+    "throws a plain error for an unknown pod",
+    brokenMock(() => ({
+      execInContainer: () => Promise.reject(new Error("no such pod")),
+    })),
+    /exec in an unknown pod: rejected with Error: no such pod, not NotFound/,
+  ],
+  [
+    "stats",
+    "reports a negative working set",
+    brokenMock((real) => ({
+      getStats: async (id: string): Promise<DeviceStats> => {
+        const stats = await real.getStats(id);
+        return { ...stats, node: { time: new Date(), memory: { workingSetBytes: -1 } } };
+      },
+    })),
+    /workingSetBytes is -1, not a non-negative number/,
+  ],
+  [
+    "stats",
+    "answers an unknown device with empty stats",
+    brokenMock((real) => ({
+      getStats: (id: string) => real.getStats(id).catch(() => ({ pods: [] })),
+    })),
+    /getStats of an unknown device: resolved, but it must reject/,
+  ],
+  [
+    "capabilitiesAway",
+    "waits for an away device to come back before answering stats",
+    brokenMock((real) => ({
+      getStats: async (id: string): Promise<DeviceStats> => {
+        const device = (await real.listDevices()).find((d) => d.id === id);
+        if (device?.connected === false) return new Promise<DeviceStats>(() => undefined);
+        return real.getStats(id);
+      },
+    })),
+    /getStats\(kit-0\) while it is away: no answer within/,
   ],
 ];
 

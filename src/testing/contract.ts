@@ -22,7 +22,10 @@
  *   them); statuses for pods the kit never created, or under another pod's uid, are not;
  * - a pod deleted while its device is away may not be reported deleted within its grace period
  *   (30 s in the kit): the device may still run it;
- * - capabilities a provider does not have are skipped (their tests pass without checking).
+ * - capabilities a provider does not have are skipped (their tests pass without checking); exec
+ *   is checked with the commands the target names in `capabilities.exec` (scenarios-capabilities.ts);
+ * - with its device away, a capability call answers within five seconds (or the patience, if
+ *   shorter), from what the provider holds or with a classified refusal.
  *
  * Scenarios share the target's durable store and leave no pods behind (they delete what they
  * created), but a provider may still report pods of earlier scenarios whose deletion completes
@@ -32,6 +35,7 @@ import { afterAll, beforeAll, describe, it } from "vitest";
 import type { PodLifecycleProvider } from "../provider/types.ts";
 import { ContractViolation } from "./checks.ts";
 import { suiteOf } from "./harness.ts";
+import * as capabilities from "./scenarios-capabilities.ts";
 import * as pods from "./scenarios-pods.ts";
 import * as presence from "./scenarios-presence.ts";
 import type { ProviderTarget } from "./target.ts";
@@ -70,6 +74,17 @@ export const contractScenarios = {
     presence.deviceInventory,
   ),
   lifecycle: scenario("Lifecycle: stop resolves, also twice", presence.lifecycle),
+  logs: scenario("logs of a container end; an unknown pod or container is NotFound", capabilities.logs),
+  logsFollow: scenario("a followed log ends when the client goes", capabilities.logsFollow),
+  exec: scenario("exec reports exit codes; an unknown pod is NotFound", capabilities.exec),
+  stats: scenario(
+    "getStats answers with times and sane numbers; an unknown device is NotFound",
+    capabilities.stats,
+  ),
+  capabilitiesAway: scenario(
+    "logs, exec and stats answer at once while the device is away",
+    capabilities.capabilitiesAway,
+  ),
 } as const satisfies Record<string, ContractScenario>;
 
 export type ContractScenarioId = keyof typeof contractScenarios;

@@ -6,7 +6,7 @@
  *
  *   import { describeProviderContract, testContext, workload } from "devicelet/provider/testing";
  */
-export type { ProviderTarget } from "./target.ts";
+export type { ProviderTarget, TargetCapabilities } from "./target.ts";
 export {
   contractScenarios,
   describeProviderContract,

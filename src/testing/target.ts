@@ -42,4 +42,19 @@ export interface ProviderTarget<P extends PodLifecycleProvider = PodLifecyclePro
   tearDown?(): Promise<void>;
   /** How long a device may take to act (apply, report, stop an app); default 20 s. */
   readonly patienceMs?: number;
+  /**
+   * What the kit needs to check optional capabilities beyond their guards. Capabilities the
+   * provider lacks are skipped whatever this says.
+   */
+  readonly capabilities?: TargetCapabilities;
+}
+
+export interface TargetCapabilities {
+  /** Commands a container running `image` answers; without them exec is checked only for refusals. */
+  readonly exec?: {
+    /** A command that exits 0, e.g. `["true"]`. */
+    readonly ok: readonly string[];
+    /** A command that exits with `exitCode` (not 0), e.g. `{ command: ["sh", "-c", "exit 3"], exitCode: 3 }`. */
+    readonly failing: { readonly command: readonly string[]; readonly exitCode: number };
+  };
 }
