@@ -3,7 +3,8 @@
  * allow-list (before any parsing), codec (size, JSON, schema, device id against topic), then
  * (bootId, seq) order — and only then acted on: presence moves the device (and its children),
  * reports update status and confirm tombstones, acks move delivery stages and finish commands,
- * events become Kubernetes Events. Every live message that passes the order check counts as having
+ * events become Kubernetes Events, session output goes to its session (io-sessions.ts), stats
+ * samples to the stats store; a presence change ends the device's sessions. Every live message that passes the order check counts as having
  * heard from the device (silence.ts), and brings back a device made lost by silence.
  *
  * Bad input never escapes: a rejected message is counted by reason, logged at warn (at most once
@@ -24,9 +25,11 @@ import type { CommandQueue } from "./commands.ts";
 import type { DesiredStore } from "./desired.ts";
 import type { DeviceRegistry } from "./devices.ts";
 import type { GenerationAllocator } from "./generations.ts";
+import type { IoSessions } from "./io-sessions.ts";
 import { WarnLimiter, type MqttMetrics, type RejectReason } from "./metrics.ts";
 import { tombstoneConfirmed, type Observations } from "./observations.ts";
 import type { StatusCoalescer } from "./pod-status.ts";
+import type { DeviceStatsStore } from "./stats.ts";
 
 export interface InboundDeps {
   readonly allowed: (deviceId: string) => boolean;
@@ -36,6 +39,8 @@ export interface InboundDeps {
   readonly observations: Observations;
   readonly commands: CommandQueue;
   readonly statuses: StatusCoalescer;
+  readonly sessions: Pick<IoSessions, "deliver" | "deviceAway">;
+  readonly stats: Pick<DeviceStatsStore, "record">;
   readonly allocator: Pick<GenerationAllocator, "saveDevice" | "observe">;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
@@ -133,6 +138,19 @@ export class Inbound {
           this.#alive(message.deviceId, retained);
         }
         return;
+      case "io-data":
+      case "io-end":
+        // Sessions are never retained (docs/protocol.md § 3.9): a retained copy is a leftover.
+        if (retained || !this.#d.sessions.deliver(message.deviceId, message)) metrics.inc("stale");
+        else this.#alive(message.deviceId, retained);
+        return;
+      case "stats":
+        if (retained || this.#d.stats.record(message) !== "ok") metrics.inc("stale");
+        else {
+          metrics.inc("statsSamples");
+          this.#alive(message.deviceId, retained);
+        }
+        return;
     }
   }
 
@@ -153,6 +171,15 @@ export class Inbound {
       "device presence",
     );
     const affected = [id, ...registry.children(id)];
+    // A new connection or a device going away: what it was serving is gone with its connection.
+    for (const d of affected) {
+      this.#d.sessions.deviceAway(
+        d,
+        message.state === "online"
+          ? `device ${id} connected again; its sessions ended`
+          : `device ${id} went ${message.state}`,
+      );
+    }
     if (message.state === "online") {
       if (!retained) registry.heard(id);
       if (message.device) {

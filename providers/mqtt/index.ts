@@ -11,6 +11,9 @@
  * - One-shot commands wait in a bounded per-device queue with a time to live, kept in the durable
  *   store so they survive a devicelet restart; expiry becomes a `CommandExpired` Event. The
  *   `devicelet.dev/restart-requested` annotation sends `restart-app`.
+ * - `kubectl logs` and `exec` run as sessions with online devices that announce them, `kubectl top`
+ *   reads the stats samples devices publish (docs/protocol.md §§ 3.9, 3.10; device-io.ts); an
+ *   offline device is refused at once, its last log text served from a bounded cache.
  * - Two processes on the same state never reuse a generation (compare-and-swap reservations,
  *   floored by what devices report), and back off instead of taking one client id from each other.
  *
@@ -22,6 +25,7 @@
  * await provider.start(signal);           // connected, documents read back
  * await provider.listDevices();           // one DeviceInfo per born device
  * await provider.sendCommand("gw-1", { command: "reboot" }, { ttlSeconds: 60 });
+ * const log = await provider.getContainerLogs(pod, "sensor", { tailLines: 10, signal });
  * provider.metrics().rejected.schema;     // counters, see MqttMetricsSnapshot
  * ```
  */

@@ -28,7 +28,10 @@ export interface MqttMetricsSnapshot {
   readonly received: number;
   /** Messages rejected, by reason. */
   readonly rejected: Readonly<Record<RejectReason, number>>;
-  /** Out-of-order or replayed messages dropped by (bootId, seq), and acks of another epoch. */
+  /**
+   * Out-of-order or replayed messages dropped by (bootId, seq), acks of another epoch, and session
+   * output already seen or for no open session.
+   */
   readonly stale: number;
   /** A `lost` will from a boot other than the device's current one, ignored. */
   readonly staleWills: number;
@@ -56,6 +59,10 @@ export interface MqttMetricsSnapshot {
   readonly disconnects: number;
   /** Pod statuses pushed to the engine. */
   readonly statusUpdates: number;
+  /** Logs and exec sessions opened with devices (docs/protocol.md § 3.9). */
+  readonly sessionsOpened: number;
+  /** Stats samples kept (docs/protocol.md § 3.10). */
+  readonly statsSamples: number;
 }
 
 type Counter = Exclude<keyof MqttMetricsSnapshot, "rejected">;
@@ -91,6 +98,8 @@ export class MqttMetrics {
     connects: 0,
     disconnects: 0,
     statusUpdates: 0,
+    sessionsOpened: 0,
+    statsSamples: 0,
   };
   readonly #rejected = Object.fromEntries(reasons.map((r) => [r, 0])) as Record<RejectReason, number>;
 

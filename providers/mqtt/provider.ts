@@ -2,7 +2,8 @@
  * MqttProvider: devices reached over any MQTT 3.1.1 or 5 broker, speaking the devicelet protocol
  * (docs/protocol.md). It wires the parts of this folder together and implements the provider
  * contract: lifecycle (one retained desired document per device), push status, deletion notices,
- * the device inventory (nodes from births), transport health, and one-shot commands. The parts
+ * the device inventory (nodes from births), transport health, one-shot commands, and logs, exec
+ * and stats over the device protocol's sessions and stats topics (device-io.ts). The parts
  * are built by wiring.ts; the pod side is Workloads (workloads.ts) and PodStatusView
  * (status-view.ts), devices as a whole DeviceLifecycle (device-lifecycle.ts), the broker
  * connection and start-up read-back BrokerSession (session.ts). See index.ts for usage.
@@ -17,13 +18,20 @@ import type {
   DeviceInventory,
   DeviceNotice,
   DeviceNotifier,
+  DeviceStats,
+  ExecCapability,
+  ExecIO,
   HealthReporter,
+  LogOptions,
+  LogsCapability,
+  LogStream,
   PodFeature,
   PodLifecycleProvider,
   PodRef,
   ProviderContext,
   ProviderPod,
   Lifecycle,
+  StatsCapability,
   StatusNotifier,
   Workload,
   WorkloadStatus,
@@ -32,8 +40,10 @@ import type { CommandRequest, CommandResult } from "./command-types.ts";
 import type { CommandQueue } from "./commands.ts";
 import type { MqttConnection } from "./connection.ts";
 import type { DesiredStore } from "./desired.ts";
+import type { DeviceIo } from "./device-io.ts";
 import type { DeviceLifecycle } from "./device-lifecycle.ts";
 import type { DeviceRegistry } from "./devices.ts";
+import type { IoSessions } from "./io-sessions.ts";
 import { logMetricsEvery, MqttMetrics, type MqttMetricsSnapshot } from "./metrics.ts";
 import type { Orphans } from "./orphans.ts";
 import type { StatusCoalescer } from "./pod-status.ts";
@@ -52,7 +62,10 @@ export class MqttProvider
     DeviceInventory,
     DeviceNotifier,
     HealthReporter,
-    Lifecycle
+    Lifecycle,
+    LogsCapability,
+    ExecCapability,
+    StatsCapability
 {
   readonly name = "mqtt";
   readonly supports: readonly PodFeature[];
@@ -71,6 +84,8 @@ export class MqttProvider
   readonly #session: BrokerSession;
   readonly #workloads: Workloads;
   readonly #statusView: PodStatusView;
+  readonly #sessions: IoSessions;
+  readonly #io: DeviceIo;
   readonly #onStatus: ((s: WorkloadStatus) => void)[] = [];
   readonly #onDeleted: ((p: PodRef) => void)[] = [];
   readonly #onDevice: DeviceWatcher[] = [];
@@ -112,6 +127,8 @@ export class MqttProvider
     this.#orphans = parts.orphans;
     this.#session = parts.session;
     this.#lifecycle = parts.lifecycle;
+    this.#sessions = parts.sessions;
+    this.#io = parts.io;
   }
 
   /**
@@ -150,6 +167,7 @@ export class MqttProvider
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#metricsTimer);
+      this.#sessions.endAll("devicelet is stopping");
       this.#session.stop();
       this.#lifecycle.stop();
       this.#orphans.stop();
@@ -259,6 +277,39 @@ export class MqttProvider
       ttlSeconds: options.ttlSeconds ?? this.config.commands.ttlSeconds,
       ...(pod ? { pod } : {}),
     });
+  }
+
+  /**
+   * A container's log from its device over a session (docs/protocol.md § 3.9); while the device is
+   * offline, the last text received for it, with a notice. Resolves once the device answered.
+   * @throws ProviderError NotFound (pod or container unknown, or the device says so), Unsupported
+   * (the device keeps no logs, or no previous instance), Transient (offline with nothing cached,
+   * no answer, too many sessions).
+   */
+  getContainerLogs(pod: PodRef, container: string, options: LogOptions): Promise<LogStream> {
+    return this.#io.logs(pod, container, options);
+  }
+
+  /**
+   * Runs a command in a container over a session and resolves with its exit code.
+   * @throws ProviderError NotFound, Unsupported (no exec, or no terminal), Transient (offline).
+   */
+  execInContainer(
+    pod: PodRef,
+    container: string,
+    command: readonly string[],
+    io: ExecIO,
+  ): Promise<{ readonly exitCode: number }> {
+    return this.#io.exec(pod, container, command, io);
+  }
+
+  /**
+   * The device's latest stats sample (docs/protocol.md § 3.10), with pods mapped from their uids.
+   * @throws ProviderError NotFound for a device never seen.
+   */
+  getStats(deviceId: string): Promise<DeviceStats> {
+    // A throw in the executor becomes the rejection.
+    return new Promise((resolve) => resolve(this.#io.stats(deviceId)));
   }
 
   #deleted(ref: PodRef): void {

@@ -132,6 +132,39 @@ export const mqttConfigSchema = {
       queueLimit: int(50, 1, 10_000),
       ttlSeconds: int(300, 1, 48 * 3600),
     }),
+    sessions: section("Logs and exec sessions with devices (docs/protocol.md § 3.9).", {
+      maxPerDevice: {
+        ...int(8, 1, 64),
+        description: "Sessions open at once per device (lowered by a birth's capabilities.maxSessions).",
+      },
+      idleSeconds: {
+        ...int(30, 3, 3600),
+        description:
+          "A device ends a session it heard nothing on for this long; devicelet sends a keepalive every third of it.",
+      },
+      openTimeoutSeconds: {
+        ...int(10, 1, 300),
+        description: "A device that does not answer io-open within this fails the request.",
+      },
+      gapTimeoutSeconds: {
+        ...int(5, 1, 300),
+        description: "A session whose output misses a seq for this long is ended.",
+      },
+      maxLogBytes: { ...int(10 * 1024 * 1024, 1024), description: "Most bytes of one log without follow." },
+      maxBufferedBytes: {
+        ...int(1024 * 1024, 64 * 1024),
+        description:
+          "Output held for a client that does not read it (or behind a seq gap) before the session is ended.",
+      },
+      maxChunkBytes: {
+        ...int(32 * 1024, 256, 65536),
+        description: "Most bytes a device puts in one io-data.",
+      },
+      logCache: section("The last log text received per container, served while its device is offline.", {
+        bytesPerContainer: int(64 * 1024, 0, 16 * 1024 * 1024),
+        containers: int(1000, 0, 100_000),
+      }),
+    }),
     health: section("Transport health reported to the node controller.", {
       disconnectedGraceSeconds: int(30, 0),
     }),
@@ -211,6 +244,17 @@ export interface MqttConfig {
     readonly orphanGraceSeconds: number;
   };
   readonly commands: { readonly queueLimit: number; readonly ttlSeconds: number };
+  /** Logs and exec sessions (docs/protocol.md § 3.9); see io-sessions.ts. */
+  readonly sessions: {
+    readonly maxPerDevice: number;
+    readonly idleSeconds: number;
+    readonly openTimeoutSeconds: number;
+    readonly gapTimeoutSeconds: number;
+    readonly maxLogBytes: number;
+    readonly maxBufferedBytes: number;
+    readonly maxChunkBytes: number;
+    readonly logCache: { readonly bytesPerContainer: number; readonly containers: number };
+  };
   readonly health: { readonly disconnectedGraceSeconds: number };
   readonly metricsLogIntervalSeconds: number;
   readonly allowSecretsWithoutTls: boolean;
@@ -230,6 +274,9 @@ export type MqttConfigInput = {
   };
   readonly desired?: Partial<MqttConfig["desired"]>;
   readonly commands?: Partial<MqttConfig["commands"]>;
+  readonly sessions?: Partial<Omit<MqttConfig["sessions"], "logCache">> & {
+    readonly logCache?: Partial<MqttConfig["sessions"]["logCache"]>;
+  };
   readonly health?: Partial<MqttConfig["health"]>;
   readonly metricsLogIntervalSeconds?: number;
   readonly allowSecretsWithoutTls?: boolean;

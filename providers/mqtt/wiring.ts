@@ -16,7 +16,9 @@
  * - a late read-back document (session) is adopted by orphans, which restores the device's birth
  *   (lifecycle), and the lifecycle's silence watch reads when the session connected;
  * - orphans ask whether the engine claimed a pod (workloads), which tells orphans of its claims;
- * - the lifecycle forgets the pods of a decommissioned device (workloads).
+ * - the lifecycle forgets the pods of a decommissioned device (workloads);
+ * - the registry ends the sessions and drops the stats of a device that is no longer connected,
+ *   and the connection ends every session when it drops (io-sessions.ts).
  */
 import type { Logger } from "pino";
 import { canonicalJson, sha256Hex } from "../../src/base/canonical.ts";
@@ -37,7 +39,10 @@ import { DeviceLifecycle } from "./device-lifecycle.ts";
 import { DeviceRegistry } from "./devices.ts";
 import { documentLimit, inboundPacketLimit } from "./fit.ts";
 import { GenerationAllocator } from "./generations.ts";
+import { DeviceIo } from "./device-io.ts";
 import { Inbound } from "./inbound.ts";
+import { IoSessions } from "./io-sessions.ts";
+import { LogCache } from "./log-cache.ts";
 import type { MqttMetrics } from "./metrics.ts";
 import { Observations } from "./observations.ts";
 import { Orphans } from "./orphans.ts";
@@ -45,6 +50,7 @@ import { StatusCoalescer } from "./pod-status.ts";
 import { RestartRequests } from "./restart.ts";
 import { allowListMatcher, type MqttConfig } from "./schema.ts";
 import { SecretGate } from "./secret-gate.ts";
+import { DeviceStatsStore } from "./stats.ts";
 import { BrokerSession, bridgePayload } from "./session.ts";
 import { PodStatusView } from "./status-view.ts";
 import { WorkloadHashes } from "./workload-hashes.ts";
@@ -74,6 +80,8 @@ export interface MqttParts {
   readonly orphans: Orphans;
   readonly session: BrokerSession;
   readonly lifecycle: DeviceLifecycle;
+  readonly sessions: IoSessions;
+  readonly io: DeviceIo;
 }
 
 export function wireMqtt(o: {
@@ -104,7 +112,15 @@ export function wireMqtt(o: {
       Math.max(config.devices.maxMessageBytes, config.desired.maxDocumentBytes),
     ),
   });
-  const registry = new DeviceRegistry({ onChange: events.deviceChanged });
+  const registry = new DeviceRegistry({
+    onChange: (info) => {
+      if (!info.connected) {
+        sessions.deviceAway(info.id, `device ${info.id} went offline`);
+        stats.forget(info.id);
+      }
+      events.deviceChanged(info);
+    },
+  });
   const allocator = new GenerationAllocator({
     store: context.store,
     blockSize: config.desired.generationBlock,
@@ -164,6 +180,39 @@ export function wireMqtt(o: {
     recordEvent,
     defaultTtlSeconds: config.commands.ttlSeconds,
   });
+  const logCache = new LogCache(config.sessions.logCache);
+  const sessions: IoSessions = new IoSessions({
+    limits: config.sessions,
+    publish: (topic, payload) => connection.publish(topic, payload, { qos: 1, retain: false }),
+    logCache,
+    metrics,
+    logger: logger.child({ part: "sessions" }),
+  });
+  connection.onDisconnect(() => sessions.endAll("devicelet lost its connection to the MQTT broker"));
+  const stats: DeviceStatsStore = new DeviceStatsStore({
+    device: (id) => {
+      const entry = registry.get(id);
+      if (!entry?.birth) return undefined;
+      return {
+        online: registry.effectivePresence(id) === "online",
+        bootId: entry.bootId,
+        intervalSeconds: entry.birth.capabilities.statsIntervalSeconds,
+      };
+    },
+    podRef: (id, uid) => {
+      const d = desired.device(id);
+      return d?.pods.get(uid)?.ref ?? d?.tombstones.get(uid)?.ref;
+    },
+  });
+  const io = new DeviceIo({
+    desired,
+    registry,
+    sessions,
+    stats,
+    logCache,
+    maxSessions: config.sessions.maxPerDevice,
+    connected: () => connection.isConnected(),
+  });
   const inbound = new Inbound({
     allowed,
     maxMessageBytes: config.devices.maxMessageBytes,
@@ -172,6 +221,8 @@ export function wireMqtt(o: {
     observations,
     commands,
     statuses,
+    sessions,
+    stats,
     allocator,
     metrics,
     logger,
@@ -234,5 +285,7 @@ export function wireMqtt(o: {
     orphans,
     session,
     lifecycle,
+    sessions,
+    io,
   };
 }

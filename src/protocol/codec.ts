@@ -23,9 +23,12 @@ import commandSchema from "../../schemas/command.json" with { type: "json" };
 import commonSchema from "../../schemas/common.json" with { type: "json" };
 import desiredSchema from "../../schemas/desired.json" with { type: "json" };
 import eventSchema from "../../schemas/event.json" with { type: "json" };
+import ioInSchema from "../../schemas/io-in.json" with { type: "json" };
+import ioOutSchema from "../../schemas/io-out.json" with { type: "json" };
 import noticeSchema from "../../schemas/notice.json" with { type: "json" };
 import presenceSchema from "../../schemas/presence.json" with { type: "json" };
 import reportedSchema from "../../schemas/reported.json" with { type: "json" };
+import statsSchema from "../../schemas/stats.json" with { type: "json" };
 import { canonicalJson, sha256Hex } from "../base/canonical.ts";
 import { DEVICE_ID, TOPIC_ROOT } from "./topics.ts";
 import {
@@ -35,6 +38,7 @@ import {
   type BridgeToDevice,
   type DesiredPod,
   type DeviceToBridge,
+  type IoInMessage,
   type NoticeMessage,
   type Tombstone,
 } from "./types.ts";
@@ -47,7 +51,7 @@ export type RejectReason =
 
 export type DecodeResult<T> = { ok: true; value: T } | { ok: false; reason: RejectReason; detail: string };
 
-type AnyMessage = DeviceToBridge | BridgeToDevice | BridgeMessage | NoticeMessage;
+type AnyMessage = DeviceToBridge | BridgeToDevice | BridgeMessage | NoticeMessage | IoInMessage;
 type Kind = AnyMessage["kind"];
 
 const SCHEMAS: readonly SchemaObject[] = [
@@ -60,6 +64,9 @@ const SCHEMAS: readonly SchemaObject[] = [
   eventSchema,
   bridgeSchema,
   noticeSchema,
+  ioInSchema,
+  ioOutSchema,
+  statsSchema,
 ];
 
 const ajv = new Ajv({ allErrors: false, schemas: [...SCHEMAS] });
@@ -78,7 +85,18 @@ const validators: Readonly<Record<Kind, ValidateFunction>> = {
   event: compiled(eventSchema),
   bridge: compiled(bridgeSchema),
   notice: compiled(noticeSchema),
+  "io-open": compiled(ioInSchema),
+  "io-stdin": compiled(ioInSchema),
+  "io-resize": compiled(ioInSchema),
+  "io-keepalive": compiled(ioInSchema),
+  "io-cancel": compiled(ioInSchema),
+  "io-data": compiled(ioOutSchema),
+  "io-end": compiled(ioOutSchema),
+  stats: compiled(statsSchema),
 };
+
+const IO_IN_KINDS: readonly Kind[] = ["io-open", "io-stdin", "io-resize", "io-keepalive", "io-cancel"];
+const IO_OUT_KINDS: readonly Kind[] = ["io-data", "io-end"];
 
 /** Which kinds each device topic carries. */
 const FROM_DEVICE: ReadonlyMap<string, readonly Kind[]> = new Map([
@@ -86,6 +104,7 @@ const FROM_DEVICE: ReadonlyMap<string, readonly Kind[]> = new Map([
   ["reported", ["reported"]],
   ["ack", ["ack", "command-ack"]],
   ["evt", ["event"]],
+  ["stats", ["stats"]],
 ]);
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -164,9 +183,11 @@ const maxBytesOf = (options: { maxBytes?: number } | undefined): number => {
 };
 
 /**
- * Decodes anything a device publishes, on `devicelet/v1/{id}/{state|reported|ack|evt}`. The
- * topic's device id is the sender's identity (the broker's ACL guarantees it); a message naming
- * another device is `wrong-device`. Ordering by (bootId, seq) is the caller's job.
+ * Decodes anything a device publishes, on `devicelet/v1/{id}/{state|reported|ack|evt|stats}` and
+ * `devicelet/v1/{id}/io/{streamId}/out`. The topic's device id is the sender's identity (the
+ * broker's ACL guarantees it); a message naming another device is `wrong-device`, and session
+ * output naming another stream than its topic's is `schema`. Ordering by (bootId, seq), or by a
+ * session's seq, is the caller's job.
  */
 export function decodeFromDevice(
   topic: string,
@@ -175,21 +196,30 @@ export function decodeFromDevice(
 ): DecodeResult<{ deviceId: string; message: DeviceToBridge }> {
   try {
     const parts = typeof topic === "string" ? topic.split("/") : [];
-    const [root, version, deviceId, sub] = parts;
-    const kinds = sub === undefined ? undefined : FROM_DEVICE.get(sub);
-    if (
-      parts.length !== 4 ||
-      `${root}/${version}` !== TOPIC_ROOT ||
-      !deviceId ||
-      !DEVICE_ID.test(deviceId) ||
-      !kinds
-    ) {
+    const [root, version, deviceId, sub, streamId, out] = parts;
+    const isIo =
+      parts.length === 6 && sub === "io" && streamId !== undefined && TOKEN.test(streamId) && out === "out";
+    const kinds = isIo
+      ? IO_OUT_KINDS
+      : parts.length === 4 && sub !== undefined
+        ? FROM_DEVICE.get(sub)
+        : undefined;
+    if (`${root}/${version}` !== TOPIC_ROOT || !deviceId || !DEVICE_ID.test(deviceId) || !kinds) {
       return reject("unknown-topic", `${quote(topic)} is not a device topic of ${TOPIC_ROOT}`);
     }
     const parsed = parse(payload, maxBytesOf(options));
     if (!parsed.ok) return parsed;
-    const checked = check<DeviceToBridge>(parsed.value, kinds, `"${sub ?? ""}"`, deviceId);
-    return checked.ok ? { ok: true, value: { deviceId, message: checked.value } } : checked;
+    const topicName = isIo ? '"io/{streamId}/out"' : `"${sub ?? ""}"`;
+    const checked = check<DeviceToBridge>(parsed.value, kinds, topicName, deviceId);
+    if (!checked.ok) return checked;
+    const message = checked.value;
+    if ((message.kind === "io-data" || message.kind === "io-end") && message.streamId !== streamId) {
+      return reject(
+        "schema",
+        `/streamId ${quote(message.streamId)} does not match the topic's ${quote(streamId)}`,
+      );
+    }
+    return { ok: true, value: { deviceId, message } };
   } catch (error) {
     return internal(error);
   }
@@ -268,6 +298,50 @@ export function decodeNotice(
     const parsed = parse(payload, DEFAULT_MAX_MESSAGE_BYTES);
     if (!parsed.ok) return parsed;
     return check<NoticeMessage>(parsed.value, ["notice"], '"notice"', deviceId);
+  } catch (error) {
+    return internal(error);
+  }
+}
+
+/**
+ * Decodes a session's input from devicelet on `devicelet/v1/{deviceId}/io/{streamId}`
+ * (docs/protocol.md § 3.9): io-open, io-stdin, io-resize, io-keepalive or io-cancel. A gateway
+ * calls it with each child's id for the child's topics. A message naming another stream than its
+ * topic's is `schema`.
+ */
+export function decodeIoIn(
+  topic: string,
+  payload: Uint8Array,
+  options: { deviceId: string; maxBytes?: number },
+): DecodeResult<IoInMessage> {
+  try {
+    const parts = typeof topic === "string" ? topic.split("/") : [];
+    const [root, version, deviceId, sub, streamId] = parts;
+    if (
+      parts.length !== 5 ||
+      `${root}/${version}` !== TOPIC_ROOT ||
+      sub !== "io" ||
+      deviceId === undefined ||
+      !DEVICE_ID.test(deviceId) ||
+      streamId === undefined ||
+      !TOKEN.test(streamId)
+    ) {
+      return reject("unknown-topic", `${quote(topic)} is not a session input topic of ${TOPIC_ROOT}`);
+    }
+    if (deviceId !== options.deviceId) {
+      return reject("wrong-device", `topic of device "${deviceId}", decoding for ${quote(options.deviceId)}`);
+    }
+    const parsed = parse(payload, maxBytesOf(options));
+    if (!parsed.ok) return parsed;
+    const checked = check<IoInMessage>(parsed.value, IO_IN_KINDS, '"io/{streamId}"', deviceId);
+    if (!checked.ok) return checked;
+    if (checked.value.streamId !== streamId) {
+      return reject(
+        "schema",
+        `/streamId ${quote(checked.value.streamId)} does not match the topic's ${quote(streamId)}`,
+      );
+    }
+    return checked;
   } catch (error) {
     return internal(error);
   }

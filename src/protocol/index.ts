@@ -19,6 +19,7 @@ export * from "./topics.ts";
 export {
   decodeBridge,
   decodeFromDevice,
+  decodeIoIn,
   decodeNotice,
   decodeToDevice,
   desiredContentHash,

@@ -4,7 +4,14 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { decodeBridge, decodeFromDevice, decodeNotice, decodeToDevice, type DecodeResult } from "./codec.ts";
+import {
+  decodeBridge,
+  decodeFromDevice,
+  decodeIoIn,
+  decodeNotice,
+  decodeToDevice,
+  type DecodeResult,
+} from "./codec.ts";
 import { topics } from "./topics.ts";
 
 type Schema = Record<string, unknown>;
@@ -41,10 +48,24 @@ const decodeExample = (value: Schema): DecodeResult<unknown> => {
       return decodeBridge(payload);
     case "notice":
       return decodeNotice(topics.notice(id), payload, { deviceId: id });
+    case "io-open":
+    case "io-stdin":
+    case "io-resize":
+    case "io-keepalive":
+    case "io-cancel":
+      return decodeIoIn(topics.ioIn(id, String(value.streamId)), payload, { deviceId: id });
+    case "io-data":
+    case "io-end":
+      return decodeFromDevice(topics.ioOut(id, String(value.streamId)), payload);
     default: {
-      const sub = { presence: "state", reported: "reported", ack: "ack", "command-ack": "ack", event: "evt" }[
-        String(value.kind)
-      ];
+      const sub = {
+        presence: "state",
+        reported: "reported",
+        ack: "ack",
+        "command-ack": "ack",
+        event: "evt",
+        stats: "stats",
+      }[String(value.kind)];
       return decodeFromDevice(`devicelet/v1/${id}/${sub ?? "?"}`, payload);
     }
   }
@@ -53,9 +74,20 @@ const decodeExample = (value: Schema): DecodeResult<unknown> => {
 describe("schemas/*.json", () => {
   it("has one schema per document, plus the shared definitions", () => {
     expect(files.sort()).toEqual(
-      ["ack", "bridge", "command", "common", "desired", "event", "notice", "presence", "reported"].map(
-        (n) => `${n}.json`,
-      ),
+      [
+        "ack",
+        "bridge",
+        "command",
+        "common",
+        "desired",
+        "event",
+        "io-in",
+        "io-out",
+        "notice",
+        "presence",
+        "reported",
+        "stats",
+      ].map((n) => `${n}.json`),
     );
   });
 

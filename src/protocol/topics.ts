@@ -20,12 +20,22 @@ export const topics = {
   command: (device: string, commandId: string) => `${TOPIC_ROOT}/${device}/cmd/${commandId}`,
   commands: (device: string) => `${TOPIC_ROOT}/${device}/cmd/+`,
   bridge: () => `${TOPIC_ROOT}/_bridge/state`,
+  /** devicelet → device: one session's input (docs/protocol.md § 3.9). */
+  ioIn: (device: string, streamId: string) => `${TOPIC_ROOT}/${device}/io/${streamId}`,
+  /** What a device subscribes to for its sessions' input. */
+  ioInAll: (device: string) => `${TOPIC_ROOT}/${device}/io/+`,
+  /** device → devicelet: one session's output. */
+  ioOut: (device: string, streamId: string) => `${TOPIC_ROOT}/${device}/io/${streamId}/out`,
+  /** device → devicelet: CPU and memory samples (QoS 0). */
+  stats: (device: string) => `${TOPIC_ROOT}/${device}/stats`,
   /** What devicelet subscribes to: everything devices publish. */
   fromDevices: () => [
     `${TOPIC_ROOT}/+/state`,
     `${TOPIC_ROOT}/+/reported`,
     `${TOPIC_ROOT}/+/ack`,
     `${TOPIC_ROOT}/+/evt`,
+    `${TOPIC_ROOT}/+/io/+/out`,
+    `${TOPIC_ROOT}/+/stats`,
   ],
 } as const;
 

@@ -13,6 +13,9 @@
  *   {device}/evt          device → devicelet   QoS 1             DeviceEventMessage
  *   _bridge/state         devicelet → all      QoS 1, retained   BridgeMessage (devicelet presence)
  *   {device}/notice       devicelet → device   QoS 1             NoticeMessage (what devicelet refused)
+ *   {device}/io/{stream}  devicelet → device   QoS 1             IoInMessage (a logs/exec session's input)
+ *   {device}/io/{stream}/out  device → devicelet  QoS 1          IoOutMessage (its output, ordered by seq)
+ *   {device}/stats        device → devicelet   QoS 0             StatsMessage (latest CPU and memory)
  */
 
 export const PROTOCOL_VERSION = 1;
@@ -130,6 +133,13 @@ export interface DeviceCapabilities {
   readonly exec: boolean;
   /** The device understands a command's `ttlSeconds` (it may have no wall clock). */
   readonly commandTtl?: boolean;
+  /** Exec sessions may ask for a terminal (`exec.tty`); absent means false. */
+  readonly tty?: boolean;
+  /** The device publishes `{id}/stats` every `statsIntervalSeconds` (15 when absent). */
+  readonly stats?: boolean;
+  readonly statsIntervalSeconds?: number;
+  /** Most logs and exec sessions the device runs at once; 8 when absent. */
+  readonly maxSessions?: number;
 }
 
 /** Birth (`online`), last will (`lost`), clean disconnect (`offline`) or sleep (`sleeping`). */
@@ -306,5 +316,164 @@ export interface NoticeMessage {
   readonly at: string;
 }
 
-export type DeviceToBridge = PresenceMessage | ReportedDocument | AckMessage | DeviceEventMessage;
+/** Defaults and bounds of sessions (docs/protocol.md § 3.9). */
+export const SESSION_DEFAULTS = {
+  /** Most bytes (decoded) of one io-data unless io-open says otherwise; io-open may say 256..65536. */
+  maxChunkBytes: 32 * 1024,
+  /** Most bytes (decoded) of one io-stdin. */
+  maxStdinBytes: 32 * 1024,
+  /** A device answers io-open within this long (first io-data, possibly empty, or io-end). */
+  openTimeoutSeconds: 10,
+  /** Sessions a device runs at once when its birth says nothing (`capabilities.maxSessions`). */
+  maxSessions: 8,
+  /** Seconds between stats messages when the birth says nothing (`capabilities.statsIntervalSeconds`). */
+  statsIntervalSeconds: 15,
+} as const;
+
+/** Starts a logs or exec session. Exactly one of `logs` (type logs) and `exec` (type exec). */
+export interface IoOpenMessage {
+  readonly protocol: 1;
+  readonly kind: "io-open";
+  readonly deviceId: string;
+  readonly streamId: string;
+  readonly type: "logs" | "exec";
+  readonly podUid: string;
+  readonly app: string;
+  readonly logs?: {
+    readonly tailLines?: number;
+    /** RFC 3339: only lines written at or after it. */
+    readonly sinceTime?: string;
+    /** Prefix each line with its RFC 3339 time (nanoseconds) and a space. */
+    readonly timestamps?: boolean;
+    readonly limitBytes?: number;
+    readonly follow?: boolean;
+    readonly previous?: boolean;
+  };
+  readonly exec?: {
+    readonly command: readonly string[];
+    readonly stdin: boolean;
+    readonly stdout: boolean;
+    readonly stderr: boolean;
+    readonly tty: boolean;
+  };
+  /** Most bytes (decoded) the device puts in one io-data. */
+  readonly maxChunkBytes: number;
+  /** The device ends the session (IdleTimeout) after hearing nothing on the in topic this long. */
+  readonly idleSeconds: number;
+}
+
+/** The client's input, in order of `seq` (0, 1, 2…); `eof` ends it. `data` is base64, may be empty. */
+export interface IoStdinMessage {
+  readonly protocol: 1;
+  readonly kind: "io-stdin";
+  readonly deviceId: string;
+  readonly streamId: string;
+  readonly seq: number;
+  readonly data: string;
+  readonly eof?: boolean;
+}
+
+export interface IoResizeMessage {
+  readonly protocol: 1;
+  readonly kind: "io-resize";
+  readonly deviceId: string;
+  readonly streamId: string;
+  readonly width: number;
+  readonly height: number;
+}
+
+export interface IoKeepaliveMessage {
+  readonly protocol: 1;
+  readonly kind: "io-keepalive";
+  readonly deviceId: string;
+  readonly streamId: string;
+}
+
+/** The client went away or a limit was hit: stop the follow, kill the exec, then send io-end. */
+export interface IoCancelMessage {
+  readonly protocol: 1;
+  readonly kind: "io-cancel";
+  readonly deviceId: string;
+  readonly streamId: string;
+  readonly reason?: string;
+  readonly message?: string;
+}
+
+export type IoInMessage =
+  IoOpenMessage | IoStdinMessage | IoResizeMessage | IoKeepaliveMessage | IoCancelMessage;
+
+/** Output of a session; io-data and io-end share one seq series per stream, from 0. */
+export interface IoDataMessage {
+  readonly protocol: 1;
+  readonly kind: "io-data";
+  readonly deviceId: string;
+  readonly streamId: string;
+  readonly seq: number;
+  readonly stream: "stdout" | "stderr" | "log";
+  /** base64; empty is allowed (the first io-data may only say the session started). */
+  readonly data: string;
+}
+
+/**
+ * Why a session ended on the device, when it did not end normally: one of these, or another
+ * UpperCamelCase word (read like `Failed`).
+ */
+export const IoEndReason = {
+  NotFound: "NotFound",
+  Unsupported: "Unsupported",
+  LimitReached: "LimitReached",
+  Cancelled: "Cancelled",
+  IdleTimeout: "IdleTimeout",
+  Failed: "Failed",
+} as const;
+
+/** The last message of a session: an exec's `exitCode`, or an `error`. */
+export interface IoEndMessage {
+  readonly protocol: 1;
+  readonly kind: "io-end";
+  readonly deviceId: string;
+  readonly streamId: string;
+  readonly seq: number;
+  readonly exitCode?: number;
+  readonly error?: { readonly reason: string; readonly message: string };
+}
+
+export type IoOutMessage = IoDataMessage | IoEndMessage;
+
+export interface StatsCpu {
+  /** Cumulative CPU time in core-nanoseconds; only grows within a boot. */
+  readonly usageCoreNanoSeconds: number;
+}
+
+/** The device's and its apps' CPU and memory, measured at `at`. */
+export interface StatsMessage {
+  readonly protocol: 1;
+  readonly kind: "stats";
+  readonly deviceId: string;
+  readonly bootId: string;
+  readonly seq: number;
+  readonly at: string;
+  readonly node?: {
+    readonly startTime?: string;
+    readonly cpu?: StatsCpu;
+    readonly memory?: {
+      readonly workingSetBytes: number;
+      readonly usageBytes?: number;
+      readonly rssBytes?: number;
+      readonly availableBytes?: number;
+    };
+  };
+  readonly pods: readonly {
+    readonly podUid: string;
+    readonly apps: readonly {
+      readonly app: string;
+      readonly startTime?: string;
+      readonly cpu?: StatsCpu;
+      readonly memory?: { readonly workingSetBytes: number; readonly rssBytes?: number };
+    }[];
+  }[];
+}
+
+export type DeviceToBridge =
+  PresenceMessage | ReportedDocument | AckMessage | DeviceEventMessage | IoOutMessage | StatsMessage;
 export type BridgeToDevice = DesiredDocument | CommandMessage;

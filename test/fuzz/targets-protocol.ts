@@ -189,6 +189,8 @@ function inboundTarget(): FuzzTarget<InboundInput> {
     observations: new Observations(),
     commands,
     statuses,
+    sessions: { deliver: () => false, deviceAway: () => undefined },
+    stats: { record: () => "stale" },
     allocator,
     metrics,
     logger,
