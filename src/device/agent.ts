@@ -14,6 +14,12 @@
  * at once, before it connects, and does not apply the retained document a second time.
  * The agent refuses the `reboot` command: rebooting the host is not its call.
  *
+ * `kubectl logs`, `exec` and `top` (docs/protocol.md § 3.9, § 3.10): logs come from each app's
+ * captured stdout and stderr (by default the last 1 MiB of the running instance and 256 KiB of
+ * the one before, config `logs`); exec runs the command as the app runs (environment, folder,
+ * user, setpriv) in a process group of its own, without a terminal (tty is refused); stats are
+ * read from /proc for each app's process group every `statsIntervalSeconds`.
+ *
  * Crash safety: each desired document is stored before it is applied (applier.ts), so an agent
  * killed mid-apply restarts into the document it was applying. At start, before anything runs,
  * app processes an earlier run left behind are killed and pod folders that the stored state does
@@ -64,6 +70,12 @@ export interface AgentConfig {
   readonly restartBackoff: { readonly initialMs: number; readonly maxMs: number };
   readonly willDelaySeconds: number;
   readonly reportCoalesceMs: number;
+  /** Seconds between two `stats` messages (docs/protocol.md § 3.10). */
+  readonly statsIntervalSeconds: number;
+  /** Logs and exec sessions at once; more are refused (docs/protocol.md § 3.9). */
+  readonly maxSessions: number;
+  /** Output kept per app: of the running instance, and of the one before it (`--previous`). */
+  readonly logs: { readonly currentBytes: number; readonly previousBytes: number };
   readonly log: { readonly level: string };
 }
 
@@ -131,6 +143,17 @@ export const agentConfigSchema = {
     },
     willDelaySeconds: { type: "integer", minimum: 0, maximum: 3600, default: 5 },
     reportCoalesceMs: { type: "integer", minimum: 0, maximum: 10_000, default: 20 },
+    statsIntervalSeconds: { type: "integer", minimum: 5, maximum: 3600, default: 15 },
+    maxSessions: { type: "integer", minimum: 1, maximum: 64, default: 8 },
+    logs: {
+      type: "object",
+      additionalProperties: false,
+      default: {},
+      properties: {
+        currentBytes: { type: "integer", minimum: 4096, maximum: 268_435_456, default: 1_048_576 },
+        previousBytes: { type: "integer", minimum: 0, maximum: 268_435_456, default: 262_144 },
+      },
+    },
     log: {
       type: "object",
       additionalProperties: false,
@@ -215,6 +238,8 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
     logger,
     capacity: birth.capacity,
     backoff: config.restartBackoff,
+    logBytes: config.logs.currentBytes,
+    previousLogBytes: config.logs.previousBytes,
   });
   const session = new DeviceSession({
     deviceId: device.id,
@@ -288,6 +313,11 @@ async function birthInfo(config: AgentConfig): Promise<BirthInfo> {
       runtime: "process",
       logs: true,
       exec: true,
+      // Node.js has no pseudo-terminal without a native addon: exec with -t is refused.
+      tty: false,
+      stats: true,
+      statsIntervalSeconds: config.statsIntervalSeconds,
+      maxSessions: config.maxSessions,
       // It has a wall clock too, and checks both (docs/protocol.md § 7).
       commandTtl: true,
     },

@@ -9,6 +9,9 @@
  * - {@link SimRuntime} and the simulator (sim-runtime.ts, simulator.ts): thousands of simulated
  *   devices in one process, for tests and benchmarks.
  * - The agent (agent.ts): ProcessRuntime + DeviceSession + a state file, for Linux gateways.
+ * - `kubectl logs`/`exec` sessions ({@link IoSessions}, io-sessions.ts) and the periodic `stats`
+ *   message ({@link StatsReporter}, stats.ts), run by every session over its runtime's hooks:
+ *   captured output (log-ring.ts), exec (process-exec.ts, sim-exec.ts), /proc (proc-stats.ts).
  *
  *   // a simulated fleet, as other tests and benchmarks use it
  *   const sim = await startSimulator({ brokerUrl, devices: fleetSpec({ gateways: 10, childrenPerGateway: 4, mcus: 10, prefix: "t" }) });
@@ -23,6 +26,9 @@ export { parseAgentConfig, startAgent, agentConfigSchema, type Agent, type Agent
 export { DesiredApplier, type AppliedGeneration, type ApplierHooks } from "./applier.ts";
 export { CommandRunner, type CommandAck } from "./commands.ts";
 export { classifyInbound, type Inbound } from "./inbound.ts";
+export { IoSessions, rfc3339Nano, type IoCapabilities, type IoSessionsOptions } from "./io-sessions.ts";
+export { AppLog, type LogLine, type LogQuery } from "./log-ring.ts";
+export { ProcReader, parseMeminfo, parseProcStat, parseSystemStat } from "./proc-stats.ts";
 export { Outbox, type DesiredAck } from "./outbox.ts";
 export { systemClock, type Clock } from "../base/clock.ts";
 export type { DeviceLink, LinkHandlers, LinkWill } from "./link.ts";
@@ -36,12 +42,17 @@ export {
   restartDelay,
   shouldRestart,
   type BackoffOptions,
+  type AppLogView,
+  type ExecRequest,
   type ExecResult,
   type Runtime,
   type RuntimeEvent,
+  type RuntimeExec,
+  type RuntimeStats,
 } from "./runtime.ts";
 export { DeviceSession, type BirthInfo, type DeviceSessionOptions } from "./session.ts";
 export { SimRuntime, type SimRuntimeOptions } from "./sim-runtime.ts";
+export { StatsReporter, type StatsReporterOptions } from "./stats.ts";
 export {
   fleetSpec,
   startSimulator,

@@ -25,6 +25,11 @@
  * app with `runAsUser`/`runAsGroup` as that uid and gid, and its folder and files are theirs.
  * no_new_privs, capabilities and supplementary groups are set by util-linux `setpriv`, looked up
  * on PATH once when the runtime is made (setpriv.ts); `exec` runs through it the same way.
+ *
+ * For logs and exec sessions (io-sessions.ts) and stats: `appLog` is the app's captured output
+ * (log-ring.ts: 1 MiB of the running instance and 256 KiB of the one before by default),
+ * `startExec` runs a command as the app runs (process-exec.ts), and `stats` reads /proc for each
+ * app's process group (proc-stats.ts).
  */
 import { spawn } from "node:child_process";
 import { rm } from "node:fs/promises";
@@ -33,17 +38,24 @@ import type { Logger } from "pino";
 import type { DesiredApp, DesiredPod, ReportedPod, Tombstone } from "../protocol/types.ts";
 import { systemClock, type Clock } from "../base/clock.ts";
 import { LogRing } from "./log-ring.ts";
+import { spawnExec } from "./process-exec.ts";
+import { ProcReader } from "./proc-stats.ts";
 import type { FetchBytes, FileOwner } from "./pod-files.ts";
 import {
   admit,
   kubeletBackoff,
   podPhase,
   refusedPod,
+  RuntimeRefusal,
   type AdmissionRefusal,
+  type AppLogView,
   type BackoffOptions,
+  type ExecRequest,
   type ExecResult,
   type Runtime,
   type RuntimeEvent,
+  type RuntimeExec,
+  type RuntimeStats,
 } from "./runtime.ts";
 import { planSecurity, processIdentity, type AgentIdentity } from "./security.ts";
 import { AppSupervisor } from "./supervisor.ts";
@@ -58,8 +70,12 @@ export interface ProcessRuntimeOptions {
   readonly backoff?: BackoffOptions;
   /** A run at least this long resets the back-off; default 10 min. */
   readonly resetAfterMs?: number;
-  /** Output kept per app for logs; default 256 KiB. */
+  /** Output kept per app for logs, of the running instance; default 1 MiB. */
   readonly logBytes?: number;
+  /** Output kept per app of the instance before (`kubectl logs --previous`); default 256 KiB. */
+  readonly previousLogBytes?: number;
+  /** Where /proc is, for stats (tests); default /proc. */
+  readonly proc?: ProcReader;
   /** Environment every app starts from; default just PATH (apps do not inherit the agent's). */
   readonly baseEnv?: Readonly<Record<string, string>>;
   /** Longest an exec may run; default 30 s. */
@@ -94,6 +110,9 @@ export class ProcessRuntime implements Runtime {
   readonly #next = new Map<string, NextVersion>();
   readonly #changeListeners: (() => void)[] = [];
   readonly #eventListeners: ((e: RuntimeEvent) => void)[] = [];
+  #proc: ProcReader | undefined;
+  /** The last CPU counter sent per app instance (`podUid/app/startTime`). */
+  #cpuSeen = new Map<string, number>();
 
   constructor(options: ProcessRuntimeOptions) {
     this.#o = options;
@@ -231,6 +250,82 @@ export class ProcessRuntime implements Runtime {
     });
   }
 
+  appLog(podUid: string, app: string): AppLogView {
+    return this.#sessionApp(podUid, app).log;
+  }
+
+  /**
+   * Starts `request.command` for an exec session as the app's own processes start: same
+   * environment, working folder, uid/gid and setpriv prefix, but in a process group of its own
+   * (so that `kill` takes everything it started, and the app's group is left alone), with no time
+   * limit (the session's idle timeout ends it). A command that cannot be started exits 127 (not
+   * found) or 126 with the reason on stderr, as a shell says it.
+   */
+  startExec(podUid: string, app: string, request: ExecRequest): RuntimeExec {
+    const supervisor = this.#sessionApp(podUid, app);
+    if (supervisor.processGroup === undefined)
+      throw new RuntimeRefusal("NotFound", `app "${app}" of pod ${podUid} is not running`);
+    return spawnExec({
+      ...supervisor.launch(request.command),
+      cwd: path.join(this.#o.workDir, podUid, app),
+      env: supervisor.env,
+      request,
+    });
+  }
+
+  /**
+   * Every running app's CPU counter and resident memory, summed over its process group (an exec
+   * session's processes run in groups of their own and are not counted), and the device's.
+   * Within one instance of an app its counter never goes back, even when a process of the group
+   * that nobody waited for takes its time with it.
+   */
+  async stats(): Promise<RuntimeStats> {
+    const proc = (this.#proc ??= this.#o.proc ?? new ProcReader());
+    const running = [...this.#pods.values()]
+      .filter((e) => !e.refusal)
+      .map((e) => ({
+        podUid: e.pod.uid,
+        apps: e.apps.flatMap((a) => {
+          const pgid = a.processGroup;
+          const startTime = a.startedAt;
+          return pgid === undefined || startTime === undefined ? [] : [{ app: a.name, pgid, startTime }];
+        }),
+      }))
+      .filter((p) => p.apps.length > 0);
+    const [groups, node] = await Promise.all([
+      proc.groups(running.flatMap((p) => p.apps.map((a) => a.pgid))),
+      proc.node(),
+    ]);
+    const seen = new Map<string, number>();
+    const pods = running.map((p) => ({
+      podUid: p.podUid,
+      apps: p.apps.flatMap(({ app, pgid, startTime }) => {
+        const usage = groups.get(pgid);
+        if (!usage) return [];
+        const key = `${p.podUid}/${app}/${startTime}`;
+        const cpu = Math.max(usage.cpuNanoSeconds, this.#cpuSeen.get(key) ?? 0);
+        seen.set(key, cpu);
+        return [
+          {
+            app,
+            startTime,
+            cpu: { usageCoreNanoSeconds: cpu },
+            memory: { workingSetBytes: usage.rssBytes, rssBytes: usage.rssBytes },
+          },
+        ];
+      }),
+    }));
+    this.#cpuSeen = seen;
+    return {
+      node: {
+        ...(node.startTime === undefined ? {} : { startTime: node.startTime }),
+        ...(node.cpuNanoSeconds === undefined ? {} : { cpu: { usageCoreNanoSeconds: node.cpuNanoSeconds } }),
+        ...(node.memory ? { memory: node.memory } : {}),
+      },
+      pods,
+    };
+  }
+
   async restartApp(podUid: string, app: string): Promise<void> {
     const entry = this.#pods.get(podUid);
     await this.#app(podUid, app).restart((entry?.pod.terminationGracePeriodSeconds ?? 30) * 1000);
@@ -260,7 +355,8 @@ export class ProcessRuntime implements Runtime {
               baseEnv: this.#o.baseEnv ?? { PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin" },
               backoff: this.#o.backoff ?? kubeletBackoff,
               resetAfterMs: this.#o.resetAfterMs ?? 600_000,
-              logBytes: this.#o.logBytes ?? 256 * 1024,
+              logBytes: this.#o.logBytes ?? 1024 * 1024,
+              previousLogBytes: this.#o.previousLogBytes ?? 256 * 1024,
               clock: this.#clock,
               logger: this.#o.logger,
               ...(this.#o.fetcher ? { fetcher: this.#o.fetcher } : {}),
@@ -303,6 +399,13 @@ export class ProcessRuntime implements Runtime {
     const plan = planSecurity(app, this.#identity, this.#o.groupOf);
     if (plan.kind !== "ok") return {};
     return { ...(plan.files ? { runAs: plan.files } : {}), ...(plan.launch ? { launch: plan.launch } : {}) };
+  }
+
+  /** The app for a session; a refusal with reason NotFound when there is none. */
+  #sessionApp(podUid: string, name: string): AppSupervisor {
+    const app = this.#pods.get(podUid)?.apps.find((a) => a.name === name);
+    if (!app) throw new RuntimeRefusal("NotFound", `no app "${name}" in pod ${podUid} on this device`);
+    return app;
   }
 
   #app(podUid: string, name: string): AppSupervisor {

@@ -7,9 +7,17 @@
  * Also the kubelet rules both share: restart policy, exponential back-off, pod phase, and
  * admission against the device's capacity.
  */
-import type { DesiredPod, ReportedAppState, ReportedPod, Tombstone } from "../protocol/types.ts";
+import type { Readable, Writable } from "node:stream";
+import type {
+  DesiredPod,
+  ReportedAppState,
+  ReportedPod,
+  StatsMessage,
+  Tombstone,
+} from "../protocol/types.ts";
 import { retryDelay } from "../base/backoff.ts";
 import { milliValue, parseQuantity, unitValue } from "../base/quantity.ts";
+import type { AppLog } from "./log-ring.ts";
 
 /** Something worth a Kubernetes Event on the pod (Started, BackOff, Killing, Failed…). */
 export interface RuntimeEvent {
@@ -46,9 +54,45 @@ export interface Runtime {
   logs?(podUid: string, app: string, options?: { tailLines?: number }): Promise<string>;
   exec?(podUid: string, app: string, args: readonly string[]): Promise<ExecResult>;
   restartApp?(podUid: string, app: string): Promise<void>;
+  /**
+   * The lines of an app's log for a logs session (io-sessions.ts), and a way to follow it.
+   * @throws RuntimeRefusal `NotFound` (no such pod or app; no previous instance) or `Unsupported`.
+   */
+  appLog?(podUid: string, app: string): AppLogView;
+  /**
+   * Starts `command` in the app's environment for an exec session; the caller owns the returned
+   * process and must read its output. @throws RuntimeRefusal `NotFound` or `Unsupported`.
+   */
+  startExec?(podUid: string, app: string, request: ExecRequest): RuntimeExec;
+  /** CPU and memory of the device and of every app that runs, for the `stats` message. */
+  stats?(): Promise<RuntimeStats>;
   /** Stops every app (gracefully) and forgets every pod; `apply` may be called again afterwards. */
   stop(): Promise<void>;
 }
+
+/** What a logs session reads: the app's {@link AppLog} (log-ring.ts) or something that acts like it. */
+export type AppLogView = Pick<AppLog, "read" | "follow">;
+
+export interface ExecRequest {
+  readonly command: readonly string[];
+  /** Whether the caller writes stdin; without it the process's stdin is at end of file at once. */
+  readonly stdin: boolean;
+}
+
+/** A command started by {@link Runtime.startExec}. */
+export interface RuntimeExec {
+  /** Null when the request had no stdin. */
+  readonly stdin: Writable | null;
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  /** Resolves with the exit code once the process has exited and its output has ended. Never rejects. */
+  readonly exited: Promise<number>;
+  /** Kills the command and everything it started (its process group). Idempotent. */
+  kill(): void;
+}
+
+/** CPU counters and memory of the device and its running apps: a `stats` message without its envelope. */
+export type RuntimeStats = Pick<StatsMessage, "node" | "pods">;
 
 /** The whole document is refused: the session acks it `rejected` with this reason and message. */
 export class RuntimeRefusal extends Error {

@@ -10,7 +10,7 @@
  * Guarantees (docs/protocol.md; docs/architecture.md, decisions 2–5):
  * - The will is retained `lost` on `state` with this boot's id and the seq the birth on that
  *   connection will carry (§ 5), re-armed before every CONNECT, delayed on MQTT 5.
- * - On every (re)connect: subscriptions to `desired`, `cmd/+` and the bridge topic first, then the
+ * - On every (re)connect: subscriptions to `desired`, `cmd/+`, `io/+` and the bridge topic first, then the
  *   retained birth, then the retained report. What arrives before the birth (the retained document,
  *   commands, and messages to refuse) is held and handled after it, so every ack and event follows
  *   the birth; of the desired documents held only the newest is kept.
@@ -22,22 +22,28 @@
  * - Commands expire by their `expiresAt` (unless the device says it has no wall clock) and by
  *   `ttlSeconds` counted from the moment the command arrived (docs/protocol.md § 7).
  * - Sequence numbers strictly increase within a boot, across agent restarts too (see outbox.ts).
+ * - Logs and exec sessions (`io/+`, io-sessions.ts) are served only while online, never held for
+ *   the birth; a link going down ends them all silently. With a runtime that measures and a birth
+ *   that announces `capabilities.stats`, a `stats` sample follows each birth and then comes every
+ *   `statsIntervalSeconds` while online (stats.ts); its seq is from the boot's one series.
  * - Runtime changes produce one coalesced report per `reportCoalesceMs`; the report is re-sent
  *   after `reportRefreshMs` without one (one timer per device, re-armed by each report).
  */
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
-import { encodeMessage } from "../protocol/codec.ts";
+import { decodeIoIn, encodeMessage } from "../protocol/codec.ts";
 import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
-import type { BridgeMessage } from "../protocol/types.ts";
+import { SESSION_DEFAULTS, type BridgeMessage } from "../protocol/types.ts";
 import { DesiredApplier, type AppliedGeneration } from "./applier.ts";
 import { CommandRunner } from "./commands.ts";
 import { systemClock, type Clock } from "../base/clock.ts";
 import type { DeviceLink, LinkWill } from "./link.ts";
 import { classifyInbound, PreBirthBuffer, type Arrival } from "./inbound.ts";
+import { IoSessions } from "./io-sessions.ts";
 import { Outbox } from "./outbox.ts";
-import { clip, type Runtime } from "./runtime.ts";
+import { clip, type Runtime, type RuntimeStats } from "./runtime.ts";
 import type { DeviceSessionOptions } from "./session-options.ts";
+import { StatsReporter } from "./stats.ts";
 
 export type { BirthInfo, DeviceSessionOptions } from "./session-options.ts";
 
@@ -56,6 +62,10 @@ export class DeviceSession {
   readonly #out: Outbox;
   readonly #commands: CommandRunner;
   readonly #applier: DesiredApplier;
+  /** Logs and exec sessions (io-sessions.ts): only while online, never held for the birth. */
+  readonly #io: IoSessions;
+  /** With a runtime that measures and a birth that announces `stats`. */
+  readonly #stats: StatsReporter | undefined;
   /** Messages that arrived before the birth of this connection. */
   readonly #held: PreBirthBuffer;
   /** With {@link DeviceSessionOptions.keepFirstWill}: the will of this boot's first connection. */
@@ -105,6 +115,30 @@ export class DeviceSession {
       canApply: () => this.#online && !this.#stopped,
       logger: this.#log,
     });
+    const caps = options.device.capabilities;
+    this.#io = new IoSessions({
+      deviceId: options.deviceId,
+      runtime: this.#runtime,
+      send: (message) =>
+        this.#link.publish(topics.ioOut(this.deviceId, message.streamId), encodeMessage(message), {
+          retain: false,
+        }),
+      capabilities: { logs: caps.logs, exec: caps.exec, tty: caps.tty ?? false },
+      ...(caps.maxSessions === undefined ? {} : { maxSessions: caps.maxSessions }),
+      clock: this.#clock,
+      logger: this.#log,
+    });
+    const collect = this.#runtime.stats?.bind(this.#runtime);
+    this.#stats =
+      caps.stats && collect
+        ? new StatsReporter({
+            intervalMs: (caps.statsIntervalSeconds ?? SESSION_DEFAULTS.statsIntervalSeconds) * 1000,
+            clock: this.#clock,
+            collect,
+            publish: (sample, at) => this.#publishStats(sample, at),
+            logger: this.#log,
+          })
+        : undefined;
   }
 
   get bootId(): string {
@@ -170,6 +204,7 @@ export class DeviceSession {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#cancelTimers();
+    this.#io.closeAll();
     await this.#applier.settle();
     await this.#out.send(topics.state(this.deviceId), this.#out.presence("offline"), true);
     this.#online = false;
@@ -212,6 +247,7 @@ export class DeviceSession {
    */
   async reboot(): Promise<void> {
     this.#cancelTimers();
+    this.#io.closeAll();
     this.#online = false;
     this.#held.clear();
     await this.#link.disconnect({ abrupt: true });
@@ -261,7 +297,12 @@ export class DeviceSession {
     const connection = ++this.#connection;
     const id = this.deviceId;
     try {
-      await this.#link.subscribe([topics.desired(id), topics.commands(id), topics.bridge()]);
+      await this.#link.subscribe([
+        topics.desired(id),
+        topics.commands(id),
+        topics.ioInAll(id),
+        topics.bridge(),
+      ]);
       if (connection !== this.#connection) return;
       const birth = this.#out.presence("online", { device: this.#o.device }, this.#out.birthSeq());
       if (!(await this.#out.send(topics.state(id), birth, true))) throw new Error("birth not sent");
@@ -279,16 +320,24 @@ export class DeviceSession {
     this.#publishReport();
     for (const arrival of this.#held.take()) this.#handle(arrival);
     this.#applier.kick();
+    this.#stats?.start();
     for (const waiter of this.#onlineWaiters.splice(0)) waiter();
   }
 
   #onDown(): void {
     this.#connection++;
     this.#online = false;
+    // Nothing more can reach devicelet on this connection; its side ends the sessions too.
+    this.#io.closeAll();
+    this.#stats?.stop();
   }
 
   #onMessage(topic: string, payload: Buffer): void {
     const { maxMessageBytes } = this.#o.device.capabilities;
+    if (topic.startsWith(this.#ioPrefix)) {
+      this.#onIo(topic, payload, maxMessageBytes);
+      return;
+    }
     const inbound = classifyInbound(topic, payload, { deviceId: this.deviceId, maxBytes: maxMessageBytes });
     switch (inbound.kind) {
       case "bridge":
@@ -302,6 +351,39 @@ export class DeviceSession {
         else this.#held.hold(arrival);
       }
     }
+  }
+
+  get #ioPrefix(): string {
+    return topics.ioIn(this.deviceId, "");
+  }
+
+  /** Session input: handled at once while online, dropped otherwise (devicelet times the session out). */
+  #onIo(topic: string, payload: Buffer, maxBytes: number): void {
+    if (!this.#online || this.#stopped) return;
+    const decoded = decodeIoIn(topic, payload, { deviceId: this.deviceId, maxBytes });
+    if (decoded.ok) {
+      this.#io.handle(decoded.value);
+      return;
+    }
+    if (decoded.reason === "empty") return;
+    const message = `${topic.split("/").slice(3).join("/")}: ${decoded.reason}: ${decoded.detail}`;
+    this.#log.warn({ topic, reason: decoded.reason, detail: message }, "rejected a message from devicelet");
+    this.#out.event({ type: "Warning", reason: "MessageRejected", message });
+  }
+
+  /** One `stats` sample, QoS 0: the next one replaces a lost one. */
+  async #publishStats(sample: RuntimeStats, at: number): Promise<void> {
+    if (!this.#online) return;
+    const message = {
+      protocol: 1 as const,
+      kind: "stats" as const,
+      deviceId: this.deviceId,
+      bootId: this.bootId,
+      seq: this.#out.nextSeq(),
+      at: new Date(at).toISOString(),
+      ...sample,
+    };
+    await this.#link.publish(topics.stats(this.deviceId), encodeMessage(message), { retain: false, qos: 0 });
   }
 
   #handle({ inbound, topic, receivedAt }: Arrival): void {
@@ -386,5 +468,6 @@ export class DeviceSession {
     this.#refreshTimer = undefined;
     if (this.#sleeping) this.#clock.clearTimeout(this.#sleeping.timer);
     this.#sleeping = undefined;
+    this.#stats?.stop();
   }
 }

@@ -46,6 +46,10 @@ export interface SimulatorOptions {
   willDelaySeconds?: number;
   /** Whether devices keep what they applied across reboot(). Default true. */
   persistState?: boolean;
+  /** Seconds between the gateways' `stats` messages (5–3600). Default 15. */
+  statsIntervalSeconds?: number;
+  /** A simulated app writes a log line this often. Default 5000. */
+  logIntervalMs?: number;
   /** startSimulator rejects (and disconnects everything) if not all devices are online by then. Default 60 s. */
   startTimeoutMs?: number;
 }
@@ -167,12 +171,13 @@ export async function startSimulator(o: SimulatorOptions): Promise<Simulator> {
       appStartJitterMs: o.appStartJitterMs ?? 0,
       failureRate: o.failureRate ?? 0,
       capacity: capacityOf(spec),
+      ...(o.logIntervalMs === undefined ? {} : { logIntervalMs: o.logIntervalMs }),
     });
     const session = new DeviceSession({
       deviceId: spec.id,
       link,
       runtime,
-      device: birthOf(spec),
+      device: birthOf(spec, o.statsIntervalSeconds ?? 15),
       logger,
       ...(o.persistState === false ? {} : { store: memoryStore() }),
       reportCoalesceMs: o.reportCoalesceMs ?? 20,
@@ -277,7 +282,11 @@ function capacityOf(spec: SimDeviceSpec): Record<string, string> {
   );
 }
 
-function birthOf(spec: SimDeviceSpec): BirthInfo {
+/**
+ * Gateways serve logs and exec (no tty) and send stats; microcontrollers, single firmware images
+ * without a shell or captured output, announce none of them, so devicelet refuses at once.
+ */
+function birthOf(spec: SimDeviceSpec, statsIntervalSeconds: number): BirthInfo {
   const gateway = spec.kind === "gateway";
   return {
     deviceClass: spec.kind,
@@ -292,8 +301,9 @@ function birthOf(spec: SimDeviceSpec): BirthInfo {
       maxMessageBytes: spec.maxMessageBytes ?? (gateway ? DEFAULT_MAX_MESSAGE_BYTES : 32 * 1024),
       encodings: ["json"],
       runtime: gateway ? "process" : "firmware",
-      logs: true,
+      logs: gateway,
       exec: gateway,
+      ...(gateway ? { tty: false, stats: true, statsIntervalSeconds } : {}),
       commandTtl: true,
     },
   };

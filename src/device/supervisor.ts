@@ -30,7 +30,7 @@ import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { DesiredApp, DesiredPod, ReportedApp, ReportedAppState } from "../protocol/types.ts";
 import type { Clock } from "../base/clock.ts";
-import { LogRing } from "./log-ring.ts";
+import { AppLog } from "./log-ring.ts";
 import { FileError, writeAppFiles, type FetchBytes, type FileOwner } from "./pod-files.ts";
 import {
   restartDelay,
@@ -54,7 +54,9 @@ export interface SupervisorOptions {
   readonly backoff: BackoffOptions;
   /** A run at least this long resets the back-off. */
   readonly resetAfterMs: number;
+  /** Output kept of the running instance, and of the one before it (`kubectl logs --previous`). */
   readonly logBytes: number;
+  readonly previousLogBytes: number;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly fetcher?: FetchBytes;
@@ -70,7 +72,7 @@ export interface SupervisorOptions {
 }
 
 export class AppSupervisor {
-  readonly log: LogRing;
+  readonly log: AppLog;
   readonly env: Readonly<Record<string, string>>;
   readonly #o: SupervisorOptions;
   #status: ReportedAppState = { state: "waiting", reason: "ContainerCreating" };
@@ -89,7 +91,11 @@ export class AppSupervisor {
 
   constructor(options: SupervisorOptions) {
     this.#o = options;
-    this.log = new LogRing(options.logBytes);
+    this.log = new AppLog({
+      maxBytes: options.logBytes,
+      previousBytes: options.previousLogBytes,
+      now: () => options.clock.now(),
+    });
     this.env = {
       ...options.baseEnv,
       ...options.app.env,
@@ -109,6 +115,20 @@ export class AppSupervisor {
     const { launch, runAs } = this.#o;
     const [file = "", ...args] = [...(launch ?? []), ...command];
     return { file, args, ids: runAs && !launch ? { uid: runAs.uid, gid: runAs.gid } : {} };
+  }
+
+  get name(): string {
+    return this.#o.app.name;
+  }
+
+  /** The running process's pid, which is also its process group's id (it leads its own group). */
+  get processGroup(): number | undefined {
+    return this.#status.state === "running" ? this.#child?.pid : undefined;
+  }
+
+  /** When the running instance started. */
+  get startedAt(): string | undefined {
+    return this.#status.state === "running" ? this.#status.startedAt : undefined;
   }
 
   /** For the pod phase: current state, whether it ever ran, whether it is done for good. */
@@ -217,10 +237,14 @@ export class AppSupervisor {
       return;
     }
     this.#child = child;
+    // A new instance: what the last one wrote becomes its `previous` log.
+    const instance = this.log.begin();
+    // Its log ends once its output has (not at exit: the last lines may still be in the pipes).
+    child.once("close", () => this.log.end(instance));
     let exited!: () => void;
     this.#exited = new Promise((resolve) => (exited = resolve));
-    child.stdout.on("data", (chunk: Buffer) => this.log.append(chunk));
-    child.stderr.on("data", (chunk: Buffer) => this.log.append(chunk));
+    child.stdout.on("data", (chunk: Buffer) => this.log.append(chunk, "stdout"));
+    child.stderr.on("data", (chunk: Buffer) => this.log.append(chunk, "stderr"));
     let spawned = false;
     await new Promise<void>((resolve) => {
       child.once("spawn", () => {
