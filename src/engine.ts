@@ -31,6 +31,12 @@ import {
   type ProviderEvent,
 } from "./provider/types.ts";
 import { engineView, type EngineView } from "./provider/deferred.ts";
+import {
+  createKubeletApi,
+  resolveKubeletAddress,
+  type KubeletApi,
+  type KubeletBackend,
+} from "./kubelet/index.ts";
 import { ConfigMapStore } from "./state/configmap-store.ts";
 import { checkStateNamespace, stateNamespace } from "./state/namespace-check.ts";
 
@@ -115,6 +121,31 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
           };
     events.record({ object, type: event.type, reason: event.reason, message: event.message });
   };
+  // Every node advertises this address (docs/kubelet-api.md): the pod IP in a cluster.
+  const kubeletAddress = resolveKubeletAddress(config.kubelet, process.env, logger);
+  // Built before the node controller, which gives each node its port at registration; the routes
+  // read the controllers through `serving` once they exist.
+  const serving: { provider?: PodLifecycleProvider; nodes?: NodeController; pods?: PodController } = {};
+  let kubelet: KubeletApi | undefined;
+  try {
+    kubelet = config.kubelet.serve
+      ? createKubeletApi({
+          config: config.kubelet,
+          address: kubeletAddress,
+          kube,
+          backend: kubeletBackend(serving),
+          events,
+          stateNamespace: namespace.name,
+          kubeconfigPath: config.kubeconfig,
+          logger,
+          ...(options.clock ? { clock: options.clock } : {}),
+        })
+      : undefined;
+  } catch (err) {
+    // A client CA that cannot be found: refuse to start, as for any configuration error.
+    if (!options.kube) await kube.close();
+    throw err;
+  }
   const addresses = addressChecker(config.nodes.addressRanges);
   // The engine's own signal: the caller's, or a fatal error the provider reports.
   const running = new AbortController();
@@ -147,6 +178,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     throw err;
   }
   const provider = view.provider;
+  serving.provider = provider;
   const nodes = new NodeController({
     kube,
     inventory: hasDeviceInventory(provider) ? provider : emptyInventory,
@@ -158,6 +190,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     // Deleting the Node of a device that is away decommissions it (docs/protocol.md § 5).
     ...(hasDeviceRetirement(provider) ? { retirement: provider } : {}),
     ...(options.clock ? { clock: options.clock } : {}),
+    ...(kubelet ? { kubeletPorts: kubelet.ports } : {}),
     events,
     config: {
       namePrefix: config.nodes.namePrefix,
@@ -167,7 +200,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
       leaseRenewIntervalSeconds: config.lease.renewIntervalSeconds,
       statusMaxIntervalSeconds: config.nodeStatus.maxIntervalSeconds,
       kubeletPort: config.kubelet.port,
-      kubeletAddress: config.kubelet.address,
+      kubeletAddress,
       heartbeatQps: config.api.heartbeatQps,
       deviceLabels: config.nodes.deviceLabels,
       addressRanges: config.nodes.addressRanges,
@@ -181,9 +214,13 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     events,
     logger,
     ...(options.clock ? { clock: options.clock } : {}),
-    config: { ...config.pods, kubeletAddress: config.kubelet.address },
+    config: { ...config.pods, kubeletAddress },
   });
+  serving.nodes = nodes;
+  serving.pods = pods;
   const shutdown = async () => {
+    // No new logs or exec once stopping; open streams end (their provider calls see the abort).
+    await kubelet?.close();
     // Reconciles still running finish their provider calls first; none starts after `stop`.
     await view.close(STOP_DRAIN_MS);
     if (hasLifecycle(provider)) await provider.stop();
@@ -192,6 +229,8 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   try {
     // Nodes first: the ones an earlier run registered are heartbeated (and stay Ready) even while
     // the provider waits for an unreachable broker. Pods only once the provider can say what runs.
+    // The kubelet API's certificate is obtained in the background (a CSR may wait for a human).
+    kubelet?.start(running.signal);
     await nodes.start(running.signal);
     if (hasLifecycle(provider)) {
       logger.info({ nodes: nodes.nodeNames().length }, "nodes are heartbeating; waiting for the provider");
@@ -215,6 +254,39 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   // A caller that never awaits `done` must not see an unhandled rejection: the fatal error is logged.
   done.catch(() => undefined);
   return { kube, provider, nodes, pods, done };
+}
+
+/**
+ * What the kubelet API reads from the engine: the controllers once they exist (a request that
+ * comes before sees no pods), the provider through the engine's view.
+ */
+function kubeletBackend(serving: {
+  readonly provider?: PodLifecycleProvider;
+  readonly nodes?: NodeController;
+  readonly pods?: PodController;
+}): KubeletBackend {
+  const firstServed = new Map<string, Date>();
+  return {
+    // Set before any node has a port, so before any request can come.
+    get provider() {
+      if (!serving.provider) throw new Error("the kubelet API was asked before the provider exists");
+      return serving.provider;
+    },
+    deviceOf: (nodeName) => serving.nodes?.byNodeName(nodeName)?.deviceId,
+    podsOn: (nodeName) => serving.pods?.podsOn(nodeName) ?? [],
+    pod: (namespace, name) => serving.pods?.cachedPod(namespace, name),
+    nodeStartTime: (nodeName) => {
+      let since = firstServed.get(nodeName);
+      if (!since) {
+        since = new Date();
+        // Bounded by the nodes this devicelet serves; a name no longer served is dropped.
+        const served = new Set(serving.nodes?.nodeNames());
+        for (const name of firstServed.keys()) if (!served.has(name)) firstServed.delete(name);
+        firstServed.set(nodeName, since);
+      }
+      return since;
+    },
+  };
 }
 
 /** Every minute, when anything changed: heartbeat load, request queues and reconcile queues. */

@@ -54,7 +54,30 @@ describe("parseConfig", () => {
         statusDebounceMs: 100,
         resyncIntervalMs: 300_000,
       },
-      kubelet: { port: 10250, address: "127.0.0.1" },
+      kubelet: {
+        serve: true,
+        address: "",
+        bindAddress: "",
+        port: 10250,
+        portCount: 1000,
+        clientCAFile: "",
+        tls: {
+          source: "csr",
+          certFile: "",
+          keyFile: "",
+          secretName: "",
+          secretNamespace: "",
+          csrApprove: false,
+          csrExpirationSeconds: 0,
+          csrSecretName: "devicelet-kubelet-serving",
+        },
+        auth: {
+          authenticationCacheTTLSeconds: 120,
+          authorizedCacheTTLSeconds: 300,
+          unauthorizedCacheTTLSeconds: 30,
+          cacheSize: 4096,
+        },
+      },
       log: { level: "info" },
       provider: { type: "mock", config: {} },
       state: { namespace: null },
@@ -87,7 +110,7 @@ describe("parseConfig", () => {
     expect(config.nodes.namePrefix).toBe("dev-");
     expect(config.nodes.extraLabels).toEqual({ "example.com/site": "berlin" });
     expect(config.state.namespace).toBe("devicelet-system");
-    expect(config.kubelet).toEqual({ port: 10250, address: "::1" });
+    expect(config.kubelet).toMatchObject({ port: 10250, address: "::1", bindAddress: "", serve: true });
   });
 
   it("returns a deep-frozen object", () => {

@@ -43,6 +43,7 @@ export {
   LOG_LEVELS,
   patterns,
   type DeviceletConfig,
+  type KubeletConfig,
   type LogLevel,
   type ProviderSection,
 } from "./schema.ts";

@@ -100,6 +100,27 @@ describe("configuration rules", () => {
     expect(problems[0]?.message).toContain(why);
   });
 
+  it("kubelet: the port range fits, and the certificate source has what it needs", () => {
+    const core = (kubelet: string) => paths(`provider: { type: mock }\nkubelet: ${kubelet}\n`);
+    expect(core("{ port: 65000, portCount: 1000 }")).toEqual([
+      "/kubelet/portCount: the range 65000..65999 goes past port 65535",
+    ]);
+    expect(core("{ tls: { source: files, certFile: '' } }")).toEqual([
+      "/kubelet/tls/certFile: is required when /kubelet/tls/source is files",
+      "/kubelet/tls/keyFile: is required when /kubelet/tls/source is files",
+    ]);
+    expect(core(`{ tls: { source: files, certFile: ${pem}, keyFile: ${missing} } }`)).toEqual([
+      `/kubelet/tls/keyFile: file ${JSON.stringify(missing)} does not exist`,
+    ]);
+    expect(core("{ tls: { source: secret } }")).toEqual([
+      "/kubelet/tls/secretName: is required when /kubelet/tls/source is secret",
+    ]);
+    expect(core("{ address: not-an-ip }")).toEqual(["/kubelet/address: must be a valid ip address"]);
+    // Not served: nothing about the certificate matters.
+    expect(core("{ serve: false, tls: { source: files } }")).toEqual([]);
+    expect(core("{ address: '', bindAddress: 10.0.0.1, tls: { source: csr } }")).toEqual([]);
+  });
+
   it("accepts the narrowest and widest ranges the allocator serves", () => {
     expect(paths(`pods: { ipRange: 10.0.0.0/30 }\nprovider: { type: mock }`)).toEqual([]);
     expect(paths(`pods: { ipRange: 10.0.0.0/8 }\nprovider: { type: mock }`)).toEqual([]);

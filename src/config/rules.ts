@@ -94,5 +94,43 @@ export const coreChecks: ConfigCheck = (data) => {
     ...compare(data, "/api/heartbeatBurst", "/api/heartbeatQps", "at least"),
     ...(rangeProblem === undefined ? [] : [{ path: "/pods/ipRange", message: rangeProblem }]),
     ...readableFile(data, "/kubeconfig"),
+    ...kubeletChecks(data),
   ];
+};
+
+/** The `kubelet` section: the port range fits, and the chosen certificate source has what it needs. */
+const kubeletChecks: ConfigCheck = (data) => {
+  const problems: RuleProblem[] = [];
+  const port = valueAt(data, "/kubelet/port");
+  const count = valueAt(data, "/kubelet/portCount");
+  if (typeof port === "number" && typeof count === "number" && port !== 0 && port + count - 1 > 65535) {
+    problems.push({
+      path: "/kubelet/portCount",
+      message: `the range ${port}..${port + count - 1} goes past port 65535`,
+      involves: ["/kubelet/port", "/kubelet/portCount"],
+    });
+  }
+  // What the certificate needs matters only when the kubelet API is served.
+  if (valueAt(data, "/kubelet/serve") === false) return problems;
+  const source = valueAt(data, "/kubelet/tls/source");
+  const needs = (field: string) =>
+    valueAt(data, field) === ""
+      ? [
+          {
+            path: field,
+            message: `is required when /kubelet/tls/source is ${String(source)}`,
+            involves: [field, "/kubelet/tls/source"],
+          },
+        ]
+      : [];
+  if (source === "files") {
+    problems.push(...needs("/kubelet/tls/certFile"), ...needs("/kubelet/tls/keyFile"));
+    problems.push(
+      ...readableFile(data, "/kubelet/tls/certFile"),
+      ...readableFile(data, "/kubelet/tls/keyFile"),
+    );
+  }
+  if (source === "secret") problems.push(...needs("/kubelet/tls/secretName"));
+  problems.push(...readableFile(data, "/kubelet/clientCAFile"));
+  return problems;
 };

@@ -43,6 +43,11 @@ const integer = (def: number, minimum: number, maximum?: number) =>
 const section = <P extends Record<string, unknown>>(description: string, properties: P) =>
   ({ type: "object", description, default: {}, additionalProperties: false, properties }) as const;
 
+/** An IP address, or "" for "choose for me" (the field's doc says what is chosen). */
+const ipOrEmpty = { type: "string", default: "", if: { minLength: 1 }, then: { format: "ip" } } as const;
+const dnsSubdomainOrEmpty = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$";
+const dnsLabelOrEmpty = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$";
+
 /**
  * JSON Schema (draft-07, as ajv 8 compiles by default) of the core configuration file. Uses the
  * custom formats `ip` and `cidr`, which {@link parseConfig} registers.
@@ -113,9 +118,35 @@ export const coreConfigSchema = {
       statusDebounceMs: integer(100, 0),
       resyncIntervalMs: integer(300_000, 1_000),
     }),
-    kubelet: section("Kubelet endpoint advertised in node status.", {
+    kubelet: section("The kubelet API devicelet serves for its nodes (docs/kubelet-api.md).", {
+      serve: { type: "boolean", default: true },
+      address: ipOrEmpty,
+      bindAddress: ipOrEmpty,
       port: integer(10250, 0, 65535),
-      address: { type: "string", default: "127.0.0.1", format: "ip" },
+      portCount: integer(1000, 1, 65535),
+      clientCAFile: { type: "string", default: "" },
+      tls: section("Where the serving certificate comes from.", {
+        source: { type: "string", default: "csr", enum: ["csr", "secret", "files"] },
+        certFile: { type: "string", default: "" },
+        keyFile: { type: "string", default: "" },
+        secretName: { type: "string", default: "", pattern: dnsSubdomainOrEmpty, maxLength: 253 },
+        secretNamespace: { type: "string", default: "", pattern: dnsLabelOrEmpty, maxLength: 63 },
+        csrApprove: { type: "boolean", default: false },
+        csrExpirationSeconds: { type: "integer", default: 0, anyOf: [{ const: 0 }, { minimum: 600 }] },
+        csrSecretName: {
+          type: "string",
+          default: "devicelet-kubelet-serving",
+          pattern: dnsSubdomainOrEmpty,
+          minLength: 1,
+          maxLength: 253,
+        },
+      }),
+      auth: section("Caches of authentication and authorization reviews.", {
+        authenticationCacheTTLSeconds: integer(120, 0),
+        authorizedCacheTTLSeconds: integer(300, 0),
+        unauthorizedCacheTTLSeconds: integer(30, 0),
+        cacheSize: integer(4096, 1),
+      }),
     }),
     log: section("Logging.", {
       level: { type: "string", default: "info", enum: LOG_LEVELS },
@@ -185,10 +216,44 @@ export interface DeviceletConfig {
     /** Every managed pod is reconciled again about this often (jittered); cheap when nothing changed. */
     readonly resyncIntervalMs: number;
   };
-  readonly kubelet: { readonly port: number; readonly address: string };
+  /** The kubelet API (docs/kubelet-api.md); `address`/`bindAddress` "" as resolved by `src/kubelet`. */
+  readonly kubelet: KubeletConfig;
   readonly log: { readonly level: LogLevel };
   readonly provider: ProviderSection;
   readonly state: { readonly namespace: string | null };
+}
+
+/** The `kubelet` section; docs/configuration.md describes each key. */
+export interface KubeletConfig {
+  /** Run the kubelet API; when false, nodes still advertise `address` and `port`. */
+  readonly serve: boolean;
+  /** Advertised InternalIP of every node; "" = $DEVICELET_POD_IP, else 127.0.0.1. */
+  readonly address: string;
+  /** Where the servers listen; "" = the advertised address. */
+  readonly bindAddress: string;
+  /** First port of the range `port` .. `port + portCount - 1`, one per node; 0 = any free port. */
+  readonly port: number;
+  readonly portCount: number;
+  /** CA that client certificates must chain to; "" = in-cluster service-account CA, else the kubeconfig's. */
+  readonly clientCAFile: string;
+  readonly tls: {
+    readonly source: "csr" | "secret" | "files";
+    readonly certFile: string;
+    readonly keyFile: string;
+    readonly secretName: string;
+    /** "" = devicelet's state namespace. */
+    readonly secretNamespace: string;
+    readonly csrApprove: boolean;
+    /** 0 = the signer's default. */
+    readonly csrExpirationSeconds: number;
+    readonly csrSecretName: string;
+  };
+  readonly auth: {
+    readonly authenticationCacheTTLSeconds: number;
+    readonly authorizedCacheTTLSeconds: number;
+    readonly unauthorizedCacheTTLSeconds: number;
+    readonly cacheSize: number;
+  };
 }
 
 /** `provider`: `type` names a built-in (`mock`, `mqtt`, `iothub`) or a package to import. */

@@ -9,7 +9,14 @@
  * - `get*` resolves `undefined` on 404; other failures reject with an error `errors.ts` reads;
  * - `options.signal` aborts a wait for the budget and the request itself.
  */
-import { KubeConfig } from "@kubernetes/client-node";
+import {
+  KubeConfig,
+  type V1CertificateSigningRequest,
+  type V1SubjectAccessReviewSpec,
+  type V1SubjectAccessReviewStatus,
+  type V1TokenReviewStatus,
+} from "@kubernetes/client-node";
+import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import type { Logger } from "pino";
 import { RequestBudget } from "./budget.ts";
@@ -28,7 +35,16 @@ import type {
   PodStatus,
   Secret,
   WatchEvent,
+  Wire,
 } from "./types.ts";
+
+/** certificates.k8s.io/v1 CertificateSigningRequest; `spec.request` and `status.certificate` are base64 PEM. */
+export type CertificateSigningRequest = Wire<V1CertificateSigningRequest>;
+/** What a TokenReview answered: `authenticated`, `user`, `error`. */
+export type TokenReviewStatus = Wire<V1TokenReviewStatus>;
+export type SubjectAccessReviewSpec = Wire<V1SubjectAccessReviewSpec>;
+/** What a SubjectAccessReview answered: `allowed`, `denied`, `reason`, `evaluationError`. */
+export type SubjectAccessReviewStatus = Wire<V1SubjectAccessReviewStatus>;
 
 /** Where kubelets keep their node heartbeat Leases. */
 export const NODE_LEASE_NAMESPACE = "kube-node-lease";
@@ -179,6 +195,42 @@ export interface KubeClient {
   /** Bumps an existing Event's count (merge patch). 404 when it expired. */
   patchEvent(update: EventUpdate, options?: RequestOptions): Promise<CoreEvent>;
 
+  /** Creates a Secret (POST); one that exists already rejects with `isAlreadyExists`. */
+  createSecret(secret: Secret, options?: RequestOptions): Promise<Secret>;
+  /** Replaces a Secret (PUT); `metadata.resourceVersion` is required, a stale one rejects with `isConflict`. */
+  replaceSecret(secret: Secret, options?: RequestOptions): Promise<Secret>;
+
+  /**
+   * Asks the API server who a bearer token belongs to (authentication.k8s.io/v1 TokenReview, no
+   * audiences: the API server's own), as a kubelet does for callers of its API. Never log `token`.
+   */
+  createTokenReview(token: string, options?: RequestOptions): Promise<TokenReviewStatus>;
+  /** Asks the API server whether a user may do something (authorization.k8s.io/v1 SubjectAccessReview). */
+  createSubjectAccessReview(
+    spec: SubjectAccessReviewSpec,
+    options?: RequestOptions,
+  ): Promise<SubjectAccessReviewStatus>;
+
+  /** Creates a certificates.k8s.io/v1 CertificateSigningRequest (`metadata.generateName` works). */
+  createCertificateSigningRequest(
+    csr: CertificateSigningRequest,
+    options?: RequestOptions,
+  ): Promise<CertificateSigningRequest>;
+  getCertificateSigningRequest(
+    name: string,
+    options?: RequestOptions,
+  ): Promise<CertificateSigningRequest | undefined>;
+  /**
+   * Approves a CSR through its `approval` subresource: reads it, adds an `Approved` condition and
+   * writes it back (a concurrent change rejects with `isConflict`). Needs `update` on
+   * `certificatesigningrequests/approval` and `approve` on the signer (`signers` resource).
+   */
+  approveCertificateSigningRequest(
+    name: string,
+    condition: { readonly reason: string; readonly message: string },
+    options?: RequestOptions,
+  ): Promise<CertificateSigningRequest>;
+
   /** Lists any collection path (e.g. `/api/v1/pods`) in pages; for informers. */
   list<T extends KubeObject>(path: string, query?: Query, options?: ListOptions): Promise<ListResult<T>>;
   /** Watches any collection path from `query.resourceVersion`; see `KubeTransport.watch`. */
@@ -219,6 +271,17 @@ export interface KubeClientOptions {
   readonly kubeConfig?: KubeConfig;
 }
 
+/**
+ * The PEM of the CA that the kubeconfig (default: in-cluster, else `$KUBECONFIG` / `~/.kube/config`)
+ * trusts for its current cluster, or undefined when it names none (then the system roots apply).
+ */
+export function kubeconfigClusterCA(kubeconfigPath?: string): string | undefined {
+  const cluster = loadKubeConfig(kubeconfigPath).getCurrentCluster();
+  if (cluster?.caData) return Buffer.from(cluster.caData, "base64").toString("utf8");
+  if (cluster?.caFile) return readFileSync(cluster.caFile, "utf8");
+  return undefined;
+}
+
 export function loadKubeConfig(kubeconfigPath?: string): KubeConfig {
   const kc = new KubeConfig();
   if (kubeconfigPath) kc.loadFromFile(kubeconfigPath);
@@ -230,6 +293,7 @@ const enc = encodeURIComponent;
 const ns = (namespace: string) => `/api/v1/namespaces/${enc(namespace)}`;
 const leases = (namespace: string) => `/apis/coordination.k8s.io/v1/namespaces/${enc(namespace)}/leases`;
 const MERGE = "application/merge-patch+json";
+const CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 
 /** Creates the client; synchronous, no request is made until the first call. */
 export function createKubeClient(options: KubeClientOptions): KubeClient {
@@ -492,6 +556,73 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
       };
       if (u.message !== undefined) body.message = u.message;
       return patch<CoreEvent>(`${ns(u.namespace)}/events/${enc(u.name)}`, body, o);
+    },
+
+    createSecret: (secret, o) =>
+      http.request<Secret>({
+        method: "POST",
+        path: `${ns(secret.metadata?.namespace ?? "default")}/secrets`,
+        body: { ...secret, apiVersion: "v1", kind: "Secret" },
+        signal: o?.signal,
+      }),
+    replaceSecret: (secret, o) => {
+      const { name, namespace, resourceVersion } = secret.metadata ?? {};
+      if (!name || !namespace || !resourceVersion)
+        return Promise.reject(
+          new TypeError("replaceSecret needs metadata.name, metadata.namespace and metadata.resourceVersion"),
+        );
+      return http.request<Secret>({
+        method: "PUT",
+        path: `${ns(namespace)}/secrets/${enc(name)}`,
+        body: { ...secret, apiVersion: "v1", kind: "Secret" },
+        signal: o?.signal,
+      });
+    },
+
+    createTokenReview: async (token, o) => {
+      const review = await http.request<{ status?: TokenReviewStatus }>({
+        method: "POST",
+        path: "/apis/authentication.k8s.io/v1/tokenreviews",
+        body: { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token } },
+        signal: o?.signal,
+      });
+      return review.status ?? {};
+    },
+    createSubjectAccessReview: async (spec, o) => {
+      const review = await http.request<{ status?: SubjectAccessReviewStatus }>({
+        method: "POST",
+        path: "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        body: { apiVersion: "authorization.k8s.io/v1", kind: "SubjectAccessReview", spec },
+        signal: o?.signal,
+      });
+      return review.status ?? { allowed: false };
+    },
+
+    createCertificateSigningRequest: (csr, o) =>
+      http.request<CertificateSigningRequest>({
+        method: "POST",
+        path: CSRS,
+        body: { ...csr, apiVersion: "certificates.k8s.io/v1", kind: "CertificateSigningRequest" },
+        signal: o?.signal,
+      }),
+    getCertificateSigningRequest: (name, o) => get<CertificateSigningRequest>(`${CSRS}/${enc(name)}`, o),
+    approveCertificateSigningRequest: async (name, condition, o) => {
+      const csr = await http.request<CertificateSigningRequest>({
+        method: "GET",
+        path: `${CSRS}/${enc(name)}`,
+        signal: o?.signal,
+      });
+      const now = toKubeTime();
+      const conditions = [
+        ...(csr.status?.conditions ?? []).filter((c) => c.type !== "Approved"),
+        { type: "Approved", status: "True", ...condition, lastUpdateTime: now, lastTransitionTime: now },
+      ];
+      return http.request<CertificateSigningRequest>({
+        method: "PUT",
+        path: `${CSRS}/${enc(name)}/approval`,
+        body: { ...csr, status: { ...csr.status, conditions } },
+        signal: o?.signal,
+      });
     },
 
     list,

@@ -17,6 +17,7 @@ export interface NodeControllerConfig {
   readonly leaseDurationSeconds: number;
   readonly leaseRenewIntervalSeconds: number;
   readonly statusMaxIntervalSeconds: number;
+  /** The port every node advertises when there is no {@link NodeControllerOptions.kubeletPorts}. */
   readonly kubeletPort: number;
   readonly kubeletAddress: string;
   /** The heartbeat lane's rate limit, to warn when the fleet outgrows it. */
@@ -55,6 +56,19 @@ export interface NodeControllerOptions {
   readonly retirement?: DeviceRetirement;
   /** Times leases, status heartbeats, retries and polls; default the system clock. */
   readonly clock?: Clock;
+  /**
+   * The kubelet API's per-node ports (src/kubelet/ports.ts): each node advertises its own, kept
+   * across restarts. Absent (the kubelet API is not served): every node advertises `kubeletPort`.
+   */
+  readonly kubeletPorts?: KubeletPortAssigner;
+}
+
+/** Hands each node a kubelet API port of its own (src/kubelet/ports.ts). */
+export interface KubeletPortAssigner {
+  /** The node's port, preferring `preferred` (the one its Node advertises); 0 when none is free. */
+  assign(nodeName: string, preferred?: number): Promise<number>;
+  /** The node is gone: its port is free again. */
+  release(nodeName: string): Promise<void>;
 }
 
 /** What the rest of devicelet may know about a managed node. */
@@ -88,6 +102,8 @@ export interface NodeEntry {
   nodeDeleted: boolean;
   /** The provider reported the device gone for good: its Node is to be deleted and the entry forgotten. */
   gone: boolean;
+  /** The node's own kubelet API port, once assigned (0: none was free); undefined without per-node ports. */
+  kubeletPort: number | undefined;
 }
 
 /** A device's entry as first seen: no lease, no status written, nothing deleted. */
@@ -100,5 +116,6 @@ export function newEntry(o: Pick<NodeEntry, "name" | "device" | "problems" | "ow
     lastStatusAt: 0,
     nodeDeleted: false,
     gone: false,
+    kubeletPort: undefined,
   };
 }

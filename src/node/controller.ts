@@ -300,6 +300,7 @@ export class NodeController {
     this.#byName.delete(entry.name);
     this.#names.release(deviceId);
     this.#notices.forget(deviceId);
+    await this.#releasePort(entry);
   }
 
   async #reconcile(deviceId: string): Promise<ReconcileResult> {
@@ -310,6 +311,7 @@ export class NodeController {
       return undefined;
     }
     if (entry.nodeDeleted && (await this.#afterNodeDeleted(entry, deviceId)) === "retired") return undefined;
+    await this.#assignPort(entry);
     let node = entry.device ? await this.#register(entry, deviceId) : this.#informer.get(entry.name);
     if (entry.ownership === "refused") {
       return { requeueAfterMs: this.#o.recheckRefusedMs ?? DEFAULT_RECHECK_REFUSED_MS };
@@ -362,7 +364,7 @@ export class NodeController {
         taintKey: config.taintKey,
         extraLabels: config.extraLabels,
         deviceLabels: this.#birthPolicy.labels,
-        kubeletPort: config.kubeletPort,
+        kubeletPort: entry.kubeletPort ?? config.kubeletPort,
         kubeletAddress: config.kubeletAddress,
         version,
         now: new Date(this.#clock.now()),
@@ -406,7 +408,26 @@ export class NodeController {
     this.#byName.delete(entry.name);
     this.#names.release(deviceId);
     this.#notices.forget(deviceId);
+    await this.#releasePort(entry);
     return "retired";
+  }
+
+  /**
+   * Gives the node its kubelet API port before it is registered or heartbeated: the one its Node
+   * advertises when that is free (a restart keeps ports), else the lowest free one. A node that got
+   * none (0: the range is used up) asks again at each reconcile, and its heartbeat reconciles it.
+   */
+  async #assignPort(entry: NodeEntry): Promise<void> {
+    const ports = this.#o.kubeletPorts;
+    if (!ports || entry.ownership === "refused" || entry.kubeletPort) return;
+    const advertised = this.#informer.get(entry.name)?.status?.daemonEndpoints?.kubeletEndpoint?.Port;
+    entry.kubeletPort = await ports.assign(entry.name, advertised);
+  }
+
+  async #releasePort(entry: NodeEntry): Promise<void> {
+    if (entry.kubeletPort === undefined) return;
+    entry.kubeletPort = undefined;
+    await this.#o.kubeletPorts?.release(entry.name);
   }
 
   #stopLease(entry: NodeEntry): void {
@@ -431,6 +452,7 @@ export class NodeController {
     entry.ownership = "refused";
     entry.lastStatus = undefined;
     this.#stopLease(entry);
+    void this.#releasePort(entry);
     const providerID = node.spec?.providerID ? ` (providerID ${node.spec.providerID})` : "";
     this.#notices.refused(
       deviceId,

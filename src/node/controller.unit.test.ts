@@ -12,6 +12,7 @@ import type { DeviceInventory } from "../provider/types.ts";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { seededRandom } from "../../test/support/seeded-random.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
+import type { KubeletPortAssigner } from "./controller-types.ts";
 import { NodeController } from "./controller.ts";
 
 const logger = pino({ level: "silent" });
@@ -41,10 +42,15 @@ async function world(): Promise<World> {
 }
 
 /** A NodeController on `w`; a second one on the same world is devicelet after a restart. */
-async function startNodes(w: World, inventory: DeviceInventory = w.provider) {
+async function startNodes(
+  w: World,
+  inventory: DeviceInventory = w.provider,
+  kubeletPorts?: KubeletPortAssigner,
+) {
   const stop = new AbortController();
   stops.push(stop);
   const nodes = new NodeController({
+    ...(kubeletPorts ? { kubeletPorts } : {}),
     kube: w.kube,
     inventory,
     providerName: "mock",
@@ -109,6 +115,47 @@ describe("NodeController (fake API server, FakeClock)", () => {
     expect(nodes.byNodeName("dev-0")?.deviceId).toBe("dev-0");
     const ready = w.kube.object("nodes", "dev-0")?.status?.conditions?.find((c) => c.type === "Ready");
     expect(ready?.status).toBe("True");
+  });
+
+  it("advertises each node's own kubelet port, keeps it after a restart and frees it when the device goes", async () => {
+    const w = await world();
+    /** Hands out 20000, 20001, … in order of asking; remembers what was preferred and released. */
+    const assigner = () => {
+      const held = new Map<string, number>();
+      const preferred = new Map<string, number | undefined>();
+      const released: string[] = [];
+      let next = 20000;
+      const ports: KubeletPortAssigner = {
+        assign: (node, want) => {
+          preferred.set(node, want);
+          if (!held.has(node)) held.set(node, want ?? next++);
+          return Promise.resolve(held.get(node) ?? 0);
+        },
+        release: (node) => {
+          released.push(node);
+          held.delete(node);
+          return Promise.resolve();
+        },
+      };
+      return { ports, held, preferred, released };
+    };
+    const first = assigner();
+    const run = await startNodes(w, w.provider, first.ports);
+    const portOf = (name: string) =>
+      w.kube.object("nodes", name)?.status?.daemonEndpoints?.kubeletEndpoint?.Port;
+    expect(DEVICES.map(portOf)).toEqual(DEVICES.map((d) => first.held.get(d)));
+    expect(new Set(DEVICES.map(portOf)).size).toBe(2);
+    // A heartbeat's status write keeps the node's own port.
+    await w.clock.advanceAsync(61_000);
+    expect(DEVICES.map(portOf)).toEqual(DEVICES.map((d) => first.held.get(d)));
+    run.stop.abort();
+    const second = assigner();
+    await startNodes(w, w.provider, second.ports);
+    expect(DEVICES.map((d) => second.preferred.get(d))).toEqual(DEVICES.map((d) => first.held.get(d)));
+    w.provider.removeDevice("dev-1");
+    await w.clock.advanceAsync(0);
+    await w.clock.advanceAsync(1_000);
+    expect(second.released).toEqual(["dev-1"]);
   });
 
   it("heartbeats the nodes of an earlier run before the provider reports any device", async () => {

@@ -43,7 +43,8 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
     transport: o.transport,
     now: new Date(clock.now()),
     previous: entry.lastStatus ?? node.status,
-    kubeletPort: config.kubeletPort,
+    // The node's own port when the kubelet API is served (per-node ports), else the configured one.
+    kubeletPort: entry.kubeletPort ?? config.kubeletPort,
     kubeletAddress: config.kubeletAddress,
     version,
   };

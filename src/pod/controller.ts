@@ -229,6 +229,16 @@ export class PodController {
     };
   }
 
+  /** The pods bound to `nodeName` as the API server has them (the watch cache); for the kubelet API. */
+  podsOn(nodeName: string): Pod[] {
+    return this.#informer.byIndex("node", nodeName);
+  }
+
+  /** A bound pod as the API server has it (the watch cache), whatever its node; for the kubelet API. */
+  cachedPod(namespace: string, name: string): Pod | undefined {
+    return this.#informer.get(`${namespace}/${name}`);
+  }
+
   #manages(pod: Pod): boolean {
     const node = pod.spec?.nodeName;
     return node !== undefined && this.#o.nodes.byNodeName(node) !== undefined;

@@ -99,6 +99,8 @@ export class EngineSuite<P extends PodLifecycleProvider> {
         log: { level: "warn" },
         // The engine's durable store (ConfigMaps) lives with the suite, and goes with it.
         state: { namespace: this.namespace },
+        // The scenarios are about pods and nodes; the kubelet API (and its certificate) is not theirs.
+        kubelet: { serve: false },
         // A type no schema is registered for: the target builds its provider itself.
         provider: { type: `conformance-kit-${this.#target.name}`, config: {} },
       }),

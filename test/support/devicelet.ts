@@ -61,6 +61,8 @@ export async function runDevicelet(options: {
       kubeconfig: deviceletKubeconfig(),
       nodes: { extraLabels: { "devicelet.dev/test": options.id } },
       log: { level: "debug" },
+      // The kubelet API needs a serving certificate and a port range: only tests that ask for it.
+      kubelet: { serve: false },
       ...options.config(dir),
     }),
   );

@@ -108,6 +108,8 @@ interface Fault {
 }
 
 const clone = <T>(o: T): T => structuredClone(o);
+const unsupported = (verb: string): Promise<never> =>
+  Promise.reject(new Error(`FakeKube does not implement ${verb}`));
 const keyOf = (namespace: string | undefined, name: string) => (namespace ? `${namespace}/${name}` : name);
 
 /** RFC 7386 JSON merge patch: objects merge, `null` removes, anything else (arrays too) replaces. */
@@ -465,6 +467,30 @@ export class FakeKube implements KubeClient {
 
   watch<T extends KubeObject>(p: string, query: Query, options?: WatchOptions): AsyncIterable<WatchEvent<T>> {
     return this.#watch<T>(p, query, options);
+  }
+
+  // The kubelet API's reviews, CSRs and Secret writes are tested against the real API server
+  // (test/integration/kubelet-*.test.ts); the controllers under test here never make them.
+  createSecret(): Promise<never> {
+    return unsupported("createSecret");
+  }
+  replaceSecret(): Promise<never> {
+    return unsupported("replaceSecret");
+  }
+  createTokenReview(): Promise<never> {
+    return unsupported("createTokenReview");
+  }
+  createSubjectAccessReview(): Promise<never> {
+    return unsupported("createSubjectAccessReview");
+  }
+  createCertificateSigningRequest(): Promise<never> {
+    return unsupported("createCertificateSigningRequest");
+  }
+  getCertificateSigningRequest(): Promise<never> {
+    return unsupported("getCertificateSigningRequest");
+  }
+  approveCertificateSigningRequest(): Promise<never> {
+    return unsupported("approveCertificateSigningRequest");
   }
 
   close(): Promise<void> {
