@@ -5,3 +5,6 @@
 KUBE_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
+# metrics-server serves the aggregated metrics.k8s.io API that `kubectl top` reads; the kubelet API
+# tests build it to scrape devicelet the way a cluster would.
+METRICS_SERVER_VERSION=v0.8.0

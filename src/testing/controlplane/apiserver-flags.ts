@@ -23,14 +23,23 @@ rules:
 
 /**
  * kube-apiserver's command line, one function for `up` and `startApiServer` so a restarted API
- * server runs with exactly the flags and port of the first one.
+ * server runs with exactly the flags and port of the first one. `address` is where it listens and
+ * what it advertises: 127.0.0.1, or the documentation-range address of a control plane run in a
+ * network namespace (etcd stays on that namespace's own loopback).
  */
-export function apiServerArgs(o: { dir: string; pki: Pki; etcdPort: number; port: number }): string[] {
+export function apiServerArgs(o: {
+  dir: string;
+  pki: Pki;
+  etcdPort: number;
+  port: number;
+  address?: string;
+}): string[] {
   const { dir, pki } = o;
+  const address = o.address ?? "127.0.0.1";
   return [
     `--etcd-servers=http://127.0.0.1:${o.etcdPort}`,
-    "--bind-address=127.0.0.1",
-    "--advertise-address=127.0.0.1",
+    `--bind-address=${address}`,
+    `--advertise-address=${address}`,
     `--secure-port=${o.port}`,
     `--tls-cert-file=${pki.cert("apiserver").cert}`,
     `--tls-private-key-file=${pki.cert("apiserver").key}`,
@@ -45,6 +54,18 @@ export function apiServerArgs(o: { dir: string; pki: Pki; etcdPort: number; port
     "--authorization-mode=Node,RBAC",
     "--enable-admission-plugins=NodeRestriction",
     "--allow-privileged=true",
+    // The aggregation layer (metrics-server behind `kubectl top`): the API server authenticates
+    // the caller, then proxies to the extension API server with the front-proxy client
+    // certificate and the caller's identity in these headers. Routing to the endpoint address
+    // rather than the Service's cluster IP, since the harness runs no kube-proxy.
+    `--requestheader-client-ca-file=${pki.frontProxyCaCert}`,
+    "--requestheader-allowed-names=front-proxy-client",
+    "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+    "--requestheader-group-headers=X-Remote-Group",
+    "--requestheader-username-headers=X-Remote-User",
+    `--proxy-client-cert-file=${pki.cert("front-proxy-client").cert}`,
+    `--proxy-client-key-file=${pki.cert("front-proxy-client").key}`,
+    "--enable-aggregator-routing=true",
     // Endpoints cannot hold loopback addresses; with nothing to reconcile, turn it off.
     "--endpoint-reconciler-type=none",
     // Benchmarks push thousands of writes; the defaults (400/200) throttle the harness, not devicelet.

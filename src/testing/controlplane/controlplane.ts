@@ -8,11 +8,26 @@
  *   await stopApiServer({ dir: ".testenv", signal: "SIGKILL" });   // an API-server outage…
  *   await startApiServer({ dir: ".testenv" });     // …ended: same flags, same port, ready again
  *   await down({ dir: ".testenv" });               // stops exactly the processes `up` started
+ *
+ * With `network`, every process runs inside an existing network namespace (`ip netns exec`) and the
+ * API server listens on and advertises that namespace's address; this process cannot reach it, so
+ * health checks run curl inside the namespace. The kubelet API tests use it (test/support/lab.ts):
+ * the API server's node proxy refuses loopback node addresses.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { freePort, httpsGet, isOurs, startDaemon, stopDaemon, waitFor, type Daemon } from "./process.ts";
+import {
+  freePort,
+  httpsGet,
+  isOurs,
+  netnsProbe,
+  startDaemon,
+  stopDaemon,
+  waitFor,
+  type Daemon,
+  type Probe,
+} from "./process.ts";
 import { apiServerArgs, auditPolicy } from "./apiserver-flags.ts";
 import { ensurePki, type Pki } from "./pki.ts";
 
@@ -41,7 +56,24 @@ export interface ControlPlaneState {
   readonly daemons: readonly Daemon[];
   readonly ports: Readonly<Record<string, number>>;
   readonly startedAt: string;
+  /** Set when it runs inside a network namespace. */
+  readonly network?: NetworkNamespace;
+  /**
+   * The API server runs with the aggregation layer's front-proxy flags. A control plane recorded
+   * without it was started by an older harness and is restarted by `up`.
+   */
+  readonly aggregation?: true;
 }
+
+/** An existing network namespace, and the address on its loopback the API server uses. */
+export interface NetworkNamespace {
+  readonly namespace: string;
+  readonly address: string;
+}
+
+/** How to reach the control plane's processes: directly, or through curl inside its namespace. */
+const probeFor = (network: NetworkNamespace | undefined): Probe =>
+  network ? netnsProbe(network.namespace) : httpsGet;
 
 type Log = (message: string) => void;
 
@@ -75,9 +107,9 @@ export function readState(dir: string): ControlPlaneState | undefined {
 /** The running control plane recorded in `dir`, when every process is ours and the API server is ready. */
 export async function running(dir: string): Promise<ControlPlaneState | undefined> {
   const state = readState(dir);
-  if (!state?.daemons.every(isOurs)) return undefined;
+  if (!state?.aggregation || !state.daemons.every(isOurs)) return undefined;
   const pki = path.join(dir, "pki");
-  const ready = await httpsGet(`${state.server}/readyz`, {
+  const ready = await probeFor(state.network)(`${state.server}/readyz`, {
     ca: path.join(pki, "ca.crt"),
     cert: path.join(pki, "admin.crt"),
     key: path.join(pki, "admin.key"),
@@ -125,6 +157,8 @@ export async function up(options: {
   log?: Log;
   /** The controller-manager's `--node-monitor-grace-period`; default {@link nodeMonitorGraceSeconds}. */
   nodeMonitorGraceSeconds?: number;
+  /** Run every process inside this network namespace (created by the caller), on its address. */
+  network?: NetworkNamespace;
 }): Promise<ControlPlaneState> {
   const log = options.log ?? ((m: string) => console.error(`[testenv] ${m}`));
   const dir = path.resolve(options.dir);
@@ -132,7 +166,7 @@ export async function up(options: {
   if (existing) {
     log(`control plane already running at ${existing.server}`);
     // The ClusterRole may have changed since it was started; applying it again is cheap.
-    applyRbac(dir, existing.binDir);
+    applyRbac(dir, existing.binDir, existing.network);
     writeEnvFiles(dir, existing);
     return existing;
   }
@@ -141,11 +175,15 @@ export async function up(options: {
   const binDir = controlPlaneBinDir(log);
   mkdirSync(path.join(dir, "logs"), { recursive: true });
   rmSync(path.join(dir, "etcd"), { recursive: true, force: true });
-  const pki = ensurePki(path.join(dir, "pki"), identities);
+  const { network } = options;
+  const netns = network?.namespace;
+  const probe = probeFor(network);
+  const host = network?.address ?? "127.0.0.1";
+  const pki = ensurePki(path.join(dir, "pki"), identities, { apiServerIps: network ? [host] : [] });
   const [etcdClient, etcdPeer, apiserverPort, kcmPort, schedulerPort] = (await Promise.all(
     Array.from({ length: 5 }, () => freePort()),
   )) as [number, number, number, number, number];
-  const server = `https://127.0.0.1:${apiserverPort}`;
+  const server = `https://${host}:${apiserverPort}`;
   const bin = (name: string) => path.join(binDir, name);
   const logFile = (name: string) => path.join(dir, "logs", `${name}.log`);
   const daemons: Daemon[] = [];
@@ -165,6 +203,8 @@ export async function up(options: {
             scheduler: schedulerPort,
           },
           startedAt: new Date().toISOString(),
+          ...(network ? { network } : {}),
+          aggregation: true,
         } satisfies ControlPlaneState,
         null,
         2,
@@ -191,15 +231,18 @@ export async function up(options: {
           "--log-level=warn",
         ],
         logFile("etcd"),
+        netns,
       ),
     );
     save();
     await waitFor(
       "etcd",
       async () =>
-        await fetch(`${etcdUrl}/health`)
-          .then((r) => r.ok)
-          .catch(() => false),
+        network
+          ? (await probe(`${etcdUrl}/health`, {})).status === 200
+          : await fetch(`${etcdUrl}/health`)
+              .then((r) => r.ok)
+              .catch(() => false),
       30_000,
       logFile("etcd"),
     );
@@ -209,15 +252,16 @@ export async function up(options: {
       startDaemon(
         "kube-apiserver",
         bin("kube-apiserver"),
-        apiServerArgs({ dir, pki, etcdPort: etcdClient, port: apiserverPort }),
+        apiServerArgs({ dir, pki, etcdPort: etcdClient, port: apiserverPort, address: host }),
         logFile("kube-apiserver"),
+        netns,
       ),
     );
     save();
     const adminTls = { ca: pki.caCert, ...pki.cert("admin") };
     await waitFor(
       "kube-apiserver /readyz",
-      async () => (await httpsGet(`${server}/readyz`, adminTls)).status === 200,
+      async () => (await probe(`${server}/readyz`, adminTls)).status === 200,
       120_000,
       logFile("kube-apiserver"),
     );
@@ -233,7 +277,7 @@ export async function up(options: {
       path.join(dir, "scheduler.kubeconfig"),
       kubeconfig(server, pki, "scheduler", "kube-scheduler"),
     );
-    applyRbac(dir, binDir);
+    applyRbac(dir, binDir, network);
 
     const kcmConfig = path.join(dir, "controller-manager.kubeconfig");
     daemons.push(
@@ -262,6 +306,7 @@ export async function up(options: {
           `--node-monitor-grace-period=${options.nodeMonitorGraceSeconds ?? nodeMonitorGraceSeconds}s`,
         ],
         logFile("kube-controller-manager"),
+        netns,
       ),
     );
     const schedConfig = path.join(dir, "scheduler.kubeconfig");
@@ -278,26 +323,26 @@ export async function up(options: {
           "--leader-elect=false",
         ],
         logFile("kube-scheduler"),
+        netns,
       ),
     );
     save();
     await waitFor(
       "kube-controller-manager /healthz",
-      async () => (await httpsGet(`https://127.0.0.1:${kcmPort}/healthz`, {})).body === "ok",
+      async () => (await probe(`https://127.0.0.1:${kcmPort}/healthz`, {})).body === "ok",
       60_000,
       logFile("kube-controller-manager"),
     );
     await waitFor(
       "kube-scheduler /healthz",
-      async () => (await httpsGet(`https://127.0.0.1:${schedulerPort}/healthz`, {})).body === "ok",
+      async () => (await probe(`https://127.0.0.1:${schedulerPort}/healthz`, {})).body === "ok",
       60_000,
       logFile("kube-scheduler"),
     );
     await waitFor(
       "the default ServiceAccount",
       async () =>
-        (await httpsGet(`${server}/api/v1/namespaces/default/serviceaccounts/default`, adminTls)).status ===
-        200,
+        (await probe(`${server}/api/v1/namespaces/default/serviceaccounts/default`, adminTls)).status === 200,
       60_000,
       logFile("kube-controller-manager"),
     );
@@ -314,17 +359,14 @@ export async function up(options: {
 }
 
 /** Applies devicelet's ClusterRole (manifests/) and binds it to the harness user `devicelet`. */
-function applyRbac(dir: string, binDir: string) {
+function applyRbac(dir: string, binDir: string, network?: NetworkNamespace) {
+  const kubectl = [path.join(binDir, "kubectl"), `--kubeconfig=${path.join(dir, "kubeconfig")}`];
+  const argv = network ? ["ip", "netns", "exec", network.namespace, ...kubectl] : kubectl;
   const apply = (args: string[], input?: string) =>
-    execFileSync(
-      path.join(binDir, "kubectl"),
-      [`--kubeconfig=${path.join(dir, "kubeconfig")}`, "apply", ...args],
-      {
-        input,
-        encoding: "utf8",
-      },
-    );
+    execFileSync(argv[0] ?? "", [...argv.slice(1), "apply", ...args], { input, encoding: "utf8" });
   apply(["-f", path.join(packageRoot, "manifests/clusterrole.yaml")]);
+  // The harness is a dev cluster: devicelet may approve its own kubelet serving CSR (csrApprove).
+  apply(["-f", path.join(packageRoot, "manifests/kubelet-serving-approver.yaml")]);
   apply(["-f", "-"], deviceletBinding);
 }
 
@@ -336,6 +378,19 @@ roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: ClusterRole
   name: devicelet
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: User
+    name: devicelet
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: devicelet-kubelet-serving-approver
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: devicelet-kubelet-serving-approver
 subjects:
   - apiGroup: rbac.authorization.k8s.io
     kind: User
@@ -401,14 +456,22 @@ export async function startApiServer(options: { dir: string }): Promise<void> {
   const pki = ensurePki(path.join(dir, "pki"), identities);
   const adminTls = { ca: pki.caCert, ...pki.cert("admin") };
   const logFile = path.join(dir, "logs", "kube-apiserver.log");
+  const { network } = state;
   if (!isOurs(daemon)) {
     const { etcd, apiserver } = state.ports;
     if (etcd === undefined || apiserver === undefined) throw new Error(`ports missing in ${statePath(dir)}`);
     const restarted = startDaemon(
       "kube-apiserver",
       daemon.binary,
-      apiServerArgs({ dir, pki, etcdPort: etcd, port: apiserver }),
+      apiServerArgs({
+        dir,
+        pki,
+        etcdPort: etcd,
+        port: apiserver,
+        ...(network ? { address: network.address } : {}),
+      }),
       logFile,
+      network?.namespace,
     );
     writeFileSync(
       statePath(dir),
@@ -421,7 +484,7 @@ export async function startApiServer(options: { dir: string }): Promise<void> {
   }
   await waitFor(
     "kube-apiserver /readyz",
-    async () => (await httpsGet(`${state.server}/readyz`, adminTls)).status === 200,
+    async () => (await probeFor(network)(`${state.server}/readyz`, adminTls)).status === 200,
     120_000,
     logFile,
   );

@@ -22,7 +22,7 @@ export interface ControlPlane {
   readonly server: string;
   /** cluster-admin (group system:masters). */
   readonly adminKubeconfig: string;
-  /** User `devicelet`, bound to manifests/clusterrole.yaml and nothing else. */
+  /** User `devicelet`, bound to manifests/clusterrole.yaml and manifests/kubelet-serving-approver.yaml (self-approved kubelet serving certificates, as a dev cluster may allow). */
   readonly deviceletKubeconfig: string;
   /** Folder holding kubectl and the control-plane binaries. */
   readonly binDir: string;

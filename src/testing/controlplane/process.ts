@@ -3,7 +3,7 @@
  * detached with their output in a log file, and stopping exactly the processes we started
  * (checked by their command line, so a recycled pid is never signalled).
  */
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { openSync, readFileSync } from "node:fs";
 import https from "node:https";
 import net from "node:net";
@@ -29,20 +29,37 @@ export interface Daemon {
   readonly binary: string;
 }
 
-/** Starts `binary args` in its own process group, detached from us, output appended to `logFile`. */
-export function startDaemon(name: string, binary: string, args: readonly string[], logFile: string): Daemon {
+/**
+ * Starts `binary args` in its own process group, detached from us, output appended to `logFile`;
+ * inside network namespace `netns` when given. `ip netns exec` enters the namespace and then execs
+ * the binary in the same process, so the recorded pid is the daemon's own.
+ */
+export function startDaemon(
+  name: string,
+  binary: string,
+  args: readonly string[],
+  logFile: string,
+  netns?: string,
+): Daemon {
   const out = openSync(logFile, "a");
-  const child = spawn(binary, args, { detached: true, stdio: ["ignore", out, out] });
+  const [command, argv] = netns ? ["ip", ["netns", "exec", netns, binary, ...args]] : [binary, args];
+  const child = spawn(command, argv, { detached: true, stdio: ["ignore", out, out] });
   if (child.pid === undefined) throw new Error(`${name}: failed to start ${binary}`);
   child.unref();
   return { name, pid: child.pid, binary };
 }
 
-/** True when `pid` is alive and still runs `binary` (its argv[0] names it). */
+/**
+ * True when `pid` is alive and still runs `binary` (its argv[0] names it). Right after a start
+ * in a network namespace the process may still be `ip` itself, about to become the daemon.
+ */
 export function isOurs(daemon: Daemon): boolean {
   try {
-    const argv0 = readFileSync(`/proc/${daemon.pid}/cmdline`, "utf8").split("\0")[0] ?? "";
-    return argv0 === daemon.binary;
+    const argv = readFileSync(`/proc/${daemon.pid}/cmdline`, "utf8").split("\0");
+    // `ip netns exec <ns> <binary> …` not yet replaced by the binary is ours too.
+    return (
+      argv[0] === daemon.binary || (argv[0] === "ip" && argv[1] === "netns" && argv[4] === daemon.binary)
+    );
   } catch {
     return false;
   }
@@ -108,6 +125,38 @@ export async function httpsGet(url: string, tls: TlsFiles): Promise<{ status: nu
     req.on("timeout", () => req.destroy(new Error("timeout")));
     req.on("error", () => resolve({ status: 0, body: "" }));
   });
+}
+
+/** A GET over HTTPS (or HTTP) from where the control plane's processes run. */
+export type Probe = (url: string, tls: TlsFiles) => Promise<{ status: number; body: string }>;
+
+/**
+ * {@link httpsGet} from inside network namespace `netns`, where this process cannot connect: curl
+ * run there with `ip netns exec`. Status 0 when it could not connect.
+ */
+export function netnsProbe(netns: string): Probe {
+  return (url, tls) =>
+    new Promise((resolve) => {
+      const args = [
+        "netns",
+        "exec",
+        netns,
+        "curl",
+        "--silent",
+        "--max-time",
+        "5",
+        "--write-out",
+        "\n%{http_code}",
+      ];
+      if (tls.ca) args.push("--cacert", tls.ca);
+      else args.push("--insecure");
+      if (tls.cert) args.push("--cert", tls.cert);
+      if (tls.key) args.push("--key", tls.key);
+      execFile("ip", [...args, url], { encoding: "utf8" }, (_err, stdout) => {
+        const end = stdout.lastIndexOf("\n");
+        resolve({ status: Number(stdout.slice(end + 1)) || 0, body: stdout.slice(0, Math.max(end, 0)) });
+      });
+    });
 }
 
 /** Polls `check` every 250 ms until it returns true, or fails with `what` after `timeoutMs`. */
