@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, openSync, readdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import pino from "pino";
@@ -58,6 +59,10 @@ try {
 
   const prefix = "demo";
   const devices = fleetSpec({ gateways: 5, childrenPerGateway: 2, mcus: 2, prefix, podsPerGateway: 12 });
+  // The API server will not proxy to a loopback kubelet address (400 "address not allowed"), so the
+  // kubelet API is served on this machine's own address when it has one; it answers only callers
+  // that authenticate (the API server's client certificate, or a token), over TLS.
+  const kubeletAddress = machineAddress();
   const configFile = path.join(demoDir, "devicelet.yaml");
   writeFileSync(
     configFile,
@@ -65,6 +70,12 @@ try {
       kubeconfig: path.join(dir, "devicelet.kubeconfig"),
       log: { level: "info" },
       nodes: { extraLabels: { "devicelet.dev/demo": "true" } },
+      // A local cluster has nobody to approve the serving certificate's CSR: devicelet approves its
+      // own (manifests/kubelet-serving-approver.yaml gives the harness identity that right).
+      kubelet:
+        kubeletAddress === undefined
+          ? { serve: false }
+          : { address: kubeletAddress, tls: { source: "csr", csrApprove: true } },
       provider: {
         type: "mqtt",
         config: {
@@ -147,12 +158,33 @@ try {
   kubectl -n ${namespace} scale deployment/telemetry --replicas=30
   kubectl -n ${namespace} set env deployment/sensor-firmware REPORT_EVERY_SECONDS=10
   kubectl get events -n ${namespace} --sort-by=.lastTimestamp
+${
+  kubeletAddress === undefined
+    ? `
+  (kubectl logs and exec need a non-loopback address for devicelet's kubelet API, and this machine
+  has none; docs/kubelet-api.md shows how the tests use a network namespace instead.)`
+    : `  POD=$(kubectl get pods -n ${namespace} -l app=telemetry -o jsonpath='{.items[0].metadata.name}')
+  kubectl logs -n ${namespace} $POD --tail=5 --timestamps
+  kubectl exec -n ${namespace} $POD -- hostname
+  echo hello | kubectl exec -i -n ${namespace} $POD -- cat
+  kubectl get --raw /api/v1/nodes/${devices[0]?.id ?? "demo-gw-0"}/proxy/stats/summary`
+}
 
 Ctrl-C stops the fleet, devicelet, the broker${reused ? "" : " and the control plane"}.`);
   await new Promise(() => undefined);
 } catch (err) {
   console.error(err);
   await stopAll(1);
+}
+
+/** The first IPv4 address of this machine that is not loopback or link-local, if any. */
+function machineAddress(): string | undefined {
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) {
+      if (a.family === "IPv4" && !a.internal && !a.address.startsWith("169.254.")) return a.address;
+    }
+  }
+  return undefined;
 }
 
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 180_000) {
