@@ -147,6 +147,9 @@ export async function benchSoak(argv: string[]): Promise<void> {
         nodes: { extraLabels: { "devicelet.dev/soak": id }, taintKey: TAINT_KEY },
         state: { namespace: id },
         log: { level: "info" },
+        // Loopback and a free port: a soak measures pods and nodes, not the operator endpoints.
+        health: { port: 0, bindAddress: "127.0.0.1" },
+        kubelet: { serve: false },
         provider: {
           type: "mqtt",
           config: {

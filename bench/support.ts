@@ -213,7 +213,11 @@ export async function measureBurst(o: {
 export function spawnDevicelet(config: object): { child: ChildProcess; logFile: string } {
   const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-bench-"));
   const configFile = path.join(dir, "config.yaml");
-  writeFileSync(configFile, stringify(config));
+  // Benchmarks measure pods and nodes: no kubelet API, health on a free loopback port, unless asked.
+  writeFileSync(
+    configFile,
+    stringify({ kubelet: { serve: false }, health: { port: 0, bindAddress: "127.0.0.1" }, ...config }),
+  );
   const logFile = path.join(dir, "devicelet.log");
   const out = openSync(logFile, "a");
   const child = spawn(

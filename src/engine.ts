@@ -31,6 +31,7 @@ import {
   type ProviderEvent,
 } from "./provider/types.ts";
 import { engineView, type EngineView } from "./provider/deferred.ts";
+import { EngineReadiness, startHealthServer, type HealthServer } from "./health/index.ts";
 import {
   createKubeletApi,
   resolveKubeletAddress,
@@ -149,6 +150,11 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   const addresses = addressChecker(config.nodes.addressRanges);
   // The engine's own signal: the caller's, or a fatal error the provider reports.
   const running = new AbortController();
+  // `/readyz` (docs/configuration.md, `health`): ready once everything has started, never again
+  // once stopping begins, so the pod leaves its Service before anything shuts down.
+  const readiness = new EngineReadiness();
+  running.signal.addEventListener("abort", () => readiness.stopping(), { once: true });
+  let health: HealthServer | undefined;
   const stopRunning = () => running.abort(signal.reason);
   if (signal.aborted) stopRunning();
   else signal.addEventListener("abort", stopRunning, { once: true });
@@ -225,8 +231,19 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     await view.close(STOP_DRAIN_MS);
     if (hasLifecycle(provider)) await provider.stop();
     if (!options.kube) await kube.close();
+    // Last: liveness keeps answering while the provider drains.
+    await health?.close();
   };
   try {
+    // Before anything slow (nodes, the provider's broker), so liveness answers throughout.
+    if (config.health.serve) {
+      health = await startHealthServer({
+        port: config.health.port,
+        bindAddress: config.health.bindAddress,
+        checks: [readiness],
+        logger: logger.child({ component: "health" }),
+      });
+    }
     // Nodes first: the ones an earlier run registered are heartbeated (and stay Ready) even while
     // the provider waits for an unreachable broker. Pods only once the provider can say what runs.
     // The kubelet API's certificate is obtained in the background (a CSR may wait for a human).
@@ -239,6 +256,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     await nodes.syncInventory();
     await pods.start(running.signal);
     if (fatal) throw fatal;
+    readiness.ready();
   } catch (err) {
     running.abort(err);
     await shutdown();

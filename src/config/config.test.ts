@@ -78,6 +78,7 @@ describe("parseConfig", () => {
           cacheSize: 4096,
         },
       },
+      health: { serve: true, bindAddress: "0.0.0.0", port: 8081 },
       log: { level: "info" },
       provider: { type: "mock", config: {} },
       state: { namespace: null },

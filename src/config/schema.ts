@@ -148,6 +148,11 @@ export const coreConfigSchema = {
         cacheSize: integer(4096, 1),
       }),
     }),
+    health: section("devicelet's own /healthz and /readyz, plain HTTP (docs/configuration.md).", {
+      serve: { type: "boolean", default: true },
+      bindAddress: { type: "string", default: "0.0.0.0", format: "ip" },
+      port: integer(8081, 0, 65535),
+    }),
     log: section("Logging.", {
       level: { type: "string", default: "info", enum: LOG_LEVELS },
     }),
@@ -218,6 +223,12 @@ export interface DeviceletConfig {
   };
   /** The kubelet API (docs/kubelet-api.md); `address`/`bindAddress` "" as resolved by `src/kubelet`. */
   readonly kubelet: KubeletConfig;
+  /**
+   * `/healthz` and `/readyz` for the probes of devicelet's own pod, plain HTTP apart from the
+   * kubelet API; on every address by default so the kubelet's probes reach it at the pod IP.
+   * `port` 0: a port the operating system picks (tests).
+   */
+  readonly health: { readonly serve: boolean; readonly bindAddress: string; readonly port: number };
   readonly log: { readonly level: LogLevel };
   readonly provider: ProviderSection;
   readonly state: { readonly namespace: string | null };

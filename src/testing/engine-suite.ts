@@ -101,6 +101,8 @@ export class EngineSuite<P extends PodLifecycleProvider> {
         state: { namespace: this.namespace },
         // The scenarios are about pods and nodes; the kubelet API (and its certificate) is not theirs.
         kubelet: { serve: false },
+        // Suites run side by side: health endpoints on a free loopback port each.
+        health: { port: 0, bindAddress: "127.0.0.1" },
         // A type no schema is registered for: the target builds its provider itself.
         provider: { type: `conformance-kit-${this.#target.name}`, config: {} },
       }),

@@ -63,6 +63,8 @@ export async function runDevicelet(options: {
       log: { level: "debug" },
       // The kubelet API needs a serving certificate and a port range: only tests that ask for it.
       kubelet: { serve: false },
+      // Health endpoints on a free loopback port, so devicelets running side by side never clash.
+      health: { port: 0, bindAddress: "127.0.0.1" },
       ...options.config(dir),
     }),
   );

@@ -452,6 +452,8 @@ async function startLabDevicelet(o: {
       kubeconfig: path.join(o.dir, "devicelet.kubeconfig"),
       nodes: { extraLabels: { "devicelet.dev/test": o.id } },
       log: { level: "debug" },
+      // Health endpoints on a free loopback port, so devicelets running side by side never clash.
+      health: { port: 0, bindAddress: "127.0.0.1" },
       kubelet: {
         address: labAddress,
         port: kubeletPort,
