@@ -23,20 +23,24 @@ import { ensurePki } from "../../src/testing/controlplane/pki.ts";
 
 const candidates = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"];
 
-/** Path of the mosquitto binary, installing Debian's package first when there is none. */
-export function ensureMosquitto(log: (m: string) => void = (m) => console.error(`[mosquitto] ${m}`)): string {
-  const found = candidates.find((c) => existsSync(c));
-  if (found) return found;
-  log("mosquitto is missing; installing it from Debian's packages (apt-get)");
+/** Installs one of Debian's packages (`apt-get`, as root), refreshing the package lists once if needed. */
+export function installDebianPackage(name: string): void {
   const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
-  const install = () =>
-    execFileSync("apt-get", ["install", "-y", "-qq", "mosquitto"], { stdio: "inherit", env });
+  const install = () => execFileSync("apt-get", ["install", "-y", "-qq", name], { stdio: "inherit", env });
   try {
     install();
   } catch {
     execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit", env });
     install();
   }
+}
+
+/** Path of the mosquitto binary, installing Debian's package first when there is none. */
+export function ensureMosquitto(log: (m: string) => void = (m) => console.error(`[mosquitto] ${m}`)): string {
+  const found = candidates.find((c) => existsSync(c));
+  if (found) return found;
+  log("mosquitto is missing; installing it from Debian's packages (apt-get)");
+  installDebianPackage("mosquitto");
   const installed = candidates.find((c) => existsSync(c));
   if (!installed) throw new Error("mosquitto is still missing after apt-get install mosquitto");
   return installed;

@@ -28,6 +28,7 @@ import {
   waitFor,
   type Daemon,
 } from "../../src/testing/controlplane/process.ts";
+import { installDebianPackage } from "../../hack/testenv/mosquitto.ts";
 import { eventually } from "./eventually.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "../..");
@@ -167,12 +168,18 @@ export async function startLab(options: { readonly id: string }): Promise<Lab> {
   const inNs = (command: string, args: readonly string[]) => ["netns", "exec", netns, command, ...args];
 
   // A clear refusal rather than a confusing failure half-way: `ip netns add` needs root (or
-  // CAP_NET_ADMIN and CAP_SYS_ADMIN), and the probes need curl.
-  for (const tool of ["ip", "curl"])
-    if (runSync("sh", ["-c", `command -v ${tool}`]) !== 0)
-      throw new Error(`the kubelet API lab needs \`${tool}\` (iproute2, curl)`);
+  // CAP_NET_ADMIN and CAP_SYS_ADMIN). `ip` and the probes' curl come from Debian's packages when
+  // missing, as Mosquitto does (hack/testenv/mosquitto.ts).
   if (process.getuid?.() !== 0)
     throw new Error("the kubelet API lab needs root to create a network namespace");
+  for (const [tool, pkg] of [
+    ["ip", "iproute2"],
+    ["curl", "curl"],
+  ] as const) {
+    if (runSync("sh", ["-c", `command -v ${tool}`]) === 0) continue;
+    log(`${tool} is missing; installing ${pkg} from Debian's packages (apt-get)`);
+    installDebianPackage(pkg);
+  }
 
   // Binaries first (outside the budget: a cold build takes minutes, see hack/control-plane/).
   const metricsServer = execFileSync(
