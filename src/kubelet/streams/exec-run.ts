@@ -13,6 +13,7 @@ import type { Logger } from "pino";
 import type { ExecIO, TerminalSize } from "../../provider/types.ts";
 import type { InboundBytes } from "./inbound.ts";
 import { exitStatus, failureStatus, successStatus, type KubeStatus } from "./status.ts";
+import type { StreamTimeouts } from "./timeouts.ts";
 
 /** While more than this is queued towards the client, stdin is held back. */
 export const OUTPUT_HIGH_WATER = 1 << 20;
@@ -27,6 +28,14 @@ export interface StreamOptions {
 }
 
 /** The client's side of one session, as a transport (SPDY or WebSocket) provides it. */
+/** What serving one exec or attach needs, whichever protocol carries it. */
+export interface ExecServeOptions {
+  readonly options: StreamOptions;
+  readonly run: (io: ExecIO) => Promise<{ readonly exitCode?: number }>;
+  readonly logger: Logger;
+  readonly timeouts: StreamTimeouts;
+}
+
 export interface ExecChannels {
   readonly stdin?: InboundBytes;
   readonly resize?: AsyncIterable<TerminalSize>;

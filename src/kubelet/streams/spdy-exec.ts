@@ -9,26 +9,13 @@
 
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
-import type { Logger } from "pino";
-import type { ExecIO } from "../../provider/types.ts";
-import { runExec, type StreamOptions } from "./exec-run.ts";
+import { runExec, type ExecServeOptions } from "./exec-run.ts";
 import { SPDY_EXEC_PROTOCOLS, headerValues, negotiate, spdyUpgradeResponse } from "./handshake.ts";
 import { ResizeDecoder, ResizeQueue } from "./inbound.ts";
 import { SpdySession, type SpdyStream } from "./spdy-session.ts";
 import { refuseUpgrade, statusBytes } from "./status.ts";
-import type { StreamTimeouts } from "./timeouts.ts";
 
-export function serveSpdyExec(
-  req: IncomingMessage,
-  socket: Duplex,
-  head: Buffer,
-  o: {
-    readonly options: StreamOptions;
-    readonly run: (io: ExecIO) => Promise<{ readonly exitCode?: number }>;
-    readonly logger: Logger;
-    readonly timeouts: StreamTimeouts;
-  },
-): void {
+export function serveSpdyExec(req: IncomingMessage, socket: Duplex, head: Buffer, o: ExecServeOptions): void {
   const offered = headerValues(req, "x-stream-protocol-version");
   const protocol = negotiate(offered, SPDY_EXEC_PROTOCOLS, "channel.k8s.io");
   if (protocol === undefined) {

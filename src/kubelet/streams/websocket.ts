@@ -18,8 +18,8 @@ import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
-import type { ExecIO, ForwardedConnection } from "../../provider/types.ts";
-import { runExec, type StreamOptions } from "./exec-run.ts";
+import type { ForwardedConnection } from "../../provider/types.ts";
+import { runExec, type ExecServeOptions } from "./exec-run.ts";
 import { headerValues } from "./handshake.ts";
 import { InboundBytes, ResizeDecoder, ResizeQueue } from "./inbound.ts";
 import { refuseUpgrade, statusBytes, type KubeStatus } from "./status.ts";
@@ -164,12 +164,7 @@ export function serveWebSocketExec(
   req: IncomingMessage,
   socket: Duplex,
   head: Buffer,
-  o: {
-    readonly options: StreamOptions;
-    readonly run: (io: ExecIO) => Promise<{ readonly exitCode?: number }>;
-    readonly logger: Logger;
-    readonly timeouts: StreamTimeouts;
-  },
+  o: ExecServeOptions,
 ): void {
   const { options } = o;
   upgrade(req, socket, head, EXEC_PROTOCOLS, (ws, protocol) => {
