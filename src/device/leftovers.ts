@@ -14,8 +14,8 @@
  *   are never touched.
  * - Every such process is SIGKILLed, with its process group when it leads one (each app runs in
  *   its own group), including those of pods that are kept: an agent cannot adopt a process it did
- *   not start, so a kept pod's apps start again fresh. Resolves once they are gone (or `waitMs`
- *   passed; then it logs which are left).
+ *   not start, so a kept pod's apps start again fresh. Resolves once they and their groups are
+ *   gone (or `waitMs` passed; then it logs which are left).
  * - Then every pod folder under `workDir` whose name is not in `keep` is deleted.
  */
 import { readdir, readFile, rm } from "node:fs/promises";
@@ -51,9 +51,11 @@ export async function removeLeftovers(o: LeftoverOptions): Promise<Leftovers> {
   }
   if (ours.length > 0) {
     o.logger.warn({ pids: ours.map((p) => p.pid) }, "killed app processes left by an earlier agent run");
+    const groups = new Set(ours.filter((p) => p.leader).map((p) => p.pid));
     const left = await waitGone(
       procDir,
       ours.map((p) => p.pid),
+      groups,
       o.waitMs ?? 5_000,
     );
     if (left.length > 0) o.logger.error({ pids: left }, "leftover app processes did not go away");
@@ -128,20 +130,29 @@ function signal(pid: number): void {
   }
 }
 
-/** Pids still alive (not gone, not zombies) after waiting up to `waitMs`. */
-async function waitGone(procDir: string, pids: readonly number[], waitMs: number): Promise<number[]> {
+/**
+ * Pids still alive (not gone, not zombies) after waiting up to `waitMs`: of `pids`, and of every
+ * process in one of `groups` (a group's other members die as asynchronously as its leader).
+ */
+async function waitGone(
+  procDir: string,
+  pids: readonly number[],
+  groups: ReadonlySet<number>,
+  waitMs: number,
+): Promise<number[]> {
   const deadline = Date.now() + waitMs;
-  let left = [...pids];
   for (;;) {
-    const alive = await Promise.all(
-      left.map(async (pid) => {
-        const text = await readFile(path.join(procDir, String(pid), "stat"), "latin1").catch(() => "");
-        const stat = parseStat(text);
-        return stat !== undefined && stat.state !== "Z";
-      }),
-    );
-    left = left.filter((_, i) => alive[i]);
-    if (left.length === 0 || Date.now() >= deadline) return left;
+    const left = new Set<number>();
+    const candidates = groups.size > 0 ? await readdir(procDir) : pids.map(String);
+    for (const name of candidates) {
+      if (!/^\d+$/.test(name)) continue;
+      const pid = Number(name);
+      const text = await readFile(path.join(procDir, name, "stat"), "latin1").catch(() => "");
+      const stat = parseStat(text);
+      if (stat === undefined || stat.state === "Z") continue;
+      if (pids.includes(pid) || groups.has(stat.pgrp)) left.add(pid);
+    }
+    if (left.size === 0 || Date.now() >= deadline) return [...left];
     await sleep(50);
   }
 }
