@@ -8,3 +8,6 @@ KWOK_VERSION=v0.8.0
 # metrics-server serves the aggregated metrics.k8s.io API that `kubectl top` reads; the kubelet API
 # tests build it to scrape devicelet the way a cluster would.
 METRICS_SERVER_VERSION=v0.8.0
+# Helm renders and installs charts/devicelet in the chart tests. Helm 4: Helm 3 has had only
+# security fixes since 2025 and none after November 2026; chart apiVersion v2 works with both.
+HELM_VERSION=v4.3.1
