@@ -2,14 +2,20 @@
  * {@link ReferenceCache}: the ConfigMaps and Secrets that managed pods refer to, read without a GET
  * per reconcile.
  *
- * Two cluster-wide informers keep only the metadata of every ConfigMap and Secret (name,
- * namespace, resourceVersion; the data is dropped before it is stored). The full object of one a
- * managed pod refers to is read with a GET on first need and again only when its resourceVersion
- * moves, and a change to any object enqueues the pods that refer to it. A reconcile of a pod whose
- * references did not change costs no API call.
+ * ConfigMaps: a cluster-wide informer keeps only the metadata of every ConfigMap (name, namespace,
+ * resourceVersion; the data is dropped before it is stored). The full object of one a managed pod
+ * refers to is read with a GET on first need and again only when its resourceVersion moves, and a
+ * change enqueues the pods that refer to it.
+ *
+ * Secrets are never listed or watched (devicelet's RBAC grants `get` on them, nothing more): each
+ * one a managed pod refers to is read with a GET and read again at most `secretTtlMs` later, as
+ * the kubelet's TTL-based secret manager does ({@link SecretCache}); a change seen then enqueues the
+ * pods that refer to it. So a Secret edit reaches its pods within the TTL.
+ *
+ * A reconcile of a pod whose references did not change costs no API call.
  *
  *   const refs = new ReferenceCache({ kube, logger, onChange: (keys) => keys.forEach(queue.add) });
- *   await refs.start(signal);                         // both metadata caches listed
+ *   await refs.start(signal);                         // ConfigMap metadata listed, Secret refresh running
  *   const lookups = await refs.lookups("ns/pod", "ns", { configMaps: ["cfg"], secrets: [] });
  *   translatePod(pod, { lookups, ... });
  *   refs.untrack("ns/pod");                           // when the pod is forgotten
@@ -18,15 +24,9 @@
  */
 import type { Logger } from "pino";
 import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
-import {
-  Informer,
-  objectKey,
-  type ConfigMap,
-  type KubeClient,
-  type KubeObject,
-  type Secret,
-} from "../kube/index.ts";
+import { Informer, objectKey, type ConfigMap, type KubeClient, type KubeObject } from "../kube/index.ts";
 import type { ObjectLookups } from "../workload/index.ts";
+import { SecretCache, secretKey } from "./secret-cache.ts";
 
 export interface ReferencedNames {
   readonly configMaps: readonly string[];
@@ -38,11 +38,14 @@ export interface ReferenceCacheOptions {
   readonly logger: Logger;
   /** Called with the keys of the pods that refer to an object that appeared, changed or went. */
   readonly onChange: (podKeys: readonly string[]) => void;
-  /** Times the informers' re-list backoff; default {@link systemClock}. */
+  /** Times the informer's re-list backoff and the Secret refreshes; default {@link systemClock}. */
   readonly clock?: Clock;
+  /** How long a Secret read is trusted before it is read again; default {@link DEFAULT_SECRET_TTL_MS}. */
+  readonly secretTtlMs?: number;
 }
 
-type Kind = "configmap" | "secret";
+/** The kubelet's default TTL of its secret manager (`node.alpha.kubernetes.io/ttl` unset): one minute. */
+export const DEFAULT_SECRET_TTL_MS = 60_000;
 
 /** Keeps what tells one version from another, and nothing of the content. */
 const metadataOnly = <T extends KubeObject>(object: T): T => {
@@ -55,14 +58,14 @@ const metadataOnly = <T extends KubeObject>(object: T): T => {
 const atLeast = (held: string, current: string) =>
   /^\d+$/.test(held) && /^\d+$/.test(current) ? BigInt(held) >= BigInt(current) : held === current;
 
-const refKey = (kind: Kind, namespace: string, name: string) => `${kind}/${namespace}/${name}`;
+const configMapKey = (namespace: string, name: string) => `configmap/${namespace}/${name}`;
 
 export class ReferenceCache {
   readonly #o: ReferenceCacheOptions;
   readonly #configMaps: Informer<ConfigMap>;
-  readonly #secrets: Informer<Secret>;
-  /** Full objects by ref key, as last read. */
-  readonly #full = new Map<string, ConfigMap | Secret>();
+  readonly #secrets: SecretCache;
+  /** Full ConfigMaps by ref key, as last read. */
+  readonly #full = new Map<string, ConfigMap>();
   /** Pod keys by ref key, and ref keys by pod key. */
   readonly #users = new Map<string, Set<string>>();
   readonly #refsOf = new Map<string, readonly string[]>();
@@ -79,21 +82,32 @@ export class ReferenceCache {
       sleep: (ms: number, signal: AbortSignal) => sleepOn(clock, ms, signal),
     } as const;
     this.#configMaps = new Informer<ConfigMap>({ ...common, path: "/api/v1/configmaps", trim: metadataOnly });
-    this.#secrets = new Informer<Secret>({ ...common, path: "/api/v1/secrets", trim: metadataOnly });
-    this.#watch(this.#configMaps, "configmap");
-    this.#watch(this.#secrets, "secret");
+    this.#watch(this.#configMaps);
+    this.#secrets = new SecretCache({
+      kube: options.kube,
+      logger: options.logger,
+      clock,
+      ttlMs: options.secretTtlMs ?? DEFAULT_SECRET_TTL_MS,
+      usersOf: (key) => [...(this.#users.get(key) ?? [])],
+      onChange: options.onChange,
+    });
   }
 
-  /** Starts both metadata informers; resolves once both have listed. */
+  /** Starts the ConfigMap metadata informer and the Secret refresh; resolves once ConfigMaps are listed. */
   async start(signal: AbortSignal): Promise<void> {
     void this.#configMaps.start(signal);
-    void this.#secrets.start(signal);
-    await Promise.all([this.#configMaps.ready, this.#secrets.ready]);
+    void this.#secrets.run(signal);
+    await this.#configMaps.ready;
   }
 
   /** Full-object GETs made so far and objects held, for tests and benchmarks. */
   stats() {
-    return { gets: this.#gets, held: this.#full.size, pods: this.#refsOf.size };
+    const secrets = this.#secrets.stats();
+    return {
+      gets: this.#gets + secrets.gets,
+      held: this.#full.size + secrets.held,
+      pods: this.#refsOf.size,
+    };
   }
 
   /**
@@ -103,13 +117,13 @@ export class ReferenceCache {
    */
   async lookups(podKey: string, namespace: string, names: ReferencedNames): Promise<ObjectLookups> {
     const keys = [
-      ...names.configMaps.map((n) => refKey("configmap", namespace, n)),
-      ...names.secrets.map((n) => refKey("secret", namespace, n)),
+      ...names.configMaps.map((n) => configMapKey(namespace, n)),
+      ...names.secrets.map((n) => secretKey(namespace, n)),
     ];
     this.#track(podKey, keys);
     const [configMaps, secrets] = await Promise.all([
-      Promise.all(names.configMaps.map((n) => this.#current("configmap", namespace, n))),
-      Promise.all(names.secrets.map((n) => this.#current("secret", namespace, n))),
+      Promise.all(names.configMaps.map((n) => this.#configMap(namespace, n))),
+      Promise.all(names.secrets.map((n) => this.#secrets.get(namespace, n))),
     ]);
     const cm = new Map(names.configMaps.map((n, i) => [n, configMaps[i]]));
     const sec = new Map(names.secrets.map((n, i) => [n, secrets[i]]));
@@ -133,6 +147,7 @@ export class ReferenceCache {
       if (users?.size === 0) {
         this.#users.delete(key);
         this.#full.delete(key);
+        this.#secrets.release(key);
       }
     }
     for (const key of keys) {
@@ -144,9 +159,9 @@ export class ReferenceCache {
     else this.#refsOf.set(podKey, keys);
   }
 
-  async #current(kind: Kind, namespace: string, name: string): Promise<ConfigMap | Secret | undefined> {
-    const key = refKey(kind, namespace, name);
-    const meta = (kind === "configmap" ? this.#configMaps : this.#secrets).getByName(namespace, name);
+  async #configMap(namespace: string, name: string): Promise<ConfigMap | undefined> {
+    const key = configMapKey(namespace, name);
+    const meta = this.#configMaps.getByName(namespace, name);
     if (!meta) {
       this.#full.delete(key);
       return undefined;
@@ -155,10 +170,7 @@ export class ReferenceCache {
     const version = meta.metadata?.resourceVersion ?? "";
     if (held && atLeast(held.metadata?.resourceVersion ?? "", version)) return held;
     this.#gets++;
-    const read =
-      kind === "configmap"
-        ? await this.#o.kube.getConfigMap(namespace, name)
-        : await this.#o.kube.getSecret(namespace, name);
+    const read = await this.#o.kube.getConfigMap(namespace, name);
     if (read) {
       delete read.metadata?.managedFields;
       // Kept only while a pod still refers to it (it may have been untracked during the GET).
@@ -167,10 +179,10 @@ export class ReferenceCache {
     return read;
   }
 
-  #watch<T extends KubeObject>(informer: Informer<T>, kind: Kind): void {
-    const changed = (object: T) => {
+  #watch(informer: Informer<ConfigMap>): void {
+    const changed = (object: ConfigMap) => {
       const [namespace = "", name = ""] = objectKey(object).split("/");
-      const users = this.#users.get(refKey(kind, namespace, name));
+      const users = this.#users.get(configMapKey(namespace, name));
       if (users && users.size > 0) this.#o.onChange([...users]);
     };
     informer.onAdd(changed);

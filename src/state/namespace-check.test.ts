@@ -6,13 +6,7 @@ import { checkStateNamespace, stateNamespace } from "./namespace-check.ts";
 const logger = pino({ level: "silent" });
 const signal = new AbortController().signal;
 const listing = (names: string[]) => ({
-  list: (_path: string, _query?: unknown, o?: { fieldSelector?: string }) =>
-    Promise.resolve({
-      items: names
-        .filter((n) => o?.fieldSelector === `metadata.name=${n}`)
-        .map((n) => ({ metadata: { name: n } })),
-      resourceVersion: "1",
-    }),
+  getNamespace: (name: string) => Promise.resolve(names.includes(name) ? { metadata: { name } } : undefined),
 });
 
 const state = (namespace: string | null) => ({ state: { namespace } });
@@ -31,7 +25,7 @@ describe("stateNamespace", () => {
 describe("checkStateNamespace", () => {
   it("resolves when the namespace exists", async () => {
     await checkStateNamespace({
-      kube: listing(["ops"]) as never,
+      kube: listing(["ops"]),
       namespace: { name: "ops", from: "state.namespace" },
       logger,
       signal,
@@ -40,7 +34,7 @@ describe("checkStateNamespace", () => {
 
   it("throws a ConfigError naming the key and the namespace when it does not exist", async () => {
     const check = checkStateNamespace({
-      kube: listing(["ops"]) as never,
+      kube: listing(["ops"]),
       namespace: { name: "opz", from: "state.namespace" },
       logger,
       signal,
@@ -48,7 +42,7 @@ describe("checkStateNamespace", () => {
     await expect(check).rejects.toBeInstanceOf(ConfigError);
     await expect(check).rejects.toThrow(/\/state\/namespace: namespace "opz" does not exist/);
     const fromEnv = checkStateNamespace({
-      kube: listing([]) as never,
+      kube: listing([]),
       namespace: { name: "edge", from: "POD_NAMESPACE" },
       logger,
       signal,
@@ -60,7 +54,7 @@ describe("checkStateNamespace", () => {
 
   it("starts anyway, with a warning, when the API server cannot answer", async () => {
     await checkStateNamespace({
-      kube: { list: () => Promise.reject(new Error("forbidden")) } as never,
+      kube: { getNamespace: () => Promise.reject(new Error("forbidden")) },
       namespace: { name: "ops", from: "state.namespace" },
       logger,
       signal,

@@ -3,7 +3,7 @@
  * `state.namespace` shows only later, as every state write failing with 404 while nodes look
  * healthy; with it, `devicelet run` refuses to start, naming the namespace and the key.
  *
- * Only a definite answer refuses: a list that names no such namespace. When the API server cannot
+ * Only a definite answer refuses: a 404 for that namespace. When the API server cannot
  * be asked (unreachable, slow, or the namespace read is forbidden to this identity), the check
  * logs a warning and lets the engine start: its own retries take over from there.
  *
@@ -39,7 +39,7 @@ const CHECK_TIMEOUT_MS = 10_000;
  * @throws ConfigError (path `/state/namespace`) when the API server says it does not exist.
  */
 export async function checkStateNamespace(o: {
-  readonly kube: Pick<KubeClient, "list">;
+  readonly kube: Pick<KubeClient, "getNamespace">;
   readonly namespace: StateNamespace;
   readonly logger: Logger;
   readonly signal: AbortSignal;
@@ -47,12 +47,12 @@ export async function checkStateNamespace(o: {
   const { name, from } = o.namespace;
   let found: boolean;
   try {
-    const { items } = await o.kube.list("/api/v1/namespaces", undefined, {
-      fieldSelector: `metadata.name=${name}`,
-      limit: 1,
+    // A GET of that one namespace: RBAC can grant it inside the state namespace alone (a Role
+    // there), where a list would need every namespace's name.
+    const namespace = await o.kube.getNamespace(name, {
       signal: AbortSignal.any([o.signal, AbortSignal.timeout(CHECK_TIMEOUT_MS)]),
     });
-    found = items.length > 0;
+    found = namespace !== undefined;
   } catch (err) {
     if (o.signal.aborted) throw err;
     o.logger.warn(

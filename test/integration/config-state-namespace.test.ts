@@ -19,7 +19,14 @@ const repoRoot = path.resolve(import.meta.dirname, "../..");
 const runToExit = (config: Record<string, unknown>) => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-state-ns-"));
   const file = path.join(dir, "config.yaml");
-  writeFileSync(file, stringify({ health: { port: 0, bindAddress: "127.0.0.1" }, ...config }));
+  writeFileSync(
+    file,
+    stringify({
+      health: { port: 0, bindAddress: "127.0.0.1" },
+      metrics: { port: 0, bindAddress: "127.0.0.1" },
+      ...config,
+    }),
+  );
   return new Promise<{ code: number | null; stderr: string; stdout: string }>((resolve) => {
     execFile(
       process.execPath,

@@ -469,6 +469,12 @@ export class FakeKube implements KubeClient {
     return this.#watch<T>(p, query, options);
   }
 
+  /** Every namespace exists in the fake. */
+  async getNamespace(name: string): Promise<KubeObject> {
+    await this.#call("getNamespace", [name]);
+    return { metadata: { name } };
+  }
+
   // The kubelet API's reviews, CSRs and Secret writes are tested against the real API server
   // (test/integration/kubelet-*.test.ts); the controllers under test here never make them.
   createSecret(): Promise<never> {
