@@ -149,6 +149,7 @@ export async function benchSoak(argv: string[]): Promise<void> {
         log: { level: "info" },
         // Loopback and a free port: a soak measures pods and nodes, not the operator endpoints.
         health: { port: 0, bindAddress: "127.0.0.1" },
+        metrics: { port: 0, bindAddress: "127.0.0.1" },
         kubelet: { serve: false },
         provider: {
           type: "mqtt",

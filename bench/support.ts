@@ -216,7 +216,12 @@ export function spawnDevicelet(config: object): { child: ChildProcess; logFile: 
   // Benchmarks measure pods and nodes: no kubelet API, health on a free loopback port, unless asked.
   writeFileSync(
     configFile,
-    stringify({ kubelet: { serve: false }, health: { port: 0, bindAddress: "127.0.0.1" }, ...config }),
+    stringify({
+      kubelet: { serve: false },
+      health: { port: 0, bindAddress: "127.0.0.1" },
+      metrics: { port: 0, bindAddress: "127.0.0.1" },
+      ...config,
+    }),
   );
   const logFile = path.join(dir, "devicelet.log");
   const out = openSync(logFile, "a");

@@ -72,8 +72,9 @@ try {
       nodes: { extraLabels: { "devicelet.dev/demo": "true" } },
       // 8081 may be taken on a workstation: any free loopback port (its URL is in the log).
       health: { port: 0, bindAddress: "127.0.0.1" },
+      metrics: { port: 0, bindAddress: "127.0.0.1" },
       // A local cluster has nobody to approve the serving certificate's CSR: devicelet approves its
-      // own (manifests/kubelet-serving-approver.yaml gives the harness identity that right).
+      // own (the harness grants its identity the chart's approver role, kubeletApi.tls.csr.approve).
       kubelet:
         kubeletAddress === undefined
           ? { serve: false }

@@ -82,7 +82,7 @@ export class CommandStore {
       }
       const list = Array.isArray(parsed) ? parsed.filter(isStoredCommand) : [];
       if (!Array.isArray(parsed) || list.length !== parsed.length)
-        this.#log.warn({ deviceId }, "skipping unreadable stored commands");
+        this.#log.warn({ device: deviceId }, "skipping unreadable stored commands");
       const commands = list.filter((c) => c.message.deviceId === deviceId);
       this.#writes(deviceId).stored = commands.length > 0 || text !== "[]";
       if (commands.length > 0) out.set(deviceId, commands);
@@ -135,7 +135,7 @@ export class CommandStore {
         w.again = true;
         const delay = retryDelay({ failures: w.failures, baseMs: 1_000, maxMs: 30_000, jitter: "equal" });
         this.#log.warn(
-          { err, deviceId, failures: w.failures, retryInMs: delay },
+          { err, device: deviceId, failures: w.failures, retryInMs: delay },
           "storing the device's command queue failed; retrying",
         );
         await new Promise((resolve) => setTimeout(resolve, delay).unref());

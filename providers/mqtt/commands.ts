@@ -115,7 +115,7 @@ export class CommandQueue {
           received: c.received,
           resolve: (result) =>
             this.#o.logger.info(
-              { deviceId, commandId: result.commandId, stage: result.stage },
+              { device: deviceId, commandId: result.commandId, stage: result.stage },
               "a command restored after a restart finished",
             ),
         });
@@ -139,6 +139,13 @@ export class CommandQueue {
       this.#durable.changed(deviceId);
     }
     if (restored > 0) this.#o.logger.info({ commands: restored }, "restored commands waiting for devices");
+  }
+
+  /** Commands not yet finished, all devices together (queued or awaiting a result). */
+  get size(): number {
+    let n = 0;
+    for (const queue of this.#byDevice.values()) n += queue.size;
+    return n;
   }
 
   /** Commands not yet finished for a device (queued or awaiting a result). */
@@ -265,7 +272,7 @@ export class CommandQueue {
     const command = this.#byDevice.get(deviceId)?.get(ack.commandId);
     if (!command) {
       this.#o.logger.debug(
-        { deviceId, commandId: ack.commandId, stage: ack.stage },
+        { device: deviceId, commandId: ack.commandId, stage: ack.stage },
         "ack for a command no longer pending",
       );
       return;
@@ -343,7 +350,7 @@ export class CommandQueue {
       .catch((err: unknown) => {
         command.published = false;
         this.#o.logger.warn(
-          { err, deviceId: command.deviceId, commandId: command.message.commandId },
+          { err, device: command.deviceId, commandId: command.message.commandId },
           "publishing command failed",
         );
       });

@@ -42,6 +42,8 @@ export interface DesiredPublisherOptions {
    * fails the flush, which is retried like a failed publish.
    */
   readonly persist: (d: DeviceDesired) => Promise<void>;
+  /** The broker took document `generation` of `epoch`, issued at `issuedAtMs` (delivery latency). */
+  readonly onPublished?: (deviceId: string, epoch: string, generation: number, issuedAtMs: number) => void;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly now: () => Date;
@@ -101,7 +103,7 @@ export class DesiredPublisher {
     message: string,
   ): void {
     if (d.unsendable?.message !== message)
-      this.#o.logger.warn({ deviceId: d.deviceId, reason, message }, "desired document not sent");
+      this.#o.logger.warn({ device: d.deviceId, reason, message }, "desired document not sent");
     d.unsendable = { reason, message, contentHash };
     this.#o.onChange(d.deviceId);
   }
@@ -142,7 +144,7 @@ export class DesiredPublisher {
     } catch (err) {
       d.failures++;
       this.#o.logger.warn(
-        { err, deviceId: d.deviceId, failures: d.failures },
+        { err, device: d.deviceId, failures: d.failures },
         "publishing desired document failed; retrying",
       );
     } finally {
@@ -214,6 +216,7 @@ export class DesiredPublisher {
     // it is acknowledged further changes wait (and coalesce) behind it.
     await this.#o.publish(topics.desired(d.deviceId), payload);
     this.#o.metrics.inc("published");
+    this.#o.onPublished?.(d.deviceId, epoch, generation, Date.parse(doc.issuedAt));
     d.published = { epoch, generation, contentHash: content };
     // `since` moves only for entries this document carried as they are now.
     const since = { epoch, generation };
@@ -226,7 +229,7 @@ export class DesiredPublisher {
       if (carried.has(t.tombstone) && t.since?.epoch !== epoch) t.since = since;
     this.#o.logger.debug(
       {
-        deviceId: d.deviceId,
+        device: d.deviceId,
         generation,
         pods: fitted.pods.length,
         tombstones: tombstones.length,

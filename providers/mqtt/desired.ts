@@ -47,6 +47,8 @@ export interface DesiredStoreOptions {
   readonly connected?: () => boolean;
   /** A document went out (or could not, `tooLarge`): delivery and status may have changed. */
   readonly onChange: (deviceId: string) => void;
+  /** The broker took a device's document (its generation, and when it was issued): for metrics. */
+  readonly onPublished?: (deviceId: string, epoch: string, generation: number, issuedAtMs: number) => void;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly now?: () => Date;

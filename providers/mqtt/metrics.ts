@@ -3,12 +3,13 @@
  * input causes. `metrics()` returns a fresh plain snapshot; nothing here blocks or allocates per
  * message beyond a counter.
  *
- *   const m = new MqttMetrics();
+ *   const m = new MqttMetrics(context.metrics);   // rejections and expiries also go to devicelet's metrics
  *   m.reject("schema"); m.inc("received");
  *   m.snapshot().rejected.schema; // 1
  *   const timer = logMetricsEvery({ intervalSeconds: 300, snapshot: () => m.snapshot(), logger });
  */
 import type { Logger } from "pino";
+import type { ProviderMetrics } from "../../src/provider/types.ts";
 
 /** Why a message from a device was rejected: the codec's reasons plus the provider's own. */
 export type RejectReason =
@@ -102,13 +103,21 @@ export class MqttMetrics {
     statsSamples: 0,
   };
   readonly #rejected = Object.fromEntries(reasons.map((r) => [r, 0])) as Record<RejectReason, number>;
+  readonly #sink: ProviderMetrics | undefined;
+
+  /** `sink`: the engine's metrics (`ProviderContext.metrics`), told of rejections and expired commands. */
+  constructor(sink?: ProviderMetrics) {
+    this.#sink = sink;
+  }
 
   inc(counter: Counter, by = 1): void {
     this.#counters[counter] += by;
+    if (counter === "commandsExpired") for (let i = 0; i < by; i++) this.#sink?.commandExpired();
   }
 
   reject(reason: RejectReason): void {
     this.#rejected[reason]++;
+    this.#sink?.messageRejected(reason);
   }
 
   snapshot(): MqttMetricsSnapshot {

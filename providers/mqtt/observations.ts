@@ -34,6 +34,12 @@ export type Delivery = "queued" | "received" | "applied" | "rejected";
 
 export class Observations {
   readonly #devices = new Map<string, DeviceObservation>();
+  readonly #onChange: ((deviceId: string, o: DeviceObservation) => void) | undefined;
+
+  /** `onChange`: told after every report and every ack recorded (delivery latency metrics). */
+  constructor(onChange?: (deviceId: string, o: DeviceObservation) => void) {
+    this.#onChange = onChange;
+  }
 
   get(deviceId: string): DeviceObservation | undefined {
     return this.#devices.get(deviceId);
@@ -49,7 +55,9 @@ export class Observations {
   }
 
   report(report: ReportedDocument): void {
-    this.#entry(report.deviceId).report = report;
+    const o = this.#entry(report.deviceId);
+    o.report = report;
+    this.#onChange?.(report.deviceId, o);
   }
 
   /**
@@ -70,6 +78,7 @@ export class Observations {
         message: ack.message ?? "the device rejected the desired document",
       };
     }
+    this.#onChange?.(ack.deviceId, o);
     return true;
   }
 }

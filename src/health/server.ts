@@ -5,14 +5,15 @@
  * - `GET /healthz` answers 200 `ok` whenever the process's event loop does: a liveness probe.
  * - `GET /readyz` answers 200 `ok` when every readiness check passes, else 503 with one line per
  *   failing check (`<name>: <reason>`): a readiness probe. The engine's own check is
- *   {@link EngineReadiness}; leader election will add its own check to the same list.
+ *   {@link EngineReadiness}; with leader election the list also holds `leader` (src/leader/readiness.ts:
+ *   ready when leading, or standing by with caches synced).
  *
  * Any other path is 404; any method but GET and HEAD is 405. Bodies are `text/plain`, short, and
  * never cached, as the Kubernetes API server's own `/healthz` and `/readyz` are.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
+import { servePlain } from "../base/plain-server.ts";
 
 /** One named condition readiness depends on. */
 export interface ReadinessCheck {
@@ -70,36 +71,12 @@ export interface HealthServer {
 
 /** Listens and resolves once bound; rejects when the port cannot be bound (in use, no such address). */
 export async function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
-  const server = createServer((req, res) => {
+  const served = await servePlain((req, res) => {
     answer(req, res, options.checks);
-  });
-  await listen(server, options.port, options.bindAddress);
-  const { port } = server.address() as AddressInfo;
-  const host = options.bindAddress.includes(":") ? `[${options.bindAddress}]` : options.bindAddress;
-  const url = `http://${host}:${port}`;
+  }, options);
+  const url = served.baseUrl;
   options.logger.info({ url }, `health endpoints on ${url} (/healthz, /readyz)`);
-  return {
-    url,
-    port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => {
-          resolve();
-        });
-        // Probes keep connections alive; an idle one must not hold the exit.
-        server.closeAllConnections();
-      }),
-  };
-}
-
-function listen(server: Server, port: number, host: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen({ port, host }, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
+  return { url, port: served.port, close: () => served.close() };
 }
 
 function answer(req: IncomingMessage, res: ServerResponse, checks: readonly ReadinessCheck[]): void {

@@ -8,6 +8,7 @@
  *   await budget.take(signal);              // waits for a token; rejects when `signal` aborts
  *   budget.record("patch", "pods/status");  // counted once per HTTP request actually sent
  *   budget.counts();                        // { "patch pods/status": 1 }
+ *   budget.observe({ waited: (s) => ..., answered: (verb, code) => ... });  // metrics (src/metrics)
  */
 
 import { monotonicClock, type Clock } from "../base/clock.ts";
@@ -18,6 +19,17 @@ export interface RequestBudgetOptions {
   /** Requests allowed at once after a quiet period; at least 1. */
   readonly burst: number;
   readonly clock?: Clock;
+}
+
+/**
+ * Told about every token taken and every answer recorded (src/metrics). Called synchronously, so
+ * each must be cheap and must not throw.
+ */
+export interface BudgetObserver {
+  /** A token was taken after waiting this long (0 when one was free at once). */
+  readonly waited?: (seconds: number) => void;
+  /** An answer came: the HTTP status code as text, or `error` when none came (refused, timed out). */
+  readonly answered?: (verb: string, code: string) => void;
 }
 
 interface Waiter {
@@ -36,6 +48,7 @@ export class RequestBudget {
   readonly #queue: Waiter[] = [];
   #timer: unknown;
   readonly #counts = new Map<string, number>();
+  readonly #observers = new Set<BudgetObserver>();
 
   constructor(options: RequestBudgetOptions) {
     if (!(options.qps > 0)) throw new RangeError(`RequestBudget: qps must be > 0, got ${options.qps}`);
@@ -55,14 +68,17 @@ export class RequestBudget {
    */
   take(signal?: AbortSignal): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason as Error);
-    if (this.qps === Infinity) return Promise.resolve();
-    this.#refill();
-    if (this.#queue.length === 0 && this.#tokens >= 1) {
-      this.#tokens -= 1;
+    if (this.qps === Infinity || this.#tryTake()) {
+      this.#waited(0);
       return Promise.resolve();
     }
+    const queuedAt = this.#clock.now();
     return new Promise<void>((resolve, reject) => {
-      const waiter: Waiter = { resolve, reject, signal, onAbort: undefined };
+      const granted = () => {
+        this.#waited((this.#clock.now() - queuedAt) / 1000);
+        resolve();
+      };
+      const waiter: Waiter = { resolve: granted, reject, signal, onAbort: undefined };
       if (signal) {
         waiter.onAbort = () => {
           const i = this.#queue.indexOf(waiter);
@@ -75,6 +91,17 @@ export class RequestBudget {
       this.#queue.push(waiter);
       this.#schedule();
     });
+  }
+
+  /** Starts telling `observer` about waits and answers; returns the function that stops it. */
+  observe(observer: BudgetObserver): () => void {
+    this.#observers.add(observer);
+    return () => this.#observers.delete(observer);
+  }
+
+  /** Tells the observers how a request sent was answered (`code`: HTTP status, or `error`). */
+  answered(verb: string, code: string): void {
+    for (const o of this.#observers) o.answered?.(verb, code);
   }
 
   /** Counts one request sent, under `"<verb> <resource>"` (e.g. `"patch pods/status"`). */
@@ -100,6 +127,17 @@ export class RequestBudget {
   /** Callers currently waiting for a token. */
   get waiting(): number {
     return this.#queue.length;
+  }
+
+  #tryTake(): boolean {
+    this.#refill();
+    if (this.#queue.length > 0 || this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+
+  #waited(seconds: number): void {
+    for (const o of this.#observers) o.waited?.(seconds);
   }
 
   #refill(): void {

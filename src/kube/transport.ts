@@ -166,7 +166,10 @@ export class KubeTransport {
       response = await this.#http.send(ctx).toPromise();
       text = await response.body.text();
     } catch (err) {
-      if (!req.signal?.aborted) this.#unreachable = true;
+      if (!req.signal?.aborted) {
+        this.#unreachable = true;
+        this.#budget.answered(verb, "error");
+      }
       // fetch rejects with the signal's reason; name a timeout so logs and guards can tell it.
       if (timeout.aborted && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
       throw err;
@@ -175,6 +178,7 @@ export class KubeTransport {
       this.#unreachable = false;
       this.#reachableSince = performance.now();
     }
+    this.#budget.answered(verb, String(response.httpStatusCode));
     const ms = Math.round(performance.now() - started);
     this.#log.trace({ verb, resource, path: req.path, code: response.httpStatusCode, ms }, "kube request");
     if (response.httpStatusCode >= 200 && response.httpStatusCode < 300) {
@@ -204,6 +208,7 @@ export class KubeTransport {
     this.#budget.record("watch", resource);
     try {
       const response = await this.#http.send(ctx).toPromise();
+      this.#budget.answered("watch", String(response.httpStatusCode));
       if (response.httpStatusCode !== 200) {
         const text = await response.body.text();
         throw apiException(response.httpStatusCode, "GET", req.path, text, response.headers);

@@ -37,6 +37,8 @@ export interface LeaseOptions {
   readonly onTick?: () => void;
   /** Called when a renewal succeeds after failures (the API server is reachable again). */
   readonly onRecovered?: () => void;
+  /** Called after every successful renewal with how long it took, conflict retries included (metrics). */
+  readonly onRenewed?: (seconds: number) => void;
   /** Delay before the first renewal; default a random point of the first interval. */
   readonly firstDelayMs?: number;
   /** Times renewals and stamps `renewTime`; default {@link systemClock}. */
@@ -142,8 +144,10 @@ export class NodeLease {
   /** One renewal attempt; resolves whether it succeeded, never rejects. */
   async #tick(signal: AbortSignal): Promise<boolean> {
     if (signal.aborted) return false;
+    const started = this.#clock.now();
     try {
       await this.renew();
+      this.#o.onRenewed?.((this.#clock.now() - started) / 1000);
       const recovered = this.#failures > 0;
       if (recovered)
         this.#o.logger.info(

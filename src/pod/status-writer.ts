@@ -27,6 +27,8 @@ export interface StatusWriterOptions {
   readonly kube: Pick<KubeClient, "patchPodStatus">;
   readonly logger: Logger;
   readonly counters: { statusWrites: number };
+  /** Called after a write that took the pod from any other phase to Running (metrics). */
+  readonly onRunning?: (pod: Pod, status: PodStatus) => void;
 }
 
 export class StatusWriter {
@@ -81,5 +83,6 @@ export class StatusWriter {
     });
     this.#o.counters.statusWrites++;
     this.#written.set(ref.uid, { resourceVersion: updated.metadata?.resourceVersion ?? "", status: next });
+    if (next.phase === "Running" && current?.phase !== "Running") this.#o.onRunning?.(pod, next);
   }
 }

@@ -66,6 +66,7 @@ describe("devicelet run with provider.type: devicelet-provider-http-example", ()
         nodes: { extraLabels: { "devicelet.dev/test": id } },
         log: { level: "debug" },
         health: { port: 0, bindAddress: "127.0.0.1" },
+        metrics: { port: 0, bindAddress: "127.0.0.1" },
         state: { namespace: id },
         provider: {
           ...config.provider,

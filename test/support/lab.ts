@@ -461,6 +461,7 @@ async function startLabDevicelet(o: {
       log: { level: "debug" },
       // Health endpoints on a free loopback port, so devicelets running side by side never clash.
       health: { port: 0, bindAddress: "127.0.0.1" },
+      metrics: { port: 0, bindAddress: "127.0.0.1" },
       kubelet: {
         address: labAddress,
         port: kubeletPort,
