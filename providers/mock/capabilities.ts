@@ -107,7 +107,7 @@ export class MockCapabilities {
     const pod = this.#env.pod(ref.uid);
     if (!pod || pod.stopped) throw notFound(`mock: no pod ${ref.namespace}/${ref.name}`);
     if (!this.#env.fleet.online(pod.deviceId)) throw transient(`mock: device ${pod.deviceId} is offline`);
-    this.#env.logger.debug({ pod: ref, port }, "mock: port forward");
+    this.#env.logger.debug({ pod: `${ref.namespace}/${ref.name}`, port }, "mock: port forward");
     await echoConnection(connection);
   }
 

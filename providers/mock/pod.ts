@@ -321,7 +321,12 @@ export class MockPod {
       });
     }
     this.#env.logger.debug(
-      { pod: this.ref, app: run.spec.name, restartCount: run.restartCount },
+      {
+        pod: `${this.ref.namespace}/${this.ref.name}`,
+        device: this.deviceId,
+        app: run.spec.name,
+        restartCount: run.restartCount,
+      },
       "mock: app crashed",
     );
     this.#env.changed(this);

@@ -14,6 +14,8 @@ import type {
   DeviceWatcher,
   DeviceInventory,
   DeviceStats,
+  DeviceSync,
+  DeviceSyncReporter,
   ExecCapability,
   ExecIO,
   ForwardedConnection,
@@ -31,6 +33,7 @@ import type {
   Workload,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
+import { podKey } from "../../src/provider/types.ts";
 import { systemClock, type Clock } from "../../src/base/clock.ts";
 import type { MockProviderDeps, MockStats } from "./provider-types.ts";
 import { MockPod, type MockPodEnv } from "./pod.ts";
@@ -38,6 +41,7 @@ import { MockCapabilities } from "./capabilities.ts";
 import { DeviceFleet } from "./fleet.ts";
 import { expandDevices, MOCK_DEFAULT_SUPPORTS, type MockConfig } from "./schema.ts";
 import { StateFile, type PersistedState } from "./state-file.ts";
+import { MockSyncBook } from "./sync.ts";
 
 export class MockProvider
   implements
@@ -50,7 +54,8 @@ export class MockProvider
     AttachCapability,
     PortForwardCapability,
     StatsCapability,
-    Lifecycle
+    Lifecycle,
+    DeviceSyncReporter
 {
   readonly name = "mock";
   readonly supports: readonly PodFeature[];
@@ -78,6 +83,7 @@ export class MockProvider
   #timers = new Set<unknown>();
   #podEnv: MockPodEnv;
   readonly #capabilities: MockCapabilities;
+  #sync: MockSyncBook;
   #stopping?: Promise<void>;
   readonly #fail: ((error: Error) => void) | undefined;
 
@@ -90,6 +96,7 @@ export class MockProvider
     this.#random = deps.random ?? Math.random;
     this.#fail = deps.fail;
     this.#fleet = new DeviceFleet(expandDevices(config), this.#clock);
+    this.#sync = new MockSyncBook(this.#clock);
     this.#podEnv = {
       clock: this.#clock,
       config,
@@ -182,9 +189,10 @@ export class MockProvider
       this.#pods.set(pod.ref.uid, pod);
       this.#devicePods(pod.deviceId).add(pod);
       this.#createsByUid.set(pod.ref.uid, (this.#createsByUid.get(pod.ref.uid) ?? 0) + 1);
-      this.#log.debug({ pod: pod.ref, device: pod.deviceId }, "mock: pod created");
+      this.#log.debug({ pod: podKey(pod.ref), device: pod.deviceId }, "mock: pod created");
       if (this.#fleet.online(pod.deviceId)) this.#apply(pod);
       else this.#emit(pod, true);
+      this.#sync.changed(pod.deviceId, this.#pending(pod.deviceId));
       this.#store?.schedule();
     });
   }
@@ -207,6 +215,7 @@ export class MockProvider
     this.#counters.updates++;
     pod.workload = workload; // latest wins: an offline device gets only this one
     if (this.#fleet.online(pod.deviceId)) this.#apply(pod);
+    this.#sync.changed(pod.deviceId, this.#pending(pod.deviceId));
     this.#store?.schedule();
   }
 
@@ -224,8 +233,10 @@ export class MockProvider
       return;
     }
     const grace = Math.min(options.gracePeriodSeconds, pod.tombstone?.gracePeriodSeconds ?? Infinity);
-    if (!pod.tombstone) this.#counters.deletes++;
+    const first = !pod.tombstone;
+    if (first) this.#counters.deletes++;
     pod.tombstone = { gracePeriodSeconds: grace };
+    if (first) this.#sync.changed(pod.deviceId, true);
     await this.#store?.flush();
     if (this.#fleet.online(pod.deviceId) || pod.appliedHash === undefined || !this.#fleet.has(pod.deviceId)) {
       this.#stopPod(pod);
@@ -384,16 +395,35 @@ export class MockProvider
     this.#devicePods(pod.deviceId).delete(pod);
     this.#counters.deleted++;
     this.#store?.schedule();
-    this.#log.debug({ pod: pod.ref }, "mock: pod deleted");
+    this.#log.debug({ pod: podKey(pod.ref), device: pod.deviceId }, "mock: pod deleted");
+    this.#sync.check(pod.deviceId, this.#pending(pod.deviceId));
     for (const cb of this.#onDeleted) this.#call(cb, pod.ref);
   }
 
   /** Pushes the pod's status; while the device is offline only when `force`d (a transition). */
   #emit(pod: MockPod, force = false): void {
+    this.#sync.check(pod.deviceId, this.#pending(pod.deviceId));
     if (!force && !this.#fleet.online(pod.deviceId)) return;
     const status = this.#status(pod);
     this.#counters.statusNotifications++;
     for (const cb of this.#onStatus) this.#call(cb, status);
+  }
+
+  /** Whether any pod of the device waits for it: a version not applied, or a delete not done. */
+  #pending(deviceId: string): boolean {
+    for (const p of this.#byDevice.get(deviceId) ?? []) {
+      if (p.tombstone !== undefined || p.appliedHash !== p.workload.hash) return true;
+    }
+    return false;
+  }
+
+  /** Each change asked of a device is a generation; applied once none of its pods waits (sync.ts). */
+  deviceSync(deviceId: string): DeviceSync | undefined {
+    return this.#sync.get(deviceId);
+  }
+
+  notifyDeviceSync(callback: (deviceId: string) => void): void {
+    this.#sync.onChange(callback);
   }
 
   #status(pod: MockPod): WorkloadStatus {

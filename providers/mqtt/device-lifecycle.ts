@@ -47,7 +47,7 @@ export class DeviceLifecycle {
       wakeToleranceMs: options.wakeToleranceMs,
       connectedSince: options.connectedSince,
       onSilent: (id, why) => {
-        logger.warn({ deviceId: id, why }, "device silent: marking it lost");
+        logger.warn({ device: id, why }, "device silent: marking it lost");
         options.recordEvent({
           involved: { kind: "Device", deviceId: id },
           type: "Warning",
@@ -94,7 +94,7 @@ export class DeviceLifecycle {
     this.#o.connection
       .publish(topics.notice(deviceId), payload, { qos: 1, retain: false })
       .catch((err: unknown) => {
-        this.#o.logger.debug({ err, deviceId, reason: notice.reason }, "notice not published");
+        this.#o.logger.debug({ err, device: deviceId, reason: notice.reason }, "notice not published");
       });
   }
 

@@ -29,6 +29,7 @@ import type { IoSessions } from "./io-sessions.ts";
 import { WarnLimiter, type MqttMetrics, type RejectReason } from "./metrics.ts";
 import { tombstoneConfirmed, type Observations } from "./observations.ts";
 import type { StatusCoalescer } from "./pod-status.ts";
+import type { Stages } from "./stages.ts";
 import type { DeviceStatsStore } from "./stats.ts";
 
 export interface InboundDeps {
@@ -46,6 +47,8 @@ export interface InboundDeps {
   readonly logger: Logger;
   readonly recordEvent: (event: ProviderEvent) => void;
   readonly deleted: (ref: PodRef) => void;
+  /** Records `TombstoneConfirmed` on the pod (stages.ts). */
+  readonly stages?: Pick<Stages, "tombstoneConfirmed">;
 }
 
 /** Distinct refused device ids remembered (each is logged once); beyond it they are only counted. */
@@ -78,7 +81,7 @@ export class Inbound {
       }
       this.#dispatch(decoded.value.message, retained);
     } catch (err) {
-      this.#d.logger.error({ err, topic }, "handling a device message failed");
+      this.#d.logger.error({ err, device: deviceId, topic }, "handling a device message failed");
       this.#reject("invalid", `handler error: ${(err as Error).message}`, deviceId, topic);
     }
   }
@@ -161,13 +164,13 @@ export class Inbound {
     if (verdict !== "applied") {
       metrics.inc(verdict === "stale-will" ? "staleWills" : "stale");
       this.#d.logger.debug(
-        { deviceId: id, state: message.state, bootId: message.bootId, seq: message.seq, verdict },
+        { device: id, state: message.state, bootId: message.bootId, seq: message.seq, verdict },
         "ignored presence",
       );
       return;
     }
     this.#d.logger.debug(
-      { deviceId: id, state: message.state, bootId: message.bootId, seq: message.seq, retained },
+      { device: id, state: message.state, bootId: message.bootId, seq: message.seq, retained },
       "device presence",
     );
     const affected = [id, ...registry.children(id)];
@@ -185,7 +188,7 @@ export class Inbound {
       if (message.device) {
         this.#d.allocator.saveDevice(id, message.device).then(
           () => undefined,
-          (err: unknown) => this.#d.logger.warn({ err, deviceId: id }, "storing the device's birth failed"),
+          (err: unknown) => this.#d.logger.warn({ err, device: id }, "storing the device's birth failed"),
         );
       }
       const pending = registry.takePendingReport(id);
@@ -211,7 +214,10 @@ export class Inbound {
     const { registry } = this.#d;
     registry.heard(deviceId);
     if (!registry.revive(deviceId)) return;
-    this.#d.logger.info({ deviceId }, "heard from a device thought lost by silence; it is online again");
+    this.#d.logger.info(
+      { device: deviceId },
+      "heard from a device thought lost by silence; it is online again",
+    );
     const affected = [deviceId, ...registry.children(deviceId)];
     this.#online(affected);
     for (const d of affected) this.#d.statuses.mark(d);
@@ -241,6 +247,7 @@ export class Inbound {
     for (const t of [...(d?.tombstones.values() ?? [])]) {
       if (!tombstoneConfirmed(t.since, t.ref.uid, report)) continue;
       desired.clearTombstone(deviceId, t.ref.uid);
+      this.#d.stages?.tombstoneConfirmed(deviceId, t.ref, t.since?.generation);
       this.#d.metrics.inc("tombstonesCleared");
       this.#d.statuses.forget(t.ref.uid);
       this.#d.deleted(t.ref);
@@ -266,7 +273,7 @@ export class Inbound {
     this.#refused.add(deviceId);
     this.#d.metrics.inc("unknownDevices");
     this.#d.logger.warn(
-      { deviceId },
+      { device: deviceId },
       "refusing messages from a device not in devices.allow (logged once per device)",
     );
   }
@@ -275,7 +282,10 @@ export class Inbound {
     this.#d.metrics.reject(reason);
     const suppressed = this.#warn.admit(`${deviceId}\u0000${reason}`);
     if (suppressed === undefined) return;
-    this.#d.logger.warn({ deviceId, topic, reason, detail, suppressed }, "rejected a message from a device");
+    this.#d.logger.warn(
+      { device: deviceId, topic, reason, detail, suppressed },
+      "rejected a message from a device",
+    );
     if (this.#d.registry.info(deviceId)) {
       this.#d.recordEvent({
         involved: { kind: "Device", deviceId },

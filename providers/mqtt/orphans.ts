@@ -105,7 +105,7 @@ export class Orphans {
     const grace = entry.desired.terminationGracePeriodSeconds;
     const pod = `${ref.namespace}/${ref.name}`;
     this.#o.logger.warn(
-      { deviceId, pod, uid: ref.uid, graceSeconds: grace },
+      { device: deviceId, pod, uid: ref.uid, graceSeconds: grace },
       "a pod found in a late read-back document has no pod object; tombstoning it",
     );
     this.#o.recordEvent({
@@ -120,7 +120,7 @@ export class Orphans {
       },
       (err: unknown) =>
         this.#o.logger.warn(
-          { err, deviceId, uid: ref.uid },
+          { err, device: deviceId, uid: ref.uid },
           "the orphan's tombstone is not out yet; it goes with the next document",
         ),
     );

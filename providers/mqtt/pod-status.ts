@@ -68,6 +68,8 @@ export interface StatusCoalescerOptions {
   readonly statusesOf: (deviceId: string) => readonly WorkloadStatus[];
   /** Pushes a status; false when nobody listens yet (it is then pushed again later). */
   readonly emit: (status: WorkloadStatus) => boolean;
+  /** Looks at the device's stages before its statuses are read (stages.ts); default nothing. */
+  readonly observe?: (deviceId: string) => void;
 }
 
 export class StatusCoalescer {
@@ -96,6 +98,7 @@ export class StatusCoalescer {
     const devices = [...this.#dirty];
     this.#dirty.clear();
     for (const deviceId of devices) {
+      this.#o.observe?.(deviceId);
       for (const status of this.#o.statusesOf(deviceId)) {
         const signature = statusSignature(status);
         if (this.#last.get(status.pod.uid) === signature) continue;

@@ -19,6 +19,8 @@ import type {
   DeviceNotice,
   DeviceNotifier,
   DeviceStats,
+  DeviceSync,
+  DeviceSyncReporter,
   ExecCapability,
   ExecIO,
   HealthReporter,
@@ -49,6 +51,7 @@ import type { Orphans } from "./orphans.ts";
 import type { StatusCoalescer } from "./pod-status.ts";
 import { MQTT_DEFAULT_SUPPORTS, type MqttConfig } from "./schema.ts";
 import type { SecretGate } from "./secret-gate.ts";
+import type { Stages } from "./stages.ts";
 import type { BrokerSession } from "./session.ts";
 import type { PodStatusView } from "./status-view.ts";
 import { wireMqtt } from "./wiring.ts";
@@ -65,13 +68,14 @@ export class MqttProvider
     Lifecycle,
     LogsCapability,
     ExecCapability,
-    StatsCapability
+    StatsCapability,
+    DeviceSyncReporter
 {
   readonly name = "mqtt";
   readonly supports: readonly PodFeature[];
   readonly config: MqttConfig;
   readonly #log: Logger;
-  readonly #metrics = new MqttMetrics();
+  readonly #metrics: MqttMetrics;
   readonly #instance = `${process.pid}-${Date.now().toString(36)}`;
   readonly #connection: MqttConnection;
   readonly #registry: DeviceRegistry;
@@ -89,6 +93,8 @@ export class MqttProvider
   readonly #onStatus: ((s: WorkloadStatus) => void)[] = [];
   readonly #onDeleted: ((p: PodRef) => void)[] = [];
   readonly #onDevice: DeviceWatcher[] = [];
+  readonly #onSync: ((deviceId: string) => void)[] = [];
+  readonly #stages: Stages;
   #metricsTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
   #stopped = false;
@@ -98,6 +104,7 @@ export class MqttProvider
     this.config = config;
     this.supports = config.supports ?? MQTT_DEFAULT_SUPPORTS;
     this.#log = context.logger.child({ provider: "mqtt" });
+    this.#metrics = new MqttMetrics(context.metrics);
     const parts = wireMqtt({
       config,
       context,
@@ -114,6 +121,9 @@ export class MqttProvider
         deviceChanged: (info) => {
           for (const watcher of this.#onDevice) watcher.changed(info);
         },
+        syncChanged: (deviceId) => {
+          for (const l of this.#onSync) l(deviceId);
+        },
       },
     });
     this.#secrets = parts.secrets;
@@ -129,6 +139,7 @@ export class MqttProvider
     this.#lifecycle = parts.lifecycle;
     this.#sessions = parts.sessions;
     this.#io = parts.io;
+    this.#stages = parts.stages;
   }
 
   /**
@@ -237,6 +248,19 @@ export class MqttProvider
    */
   notifyDevice(deviceId: string, notice: DeviceNotice): void {
     this.#lifecycle.notify(deviceId, notice);
+  }
+
+  /**
+   * The generation of the desired document the broker holds for the device against the newest
+   * it applied in that epoch (stages.ts); undefined while nothing was published and it never
+   * reported. From memory, never a round trip.
+   */
+  deviceSync(deviceId: string): DeviceSync | undefined {
+    return this.#stages.sync(deviceId);
+  }
+
+  notifyDeviceSync(callback: (deviceId: string) => void): void {
+    this.#onSync.push(callback);
   }
 
   health(): { readonly ready: boolean; readonly message: string } {

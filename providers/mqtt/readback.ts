@@ -83,14 +83,14 @@ export class Readback {
       if (this.#phase === "reading") this.#documents.set(deviceId, decoded.value);
       else {
         this.#log.info(
-          { deviceId, epoch: decoded.value.epoch, generation: decoded.value.generation },
+          { device: deviceId, epoch: decoded.value.epoch, generation: decoded.value.generation },
           "adopting a retained desired document that arrived after the read-back",
         );
         this.#onLate(decoded.value);
       }
     } else if (!decoded.ok && decoded.reason !== "empty")
       this.#log.warn(
-        { topic, reason: decoded.reason, detail: decoded.detail },
+        { device: deviceId, topic, reason: decoded.reason, detail: decoded.detail },
         "ignoring an unreadable retained desired document",
       );
     return true;
@@ -172,7 +172,7 @@ export async function restoreBirths(o: {
         if (birth) o.registry.restore(id, birth);
       } catch (err) {
         o.logger.warn(
-          { err, deviceId: id },
+          { err, device: id },
           "reading a stored birth failed; the node waits for the device's next birth",
         );
       }

@@ -60,7 +60,7 @@ export async function retireDevice(d: RetireDeps, deviceId: string): Promise<"re
   await d.allocator.forget(deviceId);
   d.logger.info(
     {
-      deviceId,
+      device: deviceId,
       pods: held?.pods.size ?? 0,
       tombstones: held?.tombstones.size ?? 0,
       commands,

@@ -66,7 +66,7 @@ export class PodStatusView {
     const address = observations.get(deviceId)?.report?.address;
     if (refused !== undefined && address !== undefined && this.#refusedAddress.get(deviceId) !== address) {
       this.#refusedAddress.set(deviceId, address);
-      this.#o.logger.warn({ deviceId, reason: refused }, "reported address ignored as pod IP");
+      this.#o.logger.warn({ device: deviceId, reason: refused }, "reported address ignored as pod IP");
       this.#o.recordEvent({
         involved: { kind: "Device", deviceId },
         type: "Warning",

@@ -45,11 +45,13 @@ import { IoSessions } from "./io-sessions.ts";
 import { LogCache } from "./log-cache.ts";
 import type { MqttMetrics } from "./metrics.ts";
 import { Observations } from "./observations.ts";
+import { DesiredLatency, deviceGauges } from "./provider-metrics.ts";
 import { Orphans } from "./orphans.ts";
 import { StatusCoalescer } from "./pod-status.ts";
 import { RestartRequests } from "./restart.ts";
 import { allowListMatcher, type MqttConfig } from "./schema.ts";
 import { SecretGate } from "./secret-gate.ts";
+import { Stages } from "./stages.ts";
 import { DeviceStatsStore } from "./stats.ts";
 import { BrokerSession, bridgePayload } from "./session.ts";
 import { PodStatusView } from "./status-view.ts";
@@ -66,6 +68,8 @@ export interface MqttEvents {
   readonly deleted: (ref: PodRef) => void;
   /** A device appeared or changed (watchDevices). */
   readonly deviceChanged: (info: DeviceInfo) => void;
+  /** A device's sync with its desired state may have changed (notifyDeviceSync). */
+  readonly syncChanged: (deviceId: string) => void;
 }
 
 export interface MqttParts {
@@ -82,6 +86,7 @@ export interface MqttParts {
   readonly lifecycle: DeviceLifecycle;
   readonly sessions: IoSessions;
   readonly io: DeviceIo;
+  readonly stages: Stages;
 }
 
 export function wireMqtt(o: {
@@ -126,7 +131,8 @@ export function wireMqtt(o: {
     blockSize: config.desired.generationBlock,
     onWrite: () => metrics.inc("storeWrites"),
   });
-  const observations = new Observations();
+  const latency = new DesiredLatency(context.metrics);
+  const observations = new Observations((id, observed) => latency.observed(id, observed));
   const desired = new DesiredStore({
     allocator,
     publish: (topic, payload) => connection.publish(topic, payload, { qos: 1, retain: true }),
@@ -140,7 +146,13 @@ export function wireMqtt(o: {
     publishTimeoutMs: config.desired.publishTimeoutMs,
     persist: (d) => workloads.persist(d),
     connected: () => connection.isConnected(),
-    onChange: (id) => statuses.mark(id),
+    onChange: (id) => {
+      statuses.mark(id);
+      // A document's tombstones get their `since` only once the broker acknowledged it; the
+      // device's report of having carried them out may have come first.
+      inbound.confirmTombstones(id);
+    },
+    onPublished: (id, epoch, generation, issuedAtMs) => latency.published(id, epoch, generation, issuedAtMs),
     metrics,
     logger,
   });
@@ -152,9 +164,19 @@ export function wireMqtt(o: {
     recordEvent,
     logger,
   });
+  // Pod Events per stage and each device's sync, looked at whenever its statuses are.
+  const stages = new Stages({
+    desired,
+    registry,
+    observations,
+    recordEvent,
+    syncChanged: events.syncChanged,
+    now: () => new Date(),
+  });
   const statuses = new StatusCoalescer({
     delayMs: STATUS_COALESCE_MS,
     statusesOf: (deviceId) => statusView.statusesOf(deviceId),
+    observe: (deviceId) => stages.observe(deviceId),
     emit: (status) => {
       if (!events.status(status)) return false;
       metrics.inc("statusUpdates");
@@ -228,6 +250,7 @@ export function wireMqtt(o: {
     logger,
     recordEvent,
     deleted: events.deleted,
+    stages,
   });
   const orphans: Orphans = new Orphans({
     graceMs: config.desired.orphanGraceSeconds * 1000,
@@ -247,6 +270,7 @@ export function wireMqtt(o: {
     secrets,
     hashes: new WorkloadHashes({ store: context.store, logger, config: sha256Hex(canonicalJson(config)) }),
     deleted: events.deleted,
+    stages,
   });
   const session = new BrokerSession({
     connection,
@@ -273,6 +297,7 @@ export function wireMqtt(o: {
     deleted: events.deleted,
     logger,
   });
+  context.metrics?.observe(deviceGauges({ desired, observations, commands, connection }));
   return {
     secrets,
     connection,
@@ -287,5 +312,6 @@ export function wireMqtt(o: {
     lifecycle,
     sessions,
     io,
+    stages,
   };
 }

@@ -19,6 +19,7 @@ import type { StatusCoalescer } from "./pod-status.ts";
 import type { RestartRequests } from "./restart.ts";
 import type { SecretGate } from "./secret-gate.ts";
 import { holdBack, toDesiredPod } from "./translate.ts";
+import type { Stages } from "./stages.ts";
 import type { HashEntry, WorkloadHashes } from "./workload-hashes.ts";
 
 export interface WorkloadsOptions {
@@ -33,6 +34,8 @@ export interface WorkloadsOptions {
   readonly hashes: Pick<WorkloadHashes, "load" | "restored" | "save">;
   /** Reports a pod deleted (the provider tells the engine, after the current step). */
   readonly deleted: (ref: PodRef) => void;
+  /** Told of each change this process makes to a pod's content, so its stages become Events. */
+  readonly stages?: Pick<Stages, "expect">;
 }
 
 export class Workloads {
@@ -80,7 +83,10 @@ export class Workloads {
       // retained document was never checked under this run's config.
       const blocked = holdBack(workload, desired, { secrets: this.#o.secrets });
       this.#hashes.set(pod.uid, workload.hash);
-      if (this.#o.desired.upsertPod(deviceId, ref, desired, blocked)) this.#o.statuses.mark(deviceId);
+      if (this.#o.desired.upsertPod(deviceId, ref, desired, blocked)) {
+        this.#o.stages?.expect(deviceId, pod.uid, desired.hash);
+        this.#o.statuses.mark(deviceId);
+      }
       // Only the engine's hash changed (labels, annotations): nothing for the device, but the
       // new hash must be stored before this resolves.
       else this.#o.desired.touch(deviceId);

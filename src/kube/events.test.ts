@@ -89,6 +89,38 @@ describe("EventRecorder", () => {
     ]);
   });
 
+  it("keeps series of one reason apart (Started per container), each with its own count", async () => {
+    const { api, recorder } = setup();
+    recorder.record({
+      object: podRef,
+      type: "Normal",
+      reason: "Started",
+      message: "Started container a",
+      series: "a",
+    });
+    recorder.record({
+      object: podRef,
+      type: "Normal",
+      reason: "Started",
+      message: "Started container b",
+      series: "b",
+    });
+    await recorder.flush();
+    recorder.record({
+      object: podRef,
+      type: "Normal",
+      reason: "Started",
+      message: "Started container a",
+      series: "a",
+    });
+    await recorder.flush();
+    expect(api.writes).toEqual(["create Started count=1", "create Started count=1", "patch p.1 count=2"]);
+    expect([...api.events.values()].map((e) => e.message)).toEqual([
+      "Started container a",
+      "Started container b",
+    ]);
+  });
+
   it("folds records made while a write is in flight into the next write", async () => {
     const { api, recorder } = setup();
     for (let i = 0; i < 5; i++) recorder.warning(podRef, "BadReport", `report ${i}`);

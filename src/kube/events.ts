@@ -2,9 +2,10 @@
  * {@link EventRecorder}: Kubernetes Events for `kubectl describe`, written so that a noisy device
  * cannot flood the API server.
  *
- * - Aggregation: a repeat of the same (object, type, reason) within `aggregationWindowMs` (10 min)
- *   does not create a new Event; it patches the existing one's `count`, `lastTimestamp` and
- *   `message` (the latest wins), as the kubelet's event correlator does.
+ * - Aggregation: a repeat of the same (object, type, reason, series) within `aggregationWindowMs`
+ *   (10 min) does not create a new Event; it patches the existing one's `count`, `lastTimestamp`
+ *   and `message` (the latest wins), as the kubelet's event correlator does. `series` (default
+ *   none) keeps apart what must show as separate lines, e.g. `Started` per container.
  * - Rate limit: at most `maxWritesPerMinute` (default 12, burst the same) writes per involved
  *   object. Records beyond that are folded into the series and written when the object's budget
  *   refills, so the final count is still right while the number of writes stays bounded.
@@ -31,6 +32,8 @@ export interface EventToRecord {
   readonly reason: string;
   /** For humans; truncated to 1024 characters. */
   readonly message: string;
+  /** Records of one reason with different series are separate Events (e.g. one per container). */
+  readonly series?: string;
 }
 
 export interface EventRecorderOptions {
@@ -48,6 +51,7 @@ interface Series {
   readonly ref: ObjectReference;
   readonly type: EventToRecord["type"];
   readonly reason: string;
+  readonly series: string;
   message: string;
   count: number;
   first: number;
@@ -66,6 +70,9 @@ interface ObjectBudget {
   /** Series held back until the timer fires. */
   readonly deferred: Set<Series>;
 }
+
+const seriesKey = (objectKey: string, type: string, reason: string, series: string) =>
+  `${objectKey}\u0000${type}\u0000${reason}\u0000${series}`;
 
 const refKey = (ref: ObjectReference) =>
   ref.uid ?? `${ref.kind ?? ""}/${ref.namespace ?? ""}/${ref.name ?? ""}`;
@@ -96,7 +103,7 @@ export class EventRecorder {
     if (this.#closed) return;
     const now = this.#clock.now();
     const objectKey = refKey(event.object);
-    const key = `${objectKey}\u0000${event.type}\u0000${event.reason}`;
+    const key = seriesKey(objectKey, event.type, event.reason, event.series ?? "");
     const message = event.message.length > 1024 ? `${event.message.slice(0, 1021)}...` : event.message;
     let series = this.#series.get(key);
     if (series && now - series.last <= this.#window) {
@@ -110,6 +117,7 @@ export class EventRecorder {
         ref: event.object,
         type: event.type,
         reason: event.reason,
+        series: event.series ?? "",
         message,
         count: 1,
         first: now,
@@ -232,7 +240,7 @@ export class EventRecorder {
   }
 
   #keyOf(series: Series): string {
-    return `${series.objectKey}\u0000${series.type}\u0000${series.reason}`;
+    return seriesKey(series.objectKey, series.type, series.reason, series.series);
   }
 
   #evict(): void {

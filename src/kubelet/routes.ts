@@ -190,7 +190,7 @@ export async function summaryOf(
     } catch (err) {
       if (!isNotFound(err)) {
         scrapeError = true;
-        ctx.logger.warn({ err, node: nodeName, deviceId }, "cannot read the device's stats");
+        ctx.logger.warn({ err, node: nodeName, device: deviceId }, "cannot read the device's stats");
       }
     }
   }

@@ -16,7 +16,7 @@
  */
 import type { V1Node, V1NodeCondition, V1NodeStatus } from "../kube/types.ts";
 import { isIP } from "node:net";
-import type { DeviceInfo, NodeAddress } from "../provider/types.ts";
+import type { DeviceInfo, DeviceSync, NodeAddress } from "../provider/types.ts";
 import { sameNormalised, sha256Hex, toDate } from "../base/canonical.ts";
 import type { Model, Plain } from "../workload/shape.ts";
 import { DEFAULT_DEVICE_LABEL_POLICY, deviceNodeLabels, type DeviceLabelPolicy } from "./labels.ts";
@@ -34,6 +34,8 @@ export const NodeLabel = {
   Transport: "devicelet.dev/transport",
   DeviceClass: "devicelet.dev/device-class",
   Gateway: "devicelet.dev/gateway",
+  /** `true`/`false` as the `DeviceInSync` condition is True/False; absent while it is Unknown. */
+  InSync: "devicelet.dev/in-sync",
 } as const;
 
 export const NodeConditionType = {
@@ -43,6 +45,15 @@ export const NodeConditionType = {
   PIDPressure: "PIDPressure",
   DeviceConnected: "DeviceConnected",
   TransportConnected: "TransportConnected",
+  DeviceInSync: "DeviceInSync",
+} as const;
+
+/** Reasons of the `DeviceInSync` condition (True / False / False / Unknown). */
+export const DeviceSyncReason = {
+  InSync: "InSync",
+  ApplyPending: "ApplyPending",
+  Rejected: "Rejected",
+  NeverReported: "NeverReported",
 } as const;
 
 /**
@@ -95,6 +106,12 @@ export interface NodeStatusOptions {
   readonly kubeletPort: number;
   readonly kubeletAddress: string;
   readonly version: string;
+  /**
+   * The device's sync state when the provider reports one (DeviceSyncReporter): adds the
+   * `DeviceInSync` condition. A device behind for less than `pendingGraceMs` still shows True, so
+   * a change applied within seconds costs no status write.
+   */
+  readonly sync?: { readonly state: DeviceSync | undefined; readonly pendingGraceMs: number } | undefined;
 }
 
 /** `devicelet://<provider>/<url-encoded device id>`: the `spec.providerID` of a device's node. */
@@ -189,7 +206,7 @@ function addresses(device: DeviceInfo, kubeletAddress: string): { type: string; 
 
 function condition(
   type: string,
-  status: "True" | "False",
+  status: "True" | "False" | "Unknown",
   reason: string,
   message: string,
   o: Pick<NodeStatusOptions, "previous" | "now">,
@@ -230,6 +247,7 @@ export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain
     readyCondition(o),
     deviceCondition(device, seen, o),
     ...transportConditions(o),
+    ...(o.sync ? [syncCondition(o.sync.state, o.sync.pendingGraceMs, o)] : []),
   ];
   const info = device.nodeInfo ?? {};
   return {
@@ -268,6 +286,51 @@ function deviceCondition(device: DeviceInfo, seen: string, o: NodeStatusOptions)
     return condition("DeviceConnected", "False", "DeviceSleeping", `device is sleeping ${until}; ${seen}`, o);
   }
   return condition("DeviceConnected", "False", "DeviceOffline", `device is offline; ${seen}`, o);
+}
+
+const isoSeconds = (d: Date) => new Date(Math.floor(d.getTime() / 1000) * 1000).toISOString();
+
+/**
+ * `DeviceInSync`: True `InSync` when the device applied the desired generation (or is behind for
+ * less than `graceMs`); False `Rejected` when it refused the newest generation it saw, False
+ * `ApplyPending` when behind for longer; Unknown `NeverReported`. While False, lastTransitionTime
+ * is when the device fell behind. Messages name the applied and desired generations.
+ */
+function syncCondition(
+  sync: DeviceSync | undefined,
+  graceMs: number,
+  o: NodeStatusOptions,
+): Plain<V1NodeCondition> {
+  const type = NodeConditionType.DeviceInSync;
+  if (!sync) {
+    const message = "the device has not reported which generation of its desired state it applied";
+    return condition(type, "Unknown", DeviceSyncReason.NeverReported, message, o);
+  }
+  const { desiredGeneration: desired, appliedGeneration: applied, behindSince } = sync;
+  const since = behindSince && !Number.isNaN(behindSince.getTime()) ? behindSince : undefined;
+  const behind = `applied generation ${applied} of ${desired}; behind since ${isoSeconds(since ?? o.now)}`;
+  const falseSince = (c: Plain<V1NodeCondition>) =>
+    // Fell behind now: the transition is when it fell behind, not when that was noticed.
+    c.lastTransitionTime === o.now && since ? { ...c, lastTransitionTime: since } : c;
+  if (sync.rejected) {
+    const r = sync.rejected;
+    const message = `the device rejected generation ${r.generation}: ${r.reason}: ${r.message}; ${behind}`;
+    return falseSince(condition(type, "False", DeviceSyncReason.Rejected, message.slice(0, 1024), o));
+  }
+  if (applied < desired && since && o.now.getTime() - since.getTime() >= graceMs) {
+    return falseSince(condition(type, "False", DeviceSyncReason.ApplyPending, `the device ${behind}`, o));
+  }
+  const message =
+    applied < desired
+      ? `the device applied generation ${applied}; generation ${desired} is on its way`
+      : `the device applied generation ${applied}, the desired one`;
+  return condition(type, "True", DeviceSyncReason.InSync, message, o);
+}
+
+/** The `devicelet.dev/in-sync` label value for a status: from its DeviceInSync condition. */
+export function inSyncLabel(status: Model<V1NodeStatus> | undefined): "true" | "false" | undefined {
+  const c = status?.conditions?.find((x) => x.type === NodeConditionType.DeviceInSync);
+  return c?.status === "True" ? "true" : c?.status === "False" ? "false" : undefined;
 }
 
 function readyCondition(o: NodeStatusOptions): Plain<V1NodeCondition> {
@@ -350,5 +413,20 @@ const HEARTBEAT = new Set(["lastHeartbeatTime"]);
  */
 export function nodeStatusChanged(prev: Model<V1NodeStatus> | undefined, next: Model<V1NodeStatus>): boolean {
   if (prev === undefined) return true;
-  return NODE_STATUS_FIELDS.some((f) => !sameNormalised({ [f]: prev[f] }, { [f]: next[f] }, HEARTBEAT));
+  const [a, b] = [withoutSyncMessage(prev), withoutSyncMessage(next)];
+  return NODE_STATUS_FIELDS.some((f) => !sameNormalised({ [f]: a[f] }, { [f]: b[f] }, HEARTBEAT));
+}
+
+/**
+ * The `DeviceInSync` message (its generations) alone is no reason to write: it goes out with the
+ * next write that happens anyway (a change, or `statusMaxIntervalSeconds`); status and reason are.
+ */
+function withoutSyncMessage(status: Model<V1NodeStatus>): Model<V1NodeStatus> {
+  if (!status.conditions?.some((c) => c.type === NodeConditionType.DeviceInSync)) return status;
+  return {
+    ...status,
+    conditions: status.conditions.map((c) =>
+      c.type === NodeConditionType.DeviceInSync ? { ...c, message: "" } : c,
+    ),
+  };
 }

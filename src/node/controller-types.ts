@@ -5,7 +5,13 @@
 import type { Logger } from "pino";
 import type { Clock } from "../base/clock.ts";
 import type { EventRecorder, KubeClient, NodeStatus } from "../kube/index.ts";
-import type { DeviceInfo, DeviceInventory, DeviceNotifier, DeviceRetirement } from "../provider/types.ts";
+import type {
+  DeviceInfo,
+  DeviceInventory,
+  DeviceNotifier,
+  DeviceRetirement,
+  DeviceSyncReporter,
+} from "../provider/types.ts";
 import type { BirthProblem } from "./birth.ts";
 import type { DeviceLabelPolicy } from "./labels.ts";
 import type { NodeLease } from "./lease.ts";
@@ -54,6 +60,13 @@ export interface NodeControllerOptions {
    * again (docs/protocol.md § 5). Absent: every deleted Node is registered again.
    */
   readonly retirement?: DeviceRetirement;
+  /**
+   * The provider's sync reporting (its `deviceSync`), when it has one: each node gets the
+   * `DeviceInSync` condition and the `devicelet.dev/in-sync` label. Absent: neither.
+   */
+  readonly sync?: DeviceSyncReporter;
+  /** How long a device may be behind before it shows `ApplyPending` (False); default 30 s. */
+  readonly syncPendingGraceMs?: number;
   /** Times leases, status heartbeats, retries and polls; default the system clock. */
   readonly clock?: Clock;
   /**
@@ -61,6 +74,8 @@ export interface NodeControllerOptions {
    * across restarts. Absent (the kubelet API is not served): every node advertises `kubeletPort`.
    */
   readonly kubeletPorts?: KubeletPortAssigner;
+  /** Told how long each successful node Lease renewal took, in seconds (src/metrics). */
+  readonly onLeaseRenewed?: (seconds: number) => void;
 }
 
 /** Hands each node a kubelet API port of its own (src/kubelet/ports.ts). */

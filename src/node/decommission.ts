@@ -30,7 +30,7 @@ export interface NodeDeleted {
  *   instead would serve a device the provider may already have half forgotten.
  */
 export async function afterNodeDeleted(o: NodeDeleted): Promise<"retired" | "register"> {
-  const fields = { node: o.node, deviceId: o.deviceId };
+  const fields = { node: o.node, device: o.deviceId };
   if (!o.retirement || o.device.connected) {
     o.logger.warn(fields, "node deleted by someone else; registering it again");
     return "register";

@@ -65,6 +65,8 @@ export interface NodeLeaseStart {
   readonly nodeUid: () => string | undefined;
   readonly onTick: () => void;
   readonly onRecovered: () => void;
+  /** Each successful renewal's duration in seconds (metrics). */
+  readonly onRenewed?: (seconds: number) => void;
   /** The lease's time source; default the system clock. */
   readonly clock?: Clock;
 }
@@ -85,6 +87,7 @@ export function startNodeLease(o: NodeLeaseStart): void {
     // (devicelet was down meanwhile). The heartbeat lane's budget spreads a large fleet.
     firstDelayMs: 0,
     onRecovered: o.onRecovered,
+    onRenewed: o.onRenewed,
     ...(o.clock ? { clock: o.clock } : {}),
   });
   // Renewals start now and can never stop, whatever the first one meets (the queue retries

@@ -82,7 +82,7 @@ export class DeviceNotices {
   }
 
   #tell(deviceId: string, node: NodeRef, reason: string, message: string): void {
-    this.#o.logger.warn({ deviceId, node: node.name, reason }, message);
+    this.#o.logger.warn({ device: deviceId, node: node.name, reason }, message);
     this.#o.events?.record({
       object: { apiVersion: "v1", kind: "Node", name: node.name, ...(node.uid ? { uid: node.uid } : {}) },
       type: "Warning",

@@ -1,5 +1,5 @@
 /**
- * Writing a managed node's status and transport taint (controller.ts), apart so the controller
+ * Writing a managed node's status, transport taint and in-sync label (controller.ts), apart so the controller
  * reads as the reconcile's decisions. Status is written when it changed or when
  * `statusMaxIntervalSeconds` passed since the last write (the kubelet's nodeStatusReportFrequency);
  * a node whose device is not known yet (one an earlier run left) gets only its conditions, so
@@ -7,13 +7,15 @@
  * does.
  *
  *   const written = await writeNodeStatus({ kube, config, version, transport, entry, node });
- *   await writeTransportTaint({ kube, name, node: written ?? node, transport });
+ *   await writeTransportTaint({ kube, name, node: written ?? node, transport, inSync: { value: "true" } });
  */
 import { systemClock, type Clock } from "../base/clock.ts";
 import { toWire, type KubeClient, type Node, type NodeStatus } from "../kube/index.ts";
+import type { DeviceSync } from "../provider/types.ts";
 import {
   buildNodeStatus,
   heartbeatConditions,
+  NodeLabel,
   nodeStatusChanged,
   transportTaints,
   type TransportState,
@@ -31,6 +33,8 @@ export interface StatusWrite {
   readonly node: Node;
   /** Stamps heartbeat times and decides when status is due; default {@link systemClock}. */
   readonly clock?: Clock;
+  /** The device's sync state, when the provider reports one: the `DeviceInSync` condition. */
+  readonly sync?: { readonly state: DeviceSync | undefined; readonly pendingGraceMs: number };
 }
 
 /** Writes node status when it changed or is due; resolves with the node as written, if it was. */
@@ -47,6 +51,7 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
     kubeletPort: entry.kubeletPort ?? config.kubeletPort,
     kubeletAddress: config.kubeletAddress,
     version,
+    sync: o.sync,
   };
   const status: NodeStatus = entry.device
     ? toWire(buildNodeStatus(entry.device, options))
@@ -63,18 +68,35 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   return written;
 }
 
-/** Adds or removes the NoSchedule taint of an unreachable transport, when the node's differs. */
+/**
+ * Adds or removes the NoSchedule taint of an unreachable transport, and sets the
+ * `devicelet.dev/in-sync` label to `inSync` (removing it for undefined), when the node's differ:
+ * one patch for both, none when neither changed. `inSync` is read from the status as written,
+ * so the label changes only with the condition, never more often than node status is written.
+ */
 export async function writeTransportTaint(o: {
   readonly kube: Pick<KubeClient, "patchNode">;
   readonly name: string;
   readonly node: Node;
   readonly transport: TransportState | undefined;
+  /** The label's value (undefined: no label); absent leaves the label alone (a provider without sync). */
+  readonly inSync?: { readonly value: "true" | "false" | undefined };
 }): Promise<void> {
-  const { node } = o;
+  const { node, inSync } = o;
   const taints = transportTaints(node.spec?.taints, o.transport?.connected === false);
-  if (!taints) return;
+  const current = node.metadata?.labels?.[NodeLabel.InSync];
+  const label =
+    inSync === undefined || inSync.value === current
+      ? undefined
+      : { [NodeLabel.InSync]: inSync.value ?? null };
+  if (!taints && !label) return;
+  // The taint list is replaced whole, so only against the version it was computed from; the label
+  // is devicelet's own and a merge patch of it is right whatever else changed meanwhile.
   await o.kube.patchNode(o.name, {
-    metadata: { resourceVersion: node.metadata?.resourceVersion },
-    spec: { taints },
+    metadata: {
+      ...(taints ? { resourceVersion: node.metadata?.resourceVersion } : {}),
+      ...(label ? { labels: label } : {}),
+    },
+    ...(taints ? { spec: { taints } } : {}),
   });
 }

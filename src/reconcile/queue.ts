@@ -23,6 +23,11 @@ export type ReconcileResult = undefined | { readonly requeueAfterMs: number };
 
 export interface WorkQueueOptions {
   readonly name: string;
+  /**
+   * The log field a key goes in (docs/configuration.md § Log fields): `pod` for
+   * `namespace/name` keys, `device` for device ids; default `key`.
+   */
+  readonly keyField?: "pod" | "device";
   readonly concurrency: number;
   readonly reconcile: (key: string) => Promise<ReconcileResult>;
   readonly logger: Logger;
@@ -165,9 +170,10 @@ export class WorkQueue {
 
   #retry(key: string, err: unknown): void {
     const { logger, baseDelayMs, maxDelayMs, isTerminal, name } = this.#options;
+    const keyField = this.#options.keyField ?? "key";
     if (isTerminal?.(err)) {
       logger.error(
-        { err, key, queue: name },
+        { err, [keyField]: key, queue: name },
         "reconcile failed terminally; retrying when the object changes",
       );
       this.#failures.delete(key);
@@ -185,7 +191,7 @@ export class WorkQueue {
     // Every failure of a short streak, then one line in ten: a long outage must not flood the log.
     if (failures <= 3 || failures % 10 === 0)
       logger.warn(
-        { err, key, queue: name, failures, retryInMs: Math.round(delay) },
+        { err, [keyField]: key, queue: name, failures, retryInMs: Math.round(delay) },
         "reconcile failed; retrying",
       );
     this.addAfter(key, delay);

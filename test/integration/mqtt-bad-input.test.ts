@@ -102,9 +102,7 @@ describe("mqtt provider: bad input", () => {
     });
     expect(metrics?.rejected.invalid).toBe(0); // no handler error
     // Logged once per device for the stranger, and no node for it.
-    expect(scene.devicelet.logLines().filter((l) => l.deviceId === intruder && l.level === 40)).toHaveLength(
-      1,
-    );
+    expect(scene.devicelet.logLines().filter((l) => l.device === intruder && l.level === 40)).toHaveLength(1);
     const nodes = await getJson<{ items: { metadata: { name: string } }[] }>([
       "nodes",
       "-l",

@@ -66,7 +66,7 @@ describe("mqtt provider: presence", () => {
     await eventually(() => {
       const ignored = scene.devicelet
         .logLines()
-        .filter((l) => l.msg === "ignored presence" && l.deviceId === rebooter && l.seq === 1_000_000);
+        .filter((l) => l.msg === "ignored presence" && l.device === rebooter && l.seq === 1_000_000);
       expect(ignored.map((l) => l.verdict)).toEqual(["stale-will"]);
     });
     // ...and the device is still online, with its pod Running.

@@ -153,7 +153,7 @@ describe("a device whose node name belongs to someone else", () => {
     expect(
       devicelet
         .logLines()
-        .some((l) => l.reason === "NodeNameTaken" && l.deviceId === foreign && l.level === 40),
+        .some((l) => l.reason === "NodeNameTaken" && l.device === foreign && l.level === 40),
     ).toBe(true);
 
     // devicelet works meanwhile: a pod on its own node runs (so pods have been routed for a while).

@@ -61,7 +61,7 @@ const decommissioned = (deviceId: string) =>
     .logLines()
     .filter(
       (l) =>
-        l.deviceId === deviceId && l.msg === "node deleted while its device was away: device decommissioned",
+        l.device === deviceId && l.msg === "node deleted while its device was away: device decommissioned",
     );
 
 /** A retained birth of a device that has never been seen, published while no devicelet runs. */

@@ -99,7 +99,7 @@ async function libraryDevice(deviceId: string, bootId: string) {
 }
 
 const logs = (deviceId: string, msg: string) =>
-  scene.devicelet.logLines().filter((l) => l.msg === msg && l.deviceId === deviceId);
+  scene.devicelet.logLines().filter((l) => l.msg === msg && l.device === deviceId);
 
 describe("protocol: presence", () => {
   it("shows lost a device whose library kept its first will across a reconnect, then dropped", async () => {
