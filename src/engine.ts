@@ -22,6 +22,7 @@ import {
   hasDeviceInventory,
   hasDeviceNotifier,
   hasDeviceRetirement,
+  hasDeviceSync,
   hasHealth,
   hasLifecycle,
   type DeviceInfo,
@@ -32,12 +33,14 @@ import {
 } from "./provider/types.ts";
 import { engineView, type EngineView } from "./provider/deferred.ts";
 import { EngineReadiness, startHealthServer, type HealthServer } from "./health/index.ts";
+import { DeviceletMetrics, startMetricsServer, type MetricsServer } from "./metrics/index.ts";
 import {
   createKubeletApi,
   resolveKubeletAddress,
   type KubeletApi,
   type KubeletBackend,
 } from "./kubelet/index.ts";
+import { runElected, type ElectedTerm } from "./leader/index.ts";
 import { ConfigMapStore } from "./state/configmap-store.ts";
 import { checkStateNamespace, stateNamespace } from "./state/namespace-check.ts";
 
@@ -51,6 +54,17 @@ export interface EngineOptions {
   readonly kube?: KubeClient;
   /** The time source of both controllers (tests pass a FakeClock); default the system clock. */
   readonly clock?: Clock;
+  /**
+   * With `leaderElection.enabled`: called with true when this replica starts leading, false when
+   * it stops (src/leader/run.ts). Not called without leader election (the one replica leads).
+   */
+  readonly onLeadingChange?: (leading: boolean) => void;
+  /**
+   * Set by leader election for the leader's term only (src/leader/run.ts): the `engine` readiness
+   * check to drive and the metrics registry, both served by the replica (the engine starts no
+   * health or metrics server of its own).
+   */
+  readonly leadership?: ElectedTerm;
 }
 
 export interface Engine {
@@ -58,6 +72,8 @@ export interface Engine {
   readonly provider: PodLifecycleProvider;
   readonly nodes: NodeController;
   readonly pods: PodController;
+  /** The engine's Prometheus registry and hooks, served on `metrics.port` (src/metrics). */
+  readonly metrics: DeviceletMetrics;
   /**
    * Settles once the engine has stopped: the signal aborted (or the provider failed), controllers
    * stopped, the provider's `stop` returned and the client it built closed. Rejects with the
@@ -75,21 +91,27 @@ const emptyInventory: DeviceInventory = {
   watchDevices: () => undefined,
 };
 
+/**
+ * With `leaderElection.enabled`, stands by until this replica holds the leader Lease, then starts
+ * as below; `done` then rejects with LeadershipLostError when the lease is lost (src/leader/run.ts).
+ */
 export async function runEngine(options: EngineOptions, signal: AbortSignal): Promise<Engine> {
   const { config, logger, version } = options;
-  const kube =
-    options.kube ??
-    createKubeClient({
-      kubeconfigPath: config.kubeconfig,
-      qps: config.api.qps,
-      burst: config.api.burst,
-      heartbeat: { qps: config.api.heartbeatQps, burst: config.api.heartbeatBurst },
-      requestTimeoutMs: config.api.requestTimeoutSeconds * 1000,
-      // A heartbeat request that takes longer than an interval is as good as lost: try again.
-      heartbeatTimeoutMs: config.lease.renewIntervalSeconds * 1000,
-      logger: logger.child({ component: "kube" }),
-      userAgent: `devicelet/${version}`,
-    });
+  if (config.leaderElection.enabled && !options.leadership) {
+    return runElected(
+      {
+        config,
+        logger,
+        ...(options.kube ? { kube: options.kube } : {}),
+        ...(options.clock ? { clock: options.clock } : {}),
+        ...(options.onLeadingChange ? { onLeadingChange: options.onLeadingChange } : {}),
+        createKube: (identity) => engineKubeClient(options, identity),
+        lead: (elected, term) => runEngine({ ...options, kube: elected.kube, leadership: elected }, term),
+      },
+      signal,
+    );
+  }
+  const kube = options.kube ?? engineKubeClient(options);
   // A state namespace that does not exist is a configuration error: refuse to start (ConfigError).
   const namespace = stateNamespace(config);
   try {
@@ -101,13 +123,21 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   const events = new EventRecorder({ client: kube, logger: logger.child({ component: "events" }) });
   // The provider is built before the node controller (which reads its inventory) but may record
   // device events at any time; those name the device's node once it has one.
-  const nodeRef: { current?: NodeController } = {};
+  const nodeRef: { current?: NodeController; pods?: PodController } = {};
   const recordEvent = (event: ProviderEvent) => {
     const { involved } = event;
+    // A pod event that names its device goes on the device's node once the pod object is gone
+    // (a tombstone confirmed after the pod was force-deleted).
+    const podGone =
+      involved.kind === "Pod" &&
+      involved.deviceId !== undefined &&
+      nodeRef.pods !== undefined &&
+      nodeRef.pods.cachedPod(involved.pod.namespace, involved.pod.name)?.metadata?.uid !== involved.pod.uid;
+    const deviceId = involved.kind === "Device" ? involved.deviceId : podGone ? involved.deviceId : undefined;
     // A device refused for a taken node name gets nothing recorded on that Node, which is not its own.
-    if (involved.kind === "Device" && nodeRef.current?.isRefused(involved.deviceId)) return;
+    if (deviceId !== undefined && nodeRef.current?.isRefused(deviceId)) return;
     const object =
-      involved.kind === "Pod"
+      involved.kind === "Pod" && deviceId === undefined
         ? {
             apiVersion: "v1",
             kind: "Pod",
@@ -118,9 +148,19 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
         : {
             apiVersion: "v1",
             kind: "Node",
-            name: nodeRef.current?.nodeNameOf(involved.deviceId) ?? involved.deviceId,
+            name: nodeRef.current?.nodeNameOf(deviceId ?? "") ?? deviceId ?? "",
           };
-    events.record({ object, type: event.type, reason: event.reason, message: event.message });
+    const message =
+      involved.kind === "Pod" && deviceId !== undefined
+        ? `pod ${involved.pod.namespace}/${involved.pod.name}: ${event.message}`
+        : event.message;
+    events.record({
+      object,
+      type: event.type,
+      reason: event.reason,
+      message,
+      ...(event.series === undefined ? {} : { series: event.series }),
+    });
   };
   // Every node advertises this address (docs/kubelet-api.md): the pod IP in a cluster.
   const kubeletAddress = resolveKubeletAddress(config.kubelet, process.env, logger);
@@ -152,9 +192,16 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   const running = new AbortController();
   // `/readyz` (docs/configuration.md, `health`): ready once everything has started, never again
   // once stopping begins, so the pod leaves its Service before anything shuts down.
-  const readiness = new EngineReadiness();
+  const readiness = options.leadership?.readiness ?? new EngineReadiness();
   running.signal.addEventListener("abort", () => readiness.stopping(), { once: true });
   let health: HealthServer | undefined;
+  // An elected leader's registry is its replica's, already served, with `devicelet_leader` set.
+  const metrics = options.leadership?.metrics ?? new DeviceletMetrics();
+  if (!options.leadership) {
+    metrics.setLeader(true);
+    metrics.observeKube(kube, running.signal);
+  }
+  let metricsServer: MetricsServer | undefined;
   const stopRunning = () => running.abort(signal.reason);
   if (signal.aborted) stopRunning();
   else signal.addEventListener("abort", stopRunning, { once: true });
@@ -176,6 +223,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
         recordEvent,
         checkPodAddress: (address) => addresses.ip(address),
         fail,
+        metrics: metrics.provider,
       }),
       logger,
     );
@@ -195,8 +243,11 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     ...(hasDeviceNotifier(provider) ? { notifier: provider } : {}),
     // Deleting the Node of a device that is away decommissions it (docs/protocol.md § 5).
     ...(hasDeviceRetirement(provider) ? { retirement: provider } : {}),
+    // The DeviceInSync condition and devicelet.dev/in-sync label, when the provider reports sync.
+    ...(hasDeviceSync(provider) ? { sync: provider } : {}),
     ...(options.clock ? { clock: options.clock } : {}),
     ...(kubelet ? { kubeletPorts: kubelet.ports } : {}),
+    onLeaseRenewed: (seconds) => metrics.leaseRenewed(seconds),
     events,
     config: {
       namePrefix: config.nodes.namePrefix,
@@ -221,9 +272,13 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     logger,
     ...(options.clock ? { clock: options.clock } : {}),
     config: { ...config.pods, kubeletAddress },
+    onPodRunning: (pod, status, now) => metrics.podRunning(pod, status, now),
   });
+  metrics.watchNodes(() => nodes.servedNodes());
+  metrics.watchPods(() => pods.managedPods());
   serving.nodes = nodes;
   serving.pods = pods;
+  nodeRef.pods = pods;
   const shutdown = async () => {
     // No new logs or exec once stopping; open streams end (their provider calls see the abort).
     await kubelet?.close();
@@ -233,15 +288,24 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     if (!options.kube) await kube.close();
     // Last: liveness keeps answering while the provider drains.
     await health?.close();
+    await metricsServer?.close();
   };
   try {
     // Before anything slow (nodes, the provider's broker), so liveness answers throughout.
-    if (config.health.serve) {
+    if (config.health.serve && !options.leadership) {
       health = await startHealthServer({
         port: config.health.port,
         bindAddress: config.health.bindAddress,
         checks: [readiness],
         logger: logger.child({ component: "health" }),
+      });
+    }
+    if (config.metrics.serve && !options.leadership) {
+      metricsServer = await startMetricsServer({
+        port: config.metrics.port,
+        bindAddress: config.metrics.bindAddress,
+        registry: metrics.registry,
+        logger: logger.child({ component: "metrics" }),
       });
     }
     // Nodes first: the ones an earlier run registered are heartbeated (and stay Ready) even while
@@ -271,7 +335,23 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   });
   // A caller that never awaits `done` must not see an unhandled rejection: the fatal error is logged.
   done.catch(() => undefined);
-  return { kube, provider, nodes, pods, done };
+  return { kube, provider, nodes, pods, metrics, done };
+}
+
+/** The engine's API client, as configured; `identity` (a replica's, header-safe) goes in its user agent. */
+function engineKubeClient(options: EngineOptions, identity?: string): KubeClient {
+  const { config, logger, version } = options;
+  return createKubeClient({
+    kubeconfigPath: config.kubeconfig,
+    qps: config.api.qps,
+    burst: config.api.burst,
+    heartbeat: { qps: config.api.heartbeatQps, burst: config.api.heartbeatBurst },
+    requestTimeoutMs: config.api.requestTimeoutSeconds * 1000,
+    // A heartbeat request that takes longer than an interval is as good as lost: try again.
+    heartbeatTimeoutMs: config.lease.renewIntervalSeconds * 1000,
+    logger: logger.child({ component: "kube" }),
+    userAgent: identity === undefined ? `devicelet/${version}` : `devicelet/${version} (${identity})`,
+  });
 }
 
 /**

@@ -1,14 +1,16 @@
 /**
  * `devicelet run --config <file.yaml>`: validates the configuration (every problem at once), loads
  * the provider, runs the engine until SIGTERM or SIGINT, then stops cleanly: leases stop being
- * renewed, nodes stay registered, the provider flushes its state.
+ * renewed, nodes stay registered, the provider flushes its state. With `leaderElection.enabled`
+ * it stands by until it leads, and a leader that loses the lease exits 1 ("leader election lost").
  */
 import { readFile } from "node:fs/promises";
 import path from "node:path";
-import pino from "pino";
+import pino, { type Logger } from "pino";
 import { parse } from "yaml";
 import { ConfigError, parseConfig } from "../config/index.ts";
 import { runEngine, type Engine } from "../engine.ts";
+import { LeadershipLostError } from "../leader/index.ts";
 import { redaction } from "../log/redact.ts";
 import { resolveProvider } from "./providers.ts";
 import { version } from "./version.ts";
@@ -73,6 +75,7 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
         process.stderr.write(`${new ConfigError(options.configPath, err.problems).message}\n`);
         return 2;
       }
+      if (err instanceof LeadershipLostError) return leadershipLost(logger, err);
       logger.error({ err }, "devicelet failed to start");
       return 1;
     }
@@ -84,9 +87,19 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   try {
     await engine.done;
   } catch (err) {
+    if (err instanceof LeadershipLostError) return leadershipLost(logger, err);
     logger.error({ err }, "devicelet stopped: the provider failed");
     return 1;
   }
   logger.info("devicelet stopped");
   return 0;
+}
+
+/**
+ * The lease was lost while leading: everything has stopped; exit non-zero so the container
+ * restarts as a standby, as kube-controller-manager does (leaderElection in docs/configuration.md).
+ */
+function leadershipLost(logger: Logger, err: LeadershipLostError): number {
+  logger.error({ err }, "leader election lost");
+  return 1;
 }

@@ -95,7 +95,46 @@ export const coreChecks: ConfigCheck = (data) => {
     ...(rangeProblem === undefined ? [] : [{ path: "/pods/ipRange", message: rangeProblem }]),
     ...readableFile(data, "/kubeconfig"),
     ...kubeletChecks(data),
+    ...leaderElectionChecks(data),
   ];
+};
+
+/**
+ * `leaderElection`, when enabled: client-go's relations (a leader steps down before a standby may
+ * take over; it tries to renew more than once before it does), and a failover that fits inside
+ * the node leases: a standby sees a dead leader's lease expire at most `leaseDuration` plus one
+ * jittered retry (`retryPeriod` × 2.2) after it last changed, well before any node lease runs out.
+ */
+const leaderElectionChecks: ConfigCheck = (data) => {
+  if (valueAt(data, "/leaderElection/enabled") !== true) return [];
+  const lease = "/leaderElection/leaseDurationSeconds";
+  const renew = "/leaderElection/renewDeadlineSeconds";
+  const retry = "/leaderElection/retryPeriodSeconds";
+  const nodeLease = "/lease/durationSeconds";
+  const problems = compare(data, renew, lease, "less than");
+  const [renewS, retryS, leaseS, nodeLeaseS] = [renew, retry, lease, nodeLease].map((p) => valueAt(data, p));
+  if (typeof renewS === "number" && typeof retryS === "number" && !(renewS > retryS * 1.2)) {
+    problems.push({
+      path: retry,
+      message: `must be less than ${renew} (${renewS}) divided by 1.2 (client-go's jitter factor)`,
+      involves: [retry, renew],
+    });
+  }
+  if (
+    typeof leaseS === "number" &&
+    typeof retryS === "number" &&
+    typeof nodeLeaseS === "number" &&
+    !(leaseS + retryS * 2.2 < nodeLeaseS)
+  ) {
+    problems.push({
+      path: lease,
+      message:
+        `plus ${retry} × 2.2 (${String(Math.round((leaseS + retryS * 2.2) * 10) / 10)}) must be less than ${nodeLease} ` +
+        `(${nodeLeaseS}), so a standby takes over before any node goes NotReady`,
+      involves: [lease, retry, nodeLease],
+    });
+  }
+  return problems;
 };
 
 /** The `kubelet` section: the port range fits, and the chosen certificate source has what it needs. */

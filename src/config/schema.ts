@@ -117,6 +117,7 @@ export const coreConfigSchema = {
       maxRetryDelayMs: integer(30_000, 1),
       statusDebounceMs: integer(100, 0),
       resyncIntervalMs: integer(300_000, 1_000),
+      secretRefreshSeconds: integer(60, 1),
     }),
     kubelet: section("The kubelet API devicelet serves for its nodes (docs/kubelet-api.md).", {
       serve: { type: "boolean", default: true },
@@ -152,6 +153,26 @@ export const coreConfigSchema = {
       serve: { type: "boolean", default: true },
       bindAddress: { type: "string", default: "0.0.0.0", format: "ip" },
       port: integer(8081, 0, 65535),
+    }),
+    metrics: section("Prometheus metrics of devicelet itself, plain HTTP (docs/operations.md).", {
+      serve: { type: "boolean", default: true },
+      bindAddress: { type: "string", default: "0.0.0.0", format: "ip" },
+      port: integer(8080, 0, 65535),
+    }),
+    leaderElection: section("One leader among replicas, on a Lease in the state namespace.", {
+      enabled: { type: "boolean", default: false },
+      leaseName: {
+        type: "string",
+        default: "devicelet",
+        pattern: dnsSubdomainOrEmpty,
+        minLength: 1,
+        maxLength: 253,
+      },
+      identity: { type: "string", default: "", maxLength: 253 },
+      leaseDurationSeconds: integer(15, 1),
+      renewDeadlineSeconds: integer(10, 1),
+      retryPeriodSeconds: integer(2, 1),
+      releaseOnCancel: { type: "boolean", default: true },
     }),
     log: section("Logging.", {
       level: { type: "string", default: "info", enum: LOG_LEVELS },
@@ -220,6 +241,8 @@ export interface DeviceletConfig {
     readonly statusDebounceMs: number;
     /** Every managed pod is reconciled again about this often (jittered); cheap when nothing changed. */
     readonly resyncIntervalMs: number;
+    /** A Secret a pod refers to is read again (GET) at most this long after its last read. */
+    readonly secretRefreshSeconds: number;
   };
   /** The kubelet API (docs/kubelet-api.md); `address`/`bindAddress` "" as resolved by `src/kubelet`. */
   readonly kubelet: KubeletConfig;
@@ -229,6 +252,22 @@ export interface DeviceletConfig {
    * `port` 0: a port the operating system picks (tests).
    */
   readonly health: { readonly serve: boolean; readonly bindAddress: string; readonly port: number };
+  /** `/metrics` (Prometheus text) on a plain port of its own; `port` 0 as for `health`. */
+  readonly metrics: { readonly serve: boolean; readonly bindAddress: string; readonly port: number };
+  /**
+   * With `enabled`, replicas elect one leader on the Lease `leaseName` in the state namespace
+   * (client-go's semantics and defaults); only the leader writes or talks to devices. `identity`
+   * "" = $POD_NAME, else the host name and process id.
+   */
+  readonly leaderElection: {
+    readonly enabled: boolean;
+    readonly leaseName: string;
+    readonly identity: string;
+    readonly leaseDurationSeconds: number;
+    readonly renewDeadlineSeconds: number;
+    readonly retryPeriodSeconds: number;
+    readonly releaseOnCancel: boolean;
+  };
   readonly log: { readonly level: LogLevel };
   readonly provider: ProviderSection;
   readonly state: { readonly namespace: string | null };

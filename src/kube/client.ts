@@ -171,6 +171,8 @@ export interface KubeClient {
 
   getConfigMap(namespace: string, name: string, options?: RequestOptions): Promise<ConfigMap | undefined>;
   getSecret(namespace: string, name: string, options?: RequestOptions): Promise<Secret | undefined>;
+  /** The Namespace object (only its metadata matters to devicelet: does it exist). */
+  getNamespace(name: string, options?: RequestOptions): Promise<KubeObject | undefined>;
   /** Merges `data` into a ConfigMap, creating it (with `labels`) when missing. */
   upsertConfigMap(
     namespace: string,
@@ -488,6 +490,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
 
     getConfigMap: (namespace, name, o) => get<ConfigMap>(`${ns(namespace)}/configmaps/${enc(name)}`, o),
     getSecret: (namespace, name, o) => get<Secret>(`${ns(namespace)}/secrets/${enc(name)}`, o),
+    getNamespace: (name, o) => get<KubeObject>(ns(name), o),
     replaceConfigMap: (cm, o) => {
       const { name, namespace, resourceVersion } = cm.metadata ?? {};
       if (!name || !namespace)

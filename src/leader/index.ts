@@ -1,12 +1,12 @@
 /**
  * `src/leader`: leader election between devicelet replicas on a `coordination.k8s.io` Lease, with
- * client-go's semantics and defaults (see election.ts). Only the leader writes nodes and pods.
+ * client-go's semantics and defaults (election.ts), and running devicelet as one of several
+ * replicas (run.ts: standby, leader, exit on loss; readiness.ts: the `leader` readiness check).
+ * Only the leader writes nodes and pods. The engine calls `runElected` itself when
+ * `leaderElection.enabled` (src/engine.ts):
  *
- *   const elector = new LeaderElector({ kube, namespace, name: "devicelet-leader", identity: podName,
- *     logger, releaseOnCancel: true,
- *     onStartedLeading: (signal) => void engine.lead(signal),
- *     onStoppedLeading: () => engine.standBy() });
- *   await elector.run(signal);
+ *   const engine = await runElected({ config, logger, createKube, lead: (term, signal) => startEngine(term, signal) }, signal);
+ *   await engine.done;   // rejects with LeadershipLostError when the lease was lost
  */
 export {
   DEFAULT_LEASE_DURATION_MS,
@@ -15,3 +15,13 @@ export {
   LeaderElector,
   type LeaderElectorOptions,
 } from "./election.ts";
+export { LeaderReadiness } from "./readiness.ts";
+export {
+  leaderIdentity,
+  LeadershipLostError,
+  RELEASE_AFTER_MS,
+  runElected,
+  type ElectedOptions,
+  type ElectedTerm,
+  type LeaderTerm,
+} from "./run.ts";

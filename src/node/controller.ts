@@ -42,7 +42,7 @@ import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
 import { addressChecker } from "./addresses.ts";
 import { checkBirth, type BirthPolicy } from "./birth.ts";
 import { afterNodeDeleted } from "./decommission.ts";
-import { buildNode, NodeLabel, type TransportState } from "./build.ts";
+import { buildNode, inSyncLabel, NodeLabel, type TransportState } from "./build.ts";
 import {
   newEntry,
   type ManagedNode,
@@ -60,6 +60,8 @@ import { TransportWatch } from "./transport-watch.ts";
 export type { ManagedNode, NodeControllerConfig, NodeControllerOptions } from "./controller-types.ts";
 
 const DEFAULT_RECHECK_REFUSED_MS = 30_000;
+/** A device behind its desired state for longer shows `DeviceInSync=False` (`ApplyPending`). */
+const DEFAULT_SYNC_PENDING_GRACE_MS = 30_000;
 
 export class NodeController {
   readonly #o: NodeControllerOptions;
@@ -94,6 +96,7 @@ export class NodeController {
     });
     this.#queue = new WorkQueue({
       name: "node",
+      keyField: "device",
       concurrency: 8,
       reconcile: (deviceId) => this.#reconcile(deviceId),
       logger: this.#log,
@@ -163,6 +166,10 @@ export class NodeController {
       changed: (device) => this.#upsertDevice(device),
       gone: (deviceId) => this.#deviceGone(deviceId),
     });
+    // A sync change is looked at by the next reconcile, which writes only what status would anyway.
+    this.#o.sync?.notifyDeviceSync((deviceId) => {
+      if (this.#entries.has(deviceId)) this.#queue.add(deviceId);
+    });
     await this.syncInventory();
     // A change re-reconciles every node (its condition and taint) and, through the listeners, its pods.
     this.#transport.start(signal, () => {
@@ -223,6 +230,23 @@ export class NodeController {
     return new Map([...this.#entries.values()].map((e) => [e.name, e.lease?.renewals ?? 0]));
   }
 
+  /** The Nodes this devicelet serves, as the API server has them (the watch cache); for metrics. */
+  servedNodes(): Node[] {
+    return this.nodeNames().flatMap((name) => this.#informer.get(name) ?? []);
+  }
+
+  /**
+   * Nodes whose `DeviceInSync` condition, as last written, is False (`ApplyPending` or
+   * `Rejected`): the devices out of sync. 0 when the provider reports no sync state.
+   */
+  outOfSyncCount(): number {
+    let count = 0;
+    for (const entry of this.#entries.values()) {
+      if (entry.ownership === "owned" && inSyncLabel(entry.lastStatus) === "false") count++;
+    }
+    return count;
+  }
+
   /** What the fleet's heartbeats ask of the heartbeat lane, as a share of its QPS (heartbeat.ts). */
   heartbeatLoad(): number {
     return this.#load.load(this.#entries.size);
@@ -258,7 +282,7 @@ export class NodeController {
         name = this.#names.claim(device.id);
       } catch (err) {
         this.#log.error(
-          { err, deviceId: device.id },
+          { err, device: device.id },
           "refusing device: its node name collides with another device's",
         );
         return;
@@ -294,7 +318,7 @@ export class NodeController {
     const node = entry.ownership === "owned" ? this.#informer.get(entry.name) : undefined;
     const uid = node?.metadata?.uid;
     if (uid !== undefined && (await this.#o.kube.deleteNode(entry.name, uid))) {
-      this.#log.info({ node: entry.name, deviceId }, "device gone: deleted its node");
+      this.#log.info({ node: entry.name, device: deviceId }, "device gone: deleted its node");
     }
     this.#entries.delete(deviceId);
     this.#byName.delete(entry.name);
@@ -321,8 +345,25 @@ export class NodeController {
     const { kube, config, version } = this.#o;
     const transport = this.#transport.state;
     const clock = this.#clock;
-    node = (await writeNodeStatus({ kube, config, version, transport, entry, node, clock })) ?? node;
-    await writeTransportTaint({ kube, name: entry.name, node, transport });
+    const { sync } = this.#o;
+    const syncState = sync && {
+      state: sync.deviceSync(deviceId),
+      pendingGraceMs: this.#o.syncPendingGraceMs ?? DEFAULT_SYNC_PENDING_GRACE_MS,
+    };
+    node =
+      (await writeNodeStatus({
+        kube,
+        config,
+        version,
+        transport,
+        entry,
+        node,
+        clock,
+        ...(syncState ? { sync: syncState } : {}),
+      })) ?? node;
+    // The in-sync label follows the condition as written, in the same patch as the taint.
+    const inSync = sync && entry.device ? { value: inSyncLabel(entry.lastStatus) } : undefined;
+    await writeTransportTaint({ kube, name: entry.name, node, transport, ...(inSync ? { inSync } : {}) });
     if (!entry.lease) {
       const nodeUid = node.metadata?.uid;
       startNodeLease({
@@ -339,6 +380,7 @@ export class NodeController {
         onRecovered: () => {
           for (const other of this.#entries.values()) other.lease?.renewSoon();
         },
+        onRenewed: this.#o.onLeaseRenewed,
       });
     }
     return undefined;
@@ -376,7 +418,8 @@ export class NodeController {
       this.#refuse(entry, deviceId, registered.node);
       return undefined;
     }
-    if (registered.outcome === "created") this.#log.info({ node: entry.name, deviceId }, "registered node");
+    if (registered.outcome === "created")
+      this.#log.info({ node: entry.name, device: deviceId }, "registered node");
     this.#own(entry, deviceId);
     return registered.node;
   }
@@ -440,7 +483,7 @@ export class NodeController {
   #own(entry: NodeEntry, deviceId: string): void {
     if (entry.ownership === "owned") return;
     if (entry.ownership === "refused") {
-      this.#log.info({ node: entry.name, deviceId }, "node name is free again; device accepted");
+      this.#log.info({ node: entry.name, device: deviceId }, "node name is free again; device accepted");
     }
     entry.ownership = "owned";
     this.#notices.accepted(deviceId);

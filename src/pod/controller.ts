@@ -7,7 +7,8 @@
  * - refuses pods using fields the provider does not declare (phase Failed, reason `Unsupported`),
  *   but only before the first create: a field added later to a pod the device already runs (an
  *   ephemeral container from `kubectl debug`) is ignored with one Warning Event per change;
- * - resolves env and files from the {@link ReferenceCache}; a missing mandatory ConfigMap or Secret
+ * - resolves env and files from the {@link ReferenceCache} (ConfigMaps watched, Secrets re-read
+ *   on a TTL, `secretRefreshSeconds`); a missing mandatory ConfigMap or Secret
  *   leaves the containers Waiting with `CreateContainerConfigError` (never started on the
  *   provider) until it appears. As with a kubelet, env is resolved once, at the first create, and
  *   kept; mounted ConfigMaps and Secrets follow edits (a new workload → `updatePod`);
@@ -29,6 +30,7 @@ import {
   retryAfterMs,
   type KubeClient,
   type Pod,
+  type PodStatus,
 } from "../kube/index.ts";
 import { isTerminal } from "../provider/errors.ts";
 import {
@@ -59,6 +61,8 @@ export interface PodControllerConfig {
   readonly concurrency?: number;
   /** Every managed pod is reconciled again about this often (±10 %); 0 turns it off. Default 5 min. */
   readonly resyncIntervalMs?: number;
+  /** A referenced Secret is read again at most this long after its last read. Default 60 s. */
+  readonly secretRefreshSeconds?: number;
 }
 
 export interface PodControllerOptions {
@@ -70,6 +74,11 @@ export interface PodControllerOptions {
   readonly logger: Logger;
   /** Times retries, debounces, polls and resyncs and stamps status; default the system clock. */
   readonly clock?: Clock;
+  /**
+   * Told when a status write first takes a pod to Running, with the status written (its
+   * PodScheduled condition says when the pod was bound) and the controller's time (src/metrics).
+   */
+  readonly onPodRunning?: (pod: Pod, status: PodStatus, now: Date) => void;
 }
 
 const configErrorRetryMs = 5_000;
@@ -100,7 +109,12 @@ export class PodController {
     const clock = this.#clock;
     this.#log = options.logger.child({ component: "pod" });
     this.#ips = new PodIpAllocator(options.config.ipRange);
-    this.#status = new StatusWriter({ kube: options.kube, logger: this.#log, counters: this.#counters });
+    this.#status = new StatusWriter({
+      kube: options.kube,
+      logger: this.#log,
+      counters: this.#counters,
+      onRunning: (pod, status) => options.onPodRunning?.(pod, status, new Date(clock.now())),
+    });
     this.#informer = new Informer<Pod>({
       client: options.kube,
       logger: this.#log,
@@ -114,12 +128,16 @@ export class PodController {
       kube: options.kube,
       logger: this.#log,
       clock,
+      ...(options.config.secretRefreshSeconds === undefined
+        ? {}
+        : { secretTtlMs: options.config.secretRefreshSeconds * 1000 }),
       onChange: (keys) => {
         for (const key of keys) this.#queue.add(key);
       },
     });
     this.#queue = new WorkQueue({
       name: "pod",
+      keyField: "pod",
       concurrency: options.config.concurrency ?? 16,
       reconcile: (key) => this.#reconcile(key),
       logger: this.#log,
@@ -227,6 +245,11 @@ export class PodController {
       references: this.#refs.stats(),
       queue: this.#queue.stats(),
     };
+  }
+
+  /** The pods on this devicelet's nodes, as the API server has them (the watch cache); for metrics. */
+  managedPods(): Pod[] {
+    return this.#informer.list().filter((pod) => this.#manages(pod));
   }
 
   /** The pods bound to `nodeName` as the API server has them (the watch cache); for the kubelet API. */

@@ -109,9 +109,12 @@ export class PodDeletion {
 
     this.#o.held.delete(key);
     this.#o.release(key, ref.uid);
-    // Grace 0 already: our final delete went through (the object waits for its finalizers), or the
-    // user forced it. Either way the API server is removing it; there is nothing left to do.
-    if (meta.deletionGracePeriodSeconds === 0) return undefined;
+    // Grace 0 already and finalizers pending: our final delete went through, or the user forced
+    // it; the object goes once they are removed, and there is nothing left to do. Without
+    // finalizers the object would be gone already, unless the final delete was cut off half-way
+    // (its sender killed after grace 0 was stored): delete it again, as a kubelet's status manager
+    // does for every terminated pod it still sees.
+    if (meta.deletionGracePeriodSeconds === 0 && (meta.finalizers?.length ?? 0) > 0) return undefined;
     await kube.deletePod({ namespace: ref.namespace, name: ref.name, uid: ref.uid, gracePeriodSeconds: 0 });
     counters.podDeletes++;
     return undefined;

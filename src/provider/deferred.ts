@@ -20,7 +20,7 @@ import type { Logger } from "pino";
 import { transient } from "./errors.ts";
 import type { DeviceInfo, DeviceWatcher, PodLifecycleProvider } from "./types.ts";
 
-const callbackRegistrations = new Set<PropertyKey>(["notifyStatus", "notifyDeleted"]);
+const callbackRegistrations = new Set<PropertyKey>(["notifyStatus", "notifyDeleted", "notifyDeviceSync"]);
 
 export function deferCallbacks<P extends PodLifecycleProvider>(provider: P, logger: Logger): P {
   const defer =

@@ -527,15 +527,28 @@ export interface DurableStore {
   entries(prefix: string): Promise<ReadonlyMap<string, string>>;
 }
 
-/** A Kubernetes Event a provider wants recorded; the engine rate-limits and aggregates them. */
+/**
+ * A Kubernetes Event a provider wants recorded; the engine rate-limits and aggregates them: a
+ * repeat of the same (object, type, reason, series) within ten minutes bumps the count of one
+ * Event, the latest message winning (src/kube/events.ts).
+ */
 export interface ProviderEvent {
-  /** The pod it is about, or the device (recorded on the device's node). */
+  /**
+   * The pod it is about, or the device (recorded on the device's node). A pod event that names
+   * its `deviceId` goes on the device's node instead when the pod object is already gone.
+   */
   readonly involved:
-    { readonly kind: "Pod"; readonly pod: PodRef } | { readonly kind: "Device"; readonly deviceId: string };
+    | { readonly kind: "Pod"; readonly pod: PodRef; readonly deviceId?: string }
+    | { readonly kind: "Device"; readonly deviceId: string };
   readonly type: "Normal" | "Warning";
   /** UpperCamelCase, e.g. `CommandExpired`, `DeviceRejectedConfig`. */
   readonly reason: string;
   readonly message: string;
+  /**
+   * Keeps events of one reason apart that must not fold into one, e.g. the container name of a
+   * per-container `Started` (as the kubelet has one Started per container). Default: one series.
+   */
+  readonly series?: string;
 }
 
 /** What the engine hands a provider when it creates it. */
@@ -556,6 +569,48 @@ export interface ProviderContext {
    * is not fatal: report it with {@link HealthReporter} instead.
    */
   readonly fail: (error: Error) => void;
+  /**
+   * Where the provider reports what devicelet's Prometheus metrics show of the devices
+   * (docs/providers.md, "Metrics"). Absent when nothing collects them (a test context): call it
+   * as `context.metrics?.desiredApplied(s)`.
+   */
+  readonly metrics?: ProviderMetrics;
+}
+
+/**
+ * The provider's share of devicelet's Prometheus metrics. Every method is cheap, synchronous and
+ * never throws; none takes a device id or pod name (series per device would not scale).
+ */
+export interface ProviderMetrics {
+  /** A device acknowledged receiving a desired document `seconds` after it was issued. */
+  desiredDelivered(seconds: number): void;
+  /** A device reported a desired document applied `seconds` after it was issued. */
+  desiredApplied(seconds: number): void;
+  /**
+   * A message from a device was refused. `reason` comes from a small fixed set (kebab-case, e.g.
+   * `schema`, `oversized`); anything else, or more than a few dozen distinct reasons, counts as
+   * `other`.
+   */
+  messageRejected(reason: string): void;
+  /** A command queued for a device expired before the device ran it. */
+  commandExpired(): void;
+  /**
+   * Gauges read at every scrape (level-based, so nothing is lost between scrapes). Each callback
+   * must be cheap and must not throw. A later call replaces the earlier callbacks.
+   */
+  observe(gauges: ProviderGauges): void;
+}
+
+/** What {@link ProviderMetrics.observe} reads; a gauge left out is not exported. */
+export interface ProviderGauges {
+  /** Changes (pods, deletions) handed to the provider that their device has not applied yet, summed over devices. */
+  readonly pendingChanges?: () => number;
+  /** Devices with at least one such change, or that rejected their desired state. */
+  readonly devicesOutOfSync?: () => number;
+  /** Commands waiting for their device (queued or awaiting a result). */
+  readonly commandsQueued?: () => number;
+  /** Whether the provider is connected to its transport (broker, hub) now. */
+  readonly transportConnected?: () => boolean;
 }
 
 /**
@@ -587,3 +642,36 @@ export interface DeviceRetirement {
 }
 
 export const hasDeviceRetirement = (p: object): p is DeviceRetirement => hasFunctions(p, "retireDevice");
+
+/**
+ * Whether a device has applied what devicelet wants it to run, in generations of its desired
+ * state (docs/providers.md § Device sync). Generations are the provider's own counter, compared
+ * only with each other.
+ */
+export interface DeviceSync {
+  /** The newest generation of desired state the device is to apply (0: nothing asked yet). */
+  readonly desiredGeneration: number;
+  /** The newest generation the device confirmed applied, in the same series. */
+  readonly appliedGeneration: number;
+  /** Since when `appliedGeneration` has been below `desiredGeneration`; absent while in sync. */
+  readonly behindSince?: Date;
+  /** The device refused the newest generation it saw, with its reason; absent otherwise. */
+  readonly rejected?: { readonly generation: number; readonly reason: string; readonly message: string };
+}
+
+/**
+ * Tells the engine how far each device is behind its desired state: the `DeviceInSync` node
+ * condition and the `devicelet.dev/in-sync` label. Without it nodes have neither.
+ */
+export interface DeviceSyncReporter {
+  /**
+   * From what the provider holds, never a round trip; undefined when the device has never
+   * reported (the condition is then Unknown).
+   */
+  deviceSync(deviceId: string): DeviceSync | undefined;
+  /** The callback is told a device id whenever `deviceSync` of it may have changed. */
+  notifyDeviceSync(callback: (deviceId: string) => void): void;
+}
+
+export const hasDeviceSync = (p: object): p is DeviceSyncReporter =>
+  hasFunctions(p, "deviceSync", "notifyDeviceSync");

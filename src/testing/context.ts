@@ -7,13 +7,14 @@
  *   ...
  *   context.events;                                      // ProviderEvents recorded, in order
  *   context.failures;                                    // errors passed to `fail` (fatal ones)
+ *   context.metrics.rejected;                            // reasons passed to `metrics.messageRejected`
  *   const again = testContext({ store: context.store }); // a restart: same durable state
  *
  * The logger is silent unless `logLevel` (or the `DEVICELET_KIT_LOG` environment variable) asks
  * for more; it then writes to stderr, so a failing conformance run can be read back.
  */
 import pino, { type Logger } from "pino";
-import type { ProviderContext, ProviderEvent } from "../provider/types.ts";
+import type { ProviderContext, ProviderEvent, ProviderGauges, ProviderMetrics } from "../provider/types.ts";
 import { MemoryStore } from "./memory-store.ts";
 
 export interface TestContext extends ProviderContext {
@@ -22,6 +23,41 @@ export interface TestContext extends ProviderContext {
   readonly events: ProviderEvent[];
   /** Every error the provider reported as fatal with `fail`, oldest first. */
   readonly failures: Error[];
+  readonly metrics: TestMetrics;
+}
+
+/** A {@link ProviderMetrics} that keeps what the provider reported; the test owns the arrays. */
+export class TestMetrics implements ProviderMetrics {
+  /** Seconds passed to `desiredDelivered`, oldest first. */
+  readonly delivered: number[] = [];
+  /** Seconds passed to `desiredApplied`, oldest first. */
+  readonly applied: number[] = [];
+  /** Reasons passed to `messageRejected`, oldest first. */
+  readonly rejected: string[] = [];
+  /** Calls of `commandExpired`. */
+  expired = 0;
+  /** The callbacks last passed to `observe`: call them to read the gauges. */
+  gauges: ProviderGauges = {};
+
+  desiredDelivered(seconds: number): void {
+    this.delivered.push(seconds);
+  }
+
+  desiredApplied(seconds: number): void {
+    this.applied.push(seconds);
+  }
+
+  messageRejected(reason: string): void {
+    this.rejected.push(reason);
+  }
+
+  commandExpired(): void {
+    this.expired++;
+  }
+
+  observe(gauges: ProviderGauges): void {
+    this.gauges = gauges;
+  }
 }
 
 export interface TestContextOptions {
@@ -50,6 +86,7 @@ export function testContext(options: TestContextOptions = {}): TestContext {
     fail: (error) => {
       failures.push(error);
     },
+    metrics: new TestMetrics(),
     ...(options.checkPodAddress === undefined ? {} : { checkPodAddress: options.checkPodAddress }),
   };
 }

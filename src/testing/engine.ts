@@ -15,7 +15,8 @@
  *
  * Scenarios (each waits for end states; none sleeps):
  * - a pod the scheduler places (no nodeName) is scheduled while its device is away, and runs only
- *   once the device is back;
+ *   once the device is back; with a provider that reports device sync, its node then shows
+ *   DeviceInSync=True (label `devicelet.dev/in-sync=true`);
  * - an offline device keeps its node Ready (DeviceConnected=False), its pods bound, nothing evicted;
  * - changes made while a device is away (a pod replaced, a mounted ConfigMap edited) reach it once,
  *   as their latest version, and the replaced pod never runs;
@@ -30,7 +31,7 @@
  * instance. The suite takes a few minutes; its hooks and tests carry their own timeouts.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { PodFeature, type PodLifecycleProvider } from "../provider/types.ts";
+import { hasDeviceSync, PodFeature, type PodLifecycleProvider } from "../provider/types.ts";
 import { conditionOf, eventually, isRunning, type PodJson } from "./engine-cluster.ts";
 import { EngineSuite, type EngineConformanceOptions } from "./engine-suite.ts";
 import type { ProviderTarget } from "./target.ts";
@@ -115,6 +116,14 @@ export function describeEngineConformance<P extends PodLifecycleProvider>(
         const placed = await runningPod("placed");
         expect(placed.metadata.uid).toBe(queued.metadata.uid);
         expect(placed.spec.nodeName).toBe(suite.nodeOf(first));
+        // A provider that reports device sync shows the device in sync once it runs what it was given.
+        if (hasDeviceSync(suite.running.provider)) {
+          await eventually(async () => {
+            const n = await suite.cluster.node(suite.nodeOf(first));
+            expect(conditionOf(n, "DeviceInSync")).toMatchObject({ status: "True", reason: "InSync" });
+            expect(n.metadata.labels?.["devicelet.dev/in-sync"]).toBe("true");
+          }, patience);
+        }
       },
       timeout,
     );

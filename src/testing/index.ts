@@ -15,7 +15,7 @@ export {
   type ContractScenarioId,
 } from "./contract.ts";
 export { ContractViolation } from "./checks.ts";
-export { testContext, type TestContext, type TestContextOptions } from "./context.ts";
+export { testContext, TestMetrics, type TestContext, type TestContextOptions } from "./context.ts";
 export { MemoryStore } from "./memory-store.ts";
 export { app, appNames, refOf, workload, type WorkloadOptions } from "./workload.ts";
 export { FakeClock } from "../base/fake-clock.ts";

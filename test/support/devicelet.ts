@@ -65,6 +65,7 @@ export async function runDevicelet(options: {
       kubelet: { serve: false },
       // Health endpoints on a free loopback port, so devicelets running side by side never clash.
       health: { port: 0, bindAddress: "127.0.0.1" },
+      metrics: { port: 0, bindAddress: "127.0.0.1" },
       ...options.config(dir),
     }),
   );

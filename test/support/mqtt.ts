@@ -113,6 +113,8 @@ export interface MqttDeviceletOptions {
   readonly core?: Record<string, unknown>;
   /** Nodes expected to register before start resolves (default: none awaited). */
   readonly expectNodes?: number;
+  /** Wait for "devicelet is running" (default true); false for a standby replica, which never logs it. */
+  readonly waitForRunning?: boolean;
 }
 
 export interface RunningMqttDevicelet extends DeviceletProcess {
@@ -124,7 +126,7 @@ export async function startMqttDevicelet(options: MqttDeviceletOptions): Promise
   const process_ = await runDevicelet({
     id: options.id,
     expectNodes: options.expectNodes,
-    waitForRunning: true,
+    waitForRunning: options.waitForRunning ?? true,
     config: () => ({
       state: { namespace: options.namespace },
       pods: { statusDebounceMs: 50 },

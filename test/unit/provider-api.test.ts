@@ -6,6 +6,7 @@
 import {
   defineProvider,
   hasDeviceInventory,
+  hasDeviceSync,
   hasLifecycle,
   hasStatusNotifier,
   isNotFound,
@@ -14,9 +15,12 @@ import {
   PodFeature,
   unsupported,
   type DeviceInventory,
+  type DeviceSync,
+  type DeviceSyncReporter,
   type FromSchema,
   type PodLifecycleProvider,
   type ProviderContext,
+  type ProviderMetrics,
   type ProviderPlugin,
   type WorkloadStatus,
 } from "devicelet/provider";
@@ -154,5 +158,42 @@ describe("capability guards and errors", () => {
     expect(isNotFound({ code: "DEVICELET_NOT_FOUND" })).toBe(true);
     expect(isTerminal(unsupported("no exec on a microcontroller"))).toBe(true);
     expect(isTerminal(notFound("x"))).toBe(false);
+  });
+});
+
+describe("provider metrics", () => {
+  it("are optional in the context, typed, and take no device or pod", () => {
+    const report = (context: ProviderContext) => {
+      context.metrics?.desiredApplied(1.5);
+      context.metrics?.messageRejected("schema");
+      context.metrics?.observe({ commandsQueued: () => 0, transportConnected: () => true });
+      // @ts-expect-error: a gauge is a callback read at scrape time, not a value
+      context.metrics?.observe({ commandsQueued: 3 });
+      // @ts-expect-error: latencies are one number of seconds, never per device
+      context.metrics?.desiredDelivered("gw-1", 0.2);
+    };
+    expectTypeOf(report).parameter(0).toHaveProperty("metrics");
+    expectTypeOf<ProviderContext["metrics"]>().toEqualTypeOf<ProviderMetrics | undefined>();
+    expect(typeof report).toBe("function");
+  });
+});
+
+describe("device sync", () => {
+  it("is a capability of two methods, its state typed", () => {
+    const synced: PodLifecycleProvider & DeviceSyncReporter = {
+      ...toy("sync"),
+      deviceSync: () => ({ desiredGeneration: 2, appliedGeneration: 1, behindSince: new Date(0) }),
+      notifyDeviceSync: () => undefined,
+    };
+    expect(hasDeviceSync(synced)).toBe(true);
+    // Without the notification the engine would never look again: not the capability.
+    expect(hasDeviceSync({ ...toy("half"), deviceSync: () => undefined })).toBe(false);
+    const rejected: DeviceSync = {
+      desiredGeneration: 3,
+      appliedGeneration: 2,
+      // @ts-expect-error: a rejection carries the device's reason and message
+      rejected: { generation: 3 },
+    };
+    expect(rejected.desiredGeneration).toBe(3);
   });
 });
