@@ -16,7 +16,7 @@ export default async function setup(): Promise<() => Promise<void>> {
   });
   if (await running(testenvDir)) {
     console.error(`[testenv] reusing the control plane recorded in ${testenvDir}`);
-    await up({ dir: testenvDir }); // refreshes RBAC from manifests/, starts nothing
+    await up({ dir: testenvDir }); // re-applies the chart's RBAC (hack: helm), starts nothing
     return async () => {};
   }
   await up({ dir: testenvDir });

@@ -239,7 +239,7 @@ class CsrCertificates implements ServingCertificateSource {
         if (signal.aborted) return undefined;
         log.error(
           { err },
-          `cannot approve our own CSR (csrApprove needs manifests/kubelet-serving-approver.yaml); approve it by hand: ${approveLine}`,
+          `cannot approve our own CSR (csrApprove needs the chart's kubeletApi.tls.csr.approve grant); approve it by hand: ${approveLine}`,
         );
       }
     } else {

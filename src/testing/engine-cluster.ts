@@ -39,7 +39,7 @@ export interface PodJson {
 }
 
 export interface NodeJson {
-  readonly metadata: { name: string; annotations?: Record<string, string> };
+  readonly metadata: { name: string; annotations?: Record<string, string>; labels?: Record<string, string> };
   readonly spec: { taints?: readonly { key: string; effect: string }[] };
   readonly status: { conditions?: readonly Condition[] };
 }

@@ -33,7 +33,33 @@ export interface EngineConformanceOptions {
    * suite starts one and stops it afterwards.
    */
   readonly controlPlaneDir?: string;
+  /**
+   * Another identity and configuration for devicelet than the harness user's: called in the
+   * suite's `beforeAll`, after the control plane is up and after any `beforeAll` registered before
+   * `describeEngineConformance`, so a test can first install something (a Helm release) and hand
+   * over its ServiceAccount's kubeconfig. `config` is merged over the suite's own configuration
+   * (objects key by key; a value set here wins), e.g. the state namespace a release grants.
+   */
+  readonly devicelet?: () => Promise<DeviceletIdentity> | DeviceletIdentity;
 }
+
+export interface DeviceletIdentity {
+  /** A kubeconfig file for devicelet to use. */
+  readonly kubeconfig: string;
+  readonly config?: Readonly<Record<string, unknown>>;
+}
+
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+/** `over` merged into `base`: objects key by key, anything else replaced. */
+const mergeConfig = (base: Json, over: Readonly<Json>): Json => {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = isObject(b) && isObject(v) ? mergeConfig(b, v) : v;
+  }
+  return out;
+};
 
 /** The node label every node of a suite carries: `devicelet.dev/conformance=<suite id>`. */
 export const SUITE_LABEL = "devicelet.dev/conformance";
@@ -52,6 +78,7 @@ export class EngineSuite<P extends PodLifecycleProvider> {
   readonly patienceMs: number;
   readonly #target: ProviderTarget<P>;
   readonly #dir: string;
+  readonly #identity: EngineConformanceOptions["devicelet"];
   #controlPlane: ControlPlane | undefined;
   #cluster: KitCluster | undefined;
   #config: DeviceletConfig | undefined;
@@ -63,6 +90,7 @@ export class EngineSuite<P extends PodLifecycleProvider> {
   constructor(target: ProviderTarget<P>, options: EngineConformanceOptions = {}) {
     this.#target = target;
     this.#dir = options.controlPlaneDir ?? defaultControlPlaneDir();
+    this.#identity = options.devicelet;
     this.patienceMs = target.patienceMs ?? 20_000;
   }
 
@@ -88,24 +116,31 @@ export class EngineSuite<P extends PodLifecycleProvider> {
     this.#cluster = new KitCluster(this.#controlPlane);
     await this.cluster.kubectl(["create", "namespace", this.namespace]);
     this.#namespaceCreated = true;
+    const identity = await this.#identity?.();
     this.#config = parseConfig(
-      JSON.stringify({
-        kubeconfig: this.#controlPlane.deviceletKubeconfig,
-        nodes: { namePrefix: `${this.id}-`, extraLabels: { [SUITE_LABEL]: this.id } },
-        // Short timings: a lapsed lease or a missed update shows within the kit's patience.
-        lease: { durationSeconds: 10, renewIntervalSeconds: 2 },
-        nodeStatus: { maxIntervalSeconds: 10 },
-        pods: { statusDebounceMs: 50, resyncIntervalMs: 5_000, maxRetryDelayMs: 2_000 },
-        log: { level: "warn" },
-        // The engine's durable store (ConfigMaps) lives with the suite, and goes with it.
-        state: { namespace: this.namespace },
-        // The scenarios are about pods and nodes; the kubelet API (and its certificate) is not theirs.
-        kubelet: { serve: false },
-        // Suites run side by side: health endpoints on a free loopback port each.
-        health: { port: 0, bindAddress: "127.0.0.1" },
-        // A type no schema is registered for: the target builds its provider itself.
-        provider: { type: `conformance-kit-${this.#target.name}`, config: {} },
-      }),
+      JSON.stringify(
+        mergeConfig(
+          {
+            kubeconfig: this.#controlPlane.deviceletKubeconfig,
+            nodes: { namePrefix: `${this.id}-`, extraLabels: { [SUITE_LABEL]: this.id } },
+            // Short timings: a lapsed lease or a missed update shows within the kit's patience.
+            lease: { durationSeconds: 10, renewIntervalSeconds: 2 },
+            nodeStatus: { maxIntervalSeconds: 10 },
+            pods: { statusDebounceMs: 50, resyncIntervalMs: 5_000, maxRetryDelayMs: 2_000 },
+            log: { level: "warn" },
+            // The engine's durable store (ConfigMaps) lives with the suite, and goes with it.
+            state: { namespace: this.namespace },
+            // The scenarios are about pods and nodes; the kubelet API (and its certificate) is not theirs.
+            kubelet: { serve: false },
+            // Suites run side by side: health endpoints on a free loopback port each.
+            health: { port: 0, bindAddress: "127.0.0.1" },
+            metrics: { port: 0, bindAddress: "127.0.0.1" },
+            // A type no schema is registered for: the target builds its provider itself.
+            provider: { type: `conformance-kit-${this.#target.name}`, config: {} },
+          },
+          identity ? { ...identity.config, kubeconfig: identity.kubeconfig } : {},
+        ),
+      ),
       `engine conformance config (${this.#target.name})`,
     );
     this.#setUp = true;

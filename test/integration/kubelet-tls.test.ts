@@ -2,7 +2,7 @@
  * The kubelet API's serving certificate against the harness control plane, as devicelet's own
  * least-privilege user: a CertificateSigningRequest to the real `kubernetes.io/kubelet-serving`
  * signer (the controller-manager signs with the harness CA), approved by devicelet itself
- * (`approve: true`, manifests/kubelet-serving-approver.yaml) or by an admin with kubectl, kept in a
+ * (`approve: true`, the chart's approver role) or by an admin with kubectl, kept in a
  * Secret and reused after a restart; and a certificate from a Secret that someone else updates.
  */
 import { execFileSync } from "node:child_process";

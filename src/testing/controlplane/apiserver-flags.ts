@@ -7,7 +7,9 @@ import type { Pki } from "./pki.ts";
 
 // Every request of devicelet and of the tools it is measured against (KWOK) is logged, reads
 // included, so tests and benchmarks can count API calls per pod; the control plane's own
-// components are left out to keep the log small.
+// components are left out to keep the log small. Watches are logged only for devicelet's own
+// identities (the harness user, and a ServiceAccount such as the chart's), so the RBAC tests see
+// every verb devicelet uses.
 export const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
@@ -16,6 +18,12 @@ rules:
     users: [system:kube-controller-manager, system:kube-scheduler, system:apiserver]
   - level: None
     userGroups: [system:serviceaccounts:kube-system, system:nodes]
+  - level: Metadata
+    users: [devicelet]
+    verbs: [watch]
+  - level: Metadata
+    userGroups: [system:serviceaccounts]
+    verbs: [watch]
   - level: None
     verbs: [watch]
   - level: Metadata

@@ -30,9 +30,10 @@ import {
 } from "./process.ts";
 import { apiServerArgs, auditPolicy } from "./apiserver-flags.ts";
 import { ensurePki, type Pki } from "./pki.ts";
+import { harnessRbac } from "./rbac.ts";
 
 /**
- * The package root (where hack/control-plane and manifests/ are): three folders up from the
+ * The package root (where hack/control-plane and charts/ are): three folders up from the
  * sources, four from the build in dist/. Found by its package.json rather than counted, so both work.
  */
 const packageRoot = findPackageRoot(import.meta.dirname);
@@ -165,7 +166,7 @@ export async function up(options: {
   const existing = await running(dir);
   if (existing) {
     log(`control plane already running at ${existing.server}`);
-    // The ClusterRole may have changed since it was started; applying it again is cheap.
+    // The chart's RBAC may have changed since it was started; applying it again is cheap.
     applyRbac(dir, existing.binDir, existing.network);
     writeEnvFiles(dir, existing);
     return existing;
@@ -358,44 +359,15 @@ export async function up(options: {
   return state;
 }
 
-/** Applies devicelet's ClusterRole (manifests/) and binds it to the harness user `devicelet`. */
+/** Grants the harness user `devicelet` exactly the Helm chart's RBAC (rbac.ts). */
 function applyRbac(dir: string, binDir: string, network?: NetworkNamespace) {
   const kubectl = [path.join(binDir, "kubectl"), `--kubeconfig=${path.join(dir, "kubeconfig")}`];
   const argv = network ? ["ip", "netns", "exec", network.namespace, ...kubectl] : kubectl;
-  const apply = (args: string[], input?: string) =>
-    execFileSync(argv[0] ?? "", [...argv.slice(1), "apply", ...args], { input, encoding: "utf8" });
-  apply(["-f", path.join(packageRoot, "manifests/clusterrole.yaml")]);
-  // The harness is a dev cluster: devicelet may approve its own kubelet serving CSR (csrApprove).
-  apply(["-f", path.join(packageRoot, "manifests/kubelet-serving-approver.yaml")]);
-  apply(["-f", "-"], deviceletBinding);
+  execFileSync(argv[0] ?? "", [...argv.slice(1), "apply", "-f", "-"], {
+    input: harnessRbac({ packageRoot, user: "devicelet" }),
+    encoding: "utf8",
+  });
 }
-
-const deviceletBinding = `apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: devicelet
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: devicelet
-subjects:
-  - apiGroup: rbac.authorization.k8s.io
-    kind: User
-    name: devicelet
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: devicelet-kubelet-serving-approver
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: devicelet-kubelet-serving-approver
-subjects:
-  - apiGroup: rbac.authorization.k8s.io
-    kind: User
-    name: devicelet
-`;
 
 function writeEnvFiles(dir: string, state: ControlPlaneState) {
   writeFileSync(

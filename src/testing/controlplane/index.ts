@@ -2,7 +2,8 @@
  * A real Kubernetes control plane for provider authors' tests, the one devicelet's own tests run
  * against (controlplane.ts): etcd, kube-apiserver, kube-controller-manager and kube-scheduler on
  * loopback, built once by hack/control-plane/build.sh (Go needed for the first build; cached by
- * version under ~/.cache/devicelet), with devicelet's ClusterRole bound to a `devicelet` user.
+ * version under ~/.cache/devicelet), with the Helm chart's RBAC granted to a `devicelet` user
+ * (rbac.ts; Helm is built the same way).
  *
  *   const cp = await startControlPlane({ dir: ".testenv" });  // reuses a healthy one recorded in dir
  *   cp.adminKubeconfig;      // cluster-admin: for set-up and assertions
@@ -22,7 +23,11 @@ export interface ControlPlane {
   readonly server: string;
   /** cluster-admin (group system:masters). */
   readonly adminKubeconfig: string;
-  /** User `devicelet`, bound to manifests/clusterrole.yaml and manifests/kubelet-serving-approver.yaml (self-approved kubelet serving certificates, as a dev cluster may allow). */
+  /**
+   * User `devicelet`, granted the Helm chart's RBAC (the state-namespace Role's rules in every
+   * namespace) and its kubelet-serving approver (self-approved serving certificates, as a dev
+   * cluster may allow): see rbac.ts.
+   */
   readonly deviceletKubeconfig: string;
   /** Folder holding kubectl and the control-plane binaries. */
   readonly binDir: string;
@@ -36,7 +41,7 @@ export const defaultControlPlaneDir = (): string =>
 
 /**
  * Starts the control plane recorded in `dir`, or reuses it when every recorded process is alive
- * and the API server is ready (re-applying devicelet's ClusterRole). Resolves once the API server,
+ * and the API server is ready (re-applying the chart's RBAC). Resolves once the API server,
  * controller-manager and scheduler are healthy and the default ServiceAccount exists. A cold
  * binary cache means a build of several minutes; a warm start takes seconds.
  */
