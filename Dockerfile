@@ -5,7 +5,8 @@
 #
 # Two stages: the first compiles the TypeScript with every dependency, the second carries only
 # the production dependencies, dist/ and the launcher, and runs as a non-root user. The base is
-# the official Node.js 24 image on Debian bookworm, slim variant.
+# the official Node.js 24 image on Debian bookworm, slim variant. Without a container engine,
+# hack/image/build.sh builds the same image with buildah (CI does, and smoke-tests it).
 
 FROM node:24-bookworm-slim AS build
 WORKDIR /src
@@ -28,10 +29,12 @@ COPY --from=build /src/dist ./dist
 COPY --from=build /src/bin ./bin
 # Without src/ beside it, the launcher runs the compiled dist/.
 RUN ln -s /app/bin/devicelet.js /usr/local/bin/devicelet
-# The `node` user of the base image (uid 1000); the chart also sets runAsNonRoot and a read-only
-# root filesystem, which devicelet needs: it writes nothing outside its API server state.
+# The `node` user of the base image (uid 1000, HOME /home/node). devicelet writes no file of its own
+# (its state lives in the API server), so it runs on a read-only root filesystem as the chart sets
+# it; test/integration/image.test.ts runs the image built by hack/image/build.sh that way.
 USER 1000:1000
-# 10250 and up: the kubelet API, one port per device node (kubelet.port, kubelet.portCount).
-EXPOSE 10250
+# 8080 metrics, 8081 health (/healthz, /readyz); 10250 and up the kubelet API, one port per device
+# node (kubelet.port, kubelet.portCount).
+EXPOSE 8080 8081 10250
 ENTRYPOINT ["devicelet"]
 CMD ["run", "--config", "/etc/devicelet/config.yaml"]

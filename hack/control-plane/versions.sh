@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # sourced: the scripts that source it use the variables
 # Pinned control-plane versions, read by build.sh and the test harness.
 # Kubernetes 1.36: a supported minor with several patch releases behind it, new enough for the
 # status-write resourceVersion checks devicelet must live with (1.35+), and building with the Go 1.26

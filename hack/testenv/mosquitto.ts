@@ -26,7 +26,11 @@ const candidates = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"];
 /** Installs one of Debian's packages (`apt-get`, as root), refreshing the package lists once if needed. */
 export function installDebianPackage(name: string): void {
   const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
-  const install = () => execFileSync("apt-get", ["install", "-y", "-qq", name], { stdio: "inherit", env });
+  const install = () =>
+    execFileSync("apt-get", ["-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", name], {
+      stdio: "inherit",
+      env,
+    });
   try {
     install();
   } catch {
