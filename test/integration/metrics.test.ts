@@ -7,16 +7,18 @@
  *   delivery and apply histograms;
  * - a device away while its pod is created: a change pending and a device out of sync, the node's
  *   DeviceConnected=False; both back once it returns and applies;
+ * - a restart requested for a pod whose device is away: a command queued, then counted expired
+ *   when its time to live ends; another one leaves the queue when the device is back and runs it;
  * - a malformed device message: the rejected counter, by reason;
  * - the broker stopped and started: the connection gauge.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eventually } from "../support/eventually.ts";
-import { apply } from "../support/kubectl.ts";
+import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { parsePrometheus, sampleSum, type Sample } from "../support/prometheus.ts";
 import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
-import { pod } from "../support/workloads.ts";
+import { pod, type PodJson } from "../support/workloads.ts";
 
 const id = uniqueName("metrics");
 const ns = id;
@@ -73,6 +75,19 @@ const podOn = (name: string, node: string) =>
   });
 
 const sum = sampleSum;
+
+/** Asks for a restart of the pod's apps (providers/mqtt/restart.ts): one command per app. */
+const requestRestart = (name: string, token: string, ttlSeconds: number) =>
+  kubectl([
+    "annotate",
+    "pod",
+    name,
+    "-n",
+    ns,
+    "--overwrite",
+    `devicelet.dev/restart-requested=${token}`,
+    `devicelet.dev/restart-ttl-seconds=${String(ttlSeconds)}`,
+  ]);
 
 describe("devicelet metrics", () => {
   it("exports the engine's and the provider's series from the start", async () => {
@@ -144,6 +159,45 @@ describe("devicelet metrics", () => {
       expect(sum(s, "devicelet_devices_out_of_sync")).toBe(0);
       expect(sum(s, "devicelet_nodes", { condition: "DeviceConnected", status: "True" })).toBe(2);
       expect(sum(s, "devicelet_pods", { phase: "Running" })).toBe(2);
+    });
+  });
+
+  it("counts commands waiting for a device that is away, expired or delivered", async () => {
+    await scene.device(gwB).goOffline();
+    await scrapeUntil(
+      (s) => expect(sum(s, "devicelet_nodes", { condition: "DeviceConnected", status: "False" })).toBe(1),
+      30_000,
+    );
+    const before = await scrape();
+    expect(sum(before, "devicelet_commands_queued")).toBe(0);
+
+    // A restart of p2's app while its device is away: the command waits for it.
+    await requestRestart("p2", "expires", 600);
+    await scrapeUntil((s) => expect(sum(s, "devicelet_commands_queued")).toBe(1));
+    // Its time to live cut to 1 s, counted from the request: that has passed, so it expires unsent.
+    await requestRestart("p2", "expires", 1);
+    await scrapeUntil((s) => {
+      expect(sum(s, "devicelet_commands_expired_total")).toBe(
+        sum(before, "devicelet_commands_expired_total") + 1,
+      );
+      expect(sum(s, "devicelet_commands_queued")).toBe(0);
+    });
+
+    // Another one waits too, and leaves the queue once the device is back and has run it.
+    await requestRestart("p2", "delivered", 600);
+    await scrapeUntil((s) => expect(sum(s, "devicelet_commands_queued")).toBe(1));
+    await scene.device(gwB).goOnline();
+    const back = await scrapeUntil((s) => {
+      expect(sum(s, "devicelet_nodes", { condition: "DeviceConnected", status: "True" })).toBe(2);
+      expect(sum(s, "devicelet_commands_queued")).toBe(0);
+    });
+    expect(sum(back, "devicelet_commands_expired_total")).toBe(
+      sum(before, "devicelet_commands_expired_total") + 1,
+    );
+    // Run, not dropped: the app was restarted once (the expired request never reached it).
+    await eventually(async () => {
+      const p2 = await getJson<PodJson>(["pod", "p2", "-n", ns]);
+      expect(p2.status.containerStatuses?.[0]?.restartCount).toBe(1);
     });
   });
 
