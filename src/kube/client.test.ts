@@ -78,14 +78,14 @@ const last = () => {
 
 describe("KubeClient over HTTP", () => {
   it("authenticates, identifies itself and counts each request by verb and resource", async () => {
-    handler = (_req, res) => json(res, 200, { metadata: { name: "p", namespace: "ns" } });
-    const before = client.budget.counts()["get pods"] ?? 0;
-    const pod = await client.getPod("ns", "p");
-    expect(pod?.metadata?.name).toBe("p");
-    expect(last()).toMatchObject({ method: "GET", url: "/api/v1/namespaces/ns/pods/p" });
+    handler = (_req, res) => json(res, 200, { metadata: { name: "c", namespace: "ns" } });
+    const before = client.budget.counts()["get configmaps"] ?? 0;
+    const configMap = await client.getConfigMap("ns", "c");
+    expect(configMap?.metadata?.name).toBe("c");
+    expect(last()).toMatchObject({ method: "GET", url: "/api/v1/namespaces/ns/configmaps/c" });
     expect(last().headers.authorization).toBe("Bearer secret-token");
     expect(last().headers["user-agent"]).toBe("t/1");
-    expect(client.budget.counts()["get pods"]).toBe(before + 1);
+    expect(client.budget.counts()["get configmaps"]).toBe(before + 1);
   });
 
   it("maps 404 on get to undefined and other errors to ApiExceptions the guards read", async () => {

@@ -123,7 +123,6 @@ export interface KubeClient {
   /** The heartbeat lane's own budget: Leases, node registration, status and patches draw from it. */
   readonly heartbeatBudget: RequestBudget;
 
-  getPod(namespace: string, name: string, options?: RequestOptions): Promise<Pod | undefined>;
   /** All pods across namespaces matching the selectors, read in pages. */
   listPods(options?: ListOptions): Promise<ListResult<Pod>>;
   /**
@@ -374,7 +373,6 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
     budget,
     heartbeatBudget,
 
-    getPod: (namespace, name, o) => get<Pod>(`${ns(namespace)}/pods/${enc(name)}`, o),
     listPods: (o) => list<Pod>("/api/v1/pods", undefined, o),
     patchPodStatus: async (p, o) => {
       const metadata: { uid: string; resourceVersion?: string } = { uid: p.uid };

@@ -302,11 +302,6 @@ export class FakeKube implements KubeClient {
 
   // ---- KubeClient ----
 
-  async getPod(namespace: string, name: string): Promise<Pod | undefined> {
-    await this.#call("getPod", [namespace, name]);
-    return this.object("pods", keyOf(namespace, name));
-  }
-
   async listPods(options?: ListOptions): Promise<ListResult<Pod>> {
     await this.#call("listPods", [options]);
     return this.#list<Pod>("pods", undefined, options?.labelSelector, options?.fieldSelector, false);
