@@ -1,0 +1,400 @@
+/**
+ * The state of one emulated IoT hub: device identities with symmetric keys, their twins, connection
+ * state, shared access policies, throttling per operation class, and the links of connected devices
+ * (which the MQTT side registers) used for desired-property notifications and direct methods.
+ * Transport-free: the MQTT and REST front ends translate to and from these calls, and every refusal
+ * is a `HubError` carrying the HTTP-style status IoT Hub answers with.
+ */
+import { randomBytes } from "node:crypto";
+import { covers, parseToken } from "./sas.ts";
+import {
+  TWIN_LIMITS,
+  mergePatch,
+  sectionViolation,
+  withoutMetadata,
+  type Json,
+  type JsonObject,
+} from "./twin.ts";
+
+export class HubError extends Error {
+  readonly status: number;
+  /** IoT Hub's `ErrorCode` name. */
+  readonly code: string;
+  constructor(status: number, code: string, message: string) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Operation classes throttled separately, as IoT Hub's quotas are. */
+export type OperationClass =
+  "deviceConnect" | "twinRead" | "twinUpdate" | "registry" | "query" | "methods" | "deviceToCloud";
+
+/** Operations per second allowed in each class (burst: one second's worth); absent = unlimited. */
+export type ThrottleRates = Partial<Record<OperationClass, number>>;
+
+/** What the MQTT side gives the hub for a connected device. */
+export interface DeviceLink {
+  /** Whether the device has subscribed to direct methods (`$iothub/methods/POST/#`). */
+  readonly acceptsMethods: boolean;
+  sendDesiredPatch(patch: JsonObject): void;
+  invokeMethod(name: string, payload: Json, timeoutMs: number): Promise<{ status: number; payload: Json }>;
+}
+
+interface Twin {
+  tags: JsonObject;
+  desired: JsonObject;
+  desiredVersion: number;
+  reported: JsonObject;
+  reportedVersion: number;
+  version: number;
+  etag: string;
+}
+
+interface DeviceRecord {
+  readonly deviceId: string;
+  readonly generationId: string;
+  etag: string;
+  primaryKey: string;
+  secondaryKey: string;
+  status: "enabled" | "disabled";
+  connectionState: "Connected" | "Disconnected";
+  connectionStateUpdatedTime: string;
+  lastActivityTime: string;
+  readonly twin: Twin;
+}
+
+export interface HubOptions {
+  /** The hub's host name, e.g. `my-hub.azure-devices.net`: what SAS resources and usernames name. */
+  readonly hostName: string;
+  /** Policy name → base64 key. */
+  readonly policies: ReadonlyMap<string, string>;
+  readonly throttle?: ThrottleRates;
+  /** Milliseconds since the epoch; injected so tests can move time. */
+  readonly now?: () => number;
+}
+
+const EPOCH = "0001-01-01T00:00:00Z";
+
+export class Hub {
+  readonly hostName: string;
+  readonly #policies: ReadonlyMap<string, string>;
+  readonly #devices = new Map<string, DeviceRecord>();
+  readonly #links = new Map<string, DeviceLink>();
+  readonly #buckets = new Map<OperationClass, { tokens: number; at: number }>();
+  readonly #now: () => number;
+  #throttle: ThrottleRates;
+  #etagCounter = 0;
+
+  constructor(o: HubOptions) {
+    this.hostName = o.hostName;
+    this.#policies = o.policies;
+    this.#throttle = { ...o.throttle };
+    this.#now = o.now ?? Date.now;
+  }
+
+  /** Replaces the throttling rates (takes effect on the next operation). */
+  setThrottle(rates: ThrottleRates): void {
+    this.#throttle = { ...rates };
+    this.#buckets.clear();
+  }
+
+  /** Takes one operation from a class's budget, or throws 429 ThrottlingException. */
+  consume(kind: OperationClass): void {
+    const rate = this.#throttle[kind];
+    if (rate === undefined) return;
+    const now = this.#now();
+    const bucket = this.#buckets.get(kind) ?? { tokens: rate, at: now };
+    bucket.tokens = Math.min(rate, bucket.tokens + ((now - bucket.at) / 1000) * rate);
+    bucket.at = now;
+    this.#buckets.set(kind, bucket);
+    if (bucket.tokens < 1)
+      throw new HubError(429, "ThrottlingException", `${kind} is throttled at ${rate}/s`);
+    bucket.tokens -= 1;
+  }
+
+  // --- authentication -------------------------------------------------------------------------
+
+  /** Checks a device's SAS token (signed with either key, scoped to the device, not expired). */
+  authenticateDevice(deviceId: string, token: string): boolean {
+    const device = this.#devices.get(deviceId);
+    const parsed = parseToken(token);
+    if (device === undefined || parsed === undefined || device.status !== "enabled") return false;
+    if (parsed.expiry * 1000 <= this.#now()) return false;
+    if (!covers(parsed.resource, `${this.hostName}/devices/${deviceId}`)) return false;
+    return parsed.signedWith(device.primaryKey) || parsed.signedWith(device.secondaryKey);
+  }
+
+  /** Checks a service token (`Authorization` header): signed by the named policy, for this hub. */
+  authenticateService(token: string): boolean {
+    const parsed = parseToken(token);
+    if (parsed?.policy === undefined) return false;
+    const key = this.#policies.get(parsed.policy);
+    if (key === undefined || parsed.expiry * 1000 <= this.#now()) return false;
+    return covers(parsed.resource, this.hostName) && parsed.signedWith(key);
+  }
+
+  // --- identities -----------------------------------------------------------------------------
+
+  /** Creates a device identity, with fresh keys unless given. Throws 409 when it exists. */
+  createDevice(deviceId: string, keys: { primaryKey?: string; secondaryKey?: string } = {}): DeviceIdentity {
+    if (!/^[A-Za-z0-9\-:.+%_#*?!(),=@$']{1,128}$/.test(deviceId)) {
+      throw new HubError(400, "ArgumentInvalid", `invalid device id '${deviceId}'`);
+    }
+    if (this.#devices.has(deviceId)) {
+      throw new HubError(409, "DeviceAlreadyExists", `device '${deviceId}' already exists`);
+    }
+    const now = new Date(this.#now()).toISOString();
+    const record: DeviceRecord = {
+      deviceId,
+      generationId: randomBytes(8).toString("hex"),
+      etag: this.#nextEtag(),
+      primaryKey: keys.primaryKey ?? randomBytes(32).toString("base64"),
+      secondaryKey: keys.secondaryKey ?? randomBytes(32).toString("base64"),
+      status: "enabled",
+      connectionState: "Disconnected",
+      connectionStateUpdatedTime: now,
+      lastActivityTime: EPOCH,
+      twin: {
+        tags: {},
+        desired: {},
+        desiredVersion: 1,
+        reported: {},
+        reportedVersion: 1,
+        version: 1,
+        etag: this.#nextEtag(),
+      },
+    };
+    this.#devices.set(deviceId, record);
+    return this.identity(deviceId);
+  }
+
+  /** Updates keys or status; `ifMatch` (the identity's etag, or `*`) is checked. */
+  updateDevice(
+    deviceId: string,
+    change: { primaryKey?: string; secondaryKey?: string; status?: "enabled" | "disabled" },
+    ifMatch: string,
+  ): DeviceIdentity {
+    const device = this.#device(deviceId);
+    checkEtag(device.etag, ifMatch);
+    if (change.primaryKey !== undefined) device.primaryKey = change.primaryKey;
+    if (change.secondaryKey !== undefined) device.secondaryKey = change.secondaryKey;
+    if (change.status !== undefined) device.status = change.status;
+    device.etag = this.#nextEtag();
+    return this.identity(deviceId);
+  }
+
+  deleteDevice(deviceId: string, ifMatch = "*"): void {
+    const device = this.#device(deviceId);
+    checkEtag(device.etag, ifMatch);
+    this.#devices.delete(deviceId);
+  }
+
+  /** The identity as the registry API returns it. */
+  identity(deviceId: string): DeviceIdentity {
+    const d = this.#device(deviceId);
+    return {
+      deviceId: d.deviceId,
+      generationId: d.generationId,
+      etag: d.etag,
+      connectionState: d.connectionState,
+      status: d.status,
+      statusReason: null,
+      connectionStateUpdatedTime: d.connectionStateUpdatedTime,
+      statusUpdatedTime: EPOCH,
+      lastActivityTime: d.lastActivityTime,
+      cloudToDeviceMessageCount: 0,
+      authentication: {
+        type: "sas",
+        symmetricKey: { primaryKey: d.primaryKey, secondaryKey: d.secondaryKey },
+        x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null },
+      },
+      capabilities: { iotEdge: false },
+    };
+  }
+
+  hasDevice(deviceId: string): boolean {
+    return this.#devices.has(deviceId);
+  }
+
+  deviceIds(): string[] {
+    return [...this.#devices.keys()];
+  }
+
+  // --- twins ----------------------------------------------------------------------------------
+
+  /** The twin as the service API returns it. */
+  twin(deviceId: string): JsonObject {
+    const d = this.#device(deviceId);
+    const t = d.twin;
+    return {
+      deviceId: d.deviceId,
+      etag: t.etag,
+      deviceEtag: d.etag,
+      status: d.status,
+      statusUpdateTime: EPOCH,
+      connectionState: d.connectionState,
+      lastActivityTime: d.lastActivityTime,
+      cloudToDeviceMessageCount: 0,
+      authenticationType: "sas",
+      x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null },
+      version: t.version,
+      tags: structuredClone(t.tags),
+      properties: {
+        desired: { ...structuredClone(t.desired), $version: t.desiredVersion },
+        reported: { ...structuredClone(t.reported), $version: t.reportedVersion },
+      },
+    };
+  }
+
+  /** The twin as a device's `GET` reads it: desired and reported with their `$version`. */
+  deviceTwin(deviceId: string): JsonObject {
+    const t = this.#device(deviceId).twin;
+    return {
+      desired: { ...structuredClone(t.desired), $version: t.desiredVersion },
+      reported: { ...structuredClone(t.reported), $version: t.reportedVersion },
+    };
+  }
+
+  /**
+   * The service's twin PATCH: merges `tags` and `properties.desired`, conditional on the twin etag
+   * (`*` matches any). A desired change bumps the desired `$version` and is sent to the device if it
+   * is connected; a device that is not misses it and must read the twin on its next connect.
+   */
+  patchTwin(deviceId: string, patch: JsonObject, ifMatch: string): JsonObject {
+    const d = this.#device(deviceId);
+    const t = d.twin;
+    checkEtag(t.etag, ifMatch);
+    const { tags, properties } = patch;
+    if (
+      properties !== undefined &&
+      (!isPlainObject(properties) || Object.keys(properties).some((k) => k !== "desired"))
+    ) {
+      throw new HubError(400, "ArgumentInvalid", "only properties.desired can be patched by the service");
+    }
+    const desiredPatch = isPlainObject(properties) ? properties.desired : undefined;
+    if (tags !== undefined && !isPlainObject(tags))
+      throw new HubError(400, "ArgumentInvalid", "tags must be an object");
+    if (desiredPatch !== undefined && !isPlainObject(desiredPatch)) {
+      throw new HubError(400, "ArgumentInvalid", "properties.desired must be an object");
+    }
+    const newTags = tags === undefined ? t.tags : mergePatch(t.tags, withoutMetadata(tags));
+    const desired = desiredPatch === undefined ? undefined : withoutMetadata(desiredPatch);
+    const newDesired = desired === undefined ? t.desired : mergePatch(t.desired, desired);
+    refuseOverLimit("tags", newTags, TWIN_LIMITS.tagsBytes);
+    refuseOverLimit("desired", newDesired, TWIN_LIMITS.sectionBytes);
+    t.tags = newTags;
+    if (desired !== undefined) {
+      t.desired = newDesired;
+      t.desiredVersion += 1;
+    }
+    t.version += 1;
+    t.etag = this.#nextEtag();
+    if (desired !== undefined) {
+      this.#links
+        .get(deviceId)
+        ?.sendDesiredPatch({ ...structuredClone(desired), $version: t.desiredVersion });
+    }
+    return this.twin(deviceId);
+  }
+
+  /**
+   * The device's reported PATCH. `baseVersion`, when given, must equal the current reported
+   * `$version` (412 otherwise). Returns the new reported `$version`.
+   */
+  patchReported(deviceId: string, patch: JsonObject, baseVersion?: number): number {
+    const t = this.#device(deviceId).twin;
+    if (baseVersion !== undefined && baseVersion !== t.reportedVersion) {
+      throw new HubError(
+        412,
+        "PreconditionFailed",
+        `reported $version is ${t.reportedVersion}, not ${baseVersion}`,
+      );
+    }
+    const next = mergePatch(t.reported, withoutMetadata(patch));
+    refuseOverLimit("reported", next, TWIN_LIMITS.sectionBytes);
+    t.reported = next;
+    t.reportedVersion += 1;
+    t.version += 1;
+    t.etag = this.#nextEtag();
+    return t.reportedVersion;
+  }
+
+  // --- connection state and direct methods ----------------------------------------------------
+
+  /** Called by the MQTT side when a device's session opens (with its link) or closes (undefined). */
+  setLink(deviceId: string, link: DeviceLink | undefined): void {
+    const d = this.#devices.get(deviceId);
+    if (link === undefined) this.#links.delete(deviceId);
+    else this.#links.set(deviceId, link);
+    if (d === undefined) return;
+    const now = new Date(this.#now()).toISOString();
+    d.connectionState = link === undefined ? "Disconnected" : "Connected";
+    d.connectionStateUpdatedTime = now;
+    d.lastActivityTime = now;
+  }
+
+  /** Marks device activity (any message from it). */
+  touch(deviceId: string): void {
+    const d = this.#devices.get(deviceId);
+    if (d !== undefined) d.lastActivityTime = new Date(this.#now()).toISOString();
+  }
+
+  /** Whether a direct method sent now would reach the device (it is connected and subscribed). */
+  acceptsMethods(deviceId: string): boolean {
+    return this.#links.get(deviceId)?.acceptsMethods ?? false;
+  }
+
+  /**
+   * Invokes a direct method: 404 DeviceNotOnline when the device has no session (or has not
+   * subscribed to methods), 504 GatewayTimeout when it does not answer in time.
+   */
+  async invokeMethod(
+    deviceId: string,
+    o: { methodName: string; payload: Json; responseTimeoutInSeconds: number },
+  ): Promise<{ status: number; payload: Json }> {
+    this.#device(deviceId);
+    const link = this.#links.get(deviceId);
+    if (link === undefined) throw new HubError(404, "DeviceNotOnline", `device '${deviceId}' is not online`);
+    return link.invokeMethod(o.methodName, o.payload, o.responseTimeoutInSeconds * 1000);
+  }
+
+  #device(deviceId: string): DeviceRecord {
+    const d = this.#devices.get(deviceId);
+    if (d === undefined) throw new HubError(404, "DeviceNotFound", `device '${deviceId}' not found`);
+    return d;
+  }
+
+  #nextEtag(): string {
+    this.#etagCounter += 1;
+    const counter = Buffer.alloc(8);
+    counter.writeBigUInt64BE(BigInt(this.#etagCounter));
+    return counter.toString("base64");
+  }
+}
+
+export interface DeviceIdentity extends JsonObject {
+  deviceId: string;
+  etag: string;
+}
+
+function isPlainObject(value: unknown): value is JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** `If-Match`: `*` or the current etag, with or without the quotes HTTP puts around it. */
+function checkEtag(current: string, ifMatch: string): void {
+  const wanted = ifMatch
+    .trim()
+    .replace(/^W\//, "")
+    .replace(/^"(.*)"$/, "$1");
+  if (wanted !== "*" && wanted !== current) {
+    throw new HubError(412, "PreconditionFailed", `etag ${wanted} does not match the current ${current}`);
+  }
+}
+
+function refuseOverLimit(section: string, value: JsonObject, maxBytes: number): void {
+  const why = sectionViolation(value, maxBytes);
+  if (why !== undefined) throw new HubError(400, "ArgumentInvalid", `twin ${section}: ${why}`);
+}
