@@ -21,6 +21,7 @@ const config = (identity: string) =>
       "provider: { type: mock }",
       `state: { namespace: ${namespace} }`,
       "health: { serve: false }",
+      "metrics: { serve: false }",
       `leaderElection: { enabled: true, identity: ${identity}, leaseDurationSeconds: 3, renewDeadlineSeconds: 2, retryPeriodSeconds: 1 }`,
     ].join("\n"),
     "leader.yaml",
