@@ -1,0 +1,419 @@
+/**
+ * A {@link DeviceLink} over Azure IoT Hub (`azure-iot-device` on its MQTT transport): the unchanged
+ * {@link DeviceSession} runs over it, the link translating the protocol's topics onto the device
+ * twin, direct methods and device-to-cloud messages. docs/iothub.md ("Mapping onto IoT Hub") is
+ * the contract the provider implements the other half of.
+ *
+ *   const link = new IotHubLink({ deviceId, connectionString, logger });
+ *   const session = new DeviceSession({ deviceId, link, runtime, device, logger });
+ *
+ * - Every connect is a fresh SDK client: it subscribes to desired patches, then reads the full twin,
+ *   and delivers the desired document as the retained message of the `desired` subscription. A
+ *   patch is merged into the link's own copy of the desired section only when its `$version` is the
+ *   next one; an older or equal one is ignored, a gap (a patch missed) makes it read the full twin
+ *   again. The SDK merges every patch whatever its version and never re-reads by itself.
+ * - Documents travel in the twin as JSON text cut into parts ({@link encodeTwinDocument}), since
+ *   twin keys may not hold `.` or `$` (pod labels do), nesting stops at 10 levels and strings at
+ *   4 KB.
+ * - Retained `state` and `reported` and desired `ack`s become reported properties; a write that
+ *   would take the reported section over 32 KB fails the publish before it is sent.
+ * - No last will: while up, a heartbeat reported property; the will the session arms is reported
+ *   at connect for the provider to assume once the heartbeat goes stale.
+ */
+import {
+  Client,
+  Message,
+  type DeviceMethodRequest,
+  type DeviceMethodResponse,
+  type Twin,
+} from "azure-iot-device";
+import { Mqtt } from "azure-iot-device-mqtt";
+import type { Logger } from "pino";
+import { systemClock, type Clock } from "../base/clock.ts";
+import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
+import type { DeviceLink, LinkHandlers, PublishOptions } from "./link.ts";
+
+/** Twin keys and method names of the mapping (docs/iothub.md, "Mapping onto IoT Hub"). */
+export const IOTHUB_MAPPING = {
+  desiredKey: "devicelet",
+  reported: {
+    state: "devicelet_state",
+    reported: "devicelet_reported",
+    ack: "devicelet_ack",
+    will: "devicelet_will",
+    presence: "devicelet_presence",
+  },
+  commandMethod: "devicelet.command",
+  noticeMethod: "devicelet.notice",
+  /** Application property of device-to-cloud messages naming the topic kind. */
+  kindProperty: "devicelet-kind",
+} as const;
+
+/** IoT Hub's limit on each of the desired and reported sections, measured as compact JSON. */
+export const TWIN_SECTION_LIMIT_BYTES = 32 * 1024;
+/** Characters per part: at most 4 KB of UTF-8 (IoT Hub's string value limit) whatever they are. */
+const PART_CHARS = 1024;
+/** Room kept in the reported section for the presence heartbeat and the section's `$version`. */
+const HEARTBEAT_ALLOWANCE_BYTES = 256;
+
+/** A document as it sits in the twin: `{ n, p0, p1, … }`, the parts joined give its JSON text. */
+export type TwinDocument = Record<string, string | number | null>;
+
+/** Cuts `text` into parts; `previousParts` of an earlier value under the same key are deleted (null). */
+export function encodeTwinDocument(text: string, previousParts = 0): TwinDocument {
+  const doc: TwinDocument = { n: 0 };
+  let n = 0;
+  for (let at = 0; at < text.length; at += PART_CHARS) {
+    let end = Math.min(text.length, at + PART_CHARS);
+    // Never split a surrogate pair.
+    if (end < text.length && /[\uD800-\uDBFF]/.test(text.charAt(end - 1))) end -= 1;
+    doc[`p${n}`] = text.slice(at, end);
+    n += 1;
+    at = end - PART_CHARS;
+  }
+  doc.n = n;
+  for (let i = n; i < previousParts; i++) doc[`p${i}`] = null;
+  return doc;
+}
+
+/** The JSON text of a twin document; undefined when it is absent or incomplete. */
+export function decodeTwinDocument(value: unknown): string | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const doc = value as Record<string, unknown>;
+  const n = doc.n;
+  if (typeof n !== "number" || !Number.isInteger(n) || n < 0 || n > 1024) return undefined;
+  let text = "";
+  for (let i = 0; i < n; i++) {
+    const part = doc[`p${i}`];
+    if (typeof part !== "string") return undefined;
+    text += part;
+  }
+  return text;
+}
+
+export interface IotHubLinkOptions {
+  readonly deviceId: string;
+  /** A device connection string (`HostName=…;DeviceId=…;SharedAccessKey=…`, optional `GatewayHostName`). */
+  readonly connectionString: string;
+  /** PEM of a CA to trust besides the system's (the local emulator's). */
+  readonly ca?: string;
+  /** Seconds between presence heartbeats while up. Default 60. */
+  readonly heartbeatSeconds?: number;
+  /** Delay before connecting again after a failure or a drop. Default 2000. */
+  readonly reconnectMs?: number;
+  /** How long a command method waits for the session's first ack before answering 202. Default 4000. */
+  readonly methodAnswerMs?: number;
+  readonly clock?: Clock;
+  readonly logger: Logger;
+}
+
+type Section = Record<string, unknown>;
+
+function parseObject(payload: Buffer): Section {
+  try {
+    const value: unknown = JSON.parse(payload.toString());
+    return typeof value === "object" && value !== null ? (value as Section) : {};
+  } catch {
+    return {};
+  }
+}
+
+/** Merge patch (RFC 7386) as twins apply it: `null` deletes, objects merge, anything else replaces. */
+function mergePatch(target: Section, patch: Section): void {
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) Reflect.deleteProperty(target, key);
+    else if (typeof value === "object" && !Array.isArray(value)) {
+      const current = target[key];
+      const into = typeof current === "object" && current !== null ? (current as Section) : {};
+      mergePatch(into, value as Section);
+      target[key] = into;
+    } else target[key] = value;
+  }
+}
+
+export class IotHubLink implements DeviceLink {
+  readonly protocolVersion = 4 as const;
+  readonly deviceId: string;
+  readonly #o: IotHubLinkOptions;
+  readonly #log: Logger;
+  readonly #clock: Clock;
+  #handlers: LinkHandlers | undefined;
+  #client: Client | undefined;
+  #twin: Twin | undefined;
+  #up = false;
+  /** False after disconnect() or close(): no reconnecting until reconnect(). */
+  #wanted = false;
+  #closed = false;
+  /** Bumped per connection attempt: callbacks of an earlier client stop. */
+  #attempt = 0;
+  #retryTimer: unknown;
+  #heartbeatTimer: unknown;
+  #heartbeatSeq = 0;
+  /** The link's own copy of the desired section, at `#desiredVersion`. */
+  #desired: Section = {};
+  #desiredVersion = 0;
+  /** Patches held while a full read is under way. */
+  #held: Section[] | undefined;
+  #desiredSubscribed = false;
+  /** Our keys of the reported section as last written, for the size check. */
+  readonly #reported = new Map<string, TwinDocument>();
+  /** Command ids waiting for their first ack: the method's answer. */
+  readonly #methodAnswers = new Map<string, (ack: unknown) => void>();
+
+  constructor(options: IotHubLinkOptions) {
+    this.#o = options;
+    this.deviceId = options.deviceId;
+    this.#clock = options.clock ?? systemClock;
+    this.#log = options.logger.child({ device: options.deviceId, link: "iothub" });
+  }
+
+  get up(): boolean {
+    return this.#up;
+  }
+
+  open(handlers: LinkHandlers): void {
+    if (this.#handlers) throw new Error(`link ${this.deviceId} is already open`);
+    this.#handlers = handlers;
+    this.#wanted = true;
+    void this.#connect();
+  }
+
+  async publish(topic: string, payload: Buffer, options: PublishOptions): Promise<void> {
+    const twin = this.#twin;
+    if (!this.#up || !this.#client || !twin) throw new Error("iothub link is down");
+    const kind = topic.slice(`${TOPIC_ROOT}/${this.deviceId}/`.length);
+    const keys = IOTHUB_MAPPING.reported;
+    if (kind === "state" && options.retain) return this.#report(twin, keys.state, payload);
+    if (kind === "reported") return this.#report(twin, keys.reported, payload);
+    if (kind === "ack") {
+      const ack = parseObject(payload) as { kind?: string; commandId?: string };
+      if (ack.kind === "ack") return this.#report(twin, keys.ack, payload);
+      if (ack.commandId !== undefined) this.#methodAnswers.get(ack.commandId)?.(ack);
+    }
+    const message = new Message(payload);
+    message.contentType = "application/json";
+    message.contentEncoding = "utf-8";
+    message.properties.add(IOTHUB_MAPPING.kindProperty, kind.split("/")[0] === "io" ? "io" : kind);
+    await this.#client.sendEvent(message);
+  }
+
+  subscribe(filters: readonly string[]): Promise<void> {
+    if (!this.#up) return Promise.reject(new Error("iothub link is down"));
+    if (filters.includes(topics.ioInAll(this.deviceId)))
+      this.#log.debug("logs and exec sessions are not carried over IoT Hub yet");
+    if (filters.includes(topics.desired(this.deviceId))) {
+      this.#desiredSubscribed = true;
+      // As a broker sends the retained message after SUBACK (MQTT 3.1.1 §3.3.1.3).
+      const attempt = this.#attempt;
+      setImmediate(() => {
+        if (attempt === this.#attempt) this.#deliverDesired();
+      });
+    }
+    return Promise.resolve();
+  }
+
+  async disconnect(_options: { abrupt: boolean }): Promise<void> {
+    // The SDK has no abrupt close; either way the provider learns of it from the heartbeat.
+    this.#wanted = false;
+    await this.#drop();
+  }
+
+  reconnect(): void {
+    if (this.#closed || this.#wanted) return;
+    this.#wanted = true;
+    void this.#connect();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#wanted = false;
+    await this.#drop();
+  }
+
+  async #connect(): Promise<void> {
+    const attempt = ++this.#attempt;
+    this.#handlers?.will();
+    const client = Client.fromConnectionString(this.#o.connectionString, Mqtt);
+    this.#client = client;
+    let twin: Twin;
+    try {
+      if (this.#o.ca !== undefined) await client.setOptions({ ca: this.#o.ca });
+      await client.open();
+      twin = await client.getTwin();
+      if (attempt !== this.#attempt) return;
+      this.#twin = twin;
+      // Held from here: the SDK emits the section it read as soon as the listener is added.
+      this.#held = [];
+      twin.on("properties.desired", (patch: Section) => {
+        if (attempt === this.#attempt) this.#onDesiredPatch(patch);
+      });
+      client.onDeviceMethod(IOTHUB_MAPPING.commandMethod, (request, response) => {
+        if (attempt === this.#attempt) this.#onCommand(request, response);
+      });
+      client.onDeviceMethod(IOTHUB_MAPPING.noticeMethod, (request, response) => {
+        if (attempt === this.#attempt) this.#onNotice(request, response);
+      });
+      client.on("disconnect", () => {
+        if (attempt === this.#attempt) void this.#lost(attempt);
+      });
+      client.on("error", (err: Error) => this.#log.warn({ err: err.message }, "iothub client error"));
+      // The full read comes after the subscription to patches, so no patch falls in between.
+      await this.#readFullTwin(twin);
+      if (attempt !== this.#attempt) return;
+      this.#reported.clear();
+      const reported = (twin.properties.reported as unknown as Section | undefined) ?? {};
+      for (const key of Object.values(IOTHUB_MAPPING.reported)) {
+        const value = reported[key];
+        if (typeof value === "object" && value !== null) this.#reported.set(key, value as TwinDocument);
+      }
+      const will = this.#handlers?.lost?.() ?? this.#handlers?.will();
+      if (will) await this.#report(twin, IOTHUB_MAPPING.reported.will, will.payload);
+    } catch (err) {
+      if (attempt !== this.#attempt) return;
+      this.#log.warn({ err: (err as Error).message }, "iothub connect failed; retrying");
+      await this.#lost(attempt);
+      return;
+    }
+    this.#up = true;
+    this.#desiredSubscribed = false;
+    this.#startHeartbeat(twin);
+    this.#handlers?.onUp();
+  }
+
+  /** The connection ended on its own: down, then a fresh client after `reconnectMs`. */
+  async #lost(attempt: number): Promise<void> {
+    if (attempt !== this.#attempt) return;
+    await this.#drop();
+    if (!this.#wanted || this.#closed) return;
+    this.#retryTimer = this.#clock.setTimeout(() => {
+      if (this.#wanted && attempt + 1 === this.#attempt) void this.#connect();
+    }, this.#o.reconnectMs ?? 2_000);
+  }
+
+  async #drop(): Promise<void> {
+    this.#attempt++;
+    this.#clock.clearTimeout(this.#retryTimer);
+    this.#clock.clearTimeout(this.#heartbeatTimer);
+    const client = this.#client;
+    const wasUp = this.#up;
+    this.#client = undefined;
+    this.#twin = undefined;
+    this.#up = false;
+    this.#desiredSubscribed = false;
+    this.#held = undefined;
+    for (const answer of this.#methodAnswers.values()) answer(undefined);
+    if (wasUp) this.#handlers?.onDown();
+    await client?.close().catch(() => undefined);
+  }
+
+  /**
+   * Takes the desired section of a full read as the baseline. Patches arriving meanwhile (the SDK
+   * also re-emits the whole section it read) are held and then go through the version rules.
+   */
+  async #readFullTwin(twin: Twin): Promise<void> {
+    this.#held ??= [];
+    try {
+      await twin.get();
+      this.#desired = structuredClone(twin.properties.desired);
+      this.#desiredVersion = Number(this.#desired.$version ?? 0);
+    } finally {
+      const held = this.#held;
+      this.#held = undefined;
+      for (const patch of held) this.#onDesiredPatch(patch);
+    }
+  }
+
+  /** Versions decide: the next one merges, older ones are ignored, a gap means reading it all again. */
+  #onDesiredPatch(patch: Section): void {
+    if (this.#held) {
+      this.#held.push(structuredClone(patch));
+      return;
+    }
+    const version = Number(patch.$version);
+    if (!Number.isInteger(version) || version <= this.#desiredVersion) {
+      this.#log.debug({ version, seen: this.#desiredVersion }, "ignored a desired patch that is not newer");
+      return;
+    }
+    if (version > this.#desiredVersion + 1) {
+      const twin = this.#twin;
+      if (!twin) return;
+      this.#log.info({ version, seen: this.#desiredVersion }, "desired patches missed; reading the twin");
+      this.#readFullTwin(twin)
+        .then(() => this.#deliverDesired())
+        .catch((err: unknown) => this.#log.warn({ err: (err as Error).message }, "twin read failed"));
+      return;
+    }
+    mergePatch(this.#desired, patch);
+    this.#desiredVersion = version;
+    if (IOTHUB_MAPPING.desiredKey in patch) this.#deliverDesired();
+  }
+
+  /** The desired document as the retained message; a removed one as a cleared (empty) message. */
+  #deliverDesired(): void {
+    if (!this.#up || !this.#desiredSubscribed) return;
+    const text = decodeTwinDocument(this.#desired[IOTHUB_MAPPING.desiredKey]);
+    this.#handlers?.onMessage(topics.desired(this.deviceId), Buffer.from(text ?? ""));
+  }
+
+  #onCommand(request: DeviceMethodRequest, response: DeviceMethodResponse): void {
+    const command = request.payload as { commandId?: unknown } | null;
+    const commandId = command?.commandId;
+    if (!this.#up || typeof commandId !== "string" || !/^[A-Za-z0-9._-]{1,128}$/.test(commandId)) {
+      void response.send(400, { message: "the payload must be a command message with a commandId" });
+      return;
+    }
+    const timer = this.#clock.setTimeout(() => answer(undefined), this.#o.methodAnswerMs ?? 4_000);
+    const answer = (ack: unknown) => {
+      this.#methodAnswers.delete(commandId);
+      this.#clock.clearTimeout(timer);
+      const sent =
+        ack === undefined ? response.send(202, { commandId, stage: "pending" }) : response.send(200, ack);
+      sent.catch((err: unknown) => this.#log.warn({ err: (err as Error).message }, "method answer failed"));
+    };
+    this.#methodAnswers.set(commandId, answer);
+    this.#handlers?.onMessage(topics.command(this.deviceId, commandId), Buffer.from(JSON.stringify(command)));
+  }
+
+  #onNotice(request: DeviceMethodRequest, response: DeviceMethodResponse): void {
+    this.#handlers?.onMessage(topics.notice(this.deviceId), Buffer.from(JSON.stringify(request.payload)));
+    void response.send(200, {}).catch(() => undefined);
+  }
+
+  /** Writes one key of the reported section, refusing what would take the section over 32 KB. */
+  async #report(twin: Twin, key: string, payload: Buffer): Promise<void> {
+    const previous = this.#reported.get(key);
+    const value = encodeTwinDocument(payload.toString(), Number(previous?.n ?? 0));
+    const section: Section = { ...Object.fromEntries(this.#reported), [key]: value };
+    // The heartbeat's key, `$version` and the braces: a small allowance over what is counted.
+    const size = Buffer.byteLength(JSON.stringify(section)) + HEARTBEAT_ALLOWANCE_BYTES;
+    if (size > TWIN_SECTION_LIMIT_BYTES)
+      throw new Error(
+        `${key} refused: the reported section would be ${size} bytes, over IoT Hub's ${TWIN_SECTION_LIMIT_BYTES}-byte twin section limit`,
+      );
+    await new Promise<void>((resolve, reject) => {
+      const reported = twin.properties.reported as { update(p: Section, done: (err?: Error) => void): void };
+      reported.update({ [key]: value }, (err) => (err ? reject(err) : resolve()));
+    });
+    const stored: TwinDocument = Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null));
+    this.#reported.set(key, stored);
+  }
+
+  #startHeartbeat(twin: Twin): void {
+    const seconds = this.#o.heartbeatSeconds ?? 60;
+    const beat = () => {
+      if (!this.#up || this.#twin !== twin) return;
+      this.#heartbeatSeq += 1;
+      const presence = {
+        seq: this.#heartbeatSeq,
+        at: new Date(this.#clock.now()).toISOString(),
+        intervalSeconds: seconds,
+      };
+      const reported = twin.properties.reported as { update(p: Section, done: (err?: Error) => void): void };
+      reported.update({ [IOTHUB_MAPPING.reported.presence]: presence }, (err) => {
+        if (err) this.#log.warn({ err: err.message }, "presence heartbeat failed");
+      });
+      this.#heartbeatTimer = this.#clock.setTimeout(beat, seconds * 1000);
+    };
+    beat();
+  }
+}
