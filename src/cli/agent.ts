@@ -12,8 +12,9 @@ import { redaction } from "../log/redact.ts";
 
 const usage = `Usage: devicelet agent --config <agent.yaml>
 
-Runs the devicelet device agent on a Linux gateway: connects to the MQTT broker as the configured
-device, runs the pods devicelet schedules to it as supervised processes, and reports their status.
+Runs the devicelet device agent on a Linux gateway: connects to the MQTT broker (or Azure IoT Hub)
+as the configured device, runs the pods devicelet schedules to it as supervised processes, and
+reports their status.
 
 Options:
   -c, --config <file>   agent configuration (see examples/agent.yaml)

@@ -1,7 +1,9 @@
 /**
  * The reference device agent for Linux gateways: one {@link DeviceSession} over MQTT (TLS and
- * mutual TLS), a {@link ProcessRuntime} running each app as a supervised child process, and a state
- * file that makes restarts safe.
+ * mutual TLS) or over Azure IoT Hub (`iothub`: an {@link IotHubLink}, docs/iothub.md), a
+ * {@link ProcessRuntime} running each app as a supervised child process, and a state file that
+ * makes restarts safe. Only the link differs between the two; over IoT Hub the birth announces
+ * `logs: false, exec: false`, as the mapping carries no sessions.
  *
  *   const config = parseAgentConfig(yamlText, "agent.yaml");
  *   const agent = await startAgent(config, { logger });
@@ -31,18 +33,22 @@ import os from "node:os";
 import path from "node:path";
 import type { Logger } from "pino";
 import { parse } from "yaml";
-import { ConfigError, validateWithSchema } from "../config/load.ts";
+import { ConfigError, registerConfigCheck, validateWithSchema } from "../config/load.ts";
+import type { RuleProblem } from "../config/rules.ts";
 import { withoutCredentials } from "../log/redact.ts";
 import { DEVICE_ID } from "../protocol/topics.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
+import { IotHubLink } from "./iothub-link.ts";
+import type { DeviceLink } from "./link.ts";
 import { MqttTransport } from "./mqtt-link.ts";
 import { removeLeftovers } from "./leftovers.ts";
 import { ProcessRuntime } from "./process-runtime.ts";
 import { DeviceSession, type BirthInfo } from "./session.ts";
 import { fileStore } from "./store.ts";
 
+/** Exactly one of `broker` and `iothub` is set. */
 export interface AgentConfig {
-  readonly broker: {
+  readonly broker?: {
     readonly url: string;
     readonly protocolVersion: 4 | 5;
     /** PEM files; relative paths are relative to the configuration file. */
@@ -53,8 +59,18 @@ export interface AgentConfig {
     readonly passwordFile?: string;
     readonly keepaliveSeconds: number;
   };
+  readonly iothub?: {
+    /** A device connection string (`HostName=…;DeviceId=…;SharedAccessKey=…`). */
+    readonly connectionString?: string;
+    /** A file holding it (exactly one of the two is set); relative to the configuration file. */
+    readonly connectionStringFile?: string;
+    /** An extra CA (PEM file) to trust: the emulator's, or a private gateway's. */
+    readonly caFile?: string;
+    readonly heartbeatSeconds: number;
+  };
   readonly device: {
-    readonly id: string;
+    /** Required with `broker`; with `iothub` the connection string's DeviceId, which it must equal. */
+    readonly id?: string;
     readonly deviceClass: string;
     readonly zone?: string;
     readonly labels: Readonly<Record<string, string>>;
@@ -92,7 +108,6 @@ export const LEGACY_STATE_FILE = "/var/lib/devicelet/agent-state.json";
 export const agentConfigSchema = {
   type: "object",
   additionalProperties: false,
-  required: ["broker", "device"],
   properties: {
     broker: {
       type: "object",
@@ -110,10 +125,20 @@ export const agentConfigSchema = {
       },
       dependencies: { cert: ["key"], key: ["cert"] },
     },
+    iothub: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        connectionString: { type: "string", minLength: 1 },
+        connectionStringFile: { type: "string", minLength: 1 },
+        caFile: { type: "string", minLength: 1 },
+        heartbeatSeconds: { type: "integer", minimum: 5, maximum: 3600, default: 60 },
+      },
+    },
     device: {
       type: "object",
       additionalProperties: false,
-      required: ["id"],
+      default: {},
       properties: {
         id: { type: "string", pattern: DEVICE_ID.source },
         deviceClass: { type: "string", minLength: 1, maxLength: 63, default: "gateway" },
@@ -163,6 +188,57 @@ export const agentConfigSchema = {
   },
 } as const;
 
+/** The `DeviceId` of a device connection string, or undefined when it has none. */
+export function connectionStringDeviceId(connectionString: string): string | undefined {
+  for (const field of connectionString.trim().split(";")) {
+    const at = field.indexOf("=");
+    if (at > 0 && field.slice(0, at) === "DeviceId") return field.slice(at + 1) || undefined;
+  }
+  return undefined;
+}
+
+/** The agent's device id over IoT Hub, from its connection string. @throws naming the mismatch. */
+function iotHubDeviceId(connectionString: string, configured: string | undefined): string {
+  const id = connectionStringDeviceId(connectionString);
+  if (id === undefined) throw new Error("the IoT Hub connection string has no DeviceId");
+  if (!DEVICE_ID.test(id)) throw new Error(`the connection string's DeviceId ${id} is not a valid device id`);
+  if (configured !== undefined && configured !== id)
+    throw new Error(`device.id ${configured} differs from the connection string's DeviceId ${id}`);
+  return id;
+}
+
+registerConfigCheck(agentConfigSchema, (data) => {
+  // Runs on data the schema may have rejected: read each field for what it is.
+  const config = data as Partial<Record<"broker" | "iothub" | "device", unknown>>;
+  const field = (value: unknown, key: string): unknown =>
+    typeof value === "object" && value !== null ? (value as Record<string, unknown>)[key] : undefined;
+  const problems: RuleProblem[] = [];
+  const { broker, iothub } = config;
+  const deviceId = field(config.device, "id");
+  if ((broker === undefined) === (iothub === undefined))
+    problems.push({
+      path: "",
+      message: "exactly one of broker (MQTT) and iothub (Azure IoT Hub) is required",
+    });
+  if (broker !== undefined && deviceId === undefined)
+    problems.push({ path: "/device", message: "must have required property 'id'" });
+  if (iothub === undefined) return problems;
+  const connectionString = field(iothub, "connectionString");
+  if ((connectionString === undefined) === (field(iothub, "connectionStringFile") === undefined))
+    problems.push({
+      path: "/iothub",
+      message: "exactly one of connectionString and connectionStringFile is required",
+    });
+  if (typeof connectionString === "string") {
+    try {
+      iotHubDeviceId(connectionString, typeof deviceId === "string" ? deviceId : undefined);
+    } catch (err) {
+      problems.push({ path: "/iothub/connectionString", message: (err as Error).message });
+    }
+  }
+  return problems;
+});
+
 /**
  * YAML → validated, defaulted, frozen {@link AgentConfig}; relative paths resolved against the
  * file's folder. @throws ConfigError listing every problem at once.
@@ -177,16 +253,31 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
   const config = validateWithSchema(agentConfigSchema, data, sourceName) as AgentConfig;
   const base = path.dirname(path.resolve(sourceName));
   const at = (p: string | undefined) => (p === undefined ? undefined : path.resolve(base, p));
-  const { ca, cert, key, passwordFile } = config.broker;
+  const { broker, iothub } = config;
   return Object.freeze({
     ...config,
-    broker: Object.freeze({
-      ...config.broker,
-      ...(ca === undefined ? {} : { ca: at(ca) }),
-      ...(cert === undefined ? {} : { cert: at(cert) }),
-      ...(key === undefined ? {} : { key: at(key) }),
-      ...(passwordFile === undefined ? {} : { passwordFile: at(passwordFile) }),
-    }),
+    ...(broker === undefined
+      ? {}
+      : {
+          broker: Object.freeze({
+            ...broker,
+            ...(broker.ca === undefined ? {} : { ca: at(broker.ca) }),
+            ...(broker.cert === undefined ? {} : { cert: at(broker.cert) }),
+            ...(broker.key === undefined ? {} : { key: at(broker.key) }),
+            ...(broker.passwordFile === undefined ? {} : { passwordFile: at(broker.passwordFile) }),
+          }),
+        }),
+    ...(iothub === undefined
+      ? {}
+      : {
+          iothub: Object.freeze({
+            ...iothub,
+            ...(iothub.connectionStringFile === undefined
+              ? {}
+              : { connectionStringFile: at(iothub.connectionStringFile) }),
+            ...(iothub.caFile === undefined ? {} : { caFile: at(iothub.caFile) }),
+          }),
+        }),
     workDir: path.resolve(base, config.workDir),
     stateFile: path.resolve(base, config.stateFile),
   });
@@ -202,27 +293,9 @@ export interface Agent {
 /** Starts the agent: restores and re-runs persisted pods, then connects (and keeps reconnecting). */
 export async function startAgent(config: AgentConfig, options: { logger: Logger }): Promise<Agent> {
   const { logger } = options;
-  const { broker, device } = config;
-  const read = async (file: string | undefined) => (file === undefined ? undefined : readFile(file, "utf8"));
-  const [bootId, ca, cert, key, password] = await Promise.all([
-    readFile(config.bootIdFile, "utf8").then((t) => t.trim()),
-    read(broker.ca),
-    read(broker.cert),
-    read(broker.key),
-    read(broker.passwordFile).then((t) => t?.trim()),
-  ]);
-  const transport = new MqttTransport({
-    url: broker.url,
-    clientId: device.id,
-    protocolVersion: broker.protocolVersion,
-    keepaliveSeconds: broker.keepaliveSeconds,
-    logger,
-    ...(ca === undefined ? {} : { ca }),
-    ...(cert === undefined ? {} : { cert }),
-    ...(key === undefined ? {} : { key }),
-    ...(broker.username === undefined ? {} : { username: broker.username }),
-    ...(password === undefined ? {} : { password }),
-  });
+  const { device } = config;
+  const bootId = (await readFile(config.bootIdFile, "utf8")).trim();
+  const { deviceId, link, endpoint } = await deviceLink(config, logger);
   if (config.stateFile === DEFAULT_STATE_FILE)
     await moveStateFile(LEGACY_STATE_FILE, config.stateFile, logger);
   const store = fileStore(config.stateFile, { logger });
@@ -242,8 +315,8 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
     previousLogBytes: config.logs.previousBytes,
   });
   const session = new DeviceSession({
-    deviceId: device.id,
-    link: transport.link(device.id),
+    deviceId,
+    link,
     runtime,
     device: birth,
     logger,
@@ -255,8 +328,58 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
     ...(device.address === undefined ? {} : { address: device.address }),
   });
   await session.start();
-  logger.info({ device: device.id, broker: withoutCredentials(broker.url), bootId }, "agent started");
+  logger.info({ device: deviceId, ...endpoint, bootId }, "agent started");
   return { session, runtime, stop: () => session.stop() };
+}
+
+/** The one part that differs between MQTT and IoT Hub: the link, and the id it fixes. */
+async function deviceLink(
+  config: AgentConfig,
+  logger: Logger,
+): Promise<{ deviceId: string; link: DeviceLink; endpoint: Record<string, string> }> {
+  const read = async (file: string | undefined) => (file === undefined ? undefined : readFile(file, "utf8"));
+  const { broker, iothub, device } = config;
+  if (iothub !== undefined) {
+    const [connectionString, ca] = await Promise.all([
+      iothub.connectionString ?? read(iothub.connectionStringFile).then((t) => t?.trim() ?? ""),
+      read(iothub.caFile),
+    ]);
+    const deviceId = iotHubDeviceId(connectionString, device.id);
+    const link = new IotHubLink({
+      deviceId,
+      connectionString,
+      heartbeatSeconds: iothub.heartbeatSeconds,
+      logger,
+      ...(ca === undefined ? {} : { ca }),
+    });
+    const hub = /(?:^|;)HostName=([^;]*)/.exec(connectionString)?.[1] ?? "";
+    return { deviceId, link, endpoint: { iothub: hub } };
+  }
+  if (broker === undefined || device.id === undefined)
+    throw new Error("the agent has neither broker nor iothub");
+  const [ca, cert, key, password] = await Promise.all([
+    read(broker.ca),
+    read(broker.cert),
+    read(broker.key),
+    read(broker.passwordFile).then((t) => t?.trim()),
+  ]);
+  const transport = new MqttTransport({
+    url: broker.url,
+    clientId: device.id,
+    protocolVersion: broker.protocolVersion,
+    keepaliveSeconds: broker.keepaliveSeconds,
+    logger,
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key }),
+    ...(broker.username === undefined ? {} : { username: broker.username }),
+    ...(password === undefined ? {} : { password }),
+  });
+  return {
+    deviceId: device.id,
+    link: transport.link(device.id),
+    endpoint: { broker: withoutCredentials(broker.url) },
+  };
 }
 
 /**
@@ -311,8 +434,9 @@ async function birthInfo(config: AgentConfig): Promise<BirthInfo> {
       maxMessageBytes: device.maxMessageBytes,
       encodings: ["json"],
       runtime: "process",
-      logs: true,
-      exec: true,
+      // IoT Hub carries no logs or exec sessions (docs/iothub.md, "Not carried yet").
+      logs: config.iothub === undefined,
+      exec: config.iothub === undefined,
       // Node.js has no pseudo-terminal without a native addon: exec with -t is refused.
       tty: false,
       stats: true,

@@ -20,9 +20,7 @@
  * - No last will: while up, a heartbeat reported property; the will the session arms is reported
  *   at connect for the provider to assume once the heartbeat goes stale.
  */
-import {
-  Client,
-  Message,
+import azureIotDevice, {
   type DeviceMethodRequest,
   type DeviceMethodResponse,
   type Twin,
@@ -32,6 +30,10 @@ import type { Logger } from "pino";
 import { systemClock, type Clock } from "../base/clock.ts";
 import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
 import type { DeviceLink, LinkHandlers, PublishOptions } from "./link.ts";
+
+// A CommonJS module: Node gives its exports as the default import only (named imports fail).
+const { Client, Message } = azureIotDevice;
+type Client = azureIotDevice.Client;
 
 /** Twin keys and method names of the mapping (docs/iothub.md, "Mapping onto IoT Hub"). */
 export const IOTHUB_MAPPING = {
