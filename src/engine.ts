@@ -347,8 +347,10 @@ function engineKubeClient(options: EngineOptions, identity?: string): KubeClient
     burst: config.api.burst,
     heartbeat: { qps: config.api.heartbeatQps, burst: config.api.heartbeatBurst },
     requestTimeoutMs: config.api.requestTimeoutSeconds * 1000,
-    // A heartbeat request that takes longer than an interval is as good as lost: try again.
-    heartbeatTimeoutMs: config.lease.renewIntervalSeconds * 1000,
+    // A heartbeat request that takes half an interval is as good as lost (a Lease write takes
+    // milliseconds): try again. Half, so that three hung writes in a row (each followed by at most
+    // half an interval of backoff) still fit in the default 40 s lease after a 10 s interval.
+    heartbeatTimeoutMs: (config.lease.renewIntervalSeconds * 1000) / 2,
     logger: logger.child({ component: "kube" }),
     userAgent: identity === undefined ? `devicelet/${version}` : `devicelet/${version} (${identity})`,
   });
