@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import { DEVICELET_SERIES } from "./devicelet-metrics.ts";
 import { DeviceletMetrics } from "./index.ts";
 
 const dashboardFile = new URL("../../charts/devicelet/dashboards/devicelet.json", import.meta.url);
@@ -55,24 +56,7 @@ describe("Grafana dashboard", () => {
         .flatMap((p) => (p.targets ?? []).flatMap((t) => seriesIn(t.expr)))
         .map((n) => n.replace(/_(bucket|sum|count)$/, "")),
     );
-    const own = [
-      "devicelet_nodes",
-      "devicelet_pods",
-      "devicelet_pod_start_seconds",
-      "devicelet_desired_delivery_seconds",
-      "devicelet_desired_apply_seconds",
-      "devicelet_device_pending_changes",
-      "devicelet_devices_out_of_sync",
-      "devicelet_commands_queued",
-      "devicelet_commands_expired_total",
-      "devicelet_device_messages_rejected_total",
-      "devicelet_api_requests_total",
-      "devicelet_api_budget_wait_seconds",
-      "devicelet_node_lease_renew_seconds",
-      "devicelet_leader",
-      "devicelet_broker_connected",
-    ];
-    expect(own.filter((name) => !queried.has(name))).toEqual([]);
+    expect(DEVICELET_SERIES.filter((name) => !queried.has(name))).toEqual([]);
   });
 
   it("takes its data source from a template variable", () => {

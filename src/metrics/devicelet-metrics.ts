@@ -27,6 +27,28 @@ import { BoundedLabel, podReason } from "./labels.ts";
 /** The prefix of every series, prom-client's process metrics included. */
 export const METRIC_PREFIX = "devicelet_";
 
+/**
+ * devicelet's own series (prom-client's process metrics aside), as docs/operations.md lists them
+ * for operators: the registry must export each, and the chart's dashboard must show each.
+ */
+export const DEVICELET_SERIES = [
+  "devicelet_nodes",
+  "devicelet_pods",
+  "devicelet_pod_start_seconds",
+  "devicelet_desired_delivery_seconds",
+  "devicelet_desired_apply_seconds",
+  "devicelet_device_pending_changes",
+  "devicelet_devices_out_of_sync",
+  "devicelet_commands_queued",
+  "devicelet_commands_expired_total",
+  "devicelet_device_messages_rejected_total",
+  "devicelet_api_requests_total",
+  "devicelet_api_budget_wait_seconds",
+  "devicelet_node_lease_renew_seconds",
+  "devicelet_leader",
+  "devicelet_broker_connected",
+] as const;
+
 /** The two request lanes of the Kubernetes client (src/kube/transport.ts). */
 export type Lane = "default" | "heartbeat";
 

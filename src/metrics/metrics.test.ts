@@ -4,28 +4,10 @@ import { parsePrometheus, sampleSum } from "../../test/support/prometheus.ts";
 import { FakeClock } from "../base/fake-clock.ts";
 import { RequestBudget } from "../kube/budget.ts";
 import type { Node, Pod } from "../kube/index.ts";
+import { DEVICELET_SERIES } from "./devicelet-metrics.ts";
 import { DeviceletMetrics, startMetricsServer, type MetricsServer } from "./index.ts";
 
 const scrape = async (metrics: DeviceletMetrics) => parsePrometheus(await metrics.registry.metrics());
-
-/** The agreed series (context of issue 11; docs/operations.md lists them for operators). */
-const AGREED = [
-  "devicelet_nodes",
-  "devicelet_pods",
-  "devicelet_pod_start_seconds",
-  "devicelet_desired_delivery_seconds",
-  "devicelet_desired_apply_seconds",
-  "devicelet_device_pending_changes",
-  "devicelet_devices_out_of_sync",
-  "devicelet_commands_queued",
-  "devicelet_commands_expired_total",
-  "devicelet_device_messages_rejected_total",
-  "devicelet_api_requests_total",
-  "devicelet_api_budget_wait_seconds",
-  "devicelet_node_lease_renew_seconds",
-  "devicelet_leader",
-  "devicelet_broker_connected",
-];
 
 const allGauges = {
   pendingChanges: () => 3,
@@ -40,7 +22,7 @@ describe("DeviceletMetrics", () => {
     const b = new DeviceletMetrics();
     a.provider.observe(allGauges);
     const names = a.registry.getMetricsAsArray().map((m) => m.name);
-    expect(names).toEqual(expect.arrayContaining(AGREED));
+    expect(names).toEqual(expect.arrayContaining([...DEVICELET_SERIES]));
     expect(names).toContain("devicelet_process_cpu_seconds_total");
     expect(names.filter((n) => !n.startsWith("devicelet_"))).toEqual([]);
     a.setLeader(true);
