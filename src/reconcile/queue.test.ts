@@ -215,4 +215,32 @@ describe("WorkQueue", () => {
     await clock.advanceAsync(1_000);
     expect(attempts).toBe(0);
   });
+
+  it("settles idle() once stopped: the running reconcile returns, pending keys are dropped", async () => {
+    const started = deferred();
+    const release = deferred();
+    const ran: string[] = [];
+    const { queue, stop } = makeQueue(
+      async (key) => {
+        ran.push(key);
+        started.resolve();
+        await release.promise;
+        return undefined;
+      },
+      { concurrency: 1 },
+    );
+    queue.add("a");
+    queue.add("b");
+    await started.promise;
+    let idle = false;
+    const waiting = queue.idle().then(() => (idle = true));
+    stop();
+    await Promise.resolve();
+    expect(idle).toBe(false); // "a" is still running
+    release.resolve();
+    await waiting;
+    expect(ran).toEqual(["a"]);
+    expect(queue.length).toBe(0);
+    await queue.idle(); // and at once from now on
+  });
 });

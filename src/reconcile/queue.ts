@@ -62,12 +62,19 @@ export class WorkQueue {
     this.#clock = options.clock ?? systemClock;
   }
 
-  /** Starts processing; stops taking new work when `signal` aborts. */
+  /**
+   * Starts processing; when `signal` aborts it stops taking new work, drops what is pending, and
+   * `idle()` resolves once the reconciles already running have returned.
+   */
   start(signal: AbortSignal): void {
     this.#signal = signal;
     signal.addEventListener("abort", () => {
       for (const { timer } of this.#timers.values()) this.#clock.clearTimeout(timer);
       this.#timers.clear();
+      this.#pending.length = 0;
+      this.#queued.clear();
+      this.#dirty.clear();
+      this.#pump();
     });
     this.#pump();
   }
@@ -128,22 +135,25 @@ export class WorkQueue {
     };
   }
 
-  /** Resolves when nothing is pending or running (delayed keys do not count). */
+  /**
+   * Resolves when nothing is pending or running (delayed keys do not count); once stopped, when
+   * nothing is running. Start-up code awaits this, so it must settle on stop too.
+   */
   async idle(): Promise<void> {
-    if (this.#pending.length === 0 && this.#running === 0) return;
+    if (this.#running === 0 && (this.#pending.length === 0 || this.#signal?.aborted)) return;
     await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
   }
 
   #pump(): void {
-    if (!this.#signal || this.#signal.aborted) return;
-    while (this.#running < this.#options.concurrency && this.#pending.length > 0) {
+    if (!this.#signal) return;
+    while (!this.#signal.aborted && this.#running < this.#options.concurrency && this.#pending.length > 0) {
       const key = this.#pending.shift() as string;
       this.#queued.delete(key);
       this.#active.add(key);
       this.#running++;
       void this.#process(key);
     }
-    if (this.#running === 0 && this.#pending.length === 0) {
+    if (this.#running === 0 && (this.#pending.length === 0 || this.#signal.aborted)) {
       const waiters = this.#idleWaiters;
       this.#idleWaiters = [];
       for (const w of waiters) w();
