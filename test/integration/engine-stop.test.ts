@@ -42,7 +42,13 @@ it("exits 0 on SIGTERM at every stage of start-up", async () => {
     const seen = d.logLines().length;
     await d.restart({ waitForRunning: false });
     await eventually(
-      () => expect(d.logLines().slice(seen).some((l) => milestone.test(String(l.msg)))).toBe(true),
+      () =>
+        expect(
+          d
+            .logLines()
+            .slice(seen)
+            .some((l) => milestone.test(String(l.msg))),
+        ).toBe(true),
       { timeoutMs: 60_000, intervalMs: 10 },
     );
     await new Promise((resolve) => setTimeout(resolve, delayMs));
