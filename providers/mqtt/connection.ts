@@ -59,6 +59,21 @@ export interface BrokerConnection {
   publish(topic: string, payload: Buffer, options: PublishOptions): Promise<void>;
 }
 
+/**
+ * A whole transport as the provider runs it: the {@link BrokerConnection} plus its lifecycle and
+ * health. {@link MqttConnection} is one; providers/iothub's `HubConnection` presents Azure IoT Hub
+ * (twins, direct methods, device-to-cloud events) the same way, so the same provider parts run on
+ * either (docs/iothub.md).
+ */
+export interface TransportConnection extends BrokerConnection {
+  /** Resolves once connected the first time; keeps reconnecting until `stop`. */
+  start(signal: AbortSignal): Promise<void>;
+  /** Says goodbye where the transport has a way to, and closes. Idempotent. */
+  stop(): Promise<void>;
+  /** The transport's health for the node controller; never node readiness. */
+  health(): { ready: boolean; message: string };
+}
+
 export interface MqttConnectionOptions {
   readonly config: MqttConfig["broker"];
   /** Seconds disconnected before health turns not ready. */
@@ -92,7 +107,7 @@ const TAKEOVER_CLEAR_MS = 2 * TAKEOVER_MAX_DELAY_MS;
 const reconnectDelay = (attempt: number, minMs: number, maxMs: number, random: () => number) =>
   Math.round(retryDelay({ failures: attempt + 1, baseMs: minMs, maxMs, jitter: "equal", random }));
 
-export class MqttConnection implements BrokerConnection {
+export class MqttConnection implements TransportConnection {
   readonly protocolVersion: 4 | 5;
   readonly secure: boolean;
   readonly #o: MqttConnectionOptions;

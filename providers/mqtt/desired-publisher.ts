@@ -21,7 +21,7 @@ import { retryDelay } from "../../src/base/backoff.ts";
 import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import type { DesiredDocument, DesiredPod, Tombstone } from "../../src/protocol/types.ts";
-import type { DeviceDesired } from "./desired-types.ts";
+import { MESSAGE_BYTES, type DeviceDesired, type DocumentSize } from "./desired-types.ts";
 import { byKey, fitDocument, type Fitted } from "./fit.ts";
 import type { GenerationAllocator } from "./generations.ts";
 import type { MqttMetrics } from "./metrics.ts";
@@ -31,6 +31,8 @@ export interface DesiredPublisherOptions {
   readonly publish: (topic: string, payload: Buffer) => Promise<void>;
   /** Largest document the device accepts. */
   readonly maxBytes: (deviceId: string) => number;
+  /** How a document counts against `maxBytes`; default {@link MESSAGE_BYTES}. */
+  readonly documentSize?: DocumentSize;
   readonly debounceMs: number;
   /** A document went out (or could not, `tooLarge`): delivery and status may have changed. */
   readonly onChange: (deviceId: string) => void;
@@ -177,7 +179,14 @@ export class DesiredPublisher {
     const max = this.#o.maxBytes(d.deviceId);
     let fitted: Fitted | undefined;
     try {
-      fitted = fitDocument({ deviceId: d.deviceId, entries: d.pods.values(), pods, tombstones, max });
+      fitted = fitDocument({
+        deviceId: d.deviceId,
+        entries: d.pods.values(),
+        pods,
+        tombstones,
+        max,
+        size: this.#o.documentSize ?? MESSAGE_BYTES,
+      });
     } catch (err) {
       const message = `the desired document is invalid: ${(err as Error).message}`;
       this.#unsendable(d, contentHash, "DocumentInvalid", message);
@@ -185,7 +194,7 @@ export class DesiredPublisher {
     }
     if (!fitted) {
       this.#o.metrics.inc("tooLarge");
-      const message = `the desired document of this device would exceed the ${max} bytes it accepts`;
+      const message = `the desired document of this device would exceed ${(this.#o.documentSize ?? MESSAGE_BYTES).describe(max)}`;
       this.#unsendable(d, contentHash, "DocumentTooLarge", message);
       return false;
     }

@@ -60,3 +60,17 @@ export interface DeviceDesired {
    */
   waiters: { seq: number; until: "durable" | "handled"; resolve: () => void }[];
 }
+
+/** How a desired document is measured against a device's limit, and how that limit is named. */
+export interface DocumentSize {
+  /** The size that counts, from the encoded message. */
+  readonly measure: (payload: Uint8Array) => number;
+  /** The limit in a refusal, e.g. "the 65536 bytes it accepts". */
+  readonly describe: (max: number) => string;
+}
+
+/** MQTT's: the message's bytes. */
+export const MESSAGE_BYTES: DocumentSize = {
+  measure: (payload) => payload.byteLength,
+  describe: (max) => `the ${max} bytes it accepts`,
+};

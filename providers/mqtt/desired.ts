@@ -24,17 +24,23 @@ import type { DesiredDocument, DesiredPod, Tombstone } from "../../src/protocol/
 import { transient } from "../../src/provider/errors.ts";
 import type { PodRef } from "../../src/provider/types.ts";
 import { DesiredPublisher } from "./desired-publisher.ts";
-import type { DeviceDesired, PodEntry, TombstoneEntry } from "./desired-types.ts";
+import type { DeviceDesired, DocumentSize, PodEntry, TombstoneEntry } from "./desired-types.ts";
 import type { GenerationAllocator } from "./generations.ts";
 import type { MqttMetrics } from "./metrics.ts";
 
-export type { DeviceDesired, PodEntry, Since, TombstoneEntry } from "./desired-types.ts";
+export type { DeviceDesired, DocumentSize, PodEntry, Since, TombstoneEntry } from "./desired-types.ts";
 
 export interface DesiredStoreOptions {
   readonly allocator: Pick<GenerationAllocator, "next">;
   readonly publish: (topic: string, payload: Buffer) => Promise<void>;
   /** Largest document the device accepts. */
   readonly maxBytes: (deviceId: string) => number;
+  /**
+   * How a document's size is counted against `maxBytes`, and how the limit is named in refusals;
+   * default the encoded message's bytes, "the N bytes it accepts". IoT Hub counts the twin section
+   * the document becomes (providers/iothub).
+   */
+  readonly documentSize?: DocumentSize;
   readonly debounceMs: number;
   readonly publishTimeoutMs: number;
   /**

@@ -7,7 +7,7 @@
  */
 import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
 import type { DesiredPod, Tombstone } from "../../src/protocol/types.ts";
-import type { PodEntry } from "./desired-types.ts";
+import { MESSAGE_BYTES, type DocumentSize, type PodEntry } from "./desired-types.ts";
 
 /** Pods of a document that fits, and the entries held back to make it fit (with why). */
 export interface Fitted {
@@ -53,9 +53,12 @@ export function fitDocument(o: {
   pods: DesiredPod[];
   tombstones: Tombstone[];
   max: number;
+  /** Default {@link MESSAGE_BYTES}. */
+  size?: DocumentSize;
 }): Fitted | undefined {
+  const documentSize = o.size ?? MESSAGE_BYTES;
   const size = (candidate: DesiredPod[]) =>
-    encodeMessage({
+    documentSize.measure(encodeMessage({
       protocol: 1,
       kind: "desired",
       deviceId: o.deviceId,
@@ -65,7 +68,7 @@ export function fitDocument(o: {
       pods: candidate,
       tombstones: o.tombstones,
       contentHash: desiredContentHash(candidate, o.tombstones),
-    }).byteLength;
+    }));
   const deferred: Fitted["deferred"] = new Map();
   if (size(o.pods) <= o.max) return { pods: o.pods, deferred };
   const changed = [...o.entries]
@@ -79,7 +82,7 @@ export function fitDocument(o: {
     const kept = previous ? "; the device keeps the version it has" : "";
     deferred.set(p, {
       reason: "DocumentTooLarge",
-      message: `this version of the pod would make the device's desired document larger than the ${o.max} bytes it accepts${kept}`,
+      message: `this version of the pod would make the device's desired document larger than ${documentSize.describe(o.max)}${kept}`,
     });
     if (size(current) <= o.max) return { pods: current.sort(byKey), deferred };
   }

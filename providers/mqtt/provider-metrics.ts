@@ -15,7 +15,7 @@
  */
 import type { ProviderGauges, ProviderMetrics } from "../../src/provider/types.ts";
 import type { CommandQueue } from "./commands.ts";
-import type { MqttConnection } from "./connection.ts";
+import type { TransportConnection } from "./connection.ts";
 import type { DesiredStore } from "./desired.ts";
 import { appliedOf, deliveryOf, type DeviceObservation, type Observations } from "./observations.ts";
 
@@ -82,7 +82,7 @@ export function deviceGauges(o: {
   readonly desired: Pick<DesiredStore, "devices">;
   readonly observations: Pick<Observations, "get">;
   readonly commands: Pick<CommandQueue, "size">;
-  readonly connection: Pick<MqttConnection, "isConnected">;
+  readonly connection: Pick<TransportConnection, "isConnected">;
 }): ProviderGauges {
   const pendingPerDevice = function* () {
     for (const d of o.desired.devices()) {

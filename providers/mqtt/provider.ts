@@ -40,7 +40,7 @@ import type {
 } from "../../src/provider/types.ts";
 import type { CommandRequest, CommandResult } from "./command-types.ts";
 import type { CommandQueue } from "./commands.ts";
-import type { MqttConnection } from "./connection.ts";
+import type { TransportConnection } from "./connection.ts";
 import type { DesiredStore } from "./desired.ts";
 import type { DeviceIo } from "./device-io.ts";
 import type { DeviceLifecycle } from "./device-lifecycle.ts";
@@ -54,7 +54,7 @@ import type { SecretGate } from "./secret-gate.ts";
 import type { Stages } from "./stages.ts";
 import type { BrokerSession } from "./session.ts";
 import type { PodStatusView } from "./status-view.ts";
-import { wireMqtt } from "./wiring.ts";
+import { wireMqtt, type Transport } from "./wiring.ts";
 import type { Workloads } from "./workloads.ts";
 
 export class MqttProvider
@@ -71,13 +71,14 @@ export class MqttProvider
     StatsCapability,
     DeviceSyncReporter
 {
-  readonly name = "mqtt";
+  /** "mqtt", or the transport's name (the nodes' `devicelet.dev/transport` label). */
+  readonly name: string;
   readonly supports: readonly PodFeature[];
   readonly config: MqttConfig;
   readonly #log: Logger;
   readonly #metrics: MqttMetrics;
   readonly #instance = `${process.pid}-${Date.now().toString(36)}`;
-  readonly #connection: MqttConnection;
+  readonly #connection: TransportConnection;
   readonly #registry: DeviceRegistry;
   readonly #desired: DesiredStore;
   readonly #commands: CommandQueue;
@@ -99,11 +100,15 @@ export class MqttProvider
   #stopping: Promise<void> | undefined;
   #stopped = false;
 
-  /** Use {@link createMqttProvider}, which validates the config and fills its defaults. */
-  constructor(config: MqttConfig, context: ProviderContext) {
+  /**
+   * Use {@link createMqttProvider}, which validates the config and fills its defaults. With
+   * `transport`, the same parts run over another transport than `config.broker` (providers/iothub).
+   */
+  constructor(config: MqttConfig, context: ProviderContext, transport?: Transport & { readonly name: string }) {
     this.config = config;
+    this.name = transport?.name ?? "mqtt";
     this.supports = config.supports ?? MQTT_DEFAULT_SUPPORTS;
-    this.#log = context.logger.child({ provider: "mqtt" });
+    this.#log = context.logger.child({ provider: this.name });
     this.#metrics = new MqttMetrics(context.metrics);
     const parts = wireMqtt({
       config,
@@ -111,6 +116,7 @@ export class MqttProvider
       logger: this.#log,
       metrics: this.#metrics,
       instance: this.#instance,
+      ...(transport ? { transport } : {}),
       events: {
         status: (status) => {
           if (this.#onStatus.length === 0) return false;

@@ -11,7 +11,7 @@ import { eventually } from "../../test/support/eventually.ts";
 import { MemoryStore } from "../../test/support/memory-store.ts";
 import { app, workload } from "../mock/testing.ts";
 import { createMqttProvider, type MqttProvider } from "./index.ts";
-import { SecretGate } from "./secret-gate.ts";
+import { connectionInsecurity, SecretGate } from "./secret-gate.ts";
 import { holdBack, toDesiredPod } from "./translate.ts";
 
 const MARKER = "marker-7f3a9c1e5b2d4e6f8091a2b3c4d5e6f7";
@@ -33,10 +33,10 @@ const gate = (o: {
   allowSecretsWithoutTls?: boolean;
 }) =>
   new SecretGate({
-    broker: {
+    insecurity: connectionInsecurity({
       url: o.url ?? verified.url,
       tls: { rejectUnauthorized: o.rejectUnauthorized ?? true },
-    },
+    }),
     devices: { secrets: { allow: o.allow ?? [] } },
     allowSecretsWithoutTls: o.allowSecretsWithoutTls ?? false,
   });

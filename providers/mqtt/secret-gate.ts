@@ -12,7 +12,7 @@
  *
  * `allowSecretsWithoutTls` turns the gate off, for demos; the provider logs that at start.
  *
- *   const gate = new SecretGate({ broker: config.broker, devices: config.devices, allowSecretsWithoutTls });
+ *   const gate = new SecretGate({ insecurity: connectionInsecurity(config.broker), devices: config.devices, allowSecretsWithoutTls });
  *   gate.check("gw-1");   // undefined, or { reason: "SecretRequiresTLS", message }
  *   gate.startupNotes();  // what to log at start
  */
@@ -25,7 +25,11 @@ export const SECRET_REQUIRES_TLS = "SecretRequiresTLS";
 export const SECRETS_ALLOW_KEY = "provider.config.devices.secrets.allow";
 
 export interface SecretGateOptions {
-  readonly broker: Pick<MqttConfig["broker"], "url" | "tls">;
+  /**
+   * Why devicelet's own connection to the devices' transport cannot carry Secrets (e.g.
+   * {@link connectionInsecurity} of the broker config), or undefined when it can.
+   */
+  readonly insecurity: string | undefined;
   readonly devices: Pick<MqttConfig["devices"], "secrets">;
   readonly allowSecretsWithoutTls: boolean;
 }
@@ -49,7 +53,7 @@ export class SecretGate {
 
   constructor(options: SecretGateOptions) {
     this.#off = options.allowSecretsWithoutTls;
-    this.#connection = connectionInsecurity(options.broker);
+    this.#connection = options.insecurity;
     this.#trusted = allowListMatcher(options.devices.secrets.allow);
     this.#trustedCount = options.devices.secrets.allow.length;
   }

@@ -16,7 +16,7 @@ import type { Logger } from "pino";
 import { encodeMessage } from "../../src/protocol/codec.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import type { BridgeMessage, DesiredDocument } from "../../src/protocol/types.ts";
-import type { BrokerConnection, MqttConnection } from "./connection.ts";
+import type { TransportConnection } from "./connection.ts";
 import type { DesiredStore } from "./desired.ts";
 import type { Inbound } from "./inbound.ts";
 import type { MqttMetrics } from "./metrics.ts";
@@ -37,7 +37,7 @@ export const bridgePayload =
   };
 
 export interface BrokerSessionOptions {
-  readonly connection: BrokerConnection & Pick<MqttConnection, "start">;
+  readonly connection: Omit<TransportConnection, "stop" | "health">;
   readonly readbackTimeoutMs: number;
   /** A document read back after `start` resolved (it is not in `start`'s result). */
   readonly onLate: (doc: DesiredDocument) => void;

@@ -33,8 +33,8 @@ import type {
 } from "../../src/provider/types.ts";
 import { commandEvent } from "./command-types.ts";
 import { CommandQueue } from "./commands.ts";
-import { MqttConnection } from "./connection.ts";
-import { DesiredStore } from "./desired.ts";
+import { MqttConnection, type TransportConnection } from "./connection.ts";
+import { DesiredStore, type DocumentSize } from "./desired.ts";
 import { DeviceLifecycle } from "./device-lifecycle.ts";
 import { DeviceRegistry } from "./devices.ts";
 import { documentLimit, inboundPacketLimit } from "./fit.ts";
@@ -50,7 +50,7 @@ import { Orphans } from "./orphans.ts";
 import { StatusCoalescer } from "./pod-status.ts";
 import { RestartRequests } from "./restart.ts";
 import { allowListMatcher, type MqttConfig } from "./schema.ts";
-import { SecretGate } from "./secret-gate.ts";
+import { connectionInsecurity, SecretGate } from "./secret-gate.ts";
 import { Stages } from "./stages.ts";
 import { DeviceStatsStore } from "./stats.ts";
 import { BrokerSession, bridgePayload } from "./session.ts";
@@ -59,6 +59,16 @@ import { WorkloadHashes } from "./workload-hashes.ts";
 import { Workloads } from "./workloads.ts";
 
 const STATUS_COALESCE_MS = 10;
+
+/**
+ * A transport in place of the MQTT broker: the connection the parts use, why it cannot carry
+ * Secrets (undefined when it can), and how a desired document counts against the device's limit.
+ */
+export interface Transport {
+  readonly connection: TransportConnection;
+  readonly insecurity: string | undefined;
+  readonly documentSize?: DocumentSize;
+}
 
 /** What the parts tell the engine, through the provider. */
 export interface MqttEvents {
@@ -74,7 +84,7 @@ export interface MqttEvents {
 
 export interface MqttParts {
   readonly secrets: SecretGate;
-  readonly connection: MqttConnection;
+  readonly connection: TransportConnection;
   readonly registry: DeviceRegistry;
   readonly desired: DesiredStore;
   readonly statusView: PodStatusView;
@@ -97,26 +107,30 @@ export function wireMqtt(o: {
   /** This process's identity in the bridge presence (`pid-start`). */
   readonly instance: string;
   readonly events: MqttEvents;
+  /** Another transport than the MQTT broker in `config.broker` (providers/iothub); default MQTT. */
+  readonly transport?: Transport;
 }): MqttParts {
   const { config, context, logger, metrics, events } = o;
   const recordEvent = (event: ProviderEvent) => context.recordEvent(event);
   const allowed = allowListMatcher(config.devices.allow);
 
   const secrets = new SecretGate({
-    broker: config.broker,
+    insecurity: o.transport ? o.transport.insecurity : connectionInsecurity(config.broker),
     devices: config.devices,
     allowSecretsWithoutTls: config.allowSecretsWithoutTls,
   });
-  const connection = new MqttConnection({
-    config: config.broker,
-    graceSeconds: config.health.disconnectedGraceSeconds,
-    bridge: { topic: topics.bridge(), payload: bridgePayload(o.instance) },
-    logger,
-    // Devices' messages, and devicelet's own retained documents read back at start.
-    maximumPacketSize: inboundPacketLimit(
-      Math.max(config.devices.maxMessageBytes, config.desired.maxDocumentBytes),
-    ),
-  });
+  const connection =
+    o.transport?.connection ??
+    new MqttConnection({
+      config: config.broker,
+      graceSeconds: config.health.disconnectedGraceSeconds,
+      bridge: { topic: topics.bridge(), payload: bridgePayload(o.instance) },
+      logger,
+      // Devices' messages, and devicelet's own retained documents read back at start.
+      maximumPacketSize: inboundPacketLimit(
+        Math.max(config.devices.maxMessageBytes, config.desired.maxDocumentBytes),
+      ),
+    });
   const registry = new DeviceRegistry({
     onChange: (info) => {
       if (!info.connected) {
@@ -142,6 +156,7 @@ export function wireMqtt(o: {
         ceiling: config.desired.maxDocumentBytes,
         fallback: DEFAULT_MAX_MESSAGE_BYTES,
       }),
+    ...(o.transport?.documentSize ? { documentSize: o.transport.documentSize } : {}),
     debounceMs: config.desired.debounceMs,
     publishTimeoutMs: config.desired.publishTimeoutMs,
     persist: (d) => workloads.persist(d),

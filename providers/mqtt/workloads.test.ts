@@ -14,7 +14,7 @@ import { DesiredStore } from "./desired.ts";
 import { GenerationAllocator } from "./generations.ts";
 import { MqttMetrics } from "./metrics.ts";
 import { RESTART_ANNOTATION, RestartRequests } from "./restart.ts";
-import { SecretGate } from "./secret-gate.ts";
+import { connectionInsecurity, SecretGate } from "./secret-gate.ts";
 import { WorkloadHashes } from "./workload-hashes.ts";
 import { Workloads } from "./workloads.ts";
 
@@ -65,7 +65,7 @@ async function devicelet(store: MemoryStore, retained: Map<string, DesiredDocume
       defaultTtlSeconds: 60,
     }),
     secrets: new SecretGate({
-      broker: { url: "mqtt://127.0.0.1:1883", tls: { rejectUnauthorized: true } },
+      insecurity: connectionInsecurity({ url: "mqtt://127.0.0.1:1883", tls: { rejectUnauthorized: true } }),
       devices: { secrets: { allow: [] } },
       allowSecretsWithoutTls: false,
     }),
