@@ -58,17 +58,19 @@ export function fitDocument(o: {
 }): Fitted | undefined {
   const documentSize = o.size ?? MESSAGE_BYTES;
   const size = (candidate: DesiredPod[]) =>
-    documentSize.measure(encodeMessage({
-      protocol: 1,
-      kind: "desired",
-      deviceId: o.deviceId,
-      epoch: "e".repeat(64),
-      generation: Number.MAX_SAFE_INTEGER,
-      issuedAt: "2000-01-01T00:00:00.000000000+00:00",
-      pods: candidate,
-      tombstones: o.tombstones,
-      contentHash: desiredContentHash(candidate, o.tombstones),
-    }));
+    documentSize.measure(
+      encodeMessage({
+        protocol: 1,
+        kind: "desired",
+        deviceId: o.deviceId,
+        epoch: "e".repeat(64),
+        generation: Number.MAX_SAFE_INTEGER,
+        issuedAt: "2000-01-01T00:00:00.000000000+00:00",
+        pods: candidate,
+        tombstones: o.tombstones,
+        contentHash: desiredContentHash(candidate, o.tombstones),
+      }),
+    );
   const deferred: Fitted["deferred"] = new Map();
   if (size(o.pods) <= o.max) return { pods: o.pods, deferred };
   const changed = [...o.entries]

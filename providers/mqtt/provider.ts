@@ -104,7 +104,11 @@ export class MqttProvider
    * Use {@link createMqttProvider}, which validates the config and fills its defaults. With
    * `transport`, the same parts run over another transport than `config.broker` (providers/iothub).
    */
-  constructor(config: MqttConfig, context: ProviderContext, transport?: Transport & { readonly name: string }) {
+  constructor(
+    config: MqttConfig,
+    context: ProviderContext,
+    transport?: Transport & { readonly name: string },
+  ) {
     this.config = config;
     this.name = transport?.name ?? "mqtt";
     this.supports = config.supports ?? MQTT_DEFAULT_SUPPORTS;
