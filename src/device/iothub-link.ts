@@ -28,6 +28,13 @@ import azureIotDevice, {
 import { Mqtt } from "azure-iot-device-mqtt";
 import type { Logger } from "pino";
 import { systemClock, type Clock } from "../base/clock.ts";
+import {
+  decodeTwinDocument,
+  encodeTwinDocument,
+  IOTHUB_MAPPING,
+  TWIN_SECTION_LIMIT_BYTES,
+  type TwinDocument,
+} from "../protocol/iothub-twin.ts";
 import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
 import type { DeviceLink, LinkHandlers, PublishOptions } from "./link.ts";
 
@@ -35,63 +42,17 @@ import type { DeviceLink, LinkHandlers, PublishOptions } from "./link.ts";
 const { Client, Message } = azureIotDevice;
 type Client = azureIotDevice.Client;
 
-/** Twin keys and method names of the mapping (docs/iothub.md, "Mapping onto IoT Hub"). */
-export const IOTHUB_MAPPING = {
-  desiredKey: "devicelet",
-  reported: {
-    state: "devicelet_state",
-    reported: "devicelet_reported",
-    ack: "devicelet_ack",
-    will: "devicelet_will",
-    presence: "devicelet_presence",
-  },
-  commandMethod: "devicelet.command",
-  noticeMethod: "devicelet.notice",
-  /** Application property of device-to-cloud messages naming the topic kind. */
-  kindProperty: "devicelet-kind",
-} as const;
+// The mapping moved to src/protocol/ so the provider shares it; these exports stay for callers here.
+export {
+  decodeTwinDocument,
+  encodeTwinDocument,
+  IOTHUB_MAPPING,
+  TWIN_SECTION_LIMIT_BYTES,
+  type TwinDocument,
+} from "../protocol/iothub-twin.ts";
 
-/** IoT Hub's limit on each of the desired and reported sections, measured as compact JSON. */
-export const TWIN_SECTION_LIMIT_BYTES = 32 * 1024;
-/** Characters per part: at most 4 KB of UTF-8 (IoT Hub's string value limit) whatever they are. */
-const PART_CHARS = 1024;
 /** Room kept in the reported section for the presence heartbeat and the section's `$version`. */
 const HEARTBEAT_ALLOWANCE_BYTES = 256;
-
-/** A document as it sits in the twin: `{ n, p0, p1, … }`, the parts joined give its JSON text. */
-export type TwinDocument = Record<string, string | number | null>;
-
-/** Cuts `text` into parts; `previousParts` of an earlier value under the same key are deleted (null). */
-export function encodeTwinDocument(text: string, previousParts = 0): TwinDocument {
-  const doc: TwinDocument = { n: 0 };
-  let n = 0;
-  for (let at = 0; at < text.length; at += PART_CHARS) {
-    let end = Math.min(text.length, at + PART_CHARS);
-    // Never split a surrogate pair.
-    if (end < text.length && /[\uD800-\uDBFF]/.test(text.charAt(end - 1))) end -= 1;
-    doc[`p${n}`] = text.slice(at, end);
-    n += 1;
-    at = end - PART_CHARS;
-  }
-  doc.n = n;
-  for (let i = n; i < previousParts; i++) doc[`p${i}`] = null;
-  return doc;
-}
-
-/** The JSON text of a twin document; undefined when it is absent or incomplete. */
-export function decodeTwinDocument(value: unknown): string | undefined {
-  if (typeof value !== "object" || value === null) return undefined;
-  const doc = value as Record<string, unknown>;
-  const n = doc.n;
-  if (typeof n !== "number" || !Number.isInteger(n) || n < 0 || n > 1024) return undefined;
-  let text = "";
-  for (let i = 0; i < n; i++) {
-    const part = doc[`p${i}`];
-    if (typeof part !== "string") return undefined;
-    text += part;
-  }
-  return text;
-}
 
 export interface IotHubLinkOptions {
   readonly deviceId: string;

@@ -1,0 +1,158 @@
+/**
+ * What HubConnection knows of one device's twin, and how a newer read of the twin turns into the
+ * messages an MQTT broker would have delivered: the texts of the twin documents devicelet reads
+ * (docs/iothub.md, "Mapping onto IoT Hub"), the heartbeat with the LOCAL time its seq last moved
+ * (a device's clock is never trusted), and whether the device counts as lost (its will stands in
+ * for its state, as a broker publishes a will).
+ *
+ *   const next = nextView(previous, twin, now);           // pure: previous is not changed
+ *   const messages = changedTexts(previous, next);       // state, reported, ack that changed
+ *   const lost = isLost(next, now, marginMs);
+ */
+import { decodeTwinDocument, IOTHUB_MAPPING } from "../../src/protocol/iothub-twin.ts";
+import type { ServiceTwin } from "./hub-service.ts";
+
+export interface Heartbeat {
+  readonly seq: number;
+  readonly intervalSeconds: number;
+  /** Local time (ms) the seq was first seen at this value. */
+  readonly changedAt: number;
+}
+
+export interface TwinView {
+  readonly etag: string;
+  /** The twin's version: a read older than the view is ignored. */
+  readonly version: number | undefined;
+  /** The desired document's text (devicelet's own); undefined when absent. */
+  readonly desired: string | undefined;
+  /** Parts of the desired value in the twin: a shorter write sets the surplus to null. */
+  readonly desiredParts: number;
+  readonly state: string | undefined;
+  readonly reported: string | undefined;
+  readonly ack: string | undefined;
+  readonly will: string | undefined;
+  readonly heartbeat: Heartbeat | undefined;
+  readonly connectionState: string | undefined;
+  /** Set once the will was delivered for the current state text; cleared when the state changes. */
+  readonly lost: boolean;
+}
+
+export type ReportedKind = "state" | "reported" | "ack";
+
+const record = (value: unknown): Record<string, unknown> =>
+  typeof value === "object" && value !== null ? (value as Record<string, unknown>) : {};
+
+function heartbeatOf(value: unknown, previous: Heartbeat | undefined, now: number): Heartbeat | undefined {
+  const beat = record(value);
+  const seq = beat.seq;
+  const interval = beat.intervalSeconds;
+  if (typeof seq !== "number" || typeof interval !== "number" || !(interval > 0)) return undefined;
+  if (previous?.seq === seq && previous.intervalSeconds === interval) return previous;
+  return { seq, intervalSeconds: interval, changedAt: now };
+}
+
+/** The view after reading `twin` at local time `now`, given what was known before. */
+export function nextView(previous: TwinView | undefined, twin: ServiceTwin, now: number): TwinView {
+  const desired = record(twin.properties.desired);
+  const reported = record(twin.properties.reported);
+  const keys = IOTHUB_MAPPING.reported;
+  const desiredValue = record(desired[IOTHUB_MAPPING.desiredKey]);
+  const state = decodeTwinDocument(reported[keys.state]);
+  return {
+    etag: twin.etag,
+    version: twin.version,
+    desired: decodeTwinDocument(desired[IOTHUB_MAPPING.desiredKey]),
+    desiredParts: typeof desiredValue.n === "number" ? desiredValue.n : 0,
+    state,
+    reported: decodeTwinDocument(reported[keys.reported]),
+    ack: decodeTwinDocument(reported[keys.ack]),
+    will: decodeTwinDocument(reported[keys.will]),
+    heartbeat: heartbeatOf(reported[keys.presence], previous?.heartbeat, now),
+    connectionState: twin.connectionState,
+    lost: previous !== undefined && previous.state === state ? previous.lost : false,
+  };
+}
+
+/**
+ * What a broker would deliver for the change from `previous` to `next`, in order: the state as it
+ * stands (the will once lost), the report and the ack, each only if its text changed.
+ */
+export function changedTexts(
+  previous: TwinView | undefined,
+  next: TwinView,
+): { kind: ReportedKind; text: string }[] {
+  const out: { kind: ReportedKind; text: string }[] = [];
+  const state = effectiveState(next);
+  if (state !== undefined && state !== (previous && effectiveState(previous)))
+    out.push({ kind: "state", text: state });
+  for (const kind of ["reported", "ack"] as const) {
+    const text = next[kind];
+    if (text !== undefined && text !== previous?.[kind]) out.push({ kind, text });
+  }
+  return out;
+}
+
+/** Whether anything devicelet reads changed (not the heartbeat or the connection state). */
+export function textsChanged(previous: TwinView | undefined, next: TwinView): boolean {
+  return (
+    previous === undefined ||
+    previous.desired !== next.desired ||
+    previous.state !== next.state ||
+    previous.reported !== next.reported ||
+    previous.ack !== next.ack ||
+    previous.will !== next.will
+  );
+}
+
+/** Whether the state text is a presence message saying `online`. */
+function saysOnline(text: string | undefined): boolean {
+  if (text === undefined) return false;
+  try {
+    const message = record(JSON.parse(text));
+    return message.kind === "presence" && message.state === "online";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether an `online` device is gone without saying so: the hub reports it `Disconnected`, or its
+ * heartbeat seq has not moved for two intervals plus `marginMs`. Only a device with a will can be
+ * lost (the will is what stands in for its state).
+ */
+export function isLost(view: TwinView, now: number, marginMs: number): boolean {
+  if (view.will === undefined || !saysOnline(view.state)) return false;
+  if (view.connectionState === "Disconnected") return true;
+  const beat = view.heartbeat;
+  return beat !== undefined && now - beat.changedAt > 2 * beat.intervalSeconds * 1000 + marginMs;
+}
+
+/** The state as a broker would hold it: the will once the device is lost. */
+export function effectiveState(view: TwinView): string | undefined {
+  return view.lost ? view.will : view.state;
+}
+
+/** `epoch` and `generation` of a desired document's text; undefined when it is not one. */
+export function documentVersion(text: string | undefined): { epoch: string; generation: number } | undefined {
+  if (text === undefined || text === "") return undefined;
+  try {
+    const doc = record(JSON.parse(text));
+    return typeof doc.epoch === "string" && typeof doc.generation === "number"
+      ? { epoch: doc.epoch, generation: doc.generation }
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** MQTT topic filter matching (3.1.1 §4.7): `+` one level, `#` the rest (including none). */
+export function filterMatches(filter: string, topic: string): boolean {
+  const f = filter.split("/");
+  const t = topic.split("/");
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === "#") return true;
+    if (i >= t.length) return false;
+    if (f[i] !== "+" && f[i] !== t[i]) return false;
+  }
+  return f.length === t.length;
+}
