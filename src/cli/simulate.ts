@@ -1,17 +1,22 @@
 /**
  * `devicelet simulate`: thousands of simulated devices (gateways with child microcontrollers, and
  * standalone microcontrollers) against a real broker, for demos and benchmarks (see
- * src/device/simulator.ts). Runs until SIGTERM or SIGINT, then every device publishes `offline`.
- * Resolves to the exit code; never calls process.exit.
+ * src/device/simulator.ts), or against Azure IoT Hub with one device identity per simulated device
+ * (`--iothub-devices`: a file of device connection strings). Runs until SIGTERM or SIGINT, then
+ * every device publishes `offline`. Resolves to the exit code; never calls process.exit.
+ *
+ *   devicelet simulate --broker mqtt://127.0.0.1:1883 --devices 500
+ *   devicelet simulate --iothub-devices devices.txt --iothub-ca hub-ca.pem --gateways 2
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import pino from "pino";
-import { fleetSpec, startSimulator } from "../device/simulator.ts";
+import { fleetSpec, startSimulator, type SimDeviceSpec, type SimulatorOptions } from "../device/simulator.ts";
 
 const usage = `Usage: devicelet simulate --broker <url> [options]
+       devicelet simulate --iothub-devices <file> [options]
 
-Runs simulated devices that speak the devicelet protocol to an MQTT broker.
+Runs simulated devices that speak the devicelet protocol to an MQTT broker, or to Azure IoT Hub.
 
 Options:
   --broker <url>          mqtt://, mqtts://, ws:// or wss:// broker URL (required)
@@ -27,6 +32,13 @@ Options:
   --ca <file>             PEM CA to verify an mqtts:// broker
   --prefix <p>            device id prefix (default sim)
   --mqtt <4|5>            MQTT protocol version (default 5)
+  --iothub-devices <file> IoT Hub instead of a broker: one device connection string per line
+                          (blank lines and # comments skipped), one standalone device each,
+                          ids from DeviceId; the first --gateways of them are gateways, the
+                          rest microcontrollers. No children over IoT Hub.
+  --iothub-ca <file>      PEM CA to trust besides the system's (a local hub emulator)
+  --iothub-heartbeat <s>  seconds between presence heartbeats (default 60)
+  --iothub-connects-per-second <n>  connects per second while starting (default 50)
   --log-level <level>     default info
   -h, --help              print this help
 `;
@@ -49,6 +61,10 @@ export async function simulateCommand(argv: string[]): Promise<number> {
         ca: { type: "string" },
         prefix: { type: "string", default: "sim" },
         mqtt: { type: "string", default: "5" },
+        "iothub-devices": { type: "string" },
+        "iothub-ca": { type: "string" },
+        "iothub-heartbeat": { type: "string" },
+        "iothub-connects-per-second": { type: "string" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h" },
       },
@@ -60,7 +76,9 @@ export async function simulateCommand(argv: string[]): Promise<number> {
     process.stdout.write(usage);
     return 0;
   }
-  if (!values.broker) return fail("--broker <url> is required");
+  const hubFile = values["iothub-devices"];
+  if (!values.broker === (hubFile === undefined))
+    return fail("give exactly one of --broker <url> and --iothub-devices <file>");
   const problems: string[] = [];
   const int = (name: string, text: string | undefined, fallback: number) => {
     if (text === undefined) return fallback;
@@ -82,38 +100,74 @@ export async function simulateCommand(argv: string[]): Promise<number> {
   const podsPerGateway = int("pods-per-gateway", values["pods-per-gateway"], 110);
   const appStartMs = int("app-start-ms", values["app-start-ms"], 200);
   const appStartJitterMs = int("app-start-jitter-ms", values["app-start-jitter-ms"], 0);
-  if (gateways + mcus === 0 && problems.length === 0)
-    problems.push("no devices: give --devices or --gateways/--mcus");
+  const heartbeat = int("iothub-heartbeat", values["iothub-heartbeat"], 60);
+  const connectsPerSecond = int("iothub-connects-per-second", values["iothub-connects-per-second"], 50);
+  if (hubFile === undefined) {
+    if (gateways + mcus === 0 && problems.length === 0)
+      problems.push("no devices: give --devices or --gateways/--mcus");
+    for (const flag of ["iothub-ca", "iothub-heartbeat", "iothub-connects-per-second"] as const)
+      if (values[flag] !== undefined) problems.push(`--${flag} needs --iothub-devices`);
+  } else {
+    for (const flag of ["devices", "mcus", "children", "ca"] as const)
+      if (values[flag] !== undefined) problems.push(`--${flag} does not apply to --iothub-devices`);
+    if (heartbeat < 5 || heartbeat > 3600) problems.push("--iothub-heartbeat must be 5 to 3600 seconds");
+    if (connectsPerSecond < 1) problems.push("--iothub-connects-per-second must be at least 1");
+  }
   if (problems.length > 0) return fail(problems.join("\n"));
 
   const logger = pino({ level: values["log-level"] });
-  const ca = values.ca === undefined ? undefined : await readFile(values.ca, "utf8");
-  const devices = fleetSpec({
-    gateways,
-    childrenPerGateway: children,
-    mcus,
-    prefix: values.prefix,
-    podsPerGateway,
-  });
+  let target: Pick<SimulatorOptions, "brokerUrl" | "ca" | "protocolVersion" | "iothub">;
+  let devices: SimDeviceSpec[];
+  try {
+    if (hubFile === undefined) {
+      const ca = values.ca === undefined ? undefined : await readFile(values.ca, "utf8");
+      target = {
+        brokerUrl: values.broker,
+        protocolVersion: values.mqtt === "4" ? 4 : 5,
+        ...(ca === undefined ? {} : { ca }),
+      };
+      devices = fleetSpec({
+        gateways,
+        childrenPerGateway: children,
+        mcus,
+        prefix: values.prefix,
+        podsPerGateway,
+      });
+    } else {
+      const hub = await iotHubFleet({ file: hubFile, gateways, podsPerGateway });
+      const ca = values["iothub-ca"] === undefined ? undefined : await readFile(values["iothub-ca"], "utf8");
+      target = {
+        iothub: {
+          connectionString: hub.connectionString,
+          heartbeatSeconds: heartbeat,
+          connectsPerSecond,
+          ...(ca === undefined ? {} : { ca }),
+        },
+      };
+      devices = hub.devices;
+    }
+  } catch (err) {
+    return fail((err as Error).message);
+  }
   const stopped = new Promise<string>((resolve) => {
     process.once("SIGTERM", () => resolve("SIGTERM"));
     process.once("SIGINT", () => resolve("SIGINT"));
   });
   logger.info(
-    { devices: devices.length, gateways, children, mcus, broker: values.broker },
+    hubFile === undefined
+      ? { devices: devices.length, gateways, children, mcus, broker: values.broker }
+      : { devices: devices.length, gateways, iothub: hubFile },
     "starting simulated devices",
   );
   let simulator;
   try {
     simulator = await startSimulator({
-      brokerUrl: values.broker,
+      ...target,
       devices,
       appStartMs,
       appStartJitterMs,
       failureRate: rate,
-      protocolVersion: values.mqtt === "4" ? 4 : 5,
       logger,
-      ...(ca === undefined ? {} : { ca }),
     });
   } catch (err) {
     logger.error({ err }, "simulator failed to start");
@@ -124,6 +178,45 @@ export async function simulateCommand(argv: string[]): Promise<number> {
   logger.info({ signal }, "stopping simulated devices");
   await simulator.stop();
   return 0;
+}
+
+/**
+ * Standalone devices from a file of device connection strings, one a line (blank lines and `#`
+ * comments skipped): ids from `DeviceId`, the first `gateways` of them gateways, spread over zones
+ * as {@link fleetSpec} spreads its own.
+ */
+async function iotHubFleet(o: {
+  file: string;
+  gateways: number;
+  podsPerGateway: number;
+}): Promise<{ devices: SimDeviceSpec[]; connectionString: (deviceId: string) => string }> {
+  const byId = new Map<string, string>();
+  for (const [i, raw] of (await readFile(o.file, "utf8")).split("\n").entries()) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const id = /(?:^|;)DeviceId=([^;]+)/.exec(line)?.[1];
+    if (id === undefined || !/(?:^|;)HostName=[^;]+/.test(line))
+      throw new Error(
+        `${o.file}:${i + 1}: not a device connection string (HostName=…;DeviceId=…;SharedAccessKey=…)`,
+      );
+    if (byId.has(id)) throw new Error(`${o.file}:${i + 1}: device ${id} is listed twice`);
+    byId.set(id, line);
+  }
+  const ids = [...byId.keys()];
+  if (ids.length === 0) throw new Error(`${o.file}: no device connection strings`);
+  if (o.gateways > ids.length)
+    throw new Error(`--gateways ${o.gateways} is more than the ${ids.length} devices in ${o.file}`);
+  const spread = fleetSpec({
+    gateways: o.gateways,
+    childrenPerGateway: 0,
+    mcus: ids.length - o.gateways,
+    prefix: "iothub",
+    podsPerGateway: o.podsPerGateway,
+  });
+  return {
+    devices: spread.map((spec, i) => ({ ...spec, id: ids[i] ?? spec.id })),
+    connectionString: (deviceId) => byId.get(deviceId) ?? "",
+  };
 }
 
 function fail(message: string): number {

@@ -13,6 +13,17 @@
  *   await sim.device("t1-gw-0").goOffline();   // its children go with it
  *   await sim.stop();
  *
+ * Over Azure IoT Hub instead (`iothub` in place of `brokerUrl`), every device runs over its own
+ * `IotHubLink` (iothub-link.ts; sim-links.ts builds the links): one SDK client and one TLS
+ * connection each, with the same session, runtime and behaviours.
+ * Standalone devices only (IoT Hub carries no bridged children), births announce no logs or exec,
+ * and connects are paced at `iothub.connectsPerSecond` (default 50) while the fleet starts:
+ *
+ *   const sim = await startSimulator({
+ *     iothub: { connectionString: (id) => emulator.addDevice(id).connectionString, ca: emulator.ca },
+ *     devices: fleetSpec({ gateways: 0, childrenPerGateway: 0, mcus: 100, prefix: "h" }),
+ *   });
+ *
  * Presence of bridged children: one connection has one will, so when a gateway drops only the
  * gateway's `lost` is published. devicelet infers the children lost: every child's birth names its
  * gateway (`device.gateway`), and a `lost` for the gateway's current boot makes all of them lost.
@@ -20,19 +31,25 @@
  * child that drops while its gateway is down gets its `lost` from the gateway right after the
  * gateway's next birth, while the children it still reaches are born again (docs/protocol.md § 8).
  */
+import { setTimeout as delay } from "node:timers/promises";
 import pino, { type Logger } from "pino";
-import { withoutCredentials } from "../log/redact.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
-import { MqttTransport } from "./mqtt-link.ts";
 import { DeviceSession, type AppliedGeneration, type BirthInfo } from "./session.ts";
 import { SimRuntime } from "./sim-runtime.ts";
+import { iotHubLinks, mqttLinks, type SimIotHubTarget, type SimLinks } from "./sim-links.ts";
 import { memoryStore } from "./store.ts";
 
+export type { SimIotHubTarget } from "./sim-links.ts";
+
+/** Exactly one of `brokerUrl` and `iothub` is set. */
 export interface SimulatorOptions {
-  brokerUrl: string;
-  /** PEM CA for `mqtts://` brokers. */
+  /** The MQTT broker every device (or its gateway) connects to. */
+  brokerUrl?: string;
+  /** Azure IoT Hub instead of a broker: standalone devices only, one SDK client each. */
+  iothub?: SimIotHubTarget;
+  /** PEM CA for `mqtts://` brokers (with `iothub`, use `iothub.ca`). */
   ca?: string;
-  /** Default 5. */
+  /** MQTT version; default 5. IoT Hub speaks 3.1.1. */
   protocolVersion?: 4 | 5;
   devices: SimDeviceSpec[];
   appStartMs?: number;
@@ -42,7 +59,7 @@ export interface SimulatorOptions {
   /** Default 20 ms. */
   reportCoalesceMs?: number;
   logger?: Logger;
-  /** MQTT 5 will delay of every connection. Default 1 s. */
+  /** MQTT 5 will delay of every connection (IoT Hub: none). Default 1 s. */
   willDelaySeconds?: number;
   /** Whether devices keep what they applied across reboot(). Default true. */
   persistState?: boolean;
@@ -50,7 +67,10 @@ export interface SimulatorOptions {
   statsIntervalSeconds?: number;
   /** A simulated app writes a log line this often. Default 5000. */
   logIntervalMs?: number;
-  /** startSimulator rejects (and disconnects everything) if not all devices are online by then. Default 60 s. */
+  /**
+   * startSimulator rejects (and disconnects everything) if not all devices are online this long
+   * after the last one started connecting (IoT Hub paces starts). Default 60 s.
+   */
   startTimeoutMs?: number;
 }
 
@@ -134,38 +154,21 @@ export function fleetSpec(o: {
   return specs;
 }
 
-/** Connects every device and resolves once all are online (births published). */
+/**
+ * Connects every device and resolves once all are online (births published). Throws before
+ * connecting anything for a spec it cannot run (duplicate ids, an unknown gateway, bridged children
+ * over IoT Hub).
+ */
 export async function startSimulator(o: SimulatorOptions): Promise<Simulator> {
   const logger = o.logger ?? pino({ level: "warn" });
-  const byId = new Map(o.devices.map((d) => [d.id, d]));
-  if (byId.size !== o.devices.length) throw new Error("startSimulator: device ids must be unique");
-  for (const d of o.devices) {
-    if (d.gateway !== undefined && byId.get(d.gateway)?.kind !== "gateway") {
-      throw new Error(
-        `startSimulator: ${d.id} names gateway ${d.gateway}, which is not a gateway of this simulator`,
-      );
-    }
-  }
-  const transports = new Map<string, MqttTransport>();
+  const links = simLinks(o, logger);
   const devices = new Map<string, SimDeviceImpl>();
-  const connection = (id: string) => {
-    const transport = new MqttTransport({
-      url: o.brokerUrl,
-      clientId: id,
-      protocolVersion: o.protocolVersion ?? 5,
-      ...(o.ca === undefined ? {} : { ca: o.ca }),
-      logger,
-    });
-    transports.set(id, transport);
-    return transport;
-  };
   // Owners of a connection first, so children find their gateway's transport.
   const ordered = [...o.devices].sort(
     (a, b) => Number(a.gateway !== undefined) - Number(b.gateway !== undefined),
   );
   for (const spec of ordered) {
-    const gatewayTransport = spec.gateway === undefined ? undefined : transports.get(spec.gateway);
-    const link = gatewayTransport ? gatewayTransport.bridged(spec.id) : connection(spec.id).link(spec.id);
+    const link = links.linkFor(spec.id, spec.gateway);
     const runtime = new SimRuntime({
       appStartMs: o.appStartMs ?? 0,
       appStartJitterMs: o.appStartJitterMs ?? 0,
@@ -177,7 +180,7 @@ export async function startSimulator(o: SimulatorOptions): Promise<Simulator> {
       deviceId: spec.id,
       link,
       runtime,
-      device: birthOf(spec, o.statsIntervalSeconds ?? 15),
+      device: birthOf(spec, { statsIntervalSeconds: o.statsIntervalSeconds ?? 15, links }),
       logger,
       ...(o.persistState === false ? {} : { store: memoryStore() }),
       reportCoalesceMs: o.reportCoalesceMs ?? 20,
@@ -204,7 +207,7 @@ export async function startSimulator(o: SimulatorOptions): Promise<Simulator> {
       return stopped;
     },
   };
-  await Promise.all([...devices.values()].map((d) => d.session.start()));
+  await startPaced([...devices.values()], links.connectsPerSecond);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timedOut = new Promise<"timeout">(
     (resolve) => (timer = setTimeout(() => resolve("timeout"), o.startTimeoutMs ?? 60_000)),
@@ -218,11 +221,61 @@ export async function startSimulator(o: SimulatorOptions): Promise<Simulator> {
     const offline = [...devices.values()].filter((d) => !d.online).map((d) => d.id);
     await simulator.stop();
     throw new Error(
-      `startSimulator: ${offline.length} devices not online in time (${offline.slice(0, 5).join(", ")}…) at ${withoutCredentials(o.brokerUrl)}`,
+      `startSimulator: ${offline.length} devices not online in time (${offline.slice(0, 5).join(", ")}…) at ${links.endpoint}`,
     );
   }
-  logger.info({ devices: devices.size, connections: transports.size }, "simulator online");
+  logger.info({ devices: devices.size, connections: links.connections }, "simulator online");
   return simulator;
+}
+
+/** The links of the fleet, after checking the spec against what they can carry. */
+function simLinks(o: SimulatorOptions, logger: Logger): SimLinks {
+  if ((o.brokerUrl === undefined) === (o.iothub === undefined))
+    throw new Error("startSimulator: give exactly one of brokerUrl (MQTT) and iothub (Azure IoT Hub)");
+  const byId = new Map(o.devices.map((d) => [d.id, d]));
+  if (byId.size !== o.devices.length) throw new Error("startSimulator: device ids must be unique");
+  for (const d of o.devices) {
+    if (d.gateway !== undefined && byId.get(d.gateway)?.kind !== "gateway") {
+      throw new Error(
+        `startSimulator: ${d.id} names gateway ${d.gateway}, which is not a gateway of this simulator`,
+      );
+    }
+  }
+  if (o.iothub === undefined)
+    return mqttLinks({
+      url: o.brokerUrl ?? "",
+      protocolVersion: o.protocolVersion ?? 5,
+      ...(o.ca === undefined ? {} : { ca: o.ca }),
+      logger,
+    });
+  const children = o.devices.filter((d) => d.gateway !== undefined);
+  if (children.length > 0)
+    throw new Error(
+      `startSimulator: IoT Hub carries no bridged children (docs/iothub.md, "Not carried yet"), but ${children.length} devices sit behind gateways (${children
+        .slice(0, 3)
+        .map((d) => d.id)
+        .join(", ")}…); run standalone devices only (fleetSpec childrenPerGateway: 0)`,
+    );
+  return iotHubLinks(o.iothub, logger);
+}
+
+/** Starts the sessions, at most `perSecond` of them in each second (the connects they begin). */
+async function startPaced(devices: readonly SimDeviceImpl[], perSecond: number): Promise<void> {
+  if (perSecond === Infinity) {
+    await Promise.all(devices.map((d) => d.session.start()));
+    return;
+  }
+  const began = Date.now();
+  const starts: Promise<void>[] = [];
+  for (const [i, d] of devices.entries()) {
+    const due = began + (i * 1000) / perSecond - Date.now();
+    // A rate limit, not a wait for an event: the hub refuses connects beyond its rate.
+    if (due > 0) await delay(due);
+    const started = d.session.start();
+    started.catch(() => undefined); // handled by Promise.all below, not unhandled meanwhile
+    starts.push(started);
+  }
+  await Promise.all(starts);
 }
 
 class SimDeviceImpl implements SimDevice {
@@ -283,11 +336,13 @@ function capacityOf(spec: SimDeviceSpec): Record<string, string> {
 }
 
 /**
- * Gateways serve logs and exec (no tty) and send stats; microcontrollers, single firmware images
- * without a shell or captured output, announce none of them, so devicelet refuses at once.
+ * Gateways serve logs and exec (no tty; not over links that do not carry them, such as IoT Hub)
+ * and send stats; microcontrollers, single firmware images without a shell or captured output,
+ * announce none of them, so devicelet refuses at once.
  */
-function birthOf(spec: SimDeviceSpec, statsIntervalSeconds: number): BirthInfo {
+function birthOf(spec: SimDeviceSpec, o: { statsIntervalSeconds: number; links: SimLinks }): BirthInfo {
   const gateway = spec.kind === "gateway";
+  const sessions = gateway && o.links.carriesSessions;
   return {
     deviceClass: spec.kind,
     os: spec.os ?? (gateway ? "linux" : "freertos"),
@@ -301,9 +356,9 @@ function birthOf(spec: SimDeviceSpec, statsIntervalSeconds: number): BirthInfo {
       maxMessageBytes: spec.maxMessageBytes ?? (gateway ? DEFAULT_MAX_MESSAGE_BYTES : 32 * 1024),
       encodings: ["json"],
       runtime: gateway ? "process" : "firmware",
-      logs: gateway,
-      exec: gateway,
-      ...(gateway ? { tty: false, stats: true, statsIntervalSeconds } : {}),
+      logs: sessions,
+      exec: sessions,
+      ...(gateway ? { tty: false, stats: true, statsIntervalSeconds: o.statsIntervalSeconds } : {}),
       commandTtl: true,
     },
   };
