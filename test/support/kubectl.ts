@@ -29,12 +29,42 @@ export async function kubectl(
     child.child.stdin?.end(options.input);
   }
   try {
-    return (await child).stdout;
+    const { stdout } = await child;
+    const [verb, kind, name] = args;
+    if (verb === "create" && kind === "namespace" && name !== undefined)
+      await defaultServiceAccount(name, options);
+    return stdout;
   } catch (err) {
     const e = err as { stderr?: string; stdout?: string; message: string };
     throw Object.assign(new Error(`kubectl ${args.join(" ")}: ${e.stderr || e.message}`), {
       stdout: e.stdout ?? "",
     });
+  }
+}
+
+/**
+ * Waits for a new namespace's `default` ServiceAccount: the controller-manager makes it a moment
+ * after the namespace, and until then the API server refuses every pod there ("serviceaccount
+ * \"default\" not found"), which a loaded machine showed as a failing test.
+ */
+async function defaultServiceAccount(namespace: string, options: { kubeconfig?: string }) {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      await run(kubectlPath(), [
+        `--kubeconfig=${options.kubeconfig ?? adminKubeconfig()}`,
+        "get",
+        "serviceaccount",
+        "default",
+        "-n",
+        namespace,
+      ]);
+      return;
+    } catch (err) {
+      if (Date.now() > deadline)
+        throw new Error(`namespace ${namespace}: no default ServiceAccount after 60 s`, { cause: err });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   }
 }
 
