@@ -42,6 +42,22 @@ export interface DeviceLink {
   invokeMethod(name: string, payload: Json, timeoutMs: number): Promise<{ status: number; payload: Json }>;
 }
 
+/**
+ * A change that IoT Hub can route as a non-telemetry event: a twin update (the patch as applied,
+ * section by section, with the twin's new version) or a device connecting or disconnecting.
+ */
+export type HubChange =
+  | {
+      readonly kind: "twin";
+      readonly deviceId: string;
+      readonly opType: "updateTwin";
+      readonly version: number;
+      readonly tags?: JsonObject;
+      readonly desired?: JsonObject;
+      readonly reported?: JsonObject;
+    }
+  | { readonly kind: "connection"; readonly deviceId: string; readonly connected: boolean };
+
 interface Twin {
   tags: JsonObject;
   desired: JsonObject;
@@ -86,6 +102,9 @@ export class Hub {
   readonly #now: () => number;
   #throttle: ThrottleRates;
   #etagCounter = 0;
+  readonly #operations = new Map<string, number>();
+  #throttledCount = 0;
+  readonly #changeListeners = new Set<(change: HubChange) => void>();
 
   constructor(o: HubOptions) {
     this.hostName = o.hostName;
@@ -94,24 +113,58 @@ export class Hub {
     this.#now = o.now ?? Date.now;
   }
 
+  /** Calls `listener` after each twin update and connection state change; returns an unsubscribe. */
+  onChange(listener: (change: HubChange) => void): () => void {
+    this.#changeListeners.add(listener);
+    return () => this.#changeListeners.delete(listener);
+  }
+
+  #changed(change: HubChange): void {
+    for (const listener of this.#changeListeners) listener(change);
+  }
+
   /** Replaces the throttling rates (takes effect on the next operation). */
   setThrottle(rates: ThrottleRates): void {
     this.#throttle = { ...rates };
     this.#buckets.clear();
   }
 
+  /**
+   * Operations admitted so far, keyed `{side}.{class}` (`service.twinUpdate`, `device.twinUpdate`,
+   * …): what a benchmark reports as hub operations, the devices' and the service's apart.
+   */
+  operations(): Record<string, number> {
+    return Object.fromEntries(this.#operations);
+  }
+
+  /** Operations refused with 429 so far. */
+  throttled(): number {
+    return this.#throttledCount;
+  }
+
   /** Takes one operation from a class's budget, or throws 429 ThrottlingException. */
-  consume(kind: OperationClass): void {
+  consume(kind: OperationClass, side: "device" | "service"): void {
     const rate = this.#throttle[kind];
-    if (rate === undefined) return;
+    if (rate === undefined) {
+      this.#count(kind, side);
+      return;
+    }
     const now = this.#now();
     const bucket = this.#buckets.get(kind) ?? { tokens: rate, at: now };
     bucket.tokens = Math.min(rate, bucket.tokens + ((now - bucket.at) / 1000) * rate);
     bucket.at = now;
     this.#buckets.set(kind, bucket);
-    if (bucket.tokens < 1)
+    if (bucket.tokens < 1) {
+      this.#throttledCount++;
       throw new HubError(429, "ThrottlingException", `${kind} is throttled at ${rate}/s`);
+    }
     bucket.tokens -= 1;
+    this.#count(kind, side);
+  }
+
+  #count(kind: OperationClass, side: "device" | "service"): void {
+    const key = `${side}.${kind}`;
+    this.#operations.set(key, (this.#operations.get(key) ?? 0) + 1);
   }
 
   // --- authentication -------------------------------------------------------------------------
@@ -296,6 +349,14 @@ export class Hub {
         .get(deviceId)
         ?.sendDesiredPatch({ ...structuredClone(desired), $version: t.desiredVersion });
     }
+    this.#changed({
+      kind: "twin",
+      deviceId,
+      opType: "updateTwin",
+      version: t.version,
+      ...(tags === undefined ? {} : { tags: withoutMetadata(tags) }),
+      ...(desired === undefined ? {} : { desired: { ...desired, $version: t.desiredVersion } }),
+    });
     return this.twin(deviceId);
   }
 
@@ -318,6 +379,13 @@ export class Hub {
     t.reportedVersion += 1;
     t.version += 1;
     t.etag = this.#nextEtag();
+    this.#changed({
+      kind: "twin",
+      deviceId,
+      opType: "updateTwin",
+      version: t.version,
+      reported: { ...withoutMetadata(patch), $version: t.reportedVersion },
+    });
     return t.reportedVersion;
   }
 
@@ -333,6 +401,7 @@ export class Hub {
     d.connectionState = link === undefined ? "Disconnected" : "Connected";
     d.connectionStateUpdatedTime = now;
     d.lastActivityTime = now;
+    this.#changed({ kind: "connection", deviceId, connected: link !== undefined });
   }
 
   /** Marks device activity (any message from it). */

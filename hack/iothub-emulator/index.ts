@@ -10,6 +10,8 @@
  * const client = Client.fromConnectionString(connectionString, Mqtt);
  * await client.setOptions({ ca: emulator.ca }); // asynchronous: the SDK first tries `ca` as a file path
  * // … service side: emulator.serviceUrl, emulator.serviceToken(), emulator.serviceConnectionString
+ * // … events: new EventHubConsumerClient("$Default", emulator.eventHubsConnectionString,
+ * //              { customEndpointAddress: emulator.eventHubsEndpointAddress }) (see event-hubs.ts)
  * await emulator.close();
  * ```
  *
@@ -20,13 +22,21 @@
  * `setOptions({ ca })`. The emulator owns its servers; `close()` stops them and ends every session.
  */
 import { randomBytes } from "node:crypto";
+import {
+  routeChange,
+  routeDeviceMessage,
+  startEventHubsEndpoint,
+  type EventHubsEndpoint,
+  type Routes,
+} from "./event-hubs.ts";
 import { Hub, type ThrottleRates } from "./hub.ts";
 import { startDeviceEndpoint, type DeviceMessage } from "./mqtt.ts";
 import { startServiceEndpoint } from "./rest.ts";
 import { createToken } from "./sas.ts";
 import { makePki } from "./tls.ts";
 
-export { Hub, HubError, type OperationClass, type ThrottleRates } from "./hub.ts";
+export { Hub, HubError, type HubChange, type OperationClass, type ThrottleRates } from "./hub.ts";
+export type { EventHubsEndpoint, Routes } from "./event-hubs.ts";
 export type { DeviceMessage } from "./mqtt.ts";
 export { createToken, parseToken } from "./sas.ts";
 export { TWIN_LIMITS } from "./twin.ts";
@@ -41,6 +51,19 @@ export interface EmulatorOptions {
   /** HTTPS port of the service API; default 0. */
   readonly port?: number;
   readonly throttle?: ThrottleRates;
+  /** AMQP (TLS) port of the Event Hubs-compatible endpoint; default 0. */
+  readonly eventHubsPort?: number;
+  /** Its AMQP over WebSockets (HTTPS) port; default 0. */
+  readonly eventHubsWebSocketPort?: number;
+  /** Partitions of the built-in endpoint (default 2) and events kept per partition (default 1000). */
+  readonly eventHubs?: {
+    readonly partitionCount?: number;
+    readonly retention?: number;
+    /** Consumer groups besides `$Default`. */
+    readonly consumerGroups?: readonly string[];
+  };
+  /** Non-telemetry events routed to the built-in endpoint; none by default, as on a hub without routes. */
+  readonly routes?: Routes;
   /** Milliseconds since the epoch, for SAS expiry and throttling. */
   readonly now?: () => number;
 }
@@ -67,6 +90,22 @@ export interface IotHubEmulator {
   addDevice(deviceId: string): { primaryKey: string; connectionString: string };
   /** The connection string of an existing device (primary key), pointing at this emulator. */
   deviceConnectionString(deviceId: string): string;
+  /** The built-in Event Hubs-compatible endpoint (device telemetry and routed events). */
+  readonly eventHubs: EventHubsEndpoint;
+  readonly eventHubsPort: number;
+  /**
+   * `Endpoint=sb://{namespace}.servicebus.windows.net/;SharedAccessKeyName=iothubowner;
+   * SharedAccessKey=…;EntityPath={name}`: the built-in endpoint's connection string. The host is
+   * never resolved: clients pass `customEndpointAddress: eventHubsEndpointAddress`.
+   */
+  readonly eventHubsConnectionString: string;
+  /** `amqps://{host}:{eventHubsPort}`. */
+  readonly eventHubsEndpointAddress: string;
+  /**
+   * `https://{host}:{port}`: the custom endpoint address for AMQP over WebSockets, the one transport
+   * where the client takes a CA (`webSocketOptions.webSocketConstructorOptions.ca`).
+   */
+  readonly eventHubsWebSocketEndpointAddress: string;
   /** Device-to-cloud messages as they arrive. */
   onDeviceMessage(listener: (message: DeviceMessage) => void): () => void;
   close(): Promise<void>;
@@ -102,6 +141,34 @@ export async function startIotHubEmulator(o: EmulatorOptions = {}): Promise<IotH
     await device.close();
     throw error;
   });
+  const eventHubs = await startEventHubsEndpoint({
+    host,
+    port: o.eventHubsPort ?? 0,
+    webSocketPort: o.eventHubsWebSocketPort ?? 0,
+    cert: pki.cert,
+    key: pki.key,
+    namespace: `iothub-ns-${name}`,
+    hubName: name,
+    policies: new Map([[servicePolicy.name, servicePolicy.key]]),
+    now,
+    ...o.eventHubs,
+  }).catch(async (error: unknown) => {
+    await Promise.all([device.close(), service.close()]);
+    throw error;
+  });
+  const routes: Routes = o.routes ?? {};
+  device.events.on("deviceMessage", (message: DeviceMessage) => {
+    const generationId = hub.hasDevice(message.deviceId)
+      ? hub.identity(message.deviceId).generationId
+      : undefined;
+    eventHubs.append(
+      routeDeviceMessage(message, { generationId: typeof generationId === "string" ? generationId : "" }),
+    );
+  });
+  hub.onChange((change) => {
+    const event = routeChange(change, { routes, hubName: name, now: now() });
+    if (event !== undefined) eventHubs.append(event);
+  });
   const primaryKeyOf = (deviceId: string) =>
     (hub.identity(deviceId).authentication as { symmetricKey: { primaryKey: string } }).symmetricKey
       .primaryKey;
@@ -122,6 +189,11 @@ export async function startIotHubEmulator(o: EmulatorOptions = {}): Promise<IotH
     mqttUrl: `mqtts://${host}:${device.port}`,
     serviceUrl: `https://${host}:${service.port}`,
     servicePolicy,
+    eventHubs,
+    eventHubsPort: eventHubs.port,
+    eventHubsConnectionString: `Endpoint=${eventHubs.endpoint};SharedAccessKeyName=${servicePolicy.name};SharedAccessKey=${servicePolicy.key};EntityPath=${name}`,
+    eventHubsEndpointAddress: `amqps://${host}:${eventHubs.port}`,
+    eventHubsWebSocketEndpointAddress: `https://${host}:${eventHubs.webSocketPort}`,
     serviceConnectionString: `HostName=${hostName};SharedAccessKeyName=${servicePolicy.name};SharedAccessKey=${servicePolicy.key}`,
     serviceToken: (ttlSeconds = 3600) =>
       createToken({
@@ -140,7 +212,7 @@ export async function startIotHubEmulator(o: EmulatorOptions = {}): Promise<IotH
       return () => device.events.off("deviceMessage", listener);
     },
     async close() {
-      await Promise.all([device.close(), service.close()]);
+      await Promise.all([device.close(), service.close(), eventHubs.close()]);
     },
   };
 }

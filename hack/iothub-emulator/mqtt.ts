@@ -75,7 +75,7 @@ export async function startDeviceEndpoint(o: {
         return;
       }
       try {
-        hub.consume("deviceConnect");
+        hub.consume("deviceConnect", "device");
       } catch {
         const error = Object.assign(new Error("throttled"), { returnCode: 3 });
         done(error, false);
@@ -141,12 +141,12 @@ export async function startDeviceEndpoint(o: {
     };
     if (path === "$iothub/twin/GET/") {
       twinReply(() => {
-        hub.consume("twinRead");
+        hub.consume("twinRead", "device");
         return { status: 200, body: hub.deviceTwin(deviceId) };
       });
     } else if (path === "$iothub/twin/PATCH/properties/reported/") {
       twinReply(() => {
-        hub.consume("twinUpdate");
+        hub.consume("twinUpdate", "device");
         const patch = parseObject(packet.payload);
         const base = params.get("$version");
         const version = hub.patchReported(deviceId, patch, base === null ? undefined : Number(base));
@@ -159,7 +159,7 @@ export async function startDeviceEndpoint(o: {
         resolve({ status, payload: parseJson(packet.payload) });
       }
     } else if (path.startsWith(`devices/${deviceId}/messages/events/`)) {
-      hub.consume("deviceToCloud");
+      hub.consume("deviceToCloud", "device");
       const bag = new URLSearchParams(path.slice(`devices/${deviceId}/messages/events/`.length));
       const message: DeviceMessage = {
         deviceId,

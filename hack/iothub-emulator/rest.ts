@@ -65,7 +65,7 @@ async function handle(hub: Hub, req: IncomingMessage, res: ServerResponse): Prom
     .map(decodeURIComponent);
   const ifMatch = header(req, "if-match") ?? "*";
   const method = req.method ?? "GET";
-  const run = (kind: OperationClass) => hub.consume(kind);
+  const run = (kind: OperationClass) => hub.consume(kind, "service");
 
   if (parts[0] === "devices" && parts[1] === "query" && parts.length === 2 && method === "POST") {
     run("query");

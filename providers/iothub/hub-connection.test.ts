@@ -127,7 +127,7 @@ describe("HubConnection publishing desired documents", () => {
     const { conn } = await t.connection({ ids: [deviceId] });
     t.emulator.hub.setThrottle({ twinUpdate: 2 });
     // Spend the hub's budget: the next writes meet 429 until it refills.
-    for (let i = 0; i < 2; i++) t.emulator.hub.consume("twinUpdate");
+    for (let i = 0; i < 2; i++) t.emulator.hub.consume("twinUpdate", "device");
     try {
       const text = encodeMessage(doc(deviceId, 1));
       await conn.publish(topics.desired(deviceId), text, qos1);
