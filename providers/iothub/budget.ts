@@ -12,17 +12,11 @@
  *   budget.counts();                            // { query: 3, twinRead: 41, ... }
  */
 import { sleepOn, systemClock, type Clock } from "../../src/base/clock.ts";
-import { budgetRates } from "./quotas.ts";
+import { budgetRates, type OperationRates } from "./quotas.ts";
+
+export type { OperationRates } from "./quotas.ts";
 
 export type OperationClass = "query" | "twinRead" | "twinUpdate" | "method";
-
-/** Allowed rates: queries per minute, the other classes per second. */
-export interface OperationRates {
-  readonly queriesPerMinute: number;
-  readonly twinReadsPerSecond: number;
-  readonly twinUpdatesPerSecond: number;
-  readonly methodsPerSecond: number;
-}
 
 /** devicelet's share of one S1 unit, the default (quotas.ts: the hub's throttles and the split). */
 export const DEFAULT_RATES: OperationRates = budgetRates({ tier: "S1", units: 1 });

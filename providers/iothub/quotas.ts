@@ -20,8 +20,15 @@
  *
  *   budgetRates({ tier: "S1", units: 1 });   // { queriesPerMinute: 16, twinReadsPerSecond: 50, ... }
  */
-import type { OperationRates } from "./budget.ts";
 import type { IotHubTier } from "./schema.ts";
+
+/** Allowed rates: queries per minute, the other classes per second. */
+export interface OperationRates {
+  readonly queriesPerMinute: number;
+  readonly twinReadsPerSecond: number;
+  readonly twinUpdatesPerSecond: number;
+  readonly methodsPerSecond: number;
+}
 
 /** The hub's own throttles for a tier and unit count. */
 export function hubThrottles(tier: IotHubTier, units: number): OperationRates {

@@ -113,8 +113,22 @@ export const iothubConfigSchema = {
         connectionStringFile: { type: "string", minLength: 1 },
         connectionString: { type: "string", minLength: 1 },
         consumerGroup: { type: "string", minLength: 1, default: "$Default" },
-        customEndpointAddress: { type: "string", pattern: "^(amqps|sb|https)://" },
-        caFile: { type: "string", minLength: 1 },
+        transport: {
+          enum: ["amqp", "websockets"],
+          description:
+            "AMQP over TLS (port 5671), or AMQP over WebSockets (443) where only HTTPS may leave; default amqp, websockets with caFile (the SDK takes a CA only there).",
+        },
+        customEndpointAddress: {
+          type: "string",
+          pattern: "^(amqps|sb|https)://",
+          description:
+            "Connect here instead of the connection string's host (amqps:// or, for websockets, https://).",
+        },
+        caFile: {
+          type: "string",
+          minLength: 1,
+          description: "An extra CA (PEM) to trust; needs websockets.",
+        },
       },
     },
     devices: section("Which of the hub's devices become nodes: all conditions given must hold.", {
@@ -188,6 +202,7 @@ export interface IotHubConfig {
     readonly connectionStringFile?: string;
     readonly connectionString?: string;
     readonly consumerGroup: string;
+    readonly transport?: "amqp" | "websockets";
     readonly customEndpointAddress?: string;
     readonly caFile?: string;
   };
@@ -234,6 +249,16 @@ export const iothubConfigChecks: ConfigCheck = (config) => [
           message:
             "applies only to /hub/endpoint (the public hub's certificate chains to public roots): set endpoint or remove it",
           involves: ["/hub/caFile", "/hub/endpoint"],
+        },
+      ]
+    : []),
+  ...(valueAt(config, "/events/caFile") !== undefined && valueAt(config, "/events/transport") === "amqp"
+    ? [
+        {
+          path: "/events/caFile",
+          message:
+            "needs /events/transport websockets: the Event Hubs client takes a CA only on its WebSocket transport",
+          involves: ["/events/caFile", "/events/transport"],
         },
       ]
     : []),

@@ -10,6 +10,7 @@ import { erasePlugin, loadProvider, type LoadedPlugin } from "../provider/plugin
 const builtIns: Readonly<Record<string, () => Promise<LoadedPlugin>>> = {
   mock: async () => erasePlugin((await import("../../providers/mock/index.ts")).mockPlugin),
   mqtt: async () => erasePlugin((await import("../../providers/mqtt/index.ts")).mqttPlugin),
+  iothub: async () => erasePlugin((await import("../../providers/iothub/index.ts")).iothubPlugin),
 };
 
 /**

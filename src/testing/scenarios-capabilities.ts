@@ -11,7 +11,7 @@
  * then the provider must answer from what it holds.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { ProviderErrorCode, isNotFound } from "../provider/errors.ts";
+import { ProviderErrorCode, isNotFound, isUnsupported } from "../provider/errors.ts";
 import {
   hasExec,
   hasLogs,
@@ -115,6 +115,23 @@ export const logs = (target: Target) =>
     const bound = rig.patienceMs;
     const { ref, app } = await runningPod(rig, "logs");
     const what = `logs of ${key(ref)} container ${app}`;
+    if (rig.target.capabilities?.logs === false) {
+      const refused = await rejection(bound, what, provider.getContainerLogs(ref, app, logOptions()));
+      check(
+        isUnsupported(refused),
+        `${what}: the target's devices serve no logs, but it was rejected with ${describeError(refused)}, not Unsupported`,
+      );
+      const unknown = await rejection(
+        bound,
+        "logs of an unknown pod",
+        provider.getContainerLogs(rig.unknownRef("no-such-pod"), app, logOptions()),
+      );
+      check(
+        isNotFound(unknown),
+        `logs of an unknown pod: rejected with ${describeError(unknown)}, not NotFound`,
+      );
+      return;
+    }
     const all = await drain(
       bound,
       what,
@@ -171,7 +188,7 @@ export const logs = (target: Target) =>
 export const logsFollow = (target: Target) =>
   runScenario(target, "logs follow", async (rig) => {
     const provider = rig.provider;
-    if (!hasLogs(provider)) return;
+    if (!hasLogs(provider) || rig.target.capabilities?.logs === false) return;
     const bound = rig.patienceMs;
     const { ref, app } = await runningPod(rig, "follow");
     const what = `following the log of ${key(ref)} container ${app}`;

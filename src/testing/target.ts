@@ -50,6 +50,12 @@ export interface ProviderTarget<P extends PodLifecycleProvider = PodLifecyclePro
 }
 
 export interface TargetCapabilities {
+  /**
+   * false when the target's devices serve no logs (their transport carries no sessions, e.g. IoT
+   * Hub): logs are then checked only for a prompt Unsupported refusal, and NotFound for an
+   * unknown pod. Default true.
+   */
+  readonly logs?: boolean;
   /** Commands a container running `image` answers; without them exec is checked only for refusals. */
   readonly exec?: {
     /** A command that exits 0, e.g. `["true"]`. */
