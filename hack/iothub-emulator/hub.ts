@@ -31,7 +31,7 @@ export class HubError extends Error {
 export type OperationClass =
   "deviceConnect" | "twinRead" | "twinUpdate" | "registry" | "query" | "methods" | "deviceToCloud";
 
-/** Operations per second allowed in each class (burst: one second's worth); absent = unlimited. */
+/** Operations per second allowed in each class (burst: one second's worth, at least one); absent = unlimited. */
 export type ThrottleRates = Partial<Record<OperationClass, number>>;
 
 /** What the MQTT side gives the hub for a connected device. */
@@ -150,8 +150,11 @@ export class Hub {
       return;
     }
     const now = this.#now();
-    const bucket = this.#buckets.get(kind) ?? { tokens: rate, at: now };
-    bucket.tokens = Math.min(rate, bucket.tokens + ((now - bucket.at) / 1000) * rate);
+    // One second's worth, but at least one operation: a rate under 1/s (queries, 20 a minute)
+    // must still admit one now and then.
+    const capacity = Math.max(1, rate);
+    const bucket = this.#buckets.get(kind) ?? { tokens: capacity, at: now };
+    bucket.tokens = Math.min(capacity, bucket.tokens + ((now - bucket.at) / 1000) * rate);
     bucket.at = now;
     this.#buckets.set(kind, bucket);
     if (bucket.tokens < 1) {

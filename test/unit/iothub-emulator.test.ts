@@ -435,5 +435,15 @@ describe("limits", () => {
 
     clockOffsetMs = 1_000;
     expect((await rest({ method: "GET", path: `/twins/${deviceId}` })).status).toBe(200);
+
+    // A rate under one a second (an S1 unit's 20 queries a minute) admits one every 1/rate s.
+    emulator.hub.setThrottle({ query: 20 / 60 });
+    const query = () =>
+      rest({ method: "POST", path: "/devices/query", body: { query: "SELECT * FROM devices" } });
+    expect((await query()).status).toBe(200);
+    expect((await query()).status).toBe(429);
+    clockOffsetMs = 4_000;
+    expect((await query()).status).toBe(200);
+    emulator.hub.setThrottle({});
   });
 });
