@@ -114,6 +114,28 @@ describe("DeviceSession over IotHubLink", () => {
     expect(session.applies).toBe(1);
   });
 
+  it("writes a report again when the hub refused it (429), so no status is lost", async () => {
+    const { deviceId, session } = await onlineDevice();
+    // No twin update for five seconds: the device's acks and report are refused. (The provider's
+    // write goes to the hub directly, outside the quota.)
+    emulator.hub.setThrottle({ twinUpdate: 0.2 });
+    emulator.hub.consume("twinUpdate", "service");
+    try {
+      const doc = desiredDocument({ deviceId, generation: 1, pods: [desiredPod({ uid: "p1" })] });
+      const value = encodeTwinDocument(encodeMessage(doc).toString());
+      emulator.hub.patchTwin(
+        deviceId,
+        { properties: { desired: { [IOTHUB_MAPPING.desiredKey]: value } } },
+        "*",
+      );
+      await until(() => expect(session.applies).toBe(1));
+      expect(emulator.hub.throttled()).toBeGreaterThan(0);
+    } finally {
+      emulator.hub.setThrottle({});
+    }
+    await until(async () => expect(await report(deviceId)).toMatchObject({ appliedGeneration: 1 }));
+  });
+
   it("catches a desired patch missed while offline by reading the full twin on reconnect", async () => {
     const { deviceId, session } = await onlineDevice();
     await writeDesired(

@@ -27,6 +27,7 @@ import azureIotDevice, {
 } from "azure-iot-device";
 import { Mqtt } from "azure-iot-device-mqtt";
 import type { Logger } from "pino";
+import { retryDelay } from "../base/backoff.ts";
 import { systemClock, type Clock } from "../base/clock.ts";
 import {
   decodeTwinDocument,
@@ -120,6 +121,8 @@ export class IotHubLink implements DeviceLink {
   #desiredSubscribed = false;
   /** Our keys of the reported section as last written, for the size check. */
   readonly #reported = new Map<string, TwinDocument>();
+  /** The latest write asked for per reported key: an older one still retrying gives way to it. */
+  readonly #reportSeq = new Map<string, number>();
   /** Command ids waiting for their first ack: the method's answer. */
   readonly #methodAnswers = new Map<string, (ack: unknown) => void>();
 
@@ -353,16 +356,44 @@ export class IotHubLink implements DeviceLink {
       throw new Error(
         `${key} refused: the reported section would be ${size} bytes, over IoT Hub's ${TWIN_SECTION_LIMIT_BYTES}-byte twin section limit`,
       );
-    await new Promise<void>((resolve, reject) => {
-      const reported = twin.properties.reported as { update(p: Section, done: (err?: Error) => void): void };
-      reported.update({ [key]: value }, (err) => (err ? reject(err) : resolve()));
-    });
+    const seq = (this.#reportSeq.get(key) ?? 0) + 1;
+    this.#reportSeq.set(key, seq);
+    // A refused write (429 when the hub's twin-update quota is spent, a timeout) is tried again,
+    // with backoff, while this connection lasts: a report lost here would leave devicelet waiting
+    // for a status the device has. A newer write of the same key supersedes it.
+    for (let failures = 1; ; failures++) {
+      try {
+        await this.#update(twin, { [key]: value });
+        break;
+      } catch (err) {
+        if (!this.#connectedTo(twin)) throw err;
+        if (this.#reportSeq.get(key) !== seq) return;
+        const delayMs = retryDelay({ failures, baseMs: 250, maxMs: 10_000 });
+        this.#log.debug({ err: (err as Error).message, key, delayMs }, "reported write refused; retrying");
+        await new Promise<void>((resolve) => this.#clock.setTimeout(() => resolve(), delayMs));
+        if (!this.#connectedTo(twin)) throw err;
+        if (this.#reportSeq.get(key) !== seq) return;
+      }
+    }
     const stored: TwinDocument = Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null));
     this.#reported.set(key, stored);
   }
 
+  /** Whether this connection, the one `twin` belongs to, is still up. */
+  #connectedTo(twin: Twin): boolean {
+    return this.#up && this.#twin === twin;
+  }
+
+  #update(twin: Twin, patch: Section): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const reported = twin.properties.reported as { update(p: Section, done: (err?: Error) => void): void };
+      reported.update(patch, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
   #startHeartbeat(twin: Twin): void {
     const seconds = this.#o.heartbeatSeconds ?? 60;
+    let failures = 0;
     const beat = () => {
       if (!this.#up || this.#twin !== twin) return;
       this.#heartbeatSeq += 1;
@@ -371,10 +402,19 @@ export class IotHubLink implements DeviceLink {
         at: new Date(this.#clock.now()).toISOString(),
         intervalSeconds: seconds,
       };
-      const reported = twin.properties.reported as { update(p: Section, done: (err?: Error) => void): void };
-      reported.update({ [IOTHUB_MAPPING.reported.presence]: presence }, (err) => {
-        if (err) this.#log.warn({ err: err.message }, "presence heartbeat failed");
-      });
+      this.#update(twin, { [IOTHUB_MAPPING.reported.presence]: presence }).then(
+        () => {
+          failures = 0;
+        },
+        (err: unknown) => {
+          // Two missed heartbeats make the device lost: try again soon, not an interval later.
+          failures++;
+          this.#log.warn({ err: (err as Error).message, failures }, "presence heartbeat failed; retrying");
+          this.#clock.clearTimeout(this.#heartbeatTimer);
+          const delayMs = Math.min(seconds * 1000, retryDelay({ failures, baseMs: 1_000, maxMs: 15_000 }));
+          this.#heartbeatTimer = this.#clock.setTimeout(beat, delayMs);
+        },
+      );
       this.#heartbeatTimer = this.#clock.setTimeout(beat, seconds * 1000);
     };
     beat();
