@@ -18,16 +18,15 @@ import pino from "pino";
 import { startMosquitto } from "../hack/testenv/mosquitto.ts";
 import { fleetSpec, startSimulator, type Simulator } from "../src/device/simulator.ts";
 import {
+  boundPodsOfVersion,
   burstDeployment,
   controlPlane,
   kubectl,
   measureBurst,
-  percentile,
+  measureStorm,
   spawnDevicelet,
   testenvDir,
   waitForNodes,
-  waitUntil,
-  watchPodTimes,
 } from "./support.ts";
 
 const GATEWAYS = Number(process.env.BENCH_GATEWAYS ?? 100);
@@ -94,7 +93,6 @@ async function storm(id: string, brokerUrl: string) {
   );
   let sim: Simulator | undefined;
   const ns = `${id}-storm`;
-  const controller = new AbortController();
   try {
     sim = await startSimulator({
       brokerUrl,
@@ -103,79 +101,16 @@ async function storm(id: string, brokerUrl: string) {
       logger: pino({ level: "warn" }),
     });
     await waitForNodes(`devicelet.dev/bench=${id}`, STORM_DEVICES);
-    kubectl(["create", "namespace", ns]);
-    const manifest = (version: string) =>
-      burstDeployment({
-        namespace: ns,
-        replicas: STORM_DEVICES,
-        nodeSelector: { "devicelet.dev/bench": id },
-        tolerationKey: "virtual-kubelet.io/provider",
-        env: { CONFIG_VERSION: version },
-      });
-    const watcher = await watchPodTimes(ns, controller.signal);
-    kubectl(["apply", "-f", "-"], manifest("1"));
-    await waitUntil("first rollout Running", () => watcher.runningCount() >= STORM_DEVICES, 15 * 60_000);
-    const simulator = sim;
-    const before = new Map([...simulator.devices.values()].map((d) => [d.id, d.applies]));
-    const changesBefore = new Map([...simulator.devices.values()].map((d) => [d.id, d.changes]));
-
-    await Promise.all([...simulator.devices.values()].map((d) => d.goOffline()));
-    kubectl(["apply", "-f", "-"], manifest("2"));
-    // Every device now has a queued change: its old pod tombstoned and a new pod bound to it.
-    const newPods = () =>
-      (
-        JSON.parse(kubectl(["get", "pods", "-n", ns, "-o", "json"])) as {
-          items: {
-            metadata: { deletionTimestamp?: string };
-            spec: { nodeName?: string; containers: { env?: { value?: string }[] }[] };
-          }[];
-        }
-      ).items.filter(
-        (p) =>
-          !p.metadata.deletionTimestamp && p.spec.nodeName && p.spec.containers[0]?.env?.[0]?.value === "2",
-      ).length;
-    await waitUntil(
-      "new pods bound to the offline devices",
-      () => newPods() >= STORM_DEVICES,
-      15 * 60_000,
-      2_000,
-    );
-    await new Promise((r) => setTimeout(r, 3_000)); // let devicelet publish the queued documents
-
-    const start = performance.now();
-    await Promise.all([...simulator.devices.values()].map((d) => d.goOnline()));
-    await waitUntil(
-      "every device applied its queued change",
-      () => [...simulator.devices.values()].every((d) => d.applies > (before.get(d.id) ?? 0)),
-      15 * 60_000,
-    );
-    const appliedSeconds = (performance.now() - start) / 1000;
-    // The watcher records each pod's first Running: the first rollout's pods plus the new ones.
-    // (Polling with kubectl here would itself eat the two cores the system under test needs.)
-    await waitUntil("every new pod Running", () => watcher.runningCount() >= 2 * STORM_DEVICES, 15 * 60_000);
-    const runningSeconds = (performance.now() - start) / 1000;
-    // Let any duplicate arrive before counting.
-    await new Promise((r) => setTimeout(r, 3_000));
-    const appliesPerDevice = [...simulator.devices.values()].map((d) => d.applies - (before.get(d.id) ?? 0));
-    const changesPerDevice = [...simulator.devices.values()].map(
-      (d) => d.changes - (changesBefore.get(d.id) ?? 0),
-    );
-    return {
-      devices: STORM_DEVICES,
-      allAppliedSeconds: Math.round(appliedSeconds * 100) / 100,
-      allRunningSeconds: Math.round(runningSeconds * 100) / 100,
-      // The queued change applied per device: must be exactly 1.
-      changesPerDevice: { min: Math.min(...changesPerDevice), max: Math.max(...changesPerDevice) },
-      // Documents applied per device: the queued change, then the one that drops the tombstone the
-      // device confirmed (it changes nothing the device runs).
-      documentsPerDevice: {
-        min: Math.min(...appliesPerDevice),
-        max: Math.max(...appliesPerDevice),
-        p50: percentile(appliesPerDevice, 50),
-      },
-    };
+    return await measureStorm({
+      id,
+      namespace: ns,
+      sim,
+      // Every device now has a queued change: its old pod tombstoned and a new pod bound to it.
+      queued: () => boundPodsOfVersion(ns, "2") >= STORM_DEVICES,
+      // Let devicelet publish the queued documents.
+      reconnecting: () => new Promise((r) => setTimeout(r, 3_000)),
+    });
   } finally {
-    controller.abort();
     await sim?.stop();
     child.kill("SIGTERM");
     kubectl(["delete", "namespace", ns, "--wait=false", "--ignore-not-found"]);

@@ -3,6 +3,8 @@
  * `npm run testenv -- up` left one running, otherwise started and stopped here).
  *   engine   1,000 pods over 100 mock device nodes, side by side with KWOK
  *   mqtt     1,000 pods over 100 simulated devices through Mosquitto; a 1,000-device reconnect storm
+ *   iothub   1,000 pods over 100 simulated IoT Hub devices through the local emulator, unthrottled
+ *            and at one S1 unit's rates; a 1,000-device reconnect storm at S1 rates
  *   soak     [--minutes N] [--seed S]: load and random faults (devicelet, Mosquitto, the API server,
  *            devices), then an audit of what was lost, applied twice, resurrected or evicted; it
  *            uses its own control plane ($DEVICELET_TESTENV_DIR, else /tmp/devicelet-soak-testenv)
@@ -13,6 +15,7 @@
 const benches: Record<string, () => Promise<unknown>> = {
   engine: async () => (await import("./engine.ts")).benchEngine(),
   mqtt: async () => (await import("./mqtt.ts")).benchMqtt(),
+  iothub: async () => (await import("./iothub.ts")).benchIotHub(),
   soak: async () => (await import("./soak.ts")).benchSoak(process.argv.slice(3)),
   fuzz: async () => (await import("./fuzz.ts")).benchFuzz(process.argv.slice(3)),
 };

@@ -245,3 +245,112 @@ export async function waitForNodes(selector: string, count: number, timeoutMs = 
     timeoutMs,
   );
 }
+
+/** What a reconnect storm measured (see {@link measureStorm}). */
+export interface StormResult {
+  devices: number;
+  allAppliedSeconds: number;
+  allRunningSeconds: number;
+  /** The queued change applied per device: must be exactly 1. */
+  changesPerDevice: { min: number; max: number };
+  /**
+   * Documents applied per device: the queued change, then the one that drops the tombstone the
+   * device confirmed (it changes nothing the device runs).
+   */
+  documentsPerDevice: { min: number; max: number; p50: number };
+}
+
+/**
+ * A reconnect storm over `sim`'s devices (each with room for one pod, nodes labelled
+ * `devicelet.dev/bench=<id>`): a Deployment with one pod per device rolls out; every device goes
+ * offline; the Deployment changes (Recreate), so each device gets a queued change (a tombstone and a
+ * new pod); once `queued()` says devicelet has sent every change, all devices reconnect at once.
+ * Times until every device applied its change and every new pod is Running, as one watcher sees.
+ * `reconnecting` runs just before the reconnect (e.g. to take counters).
+ */
+export async function measureStorm(o: {
+  id: string;
+  namespace: string;
+  sim: { readonly devices: ReadonlyMap<string, StormDevice> };
+  queued: () => boolean;
+  reconnecting?: () => void | Promise<void>;
+}): Promise<StormResult> {
+  const devices = [...o.sim.devices.values()];
+  const count = devices.length;
+  const controller = new AbortController();
+  try {
+    kubectl(["create", "namespace", o.namespace]);
+    const manifest = (version: string) =>
+      burstDeployment({
+        namespace: o.namespace,
+        replicas: count,
+        nodeSelector: { "devicelet.dev/bench": o.id },
+        tolerationKey: "virtual-kubelet.io/provider",
+        env: { CONFIG_VERSION: version },
+      });
+    const watcher = await watchPodTimes(o.namespace, controller.signal);
+    kubectl(["apply", "-f", "-"], manifest("1"));
+    await waitUntil("first rollout Running", () => watcher.runningCount() >= count, 20 * 60_000);
+    const applies = new Map(devices.map((d) => [d.id, d.applies]));
+    const changes = new Map(devices.map((d) => [d.id, d.changes]));
+
+    await Promise.all(devices.map((d) => d.goOffline()));
+    kubectl(["apply", "-f", "-"], manifest("2"));
+    await waitUntil("every queued change sent", o.queued, 20 * 60_000, 2_000);
+    await o.reconnecting?.();
+
+    const start = performance.now();
+    await Promise.all(devices.map((d) => d.goOnline()));
+    await waitUntil(
+      "every device applied its queued change",
+      () => devices.every((d) => d.applies > (applies.get(d.id) ?? 0)),
+      20 * 60_000,
+    );
+    const appliedSeconds = (performance.now() - start) / 1000;
+    // The watcher records each pod's first Running: the first rollout's pods plus the new ones.
+    // (Polling with kubectl here would itself eat the two cores the system under test needs.)
+    await waitUntil("every new pod Running", () => watcher.runningCount() >= 2 * count, 20 * 60_000);
+    const runningSeconds = (performance.now() - start) / 1000;
+    // Let any duplicate arrive before counting.
+    await new Promise((r) => setTimeout(r, 3_000));
+    const documents = devices.map((d) => d.applies - (applies.get(d.id) ?? 0));
+    const changed = devices.map((d) => d.changes - (changes.get(d.id) ?? 0));
+    return {
+      devices: count,
+      allAppliedSeconds: Math.round(appliedSeconds * 100) / 100,
+      allRunningSeconds: Math.round(runningSeconds * 100) / 100,
+      changesPerDevice: { min: Math.min(...changed), max: Math.max(...changed) },
+      documentsPerDevice: {
+        min: Math.min(...documents),
+        max: Math.max(...documents),
+        p50: percentile(documents, 50),
+      },
+    };
+  } finally {
+    controller.abort();
+  }
+}
+
+/** What {@link measureStorm} uses of a simulated device. */
+export interface StormDevice {
+  readonly id: string;
+  readonly applies: number;
+  readonly changes: number;
+  goOffline(): Promise<void>;
+  goOnline(): Promise<void>;
+}
+
+/** How many pods of `namespace` are bound, not being deleted, and have CONFIG_VERSION `version`. */
+export function boundPodsOfVersion(namespace: string, version: string): number {
+  return (
+    JSON.parse(kubectl(["get", "pods", "-n", namespace, "-o", "json"])) as {
+      items: {
+        metadata: { deletionTimestamp?: string };
+        spec: { nodeName?: string; containers: { env?: { value?: string }[] }[] };
+      }[];
+    }
+  ).items.filter(
+    (p) =>
+      !p.metadata.deletionTimestamp && p.spec.nodeName && p.spec.containers[0]?.env?.[0]?.value === version,
+  ).length;
+}
