@@ -83,7 +83,7 @@ describe("resolveProvider (the CLI's registry)", () => {
     const loaded = await resolveProvider("@acme/devicelet-provider-files", [path.join(dir, "conf")]);
     expect(loaded.create({}, context).name).toBe("files");
     await expect(resolveProvider("@acme/devicelet-provider-absent", [dir])).rejects.toThrow(
-      /neither built in \(mock, mqtt\) nor a package/,
+      /neither built in \(mock, mqtt, iothub\) nor a package/,
     );
   });
 });
