@@ -3,9 +3,9 @@
  *
  * 1. Burst: 1,000 pods over 100 simulated gateways — time until all Running, p50/p99 from bound to
  *    Running (the device reports the app running after `APP_START_MS`).
- * 2. Reconnect storm: 1,000 microcontrollers each running one pod go offline; their Deployment is
- *    changed (Recreate) while they are away, so each device has a queued change (a tombstone and a
- *    new pod); then all reconnect at once. Reports time until every device has applied and every
+ * 2. Reconnect storm: 1,000 microcontrollers each running one pod go offline; each pod is replaced
+ *    by a new one on the same device while they are away, so each device has a queued change (a
+ *    tombstone and a new pod); then all reconnect at once. Reports time until every device has applied and every
  *    new pod is Running, and applies per device since the reconnect (must be exactly one).
  *
  * Sizes can be lowered for a quick look: BENCH_GATEWAYS, BENCH_PODS, BENCH_STORM_DEVICES.
@@ -85,12 +85,7 @@ async function burst(id: string, brokerUrl: string) {
 
 async function storm(id: string, brokerUrl: string) {
   const { child } = spawnDevicelet(deviceletConfig(id, brokerUrl));
-  const devices = fleetSpec({ gateways: 0, childrenPerGateway: 0, mcus: STORM_DEVICES, prefix: id }).map(
-    (d) => ({
-      ...d,
-      capacity: { ...d.capacity, pods: "1" },
-    }),
-  );
+  const devices = fleetSpec({ gateways: 0, childrenPerGateway: 0, mcus: STORM_DEVICES, prefix: id });
   let sim: Simulator | undefined;
   const ns = `${id}-storm`;
   try {
@@ -102,7 +97,6 @@ async function storm(id: string, brokerUrl: string) {
     });
     await waitForNodes(`devicelet.dev/bench=${id}`, STORM_DEVICES);
     return await measureStorm({
-      id,
       namespace: ns,
       sim,
       // Every device now has a queued change: its old pod tombstoned and a new pod bound to it.

@@ -261,15 +261,17 @@ export interface StormResult {
 }
 
 /**
- * A reconnect storm over `sim`'s devices (each with room for one pod, nodes labelled
- * `devicelet.dev/bench=<id>`): a Deployment with one pod per device rolls out; every device goes
- * offline; the Deployment changes (Recreate), so each device gets a queued change (a tombstone and a
- * new pod); once `queued()` says devicelet has sent every change, all devices reconnect at once.
- * Times until every device applied its change and every new pod is Running, as one watcher sees.
- * `reconnecting` runs just before the reconnect (e.g. to take counters).
+ * A reconnect storm over `sim`'s devices (each a node named after its id): one pod per device,
+ * pinned by `nodeName`, runs; every device goes offline; each pod is deleted and a new one (another
+ * name, CONFIG_VERSION 2) is created on the same device, so each device has a queued change (a
+ * tombstone and a new pod; the old pod stays Terminating until its device confirms). Once
+ * `queued()` says devicelet has sent every change, all devices reconnect at once. Times until every
+ * device applied its change and every new pod is Running, as one watcher sees. `reconnecting` runs
+ * just before the reconnect (e.g. to take counters). Bare pods rather than a Deployment: a
+ * Recreate rollout would wait for the old pods to be gone, which they are not while their devices
+ * are away, and a surge would need room for two pods per device.
  */
 export async function measureStorm(o: {
-  id: string;
   namespace: string;
   sim: { readonly devices: ReadonlyMap<string, StormDevice> };
   queued: () => boolean;
@@ -278,24 +280,40 @@ export async function measureStorm(o: {
   const devices = [...o.sim.devices.values()];
   const count = devices.length;
   const controller = new AbortController();
+  const pods = (version: string) =>
+    stringify({
+      apiVersion: "v1",
+      kind: "List",
+      items: devices.map((d) => ({
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name: `${d.id}-v${version}`, namespace: o.namespace },
+        spec: {
+          nodeName: d.id,
+          tolerations: [{ key: "virtual-kubelet.io/provider", operator: "Exists", effect: "NoSchedule" }],
+          terminationGracePeriodSeconds: 1,
+          containers: [
+            {
+              name: "app",
+              image: "example/sensor:1.0",
+              command: ["/bin/sensor"],
+              env: [{ name: "CONFIG_VERSION", value: version }],
+            },
+          ],
+        },
+      })),
+    });
   try {
     kubectl(["create", "namespace", o.namespace]);
-    const manifest = (version: string) =>
-      burstDeployment({
-        namespace: o.namespace,
-        replicas: count,
-        nodeSelector: { "devicelet.dev/bench": o.id },
-        tolerationKey: "virtual-kubelet.io/provider",
-        env: { CONFIG_VERSION: version },
-      });
     const watcher = await watchPodTimes(o.namespace, controller.signal);
-    kubectl(["apply", "-f", "-"], manifest("1"));
-    await waitUntil("first rollout Running", () => watcher.runningCount() >= count, 20 * 60_000);
+    kubectl(["apply", "-f", "-"], pods("1"));
+    await waitUntil("first pods Running", () => watcher.runningCount() >= count, 20 * 60_000);
     const applies = new Map(devices.map((d) => [d.id, d.applies]));
     const changes = new Map(devices.map((d) => [d.id, d.changes]));
 
     await Promise.all(devices.map((d) => d.goOffline()));
-    kubectl(["apply", "-f", "-"], manifest("2"));
+    kubectl(["delete", "-f", "-", "--wait=false"], pods("1"));
+    kubectl(["apply", "-f", "-"], pods("2"));
     await waitUntil("every queued change sent", o.queued, 20 * 60_000, 2_000);
     await o.reconnecting?.();
 
@@ -307,7 +325,7 @@ export async function measureStorm(o: {
       20 * 60_000,
     );
     const appliedSeconds = (performance.now() - start) / 1000;
-    // The watcher records each pod's first Running: the first rollout's pods plus the new ones.
+    // The watcher records each pod's first Running: the first pods plus the new ones.
     // (Polling with kubectl here would itself eat the two cores the system under test needs.)
     await waitUntil("every new pod Running", () => watcher.runningCount() >= 2 * count, 20 * 60_000);
     const runningSeconds = (performance.now() - start) / 1000;
