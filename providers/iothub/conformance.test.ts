@@ -13,6 +13,7 @@ import { startIotHubEmulator, type IotHubEmulator } from "../../hack/iothub-emul
 import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import { describeProviderContract, type ProviderTarget } from "../../src/testing/index.ts";
 import { eventually } from "../../test/support/eventually.ts";
+import { emulatorHubConfig } from "../../test/support/iothub-hub.ts";
 import type { MqttProvider } from "../mqtt/provider.ts";
 import { createIotHubProvider } from "./index.ts";
 
@@ -57,15 +58,7 @@ function iothubTarget(): ProviderTarget<MqttProvider> {
       const hub = started(emulator, "emulator");
       return createIotHubProvider(
         {
-          hub: {
-            connectionString: hub.serviceConnectionString,
-            endpoint: hub.serviceUrl,
-            caFile,
-            sweepIntervalSeconds: 1,
-            watchSeconds: 30,
-            presenceMarginSeconds: 2,
-            budget: { queriesPerMinute: 6000 },
-          },
+          hub: emulatorHubConfig(hub, caFile),
           devices: { allow: ["kit-*"] },
           desired: { readbackTimeoutMs: 10_000 },
         },

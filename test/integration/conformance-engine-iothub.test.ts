@@ -16,6 +16,7 @@ import type { MqttProvider } from "../../providers/mqtt/index.ts";
 import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import { describeEngineConformance, type ProviderTarget } from "devicelet/provider/testing";
 import { eventually } from "../support/eventually.ts";
+import { emulatorHubConfig } from "../support/iothub-hub.ts";
 import { stopAll } from "../support/mqtt.ts";
 import { testenvDir, uniqueName } from "../support/testenv.ts";
 
@@ -53,14 +54,7 @@ const target: ProviderTarget<MqttProvider> = {
     const hub = started(emulator, "emulator");
     return createIotHubProvider(
       {
-        hub: {
-          connectionString: hub.serviceConnectionString,
-          endpoint: hub.serviceUrl,
-          caFile,
-          sweepIntervalSeconds: 1,
-          presenceMarginSeconds: 2,
-          budget: { queriesPerMinute: 6000 },
-        },
+        hub: emulatorHubConfig(hub, caFile),
         devices: { ids: [...devices] },
       },
       context,

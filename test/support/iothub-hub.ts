@@ -137,3 +137,16 @@ export async function startTestHub(): Promise<TestHub> {
   };
   return t;
 }
+
+/**
+ * The iothub provider's `hub` section for tests against the emulator: its service API and CA,
+ * sweeps every second, presence lost soon, and no query budget to wait on.
+ */
+export const emulatorHubConfig = (emulator: IotHubEmulator, caFile: string) => ({
+  connectionString: emulator.serviceConnectionString,
+  endpoint: emulator.serviceUrl,
+  caFile,
+  sweepIntervalSeconds: 1,
+  presenceMarginSeconds: 2,
+  budget: { queriesPerMinute: 6000 },
+});
