@@ -5,6 +5,7 @@ import path from "node:path";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { removeLeftovers } from "./leftovers.ts";
+import { killGroup } from "../../test/support/kill.ts";
 
 const logger = pino({ level: "silent" });
 const children: ChildProcess[] = [];
@@ -12,13 +13,7 @@ const children: ChildProcess[] = [];
 const groups: number[] = [];
 afterEach(() => {
   for (const child of children.splice(0)) if (child.exitCode === null) child.kill("SIGKILL");
-  for (const group of groups.splice(0)) {
-    try {
-      process.kill(-group, "SIGKILL");
-    } catch {
-      // Already gone.
-    }
-  }
+  for (const group of groups.splice(0)) killGroup(group);
 });
 
 /** A process with the environment the process runtime gives an app of `podUid` under `workDir`. */
@@ -80,7 +75,7 @@ describe("removeLeftovers", () => {
     expect(existsSync(path.join(workDir, "dropped"))).toBe(false);
     expect(existsSync(path.join(workDir, "stale-folder"))).toBe(false);
     expect(result.removed.toSorted()).toEqual(["dropped", "stale-folder"]);
-    process.kill(-neighbour.pid, "SIGKILL");
+    killGroup(neighbour.pid);
   });
 
   it("does nothing when there is no work folder yet", async () => {

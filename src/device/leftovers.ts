@@ -123,6 +123,8 @@ function parseStat(text: string): Stat | undefined {
 }
 
 function signal(pid: number): void {
+  // A pid or group from /proc is above 1; never kill(0) (our own group) or kill(-1) (everything).
+  if (Math.abs(pid) <= 1) return;
   try {
     process.kill(pid, "SIGKILL");
   } catch {

@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { parseMeminfo, parseProcStat, parseSystemStat, ProcReader } from "./proc-stats.ts";
+import { killGroup } from "../../test/support/kill.ts";
 
 // A /proc/<pid>/stat line whose command name has spaces and parentheses in it.
 const STAT =
@@ -73,13 +74,7 @@ describe("proc stats parsing", () => {
 describe("ProcReader on this machine", () => {
   const children: number[] = [];
   afterEach(() => {
-    for (const pid of children.splice(0)) {
-      try {
-        process.kill(-pid, "SIGKILL");
-      } catch {
-        // gone
-      }
-    }
+    for (const pid of children.splice(0)) killGroup(pid);
   });
 
   it("sees a busy process group's CPU grow and its memory", async () => {

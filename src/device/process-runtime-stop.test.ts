@@ -12,6 +12,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import type { DesiredPod } from "../protocol/types.ts";
 import { desiredPod, tombstone } from "./fixtures.ts";
 import { ProcessRuntime } from "./process-runtime.ts";
+import { killProcess } from "../../test/support/kill.ts";
 
 const logger = pino({ level: "silent" });
 const runtimes: { r: ProcessRuntime; workDir: string }[] = [];
@@ -21,11 +22,14 @@ afterEach(async () => {
   for (const { r, workDir } of runtimes.splice(0)) {
     const stopped = r.stop();
     for (const uid of readdirSync(workDir)) {
+      let text = "";
       try {
-        process.kill(Number(readFileSync(path.join(workDir, uid, "main", "pid"), "utf8")), "SIGKILL");
+        text = readFileSync(path.join(workDir, uid, "main", "pid"), "utf8");
       } catch {
-        // No pid file, or already gone.
+        // No pid file.
       }
+      // An app that was just (re)started may not have written its pid yet: the file reads "".
+      killProcess(Number(text));
     }
     await stopped;
   }

@@ -368,7 +368,8 @@ function spawnFailure(err: unknown): string {
 }
 
 function signalGroup(pid: number | undefined, signal: NodeJS.Signals): void {
-  if (!pid) return;
+  // kill(0) would signal the agent's own group, kill(-1) every process it may signal.
+  if (pid === undefined || !Number.isInteger(pid) || pid <= 1) return;
   try {
     process.kill(-pid, signal);
   } catch {

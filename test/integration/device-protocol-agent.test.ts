@@ -15,6 +15,7 @@ import { desiredDocument, desiredPod } from "../../src/device/fixtures.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import { alive, LONG_RUNNING_APP, startAgentRig, type AgentRig } from "../support/agent.ts";
 import { eventually } from "../support/eventually.ts";
+import { killGroup } from "../support/kill.ts";
 
 const ID = `dpa-${process.pid}`;
 const node = process.execPath;
@@ -60,7 +61,7 @@ const acksSince = (index: number) => rig.acksSince(index);
 async function powerCycle(bootId: string): Promise<void> {
   const apps = await appPid();
   await stopAgent("SIGKILL");
-  process.kill(-apps, "SIGKILL");
+  expect(killGroup(apps)).toBe(true);
   await eventually(() => expect(alive(apps)).toBe(false));
   writeFileSync(bootIdFile, `${bootId}\n`);
 }
