@@ -15,7 +15,10 @@
  * - devicelet's operations are held to its share of the hub's throttles (quotas.ts), and the
  *   Event Hubs-compatible endpoint, when configured, brings command results, device events and
  *   twin-change notices (event-feed.ts); without it, status comes from polling alone;
- * - logs and exec sessions are not carried (devices announce `logs: false, exec: false`).
+ * - logs and exec sessions are not carried (devices announce `logs: false, exec: false`);
+ * - a pod's create or delete waits for its twin write, which waits for the twin-update budget;
+ *   the engine may have {@link CONCURRENT_PODS} of them under way, so a burst of pods for one
+ *   device waits together and goes out as one document instead of one document each.
  */
 import { readFileSync } from "node:fs";
 import { validateWithSchema } from "../../src/config/index.ts";
@@ -29,6 +32,13 @@ import { HubConnection } from "./hub-connection.ts";
 import { HttpsHubService } from "./hub-service.ts";
 import { budgetRates } from "./quotas.ts";
 import { TWIN_DESIRED_LIMIT_BYTES, type IotHubConfig } from "./schema.ts";
+
+/**
+ * Pods with a create, update or delete under way at once (the engine's default is 16). At 16, the
+ * twin-update budget (20/s for one S1 unit) bounded a burst to 20 pods a second, each in its own
+ * document: rarely were two of one device's pods waiting together. Waiting costs a promise each.
+ */
+export const CONCURRENT_PODS = 1024;
 
 /** A document as the twin's desired section holds it: `{"devicelet":{"n":…,"p0":"…",…}}`. */
 export const TWIN_DOCUMENT_SIZE: DocumentSize = {
@@ -110,5 +120,6 @@ export function buildIotHubProvider(config: IotHubConfig, context: ProviderConte
     connection,
     insecurity: service.secure ? undefined : "does not verify the hub's certificate",
     documentSize: TWIN_DOCUMENT_SIZE,
+    concurrentPods: CONCURRENT_PODS,
   });
 }

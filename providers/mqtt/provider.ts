@@ -74,6 +74,7 @@ export class MqttProvider
   /** "mqtt", or the transport's name (the nodes' `devicelet.dev/transport` label). */
   readonly name: string;
   readonly supports: readonly PodFeature[];
+  readonly concurrentPods?: number;
   readonly config: MqttConfig;
   readonly #log: Logger;
   readonly #metrics: MqttMetrics;
@@ -112,6 +113,7 @@ export class MqttProvider
     this.config = config;
     this.name = transport?.name ?? "mqtt";
     this.supports = config.supports ?? MQTT_DEFAULT_SUPPORTS;
+    if (transport?.concurrentPods !== undefined) this.concurrentPods = transport.concurrentPods;
     this.#log = context.logger.child({ provider: this.name });
     this.#metrics = new MqttMetrics(context.metrics);
     const parts = wireMqtt({

@@ -68,6 +68,8 @@ export interface Transport {
   readonly connection: TransportConnection;
   readonly insecurity: string | undefined;
   readonly documentSize?: DocumentSize;
+  /** The provider's `concurrentPods` (engine default when not given). */
+  readonly concurrentPods?: number;
 }
 
 /** What the parts tell the engine, through the provider. */

@@ -138,7 +138,7 @@ export class PodController {
     this.#queue = new WorkQueue({
       name: "pod",
       keyField: "pod",
-      concurrency: options.config.concurrency ?? 16,
+      concurrency: options.config.concurrency ?? options.provider.concurrentPods ?? 16,
       reconcile: (key) => this.#reconcile(key),
       logger: this.#log,
       retryAfterMs,

@@ -215,6 +215,14 @@ export interface PodLifecycleProvider {
   /** Pod fields beyond plain containers with image/command/args/env that this provider honours. */
   readonly supports: readonly PodFeature[];
   /**
+   * How many pods the engine may have a call under way for at once (createPod, updatePod,
+   * deletePod, each awaited before the pod's status is written). Default 16, which suits calls that
+   * resolve in milliseconds. A provider whose calls wait on a rate-limited transport and coalesce
+   * what waits per device (IoT Hub's twin-update budget) asks for more, so that waiting calls do
+   * not keep every other pod from being handed over.
+   */
+  readonly concurrentPods?: number;
+  /**
    * Start running (or queue, for a device that is away) the workload. Idempotent: the same hash
    * twice is a no-op. Resolves once the provider holds it durably; the app running is reported
    * later through status. An unknown device (no such `deviceId`): throw NotFound.
