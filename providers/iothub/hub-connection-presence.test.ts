@@ -8,6 +8,7 @@ import { FakeClock } from "../../src/base/fake-clock.ts";
 import { topics } from "../../src/protocol/topics.ts";
 import { eventually } from "../../test/support/eventually.ts";
 import { startTestHub, type Recorded, type TestHub } from "../../test/support/iothub-hub.ts";
+import { routeChange } from "../../hack/iothub-emulator/event-hubs.ts";
 import type { EventFeed, HubEvent } from "./event-feed-types.ts";
 import type { HubConnection } from "./hub-connection.ts";
 
@@ -140,5 +141,77 @@ describe("HubConnection with an event feed", () => {
     await conn.stop();
     await conn.stop();
     expect(stopped).toBe(1);
+  });
+
+  it("applies twin change events that follow its view without reading; a gap costs one read, a stale event none", async () => {
+    const { deviceId, session } = await t.onlineDevice({ heartbeatSeconds: 1 });
+    let push: ((e: HubEvent) => void) | undefined;
+    // The emulator's own routing of twin changes, as its Event Hubs-compatible endpoint sends them.
+    const routed: HubEvent[] = [];
+    const unsubscribe = t.emulator.hub.onChange((change) => {
+      const e = routeChange(change, { routes: { twinChangeEvents: true }, hubName: "h", now: Date.now() });
+      if (e === undefined || e.deviceId !== deviceId) return;
+      const event: HubEvent = {
+        deviceId,
+        source: e.source,
+        properties: {},
+        body: e.body,
+        enqueuedAtMs: Date.now(),
+      };
+      routed.push(event);
+      push?.(event);
+    });
+    const events: EventFeed = {
+      start: (_signal, onEvent) => {
+        push = onEvent;
+        return Promise.resolve();
+      },
+      stop: () => Promise.resolve(),
+      health: () => ({ ready: true, message: "" }),
+    };
+    try {
+      const { conn, messages } = await t.connection(
+        { ids: [deviceId] },
+        { events, sweepIntervalMs: 600_000 },
+      );
+      await conn.subscribe(topics.fromDevices());
+      await eventually(() => expect(states(messages, deviceId)).toMatchObject([{ state: "online" }]));
+      const reads = conn.operations().twinRead;
+
+      // Heartbeats (one a second) and a state change, all as events: no read, and the new state arrives.
+      const heartbeatsBefore = routed.length;
+      await eventually(() => expect(routed.length).toBeGreaterThanOrEqual(heartbeatsBefore + 2), {
+        timeoutMs: 5_000,
+        intervalMs: 20,
+      });
+      await session.sleep(new Date(Date.now() + 3_600_000));
+      await eventually(() =>
+        expect(states(messages, deviceId).map((m) => m.state)).toEqual(["online", "sleeping"]),
+      );
+      await session.goOnline();
+      await eventually(() =>
+        expect(states(messages, deviceId).map((m) => m.state)).toEqual(["online", "sleeping", "online"]),
+      );
+      expect(conn.operations().twinRead).toBe(reads);
+
+      // An event from before the view (already known): nothing. One that skips versions: one read.
+      const last = JSON.parse(routed.at(-1)?.body.toString() ?? "{}") as { version: number };
+      const synthetic = (version: number): HubEvent => ({
+        deviceId,
+        source: "twinChangeEvents",
+        properties: {},
+        body: Buffer.from(JSON.stringify({ version, properties: { reported: { other: 1 } } })),
+        enqueuedAtMs: Date.now(),
+      });
+      push?.(synthetic(last.version - 1));
+      push?.(synthetic(last.version + 5));
+      await eventually(() => expect(conn.operations().twinRead).toBe(reads + 1), {
+        timeoutMs: 2_000,
+        intervalMs: 20,
+      });
+    } finally {
+      unsubscribe();
+      await session.stop();
+    }
   });
 });

@@ -5,9 +5,13 @@
  *
  * - Sweeps: the selected devices' twins are read by query, page by page, at most every
  *   `sweepIntervalMs`, into a cache per device (twin-view.ts). Watches: after devicelet writes a
- *   desired document or sends a command to a device, or an event feed reports a twin or connection
- *   change, that twin is read quickly (every 200 ms, growing to 2 s) until `watchForMs` passed
- *   without a change: this makes a bound pod Running fast without spending the query quota.
+ *   desired document or sends a command to a device, that twin is read quickly (every 200 ms,
+ *   growing to 2 s) until `watchForMs` passed without a change: this makes a bound pod Running
+ *   fast without spending the query quota.
+ * - Events (optional feed): a twin change event that follows the cached view directly is applied
+ *   to it without a read, and ends the device's watch (the events carry its changes from there);
+ *   one that does not (a gap, an unknown device), and a connection state event, cost one read.
+ *   So heartbeats cost no reads, and with the feed a pod start costs about one read.
  * - What changed arrives as broker messages would: `…/state`, `…/reported`, `…/ack` (in that order,
  *   not retained). An `online` device whose heartbeat stopped (2 × its interval + the margin, by
  *   local time) or that the hub reports `Disconnected` gets its will delivered as its state, once.
@@ -47,6 +51,7 @@ import {
   filterMatches,
   isLost,
   nextView,
+  patchedView,
   textsChanged,
   type TwinView,
 } from "./twin-view.ts";
@@ -99,6 +104,8 @@ export class HubConnection implements TransportConnection {
   readonly #sql: string;
   readonly #marginMs: number;
   readonly #views = new Map<string, TwinView>();
+  /** Devices with a read under way for an event. */
+  readonly #reading = new Set<string>();
   readonly #filters = new Set<string>();
   readonly #watches: TwinWatches;
   readonly #messageListeners: MessageListener[] = [];
@@ -305,14 +312,53 @@ export class HubConnection implements TransportConnection {
     const previous = this.#views.get(twin.deviceId);
     if (previous?.version !== undefined && twin.version !== undefined && twin.version < previous.version)
       return previous;
-    let next = nextView(previous, twin, this.#now());
+    return this.#take(twin.deviceId, previous, nextView(previous, twin, this.#now()));
+  }
+
+  /** Makes `next` the device's view and delivers what changed since `previous`. */
+  #take(deviceId: string, previous: TwinView | undefined, next: TwinView): TwinView {
     if (!next.lost && isLost(next, this.#now(), this.#marginMs)) next = { ...next, lost: true };
-    this.#views.set(twin.deviceId, next);
+    this.#views.set(deviceId, next);
     // Devices of the first sweep reach subscribers as retained values, not as changes.
     if (previous !== undefined || this.#sweptOnce)
       for (const { kind, text } of changedTexts(previous, next))
-        this.#live(`${TOPIC_ROOT}/${twin.deviceId}/${kind}`, text);
+        this.#live(`${TOPIC_ROOT}/${deviceId}/${kind}`, text);
     return next;
+  }
+
+  /**
+   * A twin change event: applied to the view when it follows it directly, so neither it nor a
+   * heartbeat costs a read, and the device's watch ends (events carry its changes); ignored when
+   * the view is already as new; otherwise one read of the twin.
+   */
+  #onTwinChange(deviceId: string, body: Buffer): void {
+    const previous = this.#views.get(deviceId);
+    let event: unknown;
+    try {
+      event = JSON.parse(body.toString("utf8"));
+    } catch {
+      event = undefined;
+    }
+    const version = (event as { version?: unknown } | undefined)?.version;
+    if (typeof version === "number" && previous?.version !== undefined && version <= previous.version) return;
+    const next = patchedView(previous, event, this.#now());
+    if (next === undefined) {
+      this.#readOnce(deviceId);
+      return;
+    }
+    this.#take(deviceId, previous, next);
+    this.#watches.end(deviceId);
+  }
+
+  /** One read of the twin (at most one per device at a time), for an event that could not be applied. */
+  #readOnce(deviceId: string): void {
+    if (this.#reading.has(deviceId) || this.#stop.signal.aborted) return;
+    this.#reading.add(deviceId);
+    void this.#watchRead(deviceId)
+      .catch((err: unknown) => {
+        this.#log.debug({ device: deviceId, err: (err as Error).message }, "twin read after an event failed");
+      })
+      .finally(() => this.#reading.delete(deviceId));
   }
 
   /** Between reads: an `online` device whose heartbeat went stale gets its will as its state. */
@@ -335,7 +381,8 @@ export class HubConnection implements TransportConnection {
         this.#enqueue(() => this.#emit(`${TOPIC_ROOT}/${e.deviceId}/${kind}`, e.body, false));
       return;
     }
-    if (e.source === "twinChangeEvents" || e.source === "deviceConnectionStateEvents") this.watch(e.deviceId);
+    if (e.source === "twinChangeEvents") this.#onTwinChange(e.deviceId, e.body);
+    else if (e.source === "deviceConnectionStateEvents") this.#readOnce(e.deviceId);
   }
 
   #deliverRetained(filters: readonly string[]): void {

@@ -85,7 +85,8 @@ export class HubPublisher {
       this.#stopped();
       try {
         let view = this.#d.view(deviceId);
-        if (view === undefined || reread) {
+        // An etag of "" is unknown: the view came from a change event, which carries none.
+        if (view === undefined || view.etag === "" || reread) {
           view = this.#d.absorb(await call(() => service.getTwin(deviceId)));
           const theirs = documentVersion(view.desired);
           if (

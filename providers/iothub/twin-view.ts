@@ -8,6 +8,7 @@
  *   const next = nextView(previous, twin, now);           // pure: previous is not changed
  *   const messages = changedTexts(previous, next);       // state, reported, ack that changed
  *   const lost = isLost(next, now, marginMs);
+ *   const patched = patchedView(previous, eventBody, now); // undefined: read the twin instead
  */
 import { decodeTwinDocument, IOTHUB_MAPPING } from "../../src/protocol/iothub-twin.ts";
 import type { ServiceTwin } from "./hub-service.ts";
@@ -70,6 +71,57 @@ export function nextView(previous: TwinView | undefined, twin: ServiceTwin, now:
     heartbeat: heartbeatOf(reported[keys.presence], previous?.heartbeat, now),
     connectionState: twin.connectionState,
     lost: previous !== undefined && previous.state === state ? previous.lost : false,
+  };
+}
+
+/**
+ * The view after a twin change event (the body IoT Hub routes for `twinChangeEvents`:
+ * `{ version, properties: { desired?, reported? } }`, each section the patch as written), when it
+ * follows `previous` directly: its `version` is exactly one more, and every key devicelet reads
+ * that it touches is whole (a document with its part count `n`, a heartbeat, or `null`). Otherwise
+ * undefined: the twin must be read. The etag is unknown afterwards (`""`): a write reads first.
+ */
+export function patchedView(
+  previous: TwinView | undefined,
+  body: unknown,
+  now: number,
+): TwinView | undefined {
+  const event = record(body);
+  if (previous?.version === undefined || event.version !== previous.version + 1) return undefined;
+  const sections = record(event.properties);
+  const desired = record(sections.desired);
+  const reported = record(sections.reported);
+  const keys = IOTHUB_MAPPING.reported;
+  const whole = (value: unknown) => value === null || decodeTwinDocument(value) !== undefined;
+  const touched = (section: Record<string, unknown>, key: string) => Object.hasOwn(section, key);
+  const documents: [Record<string, unknown>, string][] = [
+    [desired, IOTHUB_MAPPING.desiredKey],
+    [reported, keys.state],
+    [reported, keys.reported],
+    [reported, keys.ack],
+    [reported, keys.will],
+  ];
+  if (documents.some(([section, key]) => touched(section, key) && !whole(section[key]))) return undefined;
+  const text = (section: Record<string, unknown>, key: string, before: string | undefined) =>
+    touched(section, key) ? decodeTwinDocument(section[key]) : before;
+  const state = text(reported, keys.state, previous.state);
+  const desiredValue = desired[IOTHUB_MAPPING.desiredKey];
+  return {
+    etag: "",
+    version: event.version,
+    desired: text(desired, IOTHUB_MAPPING.desiredKey, previous.desired),
+    desiredParts: touched(desired, IOTHUB_MAPPING.desiredKey)
+      ? Number(record(desiredValue).n ?? 0)
+      : previous.desiredParts,
+    state,
+    reported: text(reported, keys.reported, previous.reported),
+    ack: text(reported, keys.ack, previous.ack),
+    will: text(reported, keys.will, previous.will),
+    heartbeat: touched(reported, keys.presence)
+      ? heartbeatOf(reported[keys.presence], previous.heartbeat, now)
+      : previous.heartbeat,
+    connectionState: previous.connectionState,
+    lost: previous.state === state ? previous.lost : false,
   };
 }
 

@@ -67,6 +67,14 @@ export class TwinWatches {
     }
   }
 
+  /** Ends the device's watch, if any (an event brought what it was waiting for). */
+  end(deviceId: string): void {
+    const w = this.#watches.get(deviceId);
+    if (w === undefined) return;
+    systemClock.clearTimeout(w.timer);
+    this.#watches.delete(deviceId);
+  }
+
   /** Ends every watch. */
   stop(): void {
     this.#stopped = true;
