@@ -1,11 +1,12 @@
 /**
- * The state of one emulated IoT hub: device identities with symmetric keys, their twins, connection
- * state, shared access policies, throttling per operation class, and the links of connected devices
- * (which the MQTT side registers) used for desired-property notifications and direct methods.
+ * The state of one emulated IoT hub: device identities (symmetric keys, or X.509: self-signed
+ * thumbprints or a CA the hub holds), their twins, connection state, shared access policies,
+ * throttling per operation class, and the links of connected devices (which the MQTT side
+ * registers) used for desired-property notifications and direct methods.
  * Transport-free: the MQTT and REST front ends translate to and from these calls, and every refusal
  * is a `HubError` carrying the HTTP-style status IoT Hub answers with.
  */
-import { randomBytes } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { covers, parseToken } from "./sas.ts";
 import {
   TWIN_LIMITS,
@@ -68,12 +69,34 @@ interface Twin {
   etag: string;
 }
 
+/**
+ * How a device authenticates, as the registry's `authentication.type` names it: a SAS token signed
+ * with one of its keys; a certificate whose thumbprint (SHA-1 or SHA-256 of the DER, hex) is one of
+ * its two; or a certificate with CN = the device id issued by a CA the hub holds.
+ */
+export type DeviceAuthentication =
+  | { readonly type: "sas"; readonly primaryKey: string; readonly secondaryKey: string }
+  | {
+      readonly type: "selfSigned";
+      readonly primaryThumbprint: string;
+      readonly secondaryThumbprint: string | null;
+    }
+  | { readonly type: "certificateAuthority" };
+
+/** What creating or updating an identity may set; absent keys of a `sas` identity are made fresh. */
+export interface AuthenticationChange {
+  readonly type?: DeviceAuthentication["type"];
+  readonly primaryKey?: string;
+  readonly secondaryKey?: string;
+  readonly primaryThumbprint?: string;
+  readonly secondaryThumbprint?: string;
+}
+
 interface DeviceRecord {
   readonly deviceId: string;
   readonly generationId: string;
   etag: string;
-  primaryKey: string;
-  secondaryKey: string;
+  authentication: DeviceAuthentication;
   status: "enabled" | "disabled";
   connectionState: "Connected" | "Disconnected";
   connectionStateUpdatedTime: string;
@@ -105,6 +128,7 @@ export class Hub {
   readonly #operations = new Map<string, number>();
   #throttledCount = 0;
   readonly #changeListeners = new Set<(change: HubChange) => void>();
+  readonly #authorities: X509Certificate[] = [];
 
   constructor(o: HubOptions) {
     this.hostName = o.hostName;
@@ -172,14 +196,60 @@ export class Hub {
 
   // --- authentication -------------------------------------------------------------------------
 
-  /** Checks a device's SAS token (signed with either key, scoped to the device, not expired). */
+  /**
+   * Checks a device's SAS token (signed with either key, scoped to the device, not expired). An
+   * X.509 device has no keys: a token never admits it.
+   */
   authenticateDevice(deviceId: string, token: string): boolean {
     const device = this.#devices.get(deviceId);
     const parsed = parseToken(token);
     if (device === undefined || parsed === undefined || device.status !== "enabled") return false;
+    const auth = device.authentication;
+    if (auth.type !== "sas") return false;
     if (parsed.expiry * 1000 <= this.#now()) return false;
     if (!covers(parsed.resource, `${this.hostName}/devices/${deviceId}`)) return false;
-    return parsed.signedWith(device.primaryKey) || parsed.signedWith(device.secondaryKey);
+    return parsed.signedWith(auth.primaryKey) || parsed.signedWith(auth.secondaryKey);
+  }
+
+  /**
+   * Checks the client certificate a device presented in the TLS handshake: within its validity
+   * now, and either (`selfSigned`) its SHA-1 or SHA-256 thumbprint is one of the identity's, or
+   * (`certificateAuthority`) its subject CN is the device id and it was issued and signed by a CA
+   * the hub holds ({@link addCertificateAuthority}), itself within its validity. A SAS device is
+   * never admitted by a certificate.
+   */
+  authenticateCertificate(deviceId: string, cert: X509Certificate): boolean {
+    const device = this.#devices.get(deviceId);
+    if (device === undefined || device.status !== "enabled" || !this.#valid(cert)) return false;
+    const auth = device.authentication;
+    if (auth.type === "selfSigned") {
+      const presented = [cert.fingerprint, cert.fingerprint256].map(normalThumbprint);
+      return [auth.primaryThumbprint, auth.secondaryThumbprint].some(
+        (t) => t !== null && presented.includes(normalThumbprint(t)),
+      );
+    }
+    if (auth.type !== "certificateAuthority") return false;
+    const commonName = /^CN=(.*)$/m.exec(cert.subject)?.[1];
+    if (commonName !== deviceId) return false;
+    return this.#authorities.some(
+      (ca) => this.#valid(ca) && cert.checkIssued(ca) && cert.verify(ca.publicKey),
+    );
+  }
+
+  /**
+   * Adds a CA certificate (PEM) that `certificateAuthority` devices' certificates may be issued by:
+   * what uploading and verifying a CA certificate does on a real hub (the proof of possession is
+   * not modelled).
+   */
+  addCertificateAuthority(pem: string): void {
+    const ca = new X509Certificate(pem);
+    if (!ca.ca) throw new HubError(400, "ArgumentInvalid", `${ca.subject} is not a CA certificate`);
+    this.#authorities.push(ca);
+  }
+
+  #valid(cert: X509Certificate): boolean {
+    const now = this.#now();
+    return cert.validFromDate.getTime() <= now && now < cert.validToDate.getTime();
   }
 
   /** Checks a service token (`Authorization` header): signed by the named policy, for this hub. */
@@ -193,8 +263,11 @@ export class Hub {
 
   // --- identities -----------------------------------------------------------------------------
 
-  /** Creates a device identity, with fresh keys unless given. Throws 409 when it exists. */
-  createDevice(deviceId: string, keys: { primaryKey?: string; secondaryKey?: string } = {}): DeviceIdentity {
+  /**
+   * Creates a device identity: SAS with fresh keys unless given, or X.509 (`selfSigned` needs a
+   * primary thumbprint). Throws 409 when it exists, 400 on an incomplete authentication.
+   */
+  createDevice(deviceId: string, authentication: AuthenticationChange = {}): DeviceIdentity {
     if (!/^[A-Za-z0-9\-:.+%_#*?!(),=@$']{1,128}$/.test(deviceId)) {
       throw new HubError(400, "ArgumentInvalid", `invalid device id '${deviceId}'`);
     }
@@ -206,8 +279,7 @@ export class Hub {
       deviceId,
       generationId: randomBytes(8).toString("hex"),
       etag: this.#nextEtag(),
-      primaryKey: keys.primaryKey ?? randomBytes(32).toString("base64"),
-      secondaryKey: keys.secondaryKey ?? randomBytes(32).toString("base64"),
+      authentication: authenticationOf(authentication, undefined),
       status: "enabled",
       connectionState: "Disconnected",
       connectionStateUpdatedTime: now,
@@ -226,17 +298,21 @@ export class Hub {
     return this.identity(deviceId);
   }
 
-  /** Updates keys or status; `ifMatch` (the identity's etag, or `*`) is checked. */
+  /**
+   * Updates the authentication (keys, thumbprints, or its type) or status; `ifMatch` (the
+   * identity's etag, or `*`) is checked. Sessions already open are not re-checked.
+   */
   updateDevice(
     deviceId: string,
-    change: { primaryKey?: string; secondaryKey?: string; status?: "enabled" | "disabled" },
+    change: AuthenticationChange & { status?: "enabled" | "disabled" },
     ifMatch: string,
   ): DeviceIdentity {
     const device = this.#device(deviceId);
     checkEtag(device.etag, ifMatch);
-    if (change.primaryKey !== undefined) device.primaryKey = change.primaryKey;
-    if (change.secondaryKey !== undefined) device.secondaryKey = change.secondaryKey;
-    if (change.status !== undefined) device.status = change.status;
+    const { status, ...authentication } = change;
+    if (Object.keys(authentication).length > 0)
+      device.authentication = authenticationOf(authentication, device.authentication);
+    if (status !== undefined) device.status = status;
     device.etag = this.#nextEtag();
     return this.identity(deviceId);
   }
@@ -262,9 +338,12 @@ export class Hub {
       lastActivityTime: d.lastActivityTime,
       cloudToDeviceMessageCount: 0,
       authentication: {
-        type: "sas",
-        symmetricKey: { primaryKey: d.primaryKey, secondaryKey: d.secondaryKey },
-        x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null },
+        type: d.authentication.type,
+        symmetricKey: {
+          primaryKey: d.authentication.type === "sas" ? d.authentication.primaryKey : null,
+          secondaryKey: d.authentication.type === "sas" ? d.authentication.secondaryKey : null,
+        },
+        x509Thumbprint: thumbprintsOf(d.authentication),
       },
       capabilities: { iotEdge: false },
     };
@@ -293,8 +372,8 @@ export class Hub {
       connectionState: d.connectionState,
       lastActivityTime: d.lastActivityTime,
       cloudToDeviceMessageCount: 0,
-      authenticationType: "sas",
-      x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null },
+      authenticationType: d.authentication.type,
+      x509Thumbprint: thumbprintsOf(d.authentication),
       version: t.version,
       tags: structuredClone(t.tags),
       properties: {
@@ -453,6 +532,49 @@ export interface DeviceIdentity extends JsonObject {
 
 function isPlainObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * The authentication an identity gets from `change` over `current` (undefined: a new identity).
+ * The type stays unless named; keys a `sas` identity lacks are made fresh.
+ */
+function authenticationOf(
+  change: AuthenticationChange,
+  current: DeviceAuthentication | undefined,
+): DeviceAuthentication {
+  const type = change.type ?? current?.type ?? "sas";
+  if (type === "sas") {
+    const keys = current?.type === "sas" ? current : undefined;
+    return {
+      type,
+      primaryKey: change.primaryKey ?? keys?.primaryKey ?? randomBytes(32).toString("base64"),
+      secondaryKey: change.secondaryKey ?? keys?.secondaryKey ?? randomBytes(32).toString("base64"),
+    };
+  }
+  if (type === "certificateAuthority") return { type };
+  const thumbprints = current?.type === "selfSigned" ? current : undefined;
+  const primaryThumbprint = change.primaryThumbprint ?? thumbprints?.primaryThumbprint;
+  const secondaryThumbprint = change.secondaryThumbprint ?? thumbprints?.secondaryThumbprint ?? null;
+  for (const t of [primaryThumbprint, secondaryThumbprint]) {
+    if (t !== null && (t === undefined || !/^[0-9A-Fa-f]{40}$|^[0-9A-Fa-f]{64}$/.test(normalThumbprint(t))))
+      throw new HubError(
+        400,
+        "ArgumentInvalid",
+        `a selfSigned identity needs a primary thumbprint (SHA-1 or SHA-256, hex), not '${t ?? ""}'`,
+      );
+  }
+  return { type, primaryThumbprint: primaryThumbprint ?? "", secondaryThumbprint };
+}
+
+function thumbprintsOf(auth: DeviceAuthentication): JsonObject {
+  return auth.type === "selfSigned"
+    ? { primaryThumbprint: auth.primaryThumbprint, secondaryThumbprint: auth.secondaryThumbprint }
+    : { primaryThumbprint: null, secondaryThumbprint: null };
+}
+
+/** Thumbprints compare as hex digits, whatever their case and separators (`AB:CD` = `abcd`). */
+function normalThumbprint(thumbprint: string): string {
+  return thumbprint.replace(/[\s:]/g, "").toUpperCase();
 }
 
 /** `If-Match`: `*` or the current etag, with or without the quotes HTTP puts around it. */

@@ -1,9 +1,17 @@
 /**
- * The device side of the emulator: MQTT 3.1.1 over TLS as IoT Hub speaks it, on aedes.
+ * The device side of the emulator: MQTT 3.1.1 over TLS as IoT Hub speaks it, on aedes; and the
+ * same broker behind MQTT over WebSockets (`wss://…/$iothub/websocket`, subprotocol `mqtt`) on a
+ * port of its own, as the hub serves both on 8883 and 443.
  *
- * - CONNECT: client id = device id, username `{hostName}/{deviceId}/?api-version=…`, password a
- *   device SAS token; anything else gets CONNACK 5 (not authorized). A throttled connect gets
- *   CONNACK 3 (server unavailable). A second session for the same device closes the first.
+ * - TLS: both ports ask for a client certificate in the handshake and never fail it for lack of
+ *   one (a SAS device has none); what was presented is checked at CONNECT.
+ * - CONNECT: client id = device id, username `{hostName}/{deviceId}/?api-version=…`, and either a
+ *   password that is a device SAS token (SAS identities) or no password and a client certificate
+ *   that the identity admits (X.509: thumbprint, or issuing CA and CN, within its validity; see
+ *   `Hub.authenticateCertificate`); anything else gets CONNACK 5 (not authorized). Over
+ *   WebSockets, a request carrying `iothub-no-client-cert=true` declares it brings no
+ *   certificate: one presented anyway is not considered. A throttled connect gets CONNACK 3
+ *   (server unavailable). A second session for the same device closes the first.
  * - Subscriptions only to the IoT Hub topics (`$iothub/twin/res/#`,
  *   `$iothub/twin/PATCH/properties/desired/#`, `$iothub/methods/POST/#`,
  *   `devices/{id}/messages/devicebound/#`), granted at QoS 1 at most.
@@ -13,10 +21,13 @@
  * - What the hub sends one device (twin responses, desired patches, method requests) reaches that
  *   device only, whatever the topic filters of others.
  */
+import type { X509Certificate } from "node:crypto";
 import { EventEmitter } from "node:events";
+import https from "node:https";
 import type { AddressInfo } from "node:net";
 import tls from "node:tls";
 import { Aedes, type Client, type PublishPacket } from "aedes";
+import { WebSocketServer, createWebSocketStream, type WebSocket } from "ws";
 import { HubError, type Hub } from "./hub.ts";
 import type { Json, JsonObject } from "./twin.ts";
 
@@ -28,6 +39,15 @@ export interface DeviceMessage {
   readonly properties: Readonly<Record<string, string>>;
 }
 
+/** A CONNECT the hub refused: CONNACK 5 (not authorized) or 3 (throttled). */
+export interface RefusedConnect {
+  /** The client id: the device id the connection claimed. */
+  readonly deviceId: string;
+  readonly returnCode: 3 | 5;
+  /** Whether it presented a client certificate in the TLS handshake (one that was considered). */
+  readonly certificate: boolean;
+}
+
 interface Session {
   readonly client: Client;
   methodsSubscribed: boolean;
@@ -35,8 +55,11 @@ interface Session {
 }
 
 export interface DeviceEndpoint {
+  /** MQTT over TLS. */
   readonly port: number;
-  /** `deviceMessage` (DeviceMessage). */
+  /** MQTT over WebSockets over TLS, path `/$iothub/websocket`. */
+  readonly webSocketPort: number;
+  /** `deviceMessage` (DeviceMessage), `connectRefused` (RefusedConnect). */
   readonly events: EventEmitter;
   close(): Promise<void>;
 }
@@ -51,10 +74,13 @@ export async function startDeviceEndpoint(o: {
   hub: Hub;
   host: string;
   port: number;
+  webSocketPort: number;
   cert: string;
   key: string;
 }): Promise<DeviceEndpoint> {
   const { hub } = o;
+  /** The stream aedes reads a connection from → the client certificate its TLS session presented. */
+  const clientCertificates = new WeakMap<object, X509Certificate>();
   const events = new EventEmitter();
   const sessions = new Map<string, Session>();
   /** Payload buffer of a packet the hub sends → the device it is for. */
@@ -64,19 +90,27 @@ export async function startDeviceEndpoint(o: {
   const aedes = await Aedes.createBroker({
     authenticate(client, username, password, done) {
       const deviceId = client.id;
+      const certificate = clientCertificates.get(client.conn);
       const ok =
         typeof username === "string" &&
         username.startsWith(`${hub.hostName}/${deviceId}/`) &&
         username.includes("api-version=") &&
-        password !== undefined &&
-        hub.authenticateDevice(deviceId, password.toString("utf8"));
+        (password === undefined
+          ? certificate !== undefined && hub.authenticateCertificate(deviceId, certificate)
+          : hub.authenticateDevice(deviceId, password.toString("utf8")));
+      const refuse = (returnCode: 3 | 5) => {
+        const refused: RefusedConnect = { deviceId, returnCode, certificate: certificate !== undefined };
+        events.emit("connectRefused", refused);
+      };
       if (!ok) {
+        refuse(5);
         done(null, false);
         return;
       }
       try {
         hub.consume("deviceConnect", "device");
       } catch {
+        refuse(3);
         const error = Object.assign(new Error("throttled"), { returnCode: 3 });
         done(error, false);
         return;
@@ -228,19 +262,61 @@ export async function startDeviceEndpoint(o: {
     }
   });
 
-  const server = tls.createServer({ cert: o.cert, key: o.key }, (socket) => aedes.handle(socket));
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(o.port, o.host, () => resolve());
+  // Ask for a client certificate, but let the handshake through without one or with one no CA
+  // here vouches for (self-signed): the identity decides at CONNECT.
+  const tlsOptions = { cert: o.cert, key: o.key, requestCert: true, rejectUnauthorized: false };
+  const server = tls.createServer(tlsOptions, (socket) => {
+    const certificate = socket.getPeerX509Certificate();
+    if (certificate !== undefined) clientCertificates.set(socket, certificate);
+    aedes.handle(socket);
   });
-  const port = (server.address() as AddressInfo).port;
+  const httpsServer = https.createServer(tlsOptions);
+  const webSockets = new WebSocketServer({
+    server: httpsServer,
+    path: "/$iothub/websocket",
+    handleProtocols: (protocols) => (protocols.has("mqtt") ? "mqtt" : false),
+  });
+  const open = new Set<WebSocket>();
+  webSockets.on("connection", (ws, request) => {
+    open.add(ws);
+    ws.on("close", () => open.delete(ws));
+    const stream = createWebSocketStream(ws);
+    stream.on("error", () => undefined); // aedes sees the close; a reset is not an emulator error
+    const query = new URL(request.url ?? "/", "https://hub").searchParams;
+    const socket = request.socket;
+    const certificate = socket instanceof tls.TLSSocket ? socket.getPeerX509Certificate() : undefined;
+    if (certificate !== undefined && query.get("iothub-no-client-cert") !== "true")
+      clientCertificates.set(stream, certificate);
+    aedes.handle(stream);
+  });
+  const listen = (target: tls.Server, port: number) =>
+    new Promise<number>((resolve, reject) => {
+      target.once("error", reject);
+      target.listen(port, o.host, () => resolve((target.address() as AddressInfo).port));
+    });
+  const [port, webSocketPort] = await Promise.all([
+    listen(server, o.port),
+    listen(httpsServer, o.webSocketPort),
+  ]).catch(async (error: unknown) => {
+    server.close();
+    httpsServer.close();
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    throw error;
+  });
 
   return {
     port,
+    webSocketPort,
     events,
     async close() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const closed = Promise.all([
+        new Promise<void>((resolve) => server.close(() => resolve())),
+        new Promise<void>((resolve) => webSockets.close(() => resolve())),
+        new Promise<void>((resolve) => httpsServer.close(() => resolve())),
+      ]);
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
+      for (const ws of open) ws.terminate();
+      httpsServer.closeAllConnections();
       await closed;
     },
   };

@@ -3,7 +3,9 @@
  * the service SDK and devicelet call), authenticated by `Authorization: SharedAccessSignature …`
  * signed with a shared access policy key (401 otherwise).
  *
- * - `PUT|GET|DELETE /devices/{id}`: identities (PUT without `If-Match` creates, 409 if it exists).
+ * - `PUT|GET|DELETE /devices/{id}`: identities (PUT without `If-Match` creates, 409 if it exists);
+ *   `authentication.type` `sas` (keys), `selfSigned` (`x509Thumbprint`) or `certificateAuthority`,
+ *   inferred as the service SDK does when absent (a thumbprint: `selfSigned`, else `sas`).
  * - `GET /twins/{id}`, `PATCH /twins/{id}`: tags and desired properties; `If-Match` with the twin
  *   etag or `*` (absent = `*`); 412 on a stale etag.
  * - `POST /devices/query`: `SELECT * FROM devices [WHERE a.b = literal [AND …]]` and
@@ -15,7 +17,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
-import { HubError, type Hub, type OperationClass } from "./hub.ts";
+import { HubError, type AuthenticationChange, type Hub, type OperationClass } from "./hub.ts";
 import { isObject, type Json, type JsonObject } from "./twin.ts";
 
 export interface ServiceEndpoint {
@@ -94,18 +96,7 @@ async function handle(hub: Hub, req: IncomingMessage, res: ServerResponse): Prom
       return;
     }
     if (method === "PUT") {
-      const auth =
-        isObject(body) && isObject(body.authentication) ? body.authentication.symmetricKey : undefined;
-      const keys = isObject(auth)
-        ? {
-            ...(typeof auth.primaryKey === "string" && auth.primaryKey !== ""
-              ? { primaryKey: auth.primaryKey }
-              : {}),
-            ...(typeof auth.secondaryKey === "string" && auth.secondaryKey !== ""
-              ? { secondaryKey: auth.secondaryKey }
-              : {}),
-          }
-        : {};
+      const keys = authenticationChange(isObject(body) ? body.authentication : undefined);
       const status =
         isObject(body) && (body.status === "enabled" || body.status === "disabled") ? body.status : undefined;
       if (header(req, "if-match") === undefined) {
@@ -152,6 +143,35 @@ async function handle(hub: Hub, req: IncomingMessage, res: ServerResponse): Prom
     return;
   }
   throw new HubError(405, "MethodNotAllowed", `${method} ${url.pathname} is not supported`);
+}
+
+/** The registry body's `authentication` as a change: only what it sets (empty strings are unset). */
+function authenticationChange(authentication: Json | undefined): AuthenticationChange {
+  if (!isObject(authentication)) return {};
+  const text = (section: Json | undefined, key: string): Record<string, string> => {
+    const value = isObject(section) ? section[key] : undefined;
+    return typeof value === "string" && value !== "" ? { [key]: value } : {};
+  };
+  const { symmetricKey, x509Thumbprint, type } = authentication;
+  const thumbprints = {
+    ...text(x509Thumbprint, "primaryThumbprint"),
+    ...text(x509Thumbprint, "secondaryThumbprint"),
+  };
+  let kind: AuthenticationChange["type"];
+  if (type === "sas" || type === "selfSigned" || type === "certificateAuthority") kind = type;
+  else if (type !== undefined && type !== null)
+    throw new HubError(
+      400,
+      "ArgumentInvalid",
+      `authentication.type ${JSON.stringify(type)} is not supported`,
+    );
+  else kind = Object.keys(thumbprints).length > 0 ? "selfSigned" : undefined;
+  return {
+    ...(kind === undefined ? {} : { type: kind }),
+    ...text(symmetricKey, "primaryKey"),
+    ...text(symmetricKey, "secondaryKey"),
+    ...thumbprints,
+  };
 }
 
 function header(req: IncomingMessage, name: string): string | undefined {

@@ -1,6 +1,7 @@
 /**
  * The reference device agent for Linux gateways: one {@link DeviceSession} over MQTT (TLS and
- * mutual TLS) or over Azure IoT Hub (`iothub`: an {@link IotHubLink}, docs/iothub.md), a
+ * mutual TLS) or over Azure IoT Hub (`iothub`: an {@link IotHubLink}, docs/iothub.md; a SAS key or
+ * an X.509 certificate, over MQTT or MQTT over WebSockets), a
  * {@link ProcessRuntime} running each app as a supervised child process, and a state file that
  * makes restarts safe. Only the link differs between the two; over IoT Hub the birth announces
  * `logs: false, exec: false`, as the mapping carries no sessions.
@@ -38,7 +39,7 @@ import type { RuleProblem } from "../config/rules.ts";
 import { withoutCredentials } from "../log/redact.ts";
 import { DEVICE_ID } from "../protocol/topics.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../protocol/types.ts";
-import { IotHubLink } from "./iothub-link.ts";
+import { IotHubLink, iotHubCredentialProblem, type IotHubTransport } from "./iothub-link.ts";
 import type { DeviceLink } from "./link.ts";
 import { MqttTransport } from "./mqtt-link.ts";
 import { removeLeftovers } from "./leftovers.ts";
@@ -60,12 +61,22 @@ export interface AgentConfig {
     readonly keepaliveSeconds: number;
   };
   readonly iothub?: {
-    /** A device connection string (`HostName=…;DeviceId=…;SharedAccessKey=…`). */
+    /**
+     * A device connection string: `HostName=…;DeviceId=…;SharedAccessKey=…`, or with `x509`,
+     * `HostName=…;DeviceId=…;x509=true`; optional `GatewayHostName`.
+     */
     readonly connectionString?: string;
     /** A file holding it (exactly one of the two is set); relative to the configuration file. */
     readonly connectionStringFile?: string;
     /** An extra CA (PEM file) to trust: the emulator's, or a private gateway's. */
     readonly caFile?: string;
+    /**
+     * X.509 authentication instead of a SAS key: PEM files, read at every connect (a rotated
+     * certificate is used from the next reconnect); relative to the configuration file.
+     */
+    readonly x509?: { readonly certFile: string; readonly keyFile: string; readonly passphraseFile?: string };
+    /** `mqtt` (TLS, port 8883) or `mqttWs` (MQTT over WebSockets, port 443). */
+    readonly transport: IotHubTransport;
     readonly heartbeatSeconds: number;
   };
   readonly device: {
@@ -132,6 +143,17 @@ export const agentConfigSchema = {
         connectionString: { type: "string", minLength: 1 },
         connectionStringFile: { type: "string", minLength: 1 },
         caFile: { type: "string", minLength: 1 },
+        x509: {
+          type: "object",
+          additionalProperties: false,
+          required: ["certFile", "keyFile"],
+          properties: {
+            certFile: { type: "string", minLength: 1 },
+            keyFile: { type: "string", minLength: 1 },
+            passphraseFile: { type: "string", minLength: 1 },
+          },
+        },
+        transport: { enum: ["mqtt", "mqttWs"], default: "mqtt" },
         heartbeatSeconds: { type: "integer", minimum: 5, maximum: 3600, default: 60 },
       },
     },
@@ -235,6 +257,9 @@ registerConfigCheck(agentConfigSchema, (data) => {
     } catch (err) {
       problems.push({ path: "/iothub/connectionString", message: (err as Error).message });
     }
+    // A connection string in a file is checked when the agent reads it, by the link.
+    const credentials = iotHubCredentialProblem(connectionString, field(iothub, "x509") !== undefined);
+    if (credentials !== undefined) problems.push({ path: "/iothub", message: credentials });
   }
   return problems;
 });
@@ -276,6 +301,17 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
               ? {}
               : { connectionStringFile: at(iothub.connectionStringFile) }),
             ...(iothub.caFile === undefined ? {} : { caFile: at(iothub.caFile) }),
+            ...(iothub.x509 === undefined
+              ? {}
+              : {
+                  x509: Object.freeze({
+                    certFile: path.resolve(base, iothub.x509.certFile),
+                    keyFile: path.resolve(base, iothub.x509.keyFile),
+                    ...(iothub.x509.passphraseFile === undefined
+                      ? {}
+                      : { passphraseFile: at(iothub.x509.passphraseFile) }),
+                  }),
+                }),
           }),
         }),
     workDir: path.resolve(base, config.workDir),
@@ -329,7 +365,21 @@ export async function startAgent(config: AgentConfig, options: { logger: Logger 
   });
   await session.start();
   logger.info({ device: deviceId, ...endpoint, bootId }, "agent started");
-  return { session, runtime, stop: () => session.stop() };
+  // The agent lives until stop(). Its links wait to reconnect on unref'd timers, so an agent with
+  // no connection and no app (an IoT Hub device whose first connect was refused) would otherwise
+  // let the process end.
+  const keepAlive = setInterval(() => undefined, 2 ** 31 - 1);
+  return {
+    session,
+    runtime,
+    stop: async () => {
+      try {
+        await session.stop();
+      } finally {
+        clearInterval(keepAlive);
+      }
+    },
+  };
 }
 
 /** The one part that differs between MQTT and IoT Hub: the link, and the id it fixes. */
@@ -345,15 +395,38 @@ async function deviceLink(
       read(iothub.caFile),
     ]);
     const deviceId = iotHubDeviceId(connectionString, device.id);
+    const { x509 } = iothub;
     const link = new IotHubLink({
       deviceId,
       connectionString,
+      transport: iothub.transport,
       heartbeatSeconds: iothub.heartbeatSeconds,
       logger,
       ...(ca === undefined ? {} : { ca }),
+      // Read at every connect: a certificate rotated on disk is used from the next reconnect.
+      ...(x509 === undefined
+        ? {}
+        : {
+            x509: async () => {
+              const [cert, key, passphrase] = await Promise.all([
+                readFile(x509.certFile, "utf8"),
+                readFile(x509.keyFile, "utf8"),
+                read(x509.passphraseFile).then((t) => t?.replace(/\r?\n$/, "")),
+              ]);
+              return { cert, key, ...(passphrase === undefined ? {} : { passphrase }) };
+            },
+          }),
     });
     const hub = /(?:^|;)HostName=([^;]*)/.exec(connectionString)?.[1] ?? "";
-    return { deviceId, link, endpoint: { iothub: hub } };
+    return {
+      deviceId,
+      link,
+      endpoint: {
+        iothub: hub,
+        transport: iothub.transport,
+        authentication: x509 === undefined ? "sas" : "x509",
+      },
+    };
   }
   if (broker === undefined || device.id === undefined)
     throw new Error("the agent has neither broker nor iothub");

@@ -5,7 +5,12 @@
  */
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
-import { startIotHubEmulator, type IotHubEmulator } from "../../hack/iothub-emulator/index.ts";
+import {
+  makeDeviceCertificate,
+  startIotHubEmulator,
+  type DeviceCertificate,
+  type IotHubEmulator,
+} from "../../hack/iothub-emulator/index.ts";
 import { emulatorRegistry, emulatorServiceClient } from "../../hack/iothub-emulator/service-sdk.ts";
 import type { Hub } from "../../hack/iothub-emulator/hub.ts";
 import { encodeMessage } from "../protocol/codec.ts";
@@ -17,6 +22,7 @@ import {
   IOTHUB_MAPPING,
   IotHubLink,
   TWIN_SECTION_LIMIT_BYTES,
+  type IotHubLinkOptions,
 } from "./iothub-link.ts";
 import { DeviceSession, type BirthInfo } from "./session.ts";
 import { SimRuntime } from "./sim-runtime.ts";
@@ -46,18 +52,27 @@ afterEach(async () => {
 });
 
 let counter = 0;
-async function onlineDevice(o: { methodAnswerMs?: number } = {}) {
+/** `identity` adds the device to the hub and says how it connects; by default a SAS device over MQTT. */
+async function onlineDevice(
+  o: {
+    methodAnswerMs?: number;
+    identity?: (deviceId: string) => Pick<IotHubLinkOptions, "connectionString" | "x509" | "transport">;
+  } = {},
+) {
   counter += 1;
   const deviceId = `iot-${counter}`;
-  const { connectionString } = emulator.addDevice(deviceId);
+  const {
+    identity = (id: string) => ({ connectionString: emulator.addDevice(id).connectionString }),
+    ...rest
+  } = o;
   const runtime = new SimRuntime();
   const link = new IotHubLink({
     deviceId,
-    connectionString,
     ca: emulator.ca,
     logger,
     reconnectMs: 100,
-    ...o,
+    ...identity(deviceId),
+    ...rest,
   });
   const session = new DeviceSession({ deviceId, link, runtime, device: birth, logger, reportCoalesceMs: 1 });
   sessions.push(session);
@@ -274,6 +289,79 @@ describe("DeviceSession over IotHubLink", () => {
     );
     const after = await reportedSection(deviceId);
     expect(after[IOTHUB_MAPPING.reported.reported]).toEqual(before[IOTHUB_MAPPING.reported.reported]);
+  });
+});
+
+describe("IotHubLink transports and credentials", () => {
+  it("runs over MQTT over WebSockets: a desired document is applied and reported", async () => {
+    const { deviceId, session } = await onlineDevice({
+      identity: (id) => ({
+        connectionString: emulator.addDevice(id).webSocketConnectionString,
+        transport: "mqttWs",
+      }),
+    });
+    const pod = desiredPod({ uid: "ws" });
+    await writeDesired(deviceId, desiredDocument({ deviceId, generation: 1, pods: [pod] }));
+    await until(async () =>
+      expect(await report(deviceId)).toMatchObject({
+        appliedGeneration: 1,
+        pods: [{ uid: "ws", hash: pod.hash }],
+      }),
+    );
+    expect(session.applies).toBe(1);
+  });
+
+  it("authenticates with an X.509 certificate asked for at each connect, so a rotated one is used", async () => {
+    let current: DeviceCertificate | undefined;
+    const given: string[] = [];
+    const { deviceId, session } = await onlineDevice({
+      identity: (id) => {
+        current = makeDeviceCertificate({ deviceId: id });
+        const { connectionString } = emulator.addDevice(id, {
+          x509: { primaryThumbprint: current.thumbprint },
+        });
+        return {
+          connectionString,
+          x509: () => {
+            if (current === undefined) throw new Error("no certificate yet");
+            given.push(current.thumbprint);
+            return Promise.resolve(current);
+          },
+        };
+      },
+    });
+    const first = current?.thumbprint;
+    expect(given).toEqual([first]);
+
+    // The certificate is renewed: the hub holds only the new thumbprint from now on.
+    await session.goOffline();
+    const renewed = makeDeviceCertificate({ deviceId });
+    const registry = emulatorRegistry(emulator);
+    await registry.update({
+      deviceId,
+      authentication: { type: "selfSigned", x509Thumbprint: { primaryThumbprint: renewed.thumbprint } },
+    });
+    current = renewed;
+    await session.goOnline();
+    await until(async () =>
+      expect((await registry.get(deviceId)).responseBody.connectionState).toBe("Connected"),
+    );
+    expect(given).toEqual([first, renewed.thumbprint]);
+  });
+
+  it("refuses a connection string whose credential does not fit the options", () => {
+    const base = { deviceId: "d", logger };
+    const sas = "HostName=h.example;DeviceId=d;SharedAccessKey=a2V5";
+    const x509 = () => Promise.resolve({ cert: "", key: "" });
+    expect(() => new IotHubLink({ ...base, connectionString: sas, x509 })).toThrow(
+      /exactly one of a SAS key and x509/,
+    );
+    expect(
+      () => new IotHubLink({ ...base, connectionString: "HostName=h.example;DeviceId=d;x509=true" }),
+    ).toThrow(/says x509=true, but no x509 certificate/);
+    expect(
+      () => new IotHubLink({ ...base, connectionString: "HostName=h.example;DeviceId=d", x509 }),
+    ).toThrow(/must say x509=true/);
   });
 });
 

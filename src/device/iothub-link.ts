@@ -1,12 +1,17 @@
 /**
- * A {@link DeviceLink} over Azure IoT Hub (`azure-iot-device` on its MQTT transport): the unchanged
- * {@link DeviceSession} runs over it, the link translating the protocol's topics onto the device
- * twin, direct methods and device-to-cloud messages. docs/iothub.md ("Mapping onto IoT Hub") is
- * the contract the provider implements the other half of.
+ * A {@link DeviceLink} over Azure IoT Hub (`azure-iot-device` on its MQTT transport, over TLS or
+ * over WebSockets): the unchanged {@link DeviceSession} runs over it, the link translating the
+ * protocol's topics onto the device twin, direct methods and device-to-cloud messages.
+ * docs/iothub.md ("Mapping onto IoT Hub") is the contract the provider implements the other half of.
  *
  *   const link = new IotHubLink({ deviceId, connectionString, logger });
  *   const session = new DeviceSession({ deviceId, link, runtime, device, logger });
+ *   // X.509: connectionString "HostName=…;DeviceId=…;x509=true", x509: () => readCertAndKey()
  *
+ * - Credentials: a SAS key in the connection string (the SDK renews its tokens), or an X.509
+ *   certificate and key that `x509()` gives at each connect, so a renewed certificate is used
+ *   from the next connect on. `GatewayHostName` is honoured with both (the SDK drops it for
+ *   `x509=true` connection strings, so the link builds the X.509 client itself).
  * - Every connect is a fresh SDK client: it subscribes to desired patches, then reads the full twin,
  *   and delivers the desired document as the retained message of the `desired` subscription. A
  *   patch is merged into the link's own copy of the desired section only when its `$version` is the
@@ -25,7 +30,7 @@ import azureIotDevice, {
   type DeviceMethodResponse,
   type Twin,
 } from "azure-iot-device";
-import { Mqtt } from "azure-iot-device-mqtt";
+import { Mqtt, MqttWs } from "azure-iot-device-mqtt";
 import type { Logger } from "pino";
 import { retryDelay } from "../base/backoff.ts";
 import { systemClock, type Clock } from "../base/clock.ts";
@@ -40,7 +45,7 @@ import { TOPIC_ROOT, topics } from "../protocol/topics.ts";
 import type { DeviceLink, LinkHandlers, PublishOptions } from "./link.ts";
 
 // A CommonJS module: Node gives its exports as the default import only (named imports fail).
-const { Client, Message } = azureIotDevice;
+const { Client, ConnectionString, Message, X509AuthenticationProvider } = azureIotDevice;
 type Client = azureIotDevice.Client;
 
 // The mapping moved to src/protocol/ so the provider shares it; these exports stay for callers here.
@@ -55,10 +60,35 @@ export {
 /** Room kept in the reported section for the presence heartbeat and the section's `$version`. */
 const HEARTBEAT_ALLOWANCE_BYTES = 256;
 
+/** An X.509 client certificate (PEM, with any intermediates after it) and its private key. */
+export interface X509Credentials {
+  readonly cert: string;
+  readonly key: string;
+  /** Of an encrypted key. */
+  readonly passphrase?: string;
+}
+
+/**
+ * MQTT over TLS (port 8883) or MQTT over WebSockets (`wss://…:443/$iothub/websocket`, for networks
+ * that open only 443). Both carry SAS and X.509 alike.
+ */
+export type IotHubTransport = "mqtt" | "mqttWs";
+
 export interface IotHubLinkOptions {
   readonly deviceId: string;
-  /** A device connection string (`HostName=…;DeviceId=…;SharedAccessKey=…`, optional `GatewayHostName`). */
+  /**
+   * A device connection string, `HostName=…;DeviceId=…;` then `SharedAccessKey=…` or, with
+   * `x509`, `x509=true`; optional `GatewayHostName`.
+   */
   readonly connectionString: string;
+  /**
+   * The X.509 certificate and key, asked for at each connect (read them from their files there,
+   * so a rotated certificate is picked up on reconnect). Exactly when the connection string says
+   * `x509=true`. A failure counts as a failed connect: logged, and retried after `reconnectMs`.
+   */
+  readonly x509?: () => Promise<X509Credentials>;
+  /** Default `mqtt`. */
+  readonly transport?: IotHubTransport;
   /** PEM of a CA to trust besides the system's (the local emulator's). */
   readonly ca?: string;
   /** Seconds between presence heartbeats while up. Default 60. */
@@ -126,7 +156,10 @@ export class IotHubLink implements DeviceLink {
   /** Command ids waiting for their first ack: the method's answer. */
   readonly #methodAnswers = new Map<string, (ack: unknown) => void>();
 
+  /** @throws when the connection string's credential form does not fit `x509` (see {@link iotHubCredentialProblem}). */
   constructor(options: IotHubLinkOptions) {
+    const problem = iotHubCredentialProblem(options.connectionString, options.x509 !== undefined);
+    if (problem !== undefined) throw new Error(`IoT Hub device ${options.deviceId}: ${problem}`);
     this.#o = options;
     this.deviceId = options.deviceId;
     this.#clock = options.clock ?? systemClock;
@@ -199,10 +232,11 @@ export class IotHubLink implements DeviceLink {
   async #connect(): Promise<void> {
     const attempt = ++this.#attempt;
     this.#handlers?.will();
-    const client = Client.fromConnectionString(this.#o.connectionString, Mqtt);
-    this.#client = client;
     let twin: Twin;
     try {
+      const client = await this.#newClient();
+      if (attempt !== this.#attempt) return;
+      this.#client = client;
       if (this.#o.ca !== undefined) await client.setOptions({ ca: this.#o.ca });
       await client.open();
       twin = await client.getTwin();
@@ -244,6 +278,21 @@ export class IotHubLink implements DeviceLink {
     this.#desiredSubscribed = false;
     this.#startHeartbeat(twin);
     this.#handlers?.onUp();
+  }
+
+  /** A fresh SDK client on the configured transport, with the X.509 credentials of now when it has them. */
+  async #newClient(): Promise<Client> {
+    const transport = this.#o.transport === "mqttWs" ? MqttWs : Mqtt;
+    if (this.#o.x509 === undefined) return Client.fromConnectionString(this.#o.connectionString, transport);
+    const { cert, key, passphrase } = await this.#o.x509();
+    const fields = ConnectionString.parse(this.#o.connectionString);
+    const provider = new X509AuthenticationProvider({
+      host: fields.HostName ?? "",
+      deviceId: fields.DeviceId ?? "",
+      ...(fields.GatewayHostName === undefined ? {} : { gatewayHostName: fields.GatewayHostName }),
+      x509: { cert, key, ...(passphrase === undefined ? {} : { passphrase }) },
+    });
+    return Client.fromAuthenticationProvider(provider, transport);
   }
 
   /** The connection ended on its own: down, then a fresh client after `reconnectMs`. */
@@ -419,4 +468,30 @@ export class IotHubLink implements DeviceLink {
     };
     beat();
   }
+}
+
+/**
+ * What is wrong with a device connection string's credential form, given whether X.509
+ * credentials come with it; undefined when nothing is. Exactly one credential: a SAS key
+ * (`SharedAccessKey`, or a ready `SharedAccessSignature`) without X.509, or `x509=true` with it.
+ * Never quotes the key.
+ */
+export function iotHubCredentialProblem(connectionString: string, withX509: boolean): string | undefined {
+  const fields = new Map<string, string>();
+  for (const field of connectionString.trim().split(";")) {
+    const at = field.indexOf("=");
+    if (at > 0) fields.set(field.slice(0, at), field.slice(at + 1));
+  }
+  const sas = fields.has("SharedAccessKey") || fields.has("SharedAccessSignature");
+  const x509 = fields.get("x509")?.toLowerCase() === "true";
+  if (sas && withX509)
+    return "exactly one of a SAS key and x509 is allowed: the connection string has a SharedAccessKey (or SharedAccessSignature) and x509 (certFile, keyFile) is set too";
+  if (sas && x509)
+    return "the connection string has both a SharedAccessKey (or SharedAccessSignature) and x509=true";
+  if (!sas && !withX509)
+    return x509
+      ? "the connection string says x509=true, but no x509 certificate and key (certFile, keyFile) are set"
+      : "exactly one of a SAS key and x509 is required: the connection string has no SharedAccessKey and x509 (certFile, keyFile) is not set";
+  if (withX509 && !x509) return "with x509 (certFile, keyFile), the connection string must say x509=true";
+  return undefined;
 }

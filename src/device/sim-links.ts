@@ -9,6 +9,7 @@
  *
  *   const hub = iotHubLinks({ connectionString: (id) => emulator.deviceConnectionString(id), ca: emulator.ca, logger });
  *   const mcu = hub.linkFor("mcu-0");                 // one SDK client (one TLS connection) per connect
+ *   // some devices over WebSockets or with X.509: the target's `transport(id)` and `x509(id)`
  *
  * - MQTT: one {@link MqttTransport} per device with a connection; a child's link is bridged over
  *   its gateway's, which must have been asked for first.
@@ -18,7 +19,7 @@
  */
 import type { Logger } from "pino";
 import { withoutCredentials } from "../log/redact.ts";
-import { IotHubLink } from "./iothub-link.ts";
+import { IotHubLink, type IotHubTransport, type X509Credentials } from "./iothub-link.ts";
 import type { DeviceLink } from "./link.ts";
 import { MqttTransport } from "./mqtt-link.ts";
 
@@ -80,6 +81,16 @@ export interface SimIotHubTarget {
   connectsPerSecond?: number;
   /** Milliseconds before a device connects again after a failed connect or a drop. Default 2000. */
   reconnectMs?: number;
+  /**
+   * The transport of each device (default `mqtt`); a device on `mqttWs` needs a connection string
+   * that reaches the hub's WebSocket endpoint (the emulator's `webSocketConnectionString`).
+   */
+  transport?(deviceId: string): IotHubTransport;
+  /**
+   * The X.509 certificate of each device that authenticates with one (its connection string says
+   * `x509=true`); undefined for a SAS device.
+   */
+  x509?(deviceId: string): X509Credentials | undefined;
 }
 
 export function iotHubLinks(target: SimIotHubTarget, logger: Logger): SimLinks {
@@ -101,6 +112,7 @@ export function iotHubLinks(target: SimIotHubTarget, logger: Logger): SimLinks {
         );
       hostName ??= /(?:^|;)HostName=([^;]*)/.exec(connectionString)?.[1];
       connections += 1;
+      const x509 = target.x509?.(deviceId);
       return new IotHubLink({
         deviceId,
         connectionString,
@@ -108,6 +120,8 @@ export function iotHubLinks(target: SimIotHubTarget, logger: Logger): SimLinks {
         ...(target.ca === undefined ? {} : { ca: target.ca }),
         ...(target.heartbeatSeconds === undefined ? {} : { heartbeatSeconds: target.heartbeatSeconds }),
         ...(target.reconnectMs === undefined ? {} : { reconnectMs: target.reconnectMs }),
+        ...(target.transport === undefined ? {} : { transport: target.transport(deviceId) }),
+        ...(x509 === undefined ? {} : { x509: () => Promise.resolve(x509) }),
       });
     },
     get connections() {

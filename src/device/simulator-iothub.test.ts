@@ -11,7 +11,12 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { startIotHubEmulator, type IotHubEmulator } from "../../hack/iothub-emulator/index.ts";
+import {
+  makeDeviceCertificate,
+  startIotHubEmulator,
+  type DeviceCertificate,
+  type IotHubEmulator,
+} from "../../hack/iothub-emulator/index.ts";
 import { encodeMessage } from "../protocol/codec.ts";
 import type { DesiredDocument, PresenceMessage, ReportedDocument } from "../protocol/types.ts";
 import { desiredDocument, desiredPod } from "./fixtures.ts";
@@ -182,6 +187,41 @@ describe("startSimulator with an IoT Hub target", () => {
     ).rejects.toThrow("give exactly one of brokerUrl");
     // Nothing was registered or connected on the way.
     expect(emulator.hub.deviceIds().filter((id) => id.startsWith("kids"))).toEqual([]);
+  });
+
+  it("runs some devices over MQTT over WebSockets and some with X.509 certificates", async () => {
+    const certificates = new Map<string, DeviceCertificate>();
+    const mixed = await startSimulator({
+      iothub: {
+        // mix-0: SAS over MQTT; mix-1: SAS over WebSockets; mix-2: X.509 over WebSockets.
+        connectionString: (id) => {
+          if (id === "mix-0") return emulator.addDevice(id).connectionString;
+          if (id === "mix-1") return emulator.addDevice(id).webSocketConnectionString;
+          const certificate = makeDeviceCertificate({ deviceId: id });
+          certificates.set(id, certificate);
+          return emulator.addDevice(id, { x509: { primaryThumbprint: certificate.thumbprint } })
+            .webSocketConnectionString;
+        },
+        transport: (id) => (id === "mix-0" ? "mqtt" : "mqttWs"),
+        x509: (id) => certificates.get(id),
+        ca: emulator.ca,
+      },
+      devices: [
+        { id: "mix-0", kind: "mcu" },
+        { id: "mix-1", kind: "mcu" },
+        { id: "mix-2", kind: "mcu" },
+      ],
+      logger,
+    });
+    try {
+      // A WebSocket connection string names the WebSocket port: MQTT/TLS could not connect there.
+      await until(() => {
+        for (const id of ["mix-0", "mix-1", "mix-2"]) expect(state(id)).toMatchObject({ state: "online" });
+      });
+      expect(emulator.hub.identity("mix-2").authentication).toMatchObject({ type: "selfSigned" });
+    } finally {
+      await mixed.stop();
+    }
   });
 
   it("ends with a clean `offline` in every twin when stopped", async () => {
