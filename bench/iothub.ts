@@ -48,7 +48,7 @@ const APP_START_MS = 50;
 const HEARTBEAT_SECONDS = 60;
 
 /** One S1 unit's throttles in the emulator's operation classes. */
-function s1Rates(): ThrottleRates {
+export function s1Rates(): ThrottleRates {
   const s1 = hubThrottles("S1", 1);
   return {
     query: s1.queriesPerMinute / 60,
@@ -61,7 +61,7 @@ function s1Rates(): ThrottleRates {
   };
 }
 
-function deviceletConfig(id: string, emulator: IotHubEmulator, dir: string) {
+export function deviceletConfig(id: string, emulator: IotHubEmulator, dir: string) {
   const secret = path.join(dir, "connection-string");
   const caFile = path.join(dir, "hub-ca.pem");
   writeFileSync(secret, emulator.serviceConnectionString, { mode: 0o600 });
@@ -83,7 +83,11 @@ function deviceletConfig(id: string, emulator: IotHubEmulator, dir: string) {
 }
 
 /** Hub operations since `before`, per class, and their sum per pod. */
-function operationsSince(emulator: IotHubEmulator, before: Readonly<Record<string, number>>, pods: number) {
+export function operationsSince(
+  emulator: IotHubEmulator,
+  before: Readonly<Record<string, number>>,
+  pods: number,
+) {
   const now = emulator.hub.operations();
   const byClass = Object.fromEntries(
     Object.entries(now).map(([k, v]) => [k, v - (before[k] ?? 0)]),

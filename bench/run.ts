@@ -5,6 +5,8 @@
  *   mqtt     1,000 pods over 100 simulated devices through Mosquitto; a 1,000-device reconnect storm
  *   iothub   1,000 pods over 100 simulated IoT Hub devices through the local emulator, unthrottled
  *            and at one S1 unit's rates; a 1,000-device reconnect storm at S1 rates
+ *   iothub-feed  how devicelet learns of reported changes on a 1,000-device S1 hub: polling
+ *            against the event feed, change latency and idle quota cost
  *   soak     [--minutes N] [--seed S]: load and random faults (devicelet, Mosquitto, the API server,
  *            devices), then an audit of what was lost, applied twice, resurrected or evicted; it
  *            uses its own control plane ($DEVICELET_TESTENV_DIR, else /tmp/devicelet-soak-testenv)
@@ -16,6 +18,7 @@ const benches: Record<string, () => Promise<unknown>> = {
   engine: async () => (await import("./engine.ts")).benchEngine(),
   mqtt: async () => (await import("./mqtt.ts")).benchMqtt(),
   iothub: async () => (await import("./iothub.ts")).benchIotHub(),
+  "iothub-feed": async () => (await import("./iothub-feed.ts")).benchIotHubFeed(),
   soak: async () => (await import("./soak.ts")).benchSoak(process.argv.slice(3)),
   fuzz: async () => (await import("./fuzz.ts")).benchFuzz(process.argv.slice(3)),
 };
