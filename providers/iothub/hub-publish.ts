@@ -2,11 +2,13 @@
  * Devicelet's writes to IoT Hub, as HubConnection's `publish` makes them: the desired document
  * (a conditional twin PATCH) and direct methods for commands and notices.
  *
- * Desired writes per device go one at a time, each conditional on the etag last read (a GET first
- * when none is known; never a write without one). A 412 means another writer changed the twin: it
- * is read again, and if the twin's document has the same epoch and a generation at least ours, a
- * newer writer won and the write is done without writing; otherwise it is tried again with the new
- * etag, at most {@link MAX_CONFLICTS} times. Throttling (429), server errors and lost answers wait
+ * Desired writes per device go one at a time, each conditional on an etag read when the write's
+ * turn in the twin-update budget came, right before it goes out (never a write without one): the
+ * device's own reports change the etag too, and a write that waited seconds for its turn with an
+ * older etag met a 412 about a third of the time. When that read finds a document of the same
+ * epoch with a generation at least ours in the twin, a newer writer won (another replica) and the
+ * write is done without writing. A 412 means another writer changed the twin in between: the write
+ * is tried again the same way, at most {@link MAX_CONFLICTS} times. Throttling (429), server errors and lost answers wait
  * (`Retry-After` when the hub gives one, else a growing backoff) and try again until the connection
  * stops. A 400 is final; its message names the twin's section limit.
  *
@@ -18,6 +20,7 @@ import type { Logger } from "pino";
 import { retryDelay } from "../../src/base/backoff.ts";
 import { sleepOn, type Clock } from "../../src/base/clock.ts";
 import {
+  decodeTwinDocument,
   encodeTwinDocument,
   IOTHUB_MAPPING,
   TWIN_SECTION_LIMIT_BYTES,
@@ -54,6 +57,15 @@ export interface HubPublisherDeps {
   readonly logger: Logger;
 }
 
+/** The twin already holds this generation of the document or a newer one: nothing to write. */
+class NewerInTwin extends Error {
+  readonly generation: number;
+  constructor(generation: number) {
+    super(`the twin holds generation ${generation} already`);
+    this.generation = generation;
+  }
+}
+
 export class HubPublisher {
   readonly #d: HubPublisherDeps;
   /** The tail of each device's chain of desired writes. */
@@ -80,39 +92,38 @@ export class HubPublisher {
     const ours = documentVersion(text);
     let conflicts = 0;
     let failures = 0;
-    let reread = false;
     for (;;) {
       this.#stopped();
       try {
-        let view = this.#d.view(deviceId);
-        // An etag of "" is unknown: the view came from a change event, which carries none.
-        if (view === undefined || view.etag === "" || reread) {
-          view = this.#d.absorb(await call(() => service.getTwin(deviceId)));
-          const theirs = documentVersion(view.desired);
-          if (
-            reread &&
-            ours &&
-            theirs &&
-            theirs.epoch === ours.epoch &&
-            theirs.generation >= ours.generation
-          ) {
-            logger.debug(
-              { device: deviceId, ours: ours.generation, theirs: theirs.generation },
-              "a newer desired document is already in the twin; not writing",
-            );
-            this.#d.watch(deviceId);
-            return;
-          }
-          reread = false;
-        }
+        const view = this.#d.view(deviceId) ?? this.#d.absorb(await call(() => service.getTwin(deviceId)));
         const value = text === "" ? null : encodeTwinDocument(text, view.desiredParts);
+        // The twin is read when the write's turn in the budget came, not when it joined the queue:
+        // seconds may pass in between, and a device reports about three times per document.
+        const freshEtag = async () => {
+          const twin = await call(() => service.getTwin(deviceId));
+          this.#d.absorb(twin);
+          const theirs = documentVersion(
+            decodeTwinDocument(twin.properties.desired[IOTHUB_MAPPING.desiredKey]),
+          );
+          if (ours && theirs && theirs.epoch === ours.epoch && theirs.generation >= ours.generation)
+            throw new NewerInTwin(theirs.generation);
+          return twin.etag;
+        };
         const twin = await call(() =>
-          service.patchTwinDesired(deviceId, { [IOTHUB_MAPPING.desiredKey]: value }, view.etag),
+          service.patchTwinDesired(deviceId, { [IOTHUB_MAPPING.desiredKey]: value }, freshEtag),
         );
         this.#d.absorb(twin);
         this.#d.watch(deviceId);
         return;
       } catch (err) {
+        if (err instanceof NewerInTwin) {
+          logger.debug(
+            { device: deviceId, ours: ours?.generation, theirs: err.generation },
+            "a newer desired document is already in the twin; not writing",
+          );
+          this.#d.watch(deviceId);
+          return;
+        }
         if (err instanceof PreconditionFailed) {
           conflicts += 1;
           if (conflicts > MAX_CONFLICTS)
@@ -121,7 +132,6 @@ export class HubPublisher {
               { cause: err },
             );
           logger.debug({ device: deviceId, conflicts }, "twin changed by another writer; reading it again");
-          reread = true;
           continue;
         }
         if (err instanceof HubServiceError && err.status === 400)

@@ -55,11 +55,16 @@ export interface HubService {
   /** TLS with the server's certificate verified. */
   readonly secure: boolean;
   getTwin(deviceId: string): Promise<ServiceTwin>;
-  /** Merge-patches the desired section, only if the twin's etag is still `etag` (412 otherwise). */
+  /**
+   * Merge-patches the desired section, only if the twin's etag is still `etag` (412 otherwise).
+   * Given a function, the etag is asked for once the call's turn in the twin-update budget came,
+   * right before the request goes out: a twin read there leaves a device that reports often
+   * little time to change the twin first.
+   */
   patchTwinDesired(
     deviceId: string,
     desiredPatch: Record<string, unknown>,
-    etag: string,
+    etag: string | (() => Promise<string>),
   ): Promise<ServiceTwin>;
   query(sql: string, continuation?: string, pageSize?: number): Promise<QueryPage>;
   /** `status` and `payload` are the device's answer; a device that is offline or silent rejects. */
@@ -159,13 +164,14 @@ export class HttpsHubService implements HubService {
   async patchTwinDesired(
     deviceId: string,
     desiredPatch: Record<string, unknown>,
-    etag: string,
+    etag: string | (() => Promise<string>),
   ): Promise<ServiceTwin> {
+    const ifMatch = (tag: string) => ({ "if-match": `"${tag.replace(/^"(.*)"$/, "$1")}"` });
     const { body } = await this.#call("twinUpdate", {
       method: "PATCH",
       path: `/twins/${enc(deviceId)}`,
       body: { properties: { desired: desiredPatch } },
-      headers: { "if-match": `"${etag.replace(/^"(.*)"$/, "$1")}"` },
+      headers: typeof etag === "string" ? ifMatch(etag) : async () => ifMatch(await etag()),
     });
     return body as ServiceTwin;
   }
@@ -224,7 +230,8 @@ export class HttpsHubService implements HubService {
       method: string;
       path: string;
       body?: unknown;
-      headers?: Record<string, string>;
+      /** A function is called once the budget gave the call its turn. */
+      headers?: Record<string, string> | (() => Promise<Record<string, string>>);
       timeoutMs?: number;
     },
   ): Promise<{ body: unknown; headers: http.IncomingHttpHeaders }> {
@@ -232,13 +239,14 @@ export class HttpsHubService implements HubService {
     await this.#budget.take(kind, signal);
     if (signal.aborted)
       throw new HubServiceError({ status: 0, code: "Closed", message: "hub service closed" });
+    const extra = typeof o.headers === "function" ? await o.headers() : o.headers;
     const url = new URL(this.#base.pathname.replace(/\/$/, "") + o.path, this.#base);
     url.searchParams.set("api-version", API_VERSION);
     const payload = o.body === undefined ? undefined : Buffer.from(JSON.stringify(o.body));
     const headers: Record<string, string> = {
       authorization: this.#tokens.token(),
       accept: "application/json",
-      ...o.headers,
+      ...extra,
     };
     if (payload) {
       headers["content-type"] = "application/json; charset=utf-8";
