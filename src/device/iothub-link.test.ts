@@ -13,6 +13,8 @@ import {
 } from "../../hack/iothub-emulator/index.ts";
 import { emulatorRegistry, emulatorServiceClient } from "../../hack/iothub-emulator/service-sdk.ts";
 import type { Hub } from "../../hack/iothub-emulator/hub.ts";
+import type { Clock } from "../base/clock.ts";
+import { FakeClock } from "../base/fake-clock.ts";
 import { encodeMessage } from "../protocol/codec.ts";
 import type { AckMessage, DesiredDocument, PresenceMessage, ReportedDocument } from "../protocol/types.ts";
 import { command, desiredDocument, desiredPod } from "./fixtures.ts";
@@ -56,6 +58,9 @@ let counter = 0;
 async function onlineDevice(
   o: {
     methodAnswerMs?: number;
+    clock?: Clock;
+    heartbeatSeconds?: number;
+    random?: () => number;
     identity?: (deviceId: string) => Pick<IotHubLinkOptions, "connectionString" | "x509" | "transport">;
   } = {},
 ) {
@@ -127,6 +132,19 @@ describe("DeviceSession over IotHubLink", () => {
     const ack = await reportedDoc<AckMessage>(deviceId, IOTHUB_MAPPING.reported.ack);
     expect(ack).toMatchObject({ kind: "ack", generation: 1, stage: "applied" });
     expect(session.applies).toBe(1);
+  });
+
+  it("heartbeats between 0.8 and 1 interval apart, so devices that connected together drift apart", async () => {
+    const clock = new FakeClock(Date.now());
+    const { deviceId } = await onlineDevice({ clock, heartbeatSeconds: 10, random: () => 0.5 });
+    const seq = async () =>
+      ((await reportedSection(deviceId))[IOTHUB_MAPPING.reported.presence] as { seq?: number } | undefined)
+        ?.seq;
+    expect(await seq()).toBe(1);
+    await clock.advanceAsync(8_900); // 10 s × (1 − 0.2 × 0.5) = 9 s
+    expect(await seq()).toBe(1);
+    await clock.advanceAsync(200);
+    await until(async () => expect(await seq()).toBe(2));
   });
 
   it("writes a report again when the hub refused it (429), so no status is lost", async () => {

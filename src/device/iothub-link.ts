@@ -98,6 +98,8 @@ export interface IotHubLinkOptions {
   /** How long a command method waits for the session's first ack before answering 202. Default 4000. */
   readonly methodAnswerMs?: number;
   readonly clock?: Clock;
+  /** For the heartbeat's jitter; default Math.random. */
+  readonly random?: () => number;
   readonly logger: Logger;
 }
 
@@ -464,7 +466,11 @@ export class IotHubLink implements DeviceLink {
           this.#heartbeatTimer = this.#clock.setTimeout(beat, delayMs);
         },
       );
-      this.#heartbeatTimer = this.#clock.setTimeout(beat, seconds * 1000);
+      // Between 0.8 and 1 interval: never later than the interval the provider times it by, and
+      // devices that connected together (a fleet after an outage) drift apart instead of all
+      // writing their twins in the same second every interval.
+      const jitter = 1 - 0.2 * (this.#o.random ?? Math.random)();
+      this.#heartbeatTimer = this.#clock.setTimeout(beat, seconds * 1000 * jitter);
     };
     beat();
   }
