@@ -8,7 +8,8 @@
  * What differs from MQTT is decided here:
  * - a desired document counts against the twin's 32 KB desired section as the twin stores it
  *   (its compact JSON text cut into parts, {@link encodeTwinDocument}), and a refusal names that
- *   limit;
+ *   limit; with `desired.blobs`, large files not from Secrets go by reference (mqtt/blobs.ts), so
+ *   a pod with a 40 KB ConfigMap file still fits;
  * - the hub's service API is HTTPS with the hub's certificate verified, so it may carry Secrets
  *   (the devices' own hop is TLS with a per-device identity by IoT Hub's design; which devices are
  *   trusted with Secrets is still `devices.secrets.allow`);

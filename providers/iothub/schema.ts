@@ -21,7 +21,7 @@ import {
   type RuleProblem,
 } from "../../src/config/index.ts";
 import type { PodFeature } from "../../src/provider/types.ts";
-import { mqttConfigSchema, type MqttConfig } from "../mqtt/schema.ts";
+import { desiredBlobsChecks, desiredBlobsSchema, mqttConfigSchema, type MqttConfig } from "../mqtt/schema.ts";
 
 const int = (def: number, minimum: number, maximum?: number) =>
   ({ type: "integer", default: def, minimum, ...(maximum === undefined ? {} : { maximum }) }) as const;
@@ -168,6 +168,7 @@ export const iothubConfigSchema = {
       publishTimeoutMs,
       readbackTimeoutMs,
       orphanGraceSeconds,
+      blobs: desiredBlobsSchema,
     }),
     commands: mqtt.commands,
     health: mqtt.health,
@@ -219,7 +220,14 @@ export interface IotHubConfig {
   readonly supports?: readonly PodFeature[];
 }
 
-type DeepPartial<T> = { readonly [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+/** Every field optional, down into optional sections too (`desired.blobs`); lists as they are. */
+type DeepPartial<T> = {
+  readonly [K in keyof T]?: T[K] extends readonly unknown[]
+    ? T[K]
+    : NonNullable<T[K]> extends object
+      ? DeepPartial<NonNullable<T[K]>>
+      : T[K];
+};
 
 /** What callers may pass to the factory: anything the schema accepts; defaults fill the rest. */
 export type IotHubConfigInput = DeepPartial<IotHubConfig>;
@@ -237,7 +245,8 @@ const exactlyOne = (config: unknown, base: string, required: boolean): RuleProbl
 
 /**
  * Rules beyond the schema: exactly one way to give each connection string; `caFile` only with an
- * `endpoint` it could apply to; files exist and are readable now.
+ * `endpoint` it could apply to; files exist and are readable now; `desired.blobs` as the MQTT
+ * provider's.
  */
 export const iothubConfigChecks: ConfigCheck = (config) => [
   ...exactlyOne(config, "/hub", true),
@@ -265,5 +274,6 @@ export const iothubConfigChecks: ConfigCheck = (config) => [
   ...["/hub/connectionStringFile", "/hub/caFile", "/events/connectionStringFile", "/events/caFile"].flatMap(
     (p) => readableFile(config, p),
   ),
+  ...desiredBlobsChecks(config),
 ];
 registerConfigCheck(iothubConfigSchema, iothubConfigChecks);

@@ -38,6 +38,7 @@ import type {
   Workload,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
+import type { BlobStore } from "./blobs.ts";
 import type { CommandRequest, CommandResult } from "./command-types.ts";
 import type { CommandQueue } from "./commands.ts";
 import type { TransportConnection } from "./connection.ts";
@@ -80,6 +81,8 @@ export class MqttProvider
   readonly #metrics: MqttMetrics;
   readonly #instance = `${process.pid}-${Date.now().toString(36)}`;
   readonly #connection: TransportConnection;
+  /** The store of large file contents (`desired.blobs`), closed once the connection is. */
+  readonly #blobs: BlobStore | undefined;
   readonly #registry: DeviceRegistry;
   readonly #desired: DesiredStore;
   readonly #commands: CommandQueue;
@@ -140,6 +143,7 @@ export class MqttProvider
     });
     this.#secrets = parts.secrets;
     this.#connection = parts.connection;
+    this.#blobs = parts.blobs;
     this.#registry = parts.registry;
     this.#desired = parts.desired;
     this.#statusView = parts.statusView;
@@ -198,6 +202,7 @@ export class MqttProvider
       this.#commands.stop();
       await this.#desired.stop();
       await this.#connection.stop();
+      this.#blobs?.close();
       this.#stopped = true;
       this.#log.info({ metrics: this.metrics() }, "mqtt provider stopped");
     })();

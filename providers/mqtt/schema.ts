@@ -11,6 +11,7 @@
  *     devices: { allow: ["plant-a-*", "gw-17"] }
  * ```
  */
+import { readFileSync } from "node:fs";
 import {
   compare,
   readableFile,
@@ -19,6 +20,7 @@ import {
   valueAt,
   type ConfigCheck,
 } from "../../src/config/index.ts";
+import { urlLocation } from "../../src/log/redact.ts";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../../src/protocol/types.ts";
 import { PodFeature } from "../../src/provider/types.ts";
 
@@ -39,6 +41,40 @@ const int = (def: number, minimum: number, maximum?: number) =>
 
 const section = <P extends Record<string, unknown>>(description: string, properties: P) =>
   ({ type: "object", description, default: {}, additionalProperties: false, properties }) as const;
+
+/**
+ * `desired.blobs`: where large file contents go by reference (blobs.ts). No default: without it
+ * every file travels inline. Shared with the IoT Hub provider's schema.
+ */
+export const desiredBlobsSchema = {
+  type: "object",
+  description:
+    "An Azure Blob Storage container for large file contents: files not from Secrets, at least minFileBytes long, go by reference (URL and sha256) instead of inline. Give exactly one of containerUrlFile and containerUrl.",
+  additionalProperties: false,
+  properties: {
+    containerUrlFile: {
+      type: "string",
+      minLength: 1,
+      description:
+        "File holding the container's SAS URL (https://{account}.blob.core.windows.net/{container}?sv=…&sig=…), e.g. a mounted Secret. The SAS needs read, create and write; devices get blob URLs carrying it, so anyone holding one can read that blob.",
+    },
+    containerUrl: {
+      type: "string",
+      minLength: 1,
+      description:
+        "The container SAS URL itself; prefer containerUrlFile outside demos (it is a credential).",
+    },
+    caFile: {
+      type: "string",
+      minLength: 1,
+      description: "An extra CA (PEM) to trust for the container (a private endpoint, an emulator).",
+    },
+    minFileBytes: {
+      ...int(4096, 1),
+      description: "Files at least this large (decoded) go by reference.",
+    },
+  },
+} as const;
 
 /** JSON Schema of the MQTT provider's config (draft-07, compiled with the core config). */
 export const mqttConfigSchema = {
@@ -127,6 +163,7 @@ export const mqttConfigSchema = {
       publishTimeoutMs: int(30_000, 100),
       readbackTimeoutMs: int(10_000, 1),
       orphanGraceSeconds: int(60, 1, 3600),
+      blobs: desiredBlobsSchema,
     }),
     commands: section("One-shot commands to devices.", {
       queueLimit: int(50, 1, 10_000),
@@ -242,6 +279,8 @@ export interface MqttConfig {
      * object any more: it is tombstoned.
      */
     readonly orphanGraceSeconds: number;
+    /** Large file contents by reference through this container; absent: every file inline. */
+    readonly blobs?: DesiredBlobsConfig;
   };
   readonly commands: { readonly queueLimit: number; readonly ttlSeconds: number };
   /** Logs and exec sessions (docs/protocol.md § 3.9); see io-sessions.ts. */
@@ -261,6 +300,14 @@ export interface MqttConfig {
   readonly supports?: readonly PodFeature[];
 }
 
+/** `desired.blobs`: exactly one of `containerUrlFile` and `containerUrl` (checked at load). */
+export interface DesiredBlobsConfig {
+  readonly containerUrlFile?: string;
+  readonly containerUrl?: string;
+  readonly caFile?: string;
+  readonly minFileBytes: number;
+}
+
 /** What callers may pass to the factory: anything the schema accepts; defaults fill the rest. */
 export type MqttConfigInput = {
   readonly broker: Partial<Omit<MqttConfig["broker"], "tls" | "reconnect">> & {
@@ -272,7 +319,9 @@ export type MqttConfigInput = {
     readonly allow: readonly string[];
     readonly secrets?: Partial<MqttConfig["devices"]["secrets"]>;
   };
-  readonly desired?: Partial<MqttConfig["desired"]>;
+  readonly desired?: Partial<Omit<MqttConfig["desired"], "blobs">> & {
+    readonly blobs?: Partial<DesiredBlobsConfig>;
+  };
   readonly commands?: Partial<MqttConfig["commands"]>;
   readonly sessions?: Partial<Omit<MqttConfig["sessions"], "logCache">> & {
     readonly logCache?: Partial<MqttConfig["sessions"]["logCache"]>;
@@ -302,11 +351,64 @@ export const allowListMatcher = (allow: readonly string[]): ((id: string) => boo
 
 const TLS_KEYS = ["ca", "cert", "key", "servername"] as const;
 
+/** Why a container URL cannot be used, or undefined; names it without its query (a credential). */
+export const containerUrlProblem = (text: string): string | undefined => {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return "is not a URL";
+  }
+  const shown = urlLocation(text);
+  if (url.protocol !== "https:") return `${shown} is not an https URL`;
+  if (url.pathname.replace(/^\/+|\/+$/g, "") === "") return `${shown} names no container`;
+  if (!url.searchParams.has("sig"))
+    return `${shown} carries no SAS: give the container's SAS URL (its query has sv, sp, se and sig)`;
+  return undefined;
+};
+
+/** A file's trimmed text, for a path already found readable. */
+const textOf = (path: unknown): string | undefined =>
+  typeof path === "string" && path !== "" ? readFileSync(path, "utf8").trim() : undefined;
+
+/**
+ * Rules of `desired.blobs` (both providers): exactly one of `containerUrlFile` and `containerUrl`;
+ * the URL, inline or in the file, is a container SAS URL; the files exist and are readable now.
+ */
+export const desiredBlobsChecks: ConfigCheck = (config) => {
+  const base = "/desired/blobs";
+  if (valueAt(config, base) === undefined) return [];
+  const file = `${base}/containerUrlFile`;
+  const inline = `${base}/containerUrl`;
+  const given = [file, inline].filter((p) => valueAt(config, p) !== undefined);
+  const unreadable = [file, `${base}/caFile`].flatMap((p) => readableFile(config, p));
+  const urls = [
+    { path: inline, url: valueAt(config, inline) },
+    // The file's content, when it can be read: a wrong file is reported now, not at the first pod.
+    { path: file, url: unreadable.some((u) => u.path === file) ? undefined : textOf(valueAt(config, file)) },
+  ];
+  return [
+    ...(given.length === 2
+      ? [{ path: inline, message: `give one of ${file} and ${inline}, not both`, involves: given }]
+      : given.length === 0
+        ? [{ path: file, message: `or ${inline} is required`, involves: [file, inline] }]
+        : []),
+    ...urls.flatMap(({ path, url }) => {
+      const problem = typeof url === "string" ? containerUrlProblem(url) : undefined;
+      return problem === undefined
+        ? []
+        : [{ path, message: path === file ? `the URL in it ${problem}` : problem }];
+    }),
+    ...unreadable,
+  ];
+};
+
 /**
  * Rules of the MQTT provider's config beyond its schema: client certificate and key come together;
  * the reconnect backoff's minimum is at most its maximum; TLS settings on a plain `mqtt://` or
  * `ws://` URL are refused (they would be silently unused); the password and TLS files exist and
- * are readable now, not only when the first connection is attempted.
+ * are readable now, not only when the first connection is attempted; `desired.blobs` as
+ * {@link desiredBlobsChecks} says.
  */
 export const mqttConfigChecks: ConfigCheck = (config) => {
   const url = valueAt(config, "/broker/url");
@@ -329,6 +431,7 @@ export const mqttConfigChecks: ConfigCheck = (config) => {
     ...["/broker/passwordFile", ...TLS_KEYS.slice(0, 3).map((k) => `/broker/tls/${k}`)].flatMap((p) =>
       readableFile(config, p),
     ),
+    ...desiredBlobsChecks(config),
   ];
 };
 registerConfigCheck(mqttConfigSchema, mqttConfigChecks);

@@ -9,11 +9,16 @@
  * DesiredPod but `uid` and `hash`), not the engine's workload hash, which also covers the pod's
  * labels and annotations: those never reach the device, so changing them (a restart request, a
  * label edit) must not make the device re-create the pod's apps.
+ *
+ * A file goes by reference (`ref: { url, sha256, size }`) when `refOf` gives one (blobs.ts decides
+ * which, and uploads them first); it keeps its `mode`. The reference is part of the hash, and the
+ * same content always gets the same reference, so an unchanged pod keeps its hash.
  */
 import { desiredContentHash, encodeMessage } from "../../src/protocol/codec.ts";
-import type { DesiredApp, DesiredPod } from "../../src/protocol/types.ts";
-import type { Workload } from "../../src/provider/types.ts";
+import type { DesiredApp, DesiredFile, DesiredPod } from "../../src/protocol/types.ts";
+import type { AppFile, Workload } from "../../src/provider/types.ts";
 import { canonicalJson, sha256Hex } from "../../src/base/canonical.ts";
+import type { ReferenceOf } from "./blobs.ts";
 import type { SecretGate } from "./secret-gate.ts";
 
 /** The device-facing hash of a desired pod: equal hashes mean nothing to apply on the device. */
@@ -22,12 +27,21 @@ export const deviceHash = (pod: Omit<DesiredPod, "hash">): string => {
   return sha256Hex(canonicalJson(content));
 };
 
-export const toDesiredPod = (w: Workload): DesiredPod => {
-  const pod = withoutHash(w);
+/** The pod as its device's document carries it; files `refOf` gives a reference go by reference. */
+export const toDesiredPod = (w: Workload, refOf?: ReferenceOf): DesiredPod => {
+  const pod = withoutHash(w, refOf ?? (() => undefined));
   return { ...pod, hash: deviceHash(pod) };
 };
 
-const withoutHash = (w: Workload): Omit<DesiredPod, "hash"> => ({
+const toDesiredFile = (f: AppFile, refOf: ReferenceOf): DesiredFile => {
+  const ref = refOf(f);
+  const mode = f.mode === undefined ? {} : { mode: f.mode };
+  return ref
+    ? { path: f.path, ref: { url: ref.url, sha256: ref.sha256, size: ref.size }, ...mode }
+    : { path: f.path, encoding: f.encoding, content: f.content, ...mode };
+};
+
+const withoutHash = (w: Workload, refOf: ReferenceOf): Omit<DesiredPod, "hash"> => ({
   uid: w.pod.uid,
   namespace: w.pod.namespace,
   name: w.pod.name,
@@ -39,12 +53,7 @@ const withoutHash = (w: Workload): Omit<DesiredPod, "hash"> => ({
     command: [...a.command],
     args: [...a.args],
     env: { ...a.env },
-    files: a.files.map((f) => ({
-      path: f.path,
-      encoding: f.encoding,
-      content: f.content,
-      ...(f.mode === undefined ? {} : { mode: f.mode }),
-    })),
+    files: a.files.map((f) => toDesiredFile(f, refOf)),
     ...(a.ports.length === 0
       ? {}
       : {

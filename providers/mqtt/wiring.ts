@@ -31,6 +31,7 @@ import type {
   ProviderEvent,
   WorkloadStatus,
 } from "../../src/provider/types.ts";
+import { containerOf, FileReferences, type BlobStore } from "./blobs.ts";
 import { commandEvent } from "./command-types.ts";
 import { CommandQueue } from "./commands.ts";
 import { MqttConnection, type TransportConnection } from "./connection.ts";
@@ -99,6 +100,8 @@ export interface MqttParts {
   readonly sessions: IoSessions;
   readonly io: DeviceIo;
   readonly stages: Stages;
+  /** The store of large file contents (`desired.blobs`); close it after stopping the parts. */
+  readonly blobs: BlobStore | undefined;
 }
 
 export function wireMqtt(o: {
@@ -279,6 +282,8 @@ export function wireMqtt(o: {
     deleted: events.deleted,
     logger,
   });
+  // Large files go by reference once a blob store is configured (blobs.ts).
+  const blobs = config.desired.blobs ? containerOf(config.desired.blobs) : undefined;
   const workloads: Workloads = new Workloads({
     desired,
     statuses,
@@ -288,6 +293,9 @@ export function wireMqtt(o: {
     hashes: new WorkloadHashes({ store: context.store, logger, config: sha256Hex(canonicalJson(config)) }),
     deleted: events.deleted,
     stages,
+    ...(blobs && config.desired.blobs
+      ? { files: new FileReferences({ store: blobs, minFileBytes: config.desired.blobs.minFileBytes }) }
+      : {}),
   });
   const session = new BrokerSession({
     connection,
@@ -330,5 +338,6 @@ export function wireMqtt(o: {
     sessions,
     io,
     stages,
+    blobs,
   };
 }

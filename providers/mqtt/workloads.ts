@@ -4,7 +4,8 @@
  * PodStatusView's (status-view.ts). It owns the engine's workload hash per pod uid (what this
  * process was given) and keeps it durably (workload-hashes.ts), so pods read back from the broker
  * after a restart are listed with it. `apply` and `delete` wait for the broker to hold the
- * document carrying their change (bounded by the publish timeout); nothing else blocks.
+ * document carrying their change (bounded by the publish timeout); nothing else blocks. With a
+ * blob store (`files`), a changed pod's large files are uploaded first and go by reference.
  *
  *   const workloads = new Workloads({ desired, statuses, orphans, restarts, secrets, hashes, deleted });
  *   await workloads.restoreHashes();                // at start
@@ -13,6 +14,7 @@
  *   workloads.list();                               // ProviderPods, tombstoned ones first
  */
 import type { PodRef, ProviderPod, Workload } from "../../src/provider/types.ts";
+import type { FileReferences, ReferenceOf } from "./blobs.ts";
 import type { DesiredStore, DeviceDesired } from "./desired.ts";
 import type { Orphans } from "./orphans.ts";
 import type { StatusCoalescer } from "./pod-status.ts";
@@ -36,12 +38,16 @@ export interface WorkloadsOptions {
   readonly deleted: (ref: PodRef) => void;
   /** Told of each change this process makes to a pod's content, so its stages become Events. */
   readonly stages?: Pick<Stages, "expect">;
+  /** Large files by reference through a blob store (blobs.ts); default: every file inline. */
+  readonly files?: Pick<FileReferences, "prepare">;
 }
 
 export class Workloads {
   readonly #o: WorkloadsOptions;
   /** The engine's workload hash per pod uid, as last given (unknown for pods read back). */
   readonly #hashes = new Map<string, string>();
+  /** The latest apply per pod uid while its files upload: an older one finishing late yields. */
+  readonly #uploads = new Map<string, object>();
 
   constructor(options: WorkloadsOptions) {
     this.#o = options;
@@ -64,7 +70,8 @@ export class Workloads {
    * publish: what holds it is this process, reporting the reason, and after a restart the engine,
    * finding it unlisted or with another hash, gives it again.
    * @throws ProviderError Transient when the broker does not take the document in time (the
-   * change stays and goes out with the next document; the engine retries).
+   * change stays and goes out with the next document; the engine retries), or when a file cannot
+   * be stored for the device to fetch (nothing changes; the engine retries).
    */
   async apply(workload: Workload): Promise<void> {
     const { deviceId, pod } = workload;
@@ -77,8 +84,10 @@ export class Workloads {
       if (restored) this.#o.restarts.recall(pod.uid, restored.restartToken);
     }
     if (this.#hashes.get(pod.uid) !== workload.hash) {
+      const refOf = this.#o.files ? await this.#upload(workload) : undefined;
+      if (refOf === null) return; // a later apply or a delete of the pod came while uploading
       const ref: PodRef = { namespace: pod.namespace, name: pod.name, uid: pod.uid };
-      const desired = toDesiredPod(workload);
+      const desired = toDesiredPod(workload, refOf);
       // Judged again even when the content is unchanged: a pod adopted from an earlier run's
       // retained document was never checked under this run's config.
       const blocked = holdBack(workload, desired, { secrets: this.#o.secrets });
@@ -93,6 +102,22 @@ export class Workloads {
     }
     this.#o.restarts.observe(workload);
     await this.#o.desired.held(deviceId, pod.uid);
+  }
+
+  /**
+   * The workload's large files, stored for its device to fetch; null when, meanwhile, a later
+   * apply or a delete of the same pod began (its outcome stands).
+   */
+  async #upload(workload: Workload): Promise<ReferenceOf | null | undefined> {
+    const { uid } = workload.pod;
+    const turn = {};
+    this.#uploads.set(uid, turn);
+    try {
+      const refOf = await this.#o.files?.prepare(workload);
+      return this.#uploads.get(uid) === turn ? refOf : null;
+    } finally {
+      if (this.#uploads.get(uid) === turn) this.#uploads.delete(uid);
+    }
   }
 
   /**
@@ -131,6 +156,7 @@ export class Workloads {
     this.#o.orphans.claim(pod.uid);
     this.#o.restarts.forget(pod.uid);
     this.#hashes.delete(pod.uid);
+    this.#uploads.delete(pod.uid);
     if (deviceId === undefined) {
       this.#o.deleted(pod);
       return;
@@ -145,6 +171,7 @@ export class Workloads {
     this.#o.statuses.forget(ref.uid);
     this.#o.restarts.forget(ref.uid);
     this.#hashes.delete(ref.uid);
+    this.#uploads.delete(ref.uid);
   }
 
   /**
