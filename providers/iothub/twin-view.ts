@@ -120,7 +120,10 @@ export function patchedView(
     heartbeat: touched(reported, keys.presence)
       ? heartbeatOf(reported[keys.presence], previous.heartbeat, now)
       : previous.heartbeat,
-    connectionState: previous.connectionState,
+    // Only a connected device writes its reported properties: a `Disconnected` the view still
+    // holds (from a read before the device connected, or a connection event whose read came back
+    // after this patch) is older than this change, and would make a fresh birth count as lost.
+    connectionState: Object.keys(reported).length > 0 ? "Connected" : previous.connectionState,
     lost: previous.state === state ? previous.lost : false,
   };
 }
