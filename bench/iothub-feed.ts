@@ -13,6 +13,7 @@
  *    the API server sees it.
  *
  *   hack/npm run bench -- iothub-feed       # FEED_DEVICES=200 for a quick look
+ *   FEED_MODES=events hack/npm run bench -- iothub-feed    # one mode only
  */
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -22,12 +23,13 @@ import pino from "pino";
 import { startIotHubEmulator } from "../hack/iothub-emulator/index.ts";
 import { createKubeClient, Informer, type Node } from "../src/kube/index.ts";
 import { fleetSpec, startSimulator, type Simulator } from "../src/device/simulator.ts";
-import { deviceletConfig, operationsSince, s1Rates } from "./iothub.ts";
+import { deviceletConfig, EVENT_ROUTES, operationsSince, s1Rates } from "./iothub.ts";
 import { controlPlane, percentile, spawnDevicelet, testenvDir, waitForNodes, waitUntil } from "./support.ts";
 
 const DEVICES = Number(process.env.FEED_DEVICES ?? 1000);
 const IDLE_SECONDS = Number(process.env.FEED_IDLE_SECONDS ?? 60);
 const CHANGES = Number(process.env.FEED_CHANGES ?? 20);
+const MODES = (process.env.FEED_MODES ?? "polling,events").split(",") as Mode[];
 const HEARTBEAT_SECONDS = 60;
 const DEVICE_ID_LABEL = "devicelet.dev/device-id";
 
@@ -65,19 +67,10 @@ async function watchConnected(selector: string, signal: AbortSignal) {
 async function run(id: string, mode: Mode) {
   const emulator = await startIotHubEmulator({
     host: "127.0.0.1",
-    ...(mode === "events" ? { routes: { twinChangeEvents: true, deviceConnectionStateEvents: true } } : {}),
+    ...(mode === "events" ? { routes: EVENT_ROUTES } : {}),
   });
   const dir = mkdtempSync(path.join(os.tmpdir(), `bench-feed-${id}-`));
-  const config = deviceletConfig(id, emulator, dir);
-  const caFile = path.join(dir, "hub-ca.pem");
-  const provider = config.provider as { config: Record<string, unknown> };
-  if (mode === "events")
-    provider.config["events"] = {
-      connectionString: emulator.eventHubsConnectionString,
-      customEndpointAddress: emulator.eventHubsWebSocketEndpointAddress,
-      caFile,
-    };
-  const { child } = spawnDevicelet(config);
+  const { child } = spawnDevicelet(deviceletConfig(id, emulator, dir, mode === "events"));
   const stop = new AbortController();
   let sim: Simulator | undefined;
   try {
@@ -167,7 +160,11 @@ export async function benchIotHubFeed(): Promise<void> {
   const id = `bf-${randomBytes(3).toString("hex")}`;
   try {
     const results = [];
-    for (const mode of ["polling", "events"] as const) results.push(await run(`${id}${mode[0]}`, mode));
+    for (const mode of MODES) {
+      const result = await run(`${id}${mode[0]}`, mode);
+      console.log(JSON.stringify(result));
+      results.push(result);
+    }
     console.log(
       `\nhow devicelet learns of reported changes: ${DEVICES} simulated IoT Hub devices at one S1 unit's rates, ${CHANGES * 2} device-side changes`,
     );

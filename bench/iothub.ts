@@ -7,7 +7,10 @@
  *    devices', counted by the emulator per operation class). What devicelet itself costs.
  * 2. Burst, hub throttled to one S1 unit's rates (quotas.ts): the same, as a real one-unit S1
  *    hub would let it go, with the 429s counted.
- * 3. Reconnect storm at S1 rates (BENCH_STORM=0 leaves it out): STORM_DEVICES devices, each with
+ * 3. The same at S1 rates with the Event Hubs-compatible endpoint read and twin change and
+ *    connection state events routed to it: what the event feed saves in twin reads and time.
+ *    (BENCH_BURST=0 leaves out 1–3.)
+ * 4. Reconnect storm at S1 rates (BENCH_STORM=0 leaves it out): STORM_DEVICES devices, each with
  *    one pod, go offline; each pod is replaced while they are away; all reconnect at once (the
  *    hub refuses connects over 100 a second, and the SDK tries again). Time until every device
  *    applied its change and every new pod is Running, applies per device, and the hub operations
@@ -61,11 +64,21 @@ export function s1Rates(): ThrottleRates {
   };
 }
 
-export function deviceletConfig(id: string, emulator: IotHubEmulator, dir: string) {
+/**
+ * devicelet's config for a bench against `emulator`, with the provider's defaults. With `events`,
+ * it also reads the emulator's Event Hubs-compatible endpoint (start the emulator with the twin
+ * change and connection state routes for twin changes to come that way).
+ */
+export function deviceletConfig(id: string, emulator: IotHubEmulator, dir: string, events = false) {
   const secret = path.join(dir, "connection-string");
   const caFile = path.join(dir, "hub-ca.pem");
   writeFileSync(secret, emulator.serviceConnectionString, { mode: 0o600 });
   writeFileSync(caFile, emulator.ca);
+  const feed = {
+    connectionString: emulator.eventHubsConnectionString,
+    customEndpointAddress: emulator.eventHubsWebSocketEndpointAddress,
+    caFile,
+  };
   return {
     kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
     nodes: { extraLabels: { "devicelet.dev/bench": id } },
@@ -77,6 +90,7 @@ export function deviceletConfig(id: string, emulator: IotHubEmulator, dir: strin
       config: {
         hub: { connectionStringFile: secret, endpoint: emulator.serviceUrl, caFile },
         devices: { allow: [`${id}-*`] },
+        ...(events ? { events: feed } : {}),
       },
     },
   };
@@ -96,10 +110,16 @@ export function operationsSince(
   return { byClass, perPod: Math.round((total / pods) * 100) / 100 };
 }
 
-async function burst(id: string, throttle: ThrottleRates | undefined) {
-  const emulator = await startIotHubEmulator({ host: "127.0.0.1" });
+/** Routes that bring twin changes and connection states to the Event Hubs-compatible endpoint. */
+export const EVENT_ROUTES = { twinChangeEvents: true, deviceConnectionStateEvents: true };
+
+async function burst(id: string, throttle: ThrottleRates | undefined, events = false) {
+  const emulator = await startIotHubEmulator({
+    host: "127.0.0.1",
+    ...(events ? { routes: EVENT_ROUTES } : {}),
+  });
   const dir = mkdtempSync(path.join(os.tmpdir(), `bench-iothub-${id}-`));
-  const { child } = spawnDevicelet(deviceletConfig(id, emulator, dir));
+  const { child } = spawnDevicelet(deviceletConfig(id, emulator, dir, events));
   let sim: Simulator | undefined;
   try {
     sim = await startSimulator({
@@ -200,21 +220,28 @@ export async function benchIotHub(): Promise<void> {
   const stop = await controlPlane();
   const id = `bh-${randomBytes(3).toString("hex")}`;
   try {
-    const free = await burst(`${id}f`, undefined);
-    const s1 = await burst(`${id}t`, s1Rates());
-    console.log(
-      `\nburst: ${PODS} pods over ${DEVICES} simulated IoT Hub devices through the emulator (app start ${APP_START_MS} ms)`,
-    );
-    const row = ({ apiRequestsByVerb: _v, hubOperations, ...r }: typeof free, hub: string) => ({
-      hub,
-      ...r,
-      hubOperations: JSON.stringify(hubOperations),
-    });
-    console.table([row(free, "unthrottled"), row(s1, "one S1 unit")]);
-    const results: Record<string, unknown> = {
-      date: new Date().toISOString(),
-      burst: { unthrottled: free, s1 },
-    };
+    const results: Record<string, unknown> = { date: new Date().toISOString() };
+    if (process.env.BENCH_BURST !== "0") {
+      const runs = {
+        unthrottled: await burst(`${id}f`, undefined),
+        s1: await burst(`${id}t`, s1Rates()),
+        s1Events: await burst(`${id}e`, s1Rates(), true),
+      };
+      console.log(
+        `\nburst: ${PODS} pods over ${DEVICES} simulated IoT Hub devices through the emulator (app start ${APP_START_MS} ms)`,
+      );
+      const row = ({ apiRequestsByVerb: _v, hubOperations, ...r }: (typeof runs)["s1"], hub: string) => ({
+        hub,
+        ...r,
+        hubOperations: JSON.stringify(hubOperations),
+      });
+      console.table([
+        row(runs.unthrottled, "unthrottled, polling"),
+        row(runs.s1, "one S1 unit, polling"),
+        row(runs.s1Events, "one S1 unit, events"),
+      ]);
+      results["burst"] = runs;
+    }
     if (process.env.BENCH_STORM !== "0") {
       const stormResult = await storm(`${id}s`);
       console.log(`\nreconnect storm at one S1 unit's rates: ${STORM_DEVICES} devices with a queued change`);

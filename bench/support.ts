@@ -66,14 +66,15 @@ export async function watchPodTimes(namespace: string, signal: AbortSignal) {
 }
 
 export async function waitUntil(
-  what: string,
+  what: string | (() => string),
   check: () => boolean | Promise<boolean>,
   timeoutMs: number,
   intervalMs = 100,
 ) {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${typeof what === "string" ? what : what()}`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
@@ -237,11 +238,16 @@ export function spawnDevicelet(config: object): { child: ChildProcess; logFile: 
 
 /** Waits until at least `count` nodes carry `selector`. */
 export async function waitForNodes(selector: string, count: number, timeoutMs = 300_000) {
+  let seen = 0;
   await waitUntil(
-    `${count} nodes ${selector}`,
-    () =>
-      kubectl(["get", "nodes", "-l", selector, "-o", "name"]).trim().split("\n").filter(Boolean).length >=
-      count,
+    () => `${count} nodes ${selector} (last seen: ${String(seen)})`,
+    () => {
+      seen = kubectl(["get", "nodes", "-l", selector, "-o", "name"])
+        .trim()
+        .split("\n")
+        .filter(Boolean).length;
+      return seen >= count;
+    },
     timeoutMs,
   );
 }
