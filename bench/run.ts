@@ -2,6 +2,12 @@
  * `npm run bench -- <name>`: benchmarks, measured on the harness control plane (reused when
  * `npm run testenv -- up` left one running, otherwise started and stopped here).
  *   engine   1,000 pods over 100 mock device nodes, side by side with KWOK
+ *   throughput  5,000 pods with nodeName set, created straight through the API, over 100 mock
+ *            device nodes and then 100 KWOK nodes: pods/s, API requests per pod, CPU, memory
+ *            (THROUGHPUT_PODS, THROUGHPUT_NODES)
+ *   scale    10,000 pods over 1,000 mock device nodes held for 10 minutes, then the same on KWOK:
+ *            memory, NotReady nodes, steady API rate and CPU (SCALE_NODES, SCALE_PODS,
+ *            SCALE_HOLD_SECONDS)
  *   mqtt     1,000 pods over 100 simulated devices through Mosquitto; a 1,000-device reconnect storm
  *   iothub   1,000 pods over 100 simulated IoT Hub devices through the local emulator, unthrottled
  *            and at one S1 unit's rates; a 1,000-device reconnect storm at S1 rates
@@ -16,6 +22,8 @@
  */
 const benches: Record<string, () => Promise<unknown>> = {
   engine: async () => (await import("./engine.ts")).benchEngine(),
+  throughput: async () => (await import("./throughput.ts")).benchThroughput(),
+  scale: async () => (await import("./scale.ts")).benchScale(),
   mqtt: async () => (await import("./mqtt.ts")).benchMqtt(),
   iothub: async () => (await import("./iothub.ts")).benchIotHub(),
   "iothub-feed": async () => (await import("./iothub-feed.ts")).benchIotHubFeed(),

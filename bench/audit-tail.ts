@@ -1,0 +1,189 @@
+/**
+ * Counts API requests per user from the harness API server's audit log while it grows, so long
+ * benchmarks neither re-read a log of gigabytes nor lose the part the API server rotated away
+ * (`--audit-log-maxsize`, one backup kept). It follows `audit.log` from where it ends at start,
+ * reads on to the end of a rotated file before moving to the new one, and keeps only counts per
+ * user, verb and tenth of a second of `requestReceivedTimestamp` (completed requests only, as
+ * `auditRequests` in support.ts counts them).
+ *
+ *   const audit = await AuditTail.start(["devicelet", "kwok"]);
+ *   // ... load ...
+ *   await audit.settle(endMs);                // the audit batch covering endMs is read
+ *   audit.count("devicelet", startMs, endMs); // { total, byVerb, byRequest, throttled }
+ *   await audit.stop();
+ */
+import { open, stat, type FileHandle } from "node:fs/promises";
+import path from "node:path";
+import { StringDecoder } from "node:string_decoder";
+import { testenvDir } from "./support.ts";
+
+/** The API server writes audit batches at least this often (`--audit-log-batch-max-wait=1s`) plus slack. */
+const BATCH_SETTLE_MS = 2_500;
+const CHUNK = 1 << 20;
+/** Counts are kept per this much of `requestReceivedTimestamp`. */
+const BUCKET_MS = 100;
+
+const completeRe = /"stage":"ResponseComplete"/;
+const verbRe = /"verb":"([a-z]+)"/;
+const userRe = /"user":\{"username":"([^"]*)"/;
+const receivedRe = /"requestReceivedTimestamp":"([^"]+)"/;
+const codeRe = /"responseStatus":\{.*?"code":(\d{3})/;
+const resourceRe = /"objectRef":\{"resource":"([^"]+)"/;
+const subresourceRe = /"objectRef":\{[^}]*?"subresource":"([^"]+)"/;
+
+export interface AuditCount {
+  total: number;
+  byVerb: Record<string, number>;
+  /** By verb and resource (with subresource): `patch pods/status`, `update leases`. */
+  byRequest: Record<string, number>;
+  /** Answered 429 Too Many Requests. */
+  throttled: number;
+}
+
+export class AuditTail {
+  readonly #file: string;
+  readonly #users: ReadonlySet<string>;
+  /** `user verb resource` (or `user 429`) → tenth of a second → requests. */
+  readonly #counts = new Map<string, Map<number, number>>();
+  readonly #decoder = new StringDecoder("utf8");
+  readonly #buffer = Buffer.alloc(CHUNK);
+  #handle: FileHandle;
+  #inode: number;
+  #position: number;
+  #partial = "";
+  #bytes = 0;
+  #rotations = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #reading: Promise<void> = Promise.resolve();
+
+  private constructor(
+    file: string,
+    users: readonly string[],
+    handle: FileHandle,
+    inode: number,
+    size: number,
+  ) {
+    this.#file = file;
+    this.#users = new Set(users);
+    this.#handle = handle;
+    this.#inode = inode;
+    this.#position = size;
+  }
+
+  /** Follows `file` (default `testenvDir/audit.log`) from its current end, reading every second. */
+  static async start(
+    users: readonly string[],
+    file = path.join(testenvDir, "audit.log"),
+  ): Promise<AuditTail> {
+    const handle = await open(file, "r");
+    const s = await handle.stat();
+    const tail = new AuditTail(file, users, handle, s.ino, s.size);
+    tail.#timer = setInterval(() => void tail.#read(), 1_000);
+    return tail;
+  }
+
+  /** Audit bytes read since start (the log's growth), and how often the API server rotated it. */
+  get growth(): { mib: number; rotations: number } {
+    return { mib: Math.round((this.#bytes / 2 ** 20) * 10) / 10, rotations: this.#rotations };
+  }
+
+  /** Waits until the audit batch that holds requests received at `untilMs` must be written, and reads it. */
+  async settle(untilMs: number): Promise<void> {
+    const wait = untilMs + BATCH_SETTLE_MS - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    await this.#read();
+  }
+
+  /** Requests by `user` received between `fromMs` and `toMs` (wall clock, to a tenth of a second). */
+  count(user: string, fromMs: number, toMs: number): AuditCount {
+    const from = Math.floor(fromMs / BUCKET_MS);
+    const to = Math.floor(toMs / BUCKET_MS);
+    const sum = (buckets: Map<number, number>) => {
+      let n = 0;
+      for (const [bucket, count] of buckets) if (bucket >= from && bucket <= to) n += count;
+      return n;
+    };
+    const byVerb: Record<string, number> = {};
+    const byRequest: Record<string, number> = {};
+    let total = 0;
+    let throttled = 0;
+    for (const [key, buckets] of this.#counts) {
+      const [keyUser, verb = "", resource = ""] = key.split(" ");
+      if (keyUser !== user) continue;
+      const n = sum(buckets);
+      if (n === 0) continue;
+      if (verb === "429") throttled += n;
+      else {
+        byVerb[verb] = (byVerb[verb] ?? 0) + n;
+        byRequest[`${verb} ${resource}`] = n;
+        total += n;
+      }
+    }
+    return { total, byVerb, byRequest, throttled };
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#reading;
+    await this.#handle.close();
+  }
+
+  /** Reads whatever was appended; one read at a time. */
+  #read(): Promise<void> {
+    this.#reading = this.#reading.then(() => this.#readToEnd()).catch(() => {});
+    return this.#reading;
+  }
+
+  async #readToEnd(): Promise<void> {
+    for (;;) {
+      await this.#drain();
+      // Rotated: the old file gets no more writes once renamed, so drain it once more, then switch.
+      const current = await stat(this.#file).catch(() => undefined);
+      if (current === undefined || current.ino === this.#inode) return;
+      await this.#drain();
+      this.#consume(this.#decoder.end());
+      if (this.#partial !== "") this.#line(this.#partial);
+      this.#partial = "";
+      await this.#handle.close();
+      this.#handle = await open(this.#file, "r");
+      this.#inode = (await this.#handle.stat()).ino;
+      this.#position = 0;
+      this.#rotations++;
+    }
+  }
+
+  async #drain(): Promise<void> {
+    for (;;) {
+      const { bytesRead } = await this.#handle.read(this.#buffer, 0, CHUNK, this.#position);
+      if (bytesRead === 0) return;
+      this.#position += bytesRead;
+      this.#bytes += bytesRead;
+      this.#consume(this.#decoder.write(this.#buffer.subarray(0, bytesRead)));
+    }
+  }
+
+  #consume(text: string): void {
+    const lines = (this.#partial + text).split("\n");
+    this.#partial = lines.pop() ?? "";
+    for (const line of lines) this.#line(line);
+  }
+
+  #line(line: string): void {
+    const user = userRe.exec(line)?.[1];
+    if (user === undefined || !this.#users.has(user) || !completeRe.test(line)) return;
+    const received = receivedRe.exec(line)?.[1];
+    const verb = verbRe.exec(line)?.[1];
+    if (received === undefined || verb === undefined) return;
+    const bucket = Math.floor(Date.parse(received) / BUCKET_MS);
+    const resource = resourceRe.exec(line)?.[1] ?? "-";
+    const subresource = subresourceRe.exec(line)?.[1];
+    this.#add(`${user} ${verb} ${subresource ? `${resource}/${subresource}` : resource}`, bucket);
+    if (codeRe.exec(line)?.[1] === "429") this.#add(`${user} 429`, bucket);
+  }
+
+  #add(key: string, bucket: number): void {
+    let buckets = this.#counts.get(key);
+    if (!buckets) this.#counts.set(key, (buckets = new Map<number, number>()));
+    buckets.set(bucket, (buckets.get(bucket) ?? 0) + 1);
+  }
+}

@@ -1,0 +1,309 @@
+/**
+ * A tool under benchmark that runs pods on a fleet of nodes (devicelet with the mock provider
+ * here, KWOK in kwok.ts), and the fast way to load it: bare pods with `spec.nodeName` already set,
+ * spread round-robin over the fleet's nodes and created straight through the API with many
+ * requests in flight, so neither the scheduler nor the controller-manager sets the pace.
+ *
+ *   const api = BenchApi.admin();
+ *   const fleet = await startMockDevicelet({ api, id, nodes: 100, podsPerNode: 110 });
+ *   const run = await runBoundPods({ api, fleet, namespace, pods: 5000 });
+ *   await fleet.stop();
+ *   await removeBoundPods({ api, namespace, pods: 5000 });
+ *   await fleet.removeNodes();
+ */
+import type { ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { NODE_LEASE_NAMESPACE } from "../src/kube/client.ts";
+import type { KubeObject, Pod } from "../src/kube/types.ts";
+import { inPool, type BenchApi } from "./api.ts";
+import { percentile, spawnDevicelet, testenvDir, waitUntil } from "./support.ts";
+import { cpuSeconds } from "./usage.ts";
+import { follow, NodeReadiness, PodRunningTimes } from "./watch.ts";
+
+/** Label every benchmark node carries, with the run's id (KWOK's: `<id>-kwok`). */
+export const BENCH_LABEL = "devicelet.dev/bench";
+/** Requests in flight when creating or deleting in bulk (env BENCH_CONCURRENCY). */
+export const concurrency = Number(process.env.BENCH_CONCURRENCY ?? 48);
+
+export interface Fleet {
+  readonly tool: "devicelet" | "kwok";
+  /** The tool's API user, as the audit log names it. */
+  readonly username: string;
+  readonly pid: number;
+  /** `BENCH_LABEL=<value>`: selects exactly this fleet's nodes. */
+  readonly nodeSelector: string;
+  readonly nodeNames: readonly string[];
+  /** The key of the NoSchedule taint on the nodes, tolerated by the benchmark's pods. */
+  readonly tolerationKey: string;
+  /** Followed from before the nodes were Ready until {@link stop}. */
+  readonly nodes: NodeReadiness;
+  /** Whether the tool's process still runs. */
+  alive(): boolean;
+  /** Ends the process (SIGTERM, SIGKILL after 15 s) and the node watch. */
+  stop(): Promise<void>;
+  /** Deletes the fleet's Node objects (after {@link stop}, or the tool may make them again). */
+  removeNodes(): Promise<void>;
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`; resolves once the process has exited. */
+export async function endProcess(child: ChildProcess, graceMs = 15_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/**
+ * Follows the nodes of `nodeSelector` until `count` are Ready and each has its Lease, failing
+ * early if `alive` turns false. The watch goes on until `signal` aborts.
+ */
+export async function followNodesUntilReady(o: {
+  api: BenchApi;
+  nodeSelector: string;
+  count: number;
+  signal: AbortSignal;
+  alive: () => boolean;
+  what: string;
+}): Promise<NodeReadiness> {
+  const nodes = new NodeReadiness();
+  await follow({
+    api: o.api,
+    path: "/api/v1/nodes",
+    labelSelector: o.nodeSelector,
+    signal: o.signal,
+    see: nodes.see,
+  });
+  await waitUntil(
+    () => `${o.count} ${o.what} nodes Ready (${nodes.readyCount} are)`,
+    () => {
+      if (!o.alive()) throw new Error(`${o.what} exited before its nodes were Ready`);
+      return nodes.readyCount >= o.count;
+    },
+    120_000 + o.count * 60,
+    250,
+  );
+  // Registration ends with each node's heartbeat Lease: wait for those too, so the tool's start-up
+  // requests stay out of what the benchmark measures next.
+  const names = new Set(nodes.names());
+  let leases = 0;
+  await waitUntil(
+    () => `${names.size} ${o.what} node Leases (${leases} exist)`,
+    async () => {
+      leases = 0;
+      let next: string | undefined;
+      do {
+        const page = await o.api.request<{ metadata?: { continue?: string }; items?: KubeObject[] }>({
+          method: "GET",
+          path: `/apis/coordination.k8s.io/v1/namespaces/${NODE_LEASE_NAMESPACE}/leases`,
+          query: { limit: 500, ...(next ? { continue: next } : {}) },
+        });
+        for (const lease of page.items ?? []) if (names.has(lease.metadata?.name ?? "")) leases++;
+        next = page.metadata?.continue || undefined;
+      } while (next);
+      return leases >= names.size;
+    },
+    60_000 + o.count * 20,
+    1_000,
+  );
+  return nodes;
+}
+
+/**
+ * Client-side rate limits devicelet runs with in these benchmarks. KWOK has none, so devicelet's
+ * default lane is raised from 100 to BENCH_DEVICELET_QPS (default 1,000): the benchmarks measure
+ * the engine, not a budget. Heartbeats: a Lease renewal per node every 10 s plus node status,
+ * with room to spare (the default 200 from 1,000 nodes down).
+ */
+export function deviceletApiBudget(nodes: number) {
+  const qps = Number(process.env.BENCH_DEVICELET_QPS ?? 1_000);
+  const heartbeatQps = Math.max(200, Math.ceil(nodes / 5));
+  return { qps, burst: 2 * qps, heartbeatQps, heartbeatBurst: 2 * heartbeatQps };
+}
+
+/** devicelet with `nodes` mock devices whose apps start at once, each with room for `podsPerNode` pods. */
+export async function startMockDevicelet(o: {
+  api: BenchApi;
+  id: string;
+  nodes: number;
+  podsPerNode: number;
+}): Promise<Fleet> {
+  const nodeSelector = `${BENCH_LABEL}=${o.id}`;
+  const { child, logFile } = spawnDevicelet({
+    kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
+    nodes: { extraLabels: { [BENCH_LABEL]: o.id } },
+    log: { level: "warn" },
+    api: deviceletApiBudget(o.nodes),
+    provider: {
+      type: "mock",
+      config: {
+        devices: { count: o.nodes, idPrefix: `${o.id}-d`, capacity: { pods: String(o.podsPerNode) } },
+        appStartDelayMs: 0,
+      },
+    },
+  });
+  const pid = child.pid;
+  if (pid === undefined) throw new Error("devicelet did not start");
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  const watching = new AbortController();
+  try {
+    const nodes = await followNodesUntilReady({
+      api: o.api,
+      nodeSelector,
+      count: o.nodes,
+      signal: watching.signal,
+      alive,
+      what: "devicelet",
+    });
+    return {
+      tool: "devicelet",
+      username: "devicelet",
+      pid,
+      nodeSelector,
+      nodeNames: nodes.names(),
+      tolerationKey: "virtual-kubelet.io/provider",
+      nodes,
+      alive,
+      stop: async () => {
+        await endProcess(child);
+        watching.abort();
+      },
+      removeNodes: () => removeNodes(o.api, nodeSelector),
+    };
+  } catch (err) {
+    watching.abort();
+    await endProcess(child);
+    await removeNodes(o.api, nodeSelector);
+    const log = readFileSync(logFile, "utf8").split("\n").slice(-20).join("\n");
+    throw new Error(`${(err as Error).message}; devicelet's log ends:\n${log}`, { cause: err });
+  }
+}
+
+/** Deletes every node of `nodeSelector` in one request. */
+export async function removeNodes(api: BenchApi, nodeSelector: string): Promise<void> {
+  await api.request({ method: "DELETE", path: "/api/v1/nodes", query: { labelSelector: nodeSelector } });
+}
+
+/** The benchmark's pods are named `<POD_PREFIX><index>`. */
+export const POD_PREFIX = "p-";
+
+function boundPod(namespace: string, index: number, nodeName: string, tolerationKey: string): Pod {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: `${POD_PREFIX}${index}`, namespace, labels: { app: "bench" } },
+    spec: {
+      nodeName,
+      tolerations: [{ key: tolerationKey, operator: "Exists" }],
+      // No token volume: the pod objects (and every cache of them) stay small at 50,000 pods.
+      automountServiceAccountToken: false,
+      terminationGracePeriodSeconds: 1,
+      containers: [{ name: "app", image: "example/sensor:1.0", command: ["/bin/sensor"] }],
+    },
+  };
+}
+
+export interface BoundPodsResult {
+  pods: number;
+  nodes: number;
+  /** From the first create to the last pod seen Running and Ready. */
+  allRunningSeconds: number;
+  /** From the first create to the last create's answer. */
+  createSeconds: number;
+  podsPerSecond: number;
+  /** From each create's answer to its pod seen Running and Ready. */
+  p50Ms: number;
+  p99Ms: number;
+  /** CPU the tool's process used over the same window. */
+  cpuSeconds: number;
+  /** Wall-clock window (ms) of the run, for the audit log. */
+  startMs: number;
+  endMs: number;
+}
+
+/**
+ * Creates `namespace` and `pods` bare pods bound round-robin to the fleet's nodes, `concurrency`
+ * creates in flight, and waits (bounded) until one watcher saw all of them Running and Ready.
+ */
+export async function runBoundPods(o: {
+  api: BenchApi;
+  fleet: Fleet;
+  namespace: string;
+  pods: number;
+}): Promise<BoundPodsResult> {
+  const { api, fleet, namespace, pods } = o;
+  await api.create("/api/v1/namespaces", {
+    apiVersion: "v1",
+    kind: "Namespace",
+    metadata: { name: namespace },
+  });
+  // Pods are admitted only once the namespace's default ServiceAccount exists.
+  const saPath = `/api/v1/namespaces/${namespace}/serviceaccounts/default`;
+  await waitUntil(
+    `ServiceAccount default in ${namespace}`,
+    async () => (await api.get(saPath)) !== undefined,
+    60_000,
+    250,
+  );
+  const times = new PodRunningTimes(POD_PREFIX, pods);
+  const watching = new AbortController();
+  try {
+    const podsPath = `/api/v1/namespaces/${namespace}/pods`;
+    await follow({ api, path: podsPath, signal: watching.signal, see: times.see });
+    const nodeNames = fleet.nodeNames;
+    const cpuBefore = cpuSeconds(fleet.pid);
+    const startMs = Date.now();
+    const start = performance.now();
+    await inPool(pods, concurrency, async (i) => {
+      await api.create(
+        podsPath,
+        boundPod(namespace, i, nodeNames[i % nodeNames.length] ?? "", fleet.tolerationKey),
+      );
+      times.createdAt[i] = performance.now();
+    });
+    const created = performance.now();
+    await waitUntil(
+      () => `${pods} pods Running on ${fleet.tool} (${times.running} are)`,
+      () => {
+        if (!fleet.alive()) throw new Error(`${fleet.tool} exited while its pods were starting`);
+        return times.running >= pods;
+      },
+      300_000 + pods * 20,
+      200,
+    );
+    const end = performance.now();
+    const endMs = Date.now();
+    const cpu = cpuSeconds(fleet.pid) - cpuBefore;
+    const latencies = times.latencies();
+    const seconds = (end - start) / 1000;
+    return {
+      pods,
+      nodes: nodeNames.length,
+      allRunningSeconds: round(seconds, 2),
+      createSeconds: round((created - start) / 1000, 2),
+      podsPerSecond: round(pods / seconds, 1),
+      p50Ms: Math.round(percentile(latencies, 50)),
+      p99Ms: Math.round(percentile(latencies, 99)),
+      cpuSeconds: round(cpu, 2),
+      startMs,
+      endMs,
+    };
+  } finally {
+    watching.abort();
+  }
+}
+
+/** Removes the benchmark's pods at once (grace period 0, no kubelet needed), then the namespace. */
+export async function removeBoundPods(o: { api: BenchApi; namespace: string; pods: number }): Promise<void> {
+  await inPool(o.pods, concurrency, (i) =>
+    o.api.delete(`/api/v1/namespaces/${o.namespace}/pods/${POD_PREFIX}${i}`, { gracePeriodSeconds: 0 }),
+  );
+  await o.api.delete(`/api/v1/namespaces/${o.namespace}`);
+}
+
+export const round = (value: number, digits: number) => Math.round(value * 10 ** digits) / 10 ** digits;
+
+/** `a / b` to two decimals, for the ratio columns. */
+export const ratio = (a: number, b: number) => round(a / b, 2);

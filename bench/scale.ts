@@ -1,0 +1,203 @@
+/**
+ * Scale benchmark (`npm run bench -- scale`): devicelet (mock provider, apps start at once, API
+ * budget as `deviceletApiBudget` in fleet.ts sets it for the node count) with
+ * SCALE_NODES (default 1,000) device nodes and SCALE_PODS (default 10,000) pods, created as the
+ * throughput benchmark creates them (bare, `spec.nodeName` set, many creates in flight), then held
+ * at steady state for SCALE_HOLD_SECONDS (default 600); then KWOK with the same counts on the same
+ * control plane in the same run. Runs at 5,000 nodes / 50,000 pods too: the benchmark keeps two
+ * numbers per pod and one flag per node, and counts the audit log as it grows.
+ *
+ * Per tool: time until all nodes Ready and until all pods Running; peak RSS of the tool's process
+ * and its RSS at steady state (end of the hold); every transition of a node's Ready condition away
+ * from True during the hold (and during the pod burst), as a node watch saw it; API requests per
+ * second by the tool's user during the hold (audit log); CPU seconds per node per minute during
+ * the hold. Prints both rows and the devicelet/KWOK ratios; writes `bench-scale.json` to the
+ * harness directory. Namespaces, pods and nodes are deleted afterwards.
+ */
+import { randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import path from "node:path";
+import { BenchApi } from "./api.ts";
+import { AuditTail } from "./audit-tail.ts";
+import {
+  concurrency,
+  deviceletApiBudget,
+  ratio,
+  removeBoundPods,
+  round,
+  runBoundPods,
+  startMockDevicelet,
+  type Fleet,
+} from "./fleet.ts";
+import { startKwok } from "./kwok.ts";
+import { controlPlane, testenvDir } from "./support.ts";
+import { cpuSeconds, memoryMiB } from "./usage.ts";
+import type { NotReadyTransition } from "./watch.ts";
+
+const NODES = Number(process.env.SCALE_NODES ?? 1_000);
+const PODS = Number(process.env.SCALE_PODS ?? 10_000);
+const HOLD_SECONDS = Number(process.env.SCALE_HOLD_SECONDS ?? 600);
+const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
+/** RSS is sampled this often during the hold. */
+const SAMPLE_MS = 10_000;
+
+interface Row {
+  tool: string;
+  nodes: number;
+  pods: number;
+  nodesReadySeconds: number;
+  allRunningSeconds: number;
+  podsPerSecond: number;
+  peakRssMiB: number;
+  /** RSS at the end of the hold. */
+  steadyRssMiB: number;
+  /** Transitions of a node's Ready away from True during the hold, and how many nodes had one. */
+  notReadyDuringHold: number;
+  nodesNotReadyDuringHold: number;
+  /** The same from the first pod create to the start of the hold. */
+  notReadyDuringBurst: number;
+  nodesReadyAtEnd: number;
+  apiRequestsPerSecond: number;
+  apiRequestsPerSecondByRequest: Record<string, number>;
+  /** 429s the API server answered the tool during the hold. */
+  tool429s: number;
+  cpuSecondsPerNodePerMinute: number;
+  /** The first few NotReady transitions, to look into. */
+  firstNotReady: NotReadyTransition[];
+}
+
+/** Waits out the hold, sampling RSS; fails early if the tool's process ends. */
+async function hold(fleet: Fleet): Promise<{ startMs: number; endMs: number; cpu: number; rssMiB: number }> {
+  const startMs = Date.now();
+  const cpuBefore = cpuSeconds(fleet.pid);
+  const deadline = startMs + HOLD_SECONDS * 1000;
+  let lastReport = startMs;
+  for (let now = Date.now(); now < deadline; now = Date.now()) {
+    await new Promise((r) => setTimeout(r, Math.min(SAMPLE_MS, deadline - now)));
+    if (!fleet.alive()) throw new Error(`${fleet.tool} exited during the hold`);
+    if (Date.now() - lastReport >= 60_000) {
+      lastReport = Date.now();
+      const { rssMiB } = memoryMiB(fleet.pid);
+      const elapsed = Math.round((lastReport - startMs) / 1000);
+      console.log(
+        `  ${fleet.tool} hold ${elapsed}/${HOLD_SECONDS}s: RSS ${rssMiB} MiB, ` +
+          `${fleet.nodes.readyCount}/${NODES} nodes Ready, ${fleet.nodes.wentNotReady(startMs).count} went NotReady`,
+      );
+    }
+  }
+  const cpu = cpuSeconds(fleet.pid) - cpuBefore;
+  return { startMs, endMs: Date.now(), cpu, rssMiB: memoryMiB(fleet.pid).rssMiB };
+}
+
+async function measure(o: {
+  tool: Fleet["tool"];
+  id: string;
+  api: BenchApi;
+  audit: AuditTail;
+}): Promise<Row> {
+  const { api, audit } = o;
+  const start = o.tool === "devicelet" ? startMockDevicelet : startKwok;
+  const begin = performance.now();
+  const fleet = await start({ api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE });
+  const nodesReadySeconds = round((performance.now() - begin) / 1000, 2);
+  console.log(`${o.tool}: ${NODES} nodes Ready after ${nodesReadySeconds}s; creating ${PODS} pods`);
+  const namespace = `${o.id}-${o.tool}`;
+  try {
+    const run = await runBoundPods({ api, fleet, namespace, pods: PODS });
+    console.log(`${o.tool}: ${PODS} pods Running after ${run.allRunningSeconds}s; holding ${HOLD_SECONDS}s`);
+    const held = await hold(fleet);
+    const duringHold = fleet.nodes.wentNotReady(held.startMs);
+    const sinceBurst = fleet.nodes.wentNotReady(run.startMs);
+    await audit.settle(held.endMs);
+    const requests = audit.count(fleet.username, held.startMs, held.endMs);
+    const seconds = (held.endMs - held.startMs) / 1000;
+    return {
+      tool: o.tool,
+      nodes: NODES,
+      pods: PODS,
+      nodesReadySeconds,
+      allRunningSeconds: run.allRunningSeconds,
+      podsPerSecond: run.podsPerSecond,
+      peakRssMiB: memoryMiB(fleet.pid).peakRssMiB,
+      steadyRssMiB: held.rssMiB,
+      notReadyDuringHold: duringHold.count,
+      nodesNotReadyDuringHold: duringHold.nodes,
+      notReadyDuringBurst: sinceBurst.count - duringHold.count,
+      nodesReadyAtEnd: fleet.nodes.readyCount,
+      apiRequestsPerSecond: round(requests.total / seconds, 2),
+      apiRequestsPerSecondByRequest: Object.fromEntries(
+        Object.entries(requests.byRequest).map(([request, n]) => [request, round(n / seconds, 2)]),
+      ),
+      tool429s: requests.throttled,
+      cpuSecondsPerNodePerMinute: round(held.cpu / NODES / (seconds / 60), 5),
+      firstNotReady: sinceBurst.first,
+    };
+  } finally {
+    await fleet.stop();
+    await removeBoundPods({ api, namespace, pods: PODS });
+    await fleet.removeNodes();
+  }
+}
+
+export async function benchScale(): Promise<void> {
+  const stop = await controlPlane();
+  const api = BenchApi.admin();
+  const audit = await AuditTail.start(["devicelet", "kwok"]);
+  const id = `sc-${randomBytes(3).toString("hex")}`;
+  try {
+    console.log(
+      `scale: ${NODES} nodes, ${PODS} pods, held ${HOLD_SECONDS}s, ${concurrency} creates in flight`,
+    );
+    const devicelet = await measure({ tool: "devicelet", id, api, audit });
+    console.log("devicelet:", JSON.stringify(devicelet));
+    const kwok = await measure({ tool: "kwok", id, api, audit });
+    console.log("kwok:", JSON.stringify(kwok));
+    const rows = [devicelet, kwok];
+    const ratios = {
+      peakRssMiB: ratio(devicelet.peakRssMiB, kwok.peakRssMiB),
+      steadyRssMiB: ratio(devicelet.steadyRssMiB, kwok.steadyRssMiB),
+      apiRequestsPerSecond: ratio(devicelet.apiRequestsPerSecond, kwok.apiRequestsPerSecond),
+      cpuSecondsPerNodePerMinute: ratio(
+        devicelet.cpuSecondsPerNodePerMinute,
+        kwok.cpuSecondsPerNodePerMinute,
+      ),
+      allRunningSeconds: ratio(devicelet.allRunningSeconds, kwok.allRunningSeconds),
+    };
+    const apiServer = { createRetries: api.retried, create429s: api.throttled, auditLog: audit.growth };
+    console.log(
+      `\nscale benchmark: ${NODES} nodes, ${PODS} pods, ${HOLD_SECONDS}s hold, one control plane\n`,
+    );
+    console.table(rows.map(({ apiRequestsPerSecondByRequest: _v, firstNotReady: _f, ...r }) => r));
+    console.log(
+      "API requests per second during the hold, by verb and resource:",
+      Object.fromEntries(rows.map((r) => [r.tool, r.apiRequestsPerSecondByRequest])),
+    );
+    for (const r of rows)
+      if (r.firstNotReady.length > 0) console.log(`${r.tool}: first NotReady transitions:`, r.firstNotReady);
+    console.log("ratio devicelet/kwok:", ratios);
+    console.log("bench's own requests and the audit log:", apiServer);
+    writeFileSync(
+      path.join(testenvDir, "bench-scale.json"),
+      JSON.stringify(
+        {
+          date: new Date().toISOString(),
+          nodes: NODES,
+          pods: PODS,
+          holdSeconds: HOLD_SECONDS,
+          podsPerNode: PODS_PER_NODE,
+          concurrency,
+          deviceletApi: deviceletApiBudget(NODES),
+          rows,
+          ratios,
+          apiServer,
+        },
+        null,
+        2,
+      ),
+    );
+  } finally {
+    await audit.stop();
+    await api.close();
+    await stop();
+  }
+}

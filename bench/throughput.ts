@@ -1,0 +1,138 @@
+/**
+ * Throughput benchmark (`npm run bench -- throughput`): how fast the kubelet side starts pods when
+ * nothing upstream sets the pace. THROUGHPUT_PODS (default 5,000) bare pods with `spec.nodeName`
+ * set, round-robin over THROUGHPUT_NODES (default 100) nodes, are created straight through the API
+ * with BENCH_CONCURRENCY (default 48) creates in flight; no Deployment, no scheduler, no
+ * controller-manager. devicelet (mock provider, apps start at once, its API budget raised to
+ * BENCH_DEVICELET_QPS, default 1,000: see `deviceletApiBudget`) runs first, then KWOK with its
+ * "fast" stages on fresh nodes, on the same control plane in the same run.
+ *
+ * Per tool, from the first create until one watcher saw every pod Running and Ready: the time and
+ * pods per second, p50/p99 from a create's answer to Running, API requests per pod by the tool's
+ * user (audit log), CPU seconds of the tool's process (/proc), its peak RSS and its RSS growth per
+ * pod. Prints both rows and the devicelet/KWOK ratios; writes `bench-throughput.json` to the
+ * harness directory. Namespaces, pods and nodes are deleted afterwards.
+ */
+import { randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import path from "node:path";
+import { BenchApi } from "./api.ts";
+import { AuditTail } from "./audit-tail.ts";
+import {
+  concurrency,
+  deviceletApiBudget,
+  ratio,
+  removeBoundPods,
+  round,
+  runBoundPods,
+  startMockDevicelet,
+  type BoundPodsResult,
+  type Fleet,
+} from "./fleet.ts";
+import { startKwok } from "./kwok.ts";
+import { controlPlane, testenvDir } from "./support.ts";
+import { memoryMiB } from "./usage.ts";
+
+const PODS = Number(process.env.THROUGHPUT_PODS ?? 5_000);
+const NODES = Number(process.env.THROUGHPUT_NODES ?? 100);
+/** Room for every pod with margin, and never less than the kubelet's default of 110. */
+const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
+
+interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
+  tool: string;
+  apiRequestsPerPod: number;
+  apiRequestsByRequest: Record<string, number>;
+  /** 429s the API server answered the tool during the run. */
+  tool429s: number;
+  peakRssMiB: number;
+  /** (RSS once all pods ran − RSS before the first create) / pods. */
+  rssPerPodKiB: number;
+}
+
+async function measure(o: {
+  tool: Fleet["tool"];
+  id: string;
+  api: BenchApi;
+  audit: AuditTail;
+}): Promise<Row> {
+  const { api, audit } = o;
+  const start = o.tool === "devicelet" ? startMockDevicelet : startKwok;
+  const fleet = await start({ api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE });
+  const namespace = `${o.id}-${o.tool}`;
+  try {
+    const before = memoryMiB(fleet.pid);
+    const { startMs, endMs, ...run } = await runBoundPods({ api, fleet, namespace, pods: PODS });
+    const after = memoryMiB(fleet.pid);
+    await audit.settle(endMs);
+    const requests = audit.count(fleet.username, startMs, endMs);
+    return {
+      tool: o.tool,
+      ...run,
+      apiRequestsPerPod: round(requests.total / PODS, 2),
+      apiRequestsByRequest: requests.byRequest,
+      tool429s: requests.throttled,
+      peakRssMiB: after.peakRssMiB,
+      rssPerPodKiB: round(((after.rssMiB - before.rssMiB) * 1024) / PODS, 2),
+    };
+  } finally {
+    await fleet.stop();
+    await removeBoundPods({ api, namespace, pods: PODS });
+    await fleet.removeNodes();
+  }
+}
+
+export async function benchThroughput(): Promise<void> {
+  const stop = await controlPlane();
+  const api = BenchApi.admin();
+  const audit = await AuditTail.start(["devicelet", "kwok"]);
+  const id = `tp-${randomBytes(3).toString("hex")}`;
+  try {
+    console.log(`throughput: ${PODS} pods bound to ${NODES} nodes, ${concurrency} creates in flight`);
+    const devicelet = await measure({ tool: "devicelet", id, api, audit });
+    console.log("devicelet:", JSON.stringify(devicelet));
+    const kwok = await measure({ tool: "kwok", id, api, audit });
+    console.log("kwok:", JSON.stringify(kwok));
+    const rows = [devicelet, kwok];
+    const ratios = {
+      podsPerSecond: ratio(devicelet.podsPerSecond, kwok.podsPerSecond),
+      allRunningSeconds: ratio(devicelet.allRunningSeconds, kwok.allRunningSeconds),
+      apiRequestsPerPod: ratio(devicelet.apiRequestsPerPod, kwok.apiRequestsPerPod),
+      cpuSeconds: ratio(devicelet.cpuSeconds, kwok.cpuSeconds),
+      rssPerPodKiB: ratio(devicelet.rssPerPodKiB, kwok.rssPerPodKiB),
+      peakRssMiB: ratio(devicelet.peakRssMiB, kwok.peakRssMiB),
+    };
+    const apiServer = { createRetries: api.retried, create429s: api.throttled, auditLog: audit.growth };
+    console.log(
+      `\nthroughput benchmark: ${PODS} pods bound to ${NODES} nodes, one control plane, same run\n`,
+    );
+    console.table(rows.map(({ apiRequestsByRequest: _v, ...r }) => r));
+    console.log(
+      "API requests by verb and resource:",
+      Object.fromEntries(rows.map((r) => [r.tool, r.apiRequestsByRequest])),
+    );
+    console.log("ratio devicelet/kwok:", ratios);
+    console.log("bench's own requests and the audit log:", apiServer);
+    writeFileSync(
+      path.join(testenvDir, "bench-throughput.json"),
+      JSON.stringify(
+        {
+          date: new Date().toISOString(),
+          pods: PODS,
+          nodes: NODES,
+          podsPerNode: PODS_PER_NODE,
+          concurrency,
+          deviceletApi: deviceletApiBudget(NODES),
+          rows,
+          ratios,
+          apiServer,
+        },
+        null,
+        2,
+      ),
+    );
+  } finally {
+    await audit.stop();
+    await api.close();
+    await stop();
+  }
+}
