@@ -11,6 +11,7 @@ import iothub from "azure-iothub";
 import httpModule from "azure-iothub/dist/common-http/http.js";
 import restModule from "azure-iothub/dist/common-http/rest_api_client.js";
 import type { IotHubEmulator } from "./index.ts";
+import { encodeTwinDocument, IOTHUB_MAPPING } from "../../src/protocol/iothub-twin.ts";
 
 // CommonJS modules: their exports are read from the default import.
 const { Registry, Client } = iothub;
@@ -73,4 +74,29 @@ export function emulatorServiceClient(emulator: IotHubEmulator): Client {
   const { rest } = restClient(emulator);
   const amqpUnused = { on: () => undefined } as unknown as iothub.Client.Transport;
   return new Client(amqpUnused, rest);
+}
+
+/**
+ * Writes devicelet's desired document into a device's twin as devicelet does: conditional on the
+ * etag just read, read again after a 412 (the device's own reported writes, a heartbeat say,
+ * change the etag too), at most five times.
+ */
+export async function writeDesiredText(registry: Registry, deviceId: string, text: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    const twin = (await registry.getTwin(deviceId)).responseBody;
+    const previous = (twin.properties.desired as Record<string, { n?: number } | undefined>)[
+      IOTHUB_MAPPING.desiredKey
+    ];
+    const value = encodeTwinDocument(text, previous?.n ?? 0);
+    try {
+      await registry.updateTwin(
+        deviceId,
+        { properties: { desired: { [IOTHUB_MAPPING.desiredKey]: value } } },
+        twin.etag,
+      );
+      return;
+    } catch (err) {
+      if ((err as Error).name !== "InvalidEtagError" || attempt === 5) throw err;
+    }
+  }
 }

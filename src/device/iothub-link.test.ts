@@ -11,7 +11,11 @@ import {
   type DeviceCertificate,
   type IotHubEmulator,
 } from "../../hack/iothub-emulator/index.ts";
-import { emulatorRegistry, emulatorServiceClient } from "../../hack/iothub-emulator/service-sdk.ts";
+import {
+  emulatorRegistry,
+  writeDesiredText,
+  emulatorServiceClient,
+} from "../../hack/iothub-emulator/service-sdk.ts";
 import type { Hub } from "../../hack/iothub-emulator/hub.ts";
 import type { Clock } from "../base/clock.ts";
 import { FakeClock } from "../base/fake-clock.ts";
@@ -98,18 +102,8 @@ async function reportedDoc<T>(deviceId: string, key: string): Promise<T | undefi
 const report = (id: string) => reportedDoc<ReportedDocument>(id, IOTHUB_MAPPING.reported.reported);
 
 /** The provider's half: the document under the desired key, conditional on the twin's etag. */
-async function writeDesired(deviceId: string, doc: DesiredDocument): Promise<void> {
-  const twin = (await registry().getTwin(deviceId)).responseBody;
-  const previous = (twin.properties.desired as Record<string, { n?: number } | undefined>)[
-    IOTHUB_MAPPING.desiredKey
-  ];
-  const value = encodeTwinDocument(encodeMessage(doc).toString(), previous?.n ?? 0);
-  await registry().updateTwin(
-    deviceId,
-    { properties: { desired: { [IOTHUB_MAPPING.desiredKey]: value } } },
-    twin.etag,
-  );
-}
+const writeDesired = (deviceId: string, doc: DesiredDocument) =>
+  writeDesiredText(registry(), deviceId, encodeMessage(doc).toString());
 
 describe("DeviceSession over IotHubLink", () => {
   it("receives a desired document from the twin, applies it and reports state, acks and birth", async () => {

@@ -19,11 +19,11 @@ import {
   type IotHubEmulator,
   type RefusedConnect,
 } from "../../hack/iothub-emulator/index.ts";
-import { emulatorRegistry } from "../../hack/iothub-emulator/service-sdk.ts";
+import { emulatorRegistry, writeDesiredText } from "../../hack/iothub-emulator/service-sdk.ts";
 import { ConfigError } from "../../src/config/load.ts";
 import { parseAgentConfig } from "../../src/device/agent.ts";
 import { desiredDocument, desiredPod } from "../../src/device/fixtures.ts";
-import { decodeTwinDocument, encodeTwinDocument, IOTHUB_MAPPING } from "../../src/device/iothub-link.ts";
+import { decodeTwinDocument, IOTHUB_MAPPING } from "../../src/device/iothub-link.ts";
 import { encodeMessage } from "../../src/protocol/codec.ts";
 import type {
   AckMessage,
@@ -198,13 +198,7 @@ describe("devicelet agent over IoT Hub, MQTT over WebSockets", () => {
       generation: 1,
       pods: [desiredPod({ uid: "w", apps: [{ name: "main", command: [process.execPath, "-e", APP] }] })],
     });
-    const twin = (await registry().getTwin(deviceId)).responseBody;
-    const value = encodeTwinDocument(encodeMessage(doc).toString());
-    await registry().updateTwin(
-      deviceId,
-      { properties: { desired: { [IOTHUB_MAPPING.desiredKey]: value } } },
-      twin.etag,
-    );
+    await writeDesiredText(registry(), deviceId, encodeMessage(doc).toString());
     await eventually(
       async () => {
         const report = await reported<ReportedDocument>(deviceId, IOTHUB_MAPPING.reported.reported);

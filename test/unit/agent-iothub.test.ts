@@ -12,10 +12,10 @@ import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { startIotHubEmulator, type IotHubEmulator } from "../../hack/iothub-emulator/index.ts";
-import { emulatorRegistry } from "../../hack/iothub-emulator/service-sdk.ts";
+import { emulatorRegistry, writeDesiredText } from "../../hack/iothub-emulator/service-sdk.ts";
 import { parseAgentConfig } from "../../src/device/agent.ts";
 import { desiredDocument, desiredPod } from "../../src/device/fixtures.ts";
-import { decodeTwinDocument, encodeTwinDocument, IOTHUB_MAPPING } from "../../src/device/iothub-link.ts";
+import { decodeTwinDocument, IOTHUB_MAPPING } from "../../src/device/iothub-link.ts";
 import { encodeMessage } from "../../src/protocol/codec.ts";
 import type {
   AckMessage,
@@ -102,18 +102,8 @@ async function reported<T>(key: string): Promise<T | undefined> {
 }
 
 /** The provider's write: the document under the desired key, conditional on the twin's etag. */
-async function writeDesired(doc: DesiredDocument): Promise<void> {
-  const current = await twin();
-  const previous = (current.properties.desired as Record<string, { n?: number } | undefined>)[
-    IOTHUB_MAPPING.desiredKey
-  ];
-  const value = encodeTwinDocument(encodeMessage(doc).toString(), previous?.n ?? 0);
-  await registry().updateTwin(
-    ID,
-    { properties: { desired: { [IOTHUB_MAPPING.desiredKey]: value } } },
-    current.etag,
-  );
-}
+const writeDesired = (doc: DesiredDocument) =>
+  writeDesiredText(registry(), ID, encodeMessage(doc).toString());
 
 const connected = () =>
   eventually(async () => expect((await registry().get(ID)).responseBody.connectionState).toBe("Connected"), {
