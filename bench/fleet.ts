@@ -144,26 +144,57 @@ export async function startMockDevicelet(o: {
       },
     },
   });
+  return followFleet({
+    api: o.api,
+    child,
+    logFile,
+    nodeSelector,
+    count: o.nodes,
+    tool: "devicelet",
+    username: "devicelet",
+    tolerationKey: "virtual-kubelet.io/provider",
+    what: "devicelet",
+  });
+}
+
+/**
+ * The {@link Fleet} of a tool's process that was just started: resolves once its `count` nodes
+ * are Ready with their leases; on failure ends the process, deletes the nodes and throws with the
+ * end of the tool's log.
+ */
+export async function followFleet(o: {
+  api: BenchApi;
+  child: ChildProcess;
+  logFile: string;
+  nodeSelector: string;
+  count: number;
+  tool: Fleet["tool"];
+  username: string;
+  tolerationKey: string;
+  /** The tool as messages name it. */
+  what: string;
+}): Promise<Fleet> {
+  const { child, nodeSelector } = o;
   const pid = child.pid;
-  if (pid === undefined) throw new Error("devicelet did not start");
   const alive = () => child.exitCode === null && child.signalCode === null;
   const watching = new AbortController();
   try {
+    if (pid === undefined) throw new Error(`${o.what} did not start`);
     const nodes = await followNodesUntilReady({
       api: o.api,
       nodeSelector,
-      count: o.nodes,
+      count: o.count,
       signal: watching.signal,
       alive,
-      what: "devicelet",
+      what: o.what,
     });
     return {
-      tool: "devicelet",
-      username: "devicelet",
+      tool: o.tool,
+      username: o.username,
       pid,
       nodeSelector,
       nodeNames: nodes.names(),
-      tolerationKey: "virtual-kubelet.io/provider",
+      tolerationKey: o.tolerationKey,
       nodes,
       alive,
       stop: async () => {
@@ -176,12 +207,11 @@ export async function startMockDevicelet(o: {
     watching.abort();
     await endProcess(child);
     await removeNodes(o.api, nodeSelector);
-    const log = readFileSync(logFile, "utf8").split("\n").slice(-20).join("\n");
-    throw new Error(`${(err as Error).message}; devicelet's log ends:\n${log}`, { cause: err });
+    const log = readFileSync(o.logFile, "utf8").split("\n").slice(-20).join("\n");
+    throw new Error(`${(err as Error).message}; ${o.what}'s log ends:\n${log}`, { cause: err });
   }
 }
 
-/** Deletes every node of `nodeSelector` in one request. */
 export async function removeNodes(api: BenchApi, nodeSelector: string): Promise<void> {
   await api.request({ method: "DELETE", path: "/api/v1/nodes", query: { labelSelector: nodeSelector } });
 }

@@ -15,14 +15,7 @@ import { mkdtempSync, openSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { inPool, type BenchApi } from "./api.ts";
-import {
-  BENCH_LABEL,
-  concurrency,
-  endProcess,
-  followNodesUntilReady,
-  removeNodes,
-  type Fleet,
-} from "./fleet.ts";
+import { BENCH_LABEL, concurrency, followFleet, type Fleet } from "./fleet.ts";
 import { testenvDir } from "./support.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
@@ -93,39 +86,15 @@ export async function startKwok(o: {
     ],
     { stdio: ["ignore", out, out] },
   );
-  const pid = child.pid;
-  const alive = () => child.exitCode === null && child.signalCode === null;
-  const watching = new AbortController();
-  try {
-    if (pid === undefined) throw new Error("KWOK did not start");
-    const nodes = await followNodesUntilReady({
-      api: o.api,
-      nodeSelector,
-      count: o.nodes,
-      signal: watching.signal,
-      alive,
-      what: "KWOK",
-    });
-    return {
-      tool: "kwok",
-      username: "kwok",
-      pid,
-      nodeSelector,
-      nodeNames: nodes.names(),
-      tolerationKey: "kwok.x-k8s.io/node",
-      nodes,
-      alive,
-      stop: async () => {
-        await endProcess(child);
-        watching.abort();
-      },
-      removeNodes: () => removeNodes(o.api, nodeSelector),
-    };
-  } catch (err) {
-    watching.abort();
-    await endProcess(child);
-    await removeNodes(o.api, nodeSelector);
-    const log = readFileSync(logFile, "utf8").split("\n").slice(-20).join("\n");
-    throw new Error(`${(err as Error).message}; KWOK's log ends:\n${log}`, { cause: err });
-  }
+  return followFleet({
+    api: o.api,
+    child,
+    logFile,
+    nodeSelector,
+    count: o.nodes,
+    tool: "kwok",
+    username: "kwok",
+    tolerationKey: "kwok.x-k8s.io/node",
+    what: "KWOK",
+  });
 }
