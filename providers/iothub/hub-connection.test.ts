@@ -11,7 +11,13 @@ import { topics } from "../../src/protocol/topics.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
 import { Readback } from "../mqtt/readback.ts";
 import { eventually } from "../../test/support/eventually.ts";
-import { logger, startTestHub, type Recorded, type TestHub } from "../../test/support/iothub-hub.ts";
+import {
+  GENEROUS,
+  logger,
+  startTestHub,
+  type Recorded,
+  type TestHub,
+} from "../../test/support/iothub-hub.ts";
 import type { HubService } from "./hub-service.ts";
 
 let t: TestHub;
@@ -137,6 +143,25 @@ describe("HubConnection publishing desired documents", () => {
       /refused by IoT Hub \(.*400.*\).*32768 bytes/,
     );
     expect(desiredIn(deviceId)).toBeUndefined();
+  });
+
+  it("says a desired write waits for its turn while the twin-update budget holds it, not after", async () => {
+    const ids = [t.newDeviceId(), t.newDeviceId(), t.newDeviceId()];
+    // Two twin updates a second: of three writes at once, the third waits about a second.
+    const service = t.service({ rates: { ...GENEROUS, twinUpdatesPerSecond: 2 } });
+    const { conn } = await t.connection({ ids }, { service });
+    const waiting = () => ids.map((id) => conn.waitingForTurn(topics.desired(id)));
+    expect(waiting()).toEqual([false, false, false]);
+    const writes = ids.map((id) => conn.publish(topics.desired(id), encodeMessage(doc(id, 1)), qos1));
+    expect(waiting()).toEqual([true, true, true]);
+    await writes[0];
+    expect(waiting()[0]).toBe(false);
+    expect(waiting()[2]).toBe(true);
+    await Promise.all(writes);
+    expect(waiting()).toEqual([false, false, false]);
+    for (const id of ids) expect(desiredIn(id)).toBeDefined();
+    // Only desired documents wait so; other topics never do.
+    expect(conn.waitingForTurn(topics.notice(ids[0] ?? ""))).toBe(false);
   });
 
   it("waits out the hub's throttling (429) and writes later", async () => {

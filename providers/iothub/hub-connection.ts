@@ -249,6 +249,13 @@ export class HubConnection implements TransportConnection {
     return Promise.reject(new Error(`topic ${topic} is not carried over IoT Hub`));
   }
 
+  waitingForTurn(topic: string): boolean {
+    const [id = "", kind = "", ...rest] = topic.startsWith(`${TOPIC_ROOT}/`)
+      ? topic.slice(TOPIC_ROOT.length + 1).split("/")
+      : [];
+    return kind === "desired" && rest.length === 0 && this.#publisher.waitingForTurn(id);
+  }
+
   /** Reads the device's twin quickly until `watchForMs` passed without a change (an event came). */
   watch(deviceId: string): void {
     this.#watches.watch(deviceId);

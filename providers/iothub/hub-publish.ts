@@ -70,6 +70,8 @@ export class HubPublisher {
   readonly #d: HubPublisherDeps;
   /** The tail of each device's chain of desired writes. */
   readonly #writes = new Map<string, Promise<void>>();
+  /** Per device, its desired writes whose turn in the budget has not come yet. */
+  readonly #waiting = new Map<string, number>();
 
   constructor(deps: HubPublisherDeps) {
     this.#d = deps;
@@ -77,9 +79,18 @@ export class HubPublisher {
 
   /** Writes `text` as the device's desired document, after any write still under way for it. */
   writeDesired(deviceId: string, text: string): Promise<void> {
+    this.#waiting.set(deviceId, (this.#waiting.get(deviceId) ?? 0) + 1);
+    let waiting = true;
+    const turnCame = () => {
+      if (!waiting) return;
+      waiting = false;
+      const left = (this.#waiting.get(deviceId) ?? 1) - 1;
+      if (left > 0) this.#waiting.set(deviceId, left);
+      else this.#waiting.delete(deviceId);
+    };
     const previous = this.#writes.get(deviceId) ?? Promise.resolve();
-    const next = previous.catch(() => undefined).then(() => this.#writeDesired(deviceId, text));
-    const tail = next.catch(() => undefined);
+    const next = previous.catch(() => undefined).then(() => this.#writeDesired(deviceId, text, turnCame));
+    const tail = next.catch(() => undefined).finally(turnCame);
     this.#writes.set(deviceId, tail);
     void tail.then(() => {
       if (this.#writes.get(deviceId) === tail) this.#writes.delete(deviceId);
@@ -87,7 +98,15 @@ export class HubPublisher {
     return next;
   }
 
-  async #writeDesired(deviceId: string, text: string): Promise<void> {
+  /**
+   * Whether a desired write of the device waits for its turn: behind its own earlier writes or
+   * in the twin-update budget. Once a write's call went out (answered or failed), it is not waiting.
+   */
+  waitingForTurn(deviceId: string): boolean {
+    return this.#waiting.has(deviceId);
+  }
+
+  async #writeDesired(deviceId: string, text: string, turnCame: () => void): Promise<void> {
     const { service, call, logger } = this.#d;
     const ours = documentVersion(text);
     let conflicts = 0;
@@ -100,6 +119,7 @@ export class HubPublisher {
         // The twin is read when the write's turn in the budget came, not when it joined the queue:
         // seconds may pass in between, and a device reports about three times per document.
         const freshEtag = async () => {
+          turnCame();
           const twin = await call(() => service.getTwin(deviceId));
           this.#d.absorb(twin);
           const theirs = documentVersion(
@@ -116,6 +136,7 @@ export class HubPublisher {
         this.#d.watch(deviceId);
         return;
       } catch (err) {
+        turnCame();
         if (err instanceof NewerInTwin) {
           logger.debug(
             { device: deviceId, ours: ours?.generation, theirs: err.generation },

@@ -57,6 +57,12 @@ export interface BrokerConnection {
   unsubscribe(filters: readonly string[]): Promise<void>;
   /** Resolves at PUBACK for QoS 1 (after reconnecting, if need be); never times out by itself. */
   publish(topic: string, payload: Buffer, options: PublishOptions): Promise<void>;
+  /**
+   * Whether a publish to `topic` is still waiting for its turn in a rate budget of devicelet's own
+   * (IoT Hub's twin-update share), not yet sent. Such a wait says nothing about the transport, so
+   * publish timeouts do not count it. Absent: publishes never wait so (MQTT).
+   */
+  waitingForTurn?(topic: string): boolean;
 }
 
 /**

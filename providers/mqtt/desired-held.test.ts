@@ -29,7 +29,7 @@ const podOf = (uid: string, image = "example/app:1"): DesiredPod => {
 };
 const refOf = (uid: string) => ({ namespace: "ns", name: `pod-${uid}`, uid });
 
-function setup(options: { connected?: boolean } = {}) {
+function setup(options: { connected?: boolean; waitingForTurn?: () => boolean } = {}) {
   const store = new MemoryStore();
   const published: DesiredDocument[] = [];
   const persisted: number[] = [];
@@ -43,6 +43,7 @@ function setup(options: { connected?: boolean } = {}) {
     maxBytes: () => 256 * 1024,
     debounceMs: 5,
     publishTimeoutMs: 1000,
+    ...(options.waitingForTurn ? { waitingForTurn: options.waitingForTurn } : {}),
     persist: () => {
       persisted.push(published.length);
       return Promise.resolve();
@@ -99,6 +100,21 @@ describe("DesiredStore.held", () => {
     await vi.advanceTimersByTimeAsync(1_001);
     expect(call.state).toBe("rejected");
     expect(isTransient(call.err)).toBe(true);
+  });
+
+  it("does not count the time a document waits for its turn in a local budget (IoT Hub)", async () => {
+    let inBudgetQueue = true;
+    const t = setup({ waitingForTurn: () => inBudgetQueue });
+    t.gate.hold = true;
+    t.desired.upsertPod("d", refOf("a"), podOf("a"));
+    const created = t.outcome(t.desired.held("d", "a"));
+    await vi.advanceTimersByTimeAsync(4_500);
+    expect(created.state).toBe("pending");
+    // Its turn came: the publish timeout counts again, at most its length from now.
+    inBudgetQueue = false;
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(created.state).toBe("rejected");
+    expect(isTransient(created.err)).toBe(true);
   });
 
   it("resolves without a publish when the content cannot be sent (held back with a reason)", async () => {

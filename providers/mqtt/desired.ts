@@ -42,7 +42,15 @@ export interface DesiredStoreOptions {
    */
   readonly documentSize?: DocumentSize;
   readonly debounceMs: number;
+  /**
+   * How long a document may take to be held by the broker before waiting callers are rejected
+   * Transient. Time the document spends waiting for its turn in a local rate budget
+   * (`waitingForTurn`) does not count: a thousand first documents at IoT Hub's 20 twin updates a
+   * second take 50 s, and rejecting them would only send the engine round its retry backoff.
+   */
   readonly publishTimeoutMs: number;
+  /** Whether the device's document is waiting for its turn in a local rate budget. Default: never. */
+  readonly waitingForTurn?: (deviceId: string) => boolean;
   /**
    * Called once the broker holds a device's content, before callers waiting for it are released
    * (workload hashes to the durable store); a rejection is retried like a failed publish.
@@ -60,9 +68,19 @@ export interface DesiredStoreOptions {
   readonly now?: () => Date;
 }
 
-const withTimeout = <T>(promise: Promise<T>, ms: number, what: string): Promise<T> =>
+/** Rejects Transient after `ms`, counted again from the start while `waiting()` says so. */
+const withTimeout = <T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+  waiting: () => boolean = () => false,
+): Promise<T> =>
   new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(transient(`${what}: no answer within ${ms} ms`)), ms);
+    const expire = () => {
+      if (waiting()) timer = setTimeout(expire, ms);
+      else reject(transient(`${what}: no answer within ${ms} ms`));
+    };
+    let timer = setTimeout(expire, ms);
     promise.then(
       (v) => {
         clearTimeout(timer);
@@ -235,6 +253,7 @@ export class DesiredStore {
       new Promise<void>((resolve) => d.waiters.push({ seq, until: "handled", resolve })),
       this.#o.publishTimeoutMs,
       `publishing the desired document of ${deviceId}`,
+      () => this.#o.waitingForTurn?.(deviceId) ?? false,
     );
   }
 
@@ -278,6 +297,7 @@ export class DesiredStore {
       new Promise<void>((resolve) => d.waiters.push({ seq, until: "durable", resolve })),
       this.#o.publishTimeoutMs,
       `publishing the tombstone of ${ref.namespace}/${ref.name} for ${deviceId}`,
+      () => this.#o.waitingForTurn?.(deviceId) ?? false,
     );
     return "tombstoned";
   }

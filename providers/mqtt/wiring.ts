@@ -124,7 +124,7 @@ export function wireMqtt(o: {
     devices: config.devices,
     allowSecretsWithoutTls: config.allowSecretsWithoutTls,
   });
-  const connection =
+  const connection: TransportConnection =
     o.transport?.connection ??
     new MqttConnection({
       config: config.broker,
@@ -164,6 +164,7 @@ export function wireMqtt(o: {
     ...(o.transport?.documentSize ? { documentSize: o.transport.documentSize } : {}),
     debounceMs: config.desired.debounceMs,
     publishTimeoutMs: config.desired.publishTimeoutMs,
+    waitingForTurn: (id) => connection.waitingForTurn?.(topics.desired(id)) ?? false,
     persist: (d) => workloads.persist(d),
     connected: () => connection.isConnected(),
     onChange: (id) => {

@@ -51,7 +51,7 @@ export interface TestHub {
     deviceId: string;
     session: DeviceSession;
   }>;
-  service(o?: { connectionString?: string }): HttpsHubService;
+  service(o?: { connectionString?: string; rates?: OperationRates }): HttpsHubService;
   connection(
     selection: HubConnectionOptions["selection"],
     o?: Partial<Omit<HubConnectionOptions, "selection">> & { start?: boolean; service?: HubService },
@@ -103,7 +103,7 @@ export async function startTestHub(): Promise<TestHub> {
         connectionString: o.connectionString ?? emulator.serviceConnectionString,
         endpoint: emulator.serviceUrl,
         ca: emulator.ca,
-        rates: GENEROUS,
+        rates: o.rates ?? GENEROUS,
         logger,
       });
     },
