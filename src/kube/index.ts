@@ -56,7 +56,13 @@ export {
 } from "./client.ts";
 export { KubeApiError, describeRequest, type Query } from "./transport.ts";
 export { ObjectStore, type IndexFunction, type StoreChange } from "./store.ts";
-export { Informer, dropManagedFields, type InformerOptions, type ListWatchClient } from "./informer.ts";
+export {
+  Informer,
+  dropManagedFields,
+  pickFields,
+  type InformerOptions,
+  type ListWatchClient,
+} from "./informer.ts";
 export { EventRecorder, type EventRecorderOptions, type EventToRecord } from "./events.ts";
 export {
   objectKey,

@@ -14,20 +14,22 @@ const pod = (name: string, rv: string, extra: Partial<Pod["metadata"]> = {}): Po
 const gone = () =>
   new ApiException(410, "expired", JSON.stringify({ kind: "Status", code: 410, reason: "Expired" }), {});
 
-type WatchScript = { events: WatchEvent<Pod>[]; end?: Error };
+/** A watch's events; with `after`, none is sent before it settles. */
+type WatchScript = { events: WatchEvent<Pod>[]; end?: Error; after?: Promise<unknown> };
 
 /** A scripted API server: each list/watch call takes the next script; with none left it waits for abort. */
 class FakeApi implements ListWatchClient {
-  readonly lists: (ListResult<Pod> | Error)[] = [];
+  /** A list answered later: a promise resolved by the test. */
+  readonly lists: (ListResult<Pod> | Error | Promise<ListResult<Pod>>)[] = [];
   readonly watches: WatchScript[] = [];
-  readonly calls: { kind: "list" | "watch"; query: Query | undefined }[] = [];
+  readonly calls: { kind: "list" | "watch"; query: Query | undefined; limit?: number | undefined }[] = [];
 
   list<T extends KubeObject>(_path: string, query?: Query, options?: ListOptions): Promise<ListResult<T>> {
-    this.calls.push({ kind: "list", query });
+    this.calls.push({ kind: "list", query, limit: options?.limit });
     const next = this.lists.shift();
     if (!next) return untilAborted(options?.signal);
     if (next instanceof Error) return Promise.reject(next);
-    return Promise.resolve(structuredClone(next) as unknown as ListResult<T>);
+    return Promise.resolve(next).then((list) => structuredClone(list) as unknown as ListResult<T>);
   }
 
   watch<T extends KubeObject>(
@@ -43,6 +45,7 @@ class FakeApi implements ListWatchClient {
         await untilAborted(signal).catch(() => undefined);
         return;
       }
+      await script.after;
       for (const event of structuredClone(script.events)) yield event as unknown as WatchEvent<T>;
       if (script.end) throw script.end;
     })();
@@ -230,6 +233,187 @@ describe("Informer", () => {
     ).toEqual(["a", "b"]);
     expect(informer.getByName("ns", "b")?.spec?.nodeName).toBe("dev-1");
     expect(informer.list()).toHaveLength(2);
+    controller.abort();
+    await done;
+  });
+});
+
+describe("Informer: what it caches (keep, pickUp, refilter)", () => {
+  const on = (name: string, rv: string, node: string): Pod => ({
+    ...pod(name, rv),
+    spec: { containers: [], nodeName: node },
+  });
+  /** An informer caching only pods on the `managed` nodes, as the pod controller's does. */
+  const filtered = (api: FakeApi, managed: Set<string>) =>
+    setup(api, { keep: (p) => managed.has(p.spec?.nodeName ?? "") });
+
+  it("never caches what keep refuses, on list and on watch, and drops a cached object an event shows no longer passing", async () => {
+    const api = new FakeApi();
+    api.lists.push({ items: [on("a", "1", "mine"), on("x", "2", "other")], resourceVersion: "2" });
+    api.watches.push({
+      events: [
+        { type: "ADDED", object: on("y", "3", "other") },
+        { type: "MODIFIED", object: on("x", "4", "other") },
+        { type: "DELETED", object: on("y", "5", "other") },
+        { type: "ADDED", object: on("b", "6", "mine") },
+        // Same key, no longer passing (its node left the managed set meanwhile).
+        {
+          type: "MODIFIED",
+          object: { ...on("a", "7", "mine"), metadata: { ...pod("a", "7").metadata, labels: { gone: "1" } } },
+        },
+        { type: "BOOKMARK", object: { metadata: { resourceVersion: "9" } } },
+      ],
+    });
+    const managed = new Set(["mine"]);
+    const { informer, seen, controller } = setup(api, {
+      keep: (p) => managed.has(p.spec?.nodeName ?? "") && p.metadata?.labels?.["gone"] === undefined,
+    });
+    const done = informer.start(controller.signal);
+    await until(() => informer.resourceVersion === "9");
+    expect(seen).toEqual(["add a@1", "add b@6", "delete a"]);
+    expect(informer.keys()).toEqual(["ns/b"]);
+    controller.abort();
+    await done;
+  });
+
+  it("applies keep to a re-list too: a refused object cached before is reported deleted", async () => {
+    const api = new FakeApi();
+    const managed = new Set(["mine", "old"]);
+    const expire = Promise.withResolvers<undefined>();
+    api.lists.push({ items: [on("a", "1", "mine"), on("o", "2", "old")], resourceVersion: "2" });
+    api.watches.push({ events: [], end: gone(), after: expire.promise });
+    api.lists.push({ items: [on("a", "1", "mine"), on("o", "2", "old")], resourceVersion: "3" });
+    const { informer, seen, controller } = filtered(api, managed);
+    const done = informer.start(controller.signal);
+    await informer.ready;
+    managed.delete("old");
+    expire.resolve(undefined);
+    await until(() => api.calls.length === 4);
+    expect(seen).toEqual(["add a@1", "add o@2", "delete o"]);
+    expect(informer.keys()).toEqual(["ns/a"]);
+    controller.abort();
+    await done;
+  });
+
+  it("picks up objects keep accepts now with one list no older than the watch, holding watch events until it is merged", async () => {
+    const api = new FakeApi();
+    const managed = new Set(["mine"]);
+    api.lists.push({
+      items: [on("a", "1", "mine"), on("p", "2", "new"), on("q", "3", "new")],
+      resourceVersion: "10",
+    });
+    const watchOpen = Promise.withResolvers<undefined>();
+    // While the pick-up lists: q is deleted, p changes.
+    api.watches.push({
+      after: watchOpen.promise,
+      events: [
+        { type: "DELETED", object: on("q", "12", "new") },
+        { type: "MODIFIED", object: on("p", "13", "new") },
+      ],
+    });
+    const picked = Promise.withResolvers<ListResult<Pod>>();
+    api.lists.push(picked.promise);
+    const { informer, seen, controller } = filtered(api, managed);
+    const done = informer.start(controller.signal);
+    await informer.ready;
+    expect(informer.keys()).toEqual(["ns/a"]);
+
+    managed.add("new");
+    const pickedUp = informer.pickUp({ fieldSelector: "spec.nodeName=new" });
+    // The watch delivers both events before the list answers, with a snapshot older than them.
+    watchOpen.resolve(undefined);
+    await until(() => api.calls.length === 3);
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+    expect(seen).toEqual(["add a@1"]);
+    picked.resolve({ items: [on("p", "11", "new"), on("q", "11", "new")], resourceVersion: "11" });
+    await pickedUp;
+    await until(() => informer.resourceVersion === "13");
+
+    // Merged, then the events on top: q's delete is not lost, p is at its latest.
+    expect(seen).toEqual(["add a@1", "add p@11", "add q@11", "delete q", "update p@11->13"]);
+    expect(informer.keys().sort()).toEqual(["ns/a", "ns/p"]);
+    expect(api.calls[2]).toEqual({
+      kind: "list",
+      query: {
+        fieldSelector: "spec.nodeName!=,spec.nodeName=new",
+        labelSelector: undefined,
+        resourceVersion: "10",
+        resourceVersionMatch: "NotOlderThan",
+      },
+      limit: 0,
+    });
+    controller.abort();
+    await done;
+  });
+
+  it("does not list to pick up before the first list, and tries a failed pick-up again with backoff", async () => {
+    const api = new FakeApi();
+    const managed = new Set(["mine"]);
+    const { informer, sleeps, controller } = filtered(api, managed);
+    await informer.pickUp({ fieldSelector: "spec.nodeName=new" }); // not started: nothing to do
+    expect(api.calls).toEqual([]);
+
+    const first = Promise.withResolvers<ListResult<Pod>>();
+    api.lists.push(first.promise);
+    const done = informer.start(controller.signal);
+    // Started, first list under way: that list applies keep as it is when it answers.
+    await informer.pickUp({ fieldSelector: "spec.nodeName=new" });
+    expect(api.calls).toHaveLength(1);
+    first.resolve({ items: [on("p", "2", "new")], resourceVersion: "5" });
+    await informer.ready;
+    expect(informer.keys()).toEqual([]);
+    api.lists.push(new Error("apiserver down"), { items: [on("p", "2", "new")], resourceVersion: "6" });
+    managed.add("new");
+    await informer.pickUp({ fieldSelector: "spec.nodeName=new" });
+    expect(informer.keys()).toEqual(["ns/p"]);
+    expect(sleeps).toEqual([1000]);
+    expect(api.calls.filter((c) => c.kind === "list")).toHaveLength(3);
+    controller.abort();
+    await done;
+  });
+
+  it("drops a pick-up's answer when a re-list came first: the re-list's snapshot is the one the watch follows", async () => {
+    const api = new FakeApi();
+    const managed = new Set(["mine"]);
+    const expire = Promise.withResolvers<undefined>();
+    const picked = Promise.withResolvers<ListResult<Pod>>();
+    api.lists.push({ items: [on("a", "1", "mine"), on("p", "2", "new")], resourceVersion: "10" });
+    api.watches.push({ events: [], end: gone(), after: expire.promise });
+    api.lists.push(picked.promise);
+    api.lists.push({ items: [on("a", "1", "mine"), on("p", "20", "new")], resourceVersion: "20" });
+    const { informer, seen, controller } = filtered(api, managed);
+    const done = informer.start(controller.signal);
+    await informer.ready;
+    managed.add("new");
+    const pickedUp = informer.pickUp({ fieldSelector: "spec.nodeName=new" });
+    expire.resolve(undefined);
+    await until(() => informer.resourceVersion === "20");
+    // An answer older than the re-list (q was deleted since): merging it would regress p and
+    // bring q back with no event ever to remove it.
+    picked.resolve({ items: [on("p", "11", "new"), on("q", "11", "new")], resourceVersion: "11" });
+    await pickedUp;
+    expect(seen).toEqual(["add a@1", "add p@20"]);
+    expect(informer.keys().sort()).toEqual(["ns/a", "ns/p"]);
+    controller.abort();
+    await done;
+  });
+
+  it("refilter drops the cached objects keep no longer passes and reports them deleted", async () => {
+    const api = new FakeApi();
+    const managed = new Set(["one", "two"]);
+    api.lists.push({
+      items: [on("a", "1", "one"), on("b", "2", "two"), on("c", "3", "two")],
+      resourceVersion: "3",
+    });
+    const { informer, seen, controller } = filtered(api, managed);
+    const done = informer.start(controller.signal);
+    await informer.ready;
+    managed.delete("two");
+    expect(informer.refilter(["ns/b", "ns/a", "ns/missing"])).toBe(1);
+    expect(informer.keys().sort()).toEqual(["ns/a", "ns/c"]);
+    expect(informer.refilter()).toBe(1);
+    expect(informer.keys()).toEqual(["ns/a"]);
+    expect(seen).toEqual(["add a@1", "add b@2", "add c@3", "delete b", "delete c"]);
     controller.abort();
     await done;
   });

@@ -15,6 +15,13 @@
  * re-list is diffed against the cache so objects deleted while no watch was open are reported as
  * deletes. Any other end of a watch or failure retries after a jittered exponential backoff
  * (1 s doubling to 30 s, back to 1 s after a healthy watch). Runs until the signal aborts.
+ *
+ * What is cached: every listed or watched object goes through `trim` (keep only what is read),
+ * then `keep` (a client-side filter, for what no selector can express: pods on the nodes this
+ * process manages). An object `keep` refuses never reaches the store; one already cached that an
+ * event shows no longer passing is removed and reported as a delete. When `keep` starts passing
+ * objects it refused before, {@link Informer.pickUp} lists them; when it stops passing cached
+ * ones, {@link Informer.refilter} drops them.
  */
 import { setTimeout as sleepFor } from "node:timers/promises";
 import type { Logger } from "pino";
@@ -39,6 +46,12 @@ export interface InformerOptions<T extends KubeObject> {
    * devicelet reads. Default {@link dropManagedFields}. May mutate its argument.
    */
   readonly trim?: (object: T) => T;
+  /**
+   * Which trimmed objects to cache (default: all). Refused objects are never stored or handed to
+   * a handler; an ADDED or MODIFIED event for a cached object that no longer passes removes it
+   * (delete handlers see the event's object). DELETED events always apply. Must not throw.
+   */
+  readonly keep?: (object: T) => boolean;
   /** First retry delay (default 1000 ms); doubles per failure up to `maxBackoffMs` (30 000). */
   readonly initialBackoffMs?: number;
   readonly maxBackoffMs?: number;
@@ -69,6 +82,21 @@ export function dropManagedFields<T extends KubeObject>(object: T): T {
   return object;
 }
 
+/**
+ * For a `trim` that keeps a whitelist: the listed own properties of `from` that are set, in a new
+ * object (an absent key stays absent rather than becoming `undefined`; values are shared).
+ */
+export function pickFields<T extends object, K extends keyof T>(
+  from: T,
+  keys: readonly K[],
+): Partial<Pick<T, K>> {
+  const out: Partial<Pick<T, K>> = {};
+  for (const key of keys) {
+    if (Object.hasOwn(from, key) && from[key] !== undefined) out[key] = from[key];
+  }
+  return out;
+}
+
 const defaultSleep = async (ms: number, signal: AbortSignal) => {
   try {
     await sleepFor(ms, undefined, { signal });
@@ -91,6 +119,12 @@ export class Informer<T extends KubeObject> {
   #synced = false;
   #resourceVersion = "";
   #done: Promise<void> | undefined;
+  #signal: AbortSignal | undefined;
+  /** Full lists applied so far: a pick-up that saw another list start is covered by it. */
+  #lists = 0;
+  /** Pick-ups listing now; watch events wait until none is (see {@link pickUp}). */
+  #pickingUp = 0;
+  #pickedUp: PromiseWithResolvers<undefined> | undefined;
 
   constructor(options: InformerOptions<T>) {
     this.#o = options;
@@ -127,6 +161,7 @@ export class Informer<T extends KubeObject> {
    */
   start(signal: AbortSignal): Promise<void> {
     if (this.#done) throw new Error("informer already started");
+    this.#signal = signal;
     this.#done = this.#run(signal).finally(() => {
       this.#rejectReady(signal.reason ?? new Error("informer stopped"));
     });
@@ -181,12 +216,112 @@ export class Informer<T extends KubeObject> {
     return this.#store.byIndex(name, value);
   }
 
+  /**
+   * Lists the objects matching `selectors` as well as the informer's own and caches those `keep`
+   * passes now (adds and updates go to the handlers): for objects `keep` refused before and
+   * accepts now, e.g. `pickUp({ fieldSelector: "spec.nodeName=dev-7" })` once node dev-7 is
+   * managed. Resolves once they are cached, at once when no list is cached yet (the coming list
+   * applies `keep` itself), and when the informer stops. Never rejects: a failed list is logged
+   * and tried again with the informer's backoff.
+   *
+   * Consistent with the watch: watch events wait while a pick-up lists, and the list asks for
+   * data at least as new as the last event applied (`resourceVersionMatch=NotOlderThan`), so the
+   * events that follow, applied over it, leave every object as the API server has it.
+   */
+  async pickUp(selectors: {
+    readonly labelSelector?: string;
+    readonly fieldSelector?: string;
+  }): Promise<void> {
+    const o = this.#o;
+    const signal = this.#signal;
+    const lists = this.#lists;
+    const join = (a: string | undefined, b: string | undefined) =>
+      [a, b].filter((x) => x !== undefined && x !== "").join(",") || undefined;
+    const query = {
+      labelSelector: join(o.labelSelector, selectors.labelSelector),
+      fieldSelector: join(o.fieldSelector, selectors.fieldSelector),
+    };
+    const trim = o.trim ?? dropManagedFields;
+    const keep = o.keep ?? (() => true);
+    // A function, not the property: TypeScript would keep `signal.aborted` narrowed across awaits.
+    const stopped = () => signal?.aborted !== false;
+    let failures = 0;
+    while (signal && !stopped()) {
+      // Not listed yet, or re-listing: that list applies `keep` as it is then.
+      if (this.#resourceVersion === "" || this.#lists !== lists) return;
+      const resume = this.#pauseWatch();
+      try {
+        // The newest data is no older than the last event applied; events wait meanwhile.
+        const list = await o.client.list<T>(
+          o.path,
+          { ...query, resourceVersion: this.#resourceVersion, resourceVersionMatch: "NotOlderThan" },
+          { signal, limit: 0, metadataOnly: o.metadataOnly === true },
+        );
+        // A full list applied meanwhile covers these, from a snapshot the watch continues from.
+        if (this.#lists !== lists) return;
+        for (const object of list.items.map(trim)) {
+          if (keep(object)) this.#emitOne(this.#store.upsert(object));
+        }
+        this.#log.debug({ ...selectors, count: list.items.length }, "picked up");
+        return;
+      } catch (err) {
+        if (stopped()) return;
+        failures += 1;
+        this.#log.warn({ err, ...selectors }, "pick-up list failed");
+      } finally {
+        resume();
+      }
+      const wait = retryDelay({
+        failures,
+        baseMs: o.initialBackoffMs ?? 1000,
+        maxMs: o.maxBackoffMs ?? 30_000,
+        jitter: "equal",
+        random: o.random ?? Math.random,
+      });
+      await (o.sleep ?? defaultSleep)(wait, signal);
+    }
+  }
+
+  /**
+   * Applies `keep` again to the cached objects with these keys (all when none are given) and
+   * removes, reporting each as a delete, those it no longer passes: for when what `keep` reads
+   * changed without an event, e.g. a node is no longer managed. Returns how many were removed.
+   */
+  refilter(keys?: Iterable<string>): number {
+    const keep = this.#o.keep;
+    if (!keep) return 0;
+    let removed = 0;
+    for (const key of keys ? [...keys] : this.keys()) {
+      const object = this.#store.get(key);
+      if (object === undefined || keep(object)) continue;
+      this.#emitOne(this.#store.remove(object));
+      removed += 1;
+    }
+    return removed;
+  }
+
+  /** Holds watch events back until the returned function has been called (once per pause). */
+  #pauseWatch(): () => void {
+    this.#pickingUp += 1;
+    this.#pickedUp ??= Promise.withResolvers<undefined>();
+    let resumed = false;
+    return () => {
+      if (resumed) return;
+      resumed = true;
+      this.#pickingUp -= 1;
+      if (this.#pickingUp > 0) return;
+      this.#pickedUp?.resolve(undefined);
+      this.#pickedUp = undefined;
+    };
+  }
+
   async #run(signal: AbortSignal): Promise<void> {
     const o = this.#o;
     const random = o.random ?? Math.random;
     const now = o.now ?? Date.now;
     const sleep = o.sleep ?? defaultSleep;
     const trim = o.trim ?? dropManagedFields;
+    const keep = o.keep ?? (() => true);
     const initial = o.initialBackoffMs ?? 1000;
     const max = o.maxBackoffMs ?? 30_000;
     const selectors = { labelSelector: o.labelSelector, fieldSelector: o.fieldSelector };
@@ -203,8 +338,11 @@ export class Informer<T extends KubeObject> {
             limit: o.pageSize ?? 500,
             metadataOnly: o.metadataOnly === true,
           });
-          this.#emit(this.#store.replace(list.items.map(trim)));
+          // The cache and its resourceVersion move together, before any handler runs.
+          const changes = this.#store.replace(list.items.map(trim).filter(keep));
+          this.#lists += 1;
           this.#resourceVersion = list.resourceVersion;
+          this.#emit(changes);
           this.#log.debug({ count: list.items.length, resourceVersion: list.resourceVersion }, "listed");
           if (!this.#synced) {
             this.#synced = true;
@@ -223,9 +361,17 @@ export class Informer<T extends KubeObject> {
           { signal: AbortSignal.any([signal, deadline]), metadataOnly: o.metadataOnly === true },
         );
         for await (const event of stream) {
-          if (event.type === "DELETED") this.#emitOne(this.#store.remove(trim(event.object)));
-          else if (event.type !== "BOOKMARK") this.#emitOne(this.#store.upsert(trim(event.object)));
+          // A pick-up is listing: this event may be older than its list, so it comes after it.
+          while (this.#pickedUp) await this.#pickedUp.promise;
+          if (stopped()) break;
+          let change: StoreChange<T> | undefined;
+          if (event.type !== "BOOKMARK") {
+            const object = trim(event.object);
+            const drop = event.type === "DELETED" || !keep(object);
+            change = drop ? this.#store.remove(object) : this.#store.upsert(object);
+          }
           this.#resourceVersion = event.object.metadata?.resourceVersion ?? this.#resourceVersion;
+          this.#emitOne(change);
           events += 1;
         }
         healthy = events > 0 || now() - started >= (o.healthyAfterMs ?? 10_000);

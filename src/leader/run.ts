@@ -40,6 +40,7 @@ import {
 import { Informer, type KubeClient, type Node } from "../kube/index.ts";
 import { DeviceletMetrics, startMetricsServer, type MetricsServer } from "../metrics/index.ts";
 import { NodeLabel } from "../node/build.ts";
+import { nodeIdentity } from "../node/trim.ts";
 import { checkStateNamespace, stateNamespace } from "../state/namespace-check.ts";
 import { LeaderElector } from "./election.ts";
 import { LeaderReadiness } from "./readiness.ts";
@@ -164,6 +165,8 @@ export async function runElected<E extends LeaderTerm>(
     path: "/api/v1/nodes",
     labelSelector: ownNodesSelector(config),
     metadataOnly: true,
+    // It only counts them.
+    trim: nodeIdentity,
   });
   void nodeCache.start(AbortSignal.any([signal, cacheStop.signal]));
   nodeCache.ready.then(

@@ -33,6 +33,7 @@
  *   const nodes = new NodeController({ kube, inventory, transport: () => provider.health(), ... });
  *   await nodes.start(signal);      // resolves once every known node is heartbeating
  *   nodes.onDeviceChange((nodeName) => pods.resyncNode(nodeName));
+ *   nodes.onNodeNames((nodeName, change) => change === "added" && podCache.pickUp(nodeName));
  */
 import type { Logger } from "pino";
 import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
@@ -56,8 +57,12 @@ import { DeviceNotices } from "./notices.ts";
 import { registerNode } from "./registration.ts";
 import { writeNodeStatus, writeTransportTaint } from "./status-writer.ts";
 import { TransportWatch } from "./transport-watch.ts";
+import { trimNode } from "./trim.ts";
 
 export type { ManagedNode, NodeControllerConfig, NodeControllerOptions } from "./controller-types.ts";
+
+/** How a node name changed for {@link NodeController.onNodeNames}. */
+export type NodeNameChange = "added" | "removed";
 
 const DEFAULT_RECHECK_REFUSED_MS = 30_000;
 /** A device behind its desired state for longer shows `DeviceInSync=False` (`ApplyPending`). */
@@ -72,6 +77,7 @@ export class NodeController {
   readonly #queue: WorkQueue;
   readonly #informer: Informer<Node>;
   readonly #deviceListeners = new Set<(nodeName: string, device: DeviceInfo) => void>();
+  readonly #nameListeners = new Set<(nodeName: string, change: NodeNameChange) => void>();
   readonly #birthPolicy: BirthPolicy;
   readonly #notices: DeviceNotices;
   readonly #transport: TransportWatch;
@@ -128,6 +134,7 @@ export class NodeController {
       path: "/api/v1/nodes",
       now: () => clock.now(),
       sleep: (ms, signal) => sleepOn(clock, ms, signal),
+      trim: trimNode,
       labelSelector: Object.entries(own)
         .map(([k, v]) => `${k}=${v}`)
         .join(","),
@@ -191,6 +198,26 @@ export class NodeController {
   onDeviceChange(listener: (nodeName: string, device: DeviceInfo) => void): () => void {
     this.#deviceListeners.add(listener);
     return () => this.#deviceListeners.delete(listener);
+  }
+
+  /**
+   * Whether a device of this devicelet has this node name, in any state: a node of an earlier run
+   * whose device is not reported yet, one not checked yet, owned, or refused. The pod cache holds
+   * the pods bound to these names (a superset of {@link byNodeName}'s, so a device whose node is
+   * being registered again keeps its pods cached). Synchronous; stable for a device's lifetime.
+   */
+  hasNodeName(nodeName: string): boolean {
+    return this.#byName.has(nodeName);
+  }
+
+  /**
+   * Called when a name starts being one of {@link hasNodeName}'s (`added`: a new device, or a node
+   * of an earlier run adopted) and when it stops (`removed`: the device is gone or retired).
+   * Returns an unsubscribe.
+   */
+  onNodeNames(listener: (nodeName: string, change: NodeNameChange) => void): () => void {
+    this.#nameListeners.add(listener);
+    return () => this.#nameListeners.delete(listener);
   }
 
   /** Whether devicelet reaches the devices' transport now (true when the provider has none). */
@@ -269,7 +296,7 @@ export class NodeController {
     }
     // The informer lists only nodes with devicelet's labels: this one is ours.
     this.#entries.set(deviceId, newEntry({ name, device: undefined, problems: [], ownership: "owned" }));
-    this.#byName.set(name, deviceId);
+    this.#nameAdded(name, deviceId);
     this.#queue.add(deviceId);
   }
 
@@ -289,7 +316,7 @@ export class NodeController {
       }
       entry = newEntry({ name, device, problems, ownership: "unknown" });
       this.#entries.set(device.id, entry);
-      this.#byName.set(name, device.id);
+      this.#nameAdded(name, device.id);
       this.#load.check(this.#entries.size);
     } else {
       entry.device = device;
@@ -321,7 +348,7 @@ export class NodeController {
       this.#log.info({ node: entry.name, device: deviceId }, "device gone: deleted its node");
     }
     this.#entries.delete(deviceId);
-    this.#byName.delete(entry.name);
+    this.#nameRemoved(entry.name);
     this.#names.release(deviceId);
     this.#notices.forget(deviceId);
     await this.#releasePort(entry);
@@ -448,7 +475,7 @@ export class NodeController {
     const bornAgain = this.#entries.get(deviceId)?.device?.connected === true;
     if (outcome === "register" || bornAgain) return "register";
     this.#entries.delete(deviceId);
-    this.#byName.delete(entry.name);
+    this.#nameRemoved(entry.name);
     this.#names.release(deviceId);
     this.#notices.forget(deviceId);
     await this.#releasePort(entry);
@@ -471,6 +498,16 @@ export class NodeController {
     if (entry.kubeletPort === undefined) return;
     entry.kubeletPort = undefined;
     await this.#o.kubeletPorts?.release(entry.name);
+  }
+
+  #nameAdded(name: string, deviceId: string): void {
+    this.#byName.set(name, deviceId);
+    for (const listener of this.#nameListeners) listener(name, "added");
+  }
+
+  #nameRemoved(name: string): void {
+    this.#byName.delete(name);
+    for (const listener of this.#nameListeners) listener(name, "removed");
   }
 
   #stopLease(entry: NodeEntry): void {

@@ -174,6 +174,35 @@ describe("NodeController (fake API server, FakeClock)", () => {
     expect(nodes.byNodeName("dev-0")).toBeUndefined();
   });
 
+  it("tells which node names are its own: an earlier run's before their device is reported, a new device's, not a gone one's", async () => {
+    const w = await world();
+    const first = await startNodes(w);
+    first.stop.abort();
+    let watcher: Parameters<DeviceInventory["watchDevices"]>[0] | undefined;
+    const later: DeviceInventory = {
+      listDevices: () => Promise.resolve([]),
+      watchDevices: (wt) => (watcher = wt),
+    };
+    const { nodes } = await startNodes(w, later);
+    const changes: string[] = [];
+    nodes.onNodeNames((name, change) => changes.push(`${change} ${name}`));
+    // Known by name from the start, so the pods bound to them are cached, though not yet routed.
+    expect(DEVICES.map((n) => nodes.hasNodeName(n))).toEqual([true, true]);
+    expect(nodes.byNodeName("dev-0")).toBeUndefined();
+    expect(nodes.hasNodeName("kubeadm-1")).toBe(false);
+
+    const [device] = await w.provider.listDevices();
+    if (!device || !watcher) throw new Error("no device or watcher");
+    watcher.changed({ ...device, id: "dev-9" });
+    expect(nodes.hasNodeName("dev-9")).toBe(true);
+    watcher.changed({ ...device, id: "dev-9", connected: false }); // a change, not a new name
+    watcher.gone("dev-0");
+    await w.clock.advanceAsync(1_000);
+    expect(changes).toEqual(["added dev-9", "removed dev-0"]);
+    expect(nodes.hasNodeName("dev-0")).toBe(false);
+    expect(w.kube.object("nodes", "dev-0")).toBeUndefined();
+  });
+
   it("retries a failed lease renewal with backoff on the clock, then renews every interval again", async () => {
     const w = await world();
     const { nodes } = await startNodes(w);

@@ -205,6 +205,8 @@ async function setUp(
     provider,
     nodes: {
       byNodeName: (n) => (n === "node-1" ? ({ name: n, deviceId: "dev-1", device } as never) : undefined),
+      hasNodeName: (n) => n === "node-1",
+      onNodeNames: () => () => undefined,
       onDeviceChange: () => () => undefined,
       transport: () => ({ connected: true, message: "" }),
     },

@@ -1,9 +1,14 @@
 /**
  * PodController: runs the pods the scheduler binds to devicelet's nodes, for every node at once.
  *
- * One pod watch for all nodes (`spec.nodeName!=`, filtered to managed nodes) feeds a keyed
- * {@link WorkQueue}; each reconcile re-reads the pod and what the provider holds and acts on the
- * difference, whatever woke it (STYLE.md: level-triggered). It:
+ * One pod watch for all nodes (`spec.nodeName!=`) feeds a keyed {@link WorkQueue}; each reconcile
+ * re-reads the pod and what the provider holds and acts on the difference, whatever woke it
+ * (STYLE.md: level-triggered). The cache holds only pods bound to devicelet's node names
+ * (`NodeController.hasNodeName`) or whose work the provider holds, trimmed to what is read
+ * (trim.ts); pods bound elsewhere are dropped on arrival. A name devicelet starts serving gets its
+ * pods listed (a pod may be bound to it before its device is known); one it stops serving has its
+ * pods dropped, except those whose work the provider still holds (deleted as their objects go).
+ * It:
  * - refuses pods using fields the provider does not declare (phase Failed, reason `Unsupported`),
  *   but only before the first create: a field added later to a pod the device already runs (an
  *   ephemeral container from `kubectl debug`) is ignored with one Warning Event per change;
@@ -50,6 +55,7 @@ import { ReferenceCache } from "./references.ts";
 import { startResync } from "./resync.ts";
 import { StatusWriter } from "./status-writer.ts";
 import { buildFailedStatus, buildPodStatus } from "./status.ts";
+import { trimPod } from "./trim.ts";
 
 export interface PodControllerConfig {
   readonly baseRetryDelayMs: number;
@@ -68,7 +74,10 @@ export interface PodControllerConfig {
 export interface PodControllerOptions {
   readonly kube: KubeClient;
   readonly provider: PodLifecycleProvider;
-  readonly nodes: Pick<NodeController, "byNodeName" | "onDeviceChange" | "transport">;
+  readonly nodes: Pick<
+    NodeController,
+    "byNodeName" | "hasNodeName" | "onNodeNames" | "onDeviceChange" | "transport"
+  >;
   readonly events: Pick<EventRecorder, "record">;
   readonly config: PodControllerConfig;
   readonly logger: Logger;
@@ -120,6 +129,8 @@ export class PodController {
       logger: this.#log,
       path: "/api/v1/pods",
       fieldSelector: "spec.nodeName!=",
+      trim: trimPod,
+      keep: (pod) => this.#caches(pod),
       now: () => clock.now(),
       sleep: (ms, signal) => sleepOn(clock, ms, signal),
     });
@@ -197,7 +208,11 @@ export class PodController {
     const enqueue = (pod: Pod) => {
       if (this.#manages(pod)) this.#queue.add(objectKey(pod));
     };
-    this.#informer.onAdd(enqueue);
+    this.#informer.onAdd((pod) => {
+      // The address a pod already has (an earlier run gave it) is never handed to another.
+      if (pod.status?.podIP && pod.metadata?.uid) this.#ips.reserve(pod.metadata.uid, pod.status.podIP);
+      enqueue(pod);
+    });
     this.#informer.onUpdate(enqueue);
     this.#informer.onDelete((pod) => {
       const key = objectKey(pod);
@@ -214,11 +229,16 @@ export class PodController {
     this.#o.nodes.onDeviceChange((nodeName) => {
       for (const pod of this.#informer.byIndex("node", nodeName)) this.#queue.add(objectKey(pod));
     });
+    this.#o.nodes.onNodeNames((nodeName, change) => {
+      if (change === "added") {
+        // Pods bound to the name before devicelet served it were dropped: list them now.
+        void this.#informer.pickUp({ fieldSelector: `spec.nodeName=${nodeName}` });
+      } else {
+        this.#informer.refilter(this.#informer.byIndex("node", nodeName).map(objectKey));
+      }
+    });
     void this.#informer.start(signal);
     await Promise.all([this.#informer.ready, this.#refs.start(signal)]);
-    for (const pod of this.#informer.list()) {
-      if (pod.status?.podIP && pod.metadata?.uid) this.#ips.reserve(pod.metadata.uid, pod.status.podIP);
-    }
     this.#queue.start(signal);
     // Provider work whose pod object is gone (deleted while devicelet was down) gets cleaned up.
     for (const key of this.#held.keys()) this.#queue.add(key);
@@ -257,9 +277,23 @@ export class PodController {
     return this.#informer.byIndex("node", nodeName);
   }
 
-  /** A bound pod as the API server has it (the watch cache), whatever its node; for the kubelet API. */
+  /**
+   * A pod as the API server has it (the watch cache, trimmed), if it is bound to one of devicelet's
+   * node names or its work is on the provider; for the kubelet API and Events.
+   */
   cachedPod(namespace: string, name: string): Pod | undefined {
     return this.#informer.get(`${namespace}/${name}`);
+  }
+
+  /**
+   * What the pod cache keeps: pods bound to devicelet's node names, and any pod whose work the
+   * provider holds (so that work is never taken for orphaned while its pod object exists).
+   */
+  #caches(pod: Pod): boolean {
+    const node = pod.spec?.nodeName;
+    if (node !== undefined && this.#o.nodes.hasNodeName(node)) return true;
+    const uid = pod.metadata?.uid;
+    return uid !== undefined && this.#held.get(objectKey(pod))?.ref.uid === uid;
   }
 
   #manages(pod: Pod): boolean {

@@ -71,6 +71,8 @@ async function startController(w: World) {
     provider: w.provider,
     nodes: {
       byNodeName: (name) => (name === NODE && device ? { name, deviceId: DEVICE, device } : undefined),
+      hasNodeName: (name) => name === NODE,
+      onNodeNames: () => () => undefined,
       onDeviceChange: (listener) => {
         listeners.push((n) => {
           if (device) listener(n, device);

@@ -1,0 +1,336 @@
+/**
+ * trimPod: what the pod cache drops, and that nothing devicelet computes from a pod changes when
+ * it reads the trimmed pod instead of the pod as the informer cached it before (managedFields and
+ * kubectl's last-applied annotation dropped, nothing else): feature checks, translation and its
+ * hash, referenced objects, pod status.
+ */
+import { describe, expect, it } from "vitest";
+import { dropManagedFields, type Pod } from "../kube/index.ts";
+import { PodFeature } from "../provider/types.ts";
+import { checkSupported, referencedObjects, translatePod } from "../workload/index.ts";
+import { b64 } from "../workload/test-fixtures.ts";
+import { buildFailedStatus, buildPodStatus } from "./status.ts";
+import { trimPod } from "./trim.ts";
+
+const now = new Date("2026-03-01T12:00:00Z");
+const resources = { requests: { cpu: "100m", memory: "32Mi" }, limits: { cpu: "500m", memory: "64Mi" } };
+
+/** A pod using every field devicelet reads, plus what the API server and scheduler add. */
+function richPod(): Pod {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: {
+      name: "sensor",
+      generateName: "sensor-",
+      namespace: "ns",
+      uid: "uid-1",
+      resourceVersion: "42",
+      generation: 3,
+      creationTimestamp: "2026-03-01T11:00:00Z",
+      labels: { app: "sensor", tier: "edge" },
+      annotations: {
+        note: 'say "hi"',
+        "kubectl.kubernetes.io/last-applied-configuration": '{"big":"copy"}',
+      },
+      ownerReferences: [{ apiVersion: "apps/v1", kind: "ReplicaSet", name: "sensor-1", uid: "rs-1" }],
+      finalizers: ["example.com/keep"],
+      managedFields: [{ manager: "kubectl", operation: "Apply", fieldsV1: { "f:spec": {} } }],
+    },
+    spec: {
+      nodeName: "dev-1",
+      serviceAccountName: "default",
+      serviceAccount: "default",
+      restartPolicy: "OnFailure",
+      terminationGracePeriodSeconds: 12,
+      hostNetwork: true,
+      securityContext: { runAsUser: 1000, fsGroup: 2000 },
+      readinessGates: [{ conditionType: "example.com/Warm" }],
+      initContainers: [
+        {
+          name: "init",
+          image: "registry/init:1",
+          command: ["prep", "$(MODE)"],
+          env: [{ name: "MODE", value: "x" }],
+        },
+      ],
+      containers: [
+        {
+          name: "app",
+          image: "registry/sensor:1.2",
+          command: ["run"],
+          args: ["--mode=$(MODE)", "--node=$(NODE)"],
+          env: [
+            { name: "MODE", valueFrom: { configMapKeyRef: { name: "cfg", key: "mode" } } },
+            { name: "TOKEN", valueFrom: { secretKeyRef: { name: "creds", key: "token" } } },
+            { name: "NODE", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } },
+            { name: "NOTE", valueFrom: { fieldRef: { fieldPath: "metadata.annotations['note']" } } },
+            { name: "SA", valueFrom: { fieldRef: { fieldPath: "spec.serviceAccountName" } } },
+            { name: "CPU", valueFrom: { resourceFieldRef: { resource: "limits.cpu", divisor: "1m" } } },
+          ],
+          envFrom: [{ configMapRef: { name: "cfg" }, prefix: "CFG_" }, { secretRef: { name: "creds" } }],
+          ports: [{ containerPort: 8080, name: "http" }],
+          livenessProbe: { httpGet: { path: "/healthz", port: 8080 }, periodSeconds: 5 },
+          readinessProbe: { exec: { command: ["ready"] } },
+          lifecycle: { preStop: { exec: { command: ["drain"] } } },
+          resources,
+          securityContext: { readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } },
+          volumeMounts: [
+            { name: "conf", mountPath: "/etc/app" },
+            { name: "tls", mountPath: "/etc/tls" },
+            { name: "info", mountPath: "/etc/info" },
+            { name: "all", mountPath: "/etc/all" },
+            { name: "scratch", mountPath: "/tmp" },
+          ],
+          imagePullPolicy: "IfNotPresent",
+          terminationMessagePath: "/dev/termination-log",
+          terminationMessagePolicy: "File",
+        },
+      ],
+      volumes: [
+        { name: "conf", configMap: { name: "cfg" } },
+        { name: "tls", secret: { secretName: "creds" } },
+        {
+          name: "info",
+          downwardAPI: { items: [{ path: "labels", fieldRef: { fieldPath: "metadata.labels" } }] },
+        },
+        {
+          name: "all",
+          projected: { sources: [{ configMap: { name: "cfg" } }, { secret: { name: "creds" } }] },
+        },
+        { name: "scratch", emptyDir: {} },
+        { name: "host", hostPath: { path: "/var/data" } },
+      ],
+      // What the scheduler, admission and defaulting add, which devicelet never reads.
+      schedulerName: "default-scheduler",
+      dnsPolicy: "ClusterFirst",
+      enableServiceLinks: true,
+      preemptionPolicy: "PreemptLowerPriority",
+      priority: 0,
+      priorityClassName: "edge",
+      nodeSelector: { "kubernetes.io/os": "linux" },
+      affinity: {
+        nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [] } },
+      },
+      tolerations: [
+        {
+          key: "node.kubernetes.io/not-ready",
+          operator: "Exists",
+          effect: "NoExecute",
+          tolerationSeconds: 300,
+        },
+      ],
+      topologySpreadConstraints: [{ maxSkew: 1, topologyKey: "zone", whenUnsatisfiable: "DoNotSchedule" }],
+    },
+    status: {
+      phase: "Running",
+      conditions: [
+        { type: "PodScheduled", status: "True", lastTransitionTime: "2026-03-01T11:00:01Z" },
+        {
+          type: "Ready",
+          status: "False",
+          lastTransitionTime: "2026-03-01T11:00:05Z",
+          reason: "ReadinessGatesNotReady",
+        },
+        { type: "example.com/Warm", status: "True", lastTransitionTime: "2026-03-01T11:00:09Z" },
+      ],
+      containerStatuses: [
+        {
+          name: "app",
+          image: "registry/sensor:1.2",
+          imageID: "",
+          ready: true,
+          restartCount: 2,
+          state: { running: { startedAt: "2026-03-01T11:00:04Z" } },
+        },
+      ],
+      initContainerStatuses: [
+        {
+          name: "init",
+          image: "registry/init:1",
+          imageID: "",
+          ready: false,
+          restartCount: 0,
+          state: { terminated: { exitCode: 0, reason: "Completed" } },
+        },
+      ],
+      hostIP: "192.0.2.1",
+      hostIPs: [{ ip: "192.0.2.1" }],
+      podIP: "10.250.0.7",
+      podIPs: [{ ip: "10.250.0.7" }],
+      startTime: "2026-03-01T11:00:02Z",
+      qosClass: "Burstable",
+      reason: "",
+      message: "",
+      // Written by others.
+      nominatedNodeName: "dev-2",
+      resize: "Proposed",
+      ephemeralContainerStatuses: [],
+    },
+  };
+}
+
+const lookups = {
+  configMap: (_ns: string, name: string) =>
+    name === "cfg"
+      ? { metadata: { name, namespace: "ns" }, data: { mode: "fast", "app.conf": "a=1" } }
+      : undefined,
+  secret: (_ns: string, name: string) =>
+    name === "creds" ? { metadata: { name, namespace: "ns" }, data: { token: b64("s3cret") } } : undefined,
+};
+const translateOptions = {
+  deviceId: "Dev_1",
+  nodeName: "dev-1",
+  lookups,
+  podIP: "10.250.0.7",
+  hostIP: "192.0.2.1",
+};
+
+/** The pod as the cache held it before trimPod: the informer's default trim. */
+const untrimmed = () => dropManagedFields(richPod());
+
+describe("trimPod", () => {
+  it("drops managedFields, kubectl's copy, scheduling fields and status written by others", () => {
+    const trimmed = trimPod(richPod());
+    expect(trimmed.metadata).toEqual({
+      name: "sensor",
+      namespace: "ns",
+      uid: "uid-1",
+      resourceVersion: "42",
+      creationTimestamp: "2026-03-01T11:00:00Z",
+      labels: { app: "sensor", tier: "edge" },
+      annotations: { note: 'say "hi"' },
+      ownerReferences: [{ apiVersion: "apps/v1", kind: "ReplicaSet", name: "sensor-1", uid: "rs-1" }],
+      finalizers: ["example.com/keep"],
+    });
+    expect(Object.keys(trimmed.spec ?? {}).sort()).toEqual([
+      "containers",
+      "hostNetwork",
+      "initContainers",
+      "nodeName",
+      "readinessGates",
+      "restartPolicy",
+      "securityContext",
+      "serviceAccountName",
+      "terminationGracePeriodSeconds",
+      "volumes",
+    ]);
+    // Containers and volumes whole, even the fields nothing reads today.
+    expect(trimmed.spec?.containers).toEqual(richPod().spec?.containers);
+    expect(trimmed.spec?.volumes).toEqual(richPod().spec?.volumes);
+    expect(Object.keys(trimmed.status ?? {}).sort()).toEqual([
+      "conditions",
+      "containerStatuses",
+      "hostIP",
+      "hostIPs",
+      "initContainerStatuses",
+      "message",
+      "phase",
+      "podIP",
+      "podIPs",
+      "qosClass",
+      "reason",
+      "startTime",
+    ]);
+    expect([trimmed.apiVersion, trimmed.kind]).toEqual(["v1", "Pod"]);
+    // Smaller on the wire form it is measured in, by a wide margin even without managedFields.
+    expect(JSON.stringify(trimmed).length).toBeLessThan(JSON.stringify(untrimmed()).length * 0.85);
+  });
+
+  it("keeps the fields a deletion reads, and adds none that were absent", () => {
+    const pod = richPod();
+    pod.metadata = {
+      ...pod.metadata,
+      deletionTimestamp: "2026-03-01T12:00:00Z",
+      deletionGracePeriodSeconds: 7,
+    };
+    expect(trimPod(pod).metadata).toMatchObject({
+      deletionTimestamp: "2026-03-01T12:00:00Z",
+      deletionGracePeriodSeconds: 7,
+      finalizers: ["example.com/keep"],
+    });
+    const bare = trimPod({ metadata: { name: "b", namespace: "ns" }, spec: { containers: [] } });
+    expect(bare).toEqual({ metadata: { name: "b", namespace: "ns" }, spec: { containers: [] } });
+  });
+
+  it("changes nothing the translation reads: the same workload, so the same hash", () => {
+    // Also without kubectl's annotation, which the trim drops on its own.
+    const applied = richPod();
+    delete applied.metadata?.annotations?.["kubectl.kubernetes.io/last-applied-configuration"];
+    expect(translatePod(trimPod(structuredClone(applied)), translateOptions)).toEqual(
+      translatePod(dropManagedFields(applied), translateOptions),
+    );
+    const before = translatePod(untrimmed(), translateOptions);
+    const after = translatePod(trimPod(richPod()), translateOptions);
+    expect(before.kind).toBe("ok");
+    expect(after).toEqual(before);
+    if (after.kind !== "ok" || before.kind !== "ok") return;
+    expect(after.workload.hash).toBe(before.workload.hash);
+    // The rich pod did reach everything: env from both objects, downward values, files.
+    expect(after.workload.apps[0]?.env).toMatchObject({
+      MODE: "fast",
+      NODE: "dev-1",
+      NOTE: 'say "hi"',
+      SA: "default",
+      CPU: "500",
+    });
+    expect(after.workload.apps[0]?.secretEnv).toContain("TOKEN");
+    expect(after.workload.apps[0]?.files.length).toBeGreaterThan(3);
+  });
+
+  it("changes nothing the feature checks and reference tracking read", () => {
+    const all = Object.values(PodFeature);
+    for (const supports of [[], all, all.filter((f) => f !== PodFeature.HostNetwork)]) {
+      expect(checkSupported(trimPod(richPod()), supports, "mock")).toEqual(
+        checkSupported(untrimmed(), supports, "mock"),
+      );
+    }
+    expect(checkSupported(trimPod(richPod()), [], "mock")?.message).toContain("spec.hostNetwork");
+    for (const env of [true, false]) {
+      expect(referencedObjects(trimPod(richPod()), { env })).toEqual(referencedObjects(untrimmed(), { env }));
+    }
+    // Fields refused outright survive the trim.
+    const refused = richPod();
+    refused.spec = {
+      ...refused.spec,
+      containers: refused.spec?.containers ?? [],
+      hostPID: true,
+      hostIPC: true,
+    };
+    refused.spec.resourceClaims = [{ name: "gpu" }];
+    refused.spec.ephemeralContainers = [{ name: "debug", image: "busybox" }];
+    for (const supports of [[], all]) {
+      expect(checkSupported(trimPod(refused), supports, "mock")).toEqual(
+        checkSupported(dropManagedFields(refused), supports, "mock"),
+      );
+    }
+    expect(checkSupported(trimPod(refused), [], "mock")?.message).toContain("spec.ephemeralContainers");
+    expect(checkSupported(trimPod(refused), all, "mock")?.message).toMatch(
+      /spec\.hostPID.*spec\.hostIPC.*spec\.resourceClaims/,
+    );
+  });
+
+  it("changes nothing in the status built from the pod", () => {
+    const workload = {
+      pod: { namespace: "ns", name: "sensor", uid: "uid-1" },
+      phase: "Running" as const,
+      apps: [
+        {
+          name: "app",
+          image: "registry/sensor:1.2",
+          state: { kind: "running" as const, startedAt: now },
+          ready: true,
+          restartCount: 2,
+        },
+      ],
+      deviceConnected: true,
+      observedAt: now,
+    };
+    const input = { workload, podIP: "10.250.0.7", hostIP: "192.0.2.1", now };
+    expect(buildPodStatus({ ...input, pod: trimPod(richPod()) })).toEqual(
+      buildPodStatus({ ...input, pod: untrimmed() }),
+    );
+    const failed = { reason: "Unsupported", message: "no", now };
+    expect(buildFailedStatus(trimPod(richPod()), failed)).toEqual(buildFailedStatus(untrimmed(), failed));
+  });
+});
