@@ -164,15 +164,27 @@ describe("HubConnection publishing desired documents", () => {
     expect(conn.waitingForTurn(topics.notice(ids[0] ?? ""))).toBe(false);
   });
 
-  it("waits out the hub's throttling (429) and writes later", async () => {
+  it("waits out the hub's throttling (429) and writes later, waiting for its turn meanwhile", async () => {
     const deviceId = t.newDeviceId();
     const { conn } = await t.connection({ ids: [deviceId] });
     t.emulator.hub.setThrottle({ twinUpdate: 2 });
     // Spend the hub's budget: the next writes meet 429 until it refills.
     for (let i = 0; i < 2; i++) t.emulator.hub.consume("twinUpdate", "device");
+    const throttledBefore = t.emulator.hub.throttled();
     try {
       const text = encodeMessage(doc(deviceId, 1));
-      await conn.publish(topics.desired(deviceId), text, qos1);
+      let done = false;
+      const write = conn.publish(topics.desired(deviceId), text, qos1).finally(() => (done = true));
+      // Between a 429 and the next attempt the write is back in line: its publish timeout waits.
+      let waitedThrottled = false;
+      while (!done) {
+        if (t.emulator.hub.throttled() > throttledBefore && conn.waitingForTurn(topics.desired(deviceId)))
+          waitedThrottled = true;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      await write;
+      expect(waitedThrottled).toBe(true);
+      expect(conn.waitingForTurn(topics.desired(deviceId))).toBe(false);
       expect(desiredIn(deviceId)).toBe(text.toString());
       expect(conn.operations().twinUpdate).toBeGreaterThanOrEqual(2);
     } finally {

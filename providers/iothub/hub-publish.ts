@@ -79,18 +79,11 @@ export class HubPublisher {
 
   /** Writes `text` as the device's desired document, after any write still under way for it. */
   writeDesired(deviceId: string, text: string): Promise<void> {
-    this.#waiting.set(deviceId, (this.#waiting.get(deviceId) ?? 0) + 1);
-    let waiting = true;
-    const turnCame = () => {
-      if (!waiting) return;
-      waiting = false;
-      const left = (this.#waiting.get(deviceId) ?? 1) - 1;
-      if (left > 0) this.#waiting.set(deviceId, left);
-      else this.#waiting.delete(deviceId);
-    };
+    const turn = this.#turn(deviceId);
+    turn.wait();
     const previous = this.#writes.get(deviceId) ?? Promise.resolve();
-    const next = previous.catch(() => undefined).then(() => this.#writeDesired(deviceId, text, turnCame));
-    const tail = next.catch(() => undefined).finally(turnCame);
+    const next = previous.catch(() => undefined).then(() => this.#writeDesired(deviceId, text, turn));
+    const tail = next.catch(() => undefined).finally(turn.go);
     this.#writes.set(deviceId, tail);
     void tail.then(() => {
       if (this.#writes.get(deviceId) === tail) this.#writes.delete(deviceId);
@@ -99,14 +92,32 @@ export class HubPublisher {
   }
 
   /**
-   * Whether a desired write of the device waits for its turn: behind its own earlier writes or
-   * in the twin-update budget. Once a write's call went out (answered or failed), it is not waiting.
+   * Whether a desired write of the device waits for its turn: behind its own earlier writes, in
+   * the twin-update budget, or out the hub's throttling (429). Once a write's call went out and did
+   * not come back throttled, it is not waiting: a hub that does not answer is not waiting in line.
    */
   waitingForTurn(deviceId: string): boolean {
     return this.#waiting.has(deviceId);
   }
 
-  async #writeDesired(deviceId: string, text: string, turnCame: () => void): Promise<void> {
+  /** One desired write's place in {@link waitingForTurn}: `wait` and `go` may be called repeatedly. */
+  #turn(deviceId: string): { readonly wait: () => void; readonly go: () => void } {
+    let waiting = false;
+    const set = (next: boolean) => {
+      if (next === waiting) return;
+      waiting = next;
+      const count = (this.#waiting.get(deviceId) ?? 0) + (next ? 1 : -1);
+      if (count > 0) this.#waiting.set(deviceId, count);
+      else this.#waiting.delete(deviceId);
+    };
+    return { wait: () => set(true), go: () => set(false) };
+  }
+
+  async #writeDesired(
+    deviceId: string,
+    text: string,
+    turn: { readonly wait: () => void; readonly go: () => void },
+  ): Promise<void> {
     const { service, call, logger } = this.#d;
     const ours = documentVersion(text);
     let conflicts = 0;
@@ -119,7 +130,7 @@ export class HubPublisher {
         // The twin is read when the write's turn in the budget came, not when it joined the queue:
         // seconds may pass in between, and a device reports about three times per document.
         const freshEtag = async () => {
-          turnCame();
+          turn.go();
           const twin = await call(() => service.getTwin(deviceId));
           this.#d.absorb(twin);
           const theirs = documentVersion(
@@ -136,7 +147,9 @@ export class HubPublisher {
         this.#d.watch(deviceId);
         return;
       } catch (err) {
-        turnCame();
+        // Throttled: back in line until the hub lets the next attempt through.
+        if (err instanceof HubServiceError && err.status === 429) turn.wait();
+        else turn.go();
         if (err instanceof NewerInTwin) {
           logger.debug(
             { device: deviceId, ours: ours?.generation, theirs: err.generation },
