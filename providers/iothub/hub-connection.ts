@@ -50,6 +50,7 @@ import {
   effectiveState,
   filterMatches,
   isLost,
+  markLost,
   nextView,
   patchedView,
   textsChanged,
@@ -324,7 +325,7 @@ export class HubConnection implements TransportConnection {
 
   /** Makes `next` the device's view and delivers what changed since `previous`. */
   #take(deviceId: string, previous: TwinView | undefined, next: TwinView): TwinView {
-    if (!next.lost && isLost(next, this.#now(), this.#marginMs)) next = { ...next, lost: true };
+    if (next.lost === undefined && isLost(next, this.#now(), this.#marginMs)) next = markLost(next);
     this.#views.set(deviceId, next);
     // Devices of the first sweep reach subscribers as retained values, not as changes.
     if (previous !== undefined || this.#sweptOnce)
@@ -370,8 +371,8 @@ export class HubConnection implements TransportConnection {
 
   /** Between reads: an `online` device whose heartbeat went stale gets its will as its state. */
   #checkPresence(deviceId: string, view: TwinView): void {
-    if (view.lost || !isLost(view, this.#now(), this.#marginMs)) return;
-    const lost = { ...view, lost: true };
+    if (view.lost !== undefined || !isLost(view, this.#now(), this.#marginMs)) return;
+    const lost = markLost(view);
     this.#views.set(deviceId, lost);
     this.#log.debug(
       { device: deviceId },

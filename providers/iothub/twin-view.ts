@@ -34,8 +34,12 @@ export interface TwinView {
   readonly will: string | undefined;
   readonly heartbeat: Heartbeat | undefined;
   readonly connectionState: string | undefined;
-  /** Set once the will was delivered for the current state text; cleared when the state changes. */
-  readonly lost: boolean;
+  /**
+   * Once the device is lost: the will as it stood then, delivered as its state until the state
+   * changes. Kept, not read from `will` again: a new connection writes its own will before its
+   * birth, and that will must not stand in for a state it does not belong to.
+   */
+  readonly lost: string | undefined;
 }
 
 export type ReportedKind = "state" | "reported" | "ack";
@@ -70,7 +74,7 @@ export function nextView(previous: TwinView | undefined, twin: ServiceTwin, now:
     will: decodeTwinDocument(reported[keys.will]),
     heartbeat: heartbeatOf(reported[keys.presence], previous?.heartbeat, now),
     connectionState: twin.connectionState,
-    lost: previous !== undefined && previous.state === state ? previous.lost : false,
+    lost: previous !== undefined && previous.state === state ? previous.lost : undefined,
   };
 }
 
@@ -124,7 +128,7 @@ export function patchedView(
     // holds (from a read before the device connected, or a connection event whose read came back
     // after this patch) is older than this change, and would make a fresh birth count as lost.
     connectionState: Object.keys(reported).length > 0 ? "Connected" : previous.connectionState,
-    lost: previous.state === state ? previous.lost : false,
+    lost: previous.state === state ? previous.lost : undefined,
   };
 }
 
@@ -159,32 +163,51 @@ export function textsChanged(previous: TwinView | undefined, next: TwinView): bo
   );
 }
 
-/** Whether the state text is a presence message saying `online`. */
-function saysOnline(text: string | undefined): boolean {
-  if (text === undefined) return false;
+/** A presence message's fields that say which connection it belongs to. */
+function presenceOf(text: string | undefined): { state: unknown; bootId: unknown; seq: unknown } | undefined {
+  if (text === undefined) return undefined;
   try {
     const message = record(JSON.parse(text));
-    return message.kind === "presence" && message.state === "online";
+    return message.kind === "presence"
+      ? { state: message.state, bootId: message.bootId, seq: message.seq }
+      : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
 /**
+ * Whether the will may stand in for the state (docs/protocol.md § 5): it is of the same boot and
+ * its seq is not above the birth's (it repeats its connection's birth seq, or keeps the first
+ * one's). A will written by a newer connection whose birth has not landed yet is not the state's.
+ */
+function willMatches(will: string | undefined, state: string | undefined): boolean {
+  const w = presenceOf(will);
+  const s = presenceOf(state);
+  if (w === undefined || s === undefined || w.bootId !== s.bootId) return false;
+  return typeof w.seq === "number" && typeof s.seq === "number" && w.seq <= s.seq;
+}
+
+/**
  * Whether an `online` device is gone without saying so: the hub reports it `Disconnected`, or its
- * heartbeat seq has not moved for two intervals plus `marginMs`. Only a device with a will can be
- * lost (the will is what stands in for its state).
+ * heartbeat seq has not moved for two intervals plus `marginMs`. Only a device whose will belongs
+ * to its current birth can be lost (the will is what stands in for its state).
  */
 export function isLost(view: TwinView, now: number, marginMs: number): boolean {
-  if (view.will === undefined || !saysOnline(view.state)) return false;
+  if (presenceOf(view.state)?.state !== "online" || !willMatches(view.will, view.state)) return false;
   if (view.connectionState === "Disconnected") return true;
   const beat = view.heartbeat;
   return beat !== undefined && now - beat.changedAt > 2 * beat.intervalSeconds * 1000 + marginMs;
 }
 
+/** The view with the device taken as lost: its will, as it stands now, becomes its state. */
+export function markLost(view: TwinView): TwinView {
+  return { ...view, lost: view.will };
+}
+
 /** The state as a broker would hold it: the will once the device is lost. */
 export function effectiveState(view: TwinView): string | undefined {
-  return view.lost ? view.will : view.state;
+  return view.lost ?? view.state;
 }
 
 /** `epoch` and `generation` of a desired document's text; undefined when it is not one. */

@@ -113,6 +113,8 @@ describe("DeviceSession over IotHubLink", () => {
     expect((await reportedSection(deviceId))[IOTHUB_MAPPING.reported.presence]).toMatchObject({ seq: 1 });
     const will = await reportedDoc<PresenceMessage>(deviceId, IOTHUB_MAPPING.reported.will);
     expect(will).toMatchObject({ state: "lost", bootId: session.bootId });
+    // The will repeats the seq of its connection's birth (docs/protocol.md § 5), as over MQTT.
+    expect(will?.seq).toBe(state?.seq);
 
     const pod = desiredPod({ uid: "p1" });
     await writeDesired(deviceId, desiredDocument({ deviceId, generation: 1, pods: [pod] }));

@@ -233,7 +233,9 @@ export class IotHubLink implements DeviceLink {
 
   async #connect(): Promise<void> {
     const attempt = ++this.#attempt;
-    this.#handlers?.will();
+    // The will of this connection, written below before the birth: it repeats the seq the birth
+    // will carry (docs/protocol.md § 5), as an MQTT will registered at CONNECT does.
+    const will = this.#handlers?.will();
     let twin: Twin;
     try {
       const client = await this.#newClient();
@@ -268,7 +270,6 @@ export class IotHubLink implements DeviceLink {
         const value = reported[key];
         if (typeof value === "object" && value !== null) this.#reported.set(key, value as TwinDocument);
       }
-      const will = this.#handlers?.lost?.() ?? this.#handlers?.will();
       if (will) await this.#report(twin, IOTHUB_MAPPING.reported.will, will.payload);
     } catch (err) {
       if (attempt !== this.#attempt) return;
