@@ -173,11 +173,11 @@ describe("HubConnection publishing desired documents", () => {
     const throttledBefore = t.emulator.hub.throttled();
     try {
       const text = encodeMessage(doc(deviceId, 1));
-      let done = false;
-      const write = conn.publish(topics.desired(deviceId), text, qos1).finally(() => (done = true));
+      const progress = { done: false };
+      const write = conn.publish(topics.desired(deviceId), text, qos1).finally(() => (progress.done = true));
       // Between a 429 and the next attempt the write is back in line: its publish timeout waits.
       let waitedThrottled = false;
-      while (!done) {
+      while (!progress.done) {
         if (t.emulator.hub.throttled() > throttledBefore && conn.waitingForTurn(topics.desired(deviceId)))
           waitedThrottled = true;
         await new Promise((r) => setTimeout(r, 5));
