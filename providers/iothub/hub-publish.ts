@@ -125,13 +125,16 @@ export class HubPublisher {
     for (;;) {
       this.#stopped();
       try {
-        const view = this.#d.view(deviceId) ?? this.#d.absorb(await call(() => service.getTwin(deviceId)));
+        const view =
+          this.#d.view(deviceId) ?? this.#d.absorb(await call(() => service.getTwin(deviceId, "urgent")));
         const value = text === "" ? null : encodeTwinDocument(text, view.desiredParts);
         // The twin is read when the write's turn in the budget came, not when it joined the queue:
         // seconds may pass in between, and a device reports about three times per document.
         const freshEtag = async () => {
+          // Still in line until the read is done. It goes ahead of the watches' reads in the
+          // twin-read budget: a thousand watched devices queue reads for many seconds.
+          const twin = await call(() => service.getTwin(deviceId, "urgent"));
           turn.go();
-          const twin = await call(() => service.getTwin(deviceId));
           this.#d.absorb(twin);
           const theirs = documentVersion(
             decodeTwinDocument(twin.properties.desired[IOTHUB_MAPPING.desiredKey]),

@@ -185,4 +185,36 @@ describe("OperationBudget", () => {
     expect(budget.available("twinUpdate")).toBe(true);
     expect(budget.counts()).toEqual({ query: 0, twinRead: 4, twinUpdate: 0, method: 0 });
   });
+
+  it("serves an urgent taker before normal ones already waiting (a write's etag read before watches)", async () => {
+    const clock = new FakeClock(1_000);
+    const budget = new OperationBudget({ rates: { ...generous, twinReadsPerSecond: 2 }, clock });
+    const signal = new AbortController().signal;
+    const done: string[] = [];
+    const takes = ["w1", "w2", "w3", "w4"].map((n) =>
+      budget.take("twinRead", signal).then(() => done.push(n)),
+    );
+    await clock.settle();
+    expect(done).toEqual(["w1", "w2"]);
+    // Two reads wait for tokens; the urgent one comes later and goes first.
+    const urgent = budget.take("twinRead", signal, "urgent").then(() => done.push("etag"));
+    await clock.advanceAsync(500);
+    expect(done).toEqual(["w1", "w2", "etag"]);
+    await clock.advanceAsync(1_000);
+    await Promise.all([...takes, urgent]);
+    expect(done).toEqual(["w1", "w2", "etag", "w3", "w4"]);
+    expect(budget.counts().twinRead).toBe(5);
+  });
+
+  it("releases waiting takers at once when their signal aborts, without spending tokens", async () => {
+    const clock = new FakeClock(1_000);
+    const budget = new OperationBudget({ rates: { ...generous, twinUpdatesPerSecond: 1 }, clock });
+    const stop = new AbortController();
+    await budget.take("twinUpdate", stop.signal);
+    const waiting = [budget.take("twinUpdate", stop.signal), budget.take("twinUpdate", stop.signal)];
+    await clock.settle();
+    stop.abort();
+    await Promise.all(waiting);
+    expect(budget.counts().twinUpdate).toBe(1);
+  });
 });
