@@ -18,7 +18,7 @@ import {
   type Recorded,
   type TestHub,
 } from "../../test/support/iothub-hub.ts";
-import type { HubService } from "./hub-service.ts";
+import { MAX_QUERY_PAGE, type HubService } from "./hub-service.ts";
 
 let t: TestHub;
 beforeAll(async () => {
@@ -187,6 +187,28 @@ describe("HubConnection publishing desired documents", () => {
       expect(conn.waitingForTurn(topics.desired(deviceId))).toBe(false);
       expect(desiredIn(deviceId)).toBe(text.toString());
       expect(conn.operations().twinUpdate).toBeGreaterThanOrEqual(2);
+    } finally {
+      t.emulator.hub.setThrottle({});
+    }
+  });
+});
+
+describe("HubConnection sweeps", () => {
+  it("reaches the last page under a strict query rate: a throttled page waits and is asked again", async () => {
+    // Two pages and a bit; the hub answers one query every two seconds.
+    const ids = Array.from({ length: MAX_QUERY_PAGE * 2 + 1 }, () => t.newDeviceId());
+    const last = ids.at(-1) ?? "";
+    const { conn, messages } = await t.connection({ ids }, { sweepIntervalMs: 200 });
+    await conn.subscribe(topics.fromDevices());
+    t.emulator.hub.setThrottle({ query: 0.5 });
+    try {
+      const report = JSON.stringify({ kind: "reported", deviceId: last, seq: 1 });
+      t.emulator.hub.patchReported(last, { [IOTHUB_MAPPING.reported.reported]: encodeTwinDocument(report) });
+      await eventually(
+        () => expect(messages.some((m) => m.topic === topics.reported(last) && m.text === report)).toBe(true),
+        { timeoutMs: 20_000, intervalMs: 100 },
+      );
+      expect(t.emulator.hub.throttled()).toBeGreaterThan(0);
     } finally {
       t.emulator.hub.setThrottle({});
     }

@@ -299,7 +299,7 @@ export class HubConnection implements TransportConnection {
     let continuation: string | undefined;
     do {
       const token = continuation;
-      const page = await this.#hub.call(() => this.#service.query(this.#sql, token, MAX_QUERY_PAGE));
+      const page = await this.#queryPage(token);
       for (const twin of page.items) {
         seen.add(twin.deviceId);
         this.#absorb(twin);
@@ -312,6 +312,29 @@ export class HubConnection implements TransportConnection {
       this.#sweptOnce = true;
       this.#log.debug({ devices: this.#views.size }, "first iothub sweep complete");
       this.#markSwept();
+    }
+  }
+
+  /**
+   * One page of a sweep. A throttled page (429) waits as long as the hub asks (or a growing
+   * backoff) and is asked for again with the same continuation: starting the sweep over would read
+   * the first pages again and again and never reach the last ones under a strict query rate.
+   */
+  async #queryPage(token: string | undefined): ReturnType<HubService["query"]> {
+    for (let throttled = 1; ; throttled++) {
+      try {
+        return await this.#hub.call(() => this.#service.query(this.#sql, token, MAX_QUERY_PAGE));
+      } catch (err) {
+        if (!(err instanceof HubServiceError && err.status === 429) || this.#stop.signal.aborted) throw err;
+        const delay = retryDelay({
+          failures: throttled,
+          baseMs: 1_000,
+          maxMs: 60_000,
+          atLeastMs: err.retryAfterMs,
+        });
+        this.#log.debug({ delayMs: Math.round(delay) }, "iothub sweep page throttled; waiting");
+        await sleepOn(systemClock, delay, this.#stop.signal);
+      }
     }
   }
 
