@@ -143,6 +143,35 @@ describe("DeviceSession over IotHubLink", () => {
     await until(async () => expect(await seq()).toBe(2));
   });
 
+  it("announces itself again after its heartbeat could not be written for two intervals", async () => {
+    const clock = new FakeClock(Date.now());
+    const { deviceId } = await onlineDevice({ clock, heartbeatSeconds: 10, random: () => 0.5 });
+    const state = () => reportedDoc<PresenceMessage>(deviceId, IOTHUB_MAPPING.reported.state);
+    const before = await state();
+    // No twin update for now: every heartbeat and its retries are refused (429).
+    emulator.hub.setThrottle({ twinUpdate: 0.001 });
+    emulator.hub.consume("twinUpdate", "service");
+    try {
+      const throttledBefore = emulator.hub.throttled();
+      for (let waited = 0; waited < 24_000; waited += 2_000) {
+        await clock.advanceAsync(2_000);
+        await new Promise((r) => setTimeout(r, 30));
+      }
+      expect(emulator.hub.throttled()).toBeGreaterThan(throttledBefore);
+      // One interval late is not two: nothing announced yet.
+      expect((await state())?.seq).toBe(before?.seq);
+    } finally {
+      emulator.hub.setThrottle({});
+    }
+    // The next heartbeat goes through, more than two intervals after the last one: a new birth.
+    await until(async () => {
+      await clock.advanceAsync(1_000);
+      const now = await state();
+      expect(now).toMatchObject({ state: "online", bootId: before?.bootId, device: birth });
+      expect(now?.seq).toBeGreaterThan(before?.seq ?? Number.POSITIVE_INFINITY);
+    });
+  });
+
   it("writes a report again when the hub refused it (429), so no status is lost", async () => {
     const { deviceId, session } = await onlineDevice();
     // No twin update for five seconds: the device's acks and report are refused. (The provider's

@@ -446,6 +446,7 @@ export class IotHubLink implements DeviceLink {
   #startHeartbeat(twin: Twin): void {
     const seconds = this.#o.heartbeatSeconds ?? 60;
     let failures = 0;
+    let lastWritten = this.#clock.now();
     const beat = () => {
       if (!this.#up || this.#twin !== twin) return;
       this.#heartbeatSeq += 1;
@@ -457,6 +458,11 @@ export class IotHubLink implements DeviceLink {
       this.#update(twin, { [IOTHUB_MAPPING.reported.presence]: presence }).then(
         () => {
           failures = 0;
+          const now = this.#clock.now();
+          // Two intervals without a heartbeat in the twin: the provider may have taken the will
+          // for the state (docs/iothub.md), and only a newer birth undoes that.
+          if (now - lastWritten > 2 * seconds * 1000 && this.#twin === twin) this.#handlers?.reannounce?.();
+          lastWritten = now;
         },
         (err: unknown) => {
           // Two missed heartbeats make the device lost: try again soon, not an interval later.

@@ -34,6 +34,12 @@ export interface LinkHandlers {
   onUp(): void;
   /** The link went down (network, broker, {@link DeviceLink.disconnect}). */
   onDown(): void;
+  /**
+   * The link stayed up, but devicelet may have taken the device for lost meanwhile (IoT Hub: its
+   * heartbeat could not be written for two intervals, so the will stood in for its state): the
+   * session announces itself again with a fresh birth, as after a reconnect.
+   */
+  reannounce?(): void;
   onMessage(topic: string, payload: Buffer): void;
 }
 

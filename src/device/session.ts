@@ -189,6 +189,7 @@ export class DeviceSession {
       }),
       onUp: () => void this.#onUp(),
       onDown: () => this.#onDown(),
+      reannounce: () => void this.#reannounce(),
       onMessage: (topic, payload) => this.#onMessage(topic, payload),
     });
   }
@@ -322,6 +323,15 @@ export class DeviceSession {
     this.#applier.kick();
     this.#stats?.start();
     for (const waiter of this.#onlineWaiters.splice(0)) waiter();
+  }
+
+  /** A fresh birth (and report) on the connection that is up: devicelet may have taken it for lost. */
+  async #reannounce(): Promise<void> {
+    if (!this.#online) return;
+    const birth = this.#out.presence("online", { device: this.#o.device }, this.#out.nextSeq());
+    if (!(await this.#out.send(topics.state(this.deviceId), birth, true))) return;
+    this.#log.info({ bootId: this.bootId }, "announced again after missed heartbeats");
+    this.#publishReport();
   }
 
   #onDown(): void {
