@@ -195,25 +195,35 @@ describe("HubConnection publishing desired documents", () => {
 
 describe("HubConnection sweeps", () => {
   it("reaches the last page under a strict query rate: a throttled page waits and is asked again", async () => {
-    // Two pages and a bit; the hub answers one query every two seconds.
-    const ids = Array.from({ length: MAX_QUERY_PAGE * 2 + 1 }, () => t.newDeviceId());
-    const last = ids.at(-1) ?? "";
-    const { conn, messages } = await t.connection({ ids }, { sweepIntervalMs: 200 });
-    await conn.subscribe(topics.fromDevices());
-    t.emulator.hub.setThrottle({ query: 0.5 });
+    // A hub of its own: the other tests' connections sweep too, and the query rate is hub-wide.
+    const own = await startTestHub();
     try {
-      const report = JSON.stringify({ kind: "reported", deviceId: last, seq: 1 });
-      t.emulator.hub.patchReported(last, { [IOTHUB_MAPPING.reported.reported]: encodeTwinDocument(report) });
-      await eventually(
-        () => expect(messages.some((m) => m.topic === topics.reported(last) && m.text === report)).toBe(true),
-        { timeoutMs: 20_000, intervalMs: 100 },
-      );
-      expect(t.emulator.hub.throttled()).toBeGreaterThan(0);
+      await sweepUnderStrictRate(own);
     } finally {
-      t.emulator.hub.setThrottle({});
+      await own.close();
     }
   });
 });
+
+async function sweepUnderStrictRate(t: TestHub): Promise<void> {
+  // Two pages and a bit; the hub answers one query every two seconds.
+  const ids = Array.from({ length: MAX_QUERY_PAGE * 2 + 1 }, () => t.newDeviceId());
+  const last = ids.at(-1) ?? "";
+  const { conn, messages } = await t.connection({ ids }, { sweepIntervalMs: 200 });
+  await conn.subscribe(topics.fromDevices());
+  t.emulator.hub.setThrottle({ query: 0.5 });
+  try {
+    const report = JSON.stringify({ kind: "reported", deviceId: last, seq: 1 });
+    t.emulator.hub.patchReported(last, { [IOTHUB_MAPPING.reported.reported]: encodeTwinDocument(report) });
+    await eventually(
+      () => expect(messages.some((m) => m.topic === topics.reported(last) && m.text === report)).toBe(true),
+      { timeoutMs: 20_000, intervalMs: 100 },
+    );
+    expect(t.emulator.hub.throttled()).toBeGreaterThan(0);
+  } finally {
+    t.emulator.hub.setThrottle({});
+  }
+}
 
 describe("HubConnection subscriptions and the read-back", () => {
   it("delivers the desired documents as retained messages after subscribe, then the marker", async () => {

@@ -134,3 +134,39 @@ describe("a lost device's will", () => {
     expect(isLost(back, now, 30_000)).toBe(false);
   });
 });
+
+describe("a new birth in a read", () => {
+  it("restarts the heartbeat's clock and counts as connected, so it is delivered, not taken for lost", () => {
+    const start = Date.now();
+    const before = nextView(
+      undefined,
+      read(1, "Connected", { state: presence("online", 5), will: presence("lost", 5), heartbeat: 3 }),
+      start,
+    );
+    const gone = markLost(
+      nextView(
+        before,
+        read(2, "Disconnected", { state: presence("online", 5), will: presence("lost", 5), heartbeat: 3 }),
+        start,
+      ),
+    );
+    // Minutes later the device is back: its birth landed, its heartbeat write was refused (the
+    // old seq 3 stands) and the hub's connection state has not caught up.
+    const later = start + 300_000;
+    const back = nextView(
+      gone,
+      read(3, "Disconnected", { state: presence("online", 9), will: presence("lost", 9), heartbeat: 3 }),
+      later,
+    );
+    expect(isLost(back, later, 30_000)).toBe(false);
+    expect(changedTexts(gone, back)).toEqual([{ kind: "state", text: presence("online", 9) }]);
+    // Nothing new for two intervals and the margin after the birth: lost then, not before.
+    const same = read(4, "Connected", {
+      state: presence("online", 9),
+      will: presence("lost", 9),
+      heartbeat: 3,
+    });
+    expect(isLost(nextView(back, same, later + 149_000), later + 149_000, 30_000)).toBe(false);
+    expect(isLost(nextView(back, same, later + 151_000), later + 151_000, 30_000)).toBe(true);
+  });
+});

@@ -63,6 +63,11 @@ export function nextView(previous: TwinView | undefined, twin: ServiceTwin, now:
   const keys = IOTHUB_MAPPING.reported;
   const desiredValue = record(desired[IOTHUB_MAPPING.desiredKey]);
   const state = decodeTwinDocument(reported[keys.state]);
+  // A new state written since the last read is a sign of life as fresh as a heartbeat, and only a
+  // connected device writes one: a heartbeat from before it (one the hub refused since) or a
+  // `Disconnected` the coarse connection state still shows must not make its birth lost at once.
+  const newState = previous !== undefined && previous.state !== state;
+  const heartbeat = heartbeatOf(reported[keys.presence], previous?.heartbeat, now);
   return {
     etag: twin.etag,
     version: twin.version,
@@ -72,8 +77,8 @@ export function nextView(previous: TwinView | undefined, twin: ServiceTwin, now:
     reported: decodeTwinDocument(reported[keys.reported]),
     ack: decodeTwinDocument(reported[keys.ack]),
     will: decodeTwinDocument(reported[keys.will]),
-    heartbeat: heartbeatOf(reported[keys.presence], previous?.heartbeat, now),
-    connectionState: twin.connectionState,
+    heartbeat: newState && heartbeat ? { ...heartbeat, changedAt: now } : heartbeat,
+    connectionState: newState ? "Connected" : twin.connectionState,
     lost: previous !== undefined && previous.state === state ? previous.lost : undefined,
   };
 }
