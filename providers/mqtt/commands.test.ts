@@ -9,7 +9,10 @@ const logger = pino({ level: "silent" });
 const KEY = "mqtt.commands.gw-1";
 
 /** One devicelet process: a queue over the shared store, a device online or not. */
-function process_(store: MemoryStore, options: { limit?: number; online?: boolean } = {}) {
+function process_(
+  store: MemoryStore,
+  options: { limit?: number; online?: boolean; owns?: (deviceId: string) => boolean } = {},
+) {
   const sent: CommandMessage[] = [];
   const expired: [PendingCommand, string][] = [];
   let online = options.online ?? false;
@@ -25,6 +28,7 @@ function process_(store: MemoryStore, options: { limit?: number; online?: boolea
     onFailed: () => undefined,
     metrics: new MqttMetrics(),
     logger,
+    ...(options.owns ? { owns: options.owns } : {}),
   });
   return {
     queue,
@@ -43,6 +47,26 @@ describe("CommandQueue across a devicelet restart", () => {
   });
   afterEach(() => {
     vi.useRealTimers();
+  });
+
+  it("a shard takes back only its own devices' commands; the others' stay stored for their owner", async () => {
+    const store = new MemoryStore();
+    const first = process_(store);
+    await first.queue.restore();
+    void first.queue.send("gw-1", { command: "reboot" }, { ttlSeconds: 600 });
+    void first.queue.send("gw-2", { command: "reboot" }, { ttlSeconds: 5 });
+    await vi.advanceTimersByTimeAsync(0);
+    first.queue.stop();
+    const before = store.values.get("mqtt.commands.gw-2");
+
+    const shard = process_(store, { owns: (id) => id === "gw-1" });
+    await shard.queue.restore();
+    await vi.advanceTimersByTimeAsync(10_000); // past gw-2's command's expiry
+    expect(shard.queue.pending("gw-1").length).toBe(1);
+    expect(shard.queue.pending("gw-2")).toEqual([]);
+    expect(shard.expired).toEqual([]);
+    expect(store.values.get("mqtt.commands.gw-2")).toBe(before);
+    shard.queue.stop();
   });
 
   it("stores commands for an offline device; a new process sends them when it comes back", async () => {

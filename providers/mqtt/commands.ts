@@ -56,6 +56,11 @@ export interface CommandQueueOptions {
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly now?: () => number;
+  /**
+   * `ProviderContext.owns`: `restore` takes back only the commands of this shard's devices; the
+   * others' stay in the shared store for their owner (default: every device's).
+   */
+  readonly owns?: (deviceId: string) => boolean;
 }
 
 /** After the device acknowledged receipt, how long past expiry to wait for its result. */
@@ -106,6 +111,7 @@ export class CommandQueue {
     const now = this.#now();
     let restored = 0;
     for (const [deviceId, stored] of await this.#durable.load()) {
+      if (this.#o.owns && !this.#o.owns(deviceId)) continue;
       for (const c of stored) {
         const queue = this.#queue(deviceId); // anew: resolving the last command drops the map
         if (queue.has(c.message.commandId)) continue;

@@ -96,6 +96,16 @@ export interface MqttConnectionOptions {
   readonly now?: () => number;
 }
 
+/** The broker refused some filters of a SUBSCRIBE (SUBACK failure codes); the rest are held. */
+export class SubscriptionsRefused extends Error {
+  readonly filters: readonly string[];
+  constructor(filters: readonly string[]) {
+    super(`broker refused subscriptions: ${filters.join(", ")}`);
+    this.name = "SubscriptionsRefused";
+    this.filters = filters;
+  }
+}
+
 /** MQTT 5 DISCONNECT reason code "Session taken over" (§3.14.2.1). */
 const SESSION_TAKEN_OVER = 0x8e;
 /** A connection the broker closes sooner than this after CONNACK counts as taken over (3.1.1). */
@@ -248,12 +258,17 @@ export class MqttConnection implements TransportConnection {
     return { ready, message: `disconnected from ${this.#shownUrl} for ${away}s, reconnecting${why}` };
   }
 
+  /**
+   * One SUBSCRIBE with every filter (QoS 1); resolves at the SUBACK.
+   * @throws SubscriptionsRefused naming the filters whose SUBACK return code is a failure (0x80 on
+   * 3.1.1, §3.9.3; any reason code of 0x80 or more on MQTT 5, §3.9.3: not authorized, quota
+   * exceeded, …); the other filters of the packet are subscribed.
+   */
   async subscribe(filters: readonly string[]): Promise<void> {
     const client = this.#need();
     const granted = await client.subscribeAsync([...filters], { qos: 1 });
-    const refused = granted.filter((g) => g.qos === 128);
-    if (refused.length > 0)
-      throw new Error(`broker refused subscriptions: ${refused.map((g) => g.topic).join(", ")}`);
+    const refused = granted.filter((g) => g.qos >= 0x80);
+    if (refused.length > 0) throw new SubscriptionsRefused(refused.map((g) => g.topic));
   }
 
   async unsubscribe(filters: readonly string[]): Promise<void> {

@@ -16,6 +16,8 @@
  *   offline device is refused at once, its last log text served from a bounded cache.
  * - Two processes on the same state never reuse a generation (compare-and-swap reservations,
  *   floored by what devices report), and back off instead of taking one client id from each other.
+ * - An engine serving one shard (`ProviderContext.owns`) subscribes to every device's `state` and
+ *   to each owned device's own topics only, so the broker splits the traffic (subscriptions.ts).
  *
  * ```ts
  * const provider = createMqttProvider(

@@ -23,7 +23,10 @@ export type RejectReason =
   /** Accepted by the codec but unusable here (e.g. a report before any birth, a handler error). */
   | "invalid";
 
-/** What `MqttProvider.metrics()` returns. All counters only grow for the life of the process. */
+/**
+ * What `MqttProvider.metrics()` returns. All counters only grow for the life of the process;
+ * `subscriptions` is a level (what holds now).
+ */
 export interface MqttMetricsSnapshot {
   /** Messages received from devices (every topic under `devicelet/v1/+/…`), before validation. */
   readonly received: number;
@@ -40,6 +43,15 @@ export interface MqttMetricsSnapshot {
   readonly unknownDevices: number;
   /** Messages from refused devices. */
   readonly refusedMessages: number;
+  /**
+   * Messages of devices another shard owns (`ProviderContext.owns`), dropped unread: their
+   * discovery `state`, a read-back document, or traffic that raced a subscription change.
+   */
+  readonly notOwned: number;
+  /** Topic filters for devices' traffic the broker holds for devicelet now (subscriptions.ts). */
+  readonly subscriptions: number;
+  /** SUBSCRIBE packets sent for devices' traffic, the read-back's included (subscriptions.ts). */
+  readonly subscribePackets: number;
   /** Desired documents published (retained). */
   readonly published: number;
   /** Desired documents not sent because they exceed the device's largest message. */
@@ -66,7 +78,8 @@ export interface MqttMetricsSnapshot {
   readonly statsSamples: number;
 }
 
-type Counter = Exclude<keyof MqttMetricsSnapshot, "rejected">;
+type Level = "subscriptions";
+type Counter = Exclude<keyof MqttMetricsSnapshot, "rejected" | Level>;
 
 const reasons: readonly RejectReason[] = [
   "empty",
@@ -86,6 +99,8 @@ export class MqttMetrics {
     staleWills: 0,
     unknownDevices: 0,
     refusedMessages: 0,
+    notOwned: 0,
+    subscribePackets: 0,
     published: 0,
     tooLarge: 0,
     storeWrites: 0,
@@ -102,6 +117,7 @@ export class MqttMetrics {
     sessionsOpened: 0,
     statsSamples: 0,
   };
+  readonly #levels: Record<Level, number> = { subscriptions: 0 };
   readonly #rejected = Object.fromEntries(reasons.map((r) => [r, 0])) as Record<RejectReason, number>;
   readonly #sink: ProviderMetrics | undefined;
 
@@ -115,13 +131,18 @@ export class MqttMetrics {
     if (counter === "commandsExpired") for (let i = 0; i < by; i++) this.#sink?.commandExpired();
   }
 
+  /** Sets a level (what holds now, unlike a counter it may go down). */
+  set(level: Level, value: number): void {
+    this.#levels[level] = value;
+  }
+
   reject(reason: RejectReason): void {
     this.#rejected[reason]++;
     this.#sink?.messageRejected(reason);
   }
 
   snapshot(): MqttMetricsSnapshot {
-    return { ...this.#counters, rejected: { ...this.#rejected } };
+    return { ...this.#counters, ...this.#levels, rejected: { ...this.#rejected } };
   }
 }
 

@@ -17,6 +17,13 @@
  * Afterwards the `desired` subscription is dropped: devicelet does not need its own documents
  * echoed back.
  *
+ * A shard (`ProviderContext.owns`) reads back through the same wildcard `+/desired`, while the
+ * session drops other shards' documents before they reach `take` (subscriptions.ts): one
+ * SUBSCRIBE and one marker, complete whatever else the broker holds of a device (its `state` may
+ * be gone while its document is not), for a one-time cost of reading every retained document
+ * once at start. Per-device `desired` filters would need the owned devices known first — a
+ * second round of retained `state` and marker — and miss documents of devices with no `state`.
+ *
  *   const rb = new Readback({ connection, logger, timeoutMs: 10_000, onLate: (doc) => adopt(doc) });
  *   conn.onMessage((t, p) => { if (!rb.take(t, p)) handle(t, p); });
  *   const docs = await rb.run(deviceFilters);

@@ -8,19 +8,25 @@
  * MQTT 5 § 3.2.2.1.1: session present 0), subscribes again and has every device's document
  * published again. Also builds the bridge's birth and will payloads.
  *
- *   const session = new BrokerSession({ connection, readbackTimeoutMs, onLate, inbound, ... });
+ * What it subscribes to is {@link DeviceSubscriptions}'s: every device's traffic, or with an
+ * ownership predicate (a shard) the discovery `+/state` and each owned device's own filters.
+ * Every message passes {@link DeviceSubscriptions.admit} first: another shard's device's message
+ * (its `state`, its read-back document) is dropped before the read-back or Inbound sees it, so the
+ * read-back adopts only owned devices' documents.
+ *
+ *   const session = new BrokerSession({ connection, subscriptions, readbackTimeoutMs, onLate, inbound, ... });
  *   const documents = await session.start(signal);   // connected, read back, adopted
  *   session.connectedSince();                        // epoch ms, or undefined while disconnected
  */
 import type { Logger } from "pino";
 import { encodeMessage } from "../../src/protocol/codec.ts";
-import { topics } from "../../src/protocol/topics.ts";
 import type { BridgeMessage, DesiredDocument } from "../../src/protocol/types.ts";
 import type { TransportConnection } from "./connection.ts";
 import type { DesiredStore } from "./desired.ts";
 import type { Inbound } from "./inbound.ts";
 import type { MqttMetrics } from "./metrics.ts";
 import { Readback } from "./readback.ts";
+import type { DeviceSubscriptions } from "./subscriptions.ts";
 
 /** The payload of the bridge's retained state (`online`) and will (`offline`) for one process. */
 export const bridgePayload =
@@ -38,6 +44,11 @@ export const bridgePayload =
 
 export interface BrokerSessionOptions {
   readonly connection: Omit<TransportConnection, "stop" | "health">;
+  readonly subscriptions: Pick<
+    DeviceSubscriptions,
+    "filters" | "admit" | "learn" | "started" | "resume" | "resubscribe" | "settled" | "stop"
+  >;
+  /** Also how long start waits for the broker to acknowledge owned devices' filters. */
   readonly readbackTimeoutMs: number;
   /** A document read back after `start` resolved (it is not in `start`'s result). */
   readonly onLate: (doc: DesiredDocument) => void;
@@ -62,6 +73,7 @@ export class BrokerSession {
       logger: options.logger,
       timeoutMs: options.readbackTimeoutMs,
       onLate: (doc) => {
+        options.subscriptions.learn([doc.deviceId]);
         options.onLate(doc);
         // A report that came before the document may already confirm its tombstones.
         options.inbound.confirmTombstones(doc.deviceId);
@@ -77,27 +89,39 @@ export class BrokerSession {
   /**
    * Connects (waiting for the broker as long as it takes, or until the signal aborts), reads back
    * the retained desired documents and adopts them, then handles the device messages held
-   * meanwhile. Resolves with the documents read back, by device id. Call once.
+   * meanwhile. Serving a shard, it then waits (at most `readbackTimeoutMs`) for the broker to
+   * acknowledge the filters of the owned devices it learned. Resolves with the documents read
+   * back, by device id. Call once.
    */
   async start(signal: AbortSignal): Promise<Map<string, DesiredDocument>> {
+    const { subscriptions } = this.#o;
     this.#attach();
     await this.#o.connection.start(signal);
-    const documents = await this.#readback.run(topics.fromDevices());
+    const documents = await this.#readback.run(subscriptions.filters());
+    subscriptions.started();
     for (const doc of documents.values()) this.#o.desired.adopt(doc);
+    subscriptions.learn(documents.keys());
     const held = this.#held ?? [];
     this.#held = undefined;
     for (const [topic, payload, retained] of held) this.#o.inbound.handle(topic, payload, retained);
+    if (!(await subscriptions.settled(this.#o.readbackTimeoutMs)))
+      this.#o.logger.warn(
+        { timeoutMs: this.#o.readbackTimeoutMs },
+        "the broker has not acknowledged every owned device's subscriptions yet; continuing, they are retried",
+      );
     return documents;
   }
 
   /** Stops waiting for late documents. The connection is the caller's to stop. */
   stop(): void {
     this.#readback.stop();
+    this.#o.subscriptions.stop();
   }
 
   #attach(): void {
-    const { connection, inbound, metrics, logger } = this.#o;
+    const { connection, subscriptions, inbound, metrics, logger } = this.#o;
     connection.onMessage((topic, payload, retained) => {
+      if (!subscriptions.admit(topic, payload)) return;
       if (this.#readback.take(topic, payload, retained)) return;
       if (this.#held) this.#held.push([topic, payload, retained]);
       else inbound.handle(topic, payload, retained);
@@ -105,14 +129,15 @@ export class BrokerSession {
     connection.onConnect(({ sessionPresent }) => {
       metrics.inc("connects");
       this.#connectedSince = Date.now();
-      if (this.#held) return; // the read-back subscribes
-      if (sessionPresent) return;
+      // The read-back subscribes the discovery filters; owned devices' filters still pending go now.
+      if (this.#held || sessionPresent) {
+        subscriptions.resume(sessionPresent);
+        return;
+      }
       // The broker lost our session — and perhaps its retained messages: subscribe again and
       // publish every device's document again (a new generation each; devices apply it once).
       logger.warn("broker did not keep devicelet's session; subscribing and publishing desired state again");
-      connection.subscribe(topics.fromDevices()).catch((err: unknown) => {
-        logger.error({ err }, "subscribing after reconnect failed");
-      });
+      subscriptions.resubscribe();
       this.#o.desired.republishAll();
     });
     connection.onDisconnect(() => {

@@ -55,6 +55,7 @@ import { connectionInsecurity, SecretGate } from "./secret-gate.ts";
 import { Stages } from "./stages.ts";
 import { DeviceStatsStore } from "./stats.ts";
 import { BrokerSession, bridgePayload } from "./session.ts";
+import { DeviceSubscriptions } from "./subscriptions.ts";
 import { PodStatusView } from "./status-view.ts";
 import { WorkloadHashes } from "./workload-hashes.ts";
 import { Workloads } from "./workloads.ts";
@@ -216,6 +217,7 @@ export function wireMqtt(o: {
       recordEvent(commandEvent(command, "CommandFailed", ack.message ?? `exit code ${ack.exitCode ?? "?"}`)),
     metrics,
     logger,
+    ...(context.owns ? { owns: context.owns } : {}),
   });
   const restarts = new RestartRequests({
     commands,
@@ -298,8 +300,17 @@ export function wireMqtt(o: {
       ? { files: new FileReferences({ store: blobs, minFileBytes: config.desired.blobs.minFileBytes }) }
       : {}),
   });
+  // A shard's engine (context.owns) subscribes per owned device; otherwise to every device.
+  const subscriptions = new DeviceSubscriptions({
+    connection,
+    owns: context.owns,
+    allowed,
+    metrics,
+    logger: logger.child({ part: "subscriptions" }),
+  });
   const session = new BrokerSession({
     connection,
+    subscriptions,
     readbackTimeoutMs: config.desired.readbackTimeoutMs,
     onLate: (doc) => orphans.adoptLate(doc),
     inbound,

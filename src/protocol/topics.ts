@@ -37,6 +37,17 @@ export const topics = {
     `${TOPIC_ROOT}/+/io/+/out`,
     `${TOPIC_ROOT}/+/stats`,
   ],
+  /**
+   * What devicelet subscribes to for one device when it serves a shard of the fleet: what the
+   * device publishes besides its `state`, which the shard reads for every device (its discovery).
+   */
+  fromDevice: (device: string) => [
+    `${TOPIC_ROOT}/${device}/reported`,
+    `${TOPIC_ROOT}/${device}/ack`,
+    `${TOPIC_ROOT}/${device}/evt`,
+    `${TOPIC_ROOT}/${device}/io/+/out`,
+    `${TOPIC_ROOT}/${device}/stats`,
+  ],
 } as const;
 
 /** Splits a topic from a device into its device id and kind; undefined for anything else. */

@@ -583,6 +583,15 @@ export interface ProviderContext {
    * as `context.metrics?.desiredApplied(s)`.
    */
   readonly metrics?: ProviderMetrics;
+  /**
+   * Present when this engine serves only some of the provider's devices (one shard of several
+   * devicelet replicas): whether a device is this engine's. A provider that can split its
+   * inbound traffic by device serves only the devices it returns true for and ignores the rest
+   * (someone else's, not rejected); one that cannot may serve every device as without it. Absent:
+   * every device is this engine's. Cheap, pure and fixed for the provider's life: when a shard
+   * moves, its engine and provider stop and another engine starts with a new predicate.
+   */
+  readonly owns?: (deviceId: string) => boolean;
 }
 
 /**
