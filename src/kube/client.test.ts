@@ -166,6 +166,32 @@ describe("KubeClient over HTTP", () => {
     await expect(client.replaceLease({ metadata: { name: "dev-1" } })).rejects.toThrow("resourceVersion");
   });
 
+  it("lists Leases by label and deletes one with a resourceVersion precondition", async () => {
+    handler = (_req, res) =>
+      json(res, 200, { items: [{ metadata: { name: "m" } }], metadata: { resourceVersion: "9" } });
+    const before = client.budget.counts()["list leases"] ?? 0;
+    const list = await client.listLeases("ns", "devicelet.dev/shard-member=devicelet");
+    expect(list.items.map((l) => l.metadata?.name)).toEqual(["m"]);
+    const url = new URL(last().url, "http://x");
+    expect(url.pathname).toBe("/apis/coordination.k8s.io/v1/namespaces/ns/leases");
+    expect(url.searchParams.get("labelSelector")).toBe("devicelet.dev/shard-member=devicelet");
+    expect(client.budget.counts()["list leases"]).toBe(before + 1);
+
+    handler = (_req, res) => json(res, 200, {});
+    expect(await client.deleteLease("m", "ns", "41")).toBe(true);
+    expect(last().method).toBe("DELETE");
+    expect(last().url).toBe("/apis/coordination.k8s.io/v1/namespaces/ns/leases/m");
+    expect(JSON.parse(last().body)).toMatchObject({ preconditions: { resourceVersion: "41" } });
+    expect(await client.deleteLease("m", "ns")).toBe(true);
+    expect(JSON.parse(last().body)).not.toHaveProperty("preconditions");
+    handler = (_req, res) => json(res, 409, status(409, "Conflict"));
+    expect(await client.deleteLease("m", "ns", "41")).toBe(false);
+    handler = (_req, res) => json(res, 404, status(404, "NotFound"));
+    expect(await client.deleteLease("m", "ns", "41")).toBe(false);
+    handler = (_req, res) => json(res, 500, status(500, "InternalError"));
+    await expect(client.deleteLease("m", "ns")).rejects.toThrow("HTTP 500");
+  });
+
   it("reads lists in pages and keeps the snapshot's resourceVersion", async () => {
     handler = (req, res) => {
       const url = new URL(req.url, "http://x");

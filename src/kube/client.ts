@@ -167,6 +167,18 @@ export interface KubeClient {
    * `isConflict`, so two writers never both think they renewed.
    */
   replaceLease(lease: Lease, options?: RequestOptions): Promise<Lease>;
+  /** The Leases in `namespace` matching `labelSelector`, read in pages on the heartbeat lane. */
+  listLeases(namespace: string, labelSelector?: string, options?: RequestOptions): Promise<ListResult<Lease>>;
+  /**
+   * Deletes a Lease, with a resourceVersion precondition when given (so a Lease renewed since it
+   * was read is kept). Resolves `false` when it was not deleted: 404, or the precondition failed.
+   */
+  deleteLease(
+    name: string,
+    namespace: string,
+    resourceVersion?: string,
+    options?: RequestOptions,
+  ): Promise<boolean>;
 
   getConfigMap(namespace: string, name: string, options?: RequestOptions): Promise<ConfigMap | undefined>;
   getSecret(namespace: string, name: string, options?: RequestOptions): Promise<Secret | undefined>;
@@ -330,6 +342,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
     path: string,
     query?: Query,
     o?: ListOptions,
+    lane?: typeof heartbeat,
   ): Promise<ListResult<T>> => {
     const items: T[] = [];
     let resourceVersion = "";
@@ -350,6 +363,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         },
         signal: o?.signal,
         ...(o?.metadataOnly ? { accept: METADATA_LIST_ACCEPT } : {}),
+        ...lane,
       });
       for (const item of page.items ?? []) items.push(item);
       // Every page of one list reports the snapshot's resourceVersion.
@@ -484,6 +498,29 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         signal: o?.signal,
         ...heartbeat,
       });
+    },
+
+    listLeases: (namespace, labelSelector, o) =>
+      list<Lease>(leases(namespace), undefined, { ...o, labelSelector }, heartbeat),
+    deleteLease: async (name, namespace, resourceVersion, o) => {
+      try {
+        await http.request({
+          method: "DELETE",
+          path: `${leases(namespace)}/${enc(name)}`,
+          body: {
+            apiVersion: "v1",
+            kind: "DeleteOptions",
+            ...(resourceVersion === undefined ? {} : { preconditions: { resourceVersion } }),
+          },
+          signal: o?.signal,
+          ...heartbeat,
+        });
+        return true;
+      } catch (err) {
+        // 404: already gone. 409: the precondition failed (renewed or re-created since read).
+        if (isNotFound(err) || isConflict(err)) return false;
+        throw err;
+      }
     },
 
     getConfigMap: (namespace, name, o) => get<ConfigMap>(`${ns(namespace)}/configmaps/${enc(name)}`, o),

@@ -8,8 +8,8 @@
  * - preconditions: pod status writes check the UID (409 Conflict, as the client turns the API
  *   server's 422) and, when given, the resourceVersion; a missing pod is 404. Pod deletes check the
  *   UID; a graceful delete of a bound pod sets `deletionTimestamp` (now + grace), grace 0 removes it
- *   (or leaves it to its finalizers). Lease and ConfigMap replaces check resourceVersion; creates
- *   answer AlreadyExists;
+ *   (or leaves it to its finalizers). Lease and ConfigMap replaces check resourceVersion, as Lease
+ *   deletes do when given one; creates answer AlreadyExists;
  * - faults: {@link FakeKube.fail} makes a verb reject while a predicate says so; watch streams can be
  *   held back (an informer cache that lags), ended, or failed.
  *
@@ -386,6 +386,21 @@ export class FakeKube implements KubeClient {
       ...lease,
       metadata: { namespace: NODE_LEASE_NAMESPACE, ...lease.metadata },
     });
+  }
+
+  async listLeases(namespace: string, labelSelector?: string): Promise<ListResult<Lease>> {
+    await this.#call("listLeases", [namespace, labelSelector]);
+    return this.#list<Lease>("leases", namespace, labelSelector, undefined, false);
+  }
+
+  async deleteLease(name: string, namespace: string, resourceVersion?: string): Promise<boolean> {
+    await this.#call("deleteLease", [name, namespace, resourceVersion]);
+    const key = keyOf(namespace, name);
+    const lease = this.#get("leases", key);
+    if (!lease || (resourceVersion !== undefined && lease.metadata?.resourceVersion !== resourceVersion))
+      return false;
+    this.remove("leases", key);
+    return true;
   }
 
   async getConfigMap(namespace: string, name: string): Promise<ConfigMap | undefined> {
