@@ -230,7 +230,10 @@ export async function benchIotHub(): Promise<void> {
       console.log(
         `\nburst: ${PODS} pods over ${DEVICES} simulated IoT Hub devices through the emulator (app start ${APP_START_MS} ms)`,
       );
-      const row = ({ apiRequestsByVerb: _v, hubOperations, ...r }: (typeof runs)["s1"], hub: string) => ({
+      const row = (
+        { apiRequestsByVerb: _v, apiRequestsByRequest: _r, hubOperations, ...r }: (typeof runs)["s1"],
+        hub: string,
+      ) => ({
         hub,
         ...r,
         hubOperations: JSON.stringify(hubOperations),

@@ -8,6 +8,12 @@
  *    tombstone and a new pod); then all reconnect at once. Reports time until every device has applied and every
  *    new pod is Running, and applies per device since the reconnect (must be exactly one).
  *
+ * For the burst it also prints where the time went, from devicelet's own histograms
+ * (`devicelet_pod_start_stage_seconds` by stage, `devicelet_desired_issue_seconds`, delivery and
+ * apply) scraped at the end, the API requests and writes per pod by request, and the CPU seconds
+ * each process used during the burst (devicelet, Mosquitto, the control plane, and this process,
+ * which runs the simulated devices and the measuring watcher).
+ *
  * Sizes can be lowered for a quick look: BENCH_GATEWAYS, BENCH_PODS, BENCH_STORM_DEVICES.
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -15,7 +21,11 @@ import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import pino from "pino";
+import { createServer } from "node:net";
+import { readFileSync } from "node:fs";
 import { startMosquitto } from "../hack/testenv/mosquitto.ts";
+import { histograms, summarize } from "./prometheus.ts";
+import { cpuSeconds } from "./usage.ts";
 import { fleetSpec, startSimulator, type Simulator } from "../src/device/simulator.ts";
 import {
   boundPodsOfVersion,
@@ -34,9 +44,56 @@ const PODS = Number(process.env.BENCH_PODS ?? 1000);
 const STORM_DEVICES = Number(process.env.BENCH_STORM_DEVICES ?? 1000);
 const APP_START_MS = 50;
 
-function deviceletConfig(id: string, brokerUrl: string) {
+/** A loopback port free now, for devicelet's metrics server. */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  if (!address || typeof address === "string") throw new Error("no port");
+  return address.port;
+}
+
+/** The processes whose CPU the burst reports, by name: the control plane's from its state file. */
+function processes(o: { devicelet: number; mosquitto: number }): Record<string, number> {
+  const state = JSON.parse(readFileSync(path.join(testenvDir, "state.json"), "utf8")) as {
+    daemons: { name: string; pid: number }[];
+  };
+  return {
+    devicelet: o.devicelet,
+    mosquitto: o.mosquitto,
+    ...Object.fromEntries(state.daemons.map((d) => [d.name, d.pid])),
+  };
+}
+
+const cpuOf = (pids: Record<string, number>): Record<string, number> => ({
+  ...Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSeconds(pid)])),
+  "bench (simulator, watcher)": (process.cpuUsage().user + process.cpuUsage().system) / 1e6,
+});
+
+/** Where a pod start's time went, from devicelet's own histograms. */
+function breakdown(metricsText: string) {
+  const stages = histograms(metricsText, "devicelet_pod_start_stage_seconds", "stage");
+  const one = (name: string) => histograms(metricsText, name).get("");
+  return [
+    { part: "queue: seen bound → handed to the provider", ...summarize(stages.get("queue")) },
+    { part: "provider: createPod call", ...summarize(stages.get("provider")) },
+    { part: "device: handed to provider → Running pushed", ...summarize(stages.get("device")) },
+    { part: "  of which: change → document issued", ...summarize(one("devicelet_desired_issue_seconds")) },
+    {
+      part: "  of which: issued → device acked receipt",
+      ...summarize(one("devicelet_desired_delivery_seconds")),
+    },
+    { part: "  of which: issued → device applied", ...summarize(one("devicelet_desired_apply_seconds")) },
+    { part: "status: Running pushed (and createPod done) → written", ...summarize(stages.get("status")) },
+    { part: "whole: bound → Running written (devicelet)", ...summarize(one("devicelet_pod_start_seconds")) },
+  ];
+}
+
+function deviceletConfig(id: string, brokerUrl: string, metricsPort = 0) {
   return {
     kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
+    metrics: { port: metricsPort, bindAddress: "127.0.0.1" },
     nodes: { extraLabels: { "devicelet.dev/bench": id } },
     // A thousand nodes renew a hundred leases a second; give the rest room.
     api: { qps: 400, burst: 800 },
@@ -48,8 +105,9 @@ function deviceletConfig(id: string, brokerUrl: string) {
   };
 }
 
-async function burst(id: string, brokerUrl: string) {
-  const { child } = spawnDevicelet(deviceletConfig(id, brokerUrl));
+async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
+  const metricsPort = await freePort();
+  const { child } = spawnDevicelet(deviceletConfig(id, brokerUrl, metricsPort));
   const sim = await startSimulator({
     brokerUrl,
     devices: fleetSpec({
@@ -65,7 +123,9 @@ async function burst(id: string, brokerUrl: string) {
   try {
     await waitForNodes(`devicelet.dev/bench=${id}`, GATEWAYS);
     const ns = `${id}-burst`;
-    return await measureBurst({
+    const pids = processes({ devicelet: child.pid ?? 0, mosquitto: mosquittoPid });
+    const cpuBefore = cpuOf(pids);
+    const result = await measureBurst({
       username: "devicelet",
       namespace: ns,
       pods: PODS,
@@ -76,6 +136,12 @@ async function burst(id: string, brokerUrl: string) {
         tolerationKey: "virtual-kubelet.io/provider",
       }),
     });
+    const cpuAfter = cpuOf(pids);
+    const cpu = Object.fromEntries(
+      Object.entries(cpuAfter).map(([name, s]) => [name, Math.round((s - (cpuBefore[name] ?? 0)) * 10) / 10]),
+    );
+    const metricsText = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    return { result, stages: breakdown(metricsText), cpu };
   } finally {
     await sim.stop();
     child.kill("SIGTERM");
@@ -98,6 +164,7 @@ async function storm(id: string, brokerUrl: string) {
     await waitForNodes(`devicelet.dev/bench=${id}`, STORM_DEVICES);
     return await measureStorm({
       namespace: ns,
+      username: "devicelet",
       sim,
       // Every device now has a queued change: its old pod tombstoned and a new pod bound to it.
       queued: () => boundPodsOfVersion(ns, "2") >= STORM_DEVICES,
@@ -116,23 +183,35 @@ export async function benchMqtt(): Promise<void> {
   const broker = await startMosquitto({ dir: mkdtempSync(path.join(os.tmpdir(), "bench-mosquitto-")) });
   const id = `bm-${randomBytes(3).toString("hex")}`;
   try {
-    const burstResult = await burst(`${id}b`, broker.url);
+    const { result: burstResult, stages, cpu } = await burst(`${id}b`, broker.url, broker.pid());
     console.log(
       `\nburst: ${PODS} pods over ${GATEWAYS} simulated gateways through Mosquitto (app start ${APP_START_MS} ms)`,
     );
-    console.table([burstResult].map(({ apiRequestsByVerb: _v, ...r }) => r));
+    console.table([burstResult].map(({ apiRequestsByVerb: _v, apiRequestsByRequest: _r, ...r }) => r));
+    console.log("API requests by request:", burstResult.apiRequestsByRequest);
+    console.log(
+      "\nwhere a pod start went, from devicelet's own histograms (p50/p99 estimated from buckets):",
+    );
+    console.table(stages);
+    console.log("CPU seconds during the burst, by process (2 cores):", cpu);
     const stormResult = await storm(`${id}s`, broker.url);
     console.log(`\nreconnect storm: ${STORM_DEVICES} devices with a queued change reconnect at once`);
+    const { apiRequestsByRequest: stormRequests, ...stormRow } = stormResult;
     console.table([
       {
-        ...stormResult,
+        ...stormRow,
         changesPerDevice: JSON.stringify(stormResult.changesPerDevice),
         documentsPerDevice: JSON.stringify(stormResult.documentsPerDevice),
       },
     ]);
+    console.log("API requests by request from the reconnect until all ran:", stormRequests);
     writeFileSync(
       path.join(testenvDir, "bench-mqtt.json"),
-      JSON.stringify({ date: new Date().toISOString(), burst: burstResult, storm: stormResult }, null, 2),
+      JSON.stringify(
+        { date: new Date().toISOString(), burst: burstResult, stages, cpu, storm: stormResult },
+        null,
+        2,
+      ),
     );
   } finally {
     await broker.stop();

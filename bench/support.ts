@@ -84,9 +84,13 @@ export const percentile = (values: number[], p: number) => {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
 };
 
-/** API requests `username` made between two wall-clock times, by verb, from the harness audit log. */
+/**
+ * API requests `username` made between two wall-clock times, by verb and by request (verb and
+ * resource, e.g. `patch pods/status`), from the harness audit log.
+ */
 export async function auditRequests(username: string, fromMs: number, toMs: number) {
   const byVerb: Record<string, number> = {};
+  const byRequest: Record<string, number> = {};
   let total = 0;
   const lines = createInterface({ input: createReadStream(path.join(testenvDir, "audit.log")) });
   for await (const line of lines) {
@@ -96,14 +100,18 @@ export async function auditRequests(username: string, fromMs: number, toMs: numb
       verb: string;
       requestReceivedTimestamp: string;
       user: { username: string };
+      objectRef?: { resource?: string; subresource?: string };
     };
     if (e.stage !== "ResponseComplete" || e.user.username !== username) continue;
     const t = Date.parse(e.requestReceivedTimestamp);
     if (t < fromMs || t > toMs) continue;
     byVerb[e.verb] = (byVerb[e.verb] ?? 0) + 1;
+    const ref = e.objectRef;
+    const request = `${e.verb} ${ref?.resource ?? ""}${ref?.subresource ? `/${ref.subresource}` : ""}`;
+    byRequest[request] = (byRequest[request] ?? 0) + 1;
     total++;
   }
-  return { total, byVerb };
+  return { total, byVerb, byRequest };
 }
 
 /** Peak resident memory of a process, from /proc (VmHWM), in MiB. */
@@ -172,8 +180,17 @@ export interface BurstResult {
   p50Ms: number;
   p99Ms: number;
   apiRequestsPerPod: number;
+  /** Of those, writes (create, update, patch, delete) per pod. */
+  apiWritesPerPod: number;
   apiRequestsByVerb: Record<string, number>;
+  apiRequestsByRequest: Record<string, number>;
 }
+
+const WRITE_VERBS = new Set(["create", "update", "patch", "delete", "deletecollection"]);
+
+/** How many of the requests counted by verb were writes. */
+export const writesOf = (byVerb: Record<string, number>) =>
+  Object.entries(byVerb).reduce((n, [verb, count]) => n + (WRITE_VERBS.has(verb) ? count : 0), 0);
 
 /**
  * Creates `namespace`, applies `manifest`, and times until `pods` pods are Running and Ready as one
@@ -206,7 +223,9 @@ export async function measureBurst(o: {
     p50Ms: Math.round(percentile(latencies, 50)),
     p99Ms: Math.round(percentile(latencies, 99)),
     apiRequestsPerPod: Math.round((api.total / o.pods) * 100) / 100,
+    apiWritesPerPod: Math.round((writesOf(api.byVerb) / o.pods) * 100) / 100,
     apiRequestsByVerb: api.byVerb,
+    apiRequestsByRequest: api.byRequest,
   };
 }
 
@@ -257,6 +276,11 @@ export interface StormResult {
   devices: number;
   allAppliedSeconds: number;
   allRunningSeconds: number;
+  /** From the reconnect to each new pod Running, as the watcher saw it. */
+  runningP50Seconds: number;
+  runningP99Seconds: number;
+  /** What `username` asked the API server from the reconnect until every new pod ran. */
+  apiRequestsByRequest?: Record<string, number>;
   /** The queued change applied per device: must be exactly 1. */
   changesPerDevice: { min: number; max: number };
   /**
@@ -279,6 +303,8 @@ export interface StormResult {
  */
 export async function measureStorm(o: {
   namespace: string;
+  /** Whose API requests to count from the audit log over the storm; none when absent. */
+  username?: string;
   sim: { readonly devices: ReadonlyMap<string, StormDevice> };
   queued: () => boolean;
   reconnecting?: () => void | Promise<void>;
@@ -324,6 +350,7 @@ export async function measureStorm(o: {
     await o.reconnecting?.();
 
     const start = performance.now();
+    const startWall = Date.now();
     await Promise.all(devices.map((d) => d.goOnline()));
     await waitUntil(
       "every device applied its queued change",
@@ -335,14 +362,23 @@ export async function measureStorm(o: {
     // (Polling with kubectl here would itself eat the two cores the system under test needs.)
     await waitUntil("every new pod Running", () => watcher.runningCount() >= 2 * count, 20 * 60_000);
     const runningSeconds = (performance.now() - start) / 1000;
-    // Let any duplicate arrive before counting.
+    const endWall = Date.now();
+    const newRunning = devices.flatMap((d) => {
+      const running = watcher.times.get(`${d.id}-v2`)?.running;
+      return running === undefined ? [] : [(running - start) / 1000];
+    });
+    // Let any duplicate arrive before counting (and the audit log catch up, in batches of ~1 s).
     await new Promise((r) => setTimeout(r, 3_000));
+    const api = o.username ? await auditRequests(o.username, startWall, endWall + 500) : undefined;
     const documents = devices.map((d) => d.applies - (applies.get(d.id) ?? 0));
     const changed = devices.map((d) => d.changes - (changes.get(d.id) ?? 0));
     return {
       devices: count,
       allAppliedSeconds: Math.round(appliedSeconds * 100) / 100,
       allRunningSeconds: Math.round(runningSeconds * 100) / 100,
+      runningP50Seconds: Math.round(percentile(newRunning, 50) * 100) / 100,
+      runningP99Seconds: Math.round(percentile(newRunning, 99) * 100) / 100,
+      ...(api ? { apiRequestsByRequest: api.byRequest } : {}),
       changesPerDevice: { min: Math.min(...changed), max: Math.max(...changed) },
       documentsPerDevice: {
         min: Math.min(...documents),

@@ -273,6 +273,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     ...(options.clock ? { clock: options.clock } : {}),
     config: { ...config.pods, kubeletAddress },
     onPodRunning: (pod, status, now) => metrics.podRunning(pod, status, now),
+    onStartStage: (stage, seconds) => metrics.podStartStage(stage, seconds),
   });
   metrics.watchNodes(() => nodes.servedNodes());
   metrics.watchPods(() => pods.managedPods());

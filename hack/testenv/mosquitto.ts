@@ -57,6 +57,8 @@ export interface Broker {
   readonly ca: string;
   readonly port: number;
   readonly tlsPort: number;
+  /** The broker's process id while it runs (0 when stopped). */
+  pid(): number;
   /** Stops the process (SIGTERM, as a service manager would); retained messages are saved. */
   stop(): Promise<void>;
   /** After stop(): starts again on the same ports with the same persistence folder. No-op while running. */
@@ -119,6 +121,7 @@ export async function startMosquitto(options: {
     ca: readFileSync(pki.caCert, "utf8"),
     port,
     tlsPort,
+    pid: () => daemon?.pid ?? 0,
     stop,
     start: async () => {
       if (!daemon) await start();

@@ -44,8 +44,17 @@ export interface DesiredPublisherOptions {
    * fails the flush, which is retried like a failed publish.
    */
   readonly persist: (d: DeviceDesired) => Promise<void>;
-  /** The broker took document `generation` of `epoch`, issued at `issuedAtMs` (delivery latency). */
-  readonly onPublished?: (deviceId: string, epoch: string, generation: number, issuedAtMs: number) => void;
+  /**
+   * The broker took document `generation` of `epoch`, issued at `issuedAtMs`, carrying changes the
+   * first of which was made at `changedAtMs` (issue and delivery latency).
+   */
+  readonly onPublished?: (
+    deviceId: string,
+    epoch: string,
+    generation: number,
+    issuedAtMs: number,
+    changedAtMs: number | undefined,
+  ) => void;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly now: () => Date;
@@ -86,6 +95,7 @@ export class DesiredPublisher {
   /** A change to the device's desired state: publish it after the debounce. */
   dirty(d: DeviceDesired): void {
     d.changeSeq++;
+    d.changedAtMs ??= this.#o.now().getTime();
     this.schedule(d, this.#o.debounceMs);
   }
 
@@ -219,13 +229,16 @@ export class DesiredPublisher {
     };
     const payload = encodeMessage(doc);
     if (!this.#o.isCurrent(d)) return false; // forgotten (decommissioned) meanwhile
+    // Changes made from now on wait for the next document.
+    const changedAtMs = d.changedAtMs;
+    d.changedAtMs = undefined;
     const carried = new Set<object>([...fitted.pods, ...tombstones]);
     for (const p of d.pods.values()) if (carried.has(p.desired)) p.sent = true;
     // No timeout here: MQTT.js keeps the message and sends it again after reconnecting, and until
     // it is acknowledged further changes wait (and coalesce) behind it.
     await this.#o.publish(topics.desired(d.deviceId), payload);
     this.#o.metrics.inc("published");
-    this.#o.onPublished?.(d.deviceId, epoch, generation, Date.parse(doc.issuedAt));
+    this.#o.onPublished?.(d.deviceId, epoch, generation, Date.parse(doc.issuedAt), changedAtMs);
     d.published = { epoch, generation, contentHash: content };
     // `since` moves only for entries this document carried as they are now.
     const since = { epoch, generation };

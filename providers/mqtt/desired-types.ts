@@ -48,6 +48,8 @@ export interface DeviceDesired {
     | undefined;
   /** Bumped by every change; `handledSeq` is the last one flushed, `durableSeq` the last the broker holds. */
   changeSeq: number;
+  /** When the first change not yet carried by an issued document was made (the issue latency). */
+  changedAtMs: number | undefined;
   handledSeq: number;
   durableSeq: number;
   timer: NodeJS.Timeout | undefined;

@@ -35,6 +35,8 @@ const refOf = (uid: string) => ({ namespace: "ns", name: `pod-${uid}`, uid });
 function setup(options: { store?: MemoryStore; maxBytes?: number; block?: number } = {}) {
   const store = options.store ?? new MemoryStore();
   const published: DesiredDocument[] = [];
+  /** Per document published: when it was issued, and the first change it carries. */
+  const timings: { issuedAtMs: number; changedAtMs: number | undefined }[] = [];
   let release: (() => void) | undefined;
   let hold = false;
   const allocator = new GenerationAllocator({ store, blockSize: options.block ?? 1000 });
@@ -48,6 +50,8 @@ function setup(options: { store?: MemoryStore; maxBytes?: number; block?: number
     debounceMs: 5,
     publishTimeoutMs: 1000,
     onChange: () => undefined,
+    onPublished: (_id, _epoch, _generation, issuedAtMs, changedAtMs) =>
+      timings.push({ issuedAtMs, changedAtMs }),
     metrics: new MqttMetrics(),
     logger,
   });
@@ -57,6 +61,7 @@ function setup(options: { store?: MemoryStore; maxBytes?: number; block?: number
     store,
     desired,
     published,
+    timings,
     settled,
     hold: (on: boolean) => (hold = on),
     release: () => release?.(),
@@ -84,6 +89,30 @@ describe("DesiredStore", () => {
       ["b", "example/app:1"],
     ]);
     expect(doc?.contentHash).toBe(desiredContentHash(doc?.pods ?? [], doc?.tombstones ?? []));
+  });
+
+  it("tells each document's first change, so the issue latency counts the debounce and in-flight waits", async () => {
+    const t = setup();
+    const start = Date.now();
+    t.desired.upsertPod("d", refOf("a"), podOf("a"));
+    await vi.advanceTimersByTimeAsync(3);
+    t.desired.upsertPod("d", refOf("b"), podOf("b")); // same document: its first change stays
+    await t.settled();
+    expect(t.timings).toEqual([{ issuedAtMs: start + 5, changedAtMs: start }]);
+
+    t.hold(true);
+    t.desired.upsertPod("d", refOf("c"), podOf("c"));
+    await vi.advanceTimersByTimeAsync(5); // issued, waiting for the broker
+    const changedWhileInFlight = Date.now() + 10;
+    await vi.advanceTimersByTimeAsync(10);
+    t.desired.upsertPod("d", refOf("a"), podOf("a", "example/app:2"));
+    await vi.advanceTimersByTimeAsync(20);
+    t.hold(false);
+    t.release();
+    await t.settled();
+    expect(t.timings).toHaveLength(3);
+    expect(t.timings[2]?.changedAtMs).toBe(changedWhileInFlight);
+    expect(t.timings[2]?.issuedAtMs).toBeGreaterThanOrEqual(changedWhileInFlight + 20);
   });
 
   it("holds further changes while a publish is in flight, then sends them as one", async () => {

@@ -23,7 +23,7 @@ import type { Logger } from "pino";
 import type { DesiredDocument, DesiredPod, Tombstone } from "../../src/protocol/types.ts";
 import { transient } from "../../src/provider/errors.ts";
 import type { PodRef } from "../../src/provider/types.ts";
-import { DesiredPublisher } from "./desired-publisher.ts";
+import { DesiredPublisher, type DesiredPublisherOptions } from "./desired-publisher.ts";
 import type { DeviceDesired, DocumentSize, PodEntry, TombstoneEntry } from "./desired-types.ts";
 import type { GenerationAllocator } from "./generations.ts";
 import type { MqttMetrics } from "./metrics.ts";
@@ -62,7 +62,7 @@ export interface DesiredStoreOptions {
   /** A document went out (or could not, `tooLarge`): delivery and status may have changed. */
   readonly onChange: (deviceId: string) => void;
   /** The broker took a device's document (its generation, and when it was issued): for metrics. */
-  readonly onPublished?: (deviceId: string, epoch: string, generation: number, issuedAtMs: number) => void;
+  readonly onPublished?: DesiredPublisherOptions["onPublished"];
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly now?: () => Date;
@@ -132,6 +132,7 @@ export class DesiredStore {
         published: undefined,
         unsendable: undefined,
         changeSeq: 0,
+        changedAtMs: undefined,
         handledSeq: 0,
         durableSeq: 0,
         timer: undefined,

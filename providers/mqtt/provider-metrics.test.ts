@@ -47,6 +47,14 @@ describe("DesiredLatency", () => {
     expect(seen.applied).toEqual([1.5]);
   });
 
+  it("times a document's issue from the first change it carries, and not when that is unknown", () => {
+    const seen = new TestMetrics();
+    const latency = new DesiredLatency(seen, () => 0);
+    latency.published("gw-1", "e1", 1, 1_030, 1_000);
+    latency.published("gw-1", "e1", 2, 2_000);
+    expect(seen.issued).toEqual([0.03]);
+  });
+
   it("counts a superseded document as applied with the newer one, and drops a rejected one", () => {
     const seen = new TestMetrics();
     let now = 0;

@@ -1,15 +1,15 @@
 /**
  * The MQTT provider's share of devicelet's Prometheus metrics (`ProviderContext.metrics`,
  * docs/providers.md § Metrics):
- * - {@link DesiredLatency}: how long after a desired document was issued its device acknowledged
- *   it `received` and `applied` (by ack, or by a report's generations; docs/protocol.md § 4);
+ * - {@link DesiredLatency}: how long a desired document took to be issued after the first change
+ *   it carries, and how long after it was issued its device acknowledged it `received` and `applied` (by ack, or by a report's generations; docs/protocol.md § 4);
  * - {@link deviceGauges}: read at scrape time from the parts' own state: changes not yet applied
  *   and devices out of sync (desired store × observations), commands waiting, the broker
  *   connection.
  * Rejected messages and expired commands reach the sink through {@link MqttMetrics}.
  *
  *   const latency = new DesiredLatency(context.metrics);
- *   latency.published("gw-1", epoch, 7, issuedAtMs);   // after the broker took the document
+ *   latency.published("gw-1", epoch, 7, issuedAtMs, changedAtMs); // after the broker took it
  *   latency.observed("gw-1", observations.get("gw-1")); // after an ack or a report
  *   context.metrics?.observe(deviceGauges({ desired, observations, commands, connection }));
  */
@@ -39,9 +39,19 @@ export class DesiredLatency {
     this.#now = now;
   }
 
-  /** The broker holds document `generation` of `epoch` for the device, issued at `issuedAtMs`. */
-  published(deviceId: string, epoch: string, generation: number, issuedAtMs: number): void {
+  /**
+   * The broker holds document `generation` of `epoch` for the device, issued at `issuedAtMs`,
+   * carrying changes the first of which was made at `changedAtMs` (unknown: not timed).
+   */
+  published(
+    deviceId: string,
+    epoch: string,
+    generation: number,
+    issuedAtMs: number,
+    changedAtMs?: number,
+  ): void {
     if (!this.#sink) return;
+    if (changedAtMs !== undefined) this.#sink.desiredIssued((issuedAtMs - changedAtMs) / 1000);
     // Documents of an earlier epoch will never be acknowledged in this one.
     const issued = (this.#byDevice.get(deviceId) ?? []).filter((i) => i.epoch === epoch);
     issued.push({ epoch, generation, issuedAtMs, delivered: false });

@@ -176,7 +176,8 @@ export function wireMqtt(o: {
       // device's report of having carried them out may have come first.
       inbound.confirmTombstones(id);
     },
-    onPublished: (id, epoch, generation, issuedAtMs) => latency.published(id, epoch, generation, issuedAtMs),
+    onPublished: (id, epoch, generation, issuedAtMs, changedAtMs) =>
+      latency.published(id, epoch, generation, issuedAtMs, changedAtMs),
     metrics,
     logger,
   });

@@ -22,6 +22,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom
 import type { KubeClient, Node, Pod, PodStatus } from "../kube/index.ts";
 import type { RequestBudget } from "../kube/budget.ts";
 import type { ProviderGauges, ProviderMetrics } from "../provider/types.ts";
+import type { PodStartStage } from "../pod/start-trace.ts";
 import { BoundedLabel, podReason } from "./labels.ts";
 
 /** The prefix of every series, prom-client's process metrics included. */
@@ -35,6 +36,8 @@ export const DEVICELET_SERIES = [
   "devicelet_nodes",
   "devicelet_pods",
   "devicelet_pod_start_seconds",
+  "devicelet_pod_start_stage_seconds",
+  "devicelet_desired_issue_seconds",
   "devicelet_desired_delivery_seconds",
   "devicelet_desired_apply_seconds",
   "devicelet_device_pending_changes",
@@ -52,8 +55,13 @@ export const DEVICELET_SERIES = [
 /** The two request lanes of the Kubernetes client (src/kube/transport.ts). */
 export type Lane = "default" | "heartbeat";
 
+/** A pod start's stages inside devicelet: milliseconds when healthy, seconds when something waits. */
+const STAGE_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
 /** Device latencies run from a fraction of a second to hours (a device that was offline). */
-const DEVICE_LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600];
+const DEVICE_LATENCY_BUCKETS = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600,
+];
 
 export interface DeviceletMetricsOptions {
   /** prom-client's process metrics (CPU, memory, event loop, GC) under `devicelet_`; default true. */
@@ -69,6 +77,7 @@ export class DeviceletMetrics {
   readonly #budgetWait: Histogram<"lane">;
   readonly #leaseRenew: Histogram;
   readonly #podStart: Histogram;
+  readonly #podStartStage: Histogram<"stage">;
   readonly #leader: Gauge;
   #nodes: () => Iterable<Node> = () => [];
   #pods: () => Iterable<Pod> = () => [];
@@ -100,6 +109,16 @@ export class DeviceletMetrics {
       name: "devicelet_pod_start_seconds",
       help: "Time from a pod being bound to a device's node to devicelet first reporting it Running.",
       buckets: [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800],
+      registers,
+    });
+    this.#podStartStage = new Histogram({
+      name: "devicelet_pod_start_stage_seconds",
+      help:
+        "Where a pod start spends its time in devicelet, by stage: queue (seen bound to handed to " +
+        "the provider), provider (its createPod call), device (handed to the provider until it " +
+        "reports Running; overlaps provider), status (until that Running status is written).",
+      labelNames: ["stage"],
+      buckets: STAGE_BUCKETS,
       registers,
     });
     this.#leader = new Gauge({
@@ -179,6 +198,11 @@ export class DeviceletMetrics {
     if (Number.isFinite(seconds)) this.#podStart.observe(Math.max(0, seconds));
   }
 
+  /** One stage of a pod start (src/pod/start-trace.ts). */
+  podStartStage(stage: PodStartStage, seconds: number): void {
+    if (Number.isFinite(seconds)) this.#podStartStage.observe({ stage }, Math.max(0, seconds));
+  }
+
   /** Whether this replica leads now; 1 from the start (leader election off). */
   setLeader(leading: boolean): void {
     this.#leader.set(leading ? 1 : 0);
@@ -198,6 +222,14 @@ export class DeviceletMetrics {
 /** The provider's metrics; the gauges join the registry when the provider observes them. */
 function providerMetrics(registry: Registry): ProviderMetrics {
   const registers = [registry];
+  const issued = new Histogram({
+    name: "devicelet_desired_issue_seconds",
+    help:
+      "Time from the first change a desired document carries to the document being issued " +
+      "(the provider's debounce, reserving generations, waiting for the transport).",
+    buckets: STAGE_BUCKETS,
+    registers,
+  });
   const delivered = new Histogram({
     name: "devicelet_desired_delivery_seconds",
     help: "Time from a desired document being issued to its device acknowledging receipt.",
@@ -261,6 +293,7 @@ function providerMetrics(registry: Registry): ProviderMetrics {
     ),
   } satisfies Record<keyof ProviderGauges, { name: string; metric: Gauge }>;
   return {
+    desiredIssued: (seconds) => issued.observe(Math.max(0, seconds)),
     desiredDelivered: (seconds) => delivered.observe(Math.max(0, seconds)),
     desiredApplied: (seconds) => applied.observe(Math.max(0, seconds)),
     messageRejected: (reason) => rejected.inc({ reason: reasons.of(reason) }),

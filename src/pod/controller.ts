@@ -53,6 +53,7 @@ import { PodDeletion, type Held } from "./deletion.ts";
 import { PodIpAllocator } from "./ip.ts";
 import { ReferenceCache } from "./references.ts";
 import { startResync } from "./resync.ts";
+import { PodStartTrace, type PodStartStage } from "./start-trace.ts";
 import { StatusWriter } from "./status-writer.ts";
 import { buildFailedStatus, buildPodStatus } from "./status.ts";
 import { trimPod } from "./trim.ts";
@@ -88,6 +89,8 @@ export interface PodControllerOptions {
    * PodScheduled condition says when the pod was bound) and the controller's time (src/metrics).
    */
   readonly onPodRunning?: (pod: Pod, status: PodStatus, now: Date) => void;
+  /** Told, once a pod started here is written Running, how long each stage took (start-trace.ts). */
+  readonly onStartStage?: (stage: PodStartStage, seconds: number) => void;
 }
 
 const configErrorRetryMs = 5_000;
@@ -111,18 +114,23 @@ export class PodController {
   readonly #deletion: PodDeletion;
   readonly #counters = { creates: 0, updates: 0, deletes: 0, statusWrites: 0, podDeletes: 0 };
   readonly #clock: Clock;
+  readonly #trace: PodStartTrace;
 
   constructor(options: PodControllerOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
     const clock = this.#clock;
+    this.#trace = new PodStartTrace(options.onStartStage ?? (() => undefined), () => clock.now());
     this.#log = options.logger.child({ component: "pod" });
     this.#ips = new PodIpAllocator(options.config.ipRange);
     this.#status = new StatusWriter({
       kube: options.kube,
       logger: this.#log,
       counters: this.#counters,
-      onRunning: (pod, status) => options.onPodRunning?.(pod, status, new Date(clock.now())),
+      onRunning: (pod, status) => {
+        this.#trace.written(pod.metadata?.uid ?? "");
+        options.onPodRunning?.(pod, status, new Date(clock.now()));
+      },
     });
     this.#informer = new Informer<Pod>({
       client: options.kube,
@@ -186,6 +194,7 @@ export class PodController {
           this.#held.get(key)?.ref.uid === status.pod.uid ||
           this.#informer.get(key)?.metadata?.uid === status.pod.uid;
         if (!known) return;
+        if (status.phase === "Running") this.#trace.reported(status.pod.uid);
         this.#statuses.set(status.pod.uid, status);
         this.#queue.addAfter(key, this.#o.config.statusDebounceMs);
       });
@@ -206,7 +215,12 @@ export class PodController {
       });
     }
     const enqueue = (pod: Pod) => {
-      if (this.#manages(pod)) this.#queue.add(objectKey(pod));
+      if (!this.#manages(pod)) return;
+      const key = objectKey(pod);
+      // A pod this process will start: follow its stages (start-trace.ts).
+      if (!this.#held.has(key) && pod.status?.phase !== "Running" && !pod.metadata?.deletionTimestamp)
+        this.#trace.seen(pod.metadata?.uid ?? "");
+      this.#queue.add(key);
     };
     this.#informer.onAdd((pod) => {
       // The address a pod already has (an earlier run gave it) is never handed to another.
@@ -387,7 +401,9 @@ export class PodController {
       this.#log.info({ pod: key, reason: result.message }, "keeping the running workload: config error");
     } else if (!held) {
       const { workload } = result;
+      this.#trace.creating(ref.uid);
       await this.#o.provider.createPod(workload);
+      this.#trace.created(ref.uid);
       this.#counters.creates++;
       held = {
         ref,
@@ -441,6 +457,7 @@ export class PodController {
 
   /** Releases what this process keeps for a pod uid (and for its key, when given). */
   #release(key: string | undefined, uid: string): void {
+    this.#trace.forget(uid);
     this.#statuses.delete(uid);
     this.#status.release(uid);
     this.#refusals.delete(uid);

@@ -14,7 +14,8 @@ import type { EventToRecord } from "../kube/events.ts";
 import type { ProviderPod } from "../provider/types.ts";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
-import { PodController } from "./controller.ts";
+import { PodController, type PodControllerOptions } from "./controller.ts";
+import type { PodStartStage } from "./start-trace.ts";
 
 const logger = pino({ level: "silent" });
 const NODE = "node-1";
@@ -59,7 +60,7 @@ async function world(): Promise<World> {
 }
 
 /** A PodController on `w` (a second one on the same world is devicelet after a restart). */
-async function startController(w: World) {
+async function startController(w: World, extra: Pick<PodControllerOptions, "onStartStage"> = {}) {
   const stop = new AbortController();
   stops.push(stop);
   let [device] = await w.provider.listDevices();
@@ -92,6 +93,7 @@ async function startController(w: World) {
       kubeletAddress: "127.0.0.1",
       resyncIntervalMs: 0,
     },
+    ...extra,
   });
   await controller.start(stop.signal);
   await w.clock.advanceAsync(0);
@@ -129,6 +131,26 @@ const running = async (w: World, uid: string) =>
   (await w.provider.getPodStatus({ namespace: "ns", name: "", uid }))?.phase;
 
 describe("PodController (fake API server, FakeClock)", () => {
+  it("times a pod start by stage, once, from the pod seen bound to its Running status written", async () => {
+    const w = await world();
+    const stages: [PodStartStage, number][] = [];
+    await startController(w, { onStartStage: (stage, seconds) => stages.push([stage, seconds]) });
+    w.kube.apply("pods", pod("web", "uid-1"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "web")).toBe("Running");
+    // On the FakeClock: the mock starts the app 100 ms after createPod and pushes Running at once;
+    // the status debounce (50 ms) runs from that push.
+    expect(stages).toEqual([
+      ["queue", 0],
+      ["provider", 0],
+      ["device", 0.1],
+      ["status", 0.05],
+    ]);
+    // Running again after a device change is not a new start.
+    await w.clock.advanceAsync(5_000);
+    expect(stages).toHaveLength(4);
+  });
+
   it("replaces a pod re-created under the same name: the old one is stopped, the new one created", async () => {
     const w = await world();
     await startController(w);

@@ -599,6 +599,11 @@ export interface ProviderContext {
  * never throws; none takes a device id or pod name (series per device would not scale).
  */
 export interface ProviderMetrics {
+  /**
+   * A desired document was issued `seconds` after the first change it carries was handed to the
+   * provider (its debounce, generation reservation, waiting for the transport). Optional to call.
+   */
+  desiredIssued(seconds: number): void;
   /** A device acknowledged receiving a desired document `seconds` after it was issued. */
   desiredDelivered(seconds: number): void;
   /** A device reported a desired document applied `seconds` after it was issued. */

@@ -28,6 +28,8 @@ export interface TestContext extends ProviderContext {
 
 /** A {@link ProviderMetrics} that keeps what the provider reported; the test owns the arrays. */
 export class TestMetrics implements ProviderMetrics {
+  /** Seconds passed to `desiredIssued`, oldest first. */
+  readonly issued: number[] = [];
   /** Seconds passed to `desiredDelivered`, oldest first. */
   readonly delivered: number[] = [];
   /** Seconds passed to `desiredApplied`, oldest first. */
@@ -38,6 +40,10 @@ export class TestMetrics implements ProviderMetrics {
   expired = 0;
   /** The callbacks last passed to `observe`: call them to read the gauges. */
   gauges: ProviderGauges = {};
+
+  desiredIssued(seconds: number): void {
+    this.issued.push(seconds);
+  }
 
   desiredDelivered(seconds: number): void {
     this.delivered.push(seconds);
