@@ -11,11 +11,12 @@
  * and its RSS at steady state (end of the hold); every transition of a node's Ready condition away
  * from True during the hold (and during the pod burst), as a node watch saw it; API requests per
  * second by the tool's user during the hold (audit log); CPU seconds per node per minute during
- * the hold. Prints both rows and the devicelet/KWOK ratios; writes `bench-scale.json` to the
+ * the hold; CPU seconds until every pod ran; how much etcd's database and key count grew from
+ * before the nodes to every pod Running. Prints both rows and the devicelet/KWOK ratios; writes `bench-scale.json` to the
  * harness directory. Namespaces, pods and nodes are deleted afterwards.
  */
 import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { BenchApi } from "./api.ts";
 import { AuditTail } from "./audit-tail.ts";
@@ -38,6 +39,23 @@ const NODES = Number(process.env.SCALE_NODES ?? 1_000);
 const PODS = Number(process.env.SCALE_PODS ?? 10_000);
 const HOLD_SECONDS = Number(process.env.SCALE_HOLD_SECONDS ?? 600);
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
+/**
+ * What etcd holds now, from its metrics on the client port: the bytes of its database in use and
+ * the number of keys. Revisions not yet compacted (the API server compacts every 5 minutes) count
+ * too, so the difference across a burst is an upper bound of what the objects take.
+ */
+async function etcdUsage(): Promise<{ inUseMiB: number; keys: number }> {
+  const state = JSON.parse(readFileSync(path.join(testenvDir, "state.json"), "utf8")) as {
+    ports: { etcd: number };
+  };
+  const text = await (await fetch(`http://127.0.0.1:${state.ports.etcd}/metrics`)).text();
+  const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+  return {
+    inUseMiB: round(value("etcd_mvcc_db_total_size_in_use_in_bytes") / 2 ** 20, 1),
+    keys: value("etcd_debugging_mvcc_keys_total"),
+  };
+}
+
 /** RSS is sampled this often during the hold. */
 const SAMPLE_MS = 10_000;
 
@@ -62,6 +80,11 @@ interface Row {
   /** 429s the API server answered the tool during the hold. */
   tool429s: number;
   cpuSecondsPerNodePerMinute: number;
+  /** The tool's CPU seconds from its start until every pod ran (registration and the pod burst). */
+  burstCpuSeconds: number;
+  /** etcd's database in use and its keys grew this much from before the nodes to all pods Running. */
+  etcdGrowthMiB: number;
+  etcdKeysAdded: number;
   /** The first few NotReady transitions, to look into. */
   firstNotReady: NotReadyTransition[];
 }
@@ -98,12 +121,15 @@ async function measure(o: {
   const { api, audit } = o;
   const start = o.tool === "devicelet" ? startMockDevicelet : startKwok;
   const begin = performance.now();
+  const etcdBefore = await etcdUsage();
   const fleet = await start({ api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE });
   const nodesReadySeconds = round((performance.now() - begin) / 1000, 2);
   console.log(`${o.tool}: ${NODES} nodes Ready after ${nodesReadySeconds}s; creating ${PODS} pods`);
   const namespace = `${o.id}-${o.tool}`;
   try {
     const run = await runBoundPods({ api, fleet, namespace, pods: PODS });
+    const burstCpuSeconds = round(cpuSeconds(fleet.pid), 1);
+    const etcdAfter = await etcdUsage();
     console.log(`${o.tool}: ${PODS} pods Running after ${run.allRunningSeconds}s; holding ${HOLD_SECONDS}s`);
     const held = await hold(fleet);
     const duringHold = fleet.nodes.wentNotReady(held.startMs);
@@ -130,6 +156,9 @@ async function measure(o: {
       ),
       tool429s: requests.throttled,
       cpuSecondsPerNodePerMinute: round(held.cpu / NODES / (seconds / 60), 5),
+      burstCpuSeconds,
+      etcdGrowthMiB: round(etcdAfter.inUseMiB - etcdBefore.inUseMiB, 1),
+      etcdKeysAdded: etcdAfter.keys - etcdBefore.keys,
       firstNotReady: sinceBurst.first,
     };
   } finally {
@@ -162,6 +191,7 @@ export async function benchScale(): Promise<void> {
         kwok.cpuSecondsPerNodePerMinute,
       ),
       allRunningSeconds: ratio(devicelet.allRunningSeconds, kwok.allRunningSeconds),
+      burstCpuSeconds: ratio(devicelet.burstCpuSeconds, kwok.burstCpuSeconds),
     };
     const apiServer = { createRetries: api.retried, create429s: api.throttled, auditLog: audit.growth };
     console.log(

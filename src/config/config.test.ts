@@ -46,7 +46,7 @@ describe("parseConfig", () => {
       },
       api: { qps: 100, burst: 200, heartbeatQps: 200, heartbeatBurst: 400, requestTimeoutSeconds: 30 },
       lease: { durationSeconds: 40, renewIntervalSeconds: 10 },
-      nodeStatus: { maxIntervalSeconds: 60 },
+      nodeStatus: { maxIntervalSeconds: 300 },
       pods: {
         ipRange: "10.250.0.0/16",
         baseRetryDelayMs: 250,

@@ -109,7 +109,7 @@ export const coreConfigSchema = {
       renewIntervalSeconds: integer(10, 1),
     }),
     nodeStatus: section("Node status writes.", {
-      maxIntervalSeconds: integer(60, 1),
+      maxIntervalSeconds: integer(300, 1),
     }),
     pods: section("Pod reconcile and status.", {
       ipRange: { type: "string", default: "10.250.0.0/16", format: "cidr" },
