@@ -134,7 +134,8 @@ export async function startMockDevicelet(o: {
   const { child, logFile } = spawnDevicelet({
     kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
     nodes: { extraLabels: { [BENCH_LABEL]: o.id } },
-    log: { level: "warn" },
+    // BENCH_LOG_LEVEL=info shows the engine's minute-by-minute queues and API load in its log.
+    log: { level: process.env.BENCH_LOG_LEVEL ?? "warn" },
     api: deviceletApiBudget(o.nodes),
     provider: {
       type: "mock",

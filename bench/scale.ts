@@ -65,7 +65,12 @@ interface Row {
   pods: number;
   nodesReadySeconds: number;
   allRunningSeconds: number;
+  /** From the first create to the last create's answer: the pace the API server took creates at. */
+  createSeconds: number;
   podsPerSecond: number;
+  /** From each create's answer to its pod seen Running and Ready. */
+  p50Ms: number;
+  p99Ms: number;
   peakRssMiB: number;
   /** RSS at the end of the hold. */
   steadyRssMiB: number;
@@ -143,6 +148,9 @@ async function measure(o: {
       pods: PODS,
       nodesReadySeconds,
       allRunningSeconds: run.allRunningSeconds,
+      createSeconds: run.createSeconds,
+      p50Ms: run.p50Ms,
+      p99Ms: run.p99Ms,
       podsPerSecond: run.podsPerSecond,
       peakRssMiB: memoryMiB(fleet.pid).peakRssMiB,
       steadyRssMiB: held.rssMiB,

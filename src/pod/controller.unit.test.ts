@@ -357,7 +357,7 @@ describe("PodController (fake API server, FakeClock)", () => {
     expect(controller.stats().queue).toMatchObject({ failed: 3, delayed: 0 });
   });
 
-  it("has as many creates under way as the provider's concurrentPods asks for, 16 without it", async () => {
+  it("has as many creates under way as the provider's concurrentPods asks for, 64 without it", async () => {
     /** Pods created while every create waits: how many calls the controller made before any ended. */
     const underWay = async (concurrentPods: number | undefined) => {
       const w = await world();
@@ -372,15 +372,15 @@ describe("PodController (fake API server, FakeClock)", () => {
       };
       Object.assign(w.provider, { concurrentPods });
       await startController(w);
-      for (let i = 0; i < 60; i++) w.kube.apply("pods", pod(`p${i}`, `uid-${i}`));
+      for (let i = 0; i < 100; i++) w.kube.apply("pods", pod(`p${i}`, `uid-${i}`));
       await w.clock.advanceAsync(1_000);
       const waiting = calls;
       release();
       await w.clock.advanceAsync(2_000);
-      expect(w.provider.stats().creates).toBe(60);
+      expect(w.provider.stats().creates).toBe(100);
       return waiting;
     };
-    expect(await underWay(undefined)).toBe(16);
+    expect(await underWay(undefined)).toBe(64);
     expect(await underWay(40)).toBe(40);
   });
 });

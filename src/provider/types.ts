@@ -216,8 +216,9 @@ export interface PodLifecycleProvider {
   readonly supports: readonly PodFeature[];
   /**
    * How many pods the engine may have a call under way for at once (createPod, updatePod,
-   * deletePod, each awaited before the pod's status is written). Default 16, which suits calls that
-   * resolve in milliseconds. A provider whose calls wait on a rate-limited transport and coalesce
+   * deletePod, each awaited before the pod's status is written). Default 64: the calls resolve in
+   * milliseconds, but each pod's turn also holds its status write, and an API server under load
+   * answers those in hundreds of milliseconds. A provider whose calls wait on a rate-limited transport and coalesce
    * what waits per device (IoT Hub's twin-update budget) asks for more, so that waiting calls do
    * not keep every other pod from being handed over.
    */
