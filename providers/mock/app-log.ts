@@ -27,7 +27,8 @@ export const logTimestamp = (ms: number): string => new Date(ms).toISOString().r
 
 export class AppLog {
   #lines: LogLine[] = [];
-  #followers = new Set<(line: LogLine | undefined) => void>();
+  /** Made by the first follower: most logs are never followed, and there are one or two per pod. */
+  #followers: Set<(line: LogLine | undefined) => void> | undefined;
   #closed = false;
 
   /** Whether the instance ended: reads no longer follow. */
@@ -40,14 +41,15 @@ export class AppLog {
     const line = { at, text };
     this.#lines.push(line);
     if (this.#lines.length > MAX_LINES) this.#lines.splice(0, this.#lines.length - MAX_LINES);
-    for (const f of this.#followers) f(line);
+    if (this.#followers) for (const f of this.#followers) f(line);
   }
 
   /** Ends every follower (the instance ended); later reads return what is buffered and end at once. */
   close(): void {
     this.#closed = true;
-    for (const f of this.#followers) f(undefined);
-    this.#followers.clear();
+    const followers = this.#followers;
+    this.#followers = undefined;
+    if (followers) for (const f of followers) f(undefined);
   }
 
   /**
@@ -64,7 +66,7 @@ export class AppLog {
     const format = (l: LogLine) => (options.timestamps ? `${logTimestamp(l.at)} ${l.text}\n` : `${l.text}\n`);
     const { signal } = options;
     const follow = options.follow === true && options.upTo === undefined && !this.#closed && !signal.aborted;
-    const followers = this.#followers;
+    const followers = follow ? (this.#followers ??= new Set()) : undefined;
     const pending: LogLine[] = [];
     let ended = false;
     let wake: (() => void) | undefined;
@@ -75,10 +77,10 @@ export class AppLog {
     };
     const onAbort = () => {
       ended = true;
-      followers.delete(listener);
+      followers?.delete(listener);
       wake?.();
     };
-    if (follow) {
+    if (followers) {
       followers.add(listener); // before the first read, so nothing appended in between is lost
       signal.addEventListener("abort", onAbort, { once: true });
     }
@@ -110,7 +112,7 @@ export class AppLog {
             wake = undefined;
           }
         } finally {
-          followers.delete(listener);
+          followers?.delete(listener);
           signal.removeEventListener("abort", onAbort);
         }
       },

@@ -39,7 +39,6 @@ export interface MockContainer {
 }
 
 interface AppRun extends MockContainer {
-  readonly fingerprint: string;
   state: AppState;
   lastState?: AppState;
   restartCount: number;
@@ -52,7 +51,8 @@ interface AppRun extends MockContainer {
   instanceStarted: boolean;
 }
 
-const fingerprint = (spec: AppSpec) => JSON.stringify(spec);
+/** Whether two app specs are the same (compared when a workload is applied, never stored per app). */
+const sameSpec = (a: AppSpec, b: AppSpec) => JSON.stringify(a) === JSON.stringify(b);
 
 export class MockPod {
   readonly ref: PodRef;
@@ -96,7 +96,7 @@ export class MockPod {
     const { clock } = this.#env;
     const next = this.workload.apps.map((spec): AppRun => {
       const old = this.#apps.find((a) => a.spec.name === spec.name);
-      if (old?.fingerprint === fingerprint(spec)) return old;
+      if (old && sameSpec(old.spec, spec)) return old;
       if (old) {
         this.#clear(old);
         old.log.close(); // that instance ended: its followers end, it becomes the previous one
@@ -105,7 +105,6 @@ export class MockPod {
       log.append(clock.now(), `[mock] pulling ${spec.image}`);
       const run: AppRun = {
         spec,
-        fingerprint: fingerprint(spec),
         state: { kind: "waiting", reason: "ContainerCreating" },
         restartCount: old ? old.restartCount + 1 : 0,
         log,
@@ -254,7 +253,6 @@ export class MockPod {
       pod.#apps = p.running.apps.map((a) => {
         const run: AppRun = {
           spec: a.spec,
-          fingerprint: fingerprint(a.spec),
           state: { kind: "waiting", reason: "ContainerCreating" },
           restartCount: a.restartCount,
           log: new AppLog(),

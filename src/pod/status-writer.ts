@@ -2,6 +2,14 @@
  * {@link StatusWriter}: pod status written through the `status` subresource only when it changed,
  * compared with what this process last wrote until the pod watch has caught up with that write
  * (so a status is never written twice because the cache was stale).
+ *
+ * A write is kept only until the cache shows it: the first {@link StatusWriter.latest} (every
+ * reconcile and write goes through it) that sees the cached pod at or past the write's
+ * resourceVersion forgets it, and from then on the cache is the reference. So in steady state
+ * nothing is held per pod; only writes the watch has not delivered yet are.
+ *
+ *   const pod = writer.latest(cached);   // build the next status from this
+ *   await writer.write(pod, ref, buildPodStatus({ pod, ... }));
  */
 import type { Logger } from "pino";
 import { toWire, type KubeClient, type Pod, type PodStatus } from "../kube/index.ts";
@@ -39,6 +47,7 @@ export class StatusWriter {
     this.#o = options;
   }
 
+  /** Writes the pod watch has not shown yet. */
   get size(): number {
     return this.#written.size;
   }
@@ -51,13 +60,17 @@ export class StatusWriter {
    * The pod as the API server has it as far as this process knows: the cached pod, with the status
    * this process last wrote while the watch has not caught up with that write. Build the next
    * status from this, not from the cache: a condition that changed in our last write would
-   * otherwise look new again, get a new `lastTransitionTime`, and be written once more.
+   * otherwise look new again, get a new `lastTransitionTime`, and be written once more. Once the
+   * cached pod includes the last write, that write is forgotten and the pod is returned as is.
    */
   latest(pod: Pod): Pod {
-    const written = this.#written.get(pod.metadata?.uid ?? "");
-    return written && !includesWrite(pod.metadata?.resourceVersion ?? "", written.resourceVersion)
-      ? { ...pod, status: written.status }
-      : pod;
+    const uid = pod.metadata?.uid ?? "";
+    const written = this.#written.get(uid);
+    if (!written) return pod;
+    if (!includesWrite(pod.metadata?.resourceVersion ?? "", written.resourceVersion))
+      return { ...pod, status: written.status };
+    this.#written.delete(uid);
+    return pod;
   }
 
   /** Writes `built` (a status as `status.ts` builds it) unless it would change nothing. */

@@ -1,0 +1,99 @@
+/**
+ * StatusWriter: a status is written only when it changed, compared with what this process last
+ * wrote until the cached pod shows that write, and with the cache from then on; a write is held
+ * only until the cache shows it.
+ */
+import pino from "pino";
+import { describe, expect, it } from "vitest";
+import type { Pod, PodStatus, PodStatusPatch } from "../kube/index.ts";
+import { StatusWriter } from "./status-writer.ts";
+
+const ref = { namespace: "ns", name: "p", uid: "uid-1" };
+
+/** A pod as the cache has it at `resourceVersion`, with `status`. */
+const cached = (resourceVersion: string, status?: PodStatus): Pod => ({
+  metadata: { namespace: "ns", name: "p", uid: "uid-1", resourceVersion },
+  spec: { nodeName: "dev-1", containers: [{ name: "app", image: "app:1" }] },
+  ...(status ? { status } : {}),
+});
+
+const running = (message: string): PodStatus => ({
+  phase: "Running",
+  reason: "",
+  message,
+  conditions: [{ type: "Ready", status: "True", lastTransitionTime: "2026-03-01T12:00:00Z" }],
+});
+
+/** A writer over a fake API server that answers each status patch with the next resourceVersion. */
+function writer(options: { resourceVersions: () => string }) {
+  const patches: PodStatusPatch[] = [];
+  const counters = { statusWrites: 0 };
+  const w = new StatusWriter({
+    kube: {
+      patchPodStatus: (patch) => {
+        patches.push(patch);
+        return Promise.resolve({ metadata: { resourceVersion: options.resourceVersions() } });
+      },
+    },
+    logger: pino({ level: "silent" }),
+    counters,
+  });
+  return { w, patches, counters };
+}
+
+describe("StatusWriter", () => {
+  it("never writes an unchanged status twice, whether or not the watch has caught up", async () => {
+    let rv = 10;
+    const { w, patches } = writer({ resourceVersions: () => String(++rv) });
+    const stale = cached("10", { phase: "Pending", reason: "", message: "" });
+
+    await w.write(w.latest(stale), ref, running("up"));
+    expect(patches).toHaveLength(1);
+    expect(w.size).toBe(1);
+    // The watch has not delivered the write (rv 11): the pod is seen with the status written.
+    expect(w.latest(stale).status).toEqual(running("up"));
+    await w.write(w.latest(stale), ref, running("up"));
+    expect(patches).toHaveLength(1);
+
+    // The watch delivers it: the write is forgotten and the cache is the reference.
+    const caughtUp = cached("11", running("up"));
+    expect(w.latest(caughtUp)).toBe(caughtUp);
+    expect(w.size).toBe(0);
+    await w.write(w.latest(caughtUp), ref, running("up"));
+    expect(patches).toHaveLength(1);
+
+    await w.write(w.latest(caughtUp), ref, running("still up"));
+    expect(patches).toHaveLength(2);
+    expect(patches[1]?.status.message).toBe("still up");
+    expect(w.size).toBe(1);
+  });
+
+  it("keeps a write while the cache is older, and forgets it on a newer version too", async () => {
+    const { w, patches } = writer({ resourceVersions: () => "20" });
+    await w.write(cached("10"), ref, running("up"));
+    expect(w.latest(cached("19")).status).toEqual(running("up"));
+    expect(w.size).toBe(1);
+    // Another writer's change came after ours (rv 25): the cache has everything.
+    const newer = cached("25", running("changed by someone else"));
+    expect(w.latest(newer)).toBe(newer);
+    expect(w.size).toBe(0);
+    expect(patches).toHaveLength(1);
+  });
+
+  it("with resourceVersions that are not integers, only the same version counts as caught up", async () => {
+    const { w } = writer({ resourceVersions: () => "b" });
+    await w.write(cached("a"), ref, running("up"));
+    expect(w.latest(cached("c")).status).toEqual(running("up"));
+    expect(w.size).toBe(1);
+    expect(w.latest(cached("b", running("up"))).status).toEqual(running("up"));
+    expect(w.size).toBe(0);
+  });
+
+  it("release forgets a pod's write", async () => {
+    const { w } = writer({ resourceVersions: () => "11" });
+    await w.write(cached("10"), ref, running("up"));
+    w.release("uid-1");
+    expect(w.size).toBe(0);
+    expect(w.latest(cached("10")).status).toBeUndefined();
+  });
+});
