@@ -76,6 +76,7 @@ function breakdown(metricsText: string) {
   const stages = histograms(metricsText, "devicelet_pod_start_stage_seconds", "stage");
   const one = (name: string) => histograms(metricsText, name).get("");
   return [
+    { part: "watch: bound → seen by devicelet's watch", ...summarize(stages.get("watch")) },
     { part: "queue: seen bound → handed to the provider", ...summarize(stages.get("queue")) },
     { part: "provider: createPod call", ...summarize(stages.get("provider")) },
     { part: "device: handed to provider → Running pushed", ...summarize(stages.get("device")) },

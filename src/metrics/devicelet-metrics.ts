@@ -114,7 +114,8 @@ export class DeviceletMetrics {
     this.#podStartStage = new Histogram({
       name: "devicelet_pod_start_stage_seconds",
       help:
-        "Where a pod start spends its time in devicelet, by stage: queue (seen bound to handed to " +
+        "Where a pod start spends its time in devicelet, by stage: watch (bound to seen by the pod " +
+        "watch), queue (seen to handed to " +
         "the provider), provider (its createPod call), device (handed to the provider until it " +
         "reports Running; overlaps provider), status (until that Running status is written).",
       labelNames: ["stage"],

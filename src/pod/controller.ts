@@ -94,6 +94,13 @@ export interface PodControllerOptions {
 }
 
 const configErrorRetryMs = 5_000;
+
+/** When the pod was bound: its PodScheduled condition's time, else its creation (bound at create). */
+function boundAt(pod: Pod): number | undefined {
+  const scheduled = pod.status?.conditions?.find((c) => c.type === "PodScheduled" && c.status === "True");
+  const at = Date.parse(scheduled?.lastTransitionTime ?? pod.metadata?.creationTimestamp ?? "");
+  return Number.isFinite(at) ? at : undefined;
+}
 const defaultResyncMs = 5 * 60_000;
 
 const frozenEnvOf = (apps: readonly (FrozenEnv & { name: string })[]) =>
@@ -221,7 +228,7 @@ export class PodController {
       const key = objectKey(pod);
       // A pod this process will start: follow its stages (start-trace.ts).
       if (!this.#held.has(key) && pod.status?.phase !== "Running" && !pod.metadata?.deletionTimestamp)
-        this.#trace.seen(pod.metadata?.uid ?? "");
+        this.#trace.seen(pod.metadata?.uid ?? "", boundAt(pod));
       this.#queue.add(key);
     };
     this.#informer.onAdd((pod) => {

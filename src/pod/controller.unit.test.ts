@@ -135,12 +135,18 @@ describe("PodController (fake API server, FakeClock)", () => {
     const w = await world();
     const stages: [PodStartStage, number][] = [];
     await startController(w, { onStartStage: (stage, seconds) => stages.push([stage, seconds]) });
-    w.kube.apply("pods", pod("web", "uid-1"));
+    // Bound by a scheduler 2 s before this process saw it.
+    const scheduled = new Date(w.clock.now() - 2_000).toISOString();
+    w.kube.apply("pods", {
+      ...pod("web", "uid-1"),
+      status: { conditions: [{ type: "PodScheduled", status: "True", lastTransitionTime: scheduled }] },
+    });
     await w.clock.advanceAsync(1_000);
     expect(phase(w, "web")).toBe("Running");
     // On the FakeClock: the mock starts the app 100 ms after createPod and pushes Running at once;
     // the status debounce (50 ms) runs from that push.
     expect(stages).toEqual([
+      ["watch", 2],
       ["queue", 0],
       ["provider", 0],
       ["device", 0.1],
@@ -148,7 +154,7 @@ describe("PodController (fake API server, FakeClock)", () => {
     ]);
     // Running again after a device change is not a new start.
     await w.clock.advanceAsync(5_000);
-    expect(stages).toHaveLength(4);
+    expect(stages).toHaveLength(5);
   });
 
   it("replaces a pod re-created under the same name: the old one is stopped, the new one created", async () => {

@@ -14,7 +14,7 @@ function setup() {
 describe("PodStartTrace", () => {
   it("observes every stage once the Running status is written, then forgets the pod", () => {
     const t = setup();
-    t.trace.seen("a");
+    t.trace.seen("a", 400);
     t.at(1_020);
     t.trace.creating("a");
     t.at(1_021);
@@ -26,6 +26,7 @@ describe("PodStartTrace", () => {
     t.trace.written("a");
     t.trace.written("a"); // observed once
     expect(t.observed).toEqual([
+      ["watch", 0.6],
       ["queue", 0.02],
       ["provider", 0.001],
       ["device", 0.28],

@@ -3,6 +3,9 @@
  * `devicelet_pod_start_stage_seconds{stage}` (docs/metrics.md). A pod is followed from the moment
  * this process first sees it bound to a served node until its Running status is written:
  *
+ * - `watch`: bound (the PodScheduled condition's time, else creation; one-second resolution) → seen
+ *   by this process's pod watch (the scheduler's write, the API server's watch delivery, this
+ *   process's event loop);
  * - `queue`: seen → its reconcile hands it to the provider (work queue, API budget, config lookups);
  * - `provider`: the provider's `createPod` call;
  * - `device`: handed to the provider → the provider pushes a Running status (the provider's
@@ -19,15 +22,16 @@
  * by the pods being started; at most {@link MAX_FOLLOWED} are followed at once.
  *
  *   const trace = new PodStartTrace((stage, seconds) => metrics.podStartStage(stage, seconds), now);
- *   trace.seen(uid); trace.creating(uid); trace.created(uid); trace.reported(uid); trace.written(uid);
+ *   trace.seen(uid, boundMs); trace.creating(uid); trace.created(uid); trace.reported(uid); trace.written(uid);
  */
 
-export type PodStartStage = "queue" | "provider" | "device" | "status";
+export type PodStartStage = "watch" | "queue" | "provider" | "device" | "status";
 
 /** Beyond this many pods being started at once, new ones are not followed. */
 export const MAX_FOLLOWED = 100_000;
 
 interface Followed {
+  readonly boundMs: number | undefined;
   readonly seenMs: number;
   creatingMs?: number;
   createdMs?: number;
@@ -49,10 +53,13 @@ export class PodStartTrace {
     return this.#pods.size;
   }
 
-  /** The pod, not yet handed to the provider, is seen bound to a served node. */
-  seen(uid: string): void {
+  /**
+   * The pod, not yet handed to the provider, is seen bound to a served node; it was bound at
+   * `boundMs` when that is known.
+   */
+  seen(uid: string, boundMs?: number): void {
     if (this.#pods.has(uid) || this.#pods.size >= MAX_FOLLOWED) return;
-    this.#pods.set(uid, { seenMs: this.#now() });
+    this.#pods.set(uid, { boundMs, seenMs: this.#now() });
   }
 
   /** Its reconcile calls the provider's `createPod` now. */
@@ -81,6 +88,8 @@ export class PodStartTrace {
     // A pod that ran without a pushed report (a polled provider) has no device/status split.
     if (p.creatingMs === undefined || p.createdMs === undefined || p.reportedMs === undefined) return;
     const now = this.#now();
+    // A clock behind the API server's, or the one-second resolution, may put bound after seen.
+    if (p.boundMs !== undefined) this.#observe("watch", Math.max(0, p.seenMs - p.boundMs) / 1000);
     this.#observe("queue", (p.creatingMs - p.seenMs) / 1000);
     this.#observe("provider", (p.createdMs - p.creatingMs) / 1000);
     this.#observe("device", (p.reportedMs - p.creatingMs) / 1000);
