@@ -36,6 +36,8 @@ export const NodeLabel = {
   Gateway: "devicelet.dev/gateway",
   /** `true`/`false` as the `DeviceInSync` condition is True/False; absent while it is Unknown. */
   InSync: "devicelet.dev/in-sync",
+  /** With sharding: the shard whose engine serves the node (src/shard/engines.ts). */
+  Shard: "devicelet.dev/shard",
 } as const;
 
 export const NodeConditionType = {
