@@ -69,6 +69,7 @@ function partsConfig(config: IotHubConfig, hostName: string): MqttConfig {
     desired: config.desired,
     commands: config.commands,
     health: config.health,
+    podEvents: config.podEvents,
     metricsLogIntervalSeconds: config.metricsLogIntervalSeconds,
     allowSecretsWithoutTls: config.allowSecretsWithoutTls,
     ...(config.supports ? { supports: config.supports } : {}),

@@ -172,6 +172,7 @@ export const iothubConfigSchema = {
     }),
     commands: mqtt.commands,
     health: mqtt.health,
+    podEvents: mqtt.podEvents,
     metricsLogIntervalSeconds: mqtt.metricsLogIntervalSeconds,
     allowSecretsWithoutTls: mqtt.allowSecretsWithoutTls,
     supports: mqtt.supports,
@@ -215,6 +216,7 @@ export interface IotHubConfig {
   readonly desired: MqttConfig["desired"];
   readonly commands: MqttConfig["commands"];
   readonly health: MqttConfig["health"];
+  readonly podEvents: MqttConfig["podEvents"];
   readonly metricsLogIntervalSeconds: number;
   readonly allowSecretsWithoutTls: boolean;
   readonly supports?: readonly PodFeature[];

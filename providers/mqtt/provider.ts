@@ -199,6 +199,7 @@ export class MqttProvider
       this.#lifecycle.stop();
       this.#orphans.stop();
       this.#statuses.stop();
+      this.#stages.stop();
       this.#commands.stop();
       await this.#desired.stop();
       await this.#connection.stop();

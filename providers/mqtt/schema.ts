@@ -205,6 +205,22 @@ export const mqttConfigSchema = {
     health: section("Transport health reported to the node controller.", {
       disconnectedGraceSeconds: int(30, 0),
     }),
+    podEvents: section(
+      "Events recorded on pods for their way onto the device (docs/protocol.md § Pod Events).",
+      {
+        stages: {
+          enum: ["notable", "all"],
+          default: "notable",
+          description:
+            "notable: Queued, Rejected, TombstoneConfirmed and a container's restarts always; Delivered, Applied and a container's first Started only for a pod not Running slowStageSeconds after its change was published (a healthy start records none). all: every stage of every pod, each once.",
+        },
+        slowStageSeconds: {
+          ...int(5, 1, 3600),
+          description:
+            "With stages notable: a pod not Running this long after its change was published has the stages it reached told, and the later ones as they come.",
+        },
+      },
+    ),
     metricsLogIntervalSeconds: {
       ...int(60, 0),
       description: "Log the provider's counters at info this often when they changed; 0 = only at stop.",
@@ -295,9 +311,22 @@ export interface MqttConfig {
     readonly logCache: { readonly bytesPerContainer: number; readonly containers: number };
   };
   readonly health: { readonly disconnectedGraceSeconds: number };
+  /** Which pod stage Events are recorded (stages.ts). */
+  readonly podEvents: PodEventsConfig;
   readonly metricsLogIntervalSeconds: number;
   readonly allowSecretsWithoutTls: boolean;
   readonly supports?: readonly PodFeature[];
+}
+
+/** `podEvents`: which pod stage Events are recorded (stages.ts, docs/protocol.md § Pod Events). */
+export interface PodEventsConfig {
+  /**
+   * `notable`: Queued, Rejected, TombstoneConfirmed and restarts always; Delivered, Applied and a
+   * container's first Started only for a slow pod. `all`: every stage.
+   */
+  readonly stages: "notable" | "all";
+  /** A pod not Running this long after its change was published is slow. */
+  readonly slowStageSeconds: number;
 }
 
 /** `desired.blobs`: exactly one of `containerUrlFile` and `containerUrl` (checked at load). */
@@ -327,6 +356,7 @@ export type MqttConfigInput = {
     readonly logCache?: Partial<MqttConfig["sessions"]["logCache"]>;
   };
   readonly health?: Partial<MqttConfig["health"]>;
+  readonly podEvents?: Partial<PodEventsConfig>;
   readonly metricsLogIntervalSeconds?: number;
   readonly allowSecretsWithoutTls?: boolean;
   readonly supports?: readonly PodFeature[];

@@ -7,10 +7,12 @@
  *   const parts = wireMqtt({ config, context, logger, metrics, instance, events });
  *   await parts.session.start(signal);
  *
- * Data flows one way, in the order the parts are built below, except for five loops that are the
+ * Data flows one way, in the order the parts are built below, except for six loops that are the
  * protocol's own, each a closure read only after construction:
  * - the desired store tells the status coalescer a device changed; the coalescer reads the
  *   statuses back through the status view, which reads the store;
+ * - stages, looked at by the coalescer, have it look at a device again when a pod's time to be
+ *   Running is up (a stuck device may send nothing more);
  * - once a device's document is retained, the desired store has workloads store the engine's
  *   workload hashes of its pods (workload-hashes.ts) before releasing the calls waiting for it;
  * - a late read-back document (session) is adopted by orphans, which restores the device's birth
@@ -190,13 +192,16 @@ export function wireMqtt(o: {
     recordEvent,
     logger,
   });
-  // Pod Events per stage and each device's sync, looked at whenever its statuses are.
+  // Pod Events per stage and each device's sync, looked at whenever its statuses are, and again
+  // when a pod's time to be Running is up.
   const stages = new Stages({
     desired,
     registry,
     observations,
     recordEvent,
     syncChanged: events.syncChanged,
+    podEvents: config.podEvents,
+    lookAgain: (deviceId) => statuses.mark(deviceId),
     now: () => new Date(),
   });
   const statuses = new StatusCoalescer({

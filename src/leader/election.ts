@@ -60,6 +60,24 @@ export const DEFAULT_RETRY_PERIOD_MS = 2_000;
 /** client-go's `JitterFactor`: a candidate waits retryPeriod × [1, 2.2). */
 const jitterFactor = 1.2;
 
+/**
+ * The lease given up as client-go's `release` writes it: no holder and a one-second duration, so
+ * a candidate takes it at its next try (`nowMs` stamps acquire and renew times).
+ */
+export function releasedLease(lease: Lease, nowMs: number): Lease {
+  const stamp = toMicroTime(new Date(nowMs));
+  return {
+    ...lease,
+    spec: {
+      ...lease.spec,
+      holderIdentity: "",
+      leaseDurationSeconds: 1,
+      acquireTime: stamp,
+      renewTime: stamp,
+    },
+  };
+}
+
 export class LeaderElector {
   readonly #o: LeaderElectorOptions;
   readonly #clock: Clock;
@@ -256,18 +274,8 @@ export class LeaderElector {
   async #release(): Promise<void> {
     const lease = this.#lease;
     if (!lease || lease.spec?.holderIdentity !== this.#o.identity) return;
-    const stamp = toMicroTime(new Date(this.#clock.now()));
     try {
-      this.#lease = await this.#o.kube.replaceLease({
-        ...lease,
-        spec: {
-          ...lease.spec,
-          holderIdentity: "",
-          leaseDurationSeconds: 1,
-          acquireTime: stamp,
-          renewTime: stamp,
-        },
-      });
+      this.#lease = await this.#o.kube.replaceLease(releasedLease(lease, this.#clock.now()));
       this.#leader = "";
       this.#o.logger.info({ lease: this.#leaseName() }, "released the leader lease");
     } catch (err) {

@@ -31,6 +31,7 @@ import {
   type KubeClient,
   type Lease,
 } from "../kube/index.ts";
+import { releasedLease } from "../leader/election.ts";
 
 export interface ShardLeaseOptions {
   readonly kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease">;
@@ -279,18 +280,8 @@ export class ShardLease {
   async #release(): Promise<void> {
     const lease = this.#lease;
     if (!lease || lease.spec?.holderIdentity !== this.#o.identity) return;
-    const stamp = toMicroTime(new Date(this.#o.clock.now()));
     try {
-      this.#lease = await this.#o.kube.replaceLease({
-        ...lease,
-        spec: {
-          ...lease.spec,
-          holderIdentity: "",
-          leaseDurationSeconds: 1,
-          acquireTime: stamp,
-          renewTime: stamp,
-        },
-      });
+      this.#lease = await this.#o.kube.replaceLease(releasedLease(lease, this.#o.clock.now()));
       this.#o.logger.info({ shard: this.#o.shard, lease: this.#leaseKey() }, "released the shard lease");
     } catch (err) {
       this.#lease = undefined;

@@ -9,6 +9,9 @@
  *   True/`true` once it applied, False `Rejected`/`false` while it refuses, True again after;
  * - every log line devicelet wrote meanwhile names its pod and device with the stable fields
  *   (docs/configuration.md § Log fields).
+ * Those run with `podEvents.stages: all`. Under the default, `notable`, a pod that starts in time
+ * records no stage Event at all, and a pod on a device that never applies records `Delivered` once
+ * `podEvents.slowStageSeconds` (5 s) have passed since its document went out.
  */
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -28,10 +31,11 @@ import { uniqueName } from "../support/testenv.ts";
 const id = uniqueName("mqstg");
 const gw = `${id}-gw`;
 const pickyId = `${id}-picky`;
-const scene = mqttScene({ id, devices: [{ id: gw, kind: "gateway" }] });
-
-beforeAll(() => scene.start());
-afterAll(() => scene.stop());
+const scene = mqttScene({
+  id,
+  devices: [{ id: gw, kind: "gateway" }],
+  provider: { podEvents: { stages: "all" } },
+});
 
 interface NodeJson {
   metadata: { labels?: Record<string, string> };
@@ -44,12 +48,12 @@ const inSyncLabel = async (node: string) =>
   (await getJson<NodeJson>(["node", node])).metadata.labels?.["devicelet.dev/in-sync"];
 
 /** Events about one pod (by name), oldest first (names end in hex nanoseconds, as client-go's). */
-const podEvents = async (name: string) =>
+const podEvents = async (name: string, namespace = scene.namespace) =>
   (
-    await getJson<{ items: (EventJson & { metadata: { name: string } })[] }>([
+    await getJson<{ items: (EventJson & { metadata: { name: string }; firstTimestamp: string })[] }>([
       "events",
       "-n",
-      scene.namespace,
+      namespace,
       "--field-selector",
       `involvedObject.name=${name},involvedObject.kind=Pod`,
     ])
@@ -64,23 +68,29 @@ const goOffline = async () => {
 };
 
 const STAGES = new Set(["Queued", "Delivered", "Applied", "Started", "Rejected", "TombstoneConfirmed"]);
-const stagesOf = async (name: string) => (await podEvents(name)).filter((e) => STAGES.has(e.reason));
+const stagesOf = async (name: string, namespace = scene.namespace) =>
+  (await podEvents(name, namespace)).filter((e) => STAGES.has(e.reason));
 
 /**
  * A device that applies every document except one carrying an image with `reject` in it, which
- * it refuses (§ 4: ack `rejected`, report the rejection); applied pods it reports running.
+ * it refuses (§ 4: ack `rejected`, report the rejection); applied pods it reports running. A
+ * `stuck` one acks `received` for every document and never gets further.
  */
-async function pickyDevice() {
+async function pickyDevice(o: { deviceId?: string; brokerUrl?: string; stuck?: boolean } = {}) {
+  const deviceId = o.deviceId ?? pickyId;
   let seq = 0;
-  const topic = (sub: string) => `devicelet/v1/${pickyId}/${sub}`;
-  const client = await mqtt.connectAsync(scene.broker.url, { clientId: pickyId, clean: true });
+  const topic = (sub: string) => `devicelet/v1/${deviceId}/${sub}`;
+  const client = await mqtt.connectAsync(o.brokerUrl ?? scene.broker.url, {
+    clientId: deviceId,
+    clean: true,
+  });
   const publish = (sub: string, message: object, retain: boolean) =>
     client.publishAsync(topic(sub), JSON.stringify(message), { qos: 1, retain });
   let applied = { epoch: null as string | null, generation: 0, pods: [] as ReportedPod[] };
   const report = (extra: Partial<ReportedDocument> = {}): ReportedDocument => ({
     protocol: 1,
     kind: "reported",
-    deviceId: pickyId,
+    deviceId,
     bootId: "k1",
     seq: ++seq,
     observedAt: new Date().toISOString(),
@@ -96,7 +106,7 @@ async function pickyDevice() {
       {
         protocol: 1,
         kind: "ack",
-        deviceId: pickyId,
+        deviceId,
         bootId: "k1",
         seq: ++seq,
         epoch: doc.epoch,
@@ -111,6 +121,7 @@ async function pickyDevice() {
     const doc = JSON.parse(payload.toString("utf8")) as DesiredDocument;
     void (async () => {
       await ack(doc, "received");
+      if (o.stuck) return;
       if (doc.pods.some((p) => p.apps.some((a) => a.image.includes("reject")))) {
         const why = { reason: "UnsupportedImage", message: "this firmware cannot run reject-me images" };
         await ack(doc, "rejected", why);
@@ -150,7 +161,7 @@ async function pickyDevice() {
   const birth: PresenceMessage = {
     protocol: 1,
     kind: "presence",
-    deviceId: pickyId,
+    deviceId,
     state: "online",
     bootId: "k1",
     seq: ++seq,
@@ -179,6 +190,9 @@ const POD_ONLY = ["uid", "container"];
 const DEVICE_ONLY = ["bootId", "generation", "commandId", "epoch"];
 
 describe("mqtt provider: stage Events, the DeviceInSync condition and log fields", () => {
+  beforeAll(() => scene.start());
+  afterAll(() => scene.stop());
+
   it("tells Queued, then Delivered, Applied and Started in order, each once", async () => {
     await goOffline();
     await apply(barePod({ namespace: scene.namespace, testId: id, name: "p1", node: gw }));
@@ -299,5 +313,48 @@ describe("mqtt provider: stage Events, the DeviceInSync condition and log fields
         wrong.push(`about a device without "device": ${show()}`);
     }
     expect(wrong).toEqual([]);
+  });
+});
+
+describe("mqtt provider: stage Events under podEvents.stages notable (the default)", () => {
+  const quietId = uniqueName("mqstq");
+  const quietGw = `${quietId}-gw`;
+  const stuckId = `${quietId}-stuck`;
+  const quiet = mqttScene({ id: quietId, devices: [{ id: quietGw, kind: "gateway" }] });
+  beforeAll(() => quiet.start());
+  afterAll(() => quiet.stop());
+
+  it("records no stage Event for a pod that starts in time, and Delivered for one stuck after delivery", async () => {
+    await apply(barePod({ namespace: quiet.namespace, testId: quietId, name: "fast", node: quietGw }));
+    await eventually(async () =>
+      expect(
+        (await getJson<{ status: { phase?: string } }>(["pod", "fast", "-n", quiet.namespace])).status.phase,
+      ).toBe("Running"),
+    );
+
+    const device = await pickyDevice({ deviceId: stuckId, brokerUrl: quiet.broker.url, stuck: true });
+    try {
+      await eventually(async () => expect((await getJson<NodeJson>(["node", stuckId])).status).toBeDefined());
+      await apply(barePod({ namespace: quiet.namespace, testId: quietId, name: "stuck", node: stuckId }));
+      await eventually(
+        async () =>
+          expect((await stagesOf("stuck", quiet.namespace)).map((e) => e.reason)).toEqual(["Delivered"]),
+        { timeoutMs: 30_000 },
+      );
+      // Told once its time was up, not at the ack (timestamps are whole seconds).
+      const created = Date.parse(
+        (await getJson<{ metadata: { creationTimestamp: string } }>(["pod", "stuck", "-n", quiet.namespace]))
+          .metadata.creationTimestamp,
+      );
+      const [delivered] = await stagesOf("stuck", quiet.namespace);
+      const after = Date.parse(delivered?.firstTimestamp ?? "") - created;
+      expect(after).toBeGreaterThanOrEqual(4_000);
+      expect(after).toBeLessThanOrEqual(10_000);
+      expect(delivered?.message).toMatch(new RegExp(`^device ${stuckId} received its desired document`));
+      // The fast pod's time was up before the stuck one's even started: nothing came of it.
+      expect(await stagesOf("fast", quiet.namespace)).toEqual([]);
+    } finally {
+      await device.endAsync();
+    }
   });
 });
