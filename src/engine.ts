@@ -21,7 +21,7 @@ import type { DeviceletConfig } from "./config/index.ts";
 import { createKubeClient, EventRecorder, type KubeClient } from "./kube/index.ts";
 import { addressChecker } from "./node/addresses.ts";
 import { NodeController } from "./node/controller.ts";
-import { PodController } from "./pod/controller.ts";
+import { PodController, type SharedSources } from "./pod/controller.ts";
 import {
   hasDeviceInventory,
   hasDeviceNotifier,
@@ -88,6 +88,11 @@ export interface EngineShard {
   readonly providerMetrics: ProviderMetrics;
   /** The process's kubelet API, when served: its ports, and where this engine registers its nodes' backend. */
   readonly kubelet?: SharedKubelet;
+  /**
+   * The process's pod informer and ConfigMap/Secret cache, started by the runner: the engine's pod
+   * controller opens a view of them rather than a list and watch of its own. Without, it has its own.
+   */
+  readonly sources?: SharedSources;
 }
 
 /** One kubelet API for every shard engine of a process (src/shard/kubelet-router.ts). */
@@ -315,6 +320,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     ...(options.clock ? { clock: options.clock } : {}),
     config: { ...config.pods, kubeletAddress },
     onPodRunning: (pod, status, now) => metrics.podRunning(pod, status, now),
+    ...(options.shard?.sources ? { shared: options.shard.sources } : {}),
   });
   // A shard's engine: the runner counts the nodes and pods of every shard.
   if (!options.shard) {

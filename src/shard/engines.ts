@@ -11,8 +11,10 @@
  *   only once the engine has stopped (up to the renew deadline). The next owner adopts the nodes.
  * - What the process has once stays single: the API client, `/healthz` and `/readyz` (ready once
  *   every running shard engine is ready; a replica that owns no shard is ready), the metrics
- *   registry (nodes, pods and provider gauges summed over shards), and the kubelet API, whose
- *   requests go to the engine serving the node (kubelet-router.ts).
+ *   registry (nodes, pods and provider gauges summed over shards), the kubelet API, whose
+ *   requests go to the engine serving the node (kubelet-router.ts), and the pod and ConfigMap
+ *   watches: one pod informer (src/pod/shared-pods.ts) and one ConfigMap/Secret cache
+ *   (src/pod/references.ts), started before any shard, of which each engine gets a view.
  * - A shard engine that fails (its provider reported a fatal error) stops the whole replica: every
  *   shard stops, its Leases are released, and `done` rejects with the error, so the process exits
  *   non-zero and restarts, as a single devicelet does.
@@ -43,6 +45,8 @@ import { EventRecorder, type KubeClient } from "../kube/index.ts";
 import { createKubeletApi, resolveKubeletAddress, type KubeletApi } from "../kubelet/index.ts";
 import { leaderIdentity } from "../leader/run.ts";
 import { DeviceletMetrics, startMetricsServer, type MetricsServer } from "../metrics/index.ts";
+import { ReferenceCache } from "../pod/references.ts";
+import { SharedPods } from "../pod/shared-pods.ts";
 import type { ProviderGauges, ProviderMetrics } from "../provider/types.ts";
 import { checkStateNamespace, stateNamespace } from "../state/namespace-check.ts";
 import { ShardCoordinator } from "./coordinator.ts";
@@ -165,6 +169,20 @@ export async function runShardedEngines(o: ShardedOptions, signal: AbortSignal):
     ? { ports: kubelet.ports, serve: (backend) => router.serve(backend) }
     : undefined;
 
+  // One pod watch and one ConfigMap watch for every shard engine of the process; each engine's
+  // pod controller opens a view of them (and waits for their first lists).
+  const pods = new SharedPods({ client: kube, logger, ...(o.clock ? { clock: o.clock } : {}) });
+  const references = new ReferenceCache({
+    kube,
+    logger: logger.child({ component: "references" }),
+    secretTtlMs: config.pods.secretRefreshSeconds * 1000,
+    ...(o.clock ? { clock: o.clock } : {}),
+  });
+  const podsDone = pods.start(running.signal);
+  // Rejects only when stopped before ConfigMaps were listed: the engines see that themselves.
+  references.start(running.signal).catch(() => undefined);
+  const sources = { pods, references };
+
   const { shards } = config.sharding;
   const startShard = (shard: number, shardSignal: AbortSignal) => {
     const shardLog = logger.child({ shard });
@@ -186,6 +204,7 @@ export async function runShardedEngines(o: ShardedOptions, signal: AbortSignal):
           index: shard,
           owns: (deviceId) => shardOf(deviceId, shards) === shard,
           providerMetrics,
+          sources,
           ...(shared ? { kubelet: shared } : {}),
         },
       },
@@ -233,6 +252,7 @@ export async function runShardedEngines(o: ShardedOptions, signal: AbortSignal):
   const done = (async () => {
     await coordinating;
     await Promise.all([...runs.values()].map((run) => run.stopped));
+    await podsDone;
     await kubelet?.close();
     await health?.close();
     await metricsServer?.close();
