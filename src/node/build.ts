@@ -121,6 +121,28 @@ export const providerIdFor = (providerName: string, deviceId: string): string =>
   `devicelet://${providerName}/${encodeURIComponent(deviceId)}`;
 
 /**
+ * The inverse of {@link providerIdFor}: the device id in a node's `spec.providerID` when it is
+ * exactly what devicelet writes for some device of `providerName`. `undefined` for anything else:
+ * no providerID, another provider's or scheme, an empty id, an encoding that does not decode, or one
+ * devicelet would not have written (`%41` for `A`), since registration matches providerIDs exactly.
+ */
+export function deviceIdFromProviderId(
+  providerName: string,
+  providerID: string | undefined,
+): string | undefined {
+  const prefix = providerIdFor(providerName, "");
+  if (providerID === undefined || !providerID.startsWith(prefix) || providerID.length === prefix.length)
+    return undefined;
+  let deviceId: string;
+  try {
+    deviceId = decodeURIComponent(providerID.slice(prefix.length));
+  } catch {
+    return undefined; // a malformed escape: URIError
+  }
+  return providerIdFor(providerName, deviceId) === providerID ? deviceId : undefined;
+}
+
+/**
  * Whether `node` is one devicelet may adopt for `deviceId`: it carries this device's providerID,
  * or devicelet's `type` and transport labels. Any other Node of that name (a kubeadm node, another
  * virtual kubelet's) belongs to someone else and is never patched.
