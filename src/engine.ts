@@ -10,6 +10,10 @@
  *
  * Stopping never deletes nodes: a node whose lease lapses goes Ready=Unknown, which is the truth
  * about a stopped devicelet, and its pods stay bound for when devicelet returns.
+ *
+ * With `sharding.enabled` the process runs one engine per shard it owns (src/shard/engines.ts,
+ * `options.shard`): the engine serves only that shard's devices and nodes and shares the process's
+ * client, health, metrics and kubelet API.
  */
 import type { Logger } from "pino";
 import type { Clock } from "./base/clock.ts";
@@ -17,7 +21,7 @@ import type { DeviceletConfig } from "./config/index.ts";
 import { createKubeClient, EventRecorder, type KubeClient } from "./kube/index.ts";
 import { addressChecker } from "./node/addresses.ts";
 import { NodeController } from "./node/controller.ts";
-import { PodController } from "./pod/controller.ts";
+import { PodController, type SharedSources } from "./pod/controller.ts";
 import {
   hasDeviceInventory,
   hasDeviceNotifier,
@@ -30,7 +34,9 @@ import {
   type PodLifecycleProvider,
   type ProviderContext,
   type ProviderEvent,
+  type ProviderMetrics,
 } from "./provider/types.ts";
+import { NodeLabel } from "./node/build.ts";
 import { engineView, type EngineView } from "./provider/deferred.ts";
 import { EngineReadiness, startHealthServer, type HealthServer } from "./health/index.ts";
 import { DeviceletMetrics, startMetricsServer, type MetricsServer } from "./metrics/index.ts";
@@ -65,6 +71,35 @@ export interface EngineOptions {
    * health or metrics server of its own).
    */
   readonly leadership?: ElectedTerm;
+  /**
+   * Set by the shard runner (src/shard/engines.ts) for the engine of one shard it owns, together
+   * with `leadership` (the process's client, registry and this engine's readiness check).
+   */
+  readonly shard?: EngineShard;
+}
+
+/** What an engine serving one shard shares with the process, and what makes it the shard's. */
+export interface EngineShard {
+  /** The shard served, 0 .. shards - 1: its nodes carry `devicelet.dev/shard=<index>`. */
+  readonly index: number;
+  /** Whether a device is this shard's (`shardOf(id, shards) === index`): the provider's `owns`. */
+  readonly owns: (deviceId: string) => boolean;
+  /** The provider's metrics for this shard (gauges summed over shards by the runner). */
+  readonly providerMetrics: ProviderMetrics;
+  /** The process's kubelet API, when served: its ports, and where this engine registers its nodes' backend. */
+  readonly kubelet?: SharedKubelet;
+  /**
+   * The process's pod informer and ConfigMap/Secret cache, started by the runner: the engine's pod
+   * controller opens a view of them rather than a list and watch of its own. Without, it has its own.
+   */
+  readonly sources?: SharedSources;
+}
+
+/** One kubelet API for every shard engine of a process (src/shard/kubelet-router.ts). */
+export interface SharedKubelet {
+  readonly ports: KubeletApi["ports"];
+  /** Routes requests for the nodes `backend` serves to it until the returned function is called. */
+  serve(backend: KubeletBackend & { nodeNames(): readonly string[] }): () => void;
 }
 
 export interface Engine {
@@ -97,6 +132,8 @@ const emptyInventory: DeviceInventory = {
  */
 export async function runEngine(options: EngineOptions, signal: AbortSignal): Promise<Engine> {
   const { config, logger, version } = options;
+  if (config.sharding.enabled && !options.shard)
+    throw new Error("with sharding.enabled, run the engines with runShardedEngines (src/shard/engines.ts)");
   if (config.leaderElection.enabled && !options.leadership) {
     return runElected(
       {
@@ -169,19 +206,21 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   const serving: { provider?: PodLifecycleProvider; nodes?: NodeController; pods?: PodController } = {};
   let kubelet: KubeletApi | undefined;
   try {
-    kubelet = config.kubelet.serve
-      ? createKubeletApi({
-          config: config.kubelet,
-          address: kubeletAddress,
-          kube,
-          backend: kubeletBackend(serving),
-          events,
-          stateNamespace: namespace.name,
-          kubeconfigPath: config.kubeconfig,
-          logger,
-          ...(options.clock ? { clock: options.clock } : {}),
-        })
-      : undefined;
+    // A shard's engine uses its process's kubelet API (options.shard.kubelet) instead.
+    kubelet =
+      config.kubelet.serve && !options.shard
+        ? createKubeletApi({
+            config: config.kubelet,
+            address: kubeletAddress,
+            kube,
+            backend: kubeletBackend(serving),
+            events,
+            stateNamespace: namespace.name,
+            kubeconfigPath: config.kubeconfig,
+            logger,
+            ...(options.clock ? { clock: options.clock } : {}),
+          })
+        : undefined;
   } catch (err) {
     // A client CA that cannot be found: refuse to start, as for any configuration error.
     if (!options.kube) await kube.close();
@@ -223,7 +262,8 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
         recordEvent,
         checkPodAddress: (address) => addresses.ip(address),
         fail,
-        metrics: metrics.provider,
+        metrics: options.shard?.providerMetrics ?? metrics.provider,
+        ...(options.shard ? { owns: options.shard.owns, shard: options.shard.index } : {}),
       }),
       logger,
     );
@@ -233,9 +273,12 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
   }
   const provider = view.provider;
   serving.provider = provider;
+  const inventory = hasDeviceInventory(provider) ? provider : emptyInventory;
+  const kubeletPorts = kubelet?.ports ?? options.shard?.kubelet?.ports;
   const nodes = new NodeController({
     kube,
-    inventory: hasDeviceInventory(provider) ? provider : emptyInventory,
+    // A shard's engine never asks its provider about devices another shard owns.
+    inventory: options.shard ? ownedInventory(inventory, options.shard.owns) : inventory,
     providerName: provider.name,
     version,
     logger,
@@ -246,13 +289,17 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     // The DeviceInSync condition and devicelet.dev/in-sync label, when the provider reports sync.
     ...(hasDeviceSync(provider) ? { sync: provider } : {}),
     ...(options.clock ? { clock: options.clock } : {}),
-    ...(kubelet ? { kubeletPorts: kubelet.ports } : {}),
+    ...(kubeletPorts ? { kubeletPorts } : {}),
     onLeaseRenewed: (seconds) => metrics.leaseRenewed(seconds),
     events,
     config: {
       namePrefix: config.nodes.namePrefix,
       taintKey: config.nodes.taintKey,
-      extraLabels: config.nodes.extraLabels,
+      // With sharding, the shard label is also in the node informer's selector: an engine sees
+      // only its shard's nodes, and adopts them when its shard moves here.
+      extraLabels: options.shard
+        ? { ...config.nodes.extraLabels, [NodeLabel.Shard]: String(options.shard.index) }
+        : config.nodes.extraLabels,
       leaseDurationSeconds: config.lease.durationSeconds,
       leaseRenewIntervalSeconds: config.lease.renewIntervalSeconds,
       statusMaxIntervalSeconds: config.nodeStatus.maxIntervalSeconds,
@@ -274,15 +321,26 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     config: { ...config.pods, kubeletAddress },
     onPodRunning: (pod, status, now) => metrics.podRunning(pod, status, now),
     onStartStage: (stage, seconds) => metrics.podStartStage(stage, seconds),
+    ...(options.shard?.sources ? { shared: options.shard.sources } : {}),
   });
-  metrics.watchNodes(() => nodes.servedNodes());
-  metrics.watchPods(() => pods.managedPods());
+  // A shard's engine: the runner counts the nodes and pods of every shard.
+  if (!options.shard) {
+    metrics.watchNodes(() => nodes.servedNodes());
+    metrics.watchPods(() => pods.managedPods());
+  }
   serving.nodes = nodes;
   serving.pods = pods;
   nodeRef.pods = pods;
+  const shared = options.shard?.kubelet;
+  const unroute = shared?.serve({ ...kubeletBackend(serving), nodeNames: () => nodes.nodeNames() });
   const shutdown = async () => {
     // No new logs or exec once stopping; open streams end (their provider calls see the abort).
     await kubelet?.close();
+    if (shared && unroute) {
+      // The shard's next owner (here or elsewhere) binds its nodes' ports again.
+      unroute();
+      await Promise.all(nodes.nodeNames().map((name) => shared.ports.release(name)));
+    }
     // Reconciles still running finish their provider calls first; none starts after `stop`.
     await view.close(STOP_DRAIN_MS);
     if (hasLifecycle(provider)) await provider.stop();
@@ -340,7 +398,7 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
 }
 
 /** The engine's API client, as configured; `identity` (a replica's, header-safe) goes in its user agent. */
-function engineKubeClient(options: EngineOptions, identity?: string): KubeClient {
+export function engineKubeClient(options: EngineOptions, identity?: string): KubeClient {
   const { config, logger, version } = options;
   return createKubeClient({
     kubeconfigPath: config.kubeconfig,
@@ -369,7 +427,7 @@ function kubeletBackend(serving: {
   const firstServed = new Map<string, Date>();
   return {
     // Set before any node has a port, so before any request can come.
-    get provider() {
+    providerOf: () => {
       if (!serving.provider) throw new Error("the kubelet API was asked before the provider exists");
       return serving.provider;
     },
@@ -386,6 +444,23 @@ function kubeletBackend(serving: {
         firstServed.set(nodeName, since);
       }
       return since;
+    },
+  };
+}
+
+/** `inventory` seen through `owns`: only the devices of one shard, listed and watched. */
+function ownedInventory(inventory: DeviceInventory, owns: (deviceId: string) => boolean): DeviceInventory {
+  return {
+    listDevices: async () => (await inventory.listDevices()).filter((device) => owns(device.id)),
+    watchDevices: (watcher) => {
+      inventory.watchDevices({
+        changed: (device) => {
+          if (owns(device.id)) watcher.changed(device);
+        },
+        gone: (deviceId) => {
+          if (owns(deviceId)) watcher.gone(deviceId);
+        },
+      });
     },
   };
 }

@@ -9,6 +9,8 @@ export interface MockProviderDeps {
   readonly random?: () => number;
   /** Where `fatalErrorAfterMs` reports its error (the engine's ProviderContext.fail). */
   readonly fail?: (error: Error) => void;
+  /** ProviderContext.shard: this mock serves one shard, with a state file of its own (`<stateFile>.shard-<i>`). */
+  readonly shard?: number;
 }
 
 /** Counters for tests and benchmarks; a fresh snapshot on each call. */

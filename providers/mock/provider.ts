@@ -115,7 +115,9 @@ export class MockProvider
       devicePods: (id) => this.#byDevice.get(id) ?? [],
     });
     if (config.stateFile !== undefined) {
-      this.#store = new StateFile(config.stateFile, {
+      // One file per shard: the engines of a sharded devicelet each have a mock of their own.
+      const file = deps.shard === undefined ? config.stateFile : `${config.stateFile}.shard-${deps.shard}`;
+      this.#store = new StateFile(file, {
         logger: this.#log,
         clock: this.#clock,
         snapshot: () => this.#snapshot(),

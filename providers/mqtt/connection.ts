@@ -188,7 +188,10 @@ export class MqttConnection implements TransportConnection {
       this.#takenOver = false;
       this.#everConnected = true;
       this.#lastError = "";
-      this.#log.info({ url: this.#shownUrl, sessionPresent: connack.sessionPresent }, "connected to broker");
+      this.#log.info(
+        { url: this.#shownUrl, clientId: this.#o.config.clientId, sessionPresent: connack.sessionPresent },
+        "connected to broker",
+      );
       // Bridge birth: retained, so devices connecting later learn that devicelet is up.
       client.publish(
         this.#o.bridge.topic,

@@ -130,7 +130,11 @@ export function wireMqtt(o: {
   const connection: TransportConnection =
     o.transport?.connection ??
     new MqttConnection({
-      config: config.broker,
+      // A shard's provider has a session of its own (`<clientId>-shard-<i>`): it moves with the shard.
+      config:
+        context.shard === undefined
+          ? config.broker
+          : { ...config.broker, clientId: `${config.broker.clientId}-shard-${context.shard}` },
       graceSeconds: config.health.disconnectedGraceSeconds,
       bridge: { topic: topics.bridge(), payload: bridgePayload(o.instance) },
       logger,

@@ -3,6 +3,8 @@
  * the provider, runs the engine until SIGTERM or SIGINT, then stops cleanly: leases stop being
  * renewed, nodes stay registered, the provider flushes its state. With `leaderElection.enabled`
  * it stands by until it leads, and a leader that loses the lease exits 1 ("leader election lost").
+ * With `sharding.enabled` it runs one engine per shard it owns (src/shard/engines.ts); a shard
+ * engine whose provider fails stops every shard and exits 1.
  */
 import { readFile } from "node:fs/promises";
 import path from "node:path";
@@ -12,6 +14,7 @@ import { ConfigError, parseConfig } from "../config/index.ts";
 import { runEngine, type Engine } from "../engine.ts";
 import { LeadershipLostError } from "../leader/index.ts";
 import { redaction } from "../log/redact.ts";
+import { runShardedEngines } from "../shard/engines.ts";
 import { resolveProvider } from "./providers.ts";
 import { version } from "./version.ts";
 
@@ -52,6 +55,18 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
+  if (config.sharding.enabled) {
+    const createProvider: Parameters<typeof runShardedEngines>[0]["createProvider"] = (context) =>
+      plugin.create(config.provider.config, context);
+    return runSharded(
+      () => runShardedEngines({ config, logger, version, createProvider }, controller.signal),
+      {
+        logger,
+        configPath: options.configPath,
+        signal: controller.signal,
+      },
+    );
+  }
   let engine: Engine | undefined;
   try {
     engine = await runEngine(
@@ -92,6 +107,34 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
     return 1;
   }
   logger.info("devicelet stopped");
+  return 0;
+}
+
+/** Runs the shard engines until they stop; the exit status as for a single engine. */
+async function runSharded(
+  start: () => ReturnType<typeof runShardedEngines>,
+  o: { readonly logger: Logger; readonly configPath: string; readonly signal: AbortSignal },
+): Promise<number> {
+  let sharded;
+  try {
+    sharded = await start();
+  } catch (err) {
+    if (o.signal.aborted) return 0;
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${new ConfigError(o.configPath, err.problems).message}\n`);
+      return 2;
+    }
+    o.logger.error({ err }, "devicelet failed to start");
+    return 1;
+  }
+  o.logger.info({ shards: sharded.coordinator.shards }, "devicelet is running");
+  try {
+    await sharded.done;
+  } catch (err) {
+    o.logger.error({ err }, "devicelet stopped: a shard's provider failed");
+    return 1;
+  }
+  o.logger.info("devicelet stopped");
   return 0;
 }
 

@@ -90,6 +90,7 @@ describe("parseConfig", () => {
         retryPeriodSeconds: 2,
         releaseOnCancel: true,
       },
+      sharding: { enabled: false, shards: 64, leasePrefix: "devicelet" },
       log: { level: "info" },
       provider: { type: "mock", config: {} },
       state: { namespace: null },

@@ -106,7 +106,19 @@ export const coreChecks: ConfigCheck = (data) => {
  * jittered retry (`retryPeriod` × 2.2) after it last changed, well before any node lease runs out.
  */
 const leaderElectionChecks: ConfigCheck = (data) => {
-  if (valueAt(data, "/leaderElection/enabled") !== true) return [];
+  const sharding = valueAt(data, "/sharding/enabled") === true;
+  if (sharding && valueAt(data, "/leaderElection/enabled") === true) {
+    return [
+      {
+        path: "/sharding/enabled",
+        message:
+          "cannot be true with /leaderElection/enabled: sharding runs its own membership (set leaderElection.enabled to false)",
+        involves: ["/sharding/enabled", "/leaderElection/enabled"],
+      },
+    ];
+  }
+  // Sharding uses leaderElection's identity and timings, with the same relations.
+  if (!sharding && valueAt(data, "/leaderElection/enabled") !== true) return [];
   const lease = "/leaderElection/leaseDurationSeconds";
   const renew = "/leaderElection/renewDeadlineSeconds";
   const retry = "/leaderElection/retryPeriodSeconds";

@@ -174,6 +174,17 @@ export const coreConfigSchema = {
       retryPeriodSeconds: integer(2, 1),
       releaseOnCancel: { type: "boolean", default: true },
     }),
+    sharding: section("Split the devices between replicas: one engine per owned shard (src/shard).", {
+      enabled: { type: "boolean", default: false },
+      shards: integer(64, 1, 4096),
+      leasePrefix: {
+        type: "string",
+        default: "devicelet",
+        pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        minLength: 1,
+        maxLength: 40,
+      },
+    }),
     log: section("Logging.", {
       level: { type: "string", default: "info", enum: LOG_LEVELS },
     }),
@@ -268,6 +279,12 @@ export interface DeviceletConfig {
     readonly retryPeriodSeconds: number;
     readonly releaseOnCancel: boolean;
   };
+  /**
+   * With `enabled`, replicas split the devices into `shards` shards (the same count on every
+   * replica) on Leases named `<leasePrefix>-…` in the state namespace, and run one engine per shard
+   * they own. Identity and Lease timings are `leaderElection`'s keys; the two are exclusive.
+   */
+  readonly sharding: { readonly enabled: boolean; readonly shards: number; readonly leasePrefix: string };
   readonly log: { readonly level: LogLevel };
   readonly provider: ProviderSection;
   readonly state: { readonly namespace: string | null };

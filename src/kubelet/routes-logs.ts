@@ -124,7 +124,11 @@ export async function containerLogs(ctx: RouteContext, req: Request, res: Respon
     sendStatus(res, 404, `container "${container}" not found in pod "${namespace}/${podName}"`);
     return;
   }
-  const { provider } = ctx.backend;
+  const provider = ctx.backend.providerOf(nodeName);
+  if (!provider) {
+    sendStatus(res, 503, `node ${nodeName} is not served by this devicelet now (its shard moved); try again`);
+    return;
+  }
   if (!hasLogs(provider)) {
     sendStatus(
       res,

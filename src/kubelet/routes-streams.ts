@@ -117,7 +117,15 @@ async function upgrade(
     return;
   }
   const { ref } = checked;
-  const { provider } = ctx.backend;
+  const provider = ctx.backend.providerOf(nodeName);
+  if (!provider) {
+    refuseUpgrade(
+      socket,
+      503,
+      `node ${nodeName} is not served by this devicelet now (its shard moved); try again`,
+    );
+    return;
+  }
   const log = ctx.logger.child({ pod: `${ref.namespace}/${ref.name}`, node: nodeName, stream: target.kind });
   const container = target.container ?? "";
   try {

@@ -17,7 +17,11 @@ import { buildSummary, CpuRates, type SummaryJson } from "./summary.ts";
 
 /** What the routes read: the engine's view of nodes, pods and the provider. */
 export interface KubeletBackend {
-  readonly provider: PodLifecycleProvider;
+  /**
+   * The provider serving the node: the engine's, or with sharding the engine of the node's shard;
+   * undefined when no engine in this process serves it now (its shard moved).
+   */
+  providerOf(nodeName: string): PodLifecycleProvider | undefined;
   /** The device of a node devicelet serves, once its Node is known to be devicelet's own. */
   deviceOf(nodeName: string): string | undefined;
   /** The node's pods as the API server has them (devicelet's watch cache). */
@@ -149,7 +153,8 @@ export function kubeletRoutes(ctx: RouteContext): Router {
  * pod the provider has finished deleting is gone from the next answer.
  */
 async function runningPods(ctx: RouteContext, nodeName: string): Promise<unknown[]> {
-  const { provider } = ctx.backend;
+  const provider = ctx.backend.providerOf(nodeName);
+  if (!provider) return [];
   const all = await within(ctx, "the provider's pod list", () => provider.listPods());
   const held = all.filter((p) => p.nodeName === nodeName);
   return Promise.all(
@@ -183,8 +188,8 @@ export async function summaryOf(
   const deviceId = backend.deviceOf(nodeName);
   let stats: DeviceStats | undefined;
   let scrapeError = false;
-  const { provider } = backend;
-  if (deviceId !== undefined && hasStats(provider)) {
+  const provider = backend.providerOf(nodeName);
+  if (deviceId !== undefined && provider && hasStats(provider)) {
     try {
       stats = await within(ctx, `stats of device ${deviceId}`, () => provider.getStats(deviceId));
     } catch (err) {

@@ -122,7 +122,7 @@ function makeProvider(o: { logs?: boolean }) {
 
 function backend(provider: PodLifecycleProvider): KubeletBackend {
   return {
-    provider,
+    providerOf: () => provider,
     deviceOf: (n) => n,
     podsOn: (n) => pods.filter((p) => p.spec?.nodeName === n),
     pod: (ns, name) => pods.find((p) => p.metadata?.namespace === ns && p.metadata.name === name),

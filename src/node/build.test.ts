@@ -3,9 +3,11 @@ import type { DeviceInfo } from "../provider/types.ts";
 import {
   buildNode,
   buildNodeStatus,
+  deviceIdFromProviderId,
   heartbeatConditions,
   isDeviceletNode,
   nodeStatusChanged,
+  providerIdFor,
   TRANSPORT_TAINT_KEY,
   transportTaints,
   type NodeStatusOptions,
@@ -511,5 +513,30 @@ describe("isDeviceletNode", () => {
       ),
     ).toBe(false);
     expect(isDeviceletNode({ metadata: { labels: { type: "virtual-kubelet" } } }, ids)).toBe(false);
+  });
+});
+
+describe("deviceIdFromProviderId", () => {
+  it("reads back the device id of every providerID providerIdFor writes", () => {
+    for (const id of ["worker-1", "Gw_7/sensor", "plant a/line#2?x=1", "ünï-⚙", "%41", "a%2Fb", "/"]) {
+      expect(deviceIdFromProviderId("mqtt", providerIdFor("mqtt", id))).toBe(id);
+    }
+    expect(deviceIdFromProviderId("mqtt", "devicelet://mqtt/Gw_7%2Fsensor")).toBe("Gw_7/sensor");
+  });
+
+  it("reads nothing from a providerID devicelet would not have written for that provider", () => {
+    for (const providerID of [
+      undefined,
+      "",
+      "devicelet://mqtt/", // no device id
+      "devicelet://mock/worker-1", // another provider's
+      "devicelet://mqttx/worker-1",
+      "aws:///eu-west-1a/i-0abc",
+      "devicelet://mqtt/%E0%A4%A", // a malformed escape
+      "devicelet://mqtt/%41", // "A", but providerIdFor writes it as it is
+      "devicelet://mqtt/a/b", // providerIdFor escapes the slash
+    ]) {
+      expect(deviceIdFromProviderId("mqtt", providerID), String(providerID)).toBeUndefined();
+    }
   });
 });

@@ -36,6 +36,8 @@ export const NodeLabel = {
   Gateway: "devicelet.dev/gateway",
   /** `true`/`false` as the `DeviceInSync` condition is True/False; absent while it is Unknown. */
   InSync: "devicelet.dev/in-sync",
+  /** With sharding: the shard whose engine serves the node (src/shard/engines.ts). */
+  Shard: "devicelet.dev/shard",
 } as const;
 
 export const NodeConditionType = {
@@ -117,6 +119,28 @@ export interface NodeStatusOptions {
 /** `devicelet://<provider>/<url-encoded device id>`: the `spec.providerID` of a device's node. */
 export const providerIdFor = (providerName: string, deviceId: string): string =>
   `devicelet://${providerName}/${encodeURIComponent(deviceId)}`;
+
+/**
+ * The inverse of {@link providerIdFor}: the device id in a node's `spec.providerID` when it is
+ * exactly what devicelet writes for some device of `providerName`. `undefined` for anything else:
+ * no providerID, another provider's or scheme, an empty id, an encoding that does not decode, or one
+ * devicelet would not have written (`%41` for `A`), since registration matches providerIDs exactly.
+ */
+export function deviceIdFromProviderId(
+  providerName: string,
+  providerID: string | undefined,
+): string | undefined {
+  const prefix = providerIdFor(providerName, "");
+  if (providerID === undefined || !providerID.startsWith(prefix) || providerID.length === prefix.length)
+    return undefined;
+  let deviceId: string;
+  try {
+    deviceId = decodeURIComponent(providerID.slice(prefix.length));
+  } catch {
+    return undefined; // a malformed escape: URIError
+  }
+  return providerIdFor(providerName, deviceId) === providerID ? deviceId : undefined;
+}
 
 /**
  * Whether `node` is one devicelet may adopt for `deviceId`: it carries this device's providerID,

@@ -169,6 +169,10 @@ export class NodeController {
       this.#queue.add(deviceId);
     });
     for (const node of this.#informer.list()) this.#adopt(node);
+    // A node that comes to carry devicelet's labels later (a shard's nodes labelled after this
+    // engine started, src/shard/relabel.ts) is adopted then; the nodes this controller registers
+    // are known already, which makes this a no-op for them.
+    this.#informer.onAdd((node) => this.#adopt(node));
     this.#o.inventory.watchDevices({
       changed: (device) => this.#upsertDevice(device),
       gone: (deviceId) => this.#deviceGone(deviceId),

@@ -12,7 +12,9 @@ import type { NodeNameChange } from "../node/controller.ts";
 import type { DeviceInfo } from "../provider/types.ts";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { FakeKube } from "../../test/support/fake-kube.ts";
-import { PodController } from "./controller.ts";
+import { PodController, type SharedSources } from "./controller.ts";
+import { ReferenceCache } from "./references.ts";
+import { SharedPods } from "./shared-pods.ts";
 
 const logger = pino({ level: "silent" });
 
@@ -52,7 +54,7 @@ async function world(): Promise<World> {
  * A PodController whose node controller serves `served` (node name → device id) to begin with;
  * `serve` and `unserve` change that as the node controller does when a device comes and goes.
  */
-async function startController(w: World, served: Map<string, string>) {
+async function startController(w: World, served: Map<string, string>, shared?: SharedSources) {
   const stop = new AbortController();
   stops.push(stop);
   const devices = new Map<string, DeviceInfo>((await w.provider.listDevices()).map((d) => [d.id, d]));
@@ -85,6 +87,7 @@ async function startController(w: World, served: Map<string, string>) {
       kubeletAddress: "127.0.0.1",
       resyncIntervalMs: 0,
     },
+    ...(shared ? { shared } : {}),
   });
   await controller.start(stop.signal);
   await w.clock.advanceAsync(0);
@@ -223,5 +226,74 @@ describe("PodController's pod cache", () => {
     expect(w.kube.object("pods", "ns/keep")?.status?.phase).toBe("Running");
     // Its address was taken back from its status when it was cached, not allocated anew.
     expect(w.kube.object("pods", "ns/keep")?.status?.podIP).toBe("10.250.0.2");
+  });
+});
+
+describe("PodControllers sharing one pod informer and one reference cache (shard engines)", () => {
+  it("each runs the pods of its own nodes, picked up when it starts, over one pod watch and one ConfigMap watch", async () => {
+    const w = await world();
+    const stop = new AbortController();
+    stops.push(stop);
+    const shared = {
+      pods: new SharedPods({ client: w.kube, logger, clock: w.clock }),
+      references: new ReferenceCache({ kube: w.kube, logger, clock: w.clock }),
+    };
+    void shared.pods.start(stop.signal);
+    void shared.references.start(stop.signal);
+    w.kube.apply("configmaps", { metadata: { namespace: "ns", name: "cfg" }, data: { mode: "one" } });
+    const withConfig = (name: string, node: string) =>
+      pod(name, node, {
+        spec: {
+          nodeName: node,
+          containers: [
+            { name: "app", image: "example.com/app:1", volumeMounts: [{ name: "c", mountPath: "/c" }] },
+          ],
+          volumes: [{ name: "c", configMap: { name: "cfg" } }],
+        },
+      });
+    // Bound before either controller starts: the shared list drops them (no node served yet).
+    w.kube.apply("pods", withConfig("one", "node-1"));
+    w.kube.apply("pods", withConfig("two", "node-2"));
+    await w.clock.advanceAsync(1_000);
+    expect(shared.pods.size).toBe(0);
+
+    // Each shard's engine has a provider of its own.
+    const other = createMockProvider(
+      { devices: [{ id: "dev-2" }], appStartDelayMs: 100, appStopDelayMs: 100 },
+      { logger, clock: w.clock },
+    );
+    await other.start(stop.signal);
+    const w2 = { ...w, provider: other };
+    const first = await startController(w, new Map([["node-1", "dev-1"]]), shared);
+    const second = await startController(w2, new Map([["node-2", "dev-2"]]), shared);
+    w.kube.apply("pods", pod("three", "node-2"));
+    await w.clock.advanceAsync(1_000);
+    expect(await running(w, "one")).toBe("Running");
+    expect(await running(w2, "two")).toBe("Running");
+    expect(await running(w2, "three")).toBe("Running");
+    expect([w.provider.stats().creates, other.stats().creates]).toEqual([1, 2]);
+    expect(first.controller.managedPods().map((p) => p.metadata?.name)).toEqual(["one"]);
+    expect(
+      second.controller
+        .managedPods()
+        .map((p) => p.metadata?.name)
+        .sort(),
+    ).toEqual(["three", "two"]);
+    expect(cached(first.controller, "two")).toBeUndefined();
+    expect(w.kube.watching("pods")).toBe(1);
+    expect(w.kube.watching("configmaps")).toBe(1);
+
+    // A ConfigMap edit reaches the pod of each controller once: one update each.
+    w.kube.apply("configmaps", { metadata: { namespace: "ns", name: "cfg" }, data: { mode: "two" } });
+    await w.clock.advanceAsync(1_000);
+    expect(first.controller.stats().updates).toBe(1);
+    expect(second.controller.stats().updates).toBe(1);
+
+    // The first stops (its shard moved): its pods leave the shared cache, the second's stay.
+    first.stop.abort();
+    await w.clock.advanceAsync(1_000);
+    expect(shared.pods.size).toBe(2);
+    expect(cached(second.controller, "two")).toBeDefined();
+    expect(w.kube.watching("pods")).toBe(1);
   });
 });

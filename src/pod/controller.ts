@@ -1,7 +1,8 @@
 /**
  * PodController: runs the pods the scheduler binds to devicelet's nodes, for every node at once.
  *
- * One pod watch for all nodes (`spec.nodeName!=`) feeds a keyed {@link WorkQueue}; each reconcile
+ * One pod watch for all nodes (`spec.nodeName!=`; with sharding, one per process, whose view of
+ * it each shard's controller gets: shared-pods.ts) feeds a keyed {@link WorkQueue}; each reconcile
  * re-reads the pod and what the provider holds and acts on the difference, whatever woke it
  * (STYLE.md: level-triggered). The cache holds only pods bound to devicelet's node names
  * (`NodeController.hasNodeName`) or whose work the provider holds, trimmed to what is read
@@ -51,8 +52,9 @@ import { checkSupported, referencedObjects, translatePod, type FrozenEnv } from 
 import type { NodeController } from "../node/controller.ts";
 import { PodDeletion, type Held } from "./deletion.ts";
 import { PodIpAllocator } from "./ip.ts";
-import { ReferenceCache } from "./references.ts";
+import { ReferenceCache, type PodReferences } from "./references.ts";
 import { startResync } from "./resync.ts";
+import type { PodSource, SharedPods } from "./shared-pods.ts";
 import { PodStartTrace, type PodStartStage } from "./start-trace.ts";
 import { StatusWriter } from "./status-writer.ts";
 import { buildFailedStatus, buildPodStatus } from "./status.ts";
@@ -91,6 +93,18 @@ export interface PodControllerOptions {
   readonly onPodRunning?: (pod: Pod, status: PodStatus, now: Date) => void;
   /** Told, once a pod started here is written Running, how long each stage took (start-trace.ts). */
   readonly onStartStage?: (stage: PodStartStage, seconds: number) => void;
+  /**
+   * A shard's engine (src/shard/engines.ts): the process's pod informer and ConfigMap/Secret
+   * cache, started by the shard runner and shared by every shard's controller. Without it, the
+   * controller lists and watches for itself.
+   */
+  readonly shared?: SharedSources;
+}
+
+/** What the shard engines of one process share: one pod watch, one ConfigMap watch. */
+export interface SharedSources {
+  readonly pods: Pick<SharedPods, "view">;
+  readonly references: Pick<ReferenceCache, "subscribe">;
 }
 
 const configErrorRetryMs = 5_000;
@@ -109,9 +123,9 @@ const frozenEnvOf = (apps: readonly (FrozenEnv & { name: string })[]) =>
 export class PodController {
   readonly #o: PodControllerOptions;
   readonly #log: Logger;
-  readonly #informer: Informer<Pod>;
+  readonly #informer: PodSource;
   readonly #queue: WorkQueue;
-  readonly #refs: ReferenceCache;
+  readonly #refs: PodReferences;
   readonly #held = new Map<string, Held>();
   readonly #statuses = new Map<string, WorkloadStatus>();
   readonly #status: StatusWriter;
@@ -139,28 +153,36 @@ export class PodController {
         options.onPodRunning?.(pod, status, new Date(clock.now()));
       },
     });
-    this.#informer = new Informer<Pod>({
-      client: options.kube,
-      logger: this.#log,
-      path: "/api/v1/pods",
-      fieldSelector: "spec.nodeName!=",
-      trim: trimPod,
-      keep: (pod) => this.#caches(pod),
-      now: () => clock.now(),
-      sleep: (ms, signal) => sleepOn(clock, ms, signal),
-    });
-    this.#informer.addIndex("node", (pod) => pod.spec?.nodeName);
-    this.#refs = new ReferenceCache({
-      kube: options.kube,
-      logger: this.#log,
-      clock,
-      ...(options.config.secretRefreshSeconds === undefined
-        ? {}
-        : { secretTtlMs: options.config.secretRefreshSeconds * 1000 }),
-      onChange: (keys) => {
-        for (const key of keys) this.#queue.add(key);
-      },
-    });
+    const keep = (pod: Pod) => this.#caches(pod);
+    const onReferenceChange = (keys: readonly string[]) => {
+      for (const key of keys) this.#queue.add(key);
+    };
+    if (options.shared) {
+      this.#informer = options.shared.pods.view(keep);
+      this.#refs = options.shared.references.subscribe(onReferenceChange);
+    } else {
+      const informer = new Informer<Pod>({
+        client: options.kube,
+        logger: this.#log,
+        path: "/api/v1/pods",
+        fieldSelector: "spec.nodeName!=",
+        trim: trimPod,
+        keep,
+        now: () => clock.now(),
+        sleep: (ms, signal) => sleepOn(clock, ms, signal),
+      });
+      informer.addIndex("node", (pod) => pod.spec?.nodeName);
+      this.#informer = informer;
+      this.#refs = new ReferenceCache({
+        kube: options.kube,
+        logger: this.#log,
+        clock,
+        ...(options.config.secretRefreshSeconds === undefined
+          ? {}
+          : { secretTtlMs: options.config.secretRefreshSeconds * 1000 }),
+        onChange: onReferenceChange,
+      });
+    }
     this.#queue = new WorkQueue({
       name: "pod",
       keyField: "pod",
@@ -192,6 +214,8 @@ export class PodController {
   /**
    * Adopts what the provider already holds, starts the pod watch, the ConfigMap/Secret caches and
    * the queue. Resolves once the first lists are cached and every pod on a managed node is queued.
+   * With `shared` sources, opens this controller's view of them instead (closed when `signal`
+   * aborts): they must have been started by their owner.
    */
   async start(signal: AbortSignal): Promise<void> {
     const { provider } = this.#o;

@@ -8,6 +8,7 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { ConfigMap, KubeObject, Secret, WatchEvent } from "../kube/index.ts";
+import { FakeKube } from "../../test/support/fake-kube.ts";
 import { ReferenceCache } from "./references.ts";
 
 const logger = pino({ level: "silent" });
@@ -165,6 +166,101 @@ describe("ReferenceCache Secrets: GET and a TTL, never list or watch", () => {
     await clock.advanceAsync(3 * TTL);
     expect(api.gets).toHaveLength(2);
     expect(refs.stats()).toMatchObject({ held: 0, pods: 0 });
+    stop();
+  });
+});
+
+describe("ReferenceCache subscribers: one cache for several pod controllers", () => {
+  const cm = (v: string): ConfigMap => ({ metadata: { namespace: "ns", name: "cfg" }, data: { v } });
+  const secret = (v: string): Secret => ({
+    metadata: { namespace: "ns", name: "creds" },
+    data: { v: Buffer.from(v).toString("base64") },
+  });
+  const both = { configMaps: ["cfg"], secrets: ["creds"] };
+
+  async function setUpShared() {
+    const clock = new FakeClock();
+    const kube = new FakeKube({ clock });
+    kube.apply("configmaps", cm("1"));
+    kube.apply("secrets", secret("1"));
+    const cache = new ReferenceCache({ kube, logger, clock, secretTtlMs: TTL });
+    const stop = new AbortController();
+    await Promise.all([cache.start(stop.signal), clock.advanceAsync(0)]);
+    const subscriber = async () => {
+      const heard: string[] = [];
+      const refs = cache.subscribe((keys) => heard.push(...keys));
+      const leave = new AbortController();
+      await refs.start(leave.signal);
+      return { refs, heard, leave: () => leave.abort() };
+    };
+    const configValue = async (refs: { lookups: ReferenceCache["lookups"] }, pod: string) =>
+      (await refs.lookups(pod, "ns", both)).configMap("ns", "cfg")?.data?.v;
+    return { clock, kube, cache, subscriber, configValue, stop: () => stop.abort() };
+  }
+
+  it("tells each subscriber only of its own pods, and reads shared data once", async () => {
+    const { clock, kube, cache, subscriber, configValue, stop } = await setUpShared();
+    const a = await subscriber();
+    const b = await subscriber();
+    expect(await configValue(a.refs, "ns/a")).toBe("1");
+    expect(await configValue(b.refs, "ns/b")).toBe("1");
+    expect([kube.count("getConfigMap"), kube.count("getSecret")]).toEqual([1, 1]);
+
+    kube.apply("configmaps", cm("2"));
+    await clock.advanceAsync(0);
+    expect(a.heard).toEqual(["ns/a"]);
+    expect(b.heard).toEqual(["ns/b"]);
+
+    kube.apply("secrets", secret("2"));
+    await clock.advanceAsync(TTL);
+    expect(a.heard).toEqual(["ns/a", "ns/a"]);
+    expect(b.heard).toEqual(["ns/b", "ns/b"]);
+
+    // a's pod goes; b's still refers to both objects, which stay held and watched for it.
+    a.refs.untrack("ns/a");
+    kube.apply("configmaps", cm("3"));
+    await clock.advanceAsync(0);
+    expect(a.heard).toHaveLength(2);
+    expect(b.heard).toEqual(["ns/b", "ns/b", "ns/b"]);
+    expect(cache.stats()).toMatchObject({ held: 2, pods: 1 });
+    expect(a.refs.stats()).toMatchObject({ held: 2, pods: 0 });
+    expect(await configValue(b.refs, "ns/b")).toBe("3");
+    stop();
+  });
+
+  it("a pod key tracked by two subscribers stays tracked for one when the other untracks it", async () => {
+    const { clock, kube, subscriber, configValue, stop } = await setUpShared();
+    const a = await subscriber();
+    const b = await subscriber();
+    // The pod was deleted on a's shard and created again, same name, on a node of b's.
+    await configValue(a.refs, "ns/p");
+    await configValue(b.refs, "ns/p");
+    a.refs.untrack("ns/p");
+    kube.apply("configmaps", cm("2"));
+    await clock.advanceAsync(0);
+    expect(a.heard).toEqual([]);
+    expect(b.heard).toEqual(["ns/p"]);
+    stop();
+  });
+
+  it("a subscriber whose signal aborts is told nothing more, and data no one refers to is dropped", async () => {
+    const { clock, kube, cache, subscriber, configValue, stop } = await setUpShared();
+    const a = await subscriber();
+    const b = await subscriber();
+    await configValue(a.refs, "ns/a");
+    await configValue(b.refs, "ns/b");
+    a.leave();
+    kube.apply("configmaps", cm("2"));
+    await clock.advanceAsync(0);
+    expect(a.heard).toEqual([]);
+    expect(b.heard).toEqual(["ns/b"]);
+    expect(cache.stats()).toMatchObject({ held: 2, pods: 1 });
+    b.leave();
+    expect(cache.stats()).toMatchObject({ held: 0, pods: 0 });
+    // Nothing is re-read for them any more.
+    const gets = kube.count("getSecret");
+    await clock.advanceAsync(3 * TTL);
+    expect(kube.count("getSecret")).toBe(gets);
     stop();
   });
 });

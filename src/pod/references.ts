@@ -20,7 +20,18 @@
  *   translatePod(pod, { lookups, ... });
  *   refs.untrack("ns/pod");                           // when the pod is forgotten
  *
- * The data of objects no tracked pod refers to any more is dropped.
+ * One cache can serve several PodControllers (the shard engines of a process): each
+ * {@link ReferenceCache.subscribe}s and tracks its own pods, and is told only of changes to what
+ * its pods refer to. Tracking is per subscriber, so a pod key that moves from one engine to another
+ * (a pod deleted and created again on another shard's node) is never untracked under the other's
+ * feet; ConfigMap and Secret data is shared.
+ *
+ *   const shared = new ReferenceCache({ kube, logger });
+ *   void shared.start(signal);                        // once per process
+ *   const refs = shared.subscribe((keys) => keys.forEach(queue.add));
+ *   await refs.start(engineSignal);                   // ConfigMaps listed; untracks all at abort
+ *
+ * The data of objects no tracked pod (of any subscriber) refers to any more is dropped.
  */
 import type { Logger } from "pino";
 import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
@@ -36,8 +47,12 @@ export interface ReferencedNames {
 export interface ReferenceCacheOptions {
   readonly kube: Pick<KubeClient, "list" | "watch" | "getConfigMap" | "getSecret">;
   readonly logger: Logger;
-  /** Called with the keys of the pods that refer to an object that appeared, changed or went. */
-  readonly onChange: (podKeys: readonly string[]) => void;
+  /**
+   * Called with the keys of the pods tracked through {@link ReferenceCache.lookups} that refer to an
+   * object that appeared, changed or went. Subscribers ({@link ReferenceCache.subscribe}) have
+   * their own.
+   */
+  readonly onChange?: (podKeys: readonly string[]) => void;
   /** Times the informer's re-list backoff and the Secret refreshes; default {@link systemClock}. */
   readonly clock?: Clock;
   /** How long a Secret read is trusted before it is read again; default {@link DEFAULT_SECRET_TTL_MS}. */
@@ -60,15 +75,85 @@ const atLeast = (held: string, current: string) =>
 
 const configMapKey = (namespace: string, name: string) => `configmap/${namespace}/${name}`;
 
-export class ReferenceCache {
+/** What a PodController asks of the ConfigMaps and Secrets its pods refer to. */
+export interface PodReferences {
+  /** Resolves once ConfigMap metadata is listed; see {@link ReferenceCache.start}, {@link ReferenceCache.subscribe}. */
+  start(signal: AbortSignal): Promise<void>;
+  /** See {@link ReferenceCache.lookups}. */
+  lookups(podKey: string, namespace: string, names: ReferencedNames): Promise<ObjectLookups>;
+  /** Forgets a pod's references. */
+  untrack(podKey: string): void;
+  /** Full-object GETs made and objects held (by the whole cache), and the pods tracked here. */
+  stats(): { gets: number; held: number; pods: number };
+}
+
+/** One subscriber's pods and what they refer to. */
+class Tracker {
+  readonly onChange: (podKeys: readonly string[]) => void;
+  /** Pod keys by ref key, and ref keys by pod key. */
+  readonly #users = new Map<string, Set<string>>();
+  readonly #refsOf = new Map<string, readonly string[]>();
+  /** Told when no pod of this tracker refers to a ref key any more. */
+  readonly #released: (refKey: string) => void;
+
+  constructor(onChange: (podKeys: readonly string[]) => void, released: (refKey: string) => void) {
+    this.onChange = onChange;
+    this.#released = released;
+  }
+
+  get pods(): number {
+    return this.#refsOf.size;
+  }
+
+  usersOf(refKey: string): ReadonlySet<string> | undefined {
+    return this.#users.get(refKey);
+  }
+
+  /** Records that `podKey` refers to `keys` now (none: forgets it). */
+  track(podKey: string, keys: readonly string[]): void {
+    const before = this.#refsOf.get(podKey) ?? [];
+    for (const key of before) {
+      if (keys.includes(key)) continue;
+      const users = this.#users.get(key);
+      users?.delete(podKey);
+      if (users?.size === 0) {
+        this.#users.delete(key);
+        this.#released(key);
+      }
+    }
+    for (const key of keys) {
+      let users = this.#users.get(key);
+      if (!users) this.#users.set(key, (users = new Set()));
+      users.add(podKey);
+    }
+    if (keys.length === 0) this.#refsOf.delete(podKey);
+    else this.#refsOf.set(podKey, keys);
+  }
+
+  /** Forgets every pod. */
+  clear(): void {
+    for (const podKey of [...this.#refsOf.keys()]) this.track(podKey, []);
+  }
+}
+
+/** Rejects once `signal` aborts. */
+const aborted = (signal: AbortSignal) =>
+  new Promise<never>((_resolve, reject) => {
+    const fail = () =>
+      reject(signal.reason instanceof Error ? signal.reason : new Error("stopped", { cause: signal.reason }));
+    if (signal.aborted) fail();
+    else signal.addEventListener("abort", fail, { once: true });
+  });
+
+export class ReferenceCache implements PodReferences {
   readonly #o: ReferenceCacheOptions;
   readonly #configMaps: Informer<ConfigMap>;
   readonly #secrets: SecretCache;
   /** Full ConfigMaps by ref key, as last read. */
   readonly #full = new Map<string, ConfigMap>();
-  /** Pod keys by ref key, and ref keys by pod key. */
-  readonly #users = new Map<string, Set<string>>();
-  readonly #refsOf = new Map<string, readonly string[]>();
+  /** The cache's own tracker (its `lookups`), and every subscriber's. */
+  readonly #own: Tracker;
+  readonly #trackers = new Set<Tracker>();
   #gets = 0;
 
   constructor(options: ReferenceCacheOptions) {
@@ -88,26 +173,54 @@ export class ReferenceCache {
       logger: options.logger,
       clock,
       ttlMs: options.secretTtlMs ?? DEFAULT_SECRET_TTL_MS,
-      usersOf: (key) => [...(this.#users.get(key) ?? [])],
-      onChange: options.onChange,
+      referenced: (key) => this.#referenced(key),
+      onChange: (key) => this.#changed(key),
     });
+    this.#own = new Tracker(options.onChange ?? (() => undefined), (key) => this.#released(key));
+    this.#trackers.add(this.#own);
   }
 
-  /** Starts the ConfigMap metadata informer and the Secret refresh; resolves once ConfigMaps are listed. */
+  /**
+   * Starts the ConfigMap metadata informer and the Secret refresh until `signal` aborts; resolves
+   * once ConfigMaps are listed (rejects if stopped before). Call once.
+   */
   async start(signal: AbortSignal): Promise<void> {
     void this.#configMaps.start(signal);
     void this.#secrets.run(signal);
     await this.#configMaps.ready;
   }
 
-  /** Full-object GETs made so far and objects held, for tests and benchmarks. */
+  /**
+   * A user of this cache with pods of its own (one PodController), told with `onChange` of changes
+   * to what they refer to and to nothing else. Its `start(signal)` does not start the cache (its
+   * owner does): it resolves once ConfigMaps are listed (rejects when `signal` aborts first) and,
+   * when `signal` aborts, untracks every pod of the subscriber. Track nothing before `start`.
+   */
+  subscribe(onChange: (podKeys: readonly string[]) => void): PodReferences {
+    const tracker = new Tracker(onChange, (key) => this.#released(key));
+    return {
+      start: async (signal) => {
+        this.#trackers.add(tracker);
+        const leave = () => {
+          this.#trackers.delete(tracker);
+          tracker.clear();
+        };
+        if (signal.aborted) leave();
+        else signal.addEventListener("abort", leave, { once: true });
+        await Promise.race([this.#configMaps.ready, aborted(signal)]);
+      },
+      lookups: (podKey, namespace, names) => this.#lookups(tracker, podKey, namespace, names),
+      untrack: (podKey) => tracker.track(podKey, []),
+      stats: () => ({ ...this.stats(), pods: tracker.pods }),
+    };
+  }
+
+  /** Full-object GETs made so far, objects held, and pods tracked (by every subscriber). */
   stats() {
     const secrets = this.#secrets.stats();
-    return {
-      gets: this.#gets + secrets.gets,
-      held: this.#full.size + secrets.held,
-      pods: this.#refsOf.size,
-    };
+    let pods = 0;
+    for (const tracker of this.#trackers) pods += tracker.pods;
+    return { gets: this.#gets + secrets.gets, held: this.#full.size + secrets.held, pods };
   }
 
   /**
@@ -115,12 +228,26 @@ export class ReferenceCache {
    * and returns lookups over their current content, reading with a GET only the objects not held
    * or changed since they were read. Rejects when a GET fails.
    */
-  async lookups(podKey: string, namespace: string, names: ReferencedNames): Promise<ObjectLookups> {
+  lookups(podKey: string, namespace: string, names: ReferencedNames): Promise<ObjectLookups> {
+    return this.#lookups(this.#own, podKey, namespace, names);
+  }
+
+  /** Forgets a pod's references (and the data no other pod refers to). */
+  untrack(podKey: string): void {
+    this.#own.track(podKey, []);
+  }
+
+  async #lookups(
+    tracker: Tracker,
+    podKey: string,
+    namespace: string,
+    names: ReferencedNames,
+  ): Promise<ObjectLookups> {
     const keys = [
       ...names.configMaps.map((n) => configMapKey(namespace, n)),
       ...names.secrets.map((n) => secretKey(namespace, n)),
     ];
-    this.#track(podKey, keys);
+    tracker.track(podKey, keys);
     const [configMaps, secrets] = await Promise.all([
       Promise.all(names.configMaps.map((n) => this.#configMap(namespace, n))),
       Promise.all(names.secrets.map((n) => this.#secrets.get(namespace, n))),
@@ -133,30 +260,25 @@ export class ReferenceCache {
     };
   }
 
-  /** Forgets a pod's references (and the data no other pod refers to). */
-  untrack(podKey: string): void {
-    this.#track(podKey, []);
+  /** Whether a pod of any subscriber refers to `refKey`. */
+  #referenced(refKey: string): boolean {
+    for (const tracker of this.#trackers) if ((tracker.usersOf(refKey)?.size ?? 0) > 0) return true;
+    return false;
   }
 
-  #track(podKey: string, keys: readonly string[]): void {
-    const before = this.#refsOf.get(podKey) ?? [];
-    for (const key of before) {
-      if (keys.includes(key)) continue;
-      const users = this.#users.get(key);
-      users?.delete(podKey);
-      if (users?.size === 0) {
-        this.#users.delete(key);
-        this.#full.delete(key);
-        this.#secrets.release(key);
-      }
+  /** A tracker's last pod referring to `refKey` went: its data goes unless another's refers to it. */
+  #released(refKey: string): void {
+    if (this.#referenced(refKey)) return;
+    this.#full.delete(refKey);
+    this.#secrets.release(refKey);
+  }
+
+  /** `refKey` appeared, changed or went: each subscriber is told of its own pods referring to it. */
+  #changed(refKey: string): void {
+    for (const tracker of this.#trackers) {
+      const users = tracker.usersOf(refKey);
+      if (users && users.size > 0) tracker.onChange([...users]);
     }
-    for (const key of keys) {
-      let users = this.#users.get(key);
-      if (!users) this.#users.set(key, (users = new Set()));
-      users.add(podKey);
-    }
-    if (keys.length === 0) this.#refsOf.delete(podKey);
-    else this.#refsOf.set(podKey, keys);
   }
 
   async #configMap(namespace: string, name: string): Promise<ConfigMap | undefined> {
@@ -174,7 +296,7 @@ export class ReferenceCache {
     if (read) {
       delete read.metadata?.managedFields;
       // Kept only while a pod still refers to it (it may have been untracked during the GET).
-      if (this.#users.has(key)) this.#full.set(key, read);
+      if (this.#referenced(key)) this.#full.set(key, read);
     } else this.#full.delete(key);
     return read;
   }
@@ -182,8 +304,7 @@ export class ReferenceCache {
   #watch(informer: Informer<ConfigMap>): void {
     const changed = (object: ConfigMap) => {
       const [namespace = "", name = ""] = objectKey(object).split("/");
-      const users = this.#users.get(configMapKey(namespace, name));
-      if (users && users.size > 0) this.#o.onChange([...users]);
+      this.#changed(configMapKey(namespace, name));
     };
     informer.onAdd(changed);
     informer.onUpdate(changed);

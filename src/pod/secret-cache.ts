@@ -7,14 +7,14 @@
  * - a Secret held is read again at the latest `ttlMs` after its last read (sooner when a pod asks
  *   for it once that time has passed); one that did not exist is read again after
  *   `min(ttlMs, 5 s)`, so a pod waiting for a Secret that appears later starts soon after;
- * - when a read shows a Secret that appeared, changed (resourceVersion) or went, `onChange` gets the
- *   keys of every pod that refers to it: an edit reaches its pods within the TTL;
+ * - when a read shows a Secret that appeared, changed (resourceVersion) or went, `onChange` gets its
+ *   key, for the pods that refer to it: an edit reaches its pods within the TTL;
  * - a read that fails keeps what was held and is retried after `min(ttlMs, 5 s)`;
- * - only Secrets some pod refers to are held and re-read; untracking the last pod drops it.
+ * - only Secrets some pod refers to (`referenced`) are held and re-read; `release` drops one.
  *
- *   const secrets = new SecretCache({ kube, logger, ttlMs: 60_000, onChange });
+ *   const secrets = new SecretCache({ kube, logger, clock, ttlMs: 60_000, referenced, onChange });
  *   void secrets.run(signal);                            // the refresh loop
- *   const s = await secrets.get("ns", "creds", ["ns/pod"]);
+ *   const s = await secrets.get("ns", "creds");           // undefined: it does not exist
  *   secrets.release("secret/ns/creds");                  // no pod refers to it any more
  */
 import type { Logger } from "pino";
@@ -27,9 +27,10 @@ export interface SecretCacheOptions {
   readonly clock: Clock;
   /** How long a read is trusted; the kubelet's default is one minute. */
   readonly ttlMs: number;
-  /** The keys of the pods that refer to a Secret; called on a change. */
-  readonly usersOf: (key: string) => readonly string[];
-  readonly onChange: (podKeys: readonly string[]) => void;
+  /** Whether some pod refers to the Secret with this key (`secret/<namespace>/<name>`) now. */
+  readonly referenced: (key: string) => boolean;
+  /** Called with the key of a Secret a read shows appeared, changed or went. */
+  readonly onChange: (key: string) => void;
 }
 
 /** How soon a Secret found missing (or a failed read) is read again, at most. */
@@ -136,9 +137,9 @@ export class SecretCache {
     if (secret) delete secret.metadata?.managedFields;
     const recheck = secret ? ttlMs : Math.min(ttlMs, ABSENT_RECHECK_MS);
     // Kept only while a pod still refers to it (it may have been released during the GET).
-    if (this.#o.usersOf(key).length === 0) return secret;
+    if (!this.#o.referenced(key)) return secret;
     this.#store(key, { secret, dueAt: clock.now() + recheck });
-    if (before && versionOf(before.secret) !== versionOf(secret)) this.#o.onChange(this.#o.usersOf(key));
+    if (before && versionOf(before.secret) !== versionOf(secret)) this.#o.onChange(key);
     return secret;
   }
 

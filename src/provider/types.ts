@@ -593,6 +593,12 @@ export interface ProviderContext {
    * moves, its engine and provider stop and another engine starts with a new predicate.
    */
   readonly owns?: (deviceId: string) => boolean;
+  /**
+   * With `owns`: the shard this engine serves (0 .. shards - 1). A provider whose transport needs
+   * an identity of its own per connection (an MQTT client id) makes it distinct per shard, so a
+   * persistent session moves with its shard and two shards in one process never take it over.
+   */
+  readonly shard?: number;
 }
 
 /**

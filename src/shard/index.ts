@@ -3,7 +3,9 @@
  * device served by exactly one replica at a time, fenced like leader election (src/leader).
  * hash.ts maps a device to a shard (jump consistent hash) and a shard to a member (rendezvous
  * hashing); membership.ts keeps one Lease per replica and judges who is live; shard-lease.ts holds
- * one shard's Lease; coordinator.ts ties them together. Not yet wired into the engine.
+ * one shard's Lease; coordinator.ts ties them together. engines.ts runs one engine (src/engine.ts)
+ * per owned shard in one process (`sharding.enabled`), with one kubelet API for all of them
+ * (kubelet-router.ts).
  *
  *   const coordinator = new ShardCoordinator({ kube, namespace, prefix: "devicelet", identity, shards: 8,
  *     logger, onShardStarted: (shard, signal) => serve(shard, signal), onShardStopped: () => undefined });
@@ -23,3 +25,5 @@ export {
   SHARD_MEMBER_LABEL,
   memberLeaseName,
 } from "./membership.ts";
+export { runShardedEngines, type ShardedEngines, type ShardedOptions } from "./engines.ts";
+export { KubeletRouter, type RoutedBackend } from "./kubelet-router.ts";

@@ -182,7 +182,7 @@ subjects: [{ kind: ServiceAccount, name: reader, namespace: ${ns} }]
     clientCA: loadClientCA({ kubeconfigPath: deviceletKubeconfig() }),
     authenticator: kubeletAuthenticator({ kube, logger }),
     backend: {
-      provider: { name: "none" } as unknown as PodLifecycleProvider,
+      providerOf: () => ({ name: "none" }) as unknown as PodLifecycleProvider,
       deviceOf: () => undefined,
       podsOn: () => [],
       pod: () => undefined,

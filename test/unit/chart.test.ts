@@ -39,6 +39,30 @@ const examplesDir = path.join(chartDir, "examples");
 const examples = (await readdir(examplesDir)).filter((f) => f.endsWith(".yaml")).sort();
 
 const render = (args: readonly string[] = []) => renderChart(binary, args);
+
+interface PolicyRule {
+  apiGroups?: string[];
+  resources?: string[];
+  resourceNames?: string[];
+  verbs: string[];
+}
+/** The release's state-namespace Role (release `devicelet`: its full name). */
+const stateRole = "devicelet";
+/** The rules of every `kind` object granting `resource`, with only their names and verbs. */
+const rulesFor = (objects: readonly RenderedObject[], kind: string, resource: string) =>
+  objects
+    .filter((o) => o.kind === kind)
+    .flatMap((o) => (o as unknown as { rules: PolicyRule[] }).rules)
+    .filter((r) => r.resources?.includes(resource))
+    .map(({ resourceNames, verbs }) => (resourceNames ? { resourceNames, verbs } : { verbs }));
+/** Every rule on Leases, by `Kind name` of the Role (or ClusterRole) holding it. */
+const leaseRules = (objects: readonly RenderedObject[]) =>
+  Object.fromEntries(
+    objects
+      .filter((o) => o.kind === "Role" || o.kind === "ClusterRole")
+      .map((o) => [`${o.kind} ${o.metadata.name}`, rulesFor([o], o.kind, "leases")] as const)
+      .filter(([, rules]) => rules.length > 0),
+  );
 const configOf = (objects: readonly RenderedObject[]) =>
   parseYaml(renderedConfigText(objects)) as Record<string, Record<string, unknown>> & {
     provider: { type: string; config: Record<string, Record<string, unknown>> };
@@ -67,7 +91,9 @@ describe("helm template", () => {
       metrics: config.metrics.port,
       kubelet: config.kubelet.port,
     });
-    expect(config.leaderElection.enabled).toBe(deployment.spec.replicas > 1);
+    // More than one replica: a leader and standbys, or shards; never both.
+    expect(config.leaderElection.enabled || config.sharding.enabled).toBe(deployment.spec.replicas > 1);
+    expect(config.leaderElection.enabled && config.sharding.enabled).toBe(false);
     expect(config.state.namespace).toBe(deployment.metadata.namespace);
     // In the cluster: the pod's ServiceAccount, never a kubeconfig file.
     expect(config.kubeconfig).toBeUndefined();
@@ -101,6 +127,7 @@ describe("helm template", () => {
         "hivemq-mtls.yaml",
         "cert-manager.yaml",
         "existing-secret.yaml",
+        "sharded.yaml",
       ]),
     );
   });
@@ -253,6 +280,55 @@ describe("helm template", () => {
     expect((config.kubelet as { tls: { csrApprove: boolean } }).tls.csrApprove).toBe(true);
   });
 
+  it("with sharding, renders the sharding section and grants Leases by any name in the state namespace only", async () => {
+    const objects = await render(["-f", path.join(examplesDir, "sharded.yaml")]);
+    const config = await validateRenderedConfig(objects);
+    expect(config.sharding).toEqual({ enabled: true, shards: 64, leasePrefix: "devicelet" });
+    expect(config.leaderElection.enabled).toBe(false);
+    expect((only(objects, "Deployment") as unknown as { spec: { replicas: number } }).spec.replicas).toBe(4);
+    // The member and shard Leases have names known only at run time: no resourceNames. What
+    // src/shard calls (get, list, create, replace, delete), and no leader Lease rule.
+    expect(leaseRules(objects)).toEqual({
+      [`Role ${stateRole}`]: [{ verbs: ["get", "list", "create", "update", "delete"] }],
+      "Role devicelet-node-lease": [{ verbs: ["get", "create", "update"] }],
+    });
+    // src/shard/relabel.ts: lists devicelet's nodes and merge-patches their shard label.
+    expect(rulesFor(objects, "ClusterRole", "nodes")).toEqual([
+      expect.objectContaining({ verbs: expect.arrayContaining(["list", "patch"]) as unknown }),
+    ]);
+  });
+
+  it("without sharding, renders no sharding section and grants only the leader Lease by name", async () => {
+    const objects = await render();
+    expect(Object.keys(parseYaml(renderedConfigText(objects)) as object)).not.toContain("sharding");
+    expect((await validateRenderedConfig(objects)).sharding.enabled).toBe(false);
+    expect(leaseRules(objects)).toEqual({
+      [`Role ${stateRole}`]: [
+        { verbs: ["create"] },
+        { resourceNames: ["devicelet"], verbs: ["get", "update"] },
+      ],
+      "Role devicelet-node-lease": [{ verbs: ["get", "create", "update"] }],
+    });
+  });
+
+  it("names the shard Leases after the release unless leasePrefix is set", async () => {
+    const prefix = async (release: string, args: string[] = []) =>
+      (
+        await validateRenderedConfig(
+          await renderChart(binary, ["-f", path.join(examplesDir, "sharded.yaml"), ...args], { release }),
+        )
+      ).sharding.leasePrefix;
+    expect(await prefix("edge")).toBe("edge-devicelet");
+    // A DNS label of at most 40 characters, with no dash at the end.
+    expect(await prefix("plant.a-very-long-release-name-for-the-fleet")).toBe(
+      "plant-a-very-long-release-name-for-the-f",
+    );
+    expect(await prefix("edge-fleet-0123456789-0123456789-012345")).toBe(
+      "edge-fleet-0123456789-0123456789-012345",
+    );
+    expect(await prefix("edge", ["--set", "sharding.leasePrefix=fleet-a"])).toBe("fleet-a");
+  });
+
   it("ships the Grafana dashboard in a labelled ConfigMap when enabled", async () => {
     const dashboard = path.join(chartDir, "dashboards/devicelet.json");
     expect((await render()).filter((o) => o.metadata.name.endsWith("-dashboard"))).toEqual([]);
@@ -292,12 +368,21 @@ describe("bad values", () => {
     [["--set", "config.api.qps=0"], "/config/api/qps"],
     [["--set", "config.nodes.namePrefix=Dev_"], "/config/nodes/namePrefix"],
     [["--set", "config.lease.renewEverySeconds=5"], "'renewEverySeconds' not allowed"],
+    [["--set", "sharding.shards=0"], "/sharding/shards"],
+    [["--set", "sharding.shards=4097"], "/sharding/shards"],
+    [["--set", "sharding.leasePrefix=Fleet_A"], "/sharding/leasePrefix"],
+    [["--set", "sharding.leasePrefix=a-prefix-longer-than-forty-characters-xyz"], "/sharding/leasePrefix"],
+    [["--set", "config.sharding.enabled=true"], "'sharding' not allowed"],
   ])("values.schema.json refuses %j naming %s", async (args, named) => {
     await expect(render(args)).rejects.toThrow(named);
   });
 
   it.each([
-    [["--set", "leaderElection.enabled=false"], "replicaCount > 1 needs leaderElection.enabled"],
+    [
+      ["--set", "leaderElection.enabled=false"],
+      "replicaCount > 1 needs leaderElection.enabled or sharding.enabled",
+    ],
+    [["--set", "sharding.enabled=true"], "sharding.enabled and leaderElection.enabled are exclusive"],
     [["--set", "kubeletApi.tls.source=certManager"], "kubeletApi.tls.certManager.issuerRef.name is required"],
     [["--set", "kubeletApi.tls.source=secret"], "kubeletApi.tls.secret.name is required"],
     [["--set", "broker.tls.ca=PEM"], "broker.tls is set, but broker.url"],

@@ -1,8 +1,8 @@
 {{/*
 The devicelet configuration file (docs/configuration.md), rendered from values: the user's
 `config`, with the keys that must agree with the Deployment set by the chart on top (health and
-metrics ports, the kubelet API, leader election, the state namespace, and for the MQTT provider the
-broker with the paths its credential and TLS Secrets are mounted at).
+metrics ports, the kubelet API, leader election, sharding when enabled, the state namespace, and
+for the MQTT provider the broker with the paths its credential and TLS Secrets are mounted at).
 */}}
 
 {{/* Where the broker's Secrets are mounted; the rendered config names files under them. */}}
@@ -117,8 +117,11 @@ as. Empty when neither an existing Secret nor PEM values are given.
 
 {{- define "devicelet.config" -}}
 {{- $v := .Values -}}
-{{- if and (gt (int $v.replicaCount) 1) (not $v.leaderElection.enabled) -}}
-{{- fail "replicaCount > 1 needs leaderElection.enabled: two devicelets without a leader fight over nodes, pods and the broker session" -}}
+{{- if and $v.sharding.enabled $v.leaderElection.enabled -}}
+{{- fail "sharding.enabled and leaderElection.enabled are exclusive: sharded replicas coordinate on their own Leases, so set leaderElection.enabled=false (its timings still apply to the shard Leases)" -}}
+{{- end -}}
+{{- if and (gt (int $v.replicaCount) 1) (not $v.leaderElection.enabled) (not $v.sharding.enabled) -}}
+{{- fail "replicaCount > 1 needs leaderElection.enabled or sharding.enabled: two devicelets without a leader or shards fight over nodes, pods and the broker session" -}}
 {{- end -}}
 {{- $config := deepCopy ($v.config | default dict) -}}
 {{- $provider := deepCopy (dig "provider" dict $config) -}}
@@ -133,6 +136,9 @@ as. Empty when neither an existing Secret nor PEM values are given.
 {{- $_ := set $config "metrics" (dict "serve" $v.metrics.enabled "bindAddress" "0.0.0.0" "port" $v.metrics.port) -}}
 {{- $le := $v.leaderElection -}}
 {{- $_ := set $config "leaderElection" (dict "enabled" $le.enabled "leaseName" (include "devicelet.leaseName" .) "leaseDurationSeconds" $le.leaseDurationSeconds "renewDeadlineSeconds" $le.renewDeadlineSeconds "retryPeriodSeconds" $le.retryPeriodSeconds) -}}
+{{- if $v.sharding.enabled -}}
+{{- $_ := set $config "sharding" (dict "enabled" true "shards" $v.sharding.shards "leasePrefix" (include "devicelet.shardLeasePrefix" .)) -}}
+{{- end -}}
 {{- $_ := set $config "state" (dict "namespace" (include "devicelet.stateNamespace" .)) -}}
 {{- toYaml $config -}}
 {{- end -}}

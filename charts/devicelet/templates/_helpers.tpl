@@ -46,6 +46,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/*
+The prefix of the shard member and shard Leases (`<prefix>-member-<pod>`, `<prefix>-shard-<i>`), in
+the state namespace: a DNS label of at most 40 characters. Empty: the release's full name, dots made
+dashes and cut to 40, so two releases in one namespace never share Leases.
+*/}}
+{{- define "devicelet.shardLeasePrefix" -}}
+{{- default (include "devicelet.fullname" . | replace "." "-" | trunc 40 | trimSuffix "-") .Values.sharding.leasePrefix -}}
+{{- end -}}
+
+{{/*
 The Secret holding the kubelet API's serving certificate, in the state namespace: for
 kubeletApi.tls.source csr the Secret devicelet writes (create, update); for certManager the one
 cert-manager issues into and for secret the given one (devicelet only reads them: get).
