@@ -301,6 +301,39 @@ describe("stage Events, notable (the default)", () => {
     expect(r.reasons()).toEqual(["Queued", "Started/a", "Started/b", "Started/a"]);
   });
 
+  it("counts a queued change's time from its device coming online, not from its publish", () => {
+    const r = rig();
+    r.stages.expect("gw-1", ref.uid, "h1");
+    r.publish(1);
+    r.stages.observe("gw-1");
+    // Away for a minute: not slow, only queued.
+    r.tick(60_000);
+    r.stages.observe("gw-1");
+    expect(r.reasons()).toEqual(["Queued"]);
+    r.online();
+    r.stages.observe("gw-1");
+    r.tick(1_000);
+    r.ack(1, "applied");
+    r.report(1, ["a", "b"]);
+    r.stages.observe("gw-1");
+    r.tick(60_000);
+    expect(r.reasons()).toEqual(["Queued"]);
+
+    // Back, but not running in time: slow from the moment it came online.
+    const s = rig();
+    s.stages.expect("gw-1", ref.uid, "h1");
+    s.publish(1);
+    s.stages.observe("gw-1");
+    s.tick(60_000);
+    s.online();
+    s.ack(1, "received");
+    s.stages.observe("gw-1");
+    s.tick(4_000);
+    expect(s.reasons()).toEqual(["Queued"]);
+    s.tick(1_500);
+    expect(s.reasons()).toEqual(["Queued", "Delivered"]);
+  });
+
   it("tells a read-back pod's later routine stages only when it is slow", () => {
     const fast = rig();
     fast.online();

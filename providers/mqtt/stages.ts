@@ -18,7 +18,7 @@
  * With `podEvents.stages: notable` (the default) a healthy start costs no Event: `Delivered`,
  * `Applied` and a container's first `Started` are routine, told only for a pod that is slow — still
  * Pending (its status as pod-status.ts gives it: not Running, nor ended) `slowStageSeconds` after
- * this process first saw its version published. Then the routine stages it reached are told at once, each once, and the later
+ * this process first saw its version published with its device online (time away does not count). Then the routine stages it reached are told at once, each once, and the later
  * ones as they come; a pod Running in time never tells them. `Queued`, `Rejected`,
  * `TombstoneConfirmed` and a restart (a container's second and later start in the pod's life on
  * this process) are news, told always. A pod still being timed is looked at again when its time is
@@ -291,7 +291,11 @@ export class Stages {
    * its time is up, `telling`.
    */
   #time(look: Look, state: PodStages, entry: PodEntry): void {
-    if (entry.since !== undefined) state.publishedAt ??= look.now;
+    // The clock runs only while the device is online: a change queued for an offline device is
+    // slow once the device is back and has not run it in time, not because it was away (a
+    // reconnect storm would otherwise tell every stage of every pod at once).
+    if (look.presence !== "online") state.publishedAt = undefined;
+    else if (entry.since !== undefined) state.publishedAt ??= look.now;
     const status = podStatus({
       entry,
       device: look.device,
