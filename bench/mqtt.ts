@@ -147,6 +147,8 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
     await sim.stop();
     child.kill("SIGTERM");
     kubectl(["delete", "namespace", `${id}-burst`, "--wait=false", "--ignore-not-found"]);
+    // devicelet leaves its nodes when it stops (they go NotReady): the bench removes them.
+    kubectl(["delete", "nodes", "-l", `devicelet.dev/bench=${id}`, "--wait=false"]);
   }
 }
 
@@ -176,6 +178,7 @@ async function storm(id: string, brokerUrl: string) {
     await sim?.stop();
     child.kill("SIGTERM");
     kubectl(["delete", "namespace", ns, "--wait=false", "--ignore-not-found"]);
+    kubectl(["delete", "nodes", "-l", `devicelet.dev/bench=${id}`, "--wait=false"]);
   }
 }
 
