@@ -5,9 +5,16 @@
  * takes the shards the rendezvous assignment gives it, adopts their nodes and pods, and no node is
  * ever anything but Ready (polled every 500 ms throughout), no pod stops being Ready.
  *
+ * The mock devices keep their state in files shared by the replicas (`<stateFile>.shard-<i>`), as
+ * real devices keep running their apps whichever replica serves them: the new owner of a shard
+ * finds its pods running and adopts them, instead of starting them again (Pending for a moment).
+ *
  * The replicas use the admin kubeconfig: the chart's Role does not grant list and delete on Leases
  * yet (the shard coordinator needs them).
  */
+import { mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Lease } from "../../src/kube/index.ts";
@@ -24,6 +31,7 @@ const id = uniqueName("shardeng");
 const ns = id;
 const shards = 4;
 const devices = Array.from({ length: 12 }, (_, i) => `${id}-d${i}`);
+const stateFile = path.join(mkdtempSync(path.join(os.tmpdir(), `${id}-mock-`)), "devices.json");
 
 interface NodeJson {
   metadata: { name: string; labels: Record<string, string> };
@@ -44,7 +52,12 @@ const startReplica = async (who: string, mock: Record<string, unknown> = {}) => 
       leaderElection: { identity: `${id}-${who}` },
       provider: {
         type: "mock",
-        config: { devices: { count: devices.length, idPrefix: `${id}-d` }, appStartDelayMs: 50, ...mock },
+        config: {
+          devices: { count: devices.length, idPrefix: `${id}-d` },
+          appStartDelayMs: 50,
+          stateFile,
+          ...mock,
+        },
       },
     }),
   });
