@@ -13,12 +13,12 @@
  *   or is named below with the code path that needs it outside the scenarios.
  */
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parse, stringify } from "yaml";
+import { parse } from "yaml";
 import pino from "pino";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { createKubeClient, EventRecorder } from "../../src/kube/index.ts";
@@ -27,7 +27,7 @@ import { describeEngineConformance, type ProviderTarget } from "devicelet/provid
 import { helmBinary } from "../../src/testing/controlplane/rbac.ts";
 import { eventually } from "../support/eventually.ts";
 import { kubectl } from "../support/kubectl.ts";
-import { adminKubeconfig, testenvDir, uniqueName } from "../support/testenv.ts";
+import { adminKubeconfig, testenvDir, uniqueName, writeTokenKubeconfig } from "../support/testenv.ts";
 
 const run = promisify(execFile);
 const packageRoot = path.resolve(import.meta.dirname, "../..");
@@ -52,23 +52,7 @@ beforeAll(async () => {
   await helm(["install", release, path.join(packageRoot, "charts/devicelet"), `--namespace=${ns}`]);
   installed = true;
   const token = (await kubectl(["create", "token", fullname, "-n", ns, "--duration=2h"])).trim();
-  const admin = parse(readFileSync(adminKubeconfig(), "utf8")) as {
-    clusters: { cluster: { server: string; "certificate-authority": string } }[];
-  };
-  const cluster = admin.clusters[0]?.cluster;
-  if (!cluster) throw new Error("no cluster in the admin kubeconfig");
-  writeFileSync(
-    tokenKubeconfig,
-    stringify({
-      apiVersion: "v1",
-      kind: "Config",
-      clusters: [{ name: "testenv", cluster }],
-      users: [{ name: fullname, user: { token } }],
-      contexts: [{ name: "chart", context: { cluster: "testenv", user: fullname } }],
-      "current-context": "chart",
-    }),
-    { mode: 0o600 },
-  );
+  writeTokenKubeconfig(tokenKubeconfig, fullname, token);
   const rendered = await kubectl([
     "get",
     "configmap",

@@ -12,12 +12,11 @@
  *   without resourceNames are enough, and nothing more is granted (no watch, no patch, nothing in
  *   another namespace).
  */
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { parse, stringify } from "yaml";
 import { createKubeClient, type KubeClient, type Node } from "../../src/kube/index.ts";
 import { NodeLabel, providerIdFor } from "../../src/node/build.ts";
 import { SHARD_LEASE_LABEL, ShardCoordinator, shardOf } from "../../src/shard/index.ts";
@@ -25,7 +24,7 @@ import { relabelShardNodes } from "../../src/shard/relabel.ts";
 import { chartDir, helm, helmBinary } from "../support/chart.ts";
 import { eventually } from "../support/eventually.ts";
 import { getJson, kubectl } from "../support/kubectl.ts";
-import { adminKubeconfig, uniqueName } from "../support/testenv.ts";
+import { adminKubeconfig, uniqueName, writeTokenKubeconfig } from "../support/testenv.ts";
 
 const release = uniqueName("shard");
 const ns = release;
@@ -76,21 +75,7 @@ beforeAll(async () => {
   ]);
   installed = true;
   const token = (await kubectl(["create", "token", fullname, "-n", ns, "--duration=1h"])).trim();
-  const admin = parse(readFileSync(adminKubeconfig(), "utf8")) as { clusters: { cluster: unknown }[] };
-  const cluster = admin.clusters[0]?.cluster;
-  if (!cluster) throw new Error("no cluster in the admin kubeconfig");
-  writeFileSync(
-    tokenKubeconfig,
-    stringify({
-      apiVersion: "v1",
-      kind: "Config",
-      clusters: [{ name: "testenv", cluster }],
-      users: [{ name: fullname, user: { token } }],
-      contexts: [{ name: "chart", context: { cluster: "testenv", user: fullname } }],
-      "current-context": "chart",
-    }),
-    { mode: 0o600 },
-  );
+  writeTokenKubeconfig(tokenKubeconfig, fullname, token);
   client = createKubeClient({ kubeconfigPath: tokenKubeconfig, qps: 50, burst: 100, logger });
 }, 900_000);
 

@@ -4,7 +4,9 @@
  * control plane never see each other's objects.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { parse, stringify } from "yaml";
 
 export const testenvDir =
   process.env.DEVICELET_TESTENV_DIR ?? path.resolve(import.meta.dirname, "../../.testenv");
@@ -16,3 +18,26 @@ export const deviceletKubeconfig = () => path.join(testenvDir, "devicelet.kubeco
 
 /** A DNS-1123 name unique to this test run: `prefix-<8 hex>`. */
 export const uniqueName = (prefix: string) => `${prefix}-${randomBytes(4).toString("hex")}`;
+
+/**
+ * Writes `file`, a kubeconfig (mode 0600) for the harness cluster that authenticates as
+ * `token` (a ServiceAccount's, from `kubectl create token`), so a test runs with exactly the
+ * rights a chart grants.
+ */
+export function writeTokenKubeconfig(file: string, user: string, token: string): void {
+  const admin = parse(readFileSync(adminKubeconfig(), "utf8")) as { clusters: { cluster: unknown }[] };
+  const cluster = admin.clusters[0]?.cluster;
+  if (!cluster) throw new Error("no cluster in the admin kubeconfig");
+  writeFileSync(
+    file,
+    stringify({
+      apiVersion: "v1",
+      kind: "Config",
+      clusters: [{ name: "testenv", cluster }],
+      users: [{ name: user, user: { token } }],
+      contexts: [{ name: "chart", context: { cluster: "testenv", user } }],
+      "current-context": "chart",
+    }),
+    { mode: 0o600 },
+  );
+}
