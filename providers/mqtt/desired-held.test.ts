@@ -46,7 +46,6 @@ function setup(options: { connected?: boolean; waitingForTurn?: () => boolean } 
     ...(options.waitingForTurn ? { waitingForTurn: options.waitingForTurn } : {}),
     persist: () => {
       persisted.push(published.length);
-      return Promise.resolve();
     },
     connected: () => options.connected ?? true,
     onChange: () => undefined,

@@ -40,10 +40,9 @@ export interface DesiredPublisherOptions {
   readonly isCurrent: (d: DeviceDesired) => boolean;
   /**
    * Called once the broker holds the device's content (published now or earlier), before anyone
-   * waiting for it is released: the workload hashes go to the durable store here. A rejection
-   * fails the flush, which is retried like a failed publish.
+   * waiting for it is released: the workload hashes are handed on to be stored (not waited for).
    */
-  readonly persist: (d: DeviceDesired) => Promise<void>;
+  readonly persist: (d: DeviceDesired) => void;
   /**
    * The broker took document `generation` of `epoch`, issued at `issuedAtMs`, carrying changes the
    * first of which was made at `changedAtMs` (issue and delivery latency).
@@ -142,7 +141,7 @@ export class DesiredPublisher {
       if (!durable && d.unsendable?.contentHash !== contentHash) {
         durable = await this.#publish(d, pods, tombstones, contentHash);
       }
-      if (durable && this.#o.isCurrent(d)) await this.#o.persist(d);
+      if (durable && this.#o.isCurrent(d)) this.#o.persist(d);
       d.handledSeq = seq;
       d.failures = 0;
       if (durable) {

@@ -53,10 +53,9 @@ export interface DesiredStoreOptions {
   readonly waitingForTurn?: (deviceId: string) => boolean;
   /**
    * Called once the broker holds a device's content, before callers waiting for it are released
-   * (workload hashes to the durable store); a rejection is retried like a failed publish.
-   * Default: nothing to keep.
+   * (workload hashes, handed on to be stored later). Default: nothing to keep.
    */
-  readonly persist?: (d: DeviceDesired) => Promise<void>;
+  readonly persist?: (d: DeviceDesired) => void;
   /** Whether the broker connection is up (`stop` flushes pending documents only then). Default: yes. */
   readonly connected?: () => boolean;
   /** A document went out (or could not, `tooLarge`): delivery and status may have changed. */
@@ -104,7 +103,7 @@ export class DesiredStore {
     this.#o = options;
     this.#publisher = new DesiredPublisher({
       ...options,
-      persist: options.persist ?? (() => Promise.resolve()),
+      persist: options.persist ?? (() => undefined),
       now: options.now ?? (() => new Date()),
       isCurrent: (d) => this.#devices.get(d.deviceId) === d,
     });
@@ -234,7 +233,7 @@ export class DesiredStore {
 
   /**
    * Resolves once the device's changes made so far (the pod's among them) are held by the broker
-   * in a retained document (and persisted), or found unsendable as a whole (DocumentTooLarge,
+   * in a retained document, or found unsendable as a whole (DocumentTooLarge,
    * DocumentInvalid: the pod is then held back with that reason, as it is when it was left out to
    * fit, and no document will come for it until something changes). A pod kept out of the
    * document (`blocked`) resolves at once: what holds it is this store, reporting the reason.

@@ -202,6 +202,7 @@ export class MqttProvider
       this.#stages.stop();
       this.#commands.stop();
       await this.#desired.stop();
+      await this.#flushHashes();
       await this.#connection.stop();
       this.#blobs?.close();
       this.#stopped = true;
@@ -211,8 +212,22 @@ export class MqttProvider
   }
 
   /**
+   * The workload hashes not yet stored (workload-hashes.ts), within 10 s: a record not written
+   * costs the next process one updatePod per pod (which publishes nothing), never a change.
+   */
+  async #flushHashes(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">(
+      (resolve) => (timer = setTimeout(() => resolve("timeout"), 10_000)),
+    );
+    const outcome = await Promise.race([this.#workloads.flushHashes(), timedOut]);
+    clearTimeout(timer);
+    if (outcome === "timeout") this.#log.warn("stopping with workload hashes not stored");
+  }
+
+  /**
    * Puts the pod into its device's desired document and resolves once the broker holds a
-   * document carrying it (retained) and its workload hash is stored — at once for a pod held back
+   * document carrying it (retained) — at once for a pod held back
    * with a reason (see {@link Workloads.apply}).
    * @throws ProviderError Transient when the broker does not take the document in time.
    */

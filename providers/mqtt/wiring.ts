@@ -13,8 +13,8 @@
  *   statuses back through the status view, which reads the store;
  * - stages, looked at by the coalescer, have it look at a device again when a pod's time to be
  *   Running is up (a stuck device may send nothing more);
- * - once a device's document is retained, the desired store has workloads store the engine's
- *   workload hashes of its pods (workload-hashes.ts) before releasing the calls waiting for it;
+ * - once a device's document is retained, the desired store hands workloads the device, whose
+ *   engine workload hashes are stored a while later (workload-hashes.ts);
  * - a late read-back document (session) is adopted by orphans, which restores the device's birth
  *   (lifecycle), and the lifecycle's silence watch reads when the session connected;
  * - orphans ask whether the engine claimed a pod (workloads), which tells orphans of its claims;

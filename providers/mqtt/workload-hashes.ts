@@ -17,22 +17,40 @@
  * Secrets, the broker's TLS, the pod fields supported, the document ceiling. Entries written under
  * another configuration are not used, so after a configuration change the engine gives every pod
  * again and each is translated under the new rules (a device no longer trusted loses its Secrets).
- * written (one API write) only when it changed, by the device's publisher after a document
- * carrying the change is retained, so at most once per published document. Each entry names the
- * device-facing hash it belongs to: a stored workload hash is used only for a pod whose retained
- * document carries that same device hash, so a store and a document out of step (a crash between
- * the two writes, a pod too large to send, another process's write) fall back to the device hash,
- * which costs an updatePod, never a skipped one. All keys are read at start in one read.
+ * A device's record is written (one API write, skipped when unchanged) a while after a document of
+ * it is retained — `later`, at most one write per device per {@link RECORD_DELAY_MS}, never on the
+ * way of a pod start — and at stop (`flush`). It is a cache, not the workload: the workload is held
+ * by the broker's retained document before createPod resolves. Each entry names the device-facing
+ * hash it belongs to: a stored workload hash is used only for a pod whose retained document carries
+ * that same device hash, so a store and a document out of step (a crash before the record was
+ * written, a pod too large to send, another process's write, a record computed while a newer
+ * document was on its way) fall back to the device hash, which costs an updatePod, never a skipped
+ * one. A pod carrying a restart-request value has its record written before its call resolves
+ * (`writeNow`, workloads.ts), so a value changed while devicelet is down is told against the last
+ * one seen (restart.ts). What a process killed within the delay loses: those pods are given again
+ * once (nothing is published: the device has that content), and a pod that had no value yet and
+ * gets one while devicelet is down has that value taken for its first, not for a request.
+ * All keys are read at start in one read.
  *
  *   const hashes = new WorkloadHashes({ store, logger, config: sha256Hex(canonicalJson(mqttConfig)) });
  *   await hashes.load();                                  // at start
  *   hashes.restored(uid, pod.desired.hash)?.workloadHash; // or undefined
  *   await hashes.save("gw-1", [[uid, deviceHash, workloadHash, restartToken]]);
+ *   hashes.later("gw-1", () => entriesOfGw1);              // written within RECORD_DELAY_MS
+ *   await hashes.writeNow("gw-1");                         // this one now (a restart-request value)
+ *   await hashes.flush();                                  // at stop: every pending record now
  */
 import type { Logger } from "pino";
 import type { DurableStore } from "../../src/provider/types.ts";
 
 const PREFIX = "mqtt-workloads.";
+
+/**
+ * How long a device's record waits after a document of it was retained. A burst gives a device a
+ * pod every second or two; within this its documents share one write. Longer would widen what a
+ * killed process loses (see above) for fewer writes.
+ */
+export const RECORD_DELAY_MS = 10_000;
 
 /** [uid, device-facing hash, engine's workload hash, its restart-request value if any]. */
 export type HashEntry = readonly [
@@ -50,6 +68,9 @@ export interface RestoredWorkload {
 
 type Stored = readonly [deviceHash: string, workloadHash: string, restartToken?: string];
 
+/** A device's entries as they are when its record is written; undefined writes nothing. */
+type Entries = () => Iterable<HashEntry> | undefined;
+
 export class WorkloadHashes {
   readonly #store: Pick<DurableStore, "set" | "entries">;
   readonly #log: Logger;
@@ -58,16 +79,24 @@ export class WorkloadHashes {
   /** Per device, the value last written or read (a write is skipped when it would not change it). */
   readonly #saved = new Map<string, string>();
   readonly #config: string;
+  readonly #delayMs: number;
+  /** Devices whose record waits to be written: what it will hold, computed when written. */
+  readonly #pending = new Map<string, { entries: Entries; timer: NodeJS.Timeout }>();
+  /** Each device's write in flight, resolving with its error if it failed. */
+  readonly #writing = new Map<string, Promise<Error | undefined>>();
 
   constructor(options: {
     store: Pick<DurableStore, "set" | "entries">;
     logger: Logger;
     /** Fingerprint of the configuration the translation depends on; default "" (tests). */
     config?: string;
+    /** Default {@link RECORD_DELAY_MS}. */
+    delayMs?: number;
   }) {
     this.#store = options.store;
     this.#log = options.logger;
     this.#config = options.config ?? "";
+    this.#delayMs = options.delayMs ?? RECORD_DELAY_MS;
   }
 
   /**
@@ -101,6 +130,68 @@ export class WorkloadHashes {
     const stored = this.#restored.get(uid);
     if (stored?.[0] !== deviceHash) return undefined;
     return { workloadHash: stored[1], restartToken: stored[2] };
+  }
+
+  /**
+   * Writes the device's record within the delay, with the entries `entries` gives then (undefined:
+   * nothing to write, e.g. the device was forgotten). A later call before the write replaces
+   * `entries` and keeps the time. A failed write is logged and tried again after the delay.
+   */
+  later(deviceId: string, entries: Entries): void {
+    const pending = this.#pending.get(deviceId);
+    if (pending) {
+      pending.entries = entries;
+      return;
+    }
+    const timer = setTimeout(() => void this.#write(deviceId), this.#delayMs);
+    timer.unref();
+    this.#pending.set(deviceId, { entries, timer });
+  }
+
+  /**
+   * Writes the device's pending record now, after its write in flight if any; resolves at once when
+   * nothing waits.
+   * @throws when the store does not take the write (the record waits for its delay again).
+   */
+  async writeNow(deviceId: string): Promise<void> {
+    const failed = await this.#write(deviceId);
+    if (failed) throw failed;
+    await this.#writing.get(deviceId);
+  }
+
+  /** Writes every pending record now (stop). Never rejects: a failed write is logged. */
+  async flush(): Promise<void> {
+    const pending = [...this.#pending.keys()].map((id) => this.#write(id, false));
+    await Promise.all([...pending, ...this.#writing.values()]);
+  }
+
+  /**
+   * Writes the device's pending record, after its write in flight if any (so the last one wins).
+   * Resolves with the error of a failed write (logged, and with `retry` tried again later).
+   */
+  async #write(deviceId: string, retry = true): Promise<Error | undefined> {
+    const pending = this.#pending.get(deviceId);
+    if (!pending) return undefined;
+    clearTimeout(pending.timer);
+    this.#pending.delete(deviceId);
+    const before = this.#writing.get(deviceId);
+    const writing = (async () => {
+      await before;
+      const entries = pending.entries();
+      if (!entries) return undefined;
+      try {
+        await this.save(deviceId, entries);
+        return undefined;
+      } catch (err) {
+        this.#log.warn({ err, device: deviceId }, "storing a device's workload hashes failed");
+        if (retry && !this.#pending.has(deviceId)) this.later(deviceId, pending.entries);
+        return err instanceof Error ? err : new Error(String(err));
+      }
+    })();
+    this.#writing.set(deviceId, writing);
+    const failed = await writing;
+    if (this.#writing.get(deviceId) === writing) this.#writing.delete(deviceId);
+    return failed;
   }
 
   /**

@@ -15,13 +15,19 @@ import { GenerationAllocator } from "./generations.ts";
 import { MqttMetrics } from "./metrics.ts";
 import { RESTART_ANNOTATION, RestartRequests } from "./restart.ts";
 import { connectionInsecurity, SecretGate } from "./secret-gate.ts";
-import { WorkloadHashes } from "./workload-hashes.ts";
+import { RECORD_DELAY_MS, WorkloadHashes } from "./workload-hashes.ts";
 import { Workloads } from "./workloads.ts";
 
 const logger = pino({ level: "silent" });
 
-const workload = (o: { image: string; token: string; hash: string }): Workload => ({
-  pod: { namespace: "ns", name: "p", uid: "u1", labels: {}, annotations: { [RESTART_ANNOTATION]: o.token } },
+const workload = (o: { image: string; token?: string; hash: string }): Workload => ({
+  pod: {
+    namespace: "ns",
+    name: "p",
+    uid: "u1",
+    labels: {},
+    annotations: o.token === undefined ? {} : { [RESTART_ANNOTATION]: o.token },
+  },
   nodeName: "gw-1",
   deviceId: "gw-1",
   restartPolicy: "Always",
@@ -31,7 +37,11 @@ const workload = (o: { image: string; token: string; hash: string }): Workload =
 });
 
 /** One devicelet process over the shared store and retained documents. */
-async function devicelet(store: MemoryStore, retained: Map<string, DesiredDocument>) {
+async function devicelet(
+  store: MemoryStore,
+  retained: Map<string, DesiredDocument>,
+  hashes = new WorkloadHashes({ store, logger }),
+) {
   const restartCommands: string[] = [];
   const desired = new DesiredStore({
     allocator: new GenerationAllocator({ store, blockSize: 1000 }),
@@ -69,7 +79,7 @@ async function devicelet(store: MemoryStore, retained: Map<string, DesiredDocume
       devices: { secrets: { allow: [] } },
       allowSecretsWithoutTls: false,
     }),
-    hashes: new WorkloadHashes({ store, logger }),
+    hashes,
     deleted: () => undefined,
   });
   for (const doc of retained.values()) desired.adopt(doc);
@@ -79,7 +89,9 @@ async function devicelet(store: MemoryStore, retained: Map<string, DesiredDocume
     await vi.advanceTimersByTimeAsync(10);
     await applied;
   };
-  return { workloads, apply, restartCommands };
+  /** As the provider's stop: what waits for its delay is written now. */
+  const stop = () => workloads.flushHashes();
+  return { workloads, apply, stop, restartCommands };
 }
 
 beforeEach(() => {
@@ -96,6 +108,7 @@ describe("Workloads across a restart", () => {
     const first = await devicelet(store, retained);
     await first.apply(workload({ image: "app:1", token: "t1", hash: "W1" }));
     await first.apply(workload({ image: "app:2", token: "t1", hash: "W2" }));
+    await first.stop();
     const second = await devicelet(store, retained);
     expect(second.workloads.list().map((p) => p.hash)).toEqual(["W2"]);
   });
@@ -105,11 +118,98 @@ describe("Workloads across a restart", () => {
     const retained = new Map<string, DesiredDocument>();
     const first = await devicelet(store, retained);
     await first.apply(workload({ image: "app:1", token: "t1", hash: "W1" }));
+    await first.stop();
     const unchanged = await devicelet(store, retained);
     await unchanged.apply(workload({ image: "app:1", token: "t1", hash: "W1" }));
     expect(unchanged.restartCommands).toEqual([]);
     const changed = await devicelet(store, retained);
     await changed.apply(workload({ image: "app:1", token: "t2", hash: "W1b" }));
     expect(changed.restartCommands).toEqual(["t2"]);
+  });
+
+  it("resolves apply before the record is written, and writes one record for the documents of the delay", async () => {
+    const store = new MemoryStore();
+    const retained = new Map<string, DesiredDocument>();
+    const set = vi.spyOn(store, "set");
+    const records = () => set.mock.calls.filter(([key]) => key.startsWith("mqtt-workloads.")).length;
+    const first = await devicelet(store, retained);
+    await first.apply(workload({ image: "app:1", hash: "W1" }));
+    expect(retained.get("gw-1")?.pods).toHaveLength(1);
+    expect(records()).toBe(0);
+    await first.apply(workload({ image: "app:2", hash: "W2" }));
+    await first.apply(workload({ image: "app:3", hash: "W3" }));
+    expect(records()).toBe(0);
+    await vi.advanceTimersByTimeAsync(RECORD_DELAY_MS);
+    expect(records()).toBe(1);
+    // Written with what the device holds then: the next process lists the latest hash.
+    const second = await devicelet(store, retained);
+    expect(second.workloads.list().map((p) => p.hash)).toEqual(["W3"]);
+  });
+
+  it("after a process killed before its record, lists the device's hash: the engine gives the pod again, nothing is published", async () => {
+    const store = new MemoryStore();
+    const retained = new Map<string, DesiredDocument>();
+    const first = await devicelet(store, retained);
+    await first.apply(workload({ image: "app:1", hash: "W1" }));
+    await first.stop();
+    await first.apply(workload({ image: "app:2", hash: "W2" }));
+    // Killed now: no stop, the record still names W1's content.
+    const document = retained.get("gw-1");
+    const second = await devicelet(store, retained);
+    const [listed] = second.workloads.list();
+    expect(listed?.hash).toBe(document?.pods[0]?.hash);
+    await second.apply(workload({ image: "app:2", hash: "W2" }));
+    expect(retained.get("gw-1")).toBe(document);
+  });
+
+  it("tries a failed write again after the delay", async () => {
+    const store = new MemoryStore();
+    const retained = new Map<string, DesiredDocument>();
+    const set = vi.spyOn(store, "set").mockRejectedValueOnce(new Error("API server away"));
+    const first = await devicelet(store, retained);
+    await first.apply(workload({ image: "app:1", hash: "W1" }));
+    await vi.advanceTimersByTimeAsync(RECORD_DELAY_MS);
+    expect(set).toHaveBeenCalledTimes(1);
+    await vi.advanceTimersByTimeAsync(RECORD_DELAY_MS);
+    expect(set).toHaveBeenCalledTimes(2);
+    const second = await devicelet(store, retained);
+    expect(second.workloads.list().map((p) => p.hash)).toEqual(["W1"]);
+  });
+
+  it("writes in order: a record pending while one is written waits for it", async () => {
+    const store = new MemoryStore();
+    const retained = new Map<string, DesiredDocument>();
+    const release: (() => void)[] = [];
+    const set = store.set.bind(store);
+    vi.spyOn(store, "set").mockImplementation(async (key, value) => {
+      await new Promise<void>((resolve) => release.push(resolve));
+      await set(key, value);
+    });
+    const first = await devicelet(store, retained);
+    await first.apply(workload({ image: "app:1", hash: "W1" }));
+    await vi.advanceTimersByTimeAsync(RECORD_DELAY_MS);
+    await first.apply(workload({ image: "app:2", hash: "W2" }));
+    const stopped = first.stop();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(release).toHaveLength(1);
+    release.shift()?.();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(release).toHaveLength(1);
+    release.shift()?.();
+    await stopped;
+    const second = await devicelet(store, retained);
+    expect(second.workloads.list().map((p) => p.hash)).toEqual(["W2"]);
+  });
+
+  it("records a restart-request value before apply resolves", async () => {
+    const store = new MemoryStore();
+    const retained = new Map<string, DesiredDocument>();
+    const first = await devicelet(store, retained);
+    await first.apply(workload({ image: "app:1", hash: "W1" }));
+    await first.apply(workload({ image: "app:1", token: "t1", hash: "W1b" }));
+    // Killed now, with no stop: the value was recorded, so one changed while down is a request.
+    const second = await devicelet(store, retained);
+    await second.apply(workload({ image: "app:1", token: "t2", hash: "W1c" }));
+    expect(second.restartCommands).toEqual(["t2"]);
   });
 });

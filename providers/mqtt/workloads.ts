@@ -2,8 +2,8 @@
  * Workloads: the pod side of the MQTT provider — workloads from the engine into the devices'
  * desired documents (DesiredStore); the statuses back out of what the devices said are
  * PodStatusView's (status-view.ts). It owns the engine's workload hash per pod uid (what this
- * process was given) and keeps it durably (workload-hashes.ts), so pods read back from the broker
- * after a restart are listed with it. `apply` and `delete` wait for the broker to hold the
+ * process was given) and has it stored soon after (workload-hashes.ts), so pods read back from the
+ * broker after a restart are listed with it. `apply` and `delete` wait for the broker to hold the
  * document carrying their change (bounded by the publish timeout); nothing else blocks. With a
  * blob store (`files`), a changed pod's large files are uploaded first and go by reference.
  *
@@ -11,6 +11,7 @@
  *   await workloads.restoreHashes();                // at start
  *   await workloads.apply(workload);                // upsert, resolved once retained
  *   await workloads.delete(ref, 30);                // tombstone, resolved once retained
+ *   await workloads.flushHashes();                  // at stop
  *   workloads.list();                               // ProviderPods, tombstoned ones first
  */
 import type { PodRef, ProviderPod, Workload } from "../../src/provider/types.ts";
@@ -18,7 +19,7 @@ import type { FileReferences, ReferenceOf } from "./blobs.ts";
 import type { DesiredStore, DeviceDesired } from "./desired.ts";
 import type { Orphans } from "./orphans.ts";
 import type { StatusCoalescer } from "./pod-status.ts";
-import type { RestartRequests } from "./restart.ts";
+import { RESTART_ANNOTATION, type RestartRequests } from "./restart.ts";
 import type { SecretGate } from "./secret-gate.ts";
 import { holdBack, toDesiredPod } from "./translate.ts";
 import type { Stages } from "./stages.ts";
@@ -33,7 +34,7 @@ export interface WorkloadsOptions {
   readonly orphans: Pick<Orphans, "claim" | "listed">;
   readonly restarts: Pick<RestartRequests, "observe" | "seen" | "recall" | "forget">;
   readonly secrets: SecretGate;
-  readonly hashes: Pick<WorkloadHashes, "load" | "restored" | "save">;
+  readonly hashes: Pick<WorkloadHashes, "load" | "restored" | "later" | "writeNow" | "flush">;
   /** Reports a pod deleted (the provider tells the engine, after the current step). */
   readonly deleted: (ref: PodRef) => void;
   /** Told of each change this process makes to a pod's content, so its stages become Events. */
@@ -96,12 +97,15 @@ export class Workloads {
         this.#o.stages?.expect(deviceId, pod.uid, desired.hash);
         this.#o.statuses.mark(deviceId);
       }
-      // Only the engine's hash changed (labels, annotations): nothing for the device, but the
-      // new hash must be stored before this resolves.
+      // Only the engine's hash changed (labels, annotations): nothing for the device; a flush
+      // finds the content held and has the new hash stored.
       else this.#o.desired.touch(deviceId);
     }
     this.#o.restarts.observe(workload);
     await this.#o.desired.held(deviceId, pod.uid);
+    // A restart-request value is recorded before this resolves: after a restart, a value changed
+    // meanwhile is a request only against the one recorded (restart.ts). Other records wait.
+    if (pod.annotations[RESTART_ANNOTATION]) await this.#o.hashes.writeNow(deviceId);
   }
 
   /**
@@ -121,12 +125,24 @@ export class Workloads {
   }
 
   /**
-   * The workload hashes to store for a device whose document the broker now holds: each pod with
-   * the device hash it has now (a stored pair is used after a restart only when the retained
-   * document carries that device hash, see workload-hashes.ts). Pods kept out of the document are
-   * left out: after a restart the engine gives them again.
+   * Has the workload hashes of a device whose document the broker now holds stored, a while later
+   * (workload-hashes.ts, `later`): each pod with the device hash it has when the record is
+   * written (a stored pair is used after a restart only when the retained document carries that
+   * device hash). Pods kept out of the document are left out: after a restart the engine gives
+   * them again. Nothing for a device the store has forgotten by then.
    */
-  persist(d: DeviceDesired): Promise<void> {
+  persist(d: DeviceDesired): void {
+    this.#o.hashes.later(d.deviceId, () =>
+      this.#o.desired.device(d.deviceId) === d ? this.#entries(d) : undefined,
+    );
+  }
+
+  /** Writes the records still waiting (stop). */
+  flushHashes(): Promise<void> {
+    return this.#o.hashes.flush();
+  }
+
+  #entries(d: DeviceDesired): HashEntry[] {
     const entries: HashEntry[] = [];
     for (const p of d.pods.values()) {
       const { uid } = p.ref;
@@ -138,7 +154,7 @@ export class Workloads {
       const token = given === undefined ? restored?.restartToken : this.#o.restarts.seen(uid)?.token;
       entries.push(token === undefined ? [uid, p.desired.hash, hash] : [uid, p.desired.hash, hash, token]);
     }
-    return this.#o.hashes.save(d.deviceId, entries);
+    return entries;
   }
 
   /** The engine's hash: as given to this process, else as an earlier one stored it. */
