@@ -52,6 +52,7 @@ describe("parseConfig", () => {
         baseRetryDelayMs: 250,
         maxRetryDelayMs: 30000,
         statusDebounceMs: 100,
+        firstStatusWaitMs: 1000,
         resyncIntervalMs: 300_000,
         secretRefreshSeconds: 60,
       },

@@ -116,6 +116,7 @@ export const coreConfigSchema = {
       baseRetryDelayMs: integer(250, 1),
       maxRetryDelayMs: integer(30_000, 1),
       statusDebounceMs: integer(100, 0),
+      firstStatusWaitMs: integer(1_000, 0),
       resyncIntervalMs: integer(300_000, 1_000),
       secretRefreshSeconds: integer(60, 1),
     }),
@@ -250,6 +251,11 @@ export interface DeviceletConfig {
     readonly baseRetryDelayMs: number;
     readonly maxRetryDelayMs: number;
     readonly statusDebounceMs: number;
+    /**
+     * With a provider that pushes statuses: how long after a pod was handed to it its first
+     * status may wait for the device's report (PodControllerConfig.firstStatusWaitMs).
+     */
+    readonly firstStatusWaitMs: number;
     /** Every managed pod is reconciled again about this often (jittered); cheap when nothing changed. */
     readonly resyncIntervalMs: number;
     /** A Secret a pod refers to is read again (GET) at most this long after its last read. */

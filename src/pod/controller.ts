@@ -64,6 +64,13 @@ export interface PodControllerConfig {
   readonly baseRetryDelayMs: number;
   readonly maxRetryDelayMs: number;
   readonly statusDebounceMs: number;
+  /**
+   * With a provider that pushes statuses: a pod handed to it is not written Pending (container
+   * creating) before this long has passed, unless it was written before, so a device that reports
+   * it Running within this costs one status write, not two. The API server made it Pending
+   * already. Default 1 s; 0 writes Pending after the debounce.
+   */
+  readonly firstStatusWaitMs?: number;
   readonly ipRange: string;
   readonly kubeletAddress: string;
   /** Parallel reconciles (different pods); one pod is never reconciled twice at once. */
@@ -127,6 +134,8 @@ export class PodController {
   readonly #queue: WorkQueue;
   readonly #refs: PodReferences;
   readonly #held = new Map<string, Held>();
+  /** Pods just handed to the provider: until when their first status waits for a report. */
+  readonly #firstStatusAt = new Map<string, number>();
   readonly #statuses = new Map<string, WorkloadStatus>();
   readonly #status: StatusWriter;
   /** Per pod uid: the last refusal recorded as an Event, so each is recorded once. */
@@ -448,9 +457,11 @@ export class PodController {
       };
       this.#held.set(key, held);
       if (hasStatusNotifier(this.#o.provider)) {
-        // A device that starts the app at once reports Running within the debounce window: wait
-        // that long before writing Pending, so a fast start costs one status write, not two.
-        return { requeueAfterMs: this.#o.config.statusDebounceMs };
+        // A device that starts the app soon reports Running: wait for it before writing Pending,
+        // so a fast start costs one status write, not two.
+        const waitMs = Math.max(this.#o.config.statusDebounceMs, this.#o.config.firstStatusWaitMs ?? 1_000);
+        this.#firstStatusAt.set(ref.uid, now.getTime() + waitMs);
+        return { requeueAfterMs: waitMs };
       }
     } else {
       const { workload } = result;
@@ -470,6 +481,13 @@ export class PodController {
       status = await this.#o.provider.getPodStatus(ref);
       if (status && hasStatusNotifier(this.#o.provider) && !this.#statuses.has(ref.uid))
         this.#statuses.set(ref.uid, status);
+    }
+    // Still waiting for a just-started pod's first report: the API server's Pending stands.
+    const firstAt = this.#firstStatusAt.get(ref.uid);
+    if (firstAt !== undefined) {
+      const left = firstAt - this.#clock.now();
+      if (left > 0 && (status === undefined || status.phase === "Pending")) return { requeueAfterMs: left };
+      this.#firstStatusAt.delete(ref.uid);
     }
     await this.#status.write(
       pod,
@@ -491,6 +509,7 @@ export class PodController {
   /** Releases what this process keeps for a pod uid (and for its key, when given). */
   #release(key: string | undefined, uid: string): void {
     this.#trace.forget(uid);
+    this.#firstStatusAt.delete(uid);
     this.#statuses.delete(uid);
     this.#status.release(uid);
     this.#refusals.delete(uid);

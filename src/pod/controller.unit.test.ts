@@ -37,11 +37,11 @@ interface World {
   readonly phantom: ProviderPod[];
 }
 
-async function world(): Promise<World> {
+async function world(appStartDelayMs = 100): Promise<World> {
   const clock = new FakeClock(Date.parse("2026-03-01T12:00:00Z"));
   const kube = new FakeKube({ clock });
   const provider = createMockProvider(
-    { devices: [{ id: DEVICE }], appStartDelayMs: 100, appStopDelayMs: 100 },
+    { devices: [{ id: DEVICE }], appStartDelayMs, appStopDelayMs: 100 },
     { logger, clock },
   );
   const stop = new AbortController();
@@ -155,6 +155,29 @@ describe("PodController (fake API server, FakeClock)", () => {
     // Running again after a device change is not a new start.
     await w.clock.advanceAsync(5_000);
     expect(stages).toHaveLength(5);
+  });
+
+  it("writes a pod the device starts within the first-status wait once: Running, never Pending", async () => {
+    const w = await world(900);
+    await startController(w);
+    w.kube.apply("pods", pod("web", "uid-1"));
+    await w.clock.advanceAsync(900);
+    expect(statusWrites(w)).toHaveLength(0);
+    await w.clock.advanceAsync(100);
+    expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Running"]);
+  });
+
+  it("writes Pending when the device has not reported by the end of the first-status wait, then Running", async () => {
+    const w = await world(3_000);
+    await startController(w);
+    w.kube.apply("pods", pod("web", "uid-1"));
+    await w.clock.advanceAsync(999);
+    expect(statusWrites(w)).toHaveLength(0);
+    await w.clock.advanceAsync(1);
+    expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Pending"]);
+    expect(stored(w, "web")?.status?.containerStatuses?.[0]?.state?.waiting?.reason).toBe("ContainerCreating");
+    await w.clock.advanceAsync(2_100);
+    expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Pending", "Running"]);
   });
 
   it("replaces a pod re-created under the same name: the old one is stopped, the new one created", async () => {
