@@ -9,7 +9,8 @@ import type { DeviceInfo } from "../provider/types.ts";
 import { buildNode, buildNodeStatus, NodeLabel } from "./build.ts";
 import { newEntry, type NodeControllerConfig } from "./controller-types.ts";
 import { writeNodeStatus, writeTransportTaint } from "./status-writer.ts";
-import { nodeIdentity, trimNode } from "./trim.ts";
+import { StringTable } from "../base/intern.ts";
+import { nodeIdentity, nodeStringTable, nodeTrimmer, trimNode } from "./trim.ts";
 
 const t0 = new Date("2026-11-01T10:00:00Z");
 const device: DeviceInfo = {
@@ -146,6 +147,57 @@ describe("trimNode", () => {
     // A resource the device no longer states goes to "0", read from the cached capacity.
     const shrunk = await writesFor(trimNode(storedNode()), { ...device, capacity: { cpu: "2" } });
     expect(JSON.stringify(shrunk)).toContain('"example.com/gpio":"0"');
+  });
+
+  it("keeps one copy of what nodes repeat, values unchanged, and not what is unique to a node", async () => {
+    /** Node `i` of a fleet as the API server sends it: same device kind, its own name and IDs. */
+    const nodeJson = (i: number) => {
+      const node = storedNode();
+      const name = `device-node-${String(i).padStart(5, "0")}`;
+      node.metadata = {
+        ...node.metadata,
+        name,
+        uid: `8d1e5f2a-0000-4000-a000-${String(i).padStart(12, "0")}`,
+        resourceVersion: String(10_000_000_000 + i),
+        labels: {
+          ...node.metadata?.labels,
+          [NodeLabel.Hostname]: name,
+          [NodeLabel.DeviceId]: `Device_${name}`,
+          "example.com/fleet": "north-sea-wind",
+        },
+        annotations: { ...node.metadata?.annotations, [NodeLabel.DeviceId]: `Device_${name}` },
+      };
+      return JSON.stringify(node);
+    };
+    const strings = nodeStringTable();
+    const trim = nodeTrimmer(strings);
+    const plain = nodeTrimmer(new StringTable({ generationSize: 1, admit: () => false }));
+    trim(JSON.parse(nodeJson(0)) as Node);
+    const afterOne = strings.size;
+    for (let i = 1; i < 100; i++) {
+      const interned = trim(JSON.parse(nodeJson(i)) as Node);
+      expect(interned).toStrictEqual(plain(JSON.parse(nodeJson(i)) as Node));
+    }
+    expect(strings.size).toBe(afterOne);
+    const repeated = [
+      "north-sea-wind",
+      "virtual-kubelet.io/provider",
+      "NetworkUnavailable",
+      "2026-11-01T09:30:00Z",
+    ];
+    expect(repeated.map((v) => strings.has(v))).toEqual([true, true, true, true]);
+    const unique = [
+      "device-node-00042",
+      "8d1e5f2a-0000-4000-a000-000000000042",
+      "10000000042",
+      "Device_device-node-00042",
+    ];
+    expect(unique.map((v) => strings.has(v))).toEqual([false, false, false, false]);
+    // What the controller writes from an interned Node is what it writes from a plain one.
+    const text = nodeJson(7);
+    expect(await writesFor(trim(JSON.parse(text) as Node), device)).toStrictEqual(
+      await writesFor(plain(JSON.parse(text) as Node), device),
+    );
   });
 
   it("nodeIdentity keeps name, UID and resourceVersion only", () => {

@@ -9,8 +9,9 @@ import { dropManagedFields, type Pod } from "../kube/index.ts";
 import { PodFeature } from "../provider/types.ts";
 import { checkSupported, referencedObjects, translatePod } from "../workload/index.ts";
 import { b64 } from "../workload/test-fixtures.ts";
+import { StringTable } from "../base/intern.ts";
 import { buildFailedStatus, buildPodStatus } from "./status.ts";
-import { trimPod } from "./trim.ts";
+import { podStringTable, podTrimmer, trimPod } from "./trim.ts";
 
 const now = new Date("2026-03-01T12:00:00Z");
 const resources = { requests: { cpu: "100m", memory: "32Mi" }, limits: { cpu: "500m", memory: "64Mi" } };
@@ -332,5 +333,87 @@ describe("trimPod", () => {
     );
     const failed = { reason: "Unsupported", message: "no", now };
     expect(buildFailedStatus(trimPod(richPod()), failed)).toEqual(buildFailedStatus(untrimmed(), failed));
+  });
+});
+
+/**
+ * Replica `i` of the rich pod, as the API server sends it: what differs between the replicas of
+ * one Deployment is unique to each (name, UID, resourceVersion, pod IP, container IDs, the token
+ * volume's name); the rest repeats.
+ */
+function replicaJson(i: number): string {
+  const pod = richPod();
+  const name = `sensor-7d9f8c6b5-${String(i).padStart(5, "0")}`;
+  const token = `kube-api-access-${String(i).padStart(5, "0")}`;
+  pod.metadata = {
+    ...pod.metadata,
+    name,
+    uid: `3f0c2a4e-0000-4000-a000-${String(i).padStart(12, "0")}`,
+    resourceVersion: String(10_000_000_000 + i),
+    labels: { ...pod.metadata?.labels, "statefulset.kubernetes.io/pod-name": name },
+  };
+  const spec = pod.spec ?? { containers: [] };
+  spec.volumes = [...(spec.volumes ?? []), { name: token, projected: { sources: [] } }];
+  for (const container of spec.containers) {
+    container.volumeMounts = [
+      ...(container.volumeMounts ?? []),
+      { name: token, mountPath: "/var/run/secrets/x" },
+    ];
+  }
+  const status = pod.status ?? {};
+  status.podIP = `10.250.${Math.floor(i / 250)}.${i % 250}`;
+  status.podIPs = [{ ip: status.podIP }];
+  for (const c of status.containerStatuses ?? []) c.containerID = `device://ns/${name}/${c.name}`;
+  return JSON.stringify(pod);
+}
+
+/** The same trim, with a table that stores nothing: the pod as it was before interning. */
+const plainTrim = podTrimmer(new StringTable({ generationSize: 1, admit: () => false }));
+
+describe("trimPod's string table", () => {
+  it("keeps every value deep-equal, env, volumes and annotations included, so the same hash", () => {
+    const trim = podTrimmer(podStringTable());
+    for (let i = 0; i < 3; i++) {
+      const text = replicaJson(i);
+      const interned = trim(JSON.parse(text) as Pod);
+      const plain = plainTrim(JSON.parse(text) as Pod);
+      expect(interned).toStrictEqual(plain);
+      expect(interned.spec?.containers[0]?.env).toStrictEqual(richPod().spec?.containers[0]?.env);
+      expect(interned.spec?.volumes?.slice(0, -1)).toStrictEqual(richPod().spec?.volumes);
+      expect(interned.metadata?.annotations).toStrictEqual({ note: 'say "hi"' });
+      const workload = translatePod(interned, translateOptions);
+      expect(workload.kind).toBe("ok");
+      expect(workload).toStrictEqual(translatePod(plain, translateOptions));
+    }
+  });
+
+  it("stores what the replicas repeat, and does not grow with what is unique to each", () => {
+    const strings = podStringTable();
+    const trim = podTrimmer(strings);
+    trim(JSON.parse(replicaJson(0)) as Pod);
+    const afterOne = strings.size;
+    for (let i = 1; i < 200; i++) trim(JSON.parse(replicaJson(i)) as Pod);
+    expect(strings.size).toBe(afterOne);
+    // Repeated: image, finalizer, env source, container fields, condition reasons, timestamps.
+    for (const value of [
+      "registry/sensor:1.2",
+      "example.com/keep",
+      "spec.serviceAccountName",
+      "/dev/termination-log",
+      "ReadinessGatesNotReady",
+      "2026-03-01T11:00:05Z",
+    ]) {
+      expect(strings.has(value), value).toBe(true);
+    }
+    // Unique: never stored, whichever replica.
+    for (const value of [
+      "sensor-7d9f8c6b5-00007",
+      "3f0c2a4e-0000-4000-a000-000000000007",
+      "kube-api-access-00007",
+      "device://ns/sensor-7d9f8c6b5-00007/app",
+      "10000000007",
+    ]) {
+      expect(strings.has(value), value).toBe(false);
+    }
   });
 });

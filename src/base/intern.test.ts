@@ -1,0 +1,109 @@
+/**
+ * StringTable: what it stores, that it stays bounded whatever it is fed, and that the in-place
+ * methods change no value a reader sees.
+ */
+import { describe, expect, it } from "vitest";
+import { StringTable } from "./intern.ts";
+
+const unique = (i: number) => `unique-value-${String(i).padStart(8, "0")}`;
+
+describe("StringTable", () => {
+  it("returns an equal string and stores what may repeat, not short or over-long strings", () => {
+    const strings = new StringTable({ generationSize: 100, maxLength: 40 });
+    const image = JSON.parse('"registry.example.com/sensor:1.2"') as string;
+    expect(strings.intern(image)).toBe("registry.example.com/sensor:1.2");
+    expect(strings.intern("registry.example.com/sensor:1.2")).toBe(image);
+    expect(strings.has(image)).toBe(true);
+    // Under ten characters: already V8's shared copy after JSON.parse. Over maxLength: never.
+    const long = "x".repeat(41);
+    for (const value of ["Running", "012345678", long]) expect(strings.intern(value)).toBe(value);
+    expect([strings.has("Running"), strings.has("012345678"), strings.has(long)]).toEqual([
+      false,
+      false,
+      false,
+    ]);
+    expect(strings.intern("0123456789")).toBe("0123456789");
+    expect(strings.size).toBe(2);
+  });
+
+  it("stays bounded by two generations after many unique strings, keeping the ones that repeat", () => {
+    const strings = new StringTable({ generationSize: 1_000 });
+    const repeated = "registry.example.com/sensor:1.2";
+    let largest = 0;
+    for (let i = 0; i < 50_000; i++) {
+      strings.intern(unique(i));
+      if (i % 500 === 0) strings.intern(repeated);
+      largest = Math.max(largest, strings.size);
+    }
+    expect(largest).toBeLessThanOrEqual(2_000);
+    expect(strings.generations).toBeGreaterThanOrEqual(50);
+    // Seen every 500 strings: carried from generation to generation. Seen once, long ago: gone.
+    expect(strings.has(repeated)).toBe(true);
+    expect(strings.has(unique(0))).toBe(false);
+    expect(strings.has(unique(49_999))).toBe(true);
+  });
+
+  it("stores only what `admit` lets in, and still finds what it holds", () => {
+    const strings = new StringTable({ generationSize: 10, admit: (v) => !v.startsWith("kube-api-access-") });
+    expect(strings.intern("kube-api-access-x7k2p")).toBe("kube-api-access-x7k2p");
+    expect(strings.intern("example.com/other")).toBe("example.com/other");
+    expect([strings.has("kube-api-access-x7k2p"), strings.has("example.com/other")]).toEqual([false, true]);
+    expect(strings.size).toBe(1);
+  });
+
+  it("swaps strings in place without changing a value, adding a key, or touching frozen parts", () => {
+    const strings = new StringTable({ generationSize: 100 });
+    const text = JSON.stringify({
+      container: {
+        name: "application",
+        image: "registry.example.com/sensor:1.2",
+        ports: [{ containerPort: 8080 }],
+        env: [{ name: "ENDPOINT_URL", value: "mqtt://broker.example:1883" }],
+        envFrom: [{ configMapRef: { name: "sensor-configuration" } }, { prefix: "PREFIX_VALUE_" }],
+      },
+      labels: { app: "sensor-fleet-humidity", "statefulset.kubernetes.io/pod-name": "sensor-fleet-0" },
+    });
+    const value = JSON.parse(text) as {
+      container: { name: string; image: string; workingDir?: string; envFrom: object[] };
+      labels: Record<string, string>;
+    };
+    strings.internFields(value.container, ["name", "image", "workingDir"]);
+    strings.internIn(value.container.envFrom);
+    strings.internValues(value.labels, new Set(["statefulset.kubernetes.io/pod-name"]));
+    expect(value).toStrictEqual(JSON.parse(text));
+    expect(Object.hasOwn(value.container, "workingDir")).toBe(false);
+    for (const s of [
+      "application",
+      "registry.example.com/sensor:1.2",
+      "sensor-configuration",
+      "PREFIX_VALUE_",
+    ]) {
+      expect(strings.has(s)).toBe(true);
+    }
+    expect(strings.has("sensor-fleet-humidity")).toBe(true);
+    // The value under a skipped key, and fields not listed, are not stored.
+    expect(strings.has("sensor-fleet-0")).toBe(false);
+    expect(strings.has("mqtt://broker.example:1883")).toBe(false);
+
+    const frozen = Object.freeze({
+      image: "registry.example.com/frozen:1",
+      list: Object.freeze(["frozen-element"]),
+    });
+    expect(() => {
+      strings.internFields(frozen, ["image"]);
+      strings.internIn(frozen);
+      strings.internValues(Object.freeze({ a: "frozen-label-value" }));
+    }).not.toThrow();
+    expect(strings.has("registry.example.com/frozen:1")).toBe(false);
+    strings.internIn({ list: ["first-element", ["nested-element"]], n: 1, b: true, z: null });
+    expect([strings.has("first-element"), strings.has("nested-element")]).toEqual([true, true]);
+  });
+
+  it("refuses sizes that cannot bound it", () => {
+    expect(() => new StringTable({ generationSize: 0 })).toThrow(
+      /generationSize must be a positive integer, got 0/,
+    );
+    expect(() => new StringTable({ generationSize: 1.5 })).toThrow(/generationSize/);
+    expect(() => new StringTable({ generationSize: 10, maxLength: -1 })).toThrow(/maxLength must be/);
+  });
+});

@@ -1,0 +1,153 @@
+/**
+ * {@link StringTable}: one shared copy of each repeated string value, for caches that hold many
+ * similar objects (10,000 pods of a few Deployments repeat their namespace, image, env, owner and
+ * condition strings). JSON.parse gives every parsed object its own copy of each string value; the
+ * table hands back the copy it saw first, so the others can be collected.
+ *
+ *   const strings = new StringTable({ generationSize: 8_192 });
+ *   const namespace = strings.intern(text);             // one string
+ *   strings.internFields(container, ["name", "image"]); // listed fields, swapped in place
+ *   strings.internValues(pod.metadata.labels);          // a string map's values
+ *   strings.internIn(container.envFrom);                // every string under a value
+ *
+ * Guarantees:
+ * - A returned string is always equal (`===`) to the one given: swapping one for the other is
+ *   invisible to every reader. Only memory changes. The in-place methods write only strings over
+ *   equal strings, never add or remove a property, and leave frozen objects alone; the caller owns
+ *   what it passes (in devicelet: objects JSON.parse just made).
+ * - Bounded: at most two generations of `generationSize` entries each. When the current one is
+ *   full, it becomes the old one and the previous old one is dropped; a string found in the old
+ *   generation moves to the current one. Strings seen again and again stay; strings seen once go
+ *   after two generations. Losing an entry costs only memory: the next copy becomes canonical.
+ * - Strings longer than `maxLength` are never stored. Strings of fewer than 10 characters are
+ *   left as they are: V8's JSON parser returns its one internalized copy of those (one-byte values
+ *   shorter than its `kMaxInternalizedStringValueLength`, 10 in Node 24), so looking them up would
+ *   cost time and save nothing.
+ * - What the caller passes should repeat: values unique to one object (UIDs, resourceVersions,
+ *   generated names) only churn the table. `admit` refuses such values by their form.
+ * - Cost: a Map lookup, hashing the fresh string, for each string looked up (about 0.1 µs).
+ */
+
+/** Strings this short come out of JSON.parse already internalized by V8. */
+const V8_INTERNALIZED_LENGTH = 9;
+
+export interface StringTableOptions {
+  /** Entries of one generation; the table holds at most twice as many. */
+  readonly generationSize: number;
+  /** Longer strings are returned as given and never stored. Default 256. */
+  readonly maxLength?: number;
+  /**
+   * Whether a string the table does not hold yet may be stored (default: every string). Called
+   * only on a miss, so it may cost a little: for values that never repeat, told by their form.
+   */
+  readonly admit?: (value: string) => boolean;
+}
+
+/** The keys of `T` whose values are strings (or absent). */
+export type StringKey<T> = { [K in keyof T]-?: NonNullable<T[K]> extends string ? K : never }[keyof T];
+
+export class StringTable {
+  readonly #generationSize: number;
+  readonly #maxLength: number;
+  readonly #admit: ((value: string) => boolean) | undefined;
+  #current = new Map<string, string>();
+  #old = new Map<string, string>();
+  #generations = 1;
+
+  constructor(options: StringTableOptions) {
+    if (!Number.isSafeInteger(options.generationSize) || options.generationSize < 1) {
+      throw new RangeError(
+        `StringTable: generationSize must be a positive integer, got ${options.generationSize}`,
+      );
+    }
+    const maxLength = options.maxLength ?? 256;
+    if (!Number.isSafeInteger(maxLength) || maxLength < 0) {
+      throw new RangeError(`StringTable: maxLength must be a non-negative integer, got ${maxLength}`);
+    }
+    this.#generationSize = options.generationSize;
+    this.#maxLength = maxLength;
+    this.#admit = options.admit;
+  }
+
+  /** Entries held now, over both generations (a string in both counts twice). */
+  get size(): number {
+    return this.#current.size + this.#old.size;
+  }
+
+  /** Generations started so far, the first included: grows by one each time one fills. */
+  get generations(): number {
+    return this.#generations;
+  }
+
+  /** Whether `value` has a canonical copy in the table. */
+  has(value: string): boolean {
+    return this.#current.has(value) || this.#old.has(value);
+  }
+
+  /** The table's copy of `value`, storing `value` as that copy when there is none (and it is admitted). */
+  intern(value: string): string {
+    if (value.length <= V8_INTERNALIZED_LENGTH || value.length > this.#maxLength) return value;
+    const current = this.#current.get(value);
+    if (current !== undefined) return current;
+    const canonical =
+      this.#old.get(value) ?? (this.#admit === undefined || this.#admit(value) ? value : undefined);
+    if (canonical === undefined) return value;
+    if (this.#current.size >= this.#generationSize) {
+      this.#old = this.#current;
+      this.#current = new Map();
+      this.#generations += 1;
+    }
+    this.#current.set(canonical, canonical);
+    return canonical;
+  }
+
+  /**
+   * Swaps, in place, the string values of the `keys` of `object` for their canonical copies. Keys
+   * that are absent or hold something else than a string are left alone (never added).
+   */
+  internFields<T extends object>(object: T | undefined, keys: readonly StringKey<T>[]): void {
+    if (object === undefined || Object.isFrozen(object)) return;
+    const record = object as Record<PropertyKey, unknown>;
+    for (const key of keys) {
+      const item = record[key];
+      if (typeof item === "string") record[key] = this.intern(item);
+    }
+  }
+
+  /**
+   * Swaps, in place, the values of a string map (labels, annotations) for their canonical copies,
+   * except under the keys in `skip`: labels whose value is unique to the object, such as
+   * `statefulset.kubernetes.io/pod-name` or a Node's `kubernetes.io/hostname`.
+   */
+  internValues(record: Record<string, string> | undefined, skip?: ReadonlySet<string>): void {
+    if (record === undefined || Object.isFrozen(record)) return;
+    for (const key of Object.keys(record)) {
+      const item = record[key];
+      if (typeof item === "string" && skip?.has(key) !== true) record[key] = this.intern(item);
+    }
+  }
+
+  /**
+   * Swaps, in place, every string in the arrays and objects under `value` (own enumerable
+   * properties, at any depth) for its canonical copy. Costs a visit of every property, so meant
+   * for small parts (an env source, a volume) rather than whole objects.
+   */
+  internIn(value: unknown): void {
+    if (typeof value !== "object" || value === null || Object.isFrozen(value)) return;
+    if (Array.isArray(value)) {
+      const items = value as unknown[];
+      for (let i = 0; i < items.length; i++) {
+        const item = items[i];
+        if (typeof item === "string") items[i] = this.intern(item);
+        else if (typeof item === "object" && item !== null) this.internIn(item);
+      }
+      return;
+    }
+    const record = value as Record<string, unknown>;
+    for (const key of Object.keys(record)) {
+      const item = record[key];
+      if (typeof item === "string") record[key] = this.intern(item);
+      else if (typeof item === "object" && item !== null) this.internIn(item);
+    }
+  }
+}
