@@ -51,6 +51,7 @@ import {
   type NodeEntry,
 } from "./controller-types.ts";
 import { HeartbeatLoad, startNodeLease } from "./heartbeat.ts";
+import { LeaseRecovery } from "./lease.ts";
 import { DEFAULT_DEVICE_LABEL_POLICY } from "./labels.ts";
 import { NodeNameRegistry } from "./names.ts";
 import { DeviceNotices } from "./notices.ts";
@@ -73,6 +74,8 @@ export class NodeController {
   readonly #log: Logger;
   readonly #names: NodeNameRegistry;
   readonly #entries = new Map<string, NodeEntry>();
+  /** One wave of `renewSoon` over the fleet when a lease recovers (at most one a second). */
+  readonly #recovery: LeaseRecovery;
   readonly #byName = new Map<string, string>();
   readonly #queue: WorkQueue;
   readonly #informer: Informer<Node>;
@@ -89,6 +92,10 @@ export class NodeController {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
     const clock = this.#clock;
+    const entries = this.#entries;
+    this.#recovery = new LeaseRecovery(function* () {
+      for (const entry of entries.values()) yield entry.lease;
+    }, clock);
     this.#log = options.logger.child({ component: "node" });
     this.#names = new NodeNameRegistry(options.config.namePrefix);
     this.#birthPolicy = {
@@ -408,9 +415,7 @@ export class NodeController {
         // Each heartbeat also checks whether node status is due (changed or a minute old).
         onTick: () => this.#queue.add(deviceId),
         // The API server answers again: every lease still failing tries now, not after its backoff.
-        onRecovered: () => {
-          for (const other of this.#entries.values()) other.lease?.renewSoon();
-        },
+        onRecovered: () => this.#recovery.recovered(),
         onRenewed: this.#o.onLeaseRenewed,
       });
     }

@@ -1,7 +1,8 @@
 import pino from "pino";
 import { describe, expect, it, vi } from "vitest";
 import type { KubeClient, Lease } from "../kube/index.ts";
-import { NodeLease } from "./lease.ts";
+import { systemClock } from "../base/clock.ts";
+import { LeaseRecovery, NodeLease } from "./lease.ts";
 
 const conflict = () =>
   Object.assign(new Error("conflict"), {
@@ -213,5 +214,24 @@ describe("NodeLease", () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+});
+
+describe("LeaseRecovery", () => {
+  it("runs one renewSoon wave over the fleet per second, however many leases recover", () => {
+    let now = 0;
+    const clock = { ...systemClock, now: () => now };
+    const calls = new Array<number>(5_000).fill(0);
+    const leases = calls.map((_, i) => ({ renewSoon: () => void (calls[i] = (calls[i] ?? 0) + 1) }));
+    const recovery = new LeaseRecovery(() => leases, clock);
+    // A fleet back from an outage: every lease recovers within the same second.
+    for (let i = 0; i < leases.length; i++) {
+      now = i / 10;
+      recovery.recovered();
+    }
+    expect(calls.every((c) => c === 1)).toBe(true);
+    now = 1_000;
+    recovery.recovered();
+    expect(calls.every((c) => c === 2)).toBe(true);
   });
 });
