@@ -11,7 +11,7 @@
  */
 import path from "node:path";
 import pino from "pino";
-import { loadKubeConfig } from "../src/kube/client.ts";
+import { loadKubeconfig } from "../src/kube/kubeconfig.ts";
 import {
   isAlreadyExists,
   isNotFound,
@@ -34,7 +34,7 @@ export class BenchApi {
 
   constructor(kubeconfigPath: string) {
     this.#transport = new KubeTransport({
-      kubeConfig: loadKubeConfig(kubeconfigPath),
+      kubeconfig: loadKubeconfig({ path: kubeconfigPath }),
       budget: new RequestBudget({ qps: Infinity, burst: 1 }),
       logger: pino({ level: "silent" }),
       userAgent: "devicelet-bench",

@@ -62,7 +62,8 @@ export const coreConfigSchema = {
     kubeconfig: {
       type: "string",
       minLength: 1,
-      description: "Path to a kubeconfig; when absent, KUBECONFIG, then the in-cluster service account.",
+      description:
+        "Path to a kubeconfig; when absent, KUBECONFIG, then ~/.kube/config, then the in-cluster service account.",
     },
     nodes: section("How device nodes are named and marked.", {
       namePrefix: { type: "string", default: "", maxLength: 200, pattern: patterns.namePrefix },
@@ -212,7 +213,7 @@ export const coreConfigSchema = {
 
 /** The validated, defaulted and deep-frozen configuration. */
 export interface DeviceletConfig {
-  /** Path to a kubeconfig file; undefined means KUBECONFIG or in-cluster. */
+  /** Path to a kubeconfig file; undefined means KUBECONFIG, ~/.kube/config or in-cluster. */
   readonly kubeconfig?: string;
   readonly nodes: {
     /** Prepended to each device id to make its node name. */

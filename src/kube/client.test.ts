@@ -3,7 +3,6 @@
  * bodies, pagination, watch stream parsing, error mapping and budget counting. The real API server
  * semantics (preconditions, MicroTime validation) are proven in test/integration/kube.test.ts.
  */
-import { KubeConfig } from "@kubernetes/client-node";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { pino } from "pino";
@@ -49,15 +48,13 @@ beforeAll(async () => {
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
-  const kubeConfig = new KubeConfig();
-  kubeConfig.loadFromOptions({
-    clusters: [{ name: "c", server: `http://127.0.0.1:${port}`, skipTLSVerify: true }],
-    users: [{ name: "u", token: "secret-token" }],
-    contexts: [{ name: "ctx", cluster: "c", user: "u" }],
-    currentContext: "ctx",
-  });
   client = createKubeClient({
-    kubeConfig,
+    kubeconfig: {
+      source: "test",
+      context: "ctx",
+      cluster: { name: "c", server: `http://127.0.0.1:${port}`, insecureSkipTLSVerify: true },
+      user: { name: "u", token: "secret-token" },
+    },
     qps: 1000,
     burst: 1000,
     logger: pino({ level: "silent" }),

@@ -1,6 +1,6 @@
 /**
  * {@link KubeClient}: everything devicelet asks of the API server, as one interface small enough
- * to fake in a test, implemented over client-node by {@link createKubeClient}.
+ * to fake in a test, implemented over the project's own transport by {@link createKubeClient}.
  *
  * Guarantees shared by every method:
  * - each HTTP request takes a token from the client's {@link RequestBudget} first and is counted;
@@ -9,18 +9,17 @@
  * - `get*` resolves `undefined` on 404; other failures reject with an error `errors.ts` reads;
  * - `options.signal` aborts a wait for the budget and the request itself.
  */
-import {
-  KubeConfig,
-  type V1CertificateSigningRequest,
-  type V1SubjectAccessReviewSpec,
-  type V1SubjectAccessReviewStatus,
-  type V1TokenReviewStatus,
+import type {
+  V1CertificateSigningRequest,
+  V1SubjectAccessReviewSpec,
+  V1SubjectAccessReviewStatus,
+  V1TokenReviewStatus,
 } from "@kubernetes/client-node";
-import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import type { Logger } from "pino";
 import { RequestBudget } from "./budget.ts";
 import { isConflict, isNotFound, uidPreconditionAsConflict } from "./errors.ts";
+import { loadKubeconfig, type Kubeconfig } from "./kubeconfig.ts";
 import { normalizeMicroTime, toKubeTime } from "./microtime.ts";
 import { KubeTransport, METADATA_ACCEPT, METADATA_LIST_ACCEPT, type Query } from "./transport.ts";
 import type {
@@ -258,7 +257,7 @@ export interface KubeClient {
 }
 
 export interface KubeClientOptions {
-  /** A kubeconfig file; default: in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`. */
+  /** A kubeconfig file; default: `$KUBECONFIG`, else `~/.kube/config`, else the in-cluster service account. */
   readonly kubeconfigPath?: string;
   /** Sustained API requests per second for the whole process. */
   readonly qps: number;
@@ -280,26 +279,8 @@ export interface KubeClientOptions {
   readonly requestTimeoutMs?: number;
   /** Timeout of heartbeat-lane requests; default 10 s (about a lease renew interval). */
   readonly heartbeatTimeoutMs?: number;
-  /** An already loaded config (tests); wins over `kubeconfigPath`. */
-  readonly kubeConfig?: KubeConfig;
-}
-
-/**
- * The PEM of the CA that the kubeconfig (default: in-cluster, else `$KUBECONFIG` / `~/.kube/config`)
- * trusts for its current cluster, or undefined when it names none (then the system roots apply).
- */
-export function kubeconfigClusterCA(kubeconfigPath?: string): string | undefined {
-  const cluster = loadKubeConfig(kubeconfigPath).getCurrentCluster();
-  if (cluster?.caData) return Buffer.from(cluster.caData, "base64").toString("utf8");
-  if (cluster?.caFile) return readFileSync(cluster.caFile, "utf8");
-  return undefined;
-}
-
-export function loadKubeConfig(kubeconfigPath?: string): KubeConfig {
-  const kc = new KubeConfig();
-  if (kubeconfigPath) kc.loadFromFile(kubeconfigPath);
-  else kc.loadFromDefault();
-  return kc;
+  /** An already loaded kubeconfig (tests); wins over `kubeconfigPath`. */
+  readonly kubeconfig?: Kubeconfig;
 }
 
 const enc = encodeURIComponent;
@@ -308,14 +289,17 @@ const leases = (namespace: string) => `/apis/coordination.k8s.io/v1/namespaces/$
 const MERGE = "application/merge-patch+json";
 const CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 
-/** Creates the client; synchronous, no request is made until the first call. */
+/**
+ * Creates the client; synchronous, no request is made until the first call. A kubeconfig that
+ * cannot be used throws a `KubeconfigError` here.
+ */
 export function createKubeClient(options: KubeClientOptions): KubeClient {
-  const kubeConfig = options.kubeConfig ?? loadKubeConfig(options.kubeconfigPath);
+  const kubeconfig = options.kubeconfig ?? loadKubeconfig({ path: options.kubeconfigPath });
   const budget = options.budget ?? new RequestBudget({ qps: options.qps, burst: options.burst });
   const log = options.logger.child({ component: "kube" });
   const heartbeatBudget = new RequestBudget(options.heartbeat ?? { qps: 200, burst: 400 });
   const http = new KubeTransport({
-    kubeConfig,
+    kubeconfig,
     budget,
     heartbeatBudget,
     ...(options.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: options.requestTimeoutMs }),

@@ -1,4 +1,4 @@
-import { ApiException } from "@kubernetes/client-node";
+import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
 import { describe, expect, it } from "vitest";
 import {
   isAlreadyExists,

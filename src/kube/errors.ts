@@ -17,7 +17,7 @@
  * |                          |                                        | changes                          |
  */
 
-import { ApiException } from "@kubernetes/client-node";
+import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
 import { KubeApiError } from "./transport.ts";
 
 /** What the API server said, whatever shape the error arrived in. */

@@ -1,6 +1,7 @@
 /**
  * `src/kube`: the only code in devicelet that talks to the Kubernetes API server (the seam around
- * `@kubernetes/client-node`). Everything else depends on the {@link KubeClient} interface and the
+ * `@kubernetes/client-node`, of which only the fetch and `ApiException` modules load, unless a
+ * kubeconfig needs an exec plugin, an auth provider or a proxy). Everything else depends on the {@link KubeClient} interface and the
  * wire-JSON object types, so tests can fake the API server in a few dozen lines.
  *
  *   const kube = createKubeClient({ kubeconfigPath, qps: 50, burst: 100, logger });
@@ -13,8 +14,9 @@
  *   kube.budget.counts();  // API calls by verb and resource
  *
  * Pieces: `budget.ts` (shared token bucket + call counters), `errors.ts` (Status reading and
- * guards), `microtime.ts` (time wire formats), `types.ts` (object types), `transport.ts` (HTTP
- * and watch streams), `client.ts` (the interface), `store.ts` + `informer.ts` (list+watch
+ * guards), `microtime.ts` (time wire formats), `types.ts` (object types), `kubeconfig.ts` (finding
+ * and checking the kubeconfig), `access.ts` (TLS and credentials), `transport.ts` (HTTP and watch
+ * streams), `client.ts` (the interface), `store.ts` + `informer.ts` (list+watch
  * caches), `events.ts` (rate-limited, aggregated Events).
  */
 export { RequestBudget, type RequestBudgetOptions } from "./budget.ts";
@@ -37,8 +39,6 @@ export {
   EVENT_COMPONENT,
   NODE_LEASE_NAMESPACE,
   createKubeClient,
-  kubeconfigClusterCA,
-  loadKubeConfig,
   type CertificateSigningRequest,
   type SubjectAccessReviewSpec,
   type SubjectAccessReviewStatus,
@@ -55,6 +55,15 @@ export {
   type WatchOptions,
 } from "./client.ts";
 export { KubeApiError, describeRequest, type Query } from "./transport.ts";
+export {
+  KubeconfigError,
+  kubeconfigClusterCA,
+  loadKubeconfig,
+  type Kubeconfig,
+  type KubeconfigCluster,
+  type KubeconfigUser,
+  type LoadKubeconfigOptions,
+} from "./kubeconfig.ts";
 export { ObjectStore, type IndexFunction, type StoreChange } from "./store.ts";
 export {
   Informer,

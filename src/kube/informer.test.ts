@@ -1,4 +1,4 @@
-import { ApiException } from "@kubernetes/client-node";
+import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import type { ListOptions, ListResult, RequestOptions } from "./client.ts";

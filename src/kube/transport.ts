@@ -1,25 +1,25 @@
 /**
  * The HTTP layer under the {@link KubeClient}: raw JSON requests and watch streams to the API
- * server, authenticated from a kubeconfig by `@kubernetes/client-node`, every request paid for
- * from the shared {@link RequestBudget} and counted by verb and resource.
+ * server, authenticated from a {@link Kubeconfig} (see `access.ts`), every request paid for from
+ * the shared {@link RequestBudget} and counted by verb and resource.
  *
- * It uses client-node for what it does well (kubeconfig loading, TLS material, bearer tokens and
- * exec/auth-provider plugins, its undici-based fetch) and not its generated API classes, which
- * would convert every object to model classes (see `types.ts`). One undici dispatcher is built
- * once and reused: client-node 2.0's `applySecurityAuthentication` builds a new undici `Agent`
- * (and so a new TLS connection) for every request it authenticates.
+ * It uses client-node's undici-based fetch and its `ApiException`, imported from their own modules:
+ * the package index loads every generated model and API class (about 86 MiB of memory), and the
+ * generated API classes would convert every object to model classes anyway (see `types.ts`). One
+ * undici dispatcher is built once and reused by every request.
  */
+import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
 import {
-  ApiException,
   HttpMethod,
   IsomorphicFetchHttpLibrary,
   RequestContext,
-  type KubeConfig,
   type ResponseContext,
-} from "@kubernetes/client-node";
-import type { RequestOptions } from "node:https";
+} from "@kubernetes/client-node/dist/gen/http/http.js";
 import type { Logger } from "pino";
+import { systemClock, type Clock } from "../base/clock.ts";
+import { openKubeAccess, type KubeAccess } from "./access.ts";
 import type { RequestBudget } from "./budget.ts";
+import type { Kubeconfig } from "./kubeconfig.ts";
 import type { WatchEvent } from "./types.ts";
 
 export type Query = Readonly<Record<string, string | number | boolean | undefined>>;
@@ -64,8 +64,6 @@ export const METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataLi
 /** How long after the API server became reachable a 403 is still taken for a server starting up. */
 const FRESH_FORBIDDEN_MS = 60_000;
 
-type Dispatcher = NonNullable<ReturnType<RequestContext["getDispatcher"]>>;
-
 /**
  * The audit-style verb and the resource (with subresource) of a request path, as the budget counts
  * them: `GET /api/v1/namespaces/a/pods` → `list pods`, `PATCH .../pods/p/status` → `patch pods/status`.
@@ -94,7 +92,8 @@ export function describeRequest(
 }
 
 export interface KubeTransportOptions {
-  readonly kubeConfig: KubeConfig;
+  /** Where and as whom: see `loadKubeconfig`. */
+  readonly kubeconfig: Kubeconfig;
   /** The default lane's budget; every request of both lanes is counted here. */
   readonly budget: RequestBudget;
   /** The heartbeat lane's own tokens; default: the same budget as the rest. */
@@ -103,10 +102,13 @@ export interface KubeTransportOptions {
   readonly requestTimeoutMs?: number;
   readonly logger: Logger;
   readonly userAgent: string;
+  /** Times the re-reads of a token file; default the system clock. */
+  readonly clock?: Clock;
 }
 
 export class KubeTransport {
-  readonly #kc: KubeConfig;
+  readonly #kubeconfig: Kubeconfig;
+  readonly #clock: Clock;
   readonly #budget: RequestBudget;
   readonly #heartbeat: RequestBudget;
   readonly #timeoutMs: number;
@@ -114,27 +116,22 @@ export class KubeTransport {
   readonly #userAgent: string;
   readonly #http = new IsomorphicFetchHttpLibrary();
   readonly #server: string;
-  /** Credentials that can change (exec plugins, token files) are re-read for every request. */
-  readonly #dynamicAuth: boolean;
-  #headers: Promise<Record<string, string>> | undefined;
-  #dispatcher: Promise<Dispatcher | undefined> | undefined;
+  /** Opened on the first request (client-node, when needed, is imported then); retried if it failed. */
+  #access: Promise<KubeAccess> | undefined;
   /** Whether the last request got no answer at all (refused, reset, timed out). */
   #unreachable = false;
   /** When the API server last became reachable: process start, or the end of an outage. */
   #reachableSince = performance.now();
 
   constructor(options: KubeTransportOptions) {
-    this.#kc = options.kubeConfig;
+    this.#kubeconfig = options.kubeconfig;
+    this.#clock = options.clock ?? systemClock;
     this.#budget = options.budget;
     this.#heartbeat = options.heartbeatBudget ?? options.budget;
     this.#timeoutMs = options.requestTimeoutMs ?? 30_000;
     this.#log = options.logger;
     this.#userAgent = options.userAgent;
-    const cluster = this.#kc.getCurrentCluster();
-    if (!cluster) throw new Error("kubeconfig has no current cluster");
-    this.#server = cluster.server.replace(/\/+$/, "");
-    const user = this.#kc.getCurrentUser() as { exec?: unknown; authProvider?: unknown } | null;
-    this.#dynamicAuth = Boolean(user?.exec ?? user?.authProvider);
+    this.#server = options.kubeconfig.cluster.server.replace(/\/+$/, "");
   }
 
   /** The API server's base URL from the kubeconfig. */
@@ -244,8 +241,8 @@ export class KubeTransport {
 
   /** Releases pooled connections. Requests after this fail. */
   async close(): Promise<void> {
-    const dispatcher = await this.#dispatcher;
-    await dispatcher?.close();
+    const access = await this.#access?.catch(() => undefined);
+    await access?.close();
   }
 
   async #context(
@@ -262,46 +259,27 @@ export class KubeTransport {
     const ctx = new RequestContext(url.toString(), HttpMethod[method]);
     ctx.setHeaderParam("Accept", accept);
     ctx.setHeaderParam("User-Agent", this.#userAgent);
-    const headers = await this.#authHeaders();
-    for (const [key, value] of Object.entries(headers)) ctx.setHeaderParam(key, value);
-    const dispatcher = await this.#sharedDispatcher();
-    if (dispatcher) ctx.setDispatcher(dispatcher);
+    const access = await this.#openAccess();
+    for (const [key, value] of Object.entries(await access.headers())) ctx.setHeaderParam(key, value);
+    if (access.dispatcher) ctx.setDispatcher(access.dispatcher);
     if (signal) ctx.setSignal(signal);
     return ctx;
   }
 
-  #authHeaders(): Promise<Record<string, string>> {
-    if (this.#headers && !this.#dynamicAuth) return this.#headers;
-    const computed = (async () => {
-      const opts: RequestOptions = {};
-      await this.#kc.applyToHTTPSOptions(opts);
-      const headers: Record<string, string> = {};
-      for (const [key, value] of Object.entries(opts.headers ?? {})) {
-        if (value !== undefined) headers[key] = Array.isArray(value) ? value.join(", ") : String(value);
-      }
-      if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString("base64")}`;
-      return headers;
-    })();
-    // A failed computation (exec plugin down) must be retried on the next request, not cached.
-    computed.catch(() => {
-      if (this.#headers === computed) this.#headers = undefined;
+  #openAccess(): Promise<KubeAccess> {
+    if (this.#access) return this.#access;
+    const kubeconfig = this.#kubeconfig;
+    // client-node (its whole package) is imported only for what only it can do.
+    const opened =
+      kubeconfig.clientNodeReason === undefined
+        ? Promise.resolve(openKubeAccess(kubeconfig, { clock: this.#clock }))
+        : import("./access-client-node.ts").then((m) => m.openClientNodeAccess(kubeconfig));
+    // A failed opening (an exec plugin's first run) is retried on the next request, not kept.
+    opened.catch(() => {
+      if (this.#access === opened) this.#access = undefined;
     });
-    this.#headers = computed;
-    return computed;
-  }
-
-  #sharedDispatcher(): Promise<Dispatcher | undefined> {
-    if (this.#dispatcher) return this.#dispatcher;
-    const built = (async () => {
-      const probe = new RequestContext(this.#server, HttpMethod.GET);
-      await this.#kc.applySecurityAuthentication(probe);
-      return probe.getDispatcher();
-    })();
-    built.catch(() => {
-      if (this.#dispatcher === built) this.#dispatcher = undefined;
-    });
-    this.#dispatcher = built;
-    return built;
+    this.#access = opened;
+    return opened;
   }
 }
 

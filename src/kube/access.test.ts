@@ -1,0 +1,213 @@
+/**
+ * What the transport sends for a kubeconfig, seen by real servers on 127.0.0.1: a TLS server with
+ * the harness PKI (CA, client certificates, tls-server-name, insecure) and a plain one for the
+ * credentials (token file rotation, basic auth, impersonation, an exec plugin run by client-node).
+ */
+import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { AddressInfo, Server } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import type { TLSSocket } from "node:tls";
+import { pino } from "pino";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { stringify } from "yaml";
+import { FakeClock } from "../base/fake-clock.ts";
+import { ensurePki, type Pki } from "../testing/controlplane/pki.ts";
+import { TOKEN_FILE_REREAD_MS } from "./access.ts";
+import { RequestBudget } from "./budget.ts";
+import { loadKubeconfig } from "./kubeconfig.ts";
+import { KubeTransport } from "./transport.ts";
+
+interface Seen {
+  readonly authorization?: string;
+  readonly impersonate?: string;
+  /** CN of a client certificate the server's CA verified. */
+  readonly clientCN?: string;
+  /** SNI the client sent. */
+  readonly servername?: string;
+}
+
+const dir = mkdtempSync(path.join(tmpdir(), "devicelet-access-"));
+let pki: Pki;
+let tlsServer: Server;
+let plainServer: Server;
+let tlsUrl: string;
+let plainUrl: string;
+const seen: Seen[] = [];
+const open: KubeTransport[] = [];
+
+function answer(req: IncomingMessage, res: ServerResponse): void {
+  const socket = req.socket as Partial<TLSSocket>;
+  const peer = socket.authorized ? socket.getPeerCertificate?.() : undefined;
+  seen.push({
+    ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+    ...(typeof req.headers["impersonate-user"] === "string"
+      ? { impersonate: req.headers["impersonate-user"] }
+      : {}),
+    ...(peer?.subject.CN ? { clientCN: String(peer.subject.CN) } : {}),
+    ...(typeof socket.servername === "string" ? { servername: socket.servername } : {}),
+  });
+  res.writeHead(200, { "content-type": "application/json" });
+  res.end(JSON.stringify({ kind: "Namespace", metadata: { name: "x" } }));
+}
+
+const listen = async (server: Server) => {
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return (server.address() as AddressInfo).port;
+};
+
+beforeAll(async () => {
+  pki = ensurePki(path.join(dir, "pki"), [{ stem: "admin", commonName: "admin" }]);
+  const serving = pki.cert("apiserver");
+  tlsServer = createHttpsServer(
+    {
+      cert: readFileSync(serving.cert),
+      key: readFileSync(serving.key),
+      ca: readFileSync(pki.caCert),
+      // Clients without a certificate (token users) are let in; `authorized` tells them apart.
+      requestCert: true,
+      rejectUnauthorized: false,
+    },
+    answer,
+  );
+  plainServer = createHttpServer(answer);
+  tlsUrl = `https://127.0.0.1:${await listen(tlsServer)}`;
+  plainUrl = `http://127.0.0.1:${await listen(plainServer)}`;
+});
+
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((t) => t.close()));
+});
+
+afterAll(async () => {
+  await new Promise((resolve) => tlsServer.close(resolve));
+  await new Promise((resolve) => plainServer.close(resolve));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+let seq = 0;
+/** A transport for a one-context kubeconfig written to a file. */
+function transport(cluster: object, user: object, clock = new FakeClock()): KubeTransport {
+  const file = path.join(dir, `kubeconfig-${++seq}`);
+  writeFileSync(
+    file,
+    stringify({
+      clusters: [{ name: "c", cluster }],
+      users: [{ name: "u", user }],
+      contexts: [{ name: "ctx", context: { cluster: "c", user: "u" } }],
+      "current-context": "ctx",
+    }),
+  );
+  const t = new KubeTransport({
+    kubeconfig: loadKubeconfig({ path: file }),
+    budget: new RequestBudget({ qps: Infinity, burst: 1 }),
+    logger: pino({ level: "silent" }),
+    userAgent: "access-test",
+    requestTimeoutMs: 10_000,
+    clock,
+  });
+  open.push(t);
+  return t;
+}
+
+/** One GET; resolves with what the server saw of it. */
+async function call(t: KubeTransport): Promise<Seen> {
+  const before = seen.length;
+  await t.request({ method: "GET", path: "/api/v1/namespaces/x" });
+  expect(seen).toHaveLength(before + 1);
+  return seen[before] ?? {};
+}
+
+const b64File = (file: string) => readFileSync(file).toString("base64");
+
+describe("TLS from the kubeconfig", () => {
+  it("presents the client certificate and trusts the CA, from files", async () => {
+    const admin = pki.cert("admin");
+    const t = transport(
+      { server: tlsUrl, "certificate-authority": pki.caCert },
+      { "client-certificate": admin.cert, "client-key": admin.key },
+    );
+    expect(await call(t)).toEqual({ clientCN: "admin" });
+  });
+
+  it("presents the client certificate and trusts the CA, from -data fields, over shared connections", async () => {
+    const admin = pki.cert("admin");
+    const t = transport(
+      { server: tlsUrl, "certificate-authority-data": b64File(pki.caCert) },
+      { "client-certificate-data": b64File(admin.cert), "client-key-data": b64File(admin.key) },
+    );
+    let connections = 0;
+    const count = () => connections++;
+    tlsServer.on("secureConnection", count);
+    try {
+      for (let i = 0; i < 5; i++) expect(await call(t)).toEqual({ clientCN: "admin" });
+    } finally {
+      tlsServer.off("secureConnection", count);
+    }
+    // One dispatcher for all: a dispatcher per request would open five. (undici's fetch resolves
+    // the body a moment before it frees the connection, so the next request may open a second.)
+    expect(connections).toBeLessThanOrEqual(2);
+  });
+
+  it("verifies the server against tls-server-name and sends it as SNI", async () => {
+    const ca = { server: tlsUrl, "certificate-authority": pki.caCert };
+    const named = transport({ ...ca, "tls-server-name": "kubernetes.default" }, { token: "t" });
+    expect(await call(named)).toEqual({ authorization: "Bearer t", servername: "kubernetes.default" });
+    const wrong = transport({ ...ca, "tls-server-name": "elsewhere.example" }, { token: "t" });
+    await expect(call(wrong)).rejects.toMatchObject({ cause: { code: "ERR_TLS_CERT_ALTNAME_INVALID" } });
+  });
+
+  it("skips verification only with insecure-skip-tls-verify", async () => {
+    const insecure = transport({ server: tlsUrl, "insecure-skip-tls-verify": true }, { token: "t" });
+    expect(await call(insecure)).toEqual({ authorization: "Bearer t" });
+    const strict = transport({ server: tlsUrl }, { token: "t" });
+    await expect(call(strict)).rejects.toMatchObject({ cause: { code: "SELF_SIGNED_CERT_IN_CHAIN" } });
+  });
+});
+
+describe("credentials from the kubeconfig", () => {
+  const plain = () => ({ server: plainUrl, "insecure-skip-tls-verify": true });
+
+  it("re-reads a token file a minute after the last read, keeping the last token when it is gone", async () => {
+    const tokenFile = path.join(dir, "token");
+    writeFileSync(tokenFile, "one\n");
+    const clock = new FakeClock();
+    const t = transport(plain(), { "token-file": tokenFile }, clock);
+    expect(await call(t)).toEqual({ authorization: "Bearer one" });
+    writeFileSync(tokenFile, "two\n");
+    clock.advance(TOKEN_FILE_REREAD_MS - 1);
+    expect(await call(t)).toEqual({ authorization: "Bearer one" });
+    clock.advance(1);
+    expect(await call(t)).toEqual({ authorization: "Bearer two" });
+    unlinkSync(tokenFile);
+    clock.advance(TOKEN_FILE_REREAD_MS);
+    expect(await call(t)).toEqual({ authorization: "Bearer two" });
+  });
+
+  it("sends basic auth and impersonation; a token wins over basic auth", async () => {
+    const basic = transport(plain(), { username: "admin", password: "pw", as: "alice" });
+    expect(await call(basic)).toEqual({
+      authorization: `Basic ${Buffer.from("admin:pw").toString("base64")}`,
+      impersonate: "alice",
+    });
+    const both = transport(plain(), { username: "admin", password: "pw", token: "tok" });
+    expect(await call(both)).toEqual({ authorization: "Bearer tok" });
+  });
+
+  it("hands an exec user to client-node, which runs the plugin", async () => {
+    const credential = {
+      apiVersion: "client.authentication.k8s.io/v1",
+      kind: "ExecCredential",
+      status: { token: "from-exec" },
+    };
+    const exec = {
+      apiVersion: "client.authentication.k8s.io/v1",
+      command: process.execPath,
+      args: ["-e", `process.stdout.write(${JSON.stringify(JSON.stringify(credential))})`],
+    };
+    const t = transport(plain(), { exec });
+    expect(await call(t)).toEqual({ authorization: "Bearer from-exec" });
+  });
+});

@@ -1,0 +1,146 @@
+/**
+ * How the transport reaches the API server for a {@link Kubeconfig}: ONE undici dispatcher carrying
+ * the TLS material, shared by every request, and the headers that authenticate each request.
+ *
+ * Guarantees:
+ * - an ordinary kubeconfig (token, token file, basic auth, client certificates, CA, insecure,
+ *   tls-server-name, `as`) is served here without loading client-node's package index;
+ * - a token file is re-read when its last read is a minute old, as client-go does for rotating
+ *   service-account tokens; a failed re-read keeps the last token (and tries again a minute later);
+ * - an identity with `clientNodeReason` (exec plugins, auth providers, proxies) is not for this
+ *   module: `access-client-node.ts` serves it with client-node's KubeConfig, imported on first use.
+ *
+ *   const access = openKubeAccess(loadKubeconfig(), { clock: systemClock });
+ *   await fetch(url, { headers: await access.headers(), dispatcher: access.dispatcher });
+ *   await access.close();
+ */
+import type { RequestContext } from "@kubernetes/client-node/dist/gen/http/http.js";
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import type { ConnectionOptions } from "node:tls";
+import type { Clock } from "../base/clock.ts";
+import type { Kubeconfig, KubeconfigUser } from "./kubeconfig.ts";
+
+/** undici's `Dispatcher`, as client-node's fetch takes it. */
+export type Dispatcher = NonNullable<ReturnType<RequestContext["getDispatcher"]>>;
+
+export interface KubeAccess {
+  /** The headers that authenticate one request; cheap unless a credential has to be re-read. */
+  headers(): Promise<Record<string, string>>;
+  /** The one dispatcher for every request; undefined: undici's global one (no TLS settings). */
+  readonly dispatcher: Dispatcher | undefined;
+  /** Closes the dispatcher's connections. */
+  close(): Promise<void>;
+}
+
+export interface KubeAccessOptions {
+  /** Times token-file re-reads; the system clock in production. */
+  readonly clock: Clock;
+}
+
+/** How long a token read from a file is used before the file is read again (client-go: 1 minute). */
+export const TOKEN_FILE_REREAD_MS = 60_000;
+
+/**
+ * Opens access for the kubeconfig's identity from its own fields; synchronous, no connection is
+ * made. Throws for an identity with `clientNodeReason` (see `access-client-node.ts`).
+ */
+export function openKubeAccess(kubeconfig: Kubeconfig, options: KubeAccessOptions): KubeAccess {
+  if (kubeconfig.clientNodeReason !== undefined)
+    throw new Error(`kubeconfig ${kubeconfig.source}: ${kubeconfig.clientNodeReason}: needs client-node`);
+  return new DirectAccess(kubeconfig, options.clock);
+}
+
+interface UndiciAgent {
+  new (options: {
+    connect: ConnectionOptions & { keepAlive?: boolean; keepAliveInitialDelay?: number };
+  }): Dispatcher;
+}
+
+/**
+ * undici's `Agent`, from the undici that client-node's fetch uses (resolved from client-node's
+ * own location: undici is its dependency, not devicelet's), so the dispatcher and fetch match.
+ */
+function undiciAgent(): UndiciAgent {
+  const fromHere = createRequire(import.meta.url);
+  const fromClientNode = createRequire(fromHere.resolve("@kubernetes/client-node"));
+  return (fromClientNode("undici") as { Agent: UndiciAgent }).Agent;
+}
+
+/** Access from the kubeconfig's own fields: nothing but undici's Agent and a file read now and then. */
+class DirectAccess implements KubeAccess {
+  readonly dispatcher: Dispatcher | undefined;
+  readonly #static: Record<string, string> = {};
+  readonly #tokenFile: TokenFile | undefined;
+
+  constructor(kubeconfig: Kubeconfig, clock: Clock) {
+    const { cluster, user } = kubeconfig;
+    const tls: ConnectionOptions = {
+      ...(cluster.caPem ? { ca: cluster.caPem } : {}),
+      ...(user?.certPem ? { cert: user.certPem } : {}),
+      ...(user?.keyPem ? { key: user.keyPem } : {}),
+      // Left unset otherwise, so NODE_TLS_REJECT_UNAUTHORIZED applies, as with client-node.
+      ...(cluster.insecureSkipTLSVerify ? { rejectUnauthorized: false } : {}),
+      ...(cluster.tlsServerName ? { servername: cluster.tlsServerName } : {}),
+    };
+    // As client-node: keep-alive probes after 30 s (client-go's), under load balancers' idle timeouts.
+    const Agent = Object.keys(tls).length > 0 ? undiciAgent() : undefined;
+    this.dispatcher =
+      Agent && new Agent({ connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 } });
+    if (user) Object.assign(this.#static, staticHeaders(user));
+    this.#tokenFile = user?.tokenFile === undefined ? undefined : new TokenFile(user.tokenFile, clock);
+  }
+
+  headers(): Promise<Record<string, string>> {
+    const tokenFile = this.#tokenFile;
+    if (!tokenFile) return Promise.resolve(this.#static);
+    // The executor turns a failed first read into a rejection.
+    return new Promise((resolve) => {
+      resolve({ ...this.#static, Authorization: `Bearer ${tokenFile.read()}` });
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher?.close();
+  }
+}
+
+/** The headers of a user that do not change: impersonation, a static token or basic auth. */
+function staticHeaders(user: KubeconfigUser): Record<string, string> {
+  const headers: Record<string, string> = {};
+  if (user.impersonate) headers["Impersonate-User"] = user.impersonate;
+  if (user.token) headers.Authorization = `Bearer ${user.token}`;
+  else if (user.username !== undefined)
+    headers.Authorization = `Basic ${Buffer.from(`${user.username}:${user.password ?? ""}`).toString("base64")}`;
+  return headers;
+}
+
+/** A bearer token kept in a file that something else rotates (the kubelet, a sidecar). */
+class TokenFile {
+  readonly #path: string;
+  readonly #clock: Clock;
+  #token: string | undefined;
+  #readAt = 0;
+
+  constructor(path: string, clock: Clock) {
+    this.#path = path;
+    this.#clock = clock;
+  }
+
+  /** The token; throws only when no read has ever succeeded. */
+  read(): string {
+    if (this.#token !== undefined && this.#clock.now() - this.#readAt < TOKEN_FILE_REREAD_MS)
+      return this.#token;
+    try {
+      const token = readFileSync(this.#path, "utf8").trim();
+      if (token === "") throw new Error("the file is empty");
+      this.#token = token;
+    } catch (err) {
+      if (this.#token === undefined)
+        throw new Error(`token-file ${this.#path}: ${(err as Error).message}`, { cause: err });
+      // Keep the last token: it stays valid a while, and the next try is a minute away.
+    }
+    this.#readAt = this.#clock.now();
+    return this.#token;
+  }
+}
