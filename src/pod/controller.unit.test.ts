@@ -175,7 +175,9 @@ describe("PodController (fake API server, FakeClock)", () => {
     expect(statusWrites(w)).toHaveLength(0);
     await w.clock.advanceAsync(1);
     expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Pending"]);
-    expect(stored(w, "web")?.status?.containerStatuses?.[0]?.state?.waiting?.reason).toBe("ContainerCreating");
+    expect(stored(w, "web")?.status?.containerStatuses?.[0]?.state?.waiting?.reason).toBe(
+      "ContainerCreating",
+    );
     await w.clock.advanceAsync(2_100);
     expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Pending", "Running"]);
   });
