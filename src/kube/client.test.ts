@@ -211,6 +211,34 @@ describe("KubeClient over HTTP", () => {
     expect(url.searchParams.get("limit")).toBe("1");
   });
 
+  it("applies `each` to a page's items before it asks for the next page, and drops what it drops", async () => {
+    const seen: string[] = [];
+    handler = (req, res) => {
+      const url = new URL(req.url, "http://x");
+      seen.push(`page ${url.searchParams.get("continue") ?? "first"}`);
+      const names = url.searchParams.get("continue") === "next" ? ["c", "d"] : ["a", "b"];
+      const continued = url.searchParams.get("continue") === "next" ? {} : { continue: "next" };
+      json(res, 200, {
+        items: names.map((name) => ({ metadata: { name, managedFields: [{ manager: "x" }] } })),
+        metadata: { resourceVersion: "9", ...continued },
+      });
+    };
+    const list = await client.list<Pod>("/api/v1/pods", undefined, {
+      limit: 2,
+      each: (pod) => {
+        seen.push(`item ${pod.metadata?.name ?? ""}`);
+        return pod.metadata?.name === "b" ? undefined : { metadata: { name: pod.metadata?.name } };
+      },
+    });
+    expect(seen).toEqual(["page first", "item a", "item b", "page next", "item c", "item d"]);
+    expect(list.items).toEqual([
+      { metadata: { name: "a" } },
+      { metadata: { name: "c" } },
+      { metadata: { name: "d" } },
+    ]);
+    expect(list.resourceVersion).toBe("9");
+  });
+
   it("streams watch events split across chunks and surfaces an ERROR event as an ApiException", async () => {
     handler = (_req, res) => {
       res.writeHead(200, { "content-type": "application/json" });

@@ -54,13 +54,18 @@ export interface RequestOptions {
   readonly signal?: AbortSignal;
 }
 
-export interface ListOptions extends RequestOptions {
+export interface ListOptions<T = KubeObject> extends RequestOptions {
   readonly labelSelector?: string;
   readonly fieldSelector?: string;
   /** Page size; lists are read in pages of this many (default 500) to spare the API server. */
   readonly limit?: number;
   /** Items as `PartialObjectMetadata` (metadata only, no data): for metadata informers. */
   readonly metadataOnly?: boolean;
+  /**
+   * Applied to each item as its page arrives (undefined drops it), so a large list holds only what
+   * the caller keeps, not every page whole until the last one: an informer's trim and filter.
+   */
+  readonly each?: (item: T) => T | undefined;
 }
 
 export interface WatchOptions extends RequestOptions {
@@ -123,7 +128,7 @@ export interface KubeClient {
   readonly heartbeatBudget: RequestBudget;
 
   /** All pods across namespaces matching the selectors, read in pages. */
-  listPods(options?: ListOptions): Promise<ListResult<Pod>>;
+  listPods(options?: ListOptions<Pod>): Promise<ListResult<Pod>>;
   /**
    * Writes pod status through the `status` subresource as a JSON merge patch carrying
    * `metadata.uid` (and `metadata.resourceVersion` when given) as preconditions. Resolves with
@@ -244,7 +249,7 @@ export interface KubeClient {
   ): Promise<CertificateSigningRequest>;
 
   /** Lists any collection path (e.g. `/api/v1/pods`) in pages; for informers. */
-  list<T extends KubeObject>(path: string, query?: Query, options?: ListOptions): Promise<ListResult<T>>;
+  list<T extends KubeObject>(path: string, query?: Query, options?: ListOptions<T>): Promise<ListResult<T>>;
   /** Watches any collection path from `query.resourceVersion`; see `KubeTransport.watch`. */
   watch<T extends KubeObject>(
     path: string,
@@ -325,7 +330,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
   const list = async <T extends KubeObject>(
     path: string,
     query?: Query,
-    o?: ListOptions,
+    o?: ListOptions<T>,
     lane?: typeof heartbeat,
   ): Promise<ListResult<T>> => {
     const items: T[] = [];
@@ -349,7 +354,11 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         ...(o?.metadataOnly ? { accept: METADATA_LIST_ACCEPT } : {}),
         ...lane,
       });
-      for (const item of page.items ?? []) items.push(item);
+      const each = o?.each;
+      for (const item of page.items ?? []) {
+        const kept = each ? each(item) : item;
+        if (kept !== undefined) items.push(kept);
+      }
       // Every page of one list reports the snapshot's resourceVersion.
       resourceVersion = page.metadata?.resourceVersion ?? resourceVersion;
       cont = page.metadata?.continue || undefined;

@@ -24,12 +24,16 @@ class FakeApi implements ListWatchClient {
   readonly watches: WatchScript[] = [];
   readonly calls: { kind: "list" | "watch"; query: Query | undefined; limit?: number | undefined }[] = [];
 
-  list<T extends KubeObject>(_path: string, query?: Query, options?: ListOptions): Promise<ListResult<T>> {
+  list<T extends KubeObject>(_path: string, query?: Query, options?: ListOptions<T>): Promise<ListResult<T>> {
     this.calls.push({ kind: "list", query, limit: options?.limit });
     const next = this.lists.shift();
     if (!next) return untilAborted(options?.signal);
     if (next instanceof Error) return Promise.reject(next);
-    return Promise.resolve(next).then((list) => structuredClone(list) as unknown as ListResult<T>);
+    return Promise.resolve(next).then((list) => {
+      const { items, resourceVersion } = structuredClone(list) as unknown as ListResult<T>;
+      const each = options?.each ?? ((item: T) => item);
+      return { items: items.flatMap((item) => each(item) ?? []), resourceVersion };
+    });
   }
 
   watch<T extends KubeObject>(

@@ -228,6 +228,16 @@ export class Informer<T extends KubeObject> {
    * data at least as new as the last event applied (`resourceVersionMatch=NotOlderThan`), so the
    * events that follow, applied over it, leave every object as the API server has it.
    */
+  /** Trim, then keep or drop (undefined): a list applies it to each item as its page arrives. */
+  #trimKept(): (object: T) => T | undefined {
+    const trim = this.#o.trim ?? dropManagedFields;
+    const keep = this.#o.keep ?? (() => true);
+    return (object) => {
+      const trimmed = trim(object);
+      return keep(trimmed) ? trimmed : undefined;
+    };
+  }
+
   async pickUp(selectors: {
     readonly labelSelector?: string;
     readonly fieldSelector?: string;
@@ -241,8 +251,7 @@ export class Informer<T extends KubeObject> {
       labelSelector: join(o.labelSelector, selectors.labelSelector),
       fieldSelector: join(o.fieldSelector, selectors.fieldSelector),
     };
-    const trim = o.trim ?? dropManagedFields;
-    const keep = o.keep ?? (() => true);
+    const trimKept = this.#trimKept();
     // A function, not the property: TypeScript would keep `signal.aborted` narrowed across awaits.
     const stopped = () => signal?.aborted !== false;
     let failures = 0;
@@ -255,13 +264,11 @@ export class Informer<T extends KubeObject> {
         const list = await o.client.list<T>(
           o.path,
           { ...query, resourceVersion: this.#resourceVersion, resourceVersionMatch: "NotOlderThan" },
-          { signal, limit: 0, metadataOnly: o.metadataOnly === true },
+          { signal, limit: 0, metadataOnly: o.metadataOnly === true, each: trimKept },
         );
         // A full list applied meanwhile covers these, from a snapshot the watch continues from.
         if (this.#lists !== lists) return;
-        for (const object of list.items.map(trim)) {
-          if (keep(object)) this.#emitOne(this.#store.upsert(object));
-        }
+        for (const object of list.items) this.#emitOne(this.#store.upsert(object));
         this.#log.debug({ ...selectors, count: list.items.length }, "picked up");
         return;
       } catch (err) {
@@ -322,6 +329,7 @@ export class Informer<T extends KubeObject> {
     const sleep = o.sleep ?? defaultSleep;
     const trim = o.trim ?? dropManagedFields;
     const keep = o.keep ?? (() => true);
+    const trimKept = this.#trimKept();
     const initial = o.initialBackoffMs ?? 1000;
     const max = o.maxBackoffMs ?? 30_000;
     const selectors = { labelSelector: o.labelSelector, fieldSelector: o.fieldSelector };
@@ -337,9 +345,10 @@ export class Informer<T extends KubeObject> {
             signal,
             limit: o.pageSize ?? 500,
             metadataOnly: o.metadataOnly === true,
+            each: trimKept,
           });
           // The cache and its resourceVersion move together, before any handler runs.
-          const changes = this.#store.replace(list.items.map(trim).filter(keep));
+          const changes = this.#store.replace(list.items);
           this.#lists += 1;
           this.#resourceVersion = list.resourceVersion;
           this.#emit(changes);

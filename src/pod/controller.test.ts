@@ -8,7 +8,15 @@ import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { eventually } from "../../test/support/eventually.ts";
 import { KubeApiError } from "../kube/transport.ts";
-import type { ConfigMap, KubeClient, KubeObject, Pod, PodStatus, WatchEvent } from "../kube/index.ts";
+import type {
+  ConfigMap,
+  KubeClient,
+  KubeObject,
+  ListOptions,
+  Pod,
+  PodStatus,
+  WatchEvent,
+} from "../kube/index.ts";
 import type { EventToRecord } from "../kube/events.ts";
 import type {
   PodLifecycleProvider,
@@ -51,9 +59,12 @@ class FakeApi {
   }
 
   readonly client = {
-    list: (path: string) =>
+    list: <T extends KubeObject>(path: string, _q: unknown, o?: ListOptions<T>) =>
       Promise.resolve({
-        items: [...this.#items(path).values()].map((o) => structuredClone(o)),
+        items: [...this.#items(path).values()].flatMap((item) => {
+          const copy = structuredClone(item) as T;
+          return (o?.each ? o.each(copy) : copy) ?? [];
+        }),
         resourceVersion: String(this.rv),
       }),
     watch: <T extends KubeObject>(path: string, _q: unknown, o?: { signal?: AbortSignal }) =>

@@ -461,18 +461,24 @@ export class FakeKube implements KubeClient {
     return this.#patch("events", keyOf(namespace, name), rest);
   }
 
-  async list<T extends KubeObject>(p: string, query?: Query, options?: ListOptions): Promise<ListResult<T>> {
+  async list<T extends KubeObject>(
+    p: string,
+    query?: Query,
+    options?: ListOptions<T>,
+  ): Promise<ListResult<T>> {
     await this.#call("list", [p, query, options]);
     const { resource, namespace } = parsePath(p);
     const selector = (k: "labelSelector" | "fieldSelector") =>
       options?.[k] ?? (typeof query?.[k] === "string" ? query[k] : undefined);
-    return this.#list<T>(
+    const { items, resourceVersion } = this.#list<T>(
       resource,
       namespace,
       selector("labelSelector"),
       selector("fieldSelector"),
       options?.metadataOnly === true,
     );
+    const each = options?.each;
+    return { items: each ? items.flatMap((item) => each(item) ?? []) : items, resourceVersion };
   }
 
   watch<T extends KubeObject>(p: string, query: Query, options?: WatchOptions): AsyncIterable<WatchEvent<T>> {
