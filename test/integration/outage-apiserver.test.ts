@@ -184,6 +184,26 @@ describe("API server outage", () => {
         { timeoutMs: convergeMs, intervalMs: 1_000 },
       );
 
+      // The node lifecycle controller may have judged the nodes by their leases of before the
+      // outage and tainted them unreachable; a pod created then waits in the scheduler's
+      // unschedulable queue (retried on a node event, or after five minutes). The new pod is
+      // devicelet's to run once its node is Ready and untainted again, which devicelet's leases make
+      // it: wait for that first, so what follows measures devicelet, not the scheduler's back-off.
+      await eventually(
+        async () => {
+          const node = await getJson<{
+            spec: { taints?: { key: string; effect: string }[] };
+            status: { conditions?: { type: string; status: string }[] };
+          }>(["node", gwExit]);
+          expect({
+            ready: node.status.conditions?.find((c) => c.type === "Ready")?.status,
+            taints: (node.spec.taints ?? [])
+              .map((t) => t.key)
+              .filter((k) => k.startsWith("node.kubernetes.io/")),
+          }).toEqual({ ready: "True", taints: [] });
+        },
+        { timeoutMs: convergeMs, intervalMs: 1_000 },
+      );
       await apply(`apiVersion: apps/v1
 kind: Deployment
 metadata: { name: later, namespace: ${ns} }
@@ -200,8 +220,17 @@ spec:
       await eventually(
         async () => {
           const pods = (await getJson<{ items: PodJson[] }>(["pods", "-n", ns, "-l", "app=later"])).items;
-          expect(pods).toHaveLength(1);
-          expect(isReady(pods[0] as PodJson)).toBe(true);
+          // Where it got stuck, when it does: created, scheduled, started, ready.
+          expect(
+            pods.map((pod) => ({
+              node: pod.spec.nodeName,
+              scheduled: ((c) => (c?.status === "True" ? "True" : (c?.reason ?? "not yet")))(
+                condition(pod, "PodScheduled"),
+              ),
+              phase: pod.status.phase,
+              ready: isReady(pod),
+            })),
+          ).toEqual([{ node: gwExit, scheduled: "True", phase: "Running", ready: true }]);
         },
         { timeoutMs: laterDeploymentMs, intervalMs: 1_000 },
       );
