@@ -6,6 +6,7 @@
 import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
+import { createSecureServer as createHttp2Server } from "node:http2";
 import type { AddressInfo, Server } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -15,7 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { FakeClock } from "../base/fake-clock.ts";
 import { ensurePki, type Pki } from "../testing/controlplane/pki.ts";
-import { TOKEN_FILE_REREAD_MS } from "./access.ts";
+import { MAX_CONNECTIONS, TOKEN_FILE_REREAD_MS } from "./access.ts";
 import { RequestBudget } from "./budget.ts";
 import { loadKubeconfig } from "./kubeconfig.ts";
 import { KubeTransport } from "./transport.ts";
@@ -164,6 +165,46 @@ describe("TLS from the kubeconfig", () => {
     expect(await call(insecure)).toEqual({ authorization: "Bearer t" });
     const strict = transport({ server: tlsUrl }, { token: "t" });
     await expect(call(strict)).rejects.toMatchObject({ cause: { code: "SELF_SIGNED_CERT_IN_CHAIN" } });
+  });
+});
+
+describe("connections to the API server", () => {
+  it("speaks HTTP/1.1 to a server that offers HTTP/2, over at most MAX_CONNECTIONS connections", async () => {
+    const serving = pki.cert("apiserver");
+    const versions = new Set<string>();
+    let inFlight = 0;
+    let peak = 0;
+    let connections = 0;
+    const server = createHttp2Server(
+      { cert: readFileSync(serving.cert), key: readFileSync(serving.key), allowHTTP1: true },
+      (req, res) => {
+        versions.add(req.httpVersion);
+        peak = Math.max(peak, ++inFlight);
+        // Held a while, as a loaded API server would: the requests pile up meanwhile.
+        setTimeout(() => {
+          inFlight--;
+          res.writeHead(200, { "content-type": "application/json" });
+          res.end("{}");
+        }, 200);
+      },
+    );
+    server.on("secureConnection", () => connections++);
+    const url = `https://127.0.0.1:${await listen(server as unknown as Server)}`;
+    try {
+      const t = transport({ server: url, "certificate-authority": pki.caCert }, { token: "t" });
+      const requests = MAX_CONNECTIONS + 40;
+      const answers = await Promise.all(
+        Array.from({ length: requests }, () => t.request({ method: "GET", path: "/api/v1/namespaces/x" })),
+      );
+      expect(answers).toHaveLength(requests);
+      expect([...versions]).toEqual(["1.1"]);
+      expect(connections).toBeLessThanOrEqual(MAX_CONNECTIONS);
+      // They did go in parallel, never past the cap (TLS handshakes stagger them a little).
+      expect(peak).toBeGreaterThan(MAX_CONNECTIONS / 2);
+      expect(peak).toBeLessThanOrEqual(MAX_CONNECTIONS);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
 

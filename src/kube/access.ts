@@ -54,8 +54,18 @@ export function openKubeAccess(kubeconfig: Kubeconfig, options: KubeAccessOption
 interface UndiciAgent {
   new (options: {
     connect: ConnectionOptions & { keepAlive?: boolean; keepAliveInitialDelay?: number };
+    allowH2?: boolean;
+    connections?: number;
   }): Dispatcher;
 }
+
+/**
+ * Connections open to the API server at most; requests beyond wait in the dispatcher's queue (their
+ * timeouts running). Each watch holds one for its life (a process has a few: pods, ConfigMaps, one
+ * node watch per engine); the rest carry requests, whose rate the request budget sets. Without a
+ * cap, an API server that answers slowly would get a new TLS connection for every request waiting.
+ */
+export const MAX_CONNECTIONS = 128;
 
 /**
  * undici's `Agent`, from the undici that client-node's fetch uses (resolved from client-node's
@@ -69,7 +79,7 @@ function undiciAgent(): UndiciAgent {
 
 /** Access from the kubeconfig's own fields: nothing but undici's Agent and a file read now and then. */
 class DirectAccess implements KubeAccess {
-  readonly dispatcher: Dispatcher | undefined;
+  readonly dispatcher: Dispatcher;
   readonly #static: Record<string, string> = {};
   readonly #tokenFile: TokenFile | undefined;
 
@@ -84,9 +94,15 @@ class DirectAccess implements KubeAccess {
       ...(cluster.tlsServerName ? { servername: cluster.tlsServerName } : {}),
     };
     // As client-node: keep-alive probes after 30 s (client-go's), under load balancers' idle timeouts.
-    const Agent = Object.keys(tls).length > 0 ? undiciAgent() : undefined;
-    this.dispatcher =
-      Agent && new Agent({ connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 } });
+    // HTTP/1.1, not HTTP/2 (undici's default since version 7): at 5,000 nodes, with the API server
+    // slow to answer, Node's HTTP/2 session buffered outgoing frames without bound, 1 GB to 5 GB
+    // in half a minute, with the event loop busy copying them (perf: CopyDataIntoOutgoing).
+    const Agent = undiciAgent();
+    this.dispatcher = new Agent({
+      connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 },
+      allowH2: false,
+      connections: MAX_CONNECTIONS,
+    });
     if (user) Object.assign(this.#static, staticHeaders(user));
     this.#tokenFile = user?.tokenFile === undefined ? undefined : new TokenFile(user.tokenFile, clock);
   }
@@ -101,7 +117,7 @@ class DirectAccess implements KubeAccess {
   }
 
   async close(): Promise<void> {
-    await this.dispatcher?.close();
+    await this.dispatcher.close();
   }
 }
 
