@@ -55,7 +55,7 @@ describe("helm install and uninstall", () => {
   it.each([
     ["the defaults", [], []],
     [
-      "inline broker Secrets and a self-approved serving certificate",
+      "inline broker Secrets, a self-approved serving certificate and the heartbeat FlowSchema",
       [
         "-f",
         example("emqx-tls.yaml"),
@@ -63,8 +63,10 @@ describe("helm install and uninstall", () => {
         "broker.credentials.password=s3cret",
         "--set",
         "kubeletApi.tls.csr.approve=true",
+        "--set",
+        "apiPriority.heartbeat.enabled=true",
       ],
-      ["Secret", "ClusterRole", "ClusterRoleBinding"],
+      ["Secret", "ClusterRole", "ClusterRoleBinding", "FlowSchema"],
     ],
   ])("%s: every object exists after install, none after uninstall", async (_, args, alsoKinds) => {
     const release = uniqueName("dl");

@@ -280,6 +280,47 @@ describe("helm template", () => {
     expect((config.kubelet as { tls: { csrApprove: boolean } }).tls.csrApprove).toBe(true);
   });
 
+  it("puts the heartbeats of devicelet's ServiceAccount in the kubelets' priority level only when asked", async () => {
+    expect((await render()).filter((o) => o.kind === "FlowSchema")).toEqual([]);
+    const schema = only(
+      await render(["--set", "apiPriority.heartbeat.enabled=true", "--set", "serviceAccount.name=dl-sa"]),
+      "FlowSchema",
+    ) as unknown as {
+      metadata: { name: string };
+      spec: {
+        matchingPrecedence: number;
+        priorityLevelConfiguration: { name: string };
+        rules: {
+          subjects: { kind: string; serviceAccount: { name: string; namespace: string } }[];
+          resourceRules: {
+            apiGroups: string[];
+            resources: string[];
+            namespaces?: string[];
+            clusterScope?: boolean;
+          }[];
+        }[];
+      };
+    };
+    expect(schema.metadata.name).toBe("devicelet-heartbeat");
+    expect(schema.spec.priorityLevelConfiguration.name).toBe("node-high");
+    // Ahead of the built-in `service-accounts` schema (9000) that would take these requests otherwise.
+    expect(schema.spec.matchingPrecedence).toBeLessThan(9000);
+    const [rule] = schema.spec.rules;
+    expect(rule?.subjects).toEqual([
+      { kind: "ServiceAccount", serviceAccount: { name: "dl-sa", namespace: "devicelet" } },
+    ]);
+    expect(
+      rule?.resourceRules.map(({ apiGroups, resources, namespaces, clusterScope }) => ({
+        apiGroups,
+        resources,
+        where: namespaces ?? (clusterScope ? "cluster" : "none"),
+      })),
+    ).toEqual([
+      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], where: ["kube-node-lease"] },
+      { apiGroups: [""], resources: ["nodes", "nodes/status"], where: "cluster" },
+    ]);
+  });
+
   it("with sharding, renders the sharding section and grants Leases by any name in the state namespace only", async () => {
     const objects = await render(["-f", path.join(examplesDir, "sharded.yaml")]);
     const config = await validateRenderedConfig(objects);
