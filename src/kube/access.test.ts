@@ -169,39 +169,53 @@ describe("TLS from the kubeconfig", () => {
 });
 
 describe("connections to the API server", () => {
-  it("speaks HTTP/1.1 to a server that offers HTTP/2, over at most MAX_CONNECTIONS connections", async () => {
+  it("speaks HTTP/1.1 to a server that offers HTTP/2, each lane on connections of its own, capped", async () => {
     const serving = pki.cert("apiserver");
     const versions = new Set<string>();
-    let inFlight = 0;
-    let peak = 0;
+    /** The lane of each request, in the order the server got them. */
+    const arrivals: string[] = [];
+    const inFlight = { default: 0, heartbeat: 0 };
+    const peak = { default: 0, heartbeat: 0 };
     let connections = 0;
     const server = createHttp2Server(
       { cert: readFileSync(serving.cert), key: readFileSync(serving.key), allowHTTP1: true },
       (req, res) => {
         versions.add(req.httpVersion);
-        peak = Math.max(peak, ++inFlight);
-        // Held a while, as a loaded API server would: the requests pile up meanwhile.
+        const lane = req.url?.includes("/leases/") ? "heartbeat" : "default";
+        arrivals.push(lane);
+        peak[lane] = Math.max(peak[lane], ++inFlight[lane]);
+        // Held a while, as a loaded API server would (and longer than this one server takes to
+        // shake hands with every connection): the requests pile up meanwhile.
         setTimeout(() => {
-          inFlight--;
+          inFlight[lane]--;
           res.writeHead(200, { "content-type": "application/json" });
           res.end("{}");
-        }, 200);
+        }, 1_500);
       },
     );
     server.on("secureConnection", () => connections++);
     const url = `https://127.0.0.1:${await listen(server as unknown as Server)}`;
     try {
       const t = transport({ server: url, "certificate-authority": pki.caCert }, { token: "t" });
-      const requests = MAX_CONNECTIONS + 40;
-      const answers = await Promise.all(
-        Array.from({ length: requests }, () => t.request({ method: "GET", path: "/api/v1/namespaces/x" })),
-      );
-      expect(answers).toHaveLength(requests);
+      const pods = MAX_CONNECTIONS.default + 40;
+      const leases = 50;
+      // Pod work first, more than its connections carry at once; the heartbeats after it.
+      const answers = await Promise.all([
+        ...Array.from({ length: pods }, () => t.request({ method: "GET", path: "/api/v1/pods/x" })),
+        ...Array.from({ length: leases }, () =>
+          t.request({ method: "GET", path: "/apis/coordination.k8s.io/v1/leases/x", lane: "heartbeat" }),
+        ),
+      ]);
+      expect(answers).toHaveLength(pods + leases);
       expect([...versions]).toEqual(["1.1"]);
-      expect(connections).toBeLessThanOrEqual(MAX_CONNECTIONS);
-      // They did go in parallel, never past the cap (TLS handshakes stagger them a little).
-      expect(peak).toBeGreaterThan(MAX_CONNECTIONS / 2);
-      expect(peak).toBeLessThanOrEqual(MAX_CONNECTIONS);
+      expect(connections).toBeLessThanOrEqual(MAX_CONNECTIONS.default + MAX_CONNECTIONS.heartbeat);
+      // Pod work went in parallel, never past its cap (TLS handshakes stagger it a little).
+      expect(peak.default).toBeGreaterThan(MAX_CONNECTIONS.default / 2);
+      expect(peak.default).toBeLessThanOrEqual(MAX_CONNECTIONS.default);
+      // No heartbeat waited behind the pod work queued past the cap: all arrived before it.
+      const lastHeartbeat = arrivals.lastIndexOf("heartbeat");
+      const podsBefore = arrivals.slice(0, lastHeartbeat).filter((lane) => lane === "default").length;
+      expect(podsBefore).toBeLessThanOrEqual(MAX_CONNECTIONS.default);
     } finally {
       await new Promise((resolve) => server.close(resolve));
     }

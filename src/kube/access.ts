@@ -27,9 +27,11 @@ export type Dispatcher = NonNullable<ReturnType<RequestContext["getDispatcher"]>
 export interface KubeAccess {
   /** The headers that authenticate one request; cheap unless a credential has to be re-read. */
   headers(): Promise<Record<string, string>>;
-  /** The one dispatcher for every request; undefined: undici's global one (no TLS settings). */
+  /** The dispatcher for requests and watches; undefined: undici's global one. */
   readonly dispatcher: Dispatcher | undefined;
-  /** Closes the dispatcher's connections. */
+  /** The heartbeat lane's own connections (node Leases and status); undefined: `dispatcher`'s. */
+  readonly heartbeatDispatcher?: Dispatcher;
+  /** Closes the dispatchers' connections. */
   close(): Promise<void>;
 }
 
@@ -60,12 +62,15 @@ interface UndiciAgent {
 }
 
 /**
- * Connections open to the API server at most; requests beyond wait in the dispatcher's queue (their
- * timeouts running). Each watch holds one for its life (a process has a few: pods, ConfigMaps, one
- * node watch per engine); the rest carry requests, whose rate the request budget sets. Without a
- * cap, an API server that answers slowly would get a new TLS connection for every request waiting.
+ * Connections open to the API server at most, per lane; requests beyond wait in the dispatcher's
+ * queue, their timeouts running. Without a cap, an API server slow to answer would get a new TLS
+ * connection for every request waiting. The heartbeat lane has connections of its own, as it has a
+ * budget of its own, so pod work never holds a Lease renewal in a queue: at 5,000 nodes it renews
+ * 500 Leases a second, which at the second an overloaded API server takes to answer keeps 500
+ * connections busy (5,000 kubelets would keep 5,000). The default lane carries the watches (a
+ * handful per process) and pod work, whose concurrency `concurrentPods` bounds.
  */
-export const MAX_CONNECTIONS = 128;
+export const MAX_CONNECTIONS = { default: 256, heartbeat: 512 } as const;
 
 /**
  * undici's `Agent`, from the undici that client-node's fetch uses (resolved from client-node's
@@ -80,6 +85,7 @@ function undiciAgent(): UndiciAgent {
 /** Access from the kubeconfig's own fields: nothing but undici's Agent and a file read now and then. */
 class DirectAccess implements KubeAccess {
   readonly dispatcher: Dispatcher;
+  readonly heartbeatDispatcher: Dispatcher;
   readonly #static: Record<string, string> = {};
   readonly #tokenFile: TokenFile | undefined;
 
@@ -98,11 +104,14 @@ class DirectAccess implements KubeAccess {
     // slow to answer, Node's HTTP/2 session buffered outgoing frames without bound, 1 GB to 5 GB
     // in half a minute, with the event loop busy copying them (perf: CopyDataIntoOutgoing).
     const Agent = undiciAgent();
-    this.dispatcher = new Agent({
-      connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 },
-      allowH2: false,
-      connections: MAX_CONNECTIONS,
-    });
+    const pool = (connections: number) =>
+      new Agent({
+        connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 },
+        allowH2: false,
+        connections,
+      });
+    this.dispatcher = pool(MAX_CONNECTIONS.default);
+    this.heartbeatDispatcher = pool(MAX_CONNECTIONS.heartbeat);
     if (user) Object.assign(this.#static, staticHeaders(user));
     this.#tokenFile = user?.tokenFile === undefined ? undefined : new TokenFile(user.tokenFile, clock);
   }
@@ -117,7 +126,7 @@ class DirectAccess implements KubeAccess {
   }
 
   async close(): Promise<void> {
-    await this.dispatcher.close();
+    await Promise.all([this.dispatcher.close(), this.heartbeatDispatcher.close()]);
   }
 }
 

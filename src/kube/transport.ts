@@ -6,7 +6,7 @@
  * It uses client-node's undici-based fetch and its `ApiException`, imported from their own modules:
  * the package index loads every generated model and API class (about 86 MiB of memory), and the
  * generated API classes would convert every object to model classes anyway (see `types.ts`). One
- * undici dispatcher is built once and reused by every request.
+ * undici dispatcher per lane is built once and reused by every request of that lane.
  */
 import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
 import {
@@ -150,7 +150,7 @@ export class KubeTransport {
     await (req.lane === "heartbeat" ? this.#heartbeat : this.#budget).take(req.signal);
     const timeout = AbortSignal.timeout(req.timeoutMs ?? this.#timeoutMs);
     const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
-    const ctx = await this.#context(req.method, req.path, req.query, signal, req.accept);
+    const ctx = await this.#context(req.method, req.path, req.query, signal, req.accept, req.lane);
     if (req.body !== undefined) {
       ctx.setHeaderParam("Content-Type", req.contentType ?? "application/json");
       ctx.setBody(JSON.stringify(req.body));
@@ -251,6 +251,7 @@ export class KubeTransport {
     query: Query | undefined,
     signal?: AbortSignal,
     accept = "application/json",
+    lane?: TransportRequest["lane"],
   ) {
     const url = new URL(this.#server + path);
     for (const [key, value] of Object.entries(query ?? {})) {
@@ -261,7 +262,8 @@ export class KubeTransport {
     ctx.setHeaderParam("User-Agent", this.#userAgent);
     const access = await this.#openAccess();
     for (const [key, value] of Object.entries(await access.headers())) ctx.setHeaderParam(key, value);
-    if (access.dispatcher) ctx.setDispatcher(access.dispatcher);
+    const dispatcher = (lane === "heartbeat" && access.heartbeatDispatcher) || access.dispatcher;
+    if (dispatcher) ctx.setDispatcher(dispatcher);
     if (signal) ctx.setSignal(signal);
     return ctx;
   }
