@@ -181,7 +181,7 @@ describe("connections to the API server", () => {
       { cert: readFileSync(serving.cert), key: readFileSync(serving.key), allowHTTP1: true },
       (req, res) => {
         versions.add(req.httpVersion);
-        const lane = req.url?.includes("/leases/") ? "heartbeat" : "default";
+        const lane = req.url.includes("/leases/") ? "heartbeat" : "default";
         arrivals.push(lane);
         peak[lane] = Math.max(peak[lane], ++inFlight[lane]);
         // Held a while, as a loaded API server would (and longer than this one server takes to
@@ -194,7 +194,7 @@ describe("connections to the API server", () => {
       },
     );
     server.on("secureConnection", () => connections++);
-    const url = `https://127.0.0.1:${await listen(server as unknown as Server)}`;
+    const url = `https://127.0.0.1:${await listen(server)}`;
     try {
       const t = transport({ server: url, "certificate-authority": pki.caCert }, { token: "t" });
       const pods = MAX_CONNECTIONS.default + 40;
