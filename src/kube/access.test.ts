@@ -222,6 +222,51 @@ describe("connections to the API server", () => {
   });
 });
 
+describe("requests waiting for a connection", () => {
+  it("wait unbuilt, and time out as any request does when none frees in time", async () => {
+    const serving = pki.cert("apiserver");
+    let arrived = 0;
+    const server = createHttp2Server(
+      { cert: readFileSync(serving.cert), key: readFileSync(serving.key), allowHTTP1: true },
+      (_req, res) => {
+        arrived++;
+        setTimeout(() => {
+          res.writeHead(200, { "content-type": "application/json" });
+          res.end("{}");
+        }, 1_500);
+      },
+    );
+    const url = `https://127.0.0.1:${await listen(server)}`;
+    try {
+      const t = transport({ server: url, "certificate-authority": pki.caCert }, { token: "t" });
+      const held = Array.from({ length: MAX_CONNECTIONS.heartbeat }, () =>
+        t.request({ method: "GET", path: "/apis/coordination.k8s.io/v1/leases/x", lane: "heartbeat" }),
+      );
+      const late = t.request({
+        method: "GET",
+        path: "/apis/coordination.k8s.io/v1/leases/y",
+        lane: "heartbeat",
+        timeoutMs: 1_000,
+      });
+      // It waits in devicelet's line, as a closure, not in the connection pool's as a fetch.
+      for (let i = 0; i < 80 && t.waiting("heartbeat") === 0; i++)
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(t.waiting("heartbeat")).toBe(1);
+      expect(t.waiting("default")).toBe(0);
+      await expect(late).rejects.toMatchObject({
+        name: "TimeoutError",
+        message: "get leases: no answer from the API server in time",
+      });
+      expect(t.waiting("heartbeat")).toBe(0);
+      await Promise.all(held);
+      // The late one never reached the server.
+      expect(arrived).toBe(MAX_CONNECTIONS.heartbeat);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
 describe("credentials from the kubeconfig", () => {
   const plain = () => ({ server: plainUrl, "insecure-skip-tls-verify": true });
 

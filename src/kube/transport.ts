@@ -17,7 +17,8 @@ import {
 } from "@kubernetes/client-node/dist/gen/http/http.js";
 import type { Logger } from "pino";
 import { systemClock, type Clock } from "../base/clock.ts";
-import { openKubeAccess, type KubeAccess } from "./access.ts";
+import { Slots } from "../base/slots.ts";
+import { MAX_CONNECTIONS, openKubeAccess, type KubeAccess } from "./access.ts";
 import type { RequestBudget } from "./budget.ts";
 import type { Kubeconfig } from "./kubeconfig.ts";
 import type { WatchEvent } from "./types.ts";
@@ -115,6 +116,11 @@ export class KubeTransport {
   readonly #log: Logger;
   readonly #userAgent: string;
   readonly #http = new IsomorphicFetchHttpLibrary();
+  /** Requests in flight per lane, at most the lane's connections (watches are not counted). */
+  readonly #slots = {
+    default: new Slots(MAX_CONNECTIONS.default),
+    heartbeat: new Slots(MAX_CONNECTIONS.heartbeat),
+  };
   readonly #server: string;
   /** Opened on the first request (client-node, when needed, is imported then); retried if it failed. */
   #access: Promise<KubeAccess> | undefined;
@@ -134,6 +140,11 @@ export class KubeTransport {
     this.#server = options.kubeconfig.cluster.server.replace(/\/+$/, "");
   }
 
+  /** Requests of `lane` waiting for a connection of theirs (not yet built, let alone sent). */
+  waiting(lane: "default" | "heartbeat" = "default"): number {
+    return this.#slots[lane].waiting;
+  }
+
   /** The API server's base URL from the kubeconfig. */
   get server(): string {
     return this.#server;
@@ -150,26 +161,40 @@ export class KubeTransport {
     await (req.lane === "heartbeat" ? this.#heartbeat : this.#budget).take(req.signal);
     const timeout = AbortSignal.timeout(req.timeoutMs ?? this.#timeoutMs);
     const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
-    const ctx = await this.#context(req.method, req.path, req.query, signal, req.accept, req.lane);
-    if (req.body !== undefined) {
-      ctx.setHeaderParam("Content-Type", req.contentType ?? "application/json");
-      ctx.setBody(JSON.stringify(req.body));
-    }
-    this.#budget.record(verb, resource);
-    const started = performance.now();
-    let response: ResponseContext;
-    let text: string;
+    // A connection of the lane's, or a turn in line for one (the wait counts towards the timeout):
+    // only then is the request built, so what waits costs a closure, not a fetch with its streams.
+    let release: () => void;
     try {
-      response = await this.#http.send(ctx).toPromise();
-      text = await response.body.text();
+      release = await this.#slots[req.lane ?? "default"].acquire(signal);
     } catch (err) {
-      if (!req.signal?.aborted) {
-        this.#unreachable = true;
-        this.#budget.answered(verb, "error");
-      }
-      // fetch rejects with the signal's reason; name a timeout so logs and guards can tell it.
       if (timeout.aborted && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
       throw err;
+    }
+    let response: ResponseContext;
+    let text: string;
+    let started: number;
+    try {
+      const ctx = await this.#context(req.method, req.path, req.query, signal, req.accept, req.lane);
+      if (req.body !== undefined) {
+        ctx.setHeaderParam("Content-Type", req.contentType ?? "application/json");
+        ctx.setBody(JSON.stringify(req.body));
+      }
+      this.#budget.record(verb, resource);
+      started = performance.now();
+      try {
+        response = await this.#http.send(ctx).toPromise();
+        text = await response.body.text();
+      } catch (err) {
+        if (!req.signal?.aborted) {
+          this.#unreachable = true;
+          this.#budget.answered(verb, "error");
+        }
+        // fetch rejects with the signal's reason; name a timeout so logs and guards can tell it.
+        if (timeout.aborted && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
+        throw err;
+      }
+    } finally {
+      release();
     }
     if (this.#unreachable) {
       this.#unreachable = false;
