@@ -159,15 +159,16 @@ export class KubeTransport {
     const { verb, resource } = describeRequest(req.method, req.path);
     // The timeout starts once the request may go: waiting for a token is the budget's business.
     await (req.lane === "heartbeat" ? this.#heartbeat : this.#budget).take(req.signal);
-    const timeout = AbortSignal.timeout(req.timeoutMs ?? this.#timeoutMs);
-    const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
+    const deadline = new Deadline(req.signal, req.timeoutMs ?? this.#timeoutMs);
+    const signal = deadline.signal;
     // A connection of the lane's, or a turn in line for one (the wait counts towards the timeout):
     // only then is the request built, so what waits costs a closure, not a fetch with its streams.
     let release: () => void;
     try {
       release = await this.#slots[req.lane ?? "default"].acquire(signal);
     } catch (err) {
-      if (timeout.aborted && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
+      deadline.done();
+      if (deadline.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
       throw err;
     }
     let response: ResponseContext;
@@ -190,11 +191,12 @@ export class KubeTransport {
           this.#budget.answered(verb, "error");
         }
         // fetch rejects with the signal's reason; name a timeout so logs and guards can tell it.
-        if (timeout.aborted && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
+        if (deadline.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
         throw err;
       }
     } finally {
       release();
+      deadline.done();
     }
     if (this.#unreachable) {
       this.#unreachable = false;
@@ -307,6 +309,47 @@ export class KubeTransport {
     });
     this.#access = opened;
     return opened;
+  }
+}
+
+/**
+ * A request's signal: aborts with the caller's signal or after `ms`; `done()` drops the timer and
+ * the listener once the request is over. Not `AbortSignal.any([signal, AbortSignal.timeout(ms)])`:
+ * Node keeps such a signal alive while it has abort listeners (fetch adds one and leaves it) until
+ * it fires, and with it all the request held, for the whole timeout. At 1,000 requests a second
+ * and a 10 s timeout that pinned 10,000 finished fetches (700 MB at 5,000 nodes).
+ */
+class Deadline {
+  readonly #controller = new AbortController();
+  readonly #parent: AbortSignal | undefined;
+  readonly #timer: NodeJS.Timeout;
+  #timedOut = false;
+  readonly #onAbort = () => {
+    this.#controller.abort(this.#parent?.reason);
+  };
+
+  constructor(parent: AbortSignal | undefined, ms: number) {
+    this.#parent = parent;
+    this.#timer = setTimeout(() => {
+      this.#timedOut = true;
+      this.#controller.abort(new DOMException("The operation was aborted due to timeout", "TimeoutError"));
+    }, ms);
+    if (parent?.aborted) this.#onAbort();
+    else parent?.addEventListener("abort", this.#onAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** Whether it was the time that ran out. */
+  get timedOut(): boolean {
+    return this.#timedOut;
+  }
+
+  done(): void {
+    clearTimeout(this.#timer);
+    this.#parent?.removeEventListener("abort", this.#onAbort);
   }
 }
 
