@@ -7,6 +7,7 @@
  * the emulator's Event Hubs-compatible endpoint) and their time to live, and a bad key that is
  * named, not hidden.
  */
+import { createHash } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -31,7 +32,11 @@ const dir = mkdtempSync(path.join(tmpdir(), `${id}-`));
 
 /** The iothub provider config for `devicelet run`, with the service key given. */
 const providerConfig = (key: string, events = false) => {
-  const secret = path.join(dir, `connection-string-${key.slice(0, 6)}`);
+  // Named by a digest of the key: a base64 key may hold "/", which would make the name a path.
+  const secret = path.join(
+    dir,
+    `connection-string-${createHash("sha256").update(key).digest("hex").slice(0, 12)}`,
+  );
   writeFileSync(
     secret,
     emulator.serviceConnectionString.replace(/SharedAccessKey=[^;]*/, `SharedAccessKey=${key}`),
