@@ -216,6 +216,16 @@ export class Informer<T extends KubeObject> {
     return this.#store.byIndex(name, value);
   }
 
+  /** Trim, then keep or drop (undefined): a list applies it to each item as its page arrives. */
+  #trimKept(): (object: T) => T | undefined {
+    const trim = this.#o.trim ?? dropManagedFields;
+    const keep = this.#o.keep ?? (() => true);
+    return (object) => {
+      const trimmed = trim(object);
+      return keep(trimmed) ? trimmed : undefined;
+    };
+  }
+
   /**
    * Lists the objects matching `selectors` as well as the informer's own and caches those `keep`
    * passes now (adds and updates go to the handlers): for objects `keep` refused before and
@@ -228,16 +238,6 @@ export class Informer<T extends KubeObject> {
    * data at least as new as the last event applied (`resourceVersionMatch=NotOlderThan`), so the
    * events that follow, applied over it, leave every object as the API server has it.
    */
-  /** Trim, then keep or drop (undefined): a list applies it to each item as its page arrives. */
-  #trimKept(): (object: T) => T | undefined {
-    const trim = this.#o.trim ?? dropManagedFields;
-    const keep = this.#o.keep ?? (() => true);
-    return (object) => {
-      const trimmed = trim(object);
-      return keep(trimmed) ? trimmed : undefined;
-    };
-  }
-
   async pickUp(selectors: {
     readonly labelSelector?: string;
     readonly fieldSelector?: string;

@@ -163,18 +163,13 @@ export class KubeTransport {
     const signal = deadline.signal;
     // A connection of the lane's, or a turn in line for one (the wait counts towards the timeout):
     // only then is the request built, so what waits costs a closure, not a fetch with its streams.
-    let release: () => void;
-    try {
-      release = await this.#slots[req.lane ?? "default"].acquire(signal);
-    } catch (err) {
-      deadline.done();
-      if (deadline.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
-      throw err;
-    }
+    let release: (() => void) | undefined;
+    let sent = false;
     let response: ResponseContext;
     let text: string;
     let started: number;
     try {
+      release = await this.#slots[req.lane ?? "default"].acquire(signal);
       const ctx = await this.#context(req.method, req.path, req.query, signal, req.accept, req.lane);
       if (req.body !== undefined) {
         ctx.setHeaderParam("Content-Type", req.contentType ?? "application/json");
@@ -182,20 +177,19 @@ export class KubeTransport {
       }
       this.#budget.record(verb, resource);
       started = performance.now();
-      try {
-        response = await this.#http.send(ctx).toPromise();
-        text = await response.body.text();
-      } catch (err) {
-        if (!req.signal?.aborted) {
-          this.#unreachable = true;
-          this.#budget.answered(verb, "error");
-        }
-        // fetch rejects with the signal's reason; name a timeout so logs and guards can tell it.
-        if (deadline.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
-        throw err;
+      sent = true;
+      response = await this.#http.send(ctx).toPromise();
+      text = await response.body.text();
+    } catch (err) {
+      if (sent && !req.signal?.aborted) {
+        this.#unreachable = true;
+        this.#budget.answered(verb, "error");
       }
+      // fetch and the line reject with the signal's reason: name a timeout, so logs and guards tell it.
+      if (deadline.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
+      throw err;
     } finally {
-      release();
+      release?.();
       deadline.done();
     }
     if (this.#unreachable) {

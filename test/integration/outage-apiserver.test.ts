@@ -222,14 +222,15 @@ spec:
           const pods = (await getJson<{ items: PodJson[] }>(["pods", "-n", ns, "-l", "app=later"])).items;
           // Where it got stuck, when it does: created, scheduled, started, ready.
           expect(
-            pods.map((pod) => ({
-              node: pod.spec.nodeName,
-              scheduled: ((c) => (c?.status === "True" ? "True" : (c?.reason ?? "not yet")))(
-                condition(pod, "PodScheduled"),
-              ),
-              phase: pod.status.phase,
-              ready: isReady(pod),
-            })),
+            pods.map((pod) => {
+              const scheduled = condition(pod, "PodScheduled");
+              return {
+                node: pod.spec.nodeName,
+                scheduled: scheduled?.status === "True" ? "True" : (scheduled?.reason ?? "not yet"),
+                phase: pod.status.phase,
+                ready: isReady(pod),
+              };
+            }),
           ).toEqual([{ node: gwExit, scheduled: "True", phase: "Running", ready: true }]);
         },
         { timeoutMs: laterDeploymentMs, intervalMs: 1_000 },
