@@ -150,12 +150,15 @@ describe("devicelet run with provider.type: devicelet-provider-http-example", ()
       ),
     ]);
     // The provider devicelet runs is the package's: its name is in the "running" log line.
-    const running = readFileSync(logFile, "utf8")
-      .split("\n")
-      .filter((l) => l.startsWith("{"))
-      .map((l) => JSON.parse(l) as { msg?: string; provider?: string })
-      .find((l) => l.msg === "devicelet is running");
-    expect(running?.provider).toBe("http-example");
+    // The line comes once the engine has started, which may be after the nodes are registered.
+    await eventually(() => {
+      const running = readFileSync(logFile, "utf8")
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as { msg?: string; provider?: string })
+        .find((l) => l.msg === "devicelet is running");
+      expect(running?.provider).toBe("http-example");
+    });
 
     await apply(
       pod({

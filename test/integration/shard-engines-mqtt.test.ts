@@ -19,12 +19,13 @@ import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { readyz } from "../support/leader.ts";
 import { retainedDesired } from "../support/mqtt.ts";
 import { mqttScene } from "../support/scene.ts";
-import { adminKubeconfig, uniqueName } from "../support/testenv.ts";
+import { splitName } from "../support/shard-names.ts";
+import { adminKubeconfig } from "../support/testenv.ts";
 import { isReady, type PodJson } from "../support/workloads.ts";
 
-const id = uniqueName("shardmq");
-const ns = id;
 const shards = 4;
+const id = splitName("shardmq", shards);
+const ns = id;
 const devices = Array.from({ length: 12 }, (_, i) => `${id}-gw-${i}`);
 
 const core = (who: string) => ({

@@ -24,12 +24,13 @@ import { eventually } from "../support/eventually.ts";
 import { readyz } from "../support/leader.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { stopAll } from "../support/mqtt.ts";
-import { adminKubeconfig, uniqueName } from "../support/testenv.ts";
+import { splitName } from "../support/shard-names.ts";
+import { adminKubeconfig } from "../support/testenv.ts";
 import { isReady, type PodJson } from "../support/workloads.ts";
 
-const id = uniqueName("shardeng");
-const ns = id;
 const shards = 4;
+const id = splitName("shardeng", shards);
+const ns = id;
 const devices = Array.from({ length: 12 }, (_, i) => `${id}-d${i}`);
 const stateFile = path.join(mkdtempSync(path.join(os.tmpdir(), `${id}-mock-`)), "devices.json");
 
