@@ -147,7 +147,7 @@ describe("TLS from the kubeconfig", () => {
     } finally {
       tlsServer.off("secureConnection", count);
     }
-    // One dispatcher for all: a dispatcher per request would open five. (undici's fetch resolves
+    // One dispatcher for all: a dispatcher per request would open five. (undici resolves
     // the body a moment before it frees the connection, so the next request may open a second.)
     expect(connections).toBeLessThanOrEqual(2);
   });

@@ -11,18 +11,20 @@
  *   module: `access-client-node.ts` serves it with client-node's KubeConfig, imported on first use.
  *
  *   const access = openKubeAccess(loadKubeconfig(), { clock: systemClock });
- *   await fetch(url, { headers: await access.headers(), dispatcher: access.dispatcher });
+ *   const { request } = undici();
+ *   await request(url, { headers: await access.headers(), dispatcher: access.dispatcher });
  *   await access.close();
  */
-import type { RequestContext } from "@kubernetes/client-node/dist/gen/http/http.js";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import type { ConnectionOptions } from "node:tls";
 import type { Clock } from "../base/clock.ts";
 import type { Kubeconfig, KubeconfigUser } from "./kubeconfig.ts";
 
-/** undici's `Dispatcher`, as client-node's fetch takes it. */
-export type Dispatcher = NonNullable<ReturnType<RequestContext["getDispatcher"]>>;
+/** An undici dispatcher (an `Agent`, client-node's or ours), as devicelet holds it: opaque. */
+export interface Dispatcher {
+  close(): Promise<void>;
+}
 
 export interface KubeAccess {
   /** The headers that authenticate one request; cheap unless a credential has to be re-read. */
@@ -72,14 +74,47 @@ interface UndiciAgent {
  */
 export const MAX_CONNECTIONS = { default: 256, heartbeat: 512 } as const;
 
+/** One answer of undici's `request`: the body must be read or destroyed to free the connection. */
+export interface UndiciResponse {
+  readonly statusCode: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: AsyncIterable<Buffer> & {
+    text(): Promise<string>;
+    setEncoding(encoding: "utf8"): unknown;
+    destroy(): unknown;
+  };
+}
+
+export interface UndiciRequestOptions {
+  readonly method: string;
+  readonly headers: Record<string, string>;
+  readonly body?: string;
+  readonly signal?: AbortSignal;
+  /** undefined: undici's global dispatcher. */
+  readonly dispatcher?: Dispatcher;
+}
+
+interface Undici {
+  readonly Agent: UndiciAgent;
+  /**
+   * undici's plain request: no WHATWG Request, Response, Headers or streams per call, as `fetch`
+   * builds (a third of the CPU per request, measured on loopback).
+   */
+  readonly request: (url: string, options: UndiciRequestOptions) => Promise<UndiciResponse>;
+}
+
+let loaded: Undici | undefined;
+
 /**
- * undici's `Agent`, from the undici that client-node's fetch uses (resolved from client-node's
- * own location: undici is its dependency, not devicelet's), so the dispatcher and fetch match.
+ * undici, the copy client-node depends on (resolved from client-node's own location: undici is its
+ * dependency, not devicelet's), so client-node's dispatchers (`access-client-node.ts`) are its own.
  */
-function undiciAgent(): UndiciAgent {
+export function undici(): Undici {
+  if (loaded) return loaded;
   const fromHere = createRequire(import.meta.url);
   const fromClientNode = createRequire(fromHere.resolve("@kubernetes/client-node"));
-  return (fromClientNode("undici") as { Agent: UndiciAgent }).Agent;
+  loaded = fromClientNode("undici") as Undici;
+  return loaded;
 }
 
 /** Access from the kubeconfig's own fields: nothing but undici's Agent and a file read now and then. */
@@ -103,7 +138,7 @@ class DirectAccess implements KubeAccess {
     // HTTP/1.1, not HTTP/2 (undici's default since version 7): at 5,000 nodes, with the API server
     // slow to answer, Node's HTTP/2 session buffered outgoing frames without bound, 1 GB to 5 GB
     // in half a minute, with the event loop busy copying them (perf: CopyDataIntoOutgoing).
-    const Agent = undiciAgent();
+    const { Agent } = undici();
     const pool = (connections: number) =>
       new Agent({
         connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 },

@@ -11,7 +11,7 @@ import {
   isTooManyRequests,
   kubeStatus,
 } from "./errors.ts";
-import { KubeApiError } from "./transport.ts";
+import { KubeApiError, RequestFailedError } from "./transport.ts";
 
 const status = (code: number, reason: string, message = "m", extra: object = {}) =>
   JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", code, reason, message, ...extra });
@@ -94,6 +94,9 @@ describe("guards", () => {
       cause: Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }),
     });
     expect(isRetryableKubeError(refused)).toBe(true);
+    const tls = Object.assign(new Error("self-signed certificate"), { code: "SELF_SIGNED_CERT_IN_CHAIN" });
+    expect(isRetryableKubeError(tls)).toBe(false);
+    expect(isRetryableKubeError(new RequestFailedError("get", "leases", tls))).toBe(true);
     expect(isRetryableKubeError(Object.assign(new Error("socket"), { code: "UND_ERR_SOCKET" }))).toBe(true);
     expect(isRetryableKubeError(new DOMException("timed out", "TimeoutError"))).toBe(true);
     expect(isRetryableKubeError(new DOMException("aborted", "AbortError"))).toBe(false);

@@ -18,7 +18,7 @@
  */
 
 import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
-import { KubeApiError } from "./transport.ts";
+import { KubeApiError, RequestFailedError } from "./transport.ts";
 
 /** What the API server said, whatever shape the error arrived in. */
 export interface KubeStatus {
@@ -155,7 +155,8 @@ function isNetworkError(err: unknown, depth = 0): boolean {
   const e = err as { code?: unknown; name?: unknown; message?: unknown; cause?: unknown };
   if (typeof e.code === "string" && networkCodes.has(e.code)) return true;
   if (e.name === "TimeoutError") return true;
-  // undici's fetch wraps the socket error: TypeError("fetch failed", { cause }).
+  // The transport wraps what failed in sending or receiving; fetch (client-node's) in a TypeError.
+  if (err instanceof RequestFailedError) return true;
   if (e.name === "TypeError" && e.message === "fetch failed") return true;
   return isNetworkError(e.cause, depth + 1);
 }

@@ -3,22 +3,24 @@
  * server, authenticated from a {@link Kubeconfig} (see `access.ts`), every request paid for from
  * the shared {@link RequestBudget} and counted by verb and resource.
  *
- * It uses client-node's undici-based fetch and its `ApiException`, imported from their own modules:
- * the package index loads every generated model and API class (about 86 MiB of memory), and the
- * generated API classes would convert every object to model classes anyway (see `types.ts`). One
- * undici dispatcher per lane is built once and reused by every request of that lane.
+ * It sends with undici's plain `request` (not `fetch`: no WHATWG Request, Response and streams per
+ * call) and fails with client-node's `ApiException`, imported from its own module: the package
+ * index loads every generated model and API class (about 86 MiB of memory), and the generated API
+ * classes would convert every object to model classes anyway (see `types.ts`). One undici
+ * dispatcher per lane is built once and reused by every request of that lane.
  */
 import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
-import {
-  HttpMethod,
-  IsomorphicFetchHttpLibrary,
-  RequestContext,
-  type ResponseContext,
-} from "@kubernetes/client-node/dist/gen/http/http.js";
 import type { Logger } from "pino";
 import { systemClock, type Clock } from "../base/clock.ts";
 import { Slots } from "../base/slots.ts";
-import { MAX_CONNECTIONS, openKubeAccess, type KubeAccess } from "./access.ts";
+import {
+  MAX_CONNECTIONS,
+  openKubeAccess,
+  undici,
+  type KubeAccess,
+  type UndiciRequestOptions,
+  type UndiciResponse,
+} from "./access.ts";
 import type { RequestBudget } from "./budget.ts";
 import type { Kubeconfig } from "./kubeconfig.ts";
 import type { WatchEvent } from "./types.ts";
@@ -115,7 +117,6 @@ export class KubeTransport {
   readonly #timeoutMs: number;
   readonly #log: Logger;
   readonly #userAgent: string;
-  readonly #http = new IsomorphicFetchHttpLibrary();
   /** Requests in flight per lane, at most the lane's connections (watches are not counted). */
   readonly #slots = {
     default: new Slots(MAX_CONNECTIONS.default),
@@ -153,7 +154,8 @@ export class KubeTransport {
   /**
    * Sends one request after taking a budget token, and resolves with the parsed JSON body of a
    * 2xx answer. Anything else rejects with client-node's `ApiException` (`code`, `body` the Status
-   * as a JSON string), network failures with fetch's error; read them with `errors.ts`.
+   * as a JSON string), network failures with undici's or the socket's error, a timeout with a
+   * {@link RequestTimeoutError}; read them with `errors.ts`.
    */
   async request<T>(req: TransportRequest): Promise<T> {
     const { verb, resource } = describeRequest(req.method, req.path);
@@ -162,31 +164,32 @@ export class KubeTransport {
     const deadline = new Deadline(req.signal, req.timeoutMs ?? this.#timeoutMs);
     const signal = deadline.signal;
     // A connection of the lane's, or a turn in line for one (the wait counts towards the timeout):
-    // only then is the request built, so what waits costs a closure, not a fetch with its streams.
+    // only then is the request built, so what waits costs a closure, not a request with its buffers.
     let release: (() => void) | undefined;
     let sent = false;
-    let response: ResponseContext;
+    let response: UndiciResponse;
     let text: string;
     let started: number;
     try {
       release = await this.#slots[req.lane ?? "default"].acquire(signal);
-      const ctx = await this.#context(req.method, req.path, req.query, signal, req.accept, req.lane);
+      const options = await this.#prepare(req.method, signal, req.accept, req.lane);
       if (req.body !== undefined) {
-        ctx.setHeaderParam("Content-Type", req.contentType ?? "application/json");
-        ctx.setBody(JSON.stringify(req.body));
+        options.headers["Content-Type"] = req.contentType ?? "application/json";
+        options.body = JSON.stringify(req.body);
       }
       this.#budget.record(verb, resource);
       started = performance.now();
       sent = true;
-      response = await this.#http.send(ctx).toPromise();
+      response = await undici().request(this.#url(req.path, req.query), options);
       text = await response.body.text();
     } catch (err) {
       if (sent && !req.signal?.aborted) {
         this.#unreachable = true;
         this.#budget.answered(verb, "error");
       }
-      // fetch and the line reject with the signal's reason: name a timeout, so logs and guards tell it.
+      // undici and the line reject with the signal's reason: name a timeout, so logs and guards tell it.
       if (deadline.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
+      if (sent && !req.signal?.aborted) throw new RequestFailedError(verb, resource, err);
       throw err;
     } finally {
       release?.();
@@ -196,13 +199,14 @@ export class KubeTransport {
       this.#unreachable = false;
       this.#reachableSince = performance.now();
     }
-    this.#budget.answered(verb, String(response.httpStatusCode));
+    const code = response.statusCode;
+    this.#budget.answered(verb, String(code));
     const ms = Math.round(performance.now() - started);
-    this.#log.trace({ verb, resource, path: req.path, code: response.httpStatusCode, ms }, "kube request");
-    if (response.httpStatusCode >= 200 && response.httpStatusCode < 300) {
+    this.#log.trace({ verb, resource, path: req.path, code, ms }, "kube request");
+    if (code >= 200 && code < 300) {
       return (text === "" ? undefined : JSON.parse(text)) as T;
     }
-    const error = apiException(response.httpStatusCode, req.method, req.path, text, response.headers);
+    const error = apiException(code, req.method, req.path, text, flatHeaders(response.headers));
     // An API server that has just started answers 403 until its authorizer has loaded the RBAC
     // rules (seen on 1.36 right after a restart), and a fresh install may bind devicelet's role a
     // moment after devicelet starts: a 403 that soon is worth retrying, not a verdict.
@@ -221,24 +225,23 @@ export class KubeTransport {
     const { resource } = describeRequest("GET", req.path, true);
     const local = new AbortController();
     const signal = req.signal ? AbortSignal.any([req.signal, local.signal]) : local.signal;
-    const ctx = await this.#context("GET", req.path, { ...req.query, watch: true }, signal, req.accept);
+    const query = { ...req.query, watch: true };
+    const options = await this.#prepare("GET", signal, req.accept);
     await this.#budget.take(req.signal);
     this.#budget.record("watch", resource);
     try {
-      const response = await this.#http.send(ctx).toPromise();
-      this.#budget.answered("watch", String(response.httpStatusCode));
-      if (response.httpStatusCode !== 200) {
+      const response = await undici().request(this.#url(req.path, query), options);
+      this.#budget.answered("watch", String(response.statusCode));
+      if (response.statusCode !== 200) {
         const text = await response.body.text();
-        throw apiException(response.httpStatusCode, "GET", req.path, text, response.headers);
+        throw apiException(response.statusCode, "GET", req.path, text, flatHeaders(response.headers));
       }
-      const stream = response.body.stream();
-      if (!stream) return;
-      const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+      // Decoded as a stream, so a character split between chunks comes out whole.
+      response.body.setEncoding("utf8");
       let buffered = "";
-      for (;;) {
-        const chunk = await reader.read();
-        if (chunk.done) break;
-        buffered += chunk.value;
+      // Leaving the loop (a `break` by the caller, an error, the end) destroys the body.
+      for await (const chunk of response.body as AsyncIterable<string>) {
+        buffered += chunk;
         let nl: number;
         while ((nl = buffered.indexOf("\n")) >= 0) {
           const line = buffered.slice(0, nl).trim();
@@ -254,7 +257,8 @@ export class KubeTransport {
       }
     } catch (err) {
       if (req.signal?.aborted) return;
-      throw err;
+      if (err instanceof KubeApiError || err instanceof SyntaxError) throw err;
+      throw new RequestFailedError("watch", resource, err);
     } finally {
       local.abort();
     }
@@ -266,27 +270,25 @@ export class KubeTransport {
     await access?.close();
   }
 
-  async #context(
-    method: TransportRequest["method"],
-    path: string,
-    query: Query | undefined,
-    signal?: AbortSignal,
-    accept = "application/json",
-    lane?: TransportRequest["lane"],
-  ) {
+  #url(path: string, query: Query | undefined): string {
     const url = new URL(this.#server + path);
     for (const [key, value] of Object.entries(query ?? {})) {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
-    const ctx = new RequestContext(url.toString(), HttpMethod[method]);
-    ctx.setHeaderParam("Accept", accept);
-    ctx.setHeaderParam("User-Agent", this.#userAgent);
+    return url.toString();
+  }
+
+  /** A request's options but its body: headers with the credentials, the lane's dispatcher. */
+  async #prepare(
+    method: TransportRequest["method"],
+    signal: AbortSignal,
+    accept = "application/json",
+    lane?: TransportRequest["lane"],
+  ): Promise<UndiciRequestOptions & { headers: Record<string, string>; body?: string }> {
     const access = await this.#openAccess();
-    for (const [key, value] of Object.entries(await access.headers())) ctx.setHeaderParam(key, value);
+    const headers = { Accept: accept, "User-Agent": this.#userAgent, ...(await access.headers()) };
     const dispatcher = (lane === "heartbeat" && access.heartbeatDispatcher) || access.dispatcher;
-    if (dispatcher) ctx.setDispatcher(dispatcher);
-    if (signal) ctx.setSignal(signal);
-    return ctx;
+    return { method, headers, signal, ...(dispatcher ? { dispatcher } : {}) };
   }
 
   #openAccess(): Promise<KubeAccess> {
@@ -309,7 +311,7 @@ export class KubeTransport {
 /**
  * A request's signal: aborts with the caller's signal or after `ms`; `done()` drops the timer and
  * the listener once the request is over. Not `AbortSignal.any([signal, AbortSignal.timeout(ms)])`:
- * Node keeps such a signal alive while it has abort listeners (fetch adds one and leaves it) until
+ * Node keeps such a signal alive while it has abort listeners (fetch, used then, left one) until
  * it fires, and with it all the request held, for the whole timeout. At 1,000 requests a second
  * and a 10 s timeout that pinned 10,000 finished fetches (700 MB at 5,000 nodes).
  */
@@ -356,6 +358,18 @@ export class RequestTimeoutError extends Error {
 }
 
 /**
+ * A request that got no answer, or half of one: refused, reset, closed, a TLS handshake that
+ * failed. The socket's or undici's error is the `cause`. Retryable (`isRetryableKubeError`), as a
+ * failed connection may work the next time (an API server restarting, a certificate rotating).
+ */
+export class RequestFailedError extends Error {
+  override readonly name = "RequestFailedError";
+  constructor(verb: string, resource: string, cause: unknown) {
+    super(`${verb} ${resource}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/**
  * client-node's `ApiException` (so `instanceof ApiException` and `code`/`body` work as callers of
  * client-node expect) with a one-line message instead of its multi-line dump of body and headers.
  */
@@ -375,6 +389,15 @@ export class KubeApiError extends ApiException<string> {
     this.message = message;
     if (options?.cause !== undefined) this.cause = options.cause;
   }
+}
+
+/** undici's response headers as one string each (a repeated header's values joined, as HTTP does). */
+function flatHeaders(headers: UndiciResponse["headers"]): Record<string, string> {
+  const flat: Record<string, string> = {};
+  for (const [key, value] of Object.entries(headers)) {
+    if (value !== undefined) flat[key] = Array.isArray(value) ? value.join(", ") : value;
+  }
+  return flat;
 }
 
 function apiException(
