@@ -51,7 +51,7 @@ import {
   type NodeEntry,
 } from "./controller-types.ts";
 import { HeartbeatLoad, startNodeLease } from "./heartbeat.ts";
-import { LeaseRecovery } from "./lease.ts";
+import { LeaseLog, LeaseRecovery } from "./lease.ts";
 import { DEFAULT_DEVICE_LABEL_POLICY } from "./labels.ts";
 import { NodeNameRegistry } from "./names.ts";
 import { DeviceNotices } from "./notices.ts";
@@ -76,6 +76,8 @@ export class NodeController {
   readonly #entries = new Map<string, NodeEntry>();
   /** One wave of `renewSoon` over the fleet when a lease recovers (at most one a second). */
   readonly #recovery: LeaseRecovery;
+  /** Every node's lease failures and recoveries, summed up per window (`LeaseLog`). */
+  readonly #leaseLog: LeaseLog;
   readonly #byName = new Map<string, string>();
   readonly #queue: WorkQueue;
   readonly #informer: Informer<Node>;
@@ -97,6 +99,7 @@ export class NodeController {
       for (const entry of entries.values()) yield entry.lease;
     }, clock);
     this.#log = options.logger.child({ component: "node" });
+    this.#leaseLog = new LeaseLog(this.#log, clock);
     this.#names = new NodeNameRegistry(options.config.namePrefix);
     this.#birthPolicy = {
       labels: options.config.deviceLabels ?? DEFAULT_DEVICE_LABEL_POLICY,
@@ -409,6 +412,7 @@ export class NodeController {
         kube,
         config,
         logger: this.#log,
+        leaseLog: this.#leaseLog,
         signal: this.#signal,
         clock,
         nodeUid: () => this.#informer.get(entry.name)?.metadata?.uid ?? nodeUid,

@@ -11,7 +11,7 @@ import type { Logger } from "pino";
 import type { Clock } from "../base/clock.ts";
 import type { KubeClient } from "../kube/index.ts";
 import type { NodeControllerConfig, NodeEntry } from "./controller-types.ts";
-import { NodeLease } from "./lease.ts";
+import { NodeLease, type LeaseLog } from "./lease.ts";
 
 /** Share of the heartbeat lane's QPS above which devicelet warns that leases may starve. */
 const HEARTBEAT_LOAD_WARNING = 0.8;
@@ -60,6 +60,8 @@ export interface NodeLeaseStart {
   readonly kube: KubeClient;
   readonly config: NodeControllerConfig;
   readonly logger: Logger;
+  /** Shared by the fleet's leases; default one per lease. */
+  readonly leaseLog?: LeaseLog;
   /** devicelet's lifetime: the lease stops with it. */
   readonly signal: AbortSignal;
   readonly nodeUid: () => string | undefined;
@@ -82,6 +84,7 @@ export function startNodeLease(o: NodeLeaseStart): void {
     durationSeconds: config.leaseDurationSeconds,
     renewIntervalSeconds: config.leaseRenewIntervalSeconds,
     logger: o.logger,
+    ...(o.leaseLog ? { log: o.leaseLog } : {}),
     onTick: o.onTick,
     // At once: a new node needs its Lease, and one an earlier run left may be nearly stale
     // (devicelet was down meanwhile). The heartbeat lane's budget spreads a large fleet.

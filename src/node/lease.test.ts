@@ -2,7 +2,8 @@ import pino from "pino";
 import { describe, expect, it, vi } from "vitest";
 import type { KubeClient, Lease } from "../kube/index.ts";
 import { systemClock } from "../base/clock.ts";
-import { LeaseRecovery, NodeLease } from "./lease.ts";
+import { FakeClock } from "../base/fake-clock.ts";
+import { LeaseLog, LeaseRecovery, NodeLease } from "./lease.ts";
 
 const conflict = () =>
   Object.assign(new Error("conflict"), {
@@ -233,5 +234,86 @@ describe("LeaseRecovery", () => {
     now = 1_000;
     recovery.recovered();
     expect(calls.every((c) => c === 2)).toBe(true);
+  });
+});
+
+describe("LeaseLog", () => {
+  function recorded() {
+    const lines: {
+      level: number;
+      msg: string;
+      node?: string;
+      failures?: number;
+      nodes?: number;
+      some?: string[];
+      lastError?: string;
+    }[] = [];
+    const logger = pino({ level: "info" }, { write: (line: string) => lines.push(JSON.parse(line)) });
+    return { lines, logger };
+  }
+
+  it("logs the first few failures of a window one by one and the rest of the fleet's in one line", () => {
+    const { lines, logger } = recorded();
+    const clock = new FakeClock();
+    const log = new LeaseLog(logger, clock, { windowMs: 30_000, detailed: 5 });
+    for (let i = 0; i < 1000; i++) log.failed(`n${i}`, 1, new Error("HTTP 503"));
+    expect(lines.map((l) => l.node)).toEqual(["n0", "n1", "n2", "n3", "n4"]);
+    clock.advance(30_000);
+    expect(lines).toHaveLength(6);
+    expect(lines[5]).toMatchObject({ level: 40, failures: 995, nodes: 995, lastError: "HTTP 503" });
+    expect(lines[5]?.some).toEqual(["n5", "n6", "n7", "n8", "n9"]);
+    // A new window has its own few lines; nothing is summed up when nothing was held back.
+    log.failed("n0", 2, new Error("HTTP 503"));
+    clock.advance(30_000);
+    expect(lines).toHaveLength(7);
+    expect(lines[6]).toMatchObject({ node: "n0", failures: 2 });
+  });
+
+  it("counts only a node's first three failures in a row and every tenth after", () => {
+    const { lines, logger } = recorded();
+    const clock = new FakeClock();
+    const log = new LeaseLog(logger, clock, { windowMs: 1_000_000, detailed: 100 });
+    for (let failures = 1; failures <= 25; failures++) log.failed("n0", failures, new Error("timeout"));
+    expect(lines.map((l) => l.failures)).toEqual([1, 2, 3, 10, 20]);
+  });
+
+  it("sums up recoveries past the first few, and a fleet of leases shares it", async () => {
+    const { lines, logger } = recorded();
+    const clock = new FakeClock();
+    const log = new LeaseLog(logger, clock, { windowMs: 30_000, detailed: 2 });
+    for (let i = 0; i < 10; i++) log.recovered(`n${i}`, 4);
+    clock.advance(30_000);
+    expect(lines.map((l) => [l.level, l.node ?? l.nodes])).toEqual([
+      [30, "n0"],
+      [30, "n1"],
+      [30, 8],
+    ]);
+    // Leases given the log report to it, not to their own logger.
+    lines.length = 0;
+    const failing: Pick<KubeClient, "getLease" | "createLease" | "replaceLease"> = {
+      getLease: () => Promise.reject(new Error("refused")),
+      createLease: () => Promise.reject(new Error("refused")),
+      replaceLease: () => Promise.reject(new Error("refused")),
+    };
+    const stop = new AbortController();
+    for (let i = 0; i < 10; i++) {
+      new NodeLease({
+        kube: failing,
+        nodeName: `m${i}`,
+        nodeUid: () => undefined,
+        durationSeconds: 40,
+        renewIntervalSeconds: 10,
+        logger: pino({ level: "silent" }),
+        log,
+        firstDelayMs: 0,
+        clock,
+      }).start(stop.signal);
+    }
+    await clock.advanceAsync(1);
+    await clock.settle();
+    stop.abort();
+    clock.advance(30_000);
+    expect(lines.filter((l) => l.node !== undefined).map((l) => l.node)).toEqual(["m0", "m1"]);
+    expect(lines.at(-1)).toMatchObject({ level: 40, failures: 8, nodes: 8, lastError: "refused" });
   });
 });

@@ -45,6 +45,11 @@ export interface LeaseOptions {
   readonly clock?: Clock;
   /** Jitter source in [0, 1); default `Math.random`. */
   readonly random?: () => number;
+  /**
+   * Where failures and recoveries are logged: a fleet's leases share one, so an outage reads as a
+   * few lines, not one per node. Default: one of this lease's own, on `logger`.
+   */
+  readonly log?: LeaseLog;
 }
 
 const maxConflictRetries = 3;
@@ -63,11 +68,13 @@ export class NodeLease {
   #lastError: unknown;
   #signal: AbortSignal | undefined;
   #inFlight = false;
+  readonly #log: LeaseLog;
 
   constructor(options: LeaseOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
     this.#random = options.random ?? Math.random;
+    this.#log = options.log ?? new LeaseLog(options.logger, this.#clock);
   }
 
   get renewals(): number {
@@ -151,11 +158,7 @@ export class NodeLease {
       await this.renew();
       this.#o.onRenewed?.((this.#clock.now() - started) / 1000);
       const recovered = this.#failures > 0;
-      if (recovered)
-        this.#o.logger.info(
-          { node: this.#o.nodeName, failures: this.#failures },
-          "node lease renewed again after failures",
-        );
+      if (recovered) this.#log.recovered(this.#o.nodeName, this.#failures);
       this.#failures = 0;
       if (recovered) this.#o.onRecovered?.();
       return true;
@@ -164,11 +167,7 @@ export class NodeLease {
       this.#lastError = err;
       // The cached Lease is kept: if the failed write did land after all, the next replace meets a
       // Conflict and re-reads (in renew()), so a fault costs no extra request the rest of the time.
-      if (this.#failures <= 3 || this.#failures % 10 === 0)
-        this.#o.logger.warn(
-          { err, node: this.#o.nodeName, failures: this.#failures },
-          "node lease renewal failed; retrying soon",
-        );
+      this.#log.failed(this.#o.nodeName, this.#failures, err);
       return false;
     } finally {
       this.#o.onTick?.();
@@ -247,5 +246,102 @@ export class LeaseRecovery {
     if (now - this.#lastWaveMs < this.#minGapMs) return;
     this.#lastWaveMs = now;
     for (const lease of this.#leases()) lease?.renewSoon();
+  }
+}
+
+/**
+ * Lease failures and recoveries, logged for a whole fleet: in each window (default 30 s) the first
+ * few (default 5) get a line of their own, with the error, and the rest one line between them when
+ * the window ends: how many, on how many nodes, a few of their names and the last error. A node's
+ * own failures are worth a line only while they are news: its first three, then every tenth.
+ * Without this, an API server outage at 5,000 nodes logged 20,000 warnings with a stack each.
+ *
+ *   const log = new LeaseLog(logger, clock);
+ *   new NodeLease({ ..., log });   // every lease of the fleet
+ */
+export class LeaseLog {
+  readonly #logger: Logger;
+  readonly #clock: Clock;
+  readonly #windowMs: number;
+  readonly #detailed: number;
+  #window: { failures: Tally; recoveries: Tally } | undefined;
+
+  constructor(
+    logger: Logger,
+    clock: Clock = systemClock,
+    options: { windowMs?: number; detailed?: number } = {},
+  ) {
+    this.#logger = logger;
+    this.#clock = clock;
+    this.#windowMs = options.windowMs ?? 30_000;
+    this.#detailed = options.detailed ?? 5;
+  }
+
+  /** The `failures`-th renewal of `node` in a row failed with `err`. */
+  failed(node: string, failures: number, err: unknown): void {
+    if (failures > 3 && failures % 10 !== 0) return;
+    const tally = this.#open().failures;
+    if (tally.logged < this.#detailed) {
+      tally.logged++;
+      this.#logger.warn({ err, node, failures }, "node lease renewal failed; retrying soon");
+      return;
+    }
+    tally.add(node);
+    tally.lastError = err instanceof Error ? err.message : String(err);
+  }
+
+  /** `node`'s lease was renewed after `failures` failures in a row. */
+  recovered(node: string, failures: number): void {
+    const tally = this.#open().recoveries;
+    if (tally.logged < this.#detailed) {
+      tally.logged++;
+      this.#logger.info({ node, failures }, "node lease renewed again after failures");
+      return;
+    }
+    tally.add(node);
+  }
+
+  #open(): { failures: Tally; recoveries: Tally } {
+    if (this.#window) return this.#window;
+    const window = { failures: new Tally(), recoveries: new Tally() };
+    this.#window = window;
+    this.#clock.setTimeout(() => {
+      this.#window = undefined;
+      const { failures, recoveries } = window;
+      if (failures.count > 0)
+        this.#logger.warn(
+          {
+            failures: failures.count,
+            nodes: failures.nodes.size,
+            some: failures.some(),
+            lastError: failures.lastError,
+          },
+          "node lease renewals failing on more nodes (not logged one by one); retrying soon",
+        );
+      if (recoveries.count > 0)
+        this.#logger.info(
+          { nodes: recoveries.nodes.size, some: recoveries.some() },
+          "node leases renewed again after failures on more nodes (not logged one by one)",
+        );
+    }, this.#windowMs);
+    return window;
+  }
+}
+
+/** One window's events of one kind: those logged one by one, and the rest counted. */
+class Tally {
+  logged = 0;
+  count = 0;
+  readonly nodes = new Set<string>();
+  lastError: string | undefined;
+
+  add(node: string): void {
+    this.count++;
+    this.nodes.add(node);
+  }
+
+  /** A few of the nodes, for an operator to look at. */
+  some(): string[] {
+    return [...this.nodes].slice(0, 5);
   }
 }
