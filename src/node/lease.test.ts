@@ -239,7 +239,7 @@ describe("LeaseRecovery", () => {
 
 describe("LeaseLog", () => {
   function recorded() {
-    const lines: {
+    interface Line {
       level: number;
       msg: string;
       node?: string;
@@ -247,8 +247,9 @@ describe("LeaseLog", () => {
       nodes?: number;
       some?: string[];
       lastError?: string;
-    }[] = [];
-    const logger = pino({ level: "info" }, { write: (line: string) => lines.push(JSON.parse(line)) });
+    }
+    const lines: Line[] = [];
+    const logger = pino({ level: "info" }, { write: (line: string) => lines.push(JSON.parse(line) as Line) });
     return { lines, logger };
   }
 
