@@ -1,7 +1,7 @@
 /**
  * `src/kube`: the only code in devicelet that talks to the Kubernetes API server (the seam around
- * `@kubernetes/client-node`, of which only the fetch and `ApiException` modules load, unless a
- * kubeconfig needs an exec plugin, an auth provider or a proxy). Everything else depends on the {@link KubeClient} interface and the
+ * `@kubernetes/client-node`, of which only the `ApiException` module and its undici load, unless
+ * a kubeconfig needs an exec plugin, an auth provider or a proxy). Everything else depends on the {@link KubeClient} interface and the
  * wire-JSON object types, so tests can fake the API server in a few dozen lines.
  *
  *   const kube = createKubeClient({ kubeconfigPath, qps: 50, burst: 100, logger });
