@@ -57,7 +57,13 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
     ? toWire(buildNodeStatus(entry.device, options))
     : { ...node.status, conditions: toWire(heartbeatConditions(options)) };
   const due = clock.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
-  if (entry.lastStatus && !due && !nodeStatusChanged(entry.lastStatus, status)) return undefined;
+  if (
+    entry.lastStatus &&
+    !due &&
+    !nodeStatusChanged(entry.lastStatus, status) &&
+    !conditionsOverwritten(node.status?.conditions, status.conditions)
+  )
+    return undefined;
   // A node whose device is not known yet gets only its conditions written.
   const written = await kube.patchNodeStatus(
     entry.name,
@@ -66,6 +72,24 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   entry.lastStatus = status;
   entry.lastStatusAt = clock.now();
   return written;
+}
+
+/**
+ * Whether the node lifecycle controller has marked a condition devicelet writes `Unknown` (reason
+ * `NodeStatusUnknown`, after it judged the Lease stale, as after an API server outage): only the
+ * node's kubelet ever sets it back, as the kubelet does by comparing with the server's copy. Such
+ * a node gets its status written at the next heartbeat, not when it is next due (minutes), so it
+ * is Ready and untainted again within seconds. Only that reason counts, so a cached copy that has
+ * not caught up with devicelet's own last write is no reason to write again.
+ */
+function conditionsOverwritten(
+  server: readonly { type: string; status: string; reason?: string }[] | undefined,
+  ours: readonly { type: string; status: string }[] | undefined,
+): boolean {
+  return (ours ?? []).some((c) => {
+    const there = server?.find((s) => s.type === c.type);
+    return there?.reason === "NodeStatusUnknown" && there.status !== c.status;
+  });
 }
 
 /**

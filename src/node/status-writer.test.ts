@@ -1,0 +1,65 @@
+import { describe, expect, it } from "vitest";
+import { FakeClock } from "../base/fake-clock.ts";
+import type { Node, NodeStatus } from "../kube/index.ts";
+import { newEntry, type NodeControllerConfig } from "./controller-types.ts";
+import { writeNodeStatus } from "./status-writer.ts";
+
+const config: NodeControllerConfig = {
+  namePrefix: "",
+  taintKey: "virtual-kubelet.io/provider",
+  extraLabels: {},
+  leaseDurationSeconds: 40,
+  leaseRenewIntervalSeconds: 10,
+  statusMaxIntervalSeconds: 300,
+  kubeletPort: 10250,
+  kubeletAddress: "10.0.0.1",
+  heartbeatQps: 10,
+};
+
+describe("writeNodeStatus", () => {
+  it("writes again at once when the node lifecycle controller marked a condition Unknown, not when next due", async () => {
+    const clock = new FakeClock(Date.parse("2026-12-04T00:00:00Z"));
+    const written: NodeStatus[] = [];
+    const kube = {
+      patchNodeStatus: (name: string, status: NodeStatus) => {
+        written.push(status);
+        return Promise.resolve({ metadata: { name }, status } as Node);
+      },
+    };
+    const entry = newEntry({ name: "gw-1", device: undefined, problems: [], ownership: "owned" });
+    const write = (node: Node) =>
+      writeNodeStatus({ kube, config, version: "test", transport: undefined, entry, node, clock });
+
+    const first = await write({ metadata: { name: "gw-1" }, status: {} });
+    expect(written).toHaveLength(1);
+    const ready = first?.status?.conditions?.find((c) => c.type === "Ready");
+    expect(ready?.status).toBe("True");
+
+    // The server's copy as devicelet wrote it, or one not caught up yet: nothing to write.
+    clock.advance(10_000);
+    expect(await write({ metadata: { name: "gw-1" }, status: first?.status ?? {} })).toBeUndefined();
+    expect(await write({ metadata: { name: "gw-1" }, status: {} })).toBeUndefined();
+    expect(written).toHaveLength(1);
+
+    // The controller judged the Lease stale during an outage and marked the node Unknown.
+    clock.advance(10_000);
+    const unknown: Node = {
+      metadata: { name: "gw-1" },
+      status: {
+        conditions: (first?.status?.conditions ?? []).map((c) =>
+          c.type === "Ready"
+            ? {
+                ...c,
+                status: "Unknown",
+                reason: "NodeStatusUnknown",
+                message: "Kubelet stopped posting node status.",
+              }
+            : c,
+        ),
+      },
+    };
+    await write(unknown);
+    expect(written).toHaveLength(2);
+    expect(written[1]?.conditions?.find((c) => c.type === "Ready")?.status).toBe("True");
+  });
+});
