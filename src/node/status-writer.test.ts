@@ -1,20 +1,12 @@
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { Node, NodeStatus } from "../kube/index.ts";
-import { newEntry, type NodeControllerConfig } from "./controller-types.ts";
+import { testNodeConfig } from "../../test/support/node-config.ts";
+import { newEntry } from "./controller-types.ts";
 import { writeNodeStatus } from "./status-writer.ts";
 
-const config: NodeControllerConfig = {
-  namePrefix: "",
-  taintKey: "virtual-kubelet.io/provider",
-  extraLabels: {},
-  leaseDurationSeconds: 40,
-  leaseRenewIntervalSeconds: 10,
-  statusMaxIntervalSeconds: 300,
-  kubeletPort: 10250,
-  kubeletAddress: "10.0.0.1",
-  heartbeatQps: 10,
-};
+/** Status is due every 60 s: the writes below, 20 s apart in all, are for other reasons. */
+const config = testNodeConfig;
 
 describe("writeNodeStatus", () => {
   it("writes again at once when the node lifecycle controller marked a condition Unknown, not when next due", async () => {

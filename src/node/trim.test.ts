@@ -7,7 +7,8 @@ import { describe, expect, it } from "vitest";
 import { dropManagedFields, toWire, type Node, type NodeStatus } from "../kube/index.ts";
 import type { DeviceInfo } from "../provider/types.ts";
 import { buildNode, buildNodeStatus, NodeLabel } from "./build.ts";
-import { newEntry, type NodeControllerConfig } from "./controller-types.ts";
+import { testNodeConfig } from "../../test/support/node-config.ts";
+import { newEntry } from "./controller-types.ts";
 import { writeNodeStatus, writeTransportTaint } from "./status-writer.ts";
 import { StringTable } from "../base/intern.ts";
 import { nodeIdentity, nodeStringTable, nodeTrimmer, trimNode } from "./trim.ts";
@@ -24,17 +25,7 @@ const device: DeviceInfo = {
   connected: true,
   lastSeen: t0,
 };
-const config: NodeControllerConfig = {
-  namePrefix: "",
-  taintKey: "virtual-kubelet.io/provider",
-  extraLabels: {},
-  leaseDurationSeconds: 40,
-  leaseRenewIntervalSeconds: 10,
-  statusMaxIntervalSeconds: 60,
-  kubeletPort: 10250,
-  kubeletAddress: "192.0.2.10",
-  heartbeatQps: 50,
-};
+const config = testNodeConfig;
 const statusOptions = {
   ready: true,
   readyMessage: "",
