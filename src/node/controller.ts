@@ -165,6 +165,8 @@ export class NodeController {
    */
   async start(signal: AbortSignal): Promise<void> {
     this.#signal = signal;
+    // The last window's summary of lease failures is written as the fleet stops, not lost.
+    signal.addEventListener("abort", () => this.#leaseLog.flush(), { once: true });
     this.#queue.start(signal);
     void this.#informer.start(signal);
     await this.#informer.ready;

@@ -4,7 +4,7 @@
  * test asserts what the API server holds at the end: nodes adopted rather than created again
  * after a restart, and leases that survive failing, conflicting and vanishing writes.
  */
-import pino from "pino";
+import pino, { type Logger } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import { parseKubeTime, type Lease } from "../kube/index.ts";
@@ -46,6 +46,7 @@ async function startNodes(
   w: World,
   inventory: DeviceInventory = w.provider,
   kubeletPorts?: KubeletPortAssigner,
+  log: Logger = logger,
 ) {
   const stop = new AbortController();
   stops.push(stop);
@@ -55,7 +56,7 @@ async function startNodes(
     inventory,
     providerName: "mock",
     version: "v0.0.0-test",
-    logger,
+    logger: log,
     clock: w.clock,
     config: {
       namePrefix: "",
@@ -221,6 +222,25 @@ describe("NodeController (fake API server, FakeClock)", () => {
     expect(after.length).toBeGreaterThanOrEqual(2);
     for (let i = 1; i < after.length; i++)
       expect((after[i] ?? 0) - (after[i - 1] ?? 0)).toBeGreaterThanOrEqual(9_000);
+  });
+
+  it("writes the summary of lease failures not logged one by one when it stops", async () => {
+    const lines: { msg: string; failures?: number }[] = [];
+    const recording = pino(
+      { level: "info" },
+      { write: (line: string) => lines.push(JSON.parse(line) as never) },
+    );
+    const w = await world();
+    const { stop } = await startNodes(w, w.provider, undefined, recording);
+    w.kube.fail("replaceLease", () => apiError(503, "ServiceUnavailable"));
+    // Both leases fail their renewal and three retries: eight failures, five of them logged one by one.
+    await w.clock.advanceAsync(16_000);
+    const one = lines.filter((l) => l.msg.startsWith("node lease renewal failed")).length;
+    expect(one).toBe(5);
+    expect(lines.some((l) => l.msg.startsWith("node lease renewals failing on more nodes"))).toBe(false);
+    stop.abort();
+    const summary = lines.find((l) => l.msg.startsWith("node lease renewals failing on more nodes"));
+    expect(summary?.failures).toBeGreaterThan(0);
   });
 
   it("re-reads a Lease someone else wrote (409), and creates it again when it vanished (404)", async () => {

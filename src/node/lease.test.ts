@@ -270,6 +270,26 @@ describe("LeaseLog", () => {
     expect(lines[6]).toMatchObject({ node: "n0", failures: 2 });
   });
 
+  it("writes the open window's summary when flushed, once", () => {
+    const { lines, logger } = recorded();
+    const clock = new FakeClock();
+    const log = new LeaseLog(logger, clock, { windowMs: 30_000, detailed: 1 });
+    for (let i = 0; i < 4; i++) log.failed(`n${i}`, 1, new Error("HTTP 503"));
+    log.recovered("n9", 2);
+    log.recovered("n8", 2);
+    log.flush();
+    expect(lines.map((l) => [l.level, l.node ?? l.nodes])).toEqual([
+      [40, "n0"],
+      [30, "n9"],
+      [40, 3],
+      [30, 1],
+    ]);
+    // The window's timer was cleared with it: nothing is written twice.
+    clock.advance(30_000);
+    log.flush();
+    expect(lines).toHaveLength(4);
+  });
+
   it("counts only a node's first three failures in a row and every tenth after", () => {
     const { lines, logger } = recorded();
     const clock = new FakeClock();

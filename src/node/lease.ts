@@ -264,7 +264,7 @@ export class LeaseLog {
   readonly #clock: Clock;
   readonly #windowMs: number;
   readonly #detailed: number;
-  #window: { failures: Tally; recoveries: Tally } | undefined;
+  #window: Window | undefined;
 
   constructor(
     logger: Logger,
@@ -301,31 +301,50 @@ export class LeaseLog {
     tally.add(node);
   }
 
-  #open(): { failures: Tally; recoveries: Tally } {
+  /**
+   * Writes the open window's summary now rather than when the window ends: called when the fleet
+   * stops, so the last window of a stopping process is not lost.
+   */
+  flush(): void {
+    const window = this.#window;
+    if (!window) return;
+    this.#clock.clearTimeout(window.timer);
+    this.#close(window);
+  }
+
+  #open(): Window {
     if (this.#window) return this.#window;
-    const window = { failures: new Tally(), recoveries: new Tally() };
+    const window: Window = { failures: new Tally(), recoveries: new Tally(), timer: undefined };
     this.#window = window;
-    this.#clock.setTimeout(() => {
-      this.#window = undefined;
-      const { failures, recoveries } = window;
-      if (failures.count > 0)
-        this.#logger.warn(
-          {
-            failures: failures.count,
-            nodes: failures.nodes.size,
-            some: failures.some(),
-            lastError: failures.lastError,
-          },
-          "node lease renewals failing on more nodes (not logged one by one); retrying soon",
-        );
-      if (recoveries.count > 0)
-        this.#logger.info(
-          { nodes: recoveries.nodes.size, some: recoveries.some() },
-          "node leases renewed again after failures on more nodes (not logged one by one)",
-        );
-    }, this.#windowMs);
+    window.timer = this.#clock.setTimeout(() => this.#close(window), this.#windowMs);
     return window;
   }
+
+  #close({ failures, recoveries }: Window): void {
+    this.#window = undefined;
+    if (failures.count > 0)
+      this.#logger.warn(
+        {
+          failures: failures.count,
+          nodes: failures.nodes.size,
+          some: failures.some(),
+          lastError: failures.lastError,
+        },
+        "node lease renewals failing on more nodes (not logged one by one); retrying soon",
+      );
+    if (recoveries.count > 0)
+      this.#logger.info(
+        { nodes: recoveries.nodes.size, some: recoveries.some() },
+        "node leases renewed again after failures on more nodes (not logged one by one)",
+      );
+  }
+}
+
+interface Window {
+  readonly failures: Tally;
+  readonly recoveries: Tally;
+  /** The clock's handle of the timer that ends the window. */
+  timer: unknown;
 }
 
 /** One window's events of one kind: those logged one by one, and the rest counted. */
