@@ -30,6 +30,10 @@ export interface DeviceletProcess {
   stop(): Promise<number | null>;
   /** SIGKILL and wait for exit. */
   kill(): Promise<void>;
+  /** SIGSTOP: the process is frozen (no timer, no request) until {@link resume}. */
+  pause(): void;
+  /** SIGCONT after {@link pause}. */
+  resume(): void;
   /** Resolves with the exit code once the current run has exited by itself or been stopped. */
   exited(): Promise<number | null>;
   /**
@@ -116,6 +120,12 @@ export async function runDevicelet(options: {
     stop: () => signalAndWait("SIGTERM"),
     kill: async () => {
       await signalAndWait("SIGKILL");
+    },
+    pause: () => {
+      if (child?.exitCode === null) child.kill("SIGSTOP");
+    },
+    resume: () => {
+      if (child?.exitCode === null) child.kill("SIGCONT");
     },
     restart: launch,
     exited: () => exited,
