@@ -6,46 +6,48 @@ import { FakeClock } from "../base/fake-clock.ts";
 import { LeaseLog, LeaseRecovery, NodeLease } from "./lease.ts";
 
 const conflict = () =>
-  Object.assign(new Error("conflict"), {
+  Object.assign(new Error("already exists"), {
     code: 409,
-    body: JSON.stringify({ reason: "Conflict", code: 409 }),
+    body: JSON.stringify({ reason: "AlreadyExists", code: 409 }),
   });
 const notFound = () =>
   Object.assign(new Error("gone"), { code: 404, body: JSON.stringify({ reason: "NotFound", code: 404 }) });
 
-/** A lease store with optimistic concurrency, like the API server's. */
-function fakeKube(options: { conflicts?: number } = {}) {
+type LeaseKube = Pick<KubeClient, "createLease" | "patchLeaseSpec">;
+
+/** A lease store like the API server's: a patch of a missing lease is a 404, a second create a 409. */
+function fakeKube() {
   let stored: Lease | undefined;
   let version = 0;
-  let conflicts = options.conflicts ?? 0;
   const calls: string[] = [];
-  const kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease"> = {
-    getLease: async () => {
-      calls.push("get");
-      return stored && structuredClone(stored);
-    },
+  const kube: LeaseKube = {
     createLease: async (lease) => {
       calls.push("create");
+      if (stored) throw conflict();
       stored = { ...lease, metadata: { ...lease.metadata, resourceVersion: String(++version) } };
       return structuredClone(stored);
     },
-    replaceLease: async (lease) => {
-      calls.push("replace");
+    patchLeaseSpec: async (_name, _namespace, spec) => {
+      calls.push("patch");
       if (!stored) throw notFound();
-      if (conflicts > 0 || lease.metadata?.resourceVersion !== stored.metadata?.resourceVersion) {
-        conflicts--;
-        // Someone else wrote in between: the stored version moves on.
-        stored = { ...stored, metadata: { ...stored.metadata, resourceVersion: String(++version) } };
-        throw conflict();
-      }
-      stored = { ...lease, metadata: { ...lease.metadata, resourceVersion: String(++version) } };
+      stored = {
+        ...stored,
+        metadata: { ...stored.metadata, resourceVersion: String(++version) },
+        spec: { ...stored.spec, ...spec },
+      };
       return structuredClone(stored);
     },
   };
-  return { kube, calls, stored: () => stored, drop: () => (stored = undefined) };
+  return {
+    kube,
+    calls,
+    stored: () => stored,
+    drop: () => (stored = undefined),
+    put: (lease: Lease) => (stored = lease),
+  };
 }
 
-const lease = (kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease">) =>
+const lease = (kube: LeaseKube) =>
   new NodeLease({
     kube,
     nodeName: "dev-1",
@@ -59,6 +61,7 @@ describe("NodeLease", () => {
   it("creates the lease owned by its node, with a 40 s duration and a microsecond renewTime", async () => {
     const fake = fakeKube();
     await lease(fake.kube).renew();
+    expect(fake.calls).toEqual(["patch", "create"]);
     const stored = fake.stored();
     expect(stored?.metadata?.ownerReferences).toEqual([
       { apiVersion: "v1", kind: "Node", name: "dev-1", uid: "node-uid-1" },
@@ -68,35 +71,67 @@ describe("NodeLease", () => {
     expect(stored?.spec?.renewTime).toMatch(/\.\d{6}Z$/);
   });
 
-  it("renews by replace, re-reading and retrying on a conflict", async () => {
-    const fake2Conflicts = fakeKube({ conflicts: 2 });
-    const l2 = lease(fake2Conflicts.kube);
-    await l2.renew(); // create
-    await l2.renew(); // two conflicts, then success
-    expect(fake2Conflicts.calls).toEqual(["get", "create", "replace", "get", "replace", "get", "replace"]);
-    expect(l2.renewals).toBe(2);
-  });
-
-  it("gives up after a bounded number of conflicts", async () => {
-    const fake = fakeKube({ conflicts: 10 });
+  it("renews with one patch, also after a write that timed out but landed, and takes its lease back", async () => {
+    const fake = fakeKube();
     const l = lease(fake.kube);
+    await l.renew(); // patch (404), create
+    // A renewal the server applied while devicelet gave up waiting: the lease moved on meanwhile,
+    // which a replace with the old resourceVersion would meet as a conflict (re-read, write again).
+    const timedOut = fake.kube.patchLeaseSpec;
+    await expect(
+      lease({
+        ...fake.kube,
+        patchLeaseSpec: async (...args) => {
+          await timedOut(...args);
+          throw new Error("patch leases: no answer from the API server in time");
+        },
+      }).renew(),
+    ).rejects.toThrow("in time");
+    const stored = fake.stored();
+    if (stored) fake.put({ ...stored, spec: { ...stored.spec, holderIdentity: "someone-else" } });
+    fake.calls.length = 0;
     await l.renew();
-    await expect(l.renew()).rejects.toThrow("conflict");
-    expect(fake.calls.filter((c) => c === "replace")).toHaveLength(4);
+    expect(fake.calls).toEqual(["patch"]);
+    expect(fake.stored()?.spec?.holderIdentity).toBe("dev-1");
+    expect(l.renewals).toBe(2);
   });
 
-  it("creates the lease again when it vanished (its node was deleted and collected)", async () => {
+  it("creates the lease again when it vanished (its node was deleted and collected), and patches one that appeared", async () => {
     const fake = fakeKube();
     const l = lease(fake.kube);
     await l.renew();
     fake.drop();
+    fake.calls.length = 0;
     await l.renew();
-    expect(fake.calls.at(-1)).toBe("create");
+    expect(fake.calls).toEqual(["patch", "create"]);
     expect(fake.stored()).toBeDefined();
+    // Gone, then back (another replica of a sharded fleet created it): create meets 409, then patch.
+    fake.drop();
+    fake.calls.length = 0;
+    const racing = lease({
+      ...fake.kube,
+      createLease: async (...args) => {
+        fake.put({ metadata: { name: "dev-1", resourceVersion: "99" }, spec: { holderIdentity: "dev-1" } });
+        return fake.kube.createLease(...args);
+      },
+    });
+    await racing.renew();
+    expect(fake.calls).toEqual(["patch", "create", "patch"]);
+    expect(racing.renewals).toBe(1);
+  });
+
+  it("gives up one renewal after a bounded number of switches between patch and create", async () => {
+    const calls: string[] = [];
+    const l = lease({
+      patchLeaseSpec: () => (calls.push("patch"), Promise.reject(notFound())),
+      createLease: () => (calls.push("create"), Promise.reject(conflict())),
+    });
+    await expect(l.renew()).rejects.toThrow();
+    expect(calls).toEqual(["patch", "create", "patch", "create"]);
   });
 
   /**
-   * A started lease whose getLease fails while `failure()` returns an error; the caller aborts
+   * A started lease whose writes fail while `failure()` returns an error; the caller aborts
    * the returned controller.
    */
   function startFlaky(fake: ReturnType<typeof fakeKube>, failure: () => Error | undefined) {
@@ -104,10 +139,10 @@ describe("NodeLease", () => {
     const lease = new NodeLease({
       kube: {
         ...fake.kube,
-        getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
+        patchLeaseSpec: async (...args: Parameters<typeof fake.kube.patchLeaseSpec>) => {
           const err = failure();
           if (err) throw err;
-          return fake.kube.getLease(...args);
+          return fake.kube.patchLeaseSpec(...args);
         },
       },
       nodeName: "dev-1",
@@ -176,9 +211,9 @@ describe("NodeLease", () => {
           new NodeLease({
             kube: {
               ...fake.kube,
-              getLease: async (...args: Parameters<typeof fake.kube.getLease>) => {
+              patchLeaseSpec: async (...args: Parameters<typeof fake.kube.patchLeaseSpec>) => {
                 if (down) throw refused();
-                return fake.kube.getLease(...args);
+                return fake.kube.patchLeaseSpec(...args);
               },
             },
             nodeName: `dev-${i}`,
@@ -311,10 +346,9 @@ describe("LeaseLog", () => {
     ]);
     // Leases given the log report to it, not to their own logger.
     lines.length = 0;
-    const failing: Pick<KubeClient, "getLease" | "createLease" | "replaceLease"> = {
-      getLease: () => Promise.reject(new Error("refused")),
+    const failing: LeaseKube = {
       createLease: () => Promise.reject(new Error("refused")),
-      replaceLease: () => Promise.reject(new Error("refused")),
+      patchLeaseSpec: () => Promise.reject(new Error("refused")),
     };
     const stop = new AbortController();
     for (let i = 0; i < 10; i++) {

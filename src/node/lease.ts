@@ -14,7 +14,7 @@
  */
 import type { Logger } from "pino";
 import {
-  isConflict,
+  isAlreadyExists,
   isNotFound,
   NODE_LEASE_NAMESPACE,
   retryAfterMs,
@@ -26,7 +26,7 @@ import { retryDelay } from "../base/backoff.ts";
 import { systemClock, type Clock } from "../base/clock.ts";
 
 export interface LeaseOptions {
-  readonly kube: Pick<KubeClient, "getLease" | "createLease" | "replaceLease">;
+  readonly kube: Pick<KubeClient, "createLease" | "patchLeaseSpec">;
   readonly nodeName: string;
   /** The Node's uid, for the owner reference that lets the garbage collector remove the Lease. */
   readonly nodeUid: () => string | undefined;
@@ -52,6 +52,7 @@ export interface LeaseOptions {
   readonly log?: LeaseLog;
 }
 
+/** How many times one renewal switches between patch and create (the lease vanished or appeared). */
 const maxConflictRetries = 3;
 /** First retry after a failed renewal; doubles per failure, capped at half the renew interval. */
 const retryBaseMs = 500;
@@ -60,7 +61,8 @@ export class NodeLease {
   readonly #o: LeaseOptions;
   readonly #clock: Clock;
   readonly #random: () => number;
-  #lease: Lease | undefined;
+  /** Whether the lease is there to patch (unknown at first: tried, and created on 404). */
+  #exists = true;
   #timer: unknown;
   #renewals = 0;
   #renewedAt: number | undefined;
@@ -132,17 +134,19 @@ export class NodeLease {
   async renew(): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       try {
-        this.#lease = await this.#write();
+        await this.#write();
+        this.#exists = true;
         this.#renewals++;
         this.#renewedAt = this.#clock.now();
         return;
       } catch (err) {
-        if (isConflict(err) && attempt < maxConflictRetries) {
-          this.#lease = await this.#o.kube.getLease(this.#o.nodeName, NODE_LEASE_NAMESPACE);
+        // 404: not there (yet, or any more): create it. 409 on create: it appeared meanwhile.
+        if (isNotFound(err) && this.#exists && attempt < maxConflictRetries) {
+          this.#exists = false;
           continue;
         }
-        if (isNotFound(err) && attempt < maxConflictRetries) {
-          this.#lease = undefined;
+        if (isAlreadyExists(err) && !this.#exists && attempt < maxConflictRetries) {
+          this.#exists = true;
           continue;
         }
         throw err;
@@ -165,8 +169,6 @@ export class NodeLease {
     } catch (err) {
       this.#failures++;
       this.#lastError = err;
-      // The cached Lease is kept: if the failed write did land after all, the next replace meets a
-      // Conflict and re-reads (in renew()), so a fault costs no extra request the rest of the time.
       this.#log.failed(this.#o.nodeName, this.#failures, err);
       return false;
     } finally {
@@ -187,19 +189,12 @@ export class NodeLease {
 
   async #write(): Promise<Lease> {
     const { kube, nodeName, durationSeconds } = this.#o;
-    this.#lease ??= await kube.getLease(nodeName, NODE_LEASE_NAMESPACE);
-    const now = toMicroTime(new Date(this.#clock.now()));
-    if (this.#lease) {
-      return kube.replaceLease({
-        ...this.#lease,
-        spec: {
-          ...this.#lease.spec,
-          holderIdentity: nodeName,
-          leaseDurationSeconds: durationSeconds,
-          renewTime: now,
-        },
-      });
-    }
+    const spec = {
+      holderIdentity: nodeName,
+      leaseDurationSeconds: durationSeconds,
+      renewTime: toMicroTime(new Date(this.#clock.now())),
+    };
+    if (this.#exists) return kube.patchLeaseSpec(nodeName, NODE_LEASE_NAMESPACE, spec);
     const uid = this.#o.nodeUid();
     return kube.createLease({
       apiVersion: "coordination.k8s.io/v1",
@@ -209,7 +204,7 @@ export class NodeLease {
         namespace: NODE_LEASE_NAMESPACE,
         ownerReferences: uid ? [{ apiVersion: "v1", kind: "Node", name: nodeName, uid }] : undefined,
       },
-      spec: { holderIdentity: nodeName, leaseDurationSeconds: durationSeconds, renewTime: now },
+      spec,
     });
   }
 }

@@ -136,7 +136,7 @@ const stateOnly = () => [
   ...verbs(`secrets[${fullname}-kubelet-serving]`, "update"),
 ];
 /** The kube-node-lease Role, on top. */
-const nodeLeaseOnly = verbs(LEASES, "get", "create", "update");
+const nodeLeaseOnly = verbs(LEASES, "create", "patch");
 
 describe("kubectl auth can-i --list for the chart's ServiceAccount", () => {
   it("grants exactly the expected set in an unrelated namespace, the state namespace and kube-node-lease", async () => {

@@ -10,6 +10,7 @@ import {
   Informer,
   createKubeClient,
   isConflict,
+  isNotFound,
   isMicroTime,
   toKubeTime,
   toMicroTime,
@@ -107,7 +108,7 @@ describe("kube client against the real API server", () => {
     expect(await kube.getNode(uniqueName("missing"))).toBeUndefined();
   });
 
-  it("creates and renews a Lease with microsecond renewTime; a stale resourceVersion is a Conflict", async () => {
+  it("creates a node Lease and renews it by patch with microsecond renewTime; a missing one is NotFound", async () => {
     const acquired = nowMicro();
     const created = await kube.createLease({
       metadata: {
@@ -124,20 +125,36 @@ describe("kube client against the real API server", () => {
     expect(created.spec?.renewTime).toBe(acquired);
 
     const renewed = nowMicro();
-    const replaced = await kube.replaceLease({ ...created, spec: { ...created.spec, renewTime: renewed } });
-    expect(replaced.metadata?.resourceVersion).not.toBe(created.metadata?.resourceVersion);
+    const patched = await kube.patchLeaseSpec(nodeName, "kube-node-lease", { renewTime: renewed });
+    expect(patched.metadata?.resourceVersion).not.toBe(created.metadata?.resourceVersion);
 
-    // Read back by kubectl: stored with all six fractional digits, exactly as sent.
+    // Read back by kubectl: stored with all six fractional digits, exactly as sent; the rest kept.
     const stored = await getJson<Lease>(["lease", nodeName, "-n", "kube-node-lease"]);
     const renewTime = stored.spec?.renewTime ?? "";
     expect(isMicroTime(renewTime)).toBe(true);
     expect(renewTime).toBe(renewed);
     expect(stored.spec?.acquireTime).toBe(acquired);
+    expect(stored.spec?.holderIdentity).toBe(nodeName);
 
+    const missing = kube.patchLeaseSpec(uniqueName("gone"), "kube-node-lease", { renewTime: nowMicro() });
+    await expect(missing).rejects.toSatisfy(isNotFound);
+  });
+
+  it("replaces a Lease with its resourceVersion; a stale one is a Conflict (the leader Lease)", async () => {
+    // The leader Lease: the one Lease the harness lets devicelet read and replace in a namespace.
+    const created = await kube.createLease({
+      metadata: { name: "devicelet", namespace: ns },
+      spec: { holderIdentity: "a", leaseDurationSeconds: 15, renewTime: nowMicro() },
+    });
+    const replaced = await kube.replaceLease({
+      ...created,
+      spec: { ...created.spec, renewTime: nowMicro() },
+    });
+    expect(replaced.metadata?.resourceVersion).not.toBe(created.metadata?.resourceVersion);
     // A second writer holding the old resourceVersion loses.
     const stale = kube.replaceLease({ ...created, spec: { ...created.spec, holderIdentity: "other" } });
     await expect(stale).rejects.toSatisfy(isConflict);
-    expect((await kube.getLease(nodeName))?.spec?.holderIdentity).toBe(nodeName);
+    expect((await kube.getLease("devicelet", ns))?.spec?.holderIdentity).toBe("a");
   });
 
   it("the API server refuses a MicroTime with three fractional digits (why toMicroTime exists)", async () => {
@@ -332,7 +349,8 @@ spec: { holderIdentity: x, renewTime: "2026-11-02T10:20:30.123Z" }
     expect(after).toMatchObject({
       "create nodes": 1,
       "patch nodes/status": 1,
-      "create leases": 1,
+      "create leases": 2,
+      "patch leases": 2,
       "update leases": 2,
     });
     expect(kube.budget.total(["create", "update", "patch", "delete"])).toBeGreaterThan(10);

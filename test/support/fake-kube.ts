@@ -42,6 +42,7 @@ import type {
   CoreEvent,
   KubeObject,
   Lease,
+  LeaseSpec,
   Node,
   NodeStatus,
   Pod,
@@ -386,6 +387,11 @@ export class FakeKube implements KubeClient {
       ...lease,
       metadata: { namespace: NODE_LEASE_NAMESPACE, ...lease.metadata },
     });
+  }
+
+  async patchLeaseSpec(name: string, namespace: string, spec: LeaseSpec): Promise<Lease> {
+    await this.#call("patchLeaseSpec", [name, namespace, spec]);
+    return this.#patch("leases", keyOf(namespace, name), { spec });
   }
 
   async listLeases(namespace: string, labelSelector?: string): Promise<ListResult<Lease>> {
