@@ -89,10 +89,13 @@ export async function followNodesUntilReady(o: {
   // requests stay out of what the benchmark measures next.
   const names = new Set(nodes.names());
   let leases = 0;
+  let missing: string[] = [];
   await waitUntil(
-    () => `${names.size} ${o.what} node Leases (${leases} exist)`,
+    () =>
+      `${names.size} ${o.what} node Leases (${leases} exist; missing e.g. ${missing.slice(0, 5).join(", ")})`,
     async () => {
       leases = 0;
+      const seen = new Set<string>();
       let next: string | undefined;
       do {
         const page = await o.api.request<{ metadata?: { continue?: string }; items?: KubeObject[] }>({
@@ -100,12 +103,19 @@ export async function followNodesUntilReady(o: {
           path: `/apis/coordination.k8s.io/v1/namespaces/${NODE_LEASE_NAMESPACE}/leases`,
           query: { limit: 500, ...(next ? { continue: next } : {}) },
         });
-        for (const lease of page.items ?? []) if (names.has(lease.metadata?.name ?? "")) leases++;
+        for (const lease of page.items ?? []) {
+          const name = lease.metadata?.name ?? "";
+          if (names.has(name)) seen.add(name);
+        }
         next = page.metadata?.continue || undefined;
       } while (next);
+      leases = seen.size;
+      missing = [...names].filter((name) => !seen.has(name));
       return leases >= names.size;
     },
-    60_000 + o.count * 20,
+    // At 5,000 nodes registration ends with thousands of Lease creates in a few seconds, some of
+    // them retried after a timeout: allow for that before calling the fleet broken.
+    120_000 + o.count * 40,
     1_000,
   );
   return nodes;

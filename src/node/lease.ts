@@ -37,7 +37,7 @@ export interface LeaseOptions {
   readonly onTick?: () => void;
   /** Called when a renewal succeeds after failures (the API server is reachable again). */
   readonly onRecovered?: () => void;
-  /** Called after every successful renewal with how long it took, conflict retries included (metrics). */
+  /** Called after every successful renewal with how long it took, a create included (metrics). */
   readonly onRenewed?: (seconds: number) => void;
   /** Delay before the first renewal; default a random point of the first interval. */
   readonly firstDelayMs?: number;
