@@ -25,6 +25,12 @@ import { follow, NodeReadiness, PodRunningTimes } from "./watch.ts";
 export const BENCH_LABEL = "devicelet.dev/bench";
 /** Requests in flight when creating or deleting in bulk (env BENCH_CONCURRENCY). */
 export const concurrency = Number(process.env.BENCH_CONCURRENCY ?? 48);
+/**
+ * Pods created per second at most (BENCH_CREATE_QPS; default 0, as fast as `concurrency` allows).
+ * At 5,000 nodes the Lease renewals alone are 500 writes a second: an unpaced create burst on the
+ * same two cores leaves the API server no room for them, whichever tool runs the nodes.
+ */
+export const createQps = Number(process.env.BENCH_CREATE_QPS ?? 0);
 
 export interface Fleet {
   readonly tool: "devicelet" | "kwok";
@@ -333,6 +339,10 @@ export async function runBoundPods(o: {
     const startMs = Date.now();
     const start = performance.now();
     await inPool(pods, concurrency, async (i) => {
+      if (createQps > 0) {
+        const due = start + (i * 1000) / createQps - performance.now();
+        if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
+      }
       await api.create(
         podsPath,
         boundPod(namespace, i, nodeNames[i % nodeNames.length] ?? "", fleet.tolerationKey),

@@ -22,6 +22,7 @@ import { BenchApi } from "./api.ts";
 import { AuditTail } from "./audit-tail.ts";
 import {
   concurrency,
+  createQps,
   deviceletApiBudget,
   ratio,
   removeBoundPods,
@@ -38,6 +39,11 @@ import type { NotReadyTransition } from "./watch.ts";
 const NODES = Number(process.env.SCALE_NODES ?? 1_000);
 const PODS = Number(process.env.SCALE_PODS ?? 10_000);
 const HOLD_SECONDS = Number(process.env.SCALE_HOLD_SECONDS ?? 600);
+/** Which tools run, in this order (SCALE_TOOLS, default `devicelet,kwok`); ratios need both. */
+const TOOLS = (process.env.SCALE_TOOLS ?? "devicelet,kwok").split(",").map((tool) => {
+  if (tool !== "devicelet" && tool !== "kwok") throw new Error(`SCALE_TOOLS: unknown tool ${tool}`);
+  return tool;
+});
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
 /**
  * What etcd holds now, from its metrics on the client port: the bytes of its database in use and
@@ -183,24 +189,32 @@ export async function benchScale(): Promise<void> {
   const id = `sc-${randomBytes(3).toString("hex")}`;
   try {
     console.log(
-      `scale: ${NODES} nodes, ${PODS} pods, held ${HOLD_SECONDS}s, ${concurrency} creates in flight`,
+      `scale: ${NODES} nodes, ${PODS} pods, held ${HOLD_SECONDS}s, ${concurrency} creates in flight` +
+        (createQps > 0 ? ` at most ${createQps}/s` : "") +
+        `, tools ${TOOLS.join(", ")}`,
     );
-    const devicelet = await measure({ tool: "devicelet", id, api, audit });
-    console.log("devicelet:", JSON.stringify(devicelet));
-    const kwok = await measure({ tool: "kwok", id, api, audit });
-    console.log("kwok:", JSON.stringify(kwok));
-    const rows = [devicelet, kwok];
-    const ratios = {
-      peakRssMiB: ratio(devicelet.peakRssMiB, kwok.peakRssMiB),
-      steadyRssMiB: ratio(devicelet.steadyRssMiB, kwok.steadyRssMiB),
-      apiRequestsPerSecond: ratio(devicelet.apiRequestsPerSecond, kwok.apiRequestsPerSecond),
-      cpuSecondsPerNodePerMinute: ratio(
-        devicelet.cpuSecondsPerNodePerMinute,
-        kwok.cpuSecondsPerNodePerMinute,
-      ),
-      allRunningSeconds: ratio(devicelet.allRunningSeconds, kwok.allRunningSeconds),
-      burstCpuSeconds: ratio(devicelet.burstCpuSeconds, kwok.burstCpuSeconds),
-    };
+    const rows: Row[] = [];
+    for (const tool of TOOLS) {
+      const row = await measure({ tool, id, api, audit });
+      console.log(`${tool}:`, JSON.stringify(row));
+      rows.push(row);
+    }
+    const devicelet = rows.find((r) => r.tool === "devicelet");
+    const kwok = rows.find((r) => r.tool === "kwok");
+    const ratios =
+      devicelet && kwok
+        ? {
+            peakRssMiB: ratio(devicelet.peakRssMiB, kwok.peakRssMiB),
+            steadyRssMiB: ratio(devicelet.steadyRssMiB, kwok.steadyRssMiB),
+            apiRequestsPerSecond: ratio(devicelet.apiRequestsPerSecond, kwok.apiRequestsPerSecond),
+            cpuSecondsPerNodePerMinute: ratio(
+              devicelet.cpuSecondsPerNodePerMinute,
+              kwok.cpuSecondsPerNodePerMinute,
+            ),
+            allRunningSeconds: ratio(devicelet.allRunningSeconds, kwok.allRunningSeconds),
+            burstCpuSeconds: ratio(devicelet.burstCpuSeconds, kwok.burstCpuSeconds),
+          }
+        : undefined;
     const apiServer = { createRetries: api.retried, create429s: api.throttled, auditLog: audit.growth };
     console.log(
       `\nscale benchmark: ${NODES} nodes, ${PODS} pods, ${HOLD_SECONDS}s hold, one control plane\n`,
@@ -212,7 +226,7 @@ export async function benchScale(): Promise<void> {
     );
     for (const r of rows)
       if (r.firstNotReady.length > 0) console.log(`${r.tool}: first NotReady transitions:`, r.firstNotReady);
-    console.log("ratio devicelet/kwok:", ratios);
+    if (ratios) console.log("ratio devicelet/kwok:", ratios);
     console.log("bench's own requests and the audit log:", apiServer);
     writeFileSync(
       path.join(testenvDir, "bench-scale.json"),
@@ -224,6 +238,7 @@ export async function benchScale(): Promise<void> {
           holdSeconds: HOLD_SECONDS,
           podsPerNode: PODS_PER_NODE,
           concurrency,
+          createQps,
           deviceletApi: deviceletApiBudget(NODES),
           rows,
           ratios,
