@@ -223,13 +223,13 @@ describe("connections to the API server", () => {
 });
 
 describe("requests waiting for a connection", () => {
-  it("wait unbuilt, and time out as any request does when none frees in time", async () => {
+  /** A TLS server answering every request after 1.5 s; counts what reached it. */
+  async function slowServer() {
     const serving = pki.cert("apiserver");
-    let arrived = 0;
     const server = createHttp2Server(
       { cert: readFileSync(serving.cert), key: readFileSync(serving.key), allowHTTP1: true },
       (_req, res) => {
-        arrived++;
+        slow.arrived++;
         setTimeout(() => {
           res.writeHead(200, { "content-type": "application/json" });
           res.end("{}");
@@ -237,32 +237,68 @@ describe("requests waiting for a connection", () => {
       },
     );
     const url = `https://127.0.0.1:${await listen(server)}`;
+    const slow = {
+      arrived: 0,
+      transport: transport({ server: url, "certificate-authority": pki.caCert }, { token: "t" }),
+      close: () => new Promise((resolve) => server.close(resolve)),
+    };
+    return slow;
+  }
+
+  it("wait unbuilt, and time out as any request does when none frees in time", async () => {
+    const slow = await slowServer();
+    const t = slow.transport;
     try {
-      const t = transport({ server: url, "certificate-authority": pki.caCert }, { token: "t" });
-      const held = Array.from({ length: MAX_CONNECTIONS.heartbeat }, () =>
-        t.request({ method: "GET", path: "/apis/coordination.k8s.io/v1/leases/x", lane: "heartbeat" }),
+      const held = Array.from({ length: MAX_CONNECTIONS.default }, () =>
+        t.request({ method: "GET", path: "/api/v1/namespaces/n/pods/x" }),
       );
-      const late = t.request({
-        method: "GET",
-        path: "/apis/coordination.k8s.io/v1/leases/y",
-        lane: "heartbeat",
-        timeoutMs: 1_000,
+      const late = t.request({ method: "GET", path: "/api/v1/namespaces/n/pods/y", timeoutMs: 1_000 });
+      // It waits in devicelet's line, as a closure, not in the connection pool's as a request.
+      for (let i = 0; i < 80 && t.waiting("default") === 0; i++)
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(t.waiting("default")).toBe(1);
+      expect(t.waiting("heartbeat")).toBe(0);
+      await expect(late).rejects.toMatchObject({
+        name: "TimeoutError",
+        message: "get pods: no answer from the API server in time",
       });
-      // It waits in devicelet's line, as a closure, not in the connection pool's as a fetch.
+      expect(t.waiting("default")).toBe(0);
+      await Promise.all(held);
+      // The late one never reached the server.
+      expect(slow.arrived).toBe(MAX_CONNECTIONS.default);
+    } finally {
+      await slow.close();
+    }
+  });
+
+  it("a heartbeat waits its turn and times out only on the wire", async () => {
+    const slow = await slowServer();
+    const t = slow.transport;
+    const lease = (name: string, timeoutMs?: number) =>
+      t.request({
+        method: "GET",
+        path: `/apis/coordination.k8s.io/v1/leases/${name}`,
+        lane: "heartbeat",
+        ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      });
+    try {
+      const held = Array.from({ length: MAX_CONNECTIONS.heartbeat }, () => lease("x"));
+      // 1 s would run out in line (the connections free after 1.5 s); it counts from the sending.
+      const late = lease("y", 1_000).catch((err: unknown) => err);
       for (let i = 0; i < 80 && t.waiting("heartbeat") === 0; i++)
         await new Promise((resolve) => setTimeout(resolve, 10));
       expect(t.waiting("heartbeat")).toBe(1);
-      expect(t.waiting("default")).toBe(0);
-      await expect(late).rejects.toMatchObject({
-        name: "TimeoutError",
-        message: "get leases: no answer from the API server in time",
-      });
-      expect(t.waiting("heartbeat")).toBe(0);
       await Promise.all(held);
-      // The late one never reached the server.
-      expect(arrived).toBe(MAX_CONNECTIONS.heartbeat);
+      // Sent at about 1.5 s, held 1.5 s by the server: longer than 1 s on the wire, so it fails...
+      expect(await late).toMatchObject({ name: "TimeoutError" });
+      expect(slow.arrived).toBe(MAX_CONNECTIONS.heartbeat + 1);
+      // ...while one whose wire time fits is answered, however long it waited in line.
+      const more = Array.from({ length: MAX_CONNECTIONS.heartbeat }, () => lease("x"));
+      const patient = lease("z", 2_500);
+      await Promise.all(more);
+      await expect(patient).resolves.toEqual({});
     } finally {
-      await new Promise((resolve) => server.close(resolve));
+      await slow.close();
     }
   });
 });

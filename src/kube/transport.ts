@@ -40,6 +40,7 @@ export interface TransportRequest {
   /**
    * `heartbeat` draws from the heartbeat budget (node Leases and node status), so a flood of pod
    * status writes, reads and Events never delays a node's heartbeat; the default lane is the rest.
+   * A heartbeat's timeout starts when it gets a connection, not while it waits for one (below).
    */
   readonly lane?: "heartbeat";
   /** Gives up on the request (a retryable `TimeoutError`) after this long; default the transport's. */
@@ -161,17 +162,25 @@ export class KubeTransport {
     const { verb, resource } = describeRequest(req.method, req.path);
     // The timeout starts once the request may go: waiting for a token is the budget's business.
     await (req.lane === "heartbeat" ? this.#heartbeat : this.#budget).take(req.signal);
-    const deadline = new Deadline(req.signal, req.timeoutMs ?? this.#timeoutMs);
-    const signal = deadline.signal;
-    // A connection of the lane's, or a turn in line for one (the wait counts towards the timeout):
-    // only then is the request built, so what waits costs a closure, not a request with its buffers.
+    const timeoutMs = req.timeoutMs ?? this.#timeoutMs;
+    // A connection of the lane's, or a turn in line for one: only then is the request built, so
+    // what waits costs a closure, not a request with its buffers. The wait counts towards the
+    // timeout, except for heartbeats: each node has at most one in line, and an API server too
+    // busy for them all (5,000 nodes renew 500 Leases a second) met a line in which every renewal
+    // had nearly timed out by its turn, was sent, then given up on while the server worked on it:
+    // more than half the server's work on Leases was wasted, and the nodes went NotReady. Waiting
+    // its turn, each renewal is answered in the time the server takes.
+    const heartbeat = req.lane === "heartbeat";
+    let deadline = heartbeat ? undefined : new Deadline(req.signal, timeoutMs);
     let release: (() => void) | undefined;
     let sent = false;
     let response: UndiciResponse;
     let text: string;
     let started: number;
     try {
-      release = await this.#slots[req.lane ?? "default"].acquire(signal);
+      release = await this.#slots[req.lane ?? "default"].acquire(deadline?.signal ?? req.signal);
+      deadline ??= new Deadline(req.signal, timeoutMs);
+      const signal = deadline.signal;
       const options = await this.#prepare(req.method, signal, req.accept, req.lane);
       if (req.body !== undefined) {
         options.headers["Content-Type"] = req.contentType ?? "application/json";
@@ -188,12 +197,12 @@ export class KubeTransport {
         this.#budget.answered(verb, "error");
       }
       // undici and the line reject with the signal's reason: name a timeout, so logs and guards tell it.
-      if (deadline.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
+      if (deadline?.timedOut && !req.signal?.aborted) throw new RequestTimeoutError(verb, resource, err);
       if (sent && !req.signal?.aborted) throw new RequestFailedError(verb, resource, err);
       throw err;
     } finally {
       release?.();
-      deadline.done();
+      deadline?.done();
     }
     if (this.#unreachable) {
       this.#unreachable = false;
