@@ -331,7 +331,7 @@ describe("helm template", () => {
     // src/shard calls (get, list, create, replace, delete), and no leader Lease rule.
     expect(leaseRules(objects)).toEqual({
       [`Role ${stateRole}`]: [{ verbs: ["get", "list", "create", "update", "delete"] }],
-      "Role devicelet-node-lease": [{ verbs: ["get", "create", "update"] }],
+      "Role devicelet-node-lease": [{ verbs: ["create", "patch"] }],
     });
     // src/shard/relabel.ts: lists devicelet's nodes and merge-patches their shard label.
     expect(rulesFor(objects, "ClusterRole", "nodes")).toEqual([
@@ -348,7 +348,7 @@ describe("helm template", () => {
         { verbs: ["create"] },
         { resourceNames: ["devicelet"], verbs: ["get", "update"] },
       ],
-      "Role devicelet-node-lease": [{ verbs: ["get", "create", "update"] }],
+      "Role devicelet-node-lease": [{ verbs: ["create", "patch"] }],
     });
   });
 
