@@ -14,6 +14,7 @@
 import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { NODE_LEASE_NAMESPACE } from "../src/kube/client.ts";
 import type { KubeObject, Pod } from "../src/kube/types.ts";
 import { inPool, type BenchApi } from "./api.ts";
@@ -341,7 +342,7 @@ export async function runBoundPods(o: {
     await inPool(pods, concurrency, async (i) => {
       if (createQps > 0) {
         const due = start + (i * 1000) / createQps - performance.now();
-        if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
+        if (due > 0) await sleep(due);
       }
       await api.create(
         podsPath,

@@ -374,15 +374,19 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
     return { items, resourceVersion };
   };
 
-  const leaseBody = (lease: Lease): Lease => {
-    if (!lease.spec) return lease;
-    const spec = { ...lease.spec };
+  /** The spec with `renewTime` and `acquireTime` as six-digit MicroTime. */
+  const leaseSpecBody = (lease: LeaseSpec): LeaseSpec => {
+    const spec = { ...lease };
     const renewTime = normalizeMicroTime(spec.renewTime);
     const acquireTime = normalizeMicroTime(spec.acquireTime);
     if (renewTime !== undefined) spec.renewTime = renewTime;
     if (acquireTime !== undefined) spec.acquireTime = acquireTime;
-    return { apiVersion: "coordination.k8s.io/v1", kind: "Lease", ...lease, spec };
+    return spec;
   };
+  const leaseBody = (lease: Lease): Lease =>
+    lease.spec
+      ? { apiVersion: "coordination.k8s.io/v1", kind: "Lease", ...lease, spec: leaseSpecBody(lease.spec) }
+      : lease;
 
   return {
     budget,
@@ -505,7 +509,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
       http.request<Lease>({
         method: "PATCH",
         path: `${leases(namespace)}/${enc(name)}`,
-        body: { spec: leaseBody({ spec }).spec },
+        body: { spec: leaseSpecBody(spec) },
         contentType: MERGE,
         signal: o?.signal,
         ...heartbeat,

@@ -5,7 +5,7 @@ import { systemClock } from "../base/clock.ts";
 import { FakeClock } from "../base/fake-clock.ts";
 import { LeaseLog, LeaseRecovery, NodeLease } from "./lease.ts";
 
-const conflict = () =>
+const alreadyExists = () =>
   Object.assign(new Error("already exists"), {
     code: 409,
     body: JSON.stringify({ reason: "AlreadyExists", code: 409 }),
@@ -23,7 +23,7 @@ function fakeKube() {
   const kube: LeaseKube = {
     createLease: async (lease) => {
       calls.push("create");
-      if (stored) throw conflict();
+      if (stored) throw alreadyExists();
       stored = { ...lease, metadata: { ...lease.metadata, resourceVersion: String(++version) } };
       return structuredClone(stored);
     },
@@ -124,7 +124,7 @@ describe("NodeLease", () => {
     const calls: string[] = [];
     const l = lease({
       patchLeaseSpec: () => (calls.push("patch"), Promise.reject(notFound())),
-      createLease: () => (calls.push("create"), Promise.reject(conflict())),
+      createLease: () => (calls.push("create"), Promise.reject(alreadyExists())),
     });
     await expect(l.renew()).rejects.toThrow();
     expect(calls).toEqual(["patch", "create", "patch", "create"]);

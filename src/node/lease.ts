@@ -53,7 +53,7 @@ export interface LeaseOptions {
 }
 
 /** How many times one renewal switches between patch and create (the lease vanished or appeared). */
-const maxConflictRetries = 3;
+const maxSwitches = 3;
 /** First retry after a failed renewal; doubles per failure, capped at half the renew interval. */
 const retryBaseMs = 500;
 
@@ -141,11 +141,11 @@ export class NodeLease {
         return;
       } catch (err) {
         // 404: not there (yet, or any more): create it. 409 on create: it appeared meanwhile.
-        if (isNotFound(err) && this.#exists && attempt < maxConflictRetries) {
+        if (isNotFound(err) && this.#exists && attempt < maxSwitches) {
           this.#exists = false;
           continue;
         }
-        if (isAlreadyExists(err) && !this.#exists && attempt < maxConflictRetries) {
+        if (isAlreadyExists(err) && !this.#exists && attempt < maxSwitches) {
           this.#exists = true;
           continue;
         }
