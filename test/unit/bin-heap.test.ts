@@ -1,6 +1,6 @@
 /**
  * bin/devicelet.js's heap sizing: the long-running commands start again in the same process with
- * 16 MiB semi-spaces and 1.5× heap growth when V8 sized the heap for a large machine (a heap limit
+ * 8 MiB semi-spaces and 1.5× heap growth when V8 sized the heap for a large machine (a heap limit
  * of 2 GiB or more), and never when the caller chose heap flags or set a smaller heap. Each case
  * runs the real launcher with a preloaded module that reports the flags and pid the command ends
  * up with (`run` then stops at once on a missing config file).
@@ -19,7 +19,7 @@ const report = path.join(dir, "report.mjs");
 writeFileSync(report, 'console.error(`started ${process.pid} ${process.execArgv.join(" ")}`);\n');
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const TUNED = "--max-semi-space-size=16 --heap-growing-percent=50";
+const TUNED = "--max-semi-space-size=8 --heap-growing-percent=50";
 /** Whether V8 gives this machine's processes a heap limit the launcher tunes. */
 const largeHeap = getHeapStatistics().heap_size_limit >= 2 * 1024 ** 3;
 
@@ -57,7 +57,7 @@ describe("bin/devicelet.js heap sizing", () => {
   it("leaves a heap the caller sized alone: a small old space, or heap flags of its own", () => {
     for (const o of [
       { args: run, nodeFlags: ["--max-old-space-size=512"] },
-      { args: run, nodeOptions: "--max-semi-space-size=8" },
+      { args: run, nodeOptions: "--max-semi-space-size=4" },
       { args: run, nodeFlags: ["--max-semi-space-size=32"] },
     ]) {
       const { starts, stderr } = launch(o);
