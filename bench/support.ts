@@ -229,6 +229,12 @@ export async function measureBurst(o: {
   };
 }
 
+/**
+ * Node.js flags for every devicelet a bench starts, from `BENCH_DEVICELET_NODE_FLAGS` (space
+ * separated), e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` for a CPU profile written when it stops.
+ */
+const deviceletNodeFlags = (process.env.BENCH_DEVICELET_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean);
+
 /** Starts `devicelet run` with `config` (written to a temporary folder) as a child process. */
 export function spawnDevicelet(config: object): { child: ChildProcess; logFile: string } {
   const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-bench-"));
@@ -247,7 +253,7 @@ export function spawnDevicelet(config: object): { child: ChildProcess; logFile: 
   const out = openSync(logFile, "a");
   const child = spawn(
     process.execPath,
-    [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+    [...deviceletNodeFlags, path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
     {
       stdio: ["ignore", out, out],
     },
