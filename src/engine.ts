@@ -157,7 +157,12 @@ export async function runEngine(options: EngineOptions, signal: AbortSignal): Pr
     if (!options.kube) await kube.close();
     throw err;
   }
-  const events = new EventRecorder({ client: kube, logger: logger.child({ component: "events" }) });
+  const events = new EventRecorder({
+    client: kube,
+    logger: logger.child({ component: "events" }),
+    qps: config.api.eventQps,
+    burst: config.api.eventBurst,
+  });
   // The provider is built before the node controller (which reads its inventory) but may record
   // device events at any time; those name the device's node once it has one.
   const nodeRef: { current?: NodeController; pods?: PodController } = {};

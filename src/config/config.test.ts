@@ -44,7 +44,15 @@ describe("parseConfig", () => {
         deviceLabels: { prefix: "device.devicelet.dev/", allow: [] },
         addressRanges: [],
       },
-      api: { qps: 100, burst: 200, heartbeatQps: 200, heartbeatBurst: 400, requestTimeoutSeconds: 30 },
+      api: {
+        qps: 100,
+        burst: 200,
+        heartbeatQps: 200,
+        heartbeatBurst: 400,
+        eventQps: 50,
+        eventBurst: 100,
+        requestTimeoutSeconds: 30,
+      },
       lease: { durationSeconds: 40, renewIntervalSeconds: 10 },
       nodeStatus: { maxIntervalSeconds: 300 },
       pods: {
@@ -119,6 +127,8 @@ describe("parseConfig", () => {
       burst: 400,
       heartbeatQps: 200,
       heartbeatBurst: 400,
+      eventQps: 50,
+      eventBurst: 100,
       requestTimeoutSeconds: 30,
     });
     expect(config.nodes.namePrefix).toBe("dev-");

@@ -92,6 +92,7 @@ export const coreChecks: ConfigCheck = (data) => {
     ...compare(data, "/pods/baseRetryDelayMs", "/pods/maxRetryDelayMs", "at most"),
     ...compare(data, "/api/burst", "/api/qps", "at least"),
     ...compare(data, "/api/heartbeatBurst", "/api/heartbeatQps", "at least"),
+    ...compare(data, "/api/eventBurst", "/api/eventQps", "at least"),
     ...(rangeProblem === undefined ? [] : [{ path: "/pods/ipRange", message: rangeProblem }]),
     ...readableFile(data, "/kubeconfig"),
     ...kubeletChecks(data),

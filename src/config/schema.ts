@@ -103,6 +103,8 @@ export const coreConfigSchema = {
       burst: integer(200, 1),
       heartbeatQps: { type: "number", default: 200, minimum: 1 },
       heartbeatBurst: integer(400, 1),
+      eventQps: { type: "number", default: 50, minimum: 0.01 },
+      eventBurst: integer(100, 1),
       requestTimeoutSeconds: integer(30, 1),
     }),
     lease: section("Node heartbeat Leases in kube-node-lease.", {
@@ -234,7 +236,8 @@ export interface DeviceletConfig {
   /**
    * Client-side rate limits (token buckets): `qps`/`burst` for pod status, reads and Events;
    * `heartbeatQps`/`heartbeatBurst` for the heartbeat lane (Leases and node status) apart, so a
-   * flood of pod work never delays a heartbeat. Every request but a watch gives up after
+   * flood of pod work never delays a heartbeat. Events have a budget of their own inside the first
+   * (`eventQps`/`eventBurst`, the kubelet's `eventRecordQPS`/`eventBurst`). Every request but a watch gives up after
    * `requestTimeoutSeconds` (heartbeat requests after `lease.renewIntervalSeconds`) and is retried.
    */
   readonly api: {
@@ -242,6 +245,8 @@ export interface DeviceletConfig {
     readonly burst: number;
     readonly heartbeatQps: number;
     readonly heartbeatBurst: number;
+    readonly eventQps: number;
+    readonly eventBurst: number;
     readonly requestTimeoutSeconds: number;
   };
   readonly lease: { readonly durationSeconds: number; readonly renewIntervalSeconds: number };

@@ -45,7 +45,7 @@ class FakeEvents {
   };
 }
 
-function setup(options: { maxWritesPerMinute?: number } = {}) {
+function setup(options: { maxWritesPerMinute?: number; qps?: number; burst?: number } = {}) {
   const clock = new FakeClock(start);
   const api = new FakeEvents();
   const recorder = new EventRecorder({ client: api, logger, clock, ...options });
@@ -144,6 +144,64 @@ describe("EventRecorder", () => {
     await recorder.flush();
     expect(api.writes.at(-1)).toBe("patch p.1 count=10");
     expect(api.writes).toHaveLength(4);
+  });
+
+  it("bounds writes for the fleet: a burst at once, then qps a second, oldest first", async () => {
+    const { clock, api, recorder } = setup();
+    const pod = (i: number): ObjectReference => ({ ...podRef, name: `p${i}`, uid: `uid-${i}` });
+    for (let i = 0; i < 250; i++) recorder.normal(pod(i), "TombstoneConfirmed", `device ${i}`);
+    // Repeats of a waiting series go into its one write.
+    recorder.normal(pod(200), "TombstoneConfirmed", "again");
+    await recorder.flush();
+    expect(api.writes).toHaveLength(100);
+    clock.advance(1_000);
+    await recorder.flush();
+    expect(api.writes).toHaveLength(150);
+    clock.advance(2_000);
+    await recorder.flush();
+    expect(api.writes).toHaveLength(250);
+    const created = [...api.events.values()];
+    expect(created.map((e) => e.involvedObject.name)).toEqual(Array.from({ length: 250 }, (_, i) => `p${i}`));
+    expect(created.find((e) => e.involvedObject.name === "p200")?.count).toBe(2);
+    // Idle, the budget fills up again to the burst.
+    clock.advance(10_000);
+    for (let i = 250; i < 400; i++) recorder.normal(pod(i), "TombstoneConfirmed", `device ${i}`);
+    await recorder.flush();
+    expect(api.writes).toHaveLength(350);
+  });
+
+  it("gives a fleet token back when the object's own budget holds the series", async () => {
+    const { clock, api, recorder } = setup({ maxWritesPerMinute: 1, qps: 1, burst: 1 });
+    recorder.warning(podRef, "BadReport", "1");
+    recorder.warning(otherRef, "BadReport", "1");
+    recorder.warning(podRef, "BadReport", "2");
+    await recorder.flush();
+    expect(api.writes).toEqual(["create BadReport count=1"]);
+    clock.advance(1_000);
+    await recorder.flush();
+    expect(api.writes).toEqual(["create BadReport count=1", "create BadReport count=1"]);
+    // p's turn in the fleet's line comes at 2 s, but p has spent its minute: the token goes back.
+    clock.advance(1_000);
+    await recorder.flush();
+    expect(api.writes).toHaveLength(2);
+    recorder.warning(nodeRef, "DeviceOffline", "x");
+    await recorder.flush();
+    expect(api.writes.at(-1)).toBe("create DeviceOffline count=1");
+    // p's repeat goes when its object budget refills (and the fleet has a token).
+    clock.advance(60_000);
+    await recorder.flush();
+    expect(api.writes.at(-1)).toBe("patch p.1 count=2");
+    expect(api.writes).toHaveLength(4);
+  });
+
+  it("writes nothing held in the fleet's line after close", async () => {
+    const { clock, api, recorder } = setup({ qps: 1, burst: 1 });
+    recorder.warning(podRef, "BadReport", "1");
+    recorder.warning(otherRef, "BadReport", "1");
+    await recorder.close();
+    clock.advance(5_000);
+    await recorder.flush();
+    expect(api.writes).toEqual(["create BadReport count=1"]);
   });
 
   it("creates a new Event when the old one expired", async () => {

@@ -9,6 +9,10 @@
  * - Rate limit: at most `maxWritesPerMinute` (default 12, burst the same) writes per involved
  *   object. Records beyond that are folded into the series and written when the object's budget
  *   refills, so the final count is still right while the number of writes stays bounded.
+ * - Fleet rate limit: at most `qps` writes a second in all (default 50, burst 100: the kubelet's
+ *   `eventRecordQPS` and `eventBurst`). Series beyond wait their turn, oldest first, and are
+ *   written as the budget refills, so a thousand devices reporting at once cannot put a thousand
+ *   Events ahead of the pod statuses and deletes that share the API server with them.
  * - Best effort: `record` never throws or blocks; a failed write is logged and not retried (the
  *   next record of the series writes again). Memory is bounded by `maxSeries` (LRU).
  *
@@ -41,6 +45,10 @@ export interface EventRecorderOptions {
   readonly logger: Logger;
   readonly aggregationWindowMs?: number;
   readonly maxWritesPerMinute?: number;
+  /** Event writes per second for all objects together; default 50. */
+  readonly qps?: number;
+  /** Event writes that may go at once above `qps`; default 100. */
+  readonly burst?: number;
   readonly maxSeries?: number;
   /** Wall clock (epoch ms) and timers; injectable for tests. */
   readonly clock?: Clock;
@@ -61,6 +69,16 @@ interface Series {
   eventNamespace: string | undefined;
   dirty: boolean;
   inFlight: boolean;
+}
+
+interface FleetBudget {
+  readonly qps: number;
+  readonly burst: number;
+  tokens: number;
+  updated: number;
+  timer: unknown;
+  /** Series waiting for a token, oldest first. */
+  readonly waiting: Set<Series>;
 }
 
 interface ObjectBudget {
@@ -86,6 +104,7 @@ export class EventRecorder {
   readonly #maxSeries: number;
   readonly #series = new Map<string, Series>();
   readonly #budgets = new Map<string, ObjectBudget>();
+  readonly #fleet: FleetBudget;
   readonly #inFlight = new Set<Promise<void>>();
   #closed = false;
 
@@ -96,6 +115,16 @@ export class EventRecorder {
     this.#window = options.aggregationWindowMs ?? 10 * 60_000;
     this.#perMinute = Math.max(1, options.maxWritesPerMinute ?? 12);
     this.#maxSeries = options.maxSeries ?? 10_000;
+    const qps = Math.max(0.001, options.qps ?? 50);
+    const burst = Math.max(1, options.burst ?? 100);
+    this.#fleet = {
+      qps,
+      burst,
+      tokens: burst,
+      updated: this.#clock.now(),
+      timer: undefined,
+      waiting: new Set(),
+    };
   }
 
   /** Records an event; returns at once. Never throws. */
@@ -150,16 +179,16 @@ export class EventRecorder {
   /** Stops recording and cancels held-back writes; then waits for writes in flight. */
   async close(): Promise<void> {
     this.#closed = true;
-    for (const budget of this.#budgets.values()) {
+    for (const budget of [...this.#budgets.values(), this.#fleet]) {
       if (budget.timer !== undefined) this.#clock.clearTimeout(budget.timer);
       budget.timer = undefined;
     }
     await this.flush();
   }
 
-  #pump(series: Series): void {
+  #pump(series: Series, granted = false): void {
     if (this.#closed || series.inFlight || !series.dirty) return;
-    if (!this.#takeWrite(series)) return;
+    if (!this.#takeWrite(series, granted)) return;
     series.dirty = false;
     series.inFlight = true;
     const write = this.#write(series).finally(() => {
@@ -206,9 +235,58 @@ export class EventRecorder {
     }
   }
 
-  /** Per-object token bucket; when empty, defers the series and arms one timer for the object. */
-  #takeWrite(series: Series): boolean {
+  /**
+   * The fleet's token bucket, then the object's: a series neither lets through waits in that
+   * bucket's line, one timer each. `granted`: the fleet's line already gave this series a token.
+   */
+  #takeWrite(series: Series, granted: boolean): boolean {
     const now = this.#clock.now();
+    const fleet = this.#fleet;
+    if (!granted) {
+      this.#refill(now);
+      // Behind the ones already waiting, so the oldest go first.
+      if (fleet.tokens < 1 || fleet.waiting.size > 0) {
+        fleet.waiting.add(series);
+        this.#armFleet();
+        return false;
+      }
+    }
+    if (!this.#takeObjectWrite(series, now)) {
+      if (granted) fleet.tokens += 1;
+      return false;
+    }
+    if (!granted) fleet.tokens -= 1;
+    return true;
+  }
+
+  #refill(now: number): void {
+    const fleet = this.#fleet;
+    fleet.tokens = Math.min(fleet.burst, fleet.tokens + ((now - fleet.updated) * fleet.qps) / 1000);
+    fleet.updated = now;
+  }
+
+  /** One timer for the fleet's line: when it fires, as many series go as there are tokens. */
+  #armFleet(): void {
+    const fleet = this.#fleet;
+    if (fleet.timer !== undefined || this.#closed) return;
+    const wait = Math.max(1, Math.ceil(((1 - fleet.tokens) * 1000) / fleet.qps));
+    fleet.timer = this.#clock.setTimeout(() => {
+      fleet.timer = undefined;
+      this.#refill(this.#clock.now());
+      for (const next of fleet.waiting) {
+        if (fleet.tokens < 1) break;
+        fleet.waiting.delete(next);
+        // Evicted, or written meanwhile (a write in flight pumps it again when it ends).
+        if (this.#series.get(this.#keyOf(next)) !== next || next.inFlight || !next.dirty) continue;
+        fleet.tokens -= 1;
+        this.#pump(next, true);
+      }
+      if (fleet.waiting.size > 0) this.#armFleet();
+    }, wait);
+  }
+
+  /** Per-object token bucket; when empty, defers the series and arms one timer for the object. */
+  #takeObjectWrite(series: Series, now: number): boolean {
     let budget = this.#budgets.get(series.objectKey);
     if (!budget) {
       budget = { tokens: this.#perMinute, updated: now, timer: undefined, deferred: new Set() };

@@ -136,7 +136,12 @@ export async function runShardedEngines(o: ShardedOptions, signal: AbortSignal):
         address: resolveKubeletAddress(config.kubelet, process.env, logger),
         kube,
         backend: router,
-        events: new EventRecorder({ client: kube, logger: logger.child({ component: "events" }) }),
+        events: new EventRecorder({
+          client: kube,
+          logger: logger.child({ component: "events" }),
+          qps: config.api.eventQps,
+          burst: config.api.eventBurst,
+        }),
         stateNamespace: namespace.name,
         kubeconfigPath: config.kubeconfig,
         logger,

@@ -22,7 +22,15 @@ const examplesDir = path.resolve(import.meta.dirname, "../../examples");
 const fullMqtt = {
   kubeconfig: "/nonexistent/kubeconfig",
   nodes: { namePrefix: "dev-", taintKey: "example.com/device", extraLabels: { "example.com/site": "a" } },
-  api: { qps: 50, burst: 100, heartbeatQps: 100, heartbeatBurst: 200, requestTimeoutSeconds: 10 },
+  api: {
+    qps: 50,
+    burst: 100,
+    heartbeatQps: 100,
+    heartbeatBurst: 200,
+    eventQps: 10,
+    eventBurst: 20,
+    requestTimeoutSeconds: 10,
+  },
   lease: { durationSeconds: 40, renewIntervalSeconds: 10 },
   pods: { ipRange: "10.250.0.0/16", baseRetryDelayMs: 100, maxRetryDelayMs: 1000 },
   kubelet: { port: 10250, address: "::1" },
