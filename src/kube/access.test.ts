@@ -10,9 +10,9 @@ import { createSecureServer as createHttp2Server } from "node:http2";
 import type { AddressInfo, Server } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import type { TLSSocket } from "node:tls";
+import tls, { type TLSSocket } from "node:tls";
 import { pino } from "pino";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { stringify } from "yaml";
 import { FakeClock } from "../base/fake-clock.ts";
 import { ensurePki, type Pki } from "../testing/controlplane/pki.ts";
@@ -150,6 +150,35 @@ describe("TLS from the kubeconfig", () => {
     // One dispatcher for all: a dispatcher per request would open five. (undici resolves
     // the body a moment before it frees the connection, so the next request may open a second.)
     expect(connections).toBeLessThanOrEqual(2);
+  });
+
+  it("parses the CA, certificate and key once, not for each connection", async () => {
+    const admin = pki.cert("admin");
+    const contexts = vi.spyOn(tls, "createSecureContext");
+    try {
+      const t = transport(
+        { server: tlsUrl, "certificate-authority": pki.caCert },
+        { "client-certificate": admin.cert, "client-key": admin.key },
+      );
+      let connections = 0;
+      const count = () => connections++;
+      tlsServer.on("secureConnection", count);
+      const contextsBefore = contexts.mock.calls.length;
+      try {
+        const before = seen.length;
+        await Promise.all(
+          Array.from({ length: 8 }, () => t.request({ method: "GET", path: "/api/v1/namespaces/x" })),
+        );
+        expect(seen.slice(before).map((s) => s.clientCN)).toEqual(Array(8).fill("admin"));
+      } finally {
+        tlsServer.off("secureConnection", count);
+      }
+      expect(connections).toBeGreaterThan(1);
+      // Node's tls.connect builds a context from PEM options for each connection it opens.
+      expect(contexts.mock.calls.length - contextsBefore).toBe(0);
+    } finally {
+      contexts.mockRestore();
+    }
   });
 
   it("verifies the server against tls-server-name and sends it as SNI", async () => {
