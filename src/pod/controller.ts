@@ -238,7 +238,8 @@ export class PodController {
         if (!known) return;
         if (status.phase === "Running") this.#trace.reported(status.pod.uid);
         this.#statuses.set(status.pod.uid, status);
-        this.#queue.addAfter(key, this.#o.config.statusDebounceMs);
+        // Ahead of deletes and re-reads: what the device reports is what kubectl waits for.
+        this.#queue.addAfter(key, this.#o.config.statusDebounceMs, { first: true });
       });
     }
     if (hasDeletionNotifier(provider)) {

@@ -199,6 +199,55 @@ describe("WorkQueue", () => {
     stop();
   });
 
+  it("runs keys added first ahead of the others, oldest first in each line, each key once", async () => {
+    const seen: string[] = [];
+    const busy = deferred();
+    const { queue, clock, stop } = makeQueue(
+      async (key) => {
+        seen.push(key);
+        if (key === "busy") await busy.promise;
+        return undefined;
+      },
+      { concurrency: 1 },
+    );
+    queue.add("busy");
+    for (const key of ["d1", "d2", "s1", "d3"]) queue.add(key);
+    queue.add("s1", { first: true }); // waiting in the other line: moves ahead
+    queue.add("s2", { first: true });
+    queue.add("s2"); // a plain add does not move it back
+    queue.addAfter("s3", 10, { first: true });
+    queue.addAfter("s3", 20); // the earlier, first add stands
+    queue.addAfter("d4", 30);
+    queue.addAfter("d4", 5, { first: true }); // an earlier add asking first wins
+    await clock.advanceAsync(40);
+    expect(queue.stats()).toMatchObject({ active: 1, pending: 7 });
+    busy.resolve();
+    await queue.idle();
+    expect(seen).toEqual(["busy", "s1", "s2", "d4", "s3", "d1", "d2", "d3"]);
+    stop();
+  });
+
+  it("keeps first for a key added first while it runs", async () => {
+    const seen: string[] = [];
+    const busy = deferred();
+    const { queue, stop } = makeQueue(
+      async (key) => {
+        seen.push(key);
+        if (key === "k" && seen.length === 1) await busy.promise;
+        return undefined;
+      },
+      { concurrency: 1 },
+    );
+    queue.add("k");
+    queue.add("other");
+    queue.add("k");
+    queue.add("k", { first: true });
+    busy.resolve();
+    await queue.idle();
+    expect(seen).toEqual(["k", "k", "other"]);
+    stop();
+  });
+
   it("cancels its timers when stopped, and takes no work afterwards", async () => {
     let attempts = 0;
     const { queue, clock, stop } = makeQueue(async () => {

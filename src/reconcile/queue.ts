@@ -8,6 +8,10 @@
  *   const queue = new WorkQueue({ concurrency: 8, reconcile: (key) => controller.reconcile(key), ... });
  *   queue.start(signal); queue.add("ns/pod");
  *
+ * A key added `first` goes ahead of every key added without: a status a device reported waits for
+ * a worker behind other reported statuses only, not behind deletes and re-reads (a fleet coming
+ * back with a queued change each has both for every device). Within each line, oldest first.
+ *
  * `reconcile` resolves to `undefined` when done, or `{ requeueAfterMs }` to look again later
  * without counting a failure. Throwing counts a failure and is retried with capped exponential
  * backoff (at least as long as the error's `retryAfterMs` asks), for as long as it keeps failing:
@@ -18,6 +22,9 @@
 import type { Logger } from "pino";
 import { retryDelay } from "../base/backoff.ts";
 import { systemClock, type Clock } from "../base/clock.ts";
+
+/** Which line a waiting key is in. */
+type Line = "first" | "later";
 
 export type ReconcileResult = undefined | { readonly requeueAfterMs: number };
 
@@ -44,13 +51,16 @@ export interface WorkQueueOptions {
 
 export class WorkQueue {
   readonly #options: WorkQueueOptions;
-  readonly #pending: string[] = [];
-  readonly #queued = new Set<string>();
+  /** The two lines; a key moved to `first` stays behind in `later`, skipped when its turn comes. */
+  readonly #lines = { first: [] as string[], later: [] as string[] };
+  /** Keys waiting, by the line they wait in. */
+  readonly #queued = new Map<string, Line>();
   readonly #active = new Set<string>();
-  readonly #dirty = new Set<string>();
+  /** Keys added while being processed, to run once more, by line. */
+  readonly #dirty = new Map<string, Line>();
   readonly #failures = new Map<string, number>();
   readonly #clock: Clock;
-  readonly #timers = new Map<string, { at: number; timer: unknown }>();
+  readonly #timers = new Map<string, { at: number; timer: unknown; line: Line }>();
   #running = 0;
   #signal: AbortSignal | undefined;
   #idleWaiters: (() => void)[] = [];
@@ -71,7 +81,8 @@ export class WorkQueue {
     signal.addEventListener("abort", () => {
       for (const { timer } of this.#timers.values()) this.#clock.clearTimeout(timer);
       this.#timers.clear();
-      this.#pending.length = 0;
+      this.#lines.first.length = 0;
+      this.#lines.later.length = 0;
       this.#queued.clear();
       this.#dirty.clear();
       this.#pump();
@@ -79,41 +90,52 @@ export class WorkQueue {
     this.#pump();
   }
 
-  /** Queues `key` now (coalesced with any pending or delayed add). */
-  add(key: string): void {
+  /**
+   * Queues `key` now (coalesced with any pending or delayed add); `first` puts it in the first
+   * line, or moves it there when it waits in the other.
+   */
+  add(key: string, o: { readonly first?: boolean } = {}): void {
     if (this.#signal?.aborted) return;
+    let line: Line = o.first ? "first" : "later";
     const delayed = this.#timers.get(key);
     if (delayed) {
       this.#clock.clearTimeout(delayed.timer);
       this.#timers.delete(key);
+      if (delayed.line === "first") line = "first";
     }
     if (this.#active.has(key)) {
-      this.#dirty.add(key);
+      if (line === "first" || !this.#dirty.has(key)) this.#dirty.set(key, line);
       return;
     }
-    if (this.#queued.has(key)) return;
-    this.#queued.add(key);
-    this.#pending.push(key);
+    const queued = this.#queued.get(key);
+    if (queued === "first" || queued === line) return;
+    this.#queued.set(key, line);
+    this.#lines[line].push(key);
     this.#pump();
   }
 
-  /** Queues `key` after `delayMs`; an earlier add for the same key wins. */
-  addAfter(key: string, delayMs: number): void {
+  /** Queues `key` after `delayMs`; an earlier add for the same key wins, and `first` sticks. */
+  addAfter(key: string, delayMs: number, o: { readonly first?: boolean } = {}): void {
     if (this.#signal?.aborted) return;
     if (delayMs <= 0) {
-      this.add(key);
+      this.add(key, o);
       return;
     }
     const at = this.#clock.now() + delayMs;
     const existing = this.#timers.get(key);
-    if (existing && existing.at <= at) return;
+    if (existing && existing.at <= at) {
+      if (o.first) existing.line = "first";
+      return;
+    }
     if (existing) this.#clock.clearTimeout(existing.timer);
+    const line: Line = o.first || existing?.line === "first" ? "first" : "later";
     // The clock's timers never keep a finished process alive (systemClock unrefs them).
     const timer = this.#clock.setTimeout(() => {
+      const entry = this.#timers.get(key);
       this.#timers.delete(key);
-      this.add(key);
+      this.add(key, { first: entry?.line === "first" });
     }, delayMs);
-    this.#timers.set(key, { at, timer });
+    this.#timers.set(key, { at, timer, line });
   }
 
   /** Forgets a key's failure count (after a success, or when its object is gone). */
@@ -122,12 +144,12 @@ export class WorkQueue {
   }
 
   get length(): number {
-    return this.#pending.length;
+    return this.#queued.size;
   }
 
   stats() {
     return {
-      pending: this.#pending.length,
+      pending: this.#queued.size,
       active: this.#active.size,
       delayed: this.#timers.size,
       processed: this.#processed,
@@ -140,24 +162,37 @@ export class WorkQueue {
    * nothing is running. Start-up code awaits this, so it must settle on stop too.
    */
   async idle(): Promise<void> {
-    if (this.#running === 0 && (this.#pending.length === 0 || this.#signal?.aborted)) return;
+    if (this.#running === 0 && (this.#queued.size === 0 || this.#signal?.aborted)) return;
     await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
   }
 
   #pump(): void {
     if (!this.#signal) return;
-    while (!this.#signal.aborted && this.#running < this.#options.concurrency && this.#pending.length > 0) {
-      const key = this.#pending.shift() as string;
+    while (!this.#signal.aborted && this.#running < this.#options.concurrency && this.#queued.size > 0) {
+      const key = this.#next();
+      if (key === undefined) break;
       this.#queued.delete(key);
       this.#active.add(key);
       this.#running++;
       void this.#process(key);
     }
-    if (this.#running === 0 && (this.#pending.length === 0 || this.#signal.aborted)) {
+    if (this.#running === 0 && (this.#queued.size === 0 || this.#signal.aborted)) {
       const waiters = this.#idleWaiters;
       this.#idleWaiters = [];
       for (const w of waiters) w();
     }
+  }
+
+  /** The oldest key of the first line, else of the other; skips keys that moved to the first. */
+  #next(): string | undefined {
+    for (const line of ["first", "later"] as const) {
+      const keys = this.#lines[line];
+      while (keys.length > 0) {
+        const key = keys.shift() as string;
+        if (this.#queued.get(key) === line) return key;
+      }
+    }
+    return undefined;
   }
 
   async #process(key: string): Promise<void> {
@@ -173,7 +208,11 @@ export class WorkQueue {
       this.#processed++;
       this.#active.delete(key);
       this.#running--;
-      if (this.#dirty.delete(key)) this.add(key);
+      const dirty = this.#dirty.get(key);
+      if (dirty !== undefined) {
+        this.#dirty.delete(key);
+        this.add(key, { first: dirty === "first" });
+      }
       this.#pump();
     }
   }
