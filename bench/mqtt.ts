@@ -96,7 +96,7 @@ function breakdown(metricsText: string) {
 function deviceletConfig(id: string, brokerUrl: string, devices: number, metricsPort = 0) {
   // Each node renews its Lease every 10 s: the heartbeat lane needs a tenth of the fleet a second,
   // with room for node status (the default, 200 a second, is for 1,000 nodes).
-  const heartbeatQps = Math.max(200, Math.ceil(devices / 8));
+  const heartbeatQps = Math.max(200, Math.ceil(devices / 5));
   return {
     kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
     metrics: { port: metricsPort, bindAddress: "127.0.0.1" },
@@ -169,7 +169,8 @@ async function storm(id: string, brokerUrl: string) {
       appStartMs: APP_START_MS,
       logger: pino({ level: "warn" }),
     });
-    await waitForNodes(`devicelet.dev/bench=${id}`, STORM_DEVICES);
+    // About 20 nodes a second register through the broker at 5,000 devices here.
+    await waitForNodes(`devicelet.dev/bench=${id}`, STORM_DEVICES, Math.max(300_000, STORM_DEVICES * 150));
     return await measureStorm({
       namespace: ns,
       username: "devicelet",
