@@ -192,8 +192,8 @@ async function storm(id: string) {
       namespace: ns,
       sim,
       // The twins hold the queued changes: every device's document carries its new pod.
-      queued: () =>
-        boundPodsOfVersion(ns, "2") >= STORM_DEVICES &&
+      queued: async () =>
+        (await boundPodsOfVersion(ns, "2")) >= STORM_DEVICES &&
         devices.every((d) => {
           const text = decodeTwinDocument(
             (emulator.hub.twin(d.id) as { properties: { desired: Record<string, unknown> } }).properties

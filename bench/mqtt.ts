@@ -16,6 +16,8 @@
  *
  * Sizes can be lowered for a quick look: BENCH_GATEWAYS, BENCH_PODS, BENCH_STORM_DEVICES.
  * `BENCH_PARTS=storm` (or `burst`) runs one part only; `BENCH_STORM_DEVICES=5000` the larger storm.
+ * `BENCH_DEVICELET_LOG=info` raises devicelet's log level (warn by default; the log stays in the
+ * `devicelet-bench-*` temporary folder).
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -103,7 +105,7 @@ function deviceletConfig(id: string, brokerUrl: string, devices: number, metrics
     nodes: { extraLabels: { "devicelet.dev/bench": id } },
     // A thousand nodes renew a hundred leases a second; give the rest room.
     api: { qps: 400, burst: 800, heartbeatQps, heartbeatBurst: 2 * heartbeatQps },
-    log: { level: "warn" },
+    log: { level: process.env.BENCH_DEVICELET_LOG ?? "warn" },
     provider: {
       type: "mqtt",
       config: { broker: { url: brokerUrl, clientId: `devicelet-${id}` }, devices: { allow: [`${id}-*`] } },
@@ -158,7 +160,10 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
 }
 
 async function storm(id: string, brokerUrl: string) {
-  const { child } = spawnDevicelet(deviceletConfig(id, brokerUrl, STORM_DEVICES));
+  const metricsPort = await freePort();
+  const { child, logFile } = spawnDevicelet(deviceletConfig(id, brokerUrl, STORM_DEVICES, metricsPort));
+  // For a look while it runs (a storm at 5,000 devices takes a quarter of an hour).
+  console.log(`storm: devicelet metrics on http://127.0.0.1:${metricsPort}/metrics, log in ${logFile}`);
   const devices = fleetSpec({ gateways: 0, childrenPerGateway: 0, mcus: STORM_DEVICES, prefix: id });
   let sim: Simulator | undefined;
   const ns = `${id}-storm`;
@@ -176,7 +181,7 @@ async function storm(id: string, brokerUrl: string) {
       username: "devicelet",
       sim,
       // Every device now has a queued change: its old pod tombstoned and a new pod bound to it.
-      queued: () => boundPodsOfVersion(ns, "2") >= STORM_DEVICES,
+      queued: async () => (await boundPodsOfVersion(ns, "2")) >= STORM_DEVICES,
       // Let devicelet publish the queued documents.
       reconnecting: () => new Promise((r) => setTimeout(r, 3_000)),
     });
