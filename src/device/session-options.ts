@@ -29,8 +29,13 @@ export interface DeviceSessionOptions {
   readonly newBootId?: () => string;
   /** Default 20 ms. */
   readonly reportCoalesceMs?: number;
-  /** Re-publish the report after this long without one (docs/protocol.md § 3.3). Default 5 min. */
+  /**
+   * Re-publish the report within this long without one (docs/protocol.md § 3.3), at a random point
+   * of the interval's last fifth. Default 5 min.
+   */
   readonly reportRefreshMs?: number;
+  /** Jitter source in [0, 1) for the report refresh; default `Math.random`. */
+  readonly random?: () => number;
   /** MQTT 5 Will Delay Interval; default 5 s. */
   readonly willDelaySeconds?: number;
   /** Reported as the pod address. */

@@ -5,6 +5,7 @@
  */
 import pino from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { FakeClock } from "../base/fake-clock.ts";
 import { encodeMessage } from "../protocol/codec.ts";
 import { topics } from "../protocol/topics.ts";
 import type { AckMessage, DeviceEventMessage, PresenceMessage, ReportedDocument } from "../protocol/types.ts";
@@ -146,6 +147,39 @@ describe("DeviceSession, rejections and epochs (§ 4)", () => {
         pods: [{ uid: "a", phase: "Running" }],
       }),
     );
+  });
+});
+
+describe("DeviceSession, reported refresh (§ 3.3)", () => {
+  it("re-publishes an unchanged report at a random point of the refresh interval's last fifth", async () => {
+    // random 0 → after 80% of the interval; random 0.5 → after 90%: devices started together
+    // spread their refreshes over a fifth of it rather than sending them all in one second.
+    for (const [random, dueMs] of [
+      [0, 8_000],
+      [0.5, 9_000],
+    ] as const) {
+      const broker = await newBroker();
+      const clock = new FakeClock(Date.now());
+      await online(broker, { clock, reportRefreshMs: 10_000, random: () => random });
+      const reports = () => broker.messagesOn<ReportedDocument>(topics.reported(ID));
+      await until(() => expect(reports()).toHaveLength(1));
+      clock.advance(dueMs - 1);
+      // Nothing due yet: give a publish the time it would take to arrive, then look.
+      await new Promise((r) => setTimeout(r, 100));
+      expect(reports()).toHaveLength(1);
+      clock.advance(1);
+      await until(() => expect(reports()).toHaveLength(2));
+      const [first, refresh] = reports();
+      expect(refresh?.seq).toBeGreaterThan(first?.seq ?? Infinity);
+      expect({ ...refresh, seq: 0, observedAt: "" }).toEqual({ ...first, seq: 0, observedAt: "" });
+      // The refresh re-arms the timer: the next one is due a whole jittered interval later.
+      clock.advance(dueMs - 1);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(reports()).toHaveLength(2);
+      clock.advance(1);
+      await until(() => expect(reports()).toHaveLength(3));
+      await Promise.all(sessions.splice(0).map((x) => x.stop()));
+    }
   });
 });
 

@@ -27,7 +27,8 @@
  *   that announces `capabilities.stats`, a `stats` sample follows each birth and then comes every
  *   `statsIntervalSeconds` while online (stats.ts); its seq is from the boot's one series.
  * - Runtime changes produce one coalesced report per `reportCoalesceMs`; the report is re-sent
- *   after `reportRefreshMs` without one (one timer per device, re-armed by each report).
+ *   within `reportRefreshMs` without one, at a random point of its last fifth (one timer per
+ *   device, re-armed by each report), so a fleet that came up together does not refresh together.
  */
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
@@ -432,9 +433,12 @@ export class DeviceSession {
     this.#reportTimer = undefined;
     if (!this.#online || this.#stopped) return;
     this.#clock.clearTimeout(this.#refreshTimer);
+    // Jittered: 5,000 simulated devices started together refreshed within the same second, five
+    // minutes on, every five minutes; so would a site's devices after a power cut.
+    const refreshMs = this.#o.reportRefreshMs ?? 300_000;
     this.#refreshTimer = this.#clock.setTimeout(
       () => this.#publishReport(),
-      this.#o.reportRefreshMs ?? 300_000,
+      refreshMs * (0.8 + 0.2 * (this.#o.random ?? Math.random)()),
     );
     const { epoch, observedGeneration, appliedGeneration, rejection } = this.#applier;
     this.#out.report({
