@@ -106,6 +106,8 @@ export interface NodeEntry {
    */
   ownership: "unknown" | "owned" | "refused";
   lease: NodeLease | undefined;
+  /** This process has just created the Node: its Lease is not there yet (create it, don't patch). */
+  nodeCreated?: boolean;
   /** Stops this node's lease alone (a node found to be someone else's). */
   leaseStop: AbortController | undefined;
   lastStatus: NodeStatus | undefined;

@@ -413,6 +413,8 @@ export class NodeController {
         entry,
         kube,
         config,
+        // A new Node's Lease is created at once; patching it first would cost a 404 per node.
+        leaseMissing: entry.nodeCreated === true,
         logger: this.#log,
         leaseLog: this.#leaseLog,
         signal: this.#signal,
@@ -460,8 +462,10 @@ export class NodeController {
       this.#refuse(entry, deviceId, registered.node);
       return undefined;
     }
-    if (registered.outcome === "created")
+    if (registered.outcome === "created") {
       this.#log.info({ node: entry.name, device: deviceId }, "registered node");
+      entry.nodeCreated = true;
+    }
     this.#own(entry, deviceId);
     return registered.node;
   }

@@ -101,6 +101,8 @@ describe("NodeController (fake API server, FakeClock)", () => {
     const uids = DEVICES.map((n) => nodeUid(w, n));
     const created = { nodes: w.kube.count("createNode"), leases: w.kube.count("createLease") };
     expect(created).toEqual({ nodes: 2, leases: 2 });
+    // A Node it just created has no Lease yet: created at once, no patch meeting a 404 first.
+    expect(w.kube.count("patchLeaseSpec")).toBe(0);
     first.stop.abort();
 
     // Down for a while: nothing renews. Then a new process starts.

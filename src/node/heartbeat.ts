@@ -71,6 +71,8 @@ export interface NodeLeaseStart {
   readonly onRenewed?: (seconds: number) => void;
   /** The lease's time source; default the system clock. */
   readonly clock?: Clock;
+  /** The Node was just created, so its Lease is not there yet: create it first. */
+  readonly leaseMissing?: boolean;
 }
 
 /** Starts the entry's lease; renewals go on until `signal` or `entry.leaseStop` aborts. */
@@ -92,6 +94,7 @@ export function startNodeLease(o: NodeLeaseStart): void {
     onRecovered: o.onRecovered,
     onRenewed: o.onRenewed,
     ...(o.clock ? { clock: o.clock } : {}),
+    ...(o.leaseMissing ? { missing: true } : {}),
   });
   // Renewals start now and can never stop, whatever the first one meets (the queue retries
   // the rest of the reconcile on its own).

@@ -71,6 +71,28 @@ describe("NodeLease", () => {
     expect(stored?.spec?.renewTime).toMatch(/\.\d{6}Z$/);
   });
 
+  it("creates first when told the Lease is missing (a Node just created), and patches one that was there", async () => {
+    const fake = fakeKube();
+    const missing = (kube: LeaseKube) =>
+      new NodeLease({
+        kube,
+        nodeName: "dev-1",
+        nodeUid: () => "node-uid-1",
+        durationSeconds: 40,
+        renewIntervalSeconds: 10,
+        logger: pino({ level: "silent" }),
+        missing: true,
+      });
+    const first = missing(fake.kube);
+    await first.renew();
+    await first.renew();
+    expect(fake.calls).toEqual(["create", "patch"]);
+    // A Lease left by an earlier Node of the same name, not yet collected: a 409, then patches.
+    fake.calls.length = 0;
+    await missing(fake.kube).renew();
+    expect(fake.calls).toEqual(["create", "patch"]);
+  });
+
   it("renews with one patch, also after a write that timed out but landed, and takes its lease back", async () => {
     const fake = fakeKube();
     const l = lease(fake.kube);

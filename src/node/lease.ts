@@ -46,6 +46,11 @@ export interface LeaseOptions {
   /** Jitter source in [0, 1); default `Math.random`. */
   readonly random?: () => number;
   /**
+   * The Lease is known not to be there (its Node was just created): the first renewal creates it
+   * rather than patching and meeting a 404. Default false: patch first (a restart finds it there).
+   */
+  readonly missing?: boolean;
+  /**
    * Where failures and recoveries are logged: a fleet's leases share one, so an outage reads as a
    * few lines, not one per node. Default: one of this lease's own, on `logger`.
    */
@@ -77,6 +82,7 @@ export class NodeLease {
     this.#clock = options.clock ?? systemClock;
     this.#random = options.random ?? Math.random;
     this.#log = options.log ?? new LeaseLog(options.logger, this.#clock);
+    this.#exists = options.missing !== true;
   }
 
   get renewals(): number {

@@ -12,11 +12,13 @@ class FakeConfigMaps implements Pick<
 > {
   readonly objects = new Map<string, ConfigMap>();
   #rv = 0;
+  gets = 0;
   puts = 0;
   /** Runs once right after the next GET, as a competing writer would. */
   afterGet: (() => void) | undefined;
 
   getConfigMap(_ns: string, name: string) {
+    this.gets++;
     const cm = this.objects.get(name);
     const competitor = this.afterGet;
     this.afterGet = undefined;
@@ -57,13 +59,48 @@ describe("ConfigMapStore.update", () => {
     const kube = new FakeConfigMaps();
     const store = new ConfigMapStore(kube, "ns");
     const add = (n: number) => (current: string | undefined) => String(Number(current ?? "0") + n);
-    expect(await store.update("counter", add(1))).toBe("1");
+    expect(await new ConfigMapStore(kube, "ns").update("counter", add(1))).toBe("1");
     const [name = ""] = kube.objects.keys();
     // Another process adds 10 after our read: neither increment may be lost.
     kube.afterGet = () => kube.write(name, String(Number(kube.objects.get(name)?.data?.value) + 10));
     expect(await store.update("counter", add(1))).toBe("12");
     expect(await store.get("counter")).toBe("12");
     expect(kube.puts).toBe(2);
+  });
+
+  it("writes from the copy it last read or wrote: a new key costs one read and one create, then one write each", async () => {
+    const kube = new FakeConfigMaps();
+    const store = new ConfigMapStore(kube, "ns");
+    expect(await store.get("k")).toBeUndefined();
+    expect(await store.update("k", () => "a")).toBe("a");
+    expect(await store.update("k", (current) => `${current ?? ""}b`)).toBe("ab");
+    expect({ gets: kube.gets, puts: kube.puts }).toEqual({ gets: 1, puts: 2 });
+    expect(await new ConfigMapStore(kube, "ns").get("k")).toBe("ab");
+  });
+
+  it("a stale copy costs a 409 and a read, and loses no other writer's change", async () => {
+    const kube = new FakeConfigMaps();
+    const store = new ConfigMapStore(kube, "ns");
+    const add = (n: number) => (current: string | undefined) => String(Number(current ?? "0") + n);
+    expect(await store.update("counter", add(1))).toBe("1");
+    const [name = ""] = kube.objects.keys();
+    kube.write(name, "11"); // another process, after our write
+    const gets = kube.gets;
+    expect(await store.update("counter", add(1))).toBe("12");
+    expect(kube.gets - gets).toBe(1);
+    expect(kube.objects.get(name)?.data?.value).toBe("12");
+  });
+
+  it("decides there is nothing to write on a fresh read only", async () => {
+    const kube = new FakeConfigMaps();
+    const store = new ConfigMapStore(kube, "ns");
+    await store.update("k", () => "a");
+    const [name = ""] = kube.objects.keys();
+    kube.write(name, "b"); // another process
+    // From the stale copy ("a") nothing would change; the stored value says otherwise.
+    const result = await store.update("k", (current) => (current === "a" ? "a" : `${current ?? ""}+c`));
+    expect(result).toBe("b+c");
+    expect(kube.objects.get(name)?.data?.value).toBe("b+c");
   });
 
   it("creates once: a create that loses the race re-reads the winner's value", async () => {

@@ -7,8 +7,11 @@
  * `get` caches after the first read; every `set` is one API write (a merge patch, last writer
  * wins). `update` is a compare-and-swap on the ConfigMap's `metadata.resourceVersion` (a PUT that
  * the API server refuses with 409 Conflict when the object changed since it was read), so two
- * devicelet processes writing the same key never lose each other's write. `entries` lists the
- * store's ConfigMaps (label `app.kubernetes.io/managed-by=devicelet`) in one paged read.
+ * devicelet processes writing the same key never lose each other's write. It starts from the
+ * object as this process last read or wrote it, so a key's next update costs one write, not a
+ * read and a write; a stale copy costs a 409 and a read, and "nothing to write" is decided on a
+ * fresh read only. `entries` lists the store's ConfigMaps
+ * (label `app.kubernetes.io/managed-by=devicelet`) in one paged read.
  *
  *   const store = new ConfigMapStore(kube, "devicelet-system");
  *   await store.update("mqtt.gw-1", (current) => next(current));
@@ -37,6 +40,8 @@ export class ConfigMapStore implements DurableStore {
   readonly #kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list">;
   readonly #namespace: string;
   readonly #cache = new Map<string, string | undefined>();
+  /** Each key's ConfigMap as this process last read or wrote it; null: it was not there. */
+  readonly #objects = new Map<string, ConfigMap | null>();
 
   constructor(
     kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list">,
@@ -48,15 +53,13 @@ export class ConfigMapStore implements DurableStore {
 
   async get(key: string): Promise<string | undefined> {
     if (this.#cache.has(key)) return this.#cache.get(key);
-    const cm = await this.#kube.getConfigMap(this.#namespace, nameFor(key));
-    const value = cm?.data?.value;
-    this.#cache.set(key, value);
-    return value;
+    return (await this.#read(key))?.data?.value;
   }
 
   async set(key: string, value: string): Promise<void> {
-    await this.#kube.upsertConfigMap(this.#namespace, nameFor(key), { key, value }, LABELS);
+    const cm = await this.#kube.upsertConfigMap(this.#namespace, nameFor(key), { key, value }, LABELS);
     this.#cache.set(key, value);
+    this.#objects.set(key, cm);
   }
 
   async update(
@@ -65,10 +68,13 @@ export class ConfigMapStore implements DurableStore {
   ): Promise<string | undefined> {
     const name = nameFor(key);
     for (let attempt = 1; ; attempt++) {
-      const cm = await this.#kube.getConfigMap(this.#namespace, name);
+      const known = attempt === 1 ? this.#objects.get(key) : undefined;
+      const cm = known === undefined ? await this.#read(key) : known;
       const current = cm?.data?.value;
       const next = change(current);
       if (next === undefined || next === current) {
+        // Nothing to write is a decision only a fresh read may back: a copy could be stale.
+        if (known !== undefined) continue;
         this.#cache.set(key, current);
         return current;
       }
@@ -79,8 +85,9 @@ export class ConfigMapStore implements DurableStore {
             data: { key, value: next },
           };
       try {
-        await this.#kube.replaceConfigMap(body);
+        const written = await this.#kube.replaceConfigMap(body);
         this.#cache.set(key, next);
+        this.#objects.set(key, written);
         return next;
       } catch (err) {
         // Someone wrote (or created) it since our read: read again and decide again.
@@ -100,7 +107,15 @@ export class ConfigMapStore implements DurableStore {
       if (cm.metadata?.name !== nameFor(key)) continue;
       out.set(key, value);
       this.#cache.set(key, value);
+      this.#objects.set(key, cm);
     }
     return out;
+  }
+
+  async #read(key: string): Promise<ConfigMap | undefined> {
+    const cm = await this.#kube.getConfigMap(this.#namespace, nameFor(key));
+    this.#cache.set(key, cm?.data?.value);
+    this.#objects.set(key, cm ?? null);
+    return cm;
   }
 }
