@@ -2,8 +2,10 @@
  * DeviceLifecycle: what the MQTT provider does to devices as a whole, apart from their pods — it
  * restores the births of devices that are away from the durable store (readback.ts), marks
  * devices lost when they fall silent (silence.ts: a `DeviceSilent` Event, and the statuses of
- * the device and its children pushed again), publishes notices to them (docs/protocol.md § 3.8),
- * and decommissions them (retire.ts). Owns the SilenceWatch; `start`/`stop` run its timer.
+ * the device and its children pushed again), asks the broker again for the reports of devices
+ * left behind (reread.ts), publishes notices to them (docs/protocol.md § 3.8),
+ * and decommissions them (retire.ts). Owns the SilenceWatch and the RereadWatch; `start`/`stop` run
+ * their timers.
  *
  *   const devices = new DeviceLifecycle({ registry, desired, commands, allocator, connection, ... });
  *   await devices.restoreBirths(["gw-1", "gw-2"]);        // nodes for devices that are away
@@ -19,6 +21,7 @@ import type { StatusCoalescer } from "./pod-status.ts";
 import type { GenerationAllocator } from "./generations.ts";
 import { restoreBirths } from "./readback.ts";
 import { retireDevice, type RetireDeps } from "./retire.ts";
+import { RereadWatch, type RereadOptions } from "./reread.ts";
 import { SilenceWatch } from "./silence.ts";
 
 export interface DeviceLifecycleOptions extends RetireDeps {
@@ -32,15 +35,19 @@ export interface DeviceLifecycleOptions extends RetireDeps {
   /** When devicelet's current broker connection began (epoch ms); undefined while disconnected. */
   readonly connectedSince: () => number | undefined;
   readonly recordEvent: (event: ProviderEvent) => void;
+  /** Asking the broker again for the reports of devices left behind (reread.ts). */
+  readonly reread: Pick<RereadOptions, "sync" | "reread" | "onReread" | "afterMs">;
 }
 
 export class DeviceLifecycle {
   readonly #o: DeviceLifecycleOptions;
   readonly #silence: SilenceWatch;
+  readonly #reread: RereadWatch;
 
   constructor(options: DeviceLifecycleOptions) {
     this.#o = options;
     const { registry, statuses, logger } = options;
+    this.#reread = new RereadWatch({ registry, connectedSince: options.connectedSince, ...options.reread });
     this.#silence = new SilenceWatch({
       registry,
       silentAfterMs: options.silentAfterMs,
@@ -68,13 +75,18 @@ export class DeviceLifecycle {
     return restoreBirths({ deviceIds, allowed, allocator, registry, logger });
   }
 
-  /** Starts watching for silent devices (sweeps on a timer until {@link stop}). */
+  /**
+   * Starts watching for silent devices, and for devices left behind whose reports to ask for
+   * again (sweeps on timers until {@link stop}).
+   */
   start(): void {
     this.#silence.start();
+    this.#reread.start();
   }
 
   stop(): void {
     this.#silence.stop();
+    this.#reread.stop();
   }
 
   /**

@@ -68,6 +68,11 @@ export interface MqttMetricsSnapshot {
   readonly tombstonesCleared: number;
   /** Device events turned into Kubernetes Events. */
   readonly deviceEvents: number;
+  /**
+   * Devices whose retained report devicelet asked the broker for again: behind and quiet, their
+   * last messages perhaps dropped by a broker queue that overflowed (reread.ts).
+   */
+  readonly rereads: number;
   readonly connects: number;
   readonly disconnects: number;
   /** Pod statuses pushed to the engine. */
@@ -111,6 +116,7 @@ export class MqttMetrics {
     commandsRefused: 0,
     tombstonesCleared: 0,
     deviceEvents: 0,
+    rereads: 0,
     connects: 0,
     disconnects: 0,
     statusUpdates: 0,

@@ -139,6 +139,13 @@ export const mqttConfigSchema = {
         ...int(600, 0),
         description: "A sleeping device not back this long after its `wakeAt` is made lost.",
       },
+      rereadAfterSeconds: {
+        type: "number",
+        default: 15,
+        minimum: 0,
+        description:
+          "An online device behind its desired document for this long, and quiet for two thirds of it, gets its retained `reported` asked for again: a broker whose queue for devicelet overflowed (thousands of devices back at once) may have dropped its last ack and report. Again at most every four times this long. 0 = never.",
+      },
       secrets: section(
         "Devices trusted with Secret-derived env and files. List only devices the broker makes connect over TLS with an identity tied to the device id (client certificate CN or credentials), and whose ACL confines them to their own subtree. A device's own claim is never enough.",
         {
@@ -269,6 +276,8 @@ export interface MqttConfig {
     readonly silentAfterSeconds: number;
     /** A sleeping device not back this long after its `wakeAt` is made lost. */
     readonly wakeToleranceSeconds: number;
+    /** A device behind and quiet this long gets its retained report asked for again (reread.ts); 0 = never. */
+    readonly rereadAfterSeconds: number;
     /** Devices trusted with Secrets: the broker authenticates them over TLS (see docs/security.md). */
     readonly secrets: { readonly allow: readonly string[] };
   };

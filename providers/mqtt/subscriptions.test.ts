@@ -103,6 +103,27 @@ describe("DeviceSubscriptions", () => {
     expect(metrics.snapshot()).toMatchObject({ subscriptions: 6, notOwned: 0, subscribePackets: 1 });
   });
 
+  it("asks for devices' retained reports again: beside the wildcard and dropped after, or a shard's own filters anew", async () => {
+    const every = setup({});
+    every.subs.started();
+    await every.subs.reread(["gw-1", "gw-2"]);
+    const reports = [topics.reported("gw-1"), topics.reported("gw-2")];
+    expect(every.connection.subscribes).toEqual([reports]);
+    expect(every.connection.unsubscribes).toEqual([reports]);
+    expect(every.connection.held.size).toBe(0); // the wildcard filters stay the only ones
+
+    const shard = setup();
+    shard.subs.started();
+    shard.subs.admit(topics.state("gw-1-a"), birth);
+    expect(await shard.subs.settled(1_000)).toBe(true);
+    const before = shard.connection.subscribes.length;
+    // Only what the shard holds: another shard's device, or one not learned yet, is not asked for.
+    await shard.subs.reread(["gw-1-a", "gw-2-a", "gw-3-b"]);
+    expect(shard.connection.subscribes.slice(before)).toEqual([topics.fromDevice("gw-1-a")]);
+    expect(shard.connection.unsubscribes.flat()).not.toContain(topics.reported("gw-1-a"));
+    expect([...shard.connection.held].sort()).toEqual([...topics.fromDevice("gw-1-a")].sort());
+  });
+
   it("a shard subscribes per owned device, learned from `state`, in few packets; others are dropped", async () => {
     const { connection, metrics, subs } = setup();
     expect(subs.filters()).toEqual([topics.state("+")]);

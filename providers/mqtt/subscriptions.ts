@@ -197,6 +197,36 @@ export class DeviceSubscriptions {
     void this.#reconcile();
   }
 
+  /**
+   * Asks the broker for the retained `reported` of `deviceIds` again: their latest reports may have
+   * been dropped on the way (reread.ts). A shard subscribes each held device's own filters again,
+   * which the broker replaces and answers with their retained messages. One devicelet serving
+   * every device subscribes the devices' `reported` topics beside its wildcard and unsubscribes
+   * them once the broker has acknowledged (the retained copies are on their way by then; a live
+   * message in between comes twice, and Inbound orders the second away). Never rejects.
+   */
+  async reread(deviceIds: readonly string[]): Promise<void> {
+    const { connection, logger, metrics } = this.#o;
+    try {
+      if (this.#owns) {
+        const held = deviceIds.filter((id) => this.#held.has(id) && this.#wanted.has(id));
+        for (const ids of packetsOf(held)) {
+          metrics.inc("subscribePackets");
+          await connection.subscribe(ids.flatMap((id) => topics.fromDevice(id)));
+        }
+        return;
+      }
+      for (let i = 0; i < deviceIds.length; i += MAX_FILTERS_PER_PACKET) {
+        const filters = deviceIds.slice(i, i + MAX_FILTERS_PER_PACKET).map((id) => topics.reported(id));
+        metrics.inc("subscribePackets");
+        await connection.subscribe(filters);
+        await connection.unsubscribe(filters);
+      }
+    } catch (err) {
+      logger.warn({ err, devices: deviceIds.length }, "asking the broker for reports again failed");
+    }
+  }
+
   /** The broker lost devicelet's session: every filter is subscribed again. */
   resubscribe(): void {
     this.resume(false);

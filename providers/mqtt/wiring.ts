@@ -339,6 +339,12 @@ export function wireMqtt(o: {
     silentAfterMs: config.devices.silentAfterSeconds * 1000,
     wakeToleranceMs: config.devices.wakeToleranceSeconds * 1000,
     connectedSince: () => session.connectedSince(),
+    reread: {
+      sync: (deviceId) => stages.sync(deviceId),
+      reread: (deviceIds) => subscriptions.reread(deviceIds),
+      onReread: (count) => metrics.inc("rereads", count),
+      afterMs: config.devices.rereadAfterSeconds * 1000,
+    },
     recordEvent,
     forgetPod: (ref) => workloads.forget(ref),
     deleted: events.deleted,

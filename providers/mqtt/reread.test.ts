@@ -1,0 +1,187 @@
+/**
+ * Asking the broker again for the reports of devices left behind (reread.ts): the rule on its own,
+ * and the whole path through a real (embedded) broker that drops a device's last ack and report on
+ * their way to devicelet, as a broker whose queue for devicelet overflowed does.
+ */
+import net from "node:net";
+import { Aedes } from "aedes";
+import mqtt from "mqtt";
+import { afterEach, describe, expect, it } from "vitest";
+import { encodeMessage } from "../../src/protocol/codec.ts";
+import { topics } from "../../src/protocol/topics.ts";
+import type {
+  AckMessage,
+  DesiredDocument,
+  PresenceMessage,
+  ReportedDocument,
+} from "../../src/protocol/types.ts";
+import { emptyReport, gatewayBirth } from "../../test/support/device-messages.ts";
+import { eventually } from "../../test/support/eventually.ts";
+import { workload } from "../mock/testing.ts";
+import { DeviceRegistry } from "./devices.ts";
+import { createMqttProvider, type MqttProvider } from "./index.ts";
+import { devicesToReread, rereadTimes } from "./reread.ts";
+import { quietContext } from "../../test/support/provider-context.ts";
+
+const T0 = Date.parse("2026-03-01T12:00:00Z");
+
+const presence = (deviceId: string, state: PresenceMessage["state"], seq: number): PresenceMessage => ({
+  protocol: 1,
+  kind: "presence",
+  deviceId,
+  state,
+  bootId: "b1",
+  seq,
+  sentAt: new Date(T0).toISOString(),
+  ...(state === "online" ? { device: gatewayBirth() } : {}),
+});
+
+describe("devicesToReread", () => {
+  it("picks devices online, behind long enough and quiet long enough, once per interval", () => {
+    let now = T0;
+    const reg = new DeviceRegistry({ onChange: () => undefined, now: () => new Date(now) });
+    for (const id of ["behind", "talking", "caught-up", "away"])
+      reg.presence(presence(id, "online", 1), { retained: false });
+    reg.presence(presence("away", "lost", 1), { retained: false });
+    const behindSince = new Date(T0);
+    const sync = (id: string) =>
+      id === "caught-up"
+        ? { desiredGeneration: 2, appliedGeneration: 2 }
+        : { desiredGeneration: 2, appliedGeneration: 1, behindSince };
+    const last = new Map<string, number>();
+    const times = rereadTimes(15_000); // behind 15 s, quiet 10 s, again after 60 s
+    const due = () => devicesToReread(reg, sync, last, { ...times, now, floor: T0 });
+
+    now = T0 + 14_999;
+    expect(due()).toEqual([]); // not behind long enough yet
+    now = T0 + 15_000;
+    reg.heard("talking"); // still talking: its ack may be on its way
+    expect(due()).toEqual(["behind"]);
+    last.set("behind", now);
+    now = T0 + 15_000 + 59_999;
+    expect(due()).toEqual(["talking"]); // quiet by now; "behind" was asked a minute ago
+    now = T0 + 15_000 + 60_000;
+    expect(due()).toEqual(["behind", "talking"]);
+    // Nothing is heard before devicelet's own connection: quiet counts from it.
+    expect(devicesToReread(reg, sync, new Map(), { ...times, now, floor: now - 9_999 })).toEqual([]);
+  });
+});
+
+describe("devices.rereadAfterSeconds", () => {
+  let server: net.Server | undefined;
+  let aedes: Aedes | undefined;
+  let provider: MqttProvider | undefined;
+  let device: mqtt.MqttClient | undefined;
+  afterEach(async () => {
+    await device?.endAsync();
+    await provider?.stop();
+    if (aedes) await new Promise<void>((resolve) => aedes?.close(() => resolve()));
+    if (server) await new Promise<void>((resolve) => server?.close(() => resolve()));
+    [device, provider, aedes, server] = [undefined, undefined, undefined, undefined];
+  });
+
+  const CLIENT = "devicelet-reread-test";
+  const ID = "gw-1";
+
+  /**
+   * A broker that, while `dropping`, forwards nothing of the device's acks and reports to devicelet
+   * (live or retained), and a device played by an MQTT client that has answered a document with
+   * an applied ack and a report of its pod Running during the drop. Resolves the pod's status.
+   */
+  async function droppedAnswer(rereadAfterSeconds: number) {
+    let dropping = false;
+    aedes = await Aedes.createBroker({
+      authorizeForward: (client, packet) =>
+        dropping && client.id === CLIENT && /\/(ack|reported)$/.test(packet.topic) ? null : packet,
+    });
+    const broker = aedes;
+    server = net.createServer((socket) => broker.handle(socket));
+    await new Promise<void>((resolve) => server?.listen(0, "127.0.0.1", () => resolve()));
+    const address = server.address();
+    const url = `mqtt://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
+
+    const documents: DesiredDocument[] = [];
+    device = await mqtt.connectAsync(url, { clientId: ID, clean: true, reconnectPeriod: 0 });
+    device.on("message", (_topic, payload) => {
+      if (payload.length > 0) documents.push(JSON.parse(payload.toString("utf8")) as DesiredDocument);
+    });
+    await device.subscribeAsync(topics.desired(ID), { qos: 1 });
+    const send = (topic: string, message: object, retain: boolean) =>
+      device?.publishAsync(topic, encodeMessage(message as PresenceMessage), { qos: 1, retain });
+    await send(topics.state(ID), presence(ID, "online", 1), true);
+    await send(topics.reported(ID), emptyReport({ deviceId: ID, bootId: "b1", seq: 2 }), true);
+
+    provider = createMqttProvider(
+      {
+        broker: { url, clientId: CLIENT, protocolVersion: 4 },
+        devices: { allow: ["gw-*"], rereadAfterSeconds },
+        desired: { readbackTimeoutMs: 200 },
+      },
+      quietContext(),
+    );
+    await provider.start(new AbortController().signal);
+    await eventually(async () => expect((await provider?.listDevices())?.length).toBe(1));
+
+    const w = workload("app", ID);
+    await provider.createPod(w);
+    await eventually(() => expect(documents.at(-1)?.pods.map((p) => p.name)).toEqual(["app"]));
+    const doc = documents.at(-1) as DesiredDocument;
+    const pod = doc.pods[0] as DesiredDocument["pods"][number];
+
+    // The device applies it and says so; none of it reaches devicelet.
+    dropping = true;
+    const ack: AckMessage = {
+      protocol: 1,
+      kind: "ack",
+      deviceId: ID,
+      bootId: "b1",
+      seq: 3,
+      epoch: doc.epoch,
+      generation: doc.generation,
+      stage: "applied",
+    };
+    const report: ReportedDocument = {
+      ...emptyReport({ deviceId: ID, bootId: "b1", seq: 4 }),
+      epoch: doc.epoch,
+      observedGeneration: doc.generation,
+      appliedGeneration: doc.generation,
+      pods: [
+        {
+          uid: pod.uid,
+          hash: pod.hash,
+          phase: "Running",
+          apps: [
+            {
+              name: "app",
+              image: pod.apps[0]?.image ?? "",
+              status: { state: "running", startedAt: new Date().toISOString() },
+              ready: true,
+              restartCount: 0,
+            },
+          ],
+        },
+      ],
+    };
+    await send(topics.ack(ID), ack, false);
+    await send(topics.reported(ID), report, true);
+    // Let the broker route (and drop) them before the drop ends.
+    await new Promise((r) => setTimeout(r, 200));
+    dropping = false;
+    return { pod: w.pod, provider };
+  }
+
+  it("asks the broker again for the report of a device left behind and quiet, and gets the pod Running", async () => {
+    const { pod, provider: p } = await droppedAnswer(0.6);
+    await eventually(async () => expect((await p.getPodStatus(pod))?.phase).toBe("Running"), {
+      timeoutMs: 5_000,
+    });
+    expect(p.metrics().rereads).toBeGreaterThanOrEqual(1);
+  });
+
+  it("without it (0), the pod waits for the device's next report", async () => {
+    const { pod, provider: p } = await droppedAnswer(0);
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect((await p.getPodStatus(pod))?.phase).not.toBe("Running");
+    expect(p.metrics().rereads).toBe(0);
+  });
+});

@@ -1,0 +1,119 @@
+/**
+ * Devices whose messages the broker may have dropped on the way to devicelet. A broker holds a
+ * bounded queue per client (Mosquitto's `max_queued_messages`, EMQX's `max_mqueue_len`); when
+ * thousands of devices come back at once, devicelet's one subscription can outrun it and the
+ * broker drops what does not fit. A device whose last ack and report were dropped then looks
+ * behind and its pods look still starting, although it applied everything: it has nothing more to
+ * say until its next report refresh, minutes away. Its `reported` is retained on the broker, so
+ * devicelet asks for it again (DeviceSubscriptions.reread) when a device is online, has been
+ * behind its desired document for `devices.rereadAfterSeconds`, and has been quiet for two thirds
+ * of that (were it still working, it would be talking); once per four times that per device, at
+ * most 500 devices a sweep.
+ *
+ *   const watch = new RereadWatch({ registry, sync: (id) => stages.sync(id),
+ *     reread: (ids) => subscriptions.reread(ids), connectedSince: () => session.connectedSince() });
+ *   watch.start();   // sweeps every few seconds until stop()
+ */
+import type { DeviceSync } from "../../src/provider/types.ts";
+import type { DeviceRegistry } from "./devices.ts";
+
+export interface RereadTimes {
+  /** Behind its desired document at least this long. */
+  readonly behindMs: number;
+  /** Nothing heard from the device for at least this long. */
+  readonly quietMs: number;
+  /** At most one re-read per device this often. */
+  readonly againMs: number;
+  /** At most this many devices a sweep. */
+  readonly perSweep: number;
+}
+
+/** The times of `devices.rereadAfterSeconds`: quiet for two thirds of it, again after four times it. */
+export function rereadTimes(afterMs: number): RereadTimes {
+  return { behindMs: afterMs, quietMs: (afterMs * 2) / 3, againMs: afterMs * 4, perSweep: 500 };
+}
+
+/**
+ * The devices to re-read at `now`. Pure: reads the registry and `sync`, changes nothing. `floor`
+ * is when devicelet's broker connection began (nothing was heard before it); `last` when each
+ * device was last re-read.
+ */
+export function devicesToReread(
+  registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence">,
+  sync: (deviceId: string) => DeviceSync | undefined,
+  last: ReadonlyMap<string, number>,
+  o: RereadTimes & { readonly now: number; readonly floor: number },
+): string[] {
+  const out: string[] = [];
+  for (const id of registry.ids()) {
+    if (out.length >= o.perSweep) break;
+    const behindSince = sync(id)?.behindSince?.getTime();
+    if (behindSince === undefined || o.now - behindSince < o.behindMs) continue;
+    if (registry.effectivePresence(id) !== "online") continue;
+    const heard = Math.max(registry.get(id)?.heardAt ?? o.floor, o.floor);
+    if (o.now - heard < o.quietMs) continue;
+    if (o.now - (last.get(id) ?? Number.NEGATIVE_INFINITY) < o.againMs) continue;
+    out.push(id);
+  }
+  return out;
+}
+
+export interface RereadOptions {
+  readonly registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence">;
+  readonly sync: (deviceId: string) => DeviceSync | undefined;
+  /** Asks the broker for the devices' retained `reported` again; never rejects. */
+  readonly reread: (deviceIds: readonly string[]) => Promise<void>;
+  /** When devicelet's current broker connection began (epoch ms); undefined while disconnected. */
+  readonly connectedSince: () => number | undefined;
+  /** Counted per device re-read (metrics). */
+  readonly onReread?: (count: number) => void;
+  /** `devices.rereadAfterSeconds` in ms; 0 disables the watch. */
+  readonly afterMs: number;
+  readonly now?: () => number;
+}
+
+/** Sweeps a third of `afterMs` apart, within these bounds. */
+const MIN_SWEEP_MS = 100;
+const MAX_SWEEP_MS = 5_000;
+
+export class RereadWatch {
+  readonly #o: RereadOptions;
+  readonly #times: RereadTimes;
+  readonly #now: () => number;
+  readonly #last = new Map<string, number>();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: RereadOptions) {
+    this.#o = options;
+    this.#times = rereadTimes(options.afterMs);
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Sweeps on a timer until {@link stop}; no-op when disabled. */
+  start(): void {
+    if (this.#o.afterMs <= 0 || this.#timer) return;
+    const period = Math.min(MAX_SWEEP_MS, Math.max(MIN_SWEEP_MS, this.#o.afterMs / 3));
+    this.#timer = setInterval(() => void this.sweep(), period);
+    this.#timer.unref();
+  }
+
+  /** Re-reads every device due now; returns their ids. Nothing while disconnected. */
+  async sweep(): Promise<string[]> {
+    const floor = this.#o.connectedSince();
+    if (floor === undefined || this.#o.afterMs <= 0) return [];
+    const now = this.#now();
+    const due = devicesToReread(this.#o.registry, this.#o.sync, this.#last, { ...this.#times, now, floor });
+    if (due.length === 0) return due;
+    for (const id of due) this.#last.set(id, now);
+    // Forget devices long past their last re-read, so the map holds only the recent ones.
+    for (const [id, at] of this.#last) if (now - at > 10 * this.#times.againMs) this.#last.delete(id);
+    this.#o.onReread?.(due.length);
+    await this.#o.reread(due);
+    return due;
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+}
