@@ -5,7 +5,6 @@
  * (embedded) broker, a device played by an MQTT client.
  */
 import mqtt from "mqtt";
-import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { startEmbeddedBroker, type EmbeddedBroker } from "../../src/broker/embedded.ts";
 import { encodeMessage } from "../../src/protocol/codec.ts";
@@ -13,10 +12,10 @@ import { topics } from "../../src/protocol/topics.ts";
 import type { DesiredDocument, PresenceMessage } from "../../src/protocol/types.ts";
 import type { Workload } from "../../src/provider/types.ts";
 import { eventually } from "../../test/support/eventually.ts";
-import { MemoryStore } from "../../test/support/memory-store.ts";
 import { workload } from "../mock/testing.ts";
 import { documentLimit, inboundPacketLimit } from "./fit.ts";
 import { createMqttProvider, type MqttProvider } from "./index.ts";
+import { quietContext } from "../../test/support/provider-context.ts";
 
 const CEILING = 64 * 1024;
 const SIXTEEN_MIB = 16 * 1024 * 1024;
@@ -86,14 +85,7 @@ describe("desired.maxDocumentBytes", () => {
         devices: { allow: ["gw-*"] },
         desired: { maxDocumentBytes: CEILING, readbackTimeoutMs: 200 },
       },
-      {
-        logger: pino({ level: "silent" }),
-        store: new MemoryStore(),
-        recordEvent: () => undefined,
-        fail: (err: Error) => {
-          throw err;
-        },
-      },
+      quietContext(),
     );
     await provider.start(new AbortController().signal);
     await eventually(async () => expect((await provider?.listDevices())?.length).toBe(1));

@@ -8,11 +8,11 @@ import mqttPacket from "mqtt-packet";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { validateWithSchema } from "../../src/config/index.ts";
-import { MemoryStore } from "../../test/support/memory-store.ts";
 import { MqttConnection } from "./connection.ts";
 import { inboundPacketLimit } from "./fit.ts";
 import { createMqttProvider, type MqttProvider } from "./index.ts";
 import { mqttConfigSchema, type MqttConfig } from "./schema.ts";
+import { quietContext } from "../../test/support/provider-context.ts";
 
 const servers: net.Server[] = [];
 const connections: MqttConnection[] = [];
@@ -80,14 +80,7 @@ describe("MQTT 5 Maximum Packet Size", () => {
           devices: { allow: ["*"], maxMessageBytes: 100_000 },
           desired: { maxDocumentBytes: 2048 },
         },
-        {
-          logger: pino({ level: "silent" }),
-          store: new MemoryStore(),
-          recordEvent: () => undefined,
-          fail: (err: Error) => {
-            throw err;
-          },
-        },
+        quietContext(),
       );
       provider.start(new AbortController().signal).catch(() => undefined);
     });

@@ -1,5 +1,4 @@
 import mqtt from "mqtt";
-import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { startEmbeddedBroker, type EmbeddedBroker } from "../../src/broker/embedded.ts";
 import { desiredDocument } from "../../src/device/fixtures.ts";
@@ -8,11 +7,11 @@ import { topics } from "../../src/protocol/topics.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
 import type { Workload } from "../../src/provider/types.ts";
 import { eventually } from "../../test/support/eventually.ts";
-import { MemoryStore } from "../../test/support/memory-store.ts";
 import { app, workload } from "../mock/testing.ts";
 import { createMqttProvider, type MqttProvider } from "./index.ts";
 import { connectionInsecurity, SecretGate } from "./secret-gate.ts";
 import { holdBack, toDesiredPod } from "./translate.ts";
+import { quietContext } from "../../test/support/provider-context.ts";
 
 const MARKER = "marker-7f3a9c1e5b2d4e6f8091a2b3c4d5e6f7";
 
@@ -127,14 +126,7 @@ describe("the gate after a restart", () => {
         devices: { allow: ["gw-*"] },
         desired: { readbackTimeoutMs: 2_000 },
       },
-      {
-        logger: pino({ level: "silent" }),
-        store: new MemoryStore(),
-        recordEvent: () => undefined,
-        fail: (err: Error) => {
-          throw err;
-        },
-      },
+      quietContext(),
     );
     await provider.start(new AbortController().signal);
     expect((await provider.listPods()).map((p) => p.pod.uid)).toEqual([earlier.pod.uid]);

@@ -4,16 +4,15 @@
  * command; any other device gets the command exactly as before, so its closed schema accepts it.
  */
 import mqtt from "mqtt";
-import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Broker } from "../../hack/testenv/mosquitto.ts";
 import { createMqttProvider, type MqttProvider } from "../../providers/mqtt/index.ts";
 import { decodeToDevice } from "../../src/protocol/codec.ts";
 import type { CommandMessage, PresenceMessage } from "../../src/protocol/types.ts";
 import { eventually } from "../support/eventually.ts";
-import { MemoryStore } from "../support/memory-store.ts";
 import { startBroker } from "../support/mqtt.ts";
 import { uniqueName } from "../support/testenv.ts";
+import { quietContext } from "../support/provider-context.ts";
 
 const id = uniqueName("prcm");
 let broker: Broker;
@@ -27,14 +26,7 @@ beforeAll(async () => {
       devices: { allow: [`${id}-*`] },
       desired: { readbackTimeoutMs: 5_000 },
     },
-    {
-      logger: pino({ level: "silent" }),
-      store: new MemoryStore(),
-      recordEvent: () => undefined,
-      fail: (err: Error) => {
-        throw err;
-      },
-    },
+    quietContext(),
   );
   await provider.start(new AbortController().signal);
 });
