@@ -59,6 +59,8 @@ export interface DeviceEntry {
   lastSeen: Date | undefined;
   /** When a live (not retained) message of the device last arrived, epoch ms (silence.ts). */
   heardAt: number | undefined;
+  /** When devicelet last took the device to be away (lost or offline), epoch ms (reread.ts). */
+  awaySince: number | undefined;
   /** Lost because devicelet heard nothing from it for too long, not by a will (silence.ts). */
   silent: boolean;
 }
@@ -114,6 +116,7 @@ export class DeviceRegistry {
         willFloor: undefined,
         lastSeen: undefined,
         heardAt: undefined,
+        awaySince: undefined,
         silent: false,
       };
       this.#devices.set(deviceId, e);
@@ -317,7 +320,10 @@ export class DeviceRegistry {
     e.presence = presence;
     e.silent = false;
     e.wakeAt = wakeAt;
-    if (presence === "lost" || presence === "offline") e.awayAt = awayAt;
+    if (presence === "lost" || presence === "offline") {
+      e.awayAt = awayAt;
+      if (before !== presence) e.awaySince = this.#now().getTime();
+    }
     if (before !== presence || presence === "online" || presence === "sleeping") {
       this.#changed(e);
       for (const child of this.children(e.id)) {

@@ -90,6 +90,18 @@ export class Observations {
 export const appliedOf = (report: ReportedDocument): number =>
   report.appliedGeneration > report.observedGeneration ? 0 : report.appliedGeneration;
 
+/**
+ * Whether the device acked a generation of `epoch` applied that its latest report does not show
+ * yet. A device reports after every apply, so this lasts only as long as the report is on its way
+ * (or the broker dropped it: reread.ts).
+ */
+export function reportBehindAck(o: DeviceObservation | undefined, epoch: string | undefined): boolean {
+  const acks = o?.acks;
+  if (epoch === undefined || acks?.epoch !== epoch || acks.applied === 0) return false;
+  const report = o?.report?.epoch === epoch ? o.report : undefined;
+  return (report ? appliedOf(report) : 0) < acks.applied;
+}
+
 /** The report's rejection, when it is of the newest document the device has seen. */
 const reportedRejection = (report: ReportedDocument | undefined) =>
   report?.rejection?.generation === report?.observedGeneration ? report?.rejection : undefined;

@@ -48,9 +48,10 @@ describe("devicesToReread", () => {
       id === "caught-up"
         ? { desiredGeneration: 2, appliedGeneration: 2 }
         : { desiredGeneration: 2, appliedGeneration: 1, behindSince };
+    const state = { sync, reportBehind: () => false };
     const last = new Map<string, number>();
     const times = rereadTimes(15_000); // behind 15 s, quiet 10 s, again after 60 s
-    const due = () => devicesToReread(reg, sync, last, { ...times, now, floor: T0 });
+    const due = () => devicesToReread(reg, state, last, { ...times, now, floor: T0 });
 
     now = T0 + 14_999;
     expect(due()).toEqual([]); // not behind long enough yet
@@ -63,7 +64,31 @@ describe("devicesToReread", () => {
     now = T0 + 15_000 + 60_000;
     expect(due()).toEqual(["behind", "talking"]);
     // Nothing is heard before devicelet's own connection: quiet counts from it.
-    expect(devicesToReread(reg, sync, new Map(), { ...times, now, floor: now - 9_999 })).toEqual([]);
+    expect(devicesToReread(reg, state, new Map(), { ...times, now, floor: now - 9_999 })).toEqual([]);
+  });
+
+  it("picks a quiet device whose report is behind its applied ack, and one heard from while taken for away", () => {
+    let now = T0;
+    const reg = new DeviceRegistry({ onChange: () => undefined, now: () => new Date(now) });
+    for (const id of ["report-lost", "in-step", "birth-lost", "really-away"])
+      reg.presence(presence(id, "online", 1), { retained: false });
+    now = T0 + 1_000;
+    reg.presence(presence("birth-lost", "lost", 1), { retained: false });
+    reg.presence(presence("really-away", "lost", 1), { retained: false });
+    now = T0 + 2_000;
+    reg.heard("birth-lost"); // its new connection's ack came; its birth did not
+    const state = {
+      sync: () => ({ desiredGeneration: 3, appliedGeneration: 3 }), // in sync by the acks
+      reportBehind: (id: string) => id === "report-lost",
+    };
+    const times = rereadTimes(15_000);
+    now = T0 + 9_999;
+    expect(devicesToReread(reg, state, new Map(), { ...times, now, floor: T0 })).toEqual(["birth-lost"]);
+    now = T0 + 10_000; // quiet for 10 s now
+    expect(devicesToReread(reg, state, new Map(), { ...times, now, floor: T0 })).toEqual([
+      "report-lost",
+      "birth-lost",
+    ]);
   });
 });
 
@@ -88,11 +113,12 @@ describe("devices.rereadAfterSeconds", () => {
    * (live or retained), and a device played by an MQTT client that has answered a document with
    * an applied ack and a report of its pod Running during the drop. Resolves the pod's status.
    */
-  async function droppedAnswer(rereadAfterSeconds: number) {
+  async function droppedAnswer(rereadAfterSeconds: number, drop = /\/(ack|reported)$/) {
     let dropping = false;
+    let dropped = drop;
     aedes = await Aedes.createBroker({
       authorizeForward: (client, packet) =>
-        dropping && client.id === CLIENT && /\/(ack|reported)$/.test(packet.topic) ? null : packet,
+        dropping && client.id === CLIENT && dropped.test(packet.topic) ? null : packet,
     });
     const broker = aedes;
     server = net.createServer((socket) => broker.handle(socket));
@@ -167,7 +193,16 @@ describe("devices.rereadAfterSeconds", () => {
     // Let the broker route (and drop) them before the drop ends.
     await new Promise((r) => setTimeout(r, 200));
     dropping = false;
-    return { pod: w.pod, provider };
+    return {
+      pod: w.pod,
+      provider,
+      send,
+      /** Drops what matches on its way to devicelet from now on; undefined: nothing. */
+      drop: (what: RegExp | undefined) => {
+        dropping = what !== undefined;
+        dropped = what ?? dropped;
+      },
+    };
   }
 
   it("asks the broker again for the report of a device left behind and quiet, and gets the pod Running", async () => {
@@ -176,6 +211,43 @@ describe("devices.rereadAfterSeconds", () => {
       timeoutMs: 5_000,
     });
     expect(p.metrics().rereads).toBeGreaterThanOrEqual(1);
+  });
+
+  it("asks again for the report of a device whose applied ack came but not the report after it", async () => {
+    const { pod, provider: p } = await droppedAnswer(0.6, /\/reported$/);
+    await eventually(async () => expect((await p.getPodStatus(pod))?.phase).toBe("Running"), {
+      timeoutMs: 5_000,
+    });
+    expect(p.metrics().rereads).toBeGreaterThanOrEqual(1);
+  });
+
+  it("reads the state again of a device heard from while taken for lost: its birth was dropped", async () => {
+    const { provider: p, send, drop } = await droppedAnswer(0.6, /\/reported$/);
+    const connected = async () => (await p.listDevices()).find((d) => d.id === ID)?.connected;
+    await eventually(async () => expect(p.metrics().rereads).toBeGreaterThanOrEqual(1), { timeoutMs: 5_000 });
+    // The connection drops (its will goes out), the device comes back, its birth is lost on the way.
+    await send(topics.state(ID), presence(ID, "lost", 1), true);
+    await eventually(async () => expect(await connected()).toBe(false));
+    const rereads = p.metrics().rereads;
+    drop(/\/state$/);
+    await send(topics.state(ID), presence(ID, "online", 5), true);
+    await new Promise((r) => setTimeout(r, 200));
+    drop(undefined);
+    // The next message of the new connection is heard; the birth is read again from the broker.
+    const event = {
+      protocol: 1,
+      kind: "event",
+      deviceId: ID,
+      bootId: "b1",
+      seq: 6,
+      type: "Normal",
+      reason: "Tick",
+      message: "tick",
+      at: new Date().toISOString(),
+    };
+    await send(topics.evt(ID), event, false);
+    await eventually(async () => expect(await connected()).toBe(true), { timeoutMs: 5_000 });
+    expect(p.metrics().rereads).toBeGreaterThan(rereads);
   });
 
   it("without it (0), the pod waits for the device's next report", async () => {

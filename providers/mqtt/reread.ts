@@ -3,15 +3,18 @@
  * bounded queue per client (Mosquitto's `max_queued_messages`, EMQX's `max_mqueue_len`); when
  * thousands of devices come back at once, devicelet's one subscription can outrun it and the
  * broker drops what does not fit. A device whose last ack and report were dropped then looks
- * behind and its pods look still starting, although it applied everything: it has nothing more to
- * say until its next report refresh, minutes away. Its `reported` is retained on the broker, so
- * devicelet asks for it again (DeviceSubscriptions.reread) when a device is online, has been
- * behind its desired document for `devices.rereadAfterSeconds`, and has been quiet for two thirds
- * of that (were it still working, it would be talking); once per four times that per device, at
- * most 500 devices a sweep.
+ * behind and its pods look still starting, although it applied everything; one whose birth was
+ * dropped looks away although it is back. It has nothing more to say until its next report
+ * refresh, minutes away, and even that does not bring a birth. Its `state` and `reported` are
+ * retained on the broker, so devicelet asks for them again (DeviceSubscriptions.reread) for a
+ * device (see {@link devicesToReread}) that is online and quiet for two thirds of
+ * `devices.rereadAfterSeconds` while behind its desired document for all of it, or while its
+ * report is behind its own applied ack; or that devicelet takes to be away but has heard live
+ * since. Once per four times `devices.rereadAfterSeconds` per device, at most 500 devices a sweep.
  *
- *   const watch = new RereadWatch({ registry, sync: (id) => stages.sync(id),
- *     reread: (ids) => subscriptions.reread(ids), connectedSince: () => session.connectedSince() });
+ *   const watch = new RereadWatch({ registry, sync: (id) => stages.sync(id), reportBehind,
+ *     reread: (ids) => subscriptions.reread(ids), connectedSince: () => session.connectedSince(),
+ *     afterMs: 15_000 });
  *   watch.start();   // sweeps every few seconds until stop()
  */
 import type { DeviceSync } from "../../src/provider/types.ts";
@@ -34,26 +37,41 @@ export function rereadTimes(afterMs: number): RereadTimes {
 }
 
 /**
- * The devices to re-read at `now`. Pure: reads the registry and `sync`, changes nothing. `floor`
- * is when devicelet's broker connection began (nothing was heard before it); `last` when each
- * device was last re-read.
+ * The devices to re-read at `now`. Pure: reads the registry, `sync` and `reportBehind`, changes
+ * nothing. `floor` is when devicelet's broker connection began (nothing was heard before it);
+ * `last` when each device was last re-read. A device is due, at most once per `againMs`, when
+ * - it is online and quiet for `quietMs`, and either behind its desired document for `behindMs`
+ *   or its report behind its own applied ack (a device reports after every apply); or
+ * - devicelet takes it to be away (its will came) but has heard it live since: it came back, and
+ *   its birth was dropped on the way.
  */
 export function devicesToReread(
   registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence">,
-  sync: (deviceId: string) => DeviceSync | undefined,
+  state: {
+    readonly sync: (deviceId: string) => DeviceSync | undefined;
+    readonly reportBehind: (deviceId: string) => boolean;
+  },
   last: ReadonlyMap<string, number>,
   o: RereadTimes & { readonly now: number; readonly floor: number },
 ): string[] {
   const out: string[] = [];
   for (const id of registry.ids()) {
     if (out.length >= o.perSweep) break;
-    const behindSince = sync(id)?.behindSince?.getTime();
-    if (behindSince === undefined || o.now - behindSince < o.behindMs) continue;
-    if (registry.effectivePresence(id) !== "online") continue;
-    const heard = Math.max(registry.get(id)?.heardAt ?? o.floor, o.floor);
-    if (o.now - heard < o.quietMs) continue;
     if (o.now - (last.get(id) ?? Number.NEGATIVE_INFINITY) < o.againMs) continue;
-    out.push(id);
+    const e = registry.get(id);
+    if (!e) continue;
+    const presence = registry.effectivePresence(id);
+    if (presence === "online") {
+      const heard = Math.max(e.heardAt ?? o.floor, o.floor);
+      if (o.now - heard < o.quietMs) continue;
+      const behindSince = state.sync(id)?.behindSince?.getTime();
+      const behind = behindSince !== undefined && o.now - behindSince >= o.behindMs;
+      if (behind || state.reportBehind(id)) out.push(id);
+    } else if (presence === "lost" || presence === "offline") {
+      const { heardAt, awaySince } = e;
+      if (heardAt !== undefined && awaySince !== undefined && heardAt > awaySince && heardAt >= o.floor)
+        out.push(id);
+    }
   }
   return out;
 }
@@ -61,7 +79,9 @@ export function devicesToReread(
 export interface RereadOptions {
   readonly registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence">;
   readonly sync: (deviceId: string) => DeviceSync | undefined;
-  /** Asks the broker for the devices' retained `reported` again; never rejects. */
+  /** Whether the device's latest report is behind the generation it last acked applied. */
+  readonly reportBehind: (deviceId: string) => boolean;
+  /** Asks the broker for the devices' retained `state` and `reported` again; never rejects. */
   readonly reread: (deviceIds: readonly string[]) => Promise<void>;
   /** When devicelet's current broker connection began (epoch ms); undefined while disconnected. */
   readonly connectedSince: () => number | undefined;
@@ -102,7 +122,7 @@ export class RereadWatch {
     const floor = this.#o.connectedSince();
     if (floor === undefined || this.#o.afterMs <= 0) return [];
     const now = this.#now();
-    const due = devicesToReread(this.#o.registry, this.#o.sync, this.#last, { ...this.#times, now, floor });
+    const due = devicesToReread(this.#o.registry, this.#o, this.#last, { ...this.#times, now, floor });
     if (due.length === 0) return due;
     for (const id of due) this.#last.set(id, now);
     // Forget devices long past their last re-read, so the map holds only the recent ones.

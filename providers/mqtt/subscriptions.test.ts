@@ -103,25 +103,52 @@ describe("DeviceSubscriptions", () => {
     expect(metrics.snapshot()).toMatchObject({ subscriptions: 6, notOwned: 0, subscribePackets: 1 });
   });
 
-  it("asks for devices' retained reports again: beside the wildcard and dropped after, or a shard's own filters anew", async () => {
+  it("asks for devices' retained states and reports again: beside the wildcard and dropped after, or a shard's own filters anew", async () => {
     const every = setup({});
     every.subs.started();
     await every.subs.reread(["gw-1", "gw-2"]);
-    const reports = [topics.reported("gw-1"), topics.reported("gw-2")];
-    expect(every.connection.subscribes).toEqual([reports]);
-    expect(every.connection.unsubscribes).toEqual([reports]);
+    const passing = [
+      topics.state("gw-1"),
+      topics.reported("gw-1"),
+      topics.state("gw-2"),
+      topics.reported("gw-2"),
+    ];
+    expect(every.connection.subscribes).toEqual([passing]);
+    expect(every.connection.unsubscribes).toEqual([passing]);
     expect(every.connection.held.size).toBe(0); // the wildcard filters stay the only ones
 
     const shard = setup();
     shard.subs.started();
     shard.subs.admit(topics.state("gw-1-a"), birth);
     expect(await shard.subs.settled(1_000)).toBe(true);
-    const before = shard.connection.subscribes.length;
-    // Only what the shard holds: another shard's device, or one not learned yet, is not asked for.
-    await shard.subs.reread(["gw-1-a", "gw-2-a", "gw-3-b"]);
-    expect(shard.connection.subscribes.slice(before)).toEqual([topics.fromDevice("gw-1-a")]);
-    expect(shard.connection.unsubscribes.flat()).not.toContain(topics.reported("gw-1-a"));
+    const before = {
+      subscribes: shard.connection.subscribes.length,
+      unsubscribes: shard.connection.unsubscribes.length,
+    };
+    // Its own filters only for a device it holds: one not learned yet gets its `state` read only.
+    await shard.subs.reread(["gw-1-a", "gw-2-a"]);
+    expect(shard.connection.subscribes.slice(before.subscribes)).toEqual([
+      [topics.state("gw-1-a"), topics.state("gw-2-a"), ...topics.fromDevice("gw-1-a")],
+    ]);
+    expect(shard.connection.unsubscribes.slice(before.unsubscribes)).toEqual([
+      [topics.state("gw-1-a"), topics.state("gw-2-a")],
+    ]);
     expect([...shard.connection.held].sort()).toEqual([...topics.fromDevice("gw-1-a")].sort());
+  });
+
+  // 300 devices: more than one re-read packet, none past the broker's filter limit.
+  it("re-reads a fleet in packets of at most MAX_FILTERS_PER_PACKET filters", async () => {
+    const shard = setup();
+    shard.subs.started();
+    const ids = Array.from({ length: 300 }, (_, i) => `gw-${i}-a`);
+    for (const id of ids) shard.subs.admit(topics.state(id), birth);
+    expect(await shard.subs.settled(1_000)).toBe(true);
+    const before = shard.connection.subscribes.length;
+    await shard.subs.reread(ids);
+    const packets = shard.connection.subscribes.slice(before);
+    expect(packets.length).toBeGreaterThan(1);
+    for (const p of packets) expect(p.length).toBeLessThanOrEqual(MAX_FILTERS_PER_PACKET);
+    expect(packets.flat().filter((f) => f.endsWith("/reported")).length).toBe(300);
   });
 
   it("a shard subscribes per owned device, learned from `state`, in few packets; others are dropped", async () => {

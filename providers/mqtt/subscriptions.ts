@@ -41,6 +41,8 @@ export const MAX_FILTERS_PER_PACKET = 1000;
  * MQTT §3.8.3): far below any broker's packet limit; 200 devices of 10-character ids take 32 KB.
  */
 export const MAX_FILTER_BYTES_PER_PACKET = 64 * 1024;
+/** Devices per SUBSCRIBE of a re-read: each brings at most 1 + {@link FILTERS_PER_DEVICE} filters. */
+const REREAD_DEVICES_PER_PACKET = 150;
 /** Filters per owned device. */
 export const FILTERS_PER_DEVICE = topics.fromDevice("x").length;
 
@@ -198,32 +200,33 @@ export class DeviceSubscriptions {
   }
 
   /**
-   * Asks the broker for the retained `reported` of `deviceIds` again: their latest reports may have
-   * been dropped on the way (reread.ts). A shard subscribes each held device's own filters again,
-   * which the broker replaces and answers with their retained messages. One devicelet serving
-   * every device subscribes the devices' `reported` topics beside its wildcard and unsubscribes
-   * them once the broker has acknowledged (the retained copies are on their way by then; a live
-   * message in between comes twice, and Inbound orders the second away). Never rejects.
+   * Asks the broker for the retained `state` and `reported` of `deviceIds` again: their latest
+   * births or reports may have been dropped on the way (reread.ts). The devices' `state` topics are
+   * subscribed beside the wildcard (or a shard's discovery filter) and unsubscribed once the broker
+   * has acknowledged: the retained copies are on their way by then, and a live message in between
+   * comes twice, which Inbound orders away. `reported` likewise for one devicelet serving every
+   * device; a shard subscribes each held device's own filters again instead, which the broker
+   * replaces and answers with their retained messages. Never rejects.
    */
   async reread(deviceIds: readonly string[]): Promise<void> {
     const { connection, logger, metrics } = this.#o;
+    const owns = this.#owns;
     try {
-      if (this.#owns) {
-        const held = deviceIds.filter((id) => this.#held.has(id) && this.#wanted.has(id));
-        for (const ids of packetsOf(held)) {
-          metrics.inc("subscribePackets");
-          await connection.subscribe(ids.flatMap((id) => topics.fromDevice(id)));
-        }
-        return;
-      }
-      for (let i = 0; i < deviceIds.length; i += MAX_FILTERS_PER_PACKET) {
-        const filters = deviceIds.slice(i, i + MAX_FILTERS_PER_PACKET).map((id) => topics.reported(id));
+      for (let i = 0; i < deviceIds.length; i += REREAD_DEVICES_PER_PACKET) {
+        const ids = deviceIds.slice(i, i + REREAD_DEVICES_PER_PACKET);
+        const passing = ids.flatMap((id) =>
+          owns ? [topics.state(id)] : [topics.state(id), topics.reported(id)],
+        );
+        const own = owns ? ids.filter((id) => this.#held.has(id) && this.#wanted.has(id)) : [];
         metrics.inc("subscribePackets");
-        await connection.subscribe(filters);
-        await connection.unsubscribe(filters);
+        await connection.subscribe([...passing, ...own.flatMap((id) => topics.fromDevice(id))]);
+        await connection.unsubscribe(passing);
       }
     } catch (err) {
-      logger.warn({ err, devices: deviceIds.length }, "asking the broker for reports again failed");
+      logger.warn(
+        { err, devices: deviceIds.length },
+        "asking the broker for states and reports again failed",
+      );
     }
   }
 

@@ -47,7 +47,7 @@ import { Inbound } from "./inbound.ts";
 import { IoSessions } from "./io-sessions.ts";
 import { LogCache } from "./log-cache.ts";
 import type { MqttMetrics } from "./metrics.ts";
-import { Observations } from "./observations.ts";
+import { Observations, reportBehindAck } from "./observations.ts";
 import { DesiredLatency, deviceGauges } from "./provider-metrics.ts";
 import { Orphans } from "./orphans.ts";
 import { StatusCoalescer } from "./pod-status.ts";
@@ -341,6 +341,8 @@ export function wireMqtt(o: {
     connectedSince: () => session.connectedSince(),
     reread: {
       sync: (deviceId) => stages.sync(deviceId),
+      reportBehind: (deviceId) =>
+        reportBehindAck(observations.get(deviceId), desired.device(deviceId)?.published?.epoch),
       reread: (deviceIds) => subscriptions.reread(deviceIds),
       onReread: (count) => metrics.inc("rereads", count),
       afterMs: config.devices.rereadAfterSeconds * 1000,
