@@ -89,6 +89,26 @@ describe("devicesToReread", () => {
       "report-lost",
       "birth-lost",
     ]);
+    // Re-read and still away (its retained state was the will): asked again only once heard again.
+    const last = new Map([["birth-lost", now]]);
+    now = T0 + 100_000;
+    expect(devicesToReread(reg, state, last, { ...times, now, floor: T0 })).toEqual(["report-lost"]);
+    reg.heard("birth-lost");
+    expect(devicesToReread(reg, state, last, { ...times, now, floor: T0 })).toEqual([
+      "report-lost",
+      "birth-lost",
+    ]);
+    // Behind because it rejected the document: not a lost message.
+    const rejected = {
+      sync: () => ({
+        desiredGeneration: 3,
+        appliedGeneration: 2,
+        behindSince: new Date(T0),
+        rejected: { generation: 3, reason: "TooLarge", message: "m" },
+      }),
+      reportBehind: () => false,
+    };
+    expect(devicesToReread(reg, rejected, new Map(), { ...times, now, floor: T0 })).toEqual(["birth-lost"]);
   });
 });
 

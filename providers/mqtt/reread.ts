@@ -42,8 +42,9 @@ export function rereadTimes(afterMs: number): RereadTimes {
  * `last` when each device was last re-read. A device is due, at most once per `againMs`, when
  * - it is online and quiet for `quietMs`, and either behind its desired document for `behindMs`
  *   or its report behind its own applied ack (a device reports after every apply); or
- * - devicelet takes it to be away (its will came) but has heard it live since: it came back, and
- *   its birth was dropped on the way.
+ * - devicelet takes it to be away (its will came) but has heard it live since, and since its
+ *   last re-read: it came back, and its birth was dropped on the way.
+ * A device that rejected its document is not re-read for being behind.
  */
 export function devicesToReread(
   registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence">,
@@ -64,13 +65,17 @@ export function devicesToReread(
     if (presence === "online") {
       const heard = Math.max(e.heardAt ?? o.floor, o.floor);
       if (o.now - heard < o.quietMs) continue;
-      const behindSince = state.sync(id)?.behindSince?.getTime();
-      const behind = behindSince !== undefined && o.now - behindSince >= o.behindMs;
+      const sync = state.sync(id);
+      const behindSince = sync?.behindSince?.getTime();
+      // A device that rejected its document is behind for a known reason, not a lost message.
+      const behind = !sync?.rejected && behindSince !== undefined && o.now - behindSince >= o.behindMs;
       if (behind || state.reportBehind(id)) out.push(id);
     } else if (presence === "lost" || presence === "offline") {
+      // Heard since it went away, and since its last re-read (which found it still away, or the
+      // birth would have made it online): a straggler of its old connection is not asked again.
       const { heardAt, awaySince } = e;
-      if (heardAt !== undefined && awaySince !== undefined && heardAt > awaySince && heardAt >= o.floor)
-        out.push(id);
+      const since = Math.max(awaySince ?? Number.POSITIVE_INFINITY, last.get(id) ?? Number.NEGATIVE_INFINITY);
+      if (heardAt !== undefined && heardAt > since && heardAt >= o.floor) out.push(id);
     }
   }
   return out;
