@@ -47,7 +47,7 @@ function fakeKube() {
   };
 }
 
-const lease = (kube: LeaseKube) =>
+const lease = (kube: LeaseKube, extra: { missing?: boolean } = {}) =>
   new NodeLease({
     kube,
     nodeName: "dev-1",
@@ -55,6 +55,7 @@ const lease = (kube: LeaseKube) =>
     durationSeconds: 40,
     renewIntervalSeconds: 10,
     logger: pino({ level: "silent" }),
+    ...extra,
   });
 
 describe("NodeLease", () => {
@@ -73,16 +74,7 @@ describe("NodeLease", () => {
 
   it("creates first when told the Lease is missing (a Node just created), and patches one that was there", async () => {
     const fake = fakeKube();
-    const missing = (kube: LeaseKube) =>
-      new NodeLease({
-        kube,
-        nodeName: "dev-1",
-        nodeUid: () => "node-uid-1",
-        durationSeconds: 40,
-        renewIntervalSeconds: 10,
-        logger: pino({ level: "silent" }),
-        missing: true,
-      });
+    const missing = (kube: LeaseKube) => lease(kube, { missing: true });
     const first = missing(fake.kube);
     await first.renew();
     await first.renew();
