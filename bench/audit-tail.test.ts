@@ -13,6 +13,7 @@ function event(o: {
   code?: number;
   resource?: string;
   subresource?: string;
+  name?: string;
 }): string {
   return `${JSON.stringify({
     kind: "Event",
@@ -27,7 +28,7 @@ function event(o: {
     objectRef: {
       resource: o.resource ?? "pods",
       namespace: "ns",
-      name: "p",
+      name: o.name ?? "p",
       apiVersion: "v1",
       ...(o.subresource ? { subresource: o.subresource } : {}),
     },
@@ -99,5 +100,59 @@ describe("AuditTail", () => {
 
     expect(tail.count("devicelet", T0, T0 + 10_000).byVerb).toEqual({ get: 1, patch: 1, update: 1, list: 1 });
     expect(tail.growth.rotations).toBe(1);
+  });
+
+  it("tells the longest a Lease went without a successful write, from before the window to its end", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "audit-tail-"));
+    const file = path.join(dir, "audit.log");
+    writeFileSync(file, "");
+    tail = await AuditTail.start(["devicelet"], file);
+    const lease = (name: string, seconds: number, o: { code?: number; verb?: string } = {}) =>
+      event({
+        user: "devicelet",
+        verb: o.verb ?? "patch",
+        at: at(seconds),
+        resource: "leases",
+        name,
+        code: o.code,
+      });
+    appendFileSync(
+      file,
+      lease("a", 0, { verb: "create", code: 201 }) +
+        lease("b", 1, { verb: "create", code: 201 }) +
+        lease("a", 10) +
+        lease("b", 11) +
+        // Refused and timed-out writes are no heartbeat: a's gap runs from 10 s to 31 s.
+        lease("a", 20, { code: 429 }) +
+        lease("a", 25, { code: 504 }) +
+        lease("b", 21) +
+        lease("a", 31) +
+        lease("b", 32) +
+        event({ user: "devicelet", verb: "get", at: at(40), resource: "leases", name: "b" }) +
+        lease("a", 41),
+    );
+    await tail.settle(0);
+
+    expect(tail.longestLeaseGap("devicelet", "", T0, T0 + 45_000)).toEqual({
+      seconds: 21,
+      lease: "a",
+      fromMs: T0 + 10_000,
+    });
+    // From the last write before the window: a's gap from 10 s is counted in a window from 15 s.
+    expect(tail.longestLeaseGap("devicelet", "", T0 + 15_000, T0 + 30_000)).toMatchObject({
+      seconds: 20,
+      lease: "a",
+    });
+    // Up to the window's end: b, last written at 32 s, has gone 18 s at 50 s (a at most 10 s).
+    expect(tail.longestLeaseGap("devicelet", "", T0 + 35_000, T0 + 50_000)).toMatchObject({
+      seconds: 18,
+      lease: "b",
+    });
+    // Only the fleet's own Leases: without b, a's 31 s to 41 s is the longest.
+    expect(tail.longestLeaseGap("devicelet", "a", T0 + 35_000, T0 + 50_000)).toMatchObject({
+      seconds: 10,
+      lease: "a",
+    });
+    expect(tail.longestLeaseGap("kwok", "", T0, T0 + 50_000)).toBeUndefined();
   });
 });

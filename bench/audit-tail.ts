@@ -4,7 +4,8 @@
  * (`--audit-log-maxsize`, one backup kept). It follows `audit.log` from where it ends at start,
  * reads on to the end of a rotated file before moving to the new one, and keeps only counts per
  * user, verb and tenth of a second of `requestReceivedTimestamp` (completed requests only, as
- * `auditRequests` in support.ts counts them).
+ * `auditRequests` in support.ts counts them), and when each node Lease was written successfully,
+ * which tells how long a node went without a heartbeat as the API server saw it.
  *
  *   const audit = await AuditTail.start(["devicelet", "kwok"]);
  *   // ... load ...
@@ -30,6 +31,8 @@ const receivedRe = /"requestReceivedTimestamp":"([^"]+)"/;
 const codeRe = /"responseStatus":\{.*?"code":(\d{3})/;
 const resourceRe = /"objectRef":\{"resource":"([^"]+)"/;
 const subresourceRe = /"objectRef":\{[^}]*?"subresource":"([^"]+)"/;
+const nameRe = /"objectRef":\{[^}]*?"name":"([^"]+)"/;
+const completedRe = /"stageTimestamp":"([^"]+)"/;
 
 export interface AuditCount {
   total: number;
@@ -40,11 +43,21 @@ export interface AuditCount {
   throttled: number;
 }
 
+/** The longest time one node's Lease went without a successful write. */
+export interface LeaseGap {
+  seconds: number;
+  lease: string;
+  /** When the gap began (epoch ms): the last write before it, or the window's start. */
+  fromMs: number;
+}
+
 export class AuditTail {
   readonly #file: string;
   readonly #users: ReadonlySet<string>;
   /** `user verb resource` (or `user 429`) → tenth of a second → requests. */
   readonly #counts = new Map<string, Map<number, number>>();
+  /** `user` → Lease name → when its successful writes completed (epoch ms, in log order). */
+  readonly #leaseWrites = new Map<string, Map<string, number[]>>();
   readonly #decoder = new StringDecoder("utf8");
   readonly #buffer = Buffer.alloc(CHUNK);
   #handle: FileHandle;
@@ -122,6 +135,34 @@ export class AuditTail {
     return { total, byVerb, byRequest, throttled };
   }
 
+  /**
+   * The longest time between `fromMs` and `toMs` that a Lease `user` writes went without a
+   * successful write (create, update or patch answered 2xx, by when the API server completed it),
+   * counting from the last write before `fromMs` and up to `toMs`, of the Leases whose names start
+   * with `prefix` (one fleet's nodes: the same user's Leases of an earlier fleet stopped on
+   * purpose); undefined if `user` wrote none. Past the node-monitor grace period the
+   * node-lifecycle controller marks the node Unknown.
+   */
+  longestLeaseGap(user: string, prefix: string, fromMs: number, toMs: number): LeaseGap | undefined {
+    let longest: LeaseGap | undefined;
+    const consider = (lease: string, from: number, to: number) => {
+      const seconds = (to - from) / 1000;
+      if (!longest || seconds > longest.seconds) longest = { seconds, lease, fromMs: from };
+    };
+    for (const [lease, times] of this.#leaseWrites.get(user) ?? []) {
+      if (!lease.startsWith(prefix)) continue;
+      let previous = times.findLast((t) => t <= fromMs) ?? fromMs;
+      for (const t of times) {
+        if (t <= fromMs) continue;
+        if (t >= toMs) break;
+        consider(lease, previous, t);
+        previous = t;
+      }
+      consider(lease, previous, toMs);
+    }
+    return longest;
+  }
+
   async stop(): Promise<void> {
     clearInterval(this.#timer);
     await this.#reading;
@@ -178,7 +219,21 @@ export class AuditTail {
     const resource = resourceRe.exec(line)?.[1] ?? "-";
     const subresource = subresourceRe.exec(line)?.[1];
     this.#add(`${user} ${verb} ${subresource ? `${resource}/${subresource}` : resource}`, bucket);
-    if (codeRe.exec(line)?.[1] === "429") this.#add(`${user} 429`, bucket);
+    const code = codeRe.exec(line)?.[1];
+    if (code === "429") this.#add(`${user} 429`, bucket);
+    if (resource === "leases" && code?.startsWith("2") && verb !== "get" && verb !== "list") {
+      const name = nameRe.exec(line)?.[1];
+      const completed = completedRe.exec(line)?.[1];
+      if (name !== undefined && completed !== undefined) this.#leaseWrite(user, name, Date.parse(completed));
+    }
+  }
+
+  #leaseWrite(user: string, lease: string, atMs: number): void {
+    let leases = this.#leaseWrites.get(user);
+    if (!leases) this.#leaseWrites.set(user, (leases = new Map<string, number[]>()));
+    const times = leases.get(lease);
+    if (times) times.push(atMs);
+    else leases.set(lease, [atMs]);
   }
 
   #add(key: string, bucket: number): void {

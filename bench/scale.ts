@@ -86,6 +86,12 @@ interface Row {
   /** The same from the first pod create to the start of the hold. */
   notReadyDuringBurst: number;
   nodesReadyAtEnd: number;
+  /**
+   * The longest any node's Lease went without a successful write from the first pod create to the
+   * end of the hold (audit log): past the controller-manager's node-monitor grace period the node
+   * is marked Unknown, so this says how close the fleet came.
+   */
+  longestLeaseGapSeconds: number;
   apiRequestsPerSecond: number;
   apiRequestsPerSecondByRequest: Record<string, number>;
   /** 429s the API server answered the tool during the hold. */
@@ -147,6 +153,11 @@ async function measure(o: {
     const sinceBurst = fleet.nodes.wentNotReady(run.startMs);
     await audit.settle(held.endMs);
     const requests = audit.count(fleet.username, held.startMs, held.endMs);
+    const leaseGap = audit.longestLeaseGap(fleet.username, o.id, run.startMs, held.endMs);
+    if (leaseGap)
+      console.log(
+        `${o.tool}: longest a node Lease went unrenewed: ${round(leaseGap.seconds, 1)}s (${leaseGap.lease}, from ${new Date(leaseGap.fromMs).toISOString()})`,
+      );
     const seconds = (held.endMs - held.startMs) / 1000;
     return {
       tool: o.tool,
@@ -164,6 +175,7 @@ async function measure(o: {
       nodesNotReadyDuringHold: duringHold.nodes,
       notReadyDuringBurst: sinceBurst.count - duringHold.count,
       nodesReadyAtEnd: fleet.nodes.readyCount,
+      longestLeaseGapSeconds: round(leaseGap?.seconds ?? Number.NaN, 1),
       apiRequestsPerSecond: round(requests.total / seconds, 2),
       apiRequestsPerSecondByRequest: Object.fromEntries(
         Object.entries(requests.byRequest).map(([request, n]) => [request, round(n / seconds, 2)]),
