@@ -127,7 +127,7 @@ export class MqttMetrics {
   readonly #rejected = Object.fromEntries(reasons.map((r) => [r, 0])) as Record<RejectReason, number>;
   readonly #sink: ProviderMetrics | undefined;
 
-  /** `sink`: the engine's metrics (`ProviderContext.metrics`), told of rejections and expired commands. */
+  /** `sink`: the engine's metrics (`ProviderContext.metrics`), told of rejections, expired commands and re-reads. */
   constructor(sink?: ProviderMetrics) {
     this.#sink = sink;
   }
@@ -135,6 +135,7 @@ export class MqttMetrics {
   inc(counter: Counter, by = 1): void {
     this.#counters[counter] += by;
     if (counter === "commandsExpired") for (let i = 0; i < by; i++) this.#sink?.commandExpired();
+    if (counter === "rereads") this.#sink?.reportsReread(by);
   }
 
   /** Sets a level (what holds now, unlike a counter it may go down). */

@@ -22,6 +22,7 @@ import { DeviceRegistry } from "./devices.ts";
 import { createMqttProvider, type MqttProvider } from "./index.ts";
 import { devicesToReread, rereadTimes } from "./reread.ts";
 import { quietContext } from "../../test/support/provider-context.ts";
+import { TestMetrics } from "../../src/testing/context.ts";
 
 const T0 = Date.parse("2026-03-01T12:00:00Z");
 
@@ -157,13 +158,14 @@ describe("devices.rereadAfterSeconds", () => {
     await send(topics.state(ID), presence(ID, "online", 1), true);
     await send(topics.reported(ID), emptyReport({ deviceId: ID, bootId: "b1", seq: 2 }), true);
 
+    const metrics = new TestMetrics();
     provider = createMqttProvider(
       {
         broker: { url, clientId: CLIENT, protocolVersion: 4 },
         devices: { allow: ["gw-*"], rereadAfterSeconds },
         desired: { readbackTimeoutMs: 200 },
       },
-      quietContext(),
+      { ...quietContext(), metrics },
     );
     await provider.start(new AbortController().signal);
     await eventually(async () => expect((await provider?.listDevices())?.length).toBe(1));
@@ -216,6 +218,8 @@ describe("devices.rereadAfterSeconds", () => {
     return {
       pod: w.pod,
       provider,
+      /** What the engine's metrics were told (`devicelet_device_reports_reread_total`). */
+      metrics,
       send,
       /** Drops what matches on its way to devicelet from now on; undefined: nothing. */
       drop: (what: RegExp | undefined) => {
@@ -226,11 +230,13 @@ describe("devices.rereadAfterSeconds", () => {
   }
 
   it("asks the broker again for the report of a device left behind and quiet, and gets the pod Running", async () => {
-    const { pod, provider: p } = await droppedAnswer(0.6);
+    const { pod, provider: p, metrics } = await droppedAnswer(0.6);
     await eventually(async () => expect((await p.getPodStatus(pod))?.phase).toBe("Running"), {
       timeoutMs: 5_000,
     });
     expect(p.metrics().rereads).toBeGreaterThanOrEqual(1);
+    // Exported for the operator too: a broker dropping messages for devicelet is worth an alert.
+    expect(metrics.reread).toBe(p.metrics().rereads);
   });
 
   it("asks again for the report of a device whose applied ack came but not the report after it", async () => {
@@ -271,9 +277,10 @@ describe("devices.rereadAfterSeconds", () => {
   });
 
   it("without it (0), the pod waits for the device's next report", async () => {
-    const { pod, provider: p } = await droppedAnswer(0);
+    const { pod, provider: p, metrics } = await droppedAnswer(0);
     await new Promise((r) => setTimeout(r, 1_500));
     expect((await p.getPodStatus(pod))?.phase).not.toBe("Running");
     expect(p.metrics().rereads).toBe(0);
+    expect(metrics.reread).toBe(0);
   });
 });

@@ -45,6 +45,7 @@ export const DEVICELET_SERIES = [
   "devicelet_commands_queued",
   "devicelet_commands_expired_total",
   "devicelet_device_messages_rejected_total",
+  "devicelet_device_reports_reread_total",
   "devicelet_api_requests_total",
   "devicelet_api_budget_wait_seconds",
   "devicelet_node_lease_renew_seconds",
@@ -254,6 +255,11 @@ function providerMetrics(registry: Registry): ProviderMetrics {
     help: "Commands for devices that expired before their device ran them.",
     registers,
   });
+  const reread = new Counter({
+    name: "devicelet_device_reports_reread_total",
+    help: "Devices whose last state the provider asked its transport for again, their reports believed lost on the way.",
+    registers,
+  });
   const reasons = new BoundedLabel({ max: 32, other: "other", pattern: /^[a-z0-9][a-z0-9-]{0,39}$/ });
   let gauges: ProviderGauges = {};
   const gauge = (name: string, help: string, read: (g: ProviderGauges) => number | undefined) => ({
@@ -299,6 +305,7 @@ function providerMetrics(registry: Registry): ProviderMetrics {
     desiredApplied: (seconds) => applied.observe(Math.max(0, seconds)),
     messageRejected: (reason) => rejected.inc({ reason: reasons.of(reason) }),
     commandExpired: () => expired.inc(),
+    reportsReread: (devices) => reread.inc(Math.max(0, devices)),
     observe: (next) => {
       gauges = next;
       for (const [key, { name, metric }] of Object.entries(provided)) {

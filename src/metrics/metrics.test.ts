@@ -130,6 +130,8 @@ describe("DeviceletMetrics", () => {
     provider.messageRejected("gw-17 sent garbage");
     for (let i = 0; i < 40; i++) provider.messageRejected(`reason-${i}`);
     provider.commandExpired();
+    provider.reportsReread(3);
+    provider.reportsReread(2);
     let connected = true;
     provider.observe({ ...allGauges, transportConnected: () => connected });
     let samples = await scrape(metrics);
@@ -144,6 +146,7 @@ describe("DeviceletMetrics", () => {
     expect(reasons.size).toBeLessThanOrEqual(33);
     expect(reasons).toContain("other");
     expect(sampleSum(samples, "devicelet_commands_expired_total")).toBe(1);
+    expect(sampleSum(samples, "devicelet_device_reports_reread_total")).toBe(5);
     expect(sampleSum(samples, "devicelet_device_pending_changes")).toBe(3);
     expect(sampleSum(samples, "devicelet_devices_out_of_sync")).toBe(1);
     expect(sampleSum(samples, "devicelet_commands_queued")).toBe(2);

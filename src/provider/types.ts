@@ -624,6 +624,12 @@ export interface ProviderMetrics {
   /** A command queued for a device expired before the device ran it. */
   commandExpired(): void;
   /**
+   * The provider asked its transport again for the last state of `devices` devices, believing
+   * their reports lost on the way (a broker that dropped messages for devicelet). Optional to call;
+   * a steady rate says the transport loses messages.
+   */
+  reportsReread(devices: number): void;
+  /**
    * Gauges read at every scrape (level-based, so nothing is lost between scrapes). Each callback
    * must be cheap and must not throw. A later call replaces the earlier callbacks.
    */

@@ -331,6 +331,7 @@ class ShardGauges {
       desiredApplied: (seconds) => target.desiredApplied(seconds),
       messageRejected: (reason) => target.messageRejected(reason),
       commandExpired: () => target.commandExpired(),
+      reportsReread: (devices) => target.reportsReread(devices),
       observe: (gauges) => {
         this.#byShard.set(shard, gauges);
       },

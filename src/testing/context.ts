@@ -8,6 +8,7 @@
  *   context.events;                                      // ProviderEvents recorded, in order
  *   context.failures;                                    // errors passed to `fail` (fatal ones)
  *   context.metrics.rejected;                            // reasons passed to `metrics.messageRejected`
+ *   context.metrics.reread;                              // devices passed to `metrics.reportsReread`
  *   const again = testContext({ store: context.store }); // a restart: same durable state
  *
  * The logger is silent unless `logLevel` (or the `DEVICELET_KIT_LOG` environment variable) asks
@@ -38,6 +39,8 @@ export class TestMetrics implements ProviderMetrics {
   readonly rejected: string[] = [];
   /** Calls of `commandExpired`. */
   expired = 0;
+  /** Devices passed to `reportsReread`, summed. */
+  reread = 0;
   /** The callbacks last passed to `observe`: call them to read the gauges. */
   gauges: ProviderGauges = {};
 
@@ -59,6 +62,10 @@ export class TestMetrics implements ProviderMetrics {
 
   commandExpired(): void {
     this.expired++;
+  }
+
+  reportsReread(devices: number): void {
+    this.reread += devices;
   }
 
   observe(gauges: ProviderGauges): void {
