@@ -8,7 +8,14 @@ import type { AddressInfo } from "node:net";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKubeClient, type KubeClient } from "./client.ts";
-import { isConflict, isGone, isNotFound, kubeStatus } from "./errors.ts";
+import {
+  isClientClosed,
+  isConflict,
+  isGone,
+  isNotFound,
+  isRetryableKubeError,
+  kubeStatus,
+} from "./errors.ts";
 import { describeRequest } from "./transport.ts";
 import type { Pod } from "./types.ts";
 
@@ -297,6 +304,39 @@ describe("KubeClient over HTTP", () => {
       type: "Normal",
     });
     expect(event.firstTimestamp).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+  });
+});
+
+describe("a closed KubeClient", () => {
+  it("fails what is asked of it afterwards as devicelet stopping: not retryable, not a network failure", async () => {
+    handler = (_req, res) => json(res, 200, { metadata: { name: "c", namespace: "ns" } });
+    const { port } = server.address() as AddressInfo;
+    const closing = createKubeClient({
+      kubeconfig: {
+        source: "test",
+        context: "ctx",
+        cluster: { name: "c", server: `http://127.0.0.1:${port}`, insecureSkipTLSVerify: true },
+        user: { name: "u", token: "secret-token" },
+      },
+      qps: 1000,
+      burst: 1000,
+      logger: pino({ level: "silent" }),
+      userAgent: "t/1",
+    });
+    expect((await closing.getConfigMap("ns", "c"))?.metadata?.name).toBe("c");
+    const sent = seen.length;
+    await closing.close();
+    const err: unknown = await closing
+      .patchLeaseSpec("n", "kube-node-lease", { holderIdentity: "n" })
+      .catch((e: unknown) => e);
+    expect(isClientClosed(err)).toBe(true);
+    expect(isRetryableKubeError(err)).toBe(false);
+    expect(seen.length).toBe(sent);
+    // An error of a client still open is not taken for the shutdown.
+    handler = () => server.closeAllConnections();
+    const failed: unknown = await client.getNode("n").catch((e: unknown) => e);
+    expect(isRetryableKubeError(failed)).toBe(true);
+    expect(isClientClosed(failed)).toBe(false);
   });
 });
 

@@ -18,7 +18,7 @@
  */
 
 import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
-import { KubeApiError, RequestFailedError } from "./transport.ts";
+import { ClientClosedError, KubeApiError, RequestFailedError } from "./transport.ts";
 
 /** What the API server said, whatever shape the error arrived in. */
 export interface KubeStatus {
@@ -168,6 +168,7 @@ function isNetworkError(err: unknown, depth = 0): boolean {
  */
 export function isRetryableKubeError(err: unknown): boolean {
   if (err instanceof KubeApiError && err.transient) return true;
+  if (isClientClosed(err)) return false;
   const s = kubeStatus(err);
   if (s) {
     if (s.code === 429) return true;
@@ -175,6 +176,11 @@ export function isRetryableKubeError(err: unknown): boolean {
     return s.reason === "ServerTimeout" || s.reason === "Timeout";
   }
   return isNetworkError(err);
+}
+
+/** The request failed because devicelet's API client was closed: devicelet is stopping. */
+export function isClientClosed(err: unknown): boolean {
+  return err instanceof ClientClosedError;
 }
 
 /** The request itself is wrong or not allowed; sending it again unchanged cannot succeed. */

@@ -3,6 +3,7 @@ import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import type { EventInput, EventUpdate } from "./client.ts";
 import { EventRecorder } from "./events.ts";
+import { ClientClosedError } from "./transport.ts";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { CoreEvent, ObjectReference } from "./types.ts";
 
@@ -45,7 +46,9 @@ class FakeEvents {
   };
 }
 
-function setup(options: { maxWritesPerMinute?: number; qps?: number; burst?: number } = {}) {
+function setup(
+  options: { maxWritesPerMinute?: number; qps?: number; burst?: number; logger?: typeof logger } = {},
+) {
   const clock = new FakeClock(start);
   const api = new FakeEvents();
   const recorder = new EventRecorder({ client: api, logger, clock, ...options });
@@ -223,6 +226,23 @@ describe("EventRecorder", () => {
     recorder.warning(podRef, "BadReport", "y");
     await recorder.flush();
     expect(api.writes).toEqual(["create BadReport count=1", "create BadReport count=2"]);
+  });
+
+  it("warns of a failed write, but not of one the API client's closing cut short (devicelet stopping)", async () => {
+    const lines: { level: number; msg: string }[] = [];
+    const watching = pino(
+      { level: "debug" },
+      { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) },
+    );
+    const { api, recorder } = setup({ logger: watching });
+    api.fail = new Error("down");
+    recorder.warning(podRef, "BadReport", "x");
+    await recorder.flush();
+    api.fail = new ClientClosedError("create", "events", new Error("The client is closed"));
+    recorder.warning(otherRef, "BadReport", "y");
+    await recorder.flush();
+    expect(lines.filter((l) => l.level >= 40).map((l) => l.msg)).toEqual(["event write failed"]);
+    expect(lines.map((l) => l.msg)).toContain("event not written: devicelet is stopping");
   });
 
   it("truncates long messages and stops after close", async () => {

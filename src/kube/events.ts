@@ -24,7 +24,7 @@
 import type { Logger } from "pino";
 import { systemClock, type Clock } from "../base/clock.ts";
 import type { KubeClient } from "./client.ts";
-import { isNotFound } from "./errors.ts";
+import { isClientClosed, isNotFound } from "./errors.ts";
 import { toKubeTime } from "./microtime.ts";
 import type { ObjectReference } from "./types.ts";
 
@@ -231,7 +231,10 @@ export class EventRecorder {
       series.eventName = created.metadata.name;
       series.eventNamespace = created.metadata.namespace;
     } catch (err) {
-      this.#log.warn({ err, reason: series.reason, object: series.objectKey }, "event write failed");
+      const fields = { err, reason: series.reason, object: series.objectKey };
+      // Stopping: Events still waiting for their write when the API client closed are let go.
+      if (isClientClosed(err)) this.#log.debug(fields, "event not written: devicelet is stopping");
+      else this.#log.warn(fields, "event write failed");
     }
   }
 

@@ -24,6 +24,7 @@ export { monotonicClock, systemClock, type Clock } from "../base/clock.ts";
 export {
   kubeStatus,
   isAlreadyExists,
+  isClientClosed,
   isConflict,
   isForbidden,
   isGone,

@@ -126,6 +126,8 @@ export class KubeTransport {
   readonly #server: string;
   /** Opened on the first request (client-node, when needed, is imported then); retried if it failed. */
   #access: Promise<KubeAccess> | undefined;
+  /** Set by `close`: what fails from then on failed because devicelet is stopping. */
+  #closed = false;
   /** Whether the last request got no answer at all (refused, reset, timed out). */
   #unreachable = false;
   /** When the API server last became reachable: process start, or the end of an outage. */
@@ -160,6 +162,7 @@ export class KubeTransport {
    */
   async request<T>(req: TransportRequest): Promise<T> {
     const { verb, resource } = describeRequest(req.method, req.path);
+    if (this.#closed) throw new ClientClosedError(verb, resource, new Error("the API client is closed"));
     // The timeout starts once the request may go: waiting for a token is the budget's business.
     await (req.lane === "heartbeat" ? this.#heartbeat : this.#budget).take(req.signal);
     const timeoutMs = req.timeoutMs ?? this.#timeoutMs;
@@ -192,6 +195,8 @@ export class KubeTransport {
       response = await undici().request(this.#url(req.path, req.query), options);
       text = await response.body.text();
     } catch (err) {
+      // Closed while this request waited or ran (read through a method: the field was checked above).
+      if (this.#isClosed()) throw new ClientClosedError(verb, resource, err);
       if (sent && !req.signal?.aborted) {
         this.#unreachable = true;
         this.#budget.answered(verb, "error");
@@ -273,8 +278,13 @@ export class KubeTransport {
     }
   }
 
+  #isClosed(): boolean {
+    return this.#closed;
+  }
+
   /** Releases pooled connections. Requests after this fail. */
   async close(): Promise<void> {
+    this.#closed = true;
     const access = await this.#access?.catch(() => undefined);
     await access?.close();
   }
@@ -375,6 +385,17 @@ export class RequestFailedError extends Error {
   override readonly name = "RequestFailedError";
   constructor(verb: string, resource: string, cause: unknown) {
     super(`${verb} ${resource}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/**
+ * A request that failed because the client was closed while it waited or ran: devicelet is
+ * stopping. Not retryable, and not worth a warning (`isClientClosed`).
+ */
+export class ClientClosedError extends Error {
+  override readonly name = "ClientClosedError";
+  constructor(verb: string, resource: string, cause: unknown) {
+    super(`${verb} ${resource}: not sent or not answered, devicelet is stopping`, { cause });
   }
 }
 

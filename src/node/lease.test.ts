@@ -3,6 +3,7 @@ import { describe, expect, it, vi } from "vitest";
 import type { KubeClient, Lease } from "../kube/index.ts";
 import { systemClock } from "../base/clock.ts";
 import { FakeClock } from "../base/fake-clock.ts";
+import { ClientClosedError } from "../kube/transport.ts";
 import { LeaseLog, LeaseRecovery, NodeLease } from "./lease.ts";
 
 const alreadyExists = () =>
@@ -148,7 +149,11 @@ describe("NodeLease", () => {
    * A started lease whose writes fail while `failure()` returns an error; the caller aborts
    * the returned controller.
    */
-  function startFlaky(fake: ReturnType<typeof fakeKube>, failure: () => Error | undefined) {
+  function startFlaky(
+    fake: ReturnType<typeof fakeKube>,
+    failure: () => Error | undefined,
+    logger = pino({ level: "silent" }),
+  ) {
     const controller = new AbortController();
     const lease = new NodeLease({
       kube: {
@@ -163,7 +168,7 @@ describe("NodeLease", () => {
       nodeUid: () => "node-uid-1",
       durationSeconds: 40,
       renewIntervalSeconds: 10,
-      logger: pino({ level: "silent" }),
+      logger,
       firstDelayMs: 0,
     });
     lease.start(controller.signal);
@@ -188,6 +193,23 @@ describe("NodeLease", () => {
       await vi.advanceTimersByTimeAsync(25_000);
       expect(l.renewals).toBeGreaterThanOrEqual(3);
       controller.abort();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("takes a renewal cut short by the API client closing (devicelet stopping) for no failure", async () => {
+    vi.useFakeTimers();
+    try {
+      const lines: string[] = [];
+      const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(line) });
+      const closed = new ClientClosedError("patch", "leases", new Error("The client is closed"));
+      const { lease: l, controller } = startFlaky(fakeKube(), () => closed, logger);
+      await vi.advanceTimersByTimeAsync(0);
+      controller.abort();
+      expect(l.renewals).toBe(0);
+      expect(l.failing).toBe(false);
+      expect(lines).toEqual([]);
     } finally {
       vi.useRealTimers();
     }

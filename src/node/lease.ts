@@ -15,6 +15,7 @@
 import type { Logger } from "pino";
 import {
   isAlreadyExists,
+  isClientClosed,
   isNotFound,
   NODE_LEASE_NAMESPACE,
   retryAfterMs,
@@ -173,6 +174,8 @@ export class NodeLease {
       if (recovered) this.#o.onRecovered?.();
       return true;
     } catch (err) {
+      // Stopping: the API client closed under the renewal; nothing failed that the next process must know.
+      if (isClientClosed(err)) return false;
       this.#failures++;
       this.#lastError = err;
       this.#log.failed(this.#o.nodeName, this.#failures, err);

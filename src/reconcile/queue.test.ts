@@ -292,4 +292,30 @@ describe("WorkQueue", () => {
     expect(queue.length).toBe(0);
     await queue.idle(); // and at once from now on
   });
+
+  it("takes a reconcile that fails once stopped for the shutdown's doing: no warning, no retry", async () => {
+    const started = deferred();
+    const release = deferred();
+    const lines: string[] = [];
+    const watching = pino({ level: "debug" }, { write: (line: string) => void lines.push(line) });
+    const { queue, clock, stop } = makeQueue(
+      async () => {
+        started.resolve();
+        await release.promise;
+        throw new Error("patch nodes/status: not sent or not answered, devicelet is stopping");
+      },
+      { logger: watching },
+    );
+    queue.add("a");
+    await started.promise;
+    stop();
+    release.resolve();
+    await queue.idle();
+    await clock.advanceAsync(1_000);
+    expect(queue.stats()).toMatchObject({ failed: 0, delayed: 0 });
+    expect(queue.failing()).toBe(0);
+    const levels = lines.map((line) => JSON.parse(line) as { level: number; msg: string });
+    expect(levels.filter((l) => l.level >= 40)).toEqual([]);
+    expect(levels.map((l) => l.msg)).toContain("reconcile cut short by the shutdown");
+  });
 });

@@ -202,8 +202,14 @@ export class WorkQueue {
       this.#failures.delete(key);
       if (result) this.addAfter(key, result.requeueAfterMs);
     } catch (err) {
-      this.#failed++;
-      this.#retry(key, err);
+      // Stopping: a request cut short by the shutdown (the API client closed under it) is no
+      // failure to retry or warn of; the next process reconciles the key from scratch.
+      if (this.#signal?.aborted)
+        this.#options.logger.debug({ err, queue: this.#options.name }, "reconcile cut short by the shutdown");
+      else {
+        this.#failed++;
+        this.#retry(key, err);
+      }
     } finally {
       this.#processed++;
       this.#active.delete(key);
