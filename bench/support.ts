@@ -285,19 +285,23 @@ export function spawnDevicelet(config: object): { child: ChildProcess; logFile: 
   return { child, logFile };
 }
 
-/** Waits until at least `count` nodes carry `selector`. */
+/**
+ * Waits until at least `count` nodes carry `selector` and are Ready: a node that exists but has
+ * not said Ready yet is still registering, and its writes would count towards what comes next.
+ */
 export async function waitForNodes(selector: string, count: number, timeoutMs = 300_000) {
   let seen = 0;
+  const ready = '{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}';
   await waitUntil(
-    () => `${count} nodes ${selector} (last seen: ${String(seen)})`,
+    () => `${count} nodes ${selector} Ready (last seen: ${String(seen)})`,
     async () => {
-      seen = (await kubectlAsync(["get", "nodes", "-l", selector, "-o", "name"]))
-        .trim()
+      seen = (await kubectlAsync(["get", "nodes", "-l", selector, "-o", `jsonpath=${ready}`]))
         .split("\n")
-        .filter(Boolean).length;
+        .filter((status) => status === "True").length;
       return seen >= count;
     },
     timeoutMs,
+    1_000,
   );
 }
 
