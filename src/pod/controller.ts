@@ -238,8 +238,13 @@ export class PodController {
         if (!known) return;
         if (status.phase === "Running") this.#trace.reported(status.pod.uid);
         this.#statuses.set(status.pod.uid, status);
-        // Ahead of deletes and re-reads: what the device reports is what kubectl waits for.
-        this.#queue.addAfter(key, this.#o.config.statusDebounceMs, { first: true });
+        // Ahead of deletes and re-reads: what the device reports is what kubectl waits for. The
+        // report that ends a starting pod's first-status wait goes at once: the debounce folds
+        // changes into one write, and before this one nothing of the pod was written to fold
+        // (its Pending reports are held back by the wait). Later changes wait for the debounce.
+        const starting = status.phase !== "Pending" && this.#firstStatusAt.has(status.pod.uid);
+        if (starting) this.#queue.add(key, { first: true });
+        else this.#queue.addAfter(key, this.#o.config.statusDebounceMs, { first: true });
       });
     }
     if (hasDeletionNotifier(provider)) {

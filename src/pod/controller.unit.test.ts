@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { ConfigMap, Pod, PodStatusPatch } from "../kube/index.ts";
 import type { EventToRecord } from "../kube/events.ts";
-import type { ProviderPod } from "../provider/types.ts";
+import type { ProviderPod, WorkloadStatus } from "../provider/types.ts";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
 import { PodController, type PodControllerOptions } from "./controller.ts";
@@ -144,13 +144,13 @@ describe("PodController (fake API server, FakeClock)", () => {
     await w.clock.advanceAsync(1_000);
     expect(phase(w, "web")).toBe("Running");
     // On the FakeClock: the mock starts the app 100 ms after createPod and pushes Running at once;
-    // the status debounce (50 ms) runs from that push.
+    // the first Running of a starting pod is written at once, without the status debounce (50 ms).
     expect(stages).toEqual([
       ["watch", 2],
       ["queue", 0],
       ["provider", 0],
       ["device", 0.1],
-      ["status", 0.05],
+      ["status", 0],
     ]);
     // Running again after a device change is not a new start.
     await w.clock.advanceAsync(5_000);
@@ -161,10 +161,40 @@ describe("PodController (fake API server, FakeClock)", () => {
     const w = await world(900);
     await startController(w);
     w.kube.apply("pods", pod("web", "uid-1"));
-    await w.clock.advanceAsync(900);
+    await w.clock.advanceAsync(899);
     expect(statusWrites(w)).toHaveLength(0);
-    await w.clock.advanceAsync(100);
+    // The moment the device reports it Running, not a debounce later.
+    await w.clock.advanceAsync(1);
     expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Running"]);
+    await w.clock.advanceAsync(2_000);
+    expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Running"]);
+  });
+
+  it("folds later status changes of a started pod into one write a debounce after the first", async () => {
+    const w = await world();
+    // The provider's status pushes, to send the controller changes the mock would not make.
+    let push: ((status: WorkloadStatus) => void) | undefined;
+    const notifyStatus = w.provider.notifyStatus.bind(w.provider);
+    w.provider.notifyStatus = (callback) => {
+      push = callback;
+      notifyStatus(callback);
+    };
+    await startController(w);
+    w.kube.apply("pods", pod("web", "uid-1"));
+    await w.clock.advanceAsync(1_000);
+    expect(statusWrites(w).map((s) => s.status.phase)).toEqual(["Running"]);
+    const now = await w.provider.getPodStatus({ namespace: "ns", name: "web", uid: "uid-1" });
+    if (!now || !push) throw new Error("no status");
+    // The app restarts twice in quick succession: one write, 50 ms after the first change.
+    const app = now.apps[0] as WorkloadStatus["apps"][number];
+    push({ ...now, apps: [{ ...app, restartCount: 1 }], observedAt: new Date(w.clock.now()) });
+    await w.clock.advanceAsync(20);
+    push({ ...now, apps: [{ ...app, restartCount: 2 }], observedAt: new Date(w.clock.now()) });
+    await w.clock.advanceAsync(29);
+    expect(statusWrites(w)).toHaveLength(1);
+    await w.clock.advanceAsync(1);
+    expect(statusWrites(w)).toHaveLength(2);
+    expect(stored(w, "web")?.status?.containerStatuses?.[0]?.restartCount).toBe(2);
   });
 
   it("writes Pending when the device has not reported by the end of the first-status wait, then Running", async () => {
