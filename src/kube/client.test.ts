@@ -54,8 +54,13 @@ beforeAll(async () => {
     });
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  client = clientOfServer();
+});
+
+/** A client of the stand-in server. */
+function clientOfServer(): KubeClient {
   const { port } = server.address() as AddressInfo;
-  client = createKubeClient({
+  return createKubeClient({
     kubeconfig: {
       source: "test",
       context: "ctx",
@@ -67,7 +72,7 @@ beforeAll(async () => {
     logger: pino({ level: "silent" }),
     userAgent: "t/1",
   });
-});
+}
 
 afterAll(async () => {
   await client.close();
@@ -310,19 +315,7 @@ describe("KubeClient over HTTP", () => {
 describe("a closed KubeClient", () => {
   it("fails what is asked of it afterwards as devicelet stopping: not retryable, not a network failure", async () => {
     handler = (_req, res) => json(res, 200, { metadata: { name: "c", namespace: "ns" } });
-    const { port } = server.address() as AddressInfo;
-    const closing = createKubeClient({
-      kubeconfig: {
-        source: "test",
-        context: "ctx",
-        cluster: { name: "c", server: `http://127.0.0.1:${port}`, insecureSkipTLSVerify: true },
-        user: { name: "u", token: "secret-token" },
-      },
-      qps: 1000,
-      burst: 1000,
-      logger: pino({ level: "silent" }),
-      userAgent: "t/1",
-    });
+    const closing = clientOfServer();
     expect((await closing.getConfigMap("ns", "c"))?.metadata?.name).toBe("c");
     const sent = seen.length;
     await closing.close();
