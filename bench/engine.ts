@@ -111,7 +111,9 @@ export async function benchEngine(): Promise<void> {
     console.log("kwok:", JSON.stringify(kwok));
     const rows = [devicelet, kwok];
     console.log(`\nengine benchmark: ${PODS} pods over ${NODES} nodes, one control plane, same run\n`);
-    console.table(rows.map(({ apiRequestsByVerb: _v, apiRequestsByRequest: _r, ...r }) => r));
+    console.table(
+      rows.map(({ apiRequestsByVerb: _v, apiRequestsByRequest: _r, slowest: _s, startedAt: _a, ...r }) => r),
+    );
     console.log("API requests by verb:", Object.fromEntries(rows.map((r) => [r.tool, r.apiRequestsByVerb])));
     console.log(
       `ratio devicelet/kwok: all-Running time ${(devicelet.allRunningSeconds / kwok.allRunningSeconds).toFixed(2)}, ` +

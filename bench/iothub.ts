@@ -231,7 +231,14 @@ export async function benchIotHub(): Promise<void> {
         `\nburst: ${PODS} pods over ${DEVICES} simulated IoT Hub devices through the emulator (app start ${APP_START_MS} ms)`,
       );
       const row = (
-        { apiRequestsByVerb: _v, apiRequestsByRequest: _r, hubOperations, ...r }: (typeof runs)["s1"],
+        {
+          apiRequestsByVerb: _v,
+          apiRequestsByRequest: _r,
+          slowest: _s,
+          startedAt: _a,
+          hubOperations,
+          ...r
+        }: (typeof runs)["s1"],
         hub: string,
       ) => ({
         hub,

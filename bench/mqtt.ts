@@ -210,8 +210,16 @@ export async function benchMqtt(): Promise<void> {
       console.log(
         `\nburst: ${PODS} pods over ${GATEWAYS} simulated gateways through Mosquitto (app start ${APP_START_MS} ms)`,
       );
-      console.table([burstResult].map(({ apiRequestsByVerb: _v, apiRequestsByRequest: _r, ...r }) => r));
+      console.table(
+        [burstResult].map(
+          ({ apiRequestsByVerb: _v, apiRequestsByRequest: _r, slowest: _s, startedAt: _a, ...r }) => r,
+        ),
+      );
       console.log("API requests by request:", burstResult.apiRequestsByRequest);
+      console.log(
+        `the slowest 1 % of starts (bound at, seconds into the burst from ${burstResult.startedAt} → ms to Running):`,
+        burstResult.slowest.map((s) => `${s.pod} ${s.boundAtSeconds}s→${s.ms}`).join(", "),
+      );
       console.log(
         "\nwhere a pod start went, from devicelet's own histograms (p50/p99 estimated from buckets):",
       );

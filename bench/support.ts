@@ -4,10 +4,10 @@ import { createReadStream, mkdtempSync, openSync, writeFileSync } from "node:fs"
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import pino from "pino";
 import { stringify } from "yaml";
 import { down, readState, running, up } from "../src/testing/controlplane/controlplane.ts";
-import { createKubeClient, Informer, type Pod } from "../src/kube/index.ts";
+import { Worker } from "node:worker_threads";
+import type { PodTimesMessage, PodTimesWorkerData } from "./pod-times.worker.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
 
@@ -28,41 +28,40 @@ export interface PodTimes {
   running?: number;
 }
 
+/** Now, in epoch milliseconds with sub-millisecond precision: comparable with the watcher thread's times. */
+export const epochNow = () => performance.timeOrigin + performance.now();
+
 /**
  * Watches the pods of `namespace` (as cluster-admin) and records, per pod, when the watcher first
- * saw it bound to a node and first saw it Running with Ready=True. Both tools under comparison are
- * timed by the same watcher, so its own lag cancels out.
+ * saw it bound to a node and first saw it Running with Ready=True ({@link epochNow} times). Both
+ * tools under comparison are timed by the same watcher, so its own lag cancels out; it runs on a
+ * worker thread (pod-times.worker.ts), so the simulated devices' work in this process does not
+ * delay what it sees.
  */
 export async function watchPodTimes(namespace: string, signal: AbortSignal) {
-  const kube = createKubeClient({
-    kubeconfigPath: path.join(testenvDir, "kubeconfig"),
-    qps: 1000,
-    burst: 2000,
-    logger: pino({ level: "silent" }),
-  });
+  const data: PodTimesWorkerData = { kubeconfigPath: path.join(testenvDir, "kubeconfig"), namespace };
+  const worker = new Worker(new URL("./pod-times.worker.ts", import.meta.url), { workerData: data });
   const times = new Map<string, PodTimes>();
-  const informer = new Informer<Pod>({
-    client: kube,
-    logger: pino({ level: "silent" }),
-    path: `/api/v1/namespaces/${namespace}/pods`,
+  let runningCount = 0;
+  const ready = new Promise<void>((resolve, reject) => {
+    worker.on("message", (message: PodTimesMessage) => {
+      if (message === "ready") {
+        resolve();
+        return;
+      }
+      const t = times.get(message.pod) ?? {};
+      if (message.bound !== undefined) t.bound = message.bound;
+      if (message.running !== undefined) {
+        t.running = message.running;
+        runningCount++;
+      }
+      times.set(message.pod, t);
+    });
+    worker.once("error", reject);
   });
-  const see = (pod: Pod) => {
-    const name = pod.metadata?.name ?? "";
-    const t = times.get(name) ?? {};
-    const now = performance.now();
-    if (t.bound === undefined && pod.spec?.nodeName) t.bound = now;
-    const ready = pod.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True");
-    if (t.running === undefined && pod.status?.phase === "Running" && ready) t.running = now;
-    times.set(name, t);
-  };
-  informer.onAdd(see);
-  informer.onUpdate(see);
-  void informer.start(signal);
-  await informer.ready;
-  return {
-    times,
-    runningCount: () => [...times.values()].filter((t) => t.running !== undefined).length,
-  };
+  signal.addEventListener("abort", () => worker.postMessage("stop"), { once: true });
+  await ready;
+  return { times, runningCount: () => runningCount };
 }
 
 export async function waitUntil(
@@ -112,6 +111,34 @@ export async function auditRequests(username: string, fromMs: number, toMs: numb
     total++;
   }
   return { total, byVerb, byRequest };
+}
+
+/**
+ * Per pod of `namespace`, by the API server's clock (audit log, completion times in epoch ms): when
+ * the scheduler bound it, and every status write `username` made to it, oldest first.
+ */
+export async function auditPodTimeline(namespace: string, username: string) {
+  const bound = new Map<string, number>();
+  const statusWrites = new Map<string, number[]>();
+  const lines = createInterface({ input: createReadStream(path.join(testenvDir, "audit.log")) });
+  for await (const line of lines) {
+    if (!line.includes(`"namespace":"${namespace}"`) || !line.includes('"ResponseComplete"')) continue;
+    const e = JSON.parse(line) as {
+      verb: string;
+      stageTimestamp: string;
+      user: { username: string };
+      objectRef?: { resource?: string; subresource?: string; name?: string };
+      responseStatus?: { code?: number };
+    };
+    const ref = e.objectRef;
+    const code = e.responseStatus?.code ?? 0;
+    if (ref?.resource !== "pods" || ref.name === undefined || code < 200 || code > 299) continue;
+    const at = Date.parse(e.stageTimestamp);
+    if (ref.subresource === "binding" && e.verb === "create") bound.set(ref.name, at);
+    else if (ref.subresource === "status" && e.user.username === username)
+      statusWrites.set(ref.name, [...(statusWrites.get(ref.name) ?? []), at]);
+  }
+  return { bound, statusWrites };
 }
 
 /** Peak resident memory of a process, from /proc (VmHWM), in MiB. */
@@ -203,11 +230,25 @@ export interface BurstResult {
   allRunningSeconds: number;
   p50Ms: number;
   p99Ms: number;
+  /**
+   * The same by the API server's clock (audit log): from the scheduler's binding to the status
+   * write after which the watcher saw the pod Running, so the watch's delivery to the watcher is
+   * left out (and to devicelet kept in). The audit log's timestamps are the API server's.
+   */
+  serverP50Ms: number;
+  serverP99Ms: number;
   apiRequestsPerPod: number;
   /** Of those, writes (create, update, patch, delete) per pod. */
   apiWritesPerPod: number;
   apiRequestsByVerb: Record<string, number>;
   apiRequestsByRequest: Record<string, number>;
+  /**
+   * The slowest 1 % of starts, slowest first: when the watcher saw each bound (seconds from the
+   * apply) and how long it took to Running. Tells a cold start from a stall in the middle.
+   */
+  slowest: { pod: string; boundAtSeconds: number; ms: number }[];
+  /** When the burst's manifest was applied (ISO time), to read the slowest pods up in the audit log. */
+  startedAt: string;
 }
 
 const WRITE_VERBS = new Set(["create", "update", "patch", "delete", "deletecollection"]);
@@ -230,26 +271,52 @@ export async function measureBurst(o: {
   kubectl(["create", "namespace", o.namespace]);
   const watcher = await watchPodTimes(o.namespace, controller.signal);
   const startWall = Date.now();
-  const start = performance.now();
-  kubectl(["apply", "-f", "-"], o.manifest);
+  const start = epochNow();
+  // Not blocking: this process runs the simulated devices too.
+  await kubectlAsync(["apply", "-f", "-"], o.manifest);
   await waitUntil(`${o.pods} pods Running`, () => watcher.runningCount() >= o.pods, 15 * 60_000);
-  const end = performance.now();
+  const end = epochNow();
   const endWall = Date.now();
   controller.abort();
-  const latencies = [...watcher.times.values()].flatMap((t) =>
-    t.bound !== undefined && t.running !== undefined ? [t.running - t.bound] : [],
+  const starts = [...watcher.times.entries()].flatMap(([pod, t]) =>
+    t.bound !== undefined && t.running !== undefined
+      ? [{ pod, bound: t.bound, ms: t.running - t.bound }]
+      : [],
   );
+  const latencies = starts.map((s) => s.ms);
+  const slowest = starts
+    .sort((a, b) => b.ms - a.ms)
+    .slice(0, Math.max(1, Math.ceil(starts.length / 100)))
+    .map((s) => ({
+      pod: s.pod,
+      boundAtSeconds: Math.round((s.bound - start) / 100) / 10,
+      ms: Math.round(s.ms),
+    }));
   // The audit log is written in batches of about a second.
   await new Promise((r) => setTimeout(r, 2_500));
   const api = await auditRequests(o.username, startWall - 1_000, endWall + 500);
+  const timeline = await auditPodTimeline(o.namespace, o.username);
+  const server = [...watcher.times.entries()].flatMap(([pod, t]) => {
+    const bound = timeline.bound.get(pod);
+    // The write that made it Running: the last one before the watcher saw it (plus clock slack).
+    const written = (timeline.statusWrites.get(pod) ?? []).filter(
+      (w) => t.running !== undefined && w <= t.running + 50,
+    );
+    const last = written.at(-1);
+    return bound === undefined || last === undefined ? [] : [last - bound];
+  });
   return {
     allRunningSeconds: Math.round((end - start) / 10) / 100,
     p50Ms: Math.round(percentile(latencies, 50)),
     p99Ms: Math.round(percentile(latencies, 99)),
+    serverP50Ms: Math.round(percentile(server, 50)),
+    serverP99Ms: Math.round(percentile(server, 99)),
     apiRequestsPerPod: Math.round((api.total / o.pods) * 100) / 100,
     apiWritesPerPod: Math.round((writesOf(api.byVerb) / o.pods) * 100) / 100,
     apiRequestsByVerb: api.byVerb,
     apiRequestsByRequest: api.byRequest,
+    slowest,
+    startedAt: new Date(startWall).toISOString(),
   };
 }
 
@@ -389,7 +456,7 @@ export async function measureStorm(o: {
     await waitUntil("every queued change sent", o.queued, 20 * 60_000, 2_000);
     await o.reconnecting?.();
 
-    const start = performance.now();
+    const start = epochNow();
     const startWall = Date.now();
     await Promise.all(devices.map((d) => d.goOnline()));
     await waitUntil(
@@ -397,11 +464,11 @@ export async function measureStorm(o: {
       () => devices.every((d) => d.applies > (applies.get(d.id) ?? 0)),
       20 * 60_000,
     );
-    const appliedSeconds = (performance.now() - start) / 1000;
+    const appliedSeconds = (epochNow() - start) / 1000;
     // The watcher records each pod's first Running: the first pods plus the new ones.
     // (Polling with kubectl here would itself eat the two cores the system under test needs.)
     await waitUntil("every new pod Running", () => watcher.runningCount() >= 2 * count, 20 * 60_000);
-    const runningSeconds = (performance.now() - start) / 1000;
+    const runningSeconds = (epochNow() - start) / 1000;
     const endWall = Date.now();
     const newRunning = devices.flatMap((d) => {
       const running = watcher.times.get(`${d.id}-v2`)?.running;

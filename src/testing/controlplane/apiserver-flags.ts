@@ -14,6 +14,11 @@ export const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+  # The scheduler's bindings: when a pod was bound, by the API server's clock (the benchmarks).
+  - level: Metadata
+    users: [system:kube-scheduler]
+    verbs: [create]
+    resources: [{ group: "", resources: [pods/binding] }]
   - level: None
     users: [system:kube-controller-manager, system:kube-scheduler, system:apiserver]
   - level: None
