@@ -16,7 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest
 import { stringify } from "yaml";
 import { FakeClock } from "../base/fake-clock.ts";
 import { ensurePki, type Pki } from "../testing/controlplane/pki.ts";
-import { MAX_CONNECTIONS, TOKEN_FILE_REREAD_MS } from "./access.ts";
+import { IDLE_CONNECTION_MS, MAX_CONNECTIONS, TOKEN_FILE_REREAD_MS } from "./access.ts";
 import { RequestBudget } from "./budget.ts";
 import { loadKubeconfig } from "./kubeconfig.ts";
 import { KubeTransport } from "./transport.ts";
@@ -151,6 +151,34 @@ describe("TLS from the kubeconfig", () => {
     // the body a moment before it frees the connection, so the next request may open a second.)
     expect(connections).toBeLessThanOrEqual(2);
   });
+
+  it("keeps an idle connection for the next request longer than undici's 4 s", async () => {
+    const admin = pki.cert("admin");
+    const t = transport(
+      { server: tlsUrl, "certificate-authority": pki.caCert },
+      { "client-certificate": admin.cert, "client-key": admin.key },
+    );
+    let connections = 0;
+    const count = () => connections++;
+    tlsServer.on("secureConnection", count);
+    // As the API server (Go): no `Keep-Alive: timeout=5` hint, which Node's server sends and undici
+    // would follow; idle connections kept 90 s.
+    const https = tlsServer as Server & { keepAliveTimeout: number };
+    const serverIdle = https.keepAliveTimeout;
+    https.keepAliveTimeout = 0;
+    try {
+      await call(t);
+      // Past undici's default idle timeout (4 s), which closed it: a burst after a pause paid a handshake.
+      await new Promise((r) => setTimeout(r, 4_500));
+      await call(t);
+    } finally {
+      tlsServer.off("secureConnection", count);
+      https.keepAliveTimeout = serverIdle;
+    }
+    expect(connections).toBe(1);
+    expect(IDLE_CONNECTION_MS).toBeGreaterThanOrEqual(30_000);
+    expect(IDLE_CONNECTION_MS).toBeLessThan(90_000);
+  }, 15_000);
 
   it("parses the CA, certificate and key once, not for each connection", async () => {
     const admin = pki.cert("admin");

@@ -60,6 +60,7 @@ interface UndiciAgent {
     connect: ConnectionOptions & { keepAlive?: boolean; keepAliveInitialDelay?: number };
     allowH2?: boolean;
     connections?: number;
+    keepAliveTimeout?: number;
   }): Dispatcher;
 }
 
@@ -73,6 +74,16 @@ interface UndiciAgent {
  * handful per process) and pod work, whose concurrency `concurrentPods` bounds.
  */
 export const MAX_CONNECTIONS = { default: 256, heartbeat: 512 } as const;
+
+/**
+ * How long an idle connection to the API server is kept for the next request. undici closes one
+ * after 4 s by default, so pod work that comes in bursts (a rollout, a fleet coming back) opened
+ * its connections again, a TLS handshake each, with the API server at its busiest. The API server
+ * keeps an idle connection 90 s (as Go's default transport does on the client side); a minute is
+ * under that, so the server never closes one as a request goes out on it, and under the idle
+ * timeouts of load balancers in front of it.
+ */
+export const IDLE_CONNECTION_MS = 60_000;
 
 /** One answer of undici's `request`: the body must be read or destroyed to free the connection. */
 export interface UndiciResponse {
@@ -149,6 +160,7 @@ class DirectAccess implements KubeAccess {
         connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 },
         allowH2: false,
         connections,
+        keepAliveTimeout: IDLE_CONNECTION_MS,
       });
     this.dispatcher = pool(MAX_CONNECTIONS.default);
     this.heartbeatDispatcher = pool(MAX_CONNECTIONS.heartbeat);
