@@ -135,8 +135,11 @@ export async function auditPodTimeline(namespace: string, username: string) {
     if (ref?.resource !== "pods" || ref.name === undefined || code < 200 || code > 299) continue;
     const at = Date.parse(e.stageTimestamp);
     if (ref.subresource === "binding" && e.verb === "create") bound.set(ref.name, at);
-    else if (ref.subresource === "status" && e.user.username === username)
-      statusWrites.set(ref.name, [...(statusWrites.get(ref.name) ?? []), at]);
+    else if (ref.subresource === "status" && e.user.username === username) {
+      const writes = statusWrites.get(ref.name);
+      if (writes) writes.push(at);
+      else statusWrites.set(ref.name, [at]);
+    }
   }
   return { bound, statusWrites };
 }

@@ -123,6 +123,19 @@ async function call(t: KubeTransport): Promise<Seen> {
 
 const b64File = (file: string) => readFileSync(file).toString("base64");
 
+/** How many TLS connections the server accepted while `run` ran. */
+async function tlsConnectionsDuring(run: () => Promise<void>): Promise<number> {
+  let connections = 0;
+  const count = () => connections++;
+  tlsServer.on("secureConnection", count);
+  try {
+    await run();
+  } finally {
+    tlsServer.off("secureConnection", count);
+  }
+  return connections;
+}
+
 describe("TLS from the kubeconfig", () => {
   it("presents the client certificate and trusts the CA, from files", async () => {
     const admin = pki.cert("admin");
@@ -139,14 +152,9 @@ describe("TLS from the kubeconfig", () => {
       { server: tlsUrl, "certificate-authority-data": b64File(pki.caCert) },
       { "client-certificate-data": b64File(admin.cert), "client-key-data": b64File(admin.key) },
     );
-    let connections = 0;
-    const count = () => connections++;
-    tlsServer.on("secureConnection", count);
-    try {
+    const connections = await tlsConnectionsDuring(async () => {
       for (let i = 0; i < 5; i++) expect(await call(t)).toEqual({ clientCN: "admin" });
-    } finally {
-      tlsServer.off("secureConnection", count);
-    }
+    });
     // One dispatcher for all: a dispatcher per request would open five. (undici resolves
     // the body a moment before it frees the connection, so the next request may open a second.)
     expect(connections).toBeLessThanOrEqual(2);
@@ -158,21 +166,20 @@ describe("TLS from the kubeconfig", () => {
       { server: tlsUrl, "certificate-authority": pki.caCert },
       { "client-certificate": admin.cert, "client-key": admin.key },
     );
-    let connections = 0;
-    const count = () => connections++;
-    tlsServer.on("secureConnection", count);
     // As the API server (Go): no `Keep-Alive: timeout=5` hint, which Node's server sends and undici
     // would follow; idle connections kept 90 s.
     const https = tlsServer as Server & { keepAliveTimeout: number };
     const serverIdle = https.keepAliveTimeout;
     https.keepAliveTimeout = 0;
+    let connections: number;
     try {
-      await call(t);
-      // Past undici's default idle timeout (4 s), which closed it: a burst after a pause paid a handshake.
-      await new Promise((r) => setTimeout(r, 4_500));
-      await call(t);
+      connections = await tlsConnectionsDuring(async () => {
+        await call(t);
+        // Past undici's default idle timeout (4 s), which closed it: a burst after a pause paid a handshake.
+        await new Promise((r) => setTimeout(r, 4_500));
+        await call(t);
+      });
     } finally {
-      tlsServer.off("secureConnection", count);
       https.keepAliveTimeout = serverIdle;
     }
     expect(connections).toBe(1);
@@ -188,19 +195,14 @@ describe("TLS from the kubeconfig", () => {
         { server: tlsUrl, "certificate-authority": pki.caCert },
         { "client-certificate": admin.cert, "client-key": admin.key },
       );
-      let connections = 0;
-      const count = () => connections++;
-      tlsServer.on("secureConnection", count);
       const contextsBefore = contexts.mock.calls.length;
-      try {
+      const connections = await tlsConnectionsDuring(async () => {
         const before = seen.length;
         await Promise.all(
           Array.from({ length: 8 }, () => t.request({ method: "GET", path: "/api/v1/namespaces/x" })),
         );
         expect(seen.slice(before).map((s) => s.clientCN)).toEqual(Array(8).fill("admin"));
-      } finally {
-        tlsServer.off("secureConnection", count);
-      }
+      });
       expect(connections).toBeGreaterThan(1);
       // Node's tls.connect builds a context from PEM options for each connection it opens.
       expect(contexts.mock.calls.length - contextsBefore).toBe(0);
