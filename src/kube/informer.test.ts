@@ -170,10 +170,35 @@ describe("Informer", () => {
     const { informer, sleeps, controller } = setup(api);
     const done = informer.start(controller.signal);
     await until(() => api.calls.filter((c) => c.kind === "watch").length === 9);
-    expect(sleeps).toEqual([1000, 2000, 4000, 8000, 16000, 30000, 30000, 1000, 2000]);
+    // The healthy watch's end is followed at once by the next watch; the failure after it starts
+    // the backoff over.
+    expect(sleeps).toEqual([1000, 2000, 4000, 8000, 16000, 30000, 30000, 1000]);
     // Only one successful list: every re-watch resumed from the last resourceVersion.
     expect(api.calls.filter((c) => c.kind === "list")).toHaveLength(2);
     expect(api.calls.at(-1)?.query?.resourceVersion).toBe("2");
+    controller.abort();
+    await done;
+  });
+
+  it("watches again at once, from where it ended, when the server ends a watch that delivered", async () => {
+    const api = new FakeApi();
+    api.lists.push({ items: [], resourceVersion: "1" });
+    // Ended by the server after two events (its timeout, or a watcher it judged too slow).
+    api.watches.push({
+      events: [
+        { type: "ADDED", object: pod("a", "2") },
+        { type: "ADDED", object: pod("b", "3") },
+      ],
+    });
+    // A watch that ends at once with nothing is not healthy: that one waits.
+    api.watches.push({ events: [] });
+    api.watches.push({ events: [{ type: "MODIFIED", object: pod("a", "4") }] });
+    const { informer, seen, sleeps, controller } = setup(api);
+    const done = informer.start(controller.signal);
+    await until(() => seen.includes("update a@2->4"));
+    const watches = api.calls.filter((c) => c.kind === "watch");
+    expect(watches.map((c) => c.query?.resourceVersion).slice(0, 3)).toEqual(["1", "3", "3"]);
+    expect(sleeps).toEqual([1000]); // only after the empty one
     controller.abort();
     await done;
   });

@@ -396,8 +396,16 @@ export class Informer<T extends KubeObject> {
         this.#log.warn({ err, watching }, watching ? "watch failed" : "list failed");
       }
       if (stopped()) break;
+      // The API server ended a watch that worked: at its timeout, or because it judged this watcher
+      // too slow while it was itself too busy to send (under a burst of pod events). Watch again at
+      // once from where it ended, as client-go's reflector does; every moment spent waiting here is
+      // a moment every pod change waits too (a 0.5-1 s wait here was the tail of the MQTT burst).
+      if (healthy) {
+        failures = 0;
+        continue;
+      }
       // Ends in a row without a healthy watch; equal jitter so a fleet of restarts spreads out.
-      failures = healthy ? 1 : failures + 1;
+      failures += 1;
       await sleep(retryDelay({ failures, baseMs: initial, maxMs: max, jitter: "equal", random }), signal);
     }
   }
