@@ -158,7 +158,10 @@ export class PodController {
       logger: this.#log,
       counters: this.#counters,
       onRunning: (pod, status) => {
-        this.#trace.written(pod.metadata?.uid ?? "");
+        const start = this.#trace.written(pod.metadata?.uid ?? "");
+        // Per pod, for following one slow start through the API server's audit log by time.
+        if (start && this.#log.isLevelEnabled("debug"))
+          this.#log.debug({ pod: objectKey(pod), ...start }, "pod start timeline (ms since the epoch)");
         options.onPodRunning?.(pod, status, new Date(clock.now()));
       },
     });

@@ -60,7 +60,10 @@ async function world(appStartDelayMs = 100): Promise<World> {
 }
 
 /** A PodController on `w` (a second one on the same world is devicelet after a restart). */
-async function startController(w: World, extra: Pick<PodControllerOptions, "onStartStage"> = {}) {
+async function startController(
+  w: World,
+  extra: Pick<PodControllerOptions, "onStartStage"> & Partial<Pick<PodControllerOptions, "logger">> = {},
+) {
   const stop = new AbortController();
   stops.push(stop);
   let [device] = await w.provider.listDevices();
@@ -134,9 +137,18 @@ describe("PodController (fake API server, FakeClock)", () => {
   it("times a pod start by stage, once, from the pod seen bound to its Running status written", async () => {
     const w = await world();
     const stages: [PodStartStage, number][] = [];
-    await startController(w, { onStartStage: (stage, seconds) => stages.push([stage, seconds]) });
+    const lines: Record<string, unknown>[] = [];
+    const debug = pino(
+      { level: "debug" },
+      { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) },
+    );
+    await startController(w, {
+      onStartStage: (stage, seconds) => stages.push([stage, seconds]),
+      logger: debug,
+    });
     // Bound by a scheduler 2 s before this process saw it.
-    const scheduled = new Date(w.clock.now() - 2_000).toISOString();
+    const seen = w.clock.now();
+    const scheduled = new Date(seen - 2_000).toISOString();
     w.kube.apply("pods", {
       ...pod("web", "uid-1"),
       status: { conditions: [{ type: "PodScheduled", status: "True", lastTransitionTime: scheduled }] },
@@ -152,9 +164,23 @@ describe("PodController (fake API server, FakeClock)", () => {
       ["device", 0.1],
       ["status", 0],
     ]);
+    // The same start, per pod and by the clock, at debug level.
+    const timelines = lines.filter((l) => l.msg === "pod start timeline (ms since the epoch)");
+    expect(timelines).toEqual([
+      expect.objectContaining({
+        pod: "ns/web",
+        boundMs: seen - 2_000,
+        seenMs: seen,
+        creatingMs: seen,
+        createdMs: seen,
+        reportedMs: seen + 100,
+        writtenMs: seen + 100,
+      }),
+    ]);
     // Running again after a device change is not a new start.
     await w.clock.advanceAsync(5_000);
     expect(stages).toHaveLength(5);
+    expect(lines.filter((l) => l.msg === "pod start timeline (ms since the epoch)")).toHaveLength(1);
   });
 
   it("writes a pod the device starts within the first-status wait once: Running, never Pending", async () => {

@@ -23,8 +23,15 @@ describe("PodStartTrace", () => {
     t.trace.reported("a");
     t.trace.reported("a"); // a second report changes nothing
     t.at(1_400);
-    t.trace.written("a");
-    t.trace.written("a"); // observed once
+    expect(t.trace.written("a")).toEqual({
+      boundMs: 400,
+      seenMs: 1_000,
+      creatingMs: 1_020,
+      createdMs: 1_021,
+      reportedMs: 1_300,
+      writtenMs: 1_400,
+    });
+    expect(t.trace.written("a")).toBeUndefined(); // observed once
     expect(t.observed).toEqual([
       ["watch", 0.6],
       ["queue", 0.02],
@@ -75,7 +82,7 @@ describe("PodStartTrace", () => {
     t.trace.seen("polled");
     t.trace.creating("polled");
     t.trace.created("polled");
-    t.trace.written("polled"); // no pushed report: no device/status split
+    expect(t.trace.written("polled")).toBeUndefined(); // no pushed report: no device/status split
     expect(t.observed).toEqual([]);
     expect(t.trace.size).toBe(0);
   });

@@ -22,7 +22,8 @@
  * by the pods being started; at most {@link MAX_FOLLOWED} are followed at once.
  *
  *   const trace = new PodStartTrace((stage, seconds) => metrics.podStartStage(stage, seconds), now);
- *   trace.seen(uid, boundMs); trace.creating(uid); trace.created(uid); trace.reported(uid); trace.written(uid);
+ *   trace.seen(uid, boundMs); trace.creating(uid); trace.created(uid); trace.reported(uid);
+ *   const start = trace.written(uid); // the whole timeline, for a debug log line
  */
 
 export type PodStartStage = "watch" | "queue" | "provider" | "device" | "status";
@@ -36,6 +37,16 @@ interface Followed {
   creatingMs?: number;
   createdMs?: number;
   reportedMs?: number;
+}
+
+/** One measured start: when each stage ended, in ms since the epoch (`boundMs` when known). */
+export interface PodStartTimeline {
+  readonly boundMs: number | undefined;
+  readonly seenMs: number;
+  readonly creatingMs: number;
+  readonly createdMs: number;
+  readonly reportedMs: number;
+  readonly writtenMs: number;
 }
 
 export class PodStartTrace {
@@ -80,20 +91,25 @@ export class PodStartTrace {
     if (p?.creatingMs !== undefined && p.reportedMs === undefined) p.reportedMs = this.#now();
   }
 
-  /** The Running status was written: every stage is observed, and the pod is no longer followed. */
-  written(uid: string): void {
+  /**
+   * The Running status was written: every stage is observed, and the pod is no longer followed.
+   * Returns the start's timeline when it was measured.
+   */
+  written(uid: string): PodStartTimeline | undefined {
     const p = this.#pods.get(uid);
-    if (!p) return;
+    if (!p) return undefined;
     this.#pods.delete(uid);
     // A pod that ran without a pushed report (a polled provider) has no device/status split.
-    if (p.creatingMs === undefined || p.createdMs === undefined || p.reportedMs === undefined) return;
+    const { creatingMs, createdMs, reportedMs } = p;
+    if (creatingMs === undefined || createdMs === undefined || reportedMs === undefined) return undefined;
     const now = this.#now();
     // A clock behind the API server's, or the one-second resolution, may put bound after seen.
     if (p.boundMs !== undefined) this.#observe("watch", Math.max(0, p.seenMs - p.boundMs) / 1000);
-    this.#observe("queue", (p.creatingMs - p.seenMs) / 1000);
-    this.#observe("provider", (p.createdMs - p.creatingMs) / 1000);
-    this.#observe("device", (p.reportedMs - p.creatingMs) / 1000);
-    this.#observe("status", (now - Math.max(p.createdMs, p.reportedMs)) / 1000);
+    this.#observe("queue", (creatingMs - p.seenMs) / 1000);
+    this.#observe("provider", (createdMs - creatingMs) / 1000);
+    this.#observe("device", (reportedMs - creatingMs) / 1000);
+    this.#observe("status", (now - Math.max(createdMs, reportedMs)) / 1000);
+    return { boundMs: p.boundMs, seenMs: p.seenMs, creatingMs, createdMs, reportedMs, writtenMs: now };
   }
 
   /** The pod is gone or will not start here: stop following it. */
