@@ -160,29 +160,36 @@ spec:
       nonResourceRules: [{ verbs: ["*"], nonResourceURLs: ["*"] }]
 `;
 
-/** devicelet with `nodes` mock devices whose apps start at once, each with room for `podsPerNode` pods. */
+/**
+ * devicelet with `nodes` mock devices whose apps start at once, each with room for `podsPerNode`
+ * pods; `nodeFlags` go to Node.js.
+ */
 export async function startMockDevicelet(o: {
   api: BenchApi;
   id: string;
   nodes: number;
   podsPerNode: number;
+  nodeFlags?: readonly string[];
 }): Promise<Fleet> {
   const nodeSelector = `${BENCH_LABEL}=${o.id}`;
   kubectl(["apply", "-f", "-"], DEVICELET_FLOW_SCHEMA);
-  const { child, logFile } = spawnDevicelet({
-    kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
-    nodes: { extraLabels: { [BENCH_LABEL]: o.id } },
-    // BENCH_LOG_LEVEL=info shows the engine's minute-by-minute queues and API load in its log.
-    log: { level: process.env.BENCH_LOG_LEVEL ?? "warn" },
-    api: deviceletApiBudget(o.nodes),
-    provider: {
-      type: "mock",
-      config: {
-        devices: { count: o.nodes, idPrefix: `${o.id}-d`, capacity: { pods: String(o.podsPerNode) } },
-        appStartDelayMs: 0,
+  const { child, logFile } = spawnDevicelet(
+    {
+      kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
+      nodes: { extraLabels: { [BENCH_LABEL]: o.id } },
+      // BENCH_LOG_LEVEL=info shows the engine's minute-by-minute queues and API load in its log.
+      log: { level: process.env.BENCH_LOG_LEVEL ?? "warn" },
+      api: deviceletApiBudget(o.nodes),
+      provider: {
+        type: "mock",
+        config: {
+          devices: { count: o.nodes, idPrefix: `${o.id}-d`, capacity: { pods: String(o.podsPerNode) } },
+          appStartDelayMs: 0,
+        },
       },
     },
-  });
+    o.nodeFlags,
+  );
   const removeFlowSchema = () =>
     kubectl(["delete", "flowschema", "devicelet-bench-exempt", "--ignore-not-found"]);
   try {

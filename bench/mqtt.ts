@@ -27,7 +27,7 @@ import pino from "pino";
 import { createServer } from "node:net";
 import { readFileSync } from "node:fs";
 import { startMosquitto } from "../hack/testenv/mosquitto.ts";
-import { histograms, summarize } from "./prometheus.ts";
+import { gauge, histograms, since, summarize } from "./prometheus.ts";
 import { cpuSeconds } from "./usage.ts";
 import { fleetSpec, startSimulator, type Simulator } from "../src/device/simulator.ts";
 import {
@@ -35,6 +35,7 @@ import {
   burstDeployment,
   controlPlane,
   kubectl,
+  kubectlAsync,
   measureBurst,
   measureStorm,
   spawnDevicelet,
@@ -46,6 +47,11 @@ const GATEWAYS = Number(process.env.BENCH_GATEWAYS ?? 100);
 const PODS = Number(process.env.BENCH_PODS ?? 1000);
 const STORM_DEVICES = Number(process.env.BENCH_STORM_DEVICES ?? 1000);
 const APP_START_MS = 50;
+/**
+ * Pods of a warm-up burst run and deleted before the measured one (BENCH_BURST_WARMUP; 0: none,
+ * the measured burst is the first after every process started).
+ */
+const WARMUP_PODS = Number(process.env.BENCH_BURST_WARMUP ?? 0);
 const PARTS = new Set((process.env.BENCH_PARTS ?? "burst,storm").split(",").map((p) => p.trim()));
 
 /** A loopback port free now, for devicelet's metrics server. */
@@ -76,9 +82,12 @@ const cpuOf = (pids: Record<string, number>): Record<string, number> => ({
 });
 
 /** Where a pod start's time went, from devicelet's own histograms. */
-function breakdown(metricsText: string) {
-  const stages = histograms(metricsText, "devicelet_pod_start_stage_seconds", "stage");
-  const one = (name: string) => histograms(metricsText, name).get("");
+/** The stages of the pod starts between two scrapes of devicelet's metrics (`before` may be ""). */
+function breakdown(metricsText: string, before: string) {
+  const delta = (name: string, label?: string) =>
+    since(histograms(metricsText, name, label), histograms(before, name, label));
+  const stages = delta("devicelet_pod_start_stage_seconds", "stage");
+  const one = (name: string) => delta(name).get("");
   return [
     { part: "watch: bound → seen by devicelet's watch", ...summarize(stages.get("watch")) },
     { part: "queue: seen bound → handed to the provider", ...summarize(stages.get("queue")) },
@@ -130,6 +139,26 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
   });
   try {
     await waitForNodes(`devicelet.dev/bench=${id}`, GATEWAYS);
+    const scrape = async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    if (WARMUP_PODS > 0) {
+      // Every process on the pods' path runs its code for the first time in the first burst after
+      // it starts; a warm-up burst, deleted before the measured one, tells that apart.
+      const warm = `${id}-warm`;
+      await measureBurst({
+        username: "devicelet",
+        namespace: warm,
+        pods: WARMUP_PODS,
+        manifest: burstDeployment({
+          namespace: warm,
+          replicas: WARMUP_PODS,
+          nodeSelector: { "devicelet.dev/bench": id },
+          tolerationKey: "virtual-kubelet.io/provider",
+        }),
+      });
+      await kubectlAsync(["delete", "namespace", warm, "--wait=true", "--timeout=5m"]);
+    }
+    // Also starts devicelet's event-loop delay sample afresh (each scrape resets it).
+    const metricsBefore = await scrape();
     const ns = `${id}-burst`;
     const pids = processes({ devicelet: child.pid ?? 0, mosquitto: mosquittoPid });
     const cpuBefore = cpuOf(pids);
@@ -148,8 +177,11 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
     const cpu = Object.fromEntries(
       Object.entries(cpuAfter).map(([name, s]) => [name, Math.round((s - (cpuBefore[name] ?? 0)) * 10) / 10]),
     );
-    const metricsText = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-    return { result, stages: breakdown(metricsText), cpu };
+    const metricsText = await scrape();
+    const lag = (what: string) =>
+      Math.round(gauge(metricsText, `devicelet_nodejs_eventloop_lag_${what}_seconds`) * 1000);
+    const eventLoopDelayMs = { p50: lag("p50"), p99: lag("p99"), max: lag("max") };
+    return { result, stages: breakdown(metricsText, metricsBefore), cpu, eventLoopDelayMs };
   } finally {
     await sim.stop();
     child.kill("SIGTERM");
@@ -206,7 +238,12 @@ export async function benchMqtt(): Promise<void> {
   try {
     const record: Record<string, unknown> = { date: new Date().toISOString() };
     if (PARTS.has("burst")) {
-      const { result: burstResult, stages, cpu } = await burst(`${id}b`, broker.url, broker.pid());
+      const {
+        result: burstResult,
+        stages,
+        cpu,
+        eventLoopDelayMs,
+      } = await burst(`${id}b`, broker.url, broker.pid());
       console.log(
         `\nburst: ${PODS} pods over ${GATEWAYS} simulated gateways through Mosquitto (app start ${APP_START_MS} ms)`,
       );
@@ -225,7 +262,8 @@ export async function benchMqtt(): Promise<void> {
       );
       console.table(stages);
       console.log("CPU seconds during the burst, by process (2 cores):", cpu);
-      Object.assign(record, { burst: burstResult, stages, cpu });
+      console.log("devicelet's event-loop delay during the burst (ms):", eventLoopDelayMs);
+      Object.assign(record, { burst: burstResult, stages, cpu, eventLoopDelayMs });
     }
     if (PARTS.has("storm")) {
       const stormResult = await storm(`${id}s`, broker.url);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { histograms, quantile, summarize } from "./prometheus.ts";
+import { gauge, histograms, quantile, since, summarize } from "./prometheus.ts";
 
 const text = [
   "# HELP devicelet_pod_start_stage_seconds x",
@@ -42,5 +42,43 @@ describe("histograms", () => {
     expect(quantile(queue, 0.75)).toBeCloseTo(0.055);
     expect(summarize(stages.get("device"))).toEqual({ count: 2, meanMs: 1500, p50Ms: 100, p99Ms: 100 });
     expect(summarize(undefined).count).toBe(0);
+  });
+});
+
+describe("since", () => {
+  it("subtracts an earlier scrape, bucket by bucket, and counts a new series from zero", () => {
+    const before = histograms(
+      [
+        'devicelet_pod_start_stage_seconds_bucket{le="0.01",stage="queue"} 40',
+        'devicelet_pod_start_stage_seconds_bucket{le="0.1",stage="queue"} 60',
+        'devicelet_pod_start_stage_seconds_bucket{le="+Inf",stage="queue"} 60',
+        'devicelet_pod_start_stage_seconds_sum{stage="queue"} 0.5',
+        'devicelet_pod_start_stage_seconds_count{stage="queue"} 60',
+      ].join("\n"),
+      "devicelet_pod_start_stage_seconds",
+      "stage",
+    );
+    const after = histograms(text, "devicelet_pod_start_stage_seconds", "stage");
+    const delta = since(after, before);
+    expect(delta.get("queue")).toEqual({
+      count: 40,
+      sum: 1.5,
+      buckets: [
+        { le: 0.01, count: 10 },
+        { le: 0.1, count: 40 },
+        { le: Number.POSITIVE_INFINITY, count: 40 },
+      ],
+    });
+    expect(delta.get("device")).toEqual(after.get("device"));
+    // All 40 new observations are above 0.01 s, 30 of them in (0.01, 0.1]: p50 inside that bucket.
+    expect(summarize(delta.get("queue")).p50Ms).toBeGreaterThan(10);
+  });
+});
+
+describe("gauge", () => {
+  it("reads an unlabelled series, not one whose name only starts the same", () => {
+    const text = "devicelet_lag_max_seconds_total 9\ndevicelet_lag_max_seconds 0.25\n";
+    expect(gauge(text, "devicelet_lag_max_seconds")).toBe(0.25);
+    expect(gauge(text, "devicelet_other")).toBeNaN();
   });
 });

@@ -45,6 +45,30 @@ export function histograms(text: string, name: string, label?: string): Map<stri
   return out;
 }
 
+/** The value of the unlabelled series `name` in `text` (NaN when it is not there). */
+export function gauge(text: string, name: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line === undefined ? Number.NaN : Number(line.slice(name.length + 1));
+}
+
+/**
+ * What `after` observed since `before` (two scrapes of the same histograms): counts, sums and
+ * buckets subtracted, by key. A series missing from `before` counts from zero.
+ */
+export function since(after: Map<string, Histogram>, before: Map<string, Histogram>): Map<string, Histogram> {
+  const out = new Map<string, Histogram>();
+  for (const [key, h] of after) {
+    const b = before.get(key);
+    const was = (le: number) => b?.buckets.find((x) => x.le === le)?.count ?? 0;
+    out.set(key, {
+      count: h.count - (b?.count ?? 0),
+      sum: h.sum - (b?.sum ?? 0),
+      buckets: h.buckets.map(({ le, count }) => ({ le, count: count - was(le) })),
+    });
+  }
+  return out;
+}
+
 /**
  * The `q` quantile (0..1) in seconds, interpolated linearly inside its bucket as PromQL's
  * `histogram_quantile` does; in the +Inf bucket, the highest finite bound.

@@ -329,8 +329,14 @@ export async function measureBurst(o: {
  */
 const deviceletNodeFlags = (process.env.BENCH_DEVICELET_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean);
 
-/** Starts `devicelet run` with `config` (written to a temporary folder) as a child process. */
-export function spawnDevicelet(config: object): { child: ChildProcess; logFile: string } {
+/**
+ * Starts `devicelet run` with `config` (written to a temporary folder) as a child process, with
+ * `nodeFlags` for Node.js besides `BENCH_DEVICELET_NODE_FLAGS`.
+ */
+export function spawnDevicelet(
+  config: object,
+  nodeFlags: readonly string[] = [],
+): { child: ChildProcess; logFile: string } {
   const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-bench-"));
   const configFile = path.join(dir, "config.yaml");
   // Benchmarks measure pods and nodes: no kubelet API, health on a free loopback port, unless asked.
@@ -347,7 +353,14 @@ export function spawnDevicelet(config: object): { child: ChildProcess; logFile: 
   const out = openSync(logFile, "a");
   const child = spawn(
     process.execPath,
-    [...deviceletNodeFlags, path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+    [
+      ...deviceletNodeFlags,
+      ...nodeFlags,
+      path.join(repoRoot, "bin/devicelet.js"),
+      "run",
+      "--config",
+      configFile,
+    ],
     {
       stdio: ["ignore", out, out],
     },

@@ -10,12 +10,17 @@
  * Per tool, from the first create until one watcher saw every pod Running and Ready: the time and
  * pods per second, p50/p99 from a create's answer to Running, API requests per pod by the tool's
  * user (audit log), CPU seconds of the tool's process (/proc), its peak RSS and its RSS growth per
- * pod. Prints both rows and the devicelet/KWOK ratios; writes `bench-throughput.json` to the
- * harness directory. Namespaces, pods and nodes are deleted afterwards.
+ * pod, at the moment the last pod ran and again once the process has idled THROUGHPUT_SETTLE_SECONDS
+ * (default 30: what a fleet holding its pods costs, after the start's garbage is collected). Prints
+ * both rows and the devicelet/KWOK ratios; writes `bench-throughput.json` to the harness directory.
+ * Namespaces, pods and nodes are deleted afterwards. THROUGHPUT_TOOLS (default `devicelet,kwok`)
+ * picks the tools; THROUGHPUT_HEAP_DIR=<dir> has devicelet write a V8 heap snapshot there before
+ * the first create and after the settle, to see what each pod keeps alive.
  */
 import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { BenchApi } from "./api.ts";
 import { AuditTail } from "./audit-tail.ts";
 import {
@@ -30,13 +35,19 @@ import {
   type Fleet,
 } from "./fleet.ts";
 import { startKwok } from "./kwok.ts";
-import { controlPlane, testenvDir } from "./support.ts";
+import { controlPlane, testenvDir, waitUntil } from "./support.ts";
 import { memoryMiB } from "./usage.ts";
 
 const PODS = Number(process.env.THROUGHPUT_PODS ?? 5_000);
 const NODES = Number(process.env.THROUGHPUT_NODES ?? 100);
 /** Room for every pod with margin, and never less than the kubelet's default of 110. */
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
+const SETTLE_SECONDS = Number(process.env.THROUGHPUT_SETTLE_SECONDS ?? 30);
+const HEAP_DIR = process.env.THROUGHPUT_HEAP_DIR;
+const TOOLS = (process.env.THROUGHPUT_TOOLS ?? "devicelet,kwok").split(",").map((tool) => {
+  if (tool !== "devicelet" && tool !== "kwok") throw new Error(`THROUGHPUT_TOOLS: unknown tool ${tool}`);
+  return tool;
+});
 
 interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
   tool: string;
@@ -47,6 +58,21 @@ interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
   peakRssMiB: number;
   /** (RSS once all pods ran − RSS before the first create) / pods. */
   rssPerPodKiB: number;
+  /** The same, SETTLE_SECONDS later with nothing happening but heartbeats. */
+  settledRssPerPodKiB: number;
+}
+
+/** Has `pid` (started with `--heapsnapshot-signal=SIGUSR2`) write a heap snapshot into HEAP_DIR. */
+async function heapSnapshot(pid: number): Promise<void> {
+  if (HEAP_DIR === undefined) return;
+  const count = () => readdirSync(HEAP_DIR).filter((f) => f.endsWith(".heapsnapshot")).length;
+  const before = count();
+  process.kill(pid, "SIGUSR2");
+  await waitUntil(
+    () => `a heap snapshot in ${HEAP_DIR}`,
+    () => count() > before,
+    120_000,
+  );
 }
 
 async function measure(o: {
@@ -56,13 +82,24 @@ async function measure(o: {
   audit: AuditTail;
 }): Promise<Row> {
   const { api, audit } = o;
-  const start = o.tool === "devicelet" ? startMockDevicelet : startKwok;
-  const fleet = await start({ api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE });
+  const heap = o.tool === "devicelet" && HEAP_DIR !== undefined;
+  const options = { api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE };
+  const fleet =
+    o.tool === "kwok"
+      ? await startKwok(options)
+      : await startMockDevicelet({
+          ...options,
+          nodeFlags: heap ? ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${HEAP_DIR}`] : [],
+        });
   const namespace = `${o.id}-${o.tool}`;
   try {
+    if (heap) await heapSnapshot(fleet.pid);
     const before = memoryMiB(fleet.pid);
     const { startMs, endMs, ...run } = await runBoundPods({ api, fleet, namespace, pods: PODS });
     const after = memoryMiB(fleet.pid);
+    await sleep(SETTLE_SECONDS * 1000);
+    const settled = memoryMiB(fleet.pid);
+    if (heap) await heapSnapshot(fleet.pid);
     await audit.settle(endMs);
     const requests = audit.count(fleet.username, startMs, endMs);
     return {
@@ -73,6 +110,7 @@ async function measure(o: {
       tool429s: requests.throttled,
       peakRssMiB: after.peakRssMiB,
       rssPerPodKiB: round(((after.rssMiB - before.rssMiB) * 1024) / PODS, 2),
+      settledRssPerPodKiB: round(((settled.rssMiB - before.rssMiB) * 1024) / PODS, 2),
     };
   } finally {
     await fleet.stop();
@@ -88,19 +126,25 @@ export async function benchThroughput(): Promise<void> {
   const id = `tp-${randomBytes(3).toString("hex")}`;
   try {
     console.log(`throughput: ${PODS} pods bound to ${NODES} nodes, ${concurrency} creates in flight`);
-    const devicelet = await measure({ tool: "devicelet", id, api, audit });
-    console.log("devicelet:", JSON.stringify(devicelet));
-    const kwok = await measure({ tool: "kwok", id, api, audit });
-    console.log("kwok:", JSON.stringify(kwok));
-    const rows = [devicelet, kwok];
-    const ratios = {
-      podsPerSecond: ratio(devicelet.podsPerSecond, kwok.podsPerSecond),
-      allRunningSeconds: ratio(devicelet.allRunningSeconds, kwok.allRunningSeconds),
-      apiRequestsPerPod: ratio(devicelet.apiRequestsPerPod, kwok.apiRequestsPerPod),
-      cpuSeconds: ratio(devicelet.cpuSeconds, kwok.cpuSeconds),
-      rssPerPodKiB: ratio(devicelet.rssPerPodKiB, kwok.rssPerPodKiB),
-      peakRssMiB: ratio(devicelet.peakRssMiB, kwok.peakRssMiB),
-    };
+    if (HEAP_DIR !== undefined) mkdirSync(HEAP_DIR, { recursive: true });
+    const rows: Row[] = [];
+    for (const tool of TOOLS) {
+      const row = await measure({ tool, id, api, audit });
+      console.log(`${tool}:`, JSON.stringify(row));
+      rows.push(row);
+    }
+    const devicelet = rows.find((r) => r.tool === "devicelet");
+    const kwok = rows.find((r) => r.tool === "kwok");
+    const ratios = devicelet &&
+      kwok && {
+        podsPerSecond: ratio(devicelet.podsPerSecond, kwok.podsPerSecond),
+        allRunningSeconds: ratio(devicelet.allRunningSeconds, kwok.allRunningSeconds),
+        apiRequestsPerPod: ratio(devicelet.apiRequestsPerPod, kwok.apiRequestsPerPod),
+        cpuSeconds: ratio(devicelet.cpuSeconds, kwok.cpuSeconds),
+        rssPerPodKiB: ratio(devicelet.rssPerPodKiB, kwok.rssPerPodKiB),
+        settledRssPerPodKiB: ratio(devicelet.settledRssPerPodKiB, kwok.settledRssPerPodKiB),
+        peakRssMiB: ratio(devicelet.peakRssMiB, kwok.peakRssMiB),
+      };
     const apiServer = { createRetries: api.retried, create429s: api.throttled, auditLog: audit.growth };
     console.log(
       `\nthroughput benchmark: ${PODS} pods bound to ${NODES} nodes, one control plane, same run\n`,
@@ -110,7 +154,7 @@ export async function benchThroughput(): Promise<void> {
       "API requests by verb and resource:",
       Object.fromEntries(rows.map((r) => [r.tool, r.apiRequestsByRequest])),
     );
-    console.log("ratio devicelet/kwok:", ratios);
+    if (ratios) console.log("ratio devicelet/kwok:", ratios);
     console.log("bench's own requests and the audit log:", apiServer);
     writeFileSync(
       path.join(testenvDir, "bench-throughput.json"),
