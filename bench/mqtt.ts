@@ -25,15 +25,15 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import pino from "pino";
 import { createServer } from "node:net";
-import { readFileSync } from "node:fs";
 import { startMosquitto } from "../hack/testenv/mosquitto.ts";
-import { gauge, histograms, since, summarize } from "./prometheus.ts";
+import { gauge, histograms, since, summarize, total } from "./prometheus.ts";
 import { cpuSeconds } from "./usage.ts";
 import { fleetSpec, startSimulator, type Simulator } from "../src/device/simulator.ts";
 import {
   boundPodsOfVersion,
   burstDeployment,
   controlPlane,
+  controlPlanePids,
   kubectl,
   kubectlAsync,
   measureBurst,
@@ -64,16 +64,9 @@ async function freePort(): Promise<number> {
   return address.port;
 }
 
-/** The processes whose CPU the burst reports, by name: the control plane's from its state file. */
+/** The processes whose CPU the burst reports, by name. */
 function processes(o: { devicelet: number; mosquitto: number }): Record<string, number> {
-  const state = JSON.parse(readFileSync(path.join(testenvDir, "state.json"), "utf8")) as {
-    daemons: { name: string; pid: number }[];
-  };
-  return {
-    devicelet: o.devicelet,
-    mosquitto: o.mosquitto,
-    ...Object.fromEntries(state.daemons.map((d) => [d.name, d.pid])),
-  };
+  return { devicelet: o.devicelet, mosquitto: o.mosquitto, ...controlPlanePids() };
 }
 
 const cpuOf = (pids: Record<string, number>): Record<string, number> => ({
@@ -159,6 +152,11 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
     }
     // Also starts devicelet's event-loop delay sample afresh (each scrape resets it).
     const metricsBefore = await scrape();
+    const podWatchersEnded = async () =>
+      total(await kubectlAsync(["get", "--raw", "/metrics"]), "apiserver_terminated_watchers_total", {
+        resource: "pods",
+      });
+    const endedBefore = await podWatchersEnded();
     const ns = `${id}-burst`;
     const pids = processes({ devicelet: child.pid ?? 0, mosquitto: mosquittoPid });
     const cpuBefore = cpuOf(pids);
@@ -178,10 +176,17 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
       Object.entries(cpuAfter).map(([name, s]) => [name, Math.round((s - (cpuBefore[name] ?? 0)) * 10) / 10]),
     );
     const metricsText = await scrape();
+    const podWatchesEnded = (await podWatchersEnded()) - endedBefore;
     const lag = (what: string) =>
       Math.round(gauge(metricsText, `devicelet_nodejs_eventloop_lag_${what}_seconds`) * 1000);
     const eventLoopDelayMs = { p50: lag("p50"), p99: lag("p99"), max: lag("max") };
-    return { result, stages: breakdown(metricsText, metricsBefore), cpu, eventLoopDelayMs };
+    return {
+      result,
+      stages: breakdown(metricsText, metricsBefore),
+      cpu,
+      eventLoopDelayMs,
+      podWatchesEnded,
+    };
   } finally {
     await sim.stop();
     child.kill("SIGTERM");
@@ -243,6 +248,7 @@ export async function benchMqtt(): Promise<void> {
         stages,
         cpu,
         eventLoopDelayMs,
+        podWatchesEnded,
       } = await burst(`${id}b`, broker.url, broker.pid());
       console.log(
         `\nburst: ${PODS} pods over ${GATEWAYS} simulated gateways through Mosquitto (app start ${APP_START_MS} ms)`,
@@ -263,7 +269,11 @@ export async function benchMqtt(): Promise<void> {
       console.table(stages);
       console.log("CPU seconds during the burst, by process (2 cores):", cpu);
       console.log("devicelet's event-loop delay during the burst (ms):", eventLoopDelayMs);
-      Object.assign(record, { burst: burstResult, stages, cpu, eventLoopDelayMs });
+      console.log(
+        "pod watches the API server ended as too slow during the burst (any client's):",
+        podWatchesEnded,
+      );
+      Object.assign(record, { burst: burstResult, stages, cpu, eventLoopDelayMs, podWatchesEnded });
     }
     if (PARTS.has("storm")) {
       const stormResult = await storm(`${id}s`, broker.url);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { gauge, histograms, quantile, since, summarize } from "./prometheus.ts";
+import { gauge, histograms, quantile, since, summarize, total } from "./prometheus.ts";
 
 const text = [
   "# HELP devicelet_pod_start_stage_seconds x",
@@ -80,5 +80,19 @@ describe("gauge", () => {
     const text = "devicelet_lag_max_seconds_total 9\ndevicelet_lag_max_seconds 0.25\n";
     expect(gauge(text, "devicelet_lag_max_seconds")).toBe(0.25);
     expect(gauge(text, "devicelet_other")).toBeNaN();
+  });
+});
+
+describe("total", () => {
+  it("sums the series that carry every label asked for", () => {
+    const text = [
+      'apiserver_terminated_watchers_total{group="",resource="pods"} 3',
+      'apiserver_terminated_watchers_total{group="apps",resource="pods"} 1',
+      'apiserver_terminated_watchers_total{group="",resource="nodes"} 7',
+      'apiserver_terminated_watchers_totals{resource="pods"} 100',
+    ].join("\n");
+    expect(total(text, "apiserver_terminated_watchers_total", { resource: "pods" })).toBe(4);
+    expect(total(text, "apiserver_terminated_watchers_total", { group: "", resource: "pods" })).toBe(3);
+    expect(total(text, "apiserver_terminated_watchers_total", { resource: "leases" })).toBe(0);
   });
 });

@@ -8,6 +8,7 @@ import { stringify } from "yaml";
 import { down, readState, running, up } from "../src/testing/controlplane/controlplane.ts";
 import { Worker } from "node:worker_threads";
 import type { PodTimesMessage, PodTimesWorkerData } from "./pod-times.worker.ts";
+import { cpuSeconds } from "./usage.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
 
@@ -536,4 +537,32 @@ export async function boundPodsOfVersion(namespace: string, version: string): Pr
     (p) =>
       !p.metadata.deletionTimestamp && p.spec.nodeName && p.spec.containers[0]?.env?.[0]?.value === version,
   ).length;
+}
+
+/** The harness control plane's processes by name (etcd, kube-apiserver, ...), from its state file. */
+export function controlPlanePids(): Record<string, number> {
+  const state = readState(testenvDir);
+  if (!state) throw new Error(`no control plane recorded in ${testenvDir}`);
+  return Object.fromEntries(state.daemons.map((d) => [d.name, d.pid]));
+}
+
+/**
+ * Waits until the control plane has used under `maxCores` of CPU over a `windowMs` window (or
+ * `timeoutMs` passed) and returns the seconds waited. After one tool's run the API server, etcd
+ * and the controllers still clean up (a 5,000-pod run left them twice as slow to answer for half a
+ * minute): the next tool measured meanwhile would pay for the first one's run.
+ */
+export async function waitForQuietControlPlane(
+  o: { maxCores?: number; windowMs?: number; timeoutMs?: number } = {},
+): Promise<number> {
+  const { maxCores = 0.3, windowMs = 2_000, timeoutMs = 90_000 } = o;
+  const pids = Object.values(controlPlanePids());
+  const used = () => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  const start = Date.now();
+  for (;;) {
+    const before = used();
+    await new Promise((resolve) => setTimeout(resolve, windowMs));
+    if ((used() - before) / (windowMs / 1000) < maxCores || Date.now() - start >= timeoutMs) break;
+  }
+  return Math.round((Date.now() - start) / 100) / 10;
 }

@@ -5,7 +5,8 @@
  * with BENCH_CONCURRENCY (default 48) creates in flight; no Deployment, no scheduler, no
  * controller-manager. devicelet (mock provider, apps start at once, its API budget raised to
  * BENCH_DEVICELET_QPS, default 1,000: see `deviceletApiBudget`) runs first, then KWOK with its
- * "fast" stages on fresh nodes, on the same control plane in the same run.
+ * "fast" stages on fresh nodes, on the same control plane in the same run. Each tool starts once
+ * the control plane has quietened down from the run before (under 0.3 cores over 2 s).
  *
  * Per tool, from the first create until one watcher saw every pod Running and Ready: the time and
  * pods per second, p50/p99 from a create's answer to Running, API requests per pod by the tool's
@@ -35,7 +36,7 @@ import {
   type Fleet,
 } from "./fleet.ts";
 import { startKwok } from "./kwok.ts";
-import { controlPlane, testenvDir, waitUntil } from "./support.ts";
+import { controlPlane, testenvDir, waitForQuietControlPlane, waitUntil } from "./support.ts";
 import { memoryMiB } from "./usage.ts";
 
 const PODS = Number(process.env.THROUGHPUT_PODS ?? 5_000);
@@ -60,6 +61,8 @@ interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
   rssPerPodKiB: number;
   /** The same, SETTLE_SECONDS later with nothing happening but heartbeats. */
   settledRssPerPodKiB: number;
+  /** How long the control plane took to quieten down before the first create. */
+  quietWaitSeconds: number;
 }
 
 /** Has `pid` (started with `--heapsnapshot-signal=SIGUSR2`) write a heap snapshot into HEAP_DIR. */
@@ -93,6 +96,7 @@ async function measure(o: {
         });
   const namespace = `${o.id}-${o.tool}`;
   try {
+    const quietWaitSeconds = await waitForQuietControlPlane();
     if (heap) await heapSnapshot(fleet.pid);
     const before = memoryMiB(fleet.pid);
     const { startMs, endMs, ...run } = await runBoundPods({ api, fleet, namespace, pods: PODS });
@@ -111,6 +115,7 @@ async function measure(o: {
       peakRssMiB: after.peakRssMiB,
       rssPerPodKiB: round(((after.rssMiB - before.rssMiB) * 1024) / PODS, 2),
       settledRssPerPodKiB: round(((settled.rssMiB - before.rssMiB) * 1024) / PODS, 2),
+      quietWaitSeconds,
     };
   } finally {
     await fleet.stop();
