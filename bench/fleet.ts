@@ -22,6 +22,32 @@ import { kubectl, percentile, spawnDevicelet, testenvDir, waitUntil } from "./su
 import { cpuSeconds } from "./usage.ts";
 import { follow, NodeReadiness, PodRunningTimes } from "./watch.ts";
 
+/** The tools a side-by-side bench runs, in this order, from env `variable` (default `devicelet,kwok`). */
+export function toolsFrom(variable: string): Fleet["tool"][] {
+  return (process.env[variable] ?? "devicelet,kwok").split(",").map((tool) => {
+    if (tool !== "devicelet" && tool !== "kwok") throw new Error(`${variable}: unknown tool ${tool}`);
+    return tool;
+  });
+}
+
+/**
+ * Measures each tool in turn with `measure`, printing each row as it comes; returns the rows and
+ * each tool's own row (undefined when it did not run: no ratios then).
+ */
+export async function measureEach<R extends { tool: string }>(
+  tools: readonly Fleet["tool"][],
+  measure: (tool: Fleet["tool"]) => Promise<R>,
+): Promise<{ rows: R[]; devicelet: R | undefined; kwok: R | undefined }> {
+  const rows: R[] = [];
+  for (const tool of tools) {
+    const row = await measure(tool);
+    console.log(`${tool}:`, JSON.stringify(row));
+    rows.push(row);
+  }
+  const of = (tool: Fleet["tool"]) => rows.find((r) => r.tool === tool);
+  return { rows, devicelet: of("devicelet"), kwok: of("kwok") };
+}
+
 /** Label every benchmark node carries, with the run's id (KWOK's: `<id>-kwok`). */
 export const BENCH_LABEL = "devicelet.dev/bench";
 /** Requests in flight when creating or deleting in bulk (env BENCH_CONCURRENCY). */

@@ -24,7 +24,9 @@ import {
   concurrency,
   createQps,
   deviceletApiBudget,
+  measureEach,
   ratio,
+  toolsFrom,
   removeBoundPods,
   round,
   runBoundPods,
@@ -40,10 +42,7 @@ const NODES = Number(process.env.SCALE_NODES ?? 1_000);
 const PODS = Number(process.env.SCALE_PODS ?? 10_000);
 const HOLD_SECONDS = Number(process.env.SCALE_HOLD_SECONDS ?? 600);
 /** Which tools run, in this order (SCALE_TOOLS, default `devicelet,kwok`); ratios need both. */
-const TOOLS = (process.env.SCALE_TOOLS ?? "devicelet,kwok").split(",").map((tool) => {
-  if (tool !== "devicelet" && tool !== "kwok") throw new Error(`SCALE_TOOLS: unknown tool ${tool}`);
-  return tool;
-});
+const TOOLS = toolsFrom("SCALE_TOOLS");
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
 /**
  * What etcd holds now, from its metrics on the client port: the bytes of its database in use and
@@ -205,14 +204,7 @@ export async function benchScale(): Promise<void> {
         (createQps > 0 ? ` at most ${createQps}/s` : "") +
         `, tools ${TOOLS.join(", ")}`,
     );
-    const rows: Row[] = [];
-    for (const tool of TOOLS) {
-      const row = await measure({ tool, id, api, audit });
-      console.log(`${tool}:`, JSON.stringify(row));
-      rows.push(row);
-    }
-    const devicelet = rows.find((r) => r.tool === "devicelet");
-    const kwok = rows.find((r) => r.tool === "kwok");
+    const { rows, devicelet, kwok } = await measureEach(TOOLS, (tool) => measure({ tool, id, api, audit }));
     const ratios =
       devicelet && kwok
         ? {

@@ -27,7 +27,9 @@ import { AuditTail } from "./audit-tail.ts";
 import {
   concurrency,
   deviceletApiBudget,
+  measureEach,
   ratio,
+  toolsFrom,
   removeBoundPods,
   round,
   runBoundPods,
@@ -45,10 +47,7 @@ const NODES = Number(process.env.THROUGHPUT_NODES ?? 100);
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
 const SETTLE_SECONDS = Number(process.env.THROUGHPUT_SETTLE_SECONDS ?? 30);
 const HEAP_DIR = process.env.THROUGHPUT_HEAP_DIR;
-const TOOLS = (process.env.THROUGHPUT_TOOLS ?? "devicelet,kwok").split(",").map((tool) => {
-  if (tool !== "devicelet" && tool !== "kwok") throw new Error(`THROUGHPUT_TOOLS: unknown tool ${tool}`);
-  return tool;
-});
+const TOOLS = toolsFrom("THROUGHPUT_TOOLS");
 
 interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
   tool: string;
@@ -132,14 +131,7 @@ export async function benchThroughput(): Promise<void> {
   try {
     console.log(`throughput: ${PODS} pods bound to ${NODES} nodes, ${concurrency} creates in flight`);
     if (HEAP_DIR !== undefined) mkdirSync(HEAP_DIR, { recursive: true });
-    const rows: Row[] = [];
-    for (const tool of TOOLS) {
-      const row = await measure({ tool, id, api, audit });
-      console.log(`${tool}:`, JSON.stringify(row));
-      rows.push(row);
-    }
-    const devicelet = rows.find((r) => r.tool === "devicelet");
-    const kwok = rows.find((r) => r.tool === "kwok");
+    const { rows, devicelet, kwok } = await measureEach(TOOLS, (tool) => measure({ tool, id, api, audit }));
     const ratios = devicelet &&
       kwok && {
         podsPerSecond: ratio(devicelet.podsPerSecond, kwok.podsPerSecond),
