@@ -3,7 +3,8 @@
  * plane, an embedded MQTT broker, devicelet with the MQTT provider, and a simulated fleet — five
  * gateways with room for twelve pods each and their child microcontrollers, plus standalone
  * microcontrollers — then applies the Deployments in examples/demo/, shows progress until they are
- * Running, and prints what to try next. Ctrl-C stops everything it started, by process id.
+ * Running, and prints what to try next. Ctrl-C (or closing its terminal) stops everything it
+ * started, by process id.
  *
  * `npm start -- --transport iothub` runs the same demo over Azure IoT Hub instead: the local IoT Hub
  * emulator (hack/iothub-emulator), devicelet with the IoT Hub provider, and simulated devices on
@@ -54,6 +55,12 @@ async function stopAll(code: number) {
 }
 process.once("SIGINT", () => void stopAll(0));
 process.once("SIGTERM", () => void stopAll(0));
+// The terminal closed: its hang-up would otherwise end this process with nothing stopped, and the
+// control plane's etcd and API server, started detached, would run on. Writes to the closed
+// terminal then fail (EIO); the clean-up goes on without them.
+process.once("SIGHUP", () => void stopAll(0));
+process.stdout.on("error", () => undefined);
+process.stderr.on("error", () => undefined);
 
 try {
   mkdirSync(demoDir, { recursive: true });
