@@ -26,7 +26,8 @@ import { randomBytes } from "node:crypto";
 import pino from "pino";
 import { createServer } from "node:net";
 import { startMosquitto } from "../hack/testenv/mosquitto.ts";
-import { gauge, histograms, since, summarize, total } from "./prometheus.ts";
+import { parsePrometheus, sampleSum } from "../test/support/prometheus.ts";
+import { histograms, since, summarize } from "./prometheus.ts";
 import { cpuSeconds } from "./usage.ts";
 import { fleetSpec, startSimulator, type Simulator } from "../src/device/simulator.ts";
 import {
@@ -153,9 +154,13 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
     // Also starts devicelet's event-loop delay sample afresh (each scrape resets it).
     const metricsBefore = await scrape();
     const podWatchersEnded = async () =>
-      total(await kubectlAsync(["get", "--raw", "/metrics"]), "apiserver_terminated_watchers_total", {
-        resource: "pods",
-      });
+      sampleSum(
+        parsePrometheus(await kubectlAsync(["get", "--raw", "/metrics"])),
+        "apiserver_terminated_watchers_total",
+        {
+          resource: "pods",
+        },
+      );
     const endedBefore = await podWatchersEnded();
     const ns = `${id}-burst`;
     const pids = processes({ devicelet: child.pid ?? 0, mosquitto: mosquittoPid });
@@ -177,8 +182,9 @@ async function burst(id: string, brokerUrl: string, mosquittoPid: number) {
     );
     const metricsText = await scrape();
     const podWatchesEnded = (await podWatchersEnded()) - endedBefore;
+    const samples = parsePrometheus(metricsText);
     const lag = (what: string) =>
-      Math.round(gauge(metricsText, `devicelet_nodejs_eventloop_lag_${what}_seconds`) * 1000);
+      Math.round(sampleSum(samples, `devicelet_nodejs_eventloop_lag_${what}_seconds`) * 1000);
     const eventLoopDelayMs = { p50: lag("p50"), p99: lag("p99"), max: lag("max") };
     return {
       result,

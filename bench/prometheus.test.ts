@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { gauge, histograms, quantile, since, summarize, total } from "./prometheus.ts";
+import { histograms, quantile, since, summarize } from "./prometheus.ts";
 
 const text = [
   "# HELP devicelet_pod_start_stage_seconds x",
@@ -72,27 +72,5 @@ describe("since", () => {
     expect(delta.get("device")).toEqual(after.get("device"));
     // All 40 new observations are above 0.01 s, 30 of them in (0.01, 0.1]: p50 inside that bucket.
     expect(summarize(delta.get("queue")).p50Ms).toBeGreaterThan(10);
-  });
-});
-
-describe("gauge", () => {
-  it("reads an unlabelled series, not one whose name only starts the same", () => {
-    const text = "devicelet_lag_max_seconds_total 9\ndevicelet_lag_max_seconds 0.25\n";
-    expect(gauge(text, "devicelet_lag_max_seconds")).toBe(0.25);
-    expect(gauge(text, "devicelet_other")).toBeNaN();
-  });
-});
-
-describe("total", () => {
-  it("sums the series that carry every label asked for", () => {
-    const text = [
-      'apiserver_terminated_watchers_total{group="",resource="pods"} 3',
-      'apiserver_terminated_watchers_total{group="apps",resource="pods"} 1',
-      'apiserver_terminated_watchers_total{group="",resource="nodes"} 7',
-      'apiserver_terminated_watchers_totals{resource="pods"} 100',
-    ].join("\n");
-    expect(total(text, "apiserver_terminated_watchers_total", { resource: "pods" })).toBe(4);
-    expect(total(text, "apiserver_terminated_watchers_total", { group: "", resource: "pods" })).toBe(3);
-    expect(total(text, "apiserver_terminated_watchers_total", { resource: "leases" })).toBe(0);
   });
 });

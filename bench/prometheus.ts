@@ -45,25 +45,6 @@ export function histograms(text: string, name: string, label?: string): Map<stri
   return out;
 }
 
-/** The value of the unlabelled series `name` in `text` (NaN when it is not there). */
-export function gauge(text: string, name: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return line === undefined ? Number.NaN : Number(line.slice(name.length + 1));
-}
-
-/** The sum over the series of `name` in `text` that carry every one of `labels` (0 when none do). */
-export function total(text: string, name: string, labels: Record<string, string>): number {
-  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    const m = /^(\w+)\{([^}]*)\} (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const present = (m[2] ?? "").split(",");
-    if (wanted.every((w) => present.includes(w))) sum += Number(m[3]);
-  }
-  return sum;
-}
-
 /**
  * What `after` observed since `before` (two scrapes of the same histograms): counts, sums and
  * buckets subtracted, by key. A series missing from `before` counts from zero.

@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { alive } from "../support/agent.ts";
 import { kubectl } from "../support/kubectl.ts";
 import { testenvDir } from "../support/testenv.ts";
 
@@ -27,15 +28,6 @@ function childrenOf(pid: number): number[] {
       }
     });
 }
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe("the demo (hack/demo.ts)", () => {
   afterAll(async () => {
