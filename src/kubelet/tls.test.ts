@@ -333,7 +333,17 @@ describe("csr source", () => {
   it("without approve waits for someone else to approve", async () => {
     const clock = new FakeClock(Date.now());
     const api = new FakeApi(clock);
-    const source = servingCertificates({ ...csrOptions, approve: false, kube: api.kube, logger, clock });
+    // A fixed jitter. With Math.random a poll waits up to 1.2 × its 10 s cap, so in about one run
+    // in thirty the poll after the fake minute fell past the 10 s advance below, and no poll saw
+    // the certificate.
+    const source = servingCertificates({
+      ...csrOptions,
+      approve: false,
+      kube: api.kube,
+      logger,
+      clock,
+      random: () => 0.5,
+    });
     let started = false;
     void source.start(signal()).then(() => (started = true));
     // The key pair is made on the thread pool, in real time: on a busy machine the request came
