@@ -73,6 +73,8 @@ export interface Fleet {
   readonly nodes: NodeReadiness;
   /** Whether the tool's process still runs. */
   alive(): boolean;
+  /** Once it has exited: its exit code or signal and the end of its log, for the error that says so. */
+  howItEnded(): string;
   /** Ends the process (SIGTERM, SIGKILL after 15 s) and the node watch. */
   stop(): Promise<void>;
   /** Deletes the fleet's Node objects (after {@link stop}, or the tool may make them again). */
@@ -263,6 +265,11 @@ export async function followFleet(o: {
   const { child, nodeSelector } = o;
   const pid = child.pid;
   const alive = () => child.exitCode === null && child.signalCode === null;
+  const howItEnded = () => {
+    const end = child.signalCode ? `signal ${child.signalCode}` : `exit code ${String(child.exitCode)}`;
+    const log = readFileSync(o.logFile, "utf8").trimEnd().split("\n").slice(-10).join("\n");
+    return `${end}; its log ends:\n${log}`;
+  };
   const watching = new AbortController();
   try {
     if (pid === undefined) throw new Error(`${o.what} did not start`);
@@ -283,6 +290,7 @@ export async function followFleet(o: {
       tolerationKey: o.tolerationKey,
       nodes,
       alive,
+      howItEnded,
       stop: async () => {
         await endProcess(child);
         watching.abort();
@@ -387,7 +395,10 @@ export async function runBoundPods(o: {
     await waitUntil(
       () => `${pods} pods Running on ${fleet.tool} (${times.running} are)`,
       () => {
-        if (!fleet.alive()) throw new Error(`${fleet.tool} exited while its pods were starting`);
+        if (!fleet.alive())
+          throw new Error(
+            `${fleet.tool} exited while its pods were starting, ${times.running} of ${pods} Running: ${fleet.howItEnded()}`,
+          );
         return times.running >= pods;
       },
       300_000 + pods * 20,

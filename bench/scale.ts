@@ -113,7 +113,7 @@ async function hold(fleet: Fleet): Promise<{ startMs: number; endMs: number; cpu
   let lastReport = startMs;
   for (let now = Date.now(); now < deadline; now = Date.now()) {
     await new Promise((r) => setTimeout(r, Math.min(SAMPLE_MS, deadline - now)));
-    if (!fleet.alive()) throw new Error(`${fleet.tool} exited during the hold`);
+    if (!fleet.alive()) throw new Error(`${fleet.tool} exited during the hold: ${fleet.howItEnded()}`);
     if (Date.now() - lastReport >= 60_000) {
       lastReport = Date.now();
       const { rssMiB } = memoryMiB(fleet.pid);

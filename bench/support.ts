@@ -1,6 +1,14 @@
 /** Shared pieces of the benchmarks: the control plane, a pod-timing watcher, audit counting, stats. */
 import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { createReadStream, mkdtempSync, openSync, writeFileSync } from "node:fs";
+import {
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  rmdirSync,
+  writeFileSync,
+} from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -330,9 +338,64 @@ export async function measureBurst(o: {
  */
 const deviceletNodeFlags = (process.env.BENCH_DEVICELET_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean);
 
+/** `512Mi`, `1Gi`, `1.5Gi` or plain bytes, in bytes; throws on anything else. */
+export function parseMemoryQuantity(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi)?$/.exec(text.trim());
+  if (!m) throw new Error(`BENCH_MEMORY_LIMIT: "${text}" is not a memory size such as 512Mi or 1Gi`);
+  const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30 }[m[2] ?? ""] ?? 1;
+  return Math.round(Number(m[1]) * unit);
+}
+
+/**
+ * `BENCH_MEMORY_LIMIT` (e.g. `512Mi`, the chart's default limit): each devicelet a bench starts
+ * runs in a memory cgroup of that size, as in a container with that limit. Node.js sizes V8's
+ * heap from it (259 MiB of heap under 512Mi), so the bench shows whether a fleet fits the limit:
+ * past it devicelet dies of "JavaScript heap out of memory", or the kernel's OOM killer ends it.
+ * Needs a writable cgroup memory controller (root, cgroup v1 or v2).
+ */
+const memoryLimit = process.env.BENCH_MEMORY_LIMIT
+  ? parseMemoryQuantity(process.env.BENCH_MEMORY_LIMIT)
+  : undefined;
+
+/** A new memory cgroup limited to `bytes`, without swap: the file to write a pid to, and its removal. */
+function memoryCgroup(bytes: number): { procs: string; remove: () => void } {
+  const name = `devicelet-bench-${process.pid}-${Date.now()}`;
+  const v1 = "/sys/fs/cgroup/memory";
+  const unified = !existsSync(v1);
+  const dir = unified ? path.join("/sys/fs/cgroup", name) : path.join(v1, name);
+  try {
+    mkdirSync(dir);
+    if (unified) {
+      writeFileSync(path.join(dir, "memory.max"), String(bytes));
+      if (existsSync(path.join(dir, "memory.swap.max")))
+        writeFileSync(path.join(dir, "memory.swap.max"), "0");
+    } else {
+      writeFileSync(path.join(dir, "memory.limit_in_bytes"), String(bytes));
+      if (existsSync(path.join(dir, "memory.memsw.limit_in_bytes")))
+        writeFileSync(path.join(dir, "memory.memsw.limit_in_bytes"), String(bytes));
+    }
+  } catch (err) {
+    throw new Error(
+      `BENCH_MEMORY_LIMIT needs a writable cgroup memory controller; cannot set up ${dir}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return {
+    procs: path.join(dir, "cgroup.procs"),
+    remove: () => {
+      try {
+        rmdirSync(dir);
+      } catch {
+        // Still in use by a process that outlived the bench's own: the folder is named after it.
+      }
+    },
+  };
+}
+
 /**
  * Starts `devicelet run` with `config` (written to a temporary folder) as a child process, with
- * `nodeFlags` for Node.js besides `BENCH_DEVICELET_NODE_FLAGS`.
+ * `nodeFlags` for Node.js besides `BENCH_DEVICELET_NODE_FLAGS`, in a memory cgroup when
+ * `BENCH_MEMORY_LIMIT` asks for one (the child's pid is devicelet's either way).
  */
 export function spawnDevicelet(
   config: object,
@@ -352,20 +415,29 @@ export function spawnDevicelet(
   );
   const logFile = path.join(dir, "devicelet.log");
   const out = openSync(logFile, "a");
-  const child = spawn(
+  const command = [
     process.execPath,
-    [
-      ...deviceletNodeFlags,
-      ...nodeFlags,
-      path.join(repoRoot, "bin/devicelet.js"),
-      "run",
-      "--config",
-      configFile,
-    ],
-    {
-      stdio: ["ignore", out, out],
-    },
+    ...deviceletNodeFlags,
+    ...nodeFlags,
+    path.join(repoRoot, "bin/devicelet.js"),
+    "run",
+    "--config",
+    configFile,
+  ];
+  if (memoryLimit === undefined) {
+    const [file = "", ...args] = command;
+    return { child: spawn(file, args, { stdio: ["ignore", out, out] }), logFile };
+  }
+  // The shell joins the cgroup and then becomes devicelet (exec, same pid): Node.js reads the
+  // limit as it starts.
+  const cgroup = memoryCgroup(memoryLimit);
+  console.log(
+    `devicelet runs in a memory cgroup of ${Math.round(memoryLimit / 2 ** 20)} MiB (BENCH_MEMORY_LIMIT)`,
   );
+  const child = spawn("/bin/sh", ["-c", 'echo $$ > "$0" && exec "$@"', cgroup.procs, ...command], {
+    stdio: ["ignore", out, out],
+  });
+  child.once("exit", cgroup.remove);
   return { child, logFile };
 }
 
