@@ -14,6 +14,7 @@ import { ConfigError, parseConfig } from "../config/index.ts";
 import { runEngine, type Engine } from "../engine.ts";
 import { LeadershipLostError } from "../leader/index.ts";
 import { redaction } from "../log/redact.ts";
+import { watchHeap } from "../metrics/index.ts";
 import { runShardedEngines } from "../shard/engines.ts";
 import { resolveProvider } from "./providers.ts";
 import { version } from "./version.ts";
@@ -55,6 +56,7 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
+  void watchHeap({ logger: logger.child({ component: "heap" }), signal: controller.signal });
   if (config.sharding.enabled) {
     const createProvider: Parameters<typeof runShardedEngines>[0]["createProvider"] = (context) =>
       plugin.create(config.provider.config, context);

@@ -23,6 +23,7 @@ import type { KubeClient, Node, Pod, PodStatus } from "../kube/index.ts";
 import type { RequestBudget } from "../kube/budget.ts";
 import type { ProviderGauges, ProviderMetrics } from "../provider/types.ts";
 import type { PodStartStage } from "../pod/start-trace.ts";
+import { readHeapUse } from "./heap.ts";
 import { BoundedLabel, podReason } from "./labels.ts";
 
 /** The prefix of every series, prom-client's process metrics included. */
@@ -85,8 +86,18 @@ export class DeviceletMetrics {
 
   constructor(options: DeviceletMetricsOptions = {}) {
     const registers = [this.registry];
-    if (options.processMetrics ?? true)
+    if (options.processMetrics ?? true) {
       collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
+      // Beside prom-client's heap size: how near it is to the end (src/metrics/heap.ts).
+      new Gauge({
+        name: "devicelet_nodejs_heap_size_limit_bytes",
+        help: "The most JavaScript heap V8 holds before the process dies (sized from the memory limit).",
+        registers,
+        collect() {
+          this.set(readHeapUse().limit);
+        },
+      });
+    }
     this.#apiRequests = new Counter({
       name: "devicelet_api_requests_total",
       help: "Requests to the Kubernetes API server by verb and HTTP code (`error`: no answer).",

@@ -17,4 +17,5 @@ export {
   type DeviceletMetricsOptions,
   type Lane,
 } from "./devicelet-metrics.ts";
+export { watchHeap, type HeapUse } from "./heap.ts";
 export { startMetricsServer, type MetricsServer, type MetricsServerOptions } from "./server.ts";
