@@ -16,6 +16,8 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { NODE_LEASE_NAMESPACE } from "../src/kube/client.ts";
+import { freePort } from "../src/testing/controlplane/process.ts";
+import { parsePrometheus, sampleSum } from "../test/support/prometheus.ts";
 import type { KubeObject, Pod } from "../src/kube/types.ts";
 import { inPool, type BenchApi } from "./api.ts";
 import { kubectl, percentile, spawnDevicelet, testenvDir, waitUntil } from "./support.ts";
@@ -73,6 +75,11 @@ export interface Fleet {
   readonly nodes: NodeReadiness;
   /** Whether the tool's process still runs. */
   alive(): boolean;
+  /**
+   * devicelet only: the most JavaScript heap in use seen so far (sampled from its metrics every
+   * 2 s, garbage not yet collected included) and the heap's limit, in MiB.
+   */
+  heap?(): { peakUsedMiB: number; limitMiB: number };
   /** Once it has exited: its exit code or signal and the end of its log, for the error that says so. */
   howItEnded(): string;
   /** Ends the process (SIGTERM, SIGKILL after 15 s) and the node watch. */
@@ -201,9 +208,11 @@ export async function startMockDevicelet(o: {
 }): Promise<Fleet> {
   const nodeSelector = `${BENCH_LABEL}=${o.id}`;
   kubectl(["apply", "-f", "-"], DEVICELET_FLOW_SCHEMA);
+  const metricsPort = await freePort();
   const { child, logFile } = spawnDevicelet(
     {
       kubeconfig: path.join(testenvDir, "devicelet.kubeconfig"),
+      metrics: { port: metricsPort, bindAddress: "127.0.0.1" },
       nodes: { extraLabels: { [BENCH_LABEL]: o.id } },
       // BENCH_LOG_LEVEL=info shows the engine's minute-by-minute queues and API load in its log.
       log: { level: process.env.BENCH_LOG_LEVEL ?? "warn" },
@@ -220,6 +229,7 @@ export async function startMockDevicelet(o: {
   );
   const removeFlowSchema = () =>
     kubectl(["delete", "flowschema", "devicelet-bench-exempt", "--ignore-not-found"]);
+  const heap = sampleHeap(metricsPort);
   try {
     const fleet = await followFleet({
       api: o.api,
@@ -234,15 +244,43 @@ export async function startMockDevicelet(o: {
     });
     return {
       ...fleet,
+      heap: heap.read,
       stop: async () => {
+        heap.stop();
         await fleet.stop();
         removeFlowSchema();
       },
     };
   } catch (err) {
+    heap.stop();
     removeFlowSchema();
     throw err;
   }
+}
+
+/** Samples devicelet's heap in use and its limit from its metrics every 2 s, keeping the most. */
+function sampleHeap(metricsPort: number): {
+  read: () => { peakUsedMiB: number; limitMiB: number };
+  stop: () => void;
+} {
+  let peakUsed = 0;
+  let limit = Number.NaN;
+  const timer = setInterval(() => {
+    void fetch(`http://127.0.0.1:${metricsPort}/metrics`)
+      .then((r) => r.text())
+      .then((text) => {
+        const samples = parsePrometheus(text);
+        peakUsed = Math.max(peakUsed, sampleSum(samples, "devicelet_nodejs_heap_size_used_bytes"));
+        limit = sampleSum(samples, "devicelet_nodejs_heap_size_limit_bytes");
+      })
+      // Not up yet, or gone: the next sample tries again.
+      .catch(() => undefined);
+  }, 2_000);
+  timer.unref();
+  return {
+    read: () => ({ peakUsedMiB: round(peakUsed / 2 ** 20, 1), limitMiB: round(limit / 2 ** 20, 1) }),
+    stop: () => clearInterval(timer),
+  };
 }
 
 /**
@@ -380,11 +418,17 @@ export async function runBoundPods(o: {
     const cpuBefore = cpuSeconds(fleet.pid);
     const startMs = Date.now();
     const start = performance.now();
+    const died = () =>
+      new Error(
+        `${fleet.tool} exited while its pods were starting, ${times.running} of ${pods} Running: ${fleet.howItEnded()}`,
+      );
     await inPool(pods, concurrency, async (i) => {
       if (createQps > 0) {
         const due = start + (i * 1000) / createQps - performance.now();
         if (due > 0) await sleep(due);
       }
+      // Stop creating for a tool that is gone: what it did until then is the result.
+      if (!fleet.alive()) throw died();
       await api.create(
         podsPath,
         boundPod(namespace, i, nodeNames[i % nodeNames.length] ?? "", fleet.tolerationKey),
@@ -395,10 +439,7 @@ export async function runBoundPods(o: {
     await waitUntil(
       () => `${pods} pods Running on ${fleet.tool} (${times.running} are)`,
       () => {
-        if (!fleet.alive())
-          throw new Error(
-            `${fleet.tool} exited while its pods were starting, ${times.running} of ${pods} Running: ${fleet.howItEnded()}`,
-          );
+        if (!fleet.alive()) throw died();
         return times.running >= pods;
       },
       300_000 + pods * 20,

@@ -24,8 +24,8 @@ import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import pino from "pino";
-import { createServer } from "node:net";
 import { startMosquitto } from "../hack/testenv/mosquitto.ts";
+import { freePort } from "../src/testing/controlplane/process.ts";
 import { parsePrometheus, sampleSum } from "../test/support/prometheus.ts";
 import { histograms, since, summarize } from "./prometheus.ts";
 import { cpuSeconds } from "./usage.ts";
@@ -54,16 +54,6 @@ const APP_START_MS = 50;
  */
 const WARMUP_PODS = Number(process.env.BENCH_BURST_WARMUP ?? 0);
 const PARTS = new Set((process.env.BENCH_PARTS ?? "burst,storm").split(",").map((p) => p.trim()));
-
-/** A loopback port free now, for devicelet's metrics server. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  if (!address || typeof address === "string") throw new Error("no port");
-  return address.port;
-}
 
 /** The processes whose CPU the burst reports, by name. */
 function processes(o: { devicelet: number; mosquitto: number }): Record<string, number> {

@@ -77,6 +77,9 @@ interface Row {
   p50Ms: number;
   p99Ms: number;
   peakRssMiB: number;
+  /** devicelet: the most JavaScript heap in use in a 2 s sample (garbage included), and its limit. */
+  peakHeapUsedMiB: number;
+  heapLimitMiB: number;
   /** RSS at the end of the hold. */
   steadyRssMiB: number;
   /** Transitions of a node's Ready away from True during the hold, and how many nodes had one. */
@@ -170,6 +173,8 @@ async function measure(o: {
       podsPerSecond: run.podsPerSecond,
       peakRssMiB: memoryMiB(fleet.pid).peakRssMiB,
       steadyRssMiB: held.rssMiB,
+      peakHeapUsedMiB: fleet.heap?.().peakUsedMiB ?? Number.NaN,
+      heapLimitMiB: fleet.heap?.().limitMiB ?? Number.NaN,
       notReadyDuringHold: duringHold.count,
       nodesNotReadyDuringHold: duringHold.nodes,
       notReadyDuringBurst: sinceBurst.count - duringHold.count,

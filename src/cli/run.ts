@@ -56,7 +56,8 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
-  void watchHeap({ logger: logger.child({ component: "heap" }), signal: controller.signal });
+  const stopHeapWatch = watchHeap({ logger: logger.child({ component: "heap" }) });
+  controller.signal.addEventListener("abort", stopHeapWatch, { once: true });
   if (config.sharding.enabled) {
     const createProvider: Parameters<typeof runShardedEngines>[0]["createProvider"] = (context) =>
       plugin.create(config.provider.config, context);

@@ -1,25 +1,28 @@
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import pino from "pino";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import { DeviceletMetrics } from "./devicelet-metrics.ts";
-import { readHeapUse, watchHeap, type HeapUse } from "./heap.ts";
+import { onFullCollection, readHeapUse, watchHeap, type HeapUse } from "./heap.ts";
 
 interface Line {
   readonly level: number;
   readonly msg: string;
-  readonly heapUsedMiB?: number;
+  readonly heapLiveMiB?: number;
   readonly heapLimitMiB?: number;
   readonly memoryLimitMiB?: number;
 }
 const WARN = 40;
-
+const INFO = 30;
 const MiB = 2 ** 20;
-const aborts: AbortController[] = [];
+
+const stops: (() => void)[] = [];
 afterEach(() => {
-  for (const a of aborts.splice(0)) a.abort();
+  for (const stop of stops.splice(0)) stop();
 });
 
-/** A heap watch on a fake clock whose heap use the test sets, MiB of a 259 MiB limit. */
+/** A heap watch on a fake clock, told of full collections by the test, with MiB of a 259 MiB limit live. */
 function watched(o: { memoryLimit?: number } = {}) {
   const clock = new FakeClock();
   const lines: Line[] = [];
@@ -28,83 +31,87 @@ function watched(o: { memoryLimit?: number } = {}) {
     { write: (line: string) => void lines.push(JSON.parse(line) as Line) },
   );
   let used = 10 * MiB;
-  const controller = new AbortController();
-  aborts.push(controller);
-  const done = watchHeap({
+  let collected: (() => void) | undefined;
+  let stopped = false;
+  const stop = watchHeap({
     logger,
-    signal: controller.signal,
     clock,
     read: (): HeapUse => ({ used, limit: 259 * MiB }),
+    collections: (listener) => {
+      collected = listener;
+      return () => (stopped = true);
+    },
     memoryLimit: o.memoryLimit,
   });
+  stops.push(stop);
   return {
     clock,
     lines,
     warnings: () => lines.filter((l) => l.level === WARN),
-    use: (mib: number) => (used = mib * MiB),
-    /** One sample: the watch reads the heap every 20 s. */
-    sample: () => clock.advanceAsync(20_000),
-    stop: async () => {
-      controller.abort();
-      await done;
+    /** A full collection after which `mib` MiB are live. */
+    collect: (mib: number) => {
+      used = mib * MiB;
+      collected?.();
     },
+    stop,
+    stopped: () => stopped,
   };
 }
 
 describe("watchHeap", () => {
   it("says the heap limit, and the memory limit it came from, once at start", () => {
     const w = watched({ memoryLimit: 512 * MiB });
-    expect(w.lines).toMatchObject([{ heapLimitMiB: 259, memoryLimitMiB: 512 }]);
+    expect(w.lines).toMatchObject([{ level: INFO, heapLimitMiB: 259, memoryLimitMiB: 512 }]);
     expect(w.lines[0]?.msg).toMatch(/memory limit/);
   });
 
-  it("warns once the heap stays near its limit for three samples, with what to do", async () => {
+  it("warns when a full collection leaves the heap near its limit, with what to do", () => {
     const w = watched();
-    w.use(240); // 93 %
-    await w.sample();
-    await w.sample();
+    w.collect(150); // 58 %
+    w.collect(200); // 77 %
     expect(w.warnings()).toEqual([]);
-    await w.sample();
-    expect(w.warnings()).toMatchObject([{ heapUsedMiB: 240, heapLimitMiB: 259 }]);
-    expect(w.warnings()[0]?.msg).toMatch(/93 % full.*resources\.limits\.memory.*sharding.*docs\/scaling\.md/);
-    await w.stop();
-  });
-
-  it("does not warn for a heap that touches the line between collections", async () => {
-    const w = watched();
-    for (let i = 0; i < 12; i++) {
-      w.use(i % 3 === 2 ? 100 : 230); // near twice, then collected
-      await w.sample();
-    }
-    expect(w.warnings()).toEqual([]);
+    w.collect(240); // 93 %
+    expect(w.warnings()).toMatchObject([{ heapLiveMiB: 240, heapLimitMiB: 259 }]);
+    expect(w.warnings()[0]?.msg).toMatch(/93 % of the JavaScript heap is live/);
+    expect(w.warnings()[0]?.msg).toMatch(/resources\.limits\.memory.*sharding.*docs\/scaling\.md/);
   });
 
   it("repeats the warning every ten minutes while near, and says when it is clear again", async () => {
     const w = watched();
-    w.use(240);
-    for (let i = 0; i < 3; i++) await w.sample();
+    w.collect(240);
+    w.collect(245);
     expect(w.warnings()).toHaveLength(1);
-    for (let i = 0; i < 29; i++) await w.sample(); // 9 min 40 s more
+    await w.clock.advanceAsync(599_000);
+    w.collect(245);
     expect(w.warnings()).toHaveLength(1);
-    await w.sample();
+    await w.clock.advanceAsync(1_000);
+    w.collect(245);
     expect(w.warnings()).toHaveLength(2);
 
-    w.use(210); // 81 %: below the warning's line, not yet clear of it
-    await w.sample();
+    w.collect(190); // 73 %: below the warning's line, not yet clear of it
     expect(w.lines.at(-1)?.level).toBe(WARN);
-    w.use(150);
-    await w.sample();
-    expect(w.lines.at(-1)?.level).toBe(30);
+    w.collect(150);
+    expect(w.lines.at(-1)?.level).toBe(INFO);
     expect(w.lines.at(-1)?.msg).toMatch(/below its limit again/);
-    w.use(240);
-    for (let i = 0; i < 3; i++) await w.sample();
+    w.collect(240); // near again: warned at once, not ten minutes after the last
     expect(w.warnings()).toHaveLength(3);
   });
 
-  it("stops sampling when its signal aborts", async () => {
+  it("stops listening when stopped", () => {
     const w = watched();
-    await w.stop();
-    expect(w.clock.pending).toBe(0);
+    w.stop();
+    expect(w.stopped()).toBe(true);
+  });
+});
+
+describe("onFullCollection", () => {
+  it("hears of a real full collection", async () => {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    let heard = 0;
+    stops.push(onFullCollection(() => heard++));
+    gc();
+    await vi.waitFor(() => expect(heard).toBeGreaterThan(0), { timeout: 5_000 });
   });
 });
 
