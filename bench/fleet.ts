@@ -205,6 +205,8 @@ export async function startMockDevicelet(o: {
   nodes: number;
   podsPerNode: number;
   nodeFlags?: readonly string[];
+  /** Sample the heap from devicelet's metrics for {@link Fleet.heap} (a scrape every 2 s). */
+  sampleHeap?: boolean;
 }): Promise<Fleet> {
   const nodeSelector = `${BENCH_LABEL}=${o.id}`;
   kubectl(["apply", "-f", "-"], DEVICELET_FLOW_SCHEMA);
@@ -229,7 +231,7 @@ export async function startMockDevicelet(o: {
   );
   const removeFlowSchema = () =>
     kubectl(["delete", "flowschema", "devicelet-bench-exempt", "--ignore-not-found"]);
-  const heap = sampleHeap(metricsPort);
+  const heap = o.sampleHeap ? sampleHeap(metricsPort) : undefined;
   try {
     const fleet = await followFleet({
       api: o.api,
@@ -244,15 +246,15 @@ export async function startMockDevicelet(o: {
     });
     return {
       ...fleet,
-      heap: heap.read,
+      ...(heap ? { heap: heap.read } : {}),
       stop: async () => {
-        heap.stop();
+        heap?.stop();
         await fleet.stop();
         removeFlowSchema();
       },
     };
   } catch (err) {
-    heap.stop();
+    heap?.stop();
     removeFlowSchema();
     throw err;
   }

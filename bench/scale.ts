@@ -138,10 +138,13 @@ async function measure(o: {
   audit: AuditTail;
 }): Promise<Row> {
   const { api, audit } = o;
-  const start = o.tool === "devicelet" ? startMockDevicelet : startKwok;
   const begin = performance.now();
   const etcdBefore = await etcdUsage();
-  const fleet = await start({ api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE });
+  const options = { api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE };
+  const fleet =
+    o.tool === "devicelet"
+      ? await startMockDevicelet({ ...options, sampleHeap: true })
+      : await startKwok(options);
   const nodesReadySeconds = round((performance.now() - begin) / 1000, 2);
   console.log(`${o.tool}: ${NODES} nodes Ready after ${nodesReadySeconds}s; creating ${PODS} pods`);
   const namespace = `${o.id}-${o.tool}`;
