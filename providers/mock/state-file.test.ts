@@ -35,9 +35,12 @@ describe("mock state file", () => {
     await first.createPod(workload("four", "mock-0"));
     // The debounced write happens by itself; no stop() — as after a SIGKILL.
     await vi.advanceTimersByTimeAsync(50);
-    await vi.waitFor(async () => {
-      expect((await readState()).pods).toHaveLength(4);
-    });
+    await vi.waitFor(
+      async () => {
+        expect((await readState()).pods).toHaveLength(4);
+      },
+      { timeout: 10_000 },
+    );
     vi.clearAllTimers(); // the first process is gone
 
     const second = createMockProvider({ devices: { count: 2 }, stateFile: file }, { logger: silentLogger });

@@ -258,10 +258,13 @@ describe("IoSessions: exec", () => {
   it("ends a session that hears nothing for idleSeconds, killing the command; keepalives hold it", async () => {
     const r = await processRuntime("setInterval(() => {}, 1000)");
     const { io, ended, output, of } = sessions(r);
-    io.handle(exec("e1", ["sh", "-c", "echo $$; exec sleep 30"], { idleSeconds: 0.4 }));
+    // An idle limit five keepalives long, the first keepalive as soon as the command answers:
+    // a slow spawn or a late timer on a busy machine does not end the session early.
+    io.handle(exec("e1", ["sh", "-c", "echo $$; exec sleep 30"], { idleSeconds: 1 }));
     await until(() => expect(output("e1")).toMatch(/^\d+\n$/));
+    io.handle(control("e1", "io-keepalive"));
     const pid = Number(output("e1").trim());
-    for (let i = 0; i < 4; i++) {
+    for (let i = 0; i < 6; i++) {
       await new Promise((resolve) => setTimeout(resolve, 200));
       io.handle(control("e1", "io-keepalive"));
     }

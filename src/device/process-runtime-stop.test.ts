@@ -56,10 +56,16 @@ function runtime() {
   const workDir = mkdtempSync(path.join(os.tmpdir(), "devicelet-stop-"));
   const r = new ProcessRuntime({ workDir, logger, backoff: { initialMs: 50, maxMs: 400 } });
   runtimes.push({ r, workDir });
-  const pidOf = (uid: string) => Number(readFileSync(path.join(workDir, uid, "main", "pid"), "utf8"));
+  // A pid file read as it is written is empty: Number("") is 0, and kill(0, 0) is our own group.
+  const pidOf = (uid: string) => {
+    const pid = Number(readFileSync(path.join(workDir, uid, "main", "pid"), "utf8"));
+    if (!Number.isInteger(pid) || pid <= 1) throw new Error(`no pid in ${uid}'s pid file yet`);
+    return pid;
+  };
   return { r, pidOf };
 }
 const alive = (pid: number) => {
+  if (pid <= 1) return false;
   try {
     process.kill(pid, 0);
     return true;

@@ -346,8 +346,7 @@ describe("csr source", () => {
     });
     let started = false;
     void source.start(signal()).then(() => (started = true));
-    // The key pair is made on the thread pool, in real time: on a busy machine the request came
-    // after the fake minute had passed. Wait for it before moving the clock.
+    // The request is in before the clock moves, so the fake minute is spent polling for it.
     await vi.waitFor(() => expect(api.csrs.size).toBe(1), { timeout: 10_000 });
     await clock.advanceAsync(60_000);
     expect([api.csrs.size, started]).toEqual([1, false]);
