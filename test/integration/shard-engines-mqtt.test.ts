@@ -14,7 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Lease } from "../../src/kube/index.ts";
 import { assignShards, SHARD_LEASE_LABEL, shardOf } from "../../src/shard/index.ts";
-import { eventually } from "../support/eventually.ts";
+import { eventually, expectContinuous } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { readyz } from "../support/leader.ts";
 import { retainedDesired } from "../support/mqtt.ts";
@@ -122,7 +122,8 @@ describe("sharded engines with MQTT", () => {
       );
 
       const seen: string[] = [];
-      let polls = 0;
+      /** When each poll answered. */
+      const polls: number[] = [];
       // Pods are watched through the hand-over only: a new image restarts the app (not Ready a moment).
       const watching = { on: true, pods: true };
       const watch = (async () => {
@@ -135,7 +136,7 @@ describe("sharded engines with MQTT", () => {
             const checkPods = watching.pods;
             for (const p of await pods())
               if (checkPods && !isReady(p)) seen.push(`pod ${p.metadata.name} not ready`);
-            polls++;
+            polls.push(Date.now());
           } catch {
             // A failed poll is a gap in the record, not a finding.
           }
@@ -143,6 +144,8 @@ describe("sharded engines with MQTT", () => {
         }
       })();
 
+      await eventually(() => expect(polls.length).toBeGreaterThan(0));
+      const joining = Date.now();
       const b = await scene.startDevicelet({
         id: `${id}-b`,
         provider: provider(scene.broker.url),
@@ -192,9 +195,11 @@ describe("sharded engines with MQTT", () => {
       );
       await eventually(() => converged("example/app:2"), { timeoutMs: 60_000 });
       await sleep(5_000);
+      const lastLook = Date.now();
+      await eventually(() => expect(polls.at(-1)).toBeGreaterThan(lastLook));
       watching.on = false;
       await watch;
-      expect(polls).toBeGreaterThan(10);
+      expectContinuous(polls, { from: joining, to: lastLook, maxGapMs: 5_000 });
       expect(seen).toEqual([]);
       // No device applied any (epoch, generation) twice.
       for (const d of devices) {

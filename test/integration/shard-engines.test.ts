@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Lease } from "../../src/kube/index.ts";
 import { assignShards, SHARD_LEASE_LABEL, shardOf } from "../../src/shard/index.ts";
 import { runDevicelet, type DeviceletProcess } from "../support/devicelet.ts";
-import { eventually } from "../support/eventually.ts";
+import { eventually, expectContinuous } from "../support/eventually.ts";
 import { readyz } from "../support/leader.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { stopAll } from "../support/mqtt.ts";
@@ -128,7 +128,8 @@ describe("sharded engines", () => {
 
       // Watch every node's Ready condition and every pod's readiness while b joins.
       const seen: string[] = [];
-      let polls = 0;
+      /** When each poll answered. */
+      const polls: number[] = [];
       const watching = { on: true };
       const watch = (async () => {
         while (watching.on) {
@@ -139,7 +140,7 @@ describe("sharded engines", () => {
             }
             for (const p of (await getJson<{ items: PodJson[] }>(["pods", "-n", ns])).items)
               if (!isReady(p)) seen.push(`pod ${p.metadata.name} not ready`);
-            polls++;
+            polls.push(Date.now());
           } catch {
             // A failed poll is a gap in the record, not a finding.
           }
@@ -147,6 +148,8 @@ describe("sharded engines", () => {
         }
       })();
 
+      await eventually(() => expect(polls.length).toBeGreaterThan(0));
+      const joining = Date.now();
       const b = await startReplica("b");
       const expected = assignShards(shards, [`${id}-a`, `${id}-b`]);
       expect(expected).toContain(`${id}-b`);
@@ -179,9 +182,11 @@ describe("sharded engines", () => {
       // Past a node lease's renew interval on the new owner, then a last look.
       await sleep(12_000);
       await allPodsReady();
+      const lastLook = Date.now();
+      await eventually(() => expect(polls.at(-1)).toBeGreaterThan(lastLook));
       watching.on = false;
       await watch;
-      expect(polls).toBeGreaterThan(10);
+      expectContinuous(polls, { from: joining, to: lastLook, maxGapMs: 5_000 });
       expect(seen).toEqual([]);
       // The moved nodes' leases are renewed by b's engines (their holder is the node, so look at
       // b's log instead): b's engines registered no new nodes, they adopted a's.
