@@ -305,10 +305,12 @@ export async function followFleet(o: {
   const { child, nodeSelector } = o;
   const pid = child.pid;
   const alive = () => child.exitCode === null && child.signalCode === null;
+  /** The last `lines` lines of the tool's log. */
+  const logTail = (lines: number) =>
+    readFileSync(o.logFile, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
   const howItEnded = () => {
     const end = child.signalCode ? `signal ${child.signalCode}` : `exit code ${String(child.exitCode)}`;
-    const log = readFileSync(o.logFile, "utf8").trimEnd().split("\n").slice(-10).join("\n");
-    return `${end}; its log ends:\n${log}`;
+    return `${end}; its log ends:\n${logTail(10)}`;
   };
   const watching = new AbortController();
   try {
@@ -341,8 +343,7 @@ export async function followFleet(o: {
     watching.abort();
     await endProcess(child);
     await removeNodes(o.api, nodeSelector);
-    const log = readFileSync(o.logFile, "utf8").split("\n").slice(-20).join("\n");
-    throw new Error(`${(err as Error).message}; ${o.what}'s log ends:\n${log}`, { cause: err });
+    throw new Error(`${(err as Error).message}; ${o.what}'s log ends:\n${logTail(20)}`, { cause: err });
   }
 }
 
