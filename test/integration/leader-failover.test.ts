@@ -22,7 +22,7 @@ import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Lease } from "../../src/kube/index.ts";
 import type { DesiredDocument } from "../../src/protocol/types.ts";
-import { eventually } from "../support/eventually.ts";
+import { eventually, expectContinuous } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { leaderLease, readyz } from "../support/leader.ts";
 import { startBroker, stopAll, type RunningMqttDevicelet } from "../support/mqtt.ts";
@@ -38,6 +38,14 @@ const devices = Array.from({ length: 20 }, (_, i) => `${id}-gw-${i}`);
 const ROUNDS = 10;
 const KILL_AFTER = 2;
 const nodeLeaseSeconds = 40;
+/**
+ * Node leases renew every 5 s, not the default 10 s. The harness controller-manager declares a
+ * node dead 30 s after its last renewal (`nodeMonitorGraceSeconds`; Kubernetes' default is 50 s),
+ * and the worst node's gap is its age at the kill plus the takeover (up to 15 s of lease and two
+ * 2 s ticks with jitter) plus the engine's start: with 10 s renewals that left about 3 s under CI
+ * load, where a cluster's defaults leave 20.
+ */
+const nodeLease = { durationSeconds: nodeLeaseSeconds, renewIntervalSeconds: 5 };
 
 const election = (who: string) => ({
   enabled: true,
@@ -65,7 +73,7 @@ const scene = mqttScene({
   devices: devices.map((d) => ({ id: d, kind: "gateway" as const })),
   simulator: { appStartMs: 50 },
   provider: (broker) => provider(broker.url),
-  core: { leaderElection: election("a"), lease: { durationSeconds: nodeLeaseSeconds } },
+  core: { leaderElection: election("a"), lease: nodeLease },
   // The recorder subscribes before the first replica starts: it sees every document.
   broker: async (name) => {
     const broker = await startBroker(name);
@@ -173,7 +181,7 @@ describe("two replicas, the leader SIGKILLed under load", () => {
         core: {
           nodes: { extraLabels: { "devicelet.dev/test": id } },
           leaderElection: election("b"),
-          lease: { durationSeconds: nodeLeaseSeconds },
+          lease: nodeLease,
         },
         waitForRunning: false,
       });
@@ -253,18 +261,25 @@ describe("two replicas, the leader SIGKILLed under load", () => {
         { timeoutMs: 60_000 },
       );
       expect(imageOf.get(podName(ROUNDS - 2, 0))).toBe("example/app:2");
+      // The record must run past the moment all of that held: the watcher stops once a poll has
+      // seen every node after it.
+      const lastLook = Date.now();
+      await eventually(() => {
+        for (const deviceId of devices)
+          expect(
+            nodeWatch.ready.some((r) => r.node === deviceId && r.at > lastLook),
+            deviceId,
+          ).toBe(true);
+      });
       await nodeWatch.stop();
 
       // No node ever anything but Ready; no node lease left unrenewed for its duration.
-      // The record covers the run: every node seen before the kill and after it, and never left
-      // unobserved for 10 s (a poll is two kubectl calls and a second's sleep). A count of polls
-      // would depend on how fast the rest of the run goes.
+      // The record covers the run: every node seen from before the kill to after the convergence,
+      // never left unobserved for 10 s (a poll is two kubectl calls and a second's sleep). A count
+      // of polls would depend on how fast the rest of the run goes.
       for (const deviceId of devices) {
         const seenAt = nodeWatch.ready.filter((r) => r.node === deviceId).map((r) => r.at);
-        expect(seenAt.filter((t) => t < killedAt).length, deviceId).toBeGreaterThan(0);
-        expect(seenAt.filter((t) => t > killedAt).length, deviceId).toBeGreaterThan(5);
-        const gaps = seenAt.slice(1).map((t, k) => t - (seenAt[k] ?? t));
-        expect(Math.max(...gaps), deviceId).toBeLessThan(10_000);
+        expectContinuous(seenAt, { from: killedAt, to: lastLook, maxGapMs: 10_000 });
       }
       expect(nodeWatch.ready.filter((r) => r.status !== "True")).toEqual([]);
       const end = Date.now();
