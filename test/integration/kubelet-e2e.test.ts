@@ -260,7 +260,7 @@ describe("the node proxy", () => {
     expect(other.items.map((p) => p.metadata.name)).toEqual(["other"]);
   });
 
-  it("drops a deleted pod from /runningpods/ within a second", async () => {
+  it("drops a deleted pod from /runningpods/ by the time its API object is gone", async () => {
     const [, gw1] = gateways as [string, string];
     await lab.kubectlOk(["apply", "-f", "-"], { input: appPod("gone", gw1) });
     await eventually(async () => {
@@ -273,16 +273,11 @@ describe("the node proxy", () => {
         }
       ).items.map((p) => p.metadata.name);
     expect(await running()).toContain("gone");
+    // The API object goes only after the provider has deleted the pod, and the list is read live:
+    // the first answer after the delete returns must leave it out (a time limit here would measure
+    // the node proxy under CI load, not devicelet).
     await lab.kubectlOk(["delete", "pod", "-n", ns, "gone", "--wait=true", "--timeout=60s"]);
-    const deleted = Date.now();
-    await eventually(
-      async () => {
-        if ((await running()).includes("gone")) throw new Error("still listed");
-      },
-      { timeoutMs: 10_000, intervalMs: 100 },
-    );
-    const elapsed = Date.now() - deleted;
-    expect(elapsed).toBeLessThanOrEqual(1_000);
+    expect(await running()).not.toContain("gone");
   });
 });
 

@@ -179,20 +179,15 @@ describe("the kubelet API of devicelet's nodes", () => {
     });
   });
 
-  it("drops a deleted pod from /runningpods/ within a second", async () => {
+  it("drops a deleted pod from /runningpods/ by the time its API object is gone", async () => {
     await eventually(async () => {
       expect(podNames(await get(nodeB, "/runningpods/"))).toEqual(["pb", "pb2"]);
       expect(podNames(await get(nodeA, "/runningpods"))).toEqual(["pa", "pq"]);
     });
     // kubectl delete returns once the pod object is gone: devicelet removes it only once the
-    // provider stopped it, so the runtime's view must already agree or within a second.
+    // provider stopped it, and the list is read live, so the first answer after must agree.
     await kubectl(["delete", "pod", "pb2", "-n", ns, "--grace-period=1"]);
-    const deletedAt = Date.now();
-    await eventually(async () => expect(podNames(await get(nodeB, "/runningpods/"))).toEqual(["pb"]), {
-      timeoutMs: 1_000,
-      intervalMs: 50,
-    });
-    expect(Date.now() - deletedAt).toBeLessThan(1_000);
+    expect(podNames(await get(nodeB, "/runningpods/"))).toEqual(["pb"]);
   });
 
   it("serves /stats/summary in the kubelet's shape", async () => {

@@ -82,6 +82,11 @@ async function failover(releaseOnCancel: boolean): Promise<number> {
     await leader.done;
     expect(leader.stopped).toHaveLength(1);
     expect(leader.elector.isLeader()).toBe(false);
+    // With release, the leader has given the Lease up by the time it is done.
+    if (releaseOnCancel)
+      expect((await getJson<Lease>(["lease", "-n", namespace, name])).spec?.holderIdentity).not.toBe(
+        leader.identity,
+      );
     await eventually(() => expect(standby.started).toHaveLength(1), { timeoutMs: 3 * leaseDurationMs });
     const stored2 = await getJson<Lease>(["lease", "-n", namespace, name]);
     expect(stored2.spec?.holderIdentity).toBe(standby.identity);
@@ -98,15 +103,17 @@ describe("leader election against the real API server", () => {
   it("one leads; when it stops renewing, the standby takes over after about a lease duration", async () => {
     const takeoverMs = await failover(false);
     console.info(`leader election: takeover without release after ${takeoverMs} ms`);
-    // The standby last saw the lease change at most one jittered retry after the final renewal.
+    // The standby waited for the lease to expire: it last saw the lease change at most one
+    // jittered retry after the final renewal. (How long after the expiry it took over is a
+    // timing figure, printed above; the eventually in failover() bounds it at 3 lease durations.)
     expect(takeoverMs).toBeGreaterThanOrEqual(leaseDurationMs - 2 * retryPeriodMs);
-    expect(takeoverMs).toBeLessThanOrEqual(leaseDurationMs + 5 * retryPeriodMs);
   });
 
   it("with release on stop, the standby takes over within about a retry period", async () => {
     const takeoverMs = await failover(true);
     console.info(`leader election: takeover with release after ${takeoverMs} ms`);
-    // At most one jittered retry (1.1 s) plus request time; without release it is about 4 s.
-    expect(takeoverMs).toBeLessThanOrEqual(leaseDurationMs / 2);
+    // The standby did not wait for the lease to expire, as without release (at least 3 s): one
+    // jittered retry (up to 0.55 s) plus request times, against a limit with about 3 s to spare.
+    expect(takeoverMs).toBeLessThan(leaseDurationMs - 2 * retryPeriodMs);
   });
 });

@@ -349,7 +349,6 @@ describe("mqtt provider: stage Events under podEvents.stages notable (the defaul
       const [delivered] = await stagesOf("stuck", quiet.namespace);
       const after = Date.parse(delivered?.firstTimestamp ?? "") - created;
       expect(after).toBeGreaterThanOrEqual(4_000);
-      expect(after).toBeLessThanOrEqual(10_000);
       expect(delivered?.message).toMatch(new RegExp(`^device ${stuckId} received its desired document`));
       // The fast pod's time was up before the stuck one's even started: nothing came of it.
       expect(await stagesOf("fast", quiet.namespace)).toEqual([]);

@@ -74,12 +74,12 @@ describe("Secrets read by GET on a refresh interval", () => {
     await eventually(() => expect(deviceFile("mounted", "/etc/creds/token")).toBe("one"));
 
     await apply(secret("creds", "two"));
-    const editedAt = Date.now();
+    // Only the 2 s refresh brings the edit within this wait: there is no watch on Secrets, and the
+    // default refresh (60 s) and the pods' resync come later. (Usually it takes the interval plus
+    // the reconcile and the mock's debounced state write; a time limit here would measure CI.)
     await eventually(() => expect(deviceFile("mounted", "/etc/creds/token")).toBe("two"), {
       timeoutMs: 30_000,
     });
-    // Within the interval, plus the reconcile, the mock's debounced state write and this poll.
-    expect(Date.now() - editedAt).toBeLessThan(REFRESH_SECONDS * 1000 + 5_000);
   });
 
   it("a pod whose mandatory Secret is created later starts once it exists", async () => {

@@ -23,8 +23,6 @@ const prefix = "devicelet";
 const shards = 8;
 const leaseDurationMs = 15_000;
 const retryPeriodMs = 2_000;
-/** The longest wait between two ticks: retryPeriod × 1.2. */
-const maxTickMs = retryPeriodMs * 1.2;
 
 interface Replica {
   readonly identity: string;
@@ -163,27 +161,33 @@ describe("shard coordination against the real API server", () => {
     console.info(
       `shards: join hand-over ${joinMs} ms (${joined.length} shards); crash takeover ${Math.min(...takeovers)}..${slowest} ms (${moved.length} shards)`,
     );
-    expect(joinMs).toBeLessThanOrEqual(3 * maxTickMs + 1_000);
+    // The holders released the joiner's shards: it did not wait for their leases to expire.
+    // (How fast is a figure, printed above; at most three ticks and request times, about 8 s.)
+    expect(joinMs).toBeLessThan(leaseDurationMs);
     // Its last renewals were sent at most a retry period before the crash; the others saw them
     // within a tick, took the shards a lease duration later, at their next tick.
+    // (The slowest is bounded by settled()'s two lease durations, and printed.)
     expect(Math.min(...takeovers)).toBeGreaterThanOrEqual(leaseDurationMs - retryPeriodMs);
-    expect(slowest).toBeLessThanOrEqual(leaseDurationMs + 2 * maxTickMs + 1_000);
     expect(violations).toEqual([]);
   });
 
-  it("a clean stop releases: the last replica takes the other's shards within two ticks", async () => {
+  it("a clean stop releases: the last replica takes the other's shards without waiting for expiry", async () => {
     const [a, b] = replicas as [Replica, Replica];
     const moved = b.c.owned();
     expect(moved.length).toBeGreaterThan(0);
     const stoppedAt = Date.now();
     b.run.abort();
     await b.done;
-    await settled(["replica-a"], 4 * maxTickMs);
+    for (const lease of await shardLeases())
+      expect(lease.spec?.holderIdentity, lease.metadata?.name).not.toBe("replica-b");
+    await settled(["replica-a"], leaseDurationMs);
     const handover = Math.max(
       ...moved.map((s) => (a.started.get(s)?.findLast((t) => t > stoppedAt) ?? Infinity) - stoppedAt),
     );
     console.info(`shards: clean-stop hand-over ${handover} ms (${moved.length} shards)`);
-    expect(handover).toBeLessThanOrEqual(2 * maxTickMs + 1_000);
+    // The stop released them, and the survivor did not wait for an expiry (about two ticks and
+    // request times, printed above).
+    expect(handover).toBeLessThan(leaseDurationMs - retryPeriodMs);
     const members = await getJson<{ items: Lease[] }>([
       "lease",
       "-n",
