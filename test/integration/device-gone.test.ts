@@ -26,9 +26,11 @@ beforeAll(async () => {
     provider: {
       devices: [{ id: kept }, { id: away }, { id: removed }],
       appStartDelayMs: 100,
-      // Both happen once the test's pods run (it waits for the removal, not for the time).
-      offline: [{ device: away, afterMs: 20_000 }],
-      removals: [{ device: removed, afterMs: 20_000 }],
+      // Both happen once the test's pods run (it waits for the removal, not for the time). The
+      // clock starts with the provider, and the set-up before the removal (three pods Running, the
+      // node list read) takes 4 to 8 s here: 40 s leaves room for a CI run five times slower.
+      offline: [{ device: away, afterMs: 40_000 }],
+      removals: [{ device: removed, afterMs: 40_000 }],
     },
     expectNodes: 3,
   });

@@ -140,10 +140,10 @@ describe("device protocol § 5 on a real broker", () => {
 
   it("does not flap on a quick reconnect on MQTT 5: the broker never publishes the earlier connection's will", async () => {
     const id = `dp-flap-${process.pid}`;
-    const { session, transport } = await device(id, { protocolVersion: 5, willDelaySeconds: 2 });
+    const { session, transport } = await device(id, { protocolVersion: 5, willDelaySeconds: 5 });
     const firstBirth = births(id).length;
     // The network drops (no DISCONNECT); MQTT.js reconnects by itself 100 ms later, well within
-    // the will delay, with a clean start.
+    // the will delay (5 s, so a loaded run's slow reconnect still makes it), with a clean start.
     transport.client.stream.destroy();
     await eventually(() => expect(births(id).length).toBe(firstBirth + 1));
     const reconnected = births(id).at(-1);

@@ -41,44 +41,49 @@ afterAll(async () => {
 });
 
 describe("restart adoption", () => {
-  it("after SIGKILL, a new devicelet adopts running pods: nothing created twice, statuses stay right", async () => {
-    await apply(deployment({ namespace: ns, name: "adopt", replicas: 6, testId: id }));
-    const before = await eventually(
-      async () => {
-        const list = await pods();
-        expect(list.filter(isReady)).toHaveLength(6);
-        return list;
-      },
-      { timeoutMs: 60_000 },
-    );
-    await eventually(() => expect(devicelet.mockState().pods.filter((p) => p.running)).toHaveLength(6));
-    await devicelet.kill();
-    const killedAt = Date.now();
-    await devicelet.restart();
-    // The nodes are still Ready from before the kill (their leases have not lapsed), so that says
-    // nothing: wait until the new process has renewed every node's Lease, then look.
-    await eventually(async () => {
-      for (const n of await nodes()) expect(Date.parse(await leaseRenewTime(n))).toBeGreaterThan(killedAt);
-    });
-    expect((await nodes()).map(ready)).toEqual(["True", "True", "True"]);
-    await eventually(
-      async () => {
-        const log = (await import("node:fs")).readFileSync(devicelet.logFile, "utf8");
-        expect(log.split("pod controller started").length).toBe(3);
-      },
-      { timeoutMs: 30_000 },
-    );
-    const after = await pods();
-    expect(after.map((p) => p.metadata.uid).sort()).toEqual(before.map((p) => p.metadata.uid).sort());
-    expect(after.every(isReady)).toBe(true);
-    // Never reported anything but Ready across the restart: Ready's transition time did not move.
-    const readySince = (list: PodJson[]) =>
-      Object.fromEntries(list.map((p) => [p.metadata.uid, condition(p, "Ready")?.lastTransitionTime]));
-    expect(readySince(after)).toEqual(readySince(before));
-    const state = devicelet.mockState();
-    for (const p of before) expect(state.createsByUid[p.metadata.uid]).toBe(1);
-    expect(state.pods.filter((p) => p.running)).toHaveLength(6);
-  });
+  // Its waits add up to 150 s at most, near the default 180 s once the kill and restart are added.
+  it(
+    "after SIGKILL, a new devicelet adopts running pods: nothing created twice, statuses stay right",
+    { timeout: 300_000 },
+    async () => {
+      await apply(deployment({ namespace: ns, name: "adopt", replicas: 6, testId: id }));
+      const before = await eventually(
+        async () => {
+          const list = await pods();
+          expect(list.filter(isReady)).toHaveLength(6);
+          return list;
+        },
+        { timeoutMs: 60_000 },
+      );
+      await eventually(() => expect(devicelet.mockState().pods.filter((p) => p.running)).toHaveLength(6));
+      await devicelet.kill();
+      const killedAt = Date.now();
+      await devicelet.restart();
+      // The nodes are still Ready from before the kill (their leases have not lapsed), so that says
+      // nothing: wait until the new process has renewed every node's Lease, then look.
+      await eventually(async () => {
+        for (const n of await nodes()) expect(Date.parse(await leaseRenewTime(n))).toBeGreaterThan(killedAt);
+      });
+      expect((await nodes()).map(ready)).toEqual(["True", "True", "True"]);
+      await eventually(
+        async () => {
+          const log = (await import("node:fs")).readFileSync(devicelet.logFile, "utf8");
+          expect(log.split("pod controller started").length).toBe(3);
+        },
+        { timeoutMs: 30_000 },
+      );
+      const after = await pods();
+      expect(after.map((p) => p.metadata.uid).sort()).toEqual(before.map((p) => p.metadata.uid).sort());
+      expect(after.every(isReady)).toBe(true);
+      // Never reported anything but Ready across the restart: Ready's transition time did not move.
+      const readySince = (list: PodJson[]) =>
+        Object.fromEntries(list.map((p) => [p.metadata.uid, condition(p, "Ready")?.lastTransitionTime]));
+      expect(readySince(after)).toEqual(readySince(before));
+      const state = devicelet.mockState();
+      for (const p of before) expect(state.createsByUid[p.metadata.uid]).toBe(1);
+      expect(state.pods.filter((p) => p.running)).toHaveLength(6);
+    },
+  );
 });
 
 describe("node registration and status", () => {

@@ -175,7 +175,10 @@ describe("sharded engines with MQTT", () => {
       });
 
       // A change after the hand-over reaches every device, from whichever replica owns it now.
+      // A poll that already chose to check pods must answer before the image changes.
       watching.pods = false;
+      const polled = polls.length;
+      await eventually(() => expect(polls.length).toBeGreaterThan(polled));
       await kubectl(["set", "image", "pod", "--all", "app=example/app:2", "-n", ns]);
       await eventually(
         async () => {

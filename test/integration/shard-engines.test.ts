@@ -201,14 +201,14 @@ describe("sharded engines", () => {
       // Alone now: the first test's replicas have stopped and released everything.
       for (const r of replicas.splice(0)) await r.stop();
       const c = await startReplica("c", { fatalErrorAfterMs: 3_000 });
-      await eventually(
-        async () =>
-          expect((await shardLeases()).map((l) => l.spec?.holderIdentity)).toEqual(
-            Array.from({ length: shards }, () => `${id}-c`),
-          ),
-        { timeoutMs: 30_000 },
-      );
       expect(await c.exited()).toBe(1);
+      // It held every shard and ran its engine before the failure. (Read from its log: polling
+      // the Leases for a state that lasts about 3 s could miss it on a slow run.)
+      const ran = c
+        .logLines()
+        .filter((l) => l.msg === "shard engine running")
+        .map((l) => l.shard);
+      expect([...new Set(ran)].sort()).toEqual(Array.from({ length: shards }, (_, s) => s));
       expect(c.logLines().map((l) => l.msg)).toContain("a shard engine failed: stopping every shard");
       expect((await shardLeases()).map((l) => l.spec?.holderIdentity ?? "")).toEqual(
         Array.from({ length: shards }, () => ""),
