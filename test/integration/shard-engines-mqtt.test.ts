@@ -11,15 +11,17 @@
  * yet (the shard coordinator needs them).
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import type { Lease } from "../../src/kube/index.ts";
 import { assignShards, SHARD_LEASE_LABEL, shardOf } from "../../src/shard/index.ts";
+import { nodeMonitorGraceSeconds } from "../../src/testing/controlplane/controlplane.ts";
 import { eventually, expectContinuous } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { readyz } from "../support/leader.ts";
 import { retainedDesired } from "../support/mqtt.ts";
 import { mqttScene } from "../support/scene.ts";
 import { splitName } from "../support/shard-names.ts";
+import { recordNodeLeases } from "../support/node-leases.ts";
 import { adminKubeconfig } from "../support/testenv.ts";
 import { isReady, type PodJson } from "../support/workloads.ts";
 
@@ -145,6 +147,8 @@ describe("sharded engines with MQTT", () => {
       })();
 
       await eventually(() => expect(polls.length).toBeGreaterThan(0));
+      const leases = recordNodeLeases(devices);
+      onTestFinished(() => leases.stop());
       const joining = Date.now();
       const b = await scene.startDevicelet({
         id: `${id}-b`,
@@ -204,6 +208,22 @@ describe("sharded engines with MQTT", () => {
       await watch;
       expectContinuous(polls, { from: joining, to: lastLook, maxGapMs: 5_000 });
       expect(seen).toEqual([]);
+      // The Ready polls end before a heartbeat missed late in the hand-over would show (the
+      // controller-manager waits its grace period), so the node Leases say it directly: every node
+      // renews after the last look, and none goes a grace period without a renewal up to then.
+      await eventually(
+        () => {
+          for (const [node, times] of leases.renewals)
+            expect(
+              times.some((t) => t > lastLook),
+              node,
+            ).toBe(true);
+        },
+        { timeoutMs: 60_000 },
+      );
+      await leases.stop();
+      for (const [node, gap] of leases.longestGaps())
+        expect(gap, node).toBeLessThan(nodeMonitorGraceSeconds * 1000);
       // No device applied any (epoch, generation) twice.
       for (const d of devices) {
         const applied = scene.device(d).appliedGenerations.map((g) => `${g.epoch}/${g.generation}`);
