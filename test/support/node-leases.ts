@@ -6,11 +6,12 @@
  *
  *   const leases = recordNodeLeases(names);
  *   ... the hand-over ...
- *   await leases.stop();
- *   for (const [node, gap] of leases.longestGaps()) expect(gap, node).toBeLessThan(graceMs);
+ *   await expectNoLapse(leases, { after: Date.now(), graceMs: nodeMonitorGraceSeconds * 1000 });
  */
 import { setTimeout as sleep } from "node:timers/promises";
+import { expect } from "vitest";
 import type { Lease } from "../../src/kube/index.ts";
+import { eventually } from "./eventually.ts";
 import { getJson } from "./kubectl.ts";
 
 export interface NodeLeaseRecord {
@@ -57,4 +58,27 @@ export function recordNodeLeases(names: readonly string[], everyMs = 2_000): Nod
       await loop;
     },
   };
+}
+
+/**
+ * Waits until every node renewed its Lease after `after`, stops the record, and asserts that no
+ * node went `graceMs` (the controller-manager's grace period) without a renewal until then: no
+ * node can have been marked NotReady for a missed heartbeat up to `after`.
+ */
+export async function expectNoLapse(
+  record: NodeLeaseRecord,
+  o: { readonly after: number; readonly graceMs: number; readonly timeoutMs?: number },
+): Promise<void> {
+  await eventually(
+    () => {
+      for (const [node, times] of record.renewals)
+        expect(
+          times.some((t) => t > o.after),
+          node,
+        ).toBe(true);
+    },
+    { timeoutMs: o.timeoutMs ?? 60_000 },
+  );
+  await record.stop();
+  for (const [node, gap] of record.longestGaps()) expect(gap, node).toBeLessThan(o.graceMs);
 }
