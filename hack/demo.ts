@@ -110,11 +110,13 @@ try {
       stdio: ["ignore", openSync(logFile, "w"), openSync(logFile, "a")],
     },
   );
+  // Listened for at once: a terminal's hang-up reaches devicelet too (the whole foreground process
+  // group), and it can be gone, killed by the signal (exitCode still null), before the clean-up
+  // asks, so waiting for an "exit" event then would wait forever.
+  const deviceletExited = new Promise((resolve) => devicelet.once("exit", resolve));
   stack.push(async () => {
-    if (devicelet.exitCode === null) {
-      devicelet.kill("SIGTERM");
-      await new Promise((resolve) => devicelet.once("exit", resolve));
-    }
+    if (devicelet.exitCode === null && devicelet.signalCode === null) devicelet.kill("SIGTERM");
+    await deviceletExited;
   });
   devicelet.once("exit", (code) => {
     if (!stopping) {

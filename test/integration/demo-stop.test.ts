@@ -2,7 +2,8 @@
  * `npm start` (hack/demo.ts) stops what it started when its terminal goes away. Run on the suite's
  * control plane, which the demo reuses and so leaves running; what it starts itself (devicelet,
  * and in its own process the broker and the simulated fleet) must be gone once it exits on
- * SIGHUP, as on Ctrl-C.
+ * SIGHUP, as on Ctrl-C. The hang-up goes to the demo's whole process group, devicelet included,
+ * as a closing terminal sends it to its foreground group.
  */
 import { spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
@@ -40,6 +41,8 @@ describe("the demo (hack/demo.ts)", () => {
       cwd: repoRoot,
       env: { ...process.env, DEVICELET_TESTENV_DIR: testenvDir },
       stdio: ["ignore", "pipe", "pipe"],
+      // Its own process group, as a terminal's foreground job.
+      detached: true,
     });
     const pid = demo.pid ?? 0;
     let output = "";
@@ -57,7 +60,7 @@ describe("the demo (hack/demo.ts)", () => {
     expect(devicelet.length).toBeGreaterThan(0);
     expect(output).toContain("reusing the local control plane");
 
-    demo.kill("SIGHUP");
+    process.kill(-pid, "SIGHUP");
     expect(await exited).toBe(0);
     expect(output).toContain("stopping everything the demo started");
     expect(devicelet.filter(alive)).toEqual([]);
