@@ -80,12 +80,24 @@ export interface Fleet {
    * 2 s, garbage not yet collected included) and the heap's limit, in MiB.
    */
   heap?(): { peakUsedMiB: number; limitMiB: number };
+  /** devicelet only: its JavaScript heap now, from one scrape of its metrics. */
+  heapNow?(): Promise<HeapNow>;
   /** Once it has exited: its exit code or signal and the end of its log, for the error that says so. */
   howItEnded(): string;
   /** Ends the process (SIGTERM, SIGKILL after 15 s) and the node watch. */
   stop(): Promise<void>;
   /** Deletes the fleet's Node objects (after {@link stop}, or the tool may make them again). */
   removeNodes(): Promise<void>;
+}
+
+/** A process's JavaScript heap at one moment, in MiB (V8's figures, through prom-client). */
+export interface HeapNow {
+  /** In use, garbage not yet collected included. */
+  readonly usedMiB: number;
+  /** Committed by V8 for the heap: what of it is resident, used or not. */
+  readonly committedMiB: number;
+  /** Of that, the young generation (the semi-spaces), which grows in a burst of allocation. */
+  readonly newSpaceMiB: number;
 }
 
 /** SIGTERM, then SIGKILL after `graceMs`; resolves once the process has exited. */
@@ -247,6 +259,7 @@ export async function startMockDevicelet(o: {
     return {
       ...fleet,
       ...(heap ? { heap: heap.read } : {}),
+      heapNow: () => scrapeHeap(metricsPort),
       stop: async () => {
         heap?.stop();
         await fleet.stop();
@@ -258,6 +271,17 @@ export async function startMockDevicelet(o: {
     removeFlowSchema();
     throw err;
   }
+}
+
+async function scrapeHeap(metricsPort: number): Promise<HeapNow> {
+  const samples = parsePrometheus(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+  const mib = (name: string, labels?: Record<string, string>) =>
+    round(sampleSum(samples, `devicelet_nodejs_${name}`, labels) / 2 ** 20, 1);
+  return {
+    usedMiB: mib("heap_size_used_bytes"),
+    committedMiB: mib("heap_size_total_bytes"),
+    newSpaceMiB: mib("heap_space_size_total_bytes", { space: "new" }),
+  };
 }
 
 /** Samples devicelet's heap in use and its limit from its metrics every 2 s, keeping the most. */

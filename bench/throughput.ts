@@ -12,7 +12,8 @@
  * pods per second, p50/p99 from a create's answer to Running, API requests per pod by the tool's
  * user (audit log), CPU seconds of the tool's process (/proc), its peak RSS and its RSS growth per
  * pod, at the moment the last pod ran and again once the process has idled THROUGHPUT_SETTLE_SECONDS
- * (default 30: what a fleet holding its pods costs, after the start's garbage is collected). Prints
+ * (default 30: what a fleet holding its pods costs, after the start's garbage is collected), and for
+ * devicelet what of that growth is its JavaScript heap (in use and committed). Prints
  * both rows and the devicelet/KWOK ratios; writes `bench-throughput.json` to the harness directory.
  * Namespaces, pods and nodes are deleted afterwards. THROUGHPUT_TOOLS (default `devicelet,kwok`)
  * picks the tools; THROUGHPUT_HEAP_DIR=<dir> has devicelet write a V8 heap snapshot there before
@@ -62,6 +63,14 @@ interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
   settledRssPerPodKiB: number;
   /** How long the control plane took to quieten down before the first create. */
   quietWaitSeconds: number;
+  /**
+   * devicelet only, settled: the growth of its JavaScript heap per pod, in use (garbage included)
+   * and committed, and the young generation's size then. What RSS per pod has beyond the
+   * committed heap is outside V8's heap (buffers, code, the allocator).
+   */
+  heapUsedPerPodKiB?: number;
+  heapCommittedPerPodKiB?: number;
+  newSpaceMiB?: number;
 }
 
 /** Has `pid` (started with `--heapsnapshot-signal=SIGUSR2`) write a heap snapshot into HEAP_DIR. */
@@ -98,10 +107,12 @@ async function measure(o: {
     const quietWaitSeconds = await waitForQuietControlPlane();
     if (heap) await heapSnapshot(fleet.pid);
     const before = memoryMiB(fleet.pid);
+    const heapBefore = await fleet.heapNow?.();
     const { startMs, endMs, ...run } = await runBoundPods({ api, fleet, namespace, pods: PODS });
     const after = memoryMiB(fleet.pid);
     await sleep(SETTLE_SECONDS * 1000);
     const settled = memoryMiB(fleet.pid);
+    const heapSettled = await fleet.heapNow?.();
     if (heap) await heapSnapshot(fleet.pid);
     await audit.settle(endMs);
     const requests = audit.count(fleet.username, startMs, endMs);
@@ -115,6 +126,16 @@ async function measure(o: {
       rssPerPodKiB: round(((after.rssMiB - before.rssMiB) * 1024) / PODS, 2),
       settledRssPerPodKiB: round(((settled.rssMiB - before.rssMiB) * 1024) / PODS, 2),
       quietWaitSeconds,
+      ...(heapBefore && heapSettled
+        ? {
+            heapUsedPerPodKiB: round(((heapSettled.usedMiB - heapBefore.usedMiB) * 1024) / PODS, 2),
+            heapCommittedPerPodKiB: round(
+              ((heapSettled.committedMiB - heapBefore.committedMiB) * 1024) / PODS,
+              2,
+            ),
+            newSpaceMiB: heapSettled.newSpaceMiB,
+          }
+        : {}),
     };
   } finally {
     await fleet.stop();
