@@ -1,9 +1,9 @@
 /**
  * StringTable: what it stores, that it stays bounded whatever it is fed, and that the in-place
- * methods change no value a reader sees.
+ * methods change no value a reader sees. ValueTable: one frozen copy of equal values, bounded.
  */
 import { describe, expect, it } from "vitest";
-import { StringTable } from "./intern.ts";
+import { StringTable, ValueTable } from "./intern.ts";
 
 const unique = (i: number) => `unique-value-${String(i).padStart(8, "0")}`;
 
@@ -105,5 +105,81 @@ describe("StringTable", () => {
     );
     expect(() => new StringTable({ generationSize: 1.5 })).toThrow(/generationSize/);
     expect(() => new StringTable({ generationSize: 10, maxLength: -1 })).toThrow(/maxLength must be/);
+  });
+});
+
+describe("ValueTable", () => {
+  const condition = (at: string) =>
+    JSON.parse(
+      `{"type":"Ready","status":"True","lastProbeTime":null,"lastTransitionTime":"${at}"}`,
+    ) as object;
+
+  it("hands every equal value the first one's copy, deeply frozen", () => {
+    const values = new ValueTable({ generationSize: 10 });
+    const first = { requests: { cpu: "100m" }, limits: {} };
+    const shared = values.share(first);
+    expect(shared).toBe(first);
+    const again = { requests: { cpu: "100m" }, limits: {} };
+    expect(values.share(again)).toBe(first);
+    expect(again).toStrictEqual({ requests: { cpu: "100m" }, limits: {} });
+    expect(Object.isFrozen(first) && Object.isFrozen(first.requests) && Object.isFrozen(first.limits)).toBe(
+      true,
+    );
+    // A reader that writes into a shared value throws instead of changing it for everyone.
+    expect(() => {
+      (first.requests as Record<string, string>).cpu = "1";
+    }).toThrow(TypeError);
+    // Different values, or equal content in another order, are not the same copy.
+    expect(values.share({ requests: { cpu: "200m" }, limits: {} })).not.toBe(first);
+    expect(values.share({ limits: {}, requests: { cpu: "100m" } })).not.toBe(first);
+    expect(values.share(condition("2026-12-05T06:00:00Z"))).toBe(
+      values.share(condition("2026-12-05T06:00:00Z")),
+    );
+  });
+
+  it("returns what it cannot or must not store as given: primitives, frozen and over-long values", () => {
+    const values = new ValueTable({ generationSize: 10, maxLength: 40 });
+    expect(values.share("text")).toBe("text");
+    expect(values.share(null)).toBe(null);
+    const frozen = Object.freeze({ a: 1 });
+    expect(values.share(frozen)).toBe(frozen);
+    expect(values.share({ a: 1 })).not.toBe(frozen);
+    const long = { text: "x".repeat(40) };
+    expect(values.share(long)).toBe(long);
+    expect(Object.isFrozen(long)).toBe(false);
+    expect(values.share({ text: "x".repeat(40) })).not.toBe(long);
+    expect(values.size).toBe(1);
+  });
+
+  it("stays bounded by two generations, keeping what repeats", () => {
+    const values = new ValueTable({ generationSize: 50 });
+    const kept = values.share(condition("2026-12-05T06:00:00Z"));
+    for (let i = 0; i < 1_000; i++) {
+      values.share(
+        condition(`2026-12-05T06:${String(i % 60).padStart(2, "0")}:${String(i).padStart(4, "0")}Z`),
+      );
+      if (i % 20 === 0) expect(values.share(condition("2026-12-05T06:00:00Z"))).toBe(kept);
+      expect(values.size).toBeLessThanOrEqual(100);
+    }
+  });
+
+  it("shares values it cannot freeze under the caller's key, made once", () => {
+    const values = new ValueTable({ generationSize: 10, maxLength: 20 });
+    let made = 0;
+    const make = () => {
+      made += 1;
+      return new Map([["app", 1]]);
+    };
+    const first = values.shareAs('[["app",1]]', make);
+    expect(values.shareAs('[["app",1]]', make)).toBe(first);
+    expect(made).toBe(1);
+    // A key over maxLength: made every time, never stored.
+    const key = "k".repeat(21);
+    expect(values.shareAs(key, make)).not.toBe(values.shareAs(key, make));
+    expect(values.size).toBe(1);
+  });
+
+  it("refuses sizes that cannot bound it", () => {
+    expect(() => new ValueTable({ generationSize: 0 })).toThrow(RangeError);
   });
 });

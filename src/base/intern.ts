@@ -151,3 +151,83 @@ export class StringTable {
     }
   }
 }
+
+/**
+ * {@link ValueTable}: one shared copy of each repeated small JSON value, for the parts of cached
+ * objects that are whole values repeated across many of them: the conditions of pods that changed
+ * in the same second, the resources, command and owner of every replica of a Deployment, the
+ * empty `{}` the API server defaults `securityContext` and `lastState` to.
+ *
+ *   const values = new ValueTable({ generationSize: 8_192 });
+ *   status.conditions = values.share(status.conditions.map((c) => values.share(c)));
+ *
+ * Guarantees:
+ * - A returned value is JSON-equal to the one given (the same JSON text): readers see the same
+ *   content. It is deeply frozen, because it is shared: a reader that writes into it throws
+ *   instead of changing every object that shares it. `share` freezes what it is given when it
+ *   keeps it, so the caller must own the value (in devicelet: objects JSON.parse just made, on
+ *   their way into a cache) and give only plain JSON data (no Dates, no undefined).
+ * - Bounded like {@link StringTable}: two generations of `generationSize` entries; a value seen
+ *   once goes after two generations. Values whose JSON is longer than `maxLength` (default 512)
+ *   are returned as given and never stored.
+ * - Frozen values are returned as given: they are shared already, or someone else's.
+ * - Cost: a JSON.stringify of the value and a Map lookup on that text (a few microseconds for a
+ *   pod condition).
+ */
+export class ValueTable {
+  readonly #generationSize: number;
+  readonly #maxLength: number;
+  #current = new Map<string, unknown>();
+  #old = new Map<string, unknown>();
+
+  constructor(options: { readonly generationSize: number; readonly maxLength?: number }) {
+    if (!Number.isSafeInteger(options.generationSize) || options.generationSize < 1) {
+      throw new RangeError(
+        `ValueTable: generationSize must be a positive integer, got ${options.generationSize}`,
+      );
+    }
+    this.#generationSize = options.generationSize;
+    this.#maxLength = options.maxLength ?? 512;
+  }
+
+  /** Entries held now, over both generations. */
+  get size(): number {
+    return this.#current.size + this.#old.size;
+  }
+
+  /** The table's copy of `value`, keeping `value` (frozen) as that copy when there is none. */
+  share<T>(value: T): T {
+    if (typeof value !== "object" || value === null || Object.isFrozen(value)) return value;
+    const key = JSON.stringify(value);
+    return key.length > this.#maxLength ? value : (this.#lookup(key, () => deepFreeze(value)) as T);
+  }
+
+  /**
+   * The table's value under `key`, made by `make` when there is none: for a shared value that
+   * cannot be frozen (a Map), whose `key` the caller derives from its content. Whoever gets it
+   * must only read it. The same bounds hold; a `key` longer than `maxLength` is not stored.
+   */
+  shareAs<T>(key: string, make: () => T): T {
+    return key.length > this.#maxLength ? make() : (this.#lookup(key, make) as T);
+  }
+
+  #lookup(key: string, make: () => unknown): unknown {
+    const current = this.#current.get(key);
+    if (current !== undefined) return current;
+    const canonical = this.#old.get(key) ?? make();
+    if (this.#current.size >= this.#generationSize) {
+      this.#old = this.#current;
+      this.#current = new Map();
+    }
+    this.#current.set(key, canonical);
+    return canonical;
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const item of Object.values(value)) deepFreeze(item);
+  }
+  return value;
+}

@@ -28,6 +28,7 @@
  */
 import type { Logger } from "pino";
 import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
+import { ValueTable } from "../base/intern.ts";
 import {
   EventRecorder,
   Informer,
@@ -124,8 +125,17 @@ function boundAt(pod: Pod): number | undefined {
 }
 const defaultResyncMs = 5 * 60_000;
 
-const frozenEnvOf = (apps: readonly (FrozenEnv & { name: string })[]) =>
-  new Map(apps.map((a) => [a.name, { env: a.env, secretEnv: a.secretEnv }]));
+/**
+ * Held's record of the env given to each app. Replicas given the same env share one map (only
+ * translate.ts reads it); env with values from a Secret is never shared, so the table never keeps
+ * a Secret's value after the pods that had it.
+ */
+const frozenEnvOf = (apps: readonly (FrozenEnv & { name: string })[]): ReadonlyMap<string, FrozenEnv> => {
+  const entries = apps.map((a): [string, FrozenEnv] => [a.name, { env: a.env, secretEnv: a.secretEnv }]);
+  if (apps.some((a) => a.secretEnv.length > 0)) return new Map(entries);
+  return sharedEnvs.shareAs(JSON.stringify(entries), () => new Map(entries));
+};
+const sharedEnvs = new ValueTable({ generationSize: 1_024 });
 
 export class PodController {
   readonly #o: PodControllerOptions;

@@ -11,7 +11,7 @@ import { checkSupported, referencedObjects, translatePod } from "../workload/ind
 import { b64 } from "../workload/test-fixtures.ts";
 import { StringTable } from "../base/intern.ts";
 import { buildFailedStatus, buildPodStatus } from "./status.ts";
-import { podStringTable, podTrimmer, trimPod } from "./trim.ts";
+import { podStringTable, podTrimmer, podValueTable, trimPod } from "./trim.ts";
 
 const now = new Date("2026-03-01T12:00:00Z");
 const resources = { requests: { cpu: "100m", memory: "32Mi" }, limits: { cpu: "500m", memory: "64Mi" } };
@@ -312,29 +312,33 @@ describe("trimPod", () => {
   });
 
   it("changes nothing in the status built from the pod", () => {
-    const workload = {
-      pod: { namespace: "ns", name: "sensor", uid: "uid-1" },
-      phase: "Running" as const,
-      apps: [
-        {
-          name: "app",
-          image: "registry/sensor:1.2",
-          state: { kind: "running" as const, startedAt: now },
-          ready: true,
-          restartCount: 2,
-        },
-      ],
-      deviceConnected: true,
-      observedAt: now,
-    };
-    const input = { workload, podIP: "10.250.0.7", hostIP: "192.0.2.1", now };
-    expect(buildPodStatus({ ...input, pod: trimPod(richPod()) })).toEqual(
-      buildPodStatus({ ...input, pod: untrimmed() }),
-    );
-    const failed = { reason: "Unsupported", message: "no", now };
-    expect(buildFailedStatus(trimPod(richPod()), failed)).toEqual(buildFailedStatus(untrimmed(), failed));
+    expectSameStatus(trimPod(richPod()), untrimmed(), ["app"]);
   });
 });
+
+/**
+ * The device reports the pod's `apps` running: the statuses built from `pod` and from `expected`
+ * are equal, Running and failed alike.
+ */
+function expectSameStatus(pod: Pod, expected: Pod, apps: readonly string[]): void {
+  const workload = {
+    pod: { namespace: "ns", name: pod.metadata?.name ?? "", uid: pod.metadata?.uid ?? "" },
+    phase: "Running" as const,
+    apps: apps.map((name) => ({
+      name,
+      image: "registry/sensor:1.2",
+      state: { kind: "running" as const, startedAt: now },
+      ready: true,
+      restartCount: 2,
+    })),
+    deviceConnected: true,
+    observedAt: now,
+  };
+  const input = { workload, podIP: "10.250.0.7", hostIP: "192.0.2.1", now };
+  expect(buildPodStatus({ ...input, pod })).toStrictEqual(buildPodStatus({ ...input, pod: expected }));
+  const failed = { reason: "Unsupported", message: "no", now };
+  expect(buildFailedStatus(pod, failed)).toStrictEqual(buildFailedStatus(expected, failed));
+}
 
 /**
  * Replica `i` of the rich pod, as the API server sends it: what differs between the replicas of
@@ -415,5 +419,65 @@ describe("trimPod's string table", () => {
     ]) {
       expect(strings.has(value), value).toBe(false);
     }
+  });
+});
+
+describe("trimPod's value table", () => {
+  const trimmed = (i: number, trim: (pod: Pod) => Pod) => trim(JSON.parse(replicaJson(i)) as Pod);
+
+  it("gives replicas one frozen copy of what they repeat whole, and changes no value", () => {
+    const trim = podTrimmer(podStringTable(), podValueTable());
+    const [a, b] = [trimmed(0, trim), trimmed(1, trim)];
+    expect(a).toStrictEqual(trimmed(0, plainTrim));
+    expect(b).toStrictEqual(trimmed(1, plainTrim));
+    const same = (of: (pod: Pod) => unknown, what: string) => {
+      expect(of(a), what).toBeDefined();
+      expect(of(a), what).toBe(of(b));
+      expect(Object.isFrozen(of(a)), what).toBe(true);
+    };
+    same((p) => p.status?.conditions, "conditions");
+    same((p) => p.status?.conditions?.[0], "a condition");
+    same((p) => p.status?.containerStatuses?.[0]?.state, "container state");
+    same((p) => p.status?.hostIPs, "hostIPs");
+    same((p) => p.metadata?.ownerReferences, "ownerReferences");
+    same((p) => p.metadata?.annotations, "annotations");
+    same((p) => p.spec?.securityContext, "pod securityContext");
+    same((p) => p.spec?.containers[0]?.resources, "resources");
+    same((p) => p.spec?.containers[0]?.env, "env");
+    same((p) => p.spec?.containers[0]?.livenessProbe, "probe");
+    same((p) => p.spec?.volumes?.[0], "a volume");
+    // A writer into a shared part throws rather than changing every pod that shares it.
+    expect(() => {
+      (a.status?.conditions?.[0] as { status: string }).status = "False";
+    }).toThrow(TypeError);
+    // Unique to each replica: never shared, never frozen.
+    const own = (of: (pod: Pod) => unknown, what: string) => {
+      expect(of(a), what).toBeDefined();
+      expect(of(a), what).not.toBe(of(b));
+      expect(Object.isFrozen(of(a)), what).toBe(false);
+    };
+    own((p) => p, "the pod");
+    own((p) => p.metadata, "metadata");
+    own((p) => p.metadata?.labels, "labels with the StatefulSet pod name");
+    own((p) => p.spec?.containers[0], "a container (its token mount)");
+    own((p) => p.spec?.volumes?.at(-1), "the token volume");
+    own((p) => p.status?.podIPs, "podIPs");
+    own((p) => p.status?.containerStatuses?.[0], "a container status (its ID)");
+    // Labels are shared when no value is unique to the pod.
+    const unlabelled = (i: number) => {
+      const pod = JSON.parse(replicaJson(i)) as Pod;
+      delete pod.metadata?.labels?.["statefulset.kubernetes.io/pod-name"];
+      return trim(pod);
+    };
+    expect(unlabelled(2).metadata?.labels).toBe(unlabelled(3).metadata?.labels);
+  });
+
+  it("leaves the translation, its hash and the status built from the pod as they were", () => {
+    const trim = podTrimmer(podStringTable(), podValueTable());
+    trimmed(0, trim);
+    const shared = trimmed(1, trim);
+    const plain = trimmed(1, plainTrim);
+    expect(translatePod(shared, translateOptions)).toStrictEqual(translatePod(plain, translateOptions));
+    expectSameStatus(shared, plain, ["init", "app"]);
   });
 });

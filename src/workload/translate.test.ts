@@ -341,3 +341,39 @@ describe("referencedObjects", () => {
     expect(referencedObjects(p)).toEqual({ configMaps: ["a", "b", "c"], secrets: ["s1", "s2", "s3", "s4"] });
   });
 });
+
+describe("translatePod: what replicas repeat", () => {
+  const replica = (name: string, env: Plain<V1Container>["env"], lookups = store()) => {
+    const p = pod({ env, resources: { limits: { cpu: "500m" } } });
+    p.metadata = { ...p.metadata, name, uid: `uid-${name}` };
+    return ok(translatePod(p, opts(lookups)));
+  };
+
+  it("gives equal apps, labels and annotations one frozen copy, and keeps each pod its own", () => {
+    const [a, b] = ["sensor-a", "sensor-b"].map((name) => replica(name, [{ name: "MODE", value: "x" }]));
+    expect(a?.apps[0]).toBe(b?.apps[0]);
+    expect(a?.pod.labels).toBe(b?.pod.labels);
+    expect(a?.pod.annotations).toBe(b?.pod.annotations);
+    expect(a?.pod).not.toBe(b?.pod);
+    expect(a?.pod.name).toBe("sensor-a");
+    // An app that differs (the downward API puts the pod's name in it) is its own; its parts are shared.
+    const named = (name: string) =>
+      replica(name, [{ name: "ME", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } }]);
+    const [c, d] = [named("sensor-c"), named("sensor-d")];
+    expect(c.apps[0]).not.toBe(d.apps[0]);
+    expect(c.apps[0]?.env).toEqual({ ME: "sensor-c" });
+    expect(c.apps[0]?.resources).toBe(d.apps[0]?.resources);
+  });
+
+  it("never shares what came from a Secret", () => {
+    const lookups = store([], [secret("creds", { password: "s3cret" })]);
+    const env = [{ name: "PASS", valueFrom: { secretKeyRef: { name: "creds", key: "password" } } }];
+    const [a, b] = ["sensor-a", "sensor-b"].map((name) => replica(name, env, lookups));
+    expect(a?.apps[0]?.env).toEqual({ PASS: "s3cret" });
+    expect(a?.apps[0]).not.toBe(b?.apps[0]);
+    expect(a?.apps[0]?.env).not.toBe(b?.apps[0]?.env);
+    expect(Object.isFrozen(a?.apps[0]?.env)).toBe(true);
+    // What did not come from it still is.
+    expect(a?.apps[0]?.resources).toBe(b?.apps[0]?.resources);
+  });
+});

@@ -9,6 +9,7 @@
 import type { V1Pod } from "../kube/types.ts";
 import type { AppPort, AppSpec, Workload } from "../provider/types.ts";
 import { canonicalJson, sha256Hex } from "../base/canonical.ts";
+import { ValueTable } from "../base/intern.ts";
 import { resolveEnv } from "./env.ts";
 import { expandVars } from "./expand.ts";
 import { isServiceAccountTokenVolume } from "./features.ts";
@@ -68,7 +69,7 @@ export function translatePod(pod: Model<V1Pod>, options: TranslateOptions): Tran
     allocatable: options.allocatable,
   });
   try {
-    const workload = build(podRec, metadata, namespace, options, resolver);
+    const workload = shareRepeated(build(podRec, metadata, namespace, options, resolver));
     return { kind: "ok", workload: deepFreeze(workload), events: resolver.events };
   } catch (err) {
     const message =
@@ -116,6 +117,39 @@ function build(
     apps,
   };
   return { ...unhashed, hash: workloadHash(unhashed) };
+}
+
+/**
+ * The parts of workloads that replicas repeat, one shared copy each ({@link ValueTable}): every
+ * replica of a Deployment has the same labels and annotations and, unless the downward API puts
+ * its name or IP into them, the same apps. Held for as long as the provider holds the workload,
+ * so for every pod. What came from a Secret (`secretEnv`, secret files) is never shared: the
+ * table would keep it after the last pod that had it is gone.
+ */
+const workloadValues = new ValueTable({ generationSize: 4_096 });
+
+function shareRepeated(workload: Workload): Workload {
+  const share = <T>(value: T): T => workloadValues.share(value);
+  const pod = {
+    ...workload.pod,
+    labels: share(workload.pod.labels),
+    annotations: share(workload.pod.annotations),
+  };
+  const apps = workload.apps.map((app) => {
+    const secret = app.secretEnv.length > 0 || app.files.some((f) => f.secret);
+    const parts: AppSpec = {
+      ...app,
+      command: share(app.command),
+      args: share(app.args),
+      ...(secret ? {} : { env: share(app.env), files: share(app.files) }),
+      secretEnv: share(app.secretEnv),
+      ports: share(app.ports),
+      resources: share(app.resources),
+      ...(app.securityContext === undefined ? {} : { securityContext: share(app.securityContext) }),
+    };
+    return secret ? parts : share(parts);
+  });
+  return { ...workload, pod, apps };
 }
 
 interface ContainerContext {
