@@ -343,8 +343,8 @@ describe("referencedObjects", () => {
 });
 
 describe("translatePod: what replicas repeat", () => {
-  const replica = (name: string, env: Plain<V1Container>["env"], lookups = store()) => {
-    const p = pod({ env, resources: { limits: { cpu: "500m" } } });
+  const replica = (name: string, env: Plain<V1Container>["env"], lookups = store(), args?: string[]) => {
+    const p = pod({ env, resources: { limits: { cpu: "500m" } }, ...(args ? { args } : {}) });
     p.metadata = { ...p.metadata, name, uid: `uid-${name}` };
     return ok(translatePod(p, opts(lookups)));
   };
@@ -368,10 +368,13 @@ describe("translatePod: what replicas repeat", () => {
   it("never shares what came from a Secret", () => {
     const lookups = store([], [secret("creds", { password: "s3cret" })]);
     const env = [{ name: "PASS", valueFrom: { secretKeyRef: { name: "creds", key: "password" } } }];
-    const [a, b] = ["sensor-a", "sensor-b"].map((name) => replica(name, env, lookups));
+    const [a, b] = ["sensor-a", "sensor-b"].map((name) => replica(name, env, lookups, ["--pass=$(PASS)"]));
     expect(a?.apps[0]?.env).toEqual({ PASS: "s3cret" });
+    expect(a?.apps[0]?.args).toEqual(["--pass=s3cret"]);
     expect(a?.apps[0]).not.toBe(b?.apps[0]);
     expect(a?.apps[0]?.env).not.toBe(b?.apps[0]?.env);
+    // The value reaches args through $(PASS): those are not shared either.
+    expect(a?.apps[0]?.args).not.toBe(b?.apps[0]?.args);
     expect(Object.isFrozen(a?.apps[0]?.env)).toBe(true);
     // What did not come from it still is.
     expect(a?.apps[0]?.resources).toBe(b?.apps[0]?.resources);

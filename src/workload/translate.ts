@@ -136,12 +136,18 @@ function shareRepeated(workload: Workload): Workload {
     annotations: share(workload.pod.annotations),
   };
   const apps = workload.apps.map((app) => {
+    // A Secret's value may be in the env, in a file, and in command and args through $(VAR).
     const secret = app.secretEnv.length > 0 || app.files.some((f) => f.secret);
     const parts: AppSpec = {
       ...app,
-      command: share(app.command),
-      args: share(app.args),
-      ...(secret ? {} : { env: share(app.env), files: share(app.files) }),
+      ...(secret
+        ? {}
+        : {
+            command: share(app.command),
+            args: share(app.args),
+            env: share(app.env),
+            files: share(app.files),
+          }),
       secretEnv: share(app.secretEnv),
       ports: share(app.ports),
       resources: share(app.resources),
