@@ -28,6 +28,8 @@
  * - Cost: a Map lookup, hashing the fresh string, for each string looked up (about 0.1 µs).
  */
 
+import { deepFreeze } from "./freeze.ts";
+
 /** Strings this short come out of JSON.parse already internalized by V8. */
 const V8_INTERNALIZED_LENGTH = 9;
 
@@ -46,59 +48,86 @@ export interface StringTableOptions {
 /** The keys of `T` whose values are strings (or absent). */
 export type StringKey<T> = { [K in keyof T]-?: NonNullable<T[K]> extends string ? K : never }[keyof T];
 
+/**
+ * The bounded store both tables keep: two generations of `generationSize` entries. When the
+ * current one is full it becomes the old one and the previous old one is dropped; an entry found
+ * in the old generation moves to the current one.
+ */
+class Generations<V> {
+  readonly #size: number;
+  #current = new Map<string, V>();
+  #old = new Map<string, V>();
+  /** Generations started so far, the first included. */
+  started = 1;
+
+  constructor(table: string, generationSize: number) {
+    if (!Number.isSafeInteger(generationSize) || generationSize < 1) {
+      throw new RangeError(`${table}: generationSize must be a positive integer, got ${generationSize}`);
+    }
+    this.#size = generationSize;
+  }
+
+  get size(): number {
+    return this.#current.size + this.#old.size;
+  }
+
+  has(key: string): boolean {
+    return this.#current.has(key) || this.#old.has(key);
+  }
+
+  /** The value under `key`, else `make()`'s, stored unless it is undefined (then nothing is). */
+  lookup(key: string, make: () => V | undefined): V | undefined {
+    const current = this.#current.get(key);
+    if (current !== undefined) return current;
+    const value = this.#old.get(key) ?? make();
+    if (value === undefined) return undefined;
+    if (this.#current.size >= this.#size) {
+      this.#old = this.#current;
+      this.#current = new Map();
+      this.started += 1;
+    }
+    this.#current.set(key, value);
+    return value;
+  }
+}
+
 export class StringTable {
-  readonly #generationSize: number;
+  readonly #strings: Generations<string>;
   readonly #maxLength: number;
   readonly #admit: ((value: string) => boolean) | undefined;
-  #current = new Map<string, string>();
-  #old = new Map<string, string>();
-  #generations = 1;
 
   constructor(options: StringTableOptions) {
-    if (!Number.isSafeInteger(options.generationSize) || options.generationSize < 1) {
-      throw new RangeError(
-        `StringTable: generationSize must be a positive integer, got ${options.generationSize}`,
-      );
-    }
+    this.#strings = new Generations("StringTable", options.generationSize);
     const maxLength = options.maxLength ?? 256;
     if (!Number.isSafeInteger(maxLength) || maxLength < 0) {
       throw new RangeError(`StringTable: maxLength must be a non-negative integer, got ${maxLength}`);
     }
-    this.#generationSize = options.generationSize;
     this.#maxLength = maxLength;
     this.#admit = options.admit;
   }
 
   /** Entries held now, over both generations (a string in both counts twice). */
   get size(): number {
-    return this.#current.size + this.#old.size;
+    return this.#strings.size;
   }
 
   /** Generations started so far, the first included: grows by one each time one fills. */
   get generations(): number {
-    return this.#generations;
+    return this.#strings.started;
   }
 
   /** Whether `value` has a canonical copy in the table. */
   has(value: string): boolean {
-    return this.#current.has(value) || this.#old.has(value);
+    return this.#strings.has(value);
   }
 
   /** The table's copy of `value`, storing `value` as that copy when there is none (and it is admitted). */
   intern(value: string): string {
     if (value.length <= V8_INTERNALIZED_LENGTH || value.length > this.#maxLength) return value;
-    const current = this.#current.get(value);
-    if (current !== undefined) return current;
-    const canonical =
-      this.#old.get(value) ?? (this.#admit === undefined || this.#admit(value) ? value : undefined);
-    if (canonical === undefined) return value;
-    if (this.#current.size >= this.#generationSize) {
-      this.#old = this.#current;
-      this.#current = new Map();
-      this.#generations += 1;
-    }
-    this.#current.set(canonical, canonical);
-    return canonical;
+    const admit = this.#admit;
+    return (
+      this.#strings.lookup(value, () => (admit === undefined || admit(value) ? value : undefined)) ?? value
+    );
   }
 
   /**
@@ -175,31 +204,24 @@ export class StringTable {
  *   pod condition).
  */
 export class ValueTable {
-  readonly #generationSize: number;
+  readonly #values: Generations<unknown>;
   readonly #maxLength: number;
-  #current = new Map<string, unknown>();
-  #old = new Map<string, unknown>();
 
   constructor(options: { readonly generationSize: number; readonly maxLength?: number }) {
-    if (!Number.isSafeInteger(options.generationSize) || options.generationSize < 1) {
-      throw new RangeError(
-        `ValueTable: generationSize must be a positive integer, got ${options.generationSize}`,
-      );
-    }
-    this.#generationSize = options.generationSize;
+    this.#values = new Generations("ValueTable", options.generationSize);
     this.#maxLength = options.maxLength ?? 512;
   }
 
   /** Entries held now, over both generations. */
   get size(): number {
-    return this.#current.size + this.#old.size;
+    return this.#values.size;
   }
 
   /** The table's copy of `value`, keeping `value` (frozen) as that copy when there is none. */
   share<T>(value: T): T {
     if (typeof value !== "object" || value === null || Object.isFrozen(value)) return value;
     const key = JSON.stringify(value);
-    return key.length > this.#maxLength ? value : (this.#lookup(key, () => deepFreeze(value)) as T);
+    return key.length > this.#maxLength ? value : (this.#values.lookup(key, () => deepFreeze(value)) as T);
   }
 
   /**
@@ -208,26 +230,6 @@ export class ValueTable {
    * must only read it. The same bounds hold; a `key` longer than `maxLength` is not stored.
    */
   shareAs<T>(key: string, make: () => T): T {
-    return key.length > this.#maxLength ? make() : (this.#lookup(key, make) as T);
+    return key.length > this.#maxLength ? make() : (this.#values.lookup(key, make) as T);
   }
-
-  #lookup(key: string, make: () => unknown): unknown {
-    const current = this.#current.get(key);
-    if (current !== undefined) return current;
-    const canonical = this.#old.get(key) ?? make();
-    if (this.#current.size >= this.#generationSize) {
-      this.#old = this.#current;
-      this.#current = new Map();
-    }
-    this.#current.set(key, canonical);
-    return canonical;
-  }
-}
-
-function deepFreeze<T>(value: T): T {
-  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const item of Object.values(value)) deepFreeze(item);
-  }
-  return value;
 }

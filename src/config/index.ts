@@ -14,9 +14,9 @@
  * config.api.qps; // 100 unless set; config is deep-frozen
  * ```
  */
+export { deepFreeze } from "../base/freeze.ts";
 export {
   ConfigError,
-  deepFreeze,
   formatProblem,
   isCidr,
   loadConfig,

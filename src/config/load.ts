@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { Ajv, type ErrorObject, type SchemaObject, type ValidateFunction } from "ajv";
 import { isCollection, isPair, LineCounter, parseDocument, visit, type Document } from "yaml";
+import { deepFreeze } from "../base/freeze.ts";
 import { deviceLabelConfigProblems } from "../node/labels.ts";
 import type { ConfigProblem } from "./problem.ts";
 import { coreChecks, type ConfigCheck, type RuleProblem } from "./rules.ts";
@@ -326,13 +327,4 @@ const locate = (p: ConfigProblem, doc: Document, lc: LineCounter): ConfigProblem
     if (range) return { ...p, line: lc.linePos(range[0]).line };
   }
   return p;
-};
-
-/** Freezes `value` and everything reachable from it; returns it typed as read-only. */
-export const deepFreeze = <T>(value: T): T => {
-  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
-  }
-  return value;
 };

@@ -125,6 +125,8 @@ function boundAt(pod: Pod): number | undefined {
 }
 const defaultResyncMs = 5 * 60_000;
 
+const sharedEnvs = new ValueTable({ generationSize: 1_024 });
+
 /**
  * Held's record of the env given to each app. Replicas given the same env share one map (only
  * translate.ts reads it); env with values from a Secret is never shared, so the table never keeps
@@ -135,7 +137,6 @@ const frozenEnvOf = (apps: readonly (FrozenEnv & { name: string })[]): ReadonlyM
   if (apps.some((a) => a.secretEnv.length > 0)) return new Map(entries);
   return sharedEnvs.shareAs(JSON.stringify(entries), () => new Map(entries));
 };
-const sharedEnvs = new ValueTable({ generationSize: 1_024 });
 
 export class PodController {
   readonly #o: PodControllerOptions;

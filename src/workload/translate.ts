@@ -9,6 +9,7 @@
 import type { V1Pod } from "../kube/types.ts";
 import type { AppPort, AppSpec, Workload } from "../provider/types.ts";
 import { canonicalJson, sha256Hex } from "../base/canonical.ts";
+import { deepFreeze } from "../base/freeze.ts";
 import { ValueTable } from "../base/intern.ts";
 import { resolveEnv } from "./env.ts";
 import { expandVars } from "./expand.ts";
@@ -255,12 +256,4 @@ export function referencedObjects(
     }
   }
   return { configMaps: [...configMaps].sort(), secrets: [...secrets].sort() };
-}
-
-function deepFreeze<T>(value: T): T {
-  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
-  }
-  return value;
 }
