@@ -65,7 +65,7 @@ export {
   type KubeconfigUser,
   type LoadKubeconfigOptions,
 } from "./kubeconfig.ts";
-export { ObjectStore, type IndexFunction, type StoreChange } from "./store.ts";
+export { ObjectStore, includesWrite, type IndexFunction, type StoreChange } from "./store.ts";
 export {
   Informer,
   dropManagedFields,

@@ -10,6 +10,15 @@ export type StoreChange<T> =
   | { readonly type: "update"; readonly object: T; readonly old: T }
   | { readonly type: "delete"; readonly object: T };
 
+/**
+ * Whether a cached object at resourceVersion `cached` already includes a write the API server
+ * answered with `written` (a cache that lags behind this process's own writes must not look like
+ * a reason to write again). resourceVersions are opaque to clients, but every API server backed
+ * by etcd issues increasing integers; when either is not one, only equality counts.
+ */
+export const includesWrite = (cached: string, written: string): boolean =>
+  /^\d+$/.test(cached) && /^\d+$/.test(written) ? BigInt(cached) >= BigInt(written) : cached === written;
+
 /** Returns the index values of an object (e.g. `spec.nodeName`); none means not indexed. */
 export type IndexFunction<T> = (object: T) => string | readonly string[] | undefined;
 

@@ -4,7 +4,7 @@
  */
 import type { Logger } from "pino";
 import type { Clock } from "../base/clock.ts";
-import type { EventRecorder, KubeClient, NodeStatus } from "../kube/index.ts";
+import type { EventRecorder, KubeClient, Node, NodeStatus } from "../kube/index.ts";
 import type {
   DeviceInfo,
   DeviceInventory,
@@ -113,6 +113,11 @@ export interface NodeEntry {
   lastStatus: NodeStatus | undefined;
   lastStatusAt: number;
   /**
+   * The Node as this process's last write of it was answered (trimmed), kept only until the
+   * informer's copy includes that write: what the next reconcile judges by meanwhile.
+   */
+  written: Node | undefined;
+  /**
    * The Node was deleted by someone else and not registered since: the next reconcile decides,
    * from the device's presence then, between retiring the device and registering the Node again.
    */
@@ -131,6 +136,7 @@ export function newEntry(o: Pick<NodeEntry, "name" | "device" | "problems" | "ow
     leaseStop: undefined,
     lastStatus: undefined,
     lastStatusAt: 0,
+    written: undefined,
     nodeDeleted: false,
     gone: false,
     kubeletPort: undefined,

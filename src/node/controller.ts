@@ -37,7 +37,7 @@
  */
 import type { Logger } from "pino";
 import { sleepOn, systemClock, type Clock } from "../base/clock.ts";
-import { Informer, isPermanentKubeError, toWire, type Node } from "../kube/index.ts";
+import { includesWrite, Informer, isPermanentKubeError, toWire, type Node } from "../kube/index.ts";
 import type { DeviceInfo } from "../provider/types.ts";
 import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
 import { addressChecker } from "./addresses.ts";
@@ -181,6 +181,7 @@ export class NodeController {
       // The reconcile decides, from the device's presence then: retire it, or register again.
       entry.nodeDeleted = true;
       entry.lastStatus = undefined;
+      entry.written = undefined;
       this.#queue.add(deviceId);
     });
     for (const node of this.#informer.list()) this.#adopt(node);
@@ -387,6 +388,7 @@ export class NodeController {
       return { requeueAfterMs: this.#o.recheckRefusedMs ?? DEFAULT_RECHECK_REFUSED_MS };
     }
     if (!node) return undefined; // an adopted node that is gone: nothing to heartbeat
+    node = latestNode(entry, node);
     this.#notices.birth(deviceId, { name: entry.name, uid: node.metadata?.uid }, entry.problems);
     const { kube, config, version } = this.#o;
     const transport = this.#transport.state;
@@ -396,20 +398,27 @@ export class NodeController {
       state: sync.deviceSync(deviceId),
       pendingGraceMs: this.#o.syncPendingGraceMs ?? DEFAULT_SYNC_PENDING_GRACE_MS,
     };
-    node =
-      (await writeNodeStatus({
-        kube,
-        config,
-        version,
-        transport,
-        entry,
-        node,
-        clock,
-        ...(syncState ? { sync: syncState } : {}),
-      })) ?? node;
+    const written = await writeNodeStatus({
+      kube,
+      config,
+      version,
+      transport,
+      entry,
+      node,
+      clock,
+      ...(syncState ? { sync: syncState } : {}),
+    });
+    if (written) node = rememberWrite(entry, written);
     // The in-sync label follows the condition as written, in the same patch as the taint.
     const inSync = sync && entry.device ? { value: inSyncLabel(entry.lastStatus) } : undefined;
-    await writeTransportTaint({ kube, name: entry.name, node, transport, ...(inSync ? { inSync } : {}) });
+    const patched = await writeTransportTaint({
+      kube,
+      name: entry.name,
+      node,
+      transport,
+      ...(inSync ? { inSync } : {}),
+    });
+    if (patched) node = rememberWrite(entry, patched);
     if (!entry.lease) {
       const nodeUid = node.metadata?.uid;
       startNodeLease({
@@ -460,6 +469,7 @@ export class NodeController {
       }),
     );
     entry.lastStatus = undefined;
+    entry.written = undefined;
     const registered = await registerNode({ kube, desired, deviceId, providerName });
     if (registered.outcome === "foreign") {
       this.#refuse(entry, deviceId, registered.node);
@@ -553,6 +563,7 @@ export class NodeController {
   #refuse(entry: NodeEntry, deviceId: string, node: Node): void {
     entry.ownership = "refused";
     entry.lastStatus = undefined;
+    entry.written = undefined;
     this.#stopLease(entry);
     void this.#releasePort(entry);
     const providerID = node.spec?.providerID ? ` (providerID ${node.spec.providerID})` : "";
@@ -563,4 +574,26 @@ export class NodeController {
         "it is left untouched and no pod bound to it is sent to the device",
     );
   }
+}
+
+/**
+ * The Node as this process last knows it: the cached one, or what its own last write of the Node
+ * was answered with while the cache has not caught up with that write. Under a burst the node
+ * watch lags by seconds; judged from the cache alone, a label just patched looked missing and was
+ * patched again at every look meanwhile (a third of the node writes of a 5,000-pod burst), and a
+ * taint list replaced against an old resourceVersion would meet a conflict.
+ */
+function latestNode(entry: NodeEntry, cached: Node): Node {
+  const written = entry.written;
+  if (!written) return cached;
+  if (!includesWrite(cached.metadata?.resourceVersion ?? "", written.metadata?.resourceVersion ?? ""))
+    return written;
+  entry.written = undefined;
+  return cached;
+}
+
+/** Keeps what a write of the Node answered (trimmed as the cache keeps it) until the cache shows it. */
+function rememberWrite(entry: NodeEntry, answered: Node): Node {
+  entry.written = trimNode(answered);
+  return entry.written;
 }

@@ -8,7 +8,7 @@ import pino, { type Logger } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import { parseKubeTime, type Lease } from "../kube/index.ts";
-import type { DeviceInventory } from "../provider/types.ts";
+import type { DeviceInventory, DeviceSync, DeviceSyncReporter } from "../provider/types.ts";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { seededRandom } from "../../test/support/seeded-random.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
@@ -47,10 +47,12 @@ async function startNodes(
   inventory: DeviceInventory = w.provider,
   kubeletPorts?: KubeletPortAssigner,
   log: Logger = logger,
+  sync?: DeviceSyncReporter,
 ) {
   const stop = new AbortController();
   stops.push(stop);
   const nodes = new NodeController({
+    ...(sync ? { sync } : {}),
     ...(kubeletPorts ? { kubeletPorts } : {}),
     kube: w.kube,
     inventory,
@@ -118,6 +120,44 @@ describe("NodeController (fake API server, FakeClock)", () => {
     expect(nodes.byNodeName("dev-0")?.deviceId).toBe("dev-0");
     const ready = w.kube.object("nodes", "dev-0")?.status?.conditions?.find((c) => c.type === "Ready");
     expect(ready?.status).toBe("True");
+  });
+
+  it("patches the in-sync label once, not again each time its lagging cache still lacks it", async () => {
+    const w = await world();
+    const states = new Map<string, DeviceSync>();
+    const listeners: ((deviceId: string) => void)[] = [];
+    const sync: DeviceSyncReporter = {
+      deviceSync: (id) => states.get(id),
+      notifyDeviceSync: (callback) => listeners.push(callback),
+    };
+    await startNodes(w, w.provider, undefined, logger, sync);
+    const inSyncPatches = () =>
+      w.kube.calls.filter((c) => c.verb === "patchNode" && JSON.stringify(c.args).includes("in-sync"));
+    const label = () => w.kube.object("nodes", "dev-0")?.metadata?.labels?.["devicelet.dev/in-sync"];
+    const report = async (generation: number) => {
+      states.set("dev-0", { desiredGeneration: generation, appliedGeneration: generation });
+      for (const l of listeners) l("dev-0");
+      await w.clock.advanceAsync(0);
+    };
+
+    // The node informer lags (a burst of pod work): the device reports three times meanwhile.
+    w.kube.holdWatches("nodes");
+    for (const generation of [1, 2, 3]) await report(generation);
+    expect(label()).toBe("true");
+    expect(inSyncPatches()).toHaveLength(1);
+    w.kube.releaseWatches("nodes");
+    await report(4);
+    expect(inSyncPatches()).toHaveLength(1);
+
+    // Someone else removes the label: the next look puts it back, from the cache that shows it gone.
+    const node = w.kube.object("nodes", "dev-0") ?? {};
+    const { "devicelet.dev/in-sync": _removed, ...labels } = node.metadata?.labels ?? {};
+    w.kube.apply("nodes", { ...node, metadata: { ...node.metadata, labels } });
+    await w.clock.advanceAsync(0);
+    expect(label()).toBeUndefined();
+    await report(5);
+    expect(label()).toBe("true");
+    expect(inSyncPatches()).toHaveLength(2);
   });
 
   it("advertises each node's own kubelet port, keeps it after a restart and frees it when the device goes", async () => {

@@ -97,6 +97,7 @@ function conditionsOverwritten(
  * `devicelet.dev/in-sync` label to `inSync` (removing it for undefined), when the node's differ:
  * one patch for both, none when neither changed. `inSync` is read from the status as written,
  * so the label changes only with the condition, never more often than node status is written.
+ * Resolves with the Node as the patch left it, undefined when nothing was patched.
  */
 export async function writeTransportTaint(o: {
   readonly kube: Pick<KubeClient, "patchNode">;
@@ -105,7 +106,7 @@ export async function writeTransportTaint(o: {
   readonly transport: TransportState | undefined;
   /** The label's value (undefined: no label); absent leaves the label alone (a provider without sync). */
   readonly inSync?: { readonly value: "true" | "false" | undefined };
-}): Promise<void> {
+}): Promise<Node | undefined> {
   const { node, inSync } = o;
   const taints = transportTaints(node.spec?.taints, o.transport?.connected === false);
   const current = node.metadata?.labels?.[NodeLabel.InSync];
@@ -113,10 +114,10 @@ export async function writeTransportTaint(o: {
     inSync === undefined || inSync.value === current
       ? undefined
       : { [NodeLabel.InSync]: inSync.value ?? null };
-  if (!taints && !label) return;
+  if (!taints && !label) return undefined;
   // The taint list is replaced whole, so only against the version it was computed from; the label
   // is devicelet's own and a merge patch of it is right whatever else changed meanwhile.
-  await o.kube.patchNode(o.name, {
+  return o.kube.patchNode(o.name, {
     metadata: {
       ...(taints ? { resourceVersion: node.metadata?.resourceVersion } : {}),
       ...(label ? { labels: label } : {}),

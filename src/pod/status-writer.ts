@@ -12,7 +12,7 @@
  *   await writer.write(pod, ref, buildPodStatus({ pod, ... }));
  */
 import type { Logger } from "pino";
-import { toWire, type KubeClient, type Pod, type PodStatus } from "../kube/index.ts";
+import { includesWrite, toWire, type KubeClient, type Pod, type PodStatus } from "../kube/index.ts";
 import { podKey, type PodRef } from "../provider/types.ts";
 import { statusChanged } from "./status.ts";
 
@@ -22,14 +22,6 @@ interface Written {
   resourceVersion: string;
   status: PodStatus;
 }
-
-/**
- * Whether the cached pod at `cached` already includes our write at `written`. resourceVersions are
- * opaque to clients, but every API server backed by etcd issues increasing integers; when either
- * is not one, only equality counts.
- */
-const includesWrite = (cached: string, written: string) =>
-  /^\d+$/.test(cached) && /^\d+$/.test(written) ? BigInt(cached) >= BigInt(written) : cached === written;
 
 export interface StatusWriterOptions {
   readonly kube: Pick<KubeClient, "patchPodStatus">;
