@@ -2,8 +2,10 @@
  * Throughput benchmark (`npm run bench -- throughput`): how fast the kubelet side starts pods when
  * nothing upstream sets the pace. THROUGHPUT_PODS (default 5,000) bare pods with `spec.nodeName`
  * set, round-robin over THROUGHPUT_NODES (default 100) nodes, are created straight through the API
- * with BENCH_CONCURRENCY (default 48) creates in flight; no Deployment, no scheduler, no
- * controller-manager. devicelet (mock provider, apps start at once, its API budget raised to
+ * with BENCH_CONCURRENCY (default 48) creates in flight, and at most BENCH_CREATE_QPS a second when
+ * that is set; no Deployment, no scheduler, no controller-manager. Unpaced, the API server's
+ * writes bound both tools; at a pace it sustains both keep up, and the time from create to Running
+ * tells them apart. devicelet (mock provider, apps start at once, its API budget raised to
  * BENCH_DEVICELET_QPS, default 1,000: see `deviceletApiBudget`) runs first, then KWOK with its
  * "fast" stages on fresh nodes, on the same control plane in the same run. Each tool starts once
  * the control plane has quietened down from the run before (under 0.3 cores over 2 s).
@@ -27,6 +29,7 @@ import { BenchApi } from "./api.ts";
 import { AuditTail } from "./audit-tail.ts";
 import {
   concurrency,
+  createQps,
   deviceletApiBudget,
   measureEach,
   ratio,
@@ -150,7 +153,8 @@ export async function benchThroughput(): Promise<void> {
   const audit = await AuditTail.start(["devicelet", "kwok"]);
   const id = `tp-${randomBytes(3).toString("hex")}`;
   try {
-    console.log(`throughput: ${PODS} pods bound to ${NODES} nodes, ${concurrency} creates in flight`);
+    const pace = createQps > 0 ? `, at most ${createQps} a second` : "";
+    console.log(`throughput: ${PODS} pods bound to ${NODES} nodes, ${concurrency} creates in flight${pace}`);
     if (HEAP_DIR !== undefined) mkdirSync(HEAP_DIR, { recursive: true });
     const { rows, devicelet, kwok } = await measureEach(TOOLS, (tool) => measure({ tool, id, api, audit }));
     const ratios = devicelet &&
@@ -183,6 +187,7 @@ export async function benchThroughput(): Promise<void> {
           nodes: NODES,
           podsPerNode: PODS_PER_NODE,
           concurrency,
+          createQps,
           deviceletApi: deviceletApiBudget(NODES),
           rows,
           ratios,
