@@ -273,8 +273,13 @@ export async function startMockDevicelet(o: {
   }
 }
 
+/** One scrape of devicelet's metrics, parsed. */
+async function scrapeMetrics(metricsPort: number) {
+  return parsePrometheus(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+}
+
 async function scrapeHeap(metricsPort: number): Promise<HeapNow> {
-  const samples = parsePrometheus(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+  const samples = await scrapeMetrics(metricsPort);
   const mib = (name: string, labels?: Record<string, string>) =>
     round(sampleSum(samples, `devicelet_nodejs_${name}`, labels) / 2 ** 20, 1);
   return {
@@ -292,10 +297,8 @@ function sampleHeap(metricsPort: number): {
   let peakUsed = 0;
   let limit = Number.NaN;
   const timer = setInterval(() => {
-    void fetch(`http://127.0.0.1:${metricsPort}/metrics`)
-      .then((r) => r.text())
-      .then((text) => {
-        const samples = parsePrometheus(text);
+    void scrapeMetrics(metricsPort)
+      .then((samples) => {
         peakUsed = Math.max(peakUsed, sampleSum(samples, "devicelet_nodejs_heap_size_used_bytes"));
         limit = sampleSum(samples, "devicelet_nodejs_heap_size_limit_bytes");
       })
