@@ -12,8 +12,7 @@ import { openSync, closeSync } from "node:fs";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Kubectl } from "./soak-load.ts";
-
-const repoRoot = path.resolve(import.meta.dirname, "..");
+import { deviceletBin } from "./support.ts";
 
 export class DeviceletChild {
   readonly configFile: string;
@@ -36,11 +35,9 @@ export class DeviceletChild {
   start(): void {
     if (this.running) return;
     const out = openSync(this.logFile, "a");
-    const child = spawn(
-      process.execPath,
-      [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", this.configFile],
-      { stdio: ["ignore", out, out] },
-    );
+    const child = spawn(process.execPath, [deviceletBin(), "run", "--config", this.configFile], {
+      stdio: ["ignore", out, out],
+    });
     closeSync(out);
     this.starts++;
     this.#child = child;
