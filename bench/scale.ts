@@ -8,7 +8,8 @@
  * numbers per pod and one flag per node, and counts the audit log as it grows.
  *
  * Per tool: time until all nodes Ready and until all pods Running; peak RSS of the tool's process
- * and its RSS at steady state (end of the hold); every transition of a node's Ready condition away
+ * and its RSS at steady state (end of the hold), and that RSS's growth from every node Ready to
+ * then per pod; every transition of a node's Ready condition away
  * from True during the hold (and during the pod burst), as a node watch saw it; API requests per
  * second by the tool's user during the hold (audit log); CPU seconds per node per minute during
  * the hold; CPU seconds until every pod ran; how much etcd's database and key count grew from
@@ -82,6 +83,14 @@ interface Row {
   heapLimitMiB: number;
   /** RSS at the end of the hold. */
   steadyRssMiB: number;
+  /** RSS with every node Ready, before the first pod create. */
+  rssBeforePodsMiB: number;
+  /**
+   * (steadyRssMiB − rssBeforePodsMiB) / pods: what a held pod costs at this fleet's size, the
+   * start's one-off costs (a burst's garbage, connections, the young generation grown) spread
+   * over all of them, as a fleet that size pays them.
+   */
+  rssPerPodKiB: number;
   /** Transitions of a node's Ready away from True during the hold, and how many nodes had one. */
   notReadyDuringHold: number;
   nodesNotReadyDuringHold: number;
@@ -149,6 +158,7 @@ async function measure(o: {
   console.log(`${o.tool}: ${NODES} nodes Ready after ${nodesReadySeconds}s; creating ${PODS} pods`);
   const namespace = `${o.id}-${o.tool}`;
   try {
+    const rssBeforePodsMiB = memoryMiB(fleet.pid).rssMiB;
     const run = await runBoundPods({ api, fleet, namespace, pods: PODS });
     const burstCpuSeconds = round(cpuSeconds(fleet.pid), 1);
     const etcdAfter = await etcdUsage();
@@ -176,6 +186,8 @@ async function measure(o: {
       podsPerSecond: run.podsPerSecond,
       peakRssMiB: memoryMiB(fleet.pid).peakRssMiB,
       steadyRssMiB: held.rssMiB,
+      rssBeforePodsMiB,
+      rssPerPodKiB: round(((held.rssMiB - rssBeforePodsMiB) * 1024) / PODS, 2),
       peakHeapUsedMiB: fleet.heap?.().peakUsedMiB ?? Number.NaN,
       heapLimitMiB: fleet.heap?.().limitMiB ?? Number.NaN,
       notReadyDuringHold: duringHold.count,
@@ -218,6 +230,7 @@ export async function benchScale(): Promise<void> {
         ? {
             peakRssMiB: ratio(devicelet.peakRssMiB, kwok.peakRssMiB),
             steadyRssMiB: ratio(devicelet.steadyRssMiB, kwok.steadyRssMiB),
+            rssPerPodKiB: ratio(devicelet.rssPerPodKiB, kwok.rssPerPodKiB),
             apiRequestsPerSecond: ratio(devicelet.apiRequestsPerSecond, kwok.apiRequestsPerSecond),
             cpuSecondsPerNodePerMinute: ratio(
               devicelet.cpuSecondsPerNodePerMinute,
