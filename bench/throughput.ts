@@ -14,7 +14,8 @@
  * pods per second, p50/p99 from a create's answer to Running, API requests per pod by the tool's
  * user (audit log), CPU seconds of the tool's process (/proc), its peak RSS and its RSS growth per
  * pod, at the moment the last pod ran and again once the process has idled THROUGHPUT_SETTLE_SECONDS
- * (default 30: what a fleet holding its pods costs, after the start's garbage is collected), and for
+ * (default 60: what a fleet holding its pods costs, after the start's garbage is collected and,
+ * in devicelet, the heap trimmed once the burst is over, src/metrics/heap-trim.ts), and for
  * devicelet what of that growth is its JavaScript heap (in use and committed). Prints
  * both rows and the devicelet/KWOK ratios; writes `bench-throughput.json` to the harness directory.
  * Namespaces, pods and nodes are deleted afterwards. THROUGHPUT_TOOLS (default `devicelet,kwok`)
@@ -49,7 +50,7 @@ const PODS = Number(process.env.THROUGHPUT_PODS ?? 5_000);
 const NODES = Number(process.env.THROUGHPUT_NODES ?? 100);
 /** Room for every pod with margin, and never less than the kubelet's default of 110. */
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
-const SETTLE_SECONDS = Number(process.env.THROUGHPUT_SETTLE_SECONDS ?? 30);
+const SETTLE_SECONDS = Number(process.env.THROUGHPUT_SETTLE_SECONDS ?? 60);
 const HEAP_DIR = process.env.THROUGHPUT_HEAP_DIR;
 const TOOLS = toolsFrom("THROUGHPUT_TOOLS");
 

@@ -14,7 +14,7 @@ import { ConfigError, parseConfig } from "../config/index.ts";
 import { runEngine, type Engine } from "../engine.ts";
 import { LeadershipLostError } from "../leader/index.ts";
 import { redaction } from "../log/redact.ts";
-import { watchHeap } from "../metrics/index.ts";
+import { trimHeapAfterBursts, watchHeap } from "../metrics/index.ts";
 import { runShardedEngines } from "../shard/engines.ts";
 import { resolveProvider } from "./providers.ts";
 import { version } from "./version.ts";
@@ -58,6 +58,8 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   process.once("SIGINT", () => stop("SIGINT"));
   const stopHeapWatch = watchHeap({ logger: logger.child({ component: "heap" }) });
   controller.signal.addEventListener("abort", stopHeapWatch, { once: true });
+  const stopHeapTrim = trimHeapAfterBursts({ logger: logger.child({ component: "heap" }) });
+  controller.signal.addEventListener("abort", stopHeapTrim, { once: true });
   if (config.sharding.enabled) {
     const createProvider: Parameters<typeof runShardedEngines>[0]["createProvider"] = (context) =>
       plugin.create(config.provider.config, context);

@@ -18,4 +18,5 @@ export {
   type Lane,
 } from "./devicelet-metrics.ts";
 export { watchHeap, type HeapUse } from "./heap.ts";
+export { trimHeapAfterBursts } from "./heap-trim.ts";
 export { startMetricsServer, type MetricsServer, type MetricsServerOptions } from "./server.ts";
