@@ -8,8 +8,8 @@
  * numbers per pod and one flag per node, and counts the audit log as it grows.
  *
  * Per tool: time until all nodes Ready and until all pods Running; peak RSS of the tool's process
- * and its RSS at steady state (end of the hold), and that RSS's growth from every node Ready to
- * then per pod; every transition of a node's Ready condition away
+ * and its RSS at steady state (end of the hold), and that RSS's growth per pod from the fleet's
+ * RSS with every node Ready and idle SCALE_IDLE_SECONDS (default 30); every transition of a node's Ready condition away
  * from True during the hold (and during the pod burst), as a node watch saw it; API requests per
  * second by the tool's user during the hold (audit log); CPU seconds per node per minute during
  * the hold; CPU seconds until every pod ran; how much etcd's database and key count grew from
@@ -17,6 +17,7 @@
  * harness directory. Namespaces, pods and nodes are deleted afterwards.
  */
 import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { BenchApi } from "./api.ts";
@@ -42,6 +43,12 @@ import type { NotReadyTransition } from "./watch.ts";
 const NODES = Number(process.env.SCALE_NODES ?? 1_000);
 const PODS = Number(process.env.SCALE_PODS ?? 10_000);
 const HOLD_SECONDS = Number(process.env.SCALE_HOLD_SECONDS ?? 600);
+/**
+ * How long the fleet idles with every node Ready before the first pod create (SCALE_IDLE_SECONDS,
+ * default 30): the RSS per pod is counted from the RSS of a fleet at rest, not of one still holding
+ * its registration's burst (devicelet trims its heap 20 s after a burst, src/metrics/heap-trim.ts).
+ */
+const IDLE_SECONDS = Number(process.env.SCALE_IDLE_SECONDS ?? 30);
 /** Which tools run, in this order (SCALE_TOOLS, default `devicelet,kwok`); ratios need both. */
 const TOOLS = toolsFrom("SCALE_TOOLS");
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
@@ -83,7 +90,7 @@ interface Row {
   heapLimitMiB: number;
   /** RSS at the end of the hold. */
   steadyRssMiB: number;
-  /** RSS with every node Ready, before the first pod create. */
+  /** RSS with every node Ready, IDLE_SECONDS later, before the first pod create. */
   rssBeforePodsMiB: number;
   /**
    * (steadyRssMiB − rssBeforePodsMiB) / pods: what a held pod costs at this fleet's size, the
@@ -158,6 +165,7 @@ async function measure(o: {
   console.log(`${o.tool}: ${NODES} nodes Ready after ${nodesReadySeconds}s; creating ${PODS} pods`);
   const namespace = `${o.id}-${o.tool}`;
   try {
+    await sleep(IDLE_SECONDS * 1000);
     const rssBeforePodsMiB = memoryMiB(fleet.pid).rssMiB;
     const run = await runBoundPods({ api, fleet, namespace, pods: PODS });
     const burstCpuSeconds = round(cpuSeconds(fleet.pid), 1);
