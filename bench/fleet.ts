@@ -507,5 +507,9 @@ export async function removeBoundPods(o: { api: BenchApi; namespace: string; pod
 
 export const round = (value: number, digits: number) => Math.round(value * 10 ** digits) / 10 ** digits;
 
+/** The growth from `fromMiB` to `toMiB` per pod, in KiB to two decimals (the per-pod memory columns). */
+export const kibPerPod = (toMiB: number, fromMiB: number, pods: number) =>
+  round(((toMiB - fromMiB) * 1024) / pods, 2);
+
 /** `a / b` to two decimals, for the ratio columns. */
 export const ratio = (a: number, b: number) => round(a / b, 2);

@@ -9,8 +9,8 @@
  *
  * Per tool: time until all nodes Ready and until all pods Running; peak RSS of the tool's process
  * and its RSS at steady state (end of the hold), and that RSS's growth per pod from the fleet's
- * RSS with every node Ready and idle SCALE_IDLE_SECONDS (default 30); every transition of a node's Ready condition away
- * from True during the hold (and during the pod burst), as a node watch saw it; API requests per
+ * RSS with every node Ready and idle SCALE_IDLE_SECONDS (default 30); every transition of a node's
+ * Ready condition away from True during the hold (and during the pod burst), as a node watch saw it; API requests per
  * second by the tool's user during the hold (audit log); CPU seconds per node per minute during
  * the hold; CPU seconds until every pod ran; how much etcd's database and key count grew from
  * before the nodes to every pod Running. Prints both rows and the devicelet/KWOK ratios; writes `bench-scale.json` to the
@@ -30,6 +30,7 @@ import {
   ratio,
   toolsFrom,
   removeBoundPods,
+  kibPerPod,
   round,
   runBoundPods,
   startMockDevicelet,
@@ -195,7 +196,7 @@ async function measure(o: {
       peakRssMiB: memoryMiB(fleet.pid).peakRssMiB,
       steadyRssMiB: held.rssMiB,
       rssBeforePodsMiB,
-      rssPerPodKiB: round(((held.rssMiB - rssBeforePodsMiB) * 1024) / PODS, 2),
+      rssPerPodKiB: kibPerPod(held.rssMiB, rssBeforePodsMiB, PODS),
       peakHeapUsedMiB: fleet.heap?.().peakUsedMiB ?? Number.NaN,
       heapLimitMiB: fleet.heap?.().limitMiB ?? Number.NaN,
       notReadyDuringHold: duringHold.count,

@@ -32,6 +32,7 @@ import {
   concurrency,
   createQps,
   deviceletApiBudget,
+  kibPerPod,
   measureEach,
   ratio,
   toolsFrom,
@@ -127,16 +128,13 @@ async function measure(o: {
       apiRequestsByRequest: requests.byRequest,
       tool429s: requests.throttled,
       peakRssMiB: after.peakRssMiB,
-      rssPerPodKiB: round(((after.rssMiB - before.rssMiB) * 1024) / PODS, 2),
-      settledRssPerPodKiB: round(((settled.rssMiB - before.rssMiB) * 1024) / PODS, 2),
+      rssPerPodKiB: kibPerPod(after.rssMiB, before.rssMiB, PODS),
+      settledRssPerPodKiB: kibPerPod(settled.rssMiB, before.rssMiB, PODS),
       quietWaitSeconds,
       ...(heapBefore && heapSettled
         ? {
-            heapUsedPerPodKiB: round(((heapSettled.usedMiB - heapBefore.usedMiB) * 1024) / PODS, 2),
-            heapCommittedPerPodKiB: round(
-              ((heapSettled.committedMiB - heapBefore.committedMiB) * 1024) / PODS,
-              2,
-            ),
+            heapUsedPerPodKiB: kibPerPod(heapSettled.usedMiB, heapBefore.usedMiB, PODS),
+            heapCommittedPerPodKiB: kibPerPod(heapSettled.committedMiB, heapBefore.committedMiB, PODS),
             newSpaceMiB: heapSettled.newSpaceMiB,
           }
         : {}),

@@ -56,9 +56,10 @@ export async function runCommand(options: { configPath: string }): Promise<numbe
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
-  const stopHeapWatch = watchHeap({ logger: logger.child({ component: "heap" }) });
+  const heapLogger = logger.child({ component: "heap" });
+  const stopHeapWatch = watchHeap({ logger: heapLogger });
+  const stopHeapTrim = trimHeapAfterBursts({ logger: heapLogger });
   controller.signal.addEventListener("abort", stopHeapWatch, { once: true });
-  const stopHeapTrim = trimHeapAfterBursts({ logger: logger.child({ component: "heap" }) });
   controller.signal.addEventListener("abort", stopHeapTrim, { once: true });
   if (config.sharding.enabled) {
     const createProvider: Parameters<typeof runShardedEngines>[0]["createProvider"] = (context) =>
