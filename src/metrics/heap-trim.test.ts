@@ -75,6 +75,9 @@ describe("trimHeapAfterBursts", () => {
     t.heap.size = 115; // +15 MiB: under both the bytes and the share
     await t.clock.advanceAsync(TRIM_SETTLE_MS + 2 * TRIM_CHECK_MS);
     expect(t.collections()).toBe(0);
+    t.heap.size = 120; // +20 MiB: over the bytes, but 20 % is under the share
+    await t.clock.advanceAsync(TRIM_SETTLE_MS + 2 * TRIM_CHECK_MS);
+    expect(t.collections()).toBe(0);
 
     t.heap.size = 200;
     t.heap.busy = 0.9;
