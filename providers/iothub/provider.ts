@@ -65,7 +65,9 @@ function partsConfig(config: IotHubConfig, hostName: string): MqttConfig {
   const { query: _query, ids: _ids, ...devices } = config.devices;
   return {
     ...unused,
-    devices,
+    // No re-reads (reread.ts): they make up for a broker's queue overflowing, and a hub has none;
+    // its twin sweeps read every device's reported properties again anyway.
+    devices: { ...devices, rereadAfterSeconds: 0 },
     desired: config.desired,
     commands: config.commands,
     health: config.health,

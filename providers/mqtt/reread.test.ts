@@ -20,7 +20,7 @@ import { eventually } from "../../test/support/eventually.ts";
 import { workload } from "../mock/testing.ts";
 import { DeviceRegistry } from "./devices.ts";
 import { createMqttProvider, type MqttProvider } from "./index.ts";
-import { devicesToReread, rereadTimes } from "./reread.ts";
+import { devicesToReread, RereadWatch, rereadTimes } from "./reread.ts";
 import { quietContext } from "../../test/support/provider-context.ts";
 import { TestMetrics } from "../../src/testing/context.ts";
 
@@ -110,6 +110,21 @@ describe("devicesToReread", () => {
       reportBehind: () => false,
     };
     expect(devicesToReread(reg, rejected, new Map(), { ...times, now, floor: T0 })).toEqual(["birth-lost"]);
+  });
+});
+
+describe("RereadWatch", () => {
+  it("refuses a period that is not a number of milliseconds, where a timer would fire every millisecond", () => {
+    const options = {
+      registry: new DeviceRegistry({ onChange: () => undefined }),
+      connectedSince: () => T0,
+      sync: () => undefined,
+      reportBehind: () => false,
+      reread: () => Promise.resolve(),
+    };
+    for (const afterMs of [Number.NaN, -1, Number.POSITIVE_INFINITY]) {
+      expect(() => new RereadWatch({ ...options, afterMs })).toThrow(/afterMs must be 0 or more/);
+    }
   });
 });
 

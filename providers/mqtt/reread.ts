@@ -108,7 +108,10 @@ export class RereadWatch {
   readonly #last = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
 
+  /** @throws RangeError when `afterMs` is not a number of milliseconds (a timer would spin). */
   constructor(options: RereadOptions) {
+    if (!Number.isFinite(options.afterMs) || options.afterMs < 0)
+      throw new RangeError(`re-read afterMs must be 0 or more milliseconds, got ${options.afterMs}`);
     this.#o = options;
     this.#times = rereadTimes(options.afterMs);
     this.#now = options.now ?? Date.now;
