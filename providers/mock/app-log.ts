@@ -13,6 +13,13 @@ interface LogLine {
 /** Oldest lines are dropped beyond this many. */
 const MAX_LINES = 500;
 
+/**
+ * Up to this many lines, the array is copied one longer at each line rather than pushed to: a
+ * push grows an array by 16 slots at least, and most logs hold two lines (pulling, started) for
+ * the pod's whole life, 120 bytes a pod unused (a 5,000-pod heap snapshot).
+ */
+const EXACT_LINES = 16;
+
 /** What {@link AppLog.read} takes: the kubelet's options, and a cut-off for a cached read. */
 export interface AppLogRead extends Omit<LogOptions, "previous"> {
   /** Only lines written at or before this time (what devicelet had when the device went away); no follow. */
@@ -39,7 +46,8 @@ export class AppLog {
   /** Adds a line; after {@link AppLog.close} it is kept but no follower sees it. */
   append(at: number, text: string): void {
     const line = { at, text };
-    this.#lines.push(line);
+    if (this.#lines.length < EXACT_LINES) this.#lines = this.#lines.concat(line);
+    else this.#lines.push(line);
     if (this.#lines.length > MAX_LINES) this.#lines.splice(0, this.#lines.length - MAX_LINES);
     if (this.#followers) for (const f of this.#followers) f(line);
   }
