@@ -142,6 +142,27 @@ describe("MockProvider", () => {
     expect(provider.stats().applied).toBe(1); // nothing re-applied
   });
 
+  it("while offline, reports the status the device went away with, not what its apps did since", async () => {
+    const { provider, rec } = await started({ devices: { count: 1 }, appStartDelayMs: 1_000 });
+    await provider.createPod(workload("p", "mock-0"));
+    await vi.advanceTimersByTimeAsync(500);
+    provider.setConnected("mock-0", false);
+    const away = { phase: "Pending", reason: "ContainerCreating", deviceConnected: false };
+    expect(rec.last("p")).toMatchObject(away);
+    // The app starts on the device meanwhile; devicelet cannot know until it is back.
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(await provider.getPodStatus(refOf(workload("p", "mock-0")))).toMatchObject({
+      ...away,
+      apps: [{ state: { kind: "waiting", reason: "ContainerCreating" }, ready: false }],
+      observedAt: new Date("2026-01-01T00:00:02.500Z"),
+    });
+    provider.setConnected("mock-0", true);
+    expect(rec.last("p")).toMatchObject({ phase: "Running", deviceConnected: true });
+    // Away again: now with what it ran when it went.
+    provider.setConnected("mock-0", false);
+    expect(rec.last("p")).toMatchObject({ phase: "Running", deviceConnected: false });
+  });
+
   it("keeps a tombstone for a delete while offline and carries it out on reconnect", async () => {
     const { provider, rec } = await started({});
     const w = workload("t", "mock-0");
