@@ -470,6 +470,32 @@ describe("trimPod's value table", () => {
       return trim(pod);
     };
     expect(unlabelled(2).metadata?.labels).toBe(unlabelled(3).metadata?.labels);
+    // Containers are shared whole, with their list, when none mounts the pod's token (and the
+    // list is short enough for the table: a plain container).
+    const tokenless = (i: number, token: boolean) => {
+      const name = `plain-${i}`;
+      const tokenName = `kube-api-access-${i}`;
+      const mounts = token ? { volumeMounts: [{ name: tokenName, mountPath: "/var/run/secrets/x" }] } : {};
+      const pod: Pod = {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name, namespace: "ns", uid: `uid-${i}` },
+        spec: {
+          nodeName: "dev-1",
+          containers: [{ name: "app", image: "registry/app:1", command: ["run"], ...mounts }],
+          ...(token ? { volumes: [{ name: tokenName, projected: { sources: [] } }] } : {}),
+        },
+      };
+      return [trim(structuredClone(pod)), plainTrim(pod)] as const;
+    };
+    const [[c, plainC], [d]] = [tokenless(4, false), tokenless(5, false)];
+    expect(c).toStrictEqual(plainC);
+    expect(c.spec?.containers).toBe(d.spec?.containers);
+    expect(Object.isFrozen(c.spec?.containers[0])).toBe(true);
+    expect(translatePod(c, translateOptions)).toStrictEqual(translatePod(plainC, translateOptions));
+    const [[e], [f]] = [tokenless(6, true), tokenless(7, true)];
+    expect(e.spec?.containers).not.toBe(f.spec?.containers);
+    expect(Object.isFrozen(e.spec?.containers[0])).toBe(false);
   });
 
   it("leaves the translation, its hash and the status built from the pod as they were", () => {

@@ -231,8 +231,9 @@ type Shareable = Record<string, unknown>;
  * table's shared, frozen copies; returns `pod`. A 5,000-pod heap snapshot held about 40 objects
  * per cached pod; these are the ones equal across replicas or across pods that changed in the
  * same second. Left as they are, being unique to the pod: the pod, its metadata, spec and status
- * objects themselves, its containers and container statuses (their volume mounts and container
- * IDs name the pod), the service account token volume, `podIP(s)` and labels with a unique value.
+ * objects themselves, its container statuses (their container IDs name the pod), its containers
+ * when one mounts the service account token (the volume's name is the pod's own), that volume,
+ * `podIP(s)` and labels with a unique value.
  */
 function sharePodValues(pod: Pod, values: ValueTable): Pod {
   const share = (object: object | undefined, keys: readonly string[]) => {
@@ -248,8 +249,14 @@ function sharePodValues(pod: Pod, values: ValueTable): Pod {
   }
   if (spec) {
     share(spec, ["securityContext", "readinessGates"]);
-    for (const list of [spec.initContainers, spec.containers, spec.ephemeralContainers]) {
-      for (const container of list ?? []) share(container, CONTAINER_VALUES);
+    for (const key of CONTAINER_LISTS) {
+      const list = spec[key];
+      if (list === undefined || Object.isFrozen(list)) continue;
+      for (const container of list) share(container, CONTAINER_VALUES);
+      // Whole, list and all, when nothing in them names the pod: no service account token is
+      // mounted (`automountServiceAccountToken: false`, which device workloads that never call the
+      // API server can set).
+      if (!list.some(mountsToken)) share(spec, [key]);
     }
     const volumes = spec.volumes;
     if (volumes && !Object.isFrozen(volumes)) {
@@ -272,6 +279,11 @@ function sharePodValues(pod: Pod, values: ValueTable): Pod {
   }
   return pod;
 }
+
+const CONTAINER_LISTS = ["initContainers", "containers", "ephemeralContainers"] as const;
+
+const mountsToken = (container: { volumeMounts?: { name: string }[] }): boolean =>
+  container.volumeMounts?.some((mount) => mount.name.startsWith(TOKEN_VOLUME_PREFIX)) ?? false;
 
 /** A container's parts that every replica repeats (not `volumeMounts`: the token's names the pod). */
 const CONTAINER_VALUES = [
