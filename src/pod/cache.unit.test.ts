@@ -196,7 +196,7 @@ describe("PodController's pod cache", () => {
     expect(w.deletes).toEqual(["uid-run"]);
     expect(await running(w, "run")).toBeUndefined();
     expect(cached(controller, "run")).toBeUndefined();
-    expect(controller.stats()).toMatchObject({ held: 0, statuses: 0, written: 0 });
+    expect(controller.stats()).toMatchObject({ held: 0, written: 0 });
   });
 
   it("keeps a pod whose work the provider holds cached after a restart, before its node name is served again", async () => {

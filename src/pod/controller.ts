@@ -46,7 +46,6 @@ import {
   podKey,
   type PodLifecycleProvider,
   type PodRef,
-  type WorkloadStatus,
 } from "../provider/types.ts";
 import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
 import { checkSupported, referencedObjects, translatePod, type FrozenEnv } from "../workload/index.ts";
@@ -147,7 +146,6 @@ export class PodController {
   readonly #held = new Map<string, Held>();
   /** Pods just handed to the provider: until when their first status waits for a report. */
   readonly #firstStatusAt = new Map<string, number>();
-  readonly #statuses = new Map<string, WorkloadStatus>();
   readonly #status: StatusWriter;
   /** Per pod uid: the last refusal recorded as an Event, so each is recorded once. */
   readonly #refusals = new Map<string, string>();
@@ -251,7 +249,8 @@ export class PodController {
           this.#informer.get(key)?.metadata?.uid === status.pod.uid;
         if (!known) return;
         if (status.phase === "Running") this.#trace.reported(status.pod.uid);
-        this.#statuses.set(status.pod.uid, status);
+        // Not kept: the reconcile asks getPodStatus, which answers from what the provider holds (a
+        // status kept here too was about 440 bytes a pod, in a 5,000-pod heap snapshot).
         // Ahead of deletes and re-reads: what the device reports is what kubectl waits for. The
         // report that ends a starting pod's first-status wait goes at once: the debounce folds
         // changes into one write, and before this one nothing of the pod was written to fold
@@ -336,7 +335,6 @@ export class PodController {
     return {
       ...this.#counters,
       held: this.#held.size,
-      statuses: this.#statuses.size,
       written: this.#status.size,
       references: this.#refs.stats(),
       queue: this.#queue.stats(),
@@ -428,7 +426,9 @@ export class PodController {
       held.ignored = refused?.message ?? "";
     }
 
-    const podIP = this.#statuses.get(ref.uid)?.podIP ?? this.#ips.allocate(ref.uid);
+    // What the provider holds for the pod now: from memory, never waiting for a device (its contract).
+    let status = await this.#o.provider.getPodStatus(ref);
+    const podIP = status?.podIP ?? this.#ips.allocate(ref.uid);
     const hostIP =
       node.device.addresses.find((a) => a.type === "InternalIP")?.address ?? this.#o.config.kubeletAddress;
     // Once env is frozen, only what the volumes refer to matters.
@@ -483,25 +483,19 @@ export class PodController {
         this.#firstStatusAt.set(ref.uid, now.getTime() + waitMs);
         return { requeueAfterMs: waitMs };
       }
+      status = await this.#o.provider.getPodStatus(ref);
     } else {
       const { workload } = result;
       if (held.hash !== workload.hash) {
         await this.#o.provider.updatePod(workload);
         this.#counters.updates++;
         held.hash = workload.hash;
+        status = await this.#o.provider.getPodStatus(ref);
       }
       held.env ??= frozenEnvOf(workload.apps);
       held.gracePeriodSeconds = workload.terminationGracePeriodSeconds;
     }
 
-    // Pushed status when the provider has it; otherwise ask (after a restart this is what keeps an
-    // adopted, running pod from being reported Pending while the first push is on its way).
-    let status = this.#statuses.get(ref.uid);
-    if (!status) {
-      status = await this.#o.provider.getPodStatus(ref);
-      if (status && hasStatusNotifier(this.#o.provider) && !this.#statuses.has(ref.uid))
-        this.#statuses.set(ref.uid, status);
-    }
     // Still waiting for a just-started pod's first report: the API server's Pending stands.
     const firstAt = this.#firstStatusAt.get(ref.uid);
     if (firstAt !== undefined) {
@@ -530,7 +524,6 @@ export class PodController {
   #release(key: string | undefined, uid: string): void {
     this.#trace.forget(uid);
     this.#firstStatusAt.delete(uid);
-    this.#statuses.delete(uid);
     this.#status.release(uid);
     this.#refusals.delete(uid);
     this.#deletion.release(uid);

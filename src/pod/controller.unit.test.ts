@@ -198,13 +198,20 @@ describe("PodController (fake API server, FakeClock)", () => {
 
   it("folds later status changes of a started pod into one write a debounce after the first", async () => {
     const w = await world();
-    // The provider's status pushes, to send the controller changes the mock would not make.
+    // The provider's status pushes, to send the controller changes the mock would not make; its
+    // getPodStatus answers with the last one, as the contract asks.
     let push: ((status: WorkloadStatus) => void) | undefined;
+    let pushed: WorkloadStatus | undefined;
     const notifyStatus = w.provider.notifyStatus.bind(w.provider);
     w.provider.notifyStatus = (callback) => {
-      push = callback;
+      push = (status) => {
+        pushed = status;
+        callback(status);
+      };
       notifyStatus(callback);
     };
+    const getPodStatus = w.provider.getPodStatus.bind(w.provider);
+    w.provider.getPodStatus = async (ref) => pushed ?? (await getPodStatus(ref));
     await startController(w);
     w.kube.apply("pods", pod("web", "uid-1"));
     await w.clock.advanceAsync(1_000);
@@ -336,7 +343,7 @@ describe("PodController (fake API server, FakeClock)", () => {
     // "lost" was listed but the provider no longer has it (NotFound): forgotten, not retried.
     expect(w.deletes).toContainEqual({ uid: "uid-lost", gracePeriodSeconds: 30 });
     const settled = controller.stats();
-    expect(settled).toMatchObject({ held: 0, statuses: 0, written: 0 });
+    expect(settled).toMatchObject({ held: 0, written: 0 });
     await w.clock.advanceAsync(3_600_000);
     expect(controller.stats().queue).toMatchObject({
       processed: settled.queue.processed,

@@ -241,7 +241,11 @@ export interface PodLifecycleProvider {
    * with the deletion callback. An unknown pod: resolve (deleting twice is not an error).
    */
   deletePod(pod: PodRef, options: DeletePodOptions): Promise<void>;
-  /** Current status, or undefined for an unknown pod (never throws NotFound). Must not block on a device. */
+  /**
+   * Current status, or undefined for an unknown pod (never throws NotFound). Must not block on a
+   * device. Asked at every reconcile of the pod, with a {@link StatusNotifier} too (a push tells the
+   * engine when to look, the engine keeps no copy): it must agree with the latest push.
+   */
   getPodStatus(pod: PodRef): Promise<WorkloadStatus | undefined>;
   /**
    * Every pod the provider runs or holds (queued or tombstoned), on any device, including those
