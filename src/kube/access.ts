@@ -71,9 +71,14 @@ interface UndiciAgent {
  * budget of its own, so pod work never holds a Lease renewal in a queue: at 5,000 nodes it renews
  * 500 Leases a second, which at the second an overloaded API server takes to answer keeps 500
  * connections busy (5,000 kubelets would keep 5,000). The default lane carries the watches (a
- * handful per process) and pod work, whose concurrency `concurrentPods` bounds.
+ * handful per process) and pod work, whose concurrency `concurrentPods` bounds (64 by default).
+ * It had 256: in a burst of 5,000 pods on 64 workers undici opened 125 connections beyond the
+ * 80 the nodes' registration had left (heap snapshots), each about 85 KiB of RSS held the
+ * IDLE_CONNECTION_MS after; with 64 the RSS a pod leaves fell from 3.8 to 1.9 KiB, at the same
+ * pods per second (`npm run bench -- throughput`, docs/performance.md). A provider with more
+ * workers (IoT Hub's, waiting on its hub's rates) has its status writes wait here instead.
  */
-export const MAX_CONNECTIONS = { default: 256, heartbeat: 512 } as const;
+export const MAX_CONNECTIONS = { default: 64, heartbeat: 512 } as const;
 
 /**
  * How long an idle connection to the API server is kept for the next request. undici closes one
