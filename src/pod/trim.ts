@@ -75,7 +75,10 @@ const SPEC = [
 ] as const satisfies readonly (keyof PodSpec)[];
 
 /** `kube-api-access-<5 random characters>`: the token volume admission adds, one name per pod. */
-const TOKEN_VOLUME_PREFIX = "kube-api-access-";
+const isTokenVolume = (name: string): boolean => name.startsWith("kube-api-access-");
+
+/** The spec's container lists, which the trim treats alike. */
+const CONTAINER_LISTS = ["initContainers", "containers", "ephemeralContainers"] as const;
 
 /**
  * A table for pod strings. 8,192 entries a generation: the strings 10,000 pods of a few dozen
@@ -87,7 +90,7 @@ export const podStringTable = (): StringTable =>
   new StringTable({
     generationSize: 8_192,
     maxLength: 256,
-    admit: (value) => !value.startsWith(TOKEN_VOLUME_PREFIX),
+    admit: (value) => !isTokenVolume(value),
   });
 
 /**
@@ -175,9 +178,8 @@ function internPod(pod: Pod, strings: StringTable): Pod {
   }
   if (spec) {
     strings.internFields(spec, ["nodeName", "serviceAccountName"]);
-    for (const container of spec.initContainers ?? []) internContainer(container, strings);
-    for (const container of spec.containers) internContainer(container, strings);
-    for (const container of spec.ephemeralContainers ?? []) internContainer(container, strings);
+    for (const key of CONTAINER_LISTS)
+      for (const container of spec[key] ?? []) internContainer(container, strings);
     strings.internIn(spec.volumes);
   }
   if (status) {
@@ -262,7 +264,7 @@ function sharePodValues(pod: Pod, values: ValueTable): Pod {
     if (volumes && !Object.isFrozen(volumes)) {
       for (let i = 0; i < volumes.length; i++) {
         const volume = volumes[i];
-        if (volume && !volume.name.startsWith(TOKEN_VOLUME_PREFIX)) volumes[i] = values.share(volume);
+        if (volume && !isTokenVolume(volume.name)) volumes[i] = values.share(volume);
       }
     }
   }
@@ -280,10 +282,8 @@ function sharePodValues(pod: Pod, values: ValueTable): Pod {
   return pod;
 }
 
-const CONTAINER_LISTS = ["initContainers", "containers", "ephemeralContainers"] as const;
-
 const mountsToken = (container: { volumeMounts?: { name: string }[] }): boolean =>
-  container.volumeMounts?.some((mount) => mount.name.startsWith(TOKEN_VOLUME_PREFIX)) ?? false;
+  container.volumeMounts?.some((mount) => isTokenVolume(mount.name)) ?? false;
 
 /** A container's parts that every replica repeats (not `volumeMounts`: the token's names the pod). */
 const CONTAINER_VALUES = [
