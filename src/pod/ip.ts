@@ -6,7 +6,8 @@
  */
 
 const toInt = (ip: string) => ip.split(".").reduce((acc, part) => acc * 256 + Number(part), 0);
-const toIp = (n: number) => [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join(".");
+const toIp = (n: number) => `${Math.floor(n / 2 ** 24)}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+const IPV4 = /^\d{1,3}(?:\.\d{1,3}){3}$/;
 
 /** Prefix lengths the allocator serves: /30 leaves two usable addresses, /8 sixteen million. */
 const MIN_BITS = 8;
@@ -29,11 +30,19 @@ export const podIpRangeProblem = (cidr: string): string | undefined => {
   return undefined;
 };
 
+/**
+ * What it keeps per pod is one map entry: the owner and its address's offset in the range (a
+ * small integer, where a string would cost 32 bytes more), plus one bit in a map of the range's
+ * used addresses, grown as the addresses handed out reach further (at most 2 MiB, for a /8).
+ * A reserved address outside the range (a device's own) is kept as given.
+ */
 export class PodIpAllocator {
   readonly #first: number;
   readonly #size: number;
-  readonly #byOwner = new Map<string, string>();
-  readonly #owners = new Map<string, string>();
+  /** Offset from {@link PodIpAllocator.#first} of the owner's address, or the address outside the range. */
+  readonly #byOwner = new Map<string, number | string>();
+  /** Bit i: offset i is taken. */
+  #used = new Uint8Array(64);
   #next = 0;
 
   /** `cidr` like `10.250.0.0/16`; the network and broadcast addresses are never handed out. */
@@ -50,29 +59,56 @@ export class PodIpAllocator {
 
   /** Records an address a pod already has (from its status), so it is never handed to another. */
   reserve(owner: string, ip: string): void {
-    this.#byOwner.set(owner, ip);
-    this.#owners.set(ip, owner);
+    this.release(owner);
+    const offset = IPV4.test(ip) ? toInt(ip) - this.#first : -1;
+    if (offset < 0 || offset >= this.#size) {
+      this.#byOwner.set(owner, ip);
+      return;
+    }
+    this.#byOwner.set(owner, offset);
+    this.#mark(offset, true);
   }
 
   /** The owner's address, allocating the next free one on first call. */
   allocate(owner: string): string {
     const existing = this.#byOwner.get(owner);
-    if (existing) return existing;
+    if (typeof existing === "string") return existing;
+    if (existing !== undefined) return toIp(this.#first + existing);
     for (let i = 0; i < this.#size; i++) {
-      const ip = toIp(this.#first + ((this.#next + i) % this.#size));
-      if (!this.#owners.has(ip)) {
-        this.#next = (this.#next + i + 1) % this.#size;
-        this.reserve(owner, ip);
-        return ip;
+      const offset = (this.#next + i) % this.#size;
+      if (!this.#taken(offset)) {
+        this.#next = (offset + 1) % this.#size;
+        this.#byOwner.set(owner, offset);
+        this.#mark(offset, true);
+        return toIp(this.#first + offset);
       }
     }
     throw new Error("pod IP range exhausted");
   }
 
   release(owner: string): void {
-    const ip = this.#byOwner.get(owner);
-    if (ip === undefined) return;
+    const offset = this.#byOwner.get(owner);
+    if (offset === undefined) return;
     this.#byOwner.delete(owner);
-    this.#owners.delete(ip);
+    if (typeof offset === "number") this.#mark(offset, false);
+  }
+
+  #taken(offset: number): boolean {
+    const byte = offset >>> 3;
+    return byte < this.#used.length && ((this.#used[byte] ?? 0) & (1 << (offset & 7))) !== 0;
+  }
+
+  #mark(offset: number, taken: boolean): void {
+    const byte = offset >>> 3;
+    if (byte >= this.#used.length) {
+      if (!taken) return;
+      const grown = new Uint8Array(
+        Math.min(Math.max(this.#used.length * 2, byte + 1), Math.ceil(this.#size / 8)),
+      );
+      grown.set(this.#used);
+      this.#used = grown;
+    }
+    const bit = 1 << (offset & 7);
+    this.#used[byte] = taken ? (this.#used[byte] ?? 0) | bit : (this.#used[byte] ?? 0) & ~bit;
   }
 }
