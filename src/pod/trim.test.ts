@@ -409,6 +409,11 @@ describe("trimPod's string table", () => {
     ]) {
       expect(strings.has(value), value).toBe(true);
     }
+    // The QoS class (those up to 9 characters come out of JSON.parse shared already).
+    const bestEffort = JSON.parse(replicaJson(0)) as Pod;
+    bestEffort.status = { ...bestEffort.status, qosClass: "BestEffort" };
+    trim(bestEffort);
+    expect(strings.has("BestEffort")).toBe(true);
     // Unique: never stored, whichever replica.
     for (const value of [
       "sensor-7d9f8c6b5-00007",

@@ -17,7 +17,8 @@
  * timestamps, and JSON.parse gives each pod its own copies. The trim swaps them in place, inside
  * the kept values too, for the copies the table saw first: equal strings, so nothing a reader sees
  * changes (the workload hash included), only the heap. Left out, as they never repeat: `name`,
- * `uid`, `resourceVersion`, the `statefulset.kubernetes.io/pod-name` label, `status.podIP(s)`,
+ * `uid`, `resourceVersion`, the `statefulset.kubernetes.io/pod-name` label, `status.podIP(s)` (the
+ * first of `podIPs` is made the same string as `podIP`),
  * `containerID`s and the name admission gives the service account token volume.
  */
 import { StringTable, ValueTable } from "../base/intern.ts";
@@ -183,8 +184,12 @@ function internPod(pod: Pod, strings: StringTable): Pod {
     strings.internIn(spec.volumes);
   }
   if (status) {
-    strings.internFields(status, ["hostIP", "startTime", "reason", "message"]);
+    strings.internFields(status, ["qosClass", "hostIP", "startTime", "reason", "message"]);
     strings.internIn(status.hostIPs);
+    // The pod's own address, parsed twice: keep one copy.
+    const { podIP } = status;
+    const first = status.podIPs?.[0];
+    if (first && podIP !== undefined && first.ip === podIP) first.ip = podIP;
     for (const condition of status.conditions ?? []) {
       strings.internFields(condition, ["type", "reason", "message", "lastTransitionTime", "lastProbeTime"]);
     }
