@@ -156,7 +156,10 @@ function shareRepeated(workload: Workload): Workload {
     };
     return secret ? parts : share(parts);
   });
-  return { ...workload, pod, apps };
+  // A literal, not a spread of `workload`: a spread copies its layout, in which `hash` (added last)
+  // sits outside the object, 40 bytes more for every workload a provider holds.
+  const { nodeName, deviceId, restartPolicy, terminationGracePeriodSeconds, hash } = workload;
+  return { pod, nodeName, deviceId, restartPolicy, terminationGracePeriodSeconds, apps, hash };
 }
 
 interface ContainerContext {
