@@ -245,7 +245,7 @@ export class PodController {
         const key = podKey(status.pod);
         // Only for a pod this process knows: a late report of a forgotten pod would stay in memory.
         const known =
-          this.#held.get(key)?.ref.uid === status.pod.uid ||
+          this.#held.get(key)?.uid === status.pod.uid ||
           this.#informer.get(key)?.metadata?.uid === status.pod.uid;
         if (!known) return;
         if (status.phase === "Running") this.#trace.reported(status.pod.uid);
@@ -267,7 +267,7 @@ export class PodController {
     }
     for (const held of await provider.listPods()) {
       this.#held.set(podKey(held.pod), {
-        ref: held.pod,
+        uid: held.pod.uid,
         hash: held.hash,
         requestedGrace: undefined,
         gracePeriodSeconds: held.terminationGracePeriodSeconds ?? 30,
@@ -293,7 +293,7 @@ export class PodController {
       const key = objectKey(pod);
       const uid = pod.metadata?.uid ?? "";
       const held = this.#held.get(key);
-      if (held?.ref.uid === uid) {
+      if (held?.uid === uid) {
         this.#deletion.objectGone(held, pod);
         this.#queue.add(key);
       } else {
@@ -367,7 +367,7 @@ export class PodController {
     const node = pod.spec?.nodeName;
     if (node !== undefined && this.#o.nodes.hasNodeName(node)) return true;
     const uid = pod.metadata?.uid;
-    return uid !== undefined && this.#held.get(objectKey(pod))?.ref.uid === uid;
+    return uid !== undefined && this.#held.get(objectKey(pod))?.uid === uid;
   }
 
   #manages(pod: Pod): boolean {
@@ -385,7 +385,7 @@ export class PodController {
     // With the status this process last wrote, until the watch shows that write (status-writer.ts).
     const pod = cached && this.#status.latest(cached);
     let held = this.#held.get(key);
-    if (held && (!pod || pod.metadata?.uid !== held.ref.uid)) {
+    if (held && (!pod || pod.metadata?.uid !== held.uid)) {
       // The pod object this work belonged to is gone (or was replaced by a new pod of the same name).
       await this.#deletion.forget(key, held);
       held = undefined;
@@ -468,7 +468,7 @@ export class PodController {
       this.#trace.created(ref.uid);
       this.#counters.creates++;
       held = {
-        ref,
+        uid: ref.uid,
         hash: workload.hash,
         requestedGrace: undefined,
         gracePeriodSeconds: workload.terminationGracePeriodSeconds,

@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { ConfigMap, Pod, PodStatusPatch } from "../kube/index.ts";
 import type { EventToRecord } from "../kube/events.ts";
-import type { ProviderPod, WorkloadStatus } from "../provider/types.ts";
+import type { PodRef, ProviderPod, WorkloadStatus } from "../provider/types.ts";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
 import { PodController, type PodControllerOptions } from "./controller.ts";
@@ -33,6 +33,8 @@ interface World {
   readonly provider: MockProvider;
   /** Provider deletes, with the grace period asked for. */
   readonly deletes: { uid: string; gracePeriodSeconds: number }[];
+  /** The refs those deletes named. */
+  readonly deletedRefs: PodRef[];
   /** Work the provider lists but no longer has by the time it is asked to delete it. */
   readonly phantom: ProviderPod[];
 }
@@ -48,15 +50,17 @@ async function world(appStartDelayMs = 100): Promise<World> {
   stops.push(stop);
   await provider.start(stop.signal);
   const deletes: World["deletes"] = [];
+  const deletedRefs: PodRef[] = [];
   const deletePod = provider.deletePod.bind(provider);
   provider.deletePod = (ref, options) => {
     deletes.push({ uid: ref.uid, gracePeriodSeconds: options.gracePeriodSeconds });
+    deletedRefs.push({ ...ref });
     return deletePod(ref, options);
   };
   const phantom: ProviderPod[] = [];
   const listPods = provider.listPods.bind(provider);
   provider.listPods = async () => [...(await listPods()), ...phantom];
-  return { clock, kube, provider, deletes, phantom };
+  return { clock, kube, provider, deletes, deletedRefs, phantom };
 }
 
 /** A PodController on `w` (a second one on the same world is devicelet after a restart). */
@@ -338,6 +342,9 @@ describe("PodController (fake API server, FakeClock)", () => {
     const { controller } = await startController(w);
     await w.clock.advanceAsync(5_000);
     expect(w.deletes).toContainEqual({ uid: "uid-gone", gracePeriodSeconds: 45 });
+    // Named in full, though the controller keeps only the key and the uid of held work.
+    expect(w.deletedRefs).toContainEqual({ namespace: "ns", name: "gone", uid: "uid-gone" });
+    expect(w.deletedRefs).toContainEqual({ namespace: "ns", name: "lost", uid: "uid-lost" });
     expect(await running(w, "uid-gone")).toBeUndefined();
     expect(w.provider.stats().pods).toBe(0);
     // "lost" was listed but the provider no longer has it (NotFound): forgotten, not retried.

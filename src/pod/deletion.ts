@@ -29,7 +29,11 @@ import { waitingForDeviceStatus } from "./status.ts";
 
 /** What the provider holds for a pod key, as far as this process knows. */
 export interface Held {
-  ref: PodRef;
+  /**
+   * The uid of the pod the work is for; with the key, the pod's {@link PodRef} ({@link heldRef}).
+   * Not a ref of its own: 48 bytes a pod that the key already says.
+   */
+  uid: string;
   hash: string;
   /** The grace period the provider was last asked to stop the pod with; undefined until asked. */
   requestedGrace: number | undefined;
@@ -39,6 +43,12 @@ export interface Held {
   env: ReadonlyMap<string, FrozenEnv> | undefined;
   /** The unsupported fields last warned about ("" when none), so each change is recorded once. */
   ignored: string;
+}
+
+/** The ref of held work under `key` (`namespace/name`, as {@link podKey} makes it). */
+export function heldRef(key: string, held: Pick<Held, "uid">): PodRef {
+  const slash = key.indexOf("/");
+  return { namespace: key.slice(0, slash), name: key.slice(slash + 1), uid: held.uid };
 }
 
 export interface PodDeletionOptions {
@@ -72,7 +82,7 @@ export class PodDeletion {
 
   /** The provider's notice that `ref` stopped; true when it is held work (reconcile the key). */
   confirmed(ref: PodRef): boolean {
-    if (this.#o.held.get(podKey(ref))?.ref.uid !== ref.uid) return false;
+    if (this.#o.held.get(podKey(ref))?.uid !== ref.uid) return false;
     this.#confirmed.add(ref.uid);
     return true;
   }
@@ -124,11 +134,12 @@ export class PodDeletion {
   async forget(key: string, held: Held): Promise<void> {
     const grace = held.gracePeriodSeconds;
     // A provider that no longer has it (NotFound) is done with it too: forgotten, not retried.
-    if (held.requestedGrace === undefined || grace < held.requestedGrace) await this.#stop(held.ref, grace);
+    if (held.requestedGrace === undefined || grace < held.requestedGrace)
+      await this.#stop(heldRef(key, held), grace);
     this.#o.held.delete(key);
-    this.#o.release(key, held.ref.uid);
+    this.#o.release(key, held.uid);
     this.#o.logger.info(
-      { pod: key, uid: held.ref.uid, gracePeriodSeconds: grace },
+      { pod: key, uid: held.uid, gracePeriodSeconds: grace },
       "removed provider work of a pod that no longer exists",
     );
   }
