@@ -22,6 +22,20 @@ export const includesWrite = (cached: string, written: string): boolean =>
 /** Returns the index values of an object (e.g. `spec.nodeName`); none means not indexed. */
 export type IndexFunction<T> = (object: T) => string | readonly string[] | undefined;
 
+/**
+ * Each event parses the object's name and uid again. What was made from the first version (a
+ * provider's workload, maps keyed by uid) holds that version's strings; the new version takes
+ * them over, so one copy of each stays in memory rather than two: about 90 bytes a pod (a
+ * 5,000-pod heap snapshot, where every pod's status write came back as a new version).
+ */
+function keepIdentity(object: KubeObject, old: KubeObject): void {
+  const meta = object.metadata;
+  const oldMeta = old.metadata;
+  if (!meta || !oldMeta || Object.isFrozen(meta)) return;
+  if (meta.uid !== undefined && meta.uid === oldMeta.uid) meta.uid = oldMeta.uid;
+  if (meta.name !== undefined && meta.name === oldMeta.name) meta.name = oldMeta.name;
+}
+
 export class ObjectStore<T extends KubeObject> {
   readonly #objects = new Map<string, T>();
   readonly #indexers = new Map<string, IndexFunction<T>>();
@@ -75,6 +89,7 @@ export class ObjectStore<T extends KubeObject> {
     const key = objectKey(object);
     const old = this.#objects.get(key);
     if (old && old.metadata?.resourceVersion === object.metadata?.resourceVersion) return undefined;
+    if (old) keepIdentity(object, old);
     this.#set(key, object, old);
     return old ? { type: "update", object, old } : { type: "add", object };
   }
