@@ -22,6 +22,9 @@ RUN npm run build && npm prune --omit=dev --ignore-scripts
 
 FROM node:24-bookworm-slim
 ENV NODE_ENV=production
+# glibc's malloc gives blocks of 64 KiB and more back to the system when freed, rather than keeping
+# what a burst allocated (bin/devicelet.js sets these itself when they are missing, by starting again).
+ENV MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=65536
 WORKDIR /app
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules

@@ -160,6 +160,7 @@ bah run --isolation chroot "$ctr" -- sh -ec '
   ln -s /app/bin/devicelet.js /usr/local/bin/devicelet'
 bah config \
   --env NODE_VERSION="$node_pin" --env NODE_ENV=production --workingdir /app --user 1000:1000 \
+  --env MALLOC_MMAP_THRESHOLD_=65536 --env MALLOC_TRIM_THRESHOLD_=65536 \
   --port 8080/tcp --port 8081/tcp --port 10250/tcp \
   --entrypoint '["devicelet"]' --cmd '["run", "--config", "/etc/devicelet/config.yaml"]' \
   --label org.opencontainers.image.title=devicelet \

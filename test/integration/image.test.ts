@@ -70,6 +70,10 @@ describe("the container image", () => {
     expect(image.config.User).toBe("1000:1000");
     expect(image.config.WorkingDir).toBe("/app");
     expect(image.config.Env).toContain("NODE_ENV=production");
+    // bin/devicelet.js would otherwise start again to set them (glibc's malloc thresholds).
+    expect(image.config.Env).toEqual(
+      expect.arrayContaining(["MALLOC_MMAP_THRESHOLD_=65536", "MALLOC_TRIM_THRESHOLD_=65536"]),
+    );
     expect(Object.keys(image.config.ExposedPorts ?? {}).sort()).toEqual([
       "10250/tcp",
       "8080/tcp",
@@ -81,6 +85,7 @@ describe("the container image", () => {
     expect(dockerfile).toMatch(/^ENTRYPOINT \["devicelet"\]$/m);
     expect(dockerfile).toMatch(/^CMD \["run", "--config", "\/etc\/devicelet\/config.yaml"\]$/m);
     expect(dockerfile).toMatch(/^EXPOSE 8080 8081 10250$/m);
+    expect(dockerfile).toMatch(/^ENV MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=65536$/m);
   });
 
   it("carries dist/, the launcher and the production dependencies only", () => {
