@@ -9,7 +9,7 @@
  *
  * Per tool: time until all nodes Ready and until all pods Running; peak RSS of the tool's process
  * and its RSS at steady state (end of the hold), and that RSS's growth per pod from the fleet's
- * RSS with every node Ready and idle SCALE_IDLE_SECONDS (default 30); every transition of a node's
+ * RSS with every node Ready and idle SCALE_IDLE_SECONDS (default 90); every transition of a node's
  * Ready condition away from True during the hold (and during the pod burst), as a node watch saw it; API requests per
  * second by the tool's user during the hold (audit log); CPU seconds per node per minute during
  * the hold; CPU seconds until every pod ran; how much etcd's database and key count grew from
@@ -46,10 +46,13 @@ const PODS = Number(process.env.SCALE_PODS ?? 10_000);
 const HOLD_SECONDS = Number(process.env.SCALE_HOLD_SECONDS ?? 600);
 /**
  * How long the fleet idles with every node Ready before the first pod create (SCALE_IDLE_SECONDS,
- * default 30): the RSS per pod is counted from the RSS of a fleet at rest, not of one still holding
- * its registration's burst (devicelet trims its heap 20 s after a burst, src/metrics/heap-trim.ts).
+ * default 90): the RSS per pod is counted from the RSS of a fleet at rest, not of one still holding
+ * its registration's burst. devicelet trims its heap once the heap has not grown for 20 s
+ * (src/metrics/heap-trim.ts), which a fleet's first heartbeats put off past the last node's Ready,
+ * and closes the registration's idle API connections after 60 s (src/kube/access.ts).
+ * With 30 s the "before" reading of a run was sometimes taken untrimmed (155 against 127 MiB).
  */
-const IDLE_SECONDS = Number(process.env.SCALE_IDLE_SECONDS ?? 30);
+const IDLE_SECONDS = Number(process.env.SCALE_IDLE_SECONDS ?? 90);
 /** Which tools run, in this order (SCALE_TOOLS, default `devicelet,kwok`); ratios need both. */
 const TOOLS = toolsFrom("SCALE_TOOLS");
 const PODS_PER_NODE = Math.max(110, 2 * Math.ceil(PODS / NODES));
