@@ -16,7 +16,7 @@
 // nothing changes; nor when the caller set any of these flags (command line or NODE_OPTIONS).
 //
 // Memory outside the heap. Sockets, TLS and Node's buffers allocate with the C library's malloc.
-// glibc's raises its threshold for giving memory back to the system after each large block freed
+// glibc raises its threshold for giving memory back to the system after each large block freed
 // (up to 32 MiB), so what a burst allocated stays: after 5,000 pods the process's malloc heaps had
 // grown 15 MiB, kept for good, while the JavaScript heap gave back 10 (`npm run bench --
 // throughput`, /proc/<pid>/smaps before the first pod and after the settle). With the thresholds
