@@ -19,7 +19,11 @@
  *   fuzz     [--seed S] [--cases N] [--only NAME]: 100,000 generated and mutated inputs to the
  *            device-facing decoders, pod translation, status mapping and config loading; needs
  *            no control plane; exits non-zero on any crash or unhandled rejection
+ * Told to stop before it is done (Ctrl-C, SIGTERM, SIGHUP), a bench stops every process it started,
+ * the control plane too when it started it, and exits 128 + the signal's number (bench/interrupt.ts).
  */
+import { stopOnSignals } from "./interrupt.ts";
+
 const benches: Record<string, () => Promise<unknown>> = {
   engine: async () => (await import("./engine.ts")).benchEngine(),
   throughput: async () => (await import("./throughput.ts")).benchThroughput(),
@@ -37,5 +41,7 @@ if (!bench) {
   console.error(`usage: npm run bench -- <${Object.keys(benches).join("|")}>`);
   process.exitCode = 2;
 } else {
+  // The soak bench restores the faults it injected before it stops, and handles the signals itself.
+  if (name !== "soak") stopOnSignals();
   await bench();
 }

@@ -19,6 +19,7 @@ import { stringify } from "yaml";
 import { down, readState, running, up } from "../src/testing/controlplane/controlplane.ts";
 import { Worker } from "node:worker_threads";
 import type { PodTimesMessage, PodTimesWorkerData } from "./pod-times.worker.ts";
+import { onInterrupt } from "./interrupt.ts";
 import { cpuSeconds } from "./usage.ts";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
@@ -26,11 +27,22 @@ const repoRoot = path.resolve(import.meta.dirname, "..");
 export const testenvDir =
   process.env.DEVICELET_TESTENV_DIR ?? path.resolve(import.meta.dirname, "../.testenv");
 
-/** Ensures a control plane; returns a function that stops it if this run started it. */
+/**
+ * Ensures a control plane; returns a function that stops it if this run started it. One this run
+ * started is also stopped when the bench is told to stop (bench/interrupt.ts), from its first
+ * daemon on: `up` records each as it starts it.
+ */
 export async function controlPlane(): Promise<() => Promise<void>> {
   if (await running(testenvDir)) return async () => {};
-  await up({ dir: testenvDir });
+  const forget = onInterrupt("the control plane", () => down({ dir: testenvDir }));
+  try {
+    await up({ dir: testenvDir });
+  } catch (err) {
+    forget();
+    throw err;
+  }
   return async () => {
+    forget();
     await down({ dir: testenvDir });
   };
 }
