@@ -8,8 +8,9 @@
  * numbers per pod and one flag per node, and counts the audit log as it grows.
  *
  * Per tool: time until all nodes Ready and until all pods Running; peak RSS of the tool's process
- * and its RSS at steady state (end of the hold), and that RSS's growth per pod from the fleet's
- * RSS with every node Ready and idle SCALE_IDLE_SECONDS (default 90); every transition of a node's
+ * and its RSS at steady state (the mean of samples through the hold), and that RSS's growth per pod
+ * from the fleet's RSS with every node Ready and idle SCALE_IDLE_SECONDS (default 90; the mean of its
+ * last 30 s); every transition of a node's
  * Ready condition away from True during the hold (and during the pod burst), as a node watch saw it; API requests per
  * second by the tool's user during the hold (audit log); CPU seconds per node per minute during
  * the hold; CPU seconds until every pod ran; how much etcd's database and key count grew from
@@ -73,8 +74,16 @@ async function etcdUsage(): Promise<{ inUseMiB: number; keys: number }> {
   };
 }
 
-/** RSS is sampled this often during the hold. */
-const SAMPLE_MS = 10_000;
+/**
+ * RSS is sampled this often in the hold, and in the last {@link BEFORE_SECONDS} of the idle before
+ * the pods. One reading is not a fleet's RSS: devicelet's heap grows with the heartbeats' garbage
+ * between two full collections, 60 to 100 MiB at 1,000 nodes and 10,000 pods (a 90 s cycle, seen in
+ * /proc/<pid>/smaps every 3 s), which is 4 KiB a pod, and KWOK's Go heap does the same by its own
+ * rhythm. So the steady RSS and the RSS before the pods are means of samples.
+ */
+const SAMPLE_MS = 2_000;
+/** The "before the pods" RSS is the mean of the samples in the idle's last this many seconds. */
+const BEFORE_SECONDS = 30;
 
 interface Row {
   tool: string;
@@ -92,9 +101,11 @@ interface Row {
   /** devicelet: the most JavaScript heap in use in a 2 s sample (garbage included), and its limit. */
   peakHeapUsedMiB: number;
   heapLimitMiB: number;
-  /** RSS at the end of the hold. */
+  /** The mean of the RSS samples in the hold; the least and the most of them. */
   steadyRssMiB: number;
-  /** RSS with every node Ready, IDLE_SECONDS later, before the first pod create. */
+  holdRssMinMiB: number;
+  holdRssMaxMiB: number;
+  /** The mean RSS in the last BEFORE_SECONDS of an idle of IDLE_SECONDS with every node Ready, before the first pod create. */
   rssBeforePodsMiB: number;
   /**
    * (steadyRssMiB − rssBeforePodsMiB) / pods: what a held pod costs at this fleet's size, the
@@ -128,27 +139,45 @@ interface Row {
   firstNotReady: NotReadyTransition[];
 }
 
-/** Waits out the hold, sampling RSS; fails early if the tool's process ends. */
-async function hold(fleet: Fleet): Promise<{ startMs: number; endMs: number; cpu: number; rssMiB: number }> {
+/** The RSS of `fleet`'s process every SAMPLE_MS for `seconds` (MiB); fails early if the process ends. */
+async function sampleRss(
+  fleet: Fleet,
+  seconds: number,
+  what: string,
+  report?: (elapsedSeconds: number, rssMiB: number) => void,
+): Promise<number[]> {
   const startMs = Date.now();
-  const cpuBefore = cpuSeconds(fleet.pid);
-  const deadline = startMs + HOLD_SECONDS * 1000;
+  const deadline = startMs + seconds * 1000;
+  const samples: number[] = [];
   let lastReport = startMs;
   for (let now = Date.now(); now < deadline; now = Date.now()) {
-    await new Promise((r) => setTimeout(r, Math.min(SAMPLE_MS, deadline - now)));
-    if (!fleet.alive()) throw new Error(`${fleet.tool} exited during the hold: ${fleet.howItEnded()}`);
-    if (Date.now() - lastReport >= 60_000) {
+    await sleep(Math.min(SAMPLE_MS, deadline - now));
+    if (!fleet.alive()) throw new Error(`${fleet.tool} exited ${what}: ${fleet.howItEnded()}`);
+    const { rssMiB } = memoryMiB(fleet.pid);
+    samples.push(rssMiB);
+    if (report && Date.now() - lastReport >= 60_000) {
       lastReport = Date.now();
-      const { rssMiB } = memoryMiB(fleet.pid);
-      const elapsed = Math.round((lastReport - startMs) / 1000);
-      console.log(
-        `  ${fleet.tool} hold ${elapsed}/${HOLD_SECONDS}s: RSS ${rssMiB} MiB, ` +
-          `${fleet.nodes.readyCount}/${NODES} nodes Ready, ${fleet.nodes.wentNotReady(startMs).count} went NotReady`,
-      );
+      report(Math.round((lastReport - startMs) / 1000), rssMiB);
     }
   }
+  if (samples.length === 0) samples.push(memoryMiB(fleet.pid).rssMiB);
+  return samples;
+}
+
+const mean = (values: readonly number[]) => round(values.reduce((a, b) => a + b, 0) / values.length, 1);
+
+/** Waits out the hold, sampling RSS; fails early if the tool's process ends. */
+async function hold(fleet: Fleet): Promise<{ startMs: number; endMs: number; cpu: number; rss: number[] }> {
+  const startMs = Date.now();
+  const cpuBefore = cpuSeconds(fleet.pid);
+  const rss = await sampleRss(fleet, HOLD_SECONDS, "during the hold", (elapsed, rssMiB) =>
+    console.log(
+      `  ${fleet.tool} hold ${elapsed}/${HOLD_SECONDS}s: RSS ${rssMiB} MiB, ` +
+        `${fleet.nodes.readyCount}/${NODES} nodes Ready, ${fleet.nodes.wentNotReady(startMs).count} went NotReady`,
+    ),
+  );
   const cpu = cpuSeconds(fleet.pid) - cpuBefore;
-  return { startMs, endMs: Date.now(), cpu, rssMiB: memoryMiB(fleet.pid).rssMiB };
+  return { startMs, endMs: Date.now(), cpu, rss };
 }
 
 async function measure(o: {
@@ -169,8 +198,9 @@ async function measure(o: {
   console.log(`${o.tool}: ${NODES} nodes Ready after ${nodesReadySeconds}s; creating ${PODS} pods`);
   const namespace = `${o.id}-${o.tool}`;
   try {
-    await sleep(IDLE_SECONDS * 1000);
-    const rssBeforePodsMiB = memoryMiB(fleet.pid).rssMiB;
+    const idle = Math.min(BEFORE_SECONDS, IDLE_SECONDS);
+    await sleep((IDLE_SECONDS - idle) * 1000);
+    const rssBeforePodsMiB = mean(await sampleRss(fleet, idle, "in the idle before the pods"));
     const run = await runBoundPods({ api, fleet, namespace, pods: PODS });
     const burstCpuSeconds = round(cpuSeconds(fleet.pid), 1);
     const etcdAfter = await etcdUsage();
@@ -197,9 +227,11 @@ async function measure(o: {
       p99Ms: run.p99Ms,
       podsPerSecond: run.podsPerSecond,
       peakRssMiB: memoryMiB(fleet.pid).peakRssMiB,
-      steadyRssMiB: held.rssMiB,
+      steadyRssMiB: mean(held.rss),
+      holdRssMinMiB: Math.min(...held.rss),
+      holdRssMaxMiB: Math.max(...held.rss),
       rssBeforePodsMiB,
-      rssPerPodKiB: kibPerPod(held.rssMiB, rssBeforePodsMiB, PODS),
+      rssPerPodKiB: kibPerPod(mean(held.rss), rssBeforePodsMiB, PODS),
       peakHeapUsedMiB: fleet.heap?.().peakUsedMiB ?? Number.NaN,
       heapLimitMiB: fleet.heap?.().limitMiB ?? Number.NaN,
       notReadyDuringHold: duringHold.count,
