@@ -1,6 +1,6 @@
 /**
  * bin/devicelet.js's memory settings: the long-running commands start again in the same process
- * with 4 MiB semi-spaces and 1.2× heap growth when V8 sized the heap for a large machine (a heap
+ * with 8 MiB semi-spaces and 1.5× heap growth when V8 sized the heap for a large machine (a heap
  * limit of 2 GiB or more), never when the caller chose heap flags or set a smaller heap; and, on
  * glibc, with its malloc thresholds fixed at 64 KiB, unless the caller set any MALLOC_ variable or
  * GLIBC_TUNABLES. Each case runs the real launcher with a preloaded module that reports the flags,
@@ -25,7 +25,7 @@ writeFileSync(
 );
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const TUNED = "--max-semi-space-size=4 --heap-growing-percent=20";
+const TUNED = "--max-semi-space-size=8 --heap-growing-percent=50";
 /** Whether V8 gives this machine's processes a heap limit the launcher tunes. */
 const largeHeap = getHeapStatistics().heap_size_limit >= 2 * 1024 ** 3;
 /** Whether this Node.js runs on glibc, where the launcher sets malloc's thresholds. */
