@@ -17,7 +17,7 @@
 import type { V1Node, V1NodeCondition, V1NodeStatus } from "../kube/types.ts";
 import { isIP } from "node:net";
 import type { DeviceInfo, DeviceSync, NodeAddress } from "../provider/types.ts";
-import { sameNormalised, sha256Hex, toDate } from "../base/canonical.ts";
+import { sameNormalisedField, sha256Hex, toDate } from "../base/canonical.ts";
 import type { Model, Plain } from "../workload/shape.ts";
 import { DEFAULT_DEVICE_LABEL_POLICY, deviceNodeLabels, type DeviceLabelPolicy } from "./labels.ts";
 import { labelValueFor } from "./names.ts";
@@ -438,7 +438,7 @@ const HEARTBEAT = new Set(["lastHeartbeatTime"]);
 export function nodeStatusChanged(prev: Model<V1NodeStatus> | undefined, next: Model<V1NodeStatus>): boolean {
   if (prev === undefined) return true;
   const [a, b] = [withoutSyncMessage(prev), withoutSyncMessage(next)];
-  return NODE_STATUS_FIELDS.some((f) => !sameNormalised({ [f]: a[f] }, { [f]: b[f] }, HEARTBEAT));
+  return NODE_STATUS_FIELDS.some((f) => !sameNormalisedField(f, a[f], b[f], HEARTBEAT));
 }
 
 /**

@@ -11,7 +11,9 @@
  */
 import { systemClock, type Clock } from "../base/clock.ts";
 import { toWire, type KubeClient, type Node, type NodeStatus } from "../kube/index.ts";
+import type { V1NodeStatus } from "../kube/types.ts";
 import type { DeviceSync } from "../provider/types.ts";
+import type { Model } from "../workload/shape.ts";
 import {
   buildNodeStatus,
   heartbeatConditions,
@@ -53,17 +55,20 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
     version,
     sync: o.sync,
   };
-  const status: NodeStatus = entry.device
-    ? toWire(buildNodeStatus(entry.device, options))
-    : { ...node.status, conditions: toWire(heartbeatConditions(options)) };
+  // Compared as built (Dates and all): turned into wire JSON only when it is written, as most
+  // heartbeats find nothing to write.
+  const built: Model<V1NodeStatus> = entry.device
+    ? buildNodeStatus(entry.device, options)
+    : { ...node.status, conditions: heartbeatConditions(options) };
   const due = clock.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
   if (
     entry.lastStatus &&
     !due &&
-    !nodeStatusChanged(entry.lastStatus, status) &&
-    !conditionsOverwritten(node.status?.conditions, status.conditions)
+    !nodeStatusChanged(entry.lastStatus, built) &&
+    !conditionsOverwritten(node.status?.conditions, built.conditions)
   )
     return undefined;
+  const status: NodeStatus = toWire(built);
   // A node whose device is not known yet gets only its conditions written.
   const written = await kube.patchNodeStatus(
     entry.name,

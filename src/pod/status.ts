@@ -23,7 +23,7 @@ import type {
 } from "../kube/types.ts";
 import { isIP } from "node:net";
 import type { AppState, AppStatus, WorkloadStatus } from "../provider/types.ts";
-import { sameNormalised, toDate } from "../base/canonical.ts";
+import { sameNormalisedField, toDate } from "../base/canonical.ts";
 import { parseQuantity } from "../base/quantity.ts";
 import type { Model, Plain } from "../workload/shape.ts";
 
@@ -468,5 +468,5 @@ export function waitingForDeviceStatus(pod: Model<V1Pod>, o: { message: string; 
  */
 export function statusChanged(current: Model<V1PodStatus> | undefined, next: Model<V1PodStatus>): boolean {
   if (current === undefined) return true;
-  return POD_STATUS_FIELDS.some((f) => !sameNormalised({ [f]: current[f] }, { [f]: next[f] }));
+  return POD_STATUS_FIELDS.some((f) => !sameNormalisedField(f, current[f], next[f]));
 }
