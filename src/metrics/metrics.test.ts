@@ -97,6 +97,7 @@ describe("DeviceletMetrics", () => {
     });
     const pods: Pod[] = [
       { status: { phase: "Running" } },
+      { status: { phase: "Running" } },
       { status: { phase: "Failed", reason: "Unsupported" } },
       waiting("CreateContainerConfigError"),
       waiting("made up by a device!"),
@@ -105,7 +106,7 @@ describe("DeviceletMetrics", () => {
     let samples = await scrape(metrics);
     expect(sampleSum(samples, "devicelet_nodes", { condition: "Ready", status: "True" })).toBe(2);
     expect(sampleSum(samples, "devicelet_nodes", { condition: "DeviceConnected", status: "False" })).toBe(1);
-    expect(sampleSum(samples, "devicelet_pods", { phase: "Running", reason: "" })).toBe(1);
+    expect(sampleSum(samples, "devicelet_pods", { phase: "Running", reason: "" })).toBe(2);
     expect(sampleSum(samples, "devicelet_pods", { phase: "Failed", reason: "Unsupported" })).toBe(1);
     expect(
       sampleSum(samples, "devicelet_pods", { phase: "Pending", reason: "CreateContainerConfigError" }),
