@@ -67,10 +67,11 @@ export class StatusWriter {
 
   /** Writes `built` (a status as `status.ts` builds it) unless it would change nothing. */
   async write(pod: Pod, ref: PodRef, built: object): Promise<void> {
-    const next = toWire(built) as PodStatus;
-    // Until the watch shows our last write, compare with what we wrote, not the stale cache.
+    // Until the watch shows our last write, compare with what we wrote, not the stale cache. The
+    // comparison takes the status as built (Dates and all): most reconciles find nothing to write.
     const current = this.latest(pod).status;
-    if (!statusChanged(current, next)) return;
+    if (!statusChanged(current, built)) return;
+    const next = toWire(built) as PodStatus;
     this.#o.logger.debug(
       {
         pod: podKey(ref),
