@@ -204,9 +204,8 @@ export function buildNode(device: DeviceInfo, o: BuildNodeOptions): Plain<V1Node
   };
 }
 
-/** A deterministic UUID-shaped id from a string (for `systemUUID`). */
-function uuidFrom(text: string): string {
-  const h = sha256Hex(text);
+/** A UUID-shaped id from a SHA-256 in hex (for `systemUUID`). */
+function uuidFrom(h: string): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
 
@@ -274,6 +273,8 @@ export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain
     ...(o.sync ? [syncCondition(o.sync.state, o.sync.pendingGraceMs, o)] : []),
   ];
   const info = device.nodeInfo ?? {};
+  // machineID and systemUUID both derive from the device id: one hash for the two.
+  const idHash = sha256Hex(`devicelet:${device.id}`);
   return {
     capacity,
     allocatable: { ...capacity },
@@ -287,8 +288,8 @@ export function buildNodeStatus(device: DeviceInfo, o: NodeStatusOptions): Plain
       kubeletVersion: `${KUBE_VERSION}-devicelet-${o.version}`,
       kubeProxyVersion: "",
       containerRuntimeVersion: `devicelet://${o.version}`,
-      machineID: info.machineID ?? sha256Hex(`devicelet:${device.id}`).slice(0, 32),
-      systemUUID: uuidFrom(`devicelet:${device.id}`),
+      machineID: info.machineID ?? idHash.slice(0, 32),
+      systemUUID: uuidFrom(idHash),
       bootID: info.bootID ?? "",
     },
     conditions: [...own, ...foreignConditions(o.previous, own)],
