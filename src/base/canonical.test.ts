@@ -1,6 +1,30 @@
 import { describe, expect, it } from "vitest";
 import { canonicalJson, normaliseForCompare, sameNormalised, sameNormalisedField } from "./canonical.ts";
 
+/**
+ * canonicalJson as it was first written (a sorted copy, then JSON.stringify): the hashes devices
+ * and stored state hold were taken over this, so the direct writer must give the same text.
+ */
+function canonicalJsonByCopy(value: unknown): string {
+  const sorted = (v: unknown): unknown => {
+    if (v instanceof Date) return Number.isNaN(v.getTime()) ? null : v.toISOString();
+    if (Array.isArray(v)) return v.map((x) => (x === undefined ? null : sorted(x)));
+    if (typeof v === "object" && v !== null) {
+      const entries = Object.keys(v)
+        .sort()
+        .flatMap((k): [string, unknown][] => {
+          const x = (v as Record<string, unknown>)[k];
+          return x === undefined || typeof x === "function" ? [] : [[k, sorted(x)]];
+        });
+      return Object.fromEntries(entries);
+    }
+    return typeof v === "bigint" ? v.toString() : v;
+  };
+  // JSON.stringify answers undefined (despite its declared type) for undefined and functions.
+  const json = JSON.stringify(sorted(value)) as string | undefined;
+  return json ?? "null";
+}
+
 /** The definition `sameNormalised` must agree with: the canonical JSON of both normalised copies. */
 const byCopies = (a: unknown, b: unknown, ignore?: ReadonlySet<string>) =>
   canonicalJson(normaliseForCompare(a, ignore)) === canonicalJson(normaliseForCompare(b, ignore));
@@ -76,6 +100,76 @@ function mutate(r: () => number, v: unknown, depth: number): unknown {
   }
   return r() < 0.5 ? v : value(r, 0);
 }
+
+/** Values of every kind canonicalJson meets, with keys that are array indices among the others. */
+function anyValue(r: () => number, depth: number): unknown {
+  const roll = r();
+  if (depth > 0 && roll < 0.2)
+    return Array.from({ length: Math.floor(r() * 4) }, () => anyValue(r, depth - 1));
+  if (depth > 0 && roll < 0.5) {
+    const keys = [
+      "b",
+      "a",
+      "10",
+      "2",
+      "0",
+      "01",
+      "-1",
+      "4294967295",
+      "4294967294",
+      "é",
+      "Z",
+      "__proto__",
+      "a b",
+    ];
+    const object = {};
+    for (let i = Math.floor(r() * 6); i > 0; i--) {
+      // Defined, not assigned: "__proto__" becomes a key of its own, as JSON.parse makes it.
+      const [value, enumerable, writable, configurable] = [anyValue(r, depth - 1), true, true, true];
+      Object.defineProperty(object, pick(r, keys), { value, enumerable, writable, configurable });
+    }
+    return object;
+  }
+  return pick(r, [
+    null,
+    undefined,
+    "",
+    'quote " and \\ and \n',
+    "\u00e9\ud83d\ude00",
+    "\ud800",
+    0,
+    -0,
+    1.5e300,
+    Number.NaN,
+    Number.POSITIVE_INFINITY,
+    true,
+    12345678901234567890n,
+    () => 1,
+    Symbol("s"),
+    new Date("2026-12-06T08:00:00.123Z"),
+    new Date(Number.NaN),
+  ]);
+}
+
+describe("canonicalJson", () => {
+  it("writes what the sorted copy wrote, over generated values", () => {
+    const r = rng(61206);
+    for (let n = 0; n < 20_000; n++) {
+      const v = anyValue(r, 4);
+      expect({ n, json: canonicalJson(v) }).toEqual({ n, json: canonicalJsonByCopy(v) });
+    }
+  });
+
+  it("orders keys as the hashes devices hold were taken: array indices first, by number", () => {
+    expect(canonicalJson({ b: 1, a: [undefined, () => 0], 10: 1, 2: 1, "01": 1, c: undefined })).toBe(
+      '{"2":1,"10":1,"01":1,"a":[null,null],"b":1}',
+    );
+    expect(canonicalJson({ t: new Date("2026-12-06T08:00:00Z"), n: 7n, x: Number.NaN })).toBe(
+      '{"n":"7","t":"2026-12-06T08:00:00.000Z","x":null}',
+    );
+    expect(canonicalJson(undefined)).toBe("null");
+  });
+});
 
 describe("sameNormalised", () => {
   it("agrees with comparing the normalised copies, over generated pairs", () => {

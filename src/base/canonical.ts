@@ -12,27 +12,58 @@
  */
 import { createHash } from "node:crypto";
 
-/** Deterministic JSON: sorted keys, no `undefined`, Dates as ISO strings, non-finite numbers as null. */
+/**
+ * Deterministic JSON: sorted keys, no `undefined`, Dates as ISO strings, non-finite numbers as null.
+ * Written straight into the string, with no sorted copy of the value in between (a workload's hash
+ * is taken at every reconcile of its pod). Keys come in the order `JSON.stringify` of an object
+ * built from the sorted keys gave, which is what the hashes devices hold were taken over: keys that
+ * are array indices ("0", "10") first in numeric order, then the others sorted.
+ */
 export function canonicalJson(value: unknown): string {
-  // JSON.stringify answers undefined (despite its declared type) for undefined and functions.
-  const json = JSON.stringify(sortKeys(value)) as string | undefined;
-  return json ?? "null";
+  return jsonOf(value) ?? "null";
 }
 
-function sortKeys(value: unknown): unknown {
-  if (value instanceof Date) return Number.isNaN(value.getTime()) ? null : value.toISOString();
-  if (Array.isArray(value)) return value.map((v) => (v === undefined ? null : sortKeys(v)));
-  if (typeof value === "object" && value !== null) {
-    const entries = Object.keys(value)
-      .sort()
-      .flatMap((k): [string, unknown][] => {
-        const v = (value as Record<string, unknown>)[k];
-        return v === undefined || typeof v === "function" ? [] : [[k, sortKeys(v)]];
-      });
-    return Object.fromEntries(entries);
+/** The JSON of `value`, or undefined where an object drops it (undefined, a function, a symbol). */
+function jsonOf(value: unknown): string | undefined {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return JSON.stringify(value);
+    case "number":
+      return Number.isFinite(value) ? JSON.stringify(value) : "null";
+    case "bigint":
+      return JSON.stringify(value.toString());
+    case "object":
+      break;
+    default:
+      return undefined;
   }
-  if (typeof value === "bigint") return value.toString();
-  return value;
+  if (value === null) return "null";
+  if (value instanceof Date)
+    return Number.isNaN(value.getTime()) ? "null" : JSON.stringify(value.toISOString());
+  if (Array.isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) out += (i === 0 ? "" : ",") + (jsonOf(value[i]) ?? "null");
+    return out + "]";
+  }
+  let out = "{";
+  for (const key of orderedKeys(value)) {
+    const json = jsonOf((value as Record<string, unknown>)[key]);
+    if (json === undefined) continue;
+    out += (out.length === 1 ? "" : ",") + JSON.stringify(key) + ":" + json;
+  }
+  return out + "}";
+}
+
+const ARRAY_INDEX = /^(?:0|[1-9]\d*)$/;
+const isArrayIndex = (key: string) => ARRAY_INDEX.test(key) && Number(key) < 2 ** 32 - 1;
+
+/** An object's keys sorted, with array indices first in numeric order (see {@link canonicalJson}). */
+function orderedKeys(value: object): string[] {
+  const keys = Object.keys(value).sort();
+  if (!keys.some(isArrayIndex)) return keys;
+  const indices = keys.filter(isArrayIndex).sort((a, b) => Number(a) - Number(b));
+  return [...indices, ...keys.filter((k) => !isArrayIndex(k))];
 }
 
 export const sha256Hex = (text: string): string => createHash("sha256").update(text, "utf8").digest("hex");
