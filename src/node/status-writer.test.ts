@@ -4,6 +4,7 @@ import type { Node, NodeStatus } from "../kube/index.ts";
 import { testNodeConfig } from "../../test/support/node-config.ts";
 import { newEntry } from "./controller-types.ts";
 import { writeNodeStatus } from "./status-writer.ts";
+import type { DeviceInfo } from "../provider/types.ts";
 
 /** Status is due every 60 s: the writes below, 20 s apart in all, are for other reasons. */
 const config = testNodeConfig;
@@ -53,5 +54,49 @@ describe("writeNodeStatus", () => {
     await write(unknown);
     expect(written).toHaveLength(2);
     expect(written[1]?.conditions?.find((c) => c.type === "Ready")?.status).toBe("True");
+  });
+
+  it("writes a device's status once, and again only when something in it changed or it is due", async () => {
+    const clock = new FakeClock(Date.parse("2026-12-04T00:00:00.400Z"));
+    const written: NodeStatus[] = [];
+    const kube = {
+      patchNodeStatus: (name: string, status: NodeStatus) => {
+        written.push(status);
+        return Promise.resolve({ metadata: { name }, status } as Node);
+      },
+    };
+    const device: DeviceInfo = {
+      id: "gw-2",
+      deviceClass: "gateway",
+      os: "linux",
+      arch: "arm64",
+      labels: {},
+      capacity: { cpu: "4", memory: "1Gi" },
+      addresses: [{ type: "InternalIP", address: "10.0.0.2" }],
+      connected: true,
+      lastSeen: new Date("2026-12-04T00:00:00.700Z"),
+    };
+    const entry = newEntry({ name: "gw-2", device, problems: [], ownership: "owned" });
+    const node: Node = { metadata: { name: "gw-2" }, status: {} };
+    const write = () =>
+      writeNodeStatus({ kube, config, version: "test", transport: undefined, entry, node, clock });
+
+    await write();
+    expect(written).toHaveLength(1);
+    // Heartbeats with nothing new: the status built (Dates) matches the one written (strings).
+    for (let i = 0; i < 4; i++) {
+      clock.advance(10_000);
+      expect(await write()).toBeUndefined();
+    }
+    expect(written).toHaveLength(1);
+    entry.device = { ...device, connected: false };
+    clock.advance(1_000);
+    await write();
+    expect(written).toHaveLength(2);
+    expect(written[1]?.conditions?.find((c) => c.type === "DeviceConnected")?.status).toBe("False");
+    // Due (testNodeConfig: every 60 s) with nothing new: written again.
+    clock.advance(60_000);
+    await write();
+    expect(written).toHaveLength(3);
   });
 });
