@@ -9,16 +9,22 @@ import type { DeviceInfo } from "../provider/types.ts";
 /** Status is due every 60 s: the writes below, 20 s apart in all, are for other reasons. */
 const config = testNodeConfig;
 
+/** An API client that keeps every node status patched and answers with the node as patched. */
+function recordingKube() {
+  const written: NodeStatus[] = [];
+  const kube = {
+    patchNodeStatus: (name: string, status: NodeStatus) => {
+      written.push(status);
+      return Promise.resolve({ metadata: { name }, status } as Node);
+    },
+  };
+  return { kube, written };
+}
+
 describe("writeNodeStatus", () => {
   it("writes again at once when the node lifecycle controller marked a condition Unknown, not when next due", async () => {
     const clock = new FakeClock(Date.parse("2026-12-04T00:00:00Z"));
-    const written: NodeStatus[] = [];
-    const kube = {
-      patchNodeStatus: (name: string, status: NodeStatus) => {
-        written.push(status);
-        return Promise.resolve({ metadata: { name }, status } as Node);
-      },
-    };
+    const { kube, written } = recordingKube();
     const entry = newEntry({ name: "gw-1", device: undefined, problems: [], ownership: "owned" });
     const write = (node: Node) =>
       writeNodeStatus({ kube, config, version: "test", transport: undefined, entry, node, clock });
@@ -58,13 +64,7 @@ describe("writeNodeStatus", () => {
 
   it("writes a device's status once, and again only when something in it changed or it is due", async () => {
     const clock = new FakeClock(Date.parse("2026-12-04T00:00:00.400Z"));
-    const written: NodeStatus[] = [];
-    const kube = {
-      patchNodeStatus: (name: string, status: NodeStatus) => {
-        written.push(status);
-        return Promise.resolve({ metadata: { name }, status } as Node);
-      },
-    };
+    const { kube, written } = recordingKube();
     const device: DeviceInfo = {
       id: "gw-2",
       deviceClass: "gateway",
