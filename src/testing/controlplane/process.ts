@@ -9,7 +9,48 @@ import https from "node:https";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 
+/**
+ * A loopback port that is free now, for a server started a moment later. It is taken below the
+ * kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port from that range, as listening
+ * on port 0 gives, can be taken meanwhile as the source port of any outgoing connection on the
+ * machine, or of a client connecting to it before its server is up (a TCP self-connect). Both made
+ * a test's broker fail with EADDRINUSE. A port is never handed out twice by one process.
+ */
 export async function freePort(): Promise<number> {
+  const below = ephemeralLow();
+  for (let attempt = 0; attempt < 100 && below > MIN_PORT + 1_000; attempt++) {
+    const port = MIN_PORT + Math.floor(Math.random() * (below - MIN_PORT));
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    if (await canListen(port)) return port;
+  }
+  return anyPort();
+}
+
+/** The lowest port below which {@link freePort} never goes (well-known and registered services). */
+const MIN_PORT = 10_000;
+const handedOut = new Set<number>();
+
+/** The first port of the kernel's ephemeral range; 32768 (Linux's default) when it cannot be read. */
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > 0 ? low : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+  });
+}
+
+/** A free port as the kernel picks one (from its ephemeral range). */
+function anyPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once("error", reject);
