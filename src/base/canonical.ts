@@ -110,9 +110,15 @@ function normalise(value: unknown, key: string | undefined, ignore: ReadonlySet<
 }
 
 function timeToSeconds(value: unknown): string | undefined {
-  const time = value instanceof Date ? value : typeof value === "string" ? new Date(value) : undefined;
-  if (time === undefined || Number.isNaN(time.getTime())) return undefined;
-  return new Date(Math.floor(time.getTime() / 1000) * 1000).toISOString();
+  const ms = secondsOf(value);
+  return ms === undefined ? undefined : new Date(ms).toISOString();
+}
+
+/** A time (Date or RFC 3339 string) cut to whole seconds, in epoch ms; undefined if it is none. */
+function secondsOf(value: unknown): number | undefined {
+  const ms =
+    value instanceof Date ? value.getTime() : typeof value === "string" ? Date.parse(value) : Number.NaN;
+  return Number.isNaN(ms) ? undefined : Math.floor(ms / 1000) * 1000;
 }
 
 /** A Date for a time read from an object that may hold a Date or an RFC 3339 string. */
@@ -147,13 +153,6 @@ const noKeys: ReadonlySet<string> = new Set();
 type Plain = Record<string, unknown>;
 const isPlainObject = (v: unknown): v is Plain =>
   typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
-
-/** The whole seconds of a time as {@link timeToSeconds} reads it (epoch ms), or undefined. */
-function secondsOf(value: unknown): number | undefined {
-  const ms =
-    value instanceof Date ? value.getTime() : typeof value === "string" ? Date.parse(value) : Number.NaN;
-  return Number.isNaN(ms) ? undefined : Math.floor(ms / 1000) * 1000;
-}
 
 /** Whether {@link normalise} drops `value` found under `key`. */
 function dropped(value: unknown, key: string | undefined, ignore: ReadonlySet<string>): boolean {
