@@ -76,6 +76,11 @@ interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
   heapUsedPerPodKiB?: number;
   heapCommittedPerPodKiB?: number;
   newSpaceMiB?: number;
+  /** The same three at the moment the last pod ran, where {@link rssPerPodKiB} is taken. */
+  endHeapUsedPerPodKiB?: number;
+  endHeapCommittedPerPodKiB?: number;
+  endNewSpaceMiB?: number;
+  beforeNewSpaceMiB?: number;
 }
 
 /** Has `pid` (started with `--heapsnapshot-signal=SIGUSR2`) write a heap snapshot into HEAP_DIR. */
@@ -115,6 +120,7 @@ async function measure(o: {
     const heapBefore = await fleet.heapNow?.();
     const { startMs, endMs, ...run } = await runBoundPods({ api, fleet, namespace, pods: PODS });
     const after = memoryMiB(fleet.pid);
+    const heapEnd = await fleet.heapNow?.();
     await sleep(SETTLE_SECONDS * 1000);
     const settled = memoryMiB(fleet.pid);
     const heapSettled = await fleet.heapNow?.();
@@ -136,6 +142,14 @@ async function measure(o: {
             heapUsedPerPodKiB: kibPerPod(heapSettled.usedMiB, heapBefore.usedMiB, PODS),
             heapCommittedPerPodKiB: kibPerPod(heapSettled.committedMiB, heapBefore.committedMiB, PODS),
             newSpaceMiB: heapSettled.newSpaceMiB,
+          }
+        : {}),
+      ...(heapBefore && heapEnd
+        ? {
+            endHeapUsedPerPodKiB: kibPerPod(heapEnd.usedMiB, heapBefore.usedMiB, PODS),
+            endHeapCommittedPerPodKiB: kibPerPod(heapEnd.committedMiB, heapBefore.committedMiB, PODS),
+            endNewSpaceMiB: heapEnd.newSpaceMiB,
+            beforeNewSpaceMiB: heapBefore.newSpaceMiB,
           }
         : {}),
     };
