@@ -96,7 +96,6 @@ export interface UndiciResponse {
   readonly headers: Record<string, string | string[] | undefined>;
   readonly body: AsyncIterable<Buffer> & {
     text(): Promise<string>;
-    setEncoding(encoding: "utf8"): unknown;
     destroy(): unknown;
   };
 }

@@ -95,6 +95,43 @@ export function describeRequest(
   return { verb, resource: full };
 }
 
+/**
+ * Cuts a watch stream into its lines (one JSON event each), as strings, leaving out blank ones.
+ * It works on the bytes as they come and decodes each line once, on its own: decoding the stream
+ * first (`setEncoding`) made a string of each chunk, often several pieces joined, which every
+ * search for a newline and every line taken from it then copied again (about 40 MiB a burst of
+ * 5,000 pods, `npm run bench -- throughput`). Splitting UTF-8 at newlines is safe: the byte 0x0A
+ * is never part of another character. A line that spans chunks is joined from its own pieces.
+ */
+export class LineSplitter {
+  /** The start of a line whose end has not come yet, in pieces. */
+  #pending: Uint8Array[] = [];
+
+  /** The lines that `chunk` completes, in order; keeps the start of an unfinished one. */
+  push(chunk: Uint8Array): string[] {
+    const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    const lines: string[] = [];
+    let start = 0;
+    for (let nl = bytes.indexOf(NEWLINE); nl >= 0; nl = bytes.indexOf(NEWLINE, start)) {
+      let line: string;
+      if (this.#pending.length === 0) line = bytes.toString("utf8", start, nl);
+      else {
+        this.#pending.push(bytes.subarray(start, nl));
+        line = Buffer.concat(this.#pending).toString("utf8");
+        this.#pending = [];
+      }
+      if (!blank(line)) lines.push(line);
+      start = nl + 1;
+    }
+    if (start < bytes.length) this.#pending.push(bytes.subarray(start));
+    return lines;
+  }
+}
+
+const NEWLINE = 0x0a;
+/** Whether a line is only white space (JSON.parse takes white space around a value). */
+const blank = (line: string): boolean => line === "" || (line.charCodeAt(0) <= 0x20 && line.trim() === "");
+
 export interface KubeTransportOptions {
   /** Where and as whom: see `loadKubeconfig`. */
   readonly kubeconfig: Kubeconfig;
@@ -250,17 +287,10 @@ export class KubeTransport {
         const text = await response.body.text();
         throw apiException(response.statusCode, "GET", req.path, text, flatHeaders(response.headers));
       }
-      // Decoded as a stream, so a character split between chunks comes out whole.
-      response.body.setEncoding("utf8");
-      let buffered = "";
+      const lines = new LineSplitter();
       // Leaving the loop (a `break` by the caller, an error, the end) destroys the body.
-      for await (const chunk of response.body as AsyncIterable<string>) {
-        buffered += chunk;
-        let nl: number;
-        while ((nl = buffered.indexOf("\n")) >= 0) {
-          const line = buffered.slice(0, nl).trim();
-          buffered = buffered.slice(nl + 1);
-          if (line === "") continue;
+      for await (const chunk of response.body) {
+        for (const line of lines.push(chunk)) {
           const event = JSON.parse(line) as { type: string; object: unknown };
           if (event.type === "ERROR") {
             const status = event.object as { code?: number };
