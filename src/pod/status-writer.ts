@@ -72,15 +72,17 @@ export class StatusWriter {
     const current = this.latest(pod).status;
     if (!statusChanged(current, built)) return;
     const next = toWire(built) as PodStatus;
-    this.#o.logger.debug(
-      {
-        pod: podKey(ref),
-        phase: next.phase,
-        conditions: next.conditions?.map((c) => `${c.type}=${c.status}`).join(","),
-        containers: next.containerStatuses?.map((c) => Object.keys(c.state ?? {}).join("")).join(","),
-      },
-      "writing pod status",
-    );
+    // The summary is built only when it is logged: this runs once per pod start.
+    if (this.#o.logger.isLevelEnabled("debug"))
+      this.#o.logger.debug(
+        {
+          pod: podKey(ref),
+          phase: next.phase,
+          conditions: next.conditions?.map((c) => `${c.type}=${c.status}`).join(","),
+          containers: next.containerStatuses?.map((c) => Object.keys(c.state ?? {}).join("")).join(","),
+        },
+        "writing pod status",
+      );
     const updated = await this.#o.kube.patchPodStatus({
       namespace: ref.namespace,
       name: ref.name,
