@@ -47,6 +47,11 @@ export class BenchApi {
     return new BenchApi(path.join(testenvDir, "kubeconfig"));
   }
 
+  /** The API server's base URL. */
+  get server(): string {
+    return this.#transport.server;
+  }
+
   /** 429 answers seen so far (each was retried). */
   get throttled(): number {
     return this.#throttled;

@@ -13,7 +13,8 @@
  * Per tool, from the first create until one watcher saw every pod Running and Ready: the time and
  * pods per second, p50/p99 from a create's answer to Running, API requests per pod by the tool's
  * user (audit log), CPU seconds of the tool's process (/proc), its peak RSS and its RSS growth per
- * pod, at the moment the last pod ran and again once the process has idled THROUGHPUT_SETTLE_SECONDS
+ * pod and its connections to the API server, at the moment the last pod ran and again (not the
+ * connections) once the process has idled THROUGHPUT_SETTLE_SECONDS
  * (default 60: what a fleet holding its pods costs, after the start's garbage is collected and,
  * in devicelet, the heap trimmed once the burst is over, src/metrics/heap-trim.ts), and for
  * devicelet what of that growth is its JavaScript heap (in use and committed). Prints
@@ -45,7 +46,7 @@ import {
 } from "./fleet.ts";
 import { startKwok } from "./kwok.ts";
 import { controlPlane, testenvDir, waitForQuietControlPlane, waitUntil } from "./support.ts";
-import { memoryMiB } from "./usage.ts";
+import { connectionsTo, memoryMiB } from "./usage.ts";
 
 const PODS = Number(process.env.THROUGHPUT_PODS ?? 5_000);
 const NODES = Number(process.env.THROUGHPUT_NODES ?? 100);
@@ -66,6 +67,13 @@ interface Row extends Omit<BoundPodsResult, "startMs" | "endMs"> {
   rssPerPodKiB: number;
   /** The same, SETTLE_SECONDS later with nothing happening but heartbeats. */
   settledRssPerPodKiB: number;
+  /**
+   * The tool's TCP connections to the API server before the first create and when the last pod
+   * ran: each is a TLS session, tens of KiB of RSS outside any heap (HTTP/1.1 needs one per
+   * request in flight; Go's client multiplexes its requests over one HTTP/2 connection).
+   */
+  connectionsBefore: number;
+  connectionsAtEnd: number;
   /** How long the control plane took to quieten down before the first create. */
   quietWaitSeconds: number;
   /**
@@ -116,10 +124,13 @@ async function measure(o: {
   try {
     const quietWaitSeconds = await waitForQuietControlPlane();
     if (heap) await heapSnapshot(fleet.pid);
+    const apiPort = Number(new URL(api.server).port || 443);
     const before = memoryMiB(fleet.pid);
+    const connectionsBefore = connectionsTo(fleet.pid, apiPort);
     const heapBefore = await fleet.heapNow?.();
     const { startMs, endMs, ...run } = await runBoundPods({ api, fleet, namespace, pods: PODS });
     const after = memoryMiB(fleet.pid);
+    const connectionsAtEnd = connectionsTo(fleet.pid, apiPort);
     const heapEnd = await fleet.heapNow?.();
     await sleep(SETTLE_SECONDS * 1000);
     const settled = memoryMiB(fleet.pid);
@@ -136,6 +147,8 @@ async function measure(o: {
       peakRssMiB: after.peakRssMiB,
       rssPerPodKiB: kibPerPod(after.rssMiB, before.rssMiB, PODS),
       settledRssPerPodKiB: kibPerPod(settled.rssMiB, before.rssMiB, PODS),
+      connectionsBefore,
+      connectionsAtEnd,
       quietWaitSeconds,
       ...(heapBefore && heapSettled
         ? {

@@ -6,9 +6,10 @@
  *   // ... load ...
  *   const used = cpuSeconds(pid) - before;
  *   const { rssMiB, peakRssMiB } = memoryMiB(pid);
+ *   const open = connectionsTo(pid, 6443); // TCP connections to the API server's port
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 let ticks: number | undefined;
 
@@ -40,3 +41,36 @@ export function memoryMiB(pid: number): { rssMiB: number; peakRssMiB: number } {
   };
   return { rssMiB: mib("VmRSS"), peakRssMiB: mib("VmHWM") };
 }
+
+/**
+ * The TCP connections `pid` has established to `port` on the far side: its sockets (the inodes its
+ * file descriptors name) among the established ones in /proc/<pid>/net/tcp and tcp6. Each is a TLS
+ * session with its buffers, so a tool with more open keeps more memory outside its heap.
+ */
+export function connectionsTo(pid: number, port: number): number {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let link: string;
+    try {
+      link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue; // closed since the listing
+    }
+    const inode = /^socket:\[(\d+)\]$/.exec(link)?.[1];
+    if (inode !== undefined) inodes.add(inode);
+  }
+  let count = 0;
+  for (const table of ["tcp", "tcp6"]) {
+    const lines = readFileSync(`/proc/${pid}/net/${table}`, "utf8").split("\n").slice(1);
+    for (const line of lines) {
+      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+      const [, , remote, state, , , , , , inode] = line.trim().split(/\s+/);
+      const established = state === "01";
+      if (established && inode !== undefined && inodes.has(inode) && remotePort(remote) === port) count++;
+    }
+  }
+  return count;
+}
+
+/** The port of an address as /proc/net/tcp writes it (`0100007F:1F90`, hexadecimal). */
+const remotePort = (address: string | undefined) => Number.parseInt(address?.split(":")[1] ?? "", 16);
