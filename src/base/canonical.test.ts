@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { seededRandom } from "../../test/support/seeded-random.ts";
 import { canonicalJson, normaliseForCompare, sameNormalised, sameNormalisedField } from "./canonical.ts";
 
 /**
@@ -28,17 +29,6 @@ function canonicalJsonByCopy(value: unknown): string {
 /** The definition `sameNormalised` must agree with: the canonical JSON of both normalised copies. */
 const byCopies = (a: unknown, b: unknown, ignore?: ReadonlySet<string>) =>
   canonicalJson(normaliseForCompare(a, ignore)) === canonicalJson(normaliseForCompare(b, ignore));
-
-/** A small seeded generator (xorshift), so a failure names a seed that reproduces it. */
-function rng(seed: number): () => number {
-  let x = seed || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 const KEYS = ["type", "status", "startTime", "lastTransitionTime", "message", "ready", "lastHeartbeatTime"];
 const TIMES = [
@@ -153,7 +143,7 @@ function anyValue(r: () => number, depth: number): unknown {
 
 describe("canonicalJson", () => {
   it("writes what the sorted copy wrote, over generated values", () => {
-    const r = rng(61206);
+    const r = seededRandom(61206);
     for (let n = 0; n < 20_000; n++) {
       const v = anyValue(r, 4);
       expect({ n, json: canonicalJson(v) }).toEqual({ n, json: canonicalJsonByCopy(v) });
@@ -173,7 +163,7 @@ describe("canonicalJson", () => {
 
 describe("sameNormalised", () => {
   it("agrees with comparing the normalised copies, over generated pairs", () => {
-    const r = rng(20261206);
+    const r = seededRandom(20261206);
     const ignore = new Set(["lastHeartbeatTime"]);
     let [equal, differ] = [0, 0];
     for (let n = 0; n < 20_000; n++) {

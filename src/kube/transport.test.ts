@@ -1,17 +1,6 @@
 import { describe, expect, it } from "vitest";
+import { seededRandom } from "../../test/support/seeded-random.ts";
 import { LineSplitter } from "./transport.ts";
-
-/** A small seeded generator (xorshift), so a failure names a seed that reproduces it. */
-function rng(seed: number): () => number {
-  // Spread small seeds over the 32 bits: from 1, 2, 3… the first numbers would all be near 0.
-  let x = Math.imul(seed, 2654435761) || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 /** What the splitter must give for a whole stream: its lines that are not blank. */
 const linesOf = (text: string) => text.split("\n").filter((line) => line.trim() !== "");
@@ -29,7 +18,7 @@ describe("LineSplitter", () => {
     // Two-, three- and four-byte characters, which a chunk may end in the middle of.
     const pieces = ['{"type":"ADDED","object":{"n":"é"}}', "\n", "\r\n", "  ", "{}", '"x"', "ü€", "𝄞"];
     for (let seed = 1; seed <= 2_000; seed++) {
-      const random = rng(seed);
+      const random = seededRandom(seed);
       let text = "";
       for (let i = Math.floor(random() * 12); i > 0; i--)
         text += pieces[Math.floor(random() * pieces.length)] ?? "";
