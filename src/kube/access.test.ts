@@ -228,7 +228,7 @@ describe("TLS from the kubeconfig", () => {
 });
 
 describe("connections to the API server", () => {
-  it("speaks HTTP/1.1 to a server that offers HTTP/2, each lane on connections of its own, capped", async () => {
+  it("speaks HTTP/1.1 to a server that offers HTTP/2, each lane capped on its own", async () => {
     const serving = pki.cert("apiserver");
     const pods = MAX_CONNECTIONS.default + 40;
     const leases = 50;
@@ -298,6 +298,49 @@ describe("connections to the API server", () => {
       expect(podsBefore).toBeLessThanOrEqual(MAX_CONNECTIONS.default);
     } finally {
       clearTimeout(giveUp);
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
+describe("one pool for both lanes", () => {
+  it("serves heartbeats on the connections a burst of pod work opened, once they are idle", async () => {
+    const serving = pki.cert("apiserver");
+    const burst = MAX_CONNECTIONS.default;
+    let connections = 0;
+    /** Requests held until `count` are in flight at once, so each needs a connection of its own. */
+    let held: (() => void)[] = [];
+    let count = burst;
+    const server = createHttp2Server(
+      { cert: readFileSync(serving.cert), key: readFileSync(serving.key), allowHTTP1: true },
+      (_req, res) => {
+        held.push(() => {
+          res.writeHead(200, { "content-type": "application/json" });
+          res.end("{}");
+        });
+        if (held.length >= count) for (const answer of held.splice(0)) answer();
+      },
+    );
+    server.on("secureConnection", () => connections++);
+    const url = `https://127.0.0.1:${await listen(server)}`;
+    try {
+      const t = transport({ server: url, "certificate-authority": pki.caCert }, { token: "t" });
+      await Promise.all(
+        Array.from({ length: burst }, () => t.request({ method: "GET", path: "/api/v1/pods/x" })),
+      );
+      expect(connections).toBe(burst);
+      // A moment for the pool to take the connections back once their answers are read.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // Then as many heartbeats at once, as a fleet's renewals fall due: no new connection (a pool
+      // per lane opened as many again).
+      held = [];
+      count = burst;
+      const leases = Array.from({ length: burst }, () =>
+        t.request({ method: "GET", path: "/apis/coordination.k8s.io/v1/leases/x", lane: "heartbeat" }),
+      );
+      await Promise.all(leases);
+      expect(connections).toBe(burst);
+    } finally {
       await new Promise((resolve) => server.close(resolve));
     }
   });

@@ -29,11 +29,9 @@ export interface Dispatcher {
 export interface KubeAccess {
   /** The headers that authenticate one request; cheap unless a credential has to be re-read. */
   headers(): Promise<Record<string, string>>;
-  /** The dispatcher for requests and watches; undefined: undici's global one. */
+  /** The dispatcher for requests and watches of both lanes; undefined: undici's global one. */
   readonly dispatcher: Dispatcher | undefined;
-  /** The heartbeat lane's own connections (node Leases and status); undefined: `dispatcher`'s. */
-  readonly heartbeatDispatcher?: Dispatcher;
-  /** Closes the dispatchers' connections. */
+  /** Closes the dispatcher's connections. */
   close(): Promise<void>;
 }
 
@@ -65,20 +63,30 @@ interface UndiciAgent {
 }
 
 /**
- * Connections open to the API server at most, per lane; requests beyond wait in the dispatcher's
- * queue, their timeouts running. Without a cap, an API server slow to answer would get a new TLS
- * connection for every request waiting. The heartbeat lane has connections of its own, as it has a
- * budget of its own, so pod work never holds a Lease renewal in a queue: at 5,000 nodes it renews
+ * Requests in flight to the API server at most, per lane (the transport's own lines, `Slots` in
+ * `src/base/slots.ts`, hold the rest, unbuilt). Without a cap, an API server slow to answer would get a new TLS
+ * connection for every request waiting. The heartbeat lane has a cap of its own, as it has a
+ * budget of its own, so pod work never holds a Lease renewal in a line: at 5,000 nodes it renews
  * 500 Leases a second, which at the second an overloaded API server takes to answer keeps 500
- * connections busy (5,000 kubelets would keep 5,000). The default lane carries the watches (a
- * handful per process) and pod work, whose concurrency `concurrentPods` bounds (64 by default).
- * It had 256: in a burst of 5,000 pods on 64 workers undici opened 125 connections beyond the
- * 80 the nodes' registration had left (heap snapshots), each about 85 KiB of RSS held the
- * IDLE_CONNECTION_MS after; with 64 the RSS a pod leaves fell from 3.8 to 1.9 KiB, at the same
- * pods per second (`npm run bench -- throughput`, docs/performance.md). A provider with more
- * workers (IoT Hub's, waiting on its hub's rates) has its status writes wait here instead.
+ * requests in flight (5,000 kubelets would keep 5,000). The default lane carries pod work, whose
+ * concurrency `concurrentPods` bounds (64 by default). It had 256: in a burst of 5,000 pods on 64
+ * workers undici opened 125 connections beyond the 80 the nodes' registration had left (heap
+ * snapshots), each about 85 KiB of RSS held the IDLE_CONNECTION_MS after; with 64 the RSS a pod
+ * leaves fell from 3.8 to 1.9 KiB, at the same pods per second (`npm run bench -- throughput`,
+ * docs/performance.md). A provider with more workers (IoT Hub's, waiting on its hub's rates) has
+ * its status writes wait here instead.
  */
 export const MAX_CONNECTIONS = { default: 64, heartbeat: 512 } as const;
+
+/**
+ * Both lanes share one pool of connections, of room for both caps and the watches (a handful per
+ * engine, long-lived, not counted by the lanes): a request that may go never waits for a
+ * connection, and a connection either lane opened serves the other once it is idle. With a pool
+ * per lane, the connections the nodes' registration opened (heartbeat lane) sat idle through the
+ * pod burst that came next while the pod lane opened 60 of its own: 129 connections to the API
+ * server at the burst's end where 69 served (`npm run bench -- throughput`, docs/performance.md).
+ */
+export const POOL_CONNECTIONS = MAX_CONNECTIONS.default + MAX_CONNECTIONS.heartbeat + 64;
 
 /**
  * How long an idle connection to the API server is kept for the next request. undici closes one
@@ -135,13 +143,12 @@ export function undici(): Undici {
 /** Access from the kubeconfig's own fields: nothing but undici's Agent and a file read now and then. */
 class DirectAccess implements KubeAccess {
   readonly dispatcher: Dispatcher;
-  readonly heartbeatDispatcher: Dispatcher;
   readonly #static: Record<string, string> = {};
   readonly #tokenFile: TokenFile | undefined;
 
   constructor(kubeconfig: Kubeconfig, clock: Clock) {
     const { cluster, user } = kubeconfig;
-    // The CA, certificate and key parsed once for every connection of both lanes: given as PEM,
+    // The CA, certificate and key parsed once for every connection: given as PEM,
     // each new connection parsed them again (0.5 s of CPU, 4 % of devicelet's, in a CPU profile of
     // `npm run bench -- mqtt`, whose burst opens connections).
     const tls: ConnectionOptions = {
@@ -159,15 +166,12 @@ class DirectAccess implements KubeAccess {
     // slow to answer, Node's HTTP/2 session buffered outgoing frames without bound, 1 GB to 5 GB
     // in half a minute, with the event loop busy copying them (perf: CopyDataIntoOutgoing).
     const { Agent } = undici();
-    const pool = (connections: number) =>
-      new Agent({
-        connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 },
-        allowH2: false,
-        connections,
-        keepAliveTimeout: IDLE_CONNECTION_MS,
-      });
-    this.dispatcher = pool(MAX_CONNECTIONS.default);
-    this.heartbeatDispatcher = pool(MAX_CONNECTIONS.heartbeat);
+    this.dispatcher = new Agent({
+      connect: { ...tls, keepAlive: true, keepAliveInitialDelay: 30_000 },
+      allowH2: false,
+      connections: POOL_CONNECTIONS,
+      keepAliveTimeout: IDLE_CONNECTION_MS,
+    });
     if (user) Object.assign(this.#static, staticHeaders(user));
     this.#tokenFile = user?.tokenFile === undefined ? undefined : new TokenFile(user.tokenFile, clock);
   }
@@ -182,7 +186,7 @@ class DirectAccess implements KubeAccess {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.dispatcher.close(), this.heartbeatDispatcher.close()]);
+    await this.dispatcher.close();
   }
 }
 

@@ -7,7 +7,8 @@
  * call) and fails with client-node's `ApiException`, imported from its own module: the package
  * index loads every generated model and API class (about 86 MiB of memory), and the generated API
  * classes would convert every object to model classes anyway (see `types.ts`). One undici
- * dispatcher per lane is built once and reused by every request of that lane.
+ * dispatcher is built once and reused by every request of both lanes; each lane's requests in
+ * flight are capped here, so neither waits for a connection the other holds.
  */
 import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js";
 import type { Logger } from "pino";
@@ -155,7 +156,7 @@ export class KubeTransport {
   readonly #timeoutMs: number;
   readonly #log: Logger;
   readonly #userAgent: string;
-  /** Requests in flight per lane, at most the lane's connections (watches are not counted). */
+  /** Requests in flight per lane, at most the lane's cap (watches are not counted). */
   readonly #slots = {
     default: new Slots(MAX_CONNECTIONS.default),
     heartbeat: new Slots(MAX_CONNECTIONS.heartbeat),
@@ -221,7 +222,7 @@ export class KubeTransport {
       release = await this.#slots[req.lane ?? "default"].acquire(deadline?.signal ?? req.signal);
       deadline ??= new Deadline(req.signal, timeoutMs);
       const signal = deadline.signal;
-      const options = await this.#prepare(req.method, signal, req.accept, req.lane);
+      const options = await this.#prepare(req.method, signal, req.accept);
       if (req.body !== undefined) {
         options.headers["Content-Type"] = req.contentType ?? "application/json";
         options.body = JSON.stringify(req.body);
@@ -327,16 +328,15 @@ export class KubeTransport {
     return url.toString();
   }
 
-  /** A request's options but its body: headers with the credentials, the lane's dispatcher. */
+  /** A request's options but its body: headers with the credentials, the dispatcher. */
   async #prepare(
     method: TransportRequest["method"],
     signal: AbortSignal,
     accept = "application/json",
-    lane?: TransportRequest["lane"],
   ): Promise<UndiciRequestOptions & { headers: Record<string, string>; body?: string }> {
     const access = await this.#openAccess();
     const headers = { Accept: accept, "User-Agent": this.#userAgent, ...(await access.headers()) };
-    const dispatcher = (lane === "heartbeat" && access.heartbeatDispatcher) || access.dispatcher;
+    const { dispatcher } = access;
     return { method, headers, signal, ...(dispatcher ? { dispatcher } : {}) };
   }
 
