@@ -81,10 +81,11 @@ export const MAX_CONNECTIONS = { default: 64, heartbeat: 512 } as const;
 /**
  * Both lanes share one pool of connections, of room for both caps and the watches (a handful per
  * engine, long-lived, not counted by the lanes): a request that may go never waits for a
- * connection, and a connection either lane opened serves the other once it is idle. With a pool
- * per lane, the connections the nodes' registration opened (heartbeat lane) sat idle through the
- * pod burst that came next while the pod lane opened 60 of its own: 129 connections to the API
- * server at the burst's end where 69 served (`npm run bench -- throughput`, docs/performance.md).
+ * connection, and a connection either lane opened serves the other once it is idle. It saves
+ * connections only when the lanes' peaks come apart: in a burst of pod starts they coincide (the
+ * first pods change the in-sync state of every node, about 200 node patches on the heartbeat lane
+ * while pod work has its 64 in flight), and a pool per lane ended with about as many (129 against
+ * 134, `npm run bench -- throughput`, docs/performance.md).
  */
 export const POOL_CONNECTIONS = MAX_CONNECTIONS.default + MAX_CONNECTIONS.heartbeat + 64;
 
