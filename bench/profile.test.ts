@@ -4,7 +4,7 @@
  * what it throws away young, and the summaries name the functions that did it.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -84,6 +84,20 @@ describe("bench/profile.ts", () => {
     expect(all.bytes).toBeGreaterThan(old.bytes);
     expect(out).toMatch(/cpu: [\d.]+ s busy/);
     expect(out).toMatch(/heap, old \(2 s\): [\d.]+ MiB sampled/);
+  });
+
+  it("takes the windows it is told: all allocation alone, from the start", async () => {
+    const port = await startTarget();
+    const prefix = path.join(dir, "all-only");
+    const { code, out } = await run([String(port), prefix, "1", "all"]);
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/heap, all \(1 s\): [\d.]+ MiB sampled/);
+    expect(out).not.toContain("heap, old");
+    expect(existsSync(`${prefix}-all.heapprofile`)).toBe(true);
+    expect(existsSync(`${prefix}-old.heapprofile`)).toBe(false);
+    const bad = await run([String(port), prefix, "1", "young"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.out).toContain("[windows: old,all (the default), old or all]");
   });
 
   it("says how to call it when the arguments are missing", async () => {

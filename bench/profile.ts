@@ -10,7 +10,9 @@
  *
  * writes /tmp/hold.cpuprofile (120 s), /tmp/hold-old.heapprofile and /tmp/hold-all.heapprofile
  * (60 s each; open them in Chrome's DevTools), and prints the busiest functions and the
- * functions that allocated most in each window.
+ * functions that allocated most in each window. A fourth argument picks the windows: `all` alone
+ * catches a burst's allocation from its start (`node bench/profile.ts 9339 /tmp/burst 45 all`,
+ * run as devicelet's inspector comes up).
  */
 import { writeFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -107,10 +109,16 @@ export function heapSelfSizes(head: HeapNode): { bytes: number; top: [string, nu
 }
 
 async function main(): Promise<void> {
-  const [port, prefix, seconds = "60"] = process.argv.slice(2);
-  if (port === undefined || prefix === undefined || !(Number(seconds) > 0)) {
+  const [port, prefix, seconds = "60", windowList = "old,all"] = process.argv.slice(2);
+  const windows = windowList.split(",");
+  if (
+    port === undefined ||
+    prefix === undefined ||
+    !(Number(seconds) > 0) ||
+    !windows.every((w) => w === "old" || w === "all")
+  ) {
     throw new Error(
-      "usage: node bench/profile.ts <inspector port> <output prefix> [seconds per heap window]",
+      "usage: node bench/profile.ts <inspector port> <output prefix> [seconds per heap window] [windows: old,all (the default), old or all]",
     );
   }
   const { call, close } = await connect(Number(port));
@@ -133,8 +141,7 @@ async function main(): Promise<void> {
     console.log(`heap, ${name} (${seconds} s): ${mib(bytes).trim()} MiB sampled`);
     for (const [name, b] of top.slice(0, 12)) console.log(`${mib(b)} MiB  ${name}`);
   };
-  await heap("old", false);
-  await heap("all", true);
+  for (const window of windows) await heap(window, window === "all");
   const { profile } = (await call("Profiler.stop")) as { profile: CpuProfile };
   close();
   writeFileSync(`${prefix}.cpuprofile`, JSON.stringify(profile));
