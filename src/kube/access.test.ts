@@ -16,7 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest
 import { stringify } from "yaml";
 import { FakeClock } from "../base/fake-clock.ts";
 import { ensurePki, type Pki } from "../testing/controlplane/pki.ts";
-import { IDLE_CONNECTION_MS, MAX_CONNECTIONS, TOKEN_FILE_REREAD_MS } from "./access.ts";
+import { IDLE_CONNECTION_MS, MAX_IN_FLIGHT, TOKEN_FILE_REREAD_MS } from "./access.ts";
 import { RequestBudget } from "./budget.ts";
 import { loadKubeconfig } from "./kubeconfig.ts";
 import { KubeTransport } from "./transport.ts";
@@ -230,7 +230,7 @@ describe("TLS from the kubeconfig", () => {
 describe("connections to the API server", () => {
   it("speaks HTTP/1.1 to a server that offers HTTP/2, each lane capped on its own", async () => {
     const serving = pki.cert("apiserver");
-    const pods = MAX_CONNECTIONS.default + 40;
+    const pods = MAX_IN_FLIGHT.default + 40;
     const leases = 50;
     const versions = new Set<string>();
     /** The lane of each request, in the order the server got them. */
@@ -273,7 +273,7 @@ describe("connections to the API server", () => {
           held.push(answer);
         }
         if (released) release();
-        else if (heartbeats === leases && held.length >= MAX_CONNECTIONS.default) release();
+        else if (heartbeats === leases && held.length >= MAX_IN_FLIGHT.default) release();
       },
     );
     server.on("secureConnection", () => connections++);
@@ -289,13 +289,13 @@ describe("connections to the API server", () => {
       ]);
       expect(answers).toHaveLength(pods + leases);
       expect([...versions]).toEqual(["1.1"]);
-      expect(connections).toBeLessThanOrEqual(MAX_CONNECTIONS.default + MAX_CONNECTIONS.heartbeat);
+      expect(connections).toBeLessThanOrEqual(MAX_IN_FLIGHT.default + MAX_IN_FLIGHT.heartbeat);
       // Pod work went in parallel, up to its cap and never past it.
-      expect(peak.default).toBe(MAX_CONNECTIONS.default);
+      expect(peak.default).toBe(MAX_IN_FLIGHT.default);
       // No heartbeat waited behind the pod work queued past the cap: all arrived before it.
       const lastHeartbeat = arrivals.lastIndexOf("heartbeat");
       const podsBefore = arrivals.slice(0, lastHeartbeat).filter((lane) => lane === "default").length;
-      expect(podsBefore).toBeLessThanOrEqual(MAX_CONNECTIONS.default);
+      expect(podsBefore).toBeLessThanOrEqual(MAX_IN_FLIGHT.default);
     } finally {
       clearTimeout(giveUp);
       await new Promise((resolve) => server.close(resolve));
@@ -306,7 +306,7 @@ describe("connections to the API server", () => {
 describe("one pool for both lanes", () => {
   it("serves heartbeats on the connections a burst of pod work opened, once they are idle", async () => {
     const serving = pki.cert("apiserver");
-    const burst = MAX_CONNECTIONS.default;
+    const burst = MAX_IN_FLIGHT.default;
     let connections = 0;
     /** Requests held until `count` are in flight at once, so each needs a connection of its own. */
     let held: (() => void)[] = [];
@@ -373,7 +373,7 @@ describe("requests waiting for a connection", () => {
     const slow = await slowServer();
     const t = slow.transport;
     try {
-      const held = Array.from({ length: MAX_CONNECTIONS.default }, () =>
+      const held = Array.from({ length: MAX_IN_FLIGHT.default }, () =>
         t.request({ method: "GET", path: "/api/v1/namespaces/n/pods/x" }),
       );
       const late = t.request({ method: "GET", path: "/api/v1/namespaces/n/pods/y", timeoutMs: 1_000 });
@@ -389,7 +389,7 @@ describe("requests waiting for a connection", () => {
       expect(t.waiting("default")).toBe(0);
       await Promise.all(held);
       // The late one never reached the server.
-      expect(slow.arrived).toBe(MAX_CONNECTIONS.default);
+      expect(slow.arrived).toBe(MAX_IN_FLIGHT.default);
     } finally {
       await slow.close();
     }
@@ -406,7 +406,7 @@ describe("requests waiting for a connection", () => {
         ...(timeoutMs === undefined ? {} : { timeoutMs }),
       });
     try {
-      const held = Array.from({ length: MAX_CONNECTIONS.heartbeat }, () => lease("x"));
+      const held = Array.from({ length: MAX_IN_FLIGHT.heartbeat }, () => lease("x"));
       // 1 s would run out in line (the connections free after 1.5 s); it counts from the sending.
       const late = lease("y", 1_000).catch((err: unknown) => err);
       for (let i = 0; i < 80 && t.waiting("heartbeat") === 0; i++)
@@ -415,9 +415,9 @@ describe("requests waiting for a connection", () => {
       await Promise.all(held);
       // Sent at about 1.5 s, held 1.5 s by the server: longer than 1 s on the wire, so it fails...
       expect(await late).toMatchObject({ name: "TimeoutError" });
-      expect(slow.arrived).toBe(MAX_CONNECTIONS.heartbeat + 1);
+      expect(slow.arrived).toBe(MAX_IN_FLIGHT.heartbeat + 1);
       // ...while one whose wire time fits is answered, however long it waited in line.
-      const more = Array.from({ length: MAX_CONNECTIONS.heartbeat }, () => lease("x"));
+      const more = Array.from({ length: MAX_IN_FLIGHT.heartbeat }, () => lease("x"));
       const patient = lease("z", 2_500);
       await Promise.all(more);
       await expect(patient).resolves.toEqual({});

@@ -64,11 +64,11 @@ interface UndiciAgent {
 
 /**
  * Requests in flight to the API server at most, per lane (the transport's own lines, `Slots` in
- * `src/base/slots.ts`, hold the rest, unbuilt). Without a cap, an API server slow to answer would get a new TLS
- * connection for every request waiting. The heartbeat lane has a cap of its own, as it has a
- * budget of its own, so pod work never holds a Lease renewal in a line: at 5,000 nodes it renews
- * 500 Leases a second, which at the second an overloaded API server takes to answer keeps 500
- * requests in flight (5,000 kubelets would keep 5,000). The default lane carries pod work, whose
+ * `src/base/slots.ts`, hold the rest, unbuilt). Without a cap, an API server slow to answer would
+ * get a new TLS connection for every request waiting. The heartbeat lane has a cap of its own, as
+ * it has a budget of its own, so pod work never holds a Lease renewal in a line: at 5,000 nodes it
+ * renews 500 Leases a second, which at the second an overloaded API server takes to answer keeps
+ * 500 requests in flight (5,000 kubelets would keep 5,000). The default lane carries pod work, whose
  * concurrency `concurrentPods` bounds (64 by default). It had 256: in a burst of 5,000 pods on 64
  * workers undici opened 125 connections beyond the 80 the nodes' registration had left (heap
  * snapshots), each about 85 KiB of RSS held the IDLE_CONNECTION_MS after; with 64 the RSS a pod
@@ -76,7 +76,7 @@ interface UndiciAgent {
  * docs/performance.md). A provider with more workers (IoT Hub's, waiting on its hub's rates) has
  * its status writes wait here instead.
  */
-export const MAX_CONNECTIONS = { default: 64, heartbeat: 512 } as const;
+export const MAX_IN_FLIGHT = { default: 64, heartbeat: 512 } as const;
 
 /**
  * Both lanes share one pool of connections, of room for both caps and the watches (a handful per
@@ -87,7 +87,7 @@ export const MAX_CONNECTIONS = { default: 64, heartbeat: 512 } as const;
  * while pod work has its 64 in flight), and a pool per lane ended with about as many (129 against
  * 134, `npm run bench -- throughput`, docs/performance.md).
  */
-export const POOL_CONNECTIONS = MAX_CONNECTIONS.default + MAX_CONNECTIONS.heartbeat + 64;
+const POOL_CONNECTIONS = MAX_IN_FLIGHT.default + MAX_IN_FLIGHT.heartbeat + 64;
 
 /**
  * How long an idle connection to the API server is kept for the next request. undici closes one
