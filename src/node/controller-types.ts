@@ -10,6 +10,7 @@ import type {
   DeviceInventory,
   DeviceNotifier,
   DeviceRetirement,
+  DeviceSync,
   DeviceSyncReporter,
 } from "../provider/types.ts";
 import type { BirthProblem } from "./birth.ts";
@@ -113,6 +114,11 @@ export interface NodeEntry {
   lastStatus: NodeStatus | undefined;
   lastStatusAt: number;
   /**
+   * What the last status built was built from, when it was found unchanged (status-writer.ts):
+   * heartbeats with the same inputs skip building it again until it is due.
+   */
+  unchangedFrom?: StatusInputs;
+  /**
    * The Node as this process's last write of it was answered (trimmed), kept only until the
    * informer's copy includes that write: what the next reconcile judges by meanwhile.
    */
@@ -126,6 +132,26 @@ export interface NodeEntry {
   gone: boolean;
   /** The node's own kubelet API port, once assigned (0: none was free); undefined without per-node ports. */
   kubeletPort: number | undefined;
+}
+
+/**
+ * What a device's node status is built from, but the clock. A status built from these and found
+ * unchanged stays unchanged, heartbeat times aside, for as long as they stay the same, unless the
+ * DeviceInSync condition can turn with time (status-writer.ts). Compared by identity where the
+ * engine replaces what changed (the device at each announcement, the Node at each informer event,
+ * the status at each write; the configuration is one object), by value elsewhere.
+ */
+export interface StatusInputs {
+  readonly config: NodeControllerConfig;
+  readonly device: DeviceInfo | undefined;
+  readonly node: Node;
+  readonly previous: NodeStatus | undefined;
+  readonly transportConnected: boolean | undefined;
+  readonly transportMessage: string | undefined;
+  readonly kubeletPort: number;
+  readonly version: string;
+  readonly sync: DeviceSync | undefined;
+  readonly syncGraceMs: number | undefined;
 }
 
 /** A device's entry as first seen: no lease, no status written, nothing deleted. */

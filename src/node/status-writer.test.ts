@@ -1,10 +1,19 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { Node, NodeStatus } from "../kube/index.ts";
 import { testNodeConfig } from "../../test/support/node-config.ts";
-import { newEntry } from "./controller-types.ts";
+import { seededRandom } from "../../test/support/seeded-random.ts";
+import { buildNodeStatus, type TransportState } from "./build.ts";
+import { newEntry, type NodeEntry } from "./controller-types.ts";
 import { writeNodeStatus } from "./status-writer.ts";
-import type { DeviceInfo } from "../provider/types.ts";
+import type { DeviceInfo, DeviceSync } from "../provider/types.ts";
+
+// Counts the statuses built, to see the heartbeats that skip building.
+vi.mock("./build.ts", async (importOriginal) => {
+  const actual = await importOriginal<typeof import("./build.ts")>();
+  return { ...actual, buildNodeStatus: vi.fn(actual.buildNodeStatus) };
+});
+const builds = () => vi.mocked(buildNodeStatus).mock.calls.length;
 
 /** Status is due every 60 s: the writes below, 20 s apart in all, are for other reasons. */
 const config = testNodeConfig;
@@ -98,5 +107,159 @@ describe("writeNodeStatus", () => {
     clock.advance(60_000);
     await write();
     expect(written).toHaveLength(3);
+  });
+
+  it("skips building at heartbeats whose inputs are unchanged, and writes exactly what building every time writes", async () => {
+    const grace = 30_000;
+    const random = seededRandom(20261206);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)] as T;
+    let builtWithMemo = 0;
+    let heartbeats = 0;
+    for (let run = 0; run < 40; run++) {
+      const clock = new FakeClock(Date.parse("2026-12-06T00:00:00.250Z") + run * 3_600_000);
+      const base: DeviceInfo = {
+        id: `gw-${run}`,
+        deviceClass: "gateway",
+        os: "linux",
+        arch: "arm64",
+        labels: {},
+        capacity: { cpu: "4" },
+        addresses: [{ type: "InternalIP", address: "10.0.0.2" }],
+        connected: true,
+        lastSeen: new Date(clock.now()),
+      };
+      const devices = (): DeviceInfo =>
+        pick<DeviceInfo>([
+          { ...base }, // announced again, the same
+          { ...base, connected: false, lastSeen: new Date(clock.now()) },
+          { ...base, connected: false, sleep: { wakeAt: new Date(clock.now() + 600_000) } },
+          { ...base, capacity: { cpu: pick(["2", "4", "8"]) } },
+        ]);
+      const transports = (): TransportState | undefined =>
+        pick([
+          undefined,
+          { connected: true, message: "broker reachable" },
+          { connected: false, message: "down" },
+        ]);
+      const syncs = (): DeviceSync | undefined => {
+        const desired = 1 + Math.floor(random() * 4);
+        return pick<DeviceSync | undefined>([
+          undefined,
+          { desiredGeneration: desired, appliedGeneration: desired },
+          // Behind, so it turns ApplyPending once the grace has passed with no other change.
+          { desiredGeneration: desired, appliedGeneration: desired - 1, behindSince: new Date(clock.now()) },
+          { desiredGeneration: desired, appliedGeneration: desired - 1 }, // behind since unknown
+          {
+            desiredGeneration: desired,
+            appliedGeneration: desired - 1,
+            behindSince: new Date(clock.now() - 5_000),
+            rejected: { generation: desired, reason: "Invalid", message: "bad config" },
+          },
+        ]);
+      };
+      // Two writers fed the same: one as devicelet runs it, one that never remembers its inputs.
+      const memo = {
+        ...recordingKube(),
+        entry: newEntry({ name: "gw", device: base, problems: [], ownership: "owned" }),
+      };
+      const every = {
+        ...recordingKube(),
+        entry: newEntry({ name: "gw", device: base, problems: [], ownership: "owned" }),
+      };
+      let node: Node = { metadata: { name: "gw" }, status: {} };
+      let transport = transports();
+      let sync = syncs();
+      const write = (w: { kube: ReturnType<typeof recordingKube>["kube"]; entry: NodeEntry }) =>
+        writeNodeStatus({
+          kube: w.kube,
+          config,
+          version: "test",
+          transport,
+          entry: w.entry,
+          node,
+          clock,
+          sync: { state: sync && { ...sync }, pendingGraceMs: grace },
+        });
+      for (let step = 0; step < 60; step++) {
+        const r = random();
+        if (r < 0.06) memo.entry.device = every.entry.device = devices();
+        else if (r < 0.1) transport = transports();
+        else if (r < 0.16) sync = syncs();
+        else if (r < 0.18 && memo.written.length > 0) {
+          // The node lifecycle controller marked Ready Unknown after a stale Lease.
+          const last = memo.written.at(-1);
+          node = {
+            metadata: { name: "gw" },
+            status: {
+              conditions: (last?.conditions ?? []).map((c) =>
+                c.type === "Ready" ? { ...c, status: "Unknown", reason: "NodeStatusUnknown" } : c,
+              ),
+            },
+          };
+        }
+        clock.advance(pick([1_000, 10_000, 10_000, 10_000, 25_000]));
+        const before = builds();
+        const a = await write(memo);
+        builtWithMemo += builds() - before;
+        every.entry.unchangedFrom = undefined;
+        const b = await write(every);
+        heartbeats++;
+        expect(a === undefined, `run ${run} step ${step}`).toBe(b === undefined);
+        expect(memo.written, `run ${run} step ${step}`).toEqual(every.written);
+        if (a) node = { metadata: { name: "gw" }, status: memo.written.at(-1) };
+      }
+    }
+    // Heartbeats that changed nothing built nothing: the memo was used, not just harmless.
+    // (70 % of them built at this seed: a write, or a change, makes the next heartbeat build.)
+    expect(builtWithMemo).toBeLessThan(heartbeats * 0.8);
+  });
+
+  it("builds again when the device's sync can turn pending with time, and not otherwise", async () => {
+    // All within the 60 s after the first write, so nothing is due: every build is the memo's call.
+    const clock = new FakeClock(Date.parse("2026-12-06T00:00:00Z"));
+    const { kube, written } = recordingKube();
+    const device: DeviceInfo = {
+      id: "gw-3",
+      deviceClass: "gateway",
+      os: "linux",
+      arch: "arm64",
+      labels: {},
+      capacity: {},
+      addresses: [],
+      connected: true,
+    };
+    const entry = newEntry({ name: "gw-3", device, problems: [], ownership: "owned" });
+    const node: Node = { metadata: { name: "gw-3" }, status: {} };
+    let state: DeviceSync = { desiredGeneration: 2, appliedGeneration: 2 };
+    const write = () =>
+      writeNodeStatus({
+        kube,
+        config,
+        version: "test",
+        transport: undefined,
+        entry,
+        node,
+        clock,
+        sync: { state, pendingGraceMs: 15_000 },
+      });
+    await write();
+    const steady = builds();
+    for (let i = 0; i < 3; i++) {
+      clock.advance(10_000);
+      expect(await write()).toBeUndefined();
+    }
+    // The first heartbeat built and found nothing new; the next two built nothing.
+    expect(builds() - steady).toBe(1);
+    expect(written).toHaveLength(1);
+    // Behind from now: still InSync at the next heartbeat (10 s), ApplyPending at the one after.
+    state = { desiredGeneration: 3, appliedGeneration: 2, behindSince: new Date(clock.now()) };
+    const behind = builds();
+    clock.advance(10_000);
+    expect(await write()).toBeUndefined();
+    clock.advance(10_000);
+    await write();
+    expect(builds() - behind).toBe(2);
+    expect(written).toHaveLength(2);
+    expect(written[1]?.conditions?.find((c) => c.type === "DeviceInSync")?.reason).toBe("ApplyPending");
   });
 });

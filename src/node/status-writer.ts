@@ -22,7 +22,7 @@ import {
   transportTaints,
   type TransportState,
 } from "./build.ts";
-import type { NodeControllerConfig, NodeEntry } from "./controller-types.ts";
+import type { NodeControllerConfig, NodeEntry, StatusInputs } from "./controller-types.ts";
 
 export interface StatusWrite {
   readonly kube: Pick<KubeClient, "patchNodeStatus">;
@@ -43,14 +43,28 @@ export interface StatusWrite {
 export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined> {
   const { kube, config, version, entry, node } = o;
   const clock = o.clock ?? systemClock;
+  const due = clock.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
+  const inputs: StatusInputs = {
+    config,
+    device: entry.device,
+    node,
+    previous: entry.lastStatus,
+    transportConnected: o.transport?.connected,
+    transportMessage: o.transport?.message,
+    // The node's own port when the kubelet API is served (per-node ports), else the configured one.
+    kubeletPort: entry.kubeletPort ?? config.kubeletPort,
+    version,
+    sync: o.sync?.state,
+    syncGraceMs: o.sync?.pendingGraceMs,
+  };
+  if (!due && entry.unchangedFrom !== undefined && sameInputs(entry.unchangedFrom, inputs)) return undefined;
   const options = {
     ready: true,
     readyMessage: "devicelet is running and reaching the API server",
     transport: o.transport,
     now: new Date(clock.now()),
     previous: entry.lastStatus ?? node.status,
-    // The node's own port when the kubelet API is served (per-node ports), else the configured one.
-    kubeletPort: entry.kubeletPort ?? config.kubeletPort,
+    kubeletPort: inputs.kubeletPort,
     kubeletAddress: config.kubeletAddress,
     version,
     sync: o.sync,
@@ -60,14 +74,16 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   const built: Model<V1NodeStatus> = entry.device
     ? buildNodeStatus(entry.device, options)
     : { ...node.status, conditions: heartbeatConditions(options) };
-  const due = clock.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
   if (
     entry.lastStatus &&
     !due &&
     !nodeStatusChanged(entry.lastStatus, built) &&
     !conditionsOverwritten(node.status?.conditions, built.conditions)
-  )
+  ) {
+    entry.unchangedFrom = entry.device && !syncMayTurn(o.sync?.state) ? inputs : undefined;
     return undefined;
+  }
+  entry.unchangedFrom = undefined;
   const status: NodeStatus = toWire(built);
   // A node whose device is not known yet gets only its conditions written.
   const written = await kube.patchNodeStatus(
@@ -78,6 +94,47 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   entry.lastStatusAt = clock.now();
   return written;
 }
+
+/**
+ * Whether a status built from `b` is the one found unchanged from `a` (see {@link StatusInputs}).
+ * Building and comparing a status at every heartbeat was a tenth of the CPU devicelet spent holding
+ * 1,000 nodes (`npm run bench -- scale`, docs/performance.md).
+ */
+function sameInputs(a: StatusInputs, b: StatusInputs): boolean {
+  return (
+    a.config === b.config &&
+    a.device === b.device &&
+    a.node === b.node &&
+    a.previous === b.previous &&
+    a.transportConnected === b.transportConnected &&
+    a.transportMessage === b.transportMessage &&
+    a.kubeletPort === b.kubeletPort &&
+    a.version === b.version &&
+    a.syncGraceMs === b.syncGraceMs &&
+    sameSync(a.sync, b.sync)
+  );
+}
+
+/** Providers may hand out a new DeviceSync at each call: compared by what it says. */
+function sameSync(a: DeviceSync | undefined, b: DeviceSync | undefined): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined) return false;
+  return (
+    a.desiredGeneration === b.desiredGeneration &&
+    a.appliedGeneration === b.appliedGeneration &&
+    a.behindSince?.getTime() === b.behindSince?.getTime() &&
+    a.rejected?.generation === b.rejected?.generation &&
+    a.rejected?.reason === b.rejected?.reason &&
+    a.rejected?.message === b.rejected?.message
+  );
+}
+
+/**
+ * Whether the DeviceInSync condition can change with time alone: a device behind, not refusing,
+ * turns from InSync to ApplyPending once the grace has passed (build.ts `syncCondition`).
+ */
+const syncMayTurn = (sync: DeviceSync | undefined): boolean =>
+  sync !== undefined && sync.rejected === undefined && sync.appliedGeneration < sync.desiredGeneration;
 
 /**
  * Whether the node lifecycle controller has marked a condition devicelet writes `Unknown` (reason
