@@ -98,7 +98,7 @@ interface Row {
   p50Ms: number;
   p99Ms: number;
   peakRssMiB: number;
-  /** devicelet: the most JavaScript heap in use in a 2 s sample (garbage included), and its limit. */
+  /** devicelet: the most JavaScript heap in use in a sample every 15 s (garbage included), and its limit. */
   peakHeapUsedMiB: number;
   heapLimitMiB: number;
   /** The mean of the RSS samples in the hold; the least and the most of them. */
