@@ -217,7 +217,7 @@ export async function startMockDevicelet(o: {
   nodes: number;
   podsPerNode: number;
   nodeFlags?: readonly string[];
-  /** Sample the heap from devicelet's metrics for {@link Fleet.heap} (a scrape every {@link HEAP_SAMPLE_MS}). */
+  /** Sample the heap from devicelet's metrics for {@link Fleet.heap} (every {@link HEAP_SAMPLE_MS}). */
   sampleHeap?: boolean;
 }): Promise<Fleet> {
   const nodeSelector = `${BENCH_LABEL}=${o.id}`;
@@ -289,7 +289,6 @@ async function scrapeHeap(metricsPort: number): Promise<HeapNow> {
   };
 }
 
-/** Samples devicelet's heap in use and its limit from its metrics every 2 s, keeping the most. */
 /**
  * How often {@link sampleHeap} scrapes devicelet's metrics: Prometheus's usual interval. Every
  * 2 s, as it was, the scrapes took 5 % of the CPU devicelet spent holding 1,000 nodes (0.52 of 10.4
@@ -298,6 +297,7 @@ async function scrapeHeap(metricsPort: number): Promise<HeapNow> {
  */
 const HEAP_SAMPLE_MS = 15_000;
 
+/** Samples devicelet's heap in use and its limit from its metrics, keeping the most. */
 function sampleHeap(metricsPort: number): {
   read: () => { peakUsedMiB: number; limitMiB: number };
   stop: () => void;

@@ -101,8 +101,9 @@ export function describeRequest(
  * It works on the bytes as they come and decodes each line once, on its own: decoding the stream
  * first (`setEncoding`) made a string of each chunk, often several pieces joined, which every
  * search for a newline and every line taken from it then copied again (the watch's part of a
- * 5,000-pod burst's allocation went from 115 to 97 MiB, `npm run bench -- throughput`). Splitting UTF-8 at newlines is safe: the byte 0x0A
- * is never part of another character. A line that spans chunks is joined from its own pieces.
+ * 5,000-pod burst's allocation went from 115 to 97 MiB, `npm run bench -- throughput`). Splitting
+ * UTF-8 at newlines is safe: the byte 0x0A is never part of another character. A line that spans
+ * chunks is joined from its own pieces.
  */
 export class LineSplitter {
   /** The start of a line whose end has not come yet, in pieces. */

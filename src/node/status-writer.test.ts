@@ -30,6 +30,19 @@ function recordingKube() {
   return { kube, written };
 }
 
+/** A connected arm64 gateway, as a provider announces it; `over` replaces fields. */
+const gateway = (id: string, over: Partial<DeviceInfo> = {}): DeviceInfo => ({
+  id,
+  deviceClass: "gateway",
+  os: "linux",
+  arch: "arm64",
+  labels: {},
+  capacity: {},
+  addresses: [],
+  connected: true,
+  ...over,
+});
+
 describe("writeNodeStatus", () => {
   it("writes again at once when the node lifecycle controller marked a condition Unknown, not when next due", async () => {
     const clock = new FakeClock(Date.parse("2026-12-04T00:00:00Z"));
@@ -74,17 +87,11 @@ describe("writeNodeStatus", () => {
   it("writes a device's status once, and again only when something in it changed or it is due", async () => {
     const clock = new FakeClock(Date.parse("2026-12-04T00:00:00.400Z"));
     const { kube, written } = recordingKube();
-    const device: DeviceInfo = {
-      id: "gw-2",
-      deviceClass: "gateway",
-      os: "linux",
-      arch: "arm64",
-      labels: {},
+    const device = gateway("gw-2", {
       capacity: { cpu: "4", memory: "1Gi" },
       addresses: [{ type: "InternalIP", address: "10.0.0.2" }],
-      connected: true,
       lastSeen: new Date("2026-12-04T00:00:00.700Z"),
-    };
+    });
     const entry = newEntry({ name: "gw-2", device, problems: [], ownership: "owned" });
     const node: Node = { metadata: { name: "gw-2" }, status: {} };
     const write = () =>
@@ -117,17 +124,11 @@ describe("writeNodeStatus", () => {
     let heartbeats = 0;
     for (let run = 0; run < 40; run++) {
       const clock = new FakeClock(Date.parse("2026-12-06T00:00:00.250Z") + run * 3_600_000);
-      const base: DeviceInfo = {
-        id: `gw-${run}`,
-        deviceClass: "gateway",
-        os: "linux",
-        arch: "arm64",
-        labels: {},
+      const base = gateway(`gw-${run}`, {
         capacity: { cpu: "4" },
         addresses: [{ type: "InternalIP", address: "10.0.0.2" }],
-        connected: true,
         lastSeen: new Date(clock.now()),
-      };
+      });
       const devices = (): DeviceInfo =>
         pick<DeviceInfo>([
           { ...base }, // announced again, the same
@@ -218,16 +219,7 @@ describe("writeNodeStatus", () => {
     // All within the 60 s after the first write, so nothing is due: every build is the memo's call.
     const clock = new FakeClock(Date.parse("2026-12-06T00:00:00Z"));
     const { kube, written } = recordingKube();
-    const device: DeviceInfo = {
-      id: "gw-3",
-      deviceClass: "gateway",
-      os: "linux",
-      arch: "arm64",
-      labels: {},
-      capacity: {},
-      addresses: [],
-      connected: true,
-    };
+    const device = gateway("gw-3");
     const entry = newEntry({ name: "gw-3", device, problems: [], ownership: "owned" });
     const node: Node = { metadata: { name: "gw-3" }, status: {} };
     let state: DeviceSync = { desiredGeneration: 2, appliedGeneration: 2 };
