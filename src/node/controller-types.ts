@@ -113,6 +113,8 @@ export interface NodeEntry {
   leaseStop: AbortController | undefined;
   lastStatus: NodeStatus | undefined;
   lastStatusAt: number;
+  /** How long after `lastStatusAt` the status is due again (status-writer.ts `STATUS_SPREAD`). */
+  statusIntervalMs?: number;
   /**
    * What the last status built was built from, when it was found unchanged (status-writer.ts):
    * heartbeats with the same inputs skip building it again until it is due.

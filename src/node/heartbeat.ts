@@ -12,6 +12,7 @@ import type { Clock } from "../base/clock.ts";
 import type { KubeClient } from "../kube/index.ts";
 import type { NodeControllerConfig, NodeEntry } from "./controller-types.ts";
 import { NodeLease, type LeaseLog } from "./lease.ts";
+import { STATUS_MEAN_INTERVAL_SHARE } from "./status-writer.ts";
 
 /** Share of the heartbeat lane's QPS above which devicelet warns that leases may starve. */
 const HEARTBEAT_LOAD_WARNING = 0.8;
@@ -33,11 +34,13 @@ export class HeartbeatLoad {
 
   /**
    * What `nodes` heartbeats ask of the heartbeat lane, as a share of its QPS:
-   * `nodes × (1/renewInterval + 1/statusInterval) / heartbeatQps`. Above 0.8, leases may starve.
+   * `nodes × (1/renewInterval + 1/statusInterval) / heartbeatQps`, with the status written at a
+   * mean of seven eighths of its maximum interval (status-writer.ts). Above 0.8, leases may starve.
    */
   load(nodes: number): number {
     const { leaseRenewIntervalSeconds, statusMaxIntervalSeconds, heartbeatQps } = this.#config;
-    const perNode = 1 / leaseRenewIntervalSeconds + 1 / statusMaxIntervalSeconds;
+    const perNode =
+      1 / leaseRenewIntervalSeconds + 1 / (statusMaxIntervalSeconds * STATUS_MEAN_INTERVAL_SHARE);
     return (nodes * perNode) / heartbeatQps;
   }
 

@@ -159,18 +159,25 @@ describe("writeNodeStatus", () => {
         ]);
       };
       // Two writers fed the same: one as devicelet runs it, one that never remembers its inputs.
+      // Each draws its intervals from the same sequence: they write at the same heartbeats.
       const memo = {
         ...recordingKube(),
         entry: newEntry({ name: "gw", device: base, problems: [], ownership: "owned" }),
+        random: seededRandom(run),
       };
       const every = {
         ...recordingKube(),
         entry: newEntry({ name: "gw", device: base, problems: [], ownership: "owned" }),
+        random: seededRandom(run),
       };
       let node: Node = { metadata: { name: "gw" }, status: {} };
       let transport = transports();
       let sync = syncs();
-      const write = (w: { kube: ReturnType<typeof recordingKube>["kube"]; entry: NodeEntry }) =>
+      const write = (w: {
+        kube: ReturnType<typeof recordingKube>["kube"];
+        entry: NodeEntry;
+        random: () => number;
+      }) =>
         writeNodeStatus({
           kube: w.kube,
           config,
@@ -180,6 +187,7 @@ describe("writeNodeStatus", () => {
           node,
           clock,
           sync: { state: sync && { ...sync }, pendingGraceMs: grace },
+          random: w.random,
         });
       for (let step = 0; step < 60; step++) {
         const r = random();
@@ -233,6 +241,7 @@ describe("writeNodeStatus", () => {
         node,
         clock,
         sync: { state, pendingGraceMs: 15_000 },
+        random: () => 0, // due at the whole 60 s, not sooner
       });
     await write();
     const steady = builds();
@@ -253,5 +262,66 @@ describe("writeNodeStatus", () => {
     expect(builds() - behind).toBe(2);
     expect(written).toHaveLength(2);
     expect(written[1]?.conditions?.find((c) => c.type === "DeviceInSync")?.reason).toBe("ApplyPending");
+  });
+
+  it("spreads the rewrites of statuses written together, never past the maximum interval", async () => {
+    const maxMs = 300_000;
+    const heartbeatMs = 10_000;
+    const fleet = 200;
+    const random = seededRandom(20261207);
+    const clock = new FakeClock(Date.parse("2026-12-07T00:00:00Z"));
+    const start = clock.now();
+    const { kube } = recordingKube();
+    const every5m = { ...config, statusMaxIntervalSeconds: maxMs / 1000 };
+    // Registered together: each node's heartbeat (its Lease renewal) ticks every 10 s at a phase of its own.
+    const nodes = Array.from({ length: fleet }, (_, i) => {
+      const node: Node = { metadata: { name: `gw-${i}` }, status: {} };
+      return {
+        entry: newEntry({ name: `gw-${i}`, device: gateway(`gw-${i}`), problems: [], ownership: "owned" }),
+        node,
+        phase: 100 * Math.floor((random() * heartbeatMs) / 100),
+        writes: [] as number[],
+      };
+    });
+    for (let t = 0; t < 4 * maxMs; t += 100) {
+      for (const n of nodes) {
+        if (t % heartbeatMs !== n.phase) continue;
+        const written = await writeNodeStatus({
+          kube,
+          config: every5m,
+          version: "test",
+          transport: undefined,
+          entry: n.entry,
+          node: n.node,
+          clock,
+          random,
+        });
+        if (written) {
+          n.node = written;
+          n.writes.push(clock.now() - start);
+        }
+      }
+      clock.advance(100);
+    }
+    // Nothing changed, so every write after the first was due: never sooner than three quarters of
+    // the maximum, never later than the first heartbeat after it.
+    for (const n of nodes) {
+      expect(n.writes[0]).toBeLessThan(heartbeatMs);
+      const gaps = n.writes.slice(1).map((w, i) => w - (n.writes[i] ?? 0));
+      expect(gaps.length).toBeGreaterThanOrEqual(3);
+      for (const gap of gaps) {
+        expect(gap).toBeGreaterThanOrEqual(maxMs * 0.75);
+        expect(gap).toBeLessThan(maxMs + heartbeatMs);
+      }
+    }
+    // The rewrites do not come as one wave: written in the same 10 s, due in the same 10 s, they
+    // would all fall in one window of 10 s at each interval. Spread, no window holds a quarter.
+    const rewrites = nodes.flatMap((n) => n.writes.slice(1)).sort((a, b) => a - b);
+    let most = 0;
+    for (let i = 0, j = 0; i < rewrites.length; i++) {
+      while ((rewrites[i] ?? 0) - (rewrites[j] ?? 0) >= heartbeatMs) j++;
+      most = Math.max(most, i - j + 1);
+    }
+    expect(most).toBeLessThan(fleet / 4);
   });
 });

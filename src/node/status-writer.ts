@@ -1,9 +1,9 @@
 /**
  * Writing a managed node's status, transport taint and in-sync label (controller.ts), apart so the controller
  * reads as the reconcile's decisions. Status is written when it changed or when
- * `statusMaxIntervalSeconds` passed since the last write (the kubelet's nodeStatusReportFrequency);
- * a node whose device is not known yet (one an earlier run left) gets only its conditions, so
- * heartbeats never erase what the device reported. Neither function retries: the caller's queue
+ * `statusMaxIntervalSeconds` passed since the last write (the kubelet's nodeStatusReportFrequency;
+ * a little sooner, at random: {@link STATUS_SPREAD}); a node whose device is not known yet (one an
+ * earlier run left) gets only its conditions, so heartbeats never erase what the device reported. Neither function retries: the caller's queue
  * does.
  *
  *   const written = await writeNodeStatus({ kube, config, version, transport, entry, node });
@@ -37,13 +37,32 @@ export interface StatusWrite {
   readonly clock?: Clock;
   /** The device's sync state, when the provider reports one: the `DeviceInSync` condition. */
   readonly sync?: { readonly state: DeviceSync | undefined; readonly pendingGraceMs: number };
+  /** Draws each write's interval until the next is due ({@link STATUS_SPREAD}); default `Math.random`. */
+  readonly random?: () => number;
 }
+
+/**
+ * A status with nothing new is written again at a random point of the last quarter of
+ * `statusMaxIntervalSeconds` after the last write, never later. Without it, nodes whose statuses
+ * were written together (a registration, an adoption after a restart, a rollout that changed every
+ * node's DeviceInSync) fall due together every interval for good: at 5,000 nodes the five-minute
+ * rewrites came as one wave of 4,372 in three minutes (`npm run bench -- scale`,
+ * docs/performance.md), and a wave that shares the heartbeat lane's budget with the Lease renewals
+ * can hold them back. Drawn anew at each write, the dues drift apart: spread over 75 s after one
+ * interval, and further each interval after. The price is about 14 % more of these writes (a mean
+ * of seven eighths of the interval).
+ */
+export const STATUS_SPREAD = 0.25;
+
+/** The mean interval between writes of a status with nothing new, as a share of the maximum. */
+export const STATUS_MEAN_INTERVAL_SHARE = 1 - STATUS_SPREAD / 2;
 
 /** Writes node status when it changed or is due; resolves with the node as written, if it was. */
 export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined> {
   const { kube, config, version, entry, node } = o;
   const clock = o.clock ?? systemClock;
-  const due = clock.now() - entry.lastStatusAt >= config.statusMaxIntervalSeconds * 1000;
+  const due =
+    clock.now() - entry.lastStatusAt >= (entry.statusIntervalMs ?? config.statusMaxIntervalSeconds * 1000);
   const inputs: StatusInputs = {
     config,
     device: entry.device,
@@ -92,6 +111,8 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   );
   entry.lastStatus = status;
   entry.lastStatusAt = clock.now();
+  entry.statusIntervalMs =
+    config.statusMaxIntervalSeconds * 1000 * (1 - STATUS_SPREAD * (o.random ?? Math.random)());
   return written;
 }
 
