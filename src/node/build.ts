@@ -94,6 +94,9 @@ export interface BuildNodeOptions {
   /** For the initial status; default true (a registering devicelet is healthy). */
   readonly ready?: boolean;
   readonly readyMessage?: string;
+  /** For the initial status, as {@link NodeStatusOptions} has them. */
+  readonly transport?: TransportState | undefined;
+  readonly sync?: NodeStatusOptions["sync"];
 }
 
 export interface NodeStatusOptions {
@@ -200,6 +203,8 @@ export function buildNode(device: DeviceInfo, o: BuildNodeOptions): Plain<V1Node
       kubeletPort: o.kubeletPort,
       kubeletAddress: o.kubeletAddress,
       version: o.version,
+      transport: o.transport,
+      sync: o.sync,
     }),
   };
 }

@@ -12,8 +12,10 @@ import type { DeviceInventory, DeviceSync, DeviceSyncReporter } from "../provide
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { seededRandom } from "../../test/support/seeded-random.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
-import type { KubeletPortAssigner } from "./controller-types.ts";
+import type { KubeletPortAssigner, NodeControllerOptions } from "./controller-types.ts";
+import { TRANSPORT_TAINT_KEY } from "./build.ts";
 import { NodeController } from "./controller.ts";
+import { READY_MESSAGE } from "./status-writer.ts";
 
 const logger = pino({ level: "silent" });
 const DEVICES = ["dev-0", "dev-1"];
@@ -48,10 +50,12 @@ async function startNodes(
   kubeletPorts?: KubeletPortAssigner,
   log: Logger = logger,
   sync?: DeviceSyncReporter,
+  more: Partial<NodeControllerOptions> = {},
 ) {
   const stop = new AbortController();
   stops.push(stop);
   const nodes = new NodeController({
+    ...more,
     ...(sync ? { sync } : {}),
     ...(kubeletPorts ? { kubeletPorts } : {}),
     kube: w.kube,
@@ -120,6 +124,36 @@ describe("NodeController (fake API server, FakeClock)", () => {
     expect(nodes.byNodeName("dev-0")?.deviceId).toBe("dev-0");
     const ready = w.kube.object("nodes", "dev-0")?.status?.conditions?.find((c) => c.type === "Ready");
     expect(ready?.status).toBe("True");
+  });
+
+  it("creates a Node with the status, in-sync label and taint its first heartbeat would write, and writes none of them after", async () => {
+    const w = await world();
+    const sync: DeviceSyncReporter = {
+      deviceSync: () => ({ desiredGeneration: 1, appliedGeneration: 1 }),
+      notifyDeviceSync: () => undefined,
+    };
+    // The broker is unreachable as the nodes register: TransportConnected False, and the taint.
+    await startNodes(w, w.provider, undefined, logger, sync, {
+      transport: () => ({ ready: false, message: "broker unreachable" }),
+    });
+    expect(w.kube.count("createNode")).toBe(2);
+    expect(w.kube.count("createLease")).toBe(2);
+    const node = w.kube.object("nodes", "dev-0");
+    const condition = (type: string) => node?.status?.conditions?.find((c) => c.type === type);
+    expect(condition("Ready")).toMatchObject({ status: "True", message: READY_MESSAGE });
+    expect(condition("TransportConnected")).toMatchObject({ status: "False", message: "broker unreachable" });
+    expect(condition("DeviceInSync")?.status).toBe("True");
+    expect(node?.status?.capacity?.pods).toBeDefined();
+    expect(node?.metadata?.labels?.["devicelet.dev/in-sync"]).toBe("true");
+    expect(node?.spec?.taints?.map((t) => t.key)).toContain(TRANSPORT_TAINT_KEY);
+    // The heartbeats find nothing new, and nothing is due before three quarters of the 60 s.
+    await w.clock.advanceAsync(40_000);
+    expect(w.kube.count("patchNodeStatus")).toBe(0);
+    expect(w.kube.count("patchNode")).toBe(0);
+    // Due by 60 s at the latest: each node's status is written again by the heartbeat after it.
+    await w.clock.advanceAsync(30_000);
+    expect(w.kube.count("patchNodeStatus")).toBe(2);
+    expect(w.kube.count("patchNode")).toBe(0);
   });
 
   it("patches the in-sync label once, not again each time its lagging cache still lacks it", async () => {

@@ -79,7 +79,7 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   if (!due && entry.unchangedFrom !== undefined && sameInputs(entry.unchangedFrom, inputs)) return undefined;
   const options = {
     ready: true,
-    readyMessage: "devicelet is running and reaching the API server",
+    readyMessage: READY_MESSAGE,
     transport: o.transport,
     now: new Date(clock.now()),
     previous: entry.lastStatus ?? node.status,
@@ -109,11 +109,31 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
     entry.name,
     entry.device ? status : { conditions: status.conditions ?? [] },
   );
-  entry.lastStatus = status;
-  entry.lastStatusAt = clock.now();
-  entry.statusIntervalMs =
-    config.statusMaxIntervalSeconds * 1000 * (1 - STATUS_SPREAD * (o.random ?? Math.random)());
+  statusWritten(entry, status, { config, clock, random: o.random });
   return written;
+}
+
+/** The Ready condition's message in every status devicelet writes, its Node's registration's too. */
+export const READY_MESSAGE = "devicelet is running and reaching the API server";
+
+/**
+ * Records `status` as written to the entry's node now, the Node's creation included (a Node is
+ * created with the status a heartbeat would write, so none is written after it), and draws when
+ * a status with nothing new is due again ({@link STATUS_SPREAD}).
+ */
+export function statusWritten(
+  entry: NodeEntry,
+  status: NodeStatus,
+  o: {
+    readonly config: NodeControllerConfig;
+    readonly clock: Clock;
+    readonly random?: (() => number) | undefined;
+  },
+): void {
+  entry.lastStatus = status;
+  entry.lastStatusAt = o.clock.now();
+  entry.statusIntervalMs =
+    o.config.statusMaxIntervalSeconds * 1000 * (1 - STATUS_SPREAD * (o.random ?? Math.random)());
 }
 
 /**
