@@ -162,8 +162,16 @@ export interface KubeClient {
   createNode(node: Node, options?: RequestOptions): Promise<Node>;
   /** JSON merge patch of the node object (labels, annotations, taints, spec). */
   patchNode(name: string, mergePatch: object, options?: RequestOptions): Promise<Node>;
-  /** JSON merge patch of `nodes/status`: lists (`conditions`, `addresses`) are replaced whole. */
-  patchNodeStatus(name: string, status: NodeStatus, options?: RequestOptions): Promise<Node>;
+  /**
+   * JSON merge patch of `nodes/status`: lists (`conditions`, `addresses`) are replaced whole.
+   * `labels` go in the same patch (null removes one): the status subresource of a Node takes its
+   * labels, so a label that follows the status costs no write of its own.
+   */
+  patchNodeStatus(
+    name: string,
+    status: NodeStatus,
+    options?: RequestOptions & { readonly labels?: Readonly<Record<string, string | null>> },
+  ): Promise<Node>;
   listNodes(labelSelector?: string, options?: RequestOptions): Promise<ListResult<Node>>;
   /**
    * Deletes a Node with a UID precondition (its Lease, owned by it, is garbage-collected with it).
@@ -481,7 +489,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
       http.request<Node>({
         method: "PATCH",
         path: `/api/v1/nodes/${enc(name)}/status`,
-        body: { status },
+        body: o?.labels ? { metadata: { labels: o.labels }, status } : { status },
         contentType: MERGE,
         signal: o?.signal,
         ...heartbeat,

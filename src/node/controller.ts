@@ -415,10 +415,11 @@ export class NodeController {
       entry,
       node,
       clock,
-      ...(syncState ? { sync: syncState } : {}),
+      ...(syncState ? { sync: syncState, inSyncLabel: true } : {}),
     });
     if (written) node = rememberWrite(entry, written);
-    // The in-sync label follows the condition as written, in the same patch as the taint.
+    // The in-sync label follows the condition as written: set with the status when it was written,
+    // else (a lagging cache, a label someone else changed) in the same patch as the taint.
     const inSync = sync && entry.device ? { value: inSyncLabel(entry.lastStatus) } : undefined;
     const patched = await writeTransportTaint({
       kube,

@@ -166,7 +166,11 @@ describe("NodeController (fake API server, FakeClock)", () => {
     };
     await startNodes(w, w.provider, undefined, logger, sync);
     const inSyncPatches = () =>
-      w.kube.calls.filter((c) => c.verb === "patchNode" && JSON.stringify(c.args).includes("in-sync"));
+      w.kube.calls.filter(
+        (c) =>
+          (c.verb === "patchNode" || c.verb === "patchNodeStatus") &&
+          JSON.stringify(c.args).includes("in-sync"),
+      );
     const label = () => w.kube.object("nodes", "dev-0")?.metadata?.labels?.["devicelet.dev/in-sync"];
     const report = async (generation: number) => {
       states.set("dev-0", { desiredGeneration: generation, appliedGeneration: generation });
@@ -179,6 +183,9 @@ describe("NodeController (fake API server, FakeClock)", () => {
     for (const generation of [1, 2, 3]) await report(generation);
     expect(label()).toBe("true");
     expect(inSyncPatches()).toHaveLength(1);
+    // Set with the DeviceInSync condition it follows, in the status patch: no node patch of its own.
+    expect(inSyncPatches()[0]?.verb).toBe("patchNodeStatus");
+    expect(w.kube.count("patchNode")).toBe(0);
     w.kube.releaseWatches("nodes");
     await report(4);
     expect(inSyncPatches()).toHaveLength(1);
@@ -192,6 +199,8 @@ describe("NodeController (fake API server, FakeClock)", () => {
     await report(5);
     expect(label()).toBe("true");
     expect(inSyncPatches()).toHaveLength(2);
+    // The status had nothing new to write: the label went back alone.
+    expect(inSyncPatches()[1]?.verb).toBe("patchNode");
   });
 
   it("advertises each node's own kubelet port, keeps it after a restart and frees it when the device goes", async () => {

@@ -17,6 +17,7 @@ import type { Model } from "../workload/shape.ts";
 import {
   buildNodeStatus,
   heartbeatConditions,
+  inSyncLabel,
   NodeLabel,
   nodeStatusChanged,
   transportTaints,
@@ -39,6 +40,11 @@ export interface StatusWrite {
   readonly sync?: { readonly state: DeviceSync | undefined; readonly pendingGraceMs: number };
   /** Draws each write's interval until the next is due ({@link STATUS_SPREAD}); default `Math.random`. */
   readonly random?: () => number;
+  /**
+   * The provider reports sync: the `devicelet.dev/in-sync` label follows the status's DeviceInSync
+   * condition, set (or removed) in the status patch when the node's differs.
+   */
+  readonly inSyncLabel?: boolean;
 }
 
 /**
@@ -104,10 +110,16 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   }
   entry.unchangedFrom = undefined;
   const status: NodeStatus = toWire(built);
+  const label = o.inSyncLabel && entry.device ? inSyncLabel(status) : undefined;
+  const labelChanged =
+    o.inSyncLabel === true &&
+    entry.device !== undefined &&
+    label !== node.metadata?.labels?.[NodeLabel.InSync];
   // A node whose device is not known yet gets only its conditions written.
   const written = await kube.patchNodeStatus(
     entry.name,
     entry.device ? status : { conditions: status.conditions ?? [] },
+    labelChanged ? { labels: { [NodeLabel.InSync]: label ?? null } } : undefined,
   );
   statusWritten(entry, status, { config, clock, random: o.random });
   return written;

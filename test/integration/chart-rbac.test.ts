@@ -261,6 +261,8 @@ describe("the state store and Events under the chart's ServiceAccount", () => {
 const usedElsewhere: Record<string, string> = {
   "nodes delete":
     "src/node/controller.ts: the Node of a device its provider reports gone for good (device-gone.test.ts)",
+  "nodes patch":
+    "src/node/status-writer.ts: the transport's NoSchedule taint (outage-broker.test.ts), and the in-sync label when the status has nothing new to write; src/node/registration.ts: adopting an earlier run's Node",
   "nodes get":
     "src/node/registration.ts: a device whose Node already exists, not in the cache (node-trust.test.ts)",
   "secrets get": "src/pod/secret-cache.ts: Secrets pods refer to (secrets-e2e.test.ts); src/kubelet/tls*.ts",

@@ -108,6 +108,34 @@ describe("kube client against the real API server", () => {
     expect(await kube.getNode(uniqueName("missing"))).toBeUndefined();
   });
 
+  it("sets and removes a Node's label in its status patch, as the status subresource takes labels", async () => {
+    const condition = (message: string) => ({
+      type: "Ready",
+      status: "True",
+      reason: "KubeletReady",
+      message,
+      lastHeartbeatTime: toKubeTime(),
+      lastTransitionTime: toKubeTime(),
+    });
+    const set = await kube.patchNodeStatus(
+      nodeName,
+      { conditions: [condition("with the label")] },
+      { labels: { "devicelet.dev/in-sync": "true" } },
+    );
+    expect(set.metadata?.labels?.["devicelet.dev/in-sync"]).toBe("true");
+    const got = await kube.getNode(nodeName);
+    expect(got?.metadata?.labels?.["devicelet.dev/in-sync"]).toBe("true");
+    expect(got?.status?.conditions?.[0]?.message).toBe("with the label");
+    const removed = await kube.patchNodeStatus(
+      nodeName,
+      { conditions: [condition("without it")] },
+      { labels: { "devicelet.dev/in-sync": null } },
+    );
+    expect(removed.metadata?.labels).not.toHaveProperty("devicelet.dev/in-sync");
+    expect(removed.metadata?.labels?.["kubernetes.io/hostname"]).toBe(nodeName);
+    expect(removed.status?.conditions?.[0]?.message).toBe("without it");
+  });
+
   it("creates a node Lease and renews it by patch with microsecond renewTime; a missing one is NotFound", async () => {
     const acquired = nowMicro();
     const created = await kube.createLease({
@@ -354,7 +382,7 @@ spec: { holderIdentity: x, renewTime: "2026-11-02T10:20:30.123Z" }
     // And the whole file's traffic is accounted for by verb and resource.
     expect(after).toMatchObject({
       "create nodes": 1,
-      "patch nodes/status": 1,
+      "patch nodes/status": 3,
       "create leases": 2,
       "patch leases": 2,
       "update leases": 2,

@@ -352,9 +352,17 @@ export class FakeKube implements KubeClient {
     return this.#patch("nodes", name, patch);
   }
 
-  async patchNodeStatus(name: string, status: NodeStatus): Promise<Node> {
-    await this.#call("patchNodeStatus", [name, status]);
-    return this.#patch("nodes", name, { status });
+  async patchNodeStatus(
+    name: string,
+    status: NodeStatus,
+    options?: { labels?: Readonly<Record<string, string | null>> },
+  ): Promise<Node> {
+    await this.#call("patchNodeStatus", [name, status, options?.labels]);
+    return this.#patch(
+      "nodes",
+      name,
+      options?.labels ? { metadata: { labels: options.labels }, status } : { status },
+    );
   }
 
   async listNodes(labelSelector?: string): Promise<ListResult<Node>> {
