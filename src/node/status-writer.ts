@@ -3,8 +3,9 @@
  * reads as the reconcile's decisions. Status is written when it changed or when
  * `statusMaxIntervalSeconds` passed since the last write (the kubelet's nodeStatusReportFrequency;
  * a little sooner, at random: {@link STATUS_SPREAD}); a node whose device is not known yet (one an
- * earlier run left) gets only its conditions, so heartbeats never erase what the device reported. Neither function retries: the caller's queue
- * does.
+ * earlier run left) gets only its conditions, so heartbeats never erase what the device reported.
+ * The in-sync label goes with the status it follows; the taint's patch sets it only when the
+ * status had nothing new. Neither function retries: the caller's queue does.
  *
  *   const written = await writeNodeStatus({ kube, config, version, transport, entry, node });
  *   await writeTransportTaint({ kube, name, node: written ?? node, transport, inSync: { value: "true" } });
@@ -110,11 +111,9 @@ export async function writeNodeStatus(o: StatusWrite): Promise<Node | undefined>
   }
   entry.unchangedFrom = undefined;
   const status: NodeStatus = toWire(built);
-  const label = o.inSyncLabel && entry.device ? inSyncLabel(status) : undefined;
-  const labelChanged =
-    o.inSyncLabel === true &&
-    entry.device !== undefined &&
-    label !== node.metadata?.labels?.[NodeLabel.InSync];
+  // null: no label of devicelet's here (no sync, or no device yet); undefined: none, to be removed.
+  const label = o.inSyncLabel && entry.device ? inSyncLabel(status) : null;
+  const labelChanged = label !== null && label !== node.metadata?.labels?.[NodeLabel.InSync];
   // A node whose device is not known yet gets only its conditions written.
   const written = await kube.patchNodeStatus(
     entry.name,
