@@ -16,7 +16,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest
 import { stringify } from "yaml";
 import { FakeClock } from "../base/fake-clock.ts";
 import { ensurePki, type Pki } from "../testing/controlplane/pki.ts";
-import { IDLE_CONNECTION_MS, MAX_IN_FLIGHT, TOKEN_FILE_REREAD_MS } from "./access.ts";
+import {
+  IDLE_CONNECTION_MS,
+  MAX_IN_FLIGHT,
+  MAX_NODE_WRITES_IN_FLIGHT,
+  TOKEN_FILE_REREAD_MS,
+} from "./access.ts";
 import { RequestBudget } from "./budget.ts";
 import { loadKubeconfig } from "./kubeconfig.ts";
 import { KubeTransport } from "./transport.ts";
@@ -390,6 +395,36 @@ describe("requests waiting for a connection", () => {
       await Promise.all(held);
       // The late one never reached the server.
       expect(slow.arrived).toBe(MAX_IN_FLIGHT.default);
+    } finally {
+      await slow.close();
+    }
+  });
+
+  it("node writes take at most their share of the heartbeat lane, and Lease renewals pass them by", async () => {
+    const slow = await slowServer();
+    const t = slow.transport;
+    try {
+      // Every node's status at once (a burst's first pods turn each node's DeviceInSync), then renewals.
+      const nodes = Array.from({ length: 3 * MAX_NODE_WRITES_IN_FLIGHT }, (_, i) =>
+        t.request({
+          method: "PATCH",
+          path: `/api/v1/nodes/n-${i}/status`,
+          body: {},
+          lane: "heartbeat",
+          nodeWrite: true,
+        }),
+      );
+      const leases = Array.from({ length: 20 }, () =>
+        t.request({ method: "GET", path: "/apis/coordination.k8s.io/v1/leases/x", lane: "heartbeat" }),
+      );
+      // Before the first answers (1.5 s): the node writes' places, and every renewal, reached it.
+      for (let i = 0; i < 100 && slow.arrived < MAX_NODE_WRITES_IN_FLIGHT + 20; i++)
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(slow.arrived).toBe(MAX_NODE_WRITES_IN_FLIGHT + 20);
+      expect(t.waiting("heartbeat")).toBe(0);
+      await Promise.all([...nodes, ...leases]);
+      expect(slow.arrived).toBe(3 * MAX_NODE_WRITES_IN_FLIGHT + 20);
     } finally {
       await slow.close();
     }

@@ -79,6 +79,16 @@ interface UndiciAgent {
 export const MAX_IN_FLIGHT = { default: 64, heartbeat: 512 } as const;
 
 /**
+ * Writes of Nodes in flight at most (creates, patches of a Node and of its status), within the
+ * heartbeat lane's cap. They share the lane's budget with the Lease renewals, but not its room: a
+ * change that reaches every node at once (the first pods of a burst turn each node's DeviceInSync,
+ * a rollout, the broker coming back) sent one write per node at once, and HTTP/1.1 opened a
+ * connection for each, about 85 KiB of RSS apiece, kept for the next minute. The Lease renewals
+ * keep the rest of the lane, so no node's heartbeat waits behind them.
+ */
+export const MAX_NODE_WRITES_IN_FLIGHT = 32;
+
+/**
  * Both lanes share one pool of connections, of room for both caps and the watches (a handful per
  * engine, long-lived, not counted by the lanes): a request that may go never waits for a
  * connection, and a connection either lane opened serves the other once it is idle. It saves

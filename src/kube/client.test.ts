@@ -7,6 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MAX_NODE_WRITES_IN_FLIGHT } from "./access.ts";
 import { createKubeClient, type KubeClient } from "./client.ts";
 import {
   isClientClosed,
@@ -118,6 +119,42 @@ describe("KubeClient over HTTP", () => {
     await client.patchPodStatus({ namespace: "ns", name: "p", uid: "u1", status: {}, resourceVersion: "42" });
     expect(JSON.parse(last().body)).toEqual({ metadata: { uid: "u1", resourceVersion: "42" }, status: {} });
     expect(client.budget.counts()["patch pods/status"]).toBe(2);
+  });
+
+  it("writes Nodes at most MAX_NODE_WRITES_IN_FLIGHT at once, and a status patch's labels in its body", async () => {
+    const held: ServerResponse[] = [];
+    handler = (req, res) => {
+      if (req.url.startsWith("/api/v1/nodes")) held.push(res);
+      else json(res, 200, {});
+    };
+    const from = seen.length;
+    const writes = Array.from({ length: 20 }, (_, i) => [
+      client.createNode({ metadata: { name: `c-${i}` } }),
+      client.patchNode(`p-${i}`, { metadata: { labels: { a: "b" } } }),
+      client.patchNodeStatus(`s-${i}`, { conditions: [] }, { labels: { "devicelet.dev/in-sync": "true" } }),
+    ]).flat();
+    const lease = client.createLease({ metadata: { name: "renewed-meanwhile" } });
+    // A Lease write passes them by; of the 60 node writes, their places' worth reach the server.
+    await lease;
+    for (let i = 0; i < 100 && held.length < MAX_NODE_WRITES_IN_FLIGHT; i++)
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(held).toHaveLength(MAX_NODE_WRITES_IN_FLIGHT);
+    // Each answer lets one more go, until all are written.
+    let answered = 0;
+    while (answered < writes.length) {
+      const res = held.shift();
+      if (res) {
+        json(res, 200, {});
+        answered++;
+      } else await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await Promise.all(writes);
+    const status = seen.slice(from).find((r) => r.url === "/api/v1/nodes/s-0/status");
+    expect(JSON.parse(status?.body ?? "{}")).toEqual({
+      metadata: { labels: { "devicelet.dev/in-sync": "true" } },
+      status: { conditions: [] },
+    });
   });
 
   it("reports the API server's 422 on a mismatched metadata.uid as a Conflict, and other 422s as they are", async () => {

@@ -360,6 +360,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
       accept: o?.accept,
     });
   const heartbeat = { lane: "heartbeat", timeoutMs: options.heartbeatTimeoutMs ?? 10_000 } as const;
+  const nodeWrite = { ...heartbeat, nodeWrite: true } as const;
 
   const list = async <T extends KubeObject>(
     path: string,
@@ -474,7 +475,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         path: "/api/v1/nodes",
         body: { apiVersion: "v1", kind: "Node", ...node },
         signal: o?.signal,
-        ...heartbeat,
+        ...nodeWrite,
       }),
     patchNode: (name, mergePatch, o) =>
       http.request<Node>({
@@ -483,7 +484,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         body: mergePatch,
         contentType: MERGE,
         signal: o?.signal,
-        ...heartbeat,
+        ...nodeWrite,
       }),
     patchNodeStatus: (name, status, o) =>
       http.request<Node>({
@@ -492,7 +493,7 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
         body: o?.labels ? { metadata: { labels: o.labels }, status } : { status },
         contentType: MERGE,
         signal: o?.signal,
-        ...heartbeat,
+        ...nodeWrite,
       }),
     listNodes: (labelSelector, o) => list<Node>("/api/v1/nodes", undefined, { ...o, labelSelector }),
 

@@ -16,6 +16,7 @@ import { systemClock, type Clock } from "../base/clock.ts";
 import { Slots } from "../base/slots.ts";
 import {
   MAX_IN_FLIGHT,
+  MAX_NODE_WRITES_IN_FLIGHT,
   openKubeAccess,
   undici,
   type KubeAccess,
@@ -44,6 +45,11 @@ export interface TransportRequest {
    * A heartbeat's timeout starts when it gets a connection, not while it waits for one (below).
    */
   readonly lane?: "heartbeat";
+  /**
+   * A write of a Node (heartbeat lane): it also waits for one of the {@link MAX_NODE_WRITES_IN_FLIGHT}
+   * places of node writes, so a change of every node at once does not open a connection per node.
+   */
+  readonly nodeWrite?: boolean;
   /** Gives up on the request (a retryable `TimeoutError`) after this long; default the transport's. */
   readonly timeoutMs?: number;
   /** `Accept` header; default `application/json` (e.g. {@link METADATA_LIST_ACCEPT}). */
@@ -162,6 +168,8 @@ export class KubeTransport {
     default: new Slots(MAX_IN_FLIGHT.default),
     heartbeat: new Slots(MAX_IN_FLIGHT.heartbeat),
   };
+  /** Node writes in flight, within the heartbeat lane's. */
+  readonly #nodeWrites = new Slots(MAX_NODE_WRITES_IN_FLIGHT);
   readonly #server: string;
   /** Opened on the first request (client-node, when needed, is imported then); retried if it failed. */
   #access: Promise<KubeAccess> | undefined;
@@ -215,11 +223,13 @@ export class KubeTransport {
     const heartbeat = req.lane === "heartbeat";
     let deadline = heartbeat ? undefined : new Deadline(req.signal, timeoutMs);
     let release: (() => void) | undefined;
+    let releaseNodeWrite: (() => void) | undefined;
     let sent = false;
     let response: UndiciResponse;
     let text: string;
     let started: number;
     try {
+      if (req.nodeWrite) releaseNodeWrite = await this.#nodeWrites.acquire(deadline?.signal ?? req.signal);
       release = await this.#slots[req.lane ?? "default"].acquire(deadline?.signal ?? req.signal);
       deadline ??= new Deadline(req.signal, timeoutMs);
       const signal = deadline.signal;
@@ -246,6 +256,7 @@ export class KubeTransport {
       throw err;
     } finally {
       release?.();
+      releaseNodeWrite?.();
       deadline?.done();
     }
     if (this.#unreachable) {
