@@ -94,7 +94,7 @@ export interface BuildNodeOptions {
   /** For the initial status; default true (a registering devicelet is healthy). */
   readonly ready?: boolean;
   readonly readyMessage?: string;
-  /** For the initial status, as {@link NodeStatusOptions} has them. */
+  /** For the initial status, as {@link NodeStatusOptions} has them, and the label and taint it implies. */
   readonly transport?: TransportState | undefined;
   readonly sync?: NodeStatusOptions["sync"];
 }
@@ -188,24 +188,30 @@ export function buildNode(device: DeviceInfo, o: BuildNodeOptions): Plain<V1Node
     annotations[NodeLabel.Gateway] = device.gateway;
   }
   if (device.zone !== undefined && device.zone !== "") labels[NodeLabel.Zone] = labelValueFor(device.zone);
+  const status = buildNodeStatus(device, {
+    ready: o.ready ?? true,
+    readyMessage: o.readyMessage ?? "",
+    now: o.now,
+    kubeletPort: o.kubeletPort,
+    kubeletAddress: o.kubeletAddress,
+    version: o.version,
+    transport: o.transport,
+    sync: o.sync,
+  });
+  // What the status implies, as a heartbeat writing it would set: the in-sync label and the
+  // unreachable transport's taint.
+  const inSync = o.sync ? inSyncLabel(status) : undefined;
+  if (inSync !== undefined) labels[NodeLabel.InSync] = inSync;
+  const taints = [{ key: o.taintKey, value: TAINT_VALUE, effect: "NoSchedule" }];
   return {
     apiVersion: "v1",
     kind: "Node",
     metadata: { name: o.nodeName, labels, annotations },
     spec: {
       providerID: providerIdFor(o.providerName, device.id),
-      taints: [{ key: o.taintKey, value: TAINT_VALUE, effect: "NoSchedule" }],
+      taints: transportTaints(taints, o.transport?.connected === false) ?? taints,
     },
-    status: buildNodeStatus(device, {
-      ready: o.ready ?? true,
-      readyMessage: o.readyMessage ?? "",
-      now: o.now,
-      kubeletPort: o.kubeletPort,
-      kubeletAddress: o.kubeletAddress,
-      version: o.version,
-      transport: o.transport,
-      sync: o.sync,
-    }),
+    status,
   };
 }
 

@@ -43,14 +43,7 @@ import { WorkQueue, type ReconcileResult } from "../reconcile/queue.ts";
 import { addressChecker } from "./addresses.ts";
 import { checkBirth, type BirthPolicy } from "./birth.ts";
 import { afterNodeDeleted } from "./decommission.ts";
-import {
-  buildNode,
-  inSyncLabel,
-  NodeLabel,
-  transportTaints,
-  type NodeStatusOptions,
-  type TransportState,
-} from "./build.ts";
+import { buildNode, inSyncLabel, NodeLabel, type NodeStatusOptions, type TransportState } from "./build.ts";
 import {
   newEntry,
   type ManagedNode,
@@ -492,14 +485,6 @@ export class NodeController {
         sync,
       }),
     );
-    const inSync = sync ? inSyncLabel(desired.status) : undefined;
-    if (inSync !== undefined)
-      desired.metadata = {
-        ...desired.metadata,
-        labels: { ...desired.metadata?.labels, [NodeLabel.InSync]: inSync },
-      };
-    const taints = transportTaints(desired.spec?.taints, transport?.connected === false);
-    if (taints) desired.spec = { ...desired.spec, taints };
     entry.lastStatus = undefined;
     entry.written = undefined;
     const registered = await registerNode({ kube, desired, deviceId, providerName });
