@@ -21,6 +21,31 @@ export default tseslint.config(
     },
   },
   {
+    // An ES import of node:http reads all its exports, and three of them load Node.js's own undici
+    // (2.3 MiB of heap): devicelet takes the module with process.getBuiltinModule.
+    files: ["src/**/*.ts", "providers/**/*.ts"],
+    ignores: ["**/*.test.ts", "src/testing/**"],
+    rules: {
+      "@typescript-eslint/no-restricted-imports": [
+        "error",
+        {
+          paths: [
+            {
+              name: "node:http",
+              allowTypeImports: true,
+              message: 'Use process.getBuiltinModule("node:http"): importing it loads Node.js\'s undici.',
+            },
+            {
+              name: "http",
+              allowTypeImports: true,
+              message: 'Use process.getBuiltinModule("node:http"): importing it loads Node.js\'s undici.',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     // Fakes in tests implement promise-returning contracts without always awaiting anything.
     files: ["**/*.test.ts", "test/**/*.ts"],
     rules: { "@typescript-eslint/require-await": "off" },

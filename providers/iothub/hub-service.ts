@@ -16,12 +16,15 @@
  *   service.operations();   // { query: 0, twinRead: 1, twinUpdate: 1, method: 0 }
  *   service.close();
  */
-import http from "node:http";
+import type { Agent, IncomingHttpHeaders } from "node:http";
 import https from "node:https";
 import type { Logger } from "pino";
 import type { Clock } from "../../src/base/clock.ts";
 import { OperationBudget, type OperationClass, type OperationRates, type Priority } from "./budget.ts";
 import { parseServiceConnectionString, SasTokenSource } from "./sas.ts";
+
+// Not an ES import, which loads Node.js's own undici (see `src/base/plain-server.ts`).
+const http = process.getBuiltinModule("node:http");
 
 export const API_VERSION = "2021-04-12";
 /** IoT Hub returns at most this many twins per query page. */
@@ -136,7 +139,7 @@ export class HttpsHubService implements HubService {
   readonly #base: URL;
   readonly #tokens: SasTokenSource;
   readonly #budget: OperationBudget;
-  readonly #agent: http.Agent;
+  readonly #agent: Agent;
   readonly #timeoutMs: number;
   readonly #log: Logger;
   readonly #closed = new AbortController();
@@ -240,7 +243,7 @@ export class HttpsHubService implements HubService {
       timeoutMs?: number;
       priority?: Priority;
     },
-  ): Promise<{ body: unknown; headers: http.IncomingHttpHeaders }> {
+  ): Promise<{ body: unknown; headers: IncomingHttpHeaders }> {
     const signal = this.#closed.signal;
     await this.#budget.take(kind, signal, o.priority);
     if (signal.aborted)
@@ -301,10 +304,10 @@ function send(o: {
   method: string;
   headers: Record<string, string>;
   payload: Buffer | undefined;
-  agent: http.Agent;
+  agent: Agent;
   timeoutMs: number;
   signal: AbortSignal;
-}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }> {
+}): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
   const request = o.url.protocol === "https:" ? https.request : http.request;
   return new Promise((resolve, reject) => {
     const req = request(
@@ -344,12 +347,7 @@ function retryAfter(value: string | string[] | undefined): number | undefined {
 }
 
 /** The error of a non-2xx answer: IoT Hub puts `ErrorCode:{code};{message}` in the body's `Message`. */
-function errorOf(
-  status: number,
-  headers: http.IncomingHttpHeaders,
-  text: string,
-  what: string,
-): HubServiceError {
+function errorOf(status: number, headers: IncomingHttpHeaders, text: string, what: string): HubServiceError {
   const body = parseJson(text) as { Message?: unknown; message?: unknown } | undefined;
   const raw =
     typeof body?.Message === "string"

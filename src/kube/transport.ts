@@ -20,6 +20,7 @@ import {
   openKubeAccess,
   undici,
   type KubeAccess,
+  type RequestTarget,
   type UndiciRequestOptions,
   type UndiciResponse,
 } from "./access.ts";
@@ -332,12 +333,12 @@ export class KubeTransport {
     await access?.close();
   }
 
-  #url(path: string, query: Query | undefined): string {
+  #url(path: string, query: Query | undefined): RequestTarget {
     const url = new URL(this.#server + path);
     for (const [key, value] of Object.entries(query ?? {})) {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
-    return url.toString();
+    return { origin: url.origin, path: url.pathname + url.search };
   }
 
   /** A request's options but its body: headers with the credentials, the dispatcher. */

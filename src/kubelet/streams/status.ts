@@ -4,7 +4,9 @@
  */
 
 import type { Duplex } from "node:stream";
-import { STATUS_CODES } from "node:http";
+
+// Not an ES import, which loads Node.js's own undici (see `src/base/plain-server.ts`).
+const { STATUS_CODES } = process.getBuiltinModule("node:http");
 
 /** A `metav1.Status` as written on the wire (only the fields the kubelet fills in). */
 export interface KubeStatus {
