@@ -37,7 +37,7 @@ console.log(JSON.stringify({
 `;
 
 describe("what devicelet loads", () => {
-  it("loads neither Node.js's undici nor undici's index, fetch or HTTP/2, and still sends", () => {
+  it("loads neither Node.js's undici nor undici's index, fetch, caches, mocks or interceptors, and still sends", () => {
     const env = { ...process.env };
     delete env.NODE_OPTIONS;
     const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], {

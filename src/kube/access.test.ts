@@ -21,6 +21,7 @@ import {
   MAX_IN_FLIGHT,
   MAX_NODE_WRITES_IN_FLIGHT,
   TOKEN_FILE_REREAD_MS,
+  undici,
 } from "./access.ts";
 import { RequestBudget } from "./budget.ts";
 import { loadKubeconfig } from "./kubeconfig.ts";
@@ -504,5 +505,24 @@ describe("credentials from the kubeconfig", () => {
     };
     const t = transport(plain(), { exec });
     expect(await call(t)).toEqual({ authorization: "Bearer from-exec" });
+  });
+});
+
+describe("undici's request", () => {
+  it("goes through undici's global dispatcher when the access brings none (a client-node identity)", async () => {
+    const server = createHttpServer((req, res) => res.end(`${req.method ?? ""} ${req.url ?? ""}`));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const response = await undici().request(
+        { origin: `http://127.0.0.1:${String(port)}`, path: "/api/v1/pods?limit=1" },
+        { method: "GET", headers: {} },
+      );
+      expect(response.statusCode).toBe(200);
+      expect(await response.body.text()).toBe("GET /api/v1/pods?limit=1");
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 });
