@@ -165,9 +165,9 @@ export function undici(): Undici {
   const fromClientNode = createRequire(fromHere.resolve("@kubernetes/client-node"));
   const Agent = fromClientNode("undici/lib/dispatcher/agent.js") as UndiciAgent;
   const request = fromClientNode("undici/lib/api/api-request.js") as ApiRequest;
-  let global: Dispatcher | undefined;
+  let fallback: Dispatcher | undefined;
   const globalDispatcher = () =>
-    (global ??= (
+    (fallback ??= (
       fromClientNode("undici/lib/global.js") as { getGlobalDispatcher(): Dispatcher }
     ).getGlobalDispatcher());
   loaded = {
