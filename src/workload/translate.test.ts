@@ -352,6 +352,8 @@ describe("translatePod: what replicas repeat", () => {
   it("gives equal apps, labels and annotations one frozen copy, and keeps each pod its own", () => {
     const [a, b] = ["sensor-a", "sensor-b"].map((name) => replica(name, [{ name: "MODE", value: "x" }]));
     expect(a?.apps[0]).toBe(b?.apps[0]);
+    // The list of apps too, when every app in it is shared.
+    expect(a?.apps).toBe(b?.apps);
     expect(a?.pod.labels).toBe(b?.pod.labels);
     expect(a?.pod.annotations).toBe(b?.pod.annotations);
     expect(a?.pod).not.toBe(b?.pod);
@@ -372,6 +374,7 @@ describe("translatePod: what replicas repeat", () => {
     expect(a?.apps[0]?.env).toEqual({ PASS: "s3cret" });
     expect(a?.apps[0]?.args).toEqual(["--pass=s3cret"]);
     expect(a?.apps[0]).not.toBe(b?.apps[0]);
+    expect(a?.apps).not.toBe(b?.apps);
     expect(a?.apps[0]?.env).not.toBe(b?.apps[0]?.env);
     // The value reaches args through $(PASS): those are not shared either.
     expect(a?.apps[0]?.args).not.toBe(b?.apps[0]?.args);
