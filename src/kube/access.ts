@@ -68,15 +68,20 @@ interface UndiciAgent {
  * get a new TLS connection for every request waiting. The heartbeat lane has a cap of its own, as
  * it has a budget of its own, so pod work never holds a Lease renewal in a line: at 5,000 nodes it
  * renews 500 Leases a second, which at the second an overloaded API server takes to answer keeps
- * 500 requests in flight (5,000 kubelets would keep 5,000). The default lane carries pod work, whose
- * concurrency `concurrentPods` bounds (64 by default). It had 256: in a burst of 5,000 pods on 64
- * workers undici opened 125 connections beyond the 80 the nodes' registration had left (heap
- * snapshots), each about 85 KiB of RSS held the IDLE_CONNECTION_MS after; with 64 the RSS a pod
- * leaves fell from 3.8 to 1.9 KiB, at the same pods per second (`npm run bench -- throughput`,
- * docs/performance.md). A provider with more workers (IoT Hub's, waiting on its hub's rates) has
- * its status writes wait here instead.
+ * 500 requests in flight (5,000 kubelets would keep 5,000). The default lane carries pod work, on
+ * `concurrentPods` workers (64 by default). Over HTTP/1.1 each request in flight needs a connection
+ * of its own, about 85 KiB of RSS held the IDLE_CONNECTION_MS after:
+ * - 256 (the first cap): a burst of 5,000 pods left 125 connections beyond the 80 the nodes'
+ *   registration had opened (heap snapshots); 64 halved the RSS a settled pod leaves (3.8 to
+ *   1.9 KiB), at the same pods per second.
+ * - 64 still opened 25 to 70 connections in that burst. 32 mostly found enough left idle by the
+ *   registration (none opened in three runs of four): RSS a pod at the burst's end 6.2 KiB
+ *   against 7.8 (means of four runs each), at the same pods per second beside KWOK; 16 cost a
+ *   fifth of them (`npm run bench -- throughput`, docs/performance.md). The workers past the cap
+ *   wait here with their provider work done, as do the status writes of a provider with more
+ *   workers (IoT Hub's, waiting on its hub's rates).
  */
-export const MAX_IN_FLIGHT = { default: 64, heartbeat: 512 } as const;
+export const MAX_IN_FLIGHT = { default: 32, heartbeat: 512 } as const;
 
 /**
  * Writes of Nodes in flight at most (creates, patches of a Node and of its status), within the
