@@ -99,8 +99,8 @@ export const MAX_NODE_WRITES_IN_FLIGHT = 32;
  * connection, and a connection either lane opened serves the other once it is idle. It saves
  * connections only when the lanes' peaks come apart: in a burst of pod starts they coincide (the
  * first pods change the in-sync state of every node, about 200 node patches on the heartbeat lane
- * while pod work has its 64 in flight), and a pool per lane ended with about as many (129 against
- * 134, `npm run bench -- throughput`, docs/performance.md).
+ * while pod work had the 64 in flight it was then allowed), and a pool per lane ended with about
+ * as many (129 against 134, `npm run bench -- throughput`, docs/performance.md).
  */
 const POOL_CONNECTIONS = MAX_IN_FLIGHT.default + MAX_IN_FLIGHT.heartbeat + 64;
 
