@@ -179,6 +179,34 @@ describe("ValueTable", () => {
     expect(values.size).toBe(1);
   });
 
+  it("shares a list by its shared items, however long its JSON, and only when each item is the table's", () => {
+    const values = new ValueTable({ generationSize: 10, maxLength: 100 });
+    const list = (at: string) => [condition(at), condition(at), { type: "x".repeat(80) }];
+    const first = list("2026-12-05T06:00:00Z");
+    expect(JSON.stringify(first).length).toBeGreaterThan(100);
+    const shared = values.shareList(first);
+    expect(shared).toBe(first);
+    expect(Object.isFrozen(shared)).toBe(true);
+    expect(shared[0]).toBe(shared[1]); // equal items: one copy
+    const again = list("2026-12-05T06:00:00Z");
+    expect(values.shareList(again)).toBe(first);
+    expect(again).toStrictEqual(first); // the caller's list is left equal
+    expect(values.shareList(list("2026-12-05T06:00:01Z"))).not.toBe(first);
+    expect(values.shareList(list("2026-12-05T06:00:00Z").reverse())).not.toBe(first);
+    // An item the table does not keep (over-long, a primitive, frozen elsewhere): the list is
+    // returned as given, with the items that could be shared swapped in, and not frozen.
+    for (const odd of [{ text: "y".repeat(100) }, "text", Object.freeze({ a: 1 })]) {
+      const items: unknown[] = [condition("2026-12-05T06:00:00Z"), odd];
+      const result = values.shareList(items);
+      expect(result).toBe(items);
+      expect(Object.isFrozen(result)).toBe(false);
+      expect(result[0]).toBe(first[0]);
+      expect(values.shareList([condition("2026-12-05T06:00:00Z"), odd])).not.toBe(items);
+    }
+    // A frozen list is someone else's, or shared already.
+    expect(values.shareList(shared as object[])).toBe(shared);
+  });
+
   it("refuses sizes that cannot bound it", () => {
     expect(() => new ValueTable({ generationSize: 0 })).toThrow(RangeError);
   });

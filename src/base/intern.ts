@@ -206,6 +206,9 @@ export class StringTable {
 export class ValueTable {
   readonly #values: Generations<unknown>;
   readonly #maxLength: number;
+  /** A number for each value the table keeps, by which {@link ValueTable.shareList} keys a list. */
+  readonly #ids = new WeakMap<object, number>();
+  #nextId = 0;
 
   constructor(options: { readonly generationSize: number; readonly maxLength?: number }) {
     this.#values = new Generations("ValueTable", options.generationSize);
@@ -221,7 +224,31 @@ export class ValueTable {
   share<T>(value: T): T {
     if (typeof value !== "object" || value === null || Object.isFrozen(value)) return value;
     const key = JSON.stringify(value);
-    return key.length > this.#maxLength ? value : (this.#values.lookup(key, () => deepFreeze(value)) as T);
+    return key.length > this.#maxLength
+      ? value
+      : (this.#values.lookup(key, () => this.#number(deepFreeze(value))) as T);
+  }
+
+  /**
+   * `items` with each item shared ({@link ValueTable.share}), then the list itself, frozen: one
+   * copy for every list of the same shared items in the same order. The list is keyed by its items'
+   * identities, not by its JSON, so a list longer than `maxLength` is shared as long as each item
+   * is short enough: a pod's five conditions with their `lastProbeTime: null` come to about 590
+   * characters, over the pod table's 512, where each alone is at most 180. When an item is not the
+   * table's (a primitive, a frozen value from elsewhere, an over-long one), the list is returned
+   * with the items that could be shared swapped in, in place, and is not stored.
+   */
+  shareList<T>(items: T[]): readonly T[] {
+    if (Object.isFrozen(items)) return items;
+    let key = "#"; // JSON text never starts with "#": no list key is a value's key
+    for (let i = 0; i < items.length; i++) {
+      const item = this.share(items[i]);
+      items[i] = item as T;
+      const id = typeof item === "object" && item !== null ? this.#ids.get(item) : undefined;
+      key = key === "" || id === undefined ? "" : `${key}${id},`;
+    }
+    if (key === "") return items;
+    return this.#values.lookup(key, () => this.#number(Object.freeze(items))) as readonly T[];
   }
 
   /**
@@ -231,5 +258,11 @@ export class ValueTable {
    */
   shareAs<T>(key: string, make: () => T): T {
     return key.length > this.#maxLength ? make() : (this.#values.lookup(key, make) as T);
+  }
+
+  /** Gives a value the table keeps its number; returns it. */
+  #number<T extends object>(value: T): T {
+    this.#ids.set(value, (this.#nextId += 1));
+    return value;
   }
 }

@@ -503,6 +503,49 @@ describe("trimPod's value table", () => {
     expect(Object.isFrozen(e.spec?.containers[0])).toBe(false);
   });
 
+  it("shares a running pod's five conditions as one list, though their JSON is too long for a value", () => {
+    const trim = podTrimmer(podStringTable(), podValueTable());
+    // As the API server sends them after devicelet's Running write: each with `lastProbeTime: null`.
+    const conditions = (at: string) => [
+      ...["Initialized", "Ready", "ContainersReady", "PodScheduled"].map((type) => ({
+        type,
+        status: "True",
+        lastProbeTime: null,
+        lastTransitionTime: at,
+      })),
+      {
+        type: "devicelet.dev/DeviceConnected",
+        status: "True",
+        lastProbeTime: null,
+        lastTransitionTime: at,
+        reason: "DeviceOnline",
+        message: "device is connected",
+      },
+    ];
+    expect(JSON.stringify(conditions("2026-12-07T00:37:35Z")).length).toBeGreaterThan(512);
+    const running = (i: number, at: string) => {
+      const pod = JSON.parse(replicaJson(i)) as Pod;
+      pod.status = { ...pod.status, conditions: JSON.parse(JSON.stringify(conditions(at))) as [] };
+      return [trim(pod), plainTrim(JSON.parse(JSON.stringify(pod)) as Pod)] as const;
+    };
+    const [[a, plainA], [b]] = [running(0, "2026-12-07T00:37:35Z"), running(1, "2026-12-07T00:37:35Z")];
+    expect(a).toStrictEqual(plainA);
+    expect(a.status?.conditions).toHaveLength(5);
+    expect(a.status?.conditions).toBe(b.status?.conditions);
+    expect(Object.isFrozen(a.status?.conditions)).toBe(true);
+    // Another second's conditions are another list; the same conditions in another order too.
+    const [[c]] = [running(2, "2026-12-07T00:37:36Z")];
+    expect(c.status?.conditions).not.toBe(a.status?.conditions);
+    const reordered = JSON.parse(replicaJson(3)) as Pod;
+    reordered.status = {
+      ...reordered.status,
+      conditions: JSON.parse(JSON.stringify(conditions("2026-12-07T00:37:35Z").reverse())) as [],
+    };
+    const d = trim(reordered);
+    expect(d.status?.conditions).not.toBe(a.status?.conditions);
+    expect(d.status?.conditions?.[0]).toBe(a.status?.conditions?.[4]);
+  });
+
   it("leaves the translation, its hash and the status built from the pod as they were", () => {
     const trim = podTrimmer(podStringTable(), podValueTable());
     trimmed(0, trim);
