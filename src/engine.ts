@@ -22,6 +22,7 @@ import { createKubeClient, EventRecorder, type KubeClient } from "./kube/index.t
 import { addressChecker } from "./node/addresses.ts";
 import { NodeController } from "./node/controller.ts";
 import { PodController, type SharedSources } from "./pod/controller.ts";
+import { withOwnContainerIds } from "./pod/status.ts";
 import {
   hasDeviceInventory,
   hasDeviceNotifier,
@@ -437,8 +438,12 @@ function kubeletBackend(serving: {
       return serving.provider;
     },
     deviceOf: (nodeName) => serving.nodes?.byNodeName(nodeName)?.deviceId,
-    podsOn: (nodeName) => serving.pods?.podsOn(nodeName) ?? [],
-    pod: (namespace, name) => serving.pods?.cachedPod(namespace, name),
+    // As the API server has them: the cache keeps devicelet's own container IDs as one marker.
+    podsOn: (nodeName) => (serving.pods?.podsOn(nodeName) ?? []).map(withOwnContainerIds),
+    pod: (namespace, name) => {
+      const pod = serving.pods?.cachedPod(namespace, name);
+      return pod && withOwnContainerIds(pod);
+    },
     nodeStartTime: (nodeName) => {
       let since = firstServed.get(nodeName);
       if (!since) {

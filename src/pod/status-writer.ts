@@ -70,7 +70,7 @@ export class StatusWriter {
     // Until the watch shows our last write, compare with what we wrote, not the stale cache. The
     // comparison takes the status as built (Dates and all): most reconciles find nothing to write.
     const current = this.latest(pod).status;
-    if (!statusChanged(current, built)) return;
+    if (!statusChanged(current, built, pod)) return;
     const next = toWire(built) as PodStatus;
     // The summary is built only when it is logged: this runs once per pod start.
     if (this.#o.logger.isLevelEnabled("debug"))

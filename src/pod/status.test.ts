@@ -5,8 +5,10 @@ import type { Model, Plain } from "../workload/shape.ts";
 import {
   buildFailedStatus,
   buildPodStatus,
+  OWN_CONTAINER_ID,
   qosClassOf,
   statusChanged,
+  withOwnContainerIds,
   type BuildPodStatusInput,
 } from "./status.ts";
 
@@ -385,8 +387,8 @@ describe("buildFailedStatus", () => {
 describe("statusChanged", () => {
   it("is true without a current status and false for the same status read back", () => {
     const s = build({ workload: workload() });
-    expect(statusChanged(undefined, s)).toBe(true);
-    expect(statusChanged(s, s)).toBe(false);
+    expect(statusChanged(undefined, s, basePod)).toBe(true);
+    expect(statusChanged(s, s, basePod)).toBe(false);
     // Read back: strings at whole seconds, empty values present, foreign fields added.
     const back = {
       ...wire(s),
@@ -395,7 +397,7 @@ describe("statusChanged", () => {
     };
     for (const c of back.conditions ?? [])
       c.lastTransitionTime = String(c.lastTransitionTime).replace(/\.\d+Z$/, "Z");
-    expect(statusChanged(back, s)).toBe(false);
+    expect(statusChanged(back, s, basePod)).toBe(false);
     const rebuilt = buildPodStatus({
       pod: { ...basePod, status: back },
       workload: workload(),
@@ -403,7 +405,7 @@ describe("statusChanged", () => {
       hostIP: "192.0.2.10",
       now: t2,
     });
-    expect(statusChanged(back, rebuilt)).toBe(false);
+    expect(statusChanged(back, rebuilt, basePod)).toBe(false);
   });
 
   it("sees what matters change", () => {
@@ -411,11 +413,86 @@ describe("statusChanged", () => {
     const restarted = build({
       workload: workload({ apps: [app("app", { restartCount: 1 }), app("sidecar")] }),
     });
-    expect(statusChanged(s, restarted)).toBe(true);
-    expect(statusChanged(s, build({ workload: workload({ phase: "Pending", reason: "Queued" }) }))).toBe(
-      true,
-    );
-    expect(statusChanged(s, { ...s, podIP: "10.0.0.1" })).toBe(true);
-    expect(statusChanged(s, { ...s, startTime: t2 })).toBe(true);
+    expect(statusChanged(s, restarted, basePod)).toBe(true);
+    expect(
+      statusChanged(s, build({ workload: workload({ phase: "Pending", reason: "Queued" }) }), basePod),
+    ).toBe(true);
+    expect(statusChanged(s, { ...s, podIP: "10.0.0.1" }, basePod)).toBe(true);
+    expect(statusChanged(s, { ...s, startTime: t2 }, basePod)).toBe(true);
+  });
+
+  it("takes a cached status's own-ID marker for the pod's own container ID, and nothing else", () => {
+    const s = build({ workload: workload() });
+    const ids = wire(s).containerStatuses?.map((c) => c.containerID);
+    expect(ids).toStrictEqual(["device://ns/sensor/app", "device://ns/sensor/sidecar"]);
+    /** The status read back, each container's ID replaced by `id` (the cache's marker: OWN_CONTAINER_ID). */
+    const cached = (id: string | undefined, of = wire(s)) => ({
+      ...of,
+      containerStatuses: of.containerStatuses?.map((c) => ({ ...c, containerID: id })),
+    });
+    expect(statusChanged(cached(OWN_CONTAINER_ID), s, basePod)).toBe(false);
+    // The marker stands for this pod's IDs: beside another pod's status it is a change.
+    const other = { ...basePod, metadata: { ...basePod.metadata, name: "other" } };
+    expect(statusChanged(cached(OWN_CONTAINER_ID), s, other)).toBe(true);
+    // What else changed is still a change; so is an ID that is gone, or another writer's.
+    const restarted = build({
+      workload: workload({ apps: [app("app", { restartCount: 1 }), app("sidecar")] }),
+    });
+    expect(statusChanged(cached(OWN_CONTAINER_ID), restarted, basePod)).toBe(true);
+    const gone = build({ workload: undefined });
+    expect(gone.containerStatuses?.[0]?.containerID).toBeUndefined();
+    expect(statusChanged(cached(OWN_CONTAINER_ID), gone, basePod)).toBe(true);
+    expect(statusChanged(cached("containerd://abc"), s, basePod)).toBe(true);
+    expect(statusChanged(cached(undefined), s, basePod)).toBe(true);
+    // One container marked, the other not: each compared as it is.
+    const mixed = wire(s);
+    const first = mixed.containerStatuses?.[0];
+    if (first) first.containerID = OWN_CONTAINER_ID;
+    expect(statusChanged(mixed, s, basePod)).toBe(false);
+    const second = mixed.containerStatuses?.[1];
+    if (second) second.containerID = "device://ns/sensor/other";
+    expect(statusChanged(mixed, s, basePod)).toBe(true);
+  });
+});
+
+describe("withOwnContainerIds", () => {
+  it("puts the pod's own IDs back in place of the cache's marker, leaving the cached pod alone", () => {
+    const s = wire(build({ workload: workload() }));
+    const statuses = s.containerStatuses ?? [];
+    const marked = {
+      ...basePod,
+      status: {
+        ...s,
+        containerStatuses: statuses.map((c, i) => (i === 0 ? { ...c, containerID: OWN_CONTAINER_ID } : c)),
+        initContainerStatuses: [
+          {
+            name: "init",
+            image: "registry/init:1",
+            imageID: "",
+            ready: false,
+            restartCount: 0,
+            containerID: OWN_CONTAINER_ID,
+          },
+        ],
+      },
+    };
+    const copy = structuredClone(marked);
+    const restored = withOwnContainerIds(marked);
+    expect(restored.status.containerStatuses.map((c) => c.containerID)).toStrictEqual([
+      "device://ns/sensor/app",
+      "device://ns/sensor/sidecar",
+    ]);
+    expect(restored.status.initContainerStatuses[0]?.containerID).toBe("device://ns/sensor/init");
+    expect({
+      ...restored,
+      status: { ...restored.status, containerStatuses: [], initContainerStatuses: [] },
+    }).toStrictEqual({
+      ...copy,
+      status: { ...copy.status, containerStatuses: [], initContainerStatuses: [] },
+    });
+    expect(marked).toStrictEqual(copy);
+    // Nothing marked: the same object.
+    const plain = { ...basePod, status: s };
+    expect(withOwnContainerIds(plain)).toBe(plain);
   });
 });

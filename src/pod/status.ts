@@ -11,7 +11,7 @@
  *
  * ```ts
  * const next = buildPodStatus({ pod, workload, podIP, hostIP, now: new Date() });
- * if (statusChanged(pod.status, next)) await kube.patchPodStatus({ ..., status: next });
+ * if (statusChanged(pod.status, next, pod)) await kube.patchPodStatus({ ..., status: next });
  * ```
  */
 import type {
@@ -91,6 +91,49 @@ const isUsableIP = (address: string): boolean => isIP(address) !== 0 && !address
 /** `device://<namespace>/<pod>/<container>`: the containerID devicelet reports. */
 export const containerIdFor = (pod: Model<V1Pod>, container: string): string =>
   `device://${pod.metadata?.namespace ?? ""}/${pod.metadata?.name ?? ""}/${container}`;
+
+/**
+ * What the pod cache keeps in place of a container status's `containerID` when it is the one
+ * devicelet reports for that pod and container ({@link containerIdFor}): one string for every
+ * pod, so the container statuses of replicas that changed in the same second can be one shared
+ * value (trim.ts; the ID alone was 56 bytes a pod, and it kept the status and its list, 152 more,
+ * the pod's own). Not an ID: whoever hands a cached pod's container statuses on takes the ID from
+ * {@link containerIdOf}, or the pod from {@link withOwnContainerIds}.
+ */
+export const OWN_CONTAINER_ID = "(own container ID)";
+
+/** A cached container status's `containerID` as the API server has it ({@link OWN_CONTAINER_ID}). */
+export const containerIdOf = (
+  pod: Model<V1Pod>,
+  status: { readonly name: string; readonly containerID?: string | undefined },
+): string | undefined =>
+  status.containerID === OWN_CONTAINER_ID ? containerIdFor(pod, status.name) : status.containerID;
+
+const hasOwnId = (statuses: readonly { containerID?: string | undefined }[] | undefined): boolean =>
+  statuses?.some((c) => c.containerID === OWN_CONTAINER_ID) ?? false;
+
+/**
+ * A cached pod as the API server has it, each {@link OWN_CONTAINER_ID} replaced by the ID: for
+ * serving the pod whole (the kubelet API's `/pods`). `pod` itself when it holds none.
+ */
+export function withOwnContainerIds<P extends Model<V1Pod>>(pod: P): P {
+  const status = pod.status;
+  if (!status || (!hasOwnId(status.containerStatuses) && !hasOwnId(status.initContainerStatuses))) return pod;
+  const restore = (list: typeof status.containerStatuses) =>
+    list?.map((c) =>
+      c.containerID === OWN_CONTAINER_ID ? { ...c, containerID: containerIdFor(pod, c.name) } : c,
+    );
+  return {
+    ...pod,
+    status: {
+      ...status,
+      ...(status.containerStatuses ? { containerStatuses: restore(status.containerStatuses) } : {}),
+      ...(status.initContainerStatuses
+        ? { initContainerStatuses: restore(status.initContainerStatuses) }
+        : {}),
+    },
+  };
+}
 
 function mapState(state: AppState, containerID: string): ContainerState {
   switch (state.kind) {
@@ -461,12 +504,50 @@ export function waitingForDeviceStatus(pod: Model<V1Pod>, o: { message: string; 
 }
 
 /**
- * Whether writing `next` would change anything that matters in `current`: every field of
- * {@link POD_STATUS_FIELDS}, with times compared at whole seconds whether they are `Date`s or
- * RFC 3339 strings, and empty values (`""`, `{}`, `[]`, null) equal to absent ones. Fields outside
- * that list (set by others, e.g. `nominatedNodeName`) are ignored. True when `current` is undefined.
+ * Whether writing `next` would change anything that matters in `current`, the status of `pod`:
+ * every field of {@link POD_STATUS_FIELDS}, with times compared at whole seconds whether they are
+ * `Date`s or RFC 3339 strings, and empty values (`""`, `{}`, `[]`, null) equal to absent ones. A
+ * cached status's {@link OWN_CONTAINER_ID} is compared as the ID it stands for. Fields outside
+ * that list (set by others, e.g. `nominatedNodeName`) are ignored. True when `current` is
+ * undefined.
  */
-export function statusChanged(current: Model<V1PodStatus> | undefined, next: Model<V1PodStatus>): boolean {
+export function statusChanged(
+  current: Model<V1PodStatus> | undefined,
+  next: Model<V1PodStatus>,
+  pod: Model<V1Pod>,
+): boolean {
   if (current === undefined) return true;
-  return POD_STATUS_FIELDS.some((f) => !sameNormalisedField(f, current[f], next[f]));
+  return POD_STATUS_FIELDS.some((f) =>
+    f === "containerStatuses" || f === "initContainerStatuses"
+      ? !sameContainers(pod, f, current[f], next[f])
+      : !sameNormalisedField(f, current[f], next[f]),
+  );
+}
+
+/** {@link sameNormalisedField} of two container status lists, with `current`'s own IDs made whole. */
+function sameContainers(
+  pod: Model<V1Pod>,
+  field: string,
+  current: readonly CurrentContainer[] | undefined,
+  next: readonly CurrentContainer[] | undefined,
+): boolean {
+  // A container status always has a name, so no item of either list is dropped as empty: they
+  // pair up one to one.
+  if (current === undefined || !hasOwnId(current) || current.length !== next?.length)
+    return sameNormalisedField(field, current, next);
+  return current.every((c, i) => {
+    const other = next[i];
+    const n: Record<string, unknown> = other ?? {};
+    const own: Record<string, unknown> = c;
+    for (const key in own)
+      if (!Object.hasOwn(n, key) && !sameNormalisedField(key, own[key], undefined)) return false;
+    for (const key in n) {
+      const [mine, theirs] =
+        key === "containerID" && other
+          ? [containerIdOf(pod, c), containerIdOf(pod, other)]
+          : [own[key], n[key]];
+      if (!sameNormalisedField(key, mine, theirs)) return false;
+    }
+    return true;
+  });
 }

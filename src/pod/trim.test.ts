@@ -10,7 +10,7 @@ import { PodFeature } from "../provider/types.ts";
 import { checkSupported, referencedObjects, translatePod } from "../workload/index.ts";
 import { b64 } from "../workload/test-fixtures.ts";
 import { StringTable } from "../base/intern.ts";
-import { buildFailedStatus, buildPodStatus } from "./status.ts";
+import { buildFailedStatus, buildPodStatus, OWN_CONTAINER_ID, withOwnContainerIds } from "./status.ts";
 import { podStringTable, podTrimmer, podValueTable, trimPod } from "./trim.ts";
 
 const now = new Date("2026-03-01T12:00:00Z");
@@ -467,7 +467,29 @@ describe("trimPod's value table", () => {
     own((p) => p.spec?.containers[0], "a container (its token mount)");
     own((p) => p.spec?.volumes?.at(-1), "the token volume");
     own((p) => p.status?.podIPs, "podIPs");
-    own((p) => p.status?.containerStatuses?.[0], "a container status (its ID)");
+    // Container statuses whose IDs are devicelet's own keep the marker in their place, so they
+    // and their list are shared; another writer's ID is the pod's own, and so is its status.
+    same((p) => p.status?.containerStatuses, "container statuses (devicelet's IDs)");
+    expect(a.status?.containerStatuses?.[0]?.containerID).toBe(OWN_CONTAINER_ID);
+    expect(withOwnContainerIds(a).status?.containerStatuses?.[0]?.containerID).toBe(
+      "device://ns/sensor-7d9f8c6b5-00000/app",
+    );
+    const foreign = (i: number) => {
+      const pod = JSON.parse(replicaJson(i)) as Pod;
+      for (const c of pod.status?.containerStatuses ?? []) c.containerID = `containerd://${i}`;
+      return trim(pod);
+    };
+    // The statuses marked are copies: what the trim was given keeps its ID.
+    const given = JSON.parse(replicaJson(10)) as Pod;
+    const givenStatus = given.status?.containerStatuses?.[0];
+    expect(trim(given).status?.containerStatuses?.[0]?.containerID).toBe(OWN_CONTAINER_ID);
+    expect(givenStatus?.containerID).toBe("device://ns/sensor-7d9f8c6b5-00010/app");
+    const [x, y] = [foreign(8), foreign(9)];
+    expect(x.status?.containerStatuses?.[0]?.containerID).toBe("containerd://8");
+    expect(x.status?.containerStatuses?.[0]).not.toBe(y.status?.containerStatuses?.[0]);
+    expect(x.status?.containerStatuses).not.toBe(y.status?.containerStatuses);
+    expect(Object.isFrozen(x.status?.containerStatuses?.[0])).toBe(false);
+    expect(x.status?.containerStatuses?.[0]?.state).toBe(y.status?.containerStatuses?.[0]?.state);
     // Labels are shared when no value is unique to the pod.
     const unlabelled = (i: number) => {
       const pod = JSON.parse(replicaJson(i)) as Pod;

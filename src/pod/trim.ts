@@ -20,10 +20,16 @@
  * `uid`, `resourceVersion`, the `statefulset.kubernetes.io/pod-name` label, `status.podIP(s)` (the
  * first of `podIPs` is made the same string as `podIP`),
  * `containerID`s and the name admission gives the service account token volume.
+ *
+ * One value is kept as something else: a container status's `containerID` that is the one devicelet
+ * reports for that pod and container is kept as {@link OWN_CONTAINER_ID}, the same string for every
+ * pod, so that container statuses can be shared. Readers that hand container statuses on take the
+ * ID from `containerIdOf` or the pod from `withOwnContainerIds` (status.ts), as the kubelet API's
+ * `/pods` does; the comparison before a status write counts the marker as that ID.
  */
 import { StringTable, ValueTable } from "../base/intern.ts";
 import { type ObjectMeta, type Pod, pickFields } from "../kube/index.ts";
-import { POD_STATUS_FIELDS } from "./status.ts";
+import { containerIdFor, OWN_CONTAINER_ID, POD_STATUS_FIELDS } from "./status.ts";
 
 type PodSpec = NonNullable<Pod["spec"]>;
 
@@ -108,7 +114,7 @@ export const podValueTable = (): ValueTable => new ValueTable({ generationSize: 
  */
 export function podTrimmer(strings: StringTable, values?: ValueTable): (pod: Pod) => Pod {
   return (pod) => {
-    const trimmed = internPod(trimmedPod(pod), strings);
+    const trimmed = internPod(markOwnContainerIds(trimmedPod(pod)), strings);
     return values ? sharePodValues(trimmed, values) : trimmed;
   };
 }
@@ -151,11 +157,34 @@ function trimmedPod(pod: Pod): Pod {
   return trimmed;
 }
 
+/**
+ * Puts {@link OWN_CONTAINER_ID} in place of each container status's `containerID` that is the one
+ * devicelet reports for the pod ({@link containerIdFor}); another ID (another writer's) is kept as
+ * it is. The statuses so marked, and their list, are copies: the caller's objects are left as they
+ * were (a status devicelet just wrote may be the very object an in-process watch hands back).
+ * Returns `pod`, whose status is the trim's own.
+ */
+function markOwnContainerIds(pod: Pod): Pod {
+  const status = pod.status;
+  if (!status) return pod;
+  const mark = (list: ContainerStatus[] | undefined) =>
+    list?.some((c) => c.containerID === containerIdFor(pod, c.name))
+      ? list.map((c) =>
+          c.containerID === containerIdFor(pod, c.name) ? { ...c, containerID: OWN_CONTAINER_ID } : c,
+        )
+      : list;
+  const [init, containers] = [mark(status.initContainerStatuses), mark(status.containerStatuses)];
+  if (init) status.initContainerStatuses = init;
+  if (containers) status.containerStatuses = containers;
+  return pod;
+}
+
 /** Labels whose value is unique to the pod: a StatefulSet pod's name. */
 const UNIQUE_LABELS: ReadonlySet<string> = new Set(["statefulset.kubernetes.io/pod-name"]);
 
 type Container = PodSpec["containers"][number];
-type ContainerState = NonNullable<NonNullable<Pod["status"]>["containerStatuses"]>[number]["state"];
+type ContainerStatus = NonNullable<NonNullable<Pod["status"]>["containerStatuses"]>[number];
+type ContainerState = ContainerStatus["state"];
 
 /**
  * Swaps the repeated strings of a trimmed pod for the table's copies, in place; returns `pod`.
@@ -238,9 +267,9 @@ type Shareable = Record<string, unknown>;
  * table's shared, frozen copies; returns `pod`. A 5,000-pod heap snapshot held about 40 objects
  * per cached pod; these are the ones equal across replicas or across pods that changed in the
  * same second. Left as they are, being unique to the pod: the pod, its metadata, spec and status
- * objects themselves, its container statuses (their container IDs name the pod), its containers
- * when one mounts the service account token (the volume's name is the pod's own), that volume,
- * `podIP(s)` and labels with a unique value.
+ * objects themselves, its container statuses when one names the pod (another writer's container
+ * ID, or a terminated state's), its containers when one mounts the service account token (the
+ * volume's name is the pod's own), that volume, `podIP(s)` and labels with a unique value.
  */
 function sharePodValues(pod: Pod, values: ValueTable): Pod {
   const share = (object: object | undefined, keys: readonly string[]) => {
@@ -279,12 +308,23 @@ function sharePodValues(pod: Pod, values: ValueTable): Pod {
     // conditions are too long to be a value of the table (88 bytes a pod, a 5,000-pod heap snapshot).
     if (conditions) status.conditions = values.shareList(conditions) as typeof conditions;
     share(status, ["hostIPs"]);
-    for (const list of [status.initContainerStatuses, status.containerStatuses]) {
-      for (const container of list ?? []) share(container, ["state", "lastState"]);
+    for (const key of ["initContainerStatuses", "containerStatuses"] as const) {
+      const list = status[key];
+      if (list === undefined || Object.isFrozen(list)) continue;
+      for (const container of list) share(container, ["state", "lastState"]);
+      // Whole, list and all, when no status names the pod: its ID is devicelet's own, so the
+      // marker, and no terminated state holds it. Else the statuses would only churn the table.
+      if (list.every(namesNoPod)) status[key] = values.shareList(list) as typeof list;
     }
   }
   return pod;
 }
+
+/** Whether a container status says nothing unique to its pod (see {@link markOwnContainerIds}). */
+const namesNoPod = (c: ContainerStatus): boolean =>
+  (c.containerID ?? OWN_CONTAINER_ID) === OWN_CONTAINER_ID &&
+  c.state?.terminated?.containerID === undefined &&
+  c.lastState?.terminated?.containerID === undefined;
 
 const mountsToken = (container: { volumeMounts?: { name: string }[] }): boolean =>
   container.volumeMounts?.some((mount) => isTokenVolume(mount.name)) ?? false;

@@ -6,6 +6,7 @@
  * loopback node address.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { isDeepStrictEqual } from "node:util";
 import { eventually } from "../support/eventually.ts";
 import { startLab, type Lab, type LabDevicelet } from "../support/lab.ts";
 import { uniqueName } from "../support/testenv.ts";
@@ -258,6 +259,26 @@ describe("the node proxy", () => {
       items: { metadata: { name: string }; spec: { nodeName: string } }[];
     };
     expect(other.items.map((p) => p.metadata.name)).toEqual(["other"]);
+  });
+
+  it("serves a pod's container statuses on /pods as the API server has them, container IDs and all", async () => {
+    const [gw0] = gateways as [string];
+    type Listed = { status: { containerStatuses?: { name: string; containerID?: string; state: object }[] } };
+    const fromApi = (await podJson("app")) as PodJson & Listed;
+    const [running] = fromApi.status.containerStatuses ?? [];
+    expect(running?.containerID).toBe(`device://${ns}/app/app`);
+    // The same pod through the node proxy, once devicelet's watch has what the API server has.
+    const served = await eventually(async () => {
+      const list = JSON.parse(await lab.kubectlOk(["get", "--raw", `/api/v1/nodes/${gw0}/proxy/pods`])) as {
+        items: Listed[];
+      };
+      const statuses = list.items[0]?.status.containerStatuses;
+      // kubectl prints keys sorted, the kubelet API in the API server's order: compare as values.
+      if (!isDeepStrictEqual(statuses, fromApi.status.containerStatuses))
+        throw new Error(`not the API server's yet: ${JSON.stringify(statuses)}`);
+      return statuses;
+    });
+    expect(served?.map((c) => c.containerID)).toEqual([`device://${ns}/app/app`]);
   });
 
   it("drops a deleted pod from /runningpods/ by the time its API object is gone", async () => {
