@@ -7,6 +7,7 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import type { Pod, PodStatus, PodStatusPatch } from "../kube/index.ts";
 import { StatusWriter } from "./status-writer.ts";
+import { OWN_CONTAINER_ID, waitingForDeviceStatus } from "./status.ts";
 
 const ref = { namespace: "ns", name: "p", uid: "uid-1" };
 
@@ -42,6 +43,28 @@ function writer(options: { resourceVersions: () => string }) {
 }
 
 describe("StatusWriter", () => {
+  it("sends the pod's own container IDs where a status made from the cached one holds the cache's marker", async () => {
+    const { w, patches } = writer({ resourceVersions: () => "12" });
+    // A Terminating pod's status keeps its containers as the cache has them: the marker for the ID.
+    const app = {
+      name: "app",
+      image: "app:1",
+      imageID: "device://app:1",
+      containerID: OWN_CONTAINER_ID,
+      ready: true,
+      restartCount: 0,
+      state: { running: { startedAt: "2026-03-01T12:00:00Z" } },
+    };
+    const pod = cached("11", { ...running("up"), containerStatuses: [app] });
+    const built = waitingForDeviceStatus(pod, { message: "waiting", now: new Date("2026-03-01T12:01:00Z") });
+    await w.write(w.latest(pod), ref, built);
+    expect(patches).toHaveLength(1);
+    expect(patches[0]?.status.containerStatuses?.[0]?.containerID).toBe("device://ns/p/app");
+    expect(JSON.stringify(patches[0])).not.toContain(OWN_CONTAINER_ID);
+    // The cached pod is left as it was.
+    expect(pod.status?.containerStatuses?.[0]?.containerID).toBe(OWN_CONTAINER_ID);
+  });
+
   it("never writes an unchanged status twice, whether or not the watch has caught up", async () => {
     let rv = 10;
     const { w, patches } = writer({ resourceVersions: () => String(++rv) });

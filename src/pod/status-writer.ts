@@ -14,7 +14,7 @@
 import type { Logger } from "pino";
 import { includesWrite, toWire, type KubeClient, type Pod, type PodStatus } from "../kube/index.ts";
 import { podKey, type PodRef } from "../provider/types.ts";
-import { statusChanged } from "./status.ts";
+import { statusChanged, withOwnContainerIds } from "./status.ts";
 
 /** The last status this process wrote, to avoid writing it again before the watch catches up. */
 interface Written {
@@ -71,7 +71,10 @@ export class StatusWriter {
     // comparison takes the status as built (Dates and all): most reconciles find nothing to write.
     const current = this.latest(pod).status;
     if (!statusChanged(current, built, pod)) return;
-    const next = toWire(built) as PodStatus;
+    // A status made from the cached one (a Terminating pod's, which keeps its containers as they
+    // were) holds the cache's marker for the pod's own container IDs: the API server gets the IDs.
+    const wire = toWire(built) as PodStatus;
+    const next = withOwnContainerIds({ ...pod, status: wire }).status;
     // The summary is built only when it is logged: this runs once per pod start.
     if (this.#o.logger.isLevelEnabled("debug"))
       this.#o.logger.debug(

@@ -98,7 +98,9 @@ export const containerIdFor = (pod: Model<V1Pod>, container: string): string =>
  * pod, so the container statuses of replicas that changed in the same second can be one shared
  * value (trim.ts; the ID alone was 56 bytes a pod, and it kept the status and its list, 152 more,
  * the pod's own). Not an ID: whoever hands a cached pod's container statuses on takes the ID from
- * {@link containerIdOf}, or the pod from {@link withOwnContainerIds}.
+ * {@link containerIdOf}, or the pod from {@link withOwnContainerIds}: the kubelet API does, and
+ * so does the status writer before every write, which a Terminating pod's status, made from the
+ * cached one, needs.
  */
 export const OWN_CONTAINER_ID = "(own container ID)";
 

@@ -25,7 +25,8 @@
  * reports for that pod and container is kept as {@link OWN_CONTAINER_ID}, the same string for every
  * pod, so that container statuses can be shared. Readers that hand container statuses on take the
  * ID from `containerIdOf` or the pod from `withOwnContainerIds` (status.ts), as the kubelet API's
- * `/pods` does; the comparison before a status write counts the marker as that ID.
+ * `/pods` does; the comparison before a status write counts the marker as that ID, and the write
+ * itself sends the ID.
  */
 import { StringTable, ValueTable } from "../base/intern.ts";
 import { type ObjectMeta, type Pod, pickFields } from "../kube/index.ts";

@@ -70,6 +70,11 @@ describe("a one-replica StatefulSet on a device that goes offline", () => {
         status: "False",
         reason: "WaitingForDevice",
       });
+      // Written from the cached status, which keeps devicelet's own container IDs as one marker:
+      // the API server has the ID.
+      const statuses = (p as { status: { containerStatuses?: { containerID?: string }[] } }).status
+        .containerStatuses;
+      expect(statuses?.map((c) => c.containerID)).toEqual([`device://${ns}/x-0/app`]);
     });
     const from = Date.now();
     const until = from + 10_000;
