@@ -103,6 +103,8 @@ const sameSpec = (a: AppSpec, b: AppSpec) => JSON.stringify(a) === JSON.stringif
 export class MockPod {
   /** The latest workload devicelet gave (queued while the device is offline). */
   workload: Workload;
+  /** How many times createPod created this pod's uid (more than 1: created again after removal). */
+  creates = 1;
   /** Set by deletePod: the device must stop this pod; the record stays until it has. */
   tombstone?: { gracePeriodSeconds: number };
   /**

@@ -15,9 +15,12 @@ export interface MockProviderDeps {
 
 /** Counters for tests and benchmarks; a fresh snapshot on each call. */
 export interface MockStats {
-  /** createPod calls that created a pod (sum of createsByUid). */
+  /** createPod calls that created a pod. Survives restarts. */
   readonly creates: number;
-  /** Creates per pod uid; a value above 1 means a pod was created twice. Survives restarts. */
+  /**
+   * Creates per pod uid, for the pods held and the last 1,024 removed; a value above 1 means a pod
+   * was created twice. Survives restarts.
+   */
   readonly createsByUid: Readonly<Record<string, number>>;
   /** Workloads that reached a device (a create or update online, or a queued one on reconnect). */
   readonly applied: number;

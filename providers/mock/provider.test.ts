@@ -13,6 +13,7 @@ import {
   hasLifecycle,
 } from "../../src/provider/types.ts";
 import { createMockProvider, expandDevices, matchesImage, type MockConfigInput } from "./index.ts";
+import { REMOVED_CREATES_KEPT } from "./provider.ts";
 import { collect, ManualClock, record, refOf, silentLogger, workload } from "./testing.ts";
 
 const started = async (config: MockConfigInput, random?: () => number) => {
@@ -93,6 +94,30 @@ describe("MockProvider", () => {
     });
     await provider.createPod(workload("a", "mock-0", { images: ["example.com/app:2"] }));
     expect(provider.stats()).toMatchObject({ creates: 1, updates: 1, applied: 2 });
+  });
+
+  it("counts a pod created again after its removal, and forgets the oldest removed pods' counts", async () => {
+    const { provider } = await started({ devices: { count: 1 } });
+    const churn = async (name: string) => {
+      const w = workload(name, "mock-0");
+      await provider.createPod(w);
+      await provider.deletePod(w.pod, { gracePeriodSeconds: 0 });
+    };
+    await churn("first");
+    await churn("first"); // resurrected: the engine must never do this
+    expect(provider.stats().createsByUid["uid-first"]).toBe(2);
+    for (let i = 0; i < REMOVED_CREATES_KEPT; i++) await churn(`p${i}`);
+    await provider.createPod(workload("held", "mock-0"));
+    const { createsByUid, creates, pods } = provider.stats();
+    // The held pod and the last removed ones; "first" was the oldest and is forgotten.
+    expect(Object.keys(createsByUid)).toHaveLength(REMOVED_CREATES_KEPT + 1);
+    expect(createsByUid).not.toHaveProperty("uid-first");
+    expect(createsByUid).toMatchObject({
+      "uid-held": 1,
+      "uid-p0": 1,
+      [`uid-p${REMOVED_CREATES_KEPT - 1}`]: 1,
+    });
+    expect([creates, pods]).toEqual([REMOVED_CREATES_KEPT + 3, 1]);
   });
 
   it("queues pods for an offline device, keeps only the latest, applies it once on reconnect", async () => {

@@ -43,6 +43,14 @@ import { expandDevices, MOCK_DEFAULT_SUPPORTS, type MockConfig } from "./schema.
 import { StateFile, type PersistedState } from "./state-file.ts";
 import { MockSyncBook } from "./sync.ts";
 
+/**
+ * How many removed pods' create counts `stats().createsByUid` keeps, so that a pod created again
+ * after it was removed (resurrected) shows a count of 2. A held pod's count is kept on the pod;
+ * removed ones are forgotten oldest first past this many, so pods that come and go for the life of
+ * the process cost nothing once gone (and neither does the state file).
+ */
+export const REMOVED_CREATES_KEPT = 1_024;
+
 export class MockProvider
   implements
     PodLifecycleProvider,
@@ -66,8 +74,10 @@ export class MockProvider
   #fleet: DeviceFleet;
   #pods = new Map<string, MockPod>();
   #byDevice = new Map<string, Set<MockPod>>();
-  #createsByUid = new Map<string, number>();
+  /** Create counts of removed pods, oldest first, at most {@link REMOVED_CREATES_KEPT}. */
+  #removedCreates = new Map<string, number>();
   #counters = {
+    creates: 0,
     applied: 0,
     updates: 0,
     deletes: 0,
@@ -188,9 +198,12 @@ export class MockProvider
         return;
       }
       const pod = new MockPod(workload, this.#podEnv);
-      this.#pods.set(pod.ref.uid, pod);
+      const { uid } = workload.pod;
+      pod.creates = (this.#removedCreates.get(uid) ?? 0) + 1;
+      this.#removedCreates.delete(uid);
+      this.#counters.creates++;
+      this.#pods.set(uid, pod);
       this.#devicePods(pod.deviceId).add(pod);
-      this.#createsByUid.set(pod.ref.uid, (this.#createsByUid.get(pod.ref.uid) ?? 0) + 1);
       this.#log.debug({ pod: podKey(pod.ref), device: pod.deviceId }, "mock: pod created");
       if (this.#fleet.online(pod.deviceId)) this.#apply(pod);
       else this.#emit(pod, true);
@@ -330,7 +343,7 @@ export class MockProvider
     this.#fleet.remove(deviceId);
     for (const pod of [...this.#devicePods(deviceId)]) {
       pod.dispose();
-      this.#pods.delete(pod.ref.uid);
+      this.#forget(pod);
     }
     this.#byDevice.delete(deviceId);
     this.#store?.schedule();
@@ -340,11 +353,9 @@ export class MockProvider
 
   stats(): MockStats {
     const pods = [...this.#pods.values()];
-    const creates = [...this.#createsByUid.values()].reduce((a, b) => a + b, 0);
     return {
       ...this.#counters,
-      creates,
-      createsByUid: Object.fromEntries(this.#createsByUid),
+      createsByUid: this.#createsByUid(),
       pods: pods.length,
       queued: pods.filter((p) => !p.tombstone && p.appliedHash !== p.workload.hash).length,
       tombstones: pods.filter((p) => p.tombstone).length,
@@ -393,7 +404,7 @@ export class MockProvider
     if (this.#pods.get(pod.ref.uid) !== pod) return;
     this.#emit(pod);
     pod.dispose();
-    this.#pods.delete(pod.ref.uid);
+    this.#forget(pod);
     this.#devicePods(pod.deviceId).delete(pod);
     this.#counters.deleted++;
     this.#store?.schedule();
@@ -432,14 +443,44 @@ export class MockProvider
     return pod.status(this.#fleet.online(pod.deviceId), this.#fleet.address(pod.deviceId));
   }
 
+  /** Drops a removed pod's record, keeping its create count among the last removed ones. */
+  #forget(pod: MockPod): void {
+    const { uid } = pod.ref;
+    this.#pods.delete(uid);
+    this.#removedCreates.set(uid, pod.creates);
+    this.#keepLastRemoved();
+  }
+
+  #keepLastRemoved(): void {
+    for (const oldest of this.#removedCreates.keys()) {
+      if (this.#removedCreates.size <= REMOVED_CREATES_KEPT) break;
+      this.#removedCreates.delete(oldest);
+    }
+  }
+
+  /** Creates per uid: the held pods' and the last removed ones'. */
+  #createsByUid(): Record<string, number> {
+    const counts = Object.fromEntries(this.#removedCreates);
+    for (const [uid, pod] of this.#pods) counts[uid] = pod.creates;
+    return counts;
+  }
+
   #restore(state: PersistedState): void {
-    for (const [uid, n] of Object.entries(state.createsByUid)) this.#createsByUid.set(uid, n);
     Object.assign(this.#counters, state.counters);
+    // A file written before the total was kept: its counts were never forgotten, so they sum to it.
+    this.#counters.creates =
+      state.counters.creates ?? Object.values(state.createsByUid).reduce((a, b) => a + b, 0);
     for (const p of state.pods) {
       const pod = MockPod.restore(p, this.#podEnv);
       this.#pods.set(pod.ref.uid, pod);
       this.#devicePods(pod.deviceId).add(pod);
     }
+    for (const [uid, n] of Object.entries(state.createsByUid)) {
+      const pod = this.#pods.get(uid);
+      if (pod) pod.creates = n;
+      else this.#removedCreates.set(uid, n);
+    }
+    this.#keepLastRemoved(); // an older file kept every removed pod's count
     for (const pod of [...this.#pods.values()]) {
       if (this.#fleet.online(pod.deviceId) || (pod.tombstone && !this.#fleet.has(pod.deviceId)))
         this.#reconcile(pod);
@@ -451,8 +492,9 @@ export class MockProvider
     return {
       version: 1,
       pods: [...this.#pods.values()].map((p) => p.persisted()),
-      createsByUid: Object.fromEntries(this.#createsByUid),
+      createsByUid: this.#createsByUid(),
       counters: {
+        creates: this.#counters.creates,
         applied: this.#counters.applied,
         updates: this.#counters.updates,
         deletes: this.#counters.deletes,

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { isInvalidInput } from "../../src/provider/errors.ts";
 import { createMockProvider } from "./index.ts";
+import { REMOVED_CREATES_KEPT } from "./provider.ts";
 import type { PersistedState } from "./state-file.ts";
 import { record, refOf, silentLogger, workload } from "./testing.ts";
 
@@ -73,6 +74,31 @@ describe("mock state file", () => {
     const state = await readState();
     expect(state.pods.map((p) => p.workload.pod.name).sort()).toEqual(["four", "one", "three"]);
     expect(state.pods.every((p) => p.running?.hash === p.workload.hash)).toBe(true);
+  });
+
+  it("reads a file that kept every removed pod's count, and writes back only the last ones", async () => {
+    const held = workload("held", "mock-0");
+    const removed = Object.fromEntries(
+      Array.from({ length: REMOVED_CREATES_KEPT + 10 }, (_, i) => [`uid-gone-${i}`, 1]),
+    );
+    const old = {
+      version: 1,
+      pods: [{ workload: held }],
+      createsByUid: { ...removed, "uid-held": 2 },
+      counters: { applied: 0, updates: 0, deletes: 0 }, // no total of creates yet
+    };
+    await writeFile(file, JSON.stringify(old));
+    const provider = createMockProvider({ stateFile: file }, { logger: silentLogger });
+    await provider.start(new AbortController().signal);
+    const { creates, createsByUid } = provider.stats();
+    expect(creates).toBe(REMOVED_CREATES_KEPT + 12); // every count the file had
+    expect(createsByUid["uid-held"]).toBe(2); // kept on the held pod
+    expect(createsByUid).not.toHaveProperty("uid-gone-9");
+    expect(createsByUid).toHaveProperty("uid-gone-10");
+    await provider.stop();
+    const state = await readState();
+    expect(Object.keys(state.createsByUid)).toHaveLength(REMOVED_CREATES_KEPT + 1);
+    expect(state.counters.creates).toBe(REMOVED_CREATES_KEPT + 12);
   });
 
   it("refuses a state file it cannot understand rather than starting empty", async () => {

@@ -30,7 +30,13 @@ export interface PersistedState {
   readonly version: 1;
   readonly pods: readonly PersistedPod[];
   readonly createsByUid: Readonly<Record<string, number>>;
-  readonly counters: { readonly applied: number; readonly updates: number; readonly deletes: number };
+  readonly counters: {
+    /** Every create so far; missing in files written before it was kept. */
+    readonly creates?: number;
+    readonly applied: number;
+    readonly updates: number;
+    readonly deletes: number;
+  };
 }
 
 export interface StateFileOptions {
