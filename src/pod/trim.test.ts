@@ -525,6 +525,33 @@ describe("trimPod's value table", () => {
     expect(Object.isFrozen(e.spec?.containers[0])).toBe(false);
   });
 
+  it("keeps a terminated state that holds its container's ID the pod's own, out of the table", () => {
+    const trim = podTrimmer(podStringTable(), podValueTable());
+    const restarted = (i: number, withId: boolean) => {
+      const pod = JSON.parse(replicaJson(i)) as Pod;
+      const status = pod.status?.containerStatuses?.[0];
+      const containerID = `device://ns/${pod.metadata?.name}/app`;
+      if (status)
+        status.lastState = {
+          terminated: {
+            exitCode: 1,
+            reason: "Error",
+            finishedAt: "2026-03-01T12:00:00Z",
+            ...(withId ? { containerID } : {}),
+          },
+        };
+      return trim(pod).status?.containerStatuses?.[0]?.lastState;
+    };
+    const [a, b] = [restarted(0, true), restarted(1, true)];
+    expect(a?.terminated?.containerID).toBe("device://ns/sensor-7d9f8c6b5-00000/app");
+    expect(Object.isFrozen(a)).toBe(false);
+    expect(a).not.toBe(b);
+    // Without an ID, the same state is one shared copy.
+    const [c, d] = [restarted(2, false), restarted(3, false)];
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(c).toBe(d);
+  });
+
   it("shares a running pod's five conditions as one list, though their JSON is too long for a value", () => {
     const trim = podTrimmer(podStringTable(), podValueTable());
     // As the API server sends them after devicelet's Running write: each with `lastProbeTime: null`.

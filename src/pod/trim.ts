@@ -269,8 +269,9 @@ type Shareable = Record<string, unknown>;
  * per cached pod; these are the ones equal across replicas or across pods that changed in the
  * same second. Left as they are, being unique to the pod: the pod, its metadata, spec and status
  * objects themselves, its container statuses when one names the pod (another writer's container
- * ID, or a terminated state's), its containers when one mounts the service account token (the
- * volume's name is the pod's own), that volume, `podIP(s)` and labels with a unique value.
+ * ID, or a terminated state's, which stays its own too), its containers when one mounts the service
+ * account token (the volume's name is the pod's own), that volume, `podIP(s)` and labels with a
+ * unique value.
  */
 function sharePodValues(pod: Pod, values: ValueTable): Pod {
   const share = (object: object | undefined, keys: readonly string[]) => {
@@ -312,7 +313,12 @@ function sharePodValues(pod: Pod, values: ValueTable): Pod {
     for (const key of ["initContainerStatuses", "containerStatuses"] as const) {
       const list = status[key];
       if (list === undefined || Object.isFrozen(list)) continue;
-      for (const container of list) share(container, ["state", "lastState"]);
+      for (const container of list) {
+        // A terminated state holding its container's ID is the pod's own: stored in the table, it
+        // would only churn it, and keep something of the pod after the pod is gone.
+        if (container.state?.terminated?.containerID === undefined) share(container, ["state"]);
+        if (container.lastState?.terminated?.containerID === undefined) share(container, ["lastState"]);
+      }
       // Whole, list and all, when no status names the pod: its ID is devicelet's own, so the
       // marker, and no terminated state holds it. Else the statuses would only churn the table.
       if (list.every(namesNoPod)) status[key] = values.shareList(list) as typeof list;
