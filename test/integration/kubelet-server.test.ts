@@ -5,97 +5,34 @@
  * authenticator, and the API server's own kubelet client certificate. Each node answers for
  * itself on its own port: its pods, its running pods, its stats.
  */
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import https from "node:https";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startDevicelet, type RunningDevicelet } from "../support/devicelet.ts";
 import { eventually } from "../support/eventually.ts";
+import { kubeletGet, servingCertificate, type KubeletAnswer } from "../support/kubelet-client.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
-import { testenvDir, uniqueName } from "../support/testenv.ts";
+import { uniqueName } from "../support/testenv.ts";
 import { pod } from "../support/workloads.ts";
 
 const id = uniqueName("kserve");
 const ns = id;
-const pki = (f: string) => path.join(testenvDir, "pki", f);
 const dir = mkdtempSync(path.join(os.tmpdir(), "kubelet-server-"));
-const apiserverClient = {
-  cert: readFileSync(pki("apiserver-kubelet-client.crt"), "utf8"),
-  key: readFileSync(pki("apiserver-kubelet-client.key"), "utf8"),
-};
-const ca = readFileSync(pki("ca.crt"), "utf8");
 let devicelet: RunningDevicelet;
 /** Node name → the port it advertises. */
 let ports = new Map<string, number>();
 let nodeA = "";
 let nodeB = "";
 
-/** A serving certificate for 127.0.0.1 signed by the harness CA, as cert-manager would issue one. */
-function servingCertificate(): { certFile: string; keyFile: string } {
-  const f = (name: string) => path.join(dir, name);
-  const openssl = (args: string[]) => execFileSync("openssl", args, { stdio: ["ignore", "ignore", "pipe"] });
-  openssl(
-    [
-      "req",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-subj",
-      "/CN=devicelet",
-    ].concat(["-keyout", f("tls.key"), "-out", f("tls.csr")]),
-  );
-  writeFileSync(
-    f("tls.ext"),
-    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-  );
-  openssl(
-    ["x509", "-req", "-in", f("tls.csr"), "-CA", pki("ca.crt"), "-CAkey", pki("ca.key")].concat([
-      "-CAcreateserial",
-      "-CAserial",
-      f("ca.srl"),
-      "-out",
-      f("tls.crt"),
-      "-days",
-      "1",
-      "-extfile",
-      f("tls.ext"),
-    ]),
-  );
-  return { certFile: f("tls.crt"), keyFile: f("tls.key") };
-}
-
-interface Answer {
-  readonly status: number;
-  readonly type: string;
-  readonly body: string;
-}
-
 /** GET on a node's kubelet port, as the API server calls it (its client certificate) unless `anonymous`. */
-function get(node: string, urlPath: string, o: { anonymous?: boolean } = {}): Promise<Answer> {
+function get(node: string, urlPath: string, o: { anonymous?: boolean } = {}): Promise<KubeletAnswer> {
   const port = ports.get(node);
   if (!port) throw new Error(`node ${node} has no kubelet port`);
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      { host: "127.0.0.1", port, path: urlPath, ca, agent: false, ...(o.anonymous ? {} : apiserverClient) },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (d: string) => (body += d));
-        res.on("end", () =>
-          resolve({ status: res.statusCode ?? 0, type: String(res.headers["content-type"]), body }),
-        );
-      },
-    );
-    req.on("error", reject);
-    req.end();
-  });
+  return kubeletGet(port, urlPath, o);
 }
 
-const podNames = (a: Answer) => {
+const podNames = (a: KubeletAnswer) => {
   expect(a.status).toBe(200);
   return (JSON.parse(a.body) as { items: { metadata: { name: string } }[] }).items
     .map((p) => p.metadata.name)
@@ -125,7 +62,7 @@ const appPod = (name: string, node: string, noStats = false) => {
 
 beforeAll(async () => {
   await kubectl(["create", "namespace", ns]);
-  const tls = servingCertificate();
+  const tls = servingCertificate(dir);
   devicelet = await startDevicelet({
     id,
     provider: { devices: { count: 2, idPrefix: id }, appStartDelayMs: 50 },

@@ -34,6 +34,8 @@ export interface DeviceletProcess {
   pause(): void;
   /** SIGCONT after {@link pause}. */
   resume(): void;
+  /** Sends `signal` to the running process (e.g. SIGUSR2 for a heap snapshot, with `nodeFlags`). */
+  signal(signal: NodeJS.Signals): void;
   /** Resolves with the exit code once the current run has exited by itself or been stopped. */
   exited(): Promise<number | null>;
   /**
@@ -55,6 +57,8 @@ export async function runDevicelet(options: {
   readonly config: (dir: string) => Record<string, unknown>;
   readonly expectNodes?: number;
   readonly waitForRunning?: boolean;
+  /** Node.js flags for the devicelet process (e.g. `--heapsnapshot-signal=SIGUSR2`). */
+  readonly nodeFlags?: readonly string[];
 }): Promise<DeviceletProcess> {
   const dir = mkdtempSync(path.join(os.tmpdir(), `devicelet-${options.id}-`));
   const configFile = path.join(dir, "config.yaml");
@@ -86,7 +90,7 @@ export async function runDevicelet(options: {
     const out = openSync(logFile, "a");
     child = spawn(
       process.execPath,
-      [path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
+      [...(options.nodeFlags ?? []), path.join(repoRoot, "bin/devicelet.js"), "run", "--config", configFile],
       {
         stdio: ["ignore", out, out],
       },
@@ -127,6 +131,9 @@ export async function runDevicelet(options: {
     resume: () => {
       if (child?.exitCode === null) child.kill("SIGCONT");
     },
+    signal: (signal) => {
+      if (child?.exitCode === null) child.kill(signal);
+    },
     restart: launch,
     exited: () => exited,
     logLines,
@@ -142,6 +149,8 @@ export interface DeviceletOptions {
   readonly core?: Record<string, unknown>;
   /** Nodes expected to register before start() resolves (default: none awaited). */
   readonly expectNodes?: number;
+  /** Node.js flags for the devicelet process. */
+  readonly nodeFlags?: readonly string[];
 }
 
 export interface RunningDevicelet extends DeviceletProcess {
@@ -164,6 +173,7 @@ export async function startDevicelet(options: DeviceletOptions): Promise<Running
   const process_ = await runDevicelet({
     id: options.id,
     expectNodes: options.expectNodes,
+    ...(options.nodeFlags ? { nodeFlags: options.nodeFlags } : {}),
     config: (dir) => {
       stateFile = path.join(dir, "mock-state.json");
       return { ...options.core, provider: { type: "mock", config: { ...options.provider, stateFile } } };
