@@ -45,11 +45,10 @@ export class DeviceIo {
 
   async logs(pod: PodRef, container: string, options: LogOptions): Promise<LogStream> {
     const { deviceId, podUid } = this.#locate(pod, container);
-    const cacheKey = `${pod.namespace}/${pod.name}/${pod.uid}/${container}`;
     const maxSessions = this.#admit(deviceId, "logs");
     const away = this.#away(deviceId);
     if (away !== undefined) {
-      const cached = options.previous === true ? undefined : this.#o.logCache.get(cacheKey);
+      const cached = options.previous === true ? undefined : this.#o.logCache.get(podUid, container);
       if (!cached) throw transient(away);
       const chunks = new TextQueue({ onReturn: () => undefined });
       chunks.push(cachedView(cached, options));
@@ -59,7 +58,7 @@ export class DeviceIo {
         chunks,
       };
     }
-    return this.#o.sessions.logs({ deviceId, podUid, app: container, maxSessions, cacheKey, options });
+    return this.#o.sessions.logs({ deviceId, podUid, app: container, maxSessions, options });
   }
 
   async exec(

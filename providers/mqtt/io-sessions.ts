@@ -11,7 +11,7 @@
  * Inbound hands it every decoded `io-data`/`io-end` ({@link IoSessions.deliver}).
  *
  *   const sessions = new IoSessions({ limits, publish, logCache, metrics, logger });
- *   const stream = await sessions.logs({ deviceId, podUid, app, cacheKey, options });
+ *   const stream = await sessions.logs({ deviceId, podUid, app, options });
  *   const { exitCode } = await sessions.exec({ deviceId, podUid, app, command, io });
  *   sessions.deviceAway("gw-1", "device gw-1 went offline");
  */
@@ -255,11 +255,9 @@ export class IoSessions {
    * Opens a logs session and resolves once the device answered with its first output (or an
    * empty log): a refusal rejects with the matching provider error. Text is passed on in whole
    * lines, cut at `limitBytes` (or the configured cap without follow), and copied into the log
-   * cache under `cacheKey`.
+   * cache under the pod and app.
    */
-  logs(
-    target: SessionTarget & { readonly cacheKey: string; readonly options: LogOptions },
-  ): Promise<LogStream> {
+  logs(target: SessionTarget & { readonly options: LogOptions }): Promise<LogStream> {
     const { options } = target;
     const { limits, logCache } = this.#o;
     const limit = Math.min(
@@ -274,7 +272,7 @@ export class IoSessions {
     const cache =
       options.previous === true
         ? undefined
-        : logCache.writer(target.cacheKey, { timestamps: options.timestamps === true, full });
+        : logCache.writer(target.podUid, target.app, { timestamps: options.timestamps === true, full });
     const decoder = new TextDecoder("utf-8");
     let partial = "";
     let sent = 0;

@@ -2,12 +2,15 @@
  * LogCache: the last log text devicelet received per container, so `kubectl logs` on a device that
  * is offline still shows something, marked as not live (docs/protocol.md § 3.9). Bounded twice:
  * at most `bytesPerContainer` of text per container (the newest whole lines) and at most
- * `containers` entries, the least recently used going first. Memory only: a restart forgets it.
+ * `containers` entries, the least recently used going first. A pod's entries go when the pod is
+ * gone from its device (`forgetPod`): nothing serves them any more. Memory only: a restart forgets
+ * it.
  *
  *   const cache = new LogCache({ bytesPerContainer: 65536, containers: 1000 });
- *   const writer = cache.writer(key, { timestamps: true, full: true });
+ *   const writer = cache.writer(podUid, "app", { timestamps: true, full: true });
  *   writer.append("2026-03-01T12:00:00.000000000Z started\n");
- *   cache.get(key); // { text, timestamps, at }
+ *   cache.get(podUid, "app"); // { text, timestamps, at }
+ *   cache.forgetPod(podUid);
  */
 
 export interface CachedLog {
@@ -33,15 +36,18 @@ export interface LogCacheWriter {
 export class LogCache {
   readonly #o: LogCacheOptions;
   readonly #now: () => Date;
-  /** Insertion order is recency: a touched entry is deleted and set again. */
+  /** By `<pod uid>/<container>`. Insertion order is recency: a touched entry is deleted and set again. */
   readonly #entries = new Map<string, CachedLog>();
+  /** Each pod's keys in {@link LogCache.#entries}. */
+  readonly #byPod = new Map<string, Set<string>>();
 
   constructor(options: LogCacheOptions) {
     this.#o = options;
     this.#now = options.now ?? (() => new Date());
   }
 
-  get(key: string): CachedLog | undefined {
+  get(podUid: string, container: string): CachedLog | undefined {
+    const key = `${podUid}/${container}`;
     const entry = this.#entries.get(key);
     if (!entry) return undefined;
     this.#entries.delete(key);
@@ -54,7 +60,12 @@ export class LogCache {
    * previous) replaces what is cached from its first line on; a partial one replaces it only once
    * it has received at least as much text, so `kubectl logs --tail 1` does not wipe a longer copy.
    */
-  writer(key: string, o: { readonly timestamps: boolean; readonly full: boolean }): LogCacheWriter {
+  writer(
+    podUid: string,
+    container: string,
+    o: { readonly timestamps: boolean; readonly full: boolean },
+  ): LogCacheWriter {
+    const key = `${podUid}/${container}`;
     let own = "";
     return {
       append: (text) => {
@@ -62,18 +73,31 @@ export class LogCache {
         own = trimToLines(own + text, this.#o.bytesPerContainer);
         const cached = this.#entries.get(key);
         if (!o.full && cached && cached.text.length > own.length) return;
-        this.#set(key, { text: own, timestamps: o.timestamps, at: this.#now() });
+        this.#set(podUid, key, { text: own, timestamps: o.timestamps, at: this.#now() });
       },
     };
   }
 
-  #set(key: string, entry: CachedLog): void {
+  /** Drops what is cached of a pod's containers (the pod is gone: nothing serves it any more). */
+  forgetPod(podUid: string): void {
+    for (const key of this.#byPod.get(podUid) ?? []) this.#entries.delete(key);
+    this.#byPod.delete(podUid);
+  }
+
+  #set(podUid: string, key: string, entry: CachedLog): void {
     this.#entries.delete(key);
     this.#entries.set(key, entry);
+    let keys = this.#byPod.get(podUid);
+    if (!keys) this.#byPod.set(podUid, (keys = new Set()));
+    keys.add(key);
     while (this.#entries.size > this.#o.containers) {
       const oldest = this.#entries.keys().next();
       if (oldest.done) break;
       this.#entries.delete(oldest.value);
+      const uid = oldest.value.slice(0, oldest.value.indexOf("/"));
+      const left = this.#byPod.get(uid);
+      left?.delete(oldest.value);
+      if (left?.size === 0) this.#byPod.delete(uid);
     }
   }
 

@@ -236,6 +236,11 @@ export function wireMqtt(o: {
     defaultTtlSeconds: config.commands.ttlSeconds,
   });
   const logCache = new LogCache(config.sessions.logCache);
+  // A pod gone from its device: nothing serves its logs any more, so what is cached goes with it.
+  const deleted = (ref: PodRef) => {
+    logCache.forgetPod(ref.uid);
+    events.deleted(ref);
+  };
   const sessions: IoSessions = new IoSessions({
     limits: config.sessions,
     publish: (topic, payload) => connection.publish(topic, payload, { qos: 1, retain: false }),
@@ -282,7 +287,7 @@ export function wireMqtt(o: {
     metrics,
     logger,
     recordEvent,
-    deleted: events.deleted,
+    deleted,
     stages,
   });
   const orphans: Orphans = new Orphans({
@@ -292,7 +297,7 @@ export function wireMqtt(o: {
     markStatus: (id) => statuses.mark(id),
     restoreBirth: (id) => lifecycle.restoreBirths([id]),
     recordEvent,
-    deleted: events.deleted,
+    deleted,
     logger,
   });
   // Large files go by reference once a blob store is configured (blobs.ts).
@@ -304,7 +309,7 @@ export function wireMqtt(o: {
     restarts,
     secrets,
     hashes: new WorkloadHashes({ store: context.store, logger, config: sha256Hex(canonicalJson(config)) }),
-    deleted: events.deleted,
+    deleted,
     stages,
     ...(blobs && config.desired.blobs
       ? { files: new FileReferences({ store: blobs, minFileBytes: config.desired.blobs.minFileBytes }) }
@@ -349,7 +354,7 @@ export function wireMqtt(o: {
     },
     recordEvent,
     forgetPod: (ref) => workloads.forget(ref),
-    deleted: events.deleted,
+    deleted,
     logger,
   });
   context.metrics?.observe(deviceGauges({ desired, observations, commands, connection }));
