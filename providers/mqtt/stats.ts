@@ -55,9 +55,12 @@ export class DeviceStatsStore {
     if (device?.bootId !== message.bootId) return "stale";
     const kept = this.#samples.get(message.deviceId);
     if (kept && kept.latest.bootId === message.bootId && message.seq <= kept.latest.seq) return "stale";
+    const previous = kept?.latest.bootId === message.bootId ? kept.latest : undefined;
+    // The one before is kept for the rates of what this one lists: a pod gone since is let go.
+    const listed = new Set(message.pods.map((p) => p.podUid));
     this.#samples.set(message.deviceId, {
       latest: message,
-      previous: kept?.latest.bootId === message.bootId ? kept.latest : undefined,
+      previous: previous && { ...previous, pods: previous.pods.filter((p) => listed.has(p.podUid)) },
     });
     return "ok";
   }
