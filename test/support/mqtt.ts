@@ -115,6 +115,8 @@ export interface MqttDeviceletOptions {
   readonly expectNodes?: number;
   /** Wait for "devicelet is running" (default true); false for a standby replica, which never logs it. */
   readonly waitForRunning?: boolean;
+  /** Node.js flags for the devicelet process. */
+  readonly nodeFlags?: readonly string[];
 }
 
 export interface RunningMqttDevicelet extends DeviceletProcess {
@@ -127,6 +129,7 @@ export async function startMqttDevicelet(options: MqttDeviceletOptions): Promise
     id: options.id,
     expectNodes: options.expectNodes,
     waitForRunning: options.waitForRunning ?? true,
+    ...(options.nodeFlags ? { nodeFlags: options.nodeFlags } : {}),
     config: () => ({
       state: { namespace: options.namespace },
       pods: { statusDebounceMs: 50 },

@@ -53,6 +53,8 @@ export interface SceneOptions<B extends SceneBroker> {
   readonly provider?: Record<string, unknown> | ((broker: B) => Record<string, unknown>);
   /** Merged over devicelet's core config. */
   readonly core?: Record<string, unknown>;
+  /** Node.js flags for the devicelet process. */
+  readonly nodeFlags?: readonly string[];
   /** Starts the broker; default a plain Mosquitto of the scene's own (startBroker). */
   readonly broker?: (id: string) => Promise<B>;
   /**
@@ -134,6 +136,7 @@ export function mqttScene<B extends SceneBroker>(options: SceneOptions<B>): Mqtt
                   typeof options.provider === "function" ? options.provider(broker) : options.provider,
               }),
           ...(options.core === undefined ? {} : { core: options.core }),
+          ...(options.nodeFlags === undefined ? {} : { nodeFlags: options.nodeFlags }),
         });
       }
       sim = await startSimulator({
