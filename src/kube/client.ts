@@ -229,6 +229,8 @@ export interface KubeClient {
    * creates the object (POST): one that exists already rejects with `isAlreadyExists`.
    */
   replaceConfigMap(configMap: ConfigMap, options?: RequestOptions): Promise<ConfigMap>;
+  /** Deletes a ConfigMap; resolves `false` when there was none. */
+  deleteConfigMap(namespace: string, name: string, options?: RequestOptions): Promise<boolean>;
 
   /**
    * Creates a core/v1 Event in the involved object's namespace (`default` for cluster-scoped
@@ -585,6 +587,19 @@ export function createKubeClient(options: KubeClientOptions): KubeClient {
             body,
             signal: o?.signal,
           });
+    },
+    deleteConfigMap: async (namespace, name, o) => {
+      try {
+        await http.request({
+          method: "DELETE",
+          path: `${ns(namespace)}/configmaps/${enc(name)}`,
+          signal: o?.signal,
+        });
+        return true;
+      } catch (err) {
+        if (isNotFound(err)) return false;
+        throw err;
+      }
     },
     upsertConfigMap: async (namespace, name, data, labels, o) => {
       try {

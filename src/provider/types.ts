@@ -538,6 +538,11 @@ export interface DurableStore {
   ): Promise<string | undefined>;
   /** Every stored key that starts with `prefix`, with its value (one read of the whole store). */
   entries(prefix: string): Promise<ReadonlyMap<string, string>>;
+  /**
+   * Removes the key and its value for good (a decommissioned device's state): nothing of it is
+   * left in the cluster. Deleting a key never stored is no error. An API write, like `set`.
+   */
+  delete(key: string): Promise<void>;
 }
 
 /**

@@ -8,7 +8,7 @@ const status = (code: number, reason: string) =>
 /** The API server's ConfigMap semantics that matter here: resourceVersion checks on PUT and POST. */
 class FakeConfigMaps implements Pick<
   KubeClient,
-  "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list"
+  "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "deleteConfigMap" | "list"
 > {
   readonly objects = new Map<string, ConfigMap>();
   #rv = 0;
@@ -46,6 +46,9 @@ class FakeConfigMaps implements Pick<
     const stored = { ...cm, metadata: { ...cm.metadata, resourceVersion: String(++this.#rv) } };
     this.objects.set(name, stored);
     return Promise.resolve(stored);
+  }
+  deleteConfigMap(_ns: string, name: string) {
+    return Promise.resolve(this.objects.delete(name));
   }
   readonly list = (() =>
     Promise.resolve({
@@ -101,6 +104,21 @@ describe("ConfigMapStore.update", () => {
     const result = await store.update("k", (current) => (current === "a" ? "a" : `${current ?? ""}+c`));
     expect(result).toBe("b+c");
     expect(kube.objects.get(name)?.data?.value).toBe("b+c");
+  });
+
+  it("deletes a key's ConfigMap, forgets its copy, and takes a key never stored", async () => {
+    const kube = new FakeConfigMaps();
+    const store = new ConfigMapStore(kube, "ns");
+    await store.update("gone", () => "a");
+    await store.update("kept", () => "b");
+    await store.delete("gone");
+    await store.delete("never");
+    expect([...(await store.entries(""))]).toEqual([["kept", "b"]]);
+    // Not answered from a copy: the next read asks the API server.
+    const gets = kube.gets;
+    expect(await store.get("gone")).toBeUndefined();
+    expect(kube.gets).toBe(gets + 1);
+    expect(await store.update("gone", (current) => `${current ?? "new"}!`)).toBe("new!");
   });
 
   it("creates once: a create that loses the race re-reads the winner's value", async () => {

@@ -11,7 +11,7 @@
  * object as this process last read or wrote it, so a key's next update costs one write, not a
  * read and a write; a stale copy costs a 409 and a read, and "nothing to write" is decided on a
  * fresh read only. `entries` lists the store's ConfigMaps
- * (label `app.kubernetes.io/managed-by=devicelet`) in one paged read.
+ * (label `app.kubernetes.io/managed-by=devicelet`) in one paged read; `delete` removes a key's.
  *
  *   const store = new ConfigMapStore(kube, "devicelet-system");
  *   await store.update("mqtt.gw-1", (current) => next(current));
@@ -37,14 +37,20 @@ const SELECTOR = "app.kubernetes.io/managed-by=devicelet";
 const MAX_CAS_ATTEMPTS = 10;
 
 export class ConfigMapStore implements DurableStore {
-  readonly #kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list">;
+  readonly #kube: Pick<
+    KubeClient,
+    "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "deleteConfigMap" | "list"
+  >;
   readonly #namespace: string;
   readonly #cache = new Map<string, string | undefined>();
   /** Each key's ConfigMap as this process last read or wrote it; null: it was not there. */
   readonly #objects = new Map<string, ConfigMap | null>();
 
   constructor(
-    kube: Pick<KubeClient, "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "list">,
+    kube: Pick<
+      KubeClient,
+      "getConfigMap" | "upsertConfigMap" | "replaceConfigMap" | "deleteConfigMap" | "list"
+    >,
     namespace: string,
   ) {
     this.#kube = kube;
@@ -94,6 +100,12 @@ export class ConfigMapStore implements DurableStore {
         if (!(isConflict(err) || isAlreadyExists(err)) || attempt >= MAX_CAS_ATTEMPTS) throw err;
       }
     }
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.#kube.deleteConfigMap(this.#namespace, nameFor(key));
+    this.#cache.delete(key);
+    this.#objects.delete(key);
   }
 
   async entries(prefix: string): Promise<ReadonlyMap<string, string>> {

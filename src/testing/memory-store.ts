@@ -38,6 +38,11 @@ export class MemoryStore implements DurableStore {
     return Promise.resolve();
   }
 
+  delete(key: string): Promise<void> {
+    if (this.values.delete(key)) this.writes++;
+    return Promise.resolve();
+  }
+
   update(
     key: string,
     change: (current: string | undefined) => string | undefined,

@@ -129,7 +129,7 @@ const clusterWide = [
 /** The state namespace's Role, on top. */
 const stateOnly = () => [
   ...verbs("namespaces", "get"),
-  ...verbs("configmaps", "create", "update", "patch"),
+  ...verbs("configmaps", "create", "update", "patch", "delete"),
   ...verbs(LEASES, "create"),
   ...verbs(`${LEASES}[${fullname}]`, "get", "update"),
   ...verbs("secrets", "create"),
@@ -162,7 +162,7 @@ describe("kubectl auth can-i --list for the chart's ServiceAccount", () => {
       expect(await canI(verb, "configmaps", "-n", elsewhere)).toBe("no");
     }
     expect(await canI("update", "configmaps", "-n", ns)).toBe("yes");
-    expect(await canI("delete", "configmaps", "-n", ns)).toBe("no");
+    expect(await canI("delete", "configmaps", "-n", ns)).toBe("yes");
     expect(await canI("update", "secrets", "-n", ns)).toBe("no");
     expect(await canI("update", `secrets/${fullname}-kubelet-serving`, "-n", ns)).toBe("yes");
     expect(await canI("update", "leases/some-other-controller", "-n", ns)).toBe("no");
@@ -265,6 +265,8 @@ const usedElsewhere: Record<string, string> = {
     "src/node/status-writer.ts: the transport's NoSchedule taint (outage-broker.test.ts), and the in-sync label when the status has nothing new to write; src/node/registration.ts: adopting an earlier run's Node",
   "nodes get":
     "src/node/registration.ts: a device whose Node already exists, not in the cache (node-trust.test.ts)",
+  "configmaps delete":
+    "src/state/configmap-store.ts: a decommissioned device's state, an emptied command queue (protocol-decommission.test.ts)",
   "secrets get": "src/pod/secret-cache.ts: Secrets pods refer to (secrets-e2e.test.ts); src/kubelet/tls*.ts",
   "secrets create": "src/kubelet/tls-csr.ts: the issued serving certificate stored (kubelet-tls.test.ts)",
   "secrets update": "src/kubelet/tls-csr.ts: a renewed serving certificate stored (kubelet-tls.test.ts)",

@@ -444,6 +444,13 @@ export class FakeKube implements KubeClient {
     });
   }
 
+  async deleteConfigMap(namespace: string, name: string): Promise<boolean> {
+    await this.#call("deleteConfigMap", [namespace, name]);
+    if (!this.#get("configmaps", keyOf(namespace, name))) return false;
+    this.remove("configmaps", keyOf(namespace, name));
+    return true;
+  }
+
   async replaceConfigMap(configMap: ConfigMap): Promise<ConfigMap> {
     await this.#call("replaceConfigMap", [configMap]);
     return configMap.metadata?.resourceVersion
