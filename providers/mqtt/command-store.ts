@@ -5,7 +5,8 @@
  *
  * Writes are coalesced per device (latest wins; while one is in flight, further changes wait for
  * the next) and retried with backoff until they succeed, so a broken API server delays the copy
- * but never blocks sending. A device whose queue was never stored costs no write while empty.
+ * but never blocks sending. A device whose queue was never stored costs no write while empty; one
+ * whose queue empties has its key deleted.
  * Nothing is written before `load()` has read what an earlier process left.
  *
  *   const cs = new CommandStore({ store, logger, snapshot: (id) => queue.pending(id) });
@@ -127,7 +128,9 @@ export class CommandStore {
       const commands = this.#snapshot(deviceId);
       if (commands.length === 0 && !w.stored) continue;
       try {
-        await this.#store.set(PREFIX + deviceId, JSON.stringify(commands));
+        // An emptied queue is deleted, not stored empty: a device's key exists while it waits.
+        if (commands.length === 0) await this.#store.delete(PREFIX + deviceId);
+        else await this.#store.set(PREFIX + deviceId, JSON.stringify(commands));
         w.stored = commands.length > 0;
         w.failures = 0;
       } catch (err) {
@@ -142,5 +145,7 @@ export class CommandStore {
       }
     } while (w.again && !this.#stopped);
     w.running = false;
+    // Nothing stored and nothing to write: nothing of the device is kept (it may be gone for good).
+    if (!w.stored && !w.again) this.#devices.delete(deviceId);
   }
 }

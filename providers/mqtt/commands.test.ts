@@ -101,6 +101,8 @@ describe("CommandQueue across a devicelet restart", () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(stored(store)).toEqual([]);
     expect(second.queue.pending("gw-1")).toEqual([]);
+    // Deleted, not stored empty: a device's key exists only while commands wait for it.
+    expect(store.values.has(KEY)).toBe(false);
   });
 
   it("keeps the absolute expiry: a command that expired during the restart is never sent", async () => {

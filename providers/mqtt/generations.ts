@@ -157,7 +157,7 @@ export class GenerationAllocator {
    */
   forget(deviceId: string): Promise<void> {
     return this.#locked(deviceId, async () => {
-      await this.#store.set(storeKey(deviceId), "");
+      await this.#store.delete(storeKey(deviceId));
       this.#onWrite();
       this.#entries.delete(deviceId);
     });

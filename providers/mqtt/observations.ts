@@ -45,6 +45,11 @@ export class Observations {
     return this.#devices.get(deviceId);
   }
 
+  /** Drops what was seen of a device (it was decommissioned). */
+  forget(deviceId: string): void {
+    this.#devices.delete(deviceId);
+  }
+
   #entry(deviceId: string): DeviceObservation {
     let o = this.#devices.get(deviceId);
     if (!o) {

@@ -85,6 +85,11 @@ export class DesiredLatency {
     if (left.length > 0) this.#byDevice.set(deviceId, left);
     else this.#byDevice.delete(deviceId);
   }
+
+  /** Drops the documents a device never acknowledged (it was decommissioned). */
+  forget(deviceId: string): void {
+    this.#byDevice.delete(deviceId);
+  }
 }
 
 /** The gauges the provider reports, each read at scrape time. */

@@ -10,7 +10,8 @@
  *    for a tombstone are released, and those pods are reported deleted);
  * 3. its retained `desired`, `state` and `reported` are cleared (zero-length retained publishes);
  * 4. its pending commands end as expired and its stored queue is emptied;
- * 5. its durable record (epoch, reserved generations, last birth) is dropped.
+ * 5. its durable record (epoch, reserved generations, last birth) and its pods' workload hashes
+ *    are deleted from the store, and what the other parts remember of it in memory is dropped.
  *
  *   const outcome = await retireDevice(deps, "gw-9");   // "retired" | "online"
  */
@@ -33,6 +34,11 @@ export interface RetireDeps {
   readonly forgetPod: (ref: PodRef) => void;
   /** A tombstoned pod whose deletion now completes. */
   readonly deleted: (ref: PodRef) => void;
+  /**
+   * Drops what the provider's other parts keep of the device: in memory (observations, stats) and
+   * in the store (its pods' workload hashes).
+   */
+  readonly forgetDevice: (deviceId: string) => Promise<void>;
   readonly logger: Logger;
 }
 
@@ -58,6 +64,7 @@ export async function retireDevice(d: RetireDeps, deviceId: string): Promise<"re
   ]);
   const commands = d.commands.forget(deviceId, "the device was decommissioned");
   await d.allocator.forget(deviceId);
+  await d.forgetDevice(deviceId);
   d.logger.info(
     {
       device: deviceId,

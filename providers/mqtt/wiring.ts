@@ -355,6 +355,13 @@ export function wireMqtt(o: {
     recordEvent,
     forgetPod: (ref) => workloads.forget(ref),
     deleted,
+    forgetDevice: async (deviceId) => {
+      observations.forget(deviceId);
+      stats.forget(deviceId);
+      latency.forget(deviceId);
+      stages.observe(deviceId); // nothing published or observed any more: its stages and sync go
+      await workloads.forgetDevice(deviceId);
+    },
     logger,
   });
   context.metrics?.observe(deviceGauges({ desired, observations, commands, connection }));

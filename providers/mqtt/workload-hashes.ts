@@ -39,6 +39,7 @@
  *   hashes.later("gw-1", () => entriesOfGw1);              // written within RECORD_DELAY_MS
  *   await hashes.writeNow("gw-1");                         // this one now (a restart-request value)
  *   await hashes.flush();                                  // at stop: every pending record now
+ *   await hashes.forget("gw-1");                           // decommissioned: its record deleted
  */
 import type { Logger } from "pino";
 import type { DurableStore } from "../../src/provider/types.ts";
@@ -72,7 +73,7 @@ type Stored = readonly [deviceHash: string, workloadHash: string, restartToken?:
 type Entries = () => Iterable<HashEntry> | undefined;
 
 export class WorkloadHashes {
-  readonly #store: Pick<DurableStore, "set" | "entries">;
+  readonly #store: Pick<DurableStore, "set" | "entries" | "delete">;
   readonly #log: Logger;
   /** What the store held at start, by uid. */
   readonly #restored = new Map<string, Stored>();
@@ -86,7 +87,7 @@ export class WorkloadHashes {
   readonly #writing = new Map<string, Promise<Error | undefined>>();
 
   constructor(options: {
-    store: Pick<DurableStore, "set" | "entries">;
+    store: Pick<DurableStore, "set" | "entries" | "delete">;
     logger: Logger;
     /** Fingerprint of the configuration the translation depends on; default "" (tests). */
     config?: string;
@@ -157,6 +158,19 @@ export class WorkloadHashes {
     const failed = await this.#write(deviceId);
     if (failed) throw failed;
     await this.#writing.get(deviceId);
+  }
+
+  /**
+   * Drops the device's record, in the store and here, after its write in flight if any (the device
+   * was decommissioned). A write that waited for its delay is not made.
+   */
+  async forget(deviceId: string): Promise<void> {
+    const pending = this.#pending.get(deviceId);
+    if (pending) clearTimeout(pending.timer);
+    this.#pending.delete(deviceId);
+    await this.#writing.get(deviceId);
+    await this.#store.delete(PREFIX + deviceId);
+    this.#saved.delete(deviceId);
   }
 
   /** Writes every pending record now (stop). Never rejects: a failed write is logged. */

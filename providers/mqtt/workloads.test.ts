@@ -162,6 +162,19 @@ describe("Workloads across a restart", () => {
     expect(retained.get("gw-1")).toBe(document);
   });
 
+  it("deletes a decommissioned device's record, and does not write the one waiting for its delay", async () => {
+    const store = new MemoryStore();
+    const retained = new Map<string, DesiredDocument>();
+    const first = await devicelet(store, retained);
+    await first.apply(workload({ image: "app:1", hash: "W1" }));
+    await first.stop();
+    expect(store.values.has("mqtt-workloads.gw-1")).toBe(true);
+    await first.apply(workload({ image: "app:2", hash: "W2" })); // its record waits for the delay
+    await first.workloads.forgetDevice("gw-1");
+    await vi.advanceTimersByTimeAsync(RECORD_DELAY_MS * 2);
+    expect(store.values.has("mqtt-workloads.gw-1")).toBe(false);
+  });
+
   it("tries a failed write again after the delay", async () => {
     const store = new MemoryStore();
     const retained = new Map<string, DesiredDocument>();

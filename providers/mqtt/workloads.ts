@@ -34,7 +34,7 @@ export interface WorkloadsOptions {
   readonly orphans: Pick<Orphans, "claim" | "listed">;
   readonly restarts: Pick<RestartRequests, "observe" | "seen" | "recall" | "forget">;
   readonly secrets: SecretGate;
-  readonly hashes: Pick<WorkloadHashes, "load" | "restored" | "later" | "writeNow" | "flush">;
+  readonly hashes: Pick<WorkloadHashes, "load" | "restored" | "later" | "writeNow" | "flush" | "forget">;
   /** Reports a pod deleted (the provider tells the engine, after the current step). */
   readonly deleted: (ref: PodRef) => void;
   /** Told of each change this process makes to a pod's content, so its stages become Events. */
@@ -188,6 +188,11 @@ export class Workloads {
     this.#o.restarts.forget(ref.uid);
     this.#hashes.delete(ref.uid);
     this.#uploads.delete(ref.uid);
+  }
+
+  /** Drops the stored hashes of a decommissioned device (its pods are forgotten one by one). */
+  forgetDevice(deviceId: string): Promise<void> {
+    return this.#o.hashes.forget(deviceId);
   }
 
   /**
