@@ -92,6 +92,26 @@ describe("EventRecorder", () => {
     ]);
   });
 
+  it("lets go of series past their window and of idle objects' budgets, but not of what is still to write", async () => {
+    const { clock, api, recorder } = setup({ maxWritesPerMinute: 1 });
+    const gone = (i: number): ObjectReference => ({ ...podRef, name: `gone-${i}`, uid: `uid-gone-${i}` });
+    for (let i = 0; i < 50; i++) recorder.warning(gone(i), "BackOff", "crashing");
+    // The first object's budget is spent: its repeat waits for the budget to refill.
+    recorder.warning(gone(0), "BackOff", "crashing again");
+    await recorder.flush();
+    expect(recorder.held()).toEqual({ series: 50, objects: 50 });
+    clock.advance(5 * 60_000); // past the budgets' minute, within the series' window
+    recorder.normal(podRef, "Started", "a");
+    await recorder.flush();
+    expect(recorder.held()).toEqual({ series: 51, objects: 1 });
+    clock.advance(6 * 60_000); // past the window of the fifty
+    recorder.normal(otherRef, "Started", "b");
+    await recorder.flush();
+    expect(recorder.held()).toEqual({ series: 2, objects: 1 });
+    // The repeat held back was written before its series went: the count is right.
+    expect(api.writes.filter((w) => w.startsWith("patch gone-0"))).toEqual(["patch gone-0.1 count=2"]);
+  });
+
   it("keeps series of one reason apart (Started per container), each with its own count", async () => {
     const { api, recorder } = setup();
     recorder.record({

@@ -14,7 +14,10 @@
  *   written as the budget refills, so a thousand devices reporting at once cannot put a thousand
  *   Events ahead of the pod statuses and deletes that share the API server with them.
  * - Best effort: `record` never throws or blocks; a failed write is logged and not retried (the
- *   next record of the series writes again). Memory is bounded by `maxSeries` (LRU).
+ *   next record of the series writes again). Memory is bounded by `maxSeries` (LRU), and holds
+ *   only what is still of use: a series past its window, written, and an object's budget idle for
+ *   a minute (full again) are let go at the next record, so the objects of a churning fleet (pods
+ *   deleted long ago) are not kept.
  *
  *   const events = new EventRecorder({ client, logger });
  *   events.record({ object: { kind: "Pod", namespace, name, uid, apiVersion: "v1" },
@@ -125,6 +128,11 @@ export class EventRecorder {
       timer: undefined,
       waiting: new Set(),
     };
+  }
+
+  /** What is held now: series, and objects with a write budget (tests). */
+  held(): { readonly series: number; readonly objects: number } {
+    return { series: this.#series.size, objects: this.#budgets.size };
   }
 
   /** Records an event; returns at once. Never throws. */
@@ -300,6 +308,9 @@ export class EventRecorder {
       budget.tokens + ((now - budget.updated) * this.#perMinute) / 60_000,
     );
     budget.updated = now;
+    // Least recently used first, for #evict.
+    this.#budgets.delete(series.objectKey);
+    this.#budgets.set(series.objectKey, budget);
     if (budget.tokens >= 1) {
       budget.tokens -= 1;
       return true;
@@ -325,18 +336,20 @@ export class EventRecorder {
   }
 
   #evict(): void {
-    while (this.#series.size > this.#maxSeries) {
-      const oldest = this.#series.keys().next();
-      if (oldest.done) break;
-      this.#series.delete(oldest.value);
+    const now = this.#clock.now();
+    // Least recently recorded first. Beyond maxSeries the oldest go whatever they are; a series past
+    // its window goes once written (a later record starts a new Event anyway). The sweep stops at
+    // the first series still in its window.
+    for (const [key, series] of this.#series) {
+      const expired = now - series.last > this.#window;
+      if (this.#series.size <= this.#maxSeries && !expired) break;
+      if (this.#series.size <= this.#maxSeries && (series.dirty || series.inFlight)) continue;
+      this.#series.delete(key);
     }
-    // An idle object's budget is full again after a minute; forgetting it then changes nothing.
-    if (this.#budgets.size > this.#maxSeries) {
-      const now = this.#clock.now();
-      for (const [key, budget] of this.#budgets) {
-        if (this.#budgets.size <= this.#maxSeries) break;
-        if (budget.timer === undefined && now - budget.updated >= 60_000) this.#budgets.delete(key);
-      }
+    // An idle object's budget is full again after a minute: forgetting it then changes nothing.
+    for (const [key, budget] of this.#budgets) {
+      if (now - budget.updated < 60_000) break;
+      if (budget.timer === undefined) this.#budgets.delete(key);
     }
   }
 }
