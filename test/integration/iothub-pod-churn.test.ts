@@ -5,7 +5,7 @@
  * running must be found.
  */
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -13,7 +13,7 @@ import { startIotHubEmulator, type IotHubEmulator } from "../../hack/iothub-emul
 import { startSimulator, type Simulator } from "../../src/device/simulator.ts";
 import { runDevicelet, type DeviceletProcess } from "../support/devicelet.ts";
 import { eventually } from "../support/eventually.ts";
-import { readHeapSnapshot } from "../support/heap-snapshot.ts";
+import { heapSnapshotFlags, podsHeld, readHeapSnapshot, takeHeapSnapshot } from "../support/heap-snapshot.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { pod, type PodJson } from "../support/workloads.ts";
@@ -47,7 +47,7 @@ beforeAll(async () => {
   devicelet = await runDevicelet({
     id,
     expectNodes: 1,
-    nodeFlags: ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${snapshots}`],
+    nodeFlags: heapSnapshotFlags(snapshots),
     config: () => ({
       provider: {
         type: "iothub",
@@ -127,27 +127,17 @@ data: { mode: fast }
     });
     await new Promise((resolve) => setTimeout(resolve, 6_000));
 
-    devicelet.signal("SIGUSR2");
-    const file = await eventually(
-      () => {
-        const name = readdirSync(snapshots).find((n) => n.endsWith(".heapsnapshot"));
-        if (!name) throw new Error("no heap snapshot yet");
-        const f = path.join(snapshots, name);
-        if (!readFileSync(f, "utf8").endsWith("]}")) throw new Error("heap snapshot not written whole yet");
-        return f;
-      },
-      { timeoutMs: 60_000 },
-    );
+    const file = await takeHeapSnapshot(devicelet, snapshots);
     // The Event recorder keeps its series for their aggregation window, bounded (kube/events.ts).
     const heap = readHeapSnapshot(file, { ignoreEdges: ["#series", "#budgets"] });
     const keeper = all.find((p) => p.metadata.name === "keeper");
     expect(heap.held(keeper?.metadata.uid ?? "no keeper")).toBeDefined();
-    const kept = all
-      .filter((p) => p !== keeper)
-      .flatMap((p) => {
-        const how = heap.held(p.metadata.uid) ?? heap.held(`${ns}/${p.metadata.name}`);
-        return how === undefined ? [] : [`${p.metadata.name}:\n${how}`];
-      });
-    expect(kept).toEqual([]);
+    expect(
+      podsHeld(
+        heap,
+        ns,
+        all.filter((p) => p !== keeper),
+      ),
+    ).toEqual([]);
   });
 });

@@ -11,8 +11,13 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startDevicelet, type RunningDevicelet } from "../support/devicelet.ts";
 import { eventually } from "../support/eventually.ts";
-import { kubeletGet, servingCertificate, type KubeletAnswer } from "../support/kubelet-client.ts";
-import { apply, getJson, kubectl } from "../support/kubectl.ts";
+import {
+  kubeletGet,
+  kubeletPorts,
+  servingCertificate,
+  type KubeletAnswer,
+} from "../support/kubelet-client.ts";
+import { apply, kubectl } from "../support/kubectl.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { pod } from "../support/workloads.ts";
 
@@ -71,15 +76,7 @@ beforeAll(async () => {
     expectNodes: 2,
   });
   ports = await eventually(async () => {
-    const nodes = await getJson<{
-      items: {
-        metadata: { name: string };
-        status: { daemonEndpoints: { kubeletEndpoint: { Port: number } } };
-      }[];
-    }>(["nodes", "-l", devicelet.nodeSelector]);
-    const found = new Map(
-      nodes.items.map((n) => [n.metadata.name, n.status.daemonEndpoints.kubeletEndpoint.Port]),
-    );
+    const found = await kubeletPorts(devicelet.nodeSelector);
     if (found.size !== 2 || [...found.values()].some((p) => !p))
       throw new Error("nodes have no kubelet port yet");
     return found;

@@ -5,12 +5,12 @@
  * have their pods and Nodes deleted; then devicelet's heap is searched for their IDs and their
  * pods' UIDs. A device left running, and its pod, must be found, or the search proves nothing.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eventually } from "../support/eventually.ts";
-import { readHeapSnapshot } from "../support/heap-snapshot.ts";
+import { heapSnapshotFlags, podsHeld, readHeapSnapshot, takeHeapSnapshot } from "../support/heap-snapshot.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { barePod } from "../support/mqtt.ts";
 import { mqttScene } from "../support/scene.ts";
@@ -26,7 +26,7 @@ const scene = mqttScene({
   id,
   devices: [keeper, ...retired].map((device) => ({ id: device, kind: "gateway" as const })),
   simulator: { appStartMs: 100, statsIntervalSeconds: 5 },
-  nodeFlags: ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${snapshots}`],
+  nodeFlags: heapSnapshotFlags(snapshots),
 });
 
 beforeAll(() => scene.start());
@@ -91,17 +91,7 @@ describe("devices decommissioned", () => {
     });
     await new Promise((resolve) => setTimeout(resolve, 6_000));
 
-    scene.devicelet.signal("SIGUSR2");
-    const file = await eventually(
-      () => {
-        const name = readdirSync(snapshots).find((n) => n.endsWith(".heapsnapshot"));
-        if (!name) throw new Error("no heap snapshot yet");
-        const f = path.join(snapshots, name);
-        if (!readFileSync(f, "utf8").endsWith("]}")) throw new Error("heap snapshot not written whole yet");
-        return f;
-      },
-      { timeoutMs: 60_000 },
-    );
+    const file = await takeHeapSnapshot(scene.devicelet, snapshots);
     // Kept on purpose: the registry's mark of a retired device (what it still publishes is dropped
     // until it is born again), the Event recorder's series for their aggregation window, and the
     // pod cache's tables of what pods share (the node's name, a condition whose message names the
@@ -112,12 +102,17 @@ describe("devices decommissioned", () => {
     expect(heap.held(keeper)).toBeDefined();
     const keeperPod = all.find((p) => p.spec.nodeName === keeper);
     expect(heap.held(keeperPod?.metadata.uid ?? "no keeper pod")).toBeDefined();
-    const kept = [
-      ...retired.map((device) => [device, heap.held(device)] as const),
-      ...all
-        .filter((p) => p.spec.nodeName !== keeper)
-        .map((p) => [p.metadata.name, heap.held(p.metadata.uid)] as const),
-    ].flatMap(([what, how]) => (how === undefined ? [] : [`${what}:\n${how}`]));
-    expect(kept).toEqual([]);
+    const devicesHeld = retired.flatMap((device) => {
+      const how = heap.held(device);
+      return how === undefined ? [] : [`${device}:\n${how}`];
+    });
+    expect(devicesHeld).toEqual([]);
+    expect(
+      podsHeld(
+        heap,
+        ns,
+        all.filter((p) => p.spec.nodeName !== keeper),
+      ),
+    ).toEqual([]);
   });
 });

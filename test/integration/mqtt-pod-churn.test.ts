@@ -4,13 +4,13 @@
  * sessions, some deleted while their device is offline and stopped once it is back. Once they are
  * gone, devicelet's heap must reach nothing of theirs; a pod left running must be found.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eventually } from "../support/eventually.ts";
-import { readHeapSnapshot } from "../support/heap-snapshot.ts";
-import { kubeletGet, servingCertificate } from "../support/kubelet-client.ts";
+import { heapSnapshotFlags, podsHeld, readHeapSnapshot, takeHeapSnapshot } from "../support/heap-snapshot.ts";
+import { kubeletGet, kubeletPorts, servingCertificate } from "../support/kubelet-client.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
@@ -39,7 +39,7 @@ const scene = mqttScene({
       tls: { source: "files", ...servingCertificate(dir) },
     },
   },
-  nodeFlags: ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${snapshots}`],
+  nodeFlags: heapSnapshotFlags(snapshots),
 });
 
 beforeAll(() => scene.start());
@@ -101,15 +101,7 @@ stringData: { value: s3cr3t }
     );
 
     // Every pod's logs through its node's kubelet API: the device's log session, and its cache.
-    const nodes = await getJson<{
-      items: {
-        metadata: { name: string };
-        status: { daemonEndpoints: { kubeletEndpoint: { Port: number } } };
-      }[];
-    }>(["nodes", "-l", scene.nodeSelector]);
-    const port = new Map(
-      nodes.items.map((n) => [n.metadata.name, n.status.daemonEndpoints.kubeletEndpoint.Port]),
-    );
+    const port = await kubeletPorts(scene.nodeSelector);
     for (const p of all) {
       const logs = await kubeletGet(
         port.get(p.spec.nodeName ?? "") ?? 0,
@@ -145,27 +137,17 @@ stringData: { value: s3cr3t }
     // device's stats once it reports again) has.
     await new Promise((resolve) => setTimeout(resolve, 6_000));
 
-    scene.devicelet.signal("SIGUSR2");
-    const file = await eventually(
-      () => {
-        const name = readdirSync(snapshots).find((n) => n.endsWith(".heapsnapshot"));
-        if (!name) throw new Error("no heap snapshot yet");
-        const f = path.join(snapshots, name);
-        if (!readFileSync(f, "utf8").endsWith("]}")) throw new Error("heap snapshot not written whole yet");
-        return f;
-      },
-      { timeoutMs: 60_000 },
-    );
+    const file = await takeHeapSnapshot(scene.devicelet, snapshots);
     // The Event recorder keeps its series for their aggregation window, bounded (kube/events.ts).
     const heap = readHeapSnapshot(file, { ignoreEdges: ["#series", "#budgets"] });
     const keeper = all.find((p) => p.metadata.name === "keeper");
     expect(heap.held(keeper?.metadata.uid ?? "no keeper")).toBeDefined();
-    const kept = all
-      .filter((p) => p !== keeper)
-      .flatMap((p) => {
-        const how = heap.held(p.metadata.uid) ?? heap.held(`${ns}/${p.metadata.name}`);
-        return how === undefined ? [] : [`${p.metadata.name}:\n${how}`];
-      });
-    expect(kept).toEqual([]);
+    expect(
+      podsHeld(
+        heap,
+        ns,
+        all.filter((p) => p !== keeper),
+      ),
+    ).toEqual([]);
   });
 });

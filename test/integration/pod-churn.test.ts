@@ -7,14 +7,14 @@
  * name among the strings devicelet's heap still reaches (a V8 heap snapshot). A pod left running
  * beside them must be found, or the search proves nothing.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startDevicelet, type RunningDevicelet } from "../support/devicelet.ts";
 import { eventually } from "../support/eventually.ts";
-import { readHeapSnapshot } from "../support/heap-snapshot.ts";
-import { kubeletGet, servingCertificate } from "../support/kubelet-client.ts";
+import { heapSnapshotFlags, podsHeld, readHeapSnapshot, takeHeapSnapshot } from "../support/heap-snapshot.ts";
+import { kubeletGet, kubeletPorts, servingCertificate } from "../support/kubelet-client.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { deployment, pod, type PodJson } from "../support/workloads.ts";
@@ -49,7 +49,7 @@ beforeAll(async () => {
         tls: { source: "files", ...servingCertificate(dir) },
       },
     },
-    nodeFlags: ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${snapshots}`],
+    nodeFlags: heapSnapshotFlags(snapshots),
     expectNodes: 3,
   });
 });
@@ -106,15 +106,7 @@ data: { mode: fast }
     );
 
     // Each pod read through its node's kubelet API: logs, and stats twice (the summary keeps a rate).
-    const nodes = await getJson<{
-      items: {
-        metadata: { name: string };
-        status: { daemonEndpoints: { kubeletEndpoint: { Port: number } } };
-      }[];
-    }>(["nodes", "-l", devicelet.nodeSelector]);
-    const port = new Map(
-      nodes.items.map((n) => [n.metadata.name, n.status.daemonEndpoints.kubeletEndpoint.Port]),
-    );
+    const port = await kubeletPorts(devicelet.nodeSelector);
     for (const p of all) {
       const logs = await kubeletGet(
         port.get(p.spec.nodeName ?? "") ?? 0,
@@ -151,26 +143,12 @@ data: { mode: fast }
     // What forgets once the watch shows the delete (the status writer's last write) has done so.
     await new Promise((resolve) => setTimeout(resolve, 5_000));
 
-    devicelet.signal("SIGUSR2");
-    const file = await eventually(
-      () => {
-        const name = readdirSync(snapshots).find((n) => n.endsWith(".heapsnapshot"));
-        if (!name) throw new Error("no heap snapshot yet");
-        const f = path.join(snapshots, name);
-        if (!readFileSync(f, "utf8").endsWith("]}")) throw new Error("heap snapshot not written whole yet");
-        return f;
-      },
-      { timeoutMs: 60_000 },
-    );
+    const file = await takeHeapSnapshot(devicelet, snapshots);
     // The mock keeps the last removed pods' create counts on purpose (bounded), to catch a pod
     // created again after its removal.
     const heap = readHeapSnapshot(file, { ignoreEdges: ["#removedCreates", "#series", "#budgets"] });
     expect(heap.held(keeper?.metadata.uid ?? "no keeper")).toBeDefined();
     expect(heap.held(`${ns}/keeper`)).toBeDefined();
-    const kept = gone.flatMap((p) => {
-      const how = heap.held(p.metadata.uid) ?? heap.held(`${ns}/${p.metadata.name}`);
-      return how === undefined ? [] : [`${p.metadata.name}:\n${how}`];
-    });
-    expect(kept).toEqual([]);
+    expect(podsHeld(heap, ns, gone)).toEqual([]);
   });
 });

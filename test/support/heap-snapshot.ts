@@ -3,13 +3,17 @@
  * still holds: the strings reachable from its roots, and how each is reached, for tests that check
  * a process keeps nothing of what it was done with.
  *
- *   const heap = readHeapSnapshot(file, { ignoreEdges: ["#removedCreates"] });
+ *   const d = await startDevicelet({ ..., nodeFlags: heapSnapshotFlags(dir) });
+ *   const heap = readHeapSnapshot(await takeHeapSnapshot(d, dir), { ignoreEdges: ["#removedCreates"] });
  *   heap.held("a-pod-uid");          // the path from a root to it, or undefined
+ *   podsHeld(heap, namespace, pods); // "name: path" for each pod whose UID or key is held
  *
  * Only strong references count: weak edges, and the tables of internalized and external strings
  * (V8 drops an entry of theirs once nothing else holds its string), are not followed.
  */
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { eventually } from "./eventually.ts";
 
 interface Snapshot {
   readonly snapshot: {
@@ -101,4 +105,43 @@ export function readHeapSnapshot(
       return path.join("\n");
     },
   };
+}
+
+/** Node.js flags for a process whose heap a test will read: SIGUSR2 writes a snapshot into `dir`. */
+export const heapSnapshotFlags = (dir: string): string[] => [
+  "--heapsnapshot-signal=SIGUSR2",
+  `--diagnostic-dir=${dir}`,
+];
+
+/**
+ * Has the process (started with {@link heapSnapshotFlags}) write a heap snapshot into `dir`, the
+ * first one there; resolves with its path once it is written whole. V8 collects the garbage first.
+ */
+export async function takeHeapSnapshot(
+  process_: { signal(signal: NodeJS.Signals): void },
+  dir: string,
+): Promise<string> {
+  process_.signal("SIGUSR2");
+  return eventually(
+    () => {
+      const name = readdirSync(dir).find((n) => n.endsWith(".heapsnapshot"));
+      if (!name) throw new Error("no heap snapshot yet");
+      const file = path.join(dir, name);
+      if (!readFileSync(file, "utf8").endsWith("]}")) throw new Error("heap snapshot not written whole yet");
+      return file;
+    },
+    { timeoutMs: 60_000 },
+  );
+}
+
+/** For each pod the heap still holds by its UID or its `<namespace>/<name>` key: its name and how. */
+export function podsHeld(
+  heap: HeapStrings,
+  namespace: string,
+  pods: readonly { readonly metadata: { readonly name: string; readonly uid: string } }[],
+): string[] {
+  return pods.flatMap((p) => {
+    const how = heap.held(p.metadata.uid) ?? heap.held(`${namespace}/${p.metadata.name}`);
+    return how === undefined ? [] : [`${p.metadata.name}:\n${how}`];
+  });
 }

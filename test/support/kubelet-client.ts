@@ -7,6 +7,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import path from "node:path";
+import { getJson } from "./kubectl.ts";
 import { testenvDir } from "./testenv.ts";
 
 const pki = (f: string) => path.join(testenvDir, "pki", f);
@@ -45,6 +46,19 @@ export function servingCertificate(dir: string): { certFile: string; keyFile: st
     ]),
   );
   return { certFile: f("tls.crt"), keyFile: f("tls.key") };
+}
+
+/** Each node's kubelet port, as its status advertises it (0 until it does), by node name. */
+export async function kubeletPorts(nodeSelector: string): Promise<Map<string, number>> {
+  const nodes = await getJson<{
+    items: {
+      metadata: { name: string };
+      status: { daemonEndpoints?: { kubeletEndpoint?: { Port?: number } } };
+    }[];
+  }>(["nodes", "-l", nodeSelector]);
+  return new Map(
+    nodes.items.map((n) => [n.metadata.name, n.status.daemonEndpoints?.kubeletEndpoint?.Port ?? 0]),
+  );
 }
 
 export interface KubeletAnswer {
