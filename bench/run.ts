@@ -5,6 +5,8 @@
  *   throughput  5,000 pods with nodeName set, created straight through the API, over 100 mock
  *            device nodes and then 100 KWOK nodes: pods/s, API requests per pod, CPU, memory
  *            (THROUGHPUT_PODS, THROUGHPUT_NODES)
+ *   churn    6 rounds of 2,000 pods over 50 mock device nodes created and deleted, then the same on
+ *            KWOK: whether memory stays level, and deletes per second (CHURN_ROUNDS, CHURN_PODS)
  *   scale    10,000 pods over 1,000 mock device nodes held for 10 minutes, then the same on KWOK:
  *            memory, NotReady nodes, steady API rate and CPU (SCALE_NODES, SCALE_PODS,
  *            SCALE_HOLD_SECONDS)
@@ -27,6 +29,7 @@ import { stopOnSignals } from "./interrupt.ts";
 const benches: Record<string, () => Promise<unknown>> = {
   engine: async () => (await import("./engine.ts")).benchEngine(),
   throughput: async () => (await import("./throughput.ts")).benchThroughput(),
+  churn: async () => (await import("./churn.ts")).benchChurn(),
   scale: async () => (await import("./scale.ts")).benchScale(),
   mqtt: async () => (await import("./mqtt.ts")).benchMqtt(),
   iothub: async () => (await import("./iothub.ts")).benchIotHub(),
