@@ -20,7 +20,7 @@
  * CHURN_TOOLS (default `devicelet,kwok`) picks the tools.
  */
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BenchApi, inPool } from "./api.ts";
@@ -113,23 +113,21 @@ async function liveHeapMiB(pid: number, round: number): Promise<number> {
   const written = () =>
     readdirSync(HEAP_DIR).filter((f) => f.endsWith(".heapsnapshot") && !f.startsWith("round-"));
   process.kill(pid, "SIGUSR2");
-  let file = "";
+  let text = "";
   await waitUntil(
     "a heap snapshot of devicelet",
     () => {
       const [name] = written();
       if (name === undefined) return false;
-      const text = readFileSync(path.join(HEAP_DIR, name), "utf8");
+      text = readFileSync(path.join(HEAP_DIR, name), "utf8");
       if (!text.endsWith("]}")) return false;
-      file = path.join(HEAP_DIR, `round-${round}.heapsnapshot`);
-      writeFileSync(file, text);
-      rmSync(path.join(HEAP_DIR, name));
+      renameSync(path.join(HEAP_DIR, name), path.join(HEAP_DIR, `round-${round}.heapsnapshot`));
       return true;
     },
     120_000,
     500,
   );
-  return snapshotBytes(JSON.parse(readFileSync(file, "utf8")) as HeapSnapshot) / 2 ** 20;
+  return snapshotBytes(JSON.parse(text) as HeapSnapshot) / 2 ** 20;
 }
 
 /** Pods left in `namespace`, from one page of one: the API server counts the rest. */
