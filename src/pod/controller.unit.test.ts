@@ -360,6 +360,42 @@ describe("PodController (fake API server, FakeClock)", () => {
     expect(w.kube.count("patchPodStatus")).toBe(writes);
   });
 
+  it("gives the device the whole grace period from its stop request when the deletion waited past its deadline", async () => {
+    const w = await world();
+    const first = await startController(w);
+    w.kube.apply("pods", pod("late", "uid-late"));
+    w.kube.apply("pods", pod("stuck", "uid-stuck"));
+    await w.clock.advanceAsync(1_000);
+    expect(await running(w, "uid-late")).toBe("Running");
+    expect(await running(w, "uid-stuck")).toBe("Running");
+    // Deleted with a grace period of 2 s that is over before devicelet gets to them, as in a burst of
+    // deletes behind a queue, or here while it was down. "stuck"'s device never confirms.
+    first.stop.abort();
+    w.kube.deletePodAsUser("ns", "late", 2);
+    w.kube.deletePodAsUser("ns", "stuck", 2);
+    await w.clock.advanceAsync(10_000);
+    const deletePod = w.provider.deletePod.bind(w.provider);
+    w.provider.deletePod = (ref, options) =>
+      ref.uid === "uid-stuck" ? Promise.resolve() : deletePod(ref, options);
+    const writes = w.kube.count("patchPodStatus");
+    const waiting = () =>
+      stored(w, "stuck")?.status?.conditions?.find((c) => c.type === "devicelet.dev/StopConfirmed");
+
+    await startController(w);
+    // "late" stops 100 ms after it is asked to: gone, with no status written for it on the way.
+    await w.clock.advanceAsync(1_000);
+    expect(stored(w, "late")).toBeUndefined();
+    expect(w.deletes).toContainEqual({ uid: "uid-late", gracePeriodSeconds: 2 });
+    // "stuck" is not said to be waiting for its device before 2 s from devicelet's request...
+    await w.clock.advanceAsync(900);
+    expect(waiting()).toBeUndefined();
+    expect(w.kube.count("patchPodStatus")).toBe(writes);
+    // ...and is once they are over.
+    await w.clock.advanceAsync(200);
+    expect(waiting()).toMatchObject({ status: "False", reason: "WaitingForDevice" });
+    expect(stored(w, "stuck")).toBeDefined();
+  });
+
   it("never writes a status over a newer pod of the same name while the pod cache lags", async () => {
     const w = await world();
     await startController(w);

@@ -9,6 +9,10 @@
  *   says, with the `devicelet.dev/StopConfirmed` condition False (`WaitingForDevice`) once the
  *   device is offline or the grace period is over. This keeps a StatefulSet at one instance: its
  *   controller creates the replacement only when the old object is gone.
+ * - The grace period is over when it is over both by the pod's `deletionTimestamp` and counted from
+ *   when this process asked the provider to stop the pod, as a kubelet counts it from when it starts
+ *   killing: a pod whose deletion waited in the queue past its deadline (a burst of deletes, a
+ *   restart) still gives the device the whole grace period before it is said to be waiting.
  * - A pod object removed by someone else (a force delete, `--grace-period=0 --force`, or while
  *   devicelet was down) still gets its provider work deleted, with the last deletion grace period
  *   seen or else the pod spec's `terminationGracePeriodSeconds` (30 when unknown), not 0.
@@ -74,6 +78,11 @@ export class PodDeletion {
   readonly #clock: Clock;
   /** Uids whose deletion the provider confirmed, until the controller forgets them. */
   readonly #confirmed = new Set<string>();
+  /**
+   * By uid, when the provider was last asked to stop the pod (epoch ms) plus the grace period it
+   * was asked with: kept while the pod is Terminating, until the controller forgets it.
+   */
+  readonly #stopDeadlines = new Map<string, number>();
 
   constructor(options: PodDeletionOptions) {
     this.#o = options;
@@ -95,6 +104,7 @@ export class PodDeletion {
 
   release(uid: string): void {
     this.#confirmed.delete(uid);
+    this.#stopDeadlines.delete(uid);
   }
 
   /** A Terminating pod: stop it on the provider, then remove the object once that is confirmed. */
@@ -107,6 +117,7 @@ export class PodDeletion {
       held.gracePeriodSeconds = Math.min(held.gracePeriodSeconds, grace);
       if (held.requestedGrace === undefined || grace < held.requestedGrace) {
         // NotFound: the provider has nothing of it any more, which is the confirmation itself.
+        this.#stopDeadlines.set(ref.uid, this.#clock.now() + grace * 1000);
         if ((await this.#stop(ref, grace)) === "gone") this.#confirmed.add(ref.uid);
         held.requestedGrace = grace;
       }
@@ -160,7 +171,10 @@ export class PodDeletion {
   async #waitForDevice(pod: Pod, ref: PodRef): Promise<ReconcileResult> {
     const nodeName = pod.spec?.nodeName ?? "";
     const node = this.#o.deviceOf(nodeName);
-    const deadline = pod.metadata?.deletionTimestamp ? parseKubeTime(pod.metadata.deletionTimestamp) : 0;
+    const deadline = Math.max(
+      pod.metadata?.deletionTimestamp ? parseKubeTime(pod.metadata.deletionTimestamp) : 0,
+      this.#stopDeadlines.get(ref.uid) ?? 0,
+    );
     const remaining = deadline - this.#clock.now();
     const notified = hasDeletionNotifier(this.#o.provider);
     // A connected device normally confirms within the grace period: say nothing before it is over.
