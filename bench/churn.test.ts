@@ -1,6 +1,6 @@
 /** The churn bench's growth per round: a least-squares slope, so one high reading does not decide it. */
 import { describe, expect, it } from "vitest";
-import { slope, snapshotBytes } from "./churn.ts";
+import { podRequests, slope, snapshotBytes } from "./churn.ts";
 
 describe("slope", () => {
   it("is the growth per step of a steady climb, and 0 when level or too short to tell", () => {
@@ -26,5 +26,24 @@ describe("snapshotBytes", () => {
     };
     const nodes = [0, 0, 1, 100, 0, 0, 0, 2, 24, 0, 0, 0, 3, 1_000, 0];
     expect(snapshotBytes({ snapshot: { meta }, nodes, edges: [], strings: [] })).toBe(1_124);
+  });
+});
+
+describe("podRequests", () => {
+  it("keeps the requests on pods and their subresources, and leaves out Leases, nodes and Events", () => {
+    const byRequest = {
+      "delete pods": 2_000,
+      "patch pods/status": 1_990,
+      "get pods": 3,
+      "patch leases": 50,
+      "patch nodes/status": 4,
+      "create events": 7,
+      "list podtemplates": 1,
+    };
+    expect(podRequests({ total: 0, byVerb: {}, byRequest, throttled: 0 })).toEqual({
+      "delete pods": 2_000,
+      "patch pods/status": 1_990,
+      "get pods": 3,
+    });
   });
 });

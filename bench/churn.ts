@@ -24,6 +24,7 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BenchApi, inPool } from "./api.ts";
+import { AuditTail, type AuditCount } from "./audit-tail.ts";
 import type { HeapSnapshot } from "./heap-owners.ts";
 import {
   concurrency,
@@ -59,6 +60,8 @@ interface Round {
   heapUsedMiB?: number;
   /** devicelet only: the objects of a heap snapshot taken after the reading above. */
   liveHeapMiB?: number;
+  /** The tool's requests on pods (and their subresources) while they were deleted, per pod. */
+  podRequestsPerDelete: number;
 }
 
 interface Row {
@@ -80,6 +83,12 @@ interface Row {
   /** Mean over the rounds. */
   deleteSeconds: number;
   deletesPerSecond: number;
+  /**
+   * The tool's requests on pods and their subresources from the first delete of each round until
+   * its last pod was gone, per pod deleted, over all rounds, by verb and resource (audit log).
+   */
+  podRequestsPerDelete: number;
+  podRequestsPerDeleteByRequest: Record<string, number>;
   peakRssMiB: number;
   perRound: Round[];
 }
@@ -138,8 +147,22 @@ async function podsLeft(api: BenchApi, namespace: string): Promise<number> {
   return (page?.items.length ?? 0) + (page?.metadata.remainingItemCount ?? 0);
 }
 
-async function measure(o: { tool: Fleet["tool"]; id: string; api: BenchApi }): Promise<Row> {
-  const { api } = o;
+/** The requests of `count` on pods and their subresources (`delete pods`, `patch pods/status`). */
+export function podRequests(count: AuditCount): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(count.byRequest).filter(([request]) => /^\S+ pods(\/|$)/.test(request)),
+  );
+}
+
+const sum = (counts: Record<string, number>) => Object.values(counts).reduce((a, b) => a + b, 0);
+
+async function measure(o: {
+  tool: Fleet["tool"];
+  id: string;
+  api: BenchApi;
+  audit: AuditTail;
+}): Promise<Row> {
+  const { api, audit } = o;
   const options = { api, id: o.id, nodes: NODES, podsPerNode: PODS_PER_NODE };
   rmSync(HEAP_DIR, { recursive: true, force: true });
   mkdirSync(HEAP_DIR, { recursive: true });
@@ -151,6 +174,7 @@ async function measure(o: { tool: Fleet["tool"]; id: string; api: BenchApi }): P
           nodeFlags: LIVE_HEAP ? ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${HEAP_DIR}`] : [],
         });
   const rounds: Round[] = [];
+  const deleteRequests: Record<string, number> = {};
   try {
     await waitForQuietControlPlane();
     const before = memoryMiB(fleet.pid);
@@ -158,6 +182,7 @@ async function measure(o: { tool: Fleet["tool"]; id: string; api: BenchApi }): P
       const namespace = `${o.id}-${o.tool}-${r}`;
       const run = await runBoundPods({ api, fleet, namespace, pods: PODS });
       const deleting = performance.now();
+      const deletingWall = Date.now();
       await inPool(PODS, concurrency, (i) =>
         api.delete(`/api/v1/namespaces/${namespace}/pods/${POD_PREFIX}${i}`),
       );
@@ -172,7 +197,12 @@ async function measure(o: { tool: Fleet["tool"]; id: string; api: BenchApi }): P
         500,
       );
       const deleteSeconds = (performance.now() - deleting) / 1000;
+      const goneWall = Date.now();
       await api.delete(`/api/v1/namespaces/${namespace}`);
+      await audit.settle(goneWall);
+      const requests = podRequests(audit.count(fleet.username, deletingWall, goneWall));
+      for (const [request, n] of Object.entries(requests))
+        deleteRequests[request] = (deleteRequests[request] ?? 0) + n;
       await sleep(SETTLE_SECONDS * 1000);
       const heap = await fleet.heapNow?.();
       const rssMiB = memoryMiB(fleet.pid).rssMiB;
@@ -185,6 +215,7 @@ async function measure(o: { tool: Fleet["tool"]; id: string; api: BenchApi }): P
         rssMiB,
         ...(heap ? { heapUsedMiB: round(heap.usedMiB, 1) } : {}),
         ...(live === undefined ? {} : { liveHeapMiB: round(live, 2) }),
+        podRequestsPerDelete: round(sum(requests) / PODS, 2),
       });
       console.log(`${o.tool} round ${r + 1}/${ROUNDS}:`, rounds.at(-1));
     }
@@ -211,6 +242,10 @@ async function measure(o: { tool: Fleet["tool"]; id: string; api: BenchApi }): P
         : {}),
       deleteSeconds: round(deleteSeconds, 2),
       deletesPerSecond: round(PODS / deleteSeconds, 1),
+      podRequestsPerDelete: round(sum(deleteRequests) / (PODS * ROUNDS), 2),
+      podRequestsPerDeleteByRequest: Object.fromEntries(
+        Object.entries(deleteRequests).map(([request, n]) => [request, round(n / (PODS * ROUNDS), 2)]),
+      ),
       peakRssMiB: memoryMiB(fleet.pid).peakRssMiB,
       perRound: rounds,
     };
@@ -224,17 +259,21 @@ export async function benchChurn(): Promise<void> {
   const stop = await controlPlane();
   const api = BenchApi.admin();
   const id = `ch-${randomBytes(3).toString("hex")}`;
+  const audit = await AuditTail.start(["devicelet", "kwok"]);
   try {
     console.log(`churn: ${ROUNDS} rounds of ${PODS} pods bound to ${NODES} nodes, created and deleted`);
-    const { rows, devicelet, kwok } = await measureEach(TOOLS, (tool) => measure({ tool, id, api }));
+    const { rows, devicelet, kwok } = await measureEach(TOOLS, (tool) => measure({ tool, id, api, audit }));
     const ratios = devicelet &&
       kwok && {
         rssGrowthPerRoundMiB: ratio(devicelet.rssGrowthPerRoundMiB, kwok.rssGrowthPerRoundMiB),
         deletesPerSecond: ratio(devicelet.deletesPerSecond, kwok.deletesPerSecond),
         rssLastRoundMiB: ratio(devicelet.rssLastRoundMiB, kwok.rssLastRoundMiB),
+        podRequestsPerDelete: ratio(devicelet.podRequestsPerDelete, kwok.podRequestsPerDelete),
       };
     console.log(`\nchurn benchmark: ${ROUNDS} rounds of ${PODS} pods over ${NODES} nodes, same run\n`);
-    console.table(rows.map(({ perRound: _r, ...r }) => r));
+    console.table(rows.map(({ perRound: _r, podRequestsPerDeleteByRequest: _q, ...r }) => r));
+    for (const row of rows)
+      console.log(`${row.tool} requests on pods per delete:`, row.podRequestsPerDeleteByRequest);
     if (ratios) console.log("ratio devicelet/kwok:", ratios);
     writeFileSync(
       path.join(testenvDir, "bench-churn.json"),
@@ -245,6 +284,7 @@ export async function benchChurn(): Promise<void> {
       ),
     );
   } finally {
+    await audit.stop();
     await api.close();
     await stop();
   }
