@@ -396,6 +396,36 @@ describe("PodController (fake API server, FakeClock)", () => {
     expect(stored(w, "stuck")).toBeDefined();
   });
 
+  it("sends its final delete once while the pod cache still shows the removed pod", async () => {
+    const w = await world();
+    const { deviceChanged } = await startController(w);
+    w.kube.apply("pods", pod("gone", "uid-gone"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "gone")).toBe("Running");
+
+    w.kube.deletePodAsUser("ns", "gone", 1);
+    await w.clock.advanceAsync(10);
+    expect(w.deletes).toContainEqual({ uid: "uid-gone", gracePeriodSeconds: 1 });
+    // The watch falls behind while the device confirms (100 ms) and devicelet removes the object.
+    w.kube.holdWatches("pods");
+    await w.clock.advanceAsync(500);
+    expect(stored(w, "gone")).toBeUndefined();
+    expect(w.kube.count("deletePod")).toBe(1);
+    // Reconciles of the pod as the cache still has it (a device change, here) send nothing more.
+    deviceChanged();
+    await w.clock.advanceAsync(1_000);
+    expect(w.kube.count("deletePod")).toBe(1);
+
+    w.kube.releaseWatches("pods");
+    await w.clock.advanceAsync(1_000);
+    expect(w.kube.count("deletePod")).toBe(1);
+    // A new pod of the same name is started, not taken for the removed one.
+    w.kube.apply("pods", pod("gone", "uid-again"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "gone")).toBe("Running");
+    expect(await running(w, "uid-again")).toBe("Running");
+  });
+
   it("never writes a status over a newer pod of the same name while the pod cache lags", async () => {
     const w = await world();
     await startController(w);

@@ -83,6 +83,13 @@ export class PodDeletion {
    * was asked with: kept while the pod is Terminating, until the controller forgets it.
    */
   readonly #stopDeadlines = new Map<string, number>();
+  /**
+   * By uid, the resourceVersion of each pod this process removed (its final delete went through),
+   * until the watch shows the object gone: a reconcile queued meanwhile (the device's last status,
+   * a resync) still finds that version in the cache, and sending the delete again would only get
+   * a NotFound.
+   */
+  readonly #removed = new Map<string, string>();
 
   constructor(options: PodDeletionOptions) {
     this.#o = options;
@@ -105,6 +112,7 @@ export class PodDeletion {
   release(uid: string): void {
     this.#confirmed.delete(uid);
     this.#stopDeadlines.delete(uid);
+    this.#removed.delete(uid);
   }
 
   /** A Terminating pod: stop it on the provider, then remove the object once that is confirmed. */
@@ -112,6 +120,8 @@ export class PodDeletion {
     const { provider, kube, counters } = this.#o;
     const key = podKey(ref);
     const meta = pod.metadata ?? {};
+    if (!held && meta.resourceVersion !== undefined && this.#removed.get(ref.uid) === meta.resourceVersion)
+      return undefined;
     const grace = meta.deletionGracePeriodSeconds ?? held?.gracePeriodSeconds ?? 30;
     if (held) {
       held.gracePeriodSeconds = Math.min(held.gracePeriodSeconds, grace);
@@ -136,7 +146,14 @@ export class PodDeletion {
     // (its sender killed after grace 0 was stored): delete it again, as a kubelet's status manager
     // does for every terminated pod it still sees.
     if (meta.deletionGracePeriodSeconds === 0 && (meta.finalizers?.length ?? 0) > 0) return undefined;
-    await kube.deletePod({ namespace: ref.namespace, name: ref.name, uid: ref.uid, gracePeriodSeconds: 0 });
+    // Marked before the request: the watch may show the object gone before the answer arrives.
+    if (meta.resourceVersion !== undefined) this.#removed.set(ref.uid, meta.resourceVersion);
+    try {
+      await kube.deletePod({ namespace: ref.namespace, name: ref.name, uid: ref.uid, gracePeriodSeconds: 0 });
+    } catch (err) {
+      this.#removed.delete(ref.uid);
+      throw err;
+    }
     counters.podDeletes++;
     return undefined;
   }
