@@ -3,10 +3,16 @@
  * whose device is offline stays Terminating (condition `devicelet.dev/StopConfirmed=False`) past
  * its grace period, so the StatefulSet controller never starts a second instance; once the device
  * is back and reports the app stopped, the old object goes and the replacement runs.
+ *
+ * A pod deleted while devicelet was down, and whose grace period ran out before devicelet came back,
+ * gets the whole grace period from devicelet's stop request: its online device confirms the stop
+ * and the pod goes, with no status written as "waiting for the device" in between.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eventually, expectContinuous } from "../support/eventually.ts";
 import { apply, getJson, kubectl } from "../support/kubectl.ts";
+import { auditWrites } from "../support/leader.ts";
+import { barePod } from "../support/mqtt.ts";
 import { mqttScene } from "../support/scene.ts";
 import { uniqueName } from "../support/testenv.ts";
 import { condition, isReady, type PodJson } from "../support/workloads.ts";
@@ -103,5 +109,41 @@ describe("a one-replica StatefulSet on a device that goes offline", () => {
       { timeoutMs: 60_000 },
     );
     expect(scene.device(gw).runningPods()).toEqual([replacement.metadata.uid]);
+  });
+});
+
+describe("a pod deleted while devicelet is down, past its grace period when devicelet is back", () => {
+  it("is stopped on its online device and removed, with no status written in between", async () => {
+    await apply(barePod({ namespace: ns, testId: id, name: "late", node: gw, graceSeconds: 1 }));
+    const pod = await eventually(async () => {
+      const p = await getJson<PodJson>(["pod", "late", "-n", ns]);
+      expect(isReady(p)).toBe(true);
+      return p;
+    });
+    const uid = pod.metadata.uid;
+    expect(scene.device(gw).runningPods()).toContain(uid);
+
+    const killedAt = Date.now();
+    await scene.devicelet.kill();
+    await kubectl(["delete", "pod", "late", "-n", ns, "--wait=false"]);
+    // Twice the grace period: devicelet first sees the pod with its deletionTimestamp behind it.
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    await scene.devicelet.restart();
+
+    await eventually(
+      async () => {
+        const names = (await getJson<{ items: PodJson[] }>(["pods", "-n", ns])).items.map(
+          (p) => p.metadata.name,
+        );
+        expect(names).not.toContain("late");
+      },
+      { timeoutMs: 30_000 },
+    );
+    expect(scene.device(gw).runningPods()).not.toContain(uid);
+    // devicelet's writes on the pod since the delete: the delete that removes it, and no status.
+    const writes = auditWrites((e) => e.resource === "pods" && e.namespace === ns && e.name === "late");
+    expect(writes.filter((e) => e.at >= killedAt).map((e) => `${e.verb} ${e.subresource}`.trim())).toEqual([
+      "delete",
+    ]);
   });
 });
