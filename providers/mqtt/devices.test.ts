@@ -160,6 +160,32 @@ describe("DeviceRegistry", () => {
     expect(reg.info("m")?.connected).toBe(false);
   });
 
+  it("drops a retired device's messages but a live birth, which puts it back in service", () => {
+    const { reg } = registry();
+    expect(reg.presence(presence("old", "online", "b1", 1), live)).toBeDefined();
+    reg.retire("old");
+    expect(reg.get("old")).toBeUndefined();
+    expect(reg.order("old", "reported", "b1", 2)).toBe("stale");
+    reg.holdReport(report("old", "b2", 1));
+    expect(reg.presence(presence("old", "online", "b2", 1), { retained: true })).toBe("stale");
+    expect(reg.get("old")).toBeUndefined();
+    reg.presence(presence("old", "online", "b2", 1), live);
+    expect(reg.info("old")).toMatchObject({ id: "old", connected: true });
+    expect(reg.order("old", "reported", "b2", 2)).toBe("ok");
+  });
+
+  it("remembers the most recently retired devices only, as many as it is told", () => {
+    const reg = new DeviceRegistry({ onChange: () => undefined, retiredRemembered: 2 });
+    reg.retire("a");
+    reg.retire("b");
+    reg.retire("a"); // retired again: now the most recent, so "b" is the oldest
+    reg.retire("c"); // one too many: "b" is forgotten
+    // Forgotten: its next message is taken as any unknown device's, with no node.
+    expect(reg.order("b", "reported", "b1", 1)).toBe("ok");
+    expect(reg.info("b")).toBeUndefined();
+    for (const id of ["a", "c"]) expect(reg.order(id, "reported", "b1", 1)).toBe("stale");
+  });
+
   it("restores a stored birth for a device that is away", () => {
     const { reg, changes } = registry();
     reg.restore("away", birthOf());

@@ -69,7 +69,16 @@ export interface DeviceRegistryOptions {
   /** A device's node-relevant info (presence included) changed. */
   readonly onChange: (info: DeviceInfo) => void;
   readonly now?: () => Date;
+  /** How many retired devices are remembered, the most recently retired; default {@link RETIRED_REMEMBERED}. */
+  readonly retiredRemembered?: number;
 }
+
+/**
+ * Retired devices remembered (about 100 bytes each). One retired longer ago is treated as after a
+ * restart, when nothing of it is left either: no node until a live birth, and a message of it
+ * other than a birth is kept as any device's without one (its entry, no node).
+ */
+export const RETIRED_REMEMBERED = 10_000;
 
 /** A sleeping device's wake time, when it gave a valid one. */
 const sleepOf = (wakeAt: string | undefined): { wakeAt?: Date } => {
@@ -81,13 +90,18 @@ export class DeviceRegistry {
   readonly #o: DeviceRegistryOptions;
   readonly #now: () => Date;
   readonly #devices = new Map<string, DeviceEntry>();
-  /** Devices retired (decommissioned): everything but a live birth from them is dropped. */
+  /**
+   * Devices retired (decommissioned), oldest first: everything but a live birth from them is
+   * dropped. At most `retiredRemembered` of them.
+   */
   readonly #retired = new Set<string>();
+  readonly #retiredRemembered: number;
   #tick = 1;
 
   constructor(options: DeviceRegistryOptions) {
     this.#o = options;
     this.#now = options.now ?? (() => new Date());
+    this.#retiredRemembered = options.retiredRemembered ?? RETIRED_REMEMBERED;
   }
 
   get(deviceId: string): DeviceEntry | undefined {
@@ -138,7 +152,12 @@ export class DeviceRegistry {
    */
   retire(deviceId: string): void {
     this.#devices.delete(deviceId);
+    this.#retired.delete(deviceId); // retired again: now the most recent
     this.#retired.add(deviceId);
+    for (const oldest of this.#retired) {
+      if (this.#retired.size <= this.#retiredRemembered) break;
+      this.#retired.delete(oldest);
+    }
   }
 
   /** A live (not retained) message of the device arrived now; does not notify. */
