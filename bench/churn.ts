@@ -199,11 +199,12 @@ async function measure(o: {
       const deleteSeconds = (performance.now() - deleting) / 1000;
       const goneWall = Date.now();
       await api.delete(`/api/v1/namespaces/${namespace}`);
+      await sleep(SETTLE_SECONDS * 1000);
+      // Long past the audit batch that covers the round's end: settle reads it without waiting.
       await audit.settle(goneWall);
       const requests = podRequests(audit.count(fleet.username, deletingWall, goneWall));
       for (const [request, n] of Object.entries(requests))
         deleteRequests[request] = (deleteRequests[request] ?? 0) + n;
-      await sleep(SETTLE_SECONDS * 1000);
       const heap = await fleet.heapNow?.();
       const rssMiB = memoryMiB(fleet.pid).rssMiB;
       const live = o.tool === "devicelet" && LIVE_HEAP ? await liveHeapMiB(fleet.pid, r + 1) : undefined;
