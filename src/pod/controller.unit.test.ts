@@ -411,7 +411,11 @@ describe("PodController (fake API server, FakeClock)", () => {
     await w.clock.advanceAsync(500);
     expect(stored(w, "gone")).toBeUndefined();
     expect(w.kube.count("deletePod")).toBe(1);
-    // Reconciles of the pod as the cache still has it (a device change, here) send nothing more.
+    // Reconciles of the pod as the cache still has it send nothing more: for the API server's
+    // first phase of the delete (grace 0 stored, a MODIFIED event), and for a device change.
+    w.kube.stepWatches("pods", 1);
+    await w.clock.advanceAsync(100);
+    expect(w.kube.count("deletePod")).toBe(1);
     deviceChanged();
     await w.clock.advanceAsync(1_000);
     expect(w.kube.count("deletePod")).toBe(1);
@@ -424,6 +428,23 @@ describe("PodController (fake API server, FakeClock)", () => {
     await w.clock.advanceAsync(1_000);
     expect(phase(w, "gone")).toBe("Running");
     expect(await running(w, "uid-again")).toBe("Running");
+  });
+
+  it("removes a pod an earlier process's final delete left half-done (grace 0 stored, the object still there)", async () => {
+    const w = await world();
+    const base = pod("half", "uid-half");
+    w.kube.apply("pods", {
+      ...base,
+      metadata: {
+        ...base.metadata,
+        deletionTimestamp: "2026-03-01T11:59:00Z",
+        deletionGracePeriodSeconds: 0,
+      },
+    });
+    await startController(w);
+    await w.clock.advanceAsync(1_000);
+    expect(stored(w, "half")).toBeUndefined();
+    expect(w.kube.count("deletePod")).toBe(1);
   });
 
   it("never writes a status over a newer pod of the same name while the pod cache lags", async () => {

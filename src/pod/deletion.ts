@@ -84,12 +84,12 @@ export class PodDeletion {
    */
   readonly #stopDeadlines = new Map<string, number>();
   /**
-   * By uid, the resourceVersion of each pod this process removed (its final delete went through),
-   * until the watch shows the object gone: a reconcile queued meanwhile (the device's last status,
-   * a resync) still finds that version in the cache, and sending the delete again would only get
-   * a NotFound.
+   * Uids of the pods this process removed (sent its final delete for), until the watch shows the
+   * object gone. A reconcile meanwhile finds the pod in the cache as it was, or as the API server's
+   * first phase of that delete left it (grace 0 stored, a MODIFIED event before the DELETED one),
+   * and sending the delete again would only get a NotFound.
    */
-  readonly #removed = new Map<string, string>();
+  readonly #removed = new Set<string>();
 
   constructor(options: PodDeletionOptions) {
     this.#o = options;
@@ -120,8 +120,7 @@ export class PodDeletion {
     const { provider, kube, counters } = this.#o;
     const key = podKey(ref);
     const meta = pod.metadata ?? {};
-    if (!held && meta.resourceVersion !== undefined && this.#removed.get(ref.uid) === meta.resourceVersion)
-      return undefined;
+    if (!held && this.#removed.has(ref.uid)) return undefined;
     const grace = meta.deletionGracePeriodSeconds ?? held?.gracePeriodSeconds ?? 30;
     if (held) {
       held.gracePeriodSeconds = Math.min(held.gracePeriodSeconds, grace);
@@ -143,11 +142,11 @@ export class PodDeletion {
     // Grace 0 already and finalizers pending: our final delete went through, or the user forced
     // it; the object goes once they are removed, and there is nothing left to do. Without
     // finalizers the object would be gone already, unless the final delete was cut off half-way
-    // (its sender killed after grace 0 was stored): delete it again, as a kubelet's status manager
-    // does for every terminated pod it still sees.
+    // (its sender, an earlier devicelet process, killed after grace 0 was stored): delete it
+    // again, as a kubelet's status manager does for every terminated pod it still sees.
     if (meta.deletionGracePeriodSeconds === 0 && (meta.finalizers?.length ?? 0) > 0) return undefined;
     // Marked before the request: the watch may show the object gone before the answer arrives.
-    if (meta.resourceVersion !== undefined) this.#removed.set(ref.uid, meta.resourceVersion);
+    this.#removed.add(ref.uid);
     try {
       await kube.deletePod({ namespace: ref.namespace, name: ref.name, uid: ref.uid, gracePeriodSeconds: 0 });
     } catch (err) {

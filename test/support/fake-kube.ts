@@ -177,6 +177,8 @@ export class FakeKube implements KubeClient {
   readonly #history: Change[] = [];
   readonly #streams = new Set<Stream>();
   readonly #held = new Set<Resource>();
+  /** Events of a held resource still let through ({@link stepWatches}). */
+  readonly #steps = new Map<Resource, number>();
   readonly #faults: Fault[] = [];
   #rv = 100;
   #compacted = 0;
@@ -269,6 +271,12 @@ export class FakeKube implements KubeClient {
 
   releaseWatches(resource: Resource): void {
     this.#held.delete(resource);
+    for (const s of this.#streams) if (s.resource === resource) s.wake?.();
+  }
+
+  /** While held: lets `events` more events of `resource` through, over all its watches. */
+  stepWatches(resource: Resource, events: number): void {
+    this.#steps.set(resource, (this.#steps.get(resource) ?? 0) + events);
     for (const s of this.#streams) if (s.resource === resource) s.wake?.();
   }
 
@@ -632,6 +640,10 @@ export class FakeKube implements KubeClient {
     const bound = pod.spec?.nodeName !== undefined && pod.spec.nodeName !== "";
     const effective = bound ? grace : 0;
     if (effective === 0 && !meta.finalizers?.length) {
+      // A Terminating pod's grace shortened to 0 is stored first, then the pod removed: its watches
+      // see a MODIFIED event before the DELETED one, as from the API server.
+      if (meta.deletionGracePeriodSeconds !== undefined && meta.deletionGracePeriodSeconds > 0)
+        this.#write("pods", { ...pod, metadata: { ...meta, deletionGracePeriodSeconds: 0 } });
       this.remove("pods", key);
       return;
     }
@@ -701,7 +713,9 @@ export class FakeKube implements KubeClient {
       while (!signal?.aborted) {
         // A broken watch delivers nothing more, not even what it had not sent yet.
         if (stream.error !== undefined) throw stream.error;
-        const next = this.#held.has(resource) ? undefined : stream.queue.shift();
+        const steps = this.#steps.get(resource) ?? 0;
+        const next = this.#held.has(resource) && steps === 0 ? undefined : stream.queue.shift();
+        if (next && this.#held.has(resource)) this.#steps.set(resource, steps - 1);
         if (next) {
           yield next as WatchEvent<T>;
           continue;
