@@ -21,6 +21,7 @@ import type {
   ReportedDocument,
 } from "../../src/protocol/types.ts";
 import type { PodRef, ProviderEvent } from "../../src/provider/types.ts";
+import type { Births } from "./births.ts";
 import type { CommandQueue } from "./commands.ts";
 import type { DesiredStore } from "./desired.ts";
 import type { DeviceRegistry } from "./devices.ts";
@@ -42,7 +43,9 @@ export interface InboundDeps {
   readonly statuses: StatusCoalescer;
   readonly sessions: Pick<IoSessions, "deliver" | "deviceAway">;
   readonly stats: Pick<DeviceStatsStore, "record">;
-  readonly allocator: Pick<GenerationAllocator, "saveDevice" | "observe">;
+  readonly allocator: Pick<GenerationAllocator, "observe">;
+  /** Stores births (births.ts), trying again while the store does not take them. */
+  readonly births: Pick<Births, "save">;
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
   readonly recordEvent: (event: ProviderEvent) => void;
@@ -185,12 +188,7 @@ export class Inbound {
     }
     if (message.state === "online") {
       if (!retained) registry.heard(id);
-      if (message.device) {
-        this.#d.allocator.saveDevice(id, message.device).then(
-          () => undefined,
-          (err: unknown) => this.#d.logger.warn({ err, device: id }, "storing the device's birth failed"),
-        );
-      }
+      if (message.device) this.#d.births.save(id, message.device);
       const pending = registry.takePendingReport(id);
       if (pending && registry.order(id, "reported", pending.bootId, pending.seq) === "ok")
         this.#report(pending);

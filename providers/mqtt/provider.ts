@@ -44,6 +44,7 @@ import type { CommandQueue } from "./commands.ts";
 import type { TransportConnection } from "./connection.ts";
 import type { DesiredStore } from "./desired.ts";
 import type { DeviceIo } from "./device-io.ts";
+import type { Births } from "./births.ts";
 import type { DeviceLifecycle } from "./device-lifecycle.ts";
 import type { DeviceRegistry } from "./devices.ts";
 import type { IoSessions } from "./io-sessions.ts";
@@ -90,6 +91,7 @@ export class MqttProvider
   readonly #orphans: Orphans;
   readonly #secrets: SecretGate;
   readonly #lifecycle: DeviceLifecycle;
+  readonly #births: Births;
   readonly #session: BrokerSession;
   readonly #workloads: Workloads;
   readonly #statusView: PodStatusView;
@@ -153,6 +155,7 @@ export class MqttProvider
     this.#orphans = parts.orphans;
     this.#session = parts.session;
     this.#lifecycle = parts.lifecycle;
+    this.#births = parts.births;
     this.#sessions = parts.sessions;
     this.#io = parts.io;
     this.#stages = parts.stages;
@@ -197,6 +200,7 @@ export class MqttProvider
       this.#sessions.endAll("devicelet is stopping");
       this.#session.stop();
       this.#lifecycle.stop();
+      this.#births.stop();
       this.#orphans.stop();
       this.#statuses.stop();
       this.#stages.stop();

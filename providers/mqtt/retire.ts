@@ -5,7 +5,8 @@
  *
  * Refused while the device is online: a node deleted under a live device is registered again, as
  * a kubelet re-registers its node. In order:
- * 1. the registry forgets it, and drops its messages but a live birth;
+ * 1. the registry forgets it, and drops its messages but a live birth; a birth of it waiting to be
+ *    stored again is dropped;
  * 2. its desired state is forgotten (no document is published for it any more; callers waiting
  *    for a tombstone are released, and those pods are reported deleted);
  * 3. its retained `desired`, `state` and `reported` are cleared (zero-length retained publishes);
@@ -18,6 +19,7 @@
 import type { Logger } from "pino";
 import { topics } from "../../src/protocol/topics.ts";
 import type { PodRef } from "../../src/provider/types.ts";
+import type { Births } from "./births.ts";
 import type { CommandQueue } from "./commands.ts";
 import type { BrokerConnection } from "./connection.ts";
 import type { DesiredStore } from "./desired.ts";
@@ -26,6 +28,8 @@ import type { GenerationAllocator } from "./generations.ts";
 
 export interface RetireDeps {
   readonly registry: DeviceRegistry;
+  /** Births waiting to be stored: the retired device's must never be written after this. */
+  readonly births: Pick<Births, "forget">;
   readonly desired: Pick<DesiredStore, "forget">;
   readonly commands: Pick<CommandQueue, "forget">;
   readonly allocator: Pick<GenerationAllocator, "forget">;
@@ -49,6 +53,7 @@ export interface RetireDeps {
 export async function retireDevice(d: RetireDeps, deviceId: string): Promise<"retired" | "online"> {
   if (d.registry.effectivePresence(deviceId) === "online") return "online";
   d.registry.retire(deviceId);
+  d.births.forget(deviceId);
   const held = d.desired.forget(deviceId);
   for (const p of held?.pods.values() ?? []) d.forgetPod(p.ref);
   for (const t of held?.tombstones.values() ?? []) {

@@ -57,6 +57,7 @@ import { connectionInsecurity, SecretGate } from "./secret-gate.ts";
 import { Stages } from "./stages.ts";
 import { DeviceStatsStore } from "./stats.ts";
 import { BrokerSession, bridgePayload } from "./session.ts";
+import { Births } from "./births.ts";
 import { DeviceSubscriptions } from "./subscriptions.ts";
 import { PodStatusView } from "./status-view.ts";
 import { WorkloadHashes } from "./workload-hashes.ts";
@@ -100,6 +101,8 @@ export interface MqttParts {
   readonly orphans: Orphans;
   readonly session: BrokerSession;
   readonly lifecycle: DeviceLifecycle;
+  /** Births waiting to be stored again; stop it with the parts. */
+  readonly births: Births;
   readonly sessions: IoSessions;
   readonly io: DeviceIo;
   readonly stages: Stages;
@@ -157,6 +160,7 @@ export function wireMqtt(o: {
     blockSize: config.desired.generationBlock,
     onWrite: () => metrics.inc("storeWrites"),
   });
+  const births = new Births({ allocator, logger });
   const latency = new DesiredLatency(context.metrics);
   const observations = new Observations((id, observed) => latency.observed(id, observed));
   const desired = new DesiredStore({
@@ -284,6 +288,7 @@ export function wireMqtt(o: {
     sessions,
     stats,
     allocator,
+    births,
     metrics,
     logger,
     recordEvent,
@@ -335,6 +340,7 @@ export function wireMqtt(o: {
   });
   const lifecycle = new DeviceLifecycle({
     registry,
+    births,
     desired,
     commands,
     allocator,
@@ -377,6 +383,7 @@ export function wireMqtt(o: {
     orphans,
     session,
     lifecycle,
+    births,
     sessions,
     io,
     stages,

@@ -192,6 +192,7 @@ function inboundTarget(): FuzzTarget<InboundInput> {
     sessions: { deliver: () => false, deviceAway: () => undefined },
     stats: { record: () => "stale" },
     allocator,
+    births: { save: (id, device) => void allocator.saveDevice(id, device).catch(() => undefined) },
     metrics,
     logger,
     recordEvent: () => undefined,
