@@ -335,6 +335,7 @@ export class PodController {
     return {
       ...this.#counters,
       held: this.#held.size,
+      removing: this.#deletion.removing,
       written: this.#status.size,
       references: this.#refs.stats(),
       queue: this.#queue.stats(),

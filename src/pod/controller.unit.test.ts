@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { ConfigMap, Pod, PodStatusPatch } from "../kube/index.ts";
 import type { EventToRecord } from "../kube/events.ts";
+import { notFound } from "../provider/errors.ts";
 import type { PodRef, ProviderPod, WorkloadStatus } from "../provider/types.ts";
 import { createMockProvider, type MockProvider } from "../../providers/mock/index.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
@@ -398,7 +399,7 @@ describe("PodController (fake API server, FakeClock)", () => {
 
   it("sends its final delete once while the pod cache still shows the removed pod", async () => {
     const w = await world();
-    const { deviceChanged } = await startController(w);
+    const { controller, deviceChanged } = await startController(w);
     w.kube.apply("pods", pod("gone", "uid-gone"));
     await w.clock.advanceAsync(1_000);
     expect(phase(w, "gone")).toBe("Running");
@@ -420,14 +421,35 @@ describe("PodController (fake API server, FakeClock)", () => {
     await w.clock.advanceAsync(1_000);
     expect(w.kube.count("deletePod")).toBe(1);
 
+    expect(controller.stats().removing).toBe(1);
     w.kube.releaseWatches("pods");
     await w.clock.advanceAsync(1_000);
     expect(w.kube.count("deletePod")).toBe(1);
+    expect(controller.stats().removing).toBe(0);
     // A new pod of the same name is started, not taken for the removed one.
     w.kube.apply("pods", pod("gone", "uid-again"));
     await w.clock.advanceAsync(1_000);
     expect(phase(w, "gone")).toBe("Running");
     expect(await running(w, "uid-again")).toBe("Running");
+  });
+
+  it("keeps no mark of a pod removed by someone else while its device was asked to stop it", async () => {
+    const w = await world();
+    const { controller } = await startController(w);
+    w.kube.apply("pods", pod("raced", "uid-raced"));
+    await w.clock.advanceAsync(1_000);
+    expect(phase(w, "raced")).toBe("Running");
+    // The object goes (and its watch says so) while the provider handles the stop, which answers
+    // that it has nothing left: devicelet's own delete then finds nothing.
+    w.provider.deletePod = async () => {
+      w.kube.remove("pods", "ns/raced");
+      await new Promise((resolve) => setImmediate(resolve));
+      throw notFound("no such pod");
+    };
+    w.kube.deletePodAsUser("ns", "raced", 5);
+    await w.clock.advanceAsync(1_000);
+    expect(stored(w, "raced")).toBeUndefined();
+    expect(controller.stats()).toMatchObject({ held: 0, removing: 0 });
   });
 
   it("removes a pod an earlier process's final delete left half-done (grace 0 stored, the object still there)", async () => {

@@ -109,6 +109,11 @@ export class PodDeletion {
     if (grace !== undefined && grace >= 0) held.gracePeriodSeconds = Math.min(held.gracePeriodSeconds, grace);
   }
 
+  /** Pods whose removal waits for their watch's DELETED event (tests). */
+  get removing(): number {
+    return this.#removed.size;
+  }
+
   release(uid: string): void {
     this.#confirmed.delete(uid);
     this.#stopDeadlines.delete(uid);
@@ -147,12 +152,21 @@ export class PodDeletion {
     if (meta.deletionGracePeriodSeconds === 0 && (meta.finalizers?.length ?? 0) > 0) return undefined;
     // Marked before the request: the watch may show the object gone before the answer arrives.
     this.#removed.add(ref.uid);
+    let removed: boolean;
     try {
-      await kube.deletePod({ namespace: ref.namespace, name: ref.name, uid: ref.uid, gracePeriodSeconds: 0 });
+      removed = await kube.deletePod({
+        namespace: ref.namespace,
+        name: ref.name,
+        uid: ref.uid,
+        gracePeriodSeconds: 0,
+      });
     } catch (err) {
       this.#removed.delete(ref.uid);
       throw err;
     }
+    // Already gone (removed by someone else while the provider was asked): its watch event may
+    // have come and gone during this reconcile, so nothing would clear the mark.
+    if (!removed) this.#removed.delete(ref.uid);
     counters.podDeletes++;
     return undefined;
   }
