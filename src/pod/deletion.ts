@@ -152,7 +152,9 @@ export class PodDeletion {
     if (meta.deletionGracePeriodSeconds === 0 && (meta.finalizers?.length ?? 0) > 0) return undefined;
     // Marked before the request: the watch may show the object gone before the answer arrives.
     this.#removed.add(ref.uid);
-    let removed: boolean;
+    // A failed request, or a pod already gone (removed by someone else while the provider was
+    // asked: its watch event may have come and gone during this reconcile), leaves no mark.
+    let removed = false;
     try {
       removed = await kube.deletePod({
         namespace: ref.namespace,
@@ -160,13 +162,9 @@ export class PodDeletion {
         uid: ref.uid,
         gracePeriodSeconds: 0,
       });
-    } catch (err) {
-      this.#removed.delete(ref.uid);
-      throw err;
+    } finally {
+      if (!removed) this.#removed.delete(ref.uid);
     }
-    // Already gone (removed by someone else while the provider was asked): its watch event may
-    // have come and gone during this reconcile, so nothing would clear the mark.
-    if (!removed) this.#removed.delete(ref.uid);
     counters.podDeletes++;
     return undefined;
   }
