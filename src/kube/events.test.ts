@@ -2,7 +2,7 @@ import { ApiException } from "@kubernetes/client-node/dist/gen/apis/exception.js
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import type { EventInput, EventUpdate } from "./client.ts";
-import { EventRecorder } from "./events.ts";
+import { EVENT_WRITES_IN_FLIGHT, EventRecorder } from "./events.ts";
 import { ClientClosedError } from "./transport.ts";
 import { FakeClock } from "../base/fake-clock.ts";
 import type { CoreEvent, ObjectReference } from "./types.ts";
@@ -18,10 +18,13 @@ class FakeEvents {
   readonly writes: string[] = [];
   readonly events = new Map<string, CoreEvent>();
   fail: Error | undefined;
+  /** When set, creates wait here until the test lets them go (an API server slow to answer). */
+  held: (() => void)[] | undefined;
   #n = 0;
 
-  createEvent = (e: EventInput): Promise<CoreEvent> => {
+  createEvent = async (e: EventInput): Promise<CoreEvent> => {
     this.writes.push(`create ${e.reason} count=${e.count ?? 1}`);
+    if (this.held) await new Promise<void>((resolve) => this.held?.push(resolve));
     if (this.fail) return Promise.reject(this.fail);
     const name = `${e.involvedObject.name ?? ""}.${++this.#n}`;
     const event: CoreEvent = {
@@ -34,7 +37,7 @@ class FakeEvents {
       lastTimestamp: e.lastTimestamp,
     };
     this.events.set(name, event);
-    return Promise.resolve(event);
+    return event;
   };
 
   patchEvent = (u: EventUpdate): Promise<CoreEvent> => {
@@ -47,12 +50,23 @@ class FakeEvents {
 }
 
 function setup(
-  options: { maxWritesPerMinute?: number; qps?: number; burst?: number; logger?: typeof logger } = {},
+  options: {
+    maxWritesPerMinute?: number;
+    qps?: number;
+    burst?: number;
+    maxInFlight?: number;
+    logger?: typeof logger;
+  } = {},
 ) {
   const clock = new FakeClock(start);
   const api = new FakeEvents();
   const recorder = new EventRecorder({ client: api, logger, clock, ...options });
   return { clock, api, recorder };
+}
+
+/** Lets every write that can end, end, and the writes they release start. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
 }
 
 describe("EventRecorder", () => {
@@ -191,6 +205,59 @@ describe("EventRecorder", () => {
     for (let i = 250; i < 400; i++) recorder.normal(pod(i), "TombstoneConfirmed", `device ${i}`);
     await recorder.flush();
     expect(api.writes).toHaveLength(350);
+  });
+
+  it("keeps at most 8 writes in flight while the API server is slow; the rest go as writes end, oldest first", async () => {
+    const { api, recorder } = setup();
+    api.held = [];
+    const pod = (i: number): ObjectReference => ({ ...podRef, name: `p${i}`, uid: `uid-${i}` });
+    for (let i = 0; i < 20; i++) recorder.normal(pod(i), "Started", `device ${i}`);
+    await settle();
+    expect(api.writes).toHaveLength(EVENT_WRITES_IN_FLIGHT);
+    // A repeat of a waiting series folds into its one write.
+    recorder.normal(pod(15), "Started", "again");
+    // No timer lets the line go (the fleet has tokens): a write that ends does, one for one.
+    api.held.splice(0, 3).forEach((release) => release());
+    await settle();
+    expect(api.writes).toHaveLength(EVENT_WRITES_IN_FLIGHT + 3);
+    expect(api.held).toHaveLength(EVENT_WRITES_IN_FLIGHT);
+    while (api.held.length > 0) {
+      api.held.splice(0).forEach((release) => release());
+      await settle();
+    }
+    await recorder.flush();
+    expect(api.writes).toHaveLength(20);
+    const created = [...api.events.values()];
+    expect(created.map((e) => e.involvedObject.name)).toEqual(Array.from({ length: 20 }, (_, i) => `p${i}`));
+    expect(created.find((e) => e.involvedObject.name === "p15")?.count).toBe(2);
+  });
+
+  it("waits for both a token and a place in flight", async () => {
+    const { clock, api, recorder } = setup({ qps: 1, burst: 2, maxInFlight: 1 });
+    api.held = [];
+    recorder.normal(podRef, "Started", "1");
+    recorder.normal(otherRef, "Started", "1");
+    recorder.normal(nodeRef, "DeviceOnline", "1");
+    await settle();
+    expect(api.writes).toEqual(["create Started count=1"]);
+    // The second has its token, not a place; when the first ends it goes at once.
+    api.held.splice(0).forEach((release) => release());
+    await settle();
+    expect(api.writes).toHaveLength(2);
+    // The third has neither: its place comes first, its token a second later.
+    api.held.splice(0).forEach((release) => release());
+    await settle();
+    expect(api.writes).toHaveLength(2);
+    clock.advance(1_000);
+    await settle();
+    expect(api.writes).toEqual([
+      "create Started count=1",
+      "create Started count=1",
+      "create DeviceOnline count=1",
+    ]);
+    api.held.splice(0).forEach((release) => release());
+    await recorder.flush();
+    expect(api.events.size).toBe(3);
   });
 
   it("gives a fleet token back when the object's own budget holds the series", async () => {

@@ -12,7 +12,8 @@
  * - Fleet rate limit: at most `qps` writes a second in all (default 50, burst 100: the kubelet's
  *   `eventRecordQPS` and `eventBurst`). Series beyond wait their turn, oldest first, and are
  *   written as the budget refills, so a thousand devices reporting at once cannot put a thousand
- *   Events ahead of the pod statuses and deletes that share the API server with them.
+ *   Events ahead of the pod statuses and deletes that share the API server with them. Nor can a
+ *   slow API server: at most {@link EVENT_WRITES_IN_FLIGHT} (8) writes are in flight at once.
  * - Best effort: `record` never throws or blocks; a failed write is logged and not retried (the
  *   next record of the series writes again). Memory is bounded by `maxSeries` (LRU), and holds
  *   only what is still of use: a series past its window, written, and an object's budget idle for
@@ -52,6 +53,8 @@ export interface EventRecorderOptions {
   readonly qps?: number;
   /** Event writes that may go at once above `qps`; default 100. */
   readonly burst?: number;
+  /** Event writes in flight at most; default {@link EVENT_WRITES_IN_FLIGHT}. */
+  readonly maxInFlight?: number;
   readonly maxSeries?: number;
   /** Wall clock (epoch ms) and timers; injectable for tests. */
   readonly clock?: Clock;
@@ -92,6 +95,17 @@ interface ObjectBudget {
   readonly deferred: Set<Series>;
 }
 
+/**
+ * Event writes in flight at most. Events go on the API client's default lane, whose 32 requests in
+ * flight are pod work's (`MAX_IN_FLIGHT` in access.ts). The fleet's rate alone did not keep them
+ * from taking that room: when the API server is slow, a write holds its place longer, and at a
+ * reconnect storm of 5,000 devices (answers in 0.1 to 0.25 s, each device's Event at the 50 a
+ * second allowed) Events held about half the lane while pod statuses waited behind them. With 8,
+ * Events still go at the fleet's rate while the API server answers within 0.16 s; slower than
+ * that, they yield, and wait here as series, where repeats fold into one write.
+ */
+export const EVENT_WRITES_IN_FLIGHT = 8;
+
 const seriesKey = (objectKey: string, type: string, reason: string, series: string) =>
   `${objectKey}\u0000${type}\u0000${reason}\u0000${series}`;
 
@@ -109,6 +123,7 @@ export class EventRecorder {
   readonly #budgets = new Map<string, ObjectBudget>();
   readonly #fleet: FleetBudget;
   readonly #inFlight = new Set<Promise<void>>();
+  readonly #maxInFlight: number;
   #closed = false;
 
   constructor(options: EventRecorderOptions) {
@@ -120,6 +135,7 @@ export class EventRecorder {
     this.#maxSeries = options.maxSeries ?? 10_000;
     const qps = Math.max(0.001, options.qps ?? 50);
     const burst = Math.max(1, options.burst ?? 100);
+    this.#maxInFlight = Math.max(1, options.maxInFlight ?? EVENT_WRITES_IN_FLIGHT);
     this.#fleet = {
       qps,
       burst,
@@ -202,7 +218,9 @@ export class EventRecorder {
     const write = this.#write(series).finally(() => {
       series.inFlight = false;
       this.#inFlight.delete(write);
-      // Records that arrived during the write go out now (or when the budget allows).
+      // The oldest waiting take the place this write leaves; then records that arrived during the
+      // write go out (or join the line).
+      this.#drain();
       if (this.#series.get(this.#keyOf(series)) === series) this.#pump(series);
     });
     this.#inFlight.add(write);
@@ -247,8 +265,9 @@ export class EventRecorder {
   }
 
   /**
-   * The fleet's token bucket, then the object's: a series neither lets through waits in that
-   * bucket's line, one timer each. `granted`: the fleet's line already gave this series a token.
+   * The fleet's token bucket and places in flight, then the object's bucket: a series they do not
+   * let through waits in the fleet's line or the object's. `granted`: the fleet's line already gave
+   * this series a token and a place.
    */
   #takeWrite(series: Series, granted: boolean): boolean {
     const now = this.#clock.now();
@@ -256,9 +275,9 @@ export class EventRecorder {
     if (!granted) {
       this.#refill(now);
       // Behind the ones already waiting, so the oldest go first.
-      if (fleet.tokens < 1 || fleet.waiting.size > 0) {
+      if (fleet.tokens < 1 || fleet.waiting.size > 0 || this.#inFlight.size >= this.#maxInFlight) {
         fleet.waiting.add(series);
-        this.#armFleet();
+        if (fleet.tokens < 1) this.#armFleet();
         return false;
       }
     }
@@ -276,23 +295,33 @@ export class EventRecorder {
     fleet.updated = now;
   }
 
-  /** One timer for the fleet's line: when it fires, as many series go as there are tokens. */
+  /**
+   * Lets the fleet's line go, oldest first, while there are tokens and places in flight. A line
+   * short of tokens waits for the timer; one short of places, for a write to end.
+   */
+  #drain(): void {
+    const fleet = this.#fleet;
+    if (this.#closed || fleet.waiting.size === 0) return;
+    this.#refill(this.#clock.now());
+    for (const next of fleet.waiting) {
+      if (fleet.tokens < 1 || this.#inFlight.size >= this.#maxInFlight) break;
+      fleet.waiting.delete(next);
+      // Evicted, or written meanwhile (a write in flight pumps it again when it ends).
+      if (this.#series.get(this.#keyOf(next)) !== next || next.inFlight || !next.dirty) continue;
+      fleet.tokens -= 1;
+      this.#pump(next, true);
+    }
+    if (fleet.waiting.size > 0 && fleet.tokens < 1) this.#armFleet();
+  }
+
+  /** One timer for the fleet's line, set for when it has a token again. */
   #armFleet(): void {
     const fleet = this.#fleet;
     if (fleet.timer !== undefined || this.#closed) return;
     const wait = Math.max(1, Math.ceil(((1 - fleet.tokens) * 1000) / fleet.qps));
     fleet.timer = this.#clock.setTimeout(() => {
       fleet.timer = undefined;
-      this.#refill(this.#clock.now());
-      for (const next of fleet.waiting) {
-        if (fleet.tokens < 1) break;
-        fleet.waiting.delete(next);
-        // Evicted, or written meanwhile (a write in flight pumps it again when it ends).
-        if (this.#series.get(this.#keyOf(next)) !== next || next.inFlight || !next.dirty) continue;
-        fleet.tokens -= 1;
-        this.#pump(next, true);
-      }
-      if (fleet.waiting.size > 0) this.#armFleet();
+      this.#drain();
     }, wait);
   }
 
