@@ -1,7 +1,9 @@
+import { Writable } from "node:stream";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { Births } from "./births.ts";
 import type { BirthDevice } from "./generations.ts";
+import { MqttMetrics } from "./metrics.ts";
 
 const logger = pino({ level: "silent" });
 
@@ -89,5 +91,41 @@ describe("Births", () => {
     births.save("gw-late", birth("c"));
     await vi.advanceTimersByTimeAsync(0);
     expect(store.calls).toHaveLength(2);
+  });
+
+  it("warns once per 10 s of the births that failed, and counts those waiting in the metrics", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString("utf8")) as Record<string, unknown>);
+        done();
+      },
+    });
+    const metrics = new MqttMetrics();
+    const store = allocator(150);
+    const births = new Births({
+      allocator: store,
+      logger: pino({ level: "info" }, stream),
+      metrics,
+      baseMs: 30_000,
+    });
+    for (let i = 0; i < 100; i++) births.save(`gw-${i}`, birth("a"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(metrics.snapshot().unstoredBirths).toBe(100);
+    const warnings = () => lines.filter((l) => l.msg === "storing the device's birth failed; trying again");
+    expect(warnings()).toHaveLength(1);
+    expect(warnings()[0]).toMatchObject({ device: "gw-0", suppressed: 0, waiting: 100 });
+    // The first retries (15 to 30 s later): 50 fail again, 50 are stored.
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(store.calls).toHaveLength(200);
+    expect(metrics.snapshot().unstoredBirths).toBe(50);
+    // The 99 failures at registration and those of the retries are told in few lines, not one each.
+    const told = warnings().reduce((n, l) => n + 1 + (l.suppressed as number), 0);
+    expect(warnings().length).toBeLessThanOrEqual(3);
+    expect(told).toBeLessThanOrEqual(150);
+    expect(told).toBeGreaterThan(100);
+    births.forget("gw-99");
+    births.stop();
+    expect(metrics.snapshot().unstoredBirths).toBe(0);
   });
 });

@@ -14,10 +14,20 @@
 import type { Logger } from "pino";
 import { retryDelay } from "../../src/base/backoff.ts";
 import type { BirthDevice, GenerationAllocator } from "./generations.ts";
+import { WarnLimiter, type MqttMetrics } from "./metrics.ts";
+
+/**
+ * One warning of failed births per this long: when a fleet registers at once, thousands fail
+ * together (2,820 of 5,000 in one run), and a line each buried the log. The line says how many
+ * failures it stands for and how many births wait; `unstoredBirths` in the metrics has the latter.
+ */
+const WARN_EVERY_MS = 10_000;
 
 export interface BirthsOptions {
   readonly allocator: Pick<GenerationAllocator, "saveDevice">;
   readonly logger: Logger;
+  /** Told how many births wait to be stored (`unstoredBirths`). */
+  readonly metrics?: Pick<MqttMetrics, "set">;
   /** The first retry waits between half of this and all of it; later ones double, up to `maxMs`. */
   readonly baseMs?: number;
   readonly maxMs?: number;
@@ -33,6 +43,7 @@ export class Births {
   readonly #o: BirthsOptions;
   /** Devices whose latest birth is not stored yet, while a write is due or under way. */
   readonly #unsaved = new Map<string, Unsaved>();
+  readonly #warn = new WarnLimiter({ intervalMs: WARN_EVERY_MS });
   #stopped = false;
 
   constructor(options: BirthsOptions) {
@@ -59,23 +70,32 @@ export class Births {
   forget(deviceId: string): void {
     clearTimeout(this.#unsaved.get(deviceId)?.timer);
     this.#unsaved.delete(deviceId);
+    this.#counted();
   }
 
   stop(): void {
     this.#stopped = true;
     for (const u of this.#unsaved.values()) clearTimeout(u.timer);
     this.#unsaved.clear();
+    this.#counted();
+  }
+
+  #counted(): void {
+    this.#o.metrics?.set("unstoredBirths", this.#unsaved.size);
   }
 
   #write(deviceId: string, unsaved: Unsaved): void {
     if (this.#stopped) return;
     const { device } = unsaved;
     this.#unsaved.set(deviceId, unsaved);
+    this.#counted();
     this.#o.allocator.saveDevice(deviceId, device).then(
       () => {
         // Done, unless it was forgotten meanwhile or a newer birth is under way.
-        if (this.#unsaved.get(deviceId) === unsaved && unsaved.device === device)
+        if (this.#unsaved.get(deviceId) === unsaved && unsaved.device === device) {
           this.#unsaved.delete(deviceId);
+          this.#counted();
+        }
       },
       (err: unknown) => {
         if (this.#unsaved.get(deviceId) !== unsaved || unsaved.device !== device) return;
@@ -86,10 +106,19 @@ export class Births {
           maxMs: this.#o.maxMs ?? 300_000,
           jitter: "equal",
         });
-        this.#o.logger.warn(
-          { err, device: deviceId, failures: unsaved.failures, retryInMs: Math.round(delayMs) },
-          "storing the device's birth failed; trying again",
-        );
+        const suppressed = this.#warn.admit("");
+        if (suppressed !== undefined)
+          this.#o.logger.warn(
+            {
+              err,
+              device: deviceId,
+              failures: unsaved.failures,
+              retryInMs: Math.round(delayMs),
+              suppressed,
+              waiting: this.#unsaved.size,
+            },
+            "storing the device's birth failed; trying again",
+          );
         unsaved.timer = setTimeout(() => {
           unsaved.timer = undefined;
           this.#write(deviceId, unsaved);

@@ -25,7 +25,7 @@ export type RejectReason =
 
 /**
  * What `MqttProvider.metrics()` returns. All counters only grow for the life of the process;
- * `subscriptions` is a level (what holds now).
+ * `subscriptions` and `unstoredBirths` are levels (what holds now).
  */
 export interface MqttMetricsSnapshot {
   /** Messages received from devices (every topic under `devicelet/v1/+/…`), before validation. */
@@ -50,6 +50,8 @@ export interface MqttMetricsSnapshot {
   readonly notOwned: number;
   /** Topic filters for devices' traffic the broker holds for devicelet now (subscriptions.ts). */
   readonly subscriptions: number;
+  /** Devices whose latest birth the durable store has not taken yet, and will be tried again (births.ts). */
+  readonly unstoredBirths: number;
   /** SUBSCRIBE packets sent for devices' traffic, the read-back's included (subscriptions.ts). */
   readonly subscribePackets: number;
   /** Desired documents published (retained). */
@@ -83,7 +85,7 @@ export interface MqttMetricsSnapshot {
   readonly statsSamples: number;
 }
 
-type Level = "subscriptions";
+type Level = "subscriptions" | "unstoredBirths";
 type Counter = Exclude<keyof MqttMetricsSnapshot, "rejected" | Level>;
 
 const reasons: readonly RejectReason[] = [
@@ -123,7 +125,7 @@ export class MqttMetrics {
     sessionsOpened: 0,
     statsSamples: 0,
   };
-  readonly #levels: Record<Level, number> = { subscriptions: 0 };
+  readonly #levels: Record<Level, number> = { subscriptions: 0, unstoredBirths: 0 };
   readonly #rejected = Object.fromEntries(reasons.map((r) => [r, 0])) as Record<RejectReason, number>;
   readonly #sink: ProviderMetrics | undefined;
 

@@ -160,7 +160,7 @@ export function wireMqtt(o: {
     blockSize: config.desired.generationBlock,
     onWrite: () => metrics.inc("storeWrites"),
   });
-  const births = new Births({ allocator, logger });
+  const births = new Births({ allocator, logger, metrics });
   const latency = new DesiredLatency(context.metrics);
   const observations = new Observations((id, observed) => latency.observed(id, observed));
   const desired = new DesiredStore({
