@@ -70,17 +70,18 @@ export class Births {
   forget(deviceId: string): void {
     clearTimeout(this.#unsaved.get(deviceId)?.timer);
     this.#unsaved.delete(deviceId);
-    this.#counted();
+    this.#tellUnstored();
   }
 
   stop(): void {
     this.#stopped = true;
     for (const u of this.#unsaved.values()) clearTimeout(u.timer);
     this.#unsaved.clear();
-    this.#counted();
+    this.#tellUnstored();
   }
 
-  #counted(): void {
+  /** The metrics' `unstoredBirths`: what `#unsaved` holds now. */
+  #tellUnstored(): void {
     this.#o.metrics?.set("unstoredBirths", this.#unsaved.size);
   }
 
@@ -88,13 +89,13 @@ export class Births {
     if (this.#stopped) return;
     const { device } = unsaved;
     this.#unsaved.set(deviceId, unsaved);
-    this.#counted();
+    this.#tellUnstored();
     this.#o.allocator.saveDevice(deviceId, device).then(
       () => {
         // Done, unless it was forgotten meanwhile or a newer birth is under way.
         if (this.#unsaved.get(deviceId) === unsaved && unsaved.device === device) {
           this.#unsaved.delete(deviceId);
-          this.#counted();
+          this.#tellUnstored();
         }
       },
       (err: unknown) => {
@@ -106,7 +107,7 @@ export class Births {
           maxMs: this.#o.maxMs ?? 300_000,
           jitter: "equal",
         });
-        const suppressed = this.#warn.admit("");
+        const suppressed = this.#warn.admit("births");
         if (suppressed !== undefined)
           this.#o.logger.warn(
             {
