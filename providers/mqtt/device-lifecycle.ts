@@ -36,7 +36,10 @@ export interface DeviceLifecycleOptions extends RetireDeps {
   readonly connectedSince: () => number | undefined;
   readonly recordEvent: (event: ProviderEvent) => void;
   /** Asking the broker again for the reports of devices left behind (reread.ts). */
-  readonly reread: Pick<RereadOptions, "sync" | "reportBehind" | "reread" | "onReread" | "afterMs">;
+  readonly reread: Pick<
+    RereadOptions,
+    "sync" | "reportBehind" | "reread" | "onReread" | "onAwayReread" | "afterMs"
+  >;
 }
 
 export class DeviceLifecycle {

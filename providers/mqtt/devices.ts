@@ -97,6 +97,7 @@ export class DeviceRegistry {
   readonly #retired = new Set<string>();
   readonly #retiredRemembered: number;
   #tick = 1;
+  #lastReturnAt: number | undefined;
 
   constructor(options: DeviceRegistryOptions) {
     this.#o = options;
@@ -110,6 +111,16 @@ export class DeviceRegistry {
 
   ids(): IterableIterator<string> {
     return this.#devices.keys();
+  }
+
+  /**
+   * When a device devicelet took to be away (lost or offline) last became online again, by a
+   * live or retained birth or by being heard again after silence, epoch ms; undefined before the
+   * first. Devices come back in waves (a broker restart, a site's power), and a wave is when a
+   * broker's queue for devicelet overflows (reread.ts).
+   */
+  lastReturnAt(): number | undefined {
+    return this.#lastReturnAt;
   }
 
   #entry(deviceId: string): DeviceEntry {
@@ -342,6 +353,8 @@ export class DeviceRegistry {
     if (presence === "lost" || presence === "offline") {
       e.awayAt = awayAt;
       if (before !== presence) e.awaySince = this.#now().getTime();
+    } else if (presence === "online" && (before === "lost" || before === "offline")) {
+      this.#lastReturnAt = this.#now().getTime();
     }
     if (before !== presence || presence === "online" || presence === "sleeping") {
       this.#changed(e);

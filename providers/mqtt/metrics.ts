@@ -75,6 +75,11 @@ export interface MqttMetricsSnapshot {
    * last messages perhaps dropped by a broker queue that overflowed (reread.ts).
    */
   readonly rereads: number;
+  /**
+   * Devices taken to be away whose retained `state` and `reported` devicelet asked for again once a
+   * wave of devices coming back had passed: their births may have been dropped in it (reread.ts).
+   */
+  readonly awayRereads: number;
   readonly connects: number;
   readonly disconnects: number;
   /** Pod statuses pushed to the engine. */
@@ -119,6 +124,7 @@ export class MqttMetrics {
     tombstonesCleared: 0,
     deviceEvents: 0,
     rereads: 0,
+    awayRereads: 0,
     connects: 0,
     disconnects: 0,
     statusUpdates: 0,

@@ -20,7 +20,7 @@ import { eventually } from "../../test/support/eventually.ts";
 import { workload } from "../mock/testing.ts";
 import { DeviceRegistry } from "./devices.ts";
 import { createMqttProvider, type MqttProvider } from "./index.ts";
-import { devicesToReread, RereadWatch, rereadTimes } from "./reread.ts";
+import { awayDevicesToReread, devicesToReread, RereadWatch, rereadTimes } from "./reread.ts";
 import { quietContext } from "../../test/support/provider-context.ts";
 import { TestMetrics } from "../../src/testing/context.ts";
 
@@ -110,6 +110,51 @@ describe("devicesToReread", () => {
       reportBehind: () => false,
     };
     expect(devicesToReread(reg, rejected, new Map(), { ...times, now, floor: T0 })).toEqual(["birth-lost"]);
+  });
+});
+
+describe("awayDevicesToReread", () => {
+  it("picks devices taken for away once a wave of returns has passed, each wait double the last", () => {
+    let now = T0;
+    const reg = new DeviceRegistry({ onChange: () => undefined, now: () => new Date(now) });
+    for (const id of ["back", "dropped", "gone"])
+      reg.presence(presence(id, "online", 1), { retained: false });
+    for (const id of ["back", "dropped", "gone"]) reg.presence(presence(id, "lost", 2), { retained: false });
+    const times = rereadTimes(15_000); // quiet 10 s, again after 60 s
+    const last = new Map<string, number>();
+    const due = () => awayDevicesToReread(reg, last, { ...times, now, floor: T0, limit: 500 });
+
+    now = T0 + 120_000;
+    expect(due()).toEqual([]); // nobody came back: nothing was dropped on the way
+    reg.presence(presence("back", "online", 3), { retained: false }); // the wave
+    now += 9_999;
+    expect(due()).toEqual([]); // the wave may not have passed
+    now += 1;
+    expect(due()).toEqual(["dropped", "gone"]);
+    expect(awayDevicesToReread(reg, last, { ...times, now, floor: T0, limit: 1 })).toEqual(["dropped"]);
+    expect(
+      awayDevicesToReread(reg, last, { ...times, now, floor: T0, limit: 500 }, new Set(["gone"])),
+    ).toEqual(["dropped"]);
+    // Re-read at T0 + 130 s, away since T0: still away.
+    for (const id of due()) last.set(id, now);
+    now += 60_000;
+    expect(due()).toEqual([]); // no return since the re-read
+    reg.presence(presence("dropped", "online", 3), { retained: true }); // the re-read found its birth
+    now += 10_000; // T0 + 200 s: 70 s after the re-read, which came 130 s after going away
+    expect(due()).toEqual([]);
+    now = T0 + 260_000;
+    expect(due()).toEqual(["gone"]);
+    last.set("gone", now);
+    now = T0 + 300_000; // another wave, 40 s later
+    reg.presence(presence("back", "lost", 4), { retained: false });
+    reg.presence(presence("back", "online", 5), { retained: false });
+    now = T0 + 519_999;
+    expect(due()).toEqual([]); // not before away twice as long as at the last re-read
+    now = T0 + 520_000;
+    expect(due()).toEqual(["gone"]);
+    // A device that went away after the latest return is not due: nothing of it was in the wave.
+    reg.presence(presence("back", "lost", 6), { retained: false });
+    expect(due()).toEqual(["gone"]);
   });
 });
 
@@ -289,6 +334,34 @@ describe("devices.rereadAfterSeconds", () => {
     await send(topics.evt(ID), event, false);
     await eventually(async () => expect(await connected()).toBe(true), { timeoutMs: 5_000 });
     expect(p.metrics().rereads).toBeGreaterThan(rereads);
+  });
+
+  it("reads the state again of a device taken for lost once other devices came back: all of it was dropped", async () => {
+    const { provider: p, send, drop } = await droppedAnswer(0.6, /\/reported$/);
+    const connected = async (id: string) => (await p.listDevices()).find((d) => d.id === id)?.connected;
+    await eventually(async () => expect(p.metrics().rereads).toBeGreaterThanOrEqual(1), { timeoutMs: 5_000 });
+    // Another device, away for now.
+    const OTHER = "gw-2";
+    await send(topics.state(OTHER), presence(OTHER, "online", 1), true);
+    await send(topics.state(OTHER), presence(OTHER, "lost", 2), true);
+    await eventually(async () => expect(await connected(OTHER)).toBe(false));
+    // The first device's connection drops; it comes back, and everything it says is lost on the way.
+    await send(topics.state(ID), presence(ID, "lost", 1), true);
+    await eventually(async () => expect(await connected(ID)).toBe(false));
+    drop(new RegExp(`/${ID}/`));
+    await send(topics.state(ID), presence(ID, "online", 5), true);
+    await send(topics.reported(ID), emptyReport({ deviceId: ID, bootId: "b1", seq: 6 }), true);
+    await new Promise((r) => setTimeout(r, 200));
+    drop(undefined);
+    // Nothing heard, nobody else back: nothing to go on yet (quiet 0.4 s, again after 2.4 s).
+    await new Promise((r) => setTimeout(r, 3_000));
+    expect(await connected(ID)).toBe(false);
+    expect(p.metrics().awayRereads).toBe(0);
+    // The other device comes back: a wave, and once it has passed the first device's birth is read.
+    await send(topics.state(OTHER), presence(OTHER, "online", 3), true);
+    await eventually(async () => expect(await connected(ID)).toBe(true), { timeoutMs: 5_000 });
+    expect(await connected(OTHER)).toBe(true);
+    expect(p.metrics().awayRereads).toBeGreaterThanOrEqual(1);
   });
 
   it("without it (0), the pod waits for the device's next report", async () => {

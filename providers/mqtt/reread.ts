@@ -10,7 +10,9 @@
  * device (see {@link devicesToReread}) that is online and quiet for two thirds of
  * `devices.rereadAfterSeconds` while behind its desired document for all of it, or while its
  * report is behind its own applied ack; or that devicelet takes to be away but has heard live
- * since. Once per four times `devices.rereadAfterSeconds` per device, at most 500 devices a sweep.
+ * since; or that devicelet takes to be away once a wave of devices coming back has passed (its
+ * birth, ack and report may all have been dropped in it, leaving nothing to hear). Once per four
+ * times `devices.rereadAfterSeconds` per device, at most 500 devices a sweep.
  *
  *   const watch = new RereadWatch({ registry, sync: (id) => stages.sync(id), reportBehind,
  *     reread: (ids) => subscriptions.reread(ids), connectedSince: () => session.connectedSince(),
@@ -81,8 +83,42 @@ export function devicesToReread(
   return out;
 }
 
+/**
+ * The devices taken to be away to re-read at `now`, at most `limit`, none of `skip`: a device
+ * whose birth, ack and report were all dropped has left devicelet nothing to hear, and has
+ * nothing more to say until its next report refresh (up to 10 minutes, docs/protocol.md § 5).
+ * Devices come back in waves, and a wave is when a broker's queue for devicelet overflows. So a
+ * device devicelet takes to be away is due, at most once per `againMs`, when some device came
+ * back after it went away and after its last re-read, and none for `quietMs`: the wave has
+ * passed, its births are in. Each re-read that finds it still away doubles the wait for the next
+ * (not before it has been away twice as long as at the last one), so a device away for good
+ * costs a few re-reads, not one per wave. Pure, like {@link devicesToReread}.
+ */
+export function awayDevicesToReread(
+  registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence" | "lastReturnAt">,
+  last: ReadonlyMap<string, number>,
+  o: RereadTimes & { readonly now: number; readonly floor: number; readonly limit: number },
+  skip: ReadonlySet<string> = new Set(),
+): string[] {
+  const returnedAt = registry.lastReturnAt();
+  const out: string[] = [];
+  if (returnedAt === undefined || o.now - returnedAt < o.quietMs) return out;
+  for (const id of registry.ids()) {
+    if (out.length >= o.limit) break;
+    const presence = registry.effectivePresence(id);
+    if ((presence !== "lost" && presence !== "offline") || skip.has(id)) continue;
+    const lastAt = last.get(id) ?? Number.NEGATIVE_INFINITY;
+    // A child lost with its gateway has no time of its own: counted from the connection.
+    const away = registry.get(id)?.awaySince ?? o.floor;
+    if (returnedAt <= Math.max(away, lastAt)) continue;
+    if (o.now - lastAt < Math.max(o.againMs, lastAt - away)) continue;
+    out.push(id);
+  }
+  return out;
+}
+
 export interface RereadOptions {
-  readonly registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence">;
+  readonly registry: Pick<DeviceRegistry, "ids" | "get" | "effectivePresence" | "lastReturnAt">;
   readonly sync: (deviceId: string) => DeviceSync | undefined;
   /** Whether the device's latest report is behind the generation it last acked applied. */
   readonly reportBehind: (deviceId: string) => boolean;
@@ -90,8 +126,10 @@ export interface RereadOptions {
   readonly reread: (deviceIds: readonly string[]) => Promise<void>;
   /** When devicelet's current broker connection began (epoch ms); undefined while disconnected. */
   readonly connectedSince: () => number | undefined;
-  /** Counted per device re-read (metrics). */
+  /** Counted per device re-read for a sign of a dropped message (metrics). */
   readonly onReread?: (count: number) => void;
+  /** Counted per device taken to be away re-read after a wave of returns ({@link awayDevicesToReread}). */
+  readonly onAwayReread?: (count: number) => void;
   /** `devices.rereadAfterSeconds` in ms; 0 disables the watch. */
   readonly afterMs: number;
   readonly now?: () => number;
@@ -131,13 +169,27 @@ export class RereadWatch {
     if (floor === undefined || this.#o.afterMs <= 0) return [];
     const now = this.#now();
     const due = devicesToReread(this.#o.registry, this.#o, this.#last, { ...this.#times, now, floor });
-    if (due.length === 0) return due;
-    for (const id of due) this.#last.set(id, now);
-    // Forget devices long past their last re-read, so the map holds only the recent ones.
-    for (const [id, at] of this.#last) if (now - at > 10 * this.#times.againMs) this.#last.delete(id);
-    this.#o.onReread?.(due.length);
-    await this.#o.reread(due);
-    return due;
+    const limit = this.#times.perSweep - due.length;
+    const away = awayDevicesToReread(
+      this.#o.registry,
+      this.#last,
+      { ...this.#times, now, floor, limit },
+      new Set(due),
+    );
+    if (due.length === 0 && away.length === 0) return [];
+    for (const id of [...due, ...away]) this.#last.set(id, now);
+    // Forget devices long past their last re-read, so the map holds only the recent ones; not
+    // those still away, whose waits double from it.
+    const { registry } = this.#o;
+    for (const [id, at] of this.#last) {
+      if (now - at <= 10 * this.#times.againMs) continue;
+      const presence = registry.effectivePresence(id);
+      if (presence !== "lost" && presence !== "offline") this.#last.delete(id);
+    }
+    if (due.length > 0) this.#o.onReread?.(due.length);
+    if (away.length > 0) this.#o.onAwayReread?.(away.length);
+    await this.#o.reread([...due, ...away]);
+    return [...due, ...away];
   }
 
   stop(): void {

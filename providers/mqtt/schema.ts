@@ -144,7 +144,7 @@ export const mqttConfigSchema = {
         default: 15,
         minimum: 0,
         description:
-          "An online device behind its desired document for this long, and quiet for two thirds of it, gets its retained `reported` asked for again: a broker whose queue for devicelet overflowed (thousands of devices back at once) may have dropped its last ack and report. Again at most every four times this long. 0 = never.",
+          "An online device behind its desired document for this long, and quiet for two thirds of it, gets its retained `reported` asked for again: a broker whose queue for devicelet overflowed (thousands of devices back at once) may have dropped its last ack and report. A device taken to be away gets its retained `state` asked for again once other devices came back and none has for two thirds of this long: its birth may have been dropped in that wave; each such wait is double the last. Again at most every four times this long. 0 = never.",
       },
       secrets: section(
         "Devices trusted with Secret-derived env and files. List only devices the broker makes connect over TLS with an identity tied to the device id (client certificate CN or credentials), and whose ACL confines them to their own subtree. A device's own claim is never enough.",

@@ -356,6 +356,7 @@ export function wireMqtt(o: {
         reportBehindAck(observations.get(deviceId), desired.device(deviceId)?.published?.epoch),
       reread: (deviceIds) => subscriptions.reread(deviceIds),
       onReread: (count) => metrics.inc("rereads", count),
+      onAwayReread: (count) => metrics.inc("awayRereads", count),
       afterMs: config.devices.rereadAfterSeconds * 1000,
     },
     recordEvent,
