@@ -168,6 +168,21 @@ describe("PodController's pod cache", () => {
     expect(w.provider.stats().createsByUid).toEqual({ "uid-early": 1, "uid-late": 1 });
   });
 
+  it("picks up the pods of many names served at once with a few lists, not one each", async () => {
+    const w = await world();
+    const { controller, serve } = await startController(w, new Map([["node-1", "dev-1"]]));
+    const names = Array.from({ length: 40 }, (_, i) => `fleet-${i}`);
+    for (const name of names) w.kube.apply("pods", pod(`early-${name}`, name));
+    await w.clock.advanceAsync(1_000);
+    const listsBefore = w.kube.count("list");
+    for (const name of names) serve(name, "dev-2");
+    await w.clock.advanceAsync(1_000);
+    for (const name of names)
+      expect(controller.podsOn(name).map((p) => p.metadata?.name)).toEqual([`early-${name}`]);
+    // The first name alone, then the 39 that came while it listed, as one list.
+    expect(w.kube.count("list") - listsBefore).toBe(2);
+  });
+
   it("drops the pods of a name it stops serving, except those whose work the provider holds, which are deleted as their objects go", async () => {
     const w = await world();
     const { controller, unserve } = await startController(

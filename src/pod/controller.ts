@@ -7,9 +7,9 @@
  * (STYLE.md: level-triggered). The cache holds only pods bound to devicelet's node names
  * (`NodeController.hasNodeName`) or whose work the provider holds, trimmed to what is read
  * (trim.ts); pods bound elsewhere are dropped on arrival. A name devicelet starts serving gets its
- * pods listed (a pod may be bound to it before its device is known); one it stops serving has its
- * pods dropped, except those whose work the provider still holds (deleted as their objects go).
- * It:
+ * pods listed (a pod may be bound to it before its device is known; pick-ups.ts batches them when
+ * many names come at once); one it stops serving has its pods dropped, except those whose work
+ * the provider still holds (deleted as their objects go). It:
  * - refuses pods using fields the provider does not declare (phase Failed, reason `Unsupported`),
  *   but only before the first create: a field added later to a pod the device already runs (an
  *   ephemeral container from `kubectl debug`) is ignored with one Warning Event per change;
@@ -52,6 +52,7 @@ import { checkSupported, referencedObjects, translatePod, type FrozenEnv } from 
 import type { NodeController } from "../node/controller.ts";
 import { PodDeletion, type Held } from "./deletion.ts";
 import { PodIpAllocator } from "./ip.ts";
+import { NodePickUps } from "./pick-ups.ts";
 import { ReferenceCache, type PodReferences } from "./references.ts";
 import { startResync } from "./resync.ts";
 import type { PodSource, SharedPods } from "./shared-pods.ts";
@@ -304,10 +305,11 @@ export class PodController {
     this.#o.nodes.onDeviceChange((nodeName) => {
       for (const pod of this.#informer.byIndex("node", nodeName)) this.#queue.add(objectKey(pod));
     });
+    // Pods bound to a name before devicelet served it were dropped: listed once it is served.
+    const pickUps = new NodePickUps({ pickUp: (selectors) => this.#informer.pickUp(selectors) });
     this.#o.nodes.onNodeNames((nodeName, change) => {
       if (change === "added") {
-        // Pods bound to the name before devicelet served it were dropped: list them now.
-        void this.#informer.pickUp({ fieldSelector: `spec.nodeName=${nodeName}` });
+        pickUps.add(nodeName);
       } else {
         this.#informer.refilter(this.#informer.byIndex("node", nodeName).map(objectKey));
       }
