@@ -142,6 +142,17 @@ describe("DeviceRegistry", () => {
     expect(reg.effectivePresence("c")).toBe("online");
   });
 
+  it("keeps the children of a lost gateway lost when its will is read again, retained (a re-read)", () => {
+    const { reg } = registry();
+    reg.presence(presence("gw", "online", "g1", 1), live);
+    reg.presence(presence("c", "online", "c1", 1, "gw"), live);
+    reg.presence(presence("gw", "lost", "g1", 1), live);
+    expect(reg.effectivePresence("c")).toBe("lost");
+    reg.presence(presence("gw", "lost", "g1", 1), { retained: true }); // asked for again (reread.ts)
+    expect(reg.effectivePresence("c")).toBe("lost");
+    expect(reg.info("c")?.connected).toBe(false);
+  });
+
   it("reads retained state at start: a child born before its gateway's retained will is lost", () => {
     const { reg } = registry();
     reg.presence(presence("gw", "lost", "g1", 0), { retained: true });

@@ -245,7 +245,7 @@ export class DeviceRegistry {
       else if (msg.bootId !== e.bootId) return "stale-will";
       if (typeof e.willFloor === "number" && msg.seq < e.willFloor) return "stale-will";
       if (options.retained && e.willFloor === undefined) e.willFloor = null;
-      return this.#set(e, "lost", undefined, options.retained ? 0 : tick);
+      return this.#set(e, "lost", undefined, options.retained ? this.#retainedAwayAt(e) : tick);
     }
     if (msg.bootId !== e.bootId) {
       if (e.bootId !== undefined && e.retiredBoots.includes(msg.bootId)) return "stale";
@@ -267,8 +267,18 @@ export class DeviceRegistry {
       e,
       msg.state,
       msg.state === "sleeping" ? msg.wakeAt : undefined,
-      options.retained ? 0 : tick,
+      options.retained ? this.#retainedAwayAt(e) : tick,
     );
+  }
+
+  /**
+   * When a retained will or goodbye puts the device away: the oldest time (0) when it is news,
+   * else when it went away. A device taken to be away already gets the same retained message again
+   * when devicelet asks for it (reread.ts) or subscribes again after a reconnect; making its time
+   * 0 then would make its children, born after it went away, look online behind a lost gateway.
+   */
+  #retainedAwayAt(e: DeviceEntry): number {
+    return e.presence === "lost" || e.presence === "offline" ? e.awayAt : 0;
   }
 
   /** Takes the report held for the device's current boot, if any. */
