@@ -30,6 +30,9 @@ import type { DeviceInfo, NodeAddress } from "../../src/provider/types.ts";
 import type { BirthDevice } from "./generations.ts";
 
 export type Presence = "online" | "offline" | "lost" | "sleeping" | "unknown";
+
+/** Whether devicelet takes a device to be away: gone without notice (lost) or said goodbye (offline). */
+export const isAway = (presence: Presence): boolean => presence === "lost" || presence === "offline";
 export type OrderedTopic = "state" | "reported" | "ack" | "evt";
 export type OrderVerdict = "ok" | "stale" | "unknown-boot";
 export type PresenceVerdict = "applied" | "stale" | "stale-will";
@@ -278,7 +281,7 @@ export class DeviceRegistry {
    * 0 then would make its children, born after it went away, look online behind a lost gateway.
    */
   #retainedAwayAt(e: DeviceEntry): number {
-    return e.presence === "lost" || e.presence === "offline" ? e.awayAt : 0;
+    return isAway(e.presence) ? e.awayAt : 0;
   }
 
   /** Takes the report held for the device's current boot, if any. */
@@ -296,7 +299,7 @@ export class DeviceRegistry {
     if (!e) return "unknown";
     const gatewayId = e.birth?.gateway;
     const gw = gatewayId === undefined ? undefined : this.#devices.get(gatewayId);
-    if (gw && (gw.presence === "lost" || gw.presence === "offline") && e.bornAt < gw.awayAt) return "lost";
+    if (gw && isAway(gw.presence) && e.bornAt < gw.awayAt) return "lost";
     return e.presence;
   }
 
@@ -360,10 +363,10 @@ export class DeviceRegistry {
     e.presence = presence;
     e.silent = false;
     e.wakeAt = wakeAt;
-    if (presence === "lost" || presence === "offline") {
+    if (isAway(presence)) {
       e.awayAt = awayAt;
       if (before !== presence) e.awaySince = this.#now().getTime();
-    } else if (presence === "online" && (before === "lost" || before === "offline")) {
+    } else if (presence === "online" && isAway(before)) {
       this.#lastReturnAt = this.#now().getTime();
     }
     if (before !== presence || presence === "online" || presence === "sleeping") {

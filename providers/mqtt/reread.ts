@@ -20,7 +20,7 @@
  *   watch.start();   // sweeps every few seconds until stop()
  */
 import type { DeviceSync } from "../../src/provider/types.ts";
-import type { DeviceRegistry } from "./devices.ts";
+import { isAway, type DeviceRegistry } from "./devices.ts";
 
 export interface RereadTimes {
   /** Behind its desired document at least this long. */
@@ -72,7 +72,7 @@ export function devicesToReread(
       // A device that rejected its document is behind for a known reason, not a lost message.
       const behind = !sync?.rejected && behindSince !== undefined && o.now - behindSince >= o.behindMs;
       if (behind || state.reportBehind(id)) out.push(id);
-    } else if (presence === "lost" || presence === "offline") {
+    } else if (isAway(presence)) {
       // Heard since it went away, and since its last re-read (which found it still away, or the
       // birth would have made it online): a straggler of its old connection is not asked again.
       const { heardAt, awaySince } = e;
@@ -105,8 +105,7 @@ export function awayDevicesToReread(
   if (returnedAt === undefined || o.now - returnedAt < o.quietMs) return out;
   for (const id of registry.ids()) {
     if (out.length >= o.limit) break;
-    const presence = registry.effectivePresence(id);
-    if ((presence !== "lost" && presence !== "offline") || skip.has(id)) continue;
+    if (!isAway(registry.effectivePresence(id)) || skip.has(id)) continue;
     const lastAt = last.get(id) ?? Number.NEGATIVE_INFINITY;
     // A child lost with its gateway has no time of its own: counted from the connection.
     const away = registry.get(id)?.awaySince ?? o.floor;
@@ -176,20 +175,20 @@ export class RereadWatch {
       { ...this.#times, now, floor, limit },
       new Set(due),
     );
-    if (due.length === 0 && away.length === 0) return [];
-    for (const id of [...due, ...away]) this.#last.set(id, now);
+    const ids = [...due, ...away];
+    if (ids.length === 0) return ids;
+    for (const id of ids) this.#last.set(id, now);
     // Forget devices long past their last re-read, so the map holds only the recent ones; not
     // those still away, whose waits double from it.
     const { registry } = this.#o;
     for (const [id, at] of this.#last) {
       if (now - at <= 10 * this.#times.againMs) continue;
-      const presence = registry.effectivePresence(id);
-      if (presence !== "lost" && presence !== "offline") this.#last.delete(id);
+      if (!isAway(registry.effectivePresence(id))) this.#last.delete(id);
     }
     if (due.length > 0) this.#o.onReread?.(due.length);
     if (away.length > 0) this.#o.onAwayReread?.(away.length);
-    await this.#o.reread([...due, ...away]);
-    return [...due, ...away];
+    await this.#o.reread(ids);
+    return ids;
   }
 
   stop(): void {
