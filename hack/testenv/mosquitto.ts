@@ -72,6 +72,8 @@ export async function startMosquitto(options: {
   pkiDir?: string;
   /** `max_packet_size`: the broker refuses (and disconnects the sender of) larger packets. */
   maxPacketSize?: number;
+  /** How long each listener may take to take connections; default 15 s. */
+  readyTimeoutMs?: number;
 }): Promise<Broker> {
   const binary = ensureMosquitto();
   const dir = path.resolve(options.dir);
@@ -105,14 +107,21 @@ export async function startMosquitto(options: {
   );
   const logFile = path.join(dir, "mosquitto.log");
   let daemon: Daemon | undefined;
-  const start = async () => {
-    daemon = startDaemon("mosquitto", binary, ["-c", conf], logFile);
-    await waitFor(`mosquitto on ${port}`, () => canConnect(port), 15_000, logFile);
-    await waitFor(`mosquitto TLS on ${tlsPort}`, () => canConnect(tlsPort), 15_000, logFile);
-  };
+  const readyMs = options.readyTimeoutMs ?? 15_000;
   const stop = async () => {
     if (daemon) await stopDaemon(daemon);
     daemon = undefined;
+  };
+  const start = async () => {
+    daemon = startDaemon("mosquitto", binary, ["-c", conf], logFile);
+    try {
+      await waitFor(`mosquitto on ${port}`, () => canConnect(port), readyMs, logFile);
+      await waitFor(`mosquitto TLS on ${tlsPort}`, () => canConnect(tlsPort), readyMs, logFile);
+    } catch (err) {
+      // Nobody holds a broker that failed to start: stop it here, or it outlives the test run.
+      await stop();
+      throw err;
+    }
   };
   await start();
   return {

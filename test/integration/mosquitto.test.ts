@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import mqtt from "mqtt";
@@ -28,7 +28,27 @@ async function roundTrip(url: string, opts: mqtt.IClientOptions, retain = false)
   return message;
 }
 
+/** Live processes whose command line names `text`. */
+function processesNaming(text: string): number[] {
+  return readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(text);
+      } catch {
+        return false; // gone meanwhile
+      }
+    })
+    .map(Number);
+}
+
 describe("the harness Mosquitto", () => {
+  it("stops a broker that did not come up in time instead of leaving it running", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "devicelet-mosquitto-late-"));
+    await expect(startMosquitto({ dir, readyTimeoutMs: 0 })).rejects.toThrow(/timed out after 0 ms/);
+    expect(processesNaming(path.join(dir, "mosquitto.conf"))).toEqual([]);
+  });
+
   it("round-trips a message on the plain listener", async () => {
     expect(await roundTrip(broker.url, {})).toBe("hello");
   });
