@@ -22,7 +22,7 @@ import {
 import { RequestBudget } from "../src/kube/budget.ts";
 import { KubeTransport, type Query, type TransportRequest } from "../src/kube/transport.ts";
 import type { WatchEvent } from "../src/kube/types.ts";
-import { testenvDir } from "./support.ts";
+import { testenvDir } from "./testenv.ts";
 
 /** Attempts per request before the error is the caller's. */
 const MAX_ATTEMPTS = 10;

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { buildDeviceletBin, parseMemoryQuantity } from "./support.ts";
+import { buildDeviceletBin, parseMemoryQuantity, pollMs, tableRows } from "./support.ts";
 
 describe("parseMemoryQuantity", () => {
   it("reads the binary suffixes a chart's limit uses, and plain bytes", () => {
@@ -17,6 +17,25 @@ describe("parseMemoryQuantity", () => {
     expect(() => parseMemoryQuantity("512M")).toThrow(/not a memory size/);
     expect(() => parseMemoryQuantity("-1Gi")).toThrow(/not a memory size/);
     expect(() => parseMemoryQuantity("")).toThrow(/not a memory size/);
+  });
+});
+
+describe("tableRows", () => {
+  it("splits kubectl's table into columns, blank lines and padding dropped", () => {
+    const table = "n-1   Ready,SchedulingDisabled   agent   5s   v1\nn-2   NotReady   agent   4s   v1\n\n";
+    expect(tableRows(table)).toEqual([
+      ["n-1", "Ready,SchedulingDisabled", "agent", "5s", "v1"],
+      ["n-2", "NotReady", "agent", "4s", "v1"],
+    ]);
+    expect(tableRows("")).toEqual([]);
+  });
+});
+
+describe("pollMs", () => {
+  it("polls each second for small fleets, less often for large ones, never past 5 s", () => {
+    expect(pollMs(100)).toBe(1_000);
+    expect(pollMs(5_000)).toBe(2_500);
+    expect(pollMs(50_000)).toBe(5_000);
   });
 });
 
