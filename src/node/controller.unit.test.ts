@@ -13,6 +13,7 @@ import { createMockProvider, type MockProvider } from "../../providers/mock/inde
 import { seededRandom } from "../../test/support/seeded-random.ts";
 import { apiError, FakeKube } from "../../test/support/fake-kube.ts";
 import type { KubeletPortAssigner, NodeControllerOptions } from "./controller-types.ts";
+import { RequestTimeoutError } from "../kube/transport.ts";
 import { TRANSPORT_TAINT_KEY } from "./build.ts";
 import { NodeController } from "./controller.ts";
 import { READY_MESSAGE } from "./status-writer.ts";
@@ -287,6 +288,29 @@ describe("NodeController (fake API server, FakeClock)", () => {
     expect(changes).toEqual(["added dev-9", "removed dev-0"]);
     expect(nodes.hasNodeName("dev-0")).toBe(false);
     expect(w.kube.object("nodes", "dev-0")).toBeUndefined();
+  });
+
+  it("heartbeats a node whose create the API server carried out but answered too late", async () => {
+    const w = await world();
+    // The create reaches the API server, which stores the Node, but its answer never comes back
+    // in time (a 5,000-device registration on two busy cores did this to 4 nodes).
+    const create = w.kube.createNode.bind(w.kube);
+    let lost = 0;
+    vi.spyOn(w.kube, "createNode").mockImplementation(async (node) => {
+      const made = await create(node);
+      if (node.metadata?.name !== "dev-0" || lost++ > 0) return made;
+      throw new RequestTimeoutError("create", "nodes", new Error("aborted"));
+    });
+    w.kube.holdWatches("nodes");
+    await startNodes(w);
+    await w.clock.advanceAsync(5_000);
+    expect(lost).toBe(1);
+    expect(w.kube.objects("nodes").map((n) => n.metadata?.name)).toEqual(DEVICES);
+    // Its Lease is there and renewed like the other's: no node-lifecycle controller takes it for dead.
+    expect(lease(w, "dev-0")?.metadata?.ownerReferences?.[0]?.uid).toBe(nodeUid(w, "dev-0"));
+    expect(renewedAt(lease(w, "dev-0"))).toBeGreaterThan(w.clock.now() - 5_000);
+    await w.clock.advanceAsync(60_000);
+    expect(renewedAt(lease(w, "dev-0"))).toBeGreaterThan(w.clock.now() - 12_000);
   });
 
   it("retries a failed lease renewal with backoff on the clock, then renews every interval again", async () => {
