@@ -227,6 +227,34 @@ describe("WorkQueue", () => {
     stop();
   });
 
+  it("retries a failed key in the line it was taken from", async () => {
+    const seen: string[] = [];
+    let failed = false;
+    const busy = deferred();
+    const { queue, clock, stop } = makeQueue(
+      async (key) => {
+        seen.push(key);
+        if (key === "busy") await busy.promise;
+        if (key === "urgent" && !failed) {
+          failed = true;
+          throw new Error("no answer in time");
+        }
+        return undefined;
+      },
+      { concurrency: 1, baseDelayMs: 10, maxDelayMs: 10 },
+    );
+    queue.add("urgent", { first: true });
+    await clock.advanceAsync(0);
+    queue.add("busy");
+    for (const key of ["r1", "r2", "r3"]) queue.add(key);
+    // The retry comes due while "busy" runs and the routine keys wait.
+    await clock.advanceAsync(20);
+    busy.resolve();
+    await queue.idle();
+    expect(seen).toEqual(["urgent", "busy", "urgent", "r1", "r2", "r3"]);
+    stop();
+  });
+
   it("keeps first for a key added first while it runs", async () => {
     const seen: string[] = [];
     const busy = deferred();

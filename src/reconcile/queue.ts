@@ -10,7 +10,8 @@
  *
  * A key added `first` goes ahead of every key added without: a status a device reported waits for
  * a worker behind other reported statuses only, not behind deletes and re-reads (a fleet coming
- * back with a queued change each has both for every device). Within each line, oldest first.
+ * back with a queued change each has both for every device). Within each line, oldest first. A
+ * failed key is retried in the line it was taken from.
  *
  * `reconcile` resolves to `undefined` when done, or `{ requeueAfterMs }` to look again later
  * without counting a failure. Throwing counts a failure and is retried with capped exponential
@@ -55,7 +56,8 @@ export class WorkQueue {
   readonly #lines = { first: [] as string[], later: [] as string[] };
   /** Keys waiting, by the line they wait in. */
   readonly #queued = new Map<string, Line>();
-  readonly #active = new Set<string>();
+  /** Keys being processed, by the line each was taken from (a retry goes back to it). */
+  readonly #active = new Map<string, Line>();
   /** Keys added while being processed, to run once more, by line. */
   readonly #dirty = new Map<string, Line>();
   readonly #failures = new Map<string, number>();
@@ -171,8 +173,8 @@ export class WorkQueue {
     while (!this.#signal.aborted && this.#running < this.#options.concurrency && this.#queued.size > 0) {
       const key = this.#next();
       if (key === undefined) break;
+      this.#active.set(key, this.#queued.get(key) ?? "later");
       this.#queued.delete(key);
-      this.#active.add(key);
       this.#running++;
       void this.#process(key);
     }
@@ -208,7 +210,7 @@ export class WorkQueue {
         this.#options.logger.debug({ err, queue: this.#options.name }, "reconcile cut short by the shutdown");
       else {
         this.#failed++;
-        this.#retry(key, err);
+        this.#retry(key, err, this.#active.get(key) ?? "later");
       }
     } finally {
       this.#processed++;
@@ -223,7 +225,8 @@ export class WorkQueue {
     }
   }
 
-  #retry(key: string, err: unknown): void {
+  /** Retries `key` after its backoff, in the line it was taken from. */
+  #retry(key: string, err: unknown, line: Line): void {
     const { logger, baseDelayMs, maxDelayMs, isTerminal, name } = this.#options;
     const keyField = this.#options.keyField ?? "key";
     if (isTerminal?.(err)) {
@@ -249,7 +252,7 @@ export class WorkQueue {
         { err, [keyField]: key, queue: name, failures, retryInMs: Math.round(delay) },
         "reconcile failed; retrying",
       );
-    this.addAfter(key, delay);
+    this.addAfter(key, delay, { first: line === "first" });
   }
 
   /** Keys failing right now and their consecutive failure counts; for metrics and tests. */
