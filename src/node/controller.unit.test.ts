@@ -34,10 +34,10 @@ interface World {
   readonly provider: MockProvider;
 }
 
-async function world(): Promise<World> {
+async function world(devices = 2): Promise<World> {
   const clock = new FakeClock(Date.parse("2026-03-01T12:00:00Z"));
   const kube = new FakeKube({ clock });
-  const provider = createMockProvider({ devices: { count: 2, idPrefix: "dev-" } }, { logger, clock });
+  const provider = createMockProvider({ devices: { count: devices, idPrefix: "dev-" } }, { logger, clock });
   const stop = new AbortController();
   stops.push(stop);
   await provider.start(stop.signal);
@@ -311,6 +311,47 @@ describe("NodeController (fake API server, FakeClock)", () => {
     expect(renewedAt(lease(w, "dev-0"))).toBeGreaterThan(w.clock.now() - 5_000);
     await w.clock.advanceAsync(60_000);
     expect(renewedAt(lease(w, "dev-0"))).toBeGreaterThan(w.clock.now() - 12_000);
+  });
+
+  it("registers a new device's node ahead of the status refreshes of the nodes it has", async () => {
+    const w = await world(40);
+    let watcher: Parameters<DeviceInventory["watchDevices"]>[0] | undefined;
+    const inventory: DeviceInventory = {
+      listDevices: () => w.provider.listDevices(),
+      watchDevices: (wt) => (watcher = wt),
+    };
+    await startNodes(w, inventory);
+    expect(w.kube.count("createNode")).toBe(40);
+    // The API server holds node status writes: the refreshes due after a minute take every
+    // worker of the node queue (32), and the other nodes' refreshes wait in line.
+    const order: string[] = [];
+    const held: (() => void)[] = [];
+    const patch = w.kube.patchNodeStatus.bind(w.kube);
+    vi.spyOn(w.kube, "patchNodeStatus").mockImplementation(async (...args) => {
+      order.push("refresh");
+      await new Promise<void>((resolve) => held.push(resolve));
+      return patch(...args);
+    });
+    const create = w.kube.createNode.bind(w.kube);
+    vi.spyOn(w.kube, "createNode").mockImplementation((node) => {
+      order.push(`create ${node.metadata?.name ?? ""}`);
+      return create(node);
+    });
+    // Two minutes: every node's refresh is due, 32 held and 8 in line.
+    await w.clock.advanceAsync(120_000);
+    expect(order).toEqual(Array.from({ length: 32 }, () => "refresh"));
+    const [device] = await w.provider.listDevices();
+    if (!device || !watcher) throw new Error("no device or watcher");
+    watcher.changed({ ...device, id: "dev-new" });
+    // One write answered: the worker it frees registers the new device, not the next refresh.
+    held.shift()?.();
+    await w.clock.advanceAsync(0);
+    expect(order[32]).toBe("create dev-new");
+    for (let i = 0; i < 200 && held.length > 0; i++) {
+      held.shift()?.();
+      await w.clock.advanceAsync(0);
+    }
+    expect(w.kube.object("nodes", "dev-new")).toBeDefined();
   });
 
   it("retries a failed lease renewal with backoff on the clock, then renews every interval again", async () => {
