@@ -86,6 +86,20 @@ export class BenchApi {
     }
   }
 
+  /**
+   * Creates namespace `name` and resolves once its default ServiceAccount exists (pods are
+   * admitted only then), or rejects after `timeoutMs`.
+   */
+  async createNamespace(name: string, timeoutMs = 60_000): Promise<void> {
+    await this.create("/api/v1/namespaces", { apiVersion: "v1", kind: "Namespace", metadata: { name } });
+    const serviceAccount = `/api/v1/namespaces/${name}/serviceaccounts/default`;
+    const deadline = Date.now() + timeoutMs;
+    while ((await this.get(serviceAccount)) === undefined) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ServiceAccount default in ${name}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
   /** DELETE; one already gone counts as deleted. */
   async delete(objectPath: string, query?: Query): Promise<void> {
     try {

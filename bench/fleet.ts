@@ -434,19 +434,7 @@ export async function runBoundPods(o: {
   pods: number;
 }): Promise<BoundPodsResult> {
   const { api, fleet, namespace, pods } = o;
-  await api.create("/api/v1/namespaces", {
-    apiVersion: "v1",
-    kind: "Namespace",
-    metadata: { name: namespace },
-  });
-  // Pods are admitted only once the namespace's default ServiceAccount exists.
-  const saPath = `/api/v1/namespaces/${namespace}/serviceaccounts/default`;
-  await waitUntil(
-    `ServiceAccount default in ${namespace}`,
-    async () => (await api.get(saPath)) !== undefined,
-    60_000,
-    250,
-  );
+  await api.createNamespace(namespace);
   const times = new PodRunningTimes(POD_PREFIX, pods);
   const watching = new AbortController();
   try {

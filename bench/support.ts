@@ -602,19 +602,7 @@ export async function measureStorm(o: {
   const each = (task: (d: StormDevice) => Promise<void>) =>
     inPool(count, STORM_WRITES, (i) => task(devices[i] as StormDevice));
   try {
-    await kube.create("/api/v1/namespaces", {
-      apiVersion: "v1",
-      kind: "Namespace",
-      metadata: { name: o.namespace },
-    });
-    // Pods are admitted only once the namespace's default ServiceAccount exists.
-    const serviceAccount = `/api/v1/namespaces/${o.namespace}/serviceaccounts/default`;
-    await waitUntil(
-      `ServiceAccount default in ${o.namespace}`,
-      async () => (await kube.get(serviceAccount)) !== undefined,
-      60_000,
-      250,
-    );
+    await kube.createNamespace(o.namespace);
     const watcher = await watchPodTimes(o.namespace, controller.signal);
     await each((d) => kube.create(podsPath, pod(d, "1")));
     await waitUntil("first pods Running", () => watcher.runningCount() >= count, 20 * 60_000);
